@@ -1,0 +1,402 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * ainftp.bpf.c — the Reflex: sums int16 gradient contributions into int32
+ * slot accumulators inside the XDP hook, stores all-gathered results where
+ * userspace has them mmapped, and wakes userspace once per batch of events.
+ * Every packet it consumes is dropped; every other packet passes untouched.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "ainftp_abi.h"
+#include "parse.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* UDP destination port, host order; set by the loader before load. */
+const volatile __u16 listen_port = AINFTP_DEFAULT_PORT;
+
+/* Job configuration; userspace updates it while attached (window, members). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ainftp_config);
+} job_config SEC(".maps");
+
+/* Per-slot membership bitmap and lock; index bank * chunks + chunk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AINFTP_BANKS * 1024); /* resized by the loader */
+	__type(key, __u32);
+	__type(value, struct ainftp_slot);
+} slots SEC(".maps");
+
+/* int32 sums, mmapped by userspace; same index as slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, AINFTP_BANKS * 1024);
+	__type(key, __u32);
+	__type(value, struct ainftp_acc);
+} acc SEC(".maps");
+
+/* All-gathered results, mmapped by userspace; same index as slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, AINFTP_BANKS * 1024);
+	__type(key, __u32);
+	__type(value, struct ainftp_result);
+} results SEC(".maps");
+
+/* Events of the round in each bank, for the batched wake-up. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AINFTP_BANKS);
+	__type(key, __u32);
+	__type(value, struct ainftp_bank_state);
+} bank_state SEC(".maps");
+
+/* Every outcome, per CPU: no atomics on the stats path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ainftp_counters);
+} counters SEC(".maps");
+
+/* Per-CPU copy of a contribution's payload, taken before the slot lock
+ * (helpers cannot run under it) and zero-padded to a multiple of 4. */
+struct scratch {
+	__s16 v[AINFTP_MAX_ELEMS + 4];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} payload_scratch SEC(".maps");
+
+/* Slot-complete and result events for userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+#define RESULT_BUSY 0xffffffffu /* results tag while a writer copies the data */
+
+static __always_inline void emit_event(struct ainftp_counters *cnt, const struct ainftp_config *cfg,
+				       __u16 type, __u32 round, __u32 chunk, __u32 idx,
+				       __u16 contributors)
+{
+	__u32 bank = round & 1;
+	struct ainftp_bank_state *bs = bpf_map_lookup_elem(&bank_state, &bank);
+	struct ainftp_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		cnt->c[AINFTP_CNT_RINGBUF_FULL]++;
+		return;
+	}
+	ev->type = type;
+	ev->contributors = contributors;
+	ev->round = round;
+	ev->chunk = chunk;
+	ev->index = idx;
+
+	/* Wake on every batch-th event of the round, and on the event that ends it. */
+	__u32 done = 1, end = cfg->chunks;
+	if (bs) {
+		if (type == AINFTP_EV_SLOT_COMPLETE) {
+			done = __sync_fetch_and_add(&bs->slots_done, 1) + 1;
+			end = cfg->owned_chunks;
+		} else {
+			done = __sync_fetch_and_add(&bs->results_done, 1) + 1;
+		}
+	}
+	__u32 batch = cfg->batch;
+	int wake = batch <= 1 || done % batch == 0 || done >= end;
+	bpf_ringbuf_submit(ev, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	cnt->c[AINFTP_CNT_EVENTS]++;
+	if (wake)
+		cnt->c[AINFTP_CNT_WAKEUPS]++;
+}
+
+/* Add (or, for the first contributor, store) int16 values from the scratch
+ * copy into the slot's int32 sums, four per 8-byte load, up to count rounded
+ * up to 4 (the scratch is zero-padded). Called with the slot lock held: no
+ * helpers, no calls. `keep` is 0 for the first contributor, so an older
+ * round's sums are overwritten without a separate clearing pass, and ~0
+ * otherwise. */
+static __always_inline void sum_into(__s32 *dst, const struct scratch *in, __u32 count, __s32 keep)
+{
+	const __u64 *w = (const __u64 *)in->v;
+	/* Bound the loop by a value derived from count, not count itself: the
+	 * verifier then refines only a dead register at each exit and prunes
+	 * the 430 exits to one. */
+	__u32 groups = (count + 3) >> 2;
+	for (__u32 g = 0; g < AINFTP_MAX_ELEMS / 4; g++) {
+		if (g >= groups)
+			break;
+		__u64 x = w[g];
+		__u32 i = g * 4;
+		dst[i] = (dst[i] & keep) + (__s16)x;
+		dst[i + 1] = (dst[i + 1] & keep) + (__s16)(x >> 16);
+		dst[i + 2] = (dst[i + 2] & keep) + (__s16)(x >> 32);
+		dst[i + 3] = (dst[i + 3] & keep) + (__s16)(x >> 48);
+	}
+}
+
+static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct ainftp_config *cfg,
+				      const struct ainftp_wire_hdr *h, struct xdp_md *ctx,
+				      __u32 payload_off, __u32 idx)
+{
+	__u32 round = h->round, count = h->count, rank = h->rank;
+	__u64 bit = 1ULL << (rank & 63);
+	if (!(cfg->member_mask & bit)) {
+		cnt->c[AINFTP_CNT_NOT_MEMBER]++;
+		return XDP_DROP;
+	}
+	struct ainftp_slot *slot = bpf_map_lookup_elem(&slots, &idx);
+	struct ainftp_acc *sums = bpf_map_lookup_elem(&acc, &idx);
+	if (!slot || !sums) {
+		cnt->c[AINFTP_CNT_MAL_CHUNK]++;
+		return XDP_DROP;
+	}
+	__u32 zero = 0;
+	struct scratch *in = bpf_map_lookup_elem(&payload_scratch, &zero);
+	if (!in)
+		return XDP_DROP;
+	__u32 len = count * 2;
+	if (len == 0 || len > AINFTP_MAX_ELEMS * 2 || bpf_xdp_load_bytes(ctx, payload_off, in->v, len) < 0) {
+		cnt->c[AINFTP_CNT_MAL_COUNT]++;
+		return XDP_DROP;
+	}
+	/* Zero the pad up to the next multiple of 4 elements. */
+	__u32 pad = count;
+	if (pad < AINFTP_MAX_ELEMS)
+		in->v[pad] = 0;
+	if (pad + 1 < AINFTP_MAX_ELEMS)
+		in->v[pad + 1] = 0;
+	if (pad + 2 < AINFTP_MAX_ELEMS)
+		in->v[pad + 2] = 0;
+	if (h->flags & AINFTP_F_SATURATED)
+		cnt->c[AINFTP_CNT_SATURATED]++;
+
+	int outcome = AINFTP_CNT_SUMMED, complete = 0;
+	__u16 contributors = 0;
+	bpf_spin_lock(&slot->lock);
+	if (slot->tag != round + 1) {
+		if (slot->tag && (__s32)(slot->tag - (round + 1)) > 0) {
+			outcome = AINFTP_CNT_STALE_ROUND; /* the bank already holds a newer round */
+			goto unlock;
+		}
+		slot->tag = round + 1;
+		slot->seen = 0;
+		slot->contributors = 0;
+		slot->count = count;
+		slot->exp = h->exp;
+		slot->state = AINFTP_SLOT_FILLING;
+	} else if (slot->seen & bit) {
+		outcome = AINFTP_CNT_DUPLICATE;
+		goto unlock;
+	} else if (slot->state == AINFTP_SLOT_COMPLETE) {
+		outcome = AINFTP_CNT_STALE_ROUND; /* slot closed before this rank arrived */
+		goto unlock;
+	} else if (slot->count != count || slot->exp != h->exp) {
+		outcome = AINFTP_CNT_MAL_SCALE; /* cannot sum integers of different scales */
+		goto unlock;
+	}
+	/* keep = ~0 once the slot holds a contribution, else 0; branch-free so the
+	 * verifier walks the loop once. */
+	__s32 keep = (__s32)(0u - (((__u32)slot->contributors + 0xffffu) >> 16));
+	sum_into(sums->v, in, count, keep);
+	slot->seen |= bit;
+	contributors = ++slot->contributors;
+	if ((slot->seen & cfg->member_mask) == cfg->member_mask) {
+		slot->state = AINFTP_SLOT_COMPLETE;
+		slot->completions++;
+		complete = 1;
+	}
+unlock:
+	bpf_spin_unlock(&slot->lock);
+
+	cnt->c[outcome]++;
+	if (outcome != AINFTP_CNT_SUMMED)
+		return XDP_DROP;
+	cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;
+	if (complete) {
+		cnt->c[AINFTP_CNT_COMPLETED]++;
+		emit_event(cnt, cfg, AINFTP_EV_SLOT_COMPLETE, round, h->chunk, idx, contributors);
+	}
+	return XDP_DROP;
+}
+
+static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters *cnt,
+				     const struct ainftp_config *cfg,
+				     const struct ainftp_wire_hdr *h, __u32 payload_off, __u32 idx)
+{
+	__u32 round = h->round, count = h->count;
+	struct ainftp_result *res = bpf_map_lookup_elem(&results, &idx);
+	if (!res) {
+		cnt->c[AINFTP_CNT_MAL_CHUNK]++;
+		return XDP_DROP;
+	}
+	__u32 old = res->tag;
+	if (old == round + 1 || old == RESULT_BUSY) {
+		cnt->c[AINFTP_CNT_RESULT_DUP]++;
+		return XDP_DROP;
+	}
+	if (old && (__s32)(old - (round + 1)) > 0) {
+		cnt->c[AINFTP_CNT_STALE_ROUND]++;
+		return XDP_DROP;
+	}
+	/* Claim the entry so a concurrent duplicate on another CPU backs off. */
+	if (__sync_val_compare_and_swap(&res->tag, old, RESULT_BUSY) != old) {
+		cnt->c[AINFTP_CNT_RESULT_DUP]++;
+		return XDP_DROP;
+	}
+	__u32 len = count * 2;
+	if (len > sizeof(res->v))
+		len = sizeof(res->v);
+	if (len == 0 || bpf_xdp_load_bytes(ctx, payload_off, res->v, len) < 0) {
+		res->tag = old;
+		cnt->c[AINFTP_CNT_MAL_COUNT]++;
+		return XDP_DROP;
+	}
+	res->count = count;
+	res->contributors = h->contributors;
+	res->exp = h->exp;
+	res->flags = h->flags;
+	res->writes++;
+	/* Publish: an atomic exchange orders the data before the tag. */
+	__sync_lock_test_and_set(&res->tag, round + 1);
+	cnt->c[AINFTP_CNT_RESULTS]++;
+	emit_event(cnt, cfg, AINFTP_EV_RESULT, round, h->chunk, idx, h->contributors);
+	return XDP_DROP;
+}
+
+#define DROP(reason)                          \
+	do {                                  \
+		cnt->c[reason]++;             \
+		return XDP_DROP;              \
+	} while (0)
+
+SEC("xdp")
+int ainftp_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct ainftp_counters *cnt = bpf_map_lookup_elem(&counters, &zero);
+	if (!cnt)
+		return XDP_PASS;
+
+	struct cursor c = { .pos = data, .end = data_end };
+	__u16 proto;
+	if (parse_eth(&c, &proto) != PARSE_OK) {
+		/* Too short to tell whether it is ours: the stack discards it. */
+		cnt->c[AINFTP_CNT_MAL_TRUNC_ETH]++;
+		return XDP_PASS;
+	}
+
+	struct udphdr *udp;
+	void *l3_end; /* end of the IP packet by its own length field */
+	if (proto == AINFTP_ETH_P_IP) {
+		struct iphdr *ip = c.pos;
+		if ((void *)(ip + 1) > data_end) {
+			cnt->c[AINFTP_CNT_MAL_TRUNC_IP]++;
+			return XDP_PASS;
+		}
+		if (ip->protocol != AINFTP_PROTO_UDP)
+			goto pass;
+		__u32 ihl = ip->ihl * 4;
+		if (ihl < sizeof(*ip)) {
+			cnt->c[AINFTP_CNT_MAL_TRUNC_IP]++;
+			return XDP_PASS;
+		}
+		__u16 frag = bpf_ntohs(ip->frag_off);
+		if (frag & AINFTP_IP_OFFSET)
+			goto pass; /* later fragment: no UDP header to judge by */
+		udp = (void *)ip + ihl;
+		if ((void *)(udp + 1) > data_end) {
+			cnt->c[AINFTP_CNT_MAL_TRUNC_UDP]++;
+			return XDP_PASS;
+		}
+		if (udp->dest != bpf_htons(listen_port))
+			goto pass;
+		if (frag & AINFTP_IP_MF)
+			DROP(AINFTP_CNT_MAL_FRAGMENT);
+		__u32 tot = bpf_ntohs(ip->tot_len);
+		l3_end = (void *)ip + tot;
+		if (tot < ihl + sizeof(*udp) || l3_end > data_end)
+			DROP(AINFTP_CNT_MAL_TRUNC_IP);
+	} else if (proto == AINFTP_ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = c.pos;
+		if ((void *)(ip6 + 1) > data_end) {
+			cnt->c[AINFTP_CNT_MAL_TRUNC_IP]++;
+			return XDP_PASS;
+		}
+		if (ip6->nexthdr != AINFTP_PROTO_UDP)
+			goto pass; /* extension headers are not ours to walk */
+		udp = (void *)(ip6 + 1);
+		if ((void *)(udp + 1) > data_end) {
+			cnt->c[AINFTP_CNT_MAL_TRUNC_UDP]++;
+			return XDP_PASS;
+		}
+		if (udp->dest != bpf_htons(listen_port))
+			goto pass;
+		l3_end = (void *)(udp) + bpf_ntohs(ip6->payload_len);
+		if (l3_end > data_end)
+			DROP(AINFTP_CNT_MAL_TRUNC_IP);
+	} else {
+		goto pass;
+	}
+
+	cnt->c[AINFTP_CNT_RX]++;
+	__u32 ulen = bpf_ntohs(udp->len);
+	if (ulen < sizeof(*udp) || (void *)udp + ulen > l3_end)
+		DROP(AINFTP_CNT_MAL_TRUNC_UDP);
+	struct ainftp_wire_hdr *h = (void *)(udp + 1);
+	if ((void *)(h + 1) > data_end || ulen < sizeof(*udp) + sizeof(*h))
+		DROP(AINFTP_CNT_MAL_TRUNC_HDR);
+	if (h->magic != AINFTP_MAGIC)
+		DROP(AINFTP_CNT_MAL_MAGIC);
+	if (h->version != AINFTP_VERSION)
+		DROP(AINFTP_CNT_MAL_VERSION);
+	if (h->type == AINFTP_PKT_CONTROL) {
+		cnt->c[AINFTP_CNT_CONTROL]++;
+		return XDP_PASS; /* the swarm's socket takes it */
+	}
+	if (h->type != AINFTP_PKT_CONTRIB && h->type != AINFTP_PKT_RESULT)
+		DROP(AINFTP_CNT_MAL_TYPE);
+	if (h->reserved)
+		DROP(AINFTP_CNT_MAL_RESERVED);
+
+	struct ainftp_config *cfg = bpf_map_lookup_elem(&job_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (h->job_id != cfg->job_id)
+		DROP(AINFTP_CNT_FOREIGN_JOB);
+	if (h->rank >= cfg->members || h->rank >= AINFTP_MAX_WORKERS)
+		DROP(AINFTP_CNT_MAL_RANK);
+	if (h->chunk >= cfg->chunks)
+		DROP(AINFTP_CNT_MAL_CHUNK);
+	__u32 count = h->count;
+	if (count == 0 || count > cfg->chunk_elems || count > AINFTP_MAX_ELEMS ||
+	    ulen != sizeof(*udp) + sizeof(*h) + count * 2)
+		DROP(AINFTP_CNT_MAL_COUNT);
+	__s32 ahead = (__s32)(h->round - cfg->round_base);
+	if (ahead < 0)
+		DROP(AINFTP_CNT_STALE_ROUND);
+	if (ahead > 1)
+		DROP(AINFTP_CNT_FUTURE_ROUND);
+
+	__u32 idx = (h->round & 1) * cfg->chunks + h->chunk;
+	if (h->type == AINFTP_PKT_CONTRIB)
+		return on_contrib(cnt, cfg, h, ctx, (__u32)((void *)(h + 1) - data), idx);
+	return on_result(ctx, cnt, cfg, h, (__u32)((void *)(h + 1) - data), idx);
+
+pass:
+	cnt->c[AINFTP_CNT_PASSED]++;
+	return XDP_PASS;
+}

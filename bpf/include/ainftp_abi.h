@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * ainftp_abi.h — the Synapse: the one source of truth shared by the XDP
+ * program (bpf/ainftp.bpf.c), the native shim (native/shim.c) and, through a
+ * hand-written mirror checked by test/abi.test.ts, the TypeScript side
+ * (src/abi.ts).
+ *
+ * Every multi-byte field, on the wire and in maps, is little-endian: the
+ * int16 payload is summed by the XDP program without a byte swap, and the
+ * header follows the payload's order so that one rule holds everywhere.
+ *
+ * The includer must provide the fixed-width __u8…__s64 types and
+ * struct bpf_spin_lock (vmlinux.h in BPF, <linux/bpf.h> in userspace).
+ */
+#ifndef AINFTP_ABI_H
+#define AINFTP_ABI_H
+
+/* ---- limits -------------------------------------------------------------- */
+
+/* Ranks are bits of a __u64 bitmap: 64 workers per job. */
+#ifndef AINFTP_MAX_WORKERS
+#define AINFTP_MAX_WORKERS 64
+#endif
+
+/* int16 elements per packet. 1720 * 2 B + 74 B of Eth/IPv4/UDP/ainftp headers
+ * = 3514 B: the largest frame veth's XDP path takes without xdp.frags
+ * (4096 - 256 headroom - 320 skb_shared_info = 3520). A 1500-byte MTU holds
+ * AINFTP_ELEMS_MTU1500 elements over IPv4. */
+#ifndef AINFTP_MAX_ELEMS
+#define AINFTP_MAX_ELEMS 1720
+#endif
+#define AINFTP_ELEMS_MTU1500 720
+
+/* Chunk indices are < AINFTP_MAX_CHUNKS; the maps are sized at attach time
+ * to the job's chunk count, which may not exceed this. */
+#ifndef AINFTP_MAX_CHUNKS
+#define AINFTP_MAX_CHUNKS 65536
+#endif
+
+/* Two banks per slot: round r lives in bank r & 1, so a late duplicate of
+ * round r-1 never lands in round r+1's accumulator (SwitchML's shadow copy). */
+#define AINFTP_BANKS 2
+
+#define AINFTP_DEFAULT_PORT 47000
+#define AINFTP_DEFAULT_BATCH 32
+
+/* ---- the wire ------------------------------------------------------------ */
+
+#define AINFTP_MAGIC 0x464e4941u /* "AINF" as little-endian bytes */
+#define AINFTP_VERSION 1
+
+enum ainftp_pkt_type {
+	AINFTP_PKT_CONTRIB = 1, /* worker -> chunk owner: int16 values to sum */
+	AINFTP_PKT_RESULT = 2,  /* owner -> every member: requantized sum */
+	AINFTP_PKT_CONTROL = 3, /* swarm/control plane: passed to userspace */
+};
+
+/* Header flags. */
+#define AINFTP_F_RETRANSMIT 0x0001 /* sender resent this packet after a timeout */
+#define AINFTP_F_SATURATED 0x0002  /* sender clipped values at this scale (counted) */
+#define AINFTP_F_LAST 0x0004       /* last chunk of the round from this sender */
+
+/* Follows the UDP header. A value is q * 2^exp; all workers use the same
+ * exp for the same (round, chunk), so their int16 q can be summed. */
+struct ainftp_wire_hdr {
+	__u32 magic;        /* AINFTP_MAGIC */
+	__u8 version;       /* AINFTP_VERSION */
+	__u8 type;          /* enum ainftp_pkt_type */
+	__u16 flags;        /* AINFTP_F_* */
+	__u32 job_id;       /* must equal the attached job's id */
+	__u32 round;        /* all-reduce round; must be in the open window */
+	__u32 chunk;        /* chunk index, < config.chunks */
+	__u16 rank;         /* sender's rank, < config.members */
+	__u16 count;        /* int16 elements that follow, <= config.chunk_elems */
+	__s16 exp;          /* shared power-of-two scale exponent */
+	__u16 contributors; /* RESULT: how many workers the sum holds */
+	__u32 reserved;     /* zero */
+};
+
+/* ---- maps ---------------------------------------------------------------- */
+
+/* config map, one entry; userspace may update it while attached. */
+struct ainftp_config {
+	__u32 job_id;       /* packets of other jobs are dropped as foreign */
+	__u32 round_base;   /* oldest open round; the window is [base, base+1] */
+	__u64 member_mask;  /* bit r set: rank r is expected in every slot */
+	__u16 members;      /* ranks must be < members */
+	__u16 chunk_elems;  /* elements per full chunk */
+	__u32 chunks;       /* chunk indices must be < chunks */
+	__u32 batch;        /* wake userspace once per this many events */
+	__u32 owned_chunks; /* slot completions that end a round on this host */
+	__u32 flags;        /* reserved, zero */
+	__u32 reserved;
+};
+
+enum ainftp_slot_state {
+	AINFTP_SLOT_EMPTY = 0,
+	AINFTP_SLOT_FILLING = 1,
+	AINFTP_SLOT_COMPLETE = 2,
+};
+
+/* slots map (array, AINFTP_BANKS * chunks entries, index bank*chunks+chunk):
+ * who has contributed to a slot. The lock guards this entry and the
+ * accumulator of the same index; it lives here because a BPF_F_MMAPABLE
+ * array may not hold a spin lock. */
+struct ainftp_slot {
+	struct bpf_spin_lock lock;
+	__u32 tag;          /* round + 1 of the data held; 0 = never used */
+	__u64 seen;         /* bitmap of ranks already summed */
+	__u16 count;        /* elements, fixed by the first contribution */
+	__u16 contributors; /* popcount(seen) */
+	__s16 exp;          /* scale exponent, fixed by the first contribution */
+	__u16 state;        /* enum ainftp_slot_state */
+	__u32 completions;  /* times this slot completed (diagnostics) */
+	__u32 reserved;
+};
+
+/* acc map (BPF_F_MMAPABLE array, same index as slots): int32 sums. */
+struct ainftp_acc {
+	__s32 v[AINFTP_MAX_ELEMS];
+};
+
+/* results map (BPF_F_MMAPABLE array, same index): the all-gathered result of
+ * a chunk, written by the XDP program straight from the result packet.
+ * `tag` is written last; a reader checks it before and after the copy. */
+struct ainftp_result {
+	__u32 tag;          /* round + 1 of the data held; 0 = empty */
+	__u16 count;
+	__u16 contributors;
+	__s16 exp;
+	__u16 flags;
+	__u32 writes;       /* result packets stored here (diagnostics) */
+	__s16 v[AINFTP_MAX_ELEMS];
+};
+
+/* bank_state map (array, AINFTP_BANKS entries): events of the round now in
+ * each bank, for the batched wake-up. Userspace zeroes a bank when it moves
+ * the window past it. */
+struct ainftp_bank_state {
+	__u32 slots_done;   /* slots completed in this bank's round */
+	__u32 results_done; /* results stored in this bank's round */
+};
+
+/* ---- events (ring buffer) ------------------------------------------------ */
+
+enum ainftp_event_type {
+	AINFTP_EV_SLOT_COMPLETE = 1, /* all expected members summed into a slot */
+	AINFTP_EV_RESULT = 2,        /* a result chunk landed in the results map */
+};
+
+struct ainftp_event {
+	__u16 type;         /* enum ainftp_event_type */
+	__u16 contributors;
+	__u32 round;
+	__u32 chunk;
+	__u32 index;        /* map index: bank * chunks + chunk */
+};
+
+/* ---- counters (per-CPU array, one entry of AINFTP_CNT__MAX __u64) ------- */
+
+enum ainftp_counter {
+	AINFTP_CNT_RX = 0,          /* packets for our port that reached the parser */
+	AINFTP_CNT_SUMMED,          /* contributions added into a slot */
+	AINFTP_CNT_ELEMS_SUMMED,    /* int16 elements added */
+	AINFTP_CNT_DUPLICATE,       /* contribution from a rank already in the slot */
+	AINFTP_CNT_STALE_ROUND,     /* round below the window, or bank holds a newer round */
+	AINFTP_CNT_FUTURE_ROUND,    /* round above the window */
+	AINFTP_CNT_FOREIGN_JOB,     /* job id differs from the attached job */
+	AINFTP_CNT_NOT_MEMBER,      /* rank valid but not in member_mask */
+	AINFTP_CNT_COMPLETED,       /* slots that reached every expected member */
+	AINFTP_CNT_RESULTS,         /* result packets stored */
+	AINFTP_CNT_RESULT_DUP,      /* result for a round already stored */
+	AINFTP_CNT_WAKEUPS,         /* ring-buffer events submitted with a wake-up */
+	AINFTP_CNT_EVENTS,          /* ring-buffer events submitted */
+	AINFTP_CNT_RINGBUF_FULL,    /* events lost: ring buffer full */
+	AINFTP_CNT_CONTROL,         /* control packets passed to the stack */
+	AINFTP_CNT_PASSED,          /* packets not for ainftp, passed untouched */
+	AINFTP_CNT_SATURATED,       /* packets flagged AINFTP_F_SATURATED by the sender */
+	/* malformed, one counter per reason; all are dropped */
+	AINFTP_CNT_MAL_TRUNC_ETH,   /* shorter than Ethernet/VLAN header */
+	AINFTP_CNT_MAL_TRUNC_IP,    /* shorter than the IP header, or bad IHL / total length */
+	AINFTP_CNT_MAL_TRUNC_UDP,   /* shorter than the UDP header, or bad UDP length */
+	AINFTP_CNT_MAL_TRUNC_HDR,   /* shorter than the ainftp header */
+	AINFTP_CNT_MAL_FRAGMENT,    /* IPv4 fragment addressed to our port */
+	AINFTP_CNT_MAL_MAGIC,
+	AINFTP_CNT_MAL_VERSION,
+	AINFTP_CNT_MAL_TYPE,
+	AINFTP_CNT_MAL_RANK,        /* rank >= members */
+	AINFTP_CNT_MAL_CHUNK,       /* chunk >= chunks */
+	AINFTP_CNT_MAL_COUNT,       /* count 0, > chunk_elems, or payload length != count*2 */
+	AINFTP_CNT_MAL_SCALE,       /* exp differs from the slot's, or count differs */
+	AINFTP_CNT_MAL_RESERVED,    /* reserved field not zero */
+	AINFTP_CNT__MAX,
+};
+
+struct ainftp_counters {
+	__u64 c[AINFTP_CNT__MAX];
+};
+
+/* ---- layout checks ------------------------------------------------------- */
+
+_Static_assert(sizeof(struct ainftp_wire_hdr) == 32, "wire header is 32 bytes");
+_Static_assert(sizeof(struct ainftp_config) == 40, "config is 40 bytes");
+_Static_assert(sizeof(struct ainftp_slot) == 32, "slot is 32 bytes");
+_Static_assert(sizeof(struct ainftp_acc) == 4 * AINFTP_MAX_ELEMS, "acc");
+_Static_assert(sizeof(struct ainftp_result) == 16 + 2 * AINFTP_MAX_ELEMS, "result");
+_Static_assert(sizeof(struct ainftp_bank_state) == 8, "bank state");
+_Static_assert(sizeof(struct ainftp_event) == 16, "event is 16 bytes");
+_Static_assert(sizeof(struct ainftp_counters) == 8 * AINFTP_CNT__MAX, "counters");
+_Static_assert(AINFTP_MAX_WORKERS <= 64, "ranks are bits of a __u64");
+
+#endif /* AINFTP_ABI_H */

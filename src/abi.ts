@@ -1,0 +1,268 @@
+// The TypeScript mirror of bpf/include/ainftp_abi.h. Hand-written;
+// test/abi.test.ts compares every offset, size and constant with what the C
+// compiler laid out, so a change on one side alone fails the suite.
+
+export const MAX_WORKERS = 64;
+export const MAX_ELEMS = 1720;
+export const ELEMS_MTU1500 = 720;
+export const MAX_CHUNKS = 65536;
+export const BANKS = 2;
+export const DEFAULT_PORT = 47000;
+export const DEFAULT_BATCH = 32;
+export const MAGIC = 0x464e4941;
+export const VERSION = 1;
+
+export const PKT_CONTRIB = 1;
+export const PKT_RESULT = 2;
+export const PKT_CONTROL = 3;
+
+export const F_RETRANSMIT = 0x0001;
+export const F_SATURATED = 0x0002;
+export const F_LAST = 0x0004;
+
+export const EV_SLOT_COMPLETE = 1;
+export const EV_RESULT = 2;
+
+export const SLOT_EMPTY = 0;
+export const SLOT_FILLING = 1;
+export const SLOT_COMPLETE = 2;
+
+/** Bytes of Ethernet + IPv4 + UDP + ainftp header in front of the payload. */
+export const FRAME_OVERHEAD_V4 = 14 + 20 + 8 + 32;
+
+type Field = readonly [offset: number, size: number];
+
+/** Field layouts, keyed "struct.field" as the shim's ainftp_abi_describe() names them. */
+export const LAYOUT = {
+  ainftp_wire_hdr: {
+    magic: [0, 4], version: [4, 1], type: [5, 1], flags: [6, 2], job_id: [8, 4],
+    round: [12, 4], chunk: [16, 4], rank: [20, 2], count: [22, 2], exp: [24, 2],
+    contributors: [26, 2], reserved: [28, 4],
+  },
+  ainftp_config: {
+    job_id: [0, 4], round_base: [4, 4], member_mask: [8, 8], members: [16, 2],
+    chunk_elems: [18, 2], chunks: [20, 4], batch: [24, 4], owned_chunks: [28, 4],
+    flags: [32, 4], reserved: [36, 4],
+  },
+  ainftp_slot: {
+    lock: [0, 4], tag: [4, 4], seen: [8, 8], count: [16, 2], contributors: [18, 2],
+    exp: [20, 2], state: [22, 2], completions: [24, 4], reserved: [28, 4],
+  },
+  ainftp_acc: { v: [0, 4 * MAX_ELEMS] },
+  ainftp_result: {
+    tag: [0, 4], count: [4, 2], contributors: [6, 2], exp: [8, 2], flags: [10, 2],
+    writes: [12, 4], v: [16, 2 * MAX_ELEMS],
+  },
+  ainftp_bank_state: { slots_done: [0, 4], results_done: [4, 4] },
+  ainftp_event: { type: [0, 2], contributors: [2, 2], round: [4, 4], chunk: [8, 4], index: [12, 4] },
+} as const satisfies Record<string, Record<string, Field>>;
+
+export const SIZEOF = {
+  ainftp_wire_hdr: 32,
+  ainftp_config: 40,
+  ainftp_slot: 32,
+  ainftp_acc: 4 * MAX_ELEMS,
+  ainftp_result: 16 + 2 * MAX_ELEMS,
+  ainftp_bank_state: 8,
+  ainftp_event: 16,
+  ainftp_counters: 0, // set below from COUNTERS
+};
+
+/** Counter ids in enum order; names are the stable keys of `status --json`. */
+export const COUNTERS = [
+  "rx", "summed", "elems_summed", "duplicate", "stale_round", "future_round", "foreign_job",
+  "not_member", "completed", "results", "result_dup", "wakeups", "events", "ringbuf_full",
+  "control", "passed", "saturated",
+  "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
+  "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
+  "mal_reserved",
+] as const;
+export type CounterName = (typeof COUNTERS)[number];
+export type Counters = Record<CounterName, number>;
+export const CNT = Object.fromEntries(COUNTERS.map((n, i) => [n, i])) as Record<CounterName, number>;
+SIZEOF.ainftp_counters = 8 * COUNTERS.length;
+
+/** What each counter means, for `status` and the README. */
+export const COUNTER_HELP: Record<CounterName, string> = {
+  rx: "packets for our port that reached the parser",
+  summed: "contributions added into a slot",
+  elems_summed: "int16 elements added",
+  duplicate: "contribution from a rank already in the slot (ignored)",
+  stale_round: "round below the window, or its slot already closed",
+  future_round: "round above the window",
+  foreign_job: "job id differs from the attached job",
+  not_member: "rank not in the member set",
+  completed: "slots that reached every expected member",
+  results: "result packets stored for userspace",
+  result_dup: "result for a round already stored",
+  wakeups: "ring-buffer events that woke userspace",
+  events: "ring-buffer events submitted",
+  ringbuf_full: "events lost: ring buffer full",
+  control: "control packets passed to the stack",
+  passed: "packets not for ainftp, passed untouched",
+  saturated: "packets the sender flagged as clipped",
+  mal_trunc_eth: "malformed: shorter than Ethernet/VLAN header (passed: not provably ours)",
+  mal_trunc_ip: "malformed: truncated IP header or bad IP length",
+  mal_trunc_udp: "malformed: truncated UDP header or bad UDP length",
+  mal_trunc_hdr: "malformed: shorter than the ainftp header",
+  mal_fragment: "malformed: IP fragment addressed to our port",
+  mal_magic: "malformed: bad magic",
+  mal_version: "malformed: unsupported version",
+  mal_type: "malformed: unknown packet type",
+  mal_rank: "malformed: rank >= members",
+  mal_chunk: "malformed: chunk >= chunks",
+  mal_count: "malformed: element count 0, too large, or not matching the payload",
+  mal_scale: "malformed: scale or count differs from the slot's first contribution",
+  mal_reserved: "malformed: reserved field not zero",
+};
+
+// ---- encoders / decoders ----------------------------------------------------
+
+export interface WireHeader {
+  magic?: number;
+  version?: number;
+  type: number;
+  flags?: number;
+  jobId: number;
+  round: number;
+  chunk: number;
+  rank: number;
+  count: number;
+  exp?: number;
+  contributors?: number;
+  reserved?: number;
+}
+
+const H = LAYOUT.ainftp_wire_hdr;
+
+export function writeHeader(view: DataView, off: number, h: WireHeader): void {
+  view.setUint32(off + H.magic[0], h.magic ?? MAGIC, true);
+  view.setUint8(off + H.version[0], h.version ?? VERSION);
+  view.setUint8(off + H.type[0], h.type);
+  view.setUint16(off + H.flags[0], h.flags ?? 0, true);
+  view.setUint32(off + H.job_id[0], h.jobId >>> 0, true);
+  view.setUint32(off + H.round[0], h.round >>> 0, true);
+  view.setUint32(off + H.chunk[0], h.chunk >>> 0, true);
+  view.setUint16(off + H.rank[0], h.rank, true);
+  view.setUint16(off + H.count[0], h.count, true);
+  view.setInt16(off + H.exp[0], h.exp ?? 0, true);
+  view.setUint16(off + H.contributors[0], h.contributors ?? 0, true);
+  view.setUint32(off + H.reserved[0], h.reserved ?? 0, true);
+}
+
+export function readHeader(view: DataView, off: number): Required<WireHeader> {
+  return {
+    magic: view.getUint32(off + H.magic[0], true),
+    version: view.getUint8(off + H.version[0]),
+    type: view.getUint8(off + H.type[0]),
+    flags: view.getUint16(off + H.flags[0], true),
+    jobId: view.getUint32(off + H.job_id[0], true),
+    round: view.getUint32(off + H.round[0], true),
+    chunk: view.getUint32(off + H.chunk[0], true),
+    rank: view.getUint16(off + H.rank[0], true),
+    count: view.getUint16(off + H.count[0], true),
+    exp: view.getInt16(off + H.exp[0], true),
+    contributors: view.getUint16(off + H.contributors[0], true),
+    reserved: view.getUint32(off + H.reserved[0], true),
+  };
+}
+
+export interface JobConfig {
+  jobId: number;
+  roundBase: number;
+  memberMask: bigint;
+  members: number;
+  chunkElems: number;
+  chunks: number;
+  batch: number;
+  ownedChunks: number;
+  flags?: number;
+}
+
+const C = LAYOUT.ainftp_config;
+
+export function encodeConfig(c: JobConfig): Uint8Array {
+  const b = new Uint8Array(SIZEOF.ainftp_config);
+  const v = new DataView(b.buffer);
+  v.setUint32(C.job_id[0], c.jobId >>> 0, true);
+  v.setUint32(C.round_base[0], c.roundBase >>> 0, true);
+  v.setBigUint64(C.member_mask[0], BigInt.asUintN(64, c.memberMask), true);
+  v.setUint16(C.members[0], c.members, true);
+  v.setUint16(C.chunk_elems[0], c.chunkElems, true);
+  v.setUint32(C.chunks[0], c.chunks >>> 0, true);
+  v.setUint32(C.batch[0], c.batch >>> 0, true);
+  v.setUint32(C.owned_chunks[0], c.ownedChunks >>> 0, true);
+  v.setUint32(C.flags[0], c.flags ?? 0, true);
+  return b;
+}
+
+export function decodeConfig(b: Uint8Array): JobConfig {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  return {
+    jobId: v.getUint32(C.job_id[0], true),
+    roundBase: v.getUint32(C.round_base[0], true),
+    memberMask: v.getBigUint64(C.member_mask[0], true),
+    members: v.getUint16(C.members[0], true),
+    chunkElems: v.getUint16(C.chunk_elems[0], true),
+    chunks: v.getUint32(C.chunks[0], true),
+    batch: v.getUint32(C.batch[0], true),
+    ownedChunks: v.getUint32(C.owned_chunks[0], true),
+    flags: v.getUint32(C.flags[0], true),
+  };
+}
+
+/** Member mask with ranks 0..members-1 set. */
+export function allMembers(members: number): bigint {
+  return members >= 64 ? (1n << 64n) - 1n : (1n << BigInt(members)) - 1n;
+}
+
+export interface SlotState {
+  tag: number;
+  seen: bigint;
+  count: number;
+  contributors: number;
+  exp: number;
+  state: number;
+  completions: number;
+}
+
+const S = LAYOUT.ainftp_slot;
+
+export function decodeSlot(b: Uint8Array): SlotState {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  return {
+    tag: v.getUint32(S.tag[0], true),
+    seen: v.getBigUint64(S.seen[0], true),
+    count: v.getUint16(S.count[0], true),
+    contributors: v.getUint16(S.contributors[0], true),
+    exp: v.getInt16(S.exp[0], true),
+    state: v.getUint16(S.state[0], true),
+    completions: v.getUint32(S.completions[0], true),
+  };
+}
+
+export interface ReflexEvent {
+  type: number;
+  contributors: number;
+  round: number;
+  chunk: number;
+  index: number;
+}
+
+const E = LAYOUT.ainftp_event;
+
+export function decodeEvents(b: Uint8Array, n: number): ReflexEvent[] {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const out: ReflexEvent[] = [];
+  for (let i = 0; i < n; i++) {
+    const o = i * SIZEOF.ainftp_event;
+    out.push({
+      type: v.getUint16(o + E.type[0], true),
+      contributors: v.getUint16(o + E.contributors[0], true),
+      round: v.getUint32(o + E.round[0], true),
+      chunk: v.getUint32(o + E.chunk[0], true),
+      index: v.getUint32(o + E.index[0], true),
+    });
+  }
+  return out;
+}

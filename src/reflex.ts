@@ -1,0 +1,258 @@
+// The Reflex's userspace handle: opens the embedded XDP object, loads it with
+// the job's sizes, and gives typed access to its maps (config, counters,
+// slots, the mmapped sums and results, the event ring). Attaching to an
+// interface lives in src/attach.ts.
+import { ptr, toArrayBuffer, type Pointer } from "bun:ffi";
+import objPath from "../bpf/build/ainftp.bpf.o" with { type: "file" };
+import { libbpf } from "../native/libbpf.ts";
+import { closeFd, cstr } from "../native/libc.ts";
+import { libbpfLog, shim } from "../native/shim.ts";
+import {
+  BANKS, COUNTERS, DEFAULT_PORT, MAX_CHUNKS, MAX_ELEMS, SIZEOF, decodeConfig, decodeEvents,
+  decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
+} from "./abi.ts";
+import { AinftpError, check, privilegeHint } from "./errors.ts";
+
+/** Map names in the object, and the names they are pinned under. */
+export const MAP_NAMES = ["job_config", "slots", "acc", "results", "bank_state", "counters", "events"] as const;
+export type MapName = (typeof MAP_NAMES)[number];
+
+export interface LoadOptions {
+  /** UDP destination port the program consumes. */
+  port?: number;
+  /** Chunks per round: sizes the slot, sum and result maps (× 2 banks). */
+  chunks?: number;
+}
+
+let objBytes: Uint8Array | undefined;
+async function objectBytes(): Promise<Uint8Array> {
+  objBytes ??= new Uint8Array(await Bun.file(objPath).arrayBuffer());
+  return objBytes;
+}
+
+export function possibleCpus(): number {
+  return libbpf.libbpf_num_possible_cpus();
+}
+
+/** Reads a per-CPU counters value and sums it over CPUs. */
+export function readCounters(fd: number): Counters {
+  const ncpu = possibleCpus();
+  const stride = SIZEOF.ainftp_counters; // already a multiple of 8
+  const buf = new BigUint64Array((ncpu * stride) / 8);
+  const key = new Uint32Array([0]);
+  check(libbpf.bpf_map_lookup_elem(fd, key, buf), "read counters", "lookup failed");
+  const out = {} as Counters;
+  COUNTERS.forEach((name, i) => {
+    let sum = 0n;
+    for (let c = 0; c < ncpu; c++) sum += buf[c * (stride / 8) + i];
+    out[name] = Number(sum);
+  });
+  return out;
+}
+
+export function readConfig(fd: number): JobConfig {
+  const b = new Uint8Array(SIZEOF.ainftp_config);
+  check(libbpf.bpf_map_lookup_elem(fd, new Uint32Array([0]), b), "read config", "lookup failed");
+  return decodeConfig(b);
+}
+
+export function writeConfig(fd: number, cfg: JobConfig): void {
+  check(libbpf.bpf_map_update_elem(fd, new Uint32Array([0]), encodeConfig(cfg), 0n), "write config", "update failed");
+}
+
+/** A loaded (not necessarily attached) XDP object. */
+export class ReflexObject implements Disposable {
+  readonly progFd: number;
+  readonly chunks: number;
+  readonly port: number;
+  private obj: Pointer | null;
+  private maps = new Map<MapName, number>();
+  private mmaps: { addr: Pointer; len: number }[] = [];
+  private rings: EventRing[] = [];
+
+  private constructor(obj: Pointer, progFd: number, chunks: number, port: number) {
+    this.obj = obj;
+    this.progFd = progFd;
+    this.chunks = chunks;
+    this.port = port;
+    for (const name of MAP_NAMES) {
+      const fd = libbpf.bpf_object__find_map_fd_by_name(obj, cstr(name));
+      if (fd < 0) throw new AinftpError("load", `map ${name} missing from the object`);
+      this.maps.set(name, fd);
+    }
+  }
+
+  /** Opens the embedded object from memory and loads it into the kernel. */
+  static async load(opts: LoadOptions = {}): Promise<ReflexObject> {
+    const port = opts.port ?? DEFAULT_PORT;
+    const chunks = opts.chunks ?? 1024;
+    if (!Number.isInteger(port) || port < 1 || port > 65535)
+      throw new AinftpError("load", `port ${port} is not a UDP port`, { hint: "pick a port in 1..65535" });
+    if (!Number.isInteger(chunks) || chunks < 1 || chunks > MAX_CHUNKS)
+      throw new AinftpError("load", `chunks ${chunks} out of range`, { hint: `pick 1..${MAX_CHUNKS}` });
+    const bytes = await objectBytes();
+    const out = new BigUint64Array(1);
+    check(shim.ainftp_obj_open(bytes, BigInt(bytes.length), cstr("ainftp"), out), "load", "opening the BPF object failed");
+    const obj = Number(out[0]) as Pointer;
+    try {
+      check(shim.ainftp_obj_set_rodata(obj, cstr("listen_port"), new Uint16Array([port]), 2n), "load", "setting the port failed");
+      for (const m of ["slots", "acc", "results"])
+        check(shim.ainftp_obj_set_max_entries(obj, cstr(m), BANKS * chunks), "load", `sizing map ${m} failed`);
+      const rc = shim.ainftp_obj_load(obj);
+      if (rc < 0) {
+        const log = libbpfLog();
+        const errno = -rc;
+        const hint =
+          errno === 1 || errno === 13
+            ? privilegeHint
+            : errno === 12 || errno === 7
+              ? `the maps for ${chunks} chunks did not fit: lower --chunks`
+              : "the kernel's verifier rejected the program; the log tail is below";
+        throw new AinftpError("load", "loading the XDP program failed", { errno, hint, detail: tail(log, 30) });
+      }
+      const progFd = check(shim.ainftp_obj_prog_fd(obj), "load", "program missing");
+      return new ReflexObject(obj, progFd, chunks, port);
+    } catch (e) {
+      libbpf.bpf_object__close(obj);
+      throw e;
+    }
+  }
+
+  mapFd(name: MapName): number {
+    const fd = this.maps.get(name);
+    if (fd === undefined || !this.obj) throw new AinftpError("map", `${name}: object closed`);
+    return fd;
+  }
+
+  /** Map fds of a pinned attachment are the same maps: see src/attach.ts. */
+  get mapFds(): ReadonlyMap<MapName, number> {
+    return this.maps;
+  }
+
+  setConfig(cfg: JobConfig): void {
+    if (cfg.chunks > this.chunks)
+      throw new AinftpError("config", `chunks ${cfg.chunks} > ${this.chunks} the maps were sized for`);
+    writeConfig(this.mapFd("job_config"), cfg);
+  }
+
+  config(): JobConfig {
+    return readConfig(this.mapFd("job_config"));
+  }
+
+  counters(): Counters {
+    return readCounters(this.mapFd("counters"));
+  }
+
+  slot(index: number): SlotState {
+    const b = new Uint8Array(SIZEOF.ainftp_slot);
+    check(libbpf.bpf_map_lookup_elem(this.mapFd("slots"), new Uint32Array([index]), b), "slot", `lookup ${index} failed`);
+    return decodeSlot(b);
+  }
+
+  /** Zeroes a bank's event counts (done by the round owner when it moves the window). */
+  resetBank(bank: number): void {
+    check(
+      libbpf.bpf_map_update_elem(this.mapFd("bank_state"), new Uint32Array([bank]), new Uint32Array(2), 0n),
+      "bank", "reset failed",
+    );
+  }
+
+  private mmapMap(name: MapName, valueSize: number): ArrayBuffer {
+    const stride = Math.ceil(valueSize / 8) * 8;
+    const len = Math.ceil((stride * BANKS * this.chunks) / 4096) * 4096;
+    const out = new BigUint64Array(1);
+    check(shim.ainftp_map_mmap(this.mapFd(name), BigInt(len), 1, out), "mmap", `mapping ${name} failed`);
+    const addr = Number(out[0]) as Pointer;
+    this.mmaps.push({ addr, len });
+    return toArrayBuffer(addr, 0, len);
+  }
+
+  private accBuf?: ArrayBuffer;
+  private resBuf?: ArrayBuffer;
+
+  /** int32 sums of slot `index` (bank * chunks + chunk), read straight from the map. */
+  sums(index: number, count = MAX_ELEMS): Int32Array {
+    this.accBuf ??= this.mmapMap("acc", SIZEOF.ainftp_acc);
+    return new Int32Array(this.accBuf, index * SIZEOF.ainftp_acc, count);
+  }
+
+  /** The result entry at `index`: header fields and int16 values. */
+  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array } {
+    this.resBuf ??= this.mmapMap("results", SIZEOF.ainftp_result);
+    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
+    const dv = new DataView(this.resBuf, index * stride, stride);
+    const count = dv.getUint16(4, true);
+    return {
+      tag: dv.getUint32(0, true),
+      count,
+      contributors: dv.getUint16(6, true),
+      exp: dv.getInt16(8, true),
+      flags: dv.getUint16(10, true),
+      writes: dv.getUint32(12, true),
+      v: new Int16Array(this.resBuf, index * stride + 16, Math.min(count, MAX_ELEMS)),
+    };
+  }
+
+  events(): EventRing {
+    const r = new EventRing(this.mapFd("events"));
+    this.rings.push(r);
+    return r;
+  }
+
+  /** Runs the program on one frame (BPF_PROG_TEST_RUN). ns is per run. */
+  testRun(frame: Uint8Array, repeat = 1): { action: number; ns: number; out: Uint8Array } {
+    const out = new Uint8Array(frame.length + 256);
+    const res = new Uint32Array(3);
+    check(
+      shim.ainftp_test_run(this.progFd, frame, frame.length, out, out.length, repeat, res),
+      "test run", "BPF_PROG_TEST_RUN failed",
+    );
+    return { action: res[0], ns: res[1], out: out.subarray(0, res[2]) };
+  }
+
+  close(): void {
+    for (const r of this.rings) r.close();
+    this.rings = [];
+    for (const m of this.mmaps) shim.ainftp_munmap(m.addr, BigInt(m.len));
+    this.mmaps = [];
+    this.accBuf = this.resBuf = undefined;
+    if (this.obj) libbpf.bpf_object__close(this.obj);
+    this.obj = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Consumer of the program's ring buffer; events are copied out in the shim. */
+export class EventRing implements Disposable {
+  private h: number;
+  private buf = new Uint8Array(SIZEOF.ainftp_event * 4096);
+
+  constructor(mapFd: number) {
+    this.h = check(shim.ainftp_ring_open(mapFd), "ring", "opening the event ring failed");
+  }
+
+  /** Events available now (timeoutMs 0) or after waiting up to timeoutMs. */
+  poll(timeoutMs = 0): ReflexEvent[] {
+    if (this.h < 0) return [];
+    const n = check(shim.ainftp_ring_poll(this.h, timeoutMs, this.buf, this.buf.length / SIZEOF.ainftp_event), "ring", "poll failed");
+    return decodeEvents(this.buf, n);
+  }
+
+  close(): void {
+    if (this.h >= 0) shim.ainftp_ring_close(this.h);
+    this.h = -1;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export function tail(text: string, lines: number): string {
+  return text.trimEnd().split("\n").slice(-lines).join("\n");
+}
+
+export { closeFd };
