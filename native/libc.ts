@@ -6,7 +6,7 @@ const { symbols: libc } = dlopen("libc.so.6", {
   if_nametoindex: { args: [FFIType.cstring], returns: FFIType.u32 },
   close: { args: [FFIType.i32], returns: FFIType.i32 },
   geteuid: { args: [], returns: FFIType.u32 },
-  memfd_create: { args: [FFIType.cstring], returns: FFIType.i32, },
+  memfd_create: { args: [FFIType.cstring, FFIType.u32], returns: FFIType.i32 },
   write: { args: [FFIType.i32, FFIType.ptr, FFIType.u64], returns: FFIType.i64 },
 });
 
@@ -30,7 +30,7 @@ export function geteuid(): number {
 
 /** An anonymous in-memory file holding `bytes`; returns its fd (or -1). */
 export function memfdWith(name: string, bytes: Uint8Array): number {
-  const fd = libc.memfd_create(cstr(name));
+  const fd = libc.memfd_create(cstr(name), 1 /* MFD_CLOEXEC */);
   if (fd < 0) return -1;
   let off = 0;
   while (off < bytes.length) {

@@ -142,6 +142,20 @@ int ainftp_obj_prog_fd(struct bpf_object *obj)
 	return bpf_program__fd(prog);
 }
 
+/* File descriptor of the object's .rodata map (holds listen_port; pinned so
+ * `status` can show the port of an attached program). */
+int ainftp_obj_rodata_fd(struct bpf_object *obj)
+{
+	struct bpf_map *m;
+	bpf_object__for_each_map(m, obj) {
+		const char *n = bpf_map__name(m);
+		size_t nl = strlen(n);
+		if (nl >= 7 && strcmp(n + nl - 7, ".rodata") == 0)
+			return bpf_map__fd(m);
+	}
+	return -ENOENT;
+}
+
 /* ---- attach -------------------------------------------------------------- */
 
 /* Attaches prog_fd to ifindex as an XDP bpf_link; flags are XDP_FLAGS_*

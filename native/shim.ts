@@ -15,6 +15,7 @@ const table = {
   ainftp_obj_set_max_entries: { args: [T.ptr, T.cstring, T.u32], returns: T.i32 },
   ainftp_obj_load: { args: [T.ptr], returns: T.i32 },
   ainftp_obj_prog_fd: { args: [T.ptr], returns: T.i32 },
+  ainftp_obj_rodata_fd: { args: [T.ptr], returns: T.i32 },
   ainftp_xdp_link: { args: [T.i32, T.i32, T.u32], returns: T.i32 },
   ainftp_xdp_query: { args: [T.i32, T.ptr], returns: T.i32 },
   ainftp_xdp_detach: { args: [T.i32, T.u32], returns: T.i32 },

@@ -25,7 +25,11 @@ export interface LoadOptions {
 }
 
 let objBytes: Uint8Array | undefined;
+/** The embedded object, or AINFTP_BPF_OBJECT (a developer override, used by
+ * the tests to load a program the verifier rejects). */
 async function objectBytes(): Promise<Uint8Array> {
+  const override = process.env.AINFTP_BPF_OBJECT;
+  if (override) return new Uint8Array(await Bun.file(override).arrayBuffer());
   objBytes ??= new Uint8Array(await Bun.file(objPath).arrayBuffer());
   return objBytes;
 }
@@ -102,13 +106,17 @@ export class ReflexObject implements Disposable {
       if (rc < 0) {
         const log = libbpfLog();
         const errno = -rc;
-        const hint =
-          errno === 1 || errno === 13
+        const verifier = log.includes("PROG LOAD LOG");
+        const hint = verifier
+          ? "the kernel's verifier rejected the program (log tail below); rebuild with 'make' or report it with this log"
+          : errno === 1 || errno === 13
             ? privilegeHint
             : errno === 12 || errno === 7
               ? `the maps for ${chunks} chunks did not fit: lower --chunks`
-              : "the kernel's verifier rejected the program; the log tail is below";
-        throw new AinftpError("load", "loading the XDP program failed", { errno, hint, detail: tail(log, 30) });
+              : "see the libbpf log tail below";
+        throw new AinftpError("load", verifier ? "the verifier rejected the XDP program" : "loading the XDP program failed", {
+          errno, hint, detail: tail(log, 30),
+        });
       }
       const progFd = check(shim.ainftp_obj_prog_fd(obj), "load", "program missing");
       return new ReflexObject(obj, progFd, chunks, port);
@@ -122,6 +130,12 @@ export class ReflexObject implements Disposable {
     const fd = this.maps.get(name);
     if (fd === undefined || !this.obj) throw new AinftpError("map", `${name}: object closed`);
     return fd;
+  }
+
+  /** The .rodata map (listen_port), pinned so `status` can show the port. */
+  rodataFd(): number {
+    if (!this.obj) throw new AinftpError("map", ".rodata: object closed");
+    return check(shim.ainftp_obj_rodata_fd(this.obj), "map", ".rodata missing");
   }
 
   /** Map fds of a pinned attachment are the same maps: see src/attach.ts. */

@@ -1,0 +1,71 @@
+# ainftp — one entry point: `make setup` installs what a fresh Debian machine
+# lacks, `make` builds dist/ainftp, `make test` runs every suite, `make bench`
+# runs the XDP micro-benchmark.
+BUN_VERSION := 1.4.5
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool libelf-dev iproute2 gcc make ethtool util-linux
+
+CLANG ?= clang
+CC ?= gcc
+BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -Wall -Werror -Ibpf/build -Ibpf/include -Ibpf
+SHIM_CFLAGS := -O2 -g -Wall -Werror -fPIC -shared
+
+BPF_OBJ := bpf/build/ainftp.bpf.o
+SHIM := native/build/libainftp.so
+FIXTURES := test/fixtures/build/pass.bpf.o test/fixtures/build/reject.bpf.o
+BIN := dist/ainftp
+SOURCES := $(shell find cli src native -name '*.ts') package.json
+
+.PHONY: all setup deps bun-install build test bench clean
+
+all: build
+
+# ---- setup: apt packages, pinned Bun, node modules, bpffs ----------------
+setup: deps bun-install
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@if [ "$$(bun --version 2>/dev/null)" != "$(BUN_VERSION)" ]; then \
+		echo "installing bun $(BUN_VERSION)"; npm install -g --no-fund --no-audit bun@$(BUN_VERSION); \
+	fi
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+bun-install: package.json
+	bun install --frozen-lockfile
+
+# ---- build -----------------------------------------------------------------
+build: $(BIN) $(FIXTURES)
+
+# Generated from the running kernel's BTF, not committed: the program uses
+# only stable UAPI structs (ethhdr, iphdr, udphdr, xdp_md) from it.
+bpf/build/vmlinux.h:
+	@mkdir -p $(@D)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BPF_OBJ): bpf/ainftp.bpf.c bpf/parse.h bpf/include/ainftp_abi.h bpf/build/vmlinux.h
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(SHIM): native/shim.c bpf/include/ainftp_abi.h
+	@mkdir -p $(@D)
+	$(CC) $(SHIM_CFLAGS) -o $@ $< -lbpf
+
+test/fixtures/build/%.bpf.o: test/fixtures/%.bpf.c
+	@mkdir -p $(@D)
+	$(CLANG) -O2 -g -target bpf -Wall -I/usr/include/$(shell uname -m)-linux-gnu -c $< -o $@
+
+$(BIN): $(BPF_OBJ) $(SHIM) $(SOURCES)
+	@mkdir -p $(@D)
+	bun build --compile cli/index.ts --outfile $@
+
+# ---- run ---------------------------------------------------------------------
+test: build
+	bun test
+
+bench: build
+	bun bench/xdp.ts
+
+clean:
+	rm -rf bpf/build native/build test/fixtures/build dist
