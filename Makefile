@@ -2,11 +2,11 @@
 # lacks, `make` builds dist/ainftp, `make test` runs every suite, `make bench`
 # runs the XDP micro-benchmark.
 BUN_VERSION := 1.4.5
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool libelf-dev iproute2 gcc make ethtool util-linux
+APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 bpftool libelf-dev iproute2 gcc make ethtool util-linux
 
-CLANG ?= clang
+CLANG ?= clang-19
 CC ?= gcc
-BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -Wall -Werror -Ibpf/build -Ibpf/include -Ibpf
+BPF_CFLAGS := -g -O2 -target bpf -mcpu=v4 -Wall -Werror -Ibpf/build -Ibpf/include -Ibpf
 SHIM_CFLAGS := -O2 -g -Wall -Werror -fPIC -shared
 
 BPF_OBJ := bpf/build/ainftp.bpf.o

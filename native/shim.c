@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <net/if.h>
@@ -30,23 +31,33 @@ static int capture_print(enum libbpf_print_level level, const char *fmt, va_list
 {
 	if (level == LIBBPF_DEBUG)
 		return 0;
-	char line[4096];
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
+	/* One message can hold the whole verifier log: size it first. */
+	va_list aq;
+	va_copy(aq, ap);
+	int n = vsnprintf(NULL, 0, fmt, aq);
+	va_end(aq);
 	if (n <= 0)
 		return 0;
-	if ((size_t)n >= sizeof(line))
-		n = sizeof(line) - 1;
+	char *line = malloc((size_t)n + 1);
+	if (!line)
+		return 0;
+	vsnprintf(line, (size_t)n + 1, fmt, ap);
+	const char *src = line;
+	if ((size_t)n >= sizeof(log_buf)) { /* keep the tail: the verdict is at the end */
+		src = line + n - (sizeof(log_buf) - 1);
+		n = sizeof(log_buf) - 1;
+	}
 	if (log_len + n >= sizeof(log_buf)) {
-		/* keep the tail: the verifier's verdict is at the end */
 		size_t drop = log_len + n - sizeof(log_buf) + 1;
 		if (drop > log_len)
 			drop = log_len;
 		memmove(log_buf, log_buf + drop, log_len - drop);
 		log_len -= drop;
 	}
-	memcpy(log_buf + log_len, line, n);
+	memcpy(log_buf + log_len, src, n);
 	log_len += n;
 	log_buf[log_len] = 0;
+	free(line);
 	return 0;
 }
 

@@ -22,6 +22,8 @@ export interface LoadOptions {
   port?: number;
   /** Chunks per round: sizes the slot, sum and result maps (× 2 banks). */
   chunks?: number;
+  /** Benchmarks only: repeated contributions are summed again, not dropped. */
+  benchNoDedupe?: boolean;
 }
 
 let objBytes: Uint8Array | undefined;
@@ -100,6 +102,8 @@ export class ReflexObject implements Disposable {
     const obj = Number(out[0]) as Pointer;
     try {
       check(shim.ainftp_obj_set_rodata(obj, cstr("listen_port"), new Uint16Array([port]), 2n), "load", "setting the port failed");
+      if (opts.benchNoDedupe)
+        check(shim.ainftp_obj_set_rodata(obj, cstr("bench_no_dedupe"), new Uint8Array([1]), 1n), "load", "setting the bench switch failed");
       for (const m of ["slots", "acc", "results"])
         check(shim.ainftp_obj_set_max_entries(obj, cstr(m), BANKS * chunks), "load", `sizing map ${m} failed`);
       const rc = shim.ainftp_obj_load(obj);
