@@ -131,14 +131,22 @@ static __always_inline void emit_event(struct ainftp_counters *cnt, const struct
 		cnt->c[AINFTP_CNT_WAKEUPS]++;
 }
 
+/* Two int16 lanes per 64-bit add: each element is biased by 2^15 (XOR of its
+ * sign bit turns int16 into offset binary, one instruction per 4 elements),
+ * so a 32-bit lane only ever grows and never borrows from its neighbour:
+ * 64 workers * 65535 < 2^32. The sums of elements (e0, e2) share one word and
+ * (e1, e3) the next; userspace subtracts 2^15 * contributors and swaps the
+ * middle two back (src/abi.ts decodeSums). */
+#define LANES 0x0000ffff0000ffffULL
+#define BIAS4 0x8000800080008000ULL
+
 /* Store (first contributor: an older round's sums are overwritten, no
- * clearing pass) or add int16 values from the scratch copy into the slot's
- * int32 sums, four per iteration, up to count rounded up to 4 (the scratch is
- * zero-padded). Called with the slot lock held: no helpers, no calls. With
- * -mcpu=v4 each element is one sign-extending load plus load/add/store. */
-static __always_inline void sum_into(__s32 *dst, const struct scratch *in, __u32 count, int first)
+ * clearing pass) or add the scratch copy into the slot's sums, four elements
+ * per iteration, up to count rounded up to 4 (the scratch is zero-padded).
+ * Called with the slot lock held: no helpers, no calls. */
+static __always_inline void sum_into(__u64 *dst, const struct scratch *in, __u32 count, int first)
 {
-	const __s16 *src = in->v;
+	const __u64 *src = (const __u64 *)in->v;
 	/* Bound the loops by a value derived from count, not count itself: the
 	 * verifier then refines only a dead register at each exit and prunes
 	 * the 430 exits to one. */
@@ -147,22 +155,18 @@ static __always_inline void sum_into(__s32 *dst, const struct scratch *in, __u32
 		for (__u32 g = 0; g < AINFTP_MAX_ELEMS / 4; g++) {
 			if (g >= groups)
 				break;
-			__u32 i = g * 4;
-			dst[i] = src[i];
-			dst[i + 1] = src[i + 1];
-			dst[i + 2] = src[i + 2];
-			dst[i + 3] = src[i + 3];
+			__u64 x = src[g] ^ BIAS4;
+			dst[2 * g] = x & LANES;
+			dst[2 * g + 1] = (x >> 16) & LANES;
 		}
 		return;
 	}
 	for (__u32 g = 0; g < AINFTP_MAX_ELEMS / 4; g++) {
 		if (g >= groups)
 			break;
-		__u32 i = g * 4;
-		dst[i] += src[i];
-		dst[i + 1] += src[i + 1];
-		dst[i + 2] += src[i + 2];
-		dst[i + 3] += src[i + 3];
+		__u64 x = src[g] ^ BIAS4;
+		dst[2 * g] += x & LANES;
+		dst[2 * g + 1] += (x >> 16) & LANES;
 	}
 }
 
@@ -200,8 +204,6 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		in->v[pad + 1] = 0;
 	if (pad + 2 < AINFTP_MAX_ELEMS)
 		in->v[pad + 2] = 0;
-	if (h->flags & AINFTP_F_SATURATED)
-		cnt->c[AINFTP_CNT_SATURATED]++;
 
 	int outcome = AINFTP_CNT_SUMMED, complete = 0;
 	__u16 contributors = 0;
@@ -227,7 +229,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		outcome = AINFTP_CNT_MAL_SCALE; /* cannot sum integers of different scales */
 		goto unlock;
 	}
-	sum_into(sums->v, in, count, slot->contributors == 0);
+	sum_into((__u64 *)sums->v, in, count, slot->contributors == 0);
 	slot->seen |= bit;
 	contributors = ++slot->contributors;
 	if ((slot->seen & cfg->member_mask) == cfg->member_mask) {
@@ -242,6 +244,8 @@ unlock:
 	if (outcome != AINFTP_CNT_SUMMED)
 		return XDP_DROP;
 	cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;
+	if (h->flags & AINFTP_F_SATURATED)
+		cnt->c[AINFTP_CNT_SATURATED]++;
 	if (complete) {
 		cnt->c[AINFTP_CNT_COMPLETED]++;
 		emit_event(cnt, cfg, AINFTP_EV_SLOT_COMPLETE, round, h->chunk, idx, contributors);
@@ -341,6 +345,7 @@ int ainftp_xdp(struct xdp_md *ctx)
 		}
 		if (udp->dest != bpf_htons(listen_port))
 			goto pass;
+		cnt->c[AINFTP_CNT_RX]++;
 		if (frag & AINFTP_IP_MF)
 			DROP(AINFTP_CNT_MAL_FRAGMENT);
 		__u32 tot = bpf_ntohs(ip->tot_len);
@@ -362,6 +367,7 @@ int ainftp_xdp(struct xdp_md *ctx)
 		}
 		if (udp->dest != bpf_htons(listen_port))
 			goto pass;
+		cnt->c[AINFTP_CNT_RX]++;
 		l3_end = (void *)(udp) + bpf_ntohs(ip6->payload_len);
 		if (l3_end > data_end)
 			DROP(AINFTP_CNT_MAL_TRUNC_IP);
@@ -369,7 +375,6 @@ int ainftp_xdp(struct xdp_md *ctx)
 		goto pass;
 	}
 
-	cnt->c[AINFTP_CNT_RX]++;
 	__u32 ulen = bpf_ntohs(udp->len);
 	if (ulen < sizeof(*udp) || (void *)udp + ulen > l3_end)
 		DROP(AINFTP_CNT_MAL_TRUNC_UDP);
@@ -402,6 +407,9 @@ int ainftp_xdp(struct xdp_md *ctx)
 	if (count == 0 || count > cfg->chunk_elems || count > AINFTP_MAX_ELEMS ||
 	    ulen != sizeof(*udp) + sizeof(*h) + count * 2)
 		DROP(AINFTP_CNT_MAL_COUNT);
+	/* tag = round + 1 must be neither 0 (empty) nor RESULT_BUSY. */
+	if (h->round >= AINFTP_MAX_ROUND)
+		DROP(AINFTP_CNT_MAL_ROUND);
 	__s32 ahead = (__s32)(h->round - cfg->round_base);
 	if (ahead < 0)
 		DROP(AINFTP_CNT_STALE_ROUND);

@@ -44,6 +44,6 @@ export function attachCommand(io: IO): Command {
         port: o.port, mode: o.mode as AttachMode, jobId: o.job, workers: o.workers, batch: o.batch,
         chunks: o.chunks, chunkElems: o.chunkElems,
       });
-      io.out(o.json ? JSON.stringify({ ...r, config: { ...r.config, memberMask: r.config.memberMask.toString() } }, null, 2) + "\n" : renderAttach(r));
+      io.out(o.json ? JSON.stringify({ ...r, config: { ...r.config, memberMask: "0x" + r.config.memberMask.toString(16) } }, null, 2) + "\n" : renderAttach(r));
     });
 }

@@ -15,7 +15,11 @@ export function buildProgram(io: IO = processIO): Command {
     .version(pkg.version, "-V, --version")
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .showHelpAfterError("(add --help for usage)");
-  for (const make of [attachCommand, detachCommand, statusCommand]) program.addCommand(make(io));
+  for (const make of [attachCommand, detachCommand, statusCommand]) {
+    // addCommand() does not copy output settings to subcommands: set them on each.
+    const cmd = make(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)");
+    program.addCommand(cmd);
+  }
   return program;
 }
 

@@ -1,8 +1,14 @@
 import Table from "cli-table3";
-import { Command } from "commander";
+import { Command, InvalidArgumentError } from "commander";
 import { COUNTERS, COUNTER_HELP, type Counters } from "../src/abi.ts";
 import { status, type IfaceStatus } from "../src/attach.ts";
 import { intOption, type IO } from "./io.ts";
+
+function secondsOption(value: string): number {
+  const n = Number(value);
+  if (!/^\d*\.?\d+$/.test(value) || !(n > 0) || n > 3600) throw new InvalidArgumentError("Give seconds > 0, e.g. --watch 2.");
+  return n;
+}
 
 /** cli-table3 borders without a rule between rows. */
 export const COMPACT = { mid: "", "left-mid": "", "mid-mid": "", "right-mid": "" };
@@ -49,7 +55,7 @@ export function statusCommand(io: IO): Command {
     .description("Show where ainftp is attached in this network namespace, its configuration and its counters.")
     .argument("[iface]", "one interface (default: every attached interface)")
     .option("--json", "print JSON with stable field names (counters keyed as in the table)")
-    .option("--watch [seconds]", "refresh every N seconds (default 1) with per-second rates; Ctrl-C stops", )
+    .option("--watch [seconds]", "refresh every N seconds (default 1) with per-second rates; Ctrl-C stops", secondsOption)
     .option("--count <n>", "with --watch: stop after n refreshes", intOption(1))
     .action(async (iface: string | undefined, o) => {
       const once = () => status(iface);
@@ -58,8 +64,7 @@ export function statusCommand(io: IO): Command {
         io.out(o.json ? JSON.stringify(list.map(statusJSON), null, 2) + "\n" : renderStatus(list));
         return;
       }
-      const every = o.watch === true ? 1 : Number(o.watch);
-      if (!(every > 0)) throw new Error(`--watch ${o.watch}: give seconds > 0, e.g. --watch 2`);
+      const every = o.watch === true ? 1 : (o.watch as number);
       let prev: Map<string, Counters> | undefined;
       let last = performance.now();
       for (let i = 0; o.count === undefined || i < o.count; i++) {

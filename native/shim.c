@@ -304,20 +304,20 @@ struct ring {
 	struct ainftp_event *out;
 	int cap;
 	int n;
-	long dropped; /* events that did not fit in `out` this poll */
 };
+
+/* Stops consuming once `out` is full: libbpf advances the consumer past a
+ * record before calling us, so the record is stored first and the negative
+ * return only ends this poll; the rest stays in the ring for the next one. */
+#define RING_FULL (-ENOBUFS)
 
 static int ring_sample(void *ctx, void *data, size_t size)
 {
 	struct ring *r = ctx;
-	if (size < sizeof(struct ainftp_event))
+	if (size < sizeof(struct ainftp_event) || r->n >= r->cap)
 		return 0;
-	if (r->n >= r->cap) {
-		r->dropped++;
-		return 0;
-	}
 	memcpy(&r->out[r->n++], data, sizeof(struct ainftp_event));
-	return 0;
+	return r->n >= r->cap ? RING_FULL : 0;
 }
 
 static struct ring rings[64];
@@ -347,7 +347,7 @@ int ainftp_ring_poll(int h, int timeout_ms, struct ainftp_event *out, int cap)
 	r->cap = cap;
 	r->n = 0;
 	int err = timeout_ms == 0 ? ring_buffer__consume(r->rb) : ring_buffer__poll(r->rb, timeout_ms);
-	if (err < 0 && err != -EINTR)
+	if (err < 0 && err != -EINTR && err != RING_FULL)
 		return err;
 	return r->n;
 }
@@ -438,7 +438,8 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, CNT_MAL_TRUNC_UDP); CONST(&o, CNT_MAL_TRUNC_HDR); CONST(&o, CNT_MAL_FRAGMENT);
 	CONST(&o, CNT_MAL_MAGIC); CONST(&o, CNT_MAL_VERSION); CONST(&o, CNT_MAL_TYPE);
 	CONST(&o, CNT_MAL_RANK); CONST(&o, CNT_MAL_CHUNK); CONST(&o, CNT_MAL_COUNT);
-	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT__MAX);
+	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT__MAX);
+	CONST(&o, MAX_ROUND); CONST(&o, ACC_BIAS);
 	if (o.len < o.cap - 1)
 		buf[o.len++] = '}';
 	buf[o.len < o.cap ? o.len : o.cap - 1] = 0;

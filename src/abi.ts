@@ -7,6 +7,8 @@ export const MAX_ELEMS = 1720;
 export const ELEMS_MTU1500 = 720;
 export const MAX_CHUNKS = 65536;
 export const BANKS = 2;
+export const MAX_ROUND = 0xfffffffe;
+export const ACC_BIAS = 32768;
 export const DEFAULT_PORT = 47000;
 export const DEFAULT_BATCH = 32;
 export const MAGIC = 0x464e4941;
@@ -48,7 +50,7 @@ export const LAYOUT = {
     lock: [0, 4], tag: [4, 4], seen: [8, 8], count: [16, 2], contributors: [18, 2],
     exp: [20, 2], state: [22, 2], completions: [24, 4], reserved: [28, 4],
   },
-  ainftp_acc: { v: [0, 4 * MAX_ELEMS] },
+  ainftp_acc: { v: [0, 4 * MAX_ELEMS] }, // biased, lane-interleaved: decodeSums()
   ainftp_result: {
     tag: [0, 4], count: [4, 2], contributors: [6, 2], exp: [8, 2], flags: [10, 2],
     writes: [12, 4], v: [16, 2 * MAX_ELEMS],
@@ -75,7 +77,7 @@ export const COUNTERS = [
   "control", "passed", "saturated",
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
-  "mal_reserved",
+  "mal_reserved", "mal_round",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -84,7 +86,7 @@ SIZEOF.ainftp_counters = 8 * COUNTERS.length;
 
 /** What each counter means, for `status` and the README. */
 export const COUNTER_HELP: Record<CounterName, string> = {
-  rx: "packets for our port that reached the parser",
+  rx: "packets addressed to our UDP port (IPv4 first fragments and IPv6 without extension headers)",
   summed: "contributions added into a slot",
   elems_summed: "int16 elements added",
   duplicate: "contribution from a rank already in the slot (ignored)",
@@ -100,7 +102,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   ringbuf_full: "events lost: ring buffer full",
   control: "control packets passed to the stack",
   passed: "packets not for ainftp, passed untouched",
-  saturated: "packets the sender flagged as clipped",
+  saturated: "summed contributions the sender flagged as clipped",
   mal_trunc_eth: "malformed: shorter than Ethernet/VLAN header (passed: not provably ours)",
   mal_trunc_ip: "malformed: truncated IP header or bad IP length",
   mal_trunc_udp: "malformed: truncated UDP header or bad UDP length",
@@ -114,7 +116,30 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   mal_count: "malformed: element count 0, too large, or not matching the payload",
   mal_scale: "malformed: scale or count differs from the slot's first contribution",
   mal_reserved: "malformed: reserved field not zero",
+  mal_round: "malformed: round number in the reserved top range",
 };
+
+/** Physical position in the acc map of logical element j of a slot: the
+ * middle two of every group of four are swapped (two lanes per 64-bit add). */
+export function accPosition(j: number): number {
+  const k = j & 3;
+  return k === 1 || k === 2 ? j ^ 3 : j;
+}
+
+/** The true int32 sums of `count` elements from an acc entry (raw biased
+ * lanes, see ainftp_abi.h) that holds `contributors` contributions. */
+export function decodeSums(raw: Uint32Array, count: number, contributors: number, out = new Int32Array(count)): Int32Array {
+  const bias = ACC_BIAS * contributors;
+  let j = 0;
+  for (; j + 4 <= count; j += 4) {
+    out[j] = raw[j] - bias;
+    out[j + 1] = raw[j + 2] - bias;
+    out[j + 2] = raw[j + 1] - bias;
+    out[j + 3] = raw[j + 3] - bias;
+  }
+  for (; j < count; j++) out[j] = raw[accPosition(j)] - bias;
+  return out;
+}
 
 // ---- encoders / decoders ----------------------------------------------------
 

@@ -8,7 +8,7 @@ import { libbpf } from "../native/libbpf.ts";
 import { closeFd, cstr } from "../native/libc.ts";
 import { libbpfLog, shim } from "../native/shim.ts";
 import {
-  BANKS, COUNTERS, DEFAULT_PORT, MAX_CHUNKS, MAX_ELEMS, SIZEOF, decodeConfig, decodeEvents,
+  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, MAX_CHUNKS, MAX_ELEMS, SIZEOF, decodeConfig, decodeEvents,
   decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "./abi.ts";
 import { AinftpError, check, privilegeHint } from "./errors.ts";
@@ -188,10 +188,17 @@ export class ReflexObject implements Disposable {
   private accBuf?: ArrayBuffer;
   private resBuf?: ArrayBuffer;
 
-  /** int32 sums of slot `index` (bank * chunks + chunk), read straight from the map. */
-  sums(index: number, count = MAX_ELEMS): Int32Array {
+  /** The raw acc entry of slot `index` (bank * chunks + chunk), a view of the
+   * mmapped map: biased, lane-interleaved (see decodeSums). */
+  rawSums(index: number): Uint32Array {
     this.accBuf ??= this.mmapMap("acc", SIZEOF.ainftp_acc);
-    return new Int32Array(this.accBuf, index * SIZEOF.ainftp_acc, count);
+    return new Uint32Array(this.accBuf, index * SIZEOF.ainftp_acc, MAX_ELEMS);
+  }
+
+  /** The int32 sums of slot `index`'s first `count` elements. `contributors`
+   * defaults to the slot's own count (one map lookup). */
+  sums(index: number, count = MAX_ELEMS, contributors = this.slot(index).contributors): Int32Array {
+    return decodeSums(this.rawSums(index), count, contributors);
   }
 
   /** The result entry at `index`: header fields and int16 values. */

@@ -4,8 +4,8 @@
 import { describe, expect, test } from "bun:test";
 import * as abi from "../src/abi.ts";
 import {
-  CNT, COUNTERS, LAYOUT, MAGIC, SIZEOF, VERSION, decodeConfig, encodeConfig, readHeader, writeHeader,
-  type JobConfig, type WireHeader,
+  ACC_BIAS, CNT, COUNTERS, LAYOUT, MAGIC, MAX_ELEMS, SIZEOF, VERSION, accPosition, decodeConfig, decodeSums, encodeConfig,
+  readHeader, writeHeader, type JobConfig, type WireHeader,
 } from "../src/abi.ts";
 import { shim } from "../native/shim.ts";
 
@@ -211,5 +211,41 @@ describe("encoders round-trip", () => {
       "41494e46" + "01" + "02" + "0201" + "06050403" + "0a090807" + "0e0d0c0b" + "100f" + "1211" + "feff" + "1413" + "18171615",
     );
     expect(Buffer.from(b.subarray(0, 4)).toString("latin1")).toBe("AINF");
+  });
+});
+
+describe("acc layout helpers (biased, lane-interleaved sums)", () => {
+  test("accPosition swaps the middle two of every four elements and is its own inverse", () => {
+    expect(Array.from({ length: 12 }, (_, j) => accPosition(j))).toEqual([0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11]);
+    for (let j = 0; j < MAX_ELEMS; j++) {
+      expect(accPosition(accPosition(j))).toBe(j);
+      expect(accPosition(j) >> 2).toBe(j >> 2);
+    }
+  });
+
+  test("decodeSums inverts the layout for every count and contributor number, extremes included", () => {
+    const rand = rng(0xacc);
+    for (const contributors of [1, 2, 3, 64])
+      for (const count of [1, 2, 3, 4, 5, 6, 7, 8, 9, 719, 720, MAX_ELEMS]) {
+        const lo = -32768 * contributors;
+        const hi = 32767 * contributors;
+        const want = Int32Array.from({ length: count }, (_, j) =>
+          j === 0 ? lo : j === 1 ? hi : lo + Math.floor(rand() * (hi - lo + 1)));
+        // What the XDP program leaves in the map: sum + bias per contribution, positions swapped.
+        const raw = new Uint32Array(MAX_ELEMS).fill(0xdeadbeef);
+        for (let j = 0; j < count; j++) raw[accPosition(j)] = want[j] + ACC_BIAS * contributors;
+        expect(Array.from(decodeSums(raw, count, contributors))).toEqual(Array.from(want));
+        // into a caller's buffer
+        const out = new Int32Array(count).fill(7);
+        expect(decodeSums(raw, count, contributors, out)).toBe(out);
+        expect(Array.from(out)).toEqual(Array.from(want));
+      }
+  });
+
+  test("a lane cannot overflow: 64 contributions of 32767 fit in the unsigned 32-bit lane", () => {
+    expect(64 * (32767 + ACC_BIAS)).toBeLessThan(2 ** 32);
+    const raw = new Uint32Array(4).fill(64 * (32767 + ACC_BIAS));
+    expect(Array.from(decodeSums(raw, 4, 64))).toEqual([64 * 32767, 64 * 32767, 64 * 32767, 64 * 32767]);
+    expect(Array.from(decodeSums(new Uint32Array(4), 4, 64))).toEqual(new Array(4).fill(-64 * 32768));
   });
 });

@@ -41,6 +41,10 @@
  * round r-1 never lands in round r+1's accumulator (SwitchML's shadow copy). */
 #define AINFTP_BANKS 2
 
+/* Rounds are < AINFTP_MAX_ROUND: a slot's tag is round + 1, and the two top
+ * values are "empty" (0 after the wrap) and "being written". */
+#define AINFTP_MAX_ROUND 0xfffffffeu
+
 #define AINFTP_DEFAULT_PORT 47000
 #define AINFTP_DEFAULT_BATCH 32
 
@@ -115,10 +119,15 @@ struct ainftp_slot {
 	__u32 reserved;
 };
 
-/* acc map (BPF_F_MMAPABLE array, same index as slots): int32 sums. */
+/* acc map (BPF_F_MMAPABLE array, same index as slots): the sums, summed two
+ * int16 lanes per 64-bit add. Each element is stored biased: v holds
+ * sum(q + 32768) over the slot's contributors, and within every group of four
+ * elements the middle two are swapped (v[4g..4g+3] = e0, e2, e1, e3). Read
+ * through src/abi.ts decodeSums(). */
 struct ainftp_acc {
-	__s32 v[AINFTP_MAX_ELEMS];
+	__u32 v[AINFTP_MAX_ELEMS];
 };
+#define AINFTP_ACC_BIAS 32768
 
 /* results map (BPF_F_MMAPABLE array, same index): the all-gathered result of
  * a chunk, written by the XDP program straight from the result packet.
@@ -190,6 +199,7 @@ enum ainftp_counter {
 	AINFTP_CNT_MAL_COUNT,       /* count 0, > chunk_elems, or payload length != count*2 */
 	AINFTP_CNT_MAL_SCALE,       /* exp differs from the slot's, or count differs */
 	AINFTP_CNT_MAL_RESERVED,    /* reserved field not zero */
+	AINFTP_CNT_MAL_ROUND,       /* round >= AINFTP_MAX_ROUND */
 	AINFTP_CNT__MAX,
 };
 
@@ -208,5 +218,7 @@ _Static_assert(sizeof(struct ainftp_bank_state) == 8, "bank state");
 _Static_assert(sizeof(struct ainftp_event) == 16, "event is 16 bytes");
 _Static_assert(sizeof(struct ainftp_counters) == 8 * AINFTP_CNT__MAX, "counters");
 _Static_assert(AINFTP_MAX_WORKERS <= 64, "ranks are bits of a __u64");
+_Static_assert(AINFTP_MAX_ELEMS % 4 == 0, "sums are added four elements at a time");
+_Static_assert((unsigned long long)AINFTP_MAX_WORKERS * 65535 < (1ULL << 32), "a biased lane cannot overflow");
 
 #endif /* AINFTP_ABI_H */

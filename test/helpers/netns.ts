@@ -201,8 +201,16 @@ function deleteNetns(name: string): void {
 }
 
 /** Namespace names are aft-<tag>-<pid>-<node>; removes those of processes that
- * are gone (a test run that was killed before its afterAll), and their pins. */
+ * are gone (a test run that was killed before its afterAll), their pins and
+ * their temp directories (/tmp/aft-<tag>-<pid>-*). */
 export function sweepStale(): void {
+  const dead = (pid: string) => Number(pid) !== process.pid && !existsSync(`/proc/${pid}`);
+  try {
+    for (const d of readdirSync(tmpdir())) {
+      const m = /^aft-[a-z0-9]+-(\d+)-/.exec(d);
+      if (m && dead(m[1])) rmSync(join(tmpdir(), d), { recursive: true, force: true });
+    }
+  } catch {}
   let names: string[] = [];
   try {
     names = readdirSync(NETNS_DIR);
@@ -211,7 +219,7 @@ export function sweepStale(): void {
   }
   for (const name of names) {
     const m = /^aft-[a-z0-9]+-(\d+)-/.exec(name);
-    if (!m || Number(m[1]) === process.pid || existsSync(`/proc/${m[1]}`)) continue;
+    if (!m || !dead(m[1])) continue;
     try {
       removePins(statSync(join(NETNS_DIR, name)).ino);
     } catch {}
