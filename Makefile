@@ -62,6 +62,7 @@ $(BIN): $(BPF_OBJ) $(SHIM) $(SOURCES)
 
 # ---- run ---------------------------------------------------------------------
 test: build
+	bun x tsc --noEmit
 	bun test
 
 bench: build

@@ -8,6 +8,7 @@ import {
   readHeader, writeHeader, type JobConfig, type WireHeader,
 } from "../src/abi.ts";
 import { shim } from "../native/shim.ts";
+import { mulberry32 } from "../src/random.ts";
 
 type Described = Record<string, number | [number, number]>;
 
@@ -112,17 +113,7 @@ describe("ABI mirror: src/abi.ts vs the C layout", () => {
 
 // ---- encoders -----------------------------------------------------------------
 
-/** Small seeded PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 describe("encoders round-trip", () => {
   const rand = rng(0xab1);

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { COUNTERS, EV_SLOT_COMPLETE, PKT_CONTRIB, type Counters } from "../src/abi.ts";
 import { datagram } from "../src/packet.ts";
 import { ROOT, canUseNetns, createLab, must, sh, until, type Lab } from "./helpers/netns.ts";
+import { mulberry32 } from "../src/random.ts";
 
 const IF = "eth0";
 const PORT = 47000;
@@ -111,15 +112,7 @@ process.exit(0);
 
 // ---- reference data -----------------------------------------------------------
 
-/** mulberry32: reproducible random values; the seed is printed on failure. */
-function rng(seed: number) {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 interface Slot {
   round: number;

@@ -14,6 +14,7 @@ import {
 } from "../src/abi.ts";
 import { datagram, frame, type FrameOptions } from "../src/packet.ts";
 import { ReflexObject, type EventRing } from "../src/reflex.ts";
+import { mulberry32 } from "../src/random.ts";
 
 const XDP_DROP = 1;
 const XDP_PASS = 2;
@@ -24,17 +25,7 @@ const PORT = 47000;
 
 // ---- helpers ----------------------------------------------------------------
 
-/** mulberry32: small seeded PRNG so every vector is reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 /** Full-range int16 values with the extremes -32768 / 32767 over-represented. */
 function randomVector(rand: () => number, n: number): Int16Array {
