@@ -7,7 +7,7 @@ APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 bpftool libelf-dev iprout
 CLANG ?= clang-19
 CC ?= gcc
 BPF_CFLAGS := -g -O2 -target bpf -mcpu=v4 -Wall -Werror -Ibpf/build -Ibpf/include -Ibpf
-SHIM_CFLAGS := -O2 -g -Wall -Werror -fPIC -shared
+SHIM_CFLAGS := -O3 -g -Wall -Werror -fPIC -shared -march=x86-64-v2
 
 BPF_OBJ := bpf/build/ainftp.bpf.o
 SHIM := native/build/libainftp.so
@@ -48,9 +48,11 @@ bpf/build/vmlinux.h:
 $(BPF_OBJ): bpf/ainftp.bpf.c bpf/parse.h bpf/include/ainftp_abi.h bpf/build/vmlinux.h
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-$(SHIM): native/shim.c bpf/include/ainftp_abi.h
+SHIM_SRCS := $(wildcard native/*.c)
+
+$(SHIM): $(SHIM_SRCS) $(wildcard native/*.h) bpf/include/ainftp_abi.h
 	@mkdir -p $(@D)
-	$(CC) $(SHIM_CFLAGS) -o $@ $< -lbpf
+	$(CC) $(SHIM_CFLAGS) -o $@ $(SHIM_SRCS) -lbpf -lm
 
 test/fixtures/build/%.bpf.o: test/fixtures/%.bpf.c
 	@mkdir -p $(@D)

@@ -1,7 +1,7 @@
 // The native shim (native/shim.c) through bun:ffi. In a compiled binary the
 // .so is embedded under /$bunfs, which dlopen cannot open across Bun
 // versions: it is copied into a memfd and opened through /proc/self/fd.
-import { dlopen, FFIType } from "bun:ffi";
+import { dlopen, FFIType, type FFIFunction } from "bun:ffi";
 import shimPath from "./build/libainftp.so" with { type: "file" };
 import { readFileSync } from "node:fs";
 import { memfdWith } from "./libc.ts";
@@ -37,14 +37,24 @@ const table = {
   ainftp_abi_describe: { args: [T.ptr, T.i32], returns: T.i32 },
 } as const;
 
-function openShim() {
-  if (!shimPath.startsWith("/$bunfs")) return dlopen(shimPath, table);
+let libraryPath: string | undefined;
+
+/** Path dlopen can open for the shim library (a memfd in a compiled binary). */
+function shimLibrary(): string {
+  if (libraryPath) return libraryPath;
+  if (!shimPath.startsWith("/$bunfs")) return (libraryPath = shimPath);
   const fd = memfdWith("libainftp.so", readFileSync(shimPath));
   if (fd < 0) throw new Error("cannot copy the embedded native shim into a memfd");
-  return dlopen(`/proc/self/fd/${fd}`, table);
+  return (libraryPath = `/proc/self/fd/${fd}`);
 }
 
-export const shim = openShim().symbols;
+/** Opens a table of symbols of the shim library; each native/*.c file has its
+ * own table module (native/quant.ts, native/udp.ts, …) built on this. */
+export function openShimTable<T extends Record<string, FFIFunction>>(symbols: T) {
+  return dlopen(shimLibrary(), symbols).symbols;
+}
+
+export const shim = openShimTable(table);
 
 /** libbpf's captured messages since the last open/load (verifier log tail). */
 export function libbpfLog(): string {
