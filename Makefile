@@ -7,7 +7,7 @@ APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 bpftool libelf-dev iprout
 CLANG ?= clang-19
 CC ?= gcc
 BPF_CFLAGS := -g -O2 -target bpf -mcpu=v4 -Wall -Werror -Ibpf/build -Ibpf/include -Ibpf
-SHIM_CFLAGS := -O3 -g -Wall -Werror -fPIC -shared -march=x86-64-v2
+SHIM_CFLAGS := -O3 -g -Wall -Werror -fPIC -shared
 
 BPF_OBJ := bpf/build/ainftp.bpf.o
 SHIM := native/build/libainftp.so
