@@ -113,18 +113,17 @@ static __always_inline void emit_event(struct ainftp_counters *cnt, const struct
 	ev->chunk = chunk;
 	ev->index = idx;
 
-	/* Wake on every batch-th event of the round, and on the event that ends it. */
-	__u32 done = 1, end = cfg->chunks;
-	if (bs) {
-		if (type == AINFTP_EV_SLOT_COMPLETE) {
-			done = __sync_fetch_and_add(&bs->slots_done, 1) + 1;
-			end = cfg->owned_chunks;
-		} else {
-			done = __sync_fetch_and_add(&bs->results_done, 1) + 1;
-		}
+	/* Wake on every batch-th event of the round, on the event that ends it,
+	 * and on every resend request (rare: only after a loss). */
+	__u32 done = 1, end = cfg->results_per_round ? cfg->results_per_round : cfg->chunks;
+	if (bs && type == AINFTP_EV_SLOT_COMPLETE) {
+		done = __sync_fetch_and_add(&bs->slots_done, 1) + 1;
+		end = cfg->owned_chunks;
+	} else if (bs && type == AINFTP_EV_RESULT) {
+		done = __sync_fetch_and_add(&bs->results_done, 1) + 1;
 	}
 	__u32 batch = cfg->batch;
-	int wake = batch <= 1 || done % batch == 0 || done >= end;
+	int wake = type == AINFTP_EV_RESEND || batch <= 1 || done % batch == 0 || done >= end;
 	bpf_ringbuf_submit(ev, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	cnt->c[AINFTP_CNT_EVENTS]++;
 	if (wake)
@@ -205,7 +204,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	if (pad + 2 < AINFTP_MAX_ELEMS)
 		in->v[pad + 2] = 0;
 
-	int outcome = AINFTP_CNT_SUMMED, complete = 0;
+	int outcome = AINFTP_CNT_SUMMED, complete = 0, resend = 0;
 	__u16 contributors = 0;
 	bpf_spin_lock(&slot->lock);
 	if (slot->tag != round + 1) {
@@ -221,6 +220,9 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		slot->state = AINFTP_SLOT_FILLING;
 	} else if ((slot->seen & bit) && !bench_no_dedupe) {
 		outcome = AINFTP_CNT_DUPLICATE;
+		/* A member retransmits to a completed slot when it lost the result:
+		 * tell the owner to send it again (SwitchML's stored-result reply). */
+		resend = slot->state == AINFTP_SLOT_COMPLETE && (h->flags & AINFTP_F_RETRANSMIT);
 		goto unlock;
 	} else if (slot->state == AINFTP_SLOT_COMPLETE) {
 		outcome = AINFTP_CNT_STALE_ROUND; /* slot closed before this rank arrived */
@@ -241,6 +243,10 @@ unlock:
 	bpf_spin_unlock(&slot->lock);
 
 	cnt->c[outcome]++;
+	if (resend) {
+		cnt->c[AINFTP_CNT_RESEND_REQ]++;
+		emit_event(cnt, cfg, AINFTP_EV_RESEND, round, h->chunk, idx, rank);
+	}
 	if (outcome != AINFTP_CNT_SUMMED)
 		return XDP_DROP;
 	cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;

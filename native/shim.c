@@ -408,7 +408,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_config, member_mask); FIELD(&o, ainftp_config, members);
 	FIELD(&o, ainftp_config, chunk_elems); FIELD(&o, ainftp_config, chunks);
 	FIELD(&o, ainftp_config, batch); FIELD(&o, ainftp_config, owned_chunks);
-	FIELD(&o, ainftp_config, flags); FIELD(&o, ainftp_config, reserved);
+	FIELD(&o, ainftp_config, flags); FIELD(&o, ainftp_config, results_per_round);
 	FIELD(&o, ainftp_slot, lock); FIELD(&o, ainftp_slot, tag); FIELD(&o, ainftp_slot, seen);
 	FIELD(&o, ainftp_slot, count); FIELD(&o, ainftp_slot, contributors);
 	FIELD(&o, ainftp_slot, exp); FIELD(&o, ainftp_slot, state);
@@ -427,7 +427,8 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, BANKS); CONST(&o, DEFAULT_PORT); CONST(&o, DEFAULT_BATCH); CONST(&o, MAGIC);
 	CONST(&o, VERSION); CONST(&o, PKT_CONTRIB); CONST(&o, PKT_RESULT); CONST(&o, PKT_CONTROL);
 	CONST(&o, F_RETRANSMIT); CONST(&o, F_SATURATED); CONST(&o, F_LAST);
-	CONST(&o, EV_SLOT_COMPLETE); CONST(&o, EV_RESULT);
+	CONST(&o, EV_SLOT_COMPLETE); CONST(&o, EV_RESULT); CONST(&o, EV_RESEND);
+	CONST(&o, CTRL_HELLO); CONST(&o, CTRL_EXPS); CONST(&o, CTRL_EXPS_REQ); CONST(&o, CTRL_BYE);
 	CONST(&o, SLOT_EMPTY); CONST(&o, SLOT_FILLING); CONST(&o, SLOT_COMPLETE);
 	CONST(&o, CNT_RX); CONST(&o, CNT_SUMMED); CONST(&o, CNT_ELEMS_SUMMED); CONST(&o, CNT_DUPLICATE);
 	CONST(&o, CNT_STALE_ROUND); CONST(&o, CNT_FUTURE_ROUND); CONST(&o, CNT_FOREIGN_JOB);
@@ -438,7 +439,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, CNT_MAL_TRUNC_UDP); CONST(&o, CNT_MAL_TRUNC_HDR); CONST(&o, CNT_MAL_FRAGMENT);
 	CONST(&o, CNT_MAL_MAGIC); CONST(&o, CNT_MAL_VERSION); CONST(&o, CNT_MAL_TYPE);
 	CONST(&o, CNT_MAL_RANK); CONST(&o, CNT_MAL_CHUNK); CONST(&o, CNT_MAL_COUNT);
-	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT__MAX);
+	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT_RESEND_REQ); CONST(&o, CNT__MAX);
 	CONST(&o, MAX_ROUND); CONST(&o, ACC_BIAS);
 	if (o.len < o.cap - 1)
 		buf[o.len++] = '}';

@@ -24,6 +24,12 @@ export const F_LAST = 0x0004;
 
 export const EV_SLOT_COMPLETE = 1;
 export const EV_RESULT = 2;
+export const EV_RESEND = 3;
+
+export const CTRL_HELLO = 1;
+export const CTRL_EXPS = 2;
+export const CTRL_EXPS_REQ = 3;
+export const CTRL_BYE = 4;
 
 export const SLOT_EMPTY = 0;
 export const SLOT_FILLING = 1;
@@ -44,7 +50,7 @@ export const LAYOUT = {
   ainftp_config: {
     job_id: [0, 4], round_base: [4, 4], member_mask: [8, 8], members: [16, 2],
     chunk_elems: [18, 2], chunks: [20, 4], batch: [24, 4], owned_chunks: [28, 4],
-    flags: [32, 4], reserved: [36, 4],
+    flags: [32, 4], results_per_round: [36, 4],
   },
   ainftp_slot: {
     lock: [0, 4], tag: [4, 4], seen: [8, 8], count: [16, 2], contributors: [18, 2],
@@ -77,7 +83,7 @@ export const COUNTERS = [
   "control", "passed", "saturated",
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
-  "mal_reserved", "mal_round",
+  "mal_reserved", "mal_round", "resend_req",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -117,6 +123,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   mal_scale: "malformed: scale or count differs from the slot's first contribution",
   mal_reserved: "malformed: reserved field not zero",
   mal_round: "malformed: round number in the reserved top range",
+  resend_req: "retransmitted contribution to a completed slot: result resent",
 };
 
 /** Physical position in the acc map of logical element j of a slot: the
@@ -202,6 +209,8 @@ export interface JobConfig {
   batch: number;
   ownedChunks: number;
   flags?: number;
+  /** Result events that end a round on this host (0: chunks). */
+  resultsPerRound?: number;
 }
 
 const C = LAYOUT.ainftp_config;
@@ -218,6 +227,7 @@ export function encodeConfig(c: JobConfig): Uint8Array {
   v.setUint32(C.batch[0], c.batch >>> 0, true);
   v.setUint32(C.owned_chunks[0], c.ownedChunks >>> 0, true);
   v.setUint32(C.flags[0], c.flags ?? 0, true);
+  v.setUint32(C.results_per_round[0], c.resultsPerRound ?? 0, true);
   return b;
 }
 
@@ -233,6 +243,7 @@ export function decodeConfig(b: Uint8Array): JobConfig {
     batch: v.getUint32(C.batch[0], true),
     ownedChunks: v.getUint32(C.owned_chunks[0], true),
     flags: v.getUint32(C.flags[0], true),
+    resultsPerRound: v.getUint32(C.results_per_round[0], true),
   };
 }
 

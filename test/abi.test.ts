@@ -124,17 +124,18 @@ describe("encoders round-trip", () => {
 
   test("encodeConfig/decodeConfig round-trip, extremes and random", () => {
     const cases: JobConfig[] = [
-      { jobId: 0, roundBase: 0, memberMask: 0n, members: 0, chunkElems: 0, chunks: 0, batch: 0, ownedChunks: 0, flags: 0 },
+      { jobId: 0, roundBase: 0, memberMask: 0n, members: 0, chunkElems: 0, chunks: 0, batch: 0, ownedChunks: 0, flags: 0, resultsPerRound: 0 },
       {
         jobId: 0xffffffff, roundBase: 0xffffffff, memberMask: (1n << 64n) - 1n, members: 0xffff,
         chunkElems: 0xffff, chunks: 0xffffffff, batch: 0xffffffff, ownedChunks: 0xffffffff, flags: 0xffffffff,
+        resultsPerRound: 0xffffffff,
       },
-      { jobId: 1, roundBase: 2, memberMask: 1n << 63n, members: 64, chunkElems: 1720, chunks: 65536, batch: 32, ownedChunks: 7, flags: 0 },
+      { jobId: 1, roundBase: 2, memberMask: 1n << 63n, members: 64, chunkElems: 1720, chunks: 65536, batch: 32, ownedChunks: 7, flags: 0, resultsPerRound: 0 },
     ];
     for (let i = 0; i < 200; i++)
       cases.push({
         jobId: u32(), roundBase: u32(), memberMask: (BigInt(u32()) << 32n) | BigInt(u32()), members: u16(),
-        chunkElems: u16(), chunks: u32(), batch: u32(), ownedChunks: u32(), flags: u32(),
+        chunkElems: u16(), chunks: u32(), batch: u32(), ownedChunks: u32(), flags: u32(), resultsPerRound: u32(),
       });
     for (const cfg of cases) {
       const b = encodeConfig(cfg);
@@ -147,11 +148,12 @@ describe("encoders round-trip", () => {
     const b = encodeConfig({
       jobId: 0x11223344, roundBase: 0x55667788, memberMask: 0x0102030405060708n, members: 0x090a,
       chunkElems: 0x0b0c, chunks: 0x0d0e0f10, batch: 0x11121314, ownedChunks: 0x15161718, flags: 0x191a1b1c,
+      resultsPerRound: 0x1d1e1f20,
     });
     // struct ainftp_config { u32 job_id; u32 round_base; u64 member_mask; u16 members;
-    //   u16 chunk_elems; u32 chunks; u32 batch; u32 owned_chunks; u32 flags; u32 reserved; }
+    //   u16 chunk_elems; u32 chunks; u32 batch; u32 owned_chunks; u32 flags; u32 results_per_round; }
     expect(Buffer.from(b).toString("hex")).toBe(
-      "44332211" + "88776655" + "0807060504030201" + "0a09" + "0c0b" + "100f0e0d" + "14131211" + "18171615" + "1c1b1a19" + "00000000",
+      "44332211" + "88776655" + "0807060504030201" + "0a09" + "0c0b" + "100f0e0d" + "14131211" + "18171615" + "1c1b1a19" + "201f1e1d",
     );
     // decodeConfig honours a subarray's byteOffset
     const big = new Uint8Array(8 + b.length);

@@ -10,7 +10,7 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, COUNTERS, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  ACC_BIAS, BANKS, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
   MAX_ROUND, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
@@ -251,6 +251,7 @@ class Model {
     const tag = (h.round + 1) >>> 0;
     let outcome: keyof Counters = "summed";
     let complete = false;
+    let resend = false;
     if (slot.tag !== tag) {
       if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
       else {
@@ -261,7 +262,10 @@ class Model {
         slot.exp = h.exp;
         slot.state = SLOT_FILLING;
       }
-    } else if (slot.seen & bit) outcome = "duplicate";
+    } else if (slot.seen & bit) {
+      outcome = "duplicate";
+      resend = slot.state === SLOT_COMPLETE && (h.flags & F_RETRANSMIT) !== 0;
+    }
     else if (slot.state === SLOT_COMPLETE) outcome = "stale_round";
     else if (slot.count !== h.count || slot.exp !== h.exp) outcome = "mal_scale";
     if (outcome === "summed") {
@@ -285,6 +289,10 @@ class Model {
       }
     }
     this.cnt[outcome]++;
+    if (resend) {
+      this.cnt.resend_req++;
+      this.emit(EV_RESEND, h.round, h.chunk, idx, h.rank);
+    }
     if (outcome !== "summed") return XDP_DROP;
     this.cnt.elems_summed += h.count;
     if (h.flags & F_SATURATED) this.cnt.saturated++;
@@ -321,17 +329,16 @@ class Model {
   private emit(type: number, round: number, chunk: number, index: number, contributors: number): void {
     const bank = this.banks[round & 1];
     this.events.push({ type, contributors, round, chunk, index });
-    let done: number;
-    let end: number;
+    let done = 1;
+    let end = (this.cfg.resultsPerRound ?? 0) >>> 0 || this.cfg.chunks >>> 0;
     if (type === EV_SLOT_COMPLETE) {
       done = bank.slotsDone = (bank.slotsDone + 1) >>> 0;
       end = this.cfg.ownedChunks >>> 0;
-    } else {
+    } else if (type === EV_RESULT) {
       done = bank.resultsDone = (bank.resultsDone + 1) >>> 0;
-      end = this.cfg.chunks >>> 0;
     }
     const batch = this.cfg.batch >>> 0;
-    const wake = batch <= 1 || done % batch === 0 || done >= end;
+    const wake = type === EV_RESEND || batch <= 1 || done % batch === 0 || done >= end;
     this.cnt.events++;
     if (wake) this.cnt.wakeups++;
   }

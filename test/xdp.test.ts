@@ -8,7 +8,7 @@
 // Needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN); no interface is attached.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  COUNTERS, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS, PKT_CONTRIB,
+  COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS, PKT_CONTRIB,
   PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState, type WireHeader,
 } from "../src/abi.ts";
@@ -1135,6 +1135,40 @@ describe("event ring (loader)", () => {
       expect(sizes[0]).toBeLessThanOrEqual(4096);
       expect(got.length).toBe(N);
       expect(got.map((e) => e.round * CHUNKS + e.chunk)).toEqual(Array.from({ length: N }, (_, i) => i));
+    } finally {
+      r.close();
+    }
+  });
+});
+
+// ---- 8. lost results: a retransmit to a completed slot asks for a resend ----------
+
+describe("resend requests (SwitchML's stored-result reply)", () => {
+  test("RETRANSMIT to a completed slot → duplicate + resend_req + EV_RESEND naming the rank, with a wake-up; plain duplicates and retransmits to filling slots do not", async () => {
+    const r = await ReflexObject.load({ chunks: 4 });
+    try {
+      r.setConfig(config({ chunks: 4, members: 3, memberMask: 0b110n, roundBase: 0, batch: 32, ownedChunks: 4 }));
+      const ring = r.events();
+      const v = [1, 2, 3];
+      expect(r.testRun(pkt({ round: 0, chunk: 1, rank: 1 }, v)).action).toBe(XDP_DROP);
+      // filling slot: a retransmit of an already-summed rank is a plain duplicate
+      let before = r.counters();
+      r.testRun(pkt({ round: 0, chunk: 1, rank: 1, flags: F_RETRANSMIT }, v));
+      expectDelta(before, r.counters(), { rx: 1, duplicate: 1 }, "retransmit to a filling slot");
+      r.testRun(pkt({ round: 0, chunk: 1, rank: 2 }, v)); // completes
+      ring.poll(0);
+      // completed slot: a network duplicate (no flag) asks for nothing
+      before = r.counters();
+      r.testRun(pkt({ round: 0, chunk: 1, rank: 2 }, v));
+      expectDelta(before, r.counters(), { rx: 1, duplicate: 1 }, "plain duplicate to a completed slot");
+      expect(ring.poll(0)).toEqual([]);
+      // completed slot + RETRANSMIT: the sender lost the result
+      before = r.counters();
+      r.testRun(pkt({ round: 0, chunk: 1, rank: 2, flags: F_RETRANSMIT }, v));
+      expectDelta(before, r.counters(), { rx: 1, duplicate: 1, resend_req: 1, events: 1, wakeups: 1 }, "retransmit to a completed slot");
+      expect(ring.poll(0)).toEqual([{ type: EV_RESEND, contributors: 2, round: 0, chunk: 1, index: 1 }]);
+      // the sums were not touched
+      expect(Array.from(r.sums(1, 3))).toEqual([2, 4, 6]);
     } finally {
       r.close();
     }

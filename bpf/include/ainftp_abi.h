@@ -56,7 +56,16 @@
 enum ainftp_pkt_type {
 	AINFTP_PKT_CONTRIB = 1, /* worker -> chunk owner: int16 values to sum */
 	AINFTP_PKT_RESULT = 2,  /* owner -> every member: requantized sum */
-	AINFTP_PKT_CONTROL = 3, /* swarm/control plane: passed to userspace */
+	AINFTP_PKT_CONTROL = 3, /* control plane: passed to userspace */
+};
+
+/* CONTROL packets: `contributors` holds the kind, `count` the payload bytes,
+ * `chunk` the first chunk the payload covers (EXPS). */
+enum ainftp_ctrl_kind {
+	AINFTP_CTRL_HELLO = 1, /* membership check at open: payload = job fingerprint */
+	AINFTP_CTRL_EXPS = 2,  /* a rank's per-chunk scale exponents (int8) for a round */
+	AINFTP_CTRL_EXPS_REQ = 3, /* "I lack your EXPS for this round": payload as EXPS */
+	AINFTP_CTRL_BYE = 4,   /* a rank is leaving: peers fail their round at once */
 };
 
 /* Header flags. */
@@ -94,7 +103,7 @@ struct ainftp_config {
 	__u32 batch;        /* wake userspace once per this many events */
 	__u32 owned_chunks; /* slot completions that end a round on this host */
 	__u32 flags;        /* reserved, zero */
-	__u32 reserved;
+	__u32 results_per_round; /* result events that end a round (0: chunks) */
 };
 
 enum ainftp_slot_state {
@@ -155,6 +164,9 @@ struct ainftp_bank_state {
 enum ainftp_event_type {
 	AINFTP_EV_SLOT_COMPLETE = 1, /* all expected members summed into a slot */
 	AINFTP_EV_RESULT = 2,        /* a result chunk landed in the results map */
+	AINFTP_EV_RESEND = 3,        /* a member retransmitted to a completed slot:
+				      * send it the result again; `contributors`
+				      * holds that member's rank */
 };
 
 struct ainftp_event {
@@ -200,6 +212,7 @@ enum ainftp_counter {
 	AINFTP_CNT_MAL_SCALE,       /* exp differs from the slot's, or count differs */
 	AINFTP_CNT_MAL_RESERVED,    /* reserved field not zero */
 	AINFTP_CNT_MAL_ROUND,       /* round >= AINFTP_MAX_ROUND */
+	AINFTP_CNT_RESEND_REQ,      /* retransmitted contribution to a completed slot */
 	AINFTP_CNT__MAX,
 };
 
