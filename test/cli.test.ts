@@ -287,7 +287,7 @@ describe.skipIf(!kernel)("dist/ainftp errors and lifecycle (root, network namesp
       ["attached", "chunks", "config", "counters", "iface", "ifindex", "linkId", "mode", "pinDir", "port", "progId", "stale"].sort(),
     );
     expect(Object.keys(s.config).sort()).toEqual(
-      ["batch", "chunkElems", "chunks", "flags", "jobId", "memberMask", "members", "ownedChunks", "roundBase"].sort(),
+      ["batch", "chunkElems", "chunks", "flags", "jobId", "memberMask", "members", "ownedChunks", "resultsPerRound", "roundBase"].sort(),
     );
     expect(Object.keys(s.counters)).toEqual([...COUNTERS]);
     expect(s).toMatchObject({ attached: true, stale: false, mode: "generic", port: 47000, chunks: 1024 });
