@@ -140,7 +140,7 @@ function withPinnedMap<T>(dir: string, name: string, f: (fd: number) => T): T {
   }
 }
 
-function pinnedPort(dir: string): number {
+export function pinnedPort(dir: string): number {
   return withPinnedMap(dir, "rodata", (fd) => {
     const b = new Uint16Array(64);
     check(libbpf.bpf_map_lookup_elem(fd, new Uint32Array([0]), b), "status", "reading the port failed");

@@ -66,20 +66,149 @@ export function writeConfig(fd: number, cfg: JobConfig): void {
   check(libbpf.bpf_map_update_elem(fd, new Uint32Array([0]), encodeConfig(cfg), 0n), "write config", "update failed");
 }
 
-/** A loaded (not necessarily attached) XDP object. */
-export class ReflexObject implements Disposable {
-  readonly progFd: number;
+/** Typed access to the Reflex's maps, however they were opened: from a
+ * freshly loaded object (ReflexObject) or from the pins of an attached
+ * program (PinnedReflex). */
+export abstract class ReflexMaps implements Disposable {
+  /** Chunks the slot, sum and result maps were sized for (x BANKS entries). */
   readonly chunks: number;
+  protected maps = new Map<MapName, number>();
+  private mmaps: { addr: Pointer; len: number; kind: MapName }[] = [];
+  private rings: EventRing[] = [];
+  private open = true;
+
+  protected constructor(chunks: number) {
+    this.chunks = chunks;
+  }
+
+  mapFd(name: MapName): number {
+    const fd = this.maps.get(name);
+    if (fd === undefined || !this.open) throw new AinftpError("map", `${name}: object closed`);
+    return fd;
+  }
+
+  /** Map fds of a pinned attachment are the same maps: see src/attach.ts. */
+  get mapFds(): ReadonlyMap<MapName, number> {
+    return this.maps;
+  }
+
+  setConfig(cfg: JobConfig): void {
+    if (cfg.chunks > this.chunks)
+      throw new AinftpError("config", `chunks ${cfg.chunks} > ${this.chunks} the maps were sized for`);
+    writeConfig(this.mapFd("job_config"), cfg);
+  }
+
+  config(): JobConfig {
+    return readConfig(this.mapFd("job_config"));
+  }
+
+  counters(): Counters {
+    return readCounters(this.mapFd("counters"));
+  }
+
+  slot(index: number): SlotState {
+    const b = new Uint8Array(SIZEOF.ainftp_slot);
+    check(libbpf.bpf_map_lookup_elem(this.mapFd("slots"), new Uint32Array([index]), b), "slot", `lookup ${index} failed`);
+    return decodeSlot(b);
+  }
+
+  /** Zeroes a bank's event counts (done by the round owner when it moves the window). */
+  resetBank(bank: number): void {
+    check(
+      libbpf.bpf_map_update_elem(this.mapFd("bank_state"), new Uint32Array([bank]), new Uint32Array(2), 0n),
+      "bank", "reset failed",
+    );
+  }
+
+  protected mmapMap(name: MapName, valueSize: number): ArrayBuffer {
+    const stride = Math.ceil(valueSize / 8) * 8;
+    const len = Math.ceil((stride * BANKS * this.chunks) / 4096) * 4096;
+    const out = new BigUint64Array(1);
+    check(shim.ainftp_map_mmap(this.mapFd(name), BigInt(len), 1, out), "mmap", `mapping ${name} failed`);
+    const addr = Number(out[0]) as Pointer;
+    this.mmaps.push({ addr, len, kind: name });
+    return toArrayBuffer(addr, 0, len);
+  }
+
+  private accBuf?: ArrayBuffer;
+  private resBuf?: ArrayBuffer;
+
+  /** The raw acc entry of slot `index` (bank * chunks + chunk), a view of the
+   * mmapped map: biased, lane-interleaved (see decodeSums). */
+  rawSums(index: number): Uint32Array {
+    this.accBuf ??= this.mmapMap("acc", SIZEOF.ainftp_acc);
+    return new Uint32Array(this.accBuf, index * SIZEOF.ainftp_acc, MAX_ELEMS);
+  }
+
+  /** The int32 sums of slot `index`'s first `count` elements. `contributors`
+   * defaults to the slot's own count (one map lookup). */
+  sums(index: number, count = MAX_ELEMS, contributors = this.slot(index).contributors): Int32Array {
+    return decodeSums(this.rawSums(index), count, contributors);
+  }
+
+  /** The result entry at `index`: header fields and int16 values. */
+  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array } {
+    this.resBuf ??= this.mmapMap("results", SIZEOF.ainftp_result);
+    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
+    const dv = new DataView(this.resBuf, index * stride, stride);
+    const count = dv.getUint16(4, true);
+    return {
+      tag: dv.getUint32(0, true),
+      count,
+      contributors: dv.getUint16(6, true),
+      exp: dv.getInt16(8, true),
+      flags: dv.getUint16(10, true),
+      writes: dv.getUint32(12, true),
+      v: new Int16Array(this.resBuf, index * stride + 16, Math.min(count, MAX_ELEMS)),
+    };
+  }
+
+  events(): EventRing {
+    const r = new EventRing(this.mapFd("events"));
+    this.rings.push(r);
+    return r;
+  }
+
+  /** Base address of the mmapped acc map (for the native collective loops). */
+  accBase(): Pointer {
+    this.rawSums(0);
+    return this.mmaps.find((m) => m.kind === "acc")!.addr;
+  }
+
+  /** Base address of the mmapped results map. */
+  resultsBase(): Pointer {
+    this.result(0);
+    return this.mmaps.find((m) => m.kind === "results")!.addr;
+  }
+
+  close(): void {
+    for (const r of this.rings) r.close();
+    this.rings = [];
+    for (const m of this.mmaps) shim.ainftp_munmap(m.addr, BigInt(m.len));
+    this.mmaps = [];
+    this.accBuf = this.resBuf = undefined;
+    this.open = false;
+    this.closeHandles();
+  }
+
+  /** Releases what the subclass holds (object or pinned fds). */
+  protected abstract closeHandles(): void;
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** A loaded (not necessarily attached) XDP object. */
+export class ReflexObject extends ReflexMaps {
+  readonly progFd: number;
   readonly port: number;
   private obj: Pointer | null;
-  private maps = new Map<MapName, number>();
-  private mmaps: { addr: Pointer; len: number }[] = [];
-  private rings: EventRing[] = [];
 
   private constructor(obj: Pointer, progFd: number, chunks: number, port: number) {
+    super(chunks);
     this.obj = obj;
     this.progFd = progFd;
-    this.chunks = chunks;
     this.port = port;
     for (const name of MAP_NAMES) {
       const fd = libbpf.bpf_object__find_map_fd_by_name(obj, cstr(name));
@@ -130,100 +259,6 @@ export class ReflexObject implements Disposable {
     }
   }
 
-  mapFd(name: MapName): number {
-    const fd = this.maps.get(name);
-    if (fd === undefined || !this.obj) throw new AinftpError("map", `${name}: object closed`);
-    return fd;
-  }
-
-  /** The .rodata map (listen_port), pinned so `status` can show the port. */
-  rodataFd(): number {
-    if (!this.obj) throw new AinftpError("map", ".rodata: object closed");
-    return check(shim.ainftp_obj_rodata_fd(this.obj), "map", ".rodata missing");
-  }
-
-  /** Map fds of a pinned attachment are the same maps: see src/attach.ts. */
-  get mapFds(): ReadonlyMap<MapName, number> {
-    return this.maps;
-  }
-
-  setConfig(cfg: JobConfig): void {
-    if (cfg.chunks > this.chunks)
-      throw new AinftpError("config", `chunks ${cfg.chunks} > ${this.chunks} the maps were sized for`);
-    writeConfig(this.mapFd("job_config"), cfg);
-  }
-
-  config(): JobConfig {
-    return readConfig(this.mapFd("job_config"));
-  }
-
-  counters(): Counters {
-    return readCounters(this.mapFd("counters"));
-  }
-
-  slot(index: number): SlotState {
-    const b = new Uint8Array(SIZEOF.ainftp_slot);
-    check(libbpf.bpf_map_lookup_elem(this.mapFd("slots"), new Uint32Array([index]), b), "slot", `lookup ${index} failed`);
-    return decodeSlot(b);
-  }
-
-  /** Zeroes a bank's event counts (done by the round owner when it moves the window). */
-  resetBank(bank: number): void {
-    check(
-      libbpf.bpf_map_update_elem(this.mapFd("bank_state"), new Uint32Array([bank]), new Uint32Array(2), 0n),
-      "bank", "reset failed",
-    );
-  }
-
-  private mmapMap(name: MapName, valueSize: number): ArrayBuffer {
-    const stride = Math.ceil(valueSize / 8) * 8;
-    const len = Math.ceil((stride * BANKS * this.chunks) / 4096) * 4096;
-    const out = new BigUint64Array(1);
-    check(shim.ainftp_map_mmap(this.mapFd(name), BigInt(len), 1, out), "mmap", `mapping ${name} failed`);
-    const addr = Number(out[0]) as Pointer;
-    this.mmaps.push({ addr, len });
-    return toArrayBuffer(addr, 0, len);
-  }
-
-  private accBuf?: ArrayBuffer;
-  private resBuf?: ArrayBuffer;
-
-  /** The raw acc entry of slot `index` (bank * chunks + chunk), a view of the
-   * mmapped map: biased, lane-interleaved (see decodeSums). */
-  rawSums(index: number): Uint32Array {
-    this.accBuf ??= this.mmapMap("acc", SIZEOF.ainftp_acc);
-    return new Uint32Array(this.accBuf, index * SIZEOF.ainftp_acc, MAX_ELEMS);
-  }
-
-  /** The int32 sums of slot `index`'s first `count` elements. `contributors`
-   * defaults to the slot's own count (one map lookup). */
-  sums(index: number, count = MAX_ELEMS, contributors = this.slot(index).contributors): Int32Array {
-    return decodeSums(this.rawSums(index), count, contributors);
-  }
-
-  /** The result entry at `index`: header fields and int16 values. */
-  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array } {
-    this.resBuf ??= this.mmapMap("results", SIZEOF.ainftp_result);
-    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
-    const dv = new DataView(this.resBuf, index * stride, stride);
-    const count = dv.getUint16(4, true);
-    return {
-      tag: dv.getUint32(0, true),
-      count,
-      contributors: dv.getUint16(6, true),
-      exp: dv.getInt16(8, true),
-      flags: dv.getUint16(10, true),
-      writes: dv.getUint32(12, true),
-      v: new Int16Array(this.resBuf, index * stride + 16, Math.min(count, MAX_ELEMS)),
-    };
-  }
-
-  events(): EventRing {
-    const r = new EventRing(this.mapFd("events"));
-    this.rings.push(r);
-    return r;
-  }
-
   /** Runs the program on one frame (BPF_PROG_TEST_RUN). ns is per run. */
   testRun(frame: Uint8Array, repeat = 1): { action: number; ns: number; out: Uint8Array } {
     const out = new Uint8Array(frame.length + 256);
@@ -235,18 +270,51 @@ export class ReflexObject implements Disposable {
     return { action: res[0], ns: res[1], out: out.subarray(0, res[2]) };
   }
 
-  close(): void {
-    for (const r of this.rings) r.close();
-    this.rings = [];
-    for (const m of this.mmaps) shim.ainftp_munmap(m.addr, BigInt(m.len));
-    this.mmaps = [];
-    this.accBuf = this.resBuf = undefined;
+  /** The .rodata map (listen_port), pinned so `status` can show the port. */
+  rodataFd(): number {
+    if (!this.obj) throw new AinftpError("map", ".rodata: object closed");
+    return check(shim.ainftp_obj_rodata_fd(this.obj), "map", ".rodata missing");
+  }
+
+  protected closeHandles(): void {
     if (this.obj) libbpf.bpf_object__close(this.obj);
     this.obj = null;
   }
+}
 
-  [Symbol.dispose](): void {
-    this.close();
+/** The maps of a program attached by `ainftp attach`, opened from its pins. */
+export class PinnedReflex extends ReflexMaps {
+  readonly pinDir: string;
+
+  private constructor(pinDir: string, chunks: number, fds: Map<MapName, number>) {
+    super(chunks);
+    this.pinDir = pinDir;
+    this.maps = fds;
+  }
+
+  /** Opens every pinned map under pinDir (see src/attach.ts for the layout). */
+  static open(pinDir: string): PinnedReflex {
+    const fds = new Map<MapName, number>();
+    try {
+      for (const name of MAP_NAMES) {
+        const fd = shim.ainftp_obj_get(cstr(`${pinDir}/${name}`));
+        check(fd, "open", `opening pinned map ${pinDir}/${name} failed`, (e) =>
+          e === 2 ? "is ainftp attached? run: ainftp attach <iface>" : undefined,
+        );
+        fds.set(name, fd);
+      }
+      const info = new Uint32Array(6);
+      check(shim.ainftp_map_info(fds.get("slots")!, info), "open", "reading map info failed");
+      return new PinnedReflex(pinDir, info[3] / BANKS, fds);
+    } catch (e) {
+      for (const fd of fds.values()) closeFd(fd);
+      throw e;
+    }
+  }
+
+  protected closeHandles(): void {
+    for (const fd of this.maps.values()) closeFd(fd);
+    this.maps.clear();
   }
 }
 
@@ -257,6 +325,21 @@ export class EventRing implements Disposable {
 
   constructor(mapFd: number) {
     this.h = check(shim.ainftp_ring_open(mapFd), "ring", "opening the event ring failed");
+  }
+
+  /** The last pollRaw()'s events, four u32 each: type | contributors << 16,
+   * round, chunk, index (struct ainftp_event). */
+  readonly raw = new Uint32Array(this.buf.buffer);
+
+  /** Like poll() without decoding: returns how many events are in `raw`. */
+  pollRaw(timeoutMs = 0): number {
+    if (this.h < 0) return 0;
+    return check(shim.ainftp_ring_poll(this.h, timeoutMs, this.buf, this.buf.length / SIZEOF.ainftp_event), "ring", "poll failed");
+  }
+
+  /** An fd that polls readable when the program has woken userspace. */
+  epollFd(): number {
+    return check(shim.ainftp_ring_epoll_fd(this.h), "ring", "no epoll fd");
   }
 
   /** Events available now (timeoutMs 0) or after waiting up to timeoutMs. */

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""One rank of the Gloo all-reduce baseline (PyTorch torch.distributed, CPU).
+
+    gloo_allreduce.py RANK WORLD MASTER_ADDR MASTER_PORT BYTES ROUNDS WARMUP IFNAME
+
+Every rank builds the same deterministic float32 input for every rank
+(values k/64 with |k| <= 48, so every partial sum is exact in float32 and
+the order Gloo sums in does not matter), all-reduces its own with SUM, and
+checks the result against the sum computed locally. Each round: restore the
+input (untimed), barrier, then time all_reduce alone with time.perf_counter.
+Prints one JSON line on stdout; progress and errors go to stderr.
+"""
+import datetime
+import json
+import os
+import sys
+import time
+
+
+def percentile(sorted_vals, q):
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_vals:
+        return None
+    pos = (len(sorted_vals) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def main():
+    if len(sys.argv) != 9:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    rank, world = int(sys.argv[1]), int(sys.argv[2])
+    addr, port = sys.argv[3], int(sys.argv[4])
+    nbytes, rounds, warmup = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+    ifname = sys.argv[8]
+    if nbytes <= 0 or nbytes % 4 or rounds <= 0 or warmup < 0 or not 0 <= rank < world:
+        print("bad arguments: bytes must be a positive multiple of 4, rounds > 0", file=sys.stderr)
+        sys.exit(2)
+    # Must be set before the process group is created: Gloo picks its device
+    # (the address it listens on and announces) from this interface.
+    os.environ["GLOO_SOCKET_IFNAME"] = ifname
+
+    import torch
+    import torch.distributed as dist
+
+    # Up to world ranks share the machine's cores; Gloo's CPU sum does not use
+    # the intra-op pool, and the input/verify code needs no more than one.
+    torch.set_num_threads(1)
+    n = nbytes // 4
+
+    def make_input(r):
+        i = torch.arange(n, dtype=torch.int64)
+        k = (i * 7 + r * 13) % 97 - 48
+        return k.to(torch.float32) / 64.0
+
+    mine = make_input(rank)
+    expected = torch.zeros(n, dtype=torch.float32)
+    for r in range(world):
+        expected += make_input(r)
+    work = mine.clone()
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://{addr}:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    round_ms = []
+    verified = True
+    max_err = 0.0
+    for k in range(warmup + rounds):
+        work.copy_(mine)
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        t1 = time.perf_counter()
+        err = float((work - expected).abs().max())
+        max_err = max(max_err, err)
+        # Exact inputs give an exact sum; the tolerance only allows for a
+        # reduction that is not plain float32 addition.
+        if not torch.allclose(work, expected, rtol=1e-5, atol=1e-5):
+            verified = False
+        if k >= warmup:
+            round_ms.append((t1 - t0) * 1000.0)
+    dist.barrier()
+    dist.destroy_process_group()
+
+    s = sorted(round_ms)
+    print(json.dumps({
+        "system": "gloo",
+        "rank": rank,
+        "world": world,
+        "bytes": nbytes,
+        "rounds": rounds,
+        "round_ms": [round(x, 4) for x in round_ms],
+        "median_ms": percentile(s, 0.5),
+        "p10": percentile(s, 0.10),
+        "p90": percentile(s, 0.90),
+        "p99": percentile(s, 0.99),
+        "verified": verified,
+        "max_abs_err": max_err,
+        "torch_version": torch.__version__,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+import { writeFileSync } from "node:fs";
+import Table from "cli-table3";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { DEFAULT_PORT, MAX_ELEMS, MAX_WORKERS } from "../src/abi.ts";
+import type { AttachMode } from "../src/attach.ts";
+import { AinftpError } from "../src/errors.ts";
+import { runNode, type NodeReport } from "../src/node.ts";
+import { formatSize, parseSize } from "../src/units.ts";
+import { intOption, type IO } from "./io.ts";
+import { COMPACT } from "./status.ts";
+
+function peerList(value: string): string[] {
+  const peers = value.split(",").map((p) => p.trim()).filter(Boolean);
+  if (peers.length === 0 || peers.length > MAX_WORKERS) throw new InvalidArgumentError(`Give 1..${MAX_WORKERS} IPv4 addresses, comma-separated.`);
+  for (const p of peers)
+    if (!/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(p) || p.split(".").some((o) => Number(o) > 255))
+      throw new InvalidArgumentError(`'${p}' is not an IPv4 address.`);
+  return peers;
+}
+
+function sizeOption(value: string): number {
+  try {
+    return parseSize(value, "--synthetic");
+  } catch {
+    throw new InvalidArgumentError("Give a size like 1MiB, 16MiB, 1GiB or a byte count.");
+  }
+}
+
+export function renderNodeReport(r: NodeReport): string {
+  const t = new Table({ style: { head: [], border: [] }, chars: COMPACT });
+  const ms = (x: number) => x.toFixed(2);
+  t.push(
+    ["rank / peers", `${r.rank} / ${r.peers}`],
+    ["gradient", `${formatSize(r.bytes)} (${r.elements} floats, ${r.chunk_elems} per packet)`],
+    ["rounds", r.rounds],
+    ["round time ms: median / p10 / p90 / p99", `${ms(r.round_ms.median)} / ${ms(r.round_ms.p10)} / ${ms(r.round_ms.p90)} / ${ms(r.round_ms.p99)}`],
+    ["relative L2 error (max)", r.rel_l2_error_max === null ? "not verified (--verify)" : r.rel_l2_error_max.toExponential(2)],
+    ["retransmits / resends / duplicates", `${r.retransmits} / ${r.resends} / ${r.duplicates}`],
+    ["timeouts / saturations", `${r.timeouts} / ${r.saturations}`],
+    ["packets received by XDP", r.packets_received],
+    ["wake-ups + socket packets per XDP packet", `${r.wakeups} + ${r.socket_packets} → ${(r.wakeups_per_packet * 100).toFixed(2)}% (1/${r.wakeups_per_packet ? Math.round(1 / r.wakeups_per_packet) : "∞"})`],
+    ["last result sha256", r.result_sha256.at(-1)?.slice(0, 16) ?? "-"],
+  );
+  return t.toString() + "\n";
+}
+
+export function swarmCommand(io: IO): Command {
+  return new Command("swarm")
+    .summary("run an all-reduce node with a static member list")
+    .description(
+      "Run this host's node of the collective: attach ainftp to --iface if it is not attached, agree the job with every " +
+        "peer, then run the synthetic workload (deterministic gradients from seed, rank and round) and, with --verify, check " +
+        "every round against the exact sum computed here. Start the same command on every member with its own --rank.",
+    )
+    .requiredOption("--iface <name>", "interface that reaches the peers (ip -br addr)")
+    .requiredOption("--peers <ips>", "IPv4 address of every member, in rank order, comma-separated", peerList)
+    .requiredOption("--rank <k>", "this host's rank: its position in --peers, from 0", intOption(0, MAX_WORKERS - 1))
+    .option("--port <n>", `UDP port (default ${DEFAULT_PORT})`, intOption(1, 65535))
+    .option("--job <id>", "job id every member uses (default 0)", intOption(0, 0xffffffff))
+    .option("--synthetic <size>", "gradient size per round: 1MiB, 16MiB, 1GiB or bytes", sizeOption)
+    .option("--rounds <r>", "timed rounds (default 10)", intOption(1, 1_000_000), 10)
+    .option("--verify", "check every round against the exact f64 sum of all ranks' gradients")
+    .option("--seed <n>", "seed of the synthetic gradients (default 1)", intOption(0, 0xffffffff))
+    .addOption(new Option("--mode <mode>", "XDP mode when attaching").choices(["auto", "native", "generic"]).default("auto"))
+    .option("--chunk-elems <n>", `int16 values per packet (default: what the MTU holds, max ${MAX_ELEMS})`, intOption(4, MAX_ELEMS))
+    .option("--window <n>", "chunks in flight per owner (default 48)", intOption(1, 4096))
+    .option("--round-timeout <ms>", "fail a round not complete after this long (default 10000)", intOption(10, 3_600_000))
+    .option("--retransmit <ms>", "first retransmission after this long without progress (default 50)", intOption(1, 60_000))
+    .option("--open-timeout <ms>", "wait this long for every peer at start (default 30000)", intOption(100, 3_600_000))
+    .option("--stochastic <seed>", "stochastic rounding with this seed", intOption(1, 0xffffffff))
+    .option("--keep-attached", "leave the program attached at the end")
+    .option("--json [file]", "print the report as JSON (to a file if given)")
+    .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n")
+    .action(async (o) => {
+      if (o.rank >= o.peers.length)
+        throw new AinftpError("swarm", `--rank ${o.rank} but --peers lists ${o.peers.length} members`, { hint: `ranks are 0..${o.peers.length - 1}` });
+      if (o.synthetic === undefined)
+        throw new AinftpError("swarm", "nothing to run: give --synthetic SIZE", { hint: "e.g. --synthetic 16MiB --rounds 100 --verify (trainers connect through the local interface in a later release)" });
+      const progress = io.tty
+        ? (r: number, of: number, ms: number) => io.err(`\r  round ${r}/${of}  ${ms.toFixed(1)} ms   ${r === of ? "\n" : ""}`)
+        : undefined;
+      const report = await runNode({
+        iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, syntheticBytes: o.synthetic, rounds: o.rounds,
+        verify: Boolean(o.verify), seed: o.seed, mode: o.mode as AttachMode, chunkElems: o.chunkElems, window: o.window,
+        roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
+        keepAttached: Boolean(o.keepAttached),
+      }, progress);
+      if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
+      if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");
+      else io.out(renderNodeReport(report));
+      if (o.verify && !report.verified) {
+        io.err(`ainftp: verification failed: relative L2 error ${report.rel_l2_error_max} > 1e-3\n`);
+        process.exitCode = 3;
+      }
+    });
+}

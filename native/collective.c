@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * collective.c — the per-round loops of the collective that touch every
+ * element: the owner's finishing of completed slots (requantize, publish into
+ * its own results-map entry, build the RESULT packets) and the gathering of a
+ * round's results into the caller's f32 buffer. One call per batch of events
+ * or per round through bun:ffi (native/collective.ts); never per element.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include "../bpf/include/ainftp_abi.h"
+#include "quant.h"
+
+#define RESULT_STRIDE ((sizeof(struct ainftp_result) + 7) & ~7ul)
+#define ACC_STRIDE ((sizeof(struct ainftp_acc) + 7) & ~7ul)
+
+/*
+ * For each completed slot chunks[i] (owned by this host): the true sums are
+ * the XDP program's biased lanes of `others` contributions plus this host's
+ * own quantized chunk; requantize them into the results-map entry of the
+ * chunk (tag published last) and into a RESULT packet at pkts + i*pkt_stride.
+ * counts[c] and exps[c] are per chunk of the round; own_q holds this host's
+ * int16 values of chunk c at own_q + (c / own_div) * own_stride (the owner of
+ * c is c % own_div, so c / own_div numbers its own chunks 0, 1, 2, ...).
+ * Returns packets written, or -1 if a result would not fit.
+ */
+int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t bank_base,
+			    const uint32_t *chunks, uint32_t n, uint32_t others, const int16_t *own_q,
+			    uint32_t own_div, uint32_t own_stride, const uint16_t *counts, const int8_t *exps,
+			    const struct ainftp_wire_hdr *tmpl, uint8_t *pkts, uint32_t pkt_stride)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t c = chunks[i], idx = bank_base + c, count = counts[c];
+		if (count == 0 || count > AINFTP_MAX_ELEMS || pkt_stride < sizeof(*tmpl) + 2 * count)
+			return -1;
+		const uint32_t *raw = (const uint32_t *)(acc_base + (size_t)idx * ACC_STRIDE);
+		struct ainftp_result *res = (struct ainftp_result *)(res_base + (size_t)idx * RESULT_STRIDE);
+		if (own_div == 0)
+			return -1;
+		int32_t k = ainftp_finish_chunk(others ? raw : NULL, count, others,
+						own_q + (size_t)(c / own_div) * own_stride, res->v);
+		if (k < 0)
+			return -1;
+		res->count = count;
+		res->contributors = others + 1;
+		res->exp = exps[c] + k;
+		res->flags = 0;
+		res->writes++;
+		__atomic_store_n(&res->tag, tmpl->round + 1, __ATOMIC_RELEASE);
+
+		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
+		*h = *tmpl;
+		h->type = AINFTP_PKT_RESULT;
+		h->chunk = c;
+		h->count = count;
+		h->exp = res->exp;
+		h->contributors = others + 1;
+		memcpy(h + 1, res->v, 2 * count);
+	}
+	return (int32_t)n;
+}
+
+/*
+ * Copies stored results (from the results map) into RESULT packets, for
+ * resends after a loss. Returns packets written, or -1 if an entry does not
+ * hold round `round`.
+ */
+int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks,
+			      uint32_t n, const struct ainftp_wire_hdr *tmpl, uint8_t *pkts,
+			      uint32_t pkt_stride)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t c = chunks[i];
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tmpl->round + 1 ||
+		    pkt_stride < sizeof(*tmpl) + 2 * (uint32_t)res->count)
+			return -1;
+		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
+		*h = *tmpl;
+		h->type = AINFTP_PKT_RESULT;
+		h->flags = AINFTP_F_RETRANSMIT;
+		h->chunk = c;
+		h->count = res->count;
+		h->exp = res->exp;
+		h->contributors = res->contributors;
+		memcpy(h + 1, res->v, 2 * res->count);
+	}
+	return (int32_t)n;
+}
+
+/*
+ * Writes into missing[] the chunks in [0, nchunks) whose results-map entry
+ * does not hold round tag-1 yet; returns how many (at most cap are listed).
+ */
+uint32_t ainftp_results_missing(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
+				uint32_t tag, uint32_t *missing, uint32_t cap)
+{
+	uint32_t m = 0;
+	for (uint32_t c = 0; c < nchunks; c++) {
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) == tag)
+			continue;
+		if (m < cap)
+			missing[m] = c;
+		m++;
+	}
+	return m;
+}
+
+/*
+ * Dequantizes the results of chunks [0, nchunks) of a round into out (chunk c
+ * at out + c*chunk_elems, n_out floats in all). Each entry's tag is checked
+ * before and after the copy. Returns the number of entries that did not hold
+ * round tag-1 (nothing is written for those).
+ */
+uint32_t ainftp_gather_results(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
+			       uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out)
+{
+	uint32_t bad = 0;
+	for (uint32_t c = 0; c < nchunks; c++) {
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint64_t start = (uint64_t)c * chunk_elems;
+		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
+		    ainftp_dequantize(res->v, want, res->exp, out + start) < 0 ||
+		    __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
+			bad++;
+	}
+	return bad;
+}
+
+/*
+ * Waits until fd_a or fd_b is readable (the event ring's epoll fd and the
+ * control socket), at most timeout_ms. Returns a bitmask (1: a, 2: b), 0 on
+ * timeout, or -errno.
+ */
+int32_t ainftp_wait2(int fd_a, int fd_b, int timeout_ms)
+{
+	struct pollfd p[2] = { { .fd = fd_a, .events = POLLIN }, { .fd = fd_b, .events = POLLIN } };
+	int r = poll(p, 2, timeout_ms);
+	if (r < 0)
+		return errno == EINTR ? 0 : -errno;
+	return ((p[0].revents & POLLIN) ? 1 : 0) | ((p[1].revents & POLLIN) ? 2 : 0);
+}
+
+/* Sets the flags field of n packets laid out every `stride` bytes. */
+void ainftp_set_flags(uint8_t *pkts, uint32_t n, uint32_t stride, uint16_t flags)
+{
+	for (uint32_t i = 0; i < n; i++)
+		((struct ainftp_wire_hdr *)(pkts + (size_t)i * stride))->flags = flags;
+}
+
+/* Element-wise max of `ranks` int8 exponent arrays of n entries laid out
+ * one after another: the scale every rank agrees on. */
+void ainftp_max_exps(const int8_t *all, uint32_t ranks, uint32_t n, int8_t *out)
+{
+	memcpy(out, all, n);
+	for (uint32_t r = 1; r < ranks; r++)
+		for (uint32_t c = 0; c < n; c++)
+			if (all[(size_t)r * n + c] > out[c])
+				out[c] = all[(size_t)r * n + c];
+}
+
+/* ---- synthetic gradients, for `ainftp swarm --synthetic` and tests ------ */
+
+static inline uint64_t splitmix(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Deterministic pseudo-Gaussian values from (seed, rank, round): the sum of
+ * four uniforms, centred and scaled to unit variance (cheap, smooth, bounded
+ * at +-3.46 sigma), times `scale`. Every rank can regenerate every other
+ * rank's gradient for verification. */
+void ainftp_synth(uint32_t seed, uint32_t rank, uint32_t round, float scale, float *out, uint32_t n)
+{
+	uint64_t s = ((uint64_t)seed << 40) ^ ((uint64_t)rank << 20) ^ round ^ 0x5eedull;
+	const float k = 1.7320508f / 32768.0f; /* sqrt(12/4) / 2^15 */
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t z = splitmix(&s);
+		int32_t a = (int32_t)(z & 0xffff) + (int32_t)((z >> 16) & 0xffff) + (int32_t)((z >> 32) & 0xffff) +
+			    (int32_t)(z >> 48) - 2 * 65535;
+		out[i] = (float)a * k * scale;
+	}
+}
+
+/* Relative L2 error of `result` against the exact (f64) sum over ranks
+ * 0..ranks-1 of ainftp_synth(seed, rank, round, scale); tmp holds n floats. */
+double ainftp_synth_rel_l2(uint32_t seed, uint32_t ranks, uint32_t round, float scale, const float *result,
+			   uint32_t n, float *tmp, double *sum)
+{
+	for (uint32_t i = 0; i < n; i++)
+		sum[i] = 0;
+	for (uint32_t r = 0; r < ranks; r++) {
+		ainftp_synth(seed, r, round, scale, tmp, n);
+		for (uint32_t i = 0; i < n; i++)
+			sum[i] += tmp[i];
+	}
+	double num = 0, den = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		double d = (double)result[i] - sum[i];
+		num += d * d;
+		den += sum[i] * sum[i];
+	}
+	return den > 0 ? __builtin_sqrt(num / den) : __builtin_sqrt(num);
+}

@@ -1,0 +1,69 @@
+// The quantizer kernels (native/quant.c) through bun:ffi. Each call covers a
+// whole array or chunk list; typed arrays go to C as pointers (their
+// byteOffset included), with no copy and no per-element JS. These wrappers
+// only size-check what C would otherwise read or write out of bounds;
+// src/quantize.ts is the API with error messages.
+import { FFIType as T } from "bun:ffi";
+import { openShimTable } from "./shim.ts";
+
+const quant = openShimTable({
+  ainftp_chunk_exps: { args: [T.ptr, T.u32, T.u32, T.ptr], returns: T.u32 },
+  ainftp_pack_chunks: {
+    args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32],
+    returns: T.u32,
+  },
+  ainftp_quantize: { args: [T.ptr, T.u32, T.i32, T.ptr, T.u32], returns: T.u32 },
+  ainftp_finish_chunk: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
+  ainftp_dequantize: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
+} as const);
+
+/** What ainftp_chunk_exps / ainftp_pack_chunks / ainftp_quantize return for invalid arguments. */
+export const QUANT_EINVAL = 0xffffffff;
+
+function need(ok: boolean, what: string): void {
+  if (!ok) throw new RangeError(`native quantizer: ${what}`);
+}
+
+/** exps[c] for every chunk of x; returns the count of NaN/±Inf values (left out of the maxima). */
+export function cChunkExps(x: Float32Array, chunkElems: number, exps: Int8Array): number {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(exps.length >= Math.ceil(x.length / chunkElems), "exps shorter than the chunk count");
+  return quant.ainftp_chunk_exps(x, x.length, chunkElems, exps);
+}
+
+/** Header + int16 payload of chunks[0..nchunks) at out + i*stride; returns the saturated
+ * count or QUANT_EINVAL. */
+export function cPackChunks(
+  x: Float32Array, chunkElems: number, chunks: Uint32Array, nchunks: number, exps: Int8Array,
+  header: Uint8Array, out: Uint8Array, stride: number, seed: number,
+): number {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(nchunks <= chunks.length, "nchunks exceeds the chunk list");
+  need(exps.length >= Math.ceil(x.length / chunkElems), "exps shorter than the chunk count");
+  need(header.length >= 32, "header template must be 32 bytes");
+  need(out.length >= nchunks * stride, "out shorter than nchunks * stride");
+  return quant.ainftp_pack_chunks(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0);
+}
+
+/** q = round(x / 2^exp); returns the saturated count or QUANT_EINVAL. */
+export function cQuantize(x: Float32Array, exp: number, q: Int16Array, seed: number): number {
+  need(q.length >= x.length, "q shorter than x");
+  return quant.ainftp_quantize(x, x.length, exp, q, seed >>> 0);
+}
+
+/** The owner's requantization of one acc entry; returns k (>= 0) or -EINVAL. */
+export function cFinishChunk(
+  raw: Uint32Array | null, count: number, contributors: number, own: Int16Array | null, out: Int16Array,
+): number {
+  need(contributors === 0 || (raw !== null && raw.length >= ((count + 3) & ~3)),
+    "raw must hold count rounded up to 4 lanes");
+  need(own === null || own.length >= count, "own shorter than count");
+  need(out.length >= count, "out shorter than count");
+  return quant.ainftp_finish_chunk(raw, count, contributors, own, out);
+}
+
+/** out = q * 2^exp; returns 0 or -EINVAL. */
+export function cDequantize(q: Int16Array, exp: number, out: Float32Array): number {
+  need(out.length >= q.length, "out shorter than q");
+  return quant.ainftp_dequantize(q, q.length, exp, out);
+}

@@ -1,0 +1,712 @@
+// The collective: an int16 all-reduce across hosts through the XDP engine.
+//
+// One round all-reduces a segment of up to `capacity` chunks (the chunks the
+// attached program's maps were sized for); a longer vector takes several
+// rounds. Chunk c of a round is owned by rank c % N. A round:
+//   1. scale: every rank computes each chunk's smallest exponent and sends it
+//      to every peer (CONTROL/EXPS); the shared scale is the maximum
+//      (THC-style agreement before sending, so no value can saturate).
+//   2. reduce-scatter: each rank quantizes the chunks it does not own and
+//      sends them to their owners with UDP GSO, interleaving owners so every
+//      owner's XDP program starts summing at once.
+//   3. the owner's XDP program sums the N-1 contributions; on completion the
+//      owner adds its own chunk, requantizes (integer math: bit-identical
+//      everywhere), stores the result in its own results map and sends it to
+//      every peer, whose XDP program writes it straight into their results map.
+//   4. every rank dequantizes the round's results from its results map.
+// Loss: a rank missing results retransmits its contributions (flagged); a
+// retransmit to a completed slot makes the owner's XDP program raise a
+// resend event and the owner sends the stored result again (SwitchML).
+// The window: the program accepts rounds [base, base+1]. An event of round r
+// proves every peer finished round r-1, so the base moves to r then.
+import type { Pointer } from "bun:ffi";
+import { join } from "node:path";
+import { coll } from "../native/collective.ts";
+import {
+  CTRL_BYE, CTRL_EXPS, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, SIZEOF, VERSION, readHeader, writeHeader,
+  type Counters, type JobConfig,
+} from "./abi.ts";
+import { pinnedPort, pinRoot } from "./attach.ts";
+import { AinftpError } from "./errors.ts";
+import { chunkCount, chunkExpsInto, headerTemplate, NonFiniteGradientError, packChunks } from "./quantize.ts";
+import { EventRing, PinnedReflex } from "./reflex.ts";
+import { UdpEndpoint } from "./transport.ts";
+
+const HDR = SIZEOF.ainftp_wire_hdr;
+/** Payload bytes of one control packet (exponents per packet). */
+const CTRL_PAYLOAD = 1400;
+/** Chunks packed and sent per owner before moving to the next owner. */
+const SEND_PIECE = 44;
+
+export interface CommunicatorOptions {
+  /** Interface the program is attached to (`ainftp attach IFACE`). */
+  iface: string;
+  /** IPv4 address of every member, in rank order. */
+  peers: string[];
+  rank: number;
+  /** UDP port of the attached program (default: the attached one). */
+  port?: number;
+  job?: number;
+  /** A round not complete after this long fails, naming the missing members. */
+  roundTimeoutMs?: number;
+  /** First retransmission after this long without progress; doubles up to maxRetransmitMs. */
+  retransmitMs?: number;
+  maxRetransmitMs?: number;
+  /** Waiting for every peer at open. */
+  openTimeoutMs?: number;
+  /** Chunks per owner in flight (sent, result not back). Default 48. */
+  window?: number;
+  /** While window-blocked, look for results at least this often (ms). */
+  pumpMs?: number;
+  /** Stochastic rounding with this seed (0: round to nearest). */
+  stochasticSeed?: number;
+  /** Where the pins are (tests); default as `ainftp attach` puts them. */
+  pinRoot?: string;
+  /** Swarm hook: called when a round starts; may change the member set later. */
+  onRoundStart?: (round: number) => void;
+}
+
+export interface CollectiveStats {
+  rounds: number;
+  /** Contribution packets sent again after a timeout. */
+  retransmits: number;
+  /** Results sent again on a resend request. */
+  resends: number;
+  /** Retransmit timers that fired. */
+  timeouts: number;
+  /** Values clipped by the quantizer (0 with the shared max scale). */
+  saturations: number;
+  /** Times this process woke up (poll returns). */
+  wakeups: number;
+  /** Control packets read from the socket. */
+  controlReceived: number;
+  packetsSent: number;
+}
+
+export interface RoundReport {
+  round: number;
+  ms: number;
+  chunks: number;
+}
+
+/** A round failed: members did not answer in time, or one left. */
+export class RoundError extends AinftpError {
+  constructor(op: string, message: string, readonly missingRanks: number[], hint: string) {
+    super(op, message, { hint });
+    this.name = "RoundError";
+  }
+}
+
+interface RoundState {
+  r: number;
+  n: number; // elements
+  nchunks: number;
+  counts: Uint16Array;
+  exps: Int8Array; // all ranks' exps, rank-major
+  /** Per rank: offsets of the exponent pieces received. */
+  pieces: Set<number>[];
+  haveExps: boolean[];
+  shared: Int8Array;
+  owned: Uint32Array;
+  ownedDone: Uint8Array;
+  ownedDoneCount: number;
+  /** Owned slots that completed before our own chunk was quantized. */
+  pending: number[];
+  resultsSeen: number;
+  sent: boolean;
+  header: Uint8Array;
+  seed: number;
+  /** Per owner: chunks sent, and results received (the window). */
+  pos: number[];
+  acked: number[];
+  sendBuf: Uint8Array; // contribution packets, region per owner
+  ownerOffset: number[]; // byte offset of each owner's region
+  ownerChunks: Uint32Array[];
+  ownBuf: Uint8Array; // own chunks' packets (own quantized values)
+}
+
+export class Communicator implements Disposable {
+  readonly rank: number;
+  readonly peers: readonly string[];
+  readonly size: number;
+  readonly chunkElems: number;
+  readonly capacity: number;
+  readonly port: number;
+  readonly job: number;
+  readonly stats: CollectiveStats = {
+    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0,
+  };
+
+  private maps: PinnedReflex;
+  private ring: EventRing;
+  private sock: UdpEndpoint;
+  private cfg: JobConfig;
+  private accBase: Pointer;
+  private resBase: Pointer;
+  private nextRound = 0;
+  private o: Required<Omit<CommunicatorOptions, "onRoundStart" | "pinRoot" | "port" | "job">> & CommunicatorOptions;
+  /** Exponents that arrived for rounds we have not started. */
+  private early = new Map<number, Map<number, Map<number, Int8Array>>>();
+  private seg: number; // packet stride
+  private resPkts: Uint8Array;
+  private chunkList: Uint32Array;
+  private closed = false;
+  /** Ranks that left, with the first round each did not complete. */
+  private left = new Map<number, number>();
+
+  private constructor(o: Communicator["o"], maps: PinnedReflex, sock: UdpEndpoint, port: number) {
+    this.o = o;
+    this.rank = o.rank;
+    this.peers = o.peers;
+    this.size = o.peers.length;
+    this.maps = maps;
+    this.sock = sock;
+    this.port = port;
+    this.cfg = maps.config();
+    this.job = o.job ?? this.cfg.jobId;
+    this.chunkElems = this.cfg.chunkElems;
+    this.capacity = maps.chunks;
+    this.seg = HDR + 2 * this.chunkElems;
+    this.ring = maps.events();
+    this.accBase = maps.accBase();
+    this.resBase = maps.resultsBase();
+    this.resPkts = new Uint8Array(this.seg * this.capacity);
+    this.chunkList = new Uint32Array(this.capacity);
+  }
+
+  /** Opens the communicator on an interface where `ainftp attach` put the
+   * program, and waits until every peer has opened it with the same job. */
+  static async open(opts: CommunicatorOptions): Promise<Communicator> {
+    const op = "open communicator";
+    const n = opts.peers.length;
+    if (n < 1 || n > MAX_WORKERS) throw new AinftpError(op, `${n} peers; a job has 1..${MAX_WORKERS}`);
+    if (!Number.isInteger(opts.rank) || opts.rank < 0 || opts.rank >= n)
+      throw new AinftpError(op, `rank ${opts.rank} is not in 0..${n - 1}`, { hint: "ranks count from 0 in the order of --peers" });
+    const dup = opts.peers.find((p, i) => opts.peers.indexOf(p) !== i);
+    if (dup) throw new AinftpError(op, `peer ${dup} is listed twice`, { hint: "give each member's address once, in rank order" });
+    const o = {
+      roundTimeoutMs: 10_000, retransmitMs: 50, maxRetransmitMs: 500, openTimeoutMs: 30_000, stochasticSeed: 0,
+      window: 48, pumpMs: 2,
+      // an option given as undefined keeps its default
+      ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+    } as Communicator["o"];
+    const dir = join(pinRoot(opts.pinRoot), opts.iface);
+    const maps = PinnedReflex.open(dir);
+    let sock: UdpEndpoint | undefined;
+    try {
+      const port = opts.port ?? pinnedPort(dir);
+      sock = UdpEndpoint.open("0.0.0.0", port);
+      const c = new Communicator(o, maps, sock, port);
+      await c.handshake();
+      return c;
+    } catch (e) {
+      sock?.close();
+      maps.close();
+      throw e;
+    }
+  }
+
+  // ---- membership check --------------------------------------------------------
+
+  private fingerprint(): string {
+    return JSON.stringify({ v: VERSION, job: this.job, peers: this.peers, chunkElems: this.chunkElems, port: this.port });
+  }
+
+  /** HELLO to every peer until all have answered with the same fingerprint;
+   * agrees the first round (above anything these hosts' programs saw). */
+  private async handshake(): Promise<void> {
+    const me = this.fingerprint();
+    const bases = new Map<number, number>([[this.rank, this.cfg.roundBase]]);
+    const deadline = performance.now() + this.o.openTimeoutMs;
+    let nextSend = 0;
+    const send = (to: number, wantReply: boolean) =>
+      this.sendControl(to, CTRL_HELLO, this.cfg.roundBase, wantReply ? 1 : 0, 0, new TextEncoder().encode(me));
+    while (bases.size < this.size) {
+      const now = performance.now();
+      if (now > deadline) {
+        const missing = this.others().filter((r) => !bases.has(r));
+        throw new RoundError("open communicator", `no answer from ${describeRanks(missing, this.peers)} within ${this.o.openTimeoutMs} ms`, missing,
+          "start ainftp on every member with the same --peers and --job; check the addresses and that the interface is attached");
+      }
+      if (now >= nextSend) {
+        for (const r of this.others()) if (!bases.has(r)) send(r, true);
+        nextSend = now + 100;
+      }
+      const b = this.sock.recvBatch(Math.max(1, Math.min(100, Math.ceil(nextSend - now))));
+      for (let i = 0; i < b.count; i++) {
+        const h = this.parseControl(b.datagram(i), b.sourceAddr(i));
+        if (!h) continue;
+        if (h.kind !== CTRL_HELLO) {
+          this.handleControl(h, null); // a faster peer's first exponents
+          continue;
+        }
+        const theirs = new TextDecoder().decode(h.payload);
+        if (theirs !== me)
+          throw new AinftpError("open communicator", `rank ${h.rank} (${this.peers[h.rank]}) runs a different job: ours ${me}, theirs ${theirs}`, {
+            hint: "every member must get the same --peers (same order), --job and chunk size",
+          });
+        if (!bases.has(h.rank)) bases.set(h.rank, h.round);
+        if (h.flags & 1) send(h.rank, false);
+      }
+      await Bun.sleep(0);
+    }
+    // Every member computes the same first round: past any round these
+    // programs have seen, so old slot and result tags can never match.
+    const first = Math.max(...bases.values()) + 2;
+    this.nextRound = first;
+    this.maps.resetBank(0);
+    this.maps.resetBank(1);
+    this.cfg = { ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask() };
+    this.maps.setConfig(this.cfg);
+  }
+
+  private others(): number[] {
+    return [...Array(this.size).keys()].filter((r) => r !== this.rank);
+  }
+
+  private othersMask(): bigint {
+    let m = 0n;
+    for (const r of this.others()) m |= 1n << BigInt(r);
+    return m;
+  }
+
+  // ---- control packets ---------------------------------------------------------
+
+  private ctrlBuf = new Uint8Array(HDR + 65536);
+
+  private sendControl(to: number, kind: number, round: number, flags: number, chunk: number, payload: Uint8Array): void {
+    const b = this.ctrlBuf;
+    writeHeader(new DataView(b.buffer), 0, {
+      type: PKT_CONTROL, jobId: this.job, round, chunk, rank: this.rank, count: payload.length, contributors: kind, flags,
+    });
+    b.set(payload, HDR);
+    this.sock.sendGso(this.peers[to], this.port, b, HDR + payload.length, 1);
+    this.stats.packetsSent++;
+  }
+
+  private parseControl(d: Uint8Array, from: string) {
+    if (d.length < HDR) return null;
+    const h = readHeader(new DataView(d.buffer, d.byteOffset, d.byteLength), 0);
+    if (h.magic !== MAGIC || h.version !== VERSION || h.type !== PKT_CONTROL || h.jobId !== this.job) return null;
+    if (h.rank >= this.size || this.peers[h.rank] !== from || h.count !== d.length - HDR) return null;
+    this.stats.controlReceived++;
+    return { kind: h.contributors, rank: h.rank, round: h.round, chunk: h.chunk, flags: h.flags, payload: d.subarray(HDR) };
+  }
+
+  private sendExps(to: number, r: number, exps: Int8Array, kind = CTRL_EXPS): void {
+    const bytes = new Uint8Array(exps.buffer, exps.byteOffset, exps.length);
+    for (let off = 0; off < bytes.length || off === 0; off += CTRL_PAYLOAD) {
+      this.sendControl(to, kind, r, 0, off, bytes.subarray(off, off + CTRL_PAYLOAD));
+      if (bytes.length === 0) break;
+    }
+  }
+
+  /** Reads every queued control packet. */
+  private drainControl(st: RoundState | null): void {
+    for (;;) {
+      const b = this.sock.recvBatch(0);
+      if (b.count === 0) return;
+      for (let i = 0; i < b.count; i++) {
+        const h = this.parseControl(b.datagram(i), b.sourceAddr(i));
+        if (h) this.handleControl(h, st);
+      }
+    }
+  }
+
+  private handleControl(h: NonNullable<ReturnType<Communicator["parseControl"]>>, st: RoundState | null): void {
+    if (h.kind === CTRL_HELLO) {
+      if (h.flags & 1) this.sendControl(h.rank, CTRL_HELLO, this.cfg.roundBase, 0, 0, new TextEncoder().encode(this.fingerprint()));
+    } else if (h.kind === CTRL_BYE) {
+      // `round` is the first round the leaver did not complete
+      this.left.set(h.rank, h.round);
+    } else if (h.kind === CTRL_EXPS || h.kind === CTRL_EXPS_REQ) {
+      this.storeExps(st, h.rank, h.round, h.chunk, h.payload);
+      if (h.kind === CTRL_EXPS_REQ && st && h.round === st.r && st.haveExps[this.rank])
+        this.sendExps(h.rank, st.r, st.exps.subarray(this.rank * st.nchunks, (this.rank + 1) * st.nchunks));
+    }
+  }
+
+  /** Stores one piece (CTRL_PAYLOAD exponents from chunk `first`) of a
+   * rank's exponents; a rank's set is complete when every piece is here. */
+  private storeExps(st: RoundState | null, rank: number, round: number, first: number, payload: Uint8Array): void {
+    const ex = new Int8Array(payload.buffer, payload.byteOffset, payload.length);
+    if (first % CTRL_PAYLOAD !== 0) return;
+    if (st && round === st.r) {
+      if (first + ex.length > st.nchunks || st.haveExps[rank]) return;
+      if (ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
+      st.exps.set(ex, rank * st.nchunks + first);
+      st.pieces[rank].add(first);
+      if (st.pieces[rank].size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) st.haveExps[rank] = true;
+      return;
+    }
+    if (round < this.nextRound) return; // an old round: nothing needs it any more
+    let m = this.early.get(round);
+    if (!m) this.early.set(round, (m = new Map()));
+    let pieces = m.get(rank);
+    if (!pieces) m.set(rank, (pieces = new Map()));
+    pieces.set(first, Int8Array.from(ex));
+  }
+
+  // ---- the round --------------------------------------------------------------
+
+  /** Sums x over every member, in place (or into out). `mean` divides by the
+   * member count. Resolves when the result is complete on this host. */
+  async allreduce(x: Float32Array, opts: { op?: "sum" | "mean"; out?: Float32Array } = {}): Promise<RoundReport[]> {
+    if (this.closed) throw new AinftpError("allreduce", "communicator is closed");
+    const out = opts.out ?? x;
+    if (out.length !== x.length) throw new AinftpError("allreduce", `out has ${out.length} elements, x has ${x.length}`);
+    const per = this.capacity * this.chunkElems;
+    const reports: RoundReport[] = [];
+    for (let off = 0; off < x.length || (off === 0 && x.length === 0); off += per) {
+      if (x.length === 0) break;
+      const end = Math.min(x.length, off + per);
+      reports.push(this.round(x.subarray(off, end), out.subarray(off, end)));
+    }
+    if (opts.op === "mean") for (let i = 0; i < out.length; i++) out[i] /= this.size;
+    return reports;
+  }
+
+  private round(x: Float32Array, out: Float32Array): RoundReport {
+    const t0 = performance.now();
+    const r = this.nextRound++;
+    this.o.onRoundStart?.(r);
+    const N = this.size;
+    const E = this.chunkElems;
+    const nchunks = chunkCount(x.length, E);
+    if (N === 1) {
+      out.set(x);
+      this.stats.rounds++;
+      return { round: r, ms: performance.now() - t0, chunks: nchunks };
+    }
+    const st = this.newRound(r, x, nchunks);
+
+    // exponents: ours to every peer, then theirs (some may be here already)
+    const mine = st.exps.subarray(this.rank * nchunks, (this.rank + 1) * nchunks);
+    const bad = chunkExpsInto(x, E, mine);
+    if (bad > 0) {
+      const i = x.findIndex((v) => !Number.isFinite(v));
+      throw new NonFiniteGradientError(bad, i, Math.floor(i / E), x[i]);
+    }
+    st.haveExps[this.rank] = true;
+    for (const p of this.others()) this.sendExps(p, r, mine);
+    const early = this.early.get(r);
+    if (early) {
+      this.early.delete(r);
+      for (const [rank, pieces] of early)
+        for (const [first, ex] of pieces) this.storeExps(st, rank, r, first, new Uint8Array(ex.buffer, ex.byteOffset, ex.length));
+    }
+    for (const k of this.early.keys()) if (k < r) this.early.delete(k);
+
+    const bank = r & 1;
+    const bankBase = bank * this.cfg.chunks;
+    const deadline = t0 + this.o.roundTimeoutMs;
+    let interval = this.o.retransmitMs;
+    let nextRetx = performance.now() + interval;
+    const ringFd = this.ring.epollFd();
+    const sockFd = this.sock.fd;
+
+    for (;;) {
+      const gone = [...this.left].filter(([, upTo]) => upTo <= r).map(([p]) => p);
+      if (gone.length)
+        throw new RoundError(`round ${r}`, `${describeRanks(gone, this.peers)} left the job before finishing this round`, gone,
+          "every member must call allreduce the same number of times; restart the job with the remaining members");
+      if (!st.sent && st.haveExps.every(Boolean)) {
+        this.startContributions(st, x);
+        if (st.pending.length) this.finish(st, bankBase, Uint32Array.from(st.pending));
+        st.pending = [];
+      }
+      if (st.sent && st.ownedDoneCount === st.owned.length && st.resultsSeen >= nchunks - st.owned.length) {
+        const missing = coll.ainftp_results_missing(this.resBase, bankBase, nchunks, r + 1, this.chunkList, this.capacity);
+        if (missing === 0) break;
+        st.resultsSeen = nchunks - st.owned.length - missing; // events and map disagree: trust the map
+      }
+      const now = performance.now();
+      if (now >= deadline) this.fail(st, bankBase);
+      if (now >= nextRetx) {
+        this.stats.timeouts++;
+        this.retransmit(st, bankBase);
+        interval = Math.min(interval * 2, this.o.maxRetransmitMs);
+        nextRetx = now + interval;
+      }
+      // window-blocked: the wake-up for the results we wait on may be batched
+      // with others, so look again soon
+      const soon = st.sent && this.unsent(st) ? now + this.o.pumpMs : Infinity;
+      const wait = Math.max(0, Math.ceil(Math.min(nextRetx, deadline, soon) - now));
+      const ready = coll.ainftp_wait2(ringFd, sockFd, wait);
+      this.stats.wakeups++;
+      if (ready & 2) this.drainControl(st);
+      const progress = st.resultsSeen + st.ownedDoneCount + st.pending.length;
+      this.drainEvents(st, bankBase);
+      if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
+        // results are flowing: nothing is lost yet, restart the timer
+        interval = this.o.retransmitMs;
+        nextRetx = performance.now() + interval;
+      }
+      if (st.sent) this.pump(st, x);
+    }
+    const bad2 = coll.ainftp_gather_results(this.resBase, bankBase, nchunks, E, r + 1, out, out.length);
+    if (bad2) throw new AinftpError(`round ${r}`, `${bad2} result entries changed while being read`);
+    this.stats.rounds++;
+    return { round: r, ms: performance.now() - t0, chunks: nchunks };
+  }
+
+  private newRound(r: number, x: Float32Array, nchunks: number): RoundState {
+    const N = this.size;
+    const E = this.chunkElems;
+    const counts = new Uint16Array(nchunks).fill(E);
+    counts[nchunks - 1] = x.length - (nchunks - 1) * E;
+    const ownerChunks: Uint32Array[] = [];
+    const ownerOffset: number[] = [];
+    let off = 0;
+    for (let o = 0; o < N; o++) {
+      const n = o < nchunks ? Math.ceil((nchunks - o) / N) : 0;
+      const list = new Uint32Array(n);
+      for (let k = 0; k < n; k++) list[k] = o + k * N;
+      ownerChunks.push(list);
+      ownerOffset.push(off);
+      if (o !== this.rank) off += n * this.seg;
+    }
+    const owned = ownerChunks[this.rank];
+    // the program's end-of-round wake-ups for this round
+    this.cfg = { ...this.cfg, ownedChunks: owned.length, resultsPerRound: nchunks - owned.length };
+    this.maps.setConfig(this.cfg);
+    return {
+      r, n: x.length, nchunks, counts,
+      exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false),
+      pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
+      owned, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], resultsSeen: 0, sent: false,
+      header: new Uint8Array(HDR), seed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
+      sendBuf: new Uint8Array(off), ownerOffset, ownerChunks, ownBuf: new Uint8Array(owned.length * this.seg),
+    };
+  }
+
+  /** Shared scale known: quantize our own chunks for the finishing step and
+   * start the reduce-scatter. */
+  private startContributions(st: RoundState, x: Float32Array): void {
+    coll.ainftp_max_exps(st.exps, this.size, st.nchunks, st.shared);
+    st.header = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round: st.r, rank: this.rank });
+    st.seed = this.o.stochasticSeed ? (this.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
+    if (st.owned.length)
+      this.stats.saturations += packChunks(x, {
+        chunkElems: this.chunkElems, chunks: st.owned, exps: st.shared, header: st.header, out: st.ownBuf, stride: this.seg, seed: st.seed,
+      });
+    st.sent = true;
+    this.pump(st, x);
+  }
+
+  /** Reduce-scatter, self-clocked: quantize and send the chunks we do not
+   * own, owners interleaved, keeping at most `window` chunks per owner whose
+   * result has not come back. A receiver's queue (veth: 256 frames) is never
+   * flooded, and every result that arrives lets one more chunk go. */
+  private pump(st: RoundState, x: Float32Array): void {
+    const W = this.o.window;
+    for (let more = true; more; ) {
+      more = false;
+      for (let o = 0; o < this.size; o++) {
+        if (o === this.rank) continue;
+        const list = st.ownerChunks[o];
+        const from = st.pos[o];
+        const room = W - (from - st.acked[o]);
+        if (from >= list.length || room <= 0) continue;
+        const to = Math.min(list.length, from + Math.min(SEND_PIECE, room));
+        const region = st.sendBuf.subarray(st.ownerOffset[o] + from * this.seg, st.ownerOffset[o] + to * this.seg);
+        this.stats.saturations += packChunks(x, {
+          chunkElems: this.chunkElems, chunks: list.subarray(from, to), exps: st.shared, header: st.header, out: region,
+          stride: this.seg, seed: st.seed,
+        });
+        const last = list[to - 1];
+        this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, region, this.seg, to - from, HDR + 2 * st.counts[last]);
+        st.pos[o] = to;
+        if (to < list.length && W - (to - st.acked[o]) > 0) more = true;
+      }
+    }
+  }
+
+  /** Chunks we still have to send (window-blocked). */
+  private unsent(st: RoundState): boolean {
+    for (let o = 0; o < this.size; o++) if (o !== this.rank && st.pos[o] < st.ownerChunks[o].length) return true;
+    return false;
+  }
+
+  /** Reads the program's events: finish completed slots, count results,
+   * serve resend requests, and move the window. */
+  private drainEvents(st: RoundState | null, bankBase: number): void {
+    const raw = this.ring.raw;
+    const done = this.chunkList;
+    for (;;) {
+      const n = this.ring.pollRaw(0);
+      if (n === 0) return;
+      let nd = 0;
+      const resends: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const type = raw[4 * i] & 0xffff;
+        const round = raw[4 * i + 1];
+        const chunk = raw[4 * i + 2];
+        if (type === EV_RESEND) {
+          resends.push(round, chunk, raw[4 * i] >>> 16);
+          continue;
+        }
+        if (!st) continue;
+        if (round > this.cfg.roundBase && round === st.r) this.advanceWindow(round);
+        if (type === EV_SLOT_COMPLETE) {
+          if (round === st.r && chunk < st.nchunks && !st.ownedDone[chunk]) {
+            st.ownedDone[chunk] = 1;
+            done[nd++] = chunk;
+          }
+        } else if (type === EV_RESULT) {
+          if (round === st.r) {
+            st.resultsSeen++;
+            st.acked[chunk % this.size]++;
+          }
+        }
+      }
+      if (nd && st) {
+        // a slot can complete before we have every exponent (the others had
+        // ours first): our own chunk is not quantized yet, so finish later
+        if (st.sent) this.finish(st, bankBase, done.subarray(0, nd));
+        else for (let i = 0; i < nd; i++) st.pending.push(done[i]);
+      }
+      for (let i = 0; i < resends.length; i += 3) this.resend(resends[i], resends[i + 1], resends[i + 2]);
+    }
+  }
+
+  /** Every peer has finished round-1: accept round+1, reuse round-1's bank. */
+  private advanceWindow(round: number): void {
+    this.maps.resetBank((round + 1) & 1);
+    this.cfg = { ...this.cfg, roundBase: round };
+    this.maps.setConfig(this.cfg);
+  }
+
+  /** Owner's step for completed slots: requantize with our own chunk, store,
+   * and send the results to every peer. */
+  private finish(st: RoundState, bankBase: number, chunks: Uint32Array): void {
+    // GSO wants every segment but the last one full: the short chunk goes last
+    const short = st.counts[st.nchunks - 1] < this.chunkElems ? st.nchunks - 1 : -1;
+    if (short >= 0) {
+      const at = chunks.indexOf(short);
+      if (at >= 0 && at !== chunks.length - 1) (chunks[at] = chunks[chunks.length - 1]), (chunks[chunks.length - 1] = short);
+    }
+    const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round: st.r, rank: this.rank });
+    const n = coll.ainftp_finish_batch(
+      this.accBase, this.resBase, bankBase, chunks, chunks.length, this.size - 1,
+      st.ownBuf.subarray(HDR), this.size, this.seg / 2, st.counts, st.shared, tmpl, this.resPkts, this.seg,
+    );
+    if (n < 0) throw new AinftpError(`round ${st.r}`, "finishing a slot failed (bad count)");
+    st.ownedDoneCount += n;
+    const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
+    for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, n, lastSize);
+  }
+
+  /** A peer lost our result for (round, chunk): send the stored one again. */
+  private resend(round: number, chunk: number, rank: number): void {
+    if (rank >= this.size || rank === this.rank) return;
+    const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round, rank: this.rank });
+    const one = new Uint32Array([chunk]);
+    const pkt = new Uint8Array(this.seg);
+    if (coll.ainftp_result_packets(this.resBase, (round & 1) * this.cfg.chunks, one, 1, tmpl, pkt, this.seg) !== 1) return;
+    const len = HDR + 2 * new DataView(pkt.buffer).getUint16(22, true);
+    this.stats.packetsSent += this.sock.sendGso(this.peers[rank], this.port, pkt, len, 1);
+    this.stats.resends++;
+  }
+
+  /** No progress for a while: ask again for missing exponents, or send again
+   * the contributions whose results have not come back. */
+  private retransmit(st: RoundState, bankBase: number): void {
+    if (!st.sent) {
+      const mine = st.exps.subarray(this.rank * st.nchunks, (this.rank + 1) * st.nchunks);
+      for (const p of this.others()) if (!st.haveExps[p]) this.sendExps(p, st.r, mine, CTRL_EXPS_REQ);
+      return;
+    }
+    const m = coll.ainftp_results_missing(this.resBase, bankBase, st.nchunks, st.r + 1, this.chunkList, this.capacity);
+    const byOwner = new Map<number, number[]>();
+    for (let i = 0; i < Math.min(m, this.capacity); i++) {
+      const c = this.chunkList[i];
+      const o = c % this.size;
+      if (o === this.rank || Math.floor(c / this.size) >= st.pos[o]) continue;
+      let l = byOwner.get(o);
+      if (!l) byOwner.set(o, (l = []));
+      l.push(c);
+    }
+    for (const [o, list] of byOwner) {
+      const stage = new Uint8Array(list.length * this.seg);
+      list.forEach((c, i) => {
+        const k = Math.floor(c / this.size);
+        stage.set(st.sendBuf.subarray(st.ownerOffset[o] + k * this.seg, st.ownerOffset[o] + (k + 1) * this.seg), i * this.seg);
+      });
+      coll.ainftp_set_flags(stage, list.length, this.seg, F_RETRANSMIT);
+      // the short chunk, if any, is the owner's last: keep it last
+      const lastSize = HDR + 2 * st.counts[list[list.length - 1]];
+      this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, stage, this.seg, list.length, lastSize);
+      this.stats.retransmits += list.length;
+    }
+  }
+
+  /** The round missed its deadline: say who is missing. */
+  private fail(st: RoundState, bankBase: number): never {
+    const parts: string[] = [];
+    const missing = new Set<number>();
+    if (!st.sent) {
+      const ranks = this.others().filter((p) => !st.haveExps[p]);
+      ranks.forEach((p) => missing.add(p));
+      parts.push(`no scale exponents from ${describeRanks(ranks, this.peers)}`);
+    } else {
+      const perRank = new Map<number, number>();
+      for (let i = 0; i < st.owned.length; i++) {
+        const c = st.owned[i];
+        if (st.ownedDone[c]) continue;
+        const seen = this.maps.slot(bankBase + c);
+        const valid = seen.tag === st.r + 1 ? seen.seen : 0n;
+        for (const p of this.others()) if (!(valid & (1n << BigInt(p)))) perRank.set(p, (perRank.get(p) ?? 0) + 1);
+      }
+      for (const [p, k] of perRank) (missing.add(p), parts.push(`${describeRanks([p], this.peers)} sent nothing for ${k} of our chunks`));
+      const m = coll.ainftp_results_missing(this.resBase, bankBase, st.nchunks, st.r + 1, this.chunkList, this.capacity);
+      const owners = new Map<number, number>();
+      for (let i = 0; i < Math.min(m, this.capacity); i++) {
+        const o = this.chunkList[i] % this.size;
+        if (o !== this.rank) owners.set(o, (owners.get(o) ?? 0) + 1);
+      }
+      for (const [o, k] of owners) (missing.add(o), parts.push(`no results from owner ${describeRanks([o], this.peers)} for ${k} chunks`));
+    }
+    const ranks = [...missing].sort((a, b) => a - b);
+    throw new RoundError(`round ${st.r}`, `not complete after ${this.o.roundTimeoutMs} ms: ${parts.join("; ")}`, ranks,
+      "check that those members are running and attached; a member that died must be restarted with the whole job");
+  }
+
+  /** XDP counters of the attached program. */
+  counters(): Counters {
+    return this.maps.counters();
+  }
+
+  /** Leaves the job: tells the peers, then keeps serving resend requests
+   * until every peer has left too (or lingerMs passes), so a peer that lost
+   * one of our results can still finish its last round. */
+  close(lingerMs = 2000): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      for (const p of this.others()) this.sendControl(p, CTRL_BYE, this.nextRound, 0, 0, new Uint8Array(0));
+      const end = performance.now() + lingerMs;
+      const ringFd = this.ring.epollFd();
+      while (this.left.size < this.size - 1 && performance.now() < end) {
+        coll.ainftp_wait2(ringFd, this.sock.fd, Math.max(1, Math.ceil(Math.min(50, end - performance.now()))));
+        this.drainControl(null);
+        this.drainEvents(null, 0);
+      }
+    } catch {
+      // leaving anyway
+    }
+    this.sock.close();
+    this.maps.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+function describeRanks(ranks: number[], peers: readonly string[]): string {
+  if (ranks.length === 0) return "no rank";
+  return ranks.map((r) => `rank ${r} (${peers[r]})`).join(", ");
+}
+

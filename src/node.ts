@@ -1,0 +1,205 @@
+// The node runner behind `ainftp swarm`: attaches the program if needed,
+// opens the communicator with a static member list and runs the synthetic
+// workload, verifying every round against a locally computed reference.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { coll } from "../native/collective.ts";
+import { ELEMS_MTU1500, MAX_ELEMS, type Counters } from "./abi.ts";
+import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
+import { Communicator, type CollectiveStats } from "./collective.ts";
+import { AinftpError } from "./errors.ts";
+import { chunkCount } from "./quantize.ts";
+
+export interface NodeOptions {
+  iface: string;
+  peers: string[];
+  rank: number;
+  port?: number;
+  job?: number;
+  /** Bytes of f32 gradient per round. */
+  syntheticBytes: number;
+  rounds: number;
+  verify: boolean;
+  seed?: number;
+  /** Rounds run before timing starts. */
+  warmup?: number;
+  mode?: AttachMode;
+  /** Elements per packet; default from the interface MTU. */
+  chunkElems?: number;
+  window?: number;
+  roundTimeoutMs?: number;
+  retransmitMs?: number;
+  openTimeoutMs?: number;
+  stochasticSeed?: number;
+  /** Leave the program attached at the end (default: detach if we attached it). */
+  keepAttached?: boolean;
+}
+
+export interface Quantiles {
+  median: number;
+  p10: number;
+  p90: number;
+  p99: number;
+}
+
+export interface NodeReport {
+  rank: number;
+  peers: number;
+  elements: number;
+  bytes: number;
+  rounds: number;
+  chunk_elems: number;
+  round_ms: Quantiles;
+  rel_l2_error_max: number | null;
+  verified: boolean;
+  result_sha256: string[];
+  retransmits: number;
+  resends: number;
+  duplicates: number;
+  timeouts: number;
+  saturations: number;
+  /** Times this process woke (poll returns) during the timed rounds. */
+  wakeups: number;
+  /** Wake-ups the XDP program requested (ring-buffer wake-ups). */
+  xdp_wakeups: number;
+  /** Control packets that reached the socket. */
+  socket_packets: number;
+  /** ainftp packets the XDP program received (its rx counter). */
+  packets_received: number;
+  /** (wakeups + socket packets) / packets received. */
+  wakeups_per_packet: number;
+  attached_by_us: boolean;
+}
+
+export type Progress = (round: number, of: number, lastMs: number) => void;
+
+export function quantiles(xs: number[]): Quantiles {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (p: number) => (s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0);
+  return { median: q(0.5), p10: q(0.1), p90: q(0.9), p99: q(0.99) };
+}
+
+/** Largest chunk that fits the interface's MTU (IPv4, no options). */
+export function chunkElemsForMtu(mtu: number): number {
+  const e = Math.floor((mtu - 20 - 8 - 32) / 2);
+  return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
+}
+
+function interfaceMtu(iface: string): number {
+  const r = Bun.spawnSync(["ip", "-j", "link", "show", "dev", iface]);
+  try {
+    return JSON.parse(r.stdout.toString())[0].mtu ?? 1500;
+  } catch {
+    return 1500;
+  }
+}
+
+export async function runNode(o: NodeOptions, progress?: Progress): Promise<NodeReport> {
+  const n = Math.floor(o.syntheticBytes / 4);
+  if (n < 1) throw new AinftpError("swarm", "the synthetic gradient is smaller than one float", { hint: "e.g. --synthetic 16MiB" });
+  const N = o.peers.length;
+  const chunkElems = o.chunkElems ?? chunkElemsForMtu(interfaceMtu(o.iface));
+  if (chunkElems !== ELEMS_MTU1500 && o.chunkElems === undefined && chunkElems > MAX_ELEMS)
+    throw new AinftpError("swarm", "chunk size out of range");
+  // maps for at most 8192 chunks (about 170 MB of kernel memory at 1720 per
+  // packet); a larger gradient takes several rounds
+  const chunks = Math.min(8192, chunkCount(n, chunkElems));
+
+  // Attach unless ainftp is already there.
+  const attachedByUs = !existsSync(join(pinRoot(), o.iface, "link"));
+  if (attachedByUs)
+    await attach(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
+  const cleanup = () => {
+    if (attachedByUs && !o.keepAttached) {
+      try {
+        detach(o.iface);
+      } catch {
+        // best effort on the way out
+      }
+    }
+  };
+  const onSignal = () => {
+    cleanup();
+    process.exit(130);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  let comm: Communicator | undefined;
+  try {
+    comm = await Communicator.open({
+      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
+      roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
+      stochasticSeed: o.stochasticSeed,
+    });
+    const seed = o.seed ?? 1;
+    const x = new Float32Array(n);
+    const tmp = o.verify ? new Float32Array(n) : null;
+    const sum = o.verify ? new Float64Array(n) : null;
+    const barrier = new Float32Array(1);
+    const warmup = o.warmup ?? 1;
+    for (let w = 0; w < warmup; w++) {
+      coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, 1, x, n);
+      await comm.allreduce(x);
+    }
+    const before = { stats: { ...comm.stats }, cnt: comm.counters() };
+    const times: number[] = [];
+    const hashes: string[] = [];
+    let maxErr = 0;
+    let statsTimed = zeroStats();
+    for (let r = 0; r < o.rounds; r++) {
+      coll.ainftp_synth(seed, o.rank, r, 1, x, n);
+      // a barrier round, so a rank still verifying the last round does not
+      // count against this one
+      await comm.allreduce(barrier);
+      const s0 = { ...comm.stats };
+      const t = performance.now();
+      await comm.allreduce(x);
+      times.push(performance.now() - t);
+      statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
+      if (o.verify) {
+        const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
+        maxErr = Math.max(maxErr, err);
+      }
+      hashes.push(new Bun.CryptoHasher("sha256").update(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)).digest("hex"));
+      progress?.(r + 1, o.rounds, times[times.length - 1]);
+    }
+    const after = comm.counters();
+    const d = (k: keyof Counters) => after[k] - before.cnt[k];
+    const rx = d("rx");
+    const report: NodeReport = {
+      rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
+      round_ms: quantiles(times),
+      rel_l2_error_max: o.verify ? maxErr : null,
+      verified: o.verify && maxErr <= 1e-3,
+      result_sha256: hashes,
+      retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
+      timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
+      wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
+      packets_received: rx,
+      wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
+      attached_by_us: attachedByUs,
+    };
+    return report;
+  } finally {
+    comm?.close();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    cleanup();
+  }
+}
+
+function zeroStats(): CollectiveStats {
+  return { rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0 };
+}
+
+function diffStats(a: CollectiveStats, b: CollectiveStats): CollectiveStats {
+  const out = zeroStats();
+  for (const k of Object.keys(out) as (keyof CollectiveStats)[]) out[k] = a[k] - b[k];
+  return out;
+}
+
+function addStats(a: CollectiveStats, b: CollectiveStats): CollectiveStats {
+  const out = zeroStats();
+  for (const k of Object.keys(out) as (keyof CollectiveStats)[]) out[k] = a[k] + b[k];
+  return out;
+}
