@@ -9,7 +9,7 @@ import { closeFd, cstr, geteuid, ifNameToIndex } from "../native/libc.ts";
 import { libbpf } from "../native/libbpf.ts";
 import { shim } from "../native/shim.ts";
 import { DEFAULT_BATCH, DEFAULT_PORT, ELEMS_MTU1500, MAX_ELEMS, MAX_WORKERS, allMembers, type Counters, type JobConfig } from "./abi.ts";
-import { AinftpError, check, privilegeHint } from "./errors.ts";
+import { AinftpError, check, errnoName, privilegeHint } from "./errors.ts";
 import { MAP_NAMES, ReflexObject, readConfig, readCounters, writeConfig } from "./reflex.ts";
 
 const BPF_FS_MAGIC = 0xcafe4a11;
@@ -254,14 +254,17 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
     let used: "native" | "generic" = mode === "generic" ? "generic" : "native";
     linkFd = shim.ainftp_xdp_link(obj.progFd, ifindex, used === "native" ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE);
     if (linkFd < 0 && mode === "auto" && linkFd !== -1 && linkFd !== -13 && linkFd !== -16) {
-      notes.push(`native XDP is not available on ${iface} (${-linkFd === 95 ? "EOPNOTSUPP" : `errno ${-linkFd}`}); using generic mode, which is slower`);
+      const why = -linkFd === 34 ? "the MTU is too large for native XDP (veth: at most 3504)" : errnoName(-linkFd);
+      notes.push(`native XDP is not available on ${iface} (${why}); using generic mode, which is slower`);
       used = "generic";
       linkFd = shim.ainftp_xdp_link(obj.progFd, ifindex, XDP_FLAGS_SKB_MODE);
     }
     check(linkFd, op, `attaching in ${used} mode failed`, (e) =>
       e === 16 || e === 17
         ? `${iface} already has an XDP program: 'bpftool net show dev ${iface}'`
-        : e === 95 || e === 22
+        : e === 34
+          ? `the MTU of ${iface} is too large for native XDP without multi-buffer support (veth: at most 3504): lower it or use --mode generic`
+          : e === 95 || e === 22
           ? mode === "native"
             ? "the driver has no native XDP: try --mode generic"
             : "the interface refused the program; check its MTU (frames must fit one page) with 'ip link show'"

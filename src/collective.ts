@@ -82,6 +82,10 @@ export interface CollectiveStats {
   /** Control packets read from the socket. */
   controlReceived: number;
   packetsSent: number;
+  /** Where round time went: computing exponents, waiting for the peers'
+   * exponents, packing/sending/finishing (work), waiting for packets, and
+   * dequantizing the results. */
+  phaseMs: { exps: number; control: number; work: number; wait: number; gather: number };
 }
 
 export interface RoundReport {
@@ -136,6 +140,7 @@ export class Communicator implements Disposable {
   readonly job: number;
   readonly stats: CollectiveStats = {
     rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0,
+    phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 
   private maps: PinnedReflex;
@@ -383,7 +388,9 @@ export class Communicator implements Disposable {
 
     // exponents: ours to every peer, then theirs (some may be here already)
     const mine = st.exps.subarray(this.rank * nchunks, (this.rank + 1) * nchunks);
+    let tp = performance.now();
     const bad = chunkExpsInto(x, E, mine);
+    tp = this.phase("exps", tp);
     if (bad > 0) {
       const i = x.findIndex((v) => !Number.isFinite(v));
       throw new NonFiniteGradientError(bad, i, Math.floor(i / E), x[i]);
@@ -433,7 +440,9 @@ export class Communicator implements Disposable {
       // with others, so look again soon
       const soon = st.sent && this.unsent(st) ? now + this.o.pumpMs : Infinity;
       const wait = Math.max(0, Math.ceil(Math.min(nextRetx, deadline, soon) - now));
+      tp = this.phase("work", tp);
       const ready = coll.ainftp_wait2(ringFd, sockFd, wait);
+      tp = this.phase(st.sent ? "wait" : "control", tp);
       this.stats.wakeups++;
       if (ready & 2) this.drainControl(st);
       const progress = st.resultsSeen + st.ownedDoneCount + st.pending.length;
@@ -445,10 +454,22 @@ export class Communicator implements Disposable {
       }
       if (st.sent) this.pump(st, x);
     }
+    tp = this.phase("work", tp);
     const bad2 = coll.ainftp_gather_results(this.resBase, bankBase, nchunks, E, r + 1, out, out.length);
+    this.phase("gather", tp);
     if (bad2) throw new AinftpError(`round ${r}`, `${bad2} result entries changed while being read`);
     this.stats.rounds++;
     return { round: r, ms: performance.now() - t0, chunks: nchunks };
+  }
+
+  private buffers = new Map<string, Uint8Array>();
+
+  /** A buffer reused across rounds (a fresh 10 MB array per round costs
+   * thousands of page faults). Its contents are whatever the last round left. */
+  private scratch(name: string, bytes: number): Uint8Array {
+    let b = this.buffers.get(name);
+    if (!b || b.length < bytes) this.buffers.set(name, (b = new Uint8Array(bytes)));
+    return b.subarray(0, bytes);
   }
 
   private newRound(r: number, x: Float32Array, nchunks: number): RoundState {
@@ -477,7 +498,7 @@ export class Communicator implements Disposable {
       pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
       owned, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], resultsSeen: 0, sent: false,
       header: new Uint8Array(HDR), seed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
-      sendBuf: new Uint8Array(off), ownerOffset, ownerChunks, ownBuf: new Uint8Array(owned.length * this.seg),
+      sendBuf: this.scratch("send", off), ownerOffset, ownerChunks, ownBuf: this.scratch("own", owned.length * this.seg),
     };
   }
 
@@ -671,6 +692,12 @@ export class Communicator implements Disposable {
     const ranks = [...missing].sort((a, b) => a - b);
     throw new RoundError(`round ${st.r}`, `not complete after ${this.o.roundTimeoutMs} ms: ${parts.join("; ")}`, ranks,
       "check that those members are running and attached; a member that died must be restarted with the whole job");
+  }
+
+  /** Adds the time since `from` to a phase; returns now. */
+  private phase(name: keyof CollectiveStats["phaseMs"], from: number, now = performance.now()): number {
+    this.stats.phaseMs[name] += now - from;
+    return now;
   }
 
   /** XDP counters of the attached program. */

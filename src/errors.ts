@@ -1,9 +1,10 @@
 // Errors that carry the operation, the errno and what to do next.
 
 const ERRNO: Record<number, string> = {
-  1: "EPERM", 2: "ENOENT", 4: "EINTR", 7: "E2BIG", 9: "EBADF", 12: "ENOMEM", 13: "EACCES",
-  16: "EBUSY", 17: "EEXIST", 19: "ENODEV", 22: "EINVAL", 24: "EMFILE", 28: "ENOSPC",
-  95: "EOPNOTSUPP", 524: "ENOTSUPP",
+  1: "EPERM", 2: "ENOENT", 4: "EINTR", 5: "EIO", 7: "E2BIG", 9: "EBADF", 11: "EAGAIN", 12: "ENOMEM",
+  13: "EACCES", 16: "EBUSY", 17: "EEXIST", 19: "ENODEV", 22: "EINVAL", 24: "EMFILE", 28: "ENOSPC",
+  34: "ERANGE", 90: "EMSGSIZE", 92: "ENOPROTOOPT", 95: "EOPNOTSUPP", 98: "EADDRINUSE", 99: "EADDRNOTAVAIL",
+  101: "ENETUNREACH", 105: "ENOBUFS", 111: "ECONNREFUSED", 113: "EHOSTUNREACH", 524: "ENOTSUPP",
 };
 
 export function errnoName(errno: number): string {

@@ -4,7 +4,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
-import { ELEMS_MTU1500, MAX_ELEMS, type Counters } from "./abi.ts";
+import { MAX_ELEMS, type Counters } from "./abi.ts";
 import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
 import { Communicator, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
@@ -69,6 +69,8 @@ export interface NodeReport {
   /** (wakeups + socket packets) / packets received. */
   wakeups_per_packet: number;
   attached_by_us: boolean;
+  /** Mean ms per timed round in each phase (see CollectiveStats.phaseMs). */
+  phase_ms: CollectiveStats["phaseMs"];
 }
 
 export type Progress = (round: number, of: number, lastMs: number) => void;
@@ -98,9 +100,12 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   const n = Math.floor(o.syntheticBytes / 4);
   if (n < 1) throw new AinftpError("swarm", "the synthetic gradient is smaller than one float", { hint: "e.g. --synthetic 16MiB" });
   const N = o.peers.length;
-  const chunkElems = o.chunkElems ?? chunkElemsForMtu(interfaceMtu(o.iface));
-  if (chunkElems !== ELEMS_MTU1500 && o.chunkElems === undefined && chunkElems > MAX_ELEMS)
-    throw new AinftpError("swarm", "chunk size out of range");
+  const mtu = interfaceMtu(o.iface);
+  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu);
+  if (chunkElems > chunkElemsForMtu(mtu))
+    throw new AinftpError("swarm", `--chunk-elems ${chunkElems} needs an MTU of at least ${20 + 8 + 32 + 2 * chunkElems}; ${o.iface} has ${mtu}`, {
+      hint: `raise it on every member (ip link set dev ${o.iface} mtu ${20 + 8 + 32 + 2 * chunkElems}; veth takes at most 3504 with native XDP) or use --chunk-elems ${chunkElemsForMtu(mtu)}`,
+    });
   // maps for at most 8192 chunks (about 170 MB of kernel memory at 1720 per
   // packet); a larger gradient takes several rounds
   const chunks = Math.min(8192, chunkCount(n, chunkElems));
@@ -141,7 +146,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, 1, x, n);
       await comm.allreduce(x);
     }
-    const before = { stats: { ...comm.stats }, cnt: comm.counters() };
+    const before = { cnt: comm.counters() };
     const times: number[] = [];
     const hashes: string[] = [];
     let maxErr = 0;
@@ -151,11 +156,13 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       // a barrier round, so a rank still verifying the last round does not
       // count against this one
       await comm.allreduce(barrier);
-      const s0 = { ...comm.stats };
+      const s0 = combine(comm.stats, zeroStats(), 1);
       const t = performance.now();
       await comm.allreduce(x);
       times.push(performance.now() - t);
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
+      // and one after, so our verification does not slow a rank still timing
+      await comm.allreduce(barrier);
       if (o.verify) {
         const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
         maxErr = Math.max(maxErr, err);
@@ -178,6 +185,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       packets_received: rx,
       wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
       attached_by_us: attachedByUs,
+      phase_ms: Object.fromEntries(
+        Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / o.rounds).toFixed(3)]),
+      ) as CollectiveStats["phaseMs"],
     };
     return report;
   } finally {
@@ -189,17 +199,23 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
 }
 
 function zeroStats(): CollectiveStats {
-  return { rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0 };
+  return {
+    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0,
+    phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
+  };
 }
 
-function diffStats(a: CollectiveStats, b: CollectiveStats): CollectiveStats {
+/** a + sign * b, field by field (phases too). */
+function combine(a: CollectiveStats, b: CollectiveStats, sign: 1 | -1): CollectiveStats {
   const out = zeroStats();
-  for (const k of Object.keys(out) as (keyof CollectiveStats)[]) out[k] = a[k] - b[k];
+  for (const k of Object.keys(out) as (keyof CollectiveStats)[]) {
+    if (k === "phaseMs") {
+      for (const p of Object.keys(out.phaseMs) as (keyof CollectiveStats["phaseMs"])[])
+        out.phaseMs[p] = a.phaseMs[p] + sign * b.phaseMs[p];
+    } else out[k] = a[k] + sign * b[k];
+  }
   return out;
 }
 
-function addStats(a: CollectiveStats, b: CollectiveStats): CollectiveStats {
-  const out = zeroStats();
-  for (const k of Object.keys(out) as (keyof CollectiveStats)[]) out[k] = a[k] + b[k];
-  return out;
-}
+const diffStats = (a: CollectiveStats, b: CollectiveStats) => combine(a, b, -1);
+const addStats = (a: CollectiveStats, b: CollectiveStats) => combine(a, b, 1);
