@@ -134,9 +134,10 @@ int ainftp_udp_open(uint32_t bind_ip_be, uint16_t port, int rcvbuf, int sndbuf)
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	int err = set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
-	if (!err)
-		err = set_buf(fd, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf);
+	/* No SO_REUSEADDR: a UDP port has no TIME_WAIT to step over, and without
+	 * it a second node on the same host and port fails with EADDRINUSE
+	 * instead of silently sharing the port's packets. */
+	int err = set_buf(fd, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf);
 	if (!err)
 		err = set_buf(fd, SO_SNDBUFFORCE, SO_SNDBUF, sndbuf);
 	if (!err) {

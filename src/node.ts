@@ -50,6 +50,8 @@ export interface NodeReport {
   rounds: number;
   chunk_elems: number;
   round_ms: Quantiles;
+  /** Every timed round's time, in order (to pair with other ranks' rounds). */
+  round_times_ms: number[];
   rel_l2_error_max: number | null;
   verified: boolean;
   result_sha256: string[];
@@ -176,6 +178,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     const report: NodeReport = {
       rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
       round_ms: quantiles(times),
+      round_times_ms: times.map((t) => +t.toFixed(3)),
       rel_l2_error_max: o.verify ? maxErr : null,
       verified: o.verify && maxErr <= 1e-3,
       result_sha256: hashes,

@@ -317,6 +317,13 @@ describe("UDP transport on loopback", () => {
     } finally {
       holder.close();
     }
+    // two of our endpoints never share a port silently
+    const first = UdpEndpoint.open(LO, 0);
+    try {
+      expect(thrown(() => UdpEndpoint.open(LO, first.port)).errno).toBe(98);
+    } finally {
+      first.close();
+    }
     // an address of no interface here (TEST-NET-1)
     const na = thrown(() => UdpEndpoint.open("192.0.2.1", 0));
     expect(na.errno).toBe(99); // EADDRNOTAVAIL
