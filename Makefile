@@ -1,6 +1,7 @@
 # ainftp — one entry point: `make setup` installs what a fresh Debian machine
 # lacks, `make` builds dist/ainftp, `make test` runs every suite, `make bench`
-# runs the XDP micro-benchmark.
+# runs the benchmarks (XDP program, send path, the collective against Gloo and
+# Open MPI on 4 network namespaces; `bench-deps` installs those peers).
 BUN_VERSION := 1.4.5
 APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 bpftool libelf-dev iproute2 gcc make ethtool util-linux
 
@@ -15,7 +16,7 @@ FIXTURES := test/fixtures/build/pass.bpf.o test/fixtures/build/reject.bpf.o
 BIN := dist/ainftp
 SOURCES := $(shell find cli src native -name '*.ts') package.json
 
-.PHONY: all setup deps bun-install build test bench clean
+.PHONY: all setup deps bench-deps bun-install build test bench clean
 
 all: build
 
@@ -32,6 +33,15 @@ deps:
 		echo "installing bun $(BUN_VERSION)"; npm install -g --no-fund --no-audit bun@$(BUN_VERSION); \
 	fi
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+# The peers `make bench` measures against: Gloo (PyTorch) and Open MPI.
+BENCH_PACKAGES := python3-torch openmpi-bin libopenmpi-dev
+bench-deps:
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
 bun-install: package.json
 	bun install --frozen-lockfile
@@ -67,8 +77,10 @@ test: build
 	bun x tsc --noEmit
 	bun test
 
-bench: build
+bench: build bench-deps
 	bun bench/xdp.ts
+	bun bench/send.ts
+	bun bench/collective.ts --peers 4 --size 1MiB,16MiB --rounds 30 --mtu 3504
 
 clean:
 	rm -rf bpf/build native/build test/fixtures/build dist
