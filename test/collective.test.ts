@@ -1,0 +1,916 @@
+// The collective end to end: real `ainftp swarm` processes (the compiled
+// dist/ainftp), one per network namespace on a bridge, each attaching the XDP
+// program to its own eth0, running the synthetic workload with --verify and
+// writing its JSON report. Checked here:
+//   - 2, 4 and 8 hosts, a partial last chunk and a vector that takes several
+//     protocol rounds: every rank verified, bit-identical results, nothing
+//     retransmitted on a clean network, few wake-ups per packet;
+//   - an impaired network (loss, reordering, duplication, jitter): still
+//     verified and bit-identical to the clean run, with the recovery visible
+//     in the reports;
+//   - failures: a member killed mid-round, a member that disagrees about the
+//     job, a member that never starts, foreign packets, Ctrl-C.
+//
+// The impaired network. This kernel has no sch_netem (CONFIG_NET_SCH_NETEM is
+// not set), so the tests bring their own equivalent, applied per frame to
+// what every node sends, on the bridge side of its veth (the ingress of its
+// bridge port, i.e. right after the node's eth0 egress):
+//   - a tc-BPF program (clsact ingress, direct action) drops (loss), clones
+//     back into the same ingress (duplication) or redirects to a delay veth
+//     (delay), each with its own probability, for IPv4/UDP to the ainftp port;
+//   - a delay line (a Bun script: AF_PACKET through bun:ffi) in the bridge
+//     namespace reads the delay veth, holds each frame for delay ± jitter
+//     (uniform, as netem without a distribution table) and sends it into the
+//     bridge in due order, so jitter reorders as netem does.
+// The nodes' eth0 get tx-udp-segmentation off for these cases, so the UDP GSO
+// batches ainftp sends are split into frames before the bridge port and every
+// frame is lost, duplicated or delayed on its own (netem on eth0 would act on
+// whole GSO batches). Netem's correlation ("reorder 25% 50%") is not modelled:
+// each frame draws independently.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { PKT_CONTRIB } from "../src/abi.ts";
+import type { NodeReport } from "../src/node.ts";
+import { datagram } from "../src/packet.ts";
+import { BIN, canUseNetns, createLab, ensureBuilt, must, sh, until, type Lab } from "./helpers/netns.ts";
+
+const IF = "eth0";
+const PORT = 47000; // swarm's default
+const MiB = 1 << 20;
+const ELEMS = 720; // chunk elements at MTU 1500
+
+const kernel = canUseNetns();
+const have = (cmd: string) => sh(["which", cmd]).code === 0;
+const impairTools = kernel && have("clang-19") && have("tc") && have("ethtool") && have("bpftool");
+
+// ---- timings -------------------------------------------------------------------
+
+const timings: [string, number][] = [];
+const notes: string[] = [];
+
+async function timed<T>(name: string, f: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  try {
+    return await f();
+  } finally {
+    const ms = performance.now() - t0;
+    timings.push([name, ms]);
+    console.log(`[collective] ${name}: ${(ms / 1000).toFixed(2)} s`);
+  }
+}
+
+afterAll(() => {
+  if (timings.length === 0) return;
+  const w = Math.max(...timings.map(([n]) => n.length));
+  const total = timings.reduce((s, [, ms]) => s + ms, 0);
+  console.log(
+    "[collective] per-case timings\n" +
+      timings.map(([n, ms]) => `  ${n.padEnd(w)}  ${(ms / 1000).toFixed(2).padStart(6)} s`).join("\n") +
+      `\n  ${"total".padEnd(w)}  ${(total / 1000).toFixed(2).padStart(6)} s` +
+      (notes.length ? "\n[collective] measured\n" + notes.map((n) => "  " + n).join("\n") : ""),
+  );
+});
+
+// ---- running swarm nodes -----------------------------------------------------------
+
+type Proc = Bun.Subprocess<"pipe", "pipe", "pipe">;
+
+interface Run {
+  node: string;
+  code: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  /** From spawn to exit. */
+  ms: number;
+  /** Killed by the watchdog: it did not exit in time. */
+  timedOut: boolean;
+  report: NodeReport | null;
+}
+
+interface Started {
+  node: string;
+  proc: Proc;
+  t0: number;
+  jsonFile: string;
+}
+
+let jsonSeq = 0;
+const live = new Set<Proc>();
+
+/** Starts `ainftp swarm` on `node` with rank `rank` of `peers`, the JSON
+ * report going to a file (with `json: false` no --json: errors then go to
+ * stderr as text; with --json an error is a JSON object on stdout). `extra`
+ * comes last (commander keeps the last value of a repeated option, so it may
+ * override --peers or --rank). */
+function startNode(lab: Lab, node: string, rank: number, peers: string[], args: string[], o: { extra?: string[]; json?: boolean } = {}): Started {
+  const jsonFile = join(lab.tmp, `report-${jsonSeq++}.json`);
+  const json = o.json === false ? [] : ["--json", jsonFile];
+  const proc = lab.spawn(node, [BIN, "swarm", "--iface", IF, "--peers", peers.join(","), "--rank", String(rank), ...json, ...args, ...(o.extra ?? [])]);
+  live.add(proc);
+  proc.exited.then(() => live.delete(proc));
+  return { node, proc, t0: performance.now(), jsonFile };
+}
+
+/** Waits for a started node; SIGKILLs it if it is still running after timeoutMs. */
+async function finish(s: Started, timeoutMs: number): Promise<Run> {
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    s.proc.kill(9);
+  }, Math.max(0, timeoutMs - (performance.now() - s.t0)));
+  const [stdout, stderr] = await Promise.all([new Response(s.proc.stdout).text(), new Response(s.proc.stderr).text()]);
+  const code = await s.proc.exited;
+  clearTimeout(timer);
+  const ms = performance.now() - s.t0;
+  let report: NodeReport | null = null;
+  if (existsSync(s.jsonFile)) {
+    try {
+      report = JSON.parse(readFileSync(s.jsonFile, "utf8"));
+    } catch {}
+  }
+  return { node: s.node, code: s.proc.signalCode ? null : code, signal: s.proc.signalCode ? String(s.proc.signalCode) : null, stdout, stderr, ms, timedOut, report };
+}
+
+/** Runs one job: a node per entry of `nodes`, rank = position. */
+async function job(lab: Lab, nodes: string[], args: string[], o: { timeoutMs?: number; extra?: (rank: number) => string[]; json?: boolean } = {}): Promise<Run[]> {
+  const peers = nodes.map((n) => lab.node(n).addr);
+  const started = nodes.map((n, i) => startNode(lab, n, i, peers, args, { extra: o.extra?.(i), json: o.json }));
+  return Promise.all(started.map((s) => finish(s, o.timeoutMs ?? 30_000)));
+}
+
+function describeRun(r: Run): string {
+  return `${r.node}: code ${r.code} signal ${r.signal} after ${r.ms.toFixed(0)} ms${r.timedOut ? " (killed: timed out)" : ""}\n` +
+    `  stderr: ${r.stderr.trim() || "-"}`;
+}
+
+/** Every rank finished, verified and agreed bit for bit. Returns the reports. */
+function expectVerified(runs: Run[], o: { rounds: number; bytes: number; chunkElems?: number }): NodeReport[] {
+  const n = runs.length;
+  for (const r of runs) {
+    if (r.code !== 0 || r.timedOut || !r.report) throw new Error(`a node failed:\n${runs.map(describeRun).join("\n")}`);
+    expect(r.stderr).toBe("");
+  }
+  const reps = runs.map((r) => r.report!);
+  reps.forEach((j, i) => {
+    expect({ rank: j.rank, peers: j.peers, elements: j.elements, bytes: j.bytes, rounds: j.rounds, chunk: j.chunk_elems }).toEqual({
+      rank: i, peers: n, elements: Math.floor(o.bytes / 4), bytes: 4 * Math.floor(o.bytes / 4), rounds: o.rounds, chunk: o.chunkElems ?? ELEMS,
+    });
+    expect(j.verified).toBe(true);
+    expect(j.rel_l2_error_max).not.toBeNull();
+    // int16 quantization of random floats is never exact, and stays far below 1e-3
+    expect(j.rel_l2_error_max!).toBeGreaterThan(0);
+    expect(j.rel_l2_error_max!).toBeLessThanOrEqual(1e-3);
+    expect(j.saturations).toBe(0);
+    expect(j.attached_by_us).toBe(true);
+    expect(j.result_sha256).toHaveLength(o.rounds);
+  });
+  const h0 = reps[0].result_sha256;
+  for (const j of reps) expect(j.result_sha256).toEqual(h0);
+  // every round's gradients differ, so do the sums
+  expect(new Set(h0).size).toBe(o.rounds);
+  return reps;
+}
+
+/** A clean network: nothing lost, nothing sent twice, few wake-ups.
+ * Wake-ups: the job's (wake-ups + socket packets) per XDP packet is at most
+ * 1/32 (the program's event batch); one rank alone varies with scheduling on
+ * two cores (a rank whose window is blocked on a descheduled peer polls every
+ * --pump ms): measured 1/29 .. 1/67 per rank, so each rank gets 1/16. A
+ * gradient of a few chunks has too few packets to amortize its wake-ups. */
+function expectClean(reps: NodeReport[], o: { wakeups?: boolean } = {}): void {
+  for (const j of reps) {
+    expect({ rank: j.rank, retransmits: j.retransmits, resends: j.resends, timeouts: j.timeouts, duplicates: j.duplicates }).toEqual({
+      rank: j.rank, retransmits: 0, resends: 0, timeouts: 0, duplicates: 0,
+    });
+    expect(j.packets_received).toBeGreaterThan(0);
+    expect(j.wakeups_per_packet).toBeGreaterThan(0);
+    expect(j.wakeups_per_packet).toBeCloseTo((j.wakeups + j.socket_packets) / j.packets_received, 12);
+    if (o.wakeups !== false) expect(j.wakeups_per_packet).toBeLessThanOrEqual(1 / 16);
+  }
+  if (o.wakeups !== false) {
+    const woke = reps.reduce((a, j) => a + j.wakeups + j.socket_packets, 0);
+    const rx = reps.reduce((a, j) => a + j.packets_received, 0);
+    expect(woke / rx).toBeLessThanOrEqual(1 / 32);
+  }
+}
+
+/** No XDP program on eth0 and no ainftp pins in the node's namespace. */
+function expectNothingAttached(lab: Lab, node: string): void {
+  expect({ node, xdp: lab.linkInfo(node, IF).xdp ?? null, pins: existsSync(lab.pinRoot(node)) }).toEqual({ node, xdp: null, pins: false });
+}
+
+function status(lab: Lab, node: string): any {
+  const r = lab.ainftp(node, ["status", IF, "--json"]);
+  if (r.code !== 0) throw new Error(`status in ${node} failed: ${r.stderr}`);
+  return JSON.parse(r.stdout)[0];
+}
+
+/** Kills what a test left running and detaches what it left attached. */
+async function cleanup(lab: Lab | undefined, nodes: string[]): Promise<void> {
+  for (const p of live) p.kill(9);
+  await Promise.all([...live].map((p) => p.exited));
+  if (!lab) return;
+  for (const n of nodes) if (existsSync(lab.pinDir(n, IF))) lab.ainftp(n, ["detach", IF]);
+}
+
+const summary = (reps: NodeReport[]) =>
+  reps.map((j) => `r${j.rank}: rt ${j.retransmits} rs ${j.resends} dup ${j.duplicates} to ${j.timeouts} median ${j.round_ms.median.toFixed(1)} ms`).join("; ");
+
+// ---- clean network: sizes, host counts, chunking ----------------------------------------
+
+describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per namespace)", () => {
+  const NODES = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "x"];
+  let lab: Lab;
+  const addr = (n: string) => lab.node(n).addr;
+
+  beforeAll(() => {
+    ensureBuilt();
+    lab = createLab("coll", NODES, { link: "bridge", subnet: "10.213.40" });
+  });
+  afterEach(() => cleanup(lab, NODES));
+  afterAll(async () => {
+    await cleanup(lab, NODES);
+    lab?.destroy();
+  });
+
+  for (const [n, bytes, rounds] of [[2, MiB, 10], [4, MiB, 10], [8, MiB, 6]] as const) {
+    test(`${n} hosts, ${bytes / MiB} MiB × ${rounds} rounds: verified, bit-identical, no retransmits, ≤ 1/32 wake-ups per packet`, async () => {
+      const nodes = NODES.slice(0, n);
+      const runs = await timed(`clean ${n} hosts ${bytes / MiB} MiB × ${rounds}`, () =>
+        job(lab, nodes, ["--synthetic", String(bytes), "--rounds", String(rounds), "--verify"]));
+      const reps = expectVerified(runs, { rounds, bytes });
+      expectClean(reps);
+      const all = reps.reduce((a, j) => a + j.packets_received, 0) / reps.reduce((a, j) => a + j.wakeups + j.socket_packets, 0);
+      notes.push(`clean ${n} hosts: wake-ups/packet 1/${all.toFixed(0)} (ranks ${reps.map((j) => `1/${(1 / j.wakeups_per_packet).toFixed(0)}`).join(" ")}); median round ${reps.map((j) => j.round_ms.median.toFixed(1)).join(" ")} ms`);
+      for (const x of nodes) expectNothingAttached(lab, x);
+    }, 60_000);
+  }
+
+  /** Protocol rounds per allreduce of `chunks` chunks, maps sized min(8192, chunks). */
+  const protoRounds = (chunks: number) => Math.ceil(chunks / Math.min(8192, chunks));
+
+  /** Runs with --keep-attached and checks the program's own view of the job:
+   * every chunk of every protocol round completed once, and the round window
+   * ended where the number of protocol rounds says. */
+  async function exactJob(name: string, nodes: string[], bytes: number, rounds: number, chunkElems: number) {
+    const args = ["--synthetic", String(bytes), "--rounds", String(rounds), "--verify", "--keep-attached"];
+    if (chunkElems !== ELEMS) args.push("--chunk-elems", String(chunkElems));
+    const runs = await timed(name, () => job(lab, nodes, args));
+    const reps = expectVerified(runs, { rounds, bytes, chunkElems });
+    expectClean(reps, { wakeups: bytes >= 256 * 1024 });
+    const n = nodes.length;
+    const chunks = Math.ceil(bytes / 4 / chunkElems);
+    const k = protoRounds(chunks);
+    // one warm-up allreduce, then per timed round: barrier (1 chunk), x, barrier
+    const protocolRounds = k + rounds * (k + 2);
+    const chunksDone = (rounds + 1) * chunks + 2 * rounds;
+    const st = nodes.map((x) => status(lab, x));
+    let completed = 0, summed = 0;
+    st.forEach((s, i) => {
+      expect({ node: nodes[i], chunks: s.chunks, chunkElems: s.config.chunkElems, members: s.config.members, jobId: s.config.jobId }).toEqual({
+        node: nodes[i], chunks: Math.min(8192, chunks), chunkElems, members: n, jobId: 0,
+      });
+      // the first round is the attached base (0) + 2; the window ends at the last one
+      expect(s.config.roundBase).toBe(2 + protocolRounds - 1);
+      // every rank sees every chunk once: its own as completed slots, the others as results
+      expect(s.counters.events).toBe(chunksDone);
+      for (const c of ["duplicate", "stale_round", "future_round", "foreign_job", "not_member", "result_dup", "ringbuf_full", "mal_count", "mal_chunk"])
+        expect({ node: nodes[i], [c]: s.counters[c] }).toEqual({ node: nodes[i], [c]: 0 });
+      completed += s.counters.completed;
+      summed += s.counters.summed;
+    });
+    expect(completed).toBe(chunksDone);
+    expect(summed).toBe((n - 1) * chunksDone);
+    for (const x of nodes) {
+      const d = lab.ainftp(x, ["detach", IF]);
+      expect(d.code).toBe(0);
+      expectNothingAttached(lab, x);
+    }
+    return reps;
+  }
+
+  test("a partial last chunk (1002884 bytes: 348 full chunks + 161 floats, 349 chunks over 3 owners) and a gradient smaller than one chunk", async () => {
+    const bytes = 348 * ELEMS * 4 + 161 * 4;
+    expect(bytes).toBe(1002884);
+    await exactJob("partial chunk 3 hosts 1002884 B × 5", NODES.slice(0, 3), bytes, 5, ELEMS);
+    // 250 floats: one short chunk, owned by rank 0 alone
+    await exactJob("one short chunk 3 hosts 1000 B × 5", NODES.slice(0, 3), 1000, 5, ELEMS);
+  }, 60_000);
+
+  test("--chunk-elems 64 with 2.5 MiB + 40 B: 10241 chunks, two protocol rounds per allreduce (8192 + 2049, the last chunk partial)", async () => {
+    const bytes = 2.5 * MiB + 40;
+    const chunks = Math.ceil(bytes / 4 / 64);
+    expect({ chunks, k: protoRounds(chunks), last: (bytes / 4) % 64 }).toEqual({ chunks: 10241, k: 2, last: 10 });
+    await exactJob("multi-round 3 hosts 2.5 MiB chunk 64 × 3", NODES.slice(0, 3), bytes, 3, 64);
+  }, 60_000);
+
+  // ---- failures ----------------------------------------------------------------------
+
+  test("a member SIGKILLed mid-round: the others fail within the round bound, naming it and its address", async () => {
+    const nodes = NODES.slice(0, 3);
+    const peers = nodes.map(addr);
+    await timed("failure: member killed mid-round", async () => {
+      // rank 0 with --json (its error is a JSON object on stdout), the others as text on stderr
+      const started = nodes.map((x, i) =>
+        startNode(lab, x, i, peers, ["--synthetic", String(MiB), "--rounds", "100000", "--verify", "--round-timeout", "2000"], { json: i === 0 }));
+      // rounds are running on the victim: its program has summed contributions
+      const running = await until(() => existsSync(lab.pinDir("n2", IF)) && status(lab, "n2").counters.completed > 500, 8000, 100);
+      expect(running).toBe(true);
+      await Bun.sleep(300);
+      const killedAt = performance.now();
+      started[2].proc.kill("SIGKILL");
+      const runs = await Promise.all(started.map((s) => finish(s, 20_000)));
+      expect(runs[2].signal).toBe("SIGKILL");
+      for (const r of runs.slice(0, 2)) {
+        const after = r.ms - (killedAt - started[runs.indexOf(r)].t0);
+        expect({ node: r.node, timedOut: r.timedOut, code: r.code }).toEqual({ node: r.node, timedOut: false, code: 1 });
+        // round timeout (2 s) + the leaving linger (2 s) + slack
+        expect(after).toBeLessThan(8000);
+        expect(after).toBeGreaterThan(1900);
+        let text = r.stderr;
+        if (r.node === "n0") {
+          expect(r.stderr).toBe("");
+          const e = JSON.parse(r.stdout);
+          expect(Object.keys(e).sort()).toEqual(["errno", "error", "hint", "op"]);
+          expect(e.op).toMatch(/^round \d+$/);
+          expect(e.errno).toBeNull();
+          text = `ainftp: ${e.error}\n  hint: ${e.hint}\n`;
+        }
+        expect(text).toMatch(/^ainftp: round \d+: not complete after 2000 ms: /);
+        expect(text).toContain(`rank 2 (${addr("n2")})`);
+        expect(text).toContain("hint: check that those members are running and attached");
+        expect(text).not.toContain("internal error");
+        expect(r.report).toBeNull();
+        notes.push(`killed member: ${r.node} exited ${(after / 1000).toFixed(2)} s after the kill: ${text.split("\n")[0]}`);
+      }
+      // the survivors detached themselves; the killed one left its pinned link
+      expectNothingAttached(lab, "n0");
+      expectNothingAttached(lab, "n1");
+      expect(existsSync(lab.pinDir("n2", IF))).toBe(true);
+      expect(lab.linkInfo("n2", IF).xdp?.prog?.name).toBe("ainftp_xdp");
+      expect(lab.ainftp("n2", ["detach", IF]).code).toBe(0);
+      expectNothingAttached(lab, "n2");
+    });
+  }, 60_000);
+
+  test("one host given the peers in another order: the others refuse it at start, saying the job differs", async () => {
+    const nodes = NODES.slice(0, 3);
+    const [a0, a1, a2] = nodes.map(addr);
+    const runs = await timed("failure: peer order differs", () =>
+      job(lab, nodes, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "3000"], {
+        timeoutMs: 15_000,
+        json: false,
+        extra: (i) => (i === 2 ? ["--peers", [a1, a0, a2].join(",")] : []),
+      }));
+    for (const r of runs.slice(0, 2)) {
+      expect({ node: r.node, code: r.code, timedOut: r.timedOut }).toEqual({ node: r.node, code: 1, timedOut: false });
+      expect(r.stderr).toContain(`ainftp: open communicator: rank 2 (${a2}) runs a different job: ours `);
+      expect(r.stderr).toContain(`"peers":["${a0}","${a1}","${a2}"]`);
+      expect(r.stderr).toContain(`theirs {"v":1,"job":0,"peers":["${a1}","${a0}","${a2}"]`);
+      expect(r.stderr).toContain("hint: every member must get the same --peers (same order), --job and chunk size");
+      // detected from the first HELLO, not by waiting out --open-timeout
+      expect(r.ms).toBeLessThan(2500);
+    }
+    // the disagreeing host fails too (see the test.failing below for its message)
+    expect({ code: runs[2].code, timedOut: runs[2].timedOut }).toEqual({ code: 1, timedOut: false });
+    expect(runs[2].stderr).toStartWith("ainftp: open communicator: ");
+    for (const x of nodes) expectNothingAttached(lab, x);
+  }, 60_000);
+
+  // BUG (src/collective.ts, parseControl + handshake): a HELLO is dropped
+  // before its fingerprint is compared when its job id differs from ours
+  // (`h.jobId !== this.job`) or when its rank does not map to its source
+  // address in *our* peer list (`this.peers[h.rank] !== from`). So a member
+  // started with another --job, or the member whose --peers order disagrees,
+  // is never told that the job differs: it waits out --open-timeout and says
+  // "no answer from rank K". The fingerprint carries the job id precisely to
+  // report this. Flip to test() once fixed.
+  test.failing("every member is told the job differs: another --job, and the host whose --peers order disagrees", async () => {
+    await timed("failure: job differs (all sides, failing)", async () => {
+      const two = NODES.slice(0, 2);
+      const jobRuns = await job(lab, two, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "1500"], {
+        timeoutMs: 15_000,
+        json: false,
+        extra: (i) => ["--job", String(i === 0 ? 1 : 2)],
+      });
+      for (const r of jobRuns) {
+        expect({ node: r.node, code: r.code }).toEqual({ node: r.node, code: 1 });
+        expect(r.stderr).toContain("runs a different job");
+      }
+      const three = NODES.slice(0, 3);
+      const [a0, a1, a2] = three.map(addr);
+      const orderRuns = await job(lab, three, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "1500"], {
+        timeoutMs: 15_000,
+        json: false,
+        extra: (i) => (i === 2 ? ["--peers", [a1, a0, a2].join(",")] : []),
+      });
+      expect(orderRuns[2].code).toBe(1);
+      expect(orderRuns[2].stderr).toContain("runs a different job");
+    });
+  }, 60_000);
+
+  // BUG (src/collective.ts, handshake): the member that detects a mismatching
+  // fingerprint throws at once without answering, so a member that started
+  // later (its HELLO reached the other first) never sees the other's
+  // fingerprint and fails only after --open-timeout with "no answer from rank
+  // K". With simultaneous starts this is a race (about 2 runs in 3 here). The
+  // detecting side should send its HELLO (its fingerprint) before leaving.
+  // Flip to test() once fixed.
+  test.failing("a member that starts after its peer with another chunk size is also told the job differs", async () => {
+    await timed("failure: late member, chunk size differs (failing)", async () => {
+      const peers = [addr("n0"), addr("n1")];
+      const first = startNode(lab, "n0", 0, peers, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "5000"], { json: false });
+      expect(await until(() => existsSync(lab.pinDir("n0", IF)), 5000)).toBe(true);
+      await Bun.sleep(300);
+      const late = startNode(lab, "n1", 1, peers, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "1500", "--chunk-elems", "360"], { json: false });
+      const [r0, r1] = await Promise.all([finish(first, 15_000), finish(late, 15_000)]);
+      expect(r0.code).toBe(1);
+      expect(r0.stderr).toContain(`rank 1 (${peers[1]}) runs a different job`);
+      expect(r1.code).toBe(1);
+      expect(r1.stderr).toContain(`rank 0 (${peers[0]}) runs a different job`);
+    });
+  }, 60_000);
+
+  test("a member that never starts: the others fail at open within --open-timeout, naming it", async () => {
+    const nodes = NODES.slice(0, 3);
+    const peers = nodes.map(addr);
+    await timed("failure: member never starts", async () => {
+      const started = [0, 1].map((i) => startNode(lab, nodes[i], i, peers, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "1500"], { json: false }));
+      const runs = await Promise.all(started.map((s) => finish(s, 15_000)));
+      for (const r of runs) {
+        expect({ node: r.node, code: r.code, timedOut: r.timedOut }).toEqual({ node: r.node, code: 1, timedOut: false });
+        expect(r.stderr).toContain(`ainftp: open communicator: no answer from rank 2 (${peers[2]}) within 1500 ms\n`);
+        expect(r.stderr).toContain("hint: start ainftp on every member with the same --peers and --job");
+        // the member that did start is not blamed
+        expect(r.stderr).not.toMatch(/rank [01] \(/);
+        expect(r.ms).toBeGreaterThan(1500);
+        expect(r.ms).toBeLessThan(1500 + 4000);
+        expect(r.report).toBeNull();
+        expectNothingAttached(lab, r.node);
+      }
+      expectNothingAttached(lab, "n2");
+    });
+  }, 60_000);
+
+  test("packets of another job and of a non-member rank, sent by a 4th host mid-job, are dropped and counted; the job verifies", async () => {
+    const nodes = NODES.slice(0, 3);
+    const peers = nodes.map(addr);
+    const FOREIGN_JOB = 0x5a5a;
+    const FOREIGN = 30, NON_MEMBER = 20;
+    const packets: string[] = [];
+    for (let i = 0; i < FOREIGN; i++)
+      packets.push(Buffer.from(datagram({ type: PKT_CONTRIB, jobId: FOREIGN_JOB, round: 2 + i, chunk: i % 8, rank: 1 }, new Int16Array(ELEMS).fill(1000))).toString("base64"));
+    for (let i = 0; i < NON_MEMBER; i++)
+      packets.push(Buffer.from(datagram({ type: PKT_CONTRIB, jobId: 0, round: 2 + i, chunk: i % 8, rank: 3 + (i % 5) }, new Int16Array(ELEMS).fill(-1000))).toString("base64"));
+    const spec = join(lab.tmp, "foreign.json");
+    writeFileSync(spec, JSON.stringify({ addr: peers[0], port: PORT, gapMs: 8, packets }));
+    const sender = join(lab.tmp, "sender.ts");
+    writeFileSync(sender, SENDER);
+    await timed("foreign packets during a 3-host job", async () => {
+      const rounds = 80;
+      const started = nodes.map((x, i) =>
+        startNode(lab, x, i, peers, ["--synthetic", String(MiB), "--rounds", String(rounds), "--verify", "--keep-attached"]));
+      expect(await until(() => nodes.every((x) => existsSync(lab.pinDir(x, IF))) && status(lab, "n0").counters.completed > 0, 8000, 50)).toBe(true);
+      const s = lab.spawn("x", ["bun", sender, spec]);
+      const [out, err, code] = [await new Response(s.stdout).text(), await new Response(s.stderr).text(), await s.exited];
+      const sentAt = performance.now();
+      expect(`${code} ${out.trim()} ${err}`).toBe(`0 ${FOREIGN + NON_MEMBER} `);
+      const runs = await Promise.all(started.map((x) => finish(x, 60_000)));
+      // all of it arrived while the job ran
+      expect(started[0].t0 + runs[0].ms).toBeGreaterThan(sentAt);
+      expectVerified(runs, { rounds, bytes: MiB });
+      const st = nodes.map((x) => status(lab, x));
+      expect({ foreign_job: st[0].counters.foreign_job, mal_rank: st[0].counters.mal_rank }).toEqual({ foreign_job: FOREIGN, mal_rank: NON_MEMBER });
+      for (const x of st.slice(1)) expect({ foreign_job: x.counters.foreign_job, mal_rank: x.counters.mal_rank }).toEqual({ foreign_job: 0, mal_rank: 0 });
+      // nothing of theirs was summed: every summed contribution is the job's own
+      const chunks = Math.ceil(MiB / 4 / ELEMS);
+      const chunksDone = (rounds + 1) * chunks + 2 * rounds;
+      expect(st.reduce((a, x) => a + x.counters.summed, 0)).toBe(2 * chunksDone);
+      expect(st.reduce((a, x) => a + x.counters.completed, 0)).toBe(chunksDone);
+      for (const x of nodes) {
+        expect(lab.ainftp(x, ["detach", IF]).code).toBe(0);
+        expectNothingAttached(lab, x);
+      }
+    });
+  }, 60_000);
+
+  test("Ctrl-C (SIGINT) while waiting for peers at open: exits 130 and leaves nothing attached", async () => {
+    const peers = [addr("n0"), addr("n1")];
+    await timed("SIGINT at open", async () => {
+      const s = startNode(lab, "n0", 0, peers, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "20000"]);
+      expect(await until(() => existsSync(lab.pinDir("n0", IF)) && lab.linkInfo("n0", IF).xdp !== undefined, 8000)).toBe(true);
+      await Bun.sleep(300);
+      const at = performance.now();
+      s.proc.kill("SIGINT");
+      const r = await finish(s, 15_000);
+      expect({ code: r.code, timedOut: r.timedOut }).toEqual({ code: 130, timedOut: false });
+      expect(r.ms - (at - s.t0)).toBeLessThan(2000);
+      expectNothingAttached(lab, "n0");
+    });
+  }, 60_000);
+
+  // BUG (src/node.ts + src/collective.ts): runNode's SIGINT/SIGTERM handler
+  // (detach, exit 130) runs from Bun's event loop, but a round is a
+  // synchronous loop that blocks in ainftp_wait2 and allreduce() never yields
+  // to the event loop (awaiting an already resolved promise only runs
+  // microtasks). So once rounds run, Ctrl-C is ignored: the node runs every
+  // remaining round (forever with a large --rounds) and then exits 0, the
+  // queued handler having been removed in runNode's finally. Reproducer: two
+  // nodes with --rounds 400 (about 2 s), SIGINT to one after 1 s: it exits 0
+  // after all 400 rounds. Flip to test() once fixed.
+  test.failing("Ctrl-C (SIGINT) mid-round on a node that attached the program: exits 130 promptly and leaves nothing attached", async () => {
+    const peers = [addr("n0"), addr("n1")];
+    await timed("SIGINT mid-round (failing)", async () => {
+      const started = [0, 1].map((i) => startNode(lab, `n${i}`, i, peers, ["--synthetic", String(MiB), "--rounds", "100000", "--round-timeout", "2000"]));
+      expect(await until(() => existsSync(lab.pinDir("n0", IF)) && status(lab, "n0").counters.completed > 500, 8000, 100)).toBe(true);
+      const at = performance.now();
+      started[0].proc.kill("SIGINT");
+      const r = await finish(started[0], at - started[0].t0 + 4000);
+      expect({ code: r.code, timedOut: r.timedOut }).toEqual({ code: 130, timedOut: false });
+      expectNothingAttached(lab, "n0");
+    });
+  }, 60_000);
+});
+
+// Sends base64 datagrams to addr:port, one every gapMs; prints how many.
+const SENDER = `
+const spec = await Bun.file(process.argv[2]).json();
+const sock = await Bun.udpSocket({});
+let sent = 0;
+for (const b64 of spec.packets) {
+  const bytes = Buffer.from(b64, "base64");
+  let ok = false;
+  for (let i = 0; i < 200 && !ok; i++) {
+    ok = sock.send(bytes, spec.port, spec.addr);
+    if (!ok) await Bun.sleep(1);
+  }
+  if (!ok) { console.error("send failed after", sent); process.exit(1); }
+  sent++;
+  await Bun.sleep(spec.gapMs);
+}
+sock.close();
+console.log(sent);
+`;
+
+// ---- impaired network ---------------------------------------------------------------------
+
+const IMPAIR_BPF = `
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MARK 0x41f7a11 /* a duplicate re-entering the ingress */
+
+/* frames seen, dropped, duplicated, delayed */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} impair_stats SEC(".maps");
+
+static __always_inline void bump(__u32 k)
+{
+	__u64 *v = bpf_map_lookup_elem(&impair_stats, &k);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline int chance(__u32 ppm)
+{
+	return ppm && bpf_get_prandom_u32() % 1000000 < ppm;
+}
+
+SEC("tc")
+int impair(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if (skb->mark == MARK || (void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->protocol != 17 || ip->ihl != 5)
+		return TC_ACT_OK;
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > end || udp->dest != bpf_htons(PORT))
+		return TC_ACT_OK;
+	bump(0);
+	if (chance(LOSS_PPM)) {
+		bump(1);
+		return TC_ACT_SHOT;
+	}
+	if (chance(DUP_PPM)) {
+		bump(2);
+		skb->mark = MARK;
+		bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
+		skb->mark = 0;
+	}
+	if (chance(DELAY_PPM)) {
+		bump(3);
+		return bpf_redirect(DELAY_IFINDEX, 0);
+	}
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+`;
+
+// The delay line: frames from RX (AF_PACKET) held for delay ± jitter ms
+// (uniform), then sent on TX in due order. Writes its counters as JSON to
+// STATS every 100 ms. Ends when killed, when PARENT is gone or when an
+// interface is.
+const DELAY_LINE = `
+import { writeFileSync } from "node:fs";
+import { dlopen, FFIType as T, ptr } from "bun:ffi";
+const [rxName, txName, delayS, jitterS, statsFile, parentS] = process.argv.slice(2);
+const parent = Number(parentS);
+const delay = Number(delayS), jitter = Number(jitterS);
+const { symbols: c } = dlopen("libc.so.6", {
+  socket: { args: [T.i32, T.i32, T.i32], returns: T.i32 },
+  bind: { args: [T.i32, T.ptr, T.u32], returns: T.i32 },
+  setsockopt: { args: [T.i32, T.i32, T.i32, T.ptr, T.u32], returns: T.i32 },
+  getsockopt: { args: [T.i32, T.i32, T.i32, T.ptr, T.ptr], returns: T.i32 },
+  recv: { args: [T.i32, T.ptr, T.u64, T.i32], returns: T.i64 },
+  send: { args: [T.i32, T.ptr, T.u64, T.i32], returns: T.i64 },
+  poll: { args: [T.ptr, T.u64, T.i32], returns: T.i32 },
+  if_nametoindex: { args: [T.ptr], returns: T.u32 },
+});
+const AF_PACKET = 17, SOCK_RAW = 3, ETH_P_ALL_BE = 0x0300, MSG_DONTWAIT = 0x40, SOL_PACKET = 263, SOL_SOCKET = 1;
+function open(name) {
+  const idx = c.if_nametoindex(Buffer.from(name + "\\0"));
+  if (!idx) throw new Error("no interface " + name);
+  const fd = c.socket(AF_PACKET, SOCK_RAW, ETH_P_ALL_BE);
+  if (fd < 0) throw new Error("socket failed");
+  const sll = new Uint8Array(20);
+  const v = new DataView(sll.buffer);
+  v.setUint16(0, AF_PACKET, true);
+  v.setUint16(2, ETH_P_ALL_BE, true);
+  v.setInt32(4, idx, true);
+  if (c.bind(fd, ptr(sll), 20) !== 0) throw new Error("bind " + name + " failed");
+  c.setsockopt(fd, SOL_PACKET, 23 /* PACKET_IGNORE_OUTGOING */, ptr(new Int32Array([1])), 4);
+  // a burst of a whole window must not overflow the socket
+  const big = new Int32Array([32 << 20]);
+  if (c.setsockopt(fd, SOL_SOCKET, 33 /* SO_RCVBUFFORCE */, ptr(big), 4) !== 0) throw new Error("SO_RCVBUFFORCE failed");
+  if (c.setsockopt(fd, SOL_SOCKET, 32 /* SO_SNDBUFFORCE */, ptr(big), 4) !== 0) throw new Error("SO_SNDBUFFORCE failed");
+  return fd;
+}
+const rx = open(rxName), tx = open(txName);
+const buf = new Uint8Array(65536);
+const pfd = new Uint8Array(8);
+new DataView(pfd.buffer).setInt32(0, rx, true);
+new DataView(pfd.buffer).setInt16(4, 1 /* POLLIN */, true);
+const q = [];
+const st = { held: 0, sent: 0, failed: 0, overtaken: 0, socketDrops: 0 };
+const pst = new Uint32Array(2), pstLen = new Uint32Array([8]);
+let lastStats = 0;
+process.stdout.write("ready\\n");
+for (;;) {
+  for (;;) {
+    const n = Number(c.recv(rx, ptr(buf), buf.length, MSG_DONTWAIT));
+    if (n <= 0) break;
+    const f = buf.slice(0, n);
+    // IPv4/UDP: checksum 0 (none): the frame may carry a partial checksum
+    if (n >= 42 && f[12] === 8 && f[13] === 0 && f[23] === 17) { const l4 = 14 + (f[14] & 15) * 4; f[l4 + 6] = 0; f[l4 + 7] = 0; }
+    const due = performance.now() + delay + (jitter ? (Math.random() * 2 - 1) * jitter : 0);
+    let i = q.length;
+    while (i > 0 && q[i - 1].due > due) i--;
+    if (i < q.length) st.overtaken++;
+    q.splice(i, 0, { due, f });
+    st.held++;
+  }
+  const now = performance.now();
+  while (q.length && q[0].due <= now) {
+    const { f } = q.shift();
+    if (Number(c.send(tx, ptr(f), f.length, 0)) === f.length) st.sent++;
+    else st.failed++;
+  }
+  if (now - lastStats >= 100) {
+    lastStats = now;
+    // never outlive the test run or the lab
+    try { process.kill(parent, 0); } catch { process.exit(0); }
+    if (!c.if_nametoindex(Buffer.from(rxName + "\0")) || !c.if_nametoindex(Buffer.from(txName + "\0"))) process.exit(0);
+    c.getsockopt(rx, SOL_PACKET, 6 /* PACKET_STATISTICS */, ptr(pst), ptr(pstLen));
+    st.socketDrops += pst[1];
+    writeFileSync(statsFile, JSON.stringify({ ...st, queued: q.length }));
+  }
+  const wait = q.length ? Math.max(0, Math.ceil(q[0].due - performance.now())) : 100;
+  c.poll(ptr(pfd), 1, Math.min(wait, 100));
+}
+`;
+
+interface Impairment {
+  lossPpm?: number;
+  dupPpm?: number;
+  /** Share of frames through the delay line. */
+  delayPpm?: number;
+  delayMs?: number;
+  jitterMs?: number;
+}
+
+interface ImpairStats {
+  seen: number;
+  dropped: number;
+  duplicated: number;
+  delayed: number;
+}
+
+interface LineStats {
+  held: number;
+  sent: number;
+  failed: number;
+  overtaken: number;
+  socketDrops: number;
+  queued: number;
+}
+
+/** Applies an Impairment to every frame the nodes send (see the header). */
+class Impairer {
+  readonly br: string;
+  private line: { kill(sig?: number): void } | null = null;
+  private lineStats = "";
+  private objs = new Map<string, string>();
+  private dqIndex = 0;
+
+  constructor(readonly lab: Lab, readonly nodes: string[]) {
+    this.br = `${lab.id}-br`;
+  }
+
+  private inBr(cmd: string[]): string {
+    return must(["nsenter", `--net=/run/netns/${this.br}`, ...cmd]);
+  }
+
+  /** Once per lab: the delay veth, the script, per-frame segmentation on the nodes. */
+  setup(): void {
+    must(["ip", "-n", this.br, "link", "add", "dq0", "type", "veth", "peer", "name", "dq1"]);
+    for (const d of ["dq0", "dq1"]) must(["ip", "-n", this.br, "link", "set", d, "up"]);
+    this.inBr(["ethtool", "-K", "dq0", "tx", "off", "gso", "off", "tso", "off"]);
+    this.dqIndex = JSON.parse(must(["ip", "-n", this.br, "-j", "link", "show", "dq0"]))[0].ifindex;
+    for (const n of this.nodes) this.lab.must(n, ["ethtool", "-K", IF, "tx-udp-segmentation", "off"]);
+    writeFileSync(join(this.lab.tmp, "impair.bpf.c"), IMPAIR_BPF);
+    writeFileSync(join(this.lab.tmp, "delayline.ts"), DELAY_LINE);
+  }
+
+  private object(i: Required<Impairment>): string {
+    const key = `${i.lossPpm}-${i.dupPpm}-${i.delayPpm}`;
+    let obj = this.objs.get(key);
+    if (!obj) {
+      obj = join(this.lab.tmp, `impair-${key}.o`);
+      must(["clang-19", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", `-I/usr/include/${process.arch === "arm64" ? "aarch64" : "x86_64"}-linux-gnu`,
+        `-DPORT=${PORT}`, `-DLOSS_PPM=${i.lossPpm}`, `-DDUP_PPM=${i.dupPpm}`, `-DDELAY_PPM=${i.delayPpm}`, `-DDELAY_IFINDEX=${this.dqIndex}`,
+        "-c", join(this.lab.tmp, "impair.bpf.c"), "-o", obj]);
+      this.objs.set(key, obj);
+    }
+    return obj;
+  }
+
+  async apply(imp: Impairment): Promise<void> {
+    this.clear();
+    const i: Required<Impairment> = { lossPpm: 0, dupPpm: 0, delayPpm: 0, delayMs: 0, jitterMs: 0, ...imp };
+    const obj = this.object(i);
+    this.nodes.forEach((_, k) => {
+      this.inBr(["tc", "qdisc", "add", "dev", `p${k}`, "clsact"]);
+      this.inBr(["tc", "filter", "add", "dev", `p${k}`, "ingress", "bpf", "da", "obj", obj, "sec", "tc"]);
+    });
+    if (i.delayPpm) {
+      this.lineStats = join(this.lab.tmp, `line-${jsonSeq++}.json`);
+      const p = Bun.spawn(["nsenter", `--net=/run/netns/${this.br}`, "bun", join(this.lab.tmp, "delayline.ts"), "dq1", "br0", String(i.delayMs), String(i.jitterMs), this.lineStats, String(process.pid)], {
+        stdin: "ignore", stdout: "pipe", stderr: "pipe",
+      });
+      this.line = p;
+      const reader = p.stdout.getReader();
+      const first = await Promise.race([reader.read(), Bun.sleep(10_000).then(() => ({ value: undefined, done: true }))]);
+      reader.releaseLock();
+      if (!first.value || !new TextDecoder().decode(first.value).startsWith("ready")) {
+        p.kill(9);
+        throw new Error(`delay line did not start: ${await new Response(p.stderr).text()}`);
+      }
+    }
+  }
+
+  /** Per bridge port: what the tc program did. */
+  stats(): ImpairStats[] {
+    return this.nodes.map((_, k) => {
+      const f = JSON.parse(this.inBr(["tc", "-j", "filter", "show", "dev", `p${k}`, "ingress"])).find((x: any) => x.options?.prog);
+      const prog = JSON.parse(must(["bpftool", "-j", "prog", "show", "id", String(f.options.prog.id)]));
+      const mapId = (prog.map_ids as number[]).find((id) => JSON.parse(must(["bpftool", "-j", "map", "show", "id", String(id)])).name === "impair_stats");
+      const entries = JSON.parse(must(["bpftool", "-j", "map", "dump", "id", String(mapId)]));
+      const v = entries.map((e: any) =>
+        e.formatted ? Number(e.formatted.value) : (e.value as string[]).reduceRight((a, h) => a * 256 + parseInt(h, 16), 0));
+      return { seen: v[0], dropped: v[1], duplicated: v[2], delayed: v[3] };
+    });
+  }
+
+  async lineStatsNow(): Promise<LineStats | null> {
+    if (!this.line) return null;
+    await Bun.sleep(250); // a fresh snapshot
+    return JSON.parse(readFileSync(this.lineStats, "utf8"));
+  }
+
+  clear(): void {
+    this.line?.kill(9);
+    this.line = null;
+    this.nodes.forEach((_, k) => sh(["nsenter", `--net=/run/netns/${this.br}`, "tc", "qdisc", "del", "dev", `p${k}`, "clsact"]));
+  }
+}
+
+describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivalent: tc-BPF + delay line)", () => {
+  const NODES = ["m0", "m1", "m2"];
+  const BYTES = MiB;
+  const ROUNDS = 10;
+  let lab: Lab;
+  let imp: Impairer;
+  /** Result hashes of the loss-free run: every impaired run must match them. */
+  let reference: string[] = [];
+
+  beforeAll(() => {
+    ensureBuilt();
+    lab = createLab("colm", NODES, { link: "bridge", subnet: "10.213.41" });
+    imp = new Impairer(lab, NODES);
+    imp.setup();
+  });
+  afterEach(async () => {
+    imp?.clear();
+    await cleanup(lab, NODES);
+  });
+  afterAll(async () => {
+    imp?.clear();
+    await cleanup(lab, NODES);
+    lab?.destroy();
+  });
+
+  async function impaired(name: string, what: Impairment, rounds = ROUNDS) {
+    return timed(name, async () => {
+      await imp.apply(what);
+      const runs = await job(lab, NODES, ["--synthetic", String(BYTES), "--rounds", String(rounds), "--verify"], { timeoutMs: 60_000 });
+      const line = await imp.lineStatsNow();
+      const st = imp.stats();
+      imp.clear();
+      const reps = expectVerified(runs, { rounds, bytes: BYTES });
+      // bit-identical to the loss-free run (the reference run sets it)
+      if (reference.length) expect(reps[0].result_sha256).toEqual(reference.slice(0, rounds));
+      for (const n of NODES) expectNothingAttached(lab, n);
+      const sum = (k: keyof NodeReport) => reps.reduce((a, j) => a + (j[k] as number), 0);
+      const tot = st.reduce((a, s) => ({ seen: a.seen + s.seen, dropped: a.dropped + s.dropped, duplicated: a.duplicated + s.duplicated, delayed: a.delayed + s.delayed }));
+      notes.push(`${name}: frames ${tot.seen}, dropped ${tot.dropped}, duplicated ${tot.duplicated}, delayed ${tot.delayed}` +
+        (line ? `, delay line held ${line.held} sent ${line.sent} overtaken ${line.overtaken} failed ${line.failed} socket drops ${line.socketDrops}` : "") +
+        ` | retransmits ${sum("retransmits")} resends ${sum("resends")} duplicates ${sum("duplicates")} timeouts ${sum("timeouts")} | ${summary(reps)}`);
+      // the program saw every frame of every node
+      for (const s of st) expect(s.seen).toBeGreaterThan(1000);
+      return { reps, st: tot, line, sum };
+    });
+  }
+
+  test("reference: the same job through a pass-through filter, no loss, no retransmits", async () => {
+    const { reps, st } = await impaired("impaired: none (pass-through)", {});
+    expect(st.dropped + st.duplicated + st.delayed).toBe(0);
+    expect(reps.map((j) => [j.retransmits, j.resends, j.timeouts, j.duplicates])).toEqual(reps.map(() => [0, 0, 0, 0]));
+    reference = reps[0].result_sha256;
+  }, 60_000);
+
+  test("1% loss: verified, bit-identical, retransmits > 0", async () => {
+    expect(reference).toHaveLength(ROUNDS);
+    const { st, sum } = await impaired("impaired: 1% loss", { lossPpm: 10_000 });
+    expect(st.dropped).toBeGreaterThan(0);
+    expect(sum("retransmits")).toBeGreaterThan(0);
+    expect(sum("timeouts")).toBeGreaterThan(0);
+  }, 90_000);
+
+  test("5% loss: verified, bit-identical, retransmits and resends > 0", async () => {
+    expect(reference).toHaveLength(ROUNDS);
+    const { st, sum } = await impaired("impaired: 5% loss", { lossPpm: 50_000 }, 8);
+    expect(st.dropped).toBeGreaterThan(st.seen * 0.02);
+    expect(sum("retransmits")).toBeGreaterThan(0);
+    expect(sum("resends")).toBeGreaterThan(0);
+  }, 90_000);
+
+  test("25% reordering (75% of frames delayed 1 ms, the rest overtake them): verified, bit-identical", async () => {
+    expect(reference).toHaveLength(ROUNDS);
+    const { st, line } = await impaired("impaired: delay 1ms reorder 25%", { delayPpm: 750_000, delayMs: 1 });
+    expect(st.delayed).toBeGreaterThan(st.seen * 0.6);
+    expect(st.delayed).toBeLessThan(st.seen * 0.9);
+    // every delayed frame went through the line, in order (the others overtook them)
+    expect(line).toMatchObject({ held: st.delayed, sent: st.delayed, failed: 0, socketDrops: 0, overtaken: 0, queued: 0 });
+  }, 90_000);
+
+  test("5% duplication: verified, bit-identical, every rank counts duplicates", async () => {
+    expect(reference).toHaveLength(ROUNDS);
+    const { reps, st } = await impaired("impaired: 5% duplication", { dupPpm: 50_000 });
+    expect(st.duplicated).toBeGreaterThan(0);
+    for (const j of reps) expect({ rank: j.rank, dup: j.duplicates > 0 }).toEqual({ rank: j.rank, dup: true });
+  }, 90_000);
+
+  test("20 ms ± 10 ms jitter on every frame (reorders, as netem does): verified, bit-identical", async () => {
+    expect(reference).toHaveLength(ROUNDS);
+    const { st, line } = await impaired("impaired: delay 20ms 10ms", { delayPpm: 1_000_000, delayMs: 20, jitterMs: 10 });
+    expect(st.delayed).toBe(st.seen);
+    expect(line).toMatchObject({ held: st.delayed, sent: st.delayed, failed: 0, socketDrops: 0, queued: 0 });
+    // jitter reorders: most frames were passed by a later one
+    expect(line!.overtaken).toBeGreaterThan(st.seen / 4);
+  }, 90_000);
+});
