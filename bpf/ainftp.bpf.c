@@ -29,6 +29,15 @@ struct {
 	__type(value, struct ainftp_config);
 } job_config SEC(".maps");
 
+/* IPv4 address (network order) of each rank, checked when the config has
+ * AINFTP_CFG_CHECK_SOURCE; written by the communicator at open. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AINFTP_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, __u32);
+} member_addrs SEC(".maps");
+
 /* Per-slot membership bitmap and lock; index bank * chunks + chunk. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -328,6 +337,7 @@ int ainftp_xdp(struct xdp_md *ctx)
 
 	struct udphdr *udp;
 	void *l3_end; /* end of the IP packet by its own length field */
+	__u32 saddr = 0; /* IPv4 source, for the member address check */
 	if (proto == AINFTP_ETH_P_IP) {
 		struct iphdr *ip = c.pos;
 		if ((void *)(ip + 1) > data_end) {
@@ -354,6 +364,7 @@ int ainftp_xdp(struct xdp_md *ctx)
 		cnt->c[AINFTP_CNT_RX]++;
 		if (frag & AINFTP_IP_MF)
 			DROP(AINFTP_CNT_MAL_FRAGMENT);
+		saddr = ip->saddr;
 		__u32 tot = bpf_ntohs(ip->tot_len);
 		l3_end = (void *)ip + tot;
 		if (tot < ihl + sizeof(*udp) || l3_end > data_end)
@@ -407,6 +418,13 @@ int ainftp_xdp(struct xdp_md *ctx)
 		DROP(AINFTP_CNT_FOREIGN_JOB);
 	if (h->rank >= cfg->members || h->rank >= AINFTP_MAX_WORKERS)
 		DROP(AINFTP_CNT_MAL_RANK);
+	if (cfg->flags & AINFTP_CFG_CHECK_SOURCE) {
+		/* a rank's packets must come from that member's address */
+		__u32 rank = h->rank;
+		__u32 *addr = bpf_map_lookup_elem(&member_addrs, &rank);
+		if (!addr || !saddr || *addr != saddr)
+			DROP(AINFTP_CNT_BAD_SOURCE);
+	}
 	if (h->chunk >= cfg->chunks)
 		DROP(AINFTP_CNT_MAL_CHUNK);
 	__u32 count = h->count;

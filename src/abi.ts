@@ -31,6 +31,9 @@ export const CTRL_EXPS = 2;
 export const CTRL_EXPS_REQ = 3;
 export const CTRL_BYE = 4;
 
+/** Config flag: check each packet's IPv4 source against its rank's address. */
+export const CFG_CHECK_SOURCE = 0x1;
+
 export const SLOT_EMPTY = 0;
 export const SLOT_FILLING = 1;
 export const SLOT_COMPLETE = 2;
@@ -83,7 +86,7 @@ export const COUNTERS = [
   "control", "passed", "saturated",
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
-  "mal_reserved", "mal_round", "resend_req",
+  "mal_reserved", "mal_round", "resend_req", "bad_source",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -124,6 +127,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   mal_reserved: "malformed: reserved field not zero",
   mal_round: "malformed: round number in the reserved top range",
   resend_req: "retransmitted contribution to a completed slot: result resent",
+  bad_source: "a rank's packet from an address that is not that member's",
 };
 
 /** Physical position in the acc map of logical element j of a slot: the

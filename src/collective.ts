@@ -23,7 +23,7 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CTRL_BYE, CTRL_EXPS, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  CFG_CHECK_SOURCE, CTRL_BYE, CTRL_EXPS, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
   F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
@@ -31,7 +31,7 @@ import { pinnedPort, pinRoot } from "./attach.ts";
 import { AinftpError } from "./errors.ts";
 import { chunkCount, chunkExpsInto, headerTemplate, NonFiniteGradientError, packChunks } from "./quantize.ts";
 import { EventRing, PinnedReflex } from "./reflex.ts";
-import { UdpEndpoint } from "./transport.ts";
+import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
 
 const HDR = SIZEOF.ainftp_wire_hdr;
 /** Payload bytes of one control packet (exponents per packet). */
@@ -157,6 +157,7 @@ export class Communicator implements Disposable {
   private resPkts: Uint8Array;
   private chunkList: Uint32Array;
   private closed = false;
+  private lastYield = performance.now();
   /** Ranks that left, with the first round each did not complete. */
   private left = new Map<number, number>();
 
@@ -225,17 +226,23 @@ export class Communicator implements Disposable {
     const bases = new Map<number, number>([[this.rank, this.cfg.roundBase]]);
     const deadline = performance.now() + this.o.openTimeoutMs;
     let nextSend = 0;
+    // After spotting a different job we still greet everyone for a moment,
+    // so members that start a little later learn it too instead of timing out.
+    let failure: AinftpError | null = null;
+    let failAt = Infinity;
     const send = (to: number, wantReply: boolean) =>
       this.sendControl(to, CTRL_HELLO, this.cfg.roundBase, wantReply ? 1 : 0, 0, new TextEncoder().encode(me));
-    while (bases.size < this.size) {
+    while (bases.size < this.size || failure) {
       const now = performance.now();
+      if (failure && now > failAt) throw failure;
       if (now > deadline) {
+        if (failure) throw failure;
         const missing = this.others().filter((r) => !bases.has(r));
         throw new RoundError("open communicator", `no answer from ${describeRanks(missing, this.peers)} within ${this.o.openTimeoutMs} ms`, missing,
           "start ainftp on every member with the same --peers and --job; check the addresses and that the interface is attached");
       }
       if (now >= nextSend) {
-        for (const r of this.others()) if (!bases.has(r)) send(r, true);
+        for (const r of this.others()) if (failure || !bases.has(r)) send(r, true);
         nextSend = now + 100;
       }
       const b = this.sock.recvBatch(Math.max(1, Math.min(100, Math.ceil(nextSend - now))));
@@ -246,11 +253,11 @@ export class Communicator implements Disposable {
           this.handleControl(h, null); // a faster peer's first exponents
           continue;
         }
-        const theirs = new TextDecoder().decode(h.payload);
-        if (theirs !== me)
-          throw new AinftpError("open communicator", `rank ${h.rank} (${this.peers[h.rank]}) runs a different job: ours ${me}, theirs ${theirs}`, {
-            hint: "every member must get the same --peers (same order), --job and chunk size",
-          });
+        if (!h.member || new TextDecoder().decode(h.payload) !== me) {
+          const err = this.mismatch(h);
+          if (!failure) (failure = err), (failAt = performance.now() + 1000);
+          continue;
+        }
         if (!bases.has(h.rank)) bases.set(h.rank, h.round);
         if (h.flags & 1) send(h.rank, false);
       }
@@ -262,7 +269,12 @@ export class Communicator implements Disposable {
     this.nextRound = first;
     this.maps.resetBank(0);
     this.maps.resetBank(1);
-    this.cfg = { ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask() };
+    // only members' addresses may speak for their ranks
+    this.maps.setMemberAddrs(this.peers.map((p) => ipv4ToBe32(p)));
+    this.cfg = {
+      ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(),
+      flags: (this.cfg.flags ?? 0) | CFG_CHECK_SOURCE,
+    };
     this.maps.setConfig(this.cfg);
   }
 
@@ -281,22 +293,44 @@ export class Communicator implements Disposable {
   private ctrlBuf = new Uint8Array(HDR + 65536);
 
   private sendControl(to: number, kind: number, round: number, flags: number, chunk: number, payload: Uint8Array): void {
+    this.sendControlTo(this.peers[to], kind, round, flags, chunk, payload);
+  }
+
+  private sendControlTo(addr: string, kind: number, round: number, flags: number, chunk: number, payload: Uint8Array): void {
     const b = this.ctrlBuf;
     writeHeader(new DataView(b.buffer), 0, {
       type: PKT_CONTROL, jobId: this.job, round, chunk, rank: this.rank, count: payload.length, contributors: kind, flags,
     });
     b.set(payload, HDR);
-    this.sock.sendGso(this.peers[to], this.port, b, HDR + payload.length, 1);
+    this.sock.sendGso(addr, this.port, b, HDR + payload.length, 1);
     this.stats.packetsSent++;
   }
 
+  /** A control packet from a member of this job, or null. A HELLO is
+   * returned from anyone (with `member` false when its job, rank or address
+   * does not match ours), so a mismatch can be reported instead of ignored. */
   private parseControl(d: Uint8Array, from: string) {
     if (d.length < HDR) return null;
     const h = readHeader(new DataView(d.buffer, d.byteOffset, d.byteLength), 0);
-    if (h.magic !== MAGIC || h.version !== VERSION || h.type !== PKT_CONTROL || h.jobId !== this.job) return null;
-    if (h.rank >= this.size || this.peers[h.rank] !== from || h.count !== d.length - HDR) return null;
+    if (h.magic !== MAGIC || h.version !== VERSION || h.type !== PKT_CONTROL || h.count !== d.length - HDR) return null;
+    const member = h.jobId === this.job && h.rank < this.size && this.peers[h.rank] === from;
+    if (!member && h.contributors !== CTRL_HELLO) return null;
     this.stats.controlReceived++;
-    return { kind: h.contributors, rank: h.rank, round: h.round, chunk: h.chunk, flags: h.flags, payload: d.subarray(HDR) };
+    return { kind: h.contributors, rank: h.rank, round: h.round, chunk: h.chunk, flags: h.flags, payload: d.subarray(HDR), from, member };
+  }
+
+  /** A HELLO whose job does not match ours: answer with ours (so the sender
+   * learns it too) and describe the difference. */
+  private mismatch(h: { rank: number; from: string; payload: Uint8Array }): AinftpError {
+    const me = this.fingerprint();
+    this.sendControlTo(h.from, CTRL_HELLO, this.cfg.roundBase, 0, 0, new TextEncoder().encode(me));
+    const theirs = new TextDecoder().decode(h.payload);
+    const who = this.peers.includes(h.from)
+      ? `rank ${this.peers.indexOf(h.from)} (${h.from})`
+      : `a host at ${h.from}, which is not in our --peers,`;
+    return new AinftpError("open communicator", `${who} runs a different job: ours ${me}, theirs ${theirs}`, {
+      hint: "every member must get the same --peers (same order), --job and chunk size",
+    });
   }
 
   private sendExps(to: number, r: number, exps: Int8Array, kind = CTRL_EXPS): void {
@@ -321,7 +355,9 @@ export class Communicator implements Disposable {
 
   private handleControl(h: NonNullable<ReturnType<Communicator["parseControl"]>>, st: RoundState | null): void {
     if (h.kind === CTRL_HELLO) {
-      if (h.flags & 1) this.sendControl(h.rank, CTRL_HELLO, this.cfg.roundBase, 0, 0, new TextEncoder().encode(this.fingerprint()));
+      // a host of another job greeting us: tell it (it fails its open), carry on
+      if (!h.member || new TextDecoder().decode(h.payload) !== this.fingerprint()) void this.mismatch(h);
+      else if (h.flags & 1) this.sendControl(h.rank, CTRL_HELLO, this.cfg.roundBase, 0, 0, new TextEncoder().encode(this.fingerprint()));
     } else if (h.kind === CTRL_BYE) {
       // `round` is the first round the leaver did not complete
       this.left.set(h.rank, h.round);
@@ -366,13 +402,13 @@ export class Communicator implements Disposable {
     for (let off = 0; off < x.length || (off === 0 && x.length === 0); off += per) {
       if (x.length === 0) break;
       const end = Math.min(x.length, off + per);
-      reports.push(this.round(x.subarray(off, end), out.subarray(off, end)));
+      reports.push(await this.round(x.subarray(off, end), out.subarray(off, end)));
     }
     if (opts.op === "mean") for (let i = 0; i < out.length; i++) out[i] /= this.size;
     return reports;
   }
 
-  private round(x: Float32Array, out: Float32Array): RoundReport {
+  private async round(x: Float32Array, out: Float32Array): Promise<RoundReport> {
     const t0 = performance.now();
     const r = this.nextRound++;
     this.o.onRoundStart?.(r);
@@ -412,8 +448,14 @@ export class Communicator implements Disposable {
     let nextRetx = performance.now() + interval;
     const ringFd = this.ring.epollFd();
     const sockFd = this.sock.fd;
-
     for (;;) {
+      // let signal handlers and timers run now and then (Ctrl-C mid-round),
+      // across rounds too: short rounds never return to the event loop
+      if (performance.now() - this.lastYield > 25) {
+        await Bun.sleep(0);
+        this.lastYield = performance.now();
+        if (this.closed) throw new AinftpError(`round ${r}`, "communicator closed during the round");
+      }
       const gone = [...this.left].filter(([, upTo]) => upTo <= r).map(([p]) => p);
       if (gone.length)
         throw new RoundError(`round ${r}`, `${describeRanks(gone, this.peers)} left the job before finishing this round`, gone,
@@ -703,6 +745,20 @@ export class Communicator implements Disposable {
   /** XDP counters of the attached program. */
   counters(): Counters {
     return this.maps.counters();
+  }
+
+  /** Leaves at once (Ctrl-C): tells the peers that the current round will not
+   * complete, so they fail it now instead of at its deadline. */
+  abort(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      for (const p of this.others()) this.sendControl(p, CTRL_BYE, this.nextRound - 1, 0, 0, new Uint8Array(0));
+    } catch {
+      // leaving anyway
+    }
+    this.sock.close();
+    this.maps.close();
   }
 
   /** Leaves the job: tells the peers, then keeps serving resend requests

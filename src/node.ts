@@ -125,13 +125,14 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       }
     }
   };
+  let comm: Communicator | undefined;
   const onSignal = () => {
+    comm?.abort();
     cleanup();
     process.exit(130);
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
-  let comm: Communicator | undefined;
   try {
     comm = await Communicator.open({
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,

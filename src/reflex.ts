@@ -14,7 +14,7 @@ import {
 import { AinftpError, check, privilegeHint } from "./errors.ts";
 
 /** Map names in the object, and the names they are pinned under. */
-export const MAP_NAMES = ["job_config", "slots", "acc", "results", "bank_state", "counters", "events"] as const;
+export const MAP_NAMES = ["job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs"] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
 export interface LoadOptions {
@@ -110,6 +110,16 @@ export abstract class ReflexMaps implements Disposable {
     const b = new Uint8Array(SIZEOF.ainftp_slot);
     check(libbpf.bpf_map_lookup_elem(this.mapFd("slots"), new Uint32Array([index]), b), "slot", `lookup ${index} failed`);
     return decodeSlot(b);
+  }
+
+  /** Sets the IPv4 address (network-order u32) each rank's packets must come from. */
+  setMemberAddrs(addrsBe: number[]): void {
+    addrsBe.forEach((a, rank) =>
+      check(
+        libbpf.bpf_map_update_elem(this.mapFd("member_addrs"), new Uint32Array([rank]), new Uint32Array([a]), 0n),
+        "members", `setting the address of rank ${rank} failed`,
+      ),
+    );
   }
 
   /** Zeroes a bank's event counts (done by the round owner when it moves the window). */

@@ -379,16 +379,10 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     for (const x of nodes) expectNothingAttached(lab, x);
   }, 60_000);
 
-  // BUG (src/collective.ts, parseControl + handshake): a HELLO is dropped
-  // before its fingerprint is compared when its job id differs from ours
-  // (`h.jobId !== this.job`) or when its rank does not map to its source
-  // address in *our* peer list (`this.peers[h.rank] !== from`). So a member
-  // started with another --job, or the member whose --peers order disagrees,
-  // is never told that the job differs: it waits out --open-timeout and says
-  // "no answer from rank K". The fingerprint carries the job id precisely to
-  // report this. Flip to test() once fixed.
-  test.failing("every member is told the job differs: another --job, and the host whose --peers order disagrees", async () => {
-    await timed("failure: job differs (all sides, failing)", async () => {
+  // A HELLO of another job, or from a member whose --peers order differs, is
+  // compared and reported, not dropped (found by this suite, fixed).
+  test("every member is told the job differs: another --job, and the host whose --peers order disagrees", async () => {
+    await timed("failure: job differs (all sides)", async () => {
       const two = NODES.slice(0, 2);
       const jobRuns = await job(lab, two, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "1500"], {
         timeoutMs: 15_000,
@@ -411,14 +405,9 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     });
   }, 60_000);
 
-  // BUG (src/collective.ts, handshake): the member that detects a mismatching
-  // fingerprint throws at once without answering, so a member that started
-  // later (its HELLO reached the other first) never sees the other's
-  // fingerprint and fails only after --open-timeout with "no answer from rank
-  // K". With simultaneous starts this is a race (about 2 runs in 3 here). The
-  // detecting side should send its HELLO (its fingerprint) before leaving.
-  // Flip to test() once fixed.
-  test.failing("a member that starts after its peer with another chunk size is also told the job differs", async () => {
+  // The member that spots a mismatch keeps greeting for a second, so one that
+  // starts later learns it too (found by this suite, fixed).
+  test("a member that starts after its peer with another chunk size is also told the job differs", async () => {
     await timed("failure: late member, chunk size differs (failing)", async () => {
       const peers = [addr("n0"), addr("n1")];
       const first = startNode(lab, "n0", 0, peers, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "5000"], { json: false });
@@ -511,18 +500,11 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     });
   }, 60_000);
 
-  // BUG (src/node.ts + src/collective.ts): runNode's SIGINT/SIGTERM handler
-  // (detach, exit 130) runs from Bun's event loop, but a round is a
-  // synchronous loop that blocks in ainftp_wait2 and allreduce() never yields
-  // to the event loop (awaiting an already resolved promise only runs
-  // microtasks). So once rounds run, Ctrl-C is ignored: the node runs every
-  // remaining round (forever with a large --rounds) and then exits 0, the
-  // queued handler having been removed in runNode's finally. Reproducer: two
-  // nodes with --rounds 400 (about 2 s), SIGINT to one after 1 s: it exits 0
-  // after all 400 rounds. Flip to test() once fixed.
-  test.failing("Ctrl-C (SIGINT) mid-round on a node that attached the program: exits 130 promptly and leaves nothing attached", async () => {
+  // Rounds return to the event loop every 25 ms, so Ctrl-C reaches the
+  // handler mid-round (found by this suite, fixed).
+  test("Ctrl-C (SIGINT) mid-round on a node that attached the program: exits 130 promptly and leaves nothing attached", async () => {
     const peers = [addr("n0"), addr("n1")];
-    await timed("SIGINT mid-round (failing)", async () => {
+    await timed("SIGINT mid-round", async () => {
       const started = [0, 1].map((i) => startNode(lab, `n${i}`, i, peers, ["--synthetic", String(MiB), "--rounds", "100000", "--round-timeout", "2000"]));
       expect(await until(() => existsSync(lab.pinDir("n0", IF)) && status(lab, "n0").counters.completed > 500, 8000, 100)).toBe(true);
       const at = performance.now();

@@ -10,7 +10,7 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
   MAX_ROUND, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
@@ -18,6 +18,7 @@ import {
 import { datagram, frame } from "../src/packet.ts";
 import { ReflexObject, type EventRing } from "../src/reflex.ts";
 import { libbpf } from "../native/libbpf.ts";
+import { ipv4ToBe32 } from "../src/transport.ts";
 
 const XDP_DROP = 1;
 const XDP_PASS = 2;
@@ -98,6 +99,8 @@ function zeroCounters(): Counters {
 /** A TypeScript transcription of bpf/ainftp.bpf.c's observable behaviour. */
 class Model {
   cnt = zeroCounters();
+  /** member_addrs: each rank's IPv4 source (as the kernel loads it). */
+  memberAddrs: number[] = [];
   slots: ModelSlot[] = [];
   /** True int32 sums of each slot's current round (valid for its first `count` elements). */
   acc: Int32Array[] = [];
@@ -152,6 +155,7 @@ class Model {
     }
     let udp: number;
     let l3End: number;
+    let saddr = 0;
     if (proto === 0x0800) {
       const ip = pos;
       if (ip + 20 > end) {
@@ -174,6 +178,7 @@ class Model {
       if (dv.getUint16(udp + 2) !== this.port) return this.pass();
       this.cnt.rx++;
       if (frag & 0x2000) return this.drop("mal_fragment");
+      saddr = dv.getUint32(ip + 12, true); // as the kernel loads it on little-endian
       const tot = dv.getUint16(ip + 2);
       l3End = ip + tot;
       if (tot < ihl + 8 || l3End > end) return this.drop("mal_trunc_ip");
@@ -223,6 +228,10 @@ class Model {
     };
     if (hdr.jobId !== cfg.jobId >>> 0) return this.drop("foreign_job");
     if (hdr.rank >= cfg.members || hdr.rank >= MAX_WORKERS) return this.drop("mal_rank");
+    if ((cfg.flags ?? 0) & CFG_CHECK_SOURCE) {
+      const a = this.memberAddrs[hdr.rank] ?? 0;
+      if (!a || !saddr || a !== saddr) return this.drop("bad_source");
+    }
     if (hdr.chunk >= cfg.chunks >>> 0) return this.drop("mal_chunk");
     const count = hdr.count;
     if (count === 0 || count > cfg.chunkElems || count > MAX_ELEMS || ulen !== 8 + 32 + count * 2)
@@ -603,6 +612,10 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     k.resetBank(0);
     k.resetBank(1);
     const model = new Model(cfg, MAP_CHUNKS, PORT);
+    // every rank speaks from the frames' source address but rank 2, whose
+    // member address differs: with CHECK_SOURCE its packets are refused
+    model.memberAddrs = Array.from({ length: MEMBERS }, (_, rank) => ipv4ToBe32(rank === 2 ? "10.99.0.7" : "10.99.0.1"));
+    k.setMemberAddrs(model.memberAddrs);
     const gen = new Generator(rng, () => cfg, () => model.slots);
     const counters0 = k.counters();
     ring.poll(0);
@@ -679,8 +692,11 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         };
         note = `memberMask 0b${cfg.memberMask.toString(2)}`;
       } else if (x < 0.87) {
-        cfg = { ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1) };
-        note = `batch ${cfg.batch}, ownedChunks ${cfg.ownedChunks}`;
+        cfg = {
+          ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
+          flags: rng.pick([0, 0, CFG_CHECK_SOURCE]),
+        };
+        note = `batch ${cfg.batch}, ownedChunks ${cfg.ownedChunks}, flags ${cfg.flags}`;
       } else if (x < 0.94) {
         cfg = { ...cfg, chunkElems: rng.pick([MAX_ELEMS, MAX_ELEMS, 1719, 720, 16, 0xffff]) };
         note = `chunkElems ${cfg.chunkElems}`;

@@ -102,9 +102,12 @@ struct ainftp_config {
 	__u32 chunks;       /* chunk indices must be < chunks */
 	__u32 batch;        /* wake userspace once per this many events */
 	__u32 owned_chunks; /* slot completions that end a round on this host */
-	__u32 flags;        /* reserved, zero */
+	__u32 flags;        /* AINFTP_CFG_* */
 	__u32 results_per_round; /* result events that end a round (0: chunks) */
 };
+
+/* config flags */
+#define AINFTP_CFG_CHECK_SOURCE 0x1 /* drop packets whose IPv4 source is not their rank's (member_addrs) */
 
 enum ainftp_slot_state {
 	AINFTP_SLOT_EMPTY = 0,
@@ -213,6 +216,7 @@ enum ainftp_counter {
 	AINFTP_CNT_MAL_RESERVED,    /* reserved field not zero */
 	AINFTP_CNT_MAL_ROUND,       /* round >= AINFTP_MAX_ROUND */
 	AINFTP_CNT_RESEND_REQ,      /* retransmitted contribution to a completed slot */
+	AINFTP_CNT_BAD_SOURCE,      /* rank's packet from another address (CHECK_SOURCE) */
 	AINFTP_CNT__MAX,
 };
 
