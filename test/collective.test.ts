@@ -373,7 +373,7 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
       // detected from the first HELLO, not by waiting out --open-timeout
       expect(r.ms).toBeLessThan(2500);
     }
-    // the disagreeing host fails too (see the test.failing below for its message)
+    // the disagreeing host fails too
     expect({ code: runs[2].code, timedOut: runs[2].timedOut }).toEqual({ code: 1, timedOut: false });
     expect(runs[2].stderr).toStartWith("ainftp: open communicator: ");
     for (const x of nodes) expectNothingAttached(lab, x);
@@ -408,7 +408,7 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
   // The member that spots a mismatch keeps greeting for a second, so one that
   // starts later learns it too (found by this suite, fixed).
   test("a member that starts after its peer with another chunk size is also told the job differs", async () => {
-    await timed("failure: late member, chunk size differs (failing)", async () => {
+    await timed("failure: late member, chunk size differs", async () => {
       const peers = [addr("n0"), addr("n1")];
       const first = startNode(lab, "n0", 0, peers, ["--synthetic", "256KiB", "--rounds", "2", "--open-timeout", "5000"], { json: false });
       expect(await until(() => existsSync(lab.pinDir("n0", IF)), 5000)).toBe(true);
