@@ -89,7 +89,7 @@ for (const b of sizes) {
   log(`ainftp, ${peers} hosts, ${formatSize(b)}, ${rounds} rounds…`);
   rows.push(await runAinftp(b));
 }
-const base = await runBaselines({ peers, sizes, rounds, systems, log });
+const base = systems.length ? await runBaselines({ peers, sizes, rounds, systems, log }) : [];
 for (const r of base)
   rows.push({
     system: r.version ? `${r.system} (${r.version})` : r.system, bytes: r.bytes, median_ms: r.median_ms, p10: r.p10, p90: r.p90,

@@ -55,8 +55,13 @@ export interface CommunicatorOptions {
   maxRetransmitMs?: number;
   /** Waiting for every peer at open. */
   openTimeoutMs?: number;
-  /** Chunks per owner in flight (sent, result not back). Default 48. */
+  /** Ask the program to wake us once per this many events (default 64). */
+  batch?: number;
+  /** Chunks per owner in flight (sent, result not back). Default: what fits
+   * `rxQueue` (see open). */
   window?: number;
+  /** Frames a receiving host's queue holds (veth: 256); sizes the window. */
+  rxQueue?: number;
   /** While window-blocked, look for results at least this often (ms). */
   pumpMs?: number;
   /** Stochastic rounding with this seed (0: round to nearest). */
@@ -191,9 +196,15 @@ export class Communicator implements Disposable {
       throw new AinftpError(op, `rank ${opts.rank} is not in 0..${n - 1}`, { hint: "ranks count from 0 in the order of --peers" });
     const dup = opts.peers.find((p, i) => opts.peers.indexOf(p) !== i);
     if (dup) throw new AinftpError(op, `peer ${dup} is listed twice`, { hint: "give each member's address once, in rank order" });
+    // In flight towards one host: (N-1) senders' windows plus the owners'
+    // result bursts. Keep the windows within a receive queue of `rxQueue`
+    // frames (veth: 256), leaving room for results; 48 measured best at 4 hosts.
+    const batch = opts.batch ?? 64;
+    const window = opts.window ?? Math.max(8, Math.min(48, Math.floor((opts.rxQueue ?? 256) / Math.max(1, n - 1)) - 16));
     const o = {
+      window,
       roundTimeoutMs: 10_000, retransmitMs: 50, maxRetransmitMs: 500, openTimeoutMs: 30_000, stochasticSeed: 0,
-      window: 48, pumpMs: 2,
+      pumpMs: 2, batch: 48,
       // an option given as undefined keeps its default
       ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     } as Communicator["o"];
@@ -272,7 +283,7 @@ export class Communicator implements Disposable {
     // only members' addresses may speak for their ranks
     this.maps.setMemberAddrs(this.peers.map((p) => ipv4ToBe32(p)));
     this.cfg = {
-      ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(),
+      ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(), batch: this.o.batch,
       flags: (this.cfg.flags ?? 0) | CFG_CHECK_SOURCE,
     };
     this.maps.setConfig(this.cfg);

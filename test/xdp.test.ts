@@ -8,13 +8,14 @@
 // Needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN); no interface is attached.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS, PKT_CONTRIB,
+  CFG_CHECK_SOURCE, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS, PKT_CONTRIB,
   PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState, type WireHeader,
 } from "../src/abi.ts";
 import { datagram, frame, type FrameOptions } from "../src/packet.ts";
 import { ReflexObject, type EventRing } from "../src/reflex.ts";
 import { mulberry32 } from "../src/random.ts";
+import { ipv4ToBe32 } from "../src/transport.ts";
 
 const XDP_DROP = 1;
 const XDP_PASS = 2;
@@ -1169,6 +1170,41 @@ describe("resend requests (SwitchML's stored-result reply)", () => {
       expect(ring.poll(0)).toEqual([{ type: EV_RESEND, contributors: 2, round: 0, chunk: 1, index: 1 }]);
       // the sums were not touched
       expect(Array.from(r.sums(1, 3))).toEqual([2, 4, 6]);
+    } finally {
+      r.close();
+    }
+  });
+});
+
+// ---- 9. member source addresses (CFG_CHECK_SOURCE) ----------------------------------
+
+describe("member source address check", () => {
+  test("with CHECK_SOURCE a rank's packets must come from its member address; without it any source is accepted", async () => {
+    const r = await ReflexObject.load({ chunks: 4 });
+    try {
+      // frame() sends from 10.99.0.1; rank 1 is registered there, rank 0 elsewhere
+      r.setMemberAddrs([ipv4ToBe32("10.99.0.9"), ipv4ToBe32("10.99.0.1")]);
+      r.setConfig(config({ chunks: 4, members: 2, memberMask: 0b11n, roundBase: 0, flags: CFG_CHECK_SOURCE }));
+      let before = r.counters();
+      expect(r.testRun(pkt({ round: 0, chunk: 0, rank: 0 }, [1, 2])).action).toBe(XDP_DROP);
+      expectDelta(before, r.counters(), { rx: 1, bad_source: 1 }, "rank 0 from rank 1's address");
+      expect(r.slot(0).contributors).toBe(0);
+      before = r.counters();
+      r.testRun(pkt({ round: 0, chunk: 0, rank: 1 }, [1, 2]));
+      expectDelta(before, r.counters(), { rx: 1, summed: 1, elems_summed: 2 }, "rank 1 from its own address");
+      // results are checked the same way (the owner's rank)
+      before = r.counters();
+      r.testRun(resultPkt({ round: 0, chunk: 1, rank: 0, contributors: 2 }, [5]));
+      expectDelta(before, r.counters(), { rx: 1, bad_source: 1 }, "result from the wrong address");
+      // IPv6 carries no IPv4 source: refused while the check is on
+      before = r.counters();
+      r.testRun(pkt({ round: 0, chunk: 2, rank: 1 }, [1], { ipv6: true }));
+      expectDelta(before, r.counters(), { rx: 1, bad_source: 1 }, "IPv6 with the check on");
+      // check off: the same packet from the wrong address is summed
+      r.setConfig(config({ chunks: 4, members: 2, memberMask: 0b11n, roundBase: 0, flags: 0 }));
+      before = r.counters();
+      r.testRun(pkt({ round: 0, chunk: 3, rank: 0 }, [7]));
+      expectDelta(before, r.counters(), { rx: 1, summed: 1, elems_summed: 1 }, "check off");
     } finally {
       r.close();
     }
