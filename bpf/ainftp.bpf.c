@@ -38,6 +38,15 @@ struct {
 	__type(value, __u32);
 } member_addrs SEC(".maps");
 
+/* AF_XDP sockets by RX queue: result packets go there when the config has
+ * AINFTP_CFG_RESULTS_TO_XSK. */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
 /* Per-slot membership bitmap and lock; index bank * chunks + chunk. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -273,6 +282,15 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 				     const struct ainftp_wire_hdr *h, __u32 payload_off, __u32 idx)
 {
 	__u32 round = h->round, count = h->count;
+	if (cfg->flags & AINFTP_CFG_RESULTS_TO_XSK) {
+		/* The collective reads results from an AF_XDP socket on this queue:
+		 * the frame lands in its UMEM (the arena). No socket on this queue:
+		 * fall back to the results map below. */
+		if (bpf_redirect_map(&xsks, ctx->rx_queue_index, 0) == XDP_REDIRECT) {
+			cnt->c[AINFTP_CNT_RESULTS_XSK]++;
+			return XDP_REDIRECT;
+		}
+	}
 	struct ainftp_result *res = bpf_map_lookup_elem(&results, &idx);
 	if (!res) {
 		cnt->c[AINFTP_CNT_MAL_CHUNK]++;

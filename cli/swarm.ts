@@ -31,6 +31,7 @@ export function renderNodeReport(r: NodeReport): string {
   const ms = (x: number) => x.toFixed(2);
   t.push(
     ["rank / peers", `${r.rank} / ${r.peers}`],
+    ["results arrive by", r.rx],
     ["gradient", `${formatSize(r.bytes)} (${r.elements} floats, ${r.chunk_elems} per packet)`],
     ["rounds", r.rounds],
     ["round time ms: median / p10 / p90 / p99", `${ms(r.round_ms.median)} / ${ms(r.round_ms.p10)} / ${ms(r.round_ms.p90)} / ${ms(r.round_ms.p99)}`],
@@ -62,6 +63,7 @@ export function swarmCommand(io: IO): Command {
     .option("--verify", "check every round against the exact f64 sum of all ranks' gradients")
     .option("--seed <n>", "seed of the synthetic gradients (default 1)", intOption(0, 0xffffffff))
     .addOption(new Option("--mode <mode>", "XDP mode when attaching").choices(["auto", "native", "generic"]).default("auto"))
+    .addOption(new Option("--rx <path>", "where results arrive: the program's mmapped map, or an AF_XDP socket (UMEM)").choices(["map", "xsk"]).default("map"))
     .option("--chunk-elems <n>", `int16 values per packet (default: what the MTU holds, max ${MAX_ELEMS})`, intOption(4, MAX_ELEMS))
     .option("--window <n>", "chunks in flight per owner (default 48)", intOption(1, 4096))
     .option("--round-timeout <ms>", "fail a round not complete after this long (default 10000)", intOption(10, 3_600_000))
@@ -81,7 +83,7 @@ export function swarmCommand(io: IO): Command {
         : undefined;
       const report = await runNode({
         iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, syntheticBytes: o.synthetic, rounds: o.rounds,
-        verify: Boolean(o.verify), seed: o.seed, mode: o.mode as AttachMode, chunkElems: o.chunkElems, window: o.window,
+        verify: Boolean(o.verify), seed: o.seed, mode: o.mode as AttachMode, chunkElems: o.chunkElems, window: o.window, rx: o.rx,
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
       }, progress);

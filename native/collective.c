@@ -114,6 +114,28 @@ uint32_t ainftp_results_missing(const uint8_t *res_base, uint32_t bank_base, uin
 }
 
 /*
+ * Dequantizes the results of the listed chunks (chunks[0..n)) from the
+ * results map into out, as ainftp_gather_results does for a whole round.
+ * Returns the number of entries that did not hold round tag-1.
+ */
+uint32_t ainftp_gather_list(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks, uint32_t n,
+			    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out)
+{
+	uint32_t bad = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t c = chunks[i];
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint64_t start = (uint64_t)c * chunk_elems;
+		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
+		    ainftp_dequantize(res->v, want, res->exp, out + start) < 0)
+			bad++;
+	}
+	return bad;
+}
+
+/*
  * Dequantizes the results of chunks [0, nchunks) of a round into out (chunk c
  * at out + c*chunk_elems, n_out floats in all). Each entry's tag is checked
  * before and after the copy. Returns the number of entries that did not hold
@@ -136,6 +158,8 @@ uint32_t ainftp_gather_results(const uint8_t *res_base, uint32_t bank_base, uint
 	return bad;
 }
 
+int32_t ainftp_wait3(int fd_a, int fd_b, int fd_c, int timeout_ms);
+
 /*
  * Waits until fd_a or fd_b is readable (the event ring's epoll fd and the
  * control socket), at most timeout_ms. Returns a bitmask (1: a, 2: b), 0 on
@@ -143,11 +167,19 @@ uint32_t ainftp_gather_results(const uint8_t *res_base, uint32_t bank_base, uint
  */
 int32_t ainftp_wait2(int fd_a, int fd_b, int timeout_ms)
 {
-	struct pollfd p[2] = { { .fd = fd_a, .events = POLLIN }, { .fd = fd_b, .events = POLLIN } };
-	int r = poll(p, 2, timeout_ms);
+	return ainftp_wait3(fd_a, fd_b, -1, timeout_ms);
+}
+
+/* The same for three fds (the third: the AF_XDP socket; -1 for none):
+ * bit 4 for fd_c. */
+int32_t ainftp_wait3(int fd_a, int fd_b, int fd_c, int timeout_ms)
+{
+	struct pollfd p[3] = { { .fd = fd_a, .events = POLLIN }, { .fd = fd_b, .events = POLLIN },
+			       { .fd = fd_c, .events = POLLIN } };
+	int r = poll(p, 3, timeout_ms);
 	if (r < 0)
 		return errno == EINTR ? 0 : -errno;
-	return ((p[0].revents & POLLIN) ? 1 : 0) | ((p[1].revents & POLLIN) ? 2 : 0);
+	return ((p[0].revents & POLLIN) ? 1 : 0) | ((p[1].revents & POLLIN) ? 2 : 0) | ((p[2].revents & POLLIN) ? 4 : 0);
 }
 
 /* Sets the flags field of n packets laid out every `stride` bytes. */

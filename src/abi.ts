@@ -33,6 +33,8 @@ export const CTRL_BYE = 4;
 
 /** Config flag: check each packet's IPv4 source against its rank's address. */
 export const CFG_CHECK_SOURCE = 0x1;
+/** Config flag: redirect result packets to the AF_XDP socket of their RX queue. */
+export const CFG_RESULTS_TO_XSK = 0x2;
 
 export const SLOT_EMPTY = 0;
 export const SLOT_FILLING = 1;
@@ -86,7 +88,7 @@ export const COUNTERS = [
   "control", "passed", "saturated",
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
-  "mal_reserved", "mal_round", "resend_req", "bad_source",
+  "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -128,6 +130,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   mal_round: "malformed: round number in the reserved top range",
   resend_req: "retransmitted contribution to a completed slot: result resent",
   bad_source: "a rank's packet from an address that is not that member's",
+  results_xsk: "result packets redirected to the AF_XDP socket (arena UMEM)",
 };
 
 /** Physical position in the acc map of logical element j of a slot: the

@@ -23,7 +23,7 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CFG_CHECK_SOURCE, CTRL_BYE, CTRL_EXPS, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, CTRL_BYE, CTRL_EXPS, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
   F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
@@ -32,6 +32,7 @@ import { AinftpError } from "./errors.ts";
 import { chunkCount, chunkExpsInto, headerTemplate, NonFiniteGradientError, packChunks } from "./quantize.ts";
 import { EventRing, PinnedReflex } from "./reflex.ts";
 import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
+import { XskSocket } from "./xsk.ts";
 
 const HDR = SIZEOF.ainftp_wire_hdr;
 /** Payload bytes of one control packet (exponents per packet). */
@@ -55,6 +56,12 @@ export interface CommunicatorOptions {
   maxRetransmitMs?: number;
   /** Waiting for every peer at open. */
   openTimeoutMs?: number;
+  /** Where results arrive: "map" (the XDP program writes them into a map we
+   * mmap) or "xsk" (it redirects the packets to an AF_XDP socket whose UMEM
+   * is `umem`, and we dequantize from the frames). Default "map". */
+  rx?: "map" | "xsk";
+  /** UMEM memory for rx "xsk" (an arena region); default: the socket's own. */
+  umem?: { ptr: number; bytes: number };
   /** Ask the program to wake us once per this many events (default 64). */
   batch?: number;
   /** Chunks per owner in flight (sent, result not back). Default: what fits
@@ -133,6 +140,9 @@ interface RoundState {
   ownerOffset: number[]; // byte offset of each owner's region
   ownerChunks: Uint32Array[];
   ownBuf: Uint8Array; // own chunks' packets (own quantized values)
+  /** rx "xsk": results already dequantized into `out`, by chunk. */
+  xdone: Uint8Array;
+  out: Float32Array;
 }
 
 export class Communicator implements Disposable {
@@ -163,6 +173,8 @@ export class Communicator implements Disposable {
   private chunkList: Uint32Array;
   private closed = false;
   private lastYield = performance.now();
+  /** The AF_XDP socket results arrive on (rx "xsk"), else null. */
+  readonly xsk: XskSocket | null = null;
   /** Ranks that left, with the first round each did not complete. */
   private left = new Map<number, number>();
 
@@ -215,7 +227,14 @@ export class Communicator implements Disposable {
       const port = opts.port ?? pinnedPort(dir);
       sock = UdpEndpoint.open("0.0.0.0", port);
       const c = new Communicator(o, maps, sock, port);
-      await c.handshake();
+      if (o.rx === "xsk")
+        (c as { xsk: XskSocket | null }).xsk = XskSocket.open({ iface: o.iface, xsksMapFd: maps.mapFd("xsks"), area: o.umem });
+      try {
+        await c.handshake();
+      } catch (e) {
+        c.xsk?.close();
+        throw e;
+      }
       return c;
     } catch (e) {
       sock?.close();
@@ -284,7 +303,7 @@ export class Communicator implements Disposable {
     this.maps.setMemberAddrs(this.peers.map((p) => ipv4ToBe32(p)));
     this.cfg = {
       ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(), batch: this.o.batch,
-      flags: (this.cfg.flags ?? 0) | CFG_CHECK_SOURCE,
+      flags: ((this.cfg.flags ?? 0) & ~CFG_RESULTS_TO_XSK) | CFG_CHECK_SOURCE | (this.xsk ? CFG_RESULTS_TO_XSK : 0),
     };
     this.maps.setConfig(this.cfg);
   }
@@ -431,7 +450,7 @@ export class Communicator implements Disposable {
       this.stats.rounds++;
       return { round: r, ms: performance.now() - t0, chunks: nchunks };
     }
-    const st = this.newRound(r, x, nchunks);
+    const st = this.newRound(r, x, out, nchunks);
 
     // exponents: ours to every peer, then theirs (some may be here already)
     const mine = st.exps.subarray(this.rank * nchunks, (this.rank + 1) * nchunks);
@@ -477,6 +496,7 @@ export class Communicator implements Disposable {
         st.pending = [];
       }
       if (st.sent && st.ownedDoneCount === st.owned.length && st.resultsSeen >= nchunks - st.owned.length) {
+        if (this.xsk) break; // each result was counted once, when it was dequantized
         const missing = coll.ainftp_results_missing(this.resBase, bankBase, nchunks, r + 1, this.chunkList, this.capacity);
         if (missing === 0) break;
         st.resultsSeen = nchunks - st.owned.length - missing; // events and map disagree: trust the map
@@ -494,12 +514,13 @@ export class Communicator implements Disposable {
       const soon = st.sent && this.unsent(st) ? now + this.o.pumpMs : Infinity;
       const wait = Math.max(0, Math.ceil(Math.min(nextRetx, deadline, soon) - now));
       tp = this.phase("work", tp);
-      const ready = coll.ainftp_wait2(ringFd, sockFd, wait);
+      const ready = coll.ainftp_wait3(ringFd, sockFd, this.xsk ? this.xsk.fd : -1, wait);
       tp = this.phase(st.sent ? "wait" : "control", tp);
       this.stats.wakeups++;
       if (ready & 2) this.drainControl(st);
       const progress = st.resultsSeen + st.ownedDoneCount + st.pending.length;
       this.drainEvents(st, bankBase);
+      if (this.xsk) this.drainXsk(st);
       if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
         // results are flowing: nothing is lost yet, restart the timer
         interval = this.o.retransmitMs;
@@ -508,7 +529,10 @@ export class Communicator implements Disposable {
       if (st.sent) this.pump(st, x);
     }
     tp = this.phase("work", tp);
-    const bad2 = coll.ainftp_gather_results(this.resBase, bankBase, nchunks, E, r + 1, out, out.length);
+    // rx "xsk": the peers' results are in `out` already; ours are in our map
+    const bad2 = this.xsk
+      ? coll.ainftp_gather_list(this.resBase, bankBase, st.owned, st.owned.length, E, r + 1, out, out.length)
+      : coll.ainftp_gather_results(this.resBase, bankBase, nchunks, E, r + 1, out, out.length);
     this.phase("gather", tp);
     if (bad2) throw new AinftpError(`round ${r}`, `${bad2} result entries changed while being read`);
     this.stats.rounds++;
@@ -525,7 +549,7 @@ export class Communicator implements Disposable {
     return b.subarray(0, bytes);
   }
 
-  private newRound(r: number, x: Float32Array, nchunks: number): RoundState {
+  private newRound(r: number, x: Float32Array, out: Float32Array, nchunks: number): RoundState {
     const N = this.size;
     const E = this.chunkElems;
     const counts = new Uint16Array(nchunks).fill(E);
@@ -552,6 +576,7 @@ export class Communicator implements Disposable {
       owned, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], resultsSeen: 0, sent: false,
       header: new Uint8Array(HDR), seed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
       sendBuf: this.scratch("send", off), ownerOffset, ownerChunks, ownBuf: this.scratch("own", owned.length * this.seg),
+      xdone: this.scratch("xdone", nchunks).fill(0), out,
     };
   }
 
@@ -645,6 +670,26 @@ export class Communicator implements Disposable {
     }
   }
 
+  /** rx "xsk": dequantize the results waiting in the socket's UMEM frames. */
+  private drainXsk(st: RoundState): void {
+    const newly = this.chunkList;
+    const n = this.xsk!.results(this.job, st.r, st.nchunks, this.chunkElems, st.out, st.xdone, newly);
+    if (n === 0) return;
+    if (st.r > this.cfg.roundBase) this.advanceWindow(st.r); // a result of round r: everyone finished r-1
+    st.resultsSeen += n;
+    for (let i = 0; i < Math.min(n, newly.length); i++) st.acked[newly[i] % this.size]++;
+  }
+
+  /** Chunks whose result has not arrived (listed in this.chunkList); returns how many. */
+  private missingResults(st: RoundState, bankBase: number): number {
+    if (!this.xsk) return coll.ainftp_results_missing(this.resBase, bankBase, st.nchunks, st.r + 1, this.chunkList, this.capacity);
+    let m = 0;
+    for (let c = 0; c < st.nchunks; c++)
+      if (!st.xdone[c] && c % this.size !== this.rank) this.chunkList[m++] = c;
+      else if (c % this.size === this.rank && !st.ownedDone[c]) this.chunkList[m++] = c;
+    return m;
+  }
+
   /** Every peer has finished round-1: accept round+1, reuse round-1's bank. */
   private advanceWindow(round: number): void {
     this.maps.resetBank((round + 1) & 1);
@@ -692,7 +737,7 @@ export class Communicator implements Disposable {
       for (const p of this.others()) if (!st.haveExps[p]) this.sendExps(p, st.r, mine, CTRL_EXPS_REQ);
       return;
     }
-    const m = coll.ainftp_results_missing(this.resBase, bankBase, st.nchunks, st.r + 1, this.chunkList, this.capacity);
+    const m = this.missingResults(st, bankBase);
     const byOwner = new Map<number, number[]>();
     for (let i = 0; i < Math.min(m, this.capacity); i++) {
       const c = this.chunkList[i];
@@ -734,7 +779,7 @@ export class Communicator implements Disposable {
         for (const p of this.others()) if (!(valid & (1n << BigInt(p)))) perRank.set(p, (perRank.get(p) ?? 0) + 1);
       }
       for (const [p, k] of perRank) (missing.add(p), parts.push(`${describeRanks([p], this.peers)} sent nothing for ${k} of our chunks`));
-      const m = coll.ainftp_results_missing(this.resBase, bankBase, st.nchunks, st.r + 1, this.chunkList, this.capacity);
+      const m = this.missingResults(st, bankBase);
       const owners = new Map<number, number>();
       for (let i = 0; i < Math.min(m, this.capacity); i++) {
         const o = this.chunkList[i] % this.size;
@@ -769,6 +814,7 @@ export class Communicator implements Disposable {
       // leaving anyway
     }
     this.sock.close();
+    this.xsk?.close();
     this.maps.close();
   }
 
@@ -791,6 +837,7 @@ export class Communicator implements Disposable {
       // leaving anyway
     }
     this.sock.close();
+    this.xsk?.close();
     this.maps.close();
   }
 

@@ -27,6 +27,8 @@ export interface NodeOptions {
   /** Elements per packet; default from the interface MTU. */
   chunkElems?: number;
   window?: number;
+  /** Where results arrive: the mmapped map (default) or an AF_XDP socket. */
+  rx?: "map" | "xsk";
   roundTimeoutMs?: number;
   retransmitMs?: number;
   openTimeoutMs?: number;
@@ -71,6 +73,8 @@ export interface NodeReport {
   /** (wakeups + socket packets) / packets received. */
   wakeups_per_packet: number;
   attached_by_us: boolean;
+  /** Where results arrived: "map", or "xsk (copy mode)" / "xsk (zero-copy)". */
+  rx: string;
   /** Mean ms per timed round in each phase (see CollectiveStats.phaseMs). */
   phase_ms: CollectiveStats["phaseMs"];
 }
@@ -135,7 +139,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   process.once("SIGTERM", onSignal);
   try {
     comm = await Communicator.open({
-      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
+      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed,
     });
@@ -149,7 +153,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, 1, x, n);
       await comm.allreduce(x);
     }
-    const before = { cnt: comm.counters() };
+    const timedCnt = Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters;
     const times: number[] = [];
     const hashes: string[] = [];
     let maxErr = 0;
@@ -160,9 +164,14 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       // count against this one
       await comm.allreduce(barrier);
       const s0 = combine(comm.stats, zeroStats(), 1);
+      const c0 = comm.counters();
       const t = performance.now();
       await comm.allreduce(x);
       times.push(performance.now() - t);
+      // the program's counters over the timed rounds only (barrier rounds,
+      // where a rank still verifying makes others retransmit, are left out)
+      const c1 = comm.counters();
+      for (const k of Object.keys(timedCnt) as (keyof Counters)[]) timedCnt[k] += c1[k] - c0[k];
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
       await comm.allreduce(barrier);
@@ -173,8 +182,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       hashes.push(new Bun.CryptoHasher("sha256").update(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)).digest("hex"));
       progress?.(r + 1, o.rounds, times[times.length - 1]);
     }
-    const after = comm.counters();
-    const d = (k: keyof Counters) => after[k] - before.cnt[k];
+    const d = (k: keyof Counters) => timedCnt[k];
     const rx = d("rx");
     const report: NodeReport = {
       rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
@@ -189,6 +197,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       packets_received: rx,
       wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
       attached_by_us: attachedByUs,
+      rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
       phase_ms: Object.fromEntries(
         Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / o.rounds).toFixed(3)]),
       ) as CollectiveStats["phaseMs"],

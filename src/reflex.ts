@@ -14,7 +14,7 @@ import {
 import { AinftpError, check, privilegeHint } from "./errors.ts";
 
 /** Map names in the object, and the names they are pinned under. */
-export const MAP_NAMES = ["job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs"] as const;
+export const MAP_NAMES = ["job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs", "xsks"] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
 export interface LoadOptions {

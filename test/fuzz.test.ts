@@ -760,7 +760,8 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     );
     // The run must have exercised what it claims to.
     expect(stats.completedSeen).toBe(c.completed);
-    for (const n of COUNTERS) if (n !== "ringbuf_full") expect(c[n], `counter ${n} never moved`).toBeGreaterThan(0);
+    // ringbuf_full needs a stalled reader, results_xsk an AF_XDP socket (test/xsk.test.ts)
+    for (const n of COUNTERS) if (n !== "ringbuf_full" && n !== "results_xsk") expect(c[n], `counter ${n} never moved`).toBeGreaterThan(0);
     expect(c.ringbuf_full).toBe(0);
     if (PACKETS >= 100_000) expect(stats.wrapped, "the round window crossed 2^32").toBe(true);
   });

@@ -108,6 +108,7 @@ struct ainftp_config {
 
 /* config flags */
 #define AINFTP_CFG_CHECK_SOURCE 0x1 /* drop packets whose IPv4 source is not their rank's (member_addrs) */
+#define AINFTP_CFG_RESULTS_TO_XSK 0x2 /* redirect result packets to the AF_XDP socket of their queue (xsks) */
 
 enum ainftp_slot_state {
 	AINFTP_SLOT_EMPTY = 0,
@@ -217,6 +218,7 @@ enum ainftp_counter {
 	AINFTP_CNT_MAL_ROUND,       /* round >= AINFTP_MAX_ROUND */
 	AINFTP_CNT_RESEND_REQ,      /* retransmitted contribution to a completed slot */
 	AINFTP_CNT_BAD_SOURCE,      /* rank's packet from another address (CHECK_SOURCE) */
+	AINFTP_CNT_RESULTS_XSK,     /* result packets redirected to an AF_XDP socket */
 	AINFTP_CNT__MAX,
 };
 
