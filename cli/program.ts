@@ -1,6 +1,7 @@
 // Composes the commands; each lives in its own file and calls one library function.
 import { Command, CommanderError } from "commander";
 import pkg from "../package.json" with { type: "json" };
+import { arenaCommand } from "./arena.ts";
 import { attachCommand } from "./attach.ts";
 import { detachCommand } from "./detach.ts";
 import { processIO, reportError, type IO } from "./io.ts";
@@ -16,7 +17,7 @@ export function buildProgram(io: IO = processIO): Command {
     .version(pkg.version, "-V, --version")
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .showHelpAfterError("(add --help for usage)");
-  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand]) {
+  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand, arenaCommand]) {
     // addCommand() does not copy output settings to subcommands: set them on each.
     const cmd = make(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)");
     program.addCommand(cmd);
