@@ -80,6 +80,8 @@ test: build
 bench: build bench-deps
 	bun bench/xdp.ts
 	bun bench/send.ts
+	bun bench/arena.ts
+	bun bench/gpu-check.ts
 	bun bench/collective.ts --peers 4 --size 1MiB,16MiB --rounds 30 --mtu 3504
 
 clean:

@@ -31,7 +31,7 @@ export function renderNodeReport(r: NodeReport): string {
   const ms = (x: number) => x.toFixed(2);
   t.push(
     ["rank / peers", `${r.rank} / ${r.peers}`],
-    ["results arrive by", r.rx],
+    ["results arrive by", r.umem ? `${r.rx}, UMEM in a ${r.umem}` : r.rx],
     ["gradient", `${formatSize(r.bytes)} (${r.elements} floats, ${r.chunk_elems} per packet)`],
     ["rounds", r.rounds],
     ["round time ms: median / p10 / p90 / p99", `${ms(r.round_ms.median)} / ${ms(r.round_ms.p10)} / ${ms(r.round_ms.p90)} / ${ms(r.round_ms.p99)}`],

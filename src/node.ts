@@ -8,7 +8,12 @@ import { MAX_ELEMS, type Counters } from "./abi.ts";
 import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
 import { Communicator, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
+import { Arena } from "./arena.ts";
 import { chunkCount } from "./quantize.ts";
+import { formatSize } from "./units.ts";
+
+/** UMEM of the AF_XDP path: 4096 frames of 4 KB (the fill ring holds 2048). */
+const UMEM_BYTES = 16 << 20;
 
 export interface NodeOptions {
   iface: string;
@@ -75,6 +80,8 @@ export interface NodeReport {
   attached_by_us: boolean;
   /** Where results arrived: "map", or "xsk (copy mode)" / "xsk (zero-copy)". */
   rx: string;
+  /** rx "xsk": the arena behind the UMEM. */
+  umem: string | null;
   /** Mean ms per timed round in each phase (see CollectiveStats.phaseMs). */
   phase_ms: CollectiveStats["phaseMs"];
 }
@@ -130,6 +137,14 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     }
   };
   let comm: Communicator | undefined;
+  // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
+  let arena: Arena | undefined;
+  let umem: { ptr: number; bytes: number } | undefined;
+  if (o.rx === "xsk") {
+    arena = Arena.open({ size: UMEM_BYTES, hugepages: "auto" });
+    const region = arena.alloc(UMEM_BYTES, 4096);
+    umem = { ptr: region.ptr, bytes: region.bytes };
+  }
   const onSignal = () => {
     comm?.abort();
     cleanup();
@@ -139,10 +154,11 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   process.once("SIGTERM", onSignal);
   try {
     comm = await Communicator.open({
-      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx,
+      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx, umem,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed,
     });
+    if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
     const seed = o.seed ?? 1;
     const x = new Float32Array(n);
     const tmp = o.verify ? new Float32Array(n) : null;
@@ -198,6 +214,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
       attached_by_us: attachedByUs,
       rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
+      umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
       phase_ms: Object.fromEntries(
         Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / o.rounds).toFixed(3)]),
       ) as CollectiveStats["phaseMs"],
@@ -205,6 +222,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     return report;
   } finally {
     comm?.close();
+    arena?.close();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     cleanup();

@@ -829,7 +829,7 @@ describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivale
   async function impaired(name: string, what: Impairment, rounds = ROUNDS) {
     return timed(name, async () => {
       await imp.apply(what);
-      const runs = await job(lab, NODES, ["--synthetic", String(BYTES), "--rounds", String(rounds), "--verify"], { timeoutMs: 60_000 });
+      const runs = await job(lab, NODES, ["--synthetic", String(BYTES), "--rounds", String(rounds), "--verify", "--round-timeout", "30000"], { timeoutMs: 60_000 });
       const line = await imp.lineStatsNow();
       const st = imp.stats();
       imp.clear();
