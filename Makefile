@@ -82,7 +82,7 @@ bench: build bench-deps
 	bun bench/send.ts
 	bun bench/arena.ts
 	bun bench/gpu-check.ts
-	bun bench/collective.ts --peers 4 --size 1MiB,16MiB --rounds 30 --mtu 3504
+	bun bench/collective.ts --peers 4 --size 1MiB,16MiB --rounds 30 --mtu 3504 --rx map,xsk
 
 clean:
 	rm -rf bpf/build native/build test/fixtures/build dist

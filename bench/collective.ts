@@ -5,7 +5,7 @@
 // same topology (bench/baselines/run.ts). A round's time is the slowest
 // rank's, for every system; ratios are against the baselines of this run.
 //
-//   bun bench/collective.ts --peers 4 --size 1MiB,16MiB --rounds 50 [--mtu 3504] [--systems gloo,mpi] [--json FILE]
+//   bun bench/collective.ts --peers 4 --size 1MiB,16MiB --rounds 50 [--mtu 3504] [--rx map,xsk] [--systems gloo,mpi] [--json FILE]
 import Table from "cli-table3";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -35,6 +35,7 @@ const sizes = arg("--size", "1MiB,16MiB").split(",").map((s) => parseSize(s));
 const rounds = Number(arg("--rounds", "30"));
 const mtu = Number(arg("--mtu", "1500"));
 const systems = arg("--systems", "gloo,mpi").split(",").filter(Boolean) as BaselineSystem[];
+const rxPaths = arg("--rx", "map").split(",").filter(Boolean) as ("map" | "xsk")[];
 const jsonFile = process.argv.includes("--json") ? arg("--json", "") : "";
 const log = (s: string) => process.stderr.write(s + "\n");
 
@@ -43,7 +44,7 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-async function runAinftp(bytes: number): Promise<Row> {
+async function runAinftp(bytes: number, rx: "map" | "xsk"): Promise<Row> {
   const names = Array.from({ length: peers }, (_, i) => `h${i}`);
   const lab = createLab("bench", names);
   try {
@@ -56,11 +57,12 @@ async function runAinftp(bytes: number): Promise<Row> {
     const addrs = names.map((h) => lab.node(h).addr).join(",");
     const procs = names.map((h, i) =>
       lab.spawn(h, [BIN, "swarm", "--iface", "eth0", "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
-        "--rounds", String(rounds), "--verify", "--mode", "native", "--json"]),
+        "--rounds", String(rounds), "--verify", "--mode", "native", "--rx", rx, "--json"]),
     );
     const outs = await Promise.all(procs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })));
     const bad = outs.find((o) => o.code !== 0);
-    if (bad) return { system: "ainftp", bytes, median_ms: null, p10: null, p90: null, verified: false, note: `failed: ${bad.err.trim().split("\n").at(-1)}` };
+    const system = rx === "map" ? "ainftp" : "ainftp (AF_XDP rx)";
+    if (bad) return { system, bytes, median_ms: null, p10: null, p90: null, verified: false, note: `failed: ${bad.err.trim().split("\n").at(-1)}` };
     const reports = outs.map((o) => JSON.parse(o.out) as NodeReport);
     const slowest = reports[0].round_times_ms.map((_, r) => Math.max(...reports.map((x) => x.round_times_ms[r])));
     const s = [...slowest].sort((a, b) => a - b);
@@ -68,7 +70,7 @@ async function runAinftp(bytes: number): Promise<Row> {
     const err = Math.max(...reports.map((x) => x.rel_l2_error_max ?? Infinity));
     const wake = Math.max(...reports.map((x) => x.wakeups_per_packet));
     return {
-      system: "ainftp", bytes, median_ms: median(slowest), p10: s[Math.floor(0.1 * s.length)], p90: s[Math.floor(0.9 * s.length)],
+      system, bytes, median_ms: median(slowest), p10: s[Math.floor(0.1 * s.length)], p90: s[Math.floor(0.9 * s.length)],
       verified: identical && reports.every((x) => x.verified),
       note: `${reports[0].chunk_elems} values/packet, rel L2 ≤ ${err.toExponential(1)}, bit-identical ${identical}, ` +
         `wake-ups ${(wake * 100).toFixed(2)}% of packets, retransmits ${reports.reduce((a, x) => a + x.retransmits, 0)}`,
@@ -85,10 +87,11 @@ if (!canUseNetns()) {
 }
 ensureBuilt();
 const rows: Row[] = [];
-for (const b of sizes) {
-  log(`ainftp, ${peers} hosts, ${formatSize(b)}, ${rounds} rounds…`);
-  rows.push(await runAinftp(b));
-}
+for (const rx of rxPaths)
+  for (const b of sizes) {
+    log(`ainftp (rx ${rx}), ${peers} hosts, ${formatSize(b)}, ${rounds} rounds…`);
+    rows.push(await runAinftp(b, rx));
+  }
 const base = systems.length ? await runBaselines({ peers, sizes, rounds, systems, log }) : [];
 for (const r of base)
   rows.push({
@@ -99,7 +102,7 @@ for (const r of base)
 const t = new Table({ head: ["system", "size", "median ms", "p10", "p90", "verified", "ainftp ÷ this", "note"], style: { head: [], border: [] } });
 for (const r of rows) {
   const ours = rows.find((x) => x.system === "ainftp" && x.bytes === r.bytes);
-  const ratio = ours?.median_ms && r.median_ms && r.system !== "ainftp" ? (ours.median_ms / r.median_ms).toFixed(2) : "-";
+  const ratio = ours?.median_ms && r.median_ms && !r.system.startsWith("ainftp") ? (ours.median_ms / r.median_ms).toFixed(2) : "-";
   const f = (x: number | null) => (x === null ? "n/a" : x.toFixed(2));
   t.push([r.system, formatSize(r.bytes), f(r.median_ms), f(r.p10), f(r.p90), String(r.verified ?? "n/a"), ratio, r.note]);
 }
