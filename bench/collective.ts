@@ -73,7 +73,8 @@ async function runAinftp(bytes: number, rx: "map" | "xsk"): Promise<Row> {
       system, bytes, median_ms: median(slowest), p10: s[Math.floor(0.1 * s.length)], p90: s[Math.floor(0.9 * s.length)],
       verified: identical && reports.every((x) => x.verified),
       note: `${reports[0].chunk_elems} values/packet, rel L2 ≤ ${err.toExponential(1)}, bit-identical ${identical}, ` +
-        `wake-ups ${(wake * 100).toFixed(2)}% of packets, retransmits ${reports.reduce((a, x) => a + x.retransmits, 0)}`,
+        `wake-ups ${(wake * 100).toFixed(2)}% of packets, retransmits ${reports.reduce((a, x) => a + x.retransmits, 0)}, ` +
+        `result bytes copied by the kernel ${formatSize(reports[0].result_copy_bytes_per_round)}/round`,
       detail: reports.map(({ result_sha256, round_times_ms, ...r }) => r),
     };
   } finally {

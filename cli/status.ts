@@ -1,6 +1,6 @@
 import Table from "cli-table3";
 import { Command, InvalidArgumentError } from "commander";
-import { COUNTERS, COUNTER_HELP, type Counters } from "../src/abi.ts";
+import { CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, COUNTERS, COUNTER_HELP, type Counters } from "../src/abi.ts";
 import { status, type IfaceStatus } from "../src/attach.ts";
 import { intOption, type IO } from "./io.ts";
 
@@ -34,6 +34,9 @@ export function renderStatus(list: IfaceStatus[], prev?: Map<string, Counters>, 
     text += `${s.iface} (ifindex ${s.ifindex}): ${s.mode} mode, program id ${s.progId}, link id ${s.linkId}\n`;
     text += `  port ${s.port}  job ${c.jobId}  workers ${c.members} (mask 0x${c.memberMask.toString(16)})  round window ${c.roundBase}..${c.roundBase + 1}\n`;
     text += `  chunks ${c.chunks} (maps sized for ${s.chunks}) × ${c.chunkElems} elements  batch ${c.batch}  owned ${c.ownedChunks}\n`;
+    const flags = c.flags ?? 0;
+    text += `  results: ${flags & CFG_RESULTS_TO_XSK ? "redirected to an AF_XDP socket (a node runs with --rx xsk; copy or zero-copy mode is in its report)" : "written into the mmapped results map"}` +
+      `  source check: ${flags & CFG_CHECK_SOURCE ? "on" : "off"}\n`;
     const before = prev?.get(s.iface);
     const head = before ? ["counter", "total", "per s", "meaning"] : ["counter", "total", "meaning"];
     const t = new Table({ head, style: { head: [], border: [] }, chars: COMPACT });

@@ -39,6 +39,7 @@ export function renderNodeReport(r: NodeReport): string {
     ["retransmits / resends / duplicates", `${r.retransmits} / ${r.resends} / ${r.duplicates}`],
     ["timeouts / saturations", `${r.timeouts} / ${r.saturations}`],
     ["packets received by XDP", r.packets_received],
+    ["kernel copies to deliver results, per round", formatSize(r.result_copy_bytes_per_round)],
     ["wake-ups + socket packets per XDP packet", `${r.wakeups} + ${r.socket_packets} → ${(r.wakeups_per_packet * 100).toFixed(2)}% (1/${r.wakeups_per_packet ? Math.round(1 / r.wakeups_per_packet) : "∞"})`],
     ["last result sha256", r.result_sha256.at(-1)?.slice(0, 16) ?? "-"],
   );

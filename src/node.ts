@@ -82,6 +82,12 @@ export interface NodeReport {
   rx: string;
   /** rx "xsk": the arena behind the UMEM. */
   umem: string | null;
+  /** Bytes the kernel copied per timed round to hand results to us: the map
+   * path writes each result's payload into the results map
+   * (bpf_xdp_load_bytes); AF_XDP in copy mode writes whole frames into the
+   * UMEM (zero-copy would write none). Userspace copies none: it dequantizes
+   * in place. From the program's counters times the packet sizes. */
+  result_copy_bytes_per_round: number;
   /** Mean ms per timed round in each phase (see CollectiveStats.phaseMs). */
   phase_ms: CollectiveStats["phaseMs"];
 }
@@ -214,6 +220,11 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
       attached_by_us: attachedByUs,
       rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
+      result_copy_bytes_per_round: Math.round(
+        (comm.xsk
+          ? comm.xsk.mode === "zero-copy" ? 0 : d("results_xsk") * (14 + 20 + 8 + 32 + 2 * chunkElems)
+          : d("results") * 2 * chunkElems) / o.rounds,
+      ),
       umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
       phase_ms: Object.fromEntries(
         Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / o.rounds).toFixed(3)]),
