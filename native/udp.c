@@ -377,6 +377,19 @@ static int gso_refusal(int err)
 	return err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP;
 }
 
+/* Checks a back-to-back datagram layout: 1 when it can be sent, 0 when
+ * there is nothing to send, -errno when it is invalid. */
+static int check_layout(int fd, const uint8_t *buf, uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
+{
+	if (fd < 0)
+		return -EBADF;
+	if (nsegs == 0)
+		return 0;
+	if (!buf || seg_size == 0 || seg_size > UDP_MAX_PAYLOAD || last_size == 0 || last_size > seg_size)
+		return -EINVAL;
+	return 1;
+}
+
 /* Sends nsegs datagrams laid out back to back in buf (seg_size bytes each,
  * the last last_size bytes) to one destination: UDP GSO messages of at most
  * 64 segments and 65507 bytes, several per sendmmsg; one message per
@@ -386,12 +399,9 @@ static int gso_refusal(int err)
 int ainftp_udp_send_gso(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uint8_t *buf,
 			uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
 {
-	if (fd < 0)
-		return -EBADF;
-	if (nsegs == 0)
-		return 0;
-	if (!buf || seg_size == 0 || seg_size > UDP_MAX_PAYLOAD || last_size == 0 || last_size > seg_size)
-		return -EINVAL;
+	int bad = check_layout(fd, buf, seg_size, nsegs, last_size);
+	if (bad <= 0)
+		return bad;
 	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons(dst_port) };
 	dst.sin_addr.s_addr = dst_ip_be;
 	struct plan p = { .buf = buf, .seg_size = seg_size, .nsegs = nsegs, .last_size = last_size, .one_dst = &dst };
@@ -433,12 +443,9 @@ int ainftp_udp_sendmmsg(int fd, const uint32_t *dst_ips_be, const uint16_t *dst_
 int ainftp_udp_send_each(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uint8_t *buf,
 			 uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
 {
-	if (fd < 0)
-		return -EBADF;
-	if (nsegs == 0)
-		return 0;
-	if (!buf || seg_size == 0 || seg_size > UDP_MAX_PAYLOAD || last_size == 0 || last_size > seg_size)
-		return -EINVAL;
+	int bad = check_layout(fd, buf, seg_size, nsegs, last_size);
+	if (bad <= 0)
+		return bad;
 	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons(dst_port) };
 	dst.sin_addr.s_addr = dst_ip_be;
 	int64_t deadline = 0;

@@ -9,7 +9,7 @@ import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { COUNTERS, EV_SLOT_COMPLETE, PKT_CONTRIB, type Counters } from "../src/abi.ts";
 import { datagram } from "../src/packet.ts";
-import { ROOT, canUseNetns, createLab, must, sh, until, type Lab } from "./helpers/netns.ts";
+import { ROOT, canUseNetns, createLab, lineReader, must, sh, until, type Lab } from "./helpers/netns.ts";
 import { mulberry32 } from "../src/random.ts";
 
 const IF = "eth0";
@@ -179,24 +179,6 @@ function status(): any {
   return JSON.parse(r.stdout)[0];
 }
 
-/** Reads stdout of p up to the first newline. */
-async function readLine(p: Bun.Subprocess<"pipe", "pipe", "pipe">, timeoutMs = 10_000): Promise<string> {
-  const reader = p.stdout.getReader();
-  let text = "";
-  const timer = setTimeout(() => p.kill(9), timeoutMs);
-  try {
-    while (!text.includes("\n")) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      text += new TextDecoder().decode(value);
-    }
-  } finally {
-    clearTimeout(timer);
-    reader.releaseLock();
-  }
-  if (!text.includes("\n")) throw new Error(`probe ended early: ${text}${await new Response(p.stderr).text()}`);
-  return text.slice(0, text.indexOf("\n"));
-}
 
 function bpftoolJson(args: string[]): any | null {
   const r = sh(["bpftool", "-j", ...args]);
@@ -232,8 +214,9 @@ async function scenario(mode: "native" | "generic", seed: number): Promise<void>
 
   // -- probe: the event ring is open before any traffic ------------------------
   const probe = lab.spawn("host", ["bun", join(lab.tmp, "probe.ts"), pinDir, host.addr, String(2 * CHUNKS), String(TCP_PORT), String(PORT), String(OTHER_PORT)]);
+  const probeLines = lineReader(probe);
   try {
-    expect(await readLine(probe)).toBe("ready");
+    expect(await probeLines.next()).toBe("ready");
 
     // -- ordinary traffic passes: TCP from both workers to the host -------------
     const tcp = () => Promise.all(["w1", "w2"].map(async (w) => {
@@ -287,7 +270,7 @@ async function scenario(mode: "native" | "generic", seed: number): Promise<void>
     // -- what the probe saw -----------------------------------------------------------
     probe.stdin.write("go\n");
     probe.stdin.flush();
-    const report = JSON.parse(await readLine(probe));
+    const report = JSON.parse(await probeLines.next());
     expect(await probe.exited).toBe(0);
 
     const slots = [...round0, ...round1];

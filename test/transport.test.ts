@@ -13,7 +13,7 @@ import { AinftpError } from "../src/errors.ts";
 import {
   UDP_MAX_PAYLOAD, UdpEndpoint, be32ToIpv4, ipv4ToBe32, resetSyscallCounters, syscallCounters,
 } from "../src/transport.ts";
-import { ROOT, canUseNetns, createLab, must, type Lab } from "./helpers/netns.ts";
+import { ROOT, canUseNetns, createLab, lineReader, must, type Lab } from "./helpers/netns.ts";
 
 // ---- datagrams that say who they are ---------------------------------------------
 
@@ -414,23 +414,6 @@ describe.skipIf(!kernel)("UDP GSO across a veth pair between two network namespa
     expect(lab.linkInfo("b", "eth0").mtu).toBe(mtu);
   }
 
-  async function readLine(p: Bun.Subprocess<"pipe", "pipe", "pipe">): Promise<string> {
-    const reader = p.stdout.getReader();
-    let text = "";
-    const timer = setTimeout(() => p.kill(9), 10_000);
-    try {
-      while (!text.includes("\n")) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += new TextDecoder().decode(value);
-      }
-    } finally {
-      clearTimeout(timer);
-      reader.releaseLock();
-    }
-    if (!text.includes("\n")) throw new Error(`receiver ended early: ${text}${await new Response(p.stderr).text()}`);
-    return text.slice(0, text.indexOf("\n"));
-  }
 
   function send(dst: string, n: number, seg: number, last: number, seed: number): any {
     const r = lab.run("a", [process.execPath, join(lab.tmp, "sender.ts"), lab.node("a").addr, dst, String(PORT), String(n), String(seg), String(last), String(seed)]);
@@ -442,10 +425,11 @@ describe.skipIf(!kernel)("UDP GSO across a veth pair between two network namespa
   async function transfer(n: number, seg: number, last: number, seed: number): Promise<{ tx: any; rx: any }> {
     const b = lab.node("b");
     const p = lab.spawn("b", [process.execPath, join(lab.tmp, "receiver.ts"), b.addr, String(PORT), String(n), String(seed)]);
+    const lines = lineReader(p);
     try {
-      expect(await readLine(p)).toBe("ready");
+      expect(await lines.next()).toBe("ready");
       const tx = send(b.addr, n, seg, last, seed);
-      const rx = JSON.parse(await readLine(p));
+      const rx = JSON.parse(await lines.next());
       expect(await p.exited).toBe(0);
       return { tx, rx };
     } finally {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { NodeReport } from "../src/node.ts";
-import { BIN, ROOT, canUseNetns, createLab, ensureBuilt, type Lab } from "./helpers/netns.ts";
+import { BIN, ROOT, canUseNetns, createLab, ensureBuilt, lineReader, type Lab } from "./helpers/netns.ts";
 
 const kernel = canUseNetns();
 if (!kernel) console.warn("[xsk] SKIPPED: needs root for network namespaces, XDP and AF_XDP");
@@ -85,15 +85,8 @@ describe.skipIf(!kernel)("AF_XDP result path (root, network namespaces)", () => 
     expect(lab.ainftp("a", ["attach", IF, "--workers", "2", "--chunks", "4"]).code).toBe(0);
     try {
       const rx = lab.spawn("a", ["bun", join(lab.tmp, "receiver.ts"), lab.pinDir("a", IF), IF, String(copies * 3), "30000"]);
-      const reader = rx.stdout.getReader();
-      const dec = new TextDecoder();
-      let text = "";
-      while (!text.includes("\n")) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += dec.decode(value);
-      }
-      expect(text).toStartWith("ready copy"); // veth has no zero-copy AF_XDP
+      const lines = lineReader(rx);
+      expect(await lines.next(15_000)).toBe("ready copy"); // veth has no zero-copy AF_XDP
       const send = async (n: number, round: number) => {
         const tx = lab.spawn("b", ["bun", join(lab.tmp, "sender.ts"), lab.node("a").addr, String(n), String(round)]);
         const out = (await new Response(tx.stdout).text()).trim();
@@ -102,17 +95,9 @@ describe.skipIf(!kernel)("AF_XDP result path (root, network namespaces)", () => 
       };
       const sent = await send(copies, 0);
       // round 1 once the receiver has drained round 0
-      while (!text.includes("round1\n")) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += dec.decode(value);
-      }
+      expect(await lines.next(60_000)).toBe("round1");
       expect(await send(1, 1)).toBe(3);
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += dec.decode(value);
-      }
+      const text = await lines.rest();
       const code = await rx.exited;
       expect(code, await new Response(rx.stderr).text()).toBe(0);
       const r = JSON.parse(text.trim().split("\n").at(-1)!);

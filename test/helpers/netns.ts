@@ -296,3 +296,43 @@ export async function until<T>(f: () => T, timeoutMs = 3000, everyMs = 25): Prom
   }
   return v;
 }
+
+/** Reads a subprocess's stdout line by line (keeping what follows a line for
+ * the next call); kills the process if a line takes longer than timeoutMs. */
+export function lineReader(p: Bun.Subprocess<"pipe", "pipe", "pipe">) {
+  const reader = p.stdout.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  let ended = false;
+  return {
+    /** The next line (without "\n"); throws if stdout ends first. */
+    async next(timeoutMs = 10_000): Promise<string> {
+      const timer = setTimeout(() => p.kill(9), timeoutMs);
+      try {
+        while (!buf.includes("\n") && !ended) {
+          const { value, done } = await reader.read();
+          if (done) ended = true;
+          else buf += dec.decode(value, { stream: true });
+        }
+      } finally {
+        clearTimeout(timer);
+      }
+      const at = buf.indexOf("\n");
+      if (at < 0) throw new Error(`process ended before a full line: ${buf}${await new Response(p.stderr).text()}`);
+      const line = buf.slice(0, at);
+      buf = buf.slice(at + 1);
+      return line;
+    },
+    /** Everything left, once the process has ended. */
+    async rest(): Promise<string> {
+      while (!ended) {
+        const { value, done } = await reader.read();
+        if (done) ended = true;
+        else buf += dec.decode(value, { stream: true });
+      }
+      const r = buf;
+      buf = "";
+      return r;
+    },
+  };
+}
