@@ -37,6 +37,10 @@ import { XskSocket } from "./xsk.ts";
 const HDR = SIZEOF.ainftp_wire_hdr;
 /** Payload bytes of one control packet (exponents per packet). */
 const CTRL_PAYLOAD = 1400;
+/** Fast retransmit: a result this many positions behind the furthest result
+ * of the same owner, and missing for GAP_MS (doubling per try), is lost. */
+const GAP_BEHIND = 2;
+const GAP_MS = 4;
 /** Chunks packed and sent per owner before moving to the next owner. */
 const SEND_PIECE = 44;
 
@@ -140,8 +144,15 @@ interface RoundState {
   ownerOffset: number[]; // byte offset of each owner's region
   ownerChunks: Uint32Array[];
   ownBuf: Uint8Array; // own chunks' packets (own quantized values)
-  /** rx "xsk": results already dequantized into `out`, by chunk. */
+  /** Results that arrived, by chunk (rx "xsk": already dequantized into `out`). */
   xdone: Uint8Array;
+  /** Per chunk: when it was last sent, and how often it was sent again. */
+  sentAt: Float64Array;
+  tries: Uint8Array;
+  /** Per owner: first list position whose result is missing, and the
+   * furthest position with a result (a gap behind it means a loss). */
+  lowest: number[];
+  furthest: number[];
   out: Float32Array;
 }
 
@@ -486,7 +497,9 @@ export class Communicator implements Disposable {
         this.lastYield = performance.now();
         if (this.closed) throw new AinftpError(`round ${r}`, "communicator closed during the round");
       }
-      const gone = [...this.left].filter(([, upTo]) => upTo <= r).map(([p]) => p);
+      // a member that left after finishing this round can no longer resend
+      // its results: if we still lack some, fail now rather than at the deadline
+      const gone = [...this.left].filter(([p, upTo]) => upTo <= r || (st.sent && this.lacksResultsFrom(st, bankBase, p))).map(([p]) => p);
       if (gone.length)
         throw new RoundError(`round ${r}`, `${describeRanks(gone, this.peers)} left the job before finishing this round`, gone,
           "every member must call allreduce the same number of times; restart the job with the remaining members");
@@ -521,6 +534,7 @@ export class Communicator implements Disposable {
       const progress = st.resultsSeen + st.ownedDoneCount + st.pending.length;
       this.drainEvents(st, bankBase);
       if (this.xsk) this.drainXsk(st);
+      if (st.sent) this.retransmitGaps(st);
       if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
         // results are flowing: nothing is lost yet, restart the timer
         interval = this.o.retransmitMs;
@@ -577,6 +591,8 @@ export class Communicator implements Disposable {
       header: new Uint8Array(HDR), seed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
       sendBuf: this.scratch("send", off), ownerOffset, ownerChunks, ownBuf: this.scratch("own", owned.length * this.seg),
       xdone: this.scratch("xdone", nchunks).fill(0), out,
+      sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks),
+      lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1),
     };
   }
 
@@ -616,6 +632,8 @@ export class Communicator implements Disposable {
         });
         const last = list[to - 1];
         this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, region, this.seg, to - from, HDR + 2 * st.counts[last]);
+        const now = performance.now();
+        for (let k = from; k < to; k++) st.sentAt[list[k]] = now;
         st.pos[o] = to;
         if (to < list.length && W - (to - st.acked[o]) > 0) more = true;
       }
@@ -654,9 +672,9 @@ export class Communicator implements Disposable {
             done[nd++] = chunk;
           }
         } else if (type === EV_RESULT) {
-          if (round === st.r) {
+          if (round === st.r && chunk < st.nchunks && !st.xdone[chunk]) {
             st.resultsSeen++;
-            st.acked[chunk % this.size]++;
+            this.gotResult(st, chunk);
           }
         }
       }
@@ -677,7 +695,45 @@ export class Communicator implements Disposable {
     if (n === 0) return;
     if (st.r > this.cfg.roundBase) this.advanceWindow(st.r); // a result of round r: everyone finished r-1
     st.resultsSeen += n;
-    for (let i = 0; i < Math.min(n, newly.length); i++) st.acked[newly[i] % this.size]++;
+    for (let i = 0; i < Math.min(n, newly.length); i++) this.gotResult(st, newly[i]);
+  }
+
+  /** Whether results of owner p are still missing (asked only once p has
+   * left; the results map, or the AF_XDP socket drained now, is the truth). */
+  private lacksResultsFrom(st: RoundState, bankBase: number, p: number): boolean {
+    if (this.xsk) this.drainXsk(st);
+    const m = this.missingResults(st, bankBase);
+    for (let i = 0; i < Math.min(m, this.capacity); i++) if (this.chunkList[i] % this.size === p) return true;
+    return false;
+  }
+
+  private gotResult(st: RoundState, chunk: number): void {
+    const o = chunk % this.size;
+    st.xdone[chunk] = 1;
+    st.acked[o]++;
+    const k = Math.floor(chunk / this.size);
+    if (k > st.furthest[o]) st.furthest[o] = k;
+  }
+
+  /** Fast retransmit: an owner completes slots in the order we (and every
+   * member) sent them, so a missing result well behind one that arrived
+   * means a lost packet. Send those chunks again now instead of waiting for
+   * the timer (which only fires when nothing at all moves). */
+  private retransmitGaps(st: RoundState): void {
+    const now = performance.now();
+    for (let o = 0; o < this.size; o++) {
+      if (o === this.rank) continue;
+      const list = st.ownerChunks[o];
+      while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
+      const upto = Math.min(st.pos[o], st.furthest[o] - GAP_BEHIND);
+      let late: number[] | null = null;
+      for (let k = st.lowest[o]; k < upto; k++) {
+        const c = list[k];
+        if (st.xdone[c] || now - st.sentAt[c] < GAP_MS * (1 << Math.min(st.tries[c], 5))) continue;
+        (late ??= []).push(c);
+      }
+      if (late) this.sendAgain(st, o, late);
+    }
   }
 
   /** Chunks whose result has not arrived (listed in this.chunkList); returns how many. */
@@ -747,18 +803,25 @@ export class Communicator implements Disposable {
       if (!l) byOwner.set(o, (l = []));
       l.push(c);
     }
-    for (const [o, list] of byOwner) {
-      const stage = new Uint8Array(list.length * this.seg);
-      list.forEach((c, i) => {
-        const k = Math.floor(c / this.size);
-        stage.set(st.sendBuf.subarray(st.ownerOffset[o] + k * this.seg, st.ownerOffset[o] + (k + 1) * this.seg), i * this.seg);
-      });
-      coll.ainftp_set_flags(stage, list.length, this.seg, F_RETRANSMIT);
-      // the short chunk, if any, is the owner's last: keep it last
-      const lastSize = HDR + 2 * st.counts[list[list.length - 1]];
-      this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, stage, this.seg, list.length, lastSize);
-      this.stats.retransmits += list.length;
-    }
+    for (const [o, list] of byOwner) this.sendAgain(st, o, list);
+  }
+
+  /** Sends the listed chunks (all owned by o, in order) to o again, flagged as
+   * retransmissions so a completed slot answers with its stored result. */
+  private sendAgain(st: RoundState, o: number, list: number[]): void {
+    const stage = new Uint8Array(list.length * this.seg);
+    const now = performance.now();
+    list.forEach((c, i) => {
+      const k = Math.floor(c / this.size);
+      stage.set(st.sendBuf.subarray(st.ownerOffset[o] + k * this.seg, st.ownerOffset[o] + (k + 1) * this.seg), i * this.seg);
+      st.sentAt[c] = now;
+      if (st.tries[c] < 255) st.tries[c]++;
+    });
+    coll.ainftp_set_flags(stage, list.length, this.seg, F_RETRANSMIT);
+    // the short chunk, if any, is the owner's last: keep it last
+    const lastSize = HDR + 2 * st.counts[list[list.length - 1]];
+    this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, stage, this.seg, list.length, lastSize);
+    this.stats.retransmits += list.length;
   }
 
   /** The round missed its deadline: say who is missing. */
@@ -819,9 +882,10 @@ export class Communicator implements Disposable {
   }
 
   /** Leaves the job: tells the peers, then keeps serving resend requests
-   * until every peer has left too (or lingerMs passes), so a peer that lost
-   * one of our results can still finish its last round. */
-  close(lingerMs = 2000): void {
+   * until every peer has left too (or lingerMs passes, by default the round
+   * bound), so a peer that lost one of our results can still finish its
+   * last round. */
+  close(lingerMs = this.o.roundTimeoutMs): void {
     if (this.closed) return;
     this.closed = true;
     try {
