@@ -434,7 +434,10 @@ export class Communicator implements Disposable {
 
   /** Sums x over every member, in place (or into out). `mean` divides by the
    * member count. Resolves when the result is complete on this host. */
-  async allreduce(x: Float32Array, opts: { op?: "sum" | "mean"; out?: Float32Array } = {}): Promise<RoundReport[]> {
+  async allreduce(
+    x: Float32Array,
+    opts: { op?: "sum" | "mean"; out?: Float32Array; /** first retransmission after this long (default: the communicator's) */ retransmitMs?: number } = {},
+  ): Promise<RoundReport[]> {
     if (this.closed) throw new AinftpError("allreduce", "communicator is closed");
     const out = opts.out ?? x;
     if (out.length !== x.length) throw new AinftpError("allreduce", `out has ${out.length} elements, x has ${x.length}`);
@@ -443,13 +446,13 @@ export class Communicator implements Disposable {
     for (let off = 0; off < x.length || (off === 0 && x.length === 0); off += per) {
       if (x.length === 0) break;
       const end = Math.min(x.length, off + per);
-      reports.push(await this.round(x.subarray(off, end), out.subarray(off, end)));
+      reports.push(await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs));
     }
     if (opts.op === "mean") for (let i = 0; i < out.length; i++) out[i] /= this.size;
     return reports;
   }
 
-  private async round(x: Float32Array, out: Float32Array): Promise<RoundReport> {
+  private async round(x: Float32Array, out: Float32Array, retransmitMs: number): Promise<RoundReport> {
     const t0 = performance.now();
     const r = this.nextRound++;
     this.o.onRoundStart?.(r);
@@ -485,7 +488,7 @@ export class Communicator implements Disposable {
     const bank = r & 1;
     const bankBase = bank * this.cfg.chunks;
     const deadline = t0 + this.o.roundTimeoutMs;
-    let interval = this.o.retransmitMs;
+    let interval = retransmitMs;
     let nextRetx = performance.now() + interval;
     const ringFd = this.ring.epollFd();
     const sockFd = this.sock.fd;
@@ -497,9 +500,9 @@ export class Communicator implements Disposable {
         this.lastYield = performance.now();
         if (this.closed) throw new AinftpError(`round ${r}`, "communicator closed during the round");
       }
-      // a member that left after finishing this round can no longer resend
-      // its results: if we still lack some, fail now rather than at the deadline
-      const gone = [...this.left].filter(([p, upTo]) => upTo <= r || (st.sent && this.lacksResultsFrom(st, bankBase, p))).map(([p]) => p);
+      // a member that finished this round and said so still lingers (close)
+      // to resend results we may lack; one that had not finished it is gone
+      const gone = [...this.left].filter(([, upTo]) => upTo <= r).map(([p]) => p);
       if (gone.length)
         throw new RoundError(`round ${r}`, `${describeRanks(gone, this.peers)} left the job before finishing this round`, gone,
           "every member must call allreduce the same number of times; restart the job with the remaining members");
@@ -537,7 +540,7 @@ export class Communicator implements Disposable {
       if (st.sent) this.retransmitGaps(st);
       if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
         // results are flowing: nothing is lost yet, restart the timer
-        interval = this.o.retransmitMs;
+        interval = retransmitMs;
         nextRetx = performance.now() + interval;
       }
       if (st.sent) this.pump(st, x);
@@ -696,15 +699,6 @@ export class Communicator implements Disposable {
     if (st.r > this.cfg.roundBase) this.advanceWindow(st.r); // a result of round r: everyone finished r-1
     st.resultsSeen += n;
     for (let i = 0; i < Math.min(n, newly.length); i++) this.gotResult(st, newly[i]);
-  }
-
-  /** Whether results of owner p are still missing (asked only once p has
-   * left; the results map, or the AF_XDP socket drained now, is the truth). */
-  private lacksResultsFrom(st: RoundState, bankBase: number, p: number): boolean {
-    if (this.xsk) this.drainXsk(st);
-    const m = this.missingResults(st, bankBase);
-    for (let i = 0; i < Math.min(m, this.capacity); i++) if (this.chunkList[i] % this.size === p) return true;
-    return false;
   }
 
   private gotResult(st: RoundState, chunk: number): void {

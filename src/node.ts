@@ -12,6 +12,9 @@ import { Arena } from "./arena.ts";
 import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
 
+/** First retransmission of a barrier round: long, a member may be verifying. */
+const BARRIER_PATIENCE_MS = 300;
+
 /** UMEM of the AF_XDP path: 4096 frames of 4 KB (the fill ring holds 2048). */
 const UMEM_BYTES = 16 << 20;
 
@@ -183,8 +186,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     for (let r = 0; r < o.rounds; r++) {
       coll.ainftp_synth(seed, o.rank, r, 1, x, n);
       // a barrier round, so a rank still verifying the last round does not
-      // count against this one
-      await comm.allreduce(barrier);
+      // count against this one; patient, since waiting for a slow verifier
+      // is no loss worth a retransmission
+      await comm.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS });
       const s0 = combine(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t = performance.now();
@@ -196,7 +200,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       for (const k of Object.keys(timedCnt) as (keyof Counters)[]) timedCnt[k] += c1[k] - c0[k];
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
-      await comm.allreduce(barrier);
+      await comm.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS });
       if (o.verify) {
         const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
         maxErr = Math.max(maxErr, err);
