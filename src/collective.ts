@@ -23,7 +23,7 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, CTRL_BYE, CTRL_EXPS, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
   F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
@@ -41,6 +41,8 @@ const CTRL_PAYLOAD = 1400;
  * of the same owner, and missing for GAP_MS (doubling per try), is lost. */
 const GAP_BEHIND = 2;
 const GAP_MS = 4;
+/** At a deadline, how long owners get to say whom they wait for. */
+const STATUS_WAIT_MS = 300;
 /** Chunks packed and sent per owner before moving to the next owner. */
 const SEND_PIECE = 44;
 
@@ -186,6 +188,8 @@ export class Communicator implements Disposable {
   private lastYield = performance.now();
   /** The AF_XDP socket results arrive on (rx "xsk"), else null. */
   readonly xsk: XskSocket | null = null;
+  /** Answers to our CTRL_STATUS_REQ: owner rank → mask of ranks it lacks. */
+  private statusAnswers = new Map<number, bigint>();
   /** Ranks that left, with the first round each did not complete. */
   private left = new Map<number, number>();
 
@@ -399,6 +403,16 @@ export class Communicator implements Disposable {
       // a host of another job greeting us: tell it (it fails its open), carry on
       if (!h.member || new TextDecoder().decode(h.payload) !== this.fingerprint()) void this.mismatch(h);
       else if (h.flags & 1) this.sendControl(h.rank, CTRL_HELLO, this.cfg.roundBase, 0, 0, new TextEncoder().encode(this.fingerprint()));
+    } else if (h.kind === CTRL_STATUS_REQ) {
+      // a member at its deadline asks whom we wait for in this round
+      // (our answer also tells it that we are alive)
+      if (st && h.round === st.r) {
+        const b = new Uint8Array(8);
+        new DataView(b.buffer).setBigUint64(0, this.waitingFor(st, (st.r & 1) * this.cfg.chunks), true);
+        this.sendControl(h.rank, CTRL_STATUS, st.r, 0, 0, b);
+      }
+    } else if (h.kind === CTRL_STATUS) {
+      if (h.payload.length === 8) this.statusAnswers.set(h.rank, new DataView(h.payload.buffer, h.payload.byteOffset, 8).getBigUint64(0, true));
     } else if (h.kind === CTRL_BYE) {
       // `round` is the first round the leaver did not complete
       this.left.set(h.rank, h.round);
@@ -518,7 +532,7 @@ export class Communicator implements Disposable {
         st.resultsSeen = nchunks - st.owned.length - missing; // events and map disagree: trust the map
       }
       const now = performance.now();
-      if (now >= deadline) this.fail(st, bankBase);
+      if (now >= deadline) await this.fail(st, bankBase);
       if (now >= nextRetx) {
         this.stats.timeouts++;
         this.retransmit(st, bankBase);
@@ -818,34 +832,77 @@ export class Communicator implements Disposable {
     this.stats.retransmits += list.length;
   }
 
-  /** The round missed its deadline: say who is missing. */
-  private fail(st: RoundState, bankBase: number): never {
-    const parts: string[] = [];
-    const missing = new Set<number>();
+  /** Ranks we wait for in this round: whose exponents we lack, or whose
+   * contributions our incomplete owned slots lack. */
+  private waitingFor(st: RoundState, bankBase: number): bigint {
+    let mask = 0n;
     if (!st.sent) {
-      const ranks = this.others().filter((p) => !st.haveExps[p]);
-      ranks.forEach((p) => missing.add(p));
-      parts.push(`no scale exponents from ${describeRanks(ranks, this.peers)}`);
+      for (const p of this.others()) if (!st.haveExps[p]) mask |= 1n << BigInt(p);
+      return mask;
+    }
+    for (let i = 0; i < st.owned.length; i++) {
+      const c = st.owned[i];
+      if (st.ownedDone[c]) continue;
+      const slot = this.maps.slot(bankBase + c);
+      const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
+      for (const p of this.others()) if (!(seen & (1n << BigInt(p)))) mask |= 1n << BigInt(p);
+    }
+    return mask;
+  }
+
+  /** The round missed its deadline: say who is missing. Every member is
+   * asked whom it waits for (and so shown alive), so that a live member
+   * blocked by a dead one is not blamed for it. */
+  private async fail(st: RoundState, bankBase: number): Promise<never> {
+    // whom we wait for, and for how many chunks
+    const waitsOn = new Map<number, string>();
+    if (!st.sent) {
+      for (const p of this.others()) if (!st.haveExps[p]) waitsOn.set(p, "its scale exponents");
     } else {
       const perRank = new Map<number, number>();
       for (let i = 0; i < st.owned.length; i++) {
         const c = st.owned[i];
         if (st.ownedDone[c]) continue;
-        const seen = this.maps.slot(bankBase + c);
-        const valid = seen.tag === st.r + 1 ? seen.seen : 0n;
-        for (const p of this.others()) if (!(valid & (1n << BigInt(p)))) perRank.set(p, (perRank.get(p) ?? 0) + 1);
+        const slot = this.maps.slot(bankBase + c);
+        const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
+        for (const p of this.others()) if (!(seen & (1n << BigInt(p)))) perRank.set(p, (perRank.get(p) ?? 0) + 1);
       }
-      for (const [p, k] of perRank) (missing.add(p), parts.push(`${describeRanks([p], this.peers)} sent nothing for ${k} of our chunks`));
+      for (const [p, k] of perRank) waitsOn.set(p, `its contributions to ${k} of our chunks`);
       const m = this.missingResults(st, bankBase);
       const owners = new Map<number, number>();
       for (let i = 0; i < Math.min(m, this.capacity); i++) {
         const o = this.chunkList[i] % this.size;
         if (o !== this.rank) owners.set(o, (owners.get(o) ?? 0) + 1);
       }
-      for (const [o, k] of owners) (missing.add(o), parts.push(`no results from owner ${describeRanks([o], this.peers)} for ${k} chunks`));
+      for (const [o, k] of owners) waitsOn.set(o, `${waitsOn.has(o) ? waitsOn.get(o) + " and " : ""}results for ${k} chunks`);
+    }
+    // ask everyone (answering their questions meanwhile)
+    this.statusAnswers.clear();
+    for (const p of this.others()) this.sendControl(p, CTRL_STATUS_REQ, st.r, 0, 0, new Uint8Array(0));
+    const until = performance.now() + STATUS_WAIT_MS;
+    while (performance.now() < until) {
+      coll.ainftp_wait2(this.sock.fd, -1, Math.max(1, Math.ceil(until - performance.now())));
+      this.drainControl(st);
+      await Bun.sleep(0);
+    }
+    const alive = new Set(this.statusAnswers.keys());
+    // the dead: silent members; failing that, whom the members we wait for wait on
+    const missing = new Set([...waitsOn.keys()].filter((p) => !alive.has(p)));
+    if (missing.size === 0)
+      for (const p of waitsOn.keys())
+        for (const q of this.others())
+          if (q !== p && (this.statusAnswers.get(p) ?? 0n) & (1n << BigInt(q))) missing.add(q);
+    if (missing.size === 0) for (const p of waitsOn.keys()) missing.add(p);
+    const parts: string[] = [];
+    for (const [p, what] of waitsOn) {
+      if (!alive.has(p)) parts.push(`${describeRanks([p], this.peers)} does not answer (we lack ${what})`);
+      else {
+        const its = this.others().filter((q) => q !== p && (this.statusAnswers.get(p)! & (1n << BigInt(q))));
+        parts.push(`${describeRanks([p], this.peers)} is alive but ${its.length ? `waits for ${describeRanks(its, this.peers)}` : "waits for no one"} (we lack ${what})`);
+      }
     }
     const ranks = [...missing].sort((a, b) => a - b);
-    throw new RoundError(`round ${st.r}`, `not complete after ${this.o.roundTimeoutMs} ms: ${parts.join("; ")}`, ranks,
+    throw new RoundError(`round ${st.r}`, `not complete after ${this.o.roundTimeoutMs} ms: missing ${describeRanks(ranks, this.peers)}; ${parts.join("; ")}`, ranks,
       "check that those members are running and attached; a member that died must be restarted with the whole job");
   }
 

@@ -66,6 +66,8 @@ enum ainftp_ctrl_kind {
 	AINFTP_CTRL_EXPS = 2,  /* a rank's per-chunk scale exponents (int8) for a round */
 	AINFTP_CTRL_EXPS_REQ = 3, /* "I lack your EXPS for this round": payload as EXPS */
 	AINFTP_CTRL_BYE = 4,   /* a rank is leaving: peers fail their round at once */
+	AINFTP_CTRL_STATUS_REQ = 5, /* at a deadline: "whom do you wait for in this round?" */
+	AINFTP_CTRL_STATUS = 6, /* the answer: payload = __u64 mask of ranks it lacks */
 };
 
 /* Header flags. */
