@@ -188,6 +188,10 @@ export class Communicator implements Disposable {
   private lastYield = performance.now();
   /** The AF_XDP socket results arrive on (rx "xsk"), else null. */
   readonly xsk: XskSocket | null = null;
+  /** The round base our program had before this job: every HELLO carries
+   * it (also replies sent after our handshake), so that every member
+   * computes the same first round from the same values. */
+  private readonly helloBase: number;
   /** Answers to our CTRL_STATUS_REQ: owner rank → mask of ranks it lacks. */
   private statusAnswers = new Map<number, bigint>();
   /** Ranks that left, with the first round each did not complete. */
@@ -202,11 +206,13 @@ export class Communicator implements Disposable {
     this.sock = sock;
     this.port = port;
     this.cfg = maps.config();
+    this.helloBase = this.cfg.roundBase;
     this.job = o.job ?? this.cfg.jobId;
     this.chunkElems = this.cfg.chunkElems;
     this.capacity = maps.chunks;
     this.seg = HDR + 2 * this.chunkElems;
     this.ring = maps.events();
+    while (this.ring.pollRaw(0) > 0); // events a previous job left behind
     this.accBase = maps.accBase();
     this.resBase = maps.resultsBase();
     this.resPkts = new Uint8Array(this.seg * this.capacity);
@@ -241,6 +247,8 @@ export class Communicator implements Disposable {
     try {
       const port = opts.port ?? pinnedPort(dir);
       sock = UdpEndpoint.open("0.0.0.0", port);
+      // a previous job's slots and results must not look like ours
+      maps.resetState();
       const c = new Communicator(o, maps, sock, port);
       if (o.rx === "xsk")
         (c as { xsk: XskSocket | null }).xsk = XskSocket.open({ iface: o.iface, xsksMapFd: maps.mapFd("xsks"), area: o.umem });
@@ -268,7 +276,7 @@ export class Communicator implements Disposable {
    * agrees the first round (above anything these hosts' programs saw). */
   private async handshake(): Promise<void> {
     const me = this.fingerprint();
-    const bases = new Map<number, number>([[this.rank, this.cfg.roundBase]]);
+    const bases = new Map<number, number>([[this.rank, this.helloBase]]);
     const deadline = performance.now() + this.o.openTimeoutMs;
     let nextSend = 0;
     // After spotting a different job we still greet everyone for a moment,
@@ -276,7 +284,7 @@ export class Communicator implements Disposable {
     let failure: AinftpError | null = null;
     let failAt = Infinity;
     const send = (to: number, wantReply: boolean) =>
-      this.sendControl(to, CTRL_HELLO, this.cfg.roundBase, wantReply ? 1 : 0, 0, new TextEncoder().encode(me));
+      this.sendControl(to, CTRL_HELLO, this.helloBase, wantReply ? 1 : 0, 0, new TextEncoder().encode(me));
     while (bases.size < this.size || failure) {
       const now = performance.now();
       if (failure && now > failAt) throw failure;
@@ -368,7 +376,7 @@ export class Communicator implements Disposable {
    * learns it too) and describe the difference. */
   private mismatch(h: { rank: number; from: string; payload: Uint8Array }): AinftpError {
     const me = this.fingerprint();
-    this.sendControlTo(h.from, CTRL_HELLO, this.cfg.roundBase, 0, 0, new TextEncoder().encode(me));
+    this.sendControlTo(h.from, CTRL_HELLO, this.helloBase, 0, 0, new TextEncoder().encode(me));
     const theirs = new TextDecoder().decode(h.payload);
     const who = this.peers.includes(h.from)
       ? `rank ${this.peers.indexOf(h.from)} (${h.from})`
@@ -402,7 +410,7 @@ export class Communicator implements Disposable {
     if (h.kind === CTRL_HELLO) {
       // a host of another job greeting us: tell it (it fails its open), carry on
       if (!h.member || new TextDecoder().decode(h.payload) !== this.fingerprint()) void this.mismatch(h);
-      else if (h.flags & 1) this.sendControl(h.rank, CTRL_HELLO, this.cfg.roundBase, 0, 0, new TextEncoder().encode(this.fingerprint()));
+      else if (h.flags & 1) this.sendControl(h.rank, CTRL_HELLO, this.helloBase, 0, 0, new TextEncoder().encode(this.fingerprint()));
     } else if (h.kind === CTRL_STATUS_REQ) {
       // a member at its deadline asks whom we wait for in this round
       // (our answer also tells it that we are alive)
@@ -940,13 +948,24 @@ export class Communicator implements Disposable {
     if (this.closed) return;
     this.closed = true;
     try {
-      for (const p of this.others()) this.sendControl(p, CTRL_BYE, this.nextRound, 0, 0, new Uint8Array(0));
+      const bye = (all = false) => {
+        for (const p of this.others()) if (all || !this.left.has(p)) this.sendControl(p, CTRL_BYE, this.nextRound, 0, 0, new Uint8Array(0));
+      };
+      bye();
       const end = performance.now() + lingerMs;
       const ringFd = this.ring.epollFd();
+      let again = performance.now() + 100;
       while (this.left.size < this.size - 1 && performance.now() < end) {
+        // a lost BYE must not keep a peer lingering for the whole bound
+        if (performance.now() >= again) (bye(), (again = performance.now() + 100));
         coll.ainftp_wait2(ringFd, this.sock.fd, Math.max(1, Math.ceil(Math.min(50, end - performance.now()))));
         this.drainControl(null);
         this.drainEvents(null, 0);
+      }
+      // peers that are lingering for us may have lost our BYE: say it twice more
+      for (let i = 0; i < 2; i++) {
+        Bun.sleepSync(30);
+        bye(true);
       }
     } catch {
       // leaving anyway

@@ -122,6 +122,23 @@ export abstract class ReflexMaps implements Disposable {
     );
   }
 
+  /** Forgets every slot and result a previous job left in these maps, so
+   * no stale round tag can ever match a round of the next job. */
+  resetState(): void {
+    const zero = new Uint8Array(SIZEOF.ainftp_slot);
+    const key = new Uint32Array(1);
+    for (let i = 0; i < BANKS * this.chunks; i++) {
+      key[0] = i;
+      check(libbpf.bpf_map_update_elem(this.mapFd("slots"), key, zero, 0n), "reset", `clearing slot ${i} failed`);
+    }
+    this.result(0);
+    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
+    const dv = new DataView(this.resBuf!);
+    for (let i = 0; i < BANKS * this.chunks; i++) dv.setUint32(i * stride, 0, true);
+    this.resetBank(0);
+    this.resetBank(1);
+  }
+
   /** Zeroes a bank's event counts (done by the round owner when it moves the window). */
   resetBank(bank: number): void {
     check(

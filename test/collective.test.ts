@@ -142,7 +142,7 @@ async function job(lab: Lab, nodes: string[], args: string[], o: { timeoutMs?: n
 
 function describeRun(r: Run): string {
   return `${r.node}: code ${r.code} signal ${r.signal} after ${r.ms.toFixed(0)} ms${r.timedOut ? " (killed: timed out)" : ""}\n` +
-    `  stderr: ${r.stderr.trim() || "-"}`;
+    `  stderr: ${r.stderr.trim() || "-"}` + (r.code !== 0 && r.stdout?.trim() ? `\n  stdout: ${r.stdout.trim().slice(0, 2000)}` : "");
 }
 
 /** Every rank finished, verified and agreed bit for bit. Returns the reports. */
