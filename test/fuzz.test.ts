@@ -70,15 +70,8 @@ class Rng {
 
 // ---- the model ------------------------------------------------------------------
 
-interface ModelSlot {
-  tag: number;
-  seen: bigint;
-  count: number;
-  contributors: number;
-  exp: number;
-  state: number;
-  completions: number;
-}
+/** The model's slot: the same fields as the kernel's (src/abi.ts). */
+type ModelSlot = SlotState;
 
 interface ModelResult {
   tag: number;
