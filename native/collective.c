@@ -158,20 +158,11 @@ uint32_t ainftp_gather_results(const uint8_t *res_base, uint32_t bank_base, uint
 	return bad;
 }
 
-int32_t ainftp_wait3(int fd_a, int fd_b, int fd_c, int timeout_ms);
-
 /*
- * Waits until fd_a or fd_b is readable (the event ring's epoll fd and the
- * control socket), at most timeout_ms. Returns a bitmask (1: a, 2: b), 0 on
- * timeout, or -errno.
+ * Waits until one of three fds is readable (the event ring's epoll fd, the
+ * control socket, the AF_XDP socket; -1 for none), at most timeout_ms.
+ * Returns a bitmask (1, 2, 4), 0 on timeout, or -errno.
  */
-int32_t ainftp_wait2(int fd_a, int fd_b, int timeout_ms)
-{
-	return ainftp_wait3(fd_a, fd_b, -1, timeout_ms);
-}
-
-/* The same for three fds (the third: the AF_XDP socket; -1 for none):
- * bit 4 for fd_c. */
 int32_t ainftp_wait3(int fd_a, int fd_b, int fd_c, int timeout_ms)
 {
 	struct pollfd p[3] = { { .fd = fd_a, .events = POLLIN }, { .fd = fd_b, .events = POLLIN },

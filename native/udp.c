@@ -377,6 +377,13 @@ static int gso_refusal(int err)
 	return err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP;
 }
 
+static struct sockaddr_in ipv4(uint32_t ip_be, uint16_t port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	a.sin_addr.s_addr = ip_be;
+	return a;
+}
+
 /* Checks a back-to-back datagram layout: 1 when it can be sent, 0 when
  * there is nothing to send, -errno when it is invalid. */
 static int check_layout(int fd, const uint8_t *buf, uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
@@ -402,8 +409,7 @@ int ainftp_udp_send_gso(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uin
 	int bad = check_layout(fd, buf, seg_size, nsegs, last_size);
 	if (bad <= 0)
 		return bad;
-	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons(dst_port) };
-	dst.sin_addr.s_addr = dst_ip_be;
+	struct sockaddr_in dst = ipv4(dst_ip_be, dst_port);
 	struct plan p = { .buf = buf, .seg_size = seg_size, .nsegs = nsegs, .last_size = last_size, .one_dst = &dst };
 	uint32_t per = UDP_MAX_PAYLOAD / seg_size;
 	if (per > GSO_MAX_SEGS)
@@ -446,8 +452,7 @@ int ainftp_udp_send_each(int fd, uint32_t dst_ip_be, uint16_t dst_port, const ui
 	int bad = check_layout(fd, buf, seg_size, nsegs, last_size);
 	if (bad <= 0)
 		return bad;
-	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons(dst_port) };
-	dst.sin_addr.s_addr = dst_ip_be;
+	struct sockaddr_in dst = ipv4(dst_ip_be, dst_port);
 	int64_t deadline = 0;
 	uint32_t i = 0;
 	while (i < nsegs) {

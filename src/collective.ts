@@ -320,8 +320,6 @@ export class Communicator implements Disposable {
     // programs have seen, so old slot and result tags can never match.
     const first = Math.max(...bases.values()) + 2;
     this.nextRound = first;
-    this.maps.resetBank(0);
-    this.maps.resetBank(1);
     // only members' addresses may speak for their ranks
     this.maps.setMemberAddrs(this.peers.map((p) => ipv4ToBe32(p)));
     this.cfg = {
@@ -889,7 +887,7 @@ export class Communicator implements Disposable {
     for (const p of this.others()) this.sendControl(p, CTRL_STATUS_REQ, st.r, 0, 0, new Uint8Array(0));
     const until = performance.now() + STATUS_WAIT_MS;
     while (performance.now() < until) {
-      coll.ainftp_wait2(this.sock.fd, -1, Math.max(1, Math.ceil(until - performance.now())));
+      coll.ainftp_wait3(this.sock.fd, -1, -1, Math.max(1, Math.ceil(until - performance.now())));
       this.drainControl(st);
       await Bun.sleep(0);
     }
@@ -958,7 +956,7 @@ export class Communicator implements Disposable {
       while (this.left.size < this.size - 1 && performance.now() < end) {
         // a lost BYE must not keep a peer lingering for the whole bound
         if (performance.now() >= again) (bye(), (again = performance.now() + 100));
-        coll.ainftp_wait2(ringFd, this.sock.fd, Math.max(1, Math.ceil(Math.min(50, end - performance.now()))));
+        coll.ainftp_wait3(ringFd, this.sock.fd, -1, Math.max(1, Math.ceil(Math.min(50, end - performance.now()))));
         this.drainControl(null);
         this.drainEvents(null, 0);
       }

@@ -20,7 +20,7 @@ describe("baseline runner, no privileges", () => {
     expect(parseSize("16MiB")).toBe(16 << 20);
     expect(parseSize("4096")).toBe(4096);
     expect(() => parseSize("3")).toThrow(/multiple of 4/);
-    expect(() => parseSize("1 parsec")).toThrow(/bad size/);
+    expect(() => parseSize("1 parsec")).toThrow(/is not a size/);
   });
 
   test("an n/a row says which package to install", () => {

@@ -28,6 +28,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseNetns, createLab, must, sh, type Lab } from "../../test/helpers/netns.ts";
+import { formatSize, parseSize as parseBytes } from "../../src/units.ts";
 
 export type BaselineSystem = "gloo" | "mpi";
 export const SYSTEMS: readonly BaselineSystem[] = ["gloo", "mpi"];
@@ -116,23 +117,11 @@ const INSTALL_MPI = "apt-get install -y openmpi-bin libopenmpi-dev";
 
 // ---- sizes and statistics ------------------------------------------------------
 
-const UNITS: Record<string, number> = {
-  "": 1, b: 1, k: 1024, kib: 1024, kb: 1000, m: 1 << 20, mib: 1 << 20, mb: 1e6, g: 1 << 30, gib: 1 << 30, gb: 1e9,
-};
-
-/** "64KiB" → 65536; "1MiB,16MiB" is split by the caller. Binary units for K/M/G and KiB/MiB/GiB, decimal for KB/MB/GB. */
+/** Bytes of a size as users write them (src/units.ts), which must hold whole float32s. */
 export function parseSize(s: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(s);
-  const unit = m ? UNITS[m[2].toLowerCase()] : undefined;
-  if (!m || unit === undefined) throw new Error(`bad size ${JSON.stringify(s)} (examples: 65536, 64KiB, 1MiB)`);
-  const v = Number(m[1]) * unit;
-  if (!Number.isInteger(v) || v <= 0 || v % 4) throw new Error(`size ${s} = ${v} bytes: must be a positive multiple of 4 (float32)`);
+  const v = parseBytes(s, "--size");
+  if (v % 4) throw new Error(`size ${s} = ${v} bytes: must be a multiple of 4 (float32)`);
   return v;
-}
-
-export function formatSize(b: number): string {
-  for (const [u, n] of [["GiB", 1 << 30], ["MiB", 1 << 20], ["KiB", 1024]] as const) if (b >= n && b % n === 0) return `${b / n}${u}`;
-  return `${b}B`;
 }
 
 /** Linear interpolation between closest ranks (numpy's default), as the rank programs. */
