@@ -15,7 +15,7 @@
 //   repeat=1 time, printed too), so this is an upper bound.
 // The duplicate and pass paths are measured with a large `repeat`.
 import Table from "cli-table3";
-import { MAX_ELEMS, ELEMS_MTU1500, MAX_WORKERS, PKT_CONTRIB, PKT_RESULT, allMembers } from "../src/abi.ts";
+import { CFG_SENTRY, MAX_ELEMS, ELEMS_MTU1500, MAX_WORKERS, PKT_CONTRIB, PKT_RESULT, allMembers } from "../src/abi.ts";
 import { datagram, frame } from "../src/packet.ts";
 import { ReflexObject } from "../src/reflex.ts";
 
@@ -34,6 +34,8 @@ interface Row {
   nsPerPacketMean: number;
   nsPerPacketP99: number;
   nsPerElement: number | null;
+  /** The sentry's extra time per packet against the same packets without it, in %. */
+  sentryExtraPct?: number;
 }
 
 function stats(name: string, frameBytes: number, elements: number, ns: number[]): Row {
@@ -121,8 +123,25 @@ async function main() {
       });
       progress(`sustained contributions, ${elems} elements`);
       const f = frame(datagram({ type: PKT_CONTRIB, jobId: 1, round: 0, chunk: 0, rank: 0 }, randomValues(elems, 7)));
-      rows.push(repeated(s, "contribution, sustained (summed each run)", f, elems));
-      if (s.counters().summed < 20 * 100_000) throw new Error("sustained run did not sum every packet");
+      // the sentry off and on (a gate that accepts every energy), runs
+      // interleaved so both see the same machine
+      const base = s.config();
+      const gates = s.gates();
+      gates[0] = -(2 ** 31);
+      gates[1] = 2 ** 31 - 1;
+      const off: number[] = [];
+      const on: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        s.setConfig({ ...base, flags: 0 });
+        off.push(s.testRun(f, 100_000).ns);
+        s.setConfig({ ...base, flags: CFG_SENTRY });
+        on.push(s.testRun(f, 100_000).ns);
+      }
+      const plain = { ...stats("contribution, sustained (summed each run)", f.length, elems, off), packets: 20 * 100_000 };
+      const sentry = { ...stats("contribution, sustained, sentry on", f.length, elems, on), packets: 20 * 100_000 };
+      sentry.sentryExtraPct = Math.round(1000 * (sentry.nsPerPacketMedian / plain.nsPerPacketMedian - 1)) / 10;
+      rows.push(plain, sentry);
+      if (s.counters().summed < 40 * 100_000) throw new Error("sustained run did not sum every packet");
     }
     using r = await ReflexObject.load({ chunks: CHUNKS });
     r.setConfig({
@@ -150,11 +169,11 @@ async function main() {
     return;
   }
   const t = new Table({
-    head: ["case", "frame B", "elems", "packets", "ns/pkt median", "ns/pkt mean", "ns/pkt p99", "ns/elem (mean)"],
+    head: ["case", "frame B", "elems", "packets", "ns/pkt median", "ns/pkt mean", "ns/pkt p99", "ns/elem (mean)", "sentry extra"],
     style: { head: [], border: [] },
   });
   for (const x of rows)
-    t.push([x.case, x.frameBytes, x.elements || "-", x.packets, x.nsPerPacketMedian, x.nsPerPacketMean, x.nsPerPacketP99, x.nsPerElement ?? "-"]);
+    t.push([x.case, x.frameBytes, x.elements || "-", x.packets, x.nsPerPacketMedian, x.nsPerPacketMean, x.nsPerPacketP99, x.nsPerElement ?? "-", x.sentryExtraPct === undefined ? "" : `${x.sentryExtraPct}%`]);
   console.log("XDP program micro-benchmark (BPF_PROG_TEST_RUN; kernel-measured time per run, no syscall cost)");
   console.log(t.toString());
   const sus = rows.find((x) => x.elements === ELEMS_MTU1500 && x.case.includes("sustained"))!;

@@ -89,6 +89,32 @@ struct {
 	__type(value, struct ainftp_counters);
 } counters SEC(".maps");
 
+/* The sentry's band of accepted energies per chunk; written by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1024); /* resized by the loader to chunks */
+	__type(key, __u32);
+	__type(value, struct ainftp_gate);
+} sentry_gate SEC(".maps");
+
+/* Every contributor's energy per slot (same index as slots), for userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, AINFTP_BANKS * 1024);
+	__type(key, __u32);
+	__type(value, struct ainftp_obs);
+} sentry_obs SEC(".maps");
+
+/* Accepted and rejected contributions per rank, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, AINFTP_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, struct ainftp_sentry_worker);
+} sentry_workers SEC(".maps");
+
 /* Per-CPU copy of a contribution's payload, taken before the slot lock
  * (helpers cannot run under it) and zero-padded to a multiple of 4. */
 struct scratch {
@@ -187,6 +213,49 @@ static __always_inline void sum_into(__u64 *dst, const struct scratch *in, __u32
 	}
 }
 
+/* 16 * log2(x) for x > 0, the mantissa's four bits below the leading one
+ * read as a linear fraction (error under 1.4 sixteenths). src/sentry/energy.ts
+ * computes the same function. Global functions are verified once, on their
+ * own: inlined, their branches would multiply the main program's states. */
+__noinline __s32 ainftp_log2_q4(__u64 x)
+{
+	__u64 v = x;
+	__s32 n = 0;
+	if (v >> 32) { v >>= 32; n += 32; }
+	if (v >> 16) { v >>= 16; n += 16; }
+	if (v >> 8) { v >>= 8; n += 8; }
+	if (v >> 4) { v >>= 4; n += 4; }
+	if (v >> 2) { v >>= 2; n += 2; }
+	if (v >> 1) { n += 1; }
+	__u32 frac = n >= 4 ? (x >> (n - 4)) & 15 : (x << (4 - n)) & 15;
+	return n * 16 + (__s32)frac;
+}
+
+/* A contribution's energy, 16 * log2(mean q^2 * 4^exp), over
+ * AINFTP_SENTRY_SAMPLES elements at a random phase of an even stride: a
+ * sender cannot know which of its elements are looked at. */
+__noinline __s32 ainftp_sentry_energy(const struct scratch *in, __u32 count, __s32 exp)
+{
+	if (!in || count == 0)
+		return AINFTP_ENERGY_ZERO;
+	__u32 m = count < AINFTP_SENTRY_SAMPLES ? count : AINFTP_SENTRY_SAMPLES;
+	__u32 stride = count / m;
+	__u32 pos = bpf_get_prandom_u32() % stride;
+	__u64 s = 0;
+	for (__u32 i = 0; i < AINFTP_SENTRY_SAMPLES; i++) {
+		__u32 at = pos;
+		opaque(at);
+		if (i >= m || at >= AINFTP_MAX_ELEMS)
+			break;
+		__s64 q = in->v[at];
+		s += q * q;
+		pos += stride;
+	}
+	if (s == 0)
+		return AINFTP_ENERGY_ZERO;
+	return ainftp_log2_q4(s) - ainftp_log2_q4(m) + 32 * exp;
+}
+
 static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct ainftp_config *cfg,
 				      const struct ainftp_wire_hdr *h, struct xdp_md *ctx,
 				      __u32 payload_off, __u32 idx)
@@ -222,6 +291,23 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	if (pad + 2 < AINFTP_MAX_ELEMS)
 		in->v[pad + 2] = 0;
 
+	/* The sentry judges before the lock. The energy is recorded before the
+	 * lock too: the slot cannot complete (and userspace read it) before
+	 * this rank's `seen` bit is set under the lock, after this store. Only
+	 * `reject` lives on, so the verifier still walks the sum loop once. */
+	int reject = 0;
+	if (cfg->flags & AINFTP_CFG_SENTRY) {
+		__s32 energy = ainftp_sentry_energy(in, count, h->exp);
+		__u32 chunk = h->chunk;
+		struct ainftp_gate *gate = bpf_map_lookup_elem(&sentry_gate, &chunk);
+		reject = gate && gate->lo < gate->hi && (energy < gate->lo || energy > gate->hi);
+		struct ainftp_obs *obs = bpf_map_lookup_elem(&sentry_obs, &idx);
+		if (obs) {
+			obs->tag = round + 1;
+			obs->energy[rank & (AINFTP_MAX_WORKERS - 1)] = energy < -32768 ? -32768 : energy > 32767 ? 32767 : energy;
+		}
+	}
+
 	int outcome = AINFTP_CNT_SUMMED, complete = 0, resend = 0;
 	__u16 contributors = 0;
 	bpf_spin_lock(&slot->lock);
@@ -232,6 +318,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		}
 		slot->tag = round + 1;
 		slot->seen = 0;
+		slot->rejected = 0;
 		slot->contributors = 0;
 		slot->count = count;
 		slot->exp = h->exp;
@@ -249,9 +336,16 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		outcome = AINFTP_CNT_MAL_SCALE; /* cannot sum integers of different scales */
 		goto unlock;
 	}
-	sum_into((__u64 *)sums->v, in, count, slot->contributors == 0);
 	slot->seen |= bit;
-	contributors = ++slot->contributors;
+	if (reject) {
+		/* seen but not summed: the slot completes without it */
+		outcome = AINFTP_CNT_SENTRY_REJECTED;
+		slot->rejected |= bit;
+		contributors = slot->contributors;
+	} else {
+		sum_into((__u64 *)sums->v, in, count, slot->contributors == 0);
+		contributors = ++slot->contributors;
+	}
 	if ((slot->seen & cfg->member_mask) == cfg->member_mask) {
 		slot->state = AINFTP_SLOT_COMPLETE;
 		slot->completions++;
@@ -261,15 +355,24 @@ unlock:
 	bpf_spin_unlock(&slot->lock);
 
 	cnt->c[outcome]++;
+	if ((outcome == AINFTP_CNT_SUMMED || outcome == AINFTP_CNT_SENTRY_REJECTED) && (cfg->flags & AINFTP_CFG_SENTRY)) {
+		struct ainftp_sentry_worker *w = bpf_map_lookup_elem(&sentry_workers, &rank);
+		if (w) {
+			if (outcome == AINFTP_CNT_SENTRY_REJECTED)
+				w->rejected++;
+			else
+				w->accepted++;
+		}
+	}
 	if (resend) {
 		cnt->c[AINFTP_CNT_RESEND_REQ]++;
 		emit_event(cnt, cfg, AINFTP_EV_RESEND, round, h->chunk, idx, rank);
 	}
-	if (outcome != AINFTP_CNT_SUMMED)
-		return XDP_DROP;
-	cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;
-	if (h->flags & AINFTP_F_SATURATED)
-		cnt->c[AINFTP_CNT_SATURATED]++;
+	if (outcome == AINFTP_CNT_SUMMED) {
+		cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;
+		if (h->flags & AINFTP_F_SATURATED)
+			cnt->c[AINFTP_CNT_SATURATED]++;
+	}
 	if (complete) {
 		cnt->c[AINFTP_CNT_COMPLETED]++;
 		emit_event(cnt, cfg, AINFTP_EV_SLOT_COMPLETE, round, h->chunk, idx, contributors);

@@ -11,6 +11,8 @@ export const MAX_ROUND = 0xfffffffe;
 export const ACC_BIAS = 32768;
 export const DEFAULT_PORT = 47000;
 export const DEFAULT_BATCH = 32;
+export const SENTRY_SAMPLES = 16;
+export const ENERGY_ZERO = -32768;
 export const MAGIC = 0x464e4941;
 export const VERSION = 1;
 
@@ -38,6 +40,8 @@ export const CTRL_EXPS_MAX = 7;
 export const CFG_CHECK_SOURCE = 0x1;
 /** Config flag: redirect result packets to the AF_XDP socket of their RX queue. */
 export const CFG_RESULTS_TO_XSK = 0x2;
+/** Config flag: drop contributions whose energy is outside their chunk's sentry gate. */
+export const CFG_SENTRY = 0x4;
 
 export const SLOT_EMPTY = 0;
 export const SLOT_FILLING = 1;
@@ -62,8 +66,11 @@ export const LAYOUT = {
   },
   ainftp_slot: {
     lock: [0, 4], tag: [4, 4], seen: [8, 8], count: [16, 2], contributors: [18, 2],
-    exp: [20, 2], state: [22, 2], completions: [24, 4], reserved: [28, 4],
+    exp: [20, 2], state: [22, 2], completions: [24, 4], reserved: [28, 4], rejected: [32, 8],
   },
+  ainftp_gate: { lo: [0, 4], hi: [4, 4] },
+  ainftp_obs: { tag: [0, 4], reserved: [4, 4], energy: [8, 2 * MAX_WORKERS] },
+  ainftp_sentry_worker: { accepted: [0, 8], rejected: [8, 8] },
   ainftp_acc: { v: [0, 4 * MAX_ELEMS] }, // biased, lane-interleaved: decodeSums()
   ainftp_result: {
     tag: [0, 4], count: [4, 2], contributors: [6, 2], exp: [8, 2], flags: [10, 2],
@@ -76,7 +83,10 @@ export const LAYOUT = {
 export const SIZEOF = {
   ainftp_wire_hdr: 32,
   ainftp_config: 40,
-  ainftp_slot: 32,
+  ainftp_slot: 40,
+  ainftp_gate: 8,
+  ainftp_obs: 8 + 2 * MAX_WORKERS,
+  ainftp_sentry_worker: 16,
   ainftp_acc: 4 * MAX_ELEMS,
   ainftp_result: 16 + 2 * MAX_ELEMS,
   ainftp_bank_state: 8,
@@ -92,6 +102,7 @@ export const COUNTERS = [
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
+  "sentry_rejected",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -134,6 +145,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   resend_req: "retransmitted contribution to a completed slot: result resent",
   bad_source: "a rank's packet from an address that is not that member's",
   results_xsk: "result packets redirected to the AF_XDP socket (arena UMEM)",
+  sentry_rejected: "contributions the sentry dropped: energy outside the chunk's gate (not summed)",
 };
 
 /** Physical position in the acc map of logical element j of a slot: the
@@ -270,6 +282,8 @@ export interface SlotState {
   exp: number;
   state: number;
   completions: number;
+  /** Ranks in `seen` whose contribution the sentry dropped. */
+  rejected: bigint;
 }
 
 const S = LAYOUT.ainftp_slot;
@@ -284,6 +298,7 @@ export function decodeSlot(b: Uint8Array): SlotState {
     exp: v.getInt16(S.exp[0], true),
     state: v.getUint16(S.state[0], true),
     completions: v.getUint32(S.completions[0], true),
+    rejected: v.getBigUint64(S.rejected[0], true),
   };
 }
 

@@ -8,13 +8,16 @@ import { libbpf } from "../native/libbpf.ts";
 import { closeFd, cstr } from "../native/libc.ts";
 import { libbpfLog, shim } from "../native/shim.ts";
 import {
-  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, MAX_CHUNKS, MAX_ELEMS, SIZEOF, decodeConfig, decodeEvents,
+  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, SIZEOF, decodeConfig, decodeEvents,
   decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "./abi.ts";
 import { AinftpError, check, privilegeHint } from "./errors.ts";
 
 /** Map names in the object, and the names they are pinned under. */
-export const MAP_NAMES = ["job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs", "xsks"] as const;
+export const MAP_NAMES = [
+  "job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs", "xsks",
+  "sentry_gate", "sentry_obs", "sentry_workers",
+] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
 export interface LoadOptions {
@@ -135,6 +138,14 @@ export abstract class ReflexMaps implements Disposable {
     const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
     const dv = new DataView(this.resBuf!);
     for (let i = 0; i < BANKS * this.chunks; i++) dv.setUint32(i * stride, 0, true);
+    this.gates().fill(0);
+    const obsStride = SIZEOF.ainftp_obs;
+    this.obs(0);
+    const ov = new DataView(this.obsBuf!);
+    for (let i = 0; i < BANKS * this.chunks; i++) ov.setUint32(i * obsStride, 0, true);
+    const zeros = new BigUint64Array(possibleCpus() * 2);
+    for (let rank = 0; rank < MAX_WORKERS; rank++)
+      check(libbpf.bpf_map_update_elem(this.mapFd("sentry_workers"), new Uint32Array([rank]), zeros, 0n), "reset", "clearing sentry counts failed");
     this.resetBank(0);
     this.resetBank(1);
   }
@@ -147,9 +158,9 @@ export abstract class ReflexMaps implements Disposable {
     );
   }
 
-  protected mmapMap(name: MapName, valueSize: number): ArrayBuffer {
+  protected mmapMap(name: MapName, valueSize: number, entries = BANKS * this.chunks): ArrayBuffer {
     const stride = Math.ceil(valueSize / 8) * 8;
-    const len = Math.ceil((stride * BANKS * this.chunks) / 4096) * 4096;
+    const len = Math.ceil((stride * entries) / 4096) * 4096;
     const out = new BigUint64Array(1);
     check(shim.ainftp_map_mmap(this.mapFd(name), BigInt(len), 1, out), "mmap", `mapping ${name} failed`);
     const addr = Number(out[0]) as Pointer;
@@ -190,6 +201,43 @@ export abstract class ReflexMaps implements Disposable {
     };
   }
 
+  private gateBuf?: ArrayBuffer;
+  private obsBuf?: ArrayBuffer;
+
+  /** The sentry's gates, [lo, hi] per chunk (lo >= hi: no gate yet), a view
+   * of the mmapped map: a write takes effect on the next packet. */
+  gates(): Int32Array {
+    this.gateBuf ??= this.mmapMap("sentry_gate", SIZEOF.ainftp_gate, this.chunks);
+    return new Int32Array(this.gateBuf, 0, 2 * this.chunks);
+  }
+
+  /** Every contributor's energy recorded for slot `index` (in round tag - 1). */
+  obs(index: number): { tag: number; energy: Int16Array } {
+    this.obsBuf ??= this.mmapMap("sentry_obs", SIZEOF.ainftp_obs);
+    const off = index * SIZEOF.ainftp_obs;
+    return { tag: new Uint32Array(this.obsBuf, off, 1)[0], energy: new Int16Array(this.obsBuf, off + 8, MAX_WORKERS) };
+  }
+
+  /** Base address of the mmapped sentry_obs map (for the native loops). */
+  obsBase(): Pointer {
+    this.obs(0);
+    return this.mmaps.find((m) => m.kind === "sentry_obs")!.addr;
+  }
+
+  /** Contributions the sentry accepted and rejected, per rank (summed over CPUs). */
+  sentryWorkers(members = MAX_WORKERS): { accepted: number; rejected: number }[] {
+    const ncpu = possibleCpus();
+    const buf = new BigUint64Array(ncpu * 2);
+    const out: { accepted: number; rejected: number }[] = [];
+    for (let rank = 0; rank < members; rank++) {
+      check(libbpf.bpf_map_lookup_elem(this.mapFd("sentry_workers"), new Uint32Array([rank]), buf), "sentry", `reading rank ${rank} failed`);
+      let a = 0n, r = 0n;
+      for (let c = 0; c < ncpu; c++) (a += buf[2 * c]), (r += buf[2 * c + 1]);
+      out.push({ accepted: Number(a), rejected: Number(r) });
+    }
+    return out;
+  }
+
   events(): EventRing {
     const r = new EventRing(this.mapFd("events"));
     this.rings.push(r);
@@ -213,7 +261,7 @@ export abstract class ReflexMaps implements Disposable {
     this.rings = [];
     for (const m of this.mmaps) shim.ainftp_munmap(m.addr, BigInt(m.len));
     this.mmaps = [];
-    this.accBuf = this.resBuf = undefined;
+    this.accBuf = this.resBuf = this.gateBuf = this.obsBuf = undefined;
     this.open = false;
     this.closeHandles();
   }
@@ -260,8 +308,8 @@ export class ReflexObject extends ReflexMaps {
       check(shim.ainftp_obj_set_rodata(obj, cstr("listen_port"), new Uint16Array([port]), 2n), "load", "setting the port failed");
       if (opts.benchNoDedupe)
         check(shim.ainftp_obj_set_rodata(obj, cstr("bench_no_dedupe"), new Uint8Array([1]), 1n), "load", "setting the bench switch failed");
-      for (const m of ["slots", "acc", "results"])
-        check(shim.ainftp_obj_set_max_entries(obj, cstr(m), BANKS * chunks), "load", `sizing map ${m} failed`);
+      for (const [m, n] of [["slots", BANKS * chunks], ["acc", BANKS * chunks], ["results", BANKS * chunks], ["sentry_obs", BANKS * chunks], ["sentry_gate", chunks]] as const)
+        check(shim.ainftp_obj_set_max_entries(obj, cstr(m), n), "load", `sizing map ${m} failed`);
       const rc = shim.ainftp_obj_load(obj);
       if (rc < 0) {
         const log = libbpfLog();

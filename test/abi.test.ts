@@ -40,7 +40,7 @@ function tsConst(name: string): number | undefined {
 describe("ABI mirror: src/abi.ts vs the C layout", () => {
   test("the shim describes a non-trivial ABI", () => {
     expect(fieldKeys.length).toBeGreaterThanOrEqual(40);
-    expect(sizeKeys.length).toBe(8);
+    expect(sizeKeys.length).toBe(Object.keys(SIZEOF).length);
     expect(constKeys.length).toBeGreaterThanOrEqual(20 + COUNTERS.length + 1);
   });
 

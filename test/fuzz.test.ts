@@ -10,7 +10,7 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
   MAX_ROUND, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
@@ -103,10 +103,21 @@ class Model {
   results: ModelResult[] = [];
   banks = Array.from({ length: BANKS }, () => ({ slotsDone: 0, resultsDone: 0 }));
   events: ReflexEvent[] = [];
+  /** sentry_gate: per chunk "open" (no gate: lo >= hi) or "closed" (a band no energy reaches). */
+  gate: ("open" | "closed")[] = [];
+  /** sentry_workers: [accepted, rejected] per rank. */
+  workers = Array.from({ length: 64 }, () => [0, 0]);
+
+  /** The energy is sampled at a random phase, so the fuzz uses gates whose
+   * verdict does not depend on it: none, or a band no energy can reach. */
+  gateRejects(chunk: number): boolean {
+    return this.gate[chunk] === "closed";
+  }
 
   constructor(public cfg: JobConfig, readonly mapChunks: number, readonly port: number) {
     for (let i = 0; i < BANKS * mapChunks; i++) {
-      this.slots.push({ tag: 0, seen: 0n, count: 0, contributors: 0, exp: 0, state: SLOT_EMPTY, completions: 0 });
+      this.slots.push({ tag: 0, seen: 0n, count: 0, contributors: 0, exp: 0, state: SLOT_EMPTY, completions: 0, rejected: 0n });
+      if (i < mapChunks) this.gate.push("open");
       this.acc.push(new Int32Array(MAX_ELEMS));
       this.raw.push(new Uint32Array(MAX_ELEMS));
       this.results.push({ tag: 0, count: 0, contributors: 0, exp: 0, flags: 0, writes: 0, v: new Int16Array(MAX_ELEMS) });
@@ -259,6 +270,7 @@ class Model {
       else {
         slot.tag = tag;
         slot.seen = 0n;
+        slot.rejected = 0n;
         slot.contributors = 0;
         slot.count = h.count;
         slot.exp = h.exp;
@@ -270,6 +282,19 @@ class Model {
     }
     else if (slot.state === SLOT_COMPLETE) outcome = "stale_round";
     else if (slot.count !== h.count || slot.exp !== h.exp) outcome = "mal_scale";
+    const reject = outcome === "summed" && ((cfg.flags ?? 0) & CFG_SENTRY) !== 0 && this.gateRejects(h.chunk);
+    if (reject) {
+      outcome = "sentry_rejected";
+      slot.seen |= bit;
+      slot.rejected |= bit;
+      const mask = BigInt.asUintN(64, cfg.memberMask);
+      if ((slot.seen & mask) === mask) {
+        slot.state = SLOT_COMPLETE;
+        slot.completions = (slot.completions + 1) >>> 0;
+        complete = true;
+      }
+    }
+    if ((outcome === "summed" || reject) && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][reject ? 1 : 0]++;
     if (outcome === "summed") {
       const keep = slot.contributors !== 0;
       const dst = this.acc[idx];
@@ -295,9 +320,10 @@ class Model {
       this.cnt.resend_req++;
       this.emit(EV_RESEND, h.round, h.chunk, idx, h.rank);
     }
-    if (outcome !== "summed") return XDP_DROP;
-    this.cnt.elems_summed += h.count;
-    if (h.flags & F_SATURATED) this.cnt.saturated++;
+    if (outcome === "summed") {
+      this.cnt.elems_summed += h.count;
+      if (h.flags & F_SATURATED) this.cnt.saturated++;
+    }
     if (complete) {
       this.cnt.completed++;
       this.emit(EV_SLOT_COMPLETE, h.round, h.chunk, idx, slot.contributors);
@@ -634,8 +660,9 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         const d = firstDiff(kraw, model.raw[idx]);
         if (d >= 0)
           throw new Error(`raw acc[${idx}][${d}]: kernel ${kraw[d]} model ${model.raw[idx][d]} (slot count ${ms.count}) ${where}`);
-        const ksum = k.sums(idx, ms.count);
-        const dd = firstDiff(ksum, model.acc[idx].subarray(0, ms.count));
+        // a slot whose every contribution the sentry rejected holds no sums of its round
+        const ksum = ms.contributors ? k.sums(idx, ms.count) : new Int32Array(0);
+        const dd = firstDiff(ksum, ms.contributors ? model.acc[idx].subarray(0, ms.count) : new Int32Array(0));
         if (dd >= 0)
           throw new Error(`sums(${idx})[${dd}]: kernel ${ksum[dd]} model ${model.acc[idx][dd]} (slot count ${ms.count}) ${where}`);
         const kr = k.result(idx);
@@ -687,9 +714,18 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
       } else if (x < 0.87) {
         cfg = {
           ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
-          flags: rng.pick([0, 0, CFG_CHECK_SOURCE]),
+          flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE]),
         };
-        note = `batch ${cfg.batch}, ownedChunks ${cfg.ownedChunks}, flags ${cfg.flags}`;
+        // close or open the sentry's gate of a few chunks
+        const gates = k.gates();
+        for (let g = rng.int(4); g > 0; g--) {
+          const chunk = rng.int(MAP_CHUNKS);
+          const closed = rng.next() < 0.5;
+          model.gate[chunk] = closed ? "closed" : "open";
+          gates[2 * chunk] = closed ? 2 ** 31 - 2 : rng.pick([0, 5, 2 ** 31 - 1]);
+          gates[2 * chunk + 1] = closed ? 2 ** 31 - 1 : rng.pick([0, -(2 ** 31)]);
+        }
+        note = `batch ${cfg.batch}, ownedChunks ${cfg.ownedChunks}, flags ${cfg.flags}, gates ${model.gate.join(",")}`;
       } else if (x < 0.94) {
         cfg = { ...cfg, chunkElems: rng.pick([MAX_ELEMS, MAX_ELEMS, 1719, 720, 16, 0xffff]) };
         note = `chunkElems ${cfg.chunkElems}`;
@@ -753,9 +789,10 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     );
     // The run must have exercised what it claims to.
     expect(stats.completedSeen).toBe(c.completed);
+    expect(k.sentryWorkers(64).map((w) => [w.accepted, w.rejected]), "sentry counts per rank").toEqual(model.workers);
     // ringbuf_full needs a stalled reader, results_xsk an AF_XDP socket (test/xsk.test.ts)
     for (const n of COUNTERS) if (n !== "ringbuf_full" && n !== "results_xsk") expect(c[n], `counter ${n} never moved`).toBeGreaterThan(0);
     expect(c.ringbuf_full).toBe(0);
     if (PACKETS >= 100_000) expect(stats.wrapped, "the round window crossed 2^32").toBe(true);
-  });
+  }, 60_000);
 });

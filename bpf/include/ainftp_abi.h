@@ -47,6 +47,15 @@
 
 #define AINFTP_DEFAULT_PORT 47000
 #define AINFTP_DEFAULT_BATCH 32
+/* Elements of a contribution the sentry's statistic samples (a random phase
+ * of an even stride). Each costs about 3 ns in the program; 16 keep the
+ * filter near 10% of summing a packet, and estimate a mean square within
+ * about ±35% (±8 energy units), well inside an honest spread. */
+#ifndef AINFTP_SENTRY_SAMPLES
+#define AINFTP_SENTRY_SAMPLES 16
+#endif
+/* The sentry's energy of an all-zero sample (log2 of 0). */
+#define AINFTP_ENERGY_ZERO (-32768)
 
 /* ---- the wire ------------------------------------------------------------ */
 
@@ -112,6 +121,7 @@ struct ainftp_config {
 /* config flags */
 #define AINFTP_CFG_CHECK_SOURCE 0x1 /* drop packets whose IPv4 source is not their rank's (member_addrs) */
 #define AINFTP_CFG_RESULTS_TO_XSK 0x2 /* redirect result packets to the AF_XDP socket of their queue (xsks) */
+#define AINFTP_CFG_SENTRY 0x4 /* drop contributions whose energy is outside their chunk's sentry_gate band */
 
 enum ainftp_slot_state {
 	AINFTP_SLOT_EMPTY = 0,
@@ -133,6 +143,7 @@ struct ainftp_slot {
 	__u16 state;        /* enum ainftp_slot_state */
 	__u32 completions;  /* times this slot completed (diagnostics) */
 	__u32 reserved;
+	__u64 rejected;     /* ranks in `seen` whose contribution the sentry dropped (not summed) */
 };
 
 /* acc map (BPF_F_MMAPABLE array, same index as slots): the sums, summed two
@@ -164,6 +175,31 @@ struct ainftp_result {
 struct ainftp_bank_state {
 	__u32 slots_done;   /* slots completed in this bank's round */
 	__u32 results_done; /* results stored in this bank's round */
+};
+
+/* ---- the sentry ------------------------------------------------------------ */
+/* A contribution's energy is 16 * log2(mean q^2 * 4^exp) over the sampled
+ * elements: the log of its mean square in real units, in 1/16 steps. In the
+ * log domain a scaling attack is an offset and the honest spread is close to
+ * Gaussian, so userspace's mean/σ gate makes sense there. */
+
+/* sentry_gate map (BPF_F_MMAPABLE array, `chunks` entries): the band of
+ * energies the filter accepts for a chunk, kept by userspace (src/sentry). */
+struct ainftp_gate {
+	__s32 lo;           /* accept lo <= energy <= hi; lo >= hi (zeroed): no gate yet, accept all */
+	__s32 hi;
+};
+/* sentry_obs map (BPF_F_MMAPABLE array, same index as slots): every
+ * contributor's energy in the slot's round, for userspace's statistics. */
+struct ainftp_obs {
+	__u32 tag;          /* round + 1 of the energies held */
+	__u32 reserved;
+	__s16 energy[AINFTP_MAX_WORKERS];
+};
+/* sentry_workers map (per-CPU array, AINFTP_MAX_WORKERS entries): per rank. */
+struct ainftp_sentry_worker {
+	__u64 accepted;
+	__u64 rejected;
 };
 
 /* ---- events (ring buffer) ------------------------------------------------ */
@@ -222,6 +258,7 @@ enum ainftp_counter {
 	AINFTP_CNT_RESEND_REQ,      /* retransmitted contribution to a completed slot */
 	AINFTP_CNT_BAD_SOURCE,      /* rank's packet from another address (CHECK_SOURCE) */
 	AINFTP_CNT_RESULTS_XSK,     /* result packets redirected to an AF_XDP socket */
+	AINFTP_CNT_SENTRY_REJECTED, /* contributions the sentry dropped (energy outside the gate) */
 	AINFTP_CNT__MAX,
 };
 
@@ -233,7 +270,10 @@ struct ainftp_counters {
 
 _Static_assert(sizeof(struct ainftp_wire_hdr) == 32, "wire header is 32 bytes");
 _Static_assert(sizeof(struct ainftp_config) == 40, "config is 40 bytes");
-_Static_assert(sizeof(struct ainftp_slot) == 32, "slot is 32 bytes");
+_Static_assert(sizeof(struct ainftp_slot) == 40, "slot is 40 bytes");
+_Static_assert(sizeof(struct ainftp_gate) == 8, "gate");
+_Static_assert(sizeof(struct ainftp_obs) == 8 + 2 * AINFTP_MAX_WORKERS, "obs");
+_Static_assert(sizeof(struct ainftp_sentry_worker) == 16, "sentry worker");
 _Static_assert(sizeof(struct ainftp_acc) == 4 * AINFTP_MAX_ELEMS, "acc");
 _Static_assert(sizeof(struct ainftp_result) == 16 + 2 * AINFTP_MAX_ELEMS, "result");
 _Static_assert(sizeof(struct ainftp_bank_state) == 8, "bank state");
