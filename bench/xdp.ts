@@ -127,8 +127,7 @@ async function main() {
       // interleaved so both see the same machine
       const base = s.config();
       const gates = s.gates();
-      gates[0] = -(2 ** 31);
-      gates[1] = 2 ** 31 - 1;
+      for (const at of [0, 1]) [gates[2 * at], gates[2 * at + 1]] = [-(2 ** 31), 2 ** 31 - 1]; // chunk 0, full and short
       const off: number[] = [];
       const on: number[] = [];
       for (let i = 0; i < 20; i++) {

@@ -93,7 +93,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1024); /* resized by the loader to chunks */
+	__uint(max_entries, 2 * 1024); /* resized by the loader to 2 * chunks */
 	__type(key, __u32);
 	__type(value, struct ainftp_gate);
 } sentry_gate SEC(".maps");
@@ -298,8 +298,8 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	int reject = 0;
 	if (cfg->flags & AINFTP_CFG_SENTRY) {
 		__s32 energy = ainftp_sentry_energy(in, count, h->exp);
-		__u32 chunk = h->chunk;
-		struct ainftp_gate *gate = bpf_map_lookup_elem(&sentry_gate, &chunk);
+		__u32 at = 2 * h->chunk + (count != cfg->chunk_elems);
+		struct ainftp_gate *gate = bpf_map_lookup_elem(&sentry_gate, &at);
 		reject = gate && gate->lo < gate->hi && (energy < gate->lo || energy > gate->hi);
 		struct ainftp_obs *obs = bpf_map_lookup_elem(&sentry_obs, &idx);
 		if (obs) {

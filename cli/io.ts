@@ -42,6 +42,14 @@ export function reportError(io: IO, e: unknown, json: boolean): number {
 
 /** Parses an integer option in lo..hi; the error names the range (commander
  * prefixes the option and value and exits with a usage error). */
+export function floatOption(lo: number, hi: number) {
+  return (value: string): number => {
+    const n = /^-?\d+(\.\d+)?$/.test(value.trim()) ? Number(value) : NaN;
+    if (!Number.isFinite(n) || n < lo || n > hi) throw new InvalidArgumentError(`Give a number in ${lo}..${hi}.`);
+    return n;
+  };
+}
+
 export function intOption(lo = 0, hi = Number.MAX_SAFE_INTEGER) {
   return (value: string): number => {
     const n = /^(0x[0-9a-f]+|\d+)$/i.test(value.trim()) ? Number(value) : NaN;

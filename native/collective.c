@@ -20,7 +20,9 @@
 
 /*
  * For each completed slot chunks[i] (owned by this host): the true sums are
- * the XDP program's biased lanes of `others` contributions plus this host's
+ * the XDP program's biased lanes of others[c] contributions (the slot's
+ * count: the sentry may have dropped some, and with none the acc entry holds
+ * an older round) plus this host's
  * own quantized chunk; requantize them into the results-map entry of the
  * chunk (tag published last) and into a RESULT packet at pkts + i*pkt_stride.
  * counts[c] and exps[c] are per chunk of the round; own_q holds this host's
@@ -29,7 +31,7 @@
  * Returns packets written, or -1 if a result would not fit.
  */
 int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t bank_base,
-			    const uint32_t *chunks, uint32_t n, uint32_t others, const int16_t *own_q,
+			    const uint32_t *chunks, uint32_t n, const uint16_t *others, const int16_t *own_q,
 			    uint32_t own_div, uint32_t own_stride, const uint16_t *counts, const int8_t *exps,
 			    const struct ainftp_wire_hdr *tmpl, uint8_t *pkts, uint32_t pkt_stride)
 {
@@ -41,12 +43,13 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 		struct ainftp_result *res = (struct ainftp_result *)(res_base + (size_t)idx * RESULT_STRIDE);
 		if (own_div == 0)
 			return -1;
-		int32_t k = ainftp_finish_chunk(others ? raw : NULL, count, others,
+		uint32_t k_others = others[c];
+		int32_t k = ainftp_finish_chunk(k_others ? raw : NULL, count, k_others,
 						own_q + (size_t)(c / own_div) * own_stride, res->v);
 		if (k < 0)
 			return -1;
 		res->count = count;
-		res->contributors = others + 1;
+		res->contributors = k_others + 1;
 		res->exp = exps[c] + k;
 		res->flags = 0;
 		res->writes++;
@@ -58,7 +61,7 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 		h->chunk = c;
 		h->count = count;
 		h->exp = res->exp;
-		h->contributors = others + 1;
+		h->contributors = k_others + 1;
 		memcpy(h + 1, res->v, 2 * count);
 	}
 	return (int32_t)n;

@@ -4,7 +4,7 @@ import { openShimTable } from "./shim.ts";
 
 export const coll = openShimTable({
   ainftp_finish_batch: {
-    args: [T.ptr, T.ptr, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr, T.ptr, T.u32],
+    args: [T.ptr, T.ptr, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr, T.ptr, T.u32],
     returns: T.i32,
   },
   ainftp_result_packets: { args: [T.ptr, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32], returns: T.i32 },

@@ -23,7 +23,7 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
   F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
@@ -31,6 +31,7 @@ import { pinnedPort, pinRoot } from "./attach.ts";
 import { AinftpError } from "./errors.ts";
 import { chunkCount, chunkExpsInto, headerTemplate, NonFiniteGradientError, packChunks } from "./quantize.ts";
 import { EventRing, PinnedReflex } from "./reflex.ts";
+import { gateIndex, SentryKeeper, type KeeperOptions } from "./sentry/keeper.ts";
 import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
 import { XskSocket } from "./xsk.ts";
 
@@ -83,6 +84,12 @@ export interface CommunicatorOptions {
   pinRoot?: string;
   /** Swarm hook: called when a round starts; may change the member set later. */
   onRoundStart?: (round: number) => void;
+  /** The sentry: the program drops contributions whose energy is outside
+   * their chunk's gate, which this host (as the chunks' owner) keeps; workers
+   * rejected again and again are quarantined. Needs rx "map". */
+  sentry?: KeeperOptions | boolean;
+  /** The sentry quarantined or re-admitted members (their ranks). */
+  onQuarantine?: (quarantined: number[], round: number) => void;
 }
 
 export interface CollectiveStats {
@@ -141,6 +148,8 @@ interface RoundState {
   ownedDoneCount: number;
   /** Owned slots that completed before our own chunk was quantized. */
   pending: number[];
+  /** Per chunk: contributions the program summed into our slot (its event's count). */
+  summed: Uint16Array;
   resultsSeen: number;
   sent: boolean;
   header: Uint8Array;
@@ -184,7 +193,10 @@ export class Communicator implements Disposable {
   private accBase: Pointer;
   private resBase: Pointer;
   private nextRound = 0;
-  private o: Required<Omit<CommunicatorOptions, "onRoundStart" | "pinRoot" | "port" | "job">> & CommunicatorOptions;
+  private o: Required<Omit<CommunicatorOptions, "onRoundStart" | "onQuarantine" | "pinRoot" | "port" | "job">> & CommunicatorOptions;
+  /** The sentry's gates and strikes for the chunks we own (null: off). */
+  readonly sentry: SentryKeeper | null = null;
+  private quarantined = 0n;
   /** Exponents that arrived for rounds we have not started. */
   private early = new Map<number, Map<number, Map<number, Int8Array>>>();
   private seg: number; // packet stride
@@ -243,7 +255,7 @@ export class Communicator implements Disposable {
     const o = {
       window,
       roundTimeoutMs: 10_000, retransmitMs: 50, maxRetransmitMs: 500, openTimeoutMs: 30_000, stochasticSeed: 0,
-      pumpMs: 2, batch: 48,
+      pumpMs: 2, batch: 48, sentry: false,
       // an option given as undefined keeps its default
       ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     } as Communicator["o"];
@@ -256,6 +268,10 @@ export class Communicator implements Disposable {
       // a previous job's slots and results must not look like ours
       maps.resetState();
       const c = new Communicator(o, maps, sock, port);
+      if (o.sentry) {
+        if (o.rx === "xsk") throw new AinftpError(op, "the sentry needs --rx map", { hint: "drop --rx xsk, or the sentry" });
+        (c as { sentry: SentryKeeper | null }).sentry = new SentryKeeper(n, o.sentry === true ? {} : o.sentry);
+      }
       if (o.rx === "xsk")
         (c as { xsk: XskSocket | null }).xsk = XskSocket.open({ iface: o.iface, xsksMapFd: maps.mapFd("xsks"), area: o.umem });
       try {
@@ -330,8 +346,14 @@ export class Communicator implements Disposable {
     this.maps.setMemberAddrs(this.peers.map((p) => ipv4ToBe32(p)));
     this.cfg = {
       ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(), batch: this.o.batch,
-      flags: ((this.cfg.flags ?? 0) & ~CFG_RESULTS_TO_XSK) | CFG_CHECK_SOURCE | (this.xsk ? CFG_RESULTS_TO_XSK : 0),
+      flags: ((this.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY)) | CFG_CHECK_SOURCE |
+        (this.xsk ? CFG_RESULTS_TO_XSK : 0) | (this.sentry ? CFG_SENTRY : 0),
     };
+    if (this.sentry) {
+      // every gate starts calibrating: its band is closed
+      const gates = this.maps.gates();
+      for (let at = 0; at < 2 * this.capacity; at++) [gates[2 * at], gates[2 * at + 1]] = this.sentry.band(at);
+    }
     this.maps.setConfig(this.cfg);
   }
 
@@ -498,9 +520,19 @@ export class Communicator implements Disposable {
     for (let off = 0; off < x.length || (off === 0 && x.length === 0); off += per) {
       if (x.length === 0) break;
       const end = Math.min(x.length, off + per);
-      reports.push(await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs));
+      const rep = await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs);
+      reports.push(rep);
+      if (opts.op === "mean" && this.sentry && this.size > 1) {
+        // a mean over the contributions each chunk's result holds
+        const k = this.contributorsOf(rep.round, rep.chunks);
+        for (let c = 0; c < rep.chunks; c++) {
+          const from = off + c * this.chunkElems, to = Math.min(end, from + this.chunkElems);
+          const d = k[c] || 1;
+          for (let i = from; i < to; i++) out[i] /= d;
+        }
+      }
     }
-    if (opts.op === "mean") for (let i = 0; i < out.length; i++) out[i] /= this.size;
+    if (opts.op === "mean" && !(this.sentry && this.size > 1)) for (let i = 0; i < out.length; i++) out[i] /= this.size;
     return reports;
   }
 
@@ -641,14 +673,14 @@ export class Communicator implements Disposable {
     }
     const owned = ownerChunks[this.rank];
     // the program's end-of-round wake-ups for this round
-    this.cfg = { ...this.cfg, ownedChunks: owned.length, resultsPerRound: nchunks - owned.length };
+    this.cfg = { ...this.cfg, ownedChunks: owned.length, resultsPerRound: nchunks - owned.length, memberMask: this.expectedMask(r) };
     this.maps.setConfig(this.cfg);
     return {
       r, n: x.length, nchunks, counts,
       exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false),
       leader: N > 2 ? r % N : -1, haveShared: false, sharedPieces: new Set(),
       pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
-      owned, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], resultsSeen: 0, sent: false,
+      owned, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0, sent: false,
       header: new Uint8Array(HDR), seed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
       sendBuf: this.scratch("send", off), ownerOffset, ownerChunks, ownBuf: this.scratch("own", owned.length * this.seg),
       xdone: this.scratch("xdone", nchunks).fill(0), out,
@@ -729,6 +761,7 @@ export class Communicator implements Disposable {
         if (type === EV_SLOT_COMPLETE) {
           if (round === st.r && chunk < st.nchunks && !st.ownedDone[chunk]) {
             st.ownedDone[chunk] = 1;
+            st.summed[chunk] = raw[4 * i] >>> 16;
             done[nd++] = chunk;
           }
         } else if (type === EV_RESULT) {
@@ -813,15 +846,75 @@ export class Communicator implements Disposable {
       const at = chunks.indexOf(short);
       if (at >= 0 && at !== chunks.length - 1) (chunks[at] = chunks[chunks.length - 1]), (chunks[chunks.length - 1] = short);
     }
+    if (this.sentry) this.judge(st, bankBase, chunks);
     const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round: st.r, rank: this.rank });
     const n = coll.ainftp_finish_batch(
-      this.accBase, this.resBase, bankBase, chunks, chunks.length, this.size - 1,
+      this.accBase, this.resBase, bankBase, chunks, chunks.length, st.summed,
       st.ownBuf.subarray(HDR), this.size, this.seg / 2, st.counts, st.shared, tmpl, this.resPkts, this.seg,
     );
     if (n < 0) throw new AinftpError(`round ${st.r}`, "finishing a slot failed (bad count)");
     st.ownedDoneCount += n;
     const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
     for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, n, lastSize);
+  }
+
+  /** Members whose contributions our slots wait for in round r: the others,
+   * less those the sentry holds in quarantine. */
+  private expectedMask(r: number): bigint {
+    if (!this.sentry) return this.othersMask();
+    const q = this.sentry.quarantinedMask(r) & this.othersMask();
+    if (q !== this.quarantined) {
+      const changed = [...Array(this.size).keys()].filter((k) => ((q ^ this.quarantined) >> BigInt(k)) & 1n);
+      this.quarantined = q;
+      this.o.onQuarantine?.(changed, r);
+    }
+    return this.othersMask() & ~q;
+  }
+
+  /** The sentry's part of finishing owned slots: learn from the energies the
+   * program recorded, strike the rejected, and set each chunk's band before
+   * its result goes out (so no contribution of the next round meets the old
+   * band). A slot read (a syscall) only when some contribution was dropped. */
+  private judge(st: RoundState, bankBase: number, chunks: Uint32Array): void {
+    const keeper = this.sentry!;
+    const gates = this.maps.gates();
+    const expected = this.cfg.memberMask;
+    let full = 0;
+    for (let m = expected; m; m &= m - 1n) full++;
+    let quarantine = false;
+    for (const c of chunks) {
+      let seen = expected;
+      let rejected = 0n;
+      if (st.summed[c] < full) {
+        const slot = this.maps.slot(bankBase + c);
+        seen = slot.seen;
+        rejected = slot.rejected;
+      }
+      const obs = this.maps.obs(bankBase + c);
+      const at = gateIndex(c, st.counts[c] !== this.chunkElems);
+      if (keeper.observe(st.r, at, seen, rejected, obs.energy).length) quarantine = true;
+      [gates[2 * at], gates[2 * at + 1]] = keeper.band(at);
+    }
+    if (quarantine) {
+      // stop waiting for them at once, in this round's open slots too
+      this.cfg = { ...this.cfg, memberMask: this.expectedMask(st.r) };
+      this.maps.setConfig(this.cfg);
+    }
+  }
+
+  /** Re-admits a quarantined member (an operator's decision). */
+  readmit(rank: number): void {
+    this.sentry?.readmit(rank);
+  }
+
+  /** Per chunk of the last round: contributions its result holds (the
+   * owner's own included). Fewer than the members when the sentry dropped
+   * some or a member was quarantined. */
+  contributorsOf(round: number, chunks: number): Uint16Array {
+    const out = new Uint16Array(chunks);
+    const base = (round & 1) * this.cfg.chunks;
+    for (let c = 0; c < chunks; c++) out[c] = this.maps.result(base + c).contributors;
+    return out;
   }
 
   /** A peer lost our result for (round, chunk): send the stored one again. */

@@ -43,6 +43,12 @@ export interface NodeOptions {
   stochasticSeed?: number;
   /** Leave the program attached at the end (default: detach if we attached it). */
   keepAttached?: boolean;
+  /** The sentry (inline filter) on this node's chunks; z threshold. */
+  sentry?: boolean | { z?: number };
+  /** Test and demo only: `rank` sends its synthetic gradient times `factor`
+   * (a scaling attack). Every node is told, so its reference sum holds the
+   * poisoned gradient too and verification stays exact. */
+  poison?: { rank: number; factor: number };
 }
 
 export interface Quantiles {
@@ -93,6 +99,20 @@ export interface NodeReport {
   result_copy_bytes_per_round: number;
   /** Mean ms per timed round in each phase (see CollectiveStats.phaseMs). */
   phase_ms: CollectiveStats["phaseMs"];
+  /** With the sentry: what it did during the timed rounds. */
+  sentry: SentryReport | null;
+}
+
+export interface SentryReport {
+  z: number;
+  /** Contributions our program dropped (for chunks we own), per rank. */
+  rejected_by_rank: number[];
+  /** Ranks in quarantine at the end, by our sentry. */
+  quarantined: number[];
+  /** Contributions missing from the results we received (all owners). */
+  excluded_contributions: number;
+  /** Chunks whose result left out too many contributions to check exactly. */
+  unverified_chunks: number;
 }
 
 export type Progress = (round: number, of: number, lastMs: number) => void;
@@ -109,7 +129,7 @@ export function chunkElemsForMtu(mtu: number): number {
   return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
 }
 
-function interfaceMtu(iface: string): number {
+export function interfaceMtu(iface: string): number {
   const r = Bun.spawnSync(["ip", "-j", "link", "show", "dev", iface]);
   try {
     return JSON.parse(r.stdout.toString())[0].mtu ?? 1500;
@@ -165,7 +185,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     comm = await Communicator.open({
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx, umem,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
-      stochasticSeed: o.stochasticSeed,
+      stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined,
     });
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
     const seed = o.seed ?? 1;
@@ -174,8 +194,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     const sum = o.verify ? new Float64Array(n) : null;
     const barrier = new Float32Array(1);
     const warmup = o.warmup ?? 1;
+    const scaleOf = (rank: number) => (o.poison && o.poison.rank === rank ? o.poison.factor : 1);
     for (let w = 0; w < warmup; w++) {
-      coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, 1, x, n);
+      coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, scaleOf(o.rank), x, n);
       await comm.allreduce(x);
     }
     const timedCnt = Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters;
@@ -183,8 +204,11 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     const hashes: string[] = [];
     let maxErr = 0;
     let statsTimed = zeroStats();
+    let excluded = 0;
+    let unverified = 0;
+    const rejected0 = comm.sentry ? comm.sentry.status().workers.map((w) => w.rejected) : [];
     for (let r = 0; r < o.rounds; r++) {
-      coll.ainftp_synth(seed, o.rank, r, 1, x, n);
+      coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
       // a barrier round, so a rank still verifying the last round does not
       // count against this one; patient, since waiting for a slow verifier
       // is no loss worth a retransmission
@@ -192,8 +216,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       const s0 = combine(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t = performance.now();
-      await comm.allreduce(x);
+      const reps = await comm.allreduce(x);
       times.push(performance.now() - t);
+      const kept = comm.sentry ? reps.map((p) => comm!.contributorsOf(p.round, p.chunks)) : null;
       // the program's counters over the timed rounds only (barrier rounds,
       // where a rank still verifying makes others retransmit, are left out)
       const c1 = comm.counters();
@@ -201,9 +226,14 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
       await comm.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS });
-      if (o.verify) {
+      if (o.verify && !kept && !o.poison) {
         const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
         maxErr = Math.max(maxErr, err);
+      } else if (o.verify) {
+        const v = verifyKept(x, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf });
+        maxErr = Math.max(maxErr, v.err);
+        excluded += v.excluded;
+        unverified += v.unverified;
       }
       hashes.push(new Bun.CryptoHasher("sha256").update(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)).digest("hex"));
       progress?.(r + 1, o.rounds, times[times.length - 1]);
@@ -233,6 +263,18 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       phase_ms: Object.fromEntries(
         Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / o.rounds).toFixed(3)]),
       ) as CollectiveStats["phaseMs"],
+      sentry: comm.sentry
+        ? (() => {
+            const st = comm.sentry!.status();
+            return {
+              z: st.z,
+              rejected_by_rank: st.workers.map((w, k) => w.rejected - (rejected0[k] ?? 0)),
+              quarantined: st.workers.filter((w) => w.quarantined).map((w) => w.rank),
+              excluded_contributions: excluded,
+              unverified_chunks: unverified,
+            };
+          })()
+        : null,
     };
     return report;
   } finally {
@@ -242,6 +284,76 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     process.off("SIGTERM", onSignal);
     cleanup();
   }
+}
+
+/**
+ * Verifies a round whose results may leave contributions out (the sentry, or
+ * a quarantine): a chunk's result holds its owner's own contribution and
+ * `kept - 1` others. Each chunk is checked against every such subset of the
+ * ranks' synthetic gradients (the poisoned one scaled as it was sent), and
+ * the closest counts; a chunk with more than C(N-1, k-1) = 64 candidates is
+ * left unverified (and counted).
+ */
+function verifyKept(
+  x: Float32Array, kept: Uint16Array[] | null,
+  o: { seed: number; round: number; N: number; chunkElems: number; perRound: number; scaleOf: (rank: number) => number },
+): { err: number; excluded: number; unverified: number } {
+  const n = x.length;
+  const E = o.chunkElems;
+  const ranks = Array.from({ length: o.N }, (_, k) => {
+    const v = new Float32Array(n);
+    coll.ainftp_synth(o.seed, k, o.round, o.scaleOf(k), v, n);
+    return v;
+  });
+  let num = 0, den = 0, excluded = 0, unverified = 0;
+  for (let off = 0, p = 0; off < n; off += o.perRound, p++) {
+    const end = Math.min(n, off + o.perRound);
+    const nchunks = Math.ceil((end - off) / E);
+    for (let c = 0; c < nchunks; c++) {
+      const from = off + c * E, to = Math.min(end, from + E);
+      const owner = c % o.N;
+      const k = kept ? kept[p][c] : o.N;
+      excluded += o.N - k;
+      const others = [...Array(o.N).keys()].filter((q) => q !== owner);
+      const sets = subsets(others, Math.max(0, k - 1), 64);
+      if (!sets) {
+        unverified++;
+        continue;
+      }
+      let best = Infinity, bestDen = 0;
+      for (const set of sets) {
+        let d2 = 0, r2 = 0;
+        for (let i = from; i < to; i++) {
+          let ref = ranks[owner][i];
+          for (const q of set) ref += ranks[q][i];
+          d2 += (x[i] - ref) ** 2;
+          r2 += ref * ref;
+        }
+        if (d2 < best) (best = d2), (bestDen = r2);
+      }
+      num += best;
+      den += bestDen;
+    }
+  }
+  return { err: den > 0 ? Math.sqrt(num / den) : Math.sqrt(num), excluded, unverified };
+}
+
+/** Every k-subset of xs, or null when there are more than `limit`. */
+function subsets(xs: number[], k: number, limit: number): number[][] | null {
+  const out: number[][] = [];
+  const walk = (start: number, acc: number[]): boolean => {
+    if (acc.length === k) {
+      out.push([...acc]);
+      return out.length <= limit;
+    }
+    for (let i = start; i < xs.length; i++) {
+      acc.push(xs[i]);
+      if (!walk(i + 1, acc)) return false;
+      acc.pop();
+    }
+    return true;
+  };
+  return walk(0, []) ? out : null;
 }
 
 function zeroStats(): CollectiveStats {

@@ -204,11 +204,12 @@ export abstract class ReflexMaps implements Disposable {
   private gateBuf?: ArrayBuffer;
   private obsBuf?: ArrayBuffer;
 
-  /** The sentry's gates, [lo, hi] per chunk (lo >= hi: no gate yet), a view
-   * of the mmapped map: a write takes effect on the next packet. */
+  /** The sentry's gates, [lo, hi] per gate (lo >= hi: none, accept), a view
+   * of the mmapped map: a write takes effect on the next packet. Gate
+   * gateIndex(chunk, short) sits at [2 * gate, 2 * gate + 1]. */
   gates(): Int32Array {
-    this.gateBuf ??= this.mmapMap("sentry_gate", SIZEOF.ainftp_gate, this.chunks);
-    return new Int32Array(this.gateBuf, 0, 2 * this.chunks);
+    this.gateBuf ??= this.mmapMap("sentry_gate", SIZEOF.ainftp_gate, 2 * this.chunks);
+    return new Int32Array(this.gateBuf, 0, 4 * this.chunks);
   }
 
   /** Every contributor's energy recorded for slot `index` (in round tag - 1). */
@@ -308,7 +309,7 @@ export class ReflexObject extends ReflexMaps {
       check(shim.ainftp_obj_set_rodata(obj, cstr("listen_port"), new Uint16Array([port]), 2n), "load", "setting the port failed");
       if (opts.benchNoDedupe)
         check(shim.ainftp_obj_set_rodata(obj, cstr("bench_no_dedupe"), new Uint8Array([1]), 1n), "load", "setting the bench switch failed");
-      for (const [m, n] of [["slots", BANKS * chunks], ["acc", BANKS * chunks], ["results", BANKS * chunks], ["sentry_obs", BANKS * chunks], ["sentry_gate", chunks]] as const)
+      for (const [m, n] of [["slots", BANKS * chunks], ["acc", BANKS * chunks], ["results", BANKS * chunks], ["sentry_obs", BANKS * chunks], ["sentry_gate", 2 * chunks]] as const)
         check(shim.ainftp_obj_set_max_entries(obj, cstr(m), n), "load", `sizing map ${m} failed`);
       const rc = shim.ainftp_obj_load(obj);
       if (rc < 0) {

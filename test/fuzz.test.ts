@@ -722,8 +722,10 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
           const chunk = rng.int(MAP_CHUNKS);
           const closed = rng.next() < 0.5;
           model.gate[chunk] = closed ? "closed" : "open";
-          gates[2 * chunk] = closed ? 2 ** 31 - 2 : rng.pick([0, 5, 2 ** 31 - 1]);
-          gates[2 * chunk + 1] = closed ? 2 ** 31 - 1 : rng.pick([0, -(2 ** 31)]);
+          // both of the chunk's gates (full and short chunks)
+          const lo = closed ? 2 ** 31 - 2 : rng.pick([0, 5, 2 ** 31 - 1]);
+          const hi = closed ? 2 ** 31 - 1 : rng.pick([0, -(2 ** 31)]);
+          for (const at of [2 * chunk, 2 * chunk + 1]) [gates[2 * at], gates[2 * at + 1]] = [lo, hi];
         }
         note = `batch ${cfg.batch}, ownedChunks ${cfg.ownedChunks}, flags ${cfg.flags}, gates ${model.gate.join(",")}`;
       } else if (x < 0.94) {

@@ -10,6 +10,7 @@ import { datagram, frame } from "../src/packet.ts";
 import { ReflexObject, type EventRing } from "../src/reflex.ts";
 import { mulberry32 } from "../src/random.ts";
 import { energyOf, log2Q4, possibleEnergies } from "../src/sentry/energy.ts";
+import { gateIndex } from "../src/sentry/keeper.ts";
 
 const XDP_DROP = 1;
 const JOB = 0x5e17;
@@ -28,10 +29,10 @@ let cfg: JobConfig;
 let nextChunk = 0;
 const fresh = () => nextChunk++;
 
-function setGate(chunk: number, lo: number, hi: number): void {
-  const g = r.gates();
-  g[2 * chunk] = lo;
-  g[2 * chunk + 1] = hi;
+/** The same band for the chunk's full and short gates. */
+function setGate(chunk: number, lo: number, hi: number, on = r): void {
+  const g = on.gates();
+  for (const at of [gateIndex(chunk, false), gateIndex(chunk, true)]) [g[2 * at], g[2 * at + 1]] = [lo, hi];
 }
 
 function delta(a: Counters, b: Counters): Partial<Counters> {
@@ -123,9 +124,7 @@ describe("the gate", () => {
   for (const [name, lo, hi, accept] of cases)
     test(`${name}: ${accept ? "accepted" : "rejected"}`, () => {
       const c = chunk++;
-      const g = load.gates();
-      g[2 * c] = lo;
-      g[2 * c + 1] = hi;
+      setGate(c, lo, hi, load);
       const before = load.counters();
       load.testRun(pkt({ chunk: c, rank: 1 }, pow2(720, 5)));
       expect(delta(before, load.counters())).toEqual(accept ? { rx: 1, summed: 1, elems_summed: 720 } : { rx: 1, sentry_rejected: 1 });
@@ -137,9 +136,7 @@ describe("the gate", () => {
 
   test("with the sentry off the gate is not consulted and nothing is recorded", () => {
     const c = chunk++;
-    const g = load.gates();
-    g[2 * c] = 1000;
-    g[2 * c + 1] = 1001;
+    setGate(c, 1000, 1001, load);
     load.setConfig({ ...cfg, memberMask: allMembers(2), members: 2, flags: 0 });
     const before = load.counters();
     const w0 = load.sentryWorkers(2)[1];
@@ -152,9 +149,7 @@ describe("the gate", () => {
 
   test("Inf-like extremes (every element ±32767) are rejected by a gate learnt from normal traffic", () => {
     const c = chunk++;
-    const g = load.gates();
-    g[2 * c] = 160 - 40;
-    g[2 * c + 1] = 160 + 40;
+    setGate(c, 160 - 40, 160 + 40, load);
     const before = load.counters();
     load.testRun(pkt({ chunk: c, rank: 1 }, Int16Array.from({ length: 720 }, (_, i) => (i & 1 ? -32768 : 32767))));
     expect(delta(before, load.counters())).toEqual({ rx: 1, sentry_rejected: 1 });

@@ -183,8 +183,10 @@ struct ainftp_bank_state {
  * log domain a scaling attack is an offset and the honest spread is close to
  * Gaussian, so userspace's mean/σ gate makes sense there. */
 
-/* sentry_gate map (BPF_F_MMAPABLE array, `chunks` entries): the band of
- * energies the filter accepts for a chunk, kept by userspace (src/sentry). */
+/* sentry_gate map (BPF_F_MMAPABLE array, 2 * chunks entries): the band of
+ * energies the filter accepts for a chunk, kept by userspace (src/sentry);
+ * entry 2 * chunk for full chunks (count == chunk_elems), 2 * chunk + 1 for
+ * short ones (the tail of an all-reduce, a barrier), whose energies differ. */
 struct ainftp_gate {
 	__s32 lo;           /* accept lo <= energy <= hi; lo >= hi (zeroed): no gate yet, accept all */
 	__s32 hi;
