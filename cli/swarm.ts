@@ -4,9 +4,10 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_PORT, MAX_ELEMS, MAX_WORKERS } from "../src/abi.ts";
 import type { AttachMode } from "../src/attach.ts";
 import { AinftpError } from "../src/errors.ts";
+import { defaultSocketPath, serveNode, type ServeReport } from "../src/local.ts";
 import { runNode, type NodeReport } from "../src/node.ts";
 import { formatSize, parseSize } from "../src/units.ts";
-import { intOption, type IO } from "./io.ts";
+import { floatOption, intOption, type IO } from "./io.ts";
 import { COMPACT } from "./status.ts";
 
 function peerList(value: string): string[] {
@@ -16,6 +17,12 @@ function peerList(value: string): string[] {
     if (!/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(p) || p.split(".").some((o) => Number(o) > 255))
       throw new InvalidArgumentError(`'${p}' is not an IPv4 address.`);
   return peers;
+}
+
+function poisonOption(value: string): { rank: number; factor: number } {
+  const m = /^(\d+):(-?\d+(?:\.\d+)?)$/.exec(value.trim());
+  if (!m || !Number.isFinite(Number(m[2])) || Number(m[1]) >= MAX_WORKERS) throw new InvalidArgumentError("Give RANK:FACTOR, e.g. 3:-10.");
+  return { rank: Number(m[1]), factor: Number(m[2]) };
 }
 
 function sizeOption(value: string): number {
@@ -42,6 +49,24 @@ export function renderNodeReport(r: NodeReport): string {
     ["kernel copies to deliver results, per round", formatSize(r.result_copy_bytes_per_round)],
     ["wake-ups + socket packets per XDP packet", `${r.wakeups} + ${r.socket_packets} → ${(r.wakeups_per_packet * 100).toFixed(2)}% (1/${r.wakeups_per_packet ? Math.round(1 / r.wakeups_per_packet) : "∞"})`],
     ["last result sha256", r.result_sha256.at(-1)?.slice(0, 16) ?? "-"],
+  );
+  if (r.sentry)
+    t.push(
+      ["sentry: dropped by our gates, per rank", r.sentry.rejected_by_rank.join(" ")],
+      ["sentry: quarantined / contributions left out of results", `${r.sentry.quarantined.join(",") || "none"} / ${r.sentry.excluded_contributions}`],
+    );
+  return t.toString() + "\n";
+}
+
+export function renderServeReport(r: ServeReport): string {
+  const t = new Table({ style: { head: [], border: [] }, chars: COMPACT });
+  t.push(
+    ["rank / peers", `${r.rank} / ${r.peers}`],
+    ["socket", r.socket],
+    ["trainers served", r.clients],
+    ["all-reduces", `${r.allreduces} (${formatSize(4 * r.elements)} in all)`],
+    ["mean all-reduce ms (node side)", r.mean_ms === null ? "-" : r.mean_ms.toFixed(2)],
+    ["stopped by", r.stopped_by],
   );
   return t.toString() + "\n";
 }
@@ -72,13 +97,37 @@ export function swarmCommand(io: IO): Command {
     .option("--open-timeout <ms>", "wait this long for every peer at start (default 30000)", intOption(100, 3_600_000))
     .option("--stochastic <seed>", "stochastic rounding with this seed", intOption(1, 0xffffffff))
     .option("--keep-attached", "leave the program attached at the end")
+    .option("--sentry", "filter contributions inline: drop those whose energy is beyond --sentry-z sigma of their chunk's honest history (ainftp sentry status shows it)")
+    .option("--sentry-z <z>", "the sentry's gate, in standard deviations (default 3.5)", floatOption(0.5, 100))
+    .option("--poison <rank:factor>", "test/demo only: that rank sends its synthetic gradient times factor (every member must be told)", poisonOption)
+    .option("--serve", "serve local trainers (clients/python) on a Unix socket until Ctrl-C/SIGTERM, instead of --synthetic")
+    .option("--socket <path>", `with --serve: the socket trainers connect to (default ${defaultSocketPath().replace("0.sock", "<job>.sock")})`)
+    .option("--round-size <size>", "with --serve: largest all-reduce one protocol round carries, sizes the maps (default 16MiB; larger ones take several rounds)", sizeOption)
     .option("--json [file]", "print the report as JSON (to a file if given)")
-    .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n")
+    .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n" +
+      "  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --job 7 --serve   # trainers: ainftp.connect(job=7)\n")
     .action(async (o) => {
       if (o.rank >= o.peers.length)
         throw new AinftpError("swarm", `--rank ${o.rank} but --peers lists ${o.peers.length} members`, { hint: `ranks are 0..${o.peers.length - 1}` });
+      if (o.serve && o.synthetic !== undefined)
+        throw new AinftpError("swarm", "--serve and --synthetic exclude each other", { hint: "a serving node all-reduces what its trainer sends; run the synthetic workload without --serve" });
+      if (!o.serve && (o.socket !== undefined || o.roundSize !== undefined))
+        throw new AinftpError("swarm", "--socket and --round-size go with --serve", { hint: "add --serve" });
+      if (o.serve && o.poison) throw new AinftpError("swarm", "--poison goes with --synthetic", { hint: "it scales the synthetic gradient of one rank; a trainer's gradients are its own" });
+      if (o.serve) {
+        const report = await serveNode({
+          iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode as AttachMode, chunkElems: o.chunkElems,
+          window: o.window, roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout,
+          stochasticSeed: o.stochastic, keepAttached: Boolean(o.keepAttached), socketPath: o.socket, roundBytes: o.roundSize,
+          sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false,
+        }, (line) => io.err(`ainftp: ${line}\n`));
+        if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
+        if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");
+        else io.out(renderServeReport(report));
+        return;
+      }
       if (o.synthetic === undefined)
-        throw new AinftpError("swarm", "nothing to run: give --synthetic SIZE", { hint: "e.g. --synthetic 16MiB --rounds 100 --verify (trainers connect through the local interface in a later release)" });
+        throw new AinftpError("swarm", "nothing to run: give --synthetic SIZE or --serve", { hint: "e.g. --synthetic 16MiB --rounds 100 --verify, or --serve for trainers (clients/python)" });
       const progress = io.tty
         ? (r: number, of: number, ms: number) => io.err(`\r  round ${r}/${of}  ${ms.toFixed(1)} ms   ${r === of ? "\n" : ""}`)
         : undefined;
@@ -87,6 +136,7 @@ export function swarmCommand(io: IO): Command {
         verify: Boolean(o.verify), seed: o.seed, mode: o.mode as AttachMode, chunkElems: o.chunkElems, window: o.window, rx: o.rx,
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
+        sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison,
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");

@@ -1,0 +1,256 @@
+"""A trainer's connection to its ainftp node (standard library only).
+
+The node all-reduces float32 data in a file both processes map (in /dev/shm,
+or on hugetlbfs): the client copies the data in, asks over the Unix socket
+for an all-reduce of that range, and copies the result back. The file's
+name is removed as soon as the node has mapped it, so nothing is left
+behind whatever happens to either process.
+"""
+import itertools
+import mmap
+import os
+import socket as _socket
+import threading
+import time
+
+from .protocol import (PROTOCOL, VERSION, AinftpError, BadRequest, ConnectionLost, DeadlineExceeded,
+                       NodeShuttingDown, encode, error_for, read_frame)
+
+_MIN_BUFFER = 1 << 20
+_names = itertools.count()
+
+
+def default_socket(job):
+    return f"/run/ainftp/{job}.sock"
+
+
+class _Shared:
+    """A file in shm_dir mapped shared, and registered with the node as `buffer`."""
+
+    def __init__(self, shm_dir, job, nbytes):
+        page = max(4096, os.statvfs(shm_dir).f_bsize)  # hugetlbfs: the huge page size
+        self.size = -(-nbytes // page) * page
+        self.path = os.path.join(shm_dir, f"ainftp-{job}-{os.getpid()}-{next(_names)}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, self.size)
+            self.mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.path)
+            raise
+        os.close(fd)
+        self.buffer = None
+        self.floats = self.size // 4
+        # views other modules keep of the mapping (a torch tensor): dropped before unmapping
+        self.views = {}
+
+    def unlink(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def close(self):
+        self.views.clear()
+        self.unlink()
+        try:
+            self.mm.close()
+        except BufferError:
+            pass  # a view of it is still alive somewhere: unmapped when that goes
+
+
+class Client:
+    """One trainer's session with the node of this host.
+
+    Thread-safe: requests are serialized (the node serves them in order)."""
+
+    def __init__(self, sock, hello, job, shm_dir, reply_timeout):
+        self._sock = sock
+        self.job = hello.get("job", job)
+        self.rank = hello["rank"]
+        self.size = hello["size"]
+        self.peers = hello.get("peers", [])
+        self.round_elems = hello.get("round_elems")
+        self._shm_dir = shm_dir
+        self._reply_timeout = reply_timeout
+        self._lock = threading.RLock()
+        self._seq = 0
+        self._round = 0
+        self._staging = None
+        self._closed = False
+        self._failed = None  # the error that ended the session
+
+    def __repr__(self):
+        return f"<ainftp.Client job {self.job} rank {self.rank} of {self.size}{' closed' if self._closed else ''}>"
+
+    # ---- requests ------------------------------------------------------------------
+
+    def _request(self, msg):
+        if self._failed is not None:
+            raise type(self._failed)(f"the session with the node ended: {self._failed.message}", status=self._failed.status)
+        if self._closed:
+            raise ConnectionLost("the client is closed")
+        self._seq += 1
+        msg = dict(msg, seq=self._seq)
+        try:
+            self._sock.settimeout(self._reply_timeout)
+            self._sock.sendall(encode(msg))
+            while True:
+                reply = read_frame(self._sock)
+                if reply.get("type") == "shutdown":
+                    raise NodeShuttingDown(str(reply.get("message", "node shutting down")))
+                if reply.get("seq") == self._seq or reply.get("type") == "error":
+                    break
+        except _socket.timeout:
+            # the node's rounds fail by themselves long before this: it is stuck
+            self._fail(DeadlineExceeded(f"no answer from the node within {self._reply_timeout} s to {msg['type']}"))
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._fail(ConnectionLost(f"the node closed the connection ({e.__class__.__name__})"))
+        except AinftpError as e:
+            self._fail(e)
+        if reply.get("status") != "ok":
+            err = error_for(reply)
+            if not isinstance(err, BadRequest):
+                self._fail(err)
+            raise err
+        return reply
+
+    def _fail(self, err):
+        self._failed = err
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        raise err
+
+    def staging(self, floats):
+        """The registered shared buffer, grown to hold at least `floats` floats."""
+        with self._lock:
+            if self._staging is not None and self._staging.floats >= floats:
+                return self._staging
+            old = self._staging
+            nbytes = max(_MIN_BUFFER, 4 * floats)
+            if old is not None:
+                nbytes = max(nbytes, 2 * old.size)
+            new = _Shared(self._shm_dir, self.job, nbytes)
+            try:
+                new.buffer = self._request({"type": "register", "path": new.path, "bytes": new.size})["buffer"]
+            except BaseException:
+                new.close()
+                raise
+            new.unlink()  # both sides have it mapped: the name is no longer needed
+            self._staging = new
+            if old is not None:
+                try:
+                    self._request({"type": "unregister", "buffer": old.buffer})
+                finally:
+                    old.close()
+            return new
+
+    def reduce_staged(self, floats, op="sum", offset=0):
+        """All-reduces floats [offset, offset+floats) of the staging buffer in place."""
+        if op not in ("sum", "mean"):
+            raise ValueError(f'op must be "sum" or "mean", not {op!r}')
+        with self._lock:
+            buf = self.staging(offset + floats)
+            reply = self._request({"type": "allreduce", "buffer": buf.buffer, "offset": offset, "count": floats,
+                                   "op": op, "round": self._round})
+            self._round += 1
+            return reply
+
+    def allreduce(self, data, op="sum"):
+        """Sums (op="sum") or averages (op="mean") `data` over every node, in place.
+
+        `data`: a torch float32 tensor (CPU, or CUDA: staged through host
+        memory), or any writable buffer of float32 (array.array("f"),
+        memoryview). Returns `data`."""
+        if type(data).__module__.split(".")[0] == "torch":
+            from .torch import allreduce_tensor
+            return allreduce_tensor(data, op=op, client=self)
+        view = memoryview(data)
+        if view.format != "f" or view.itemsize != 4:
+            raise TypeError(f"ainftp all-reduces float32 data, not format {view.format!r}")
+        if view.readonly:
+            raise TypeError("the data must be writable (the result replaces it)")
+        raw = view.cast("B")
+        n = len(raw) // 4
+        with self._lock:
+            buf = self.staging(n)
+            buf.mm[:len(raw)] = raw
+            self.reduce_staged(n, op)
+            raw[:] = buf.mm[:len(raw)]
+        return data
+
+    # ---- leaving -------------------------------------------------------------------
+
+    def close(self):
+        """Says bye (the node keeps its job for the next trainer) and unmaps."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._failed is None:
+                    self._request({"type": "bye"})
+            except AinftpError:
+                pass
+            finally:
+                self._closed = True
+                try:
+                    self._sock.close()
+                except OSError:
+                    pass
+                if self._staging is not None:
+                    self._staging.close()
+                    self._staging = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_timeout=120.0):
+    """Connects to this host's node, waiting up to `timeout` s for its socket.
+
+    job: the node's --job (default $AINFTP_JOB or 0); socket: its --socket
+    (default $AINFTP_SOCKET or /run/ainftp/<job>.sock); shm_dir: where the
+    shared buffers go (default $AINFTP_SHM_DIR or /dev/shm; a hugetlbfs
+    mount gives them 2 MB pages). The node opens the socket once every
+    member of the job is up, so connecting also waits for the job."""
+    if job is None:
+        job = int(os.environ.get("AINFTP_JOB", "0"))
+    path = socket or os.environ.get("AINFTP_SOCKET") or default_socket(job)
+    shm_dir = shm_dir or os.environ.get("AINFTP_SHM_DIR") or "/dev/shm"
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise ConnectionLost(f"no ainftp node at {path} after {timeout} s ({e.strerror})",
+                                     hint=f"start `ainftp swarm --serve --job {job} ...` on this host, or pass socket=") from None
+            time.sleep(0.05)
+        except PermissionError:
+            sock.close()
+            raise ConnectionLost(f"no permission to connect to {path}",
+                                 hint="run the trainer as the node's user (the socket directory is 0700)") from None
+    sock.settimeout(reply_timeout)
+    try:
+        sock.sendall(encode({"type": "hello", "protocol": PROTOCOL, "version": VERSION, "pid": os.getpid(),
+                             "name": name or f"pid {os.getpid()}"}))
+        hello = read_frame(sock)
+    except _socket.timeout:
+        sock.close()
+        raise DeadlineExceeded(f"no hello from the node at {path} within {reply_timeout} s") from None
+    except BaseException:
+        sock.close()
+        raise
+    if hello.get("status") != "ok":
+        sock.close()
+        raise error_for(hello)
+    return Client(sock, hello, job, shm_dir, reply_timeout)

@@ -1,0 +1,110 @@
+"""PyTorch side: all-reduce of tensors, and a DDP communication hook.
+
+    model = DistributedDataParallel(model)
+    model.register_comm_hook(ainftp.torch.HookState(), ainftp.torch.comm_hook)
+
+The hook returns at once with a torch.futures.Future; a worker thread copies
+each bucket into the shared buffer, has the node all-reduce it (mean), and
+copies the result back, so backward goes on computing meanwhile. Buckets
+are reduced in the order DDP hands them over, which is the same on every
+rank. CUDA buckets are staged through host memory. Works with torch 1.13
+(bucket.buffer()) and older releases (bucket.get_tensor()).
+"""
+import queue
+import threading
+import time
+
+import torch
+
+from . import session as _session
+
+
+def _default_client():
+    import ainftp
+    return ainftp.client()
+
+
+def allreduce_tensor(tensor, op="sum", client=None):
+    """All-reduces a float32 tensor in place (CPU, or CUDA through host memory)."""
+    c = client or _default_client()
+    if tensor.dtype != torch.float32:
+        raise TypeError(f"ainftp all-reduces float32 tensors, not {tensor.dtype}")
+    n = tensor.numel()
+    with c._lock, torch.no_grad():
+        shared = c.staging(n)
+        stage = shared.views.get("torch")
+        if stage is None:
+            stage = shared.views["torch"] = torch.frombuffer(shared.mm, dtype=torch.float32, count=shared.floats)
+        flat = stage[:n]
+        flat.copy_(tensor.reshape(-1))
+        c.reduce_staged(n, op)
+        tensor.copy_(flat.view(tensor.shape))
+        if tensor.is_cuda:
+            torch.cuda.current_stream(tensor.device).synchronize()
+    return tensor
+
+
+class HookState:
+    """State for comm_hook: the client (default: ainftp.client()); per
+    bucket, how long its all-reduce took from the hook's call to the result
+    (seconds, appended to `durations`); and `error`, the ainftp error that
+    failed a bucket (DDP re-raises it from backward() wrapped in its own
+    words: this is the original, with its status)."""
+
+    def __init__(self, client=None, op="mean"):
+        self.client = client
+        self.op = op
+        self.durations = []
+        self.error = None
+        self._queue = None
+        self._checked = False
+
+    def _submit(self, job):
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._work, name="ainftp-comm-hook", daemon=True).start()
+        self._queue.put(job)
+
+    def _work(self):
+        while True:
+            tensor, fut, t0 = self._queue.get()
+            try:
+                allreduce_tensor(tensor, op=self.op, client=self.client or _default_client())
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting trainer
+                if self.error is None:
+                    self.error = e
+                fut.set_exception(e)
+                continue
+            self.durations.append(time.perf_counter() - t0)
+            fut.set_result(tensor)
+
+    def __getstate__(self):
+        # DDP may pickle the hook state (e.g. for the static graph); the thread stays here
+        return {"client": None, "op": self.op, "durations": [], "error": None, "_queue": None, "_checked": False}
+
+
+_shared_state = None
+
+
+def comm_hook(state, bucket):
+    """DDP communication hook: the bucket averaged over every node.
+
+    state: a HookState, an ainftp Client, or None (the default client)."""
+    global _shared_state
+    if isinstance(state, HookState):
+        st = state
+    else:
+        if _shared_state is None or (isinstance(state, _session.Client) and _shared_state.client is not state):
+            _shared_state = HookState(client=state if isinstance(state, _session.Client) else None)
+        st = _shared_state
+    tensor = bucket.buffer() if hasattr(bucket, "buffer") else bucket.get_tensor()
+    if not st._checked:
+        c = st.client or _default_client()
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() != c.size:
+            raise RuntimeError(f"the DDP world has {dist.get_world_size()} ranks but the ainftp job has {c.size} nodes: "
+                               "run one trainer per node (one rank per ainftp swarm --serve)")
+        st._checked = True
+    fut = torch.futures.Future(devices=[tensor.device]) if tensor.is_cuda else torch.futures.Future()
+    st._submit((tensor, fut, time.perf_counter()))
+    return fut

@@ -1,0 +1,173 @@
+"""The client against a stand-in node (protocol v1, in a thread): buffers,
+tensors (CPU, and CUDA when there is a GPU) and the DDP hook's future.
+
+    python3 -m unittest discover -s clients/python/tests
+
+The stand-in plays a two-member job whose other member holds the same data,
+so a sum doubles and a mean is unchanged. The real node is tested by
+test/local.test.ts.
+"""
+import array
+import mmap
+import os
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import json
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import ainftp  # noqa: E402
+from ainftp import protocol  # noqa: E402
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+
+class FakeNode:
+    """size 2: a sum doubles, a mean is unchanged; size 1: both unchanged."""
+
+    def __init__(self, path, size=2):
+        self.path = path
+        self.size = size
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(4)
+        self.rounds = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn):
+        maps = {}
+        send = lambda m: conn.sendall(protocol.encode(m))  # noqa: E731
+        try:
+            hello = protocol.read_frame(conn)
+            if hello.get("version") != protocol.VERSION:
+                return send({"type": "hello", "status": "version_mismatch", "message": "no", "version": 1})
+            send({"type": "hello", "status": "ok", "job": 3, "rank": 0, "size": self.size, "peers": ["a", "b"][:self.size]})
+            while True:
+                m = protocol.read_frame(conn)
+                reply = {"type": m["type"], "seq": m.get("seq"), "status": "ok"}
+                if m["type"] == "register":
+                    fd = os.open(m["path"], os.O_RDWR)
+                    maps[len(maps) + 1] = mmap.mmap(fd, m["bytes"])
+                    os.close(fd)
+                    reply["buffer"] = len(maps)
+                elif m["type"] == "allreduce":
+                    mm = maps[m["buffer"]]
+                    lo, n = 4 * m["offset"], m["count"]
+                    xs = struct.unpack_from(f"<{n}f", mm, lo)
+                    if m["op"] == "sum" and self.size == 2:
+                        struct.pack_into(f"<{n}f", mm, lo, *(2 * x for x in xs))
+                    self.rounds.append(m["round"])
+                elif m["type"] == "bye":
+                    send(reply)
+                    return
+                send(reply)
+        except protocol.ConnectionLost:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.srv.close()
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.node = FakeNode(os.path.join(self.dir, "n.sock"))
+        self.client = ainftp.connect(socket=self.node.path, timeout=5)
+
+    def tearDown(self):
+        ainftp.close()
+        self.node.close()
+
+    def test_buffer_protocol_and_rounds(self):
+        x = array.array("f", [1.0, -2.5, 4.0])
+        self.assertIs(ainftp.allreduce(x), x)
+        self.assertEqual(list(x), [2.0, -5.0, 8.0])
+        ainftp.allreduce(x, op="mean")
+        self.assertEqual(list(x), [2.0, -5.0, 8.0])
+        self.assertEqual(self.node.rounds, [0, 1])
+        self.assertEqual((self.client.rank, self.client.size, self.client.job), (0, 2, 3))
+        mine = [f for f in os.listdir("/dev/shm") if f.startswith(f"ainftp-3-{os.getpid()}-")]
+        self.assertEqual(mine, [])  # unlinked once registered
+
+    @unittest.skipIf(torch is None, "no torch")
+    def test_cpu_tensor_non_contiguous(self):
+        t = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
+        want = t * 2
+        ainftp.allreduce(t)
+        self.assertTrue(torch.equal(t, want))
+        with self.assertRaises(TypeError):
+            ainftp.allreduce(torch.zeros(3, dtype=torch.float64))
+
+    @unittest.skipIf(torch is None or not torch.cuda.is_available(), "no CUDA")
+    def test_cuda_tensor_staged(self):
+        t = torch.linspace(-1, 1, 3_000_000, device="cuda")
+        want = t * 2
+        ainftp.allreduce(t)
+        self.assertEqual(t.device.type, "cuda")
+        self.assertTrue(torch.equal(t, want))
+
+    def _hook(self, device):
+        import ainftp.torch as at
+
+        class Bucket:  # what DDP hands a hook
+            def __init__(self, t):
+                self.t = t
+
+            def buffer(self):
+                return self.t
+
+        state = at.HookState()
+        futs = [at.comm_hook(state, Bucket(torch.full((1000 + k,), float(k), device=device))) for k in range(3)]
+        for k, f in enumerate(futs):
+            v = f.wait()
+            self.assertEqual(v.device.type, device)
+            self.assertTrue(torch.equal(v, torch.full((1000 + k,), float(k), device=device)))  # mean of equal values
+        self.assertEqual(len(state.durations), 3)
+        self.assertIsNone(state.error)
+
+    @unittest.skipIf(torch is None, "no torch")
+    def test_hook_future_cpu(self):
+        self._hook("cpu")
+
+    @unittest.skipIf(torch is None or not torch.cuda.is_available(), "no CUDA")
+    def test_hook_future_cuda(self):
+        self._hook("cuda")
+
+
+class ErrorsTest(unittest.TestCase):
+    def test_version_mismatch_and_status_classes(self):
+        d = tempfile.mkdtemp()
+        node = FakeNode(os.path.join(d, "n.sock"))
+        from ainftp import session
+        saved, session.VERSION = session.VERSION, 99
+        try:
+            with self.assertRaises(ainftp.VersionMismatch):
+                session.connect(socket=node.path, timeout=5)
+        finally:
+            session.VERSION = saved
+            node.close()
+        e = protocol.error_for({"status": "peer_missing", "message": "rank 3 left", "missing": [3]})
+        self.assertIsInstance(e, ainftp.RoundFailed)
+        self.assertEqual((e.status, e.missing), ("peer_missing", [3]))
+        with self.assertRaises(ainftp.ConnectionLost):
+            session.connect(socket=os.path.join(d, "none.sock"), timeout=0.2)
+
+
+if __name__ == "__main__":
+    unittest.main()

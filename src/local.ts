@@ -1,0 +1,667 @@
+// The local interface of a node (`ainftp swarm --serve`): trainers on this
+// host connect to a Unix socket, register shared buffers (files in /dev/shm
+// or on hugetlbfs that both sides map) and ask for all-reduces of ranges of
+// them. The socket carries small length-prefixed JSON control messages only;
+// gradient bytes stay in the shared pages, which the node hands to the
+// collective as Float32Array views without a copy.
+//
+// One trainer per node: a second one is refused (status "busy"). The node's
+// rounds must line up with every other node's, and one client per node makes
+// that order its client's order, with nothing to agree across nodes.
+// Protocol, version LOCAL_PROTOCOL_VERSION: clients/python/README.md.
+import { existsSync, lstatSync, mkdirSync, rmSync, statfsSync } from "node:fs";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { basename, dirname, isAbsolute, join, normalize } from "node:path";
+import { Arena } from "./arena.ts";
+import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
+import { Communicator, RoundError } from "./collective.ts";
+import { AinftpError } from "./errors.ts";
+import { chunkElemsForMtu, interfaceMtu } from "./node.ts";
+import { chunkCount } from "./quantize.ts";
+import { formatSize } from "./units.ts";
+
+export const LOCAL_PROTOCOL = "ainftp-local";
+export const LOCAL_PROTOCOL_VERSION = 1;
+/** Largest frame body; every message is far smaller. */
+export const MAX_FRAME = 64 * 1024;
+/** Buffers one client may have registered at once. */
+export const MAX_BUFFERS = 64;
+/** Largest buffer one registration may map. */
+export const MAX_BUFFER_BYTES = 16 * 2 ** 30;
+
+/** What a reply's `status` says. "quarantined" is reserved (the Sentry, later). */
+export const STATUSES = [
+  "ok", "bad_request", "version_mismatch", "busy", "peer_missing", "round_failed", "deadline_exceeded",
+  "quarantined", "shutting_down", "internal",
+] as const;
+export type Status = (typeof STATUSES)[number];
+
+const TMPFS_MAGIC = 0x01021994;
+const HUGETLBFS_MAGIC = 0x958458f6;
+const SHARED_NAME = /^ainftp-[A-Za-z0-9._-]{1,200}$/;
+
+/** Where `ainftp swarm --serve` listens by default. */
+export function defaultSocketPath(job = 0): string {
+  return `/run/ainftp/${job}.sock`;
+}
+
+// ---- framing ---------------------------------------------------------------------------
+
+export type Message = Record<string, unknown> & { type: string };
+
+/** A frame the peer sent is not a protocol frame. */
+export class FrameError extends Error {}
+
+/** One frame: the body's length (u32, little-endian), then the body, a JSON object in UTF-8. */
+export function encodeFrame(msg: Message): Uint8Array {
+  const body = Buffer.from(JSON.stringify(msg), "utf8");
+  if (body.length > MAX_FRAME) throw new FrameError(`a ${msg.type} message of ${body.length} bytes is over the ${MAX_FRAME}-byte frame limit`);
+  const out = Buffer.allocUnsafe(4 + body.length);
+  out.writeUInt32LE(body.length, 0);
+  body.copy(out, 4);
+  return out;
+}
+
+/** Turns a byte stream into messages; throws FrameError on anything that is not a frame. */
+export class FrameDecoder {
+  private buf: Buffer = Buffer.alloc(0);
+
+  push(chunk: Uint8Array): Message[] {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : Buffer.from(chunk);
+    const out: Message[] = [];
+    while (this.buf.length >= 4) {
+      const len = this.buf.readUInt32LE(0);
+      if (len === 0 || len > MAX_FRAME) throw new FrameError(`frame of ${len} bytes (1..${MAX_FRAME}): not an ainftp local-protocol client`);
+      if (this.buf.length < 4 + len) break;
+      const body = this.buf.subarray(4, 4 + len).toString("utf8");
+      this.buf = this.buf.subarray(4 + len);
+      let msg: unknown;
+      try {
+        msg = JSON.parse(body);
+      } catch {
+        throw new FrameError("a frame body is not JSON");
+      }
+      if (typeof msg !== "object" || msg === null || Array.isArray(msg) || typeof (msg as Message).type !== "string")
+        throw new FrameError('a frame body is not a JSON object with a string "type"');
+      out.push(msg as Message);
+    }
+    return out;
+  }
+}
+
+// ---- what the server reduces with ------------------------------------------------------------
+
+/** The part of Communicator the server uses (tests give a stand-in). */
+export interface Reducer {
+  readonly rank: number;
+  readonly size: number;
+  readonly job: number;
+  readonly peers: readonly string[];
+  readonly chunkElems: number;
+  readonly capacity: number;
+  allreduce(x: Float32Array, o: { op?: "sum" | "mean" }): Promise<unknown>;
+  /** Leave now, telling the peers (a round in flight fails everywhere). */
+  abort(): void;
+}
+
+/** A failure a reply carries. */
+export interface Failure {
+  status: Status;
+  message: string;
+  hint?: string;
+  /** Ranks the collective named. */
+  missing?: number[];
+}
+
+/** Maps an error of the collective to the status a client sees. */
+export function classify(e: unknown): Failure {
+  if (e instanceof RoundError) {
+    const status: Status = /left the job/.test(e.message) ? "peer_missing" : /not complete after|no answer from/.test(e.message) ? "deadline_exceeded" : "round_failed";
+    return { status, message: e.message, hint: e.hint || undefined, missing: [...e.missingRanks] };
+  }
+  if (e instanceof AinftpError) return { status: "round_failed", message: e.message, hint: e.hint || undefined };
+  return { status: "internal", message: e instanceof Error ? e.message : String(e) };
+}
+
+// ---- shared buffers ---------------------------------------------------------------------
+
+/** Why path cannot be a shared buffer of `bytes` bytes, or null when it can. */
+export function checkSharedFile(path: string, bytes: number): string | null {
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % 4 !== 0 || bytes > MAX_BUFFER_BYTES)
+    return `bytes ${bytes} is not a positive multiple of 4 up to ${formatSize(MAX_BUFFER_BYTES)}`;
+  if (!isAbsolute(path) || normalize(path) !== path) return `path ${JSON.stringify(path)} is not an absolute, normalized path`;
+  if (!SHARED_NAME.test(basename(path))) return `the file name of ${path} does not match ${SHARED_NAME.source}`;
+  let fsType: number;
+  try {
+    fsType = statfsSync(dirname(path)).type;
+  } catch {
+    return `cannot stat the file system of ${dirname(path)}`;
+  }
+  if (fsType !== TMPFS_MAGIC && fsType !== HUGETLBFS_MAGIC) return `${dirname(path)} is not on tmpfs (/dev/shm) or hugetlbfs`;
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return `${path} does not exist`;
+  }
+  if (!st.isFile()) return `${path} is not a regular file`;
+  if (st.size < bytes) return `${path} holds ${st.size} bytes, fewer than the ${bytes} registered`;
+  return null;
+}
+
+/** A client's file, mapped shared; `view` is its floats, no copy. */
+class SharedBuffer {
+  readonly view: Float32Array;
+  /** Rounds in flight on it: unmapped only when none is. */
+  busy = 0;
+  private released = false;
+
+  constructor(readonly id: number, readonly path: string, readonly bytes: number, private readonly arena: Arena) {
+    this.view = arena.alloc(bytes, 64).f32();
+  }
+
+  /** Unmaps once no round uses it (now, or when the last one ends). */
+  release(): void {
+    this.released = true;
+    if (this.busy === 0 && !this.arena.closed) this.arena.close();
+  }
+
+  settle(): void {
+    this.busy--;
+    if (this.released) this.release();
+  }
+}
+
+// ---- the server -------------------------------------------------------------------------
+
+interface Session {
+  sock: Socket;
+  decoder: FrameDecoder;
+  hello: boolean;
+  pid: number | null;
+  name: string;
+  buffers: Map<number, SharedBuffer>;
+  queue: Message[];
+  working: boolean;
+  /** The round id the next all-reduce must carry (null: any, at first). */
+  nextRound: number | null;
+  bye: boolean;
+  /** Refused: whatever else it sends is ignored until it hangs up. */
+  refused: boolean;
+  closed: boolean;
+}
+
+export interface ServerStats {
+  clients: number;
+  allreduces: number;
+  elements: number;
+  /** Summed node-side time of the all-reduces. */
+  ms: number;
+}
+
+/** How the server's job ended. */
+export type ServeEnd = { kind: "failed"; failure: Failure } | { kind: "stopped"; why: string };
+
+export interface LocalServerOptions {
+  socketPath: string;
+  reducer: Reducer;
+  /** Lines for the operator (connections, failures). */
+  log?: (line: string) => void;
+}
+
+/** Serves the local protocol on a Unix socket for one Reducer. */
+export class LocalServer implements Disposable {
+  readonly stats: ServerStats = { clients: 0, allreduces: 0, elements: 0, ms: 0 };
+  /** Resolves when this node's job is over: a failure, or stop(). */
+  readonly ended: Promise<ServeEnd>;
+  private end!: (e: ServeEnd) => void;
+  private sessions = new Set<Session>();
+  private active: Session | null = null;
+  private failure: Failure | null = null;
+  private stopping: string | null = null;
+  private inflight = 0;
+  private nextBuffer = 1;
+  private closed = false;
+  private log: (line: string) => void;
+
+  private constructor(private readonly server: Server, readonly socketPath: string, private readonly reducer: Reducer, log?: (line: string) => void) {
+    this.ended = new Promise((resolve) => (this.end = resolve));
+    this.log = log ?? (() => {});
+    server.on("connection", (sock) => this.accept(sock));
+  }
+
+  /** Listens on socketPath (its directory created 0700 if missing). A live
+   * server already there is an error; a stale socket file is replaced. */
+  static async listen(o: LocalServerOptions): Promise<LocalServer> {
+    const op = `serve on ${o.socketPath}`;
+    await claimSocketPath(op, o.socketPath);
+    const server = createServer({ allowHalfOpen: false });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", (e: NodeJS.ErrnoException) =>
+        reject(new AinftpError(op, `cannot listen: ${e.message}`, { errno: errnoOf(e), hint: "give another --socket path, or check the directory's permissions" })));
+      server.listen(o.socketPath, () => resolve());
+    });
+    return new LocalServer(server, o.socketPath, o.reducer, o.log);
+  }
+
+  /** The trainer served now, if any. */
+  get client(): { pid: number | null; name: string } | null {
+    return this.active ? { pid: this.active.pid, name: this.active.name } : null;
+  }
+
+  /** Ends the job on this node: tells the client (its round in flight, if
+   * any, fails with "shutting_down") and resolves `ended`. */
+  stop(why: string): void {
+    if (this.stopping || this.failure) return;
+    this.stopping = why;
+    if (this.inflight > 0) this.reducer.abort(); // the round cannot finish: peers learn it now
+    for (const s of this.sessions) if (s.hello) this.send(s, { type: "shutdown", status: "shutting_down", message: `node shutting down: ${why}` });
+    this.end({ kind: "stopped", why });
+  }
+
+  /** Whether a round is running on the collective now. */
+  get busy(): boolean {
+    return this.inflight > 0;
+  }
+
+  /** Closes every connection and the listening socket, unmaps every buffer
+   * (once no round uses it) and removes the socket file. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // the answer to a request in progress goes out before the hang-up (a
+    // round cut short by abort() notices within a retransmission interval)
+    const until = performance.now() + 1000;
+    while ([...this.sessions].some((s) => s.working && !s.closed) && performance.now() < until) await Bun.sleep(5);
+    const gone = [...this.sessions].map((s) => new Promise<void>((resolve) => {
+      if (s.closed) return resolve();
+      s.sock.once("close", () => resolve());
+      s.sock.end();
+      setTimeout(() => {
+        s.sock.destroy();
+        resolve();
+      }, 500);
+    }));
+    await Promise.all(gone);
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of this.sessions) this.drop(s);
+    rmSync(this.socketPath, { force: true });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  [Symbol.dispose](): void {
+    void this.close();
+  }
+
+  // ---- connections ------------------------------------------------------------------------
+
+  private accept(sock: Socket): void {
+    if (this.closed) return void sock.destroy();
+    const s: Session = {
+      sock, decoder: new FrameDecoder(), hello: false, pid: null, name: "", buffers: new Map(),
+      queue: [], working: false, nextRound: null, bye: false, refused: false, closed: false,
+    };
+    this.sessions.add(s);
+    sock.on("data", (chunk: Buffer) => {
+      if (s.refused) return;
+      let msgs: Message[];
+      try {
+        msgs = s.decoder.push(chunk);
+      } catch (e) {
+        this.refuse(s, "error", "bad_request", (e as Error).message);
+        return;
+      }
+      for (const m of msgs) this.receive(s, m);
+    });
+    sock.on("error", () => {}); // a reset is a disconnect; "close" follows
+    sock.on("close", () => this.disconnected(s));
+  }
+
+  private send(s: Session, msg: Message): void {
+    if (!s.closed && !s.sock.destroyed && !s.sock.writableEnded) s.sock.write(encodeFrame(msg));
+  }
+
+  /** Answers with an error and hangs up (the conversation cannot go on). */
+  private refuse(s: Session, type: string, status: Status, message: string, extra: Record<string, unknown> = {}): void {
+    this.send(s, { type, status, message, ...extra });
+    s.refused = true;
+    s.queue = [];
+    s.sock.end();
+  }
+
+  private receive(s: Session, m: Message): void {
+    if (s.closed || s.bye || s.refused) return;
+    if (!s.hello) return this.hello(s, m);
+    s.queue.push(m);
+    void this.work(s);
+  }
+
+  private hello(s: Session, m: Message): void {
+    if (m.type !== "hello") return this.refuse(s, "error", "bad_request", `the first message must be a hello, not ${JSON.stringify(m.type)}`);
+    if (m.protocol !== LOCAL_PROTOCOL)
+      return this.refuse(s, "hello", "bad_request", `protocol ${JSON.stringify(m.protocol)} is not ${JSON.stringify(LOCAL_PROTOCOL)}`);
+    if (m.version !== LOCAL_PROTOCOL_VERSION)
+      return this.refuse(s, "hello", "version_mismatch",
+        `the client speaks ainftp local protocol version ${JSON.stringify(m.version)}, this node speaks version ${LOCAL_PROTOCOL_VERSION}: use the client shipped with this ainftp release (clients/python)`,
+        { version: LOCAL_PROTOCOL_VERSION });
+    if (this.failure) return this.refuse(s, "hello", this.failure.status, `this node's job failed: ${this.failure.message}`, {
+        ...(this.failure.hint ? { hint: this.failure.hint } : {}), ...(this.failure.missing ? { missing: this.failure.missing } : {}),
+      });
+    if (this.stopping) return this.refuse(s, "hello", "shutting_down", `node shutting down: ${this.stopping}`);
+    if (this.active && !this.active.closed) {
+      const a = this.active;
+      return this.refuse(s, "hello", "busy",
+        `this node serves one trainer and already serves pid ${a.pid ?? "?"}${a.name ? ` (${a.name})` : ""}: run one trainer per node (reduce within the host first), or start another job`);
+    }
+    s.hello = true;
+    s.pid = typeof m.pid === "number" ? m.pid : null;
+    s.name = typeof m.name === "string" ? m.name.slice(0, 100) : "";
+    this.active = s;
+    this.stats.clients++;
+    this.log(`trainer connected: pid ${s.pid ?? "?"}${s.name ? ` (${s.name})` : ""}`);
+    const r = this.reducer;
+    this.send(s, {
+      type: "hello", status: "ok", protocol: LOCAL_PROTOCOL, version: LOCAL_PROTOCOL_VERSION,
+      job: r.job, rank: r.rank, size: r.size, peers: [...r.peers], chunk_elems: r.chunkElems,
+      round_elems: r.capacity * r.chunkElems, node_pid: process.pid,
+    });
+  }
+
+  /** Serves a session's requests one at a time, in order. */
+  private async work(s: Session): Promise<void> {
+    if (s.working) return;
+    s.working = true;
+    try {
+      while (s.queue.length && !s.closed) {
+        const m = s.queue.shift()!;
+        const reply = await this.request(s, m);
+        this.send(s, { type: m.type, seq: m.seq ?? null, ...reply });
+        if (m.type === "bye" && reply.status === "ok") {
+          s.bye = true;
+          s.queue = [];
+          if (this.active === s) this.active = null; // the next trainer may come now
+          this.log(`trainer pid ${s.pid ?? "?"} left cleanly`);
+          s.sock.end();
+          return;
+        }
+      }
+    } finally {
+      s.working = false;
+    }
+  }
+
+  private async request(s: Session, m: Message): Promise<Record<string, unknown>> {
+    const bad = (message: string) => ({ status: "bad_request", message });
+    switch (m.type) {
+      case "register": {
+        if (s.buffers.size >= MAX_BUFFERS) return bad(`${MAX_BUFFERS} buffers are registered already: unregister one first`);
+        const path = m.path, bytes = m.bytes;
+        if (typeof path !== "string" || typeof bytes !== "number") return bad('register needs "path" (string) and "bytes" (number)');
+        const why = checkSharedFile(path, bytes);
+        if (why) return bad(why);
+        let arena: Arena;
+        try {
+          arena = Arena.open({ size: bytes, file: path, hugepages: "auto", populate: false });
+        } catch (e) {
+          return bad((e as Error).message);
+        }
+        const b = new SharedBuffer(this.nextBuffer++, path, bytes, arena);
+        s.buffers.set(b.id, b);
+        return { status: "ok", buffer: b.id, page_size: arena.pageSize };
+      }
+      case "unregister": {
+        const b = s.buffers.get(m.buffer as number);
+        if (!b) return bad(`no buffer ${JSON.stringify(m.buffer)} is registered`);
+        s.buffers.delete(b.id);
+        b.release();
+        return { status: "ok" };
+      }
+      case "allreduce":
+        return this.allreduce(s, m);
+      case "bye":
+        return { status: "ok" };
+      default:
+        return bad(`unknown request type ${JSON.stringify(m.type)} (protocol version ${LOCAL_PROTOCOL_VERSION}: hello, register, unregister, allreduce, bye)`);
+    }
+  }
+
+  private async allreduce(s: Session, m: Message): Promise<Record<string, unknown>> {
+    const bad = (message: string) => ({ status: "bad_request", message });
+    const b = s.buffers.get(m.buffer as number);
+    if (!b) return bad(`no buffer ${JSON.stringify(m.buffer)} is registered`);
+    const offset = m.offset ?? 0, count = m.count, op = m.op ?? "sum", round = m.round;
+    if (!isCount(offset) || !isCount(count)) return bad('"offset" and "count" must be non-negative integers (float32 elements)');
+    if (offset + count > b.view.length) return bad(`elements ${offset}..${offset + count} are outside buffer ${b.id} (${b.view.length} floats)`);
+    if (op !== "sum" && op !== "mean") return bad(`op ${JSON.stringify(op)} is not "sum" or "mean"`);
+    if (!isCount(round)) return bad('"round" must be a non-negative integer');
+    if (s.nextRound !== null && round !== s.nextRound) return bad(`round ${round} after round ${s.nextRound - 1}: round ids go up by one`);
+    if (this.failure) return failureFields(this.failure);
+    if (this.stopping) return { status: "shutting_down", message: `node shutting down: ${this.stopping}` };
+    s.nextRound = round + 1;
+    const t0 = performance.now();
+    b.busy++;
+    this.inflight++;
+    try {
+      await this.reducer.allreduce(b.view.subarray(offset, offset + count), { op });
+    } catch (e) {
+      if (this.stopping) return { status: "shutting_down", message: `node shutting down during round ${round}: ${this.stopping}` };
+      const f = this.failure ?? classify(e);
+      this.fail(f, false);
+      return failureFields(f);
+    } finally {
+      this.inflight--;
+      b.settle();
+    }
+    const ms = performance.now() - t0;
+    this.stats.allreduces++;
+    this.stats.elements += count;
+    this.stats.ms += ms;
+    return { status: "ok", round, ms: +ms.toFixed(3) };
+  }
+
+  /** The job cannot go on here (rounds no longer line up across nodes).
+   * `tellPeers`: leave the collective now, so that the peers fail their
+   * round at once; not when the collective failed by itself, since an early
+   * goodbye from us would make a slower peer blame us instead of the member
+   * that caused it (serveNode leaves once our trainer has had the error). */
+  private fail(f: Failure, tellPeers: boolean): void {
+    if (this.failure) return;
+    this.failure = f;
+    this.log(`job failed: ${f.message}`);
+    if (tellPeers) {
+      try {
+        this.reducer.abort();
+      } catch {
+        // leaving anyway
+      }
+    }
+    this.end({ kind: "failed", failure: f });
+  }
+
+  /** Waits until no trainer is connected, or timeoutMs. */
+  async clientGone(timeoutMs: number): Promise<void> {
+    const until = performance.now() + timeoutMs;
+    while (this.active && performance.now() < until) await Bun.sleep(10);
+  }
+
+  private disconnected(s: Session): void {
+    if (s.closed) return;
+    s.closed = true;
+    s.queue = [];
+    if (this.active === s) {
+      this.active = null;
+      if (!this.stopping && !this.closed) {
+        // its peers on other nodes would wait for rounds that never come
+        this.fail({
+          status: "peer_missing",
+          message: `the trainer on this node (pid ${s.pid ?? "?"}) disconnected without saying bye${s.nextRound !== null ? `, after round ${s.nextRound - 1}` : ""}; the job's other members were told`,
+          hint: "a trainer died: restart the whole job",
+        }, true);
+      }
+    }
+    this.drop(s);
+  }
+
+  /** Unmaps a session's buffers (each when its round, if any, is over). */
+  private drop(s: Session): void {
+    for (const b of s.buffers.values()) b.release();
+    s.buffers.clear();
+    this.sessions.delete(s);
+  }
+}
+
+function isCount(x: unknown): x is number {
+  return typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
+}
+
+function failureFields(f: Failure): Record<string, unknown> {
+  return { status: f.status, message: f.message, ...(f.hint ? { hint: f.hint } : {}), ...(f.missing ? { missing: f.missing } : {}) };
+}
+
+function errnoOf(e: NodeJS.ErrnoException): number {
+  return typeof e.errno === "number" ? Math.abs(e.errno) : 0;
+}
+
+/** Makes socketPath usable: its directory exists (created 0700), and no live
+ * server answers there (a stale socket file of a crashed node is removed). */
+async function claimSocketPath(op: string, socketPath: string): Promise<void> {
+  try {
+    mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new AinftpError(op, `cannot create ${dirname(socketPath)}`, { errno: errnoOf(e as NodeJS.ErrnoException), hint: "give a --socket path in a directory you may write" });
+  }
+  let st;
+  try {
+    st = lstatSync(socketPath);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new AinftpError(op, `${socketPath} exists and is not a socket`, { errno: 17, hint: "remove it or give another --socket path" });
+  const live = await new Promise<boolean>((resolve) => {
+    const c = createConnection(socketPath);
+    c.once("connect", () => (c.destroy(), resolve(true)));
+    c.once("error", () => resolve(false));
+  });
+  if (live)
+    throw new AinftpError(op, `another node already serves ${socketPath}`, {
+      errno: 98, hint: "stop it first, or give this node another --socket path (and the trainer the same one)",
+    });
+  rmSync(socketPath, { force: true });
+}
+
+// ---- the node behind `ainftp swarm --serve` ---------------------------------------------------
+
+export interface ServeOptions {
+  iface: string;
+  peers: string[];
+  rank: number;
+  port?: number;
+  job?: number;
+  mode?: AttachMode;
+  chunkElems?: number;
+  window?: number;
+  roundTimeoutMs?: number;
+  retransmitMs?: number;
+  openTimeoutMs?: number;
+  stochasticSeed?: number;
+  keepAttached?: boolean;
+  /** Default /run/ainftp/<job>.sock. */
+  socketPath?: string;
+  /** The sentry on this node's chunks (see CommunicatorOptions.sentry). */
+  sentry?: boolean | { z?: number };
+  /** Largest all-reduce one protocol round carries, in bytes: sizes the
+   * program's maps when we attach it (default 16 MiB); a larger request
+   * takes several rounds. */
+  roundBytes?: number;
+}
+
+export interface ServeReport {
+  rank: number;
+  peers: number;
+  job: number;
+  socket: string;
+  attached_by_us: boolean;
+  /** Trainers served, one after the other. */
+  clients: number;
+  allreduces: number;
+  elements: number;
+  /** Mean node-side time per all-reduce. */
+  mean_ms: number | null;
+  /** Why serving ended: the signal (a failure is thrown instead). */
+  stopped_by: string;
+}
+
+/** Attaches the program if needed, opens the communicator, then serves
+ * local trainers until SIGINT/SIGTERM (resolves) or the job fails here
+ * (throws, naming the cause); detaches if it attached, removes the socket. */
+export async function serveNode(o: ServeOptions, log: (line: string) => void = () => {}): Promise<ServeReport> {
+  const N = o.peers.length;
+  const mtu = interfaceMtu(o.iface);
+  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu);
+  if (chunkElems > chunkElemsForMtu(mtu))
+    throw new AinftpError("swarm --serve", `--chunk-elems ${chunkElems} needs an MTU of at least ${20 + 8 + 32 + 2 * chunkElems}; ${o.iface} has ${mtu}`, {
+      hint: `raise it on every member or use --chunk-elems ${chunkElemsForMtu(mtu)}`,
+    });
+  const socketPath = o.socketPath ?? defaultSocketPath(o.job ?? 0);
+  const chunks = Math.min(8192, chunkCount(Math.max(1, Math.floor((o.roundBytes ?? 16 << 20) / 4)), chunkElems));
+
+  const attachedByUs = !existsSync(join(pinRoot(), o.iface, "link"));
+  let comm: Communicator | undefined;
+  let server: LocalServer | undefined;
+  let failed = false;
+  const detachOurs = () => {
+    if (attachedByUs && !o.keepAttached) {
+      try {
+        detach(o.iface);
+      } catch {
+        // best effort on the way out
+      }
+    }
+  };
+  // until the server runs, a signal ends everything at once (as `swarm` does)
+  let onSignal = (sig: NodeJS.Signals) => {
+    if (server) return server.stop(sig);
+    comm?.abort();
+    detachOurs();
+    process.exit(130);
+  };
+  const handler = (sig: NodeJS.Signals) => onSignal(sig);
+  process.on("SIGINT", handler);
+  process.on("SIGTERM", handler);
+  try {
+    if (attachedByUs) await attach(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
+    comm = await Communicator.open({
+      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
+      roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs, stochasticSeed: o.stochasticSeed,
+      sentry: o.sentry === true ? {} : o.sentry || undefined,
+    });
+    server = await LocalServer.listen({ socketPath, reducer: comm, log });
+    log(`serving job ${comm.job} (rank ${o.rank} of ${N}, ${o.iface}) on ${socketPath}`);
+    const end = await server.ended;
+    failed = end.kind === "failed";
+    if (failed) await server.clientGone(2000); // our trainer hears why before the peers hear we left
+    await server.close();
+    if (end.kind === "failed") {
+      // finally leaves the job (abort): the peers fail their round at once
+      throw new AinftpError("swarm --serve", end.failure.message, { hint: end.failure.hint ?? "restart the whole job" });
+    }
+    const s = server.stats;
+    return {
+      rank: o.rank, peers: N, job: comm.job, socket: socketPath, attached_by_us: attachedByUs,
+      clients: s.clients, allreduces: s.allreduces, elements: s.elements,
+      mean_ms: s.allreduces ? +(s.ms / s.allreduces).toFixed(3) : null, stopped_by: end.why,
+    };
+  } finally {
+    onSignal = () => {};
+    await server?.close();
+    // leave politely (serving peers' last resends) unless the job failed or a round was cut short
+    if (failed || server?.busy) comm?.abort();
+    else comm?.close(Math.min(2000, o.roundTimeoutMs ?? 2000));
+    process.off("SIGINT", handler);
+    process.off("SIGTERM", handler);
+    detachOurs();
+  }
+}
