@@ -32,6 +32,7 @@ import { AinftpError } from "./errors.ts";
 import { chunkCount, chunkExpsInto, headerTemplate, NonFiniteGradientError, packChunks } from "./quantize.ts";
 import { EventRing, PinnedReflex } from "./reflex.ts";
 import { gateIndex, SentryKeeper, type KeeperOptions } from "./sentry/keeper.ts";
+import { publishState, readmitPath, removeState, statePath, takeReadmits } from "./sentry/state.ts";
 import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
 import { XskSocket } from "./xsk.ts";
 
@@ -642,6 +643,7 @@ export class Communicator implements Disposable {
     this.phase("gather", tp);
     if (bad2) throw new AinftpError(`round ${r}`, `${bad2} result entries changed while being read`);
     this.stats.rounds++;
+    if (this.sentry) this.sentryHousekeeping();
     return { round: r, ms: performance.now() - t0, chunks: nchunks };
   }
 
@@ -907,6 +909,26 @@ export class Communicator implements Disposable {
     this.sentry?.readmit(rank);
   }
 
+  private lastPublish = 0;
+
+  /** Once a round: take operators' re-admissions (ainftp sentry readmit),
+   * and at most twice a second publish the sentry's state for `ainftp
+   * sentry status`. */
+  private sentryHousekeeping(): void {
+    const root = this.o.pinRoot;
+    for (const rank of takeReadmits(readmitPath(this.o.iface, root))) if (rank >= 0 && rank < this.size) this.readmit(rank);
+    const now = Date.now();
+    if (now - this.lastPublish < 500) return;
+    this.lastPublish = now;
+    try {
+      publishState(statePath(this.o.iface, root), {
+        ...this.sentry!.status(), iface: this.o.iface, job: this.job, rank: this.rank, peers: [...this.peers], pid: process.pid, updated: now,
+      });
+    } catch {
+      // /run not writable: status then shows the kernel's counts only
+    }
+  }
+
   /** Per chunk of the last round: contributions its result holds (the
    * owner's own included). Fewer than the members when the sentry dropped
    * some or a member was quarantined. */
@@ -1065,6 +1087,7 @@ export class Communicator implements Disposable {
   abort(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.sentry) removeState(this.o.iface, this.o.pinRoot);
     try {
       for (const p of this.others()) this.sendControl(p, CTRL_BYE, this.nextRound - 1, 0, 0, new Uint8Array(0));
     } catch {
@@ -1082,6 +1105,7 @@ export class Communicator implements Disposable {
   close(lingerMs = this.o.roundTimeoutMs): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.sentry) removeState(this.o.iface, this.o.pinRoot);
     try {
       const bye = (all = false) => {
         for (const p of this.others()) if (all || !this.left.has(p)) this.sendControl(p, CTRL_BYE, this.nextRound, 0, 0, new Uint8Array(0));

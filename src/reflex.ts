@@ -310,7 +310,11 @@ export class ReflexObject extends ReflexMaps {
       if (opts.benchNoDedupe)
         check(shim.ainftp_obj_set_rodata(obj, cstr("bench_no_dedupe"), new Uint8Array([1]), 1n), "load", "setting the bench switch failed");
       for (const [m, n] of [["slots", BANKS * chunks], ["acc", BANKS * chunks], ["results", BANKS * chunks], ["sentry_obs", BANKS * chunks], ["sentry_gate", 2 * chunks]] as const)
-        check(shim.ainftp_obj_set_max_entries(obj, cstr(m), n), "load", `sizing map ${m} failed`);
+      {
+        const rc = shim.ainftp_obj_set_max_entries(obj, cstr(m), n);
+        // a map the object lacks (-ENOENT) is named later, when the maps are looked up
+        if (rc !== -2) check(rc, "load", `sizing map ${m} failed`);
+      }
       const rc = shim.ainftp_obj_load(obj);
       if (rc < 0) {
         const log = libbpfLog();

@@ -358,7 +358,10 @@ describe.skipIf(!kernel)("dist/ainftp errors and lifecycle (root, network namesp
     expect(a.stdout).toContain("attached to s0");
     expect(a.stdout).toContain("in native mode");
     const dir = lab.pinDir(N, "s0");
-    expect(readdirSync(dir).sort()).toEqual(["acc", "bank_state", "counters", "events", "job_config", "link", "member_addrs", "results", "rodata", "slots", "xsks"]);
+    expect(readdirSync(dir).sort()).toEqual([
+      "acc", "bank_state", "counters", "events", "job_config", "link", "member_addrs", "results", "rodata",
+      "sentry_gate", "sentry_obs", "sentry_workers", "slots", "xsks",
+    ]);
 
     lab.must(N, ["ip", "link", "del", "s0"]);
 
