@@ -6,6 +6,7 @@ import type { AttachMode } from "../src/attach.ts";
 import { AinftpError } from "../src/errors.ts";
 import { defaultSocketPath, serveNode, type ServeReport } from "../src/local.ts";
 import { runNode, type NodeReport } from "../src/node.ts";
+import { slurmMembers } from "../src/slurm.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { floatOption, intOption, type IO } from "./io.ts";
 import { COMPACT } from "./status.ts";
@@ -79,9 +80,10 @@ export function swarmCommand(io: IO): Command {
         "peer, then run the synthetic workload (deterministic gradients from seed, rank and round) and, with --verify, check " +
         "every round against the exact sum computed here. Start the same command on every member with its own --rank.",
     )
-    .requiredOption("--iface <name>", "interface that reaches the peers (ip -br addr)")
-    .requiredOption("--peers <ips>", "IPv4 address of every member, in rank order, comma-separated", peerList)
-    .requiredOption("--rank <k>", "this host's rank: its position in --peers, from 0", intOption(0, MAX_WORKERS - 1))
+    .option("--iface <name>", "interface that reaches the peers (ip -br addr); with --slurm, default: the one that routes to them")
+    .option("--peers <ips>", "IPv4 address of every member, in rank order, comma-separated", peerList)
+    .option("--rank <k>", "this host's rank: its position in --peers, from 0", intOption(0, MAX_WORKERS - 1))
+    .option("--slurm", "take the members, this task's rank and the job id from SLURM (run under srun, one task per node)")
     .option("--port <n>", `UDP port (default ${DEFAULT_PORT})`, intOption(1, 65535))
     .option("--job <id>", "job id every member uses (default 0)", intOption(0, 0xffffffff))
     .option("--synthetic <size>", "gradient size per round: 1MiB, 16MiB, 1GiB or bytes", sizeOption)
@@ -107,6 +109,15 @@ export function swarmCommand(io: IO): Command {
     .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n" +
       "  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --job 7 --serve   # trainers: ainftp.connect(job=7)\n")
     .action(async (o) => {
+      if (o.slurm) {
+        if (o.peers !== undefined || o.rank !== undefined)
+          throw new AinftpError("swarm", "--slurm takes the members and the rank from SLURM", { hint: "drop --peers and --rank, or --slurm" });
+        const m = await slurmMembers(process.env, { iface: o.iface });
+        Object.assign(o, { peers: m.peers, rank: m.rank, iface: m.iface, job: o.job ?? m.job });
+        io.err(`ainftp: ${m.source}: rank ${m.rank} of ${m.peers.length} on ${m.iface}, job ${o.job}\n`);
+      }
+      for (const [flag, v] of [["--iface", o.iface], ["--peers", o.peers], ["--rank", o.rank]] as const)
+        if (v === undefined) throw new AinftpError("swarm", `${flag} is missing`, { hint: "give --iface, --peers and --rank, or run under srun with --slurm" });
       if (o.rank >= o.peers.length)
         throw new AinftpError("swarm", `--rank ${o.rank} but --peers lists ${o.peers.length} members`, { hint: `ranks are 0..${o.peers.length - 1}` });
       if (o.serve && o.synthetic !== undefined)

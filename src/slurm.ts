@@ -331,3 +331,36 @@ export function routeInterface(addr: string): string {
     throw new AinftpError(`route to ${addr}`, r.stderr?.toString().trim() || `ip route get exited with ${r.exitCode}`, { hint: "check the address, or pass --iface" });
   return parseRouteGet(r.stdout?.toString() ?? "").dev;
 }
+
+// ---- the swarm's members from SLURM ------------------------------------------
+
+export interface SlurmMembers {
+  peers: string[];
+  rank: number;
+  job: number;
+  iface: string;
+  /** Where each value came from, for the node's log line. */
+  source: string;
+}
+
+/**
+ * What `ainftp swarm --slurm` runs with: every task's address (one task per
+ * node: ainftp's port and XDP program are per interface), this task's rank,
+ * the job id derived from the SLURM job and step, and the interface that
+ * routes to the peers (unless given).
+ */
+export async function slurmMembers(env: Env = process.env, o: { iface?: string } = {}): Promise<SlurmMembers> {
+  const job = slurmBootstrap(env);
+  const peers = await resolveHosts(job.hosts);
+  const twice = peers.find((p, i) => peers.indexOf(p) !== i);
+  if (twice !== undefined)
+    throw new AinftpError("slurm bootstrap", `two tasks run on ${job.hosts[peers.indexOf(twice)]} (${twice}); ainftp runs one node per host`, {
+      hint: "start one task per node: srun --ntasks-per-node=1 (several GPUs of one host share that node through --serve)",
+    });
+  const other = peers.find((_, i) => i !== job.rank);
+  const iface = o.iface ?? (other === undefined ? "lo" : routeInterface(other));
+  return {
+    peers, rank: job.rank, job: job.jobId, iface,
+    source: `SLURM job ${env.SLURM_JOB_ID ?? env.SLURM_JOBID}${env.SLURM_STEP_ID !== undefined ? `.${env.SLURM_STEP_ID}` : ""}, ${job.size} tasks on ${job.nodeNames.length} nodes`,
+  };
+}

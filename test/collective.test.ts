@@ -248,6 +248,29 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     }, 60_000);
   }
 
+  test("--slurm: members, rank, job and interface from SLURM's variables (as srun sets them), verified and bit-identical", async () => {
+    const nodes = NODES.slice(0, 3);
+    const list = nodes.map((n) => addr(n)).join(",");
+    const procs = nodes.map((n, rank) => {
+      const jsonFile = join(lab.tmp, `slurm-${rank}.json`);
+      const env = {
+        SLURM_JOB_ID: "4242", SLURM_STEP_ID: "0", SLURM_PROCID: String(rank), SLURM_NTASKS: "3", SLURM_NODEID: String(rank),
+        SLURM_JOB_NODELIST: list, SLURM_STEP_NODELIST: list, SLURM_TASKS_PER_NODE: "1(x3)", SLURM_STEP_TASKS_PER_NODE: "1(x3)",
+      };
+      const p = lab.spawn(n, [BIN, "swarm", "--slurm", "--synthetic", "65536", "--rounds", "3", "--verify", "--json", jsonFile], { env });
+      live.add(p);
+      return { p, jsonFile };
+    });
+    const codes = await Promise.all(procs.map(({ p }) => p.exited));
+    const errs = await Promise.all(procs.map(({ p }) => new Response(p.stderr).text()));
+    expect(codes, errs.join("\n")).toEqual([0, 0, 0]);
+    const reps = procs.map(({ jsonFile }) => JSON.parse(readFileSync(jsonFile, "utf8")) as NodeReport);
+    reps.forEach((j, rank) => expect({ rank: j.rank, peers: j.peers, verified: j.verified }).toEqual({ rank, peers: 3, verified: true }));
+    for (const j of reps) expect(j.result_sha256).toEqual(reps[0].result_sha256);
+    // the log line says where the members came from and which interface routes to them
+    errs.forEach((e, rank) => expect(e).toContain(`ainftp: SLURM job 4242.0, 3 tasks on 3 nodes: rank ${rank} of 3 on ${IF}, job `));
+  }, 60_000);
+
   // ---- the sentry (issue 5): the inline filter in a live job ----------------------
 
   test("sentry on, 4 honest hosts, 1 MiB × 10: verified against the contributions each result holds, bit-identical, few dropped", async () => {
