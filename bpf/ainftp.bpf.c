@@ -238,22 +238,35 @@ __noinline __s32 ainftp_sentry_energy(const struct scratch *in, __u32 count, __s
 {
 	if (!in || count == 0)
 		return AINFTP_ENERGY_ZERO;
-	__u32 m = count < AINFTP_SENTRY_SAMPLES ? count : AINFTP_SENTRY_SAMPLES;
-	__u32 stride = count / m;
-	__u32 pos = bpf_get_prandom_u32() % stride;
 	__u64 s = 0;
-	for (__u32 i = 0; i < AINFTP_SENTRY_SAMPLES; i++) {
-		__u32 at = pos;
-		opaque(at);
-		if (i >= m || at >= AINFTP_MAX_ELEMS)
-			break;
-		__s64 q = in->v[at];
-		s += q * q;
-		pos += stride;
+	__s32 log_m;
+	if (count >= AINFTP_SENTRY_SAMPLES) {
+		/* no divisions: a power-of-two sample count, and the phase by
+		 * multiply-shift (the per-packet cost is mostly fixed costs) */
+		__u32 stride = count / AINFTP_SENTRY_SAMPLES;
+		__u32 pos = (__u32)(((__u64)bpf_get_prandom_u32() * stride) >> 32);
+#pragma unroll
+		for (__u32 i = 0; i < AINFTP_SENTRY_SAMPLES; i++) {
+			__u32 at = pos + i * stride;
+			opaque(at);
+			if (at >= AINFTP_MAX_ELEMS)
+				break;
+			__s64 q = in->v[at];
+			s += q * q;
+		}
+		log_m = 16 * AINFTP_SENTRY_SAMPLES_LOG2;
+	} else {
+		for (__u32 i = 0; i < AINFTP_SENTRY_SAMPLES; i++) {
+			if (i >= count)
+				break;
+			__s64 q = in->v[i];
+			s += q * q;
+		}
+		log_m = ainftp_log2_q4(count);
 	}
 	if (s == 0)
 		return AINFTP_ENERGY_ZERO;
-	return ainftp_log2_q4(s) - ainftp_log2_q4(m) + 32 * exp;
+	return ainftp_log2_q4(s) - log_m + 32 * exp;
 }
 
 static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct ainftp_config *cfg,

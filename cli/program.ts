@@ -5,6 +5,7 @@ import { arenaCommand } from "./arena.ts";
 import { attachCommand } from "./attach.ts";
 import { detachCommand } from "./detach.ts";
 import { processIO, reportError, type IO } from "./io.ts";
+import { sentryCommand } from "./sentry.ts";
 import { statusCommand } from "./status.ts";
 import { swarmCommand } from "./swarm.ts";
 
@@ -17,7 +18,7 @@ export function buildProgram(io: IO = processIO): Command {
     .version(pkg.version, "-V, --version")
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .showHelpAfterError("(add --help for usage)");
-  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand, arenaCommand]) {
+  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand, arenaCommand, sentryCommand]) {
     // addCommand() does not copy output settings to subcommands: set them on each.
     const cmd = make(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)");
     program.addCommand(cmd);

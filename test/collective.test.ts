@@ -32,6 +32,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PKT_CONTRIB } from "../src/abi.ts";
 import type { NodeReport } from "../src/node.ts";
+import type { SentryNodeStatus } from "../cli/sentry-node.ts";
 import { datagram } from "../src/packet.ts";
 import { BIN, canUseNetns, createLab, ensureBuilt, must, sh, until, type Lab } from "./helpers/netns.ts";
 
@@ -305,6 +306,54 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     const honestOwned = [...Array(chunks).keys()].filter((c) => c % 4 !== 3).length;
     for (const j of reps) expect(j.sentry!.excluded_contributions).toBeGreaterThanOrEqual(10 * honestOwned);
     notes.push(`sentry, rank 3 × -10: dropped by rank 0's gates ${reps[0].sentry!.rejected_by_rank.join("/")}, contributions left out ${reps[0].sentry!.excluded_contributions}`);
+  }, 60_000);
+
+  test("ainftp sentry status on a running node shows the quarantine; sentry readmit ends it (the gates then drop the poisoner again)", async () => {
+    // four hosts: each chunk then has three contributors, two of them honest
+    // (with three hosts a poisoner is half of every chunk's contributors and
+    // no robust statistic can tell which half is honest)
+    const nodes = NODES.slice(0, 4);
+    const peers = nodes.map((n) => addr(n));
+    const started = nodes.map((n, i) =>
+      startNode(lab, n, i, peers, ["--synthetic", "262144", "--rounds", "3000", "--sentry", "--poison", "2:-10"]));
+    const status = () => {
+      const r = lab.ainftp("n0", ["sentry", "status", IF, "--json"]);
+      return r.code === 0 ? (JSON.parse(r.stdout)[0] as SentryNodeStatus) : null;
+    };
+    const until = async (what: string, ok: (s: SentryNodeStatus) => boolean, ms = 20_000) => {
+      const end = performance.now() + ms;
+      for (;;) {
+        const s = status();
+        if (s && ok(s)) return s;
+        if (performance.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(s)}`);
+        await Bun.sleep(100);
+      }
+    };
+    try {
+      const q = await until("rank 2 quarantined", (s) => s.workers[2]?.quarantined === true);
+      expect(q.enabled).toBe(true);
+      expect(q.node!.rank).toBe(0);
+      expect(q.workers.map((w) => w.address)).toEqual(peers);
+      expect(q.workers[2].rejected).toBeGreaterThan(0);
+      expect(q.workers[1].quarantined).toBe(false);
+      expect(q.node!.gates.chunks).toBeGreaterThan(0);
+      const text = lab.ainftp("n0", ["sentry", "status", IF]);
+      expect(text.stdout).toContain("sentry on, job 0, this node is rank 0");
+      expect(text.stdout).toMatch(/2\s+│?\s*10\.213\.40\.3.*yes/);
+      // quarantined: dropped as not_member, the gates no longer see it
+      const frozen = status()!.workers[2].rejected;
+      await Bun.sleep(300);
+      expect(status()!.workers[2].rejected).toBe(frozen);
+      const r = lab.ainftp("n0", ["sentry", "readmit", IF, "2"]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain("re-admit rank 2");
+      await until("rank 2 judged again", (s) => s.workers[2].rejected > frozen);
+    } finally {
+      for (const s of started) s.proc.kill("SIGINT");
+      await Promise.all(started.map((s) => s.proc.exited));
+    }
+    // the node removed its published state on the way out
+    expect(lab.ainftp("n0", ["sentry", "status", IF]).code).not.toBe(0);
   }, 60_000);
 
   /** Protocol rounds per allreduce of `chunks` chunks, maps sized min(8192, chunks). */

@@ -51,9 +51,10 @@
  * of an even stride). Each costs about 3 ns in the program; 16 keep the
  * filter near 10% of summing a packet, and estimate a mean square within
  * about ±35% (±8 energy units), well inside an honest spread. */
-#ifndef AINFTP_SENTRY_SAMPLES
-#define AINFTP_SENTRY_SAMPLES 16
+#ifndef AINFTP_SENTRY_SAMPLES_LOG2
+#define AINFTP_SENTRY_SAMPLES_LOG2 4
 #endif
+#define AINFTP_SENTRY_SAMPLES (1 << AINFTP_SENTRY_SAMPLES_LOG2)
 /* The sentry's energy of an all-zero sample (log2 of 0). */
 #define AINFTP_ENERGY_ZERO (-32768)
 
