@@ -115,6 +115,13 @@ struct {
 	__type(value, struct ainftp_sentry_worker);
 } sentry_workers SEC(".maps");
 
+/* Accepted contributions for userspace's robust aggregation (CONTRIBS_TO_RING):
+ * 8 MB, about 2400 records; the owner drains it at every wake-up. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} contribs SEC(".maps");
+
 /* Per-CPU copy of a contribution's payload, taken before the slot lock
  * (helpers cannot run under it) and zero-padded to a multiple of 4. */
 struct scratch {
@@ -321,6 +328,28 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		}
 	}
 
+	/* Robust aggregation: userspace gets a copy and sums nothing here. */
+	int to_ring = (cfg->flags & AINFTP_CFG_CONTRIBS_TO_RING) != 0;
+	if (to_ring && !reject) {
+		struct ainftp_contrib_rec *rec = bpf_ringbuf_reserve(&contribs, sizeof(*rec), 0);
+		if (!rec) {
+			cnt->c[AINFTP_CNT_RINGBUF_FULL]++; /* the owner aggregates without it */
+		} else {
+			rec->round = round;
+			rec->chunk = h->chunk;
+			rec->rank = rank;
+			rec->count = count;
+			rec->exp = h->exp;
+			rec->reserved = 0;
+			if (bpf_xdp_load_bytes(ctx, payload_off, rec->v, len) < 0) {
+				bpf_ringbuf_discard(rec, 0);
+			} else {
+				bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
+				cnt->c[AINFTP_CNT_CONTRIBS_RING]++;
+			}
+		}
+	}
+
 	int outcome = AINFTP_CNT_SUMMED, complete = 0, resend = 0;
 	__u16 contributors = 0;
 	bpf_spin_lock(&slot->lock);
@@ -356,7 +385,8 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		slot->rejected |= bit;
 		contributors = slot->contributors;
 	} else {
-		sum_into((__u64 *)sums->v, in, count, slot->contributors == 0);
+		if (!to_ring)
+			sum_into((__u64 *)sums->v, in, count, slot->contributors == 0);
 		contributors = ++slot->contributors;
 	}
 	if ((slot->seen & cfg->member_mask) == cfg->member_mask) {

@@ -301,9 +301,10 @@ int ainftp_test_run(int prog_fd, const void *in, uint32_t in_len, void *out, uin
  * callback runs inside libbpf. */
 struct ring {
 	struct ring_buffer *rb;
-	struct ainftp_event *out;
+	uint8_t *out;
 	int cap;
 	int n;
+	size_t rec; /* bytes per record copied out: an event, or a contribution */
 };
 
 /* Stops consuming once `out` is full: libbpf advances the consumer past a
@@ -314,20 +315,23 @@ struct ring {
 static int ring_sample(void *ctx, void *data, size_t size)
 {
 	struct ring *r = ctx;
-	if (size < sizeof(struct ainftp_event) || r->n >= r->cap)
+	if (size < r->rec || r->n >= r->cap)
 		return 0;
-	memcpy(&r->out[r->n++], data, sizeof(struct ainftp_event));
+	memcpy(r->out + (size_t)r->n++ * r->rec, data, r->rec);
 	return r->n >= r->cap ? RING_FULL : 0;
 }
 
 static struct ring rings[64];
 
-/* Returns a ring handle (index) >= 0. */
-int ainftp_ring_open(int map_fd)
+/* Returns a ring handle (index) >= 0; records of rec_size bytes are copied out. */
+int ainftp_ring_open(int map_fd, uint32_t rec_size)
 {
+	if (rec_size == 0)
+		return -EINVAL;
 	for (int i = 0; i < 64; i++) {
 		if (rings[i].rb)
 			continue;
+		rings[i].rec = rec_size;
 		rings[i].rb = ring_buffer__new(map_fd, ring_sample, &rings[i], NULL);
 		if (!rings[i].rb)
 			return errno ? -errno : -EINVAL;
@@ -338,7 +342,7 @@ int ainftp_ring_open(int map_fd)
 
 /* Waits up to timeout_ms (0: do not wait, -1: forever) and copies up to cap
  * events into out. Returns the number copied. */
-int ainftp_ring_poll(int h, int timeout_ms, struct ainftp_event *out, int cap)
+int ainftp_ring_poll(int h, int timeout_ms, uint8_t *out, int cap)
 {
 	if (h < 0 || h >= 64 || !rings[h].rb)
 		return -EBADF;
@@ -417,6 +421,9 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_gate, lo); FIELD(&o, ainftp_gate, hi);
 	FIELD(&o, ainftp_obs, tag); FIELD(&o, ainftp_obs, reserved); FIELD(&o, ainftp_obs, energy);
 	FIELD(&o, ainftp_sentry_worker, accepted); FIELD(&o, ainftp_sentry_worker, rejected);
+	FIELD(&o, ainftp_contrib_rec, round); FIELD(&o, ainftp_contrib_rec, chunk); FIELD(&o, ainftp_contrib_rec, rank);
+	FIELD(&o, ainftp_contrib_rec, count); FIELD(&o, ainftp_contrib_rec, exp); FIELD(&o, ainftp_contrib_rec, reserved);
+	FIELD(&o, ainftp_contrib_rec, v);
 	FIELD(&o, ainftp_acc, v);
 	FIELD(&o, ainftp_result, tag); FIELD(&o, ainftp_result, count);
 	FIELD(&o, ainftp_result, contributors); FIELD(&o, ainftp_result, exp);
@@ -426,7 +433,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_event, round); FIELD(&o, ainftp_event, chunk); FIELD(&o, ainftp_event, index);
 	SIZE(&o, ainftp_wire_hdr); SIZE(&o, ainftp_config); SIZE(&o, ainftp_slot); SIZE(&o, ainftp_acc);
 	SIZE(&o, ainftp_result); SIZE(&o, ainftp_bank_state); SIZE(&o, ainftp_event);
-	SIZE(&o, ainftp_counters); SIZE(&o, ainftp_gate); SIZE(&o, ainftp_obs); SIZE(&o, ainftp_sentry_worker);
+	SIZE(&o, ainftp_counters); SIZE(&o, ainftp_gate); SIZE(&o, ainftp_obs); SIZE(&o, ainftp_sentry_worker); SIZE(&o, ainftp_contrib_rec);
 	CONST(&o, MAX_WORKERS); CONST(&o, MAX_ELEMS); CONST(&o, ELEMS_MTU1500); CONST(&o, MAX_CHUNKS);
 	CONST(&o, BANKS); CONST(&o, DEFAULT_PORT); CONST(&o, DEFAULT_BATCH); CONST(&o, MAGIC);
 	CONST(&o, VERSION); CONST(&o, PKT_CONTRIB); CONST(&o, PKT_RESULT); CONST(&o, PKT_CONTROL);
@@ -444,8 +451,8 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, CNT_MAL_TRUNC_UDP); CONST(&o, CNT_MAL_TRUNC_HDR); CONST(&o, CNT_MAL_FRAGMENT);
 	CONST(&o, CNT_MAL_MAGIC); CONST(&o, CNT_MAL_VERSION); CONST(&o, CNT_MAL_TYPE);
 	CONST(&o, CNT_MAL_RANK); CONST(&o, CNT_MAL_CHUNK); CONST(&o, CNT_MAL_COUNT);
-	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT_RESEND_REQ); CONST(&o, CNT_BAD_SOURCE); CONST(&o, CNT_RESULTS_XSK); CONST(&o, CNT_SENTRY_REJECTED); CONST(&o, CNT__MAX);
-	CONST(&o, CFG_CHECK_SOURCE); CONST(&o, CFG_RESULTS_TO_XSK); CONST(&o, CFG_SENTRY);
+	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT_RESEND_REQ); CONST(&o, CNT_BAD_SOURCE); CONST(&o, CNT_RESULTS_XSK); CONST(&o, CNT_SENTRY_REJECTED); CONST(&o, CNT_CONTRIBS_RING); CONST(&o, CNT__MAX);
+	CONST(&o, CFG_CHECK_SOURCE); CONST(&o, CFG_RESULTS_TO_XSK); CONST(&o, CFG_SENTRY); CONST(&o, CFG_CONTRIBS_TO_RING);
 	CONST(&o, SENTRY_SAMPLES);
 	CONST(&o, MAX_ROUND); CONST(&o, ACC_BIAS);
 	if (o.len < o.cap - 1)

@@ -42,6 +42,8 @@ export const CFG_CHECK_SOURCE = 0x1;
 export const CFG_RESULTS_TO_XSK = 0x2;
 /** Config flag: drop contributions whose energy is outside their chunk's sentry gate. */
 export const CFG_SENTRY = 0x4;
+/** Config flag: copy accepted contributions to the contribs ring and sum nothing (robust aggregation). */
+export const CFG_CONTRIBS_TO_RING = 0x8;
 
 export const SLOT_EMPTY = 0;
 export const SLOT_FILLING = 1;
@@ -71,6 +73,7 @@ export const LAYOUT = {
   ainftp_gate: { lo: [0, 4], hi: [4, 4] },
   ainftp_obs: { tag: [0, 4], reserved: [4, 4], energy: [8, 2 * MAX_WORKERS] },
   ainftp_sentry_worker: { accepted: [0, 8], rejected: [8, 8] },
+  ainftp_contrib_rec: { round: [0, 4], chunk: [4, 4], rank: [8, 2], count: [10, 2], exp: [12, 2], reserved: [14, 2], v: [16, 2 * MAX_ELEMS] },
   ainftp_acc: { v: [0, 4 * MAX_ELEMS] }, // biased, lane-interleaved: decodeSums()
   ainftp_result: {
     tag: [0, 4], count: [4, 2], contributors: [6, 2], exp: [8, 2], flags: [10, 2],
@@ -87,6 +90,7 @@ export const SIZEOF = {
   ainftp_gate: 8,
   ainftp_obs: 8 + 2 * MAX_WORKERS,
   ainftp_sentry_worker: 16,
+  ainftp_contrib_rec: 16 + 2 * MAX_ELEMS,
   ainftp_acc: 4 * MAX_ELEMS,
   ainftp_result: 16 + 2 * MAX_ELEMS,
   ainftp_bank_state: 8,
@@ -102,7 +106,7 @@ export const COUNTERS = [
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
-  "sentry_rejected",
+  "sentry_rejected", "contribs_ring",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -146,6 +150,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   bad_source: "a rank's packet from an address that is not that member's",
   results_xsk: "result packets redirected to the AF_XDP socket (arena UMEM)",
   sentry_rejected: "contributions the sentry dropped: energy outside the chunk's gate (not summed)",
+  contribs_ring: "contributions copied to userspace for robust aggregation (--aggregate)",
 };
 
 /** Physical position in the acc map of logical element j of a slot: the

@@ -16,7 +16,7 @@ import { AinftpError, check, privilegeHint } from "./errors.ts";
 /** Map names in the object, and the names they are pinned under. */
 export const MAP_NAMES = [
   "job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs", "xsks",
-  "sentry_gate", "sentry_obs", "sentry_workers",
+  "sentry_gate", "sentry_obs", "sentry_workers", "contribs",
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -401,20 +401,32 @@ export class PinnedReflex extends ReflexMaps {
 /** Consumer of the program's ring buffer; events are copied out in the shim. */
 export class EventRing implements Disposable {
   private h: number;
-  private buf = new Uint8Array(SIZEOF.ainftp_event * 4096);
+  private buf: Uint8Array;
+  /** Bytes per record copied out. */
+  readonly recSize: number;
 
-  constructor(mapFd: number) {
-    this.h = check(shim.ainftp_ring_open(mapFd), "ring", "opening the event ring failed");
+  /** A consumer of a ring-buffer map: program events (the default), or
+   * other fixed-size records (recSize), at most `cap` per poll. */
+  constructor(mapFd: number, recSize: number = SIZEOF.ainftp_event, cap = 4096) {
+    this.recSize = recSize;
+    this.buf = new Uint8Array(recSize * cap);
+    this.raw = new Uint32Array(this.buf.buffer);
+    this.h = check(shim.ainftp_ring_open(mapFd, recSize), "ring", "opening the event ring failed");
+  }
+
+  /** The last pollRaw()'s records as bytes. */
+  get bytes(): Uint8Array {
+    return this.buf;
   }
 
   /** The last pollRaw()'s events, four u32 each: type | contributors << 16,
    * round, chunk, index (struct ainftp_event). */
-  readonly raw = new Uint32Array(this.buf.buffer);
+  readonly raw: Uint32Array;
 
   /** Like poll() without decoding: returns how many events are in `raw`. */
   pollRaw(timeoutMs = 0): number {
     if (this.h < 0) return 0;
-    return check(shim.ainftp_ring_poll(this.h, timeoutMs, this.buf, this.buf.length / SIZEOF.ainftp_event), "ring", "poll failed");
+    return check(shim.ainftp_ring_poll(this.h, timeoutMs, this.buf, this.buf.length / this.recSize), "ring", "poll failed");
   }
 
   /** An fd that polls readable when the program has woken userspace. */

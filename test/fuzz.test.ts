@@ -10,13 +10,13 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
   MAX_ROUND, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "../src/abi.ts";
 import { datagram, frame } from "../src/packet.ts";
-import { ReflexObject, type EventRing } from "../src/reflex.ts";
+import { EventRing, ReflexObject } from "../src/reflex.ts";
 import { libbpf } from "../native/libbpf.ts";
 import { ipv4ToBe32 } from "../src/transport.ts";
 
@@ -105,6 +105,11 @@ class Model {
   events: ReflexEvent[] = [];
   /** sentry_gate: per chunk "open" (no gate: lo >= hi) or "closed" (a band no energy reaches). */
   gate: ("open" | "closed")[] = [];
+  /** Slots whose round counted a contribution it did not sum (ring mode):
+   * their acc words are exact, but not a sum of `contributors` values. */
+  ringCounted = new Set<number>();
+  /** Records the contribs ring should hold, in order. */
+  ring: { round: number; chunk: number; rank: number; count: number; exp: number; v: number[] }[] = [];
   /** sentry_workers: [accepted, rejected] per rank. */
   workers = Array.from({ length: 64 }, () => [0, 0]);
 
@@ -262,6 +267,12 @@ class Model {
     if (idx >= this.slots.length) return this.drop("mal_chunk");
     const slot = this.slots[idx];
     const tag = (h.round + 1) >>> 0;
+    // robust aggregation: a copy for userspace (before any slot check), no sum
+    const toRing = ((cfg.flags ?? 0) & CFG_CONTRIBS_TO_RING) !== 0;
+    if (toRing && !(((cfg.flags ?? 0) & CFG_SENTRY) !== 0 && this.gateRejects(h.chunk))) {
+      this.cnt.contribs_ring++;
+      this.ring.push({ round: h.round, chunk: h.chunk, rank: h.rank, count: h.count, exp: h.exp, v: Array.from(values.subarray(0, h.count)) });
+    }
     let outcome: keyof Counters = "summed";
     let complete = false;
     let resend = false;
@@ -269,6 +280,7 @@ class Model {
       if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
       else {
         slot.tag = tag;
+        this.ringCounted.delete(idx);
         slot.seen = 0n;
         slot.rejected = 0n;
         slot.contributors = 0;
@@ -295,7 +307,17 @@ class Model {
       }
     }
     if ((outcome === "summed" || reject) && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][reject ? 1 : 0]++;
-    if (outcome === "summed") {
+    if (outcome === "summed" && toRing) {
+      this.ringCounted.add(idx);
+      slot.seen |= bit;
+      slot.contributors = (slot.contributors + 1) & 0xffff;
+      const mask = BigInt.asUintN(64, cfg.memberMask);
+      if ((slot.seen & mask) === mask) {
+        slot.state = SLOT_COMPLETE;
+        slot.completions = (slot.completions + 1) >>> 0;
+        complete = true;
+      }
+    } else if (outcome === "summed") {
       const keep = slot.contributors !== 0;
       const dst = this.acc[idx];
       const raw = this.raw[idx];
@@ -611,12 +633,17 @@ function hex(f: Uint8Array, max = 160): string {
 describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED})`, () => {
   let r: ReflexObject | undefined;
   let ring: EventRing;
+  let contribs: EventRing;
   beforeAll(async () => {
     r = await ReflexObject.load({ chunks: MAP_CHUNKS, port: PORT });
     ring = r.events();
+    contribs = new EventRing(r.mapFd("contribs"), SIZEOF.ainftp_contrib_rec, 512);
     console.log(`fuzz seed ${SEED} (AINFTP_FUZZ_SEED=${SEED} reproduces), ${PACKETS} packets`);
   });
-  afterAll(() => r?.close());
+  afterAll(() => {
+    contribs?.close();
+    r?.close();
+  });
 
   test("kernel state, sums, results, events and counters equal the model", () => {
     if (!r) throw new Error("not loaded");
@@ -651,6 +678,21 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     const checkState = (at: number) => {
       stats.checkpoints++;
       const where = `after packet ${at} (seed ${SEED})`;
+      // the contribs ring: exactly the model's records, in order
+      const recs: typeof model.ring = [];
+      for (let n; (n = contribs.pollRaw(0)) > 0; ) {
+        const b = contribs.bytes;
+        for (let i = 0; i < n; i++) {
+          const v = new DataView(b.buffer, i * SIZEOF.ainftp_contrib_rec, SIZEOF.ainftp_contrib_rec);
+          const count = v.getUint16(10, true);
+          recs.push({
+            round: v.getUint32(0, true), chunk: v.getUint32(4, true), rank: v.getUint16(8, true), count, exp: v.getInt16(12, true),
+            v: Array.from(new Int16Array(b.buffer, i * SIZEOF.ainftp_contrib_rec + 16, count)),
+          });
+        }
+      }
+      expect(recs, `contribs ring ${where}`).toEqual(model.ring);
+      model.ring = [];
       expect(kernelDelta(), `counters ${where}`).toEqual(model.cnt);
       for (let idx = 0; idx < BANKS * MAP_CHUNKS; idx++) {
         const ks: SlotState = k.slot(idx);
@@ -660,9 +702,11 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         const d = firstDiff(kraw, model.raw[idx]);
         if (d >= 0)
           throw new Error(`raw acc[${idx}][${d}]: kernel ${kraw[d]} model ${model.raw[idx][d]} (slot count ${ms.count}) ${where}`);
-        // a slot whose every contribution the sentry rejected holds no sums of its round
-        const ksum = ms.contributors ? k.sums(idx, ms.count) : new Int32Array(0);
-        const dd = firstDiff(ksum, ms.contributors ? model.acc[idx].subarray(0, ms.count) : new Int32Array(0));
+        // a slot whose every contribution the sentry rejected, or that counted
+        // ring-mode contributions, holds no sum of its round's contributors
+        const decodable = ms.contributors > 0 && !model.ringCounted.has(idx);
+        const ksum = decodable ? k.sums(idx, ms.count) : new Int32Array(0);
+        const dd = firstDiff(ksum, decodable ? model.acc[idx].subarray(0, ms.count) : new Int32Array(0));
         if (dd >= 0)
           throw new Error(`sums(${idx})[${dd}]: kernel ${ksum[dd]} model ${model.acc[idx][dd]} (slot count ${ms.count}) ${where}`);
         const kr = k.result(idx);
@@ -714,7 +758,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
       } else if (x < 0.87) {
         cfg = {
           ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
-          flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE]),
+          flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_CONTRIBS_TO_RING | CFG_SENTRY]),
         };
         // close or open the sentry's gate of a few chunks
         const gates = k.gates();

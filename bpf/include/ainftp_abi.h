@@ -123,6 +123,7 @@ struct ainftp_config {
 #define AINFTP_CFG_CHECK_SOURCE 0x1 /* drop packets whose IPv4 source is not their rank's (member_addrs) */
 #define AINFTP_CFG_RESULTS_TO_XSK 0x2 /* redirect result packets to the AF_XDP socket of their queue (xsks) */
 #define AINFTP_CFG_SENTRY 0x4 /* drop contributions whose energy is outside their chunk's sentry_gate band */
+#define AINFTP_CFG_CONTRIBS_TO_RING 0x8 /* copy accepted contributions to the contribs ring, do not sum them (robust aggregation) */
 
 enum ainftp_slot_state {
 	AINFTP_SLOT_EMPTY = 0,
@@ -205,6 +206,21 @@ struct ainftp_sentry_worker {
 	__u64 rejected;
 };
 
+/* contribs ring (BPF_MAP_TYPE_RINGBUF): with AINFTP_CFG_CONTRIBS_TO_RING,
+ * every accepted contribution, for the owner's robust aggregation in
+ * userspace (trimmed mean, median, centered clipping). Written before the
+ * slot lock, so a slot's completion event never precedes its records;
+ * retransmissions appear twice (userspace keeps one per rank). */
+struct ainftp_contrib_rec {
+	__u32 round;
+	__u32 chunk;
+	__u16 rank;
+	__u16 count;
+	__s16 exp;
+	__u16 reserved;
+	__s16 v[AINFTP_MAX_ELEMS];
+};
+
 /* ---- events (ring buffer) ------------------------------------------------ */
 
 enum ainftp_event_type {
@@ -262,6 +278,7 @@ enum ainftp_counter {
 	AINFTP_CNT_BAD_SOURCE,      /* rank's packet from another address (CHECK_SOURCE) */
 	AINFTP_CNT_RESULTS_XSK,     /* result packets redirected to an AF_XDP socket */
 	AINFTP_CNT_SENTRY_REJECTED, /* contributions the sentry dropped (energy outside the gate) */
+	AINFTP_CNT_CONTRIBS_RING,   /* contributions copied to the contribs ring (robust aggregation) */
 	AINFTP_CNT__MAX,
 };
 
@@ -277,6 +294,7 @@ _Static_assert(sizeof(struct ainftp_slot) == 40, "slot is 40 bytes");
 _Static_assert(sizeof(struct ainftp_gate) == 8, "gate");
 _Static_assert(sizeof(struct ainftp_obs) == 8 + 2 * AINFTP_MAX_WORKERS, "obs");
 _Static_assert(sizeof(struct ainftp_sentry_worker) == 16, "sentry worker");
+_Static_assert(sizeof(struct ainftp_contrib_rec) == 16 + 2 * AINFTP_MAX_ELEMS, "contrib record");
 _Static_assert(sizeof(struct ainftp_acc) == 4 * AINFTP_MAX_ELEMS, "acc");
 _Static_assert(sizeof(struct ainftp_result) == 16 + 2 * AINFTP_MAX_ELEMS, "result");
 _Static_assert(sizeof(struct ainftp_bank_state) == 8, "bank state");
