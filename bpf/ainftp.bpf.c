@@ -412,7 +412,8 @@ unlock:
 		emit_event(cnt, cfg, AINFTP_EV_RESEND, round, h->chunk, idx, rank);
 	}
 	if (outcome == AINFTP_CNT_SUMMED) {
-		cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;
+		if (!(cfg->flags & AINFTP_CFG_CONTRIBS_TO_RING))
+			cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;
 		if (h->flags & AINFTP_F_SATURATED)
 			cnt->c[AINFTP_CNT_SATURATED]++;
 	}

@@ -101,6 +101,7 @@ export function swarmCommand(io: IO): Command {
     .option("--keep-attached", "leave the program attached at the end")
     .option("--sentry", "filter contributions inline: drop those whose energy is beyond --sentry-z sigma of their chunk's honest history (ainftp sentry status shows it)")
     .option("--sentry-z <z>", "the sentry's gate, in standard deviations (default 3.5)", floatOption(0.5, 100))
+    .addOption(new Option("--aggregate <mode>", "how owners combine contributions: summed in XDP (sum), or in userspace, robustly").choices(["sum", "trimmed-mean", "median", "cclip"]).default("sum"))
     .option("--poison <rank:factor>", "test/demo only: that rank sends its synthetic gradient times factor (every member must be told)", poisonOption)
     .option("--serve", "serve local trainers (clients/python) on a Unix socket until Ctrl-C/SIGTERM, instead of --synthetic")
     .option("--socket <path>", `with --serve: the socket trainers connect to (default ${defaultSocketPath().replace("0.sock", "<job>.sock")})`)
@@ -147,7 +148,7 @@ export function swarmCommand(io: IO): Command {
         verify: Boolean(o.verify), seed: o.seed, mode: o.mode as AttachMode, chunkElems: o.chunkElems, window: o.window, rx: o.rx,
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
-        sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison,
+        sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");

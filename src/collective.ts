@@ -23,8 +23,8 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
-  F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, SIZEOF, VERSION, readHeader, writeHeader,
+  CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
 import { pinnedPort, pinRoot } from "./attach.ts";
@@ -32,6 +32,8 @@ import { AinftpError } from "./errors.ts";
 import { chunkCount, chunkExpsInto, headerTemplate, NonFiniteGradientError, packChunks } from "./quantize.ts";
 import { EventRing, PinnedReflex } from "./reflex.ts";
 import { gateIndex, SentryKeeper, type KeeperOptions } from "./sentry/keeper.ts";
+import { RobustAggregator, robustKey, type AggregateMode, type RobustOptions } from "./sentry/robust.ts";
+import { cChunkExps, cDequantize, cQuantize } from "../native/quant.ts";
 import { publishState, readmitPath, removeState, statePath, takeReadmits } from "./sentry/state.ts";
 import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
 import { XskSocket } from "./xsk.ts";
@@ -91,6 +93,11 @@ export interface CommunicatorOptions {
   sentry?: KeeperOptions | boolean;
   /** The sentry quarantined or re-admitted members (their ranks). */
   onQuarantine?: (quarantined: number[], round: number) => void;
+  /** How an owner combines its chunks' contributions: summed by the XDP
+   * program (default), or handed to userspace and combined robustly
+   * (src/sentry/robust.ts). Robust modes need rx "map". */
+  aggregate?: AggregateMode;
+  robust?: RobustOptions;
 }
 
 export interface CollectiveStats {
@@ -151,6 +158,10 @@ interface RoundState {
   pending: number[];
   /** Per chunk: contributions the program summed into our slot (its event's count). */
   summed: Uint16Array;
+  /** Our gradient of this round (robust modes combine it with the others'). */
+  x: Float32Array;
+  /** Robust modes: the contributions to our chunks, by chunk and rank. */
+  recs: Map<number, Map<number, { exp: number; q: Int16Array }>>;
   resultsSeen: number;
   sent: boolean;
   header: Uint8Array;
@@ -198,6 +209,11 @@ export class Communicator implements Disposable {
   /** The sentry's gates and strikes for the chunks we own (null: off). */
   readonly sentry: SentryKeeper | null = null;
   private quarantined = 0n;
+  /** Robust aggregation: the combiner, and the ring of contributions. */
+  readonly robust: RobustAggregator | null = null;
+  private contribs: EventRing | null = null;
+  /** Contributions of rounds we have not started yet. */
+  private earlyRecs = new Map<number, Map<number, Map<number, { exp: number; q: Int16Array }>>>();
   /** Exponents that arrived for rounds we have not started. */
   private early = new Map<number, Map<number, Map<number, Int8Array>>>();
   private seg: number; // packet stride
@@ -269,6 +285,12 @@ export class Communicator implements Disposable {
       // a previous job's slots and results must not look like ours
       maps.resetState();
       const c = new Communicator(o, maps, sock, port);
+      if (o.aggregate && o.aggregate !== "sum") {
+        if (o.rx === "xsk") throw new AinftpError(op, `--aggregate ${o.aggregate} needs --rx map`, { hint: "drop --rx xsk" });
+        (c as { robust: RobustAggregator | null }).robust = new RobustAggregator(o.aggregate, o.robust);
+        c.contribs = new EventRing(maps.mapFd("contribs"), SIZEOF.ainftp_contrib_rec, 256);
+        while (c.contribs.pollRaw(0) > 0); // a previous job's records
+      }
       if (o.sentry) {
         if (o.rx === "xsk") throw new AinftpError(op, "the sentry needs --rx map", { hint: "drop --rx xsk, or the sentry" });
         (c as { sentry: SentryKeeper | null }).sentry = new SentryKeeper(n, o.sentry === true ? {} : o.sentry);
@@ -348,7 +370,7 @@ export class Communicator implements Disposable {
     this.cfg = {
       ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(), batch: this.o.batch,
       flags: ((this.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY)) | CFG_CHECK_SOURCE |
-        (this.xsk ? CFG_RESULTS_TO_XSK : 0) | (this.sentry ? CFG_SENTRY : 0),
+        (this.xsk ? CFG_RESULTS_TO_XSK : 0) | (this.sentry ? CFG_SENTRY : 0) | (this.robust ? CFG_CONTRIBS_TO_RING : 0),
     };
     if (this.sentry) {
       // every gate starts calibrating: its band is closed
@@ -523,7 +545,7 @@ export class Communicator implements Disposable {
       const end = Math.min(x.length, off + per);
       const rep = await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs);
       reports.push(rep);
-      if (opts.op === "mean" && this.sentry && this.size > 1) {
+      if (opts.op === "mean" && (this.sentry || this.robust) && this.size > 1) {
         // a mean over the contributions each chunk's result holds
         const k = this.contributorsOf(rep.round, rep.chunks);
         for (let c = 0; c < rep.chunks; c++) {
@@ -533,7 +555,7 @@ export class Communicator implements Disposable {
         }
       }
     }
-    if (opts.op === "mean" && !(this.sentry && this.size > 1)) for (let i = 0; i < out.length; i++) out[i] /= this.size;
+    if (opts.op === "mean" && !((this.sentry || this.robust) && this.size > 1)) for (let i = 0; i < out.length; i++) out[i] /= this.size;
     return reports;
   }
 
@@ -683,6 +705,7 @@ export class Communicator implements Disposable {
       leader: N > 2 ? r % N : -1, haveShared: false, sharedPieces: new Set(),
       pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
       owned, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0, sent: false,
+      x, recs: this.earlyRecs.get(r) ?? new Map(),
       header: new Uint8Array(HDR), seed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
       sendBuf: this.scratch("send", off), ownerOffset, ownerChunks, ownBuf: this.scratch("own", owned.length * this.seg),
       xdone: this.scratch("xdone", nchunks).fill(0), out,
@@ -743,6 +766,7 @@ export class Communicator implements Disposable {
   /** Reads the program's events: finish completed slots, count results,
    * serve resend requests, and move the window. */
   private drainEvents(st: RoundState | null, bankBase: number): void {
+    if (this.contribs) this.drainContribs(st);
     const raw = this.ring.raw;
     const done = this.chunkList;
     for (;;) {
@@ -849,6 +873,7 @@ export class Communicator implements Disposable {
       if (at >= 0 && at !== chunks.length - 1) (chunks[at] = chunks[chunks.length - 1]), (chunks[chunks.length - 1] = short);
     }
     if (this.sentry) this.judge(st, bankBase, chunks);
+    if (this.robust) return this.finishRobust(st, bankBase, chunks);
     const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round: st.r, rank: this.rank });
     const n = coll.ainftp_finish_batch(
       this.accBase, this.resBase, bankBase, chunks, chunks.length, st.summed,
@@ -858,6 +883,69 @@ export class Communicator implements Disposable {
     st.ownedDoneCount += n;
     const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
     for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, n, lastSize);
+  }
+
+  /** Robust modes: files the contributions the program copied to the ring
+   * (one per rank and chunk; a retransmission's copy is a duplicate). */
+  private drainContribs(st: RoundState | null): void {
+    const ring = this.contribs!;
+    const rec = SIZEOF.ainftp_contrib_rec;
+    for (let n; (n = ring.pollRaw(0)) > 0; ) {
+      const b = ring.bytes;
+      for (let i = 0; i < n; i++) {
+        const dv = new DataView(b.buffer, i * rec, 16);
+        const round = dv.getUint32(0, true), chunk = dv.getUint32(4, true), rank = dv.getUint16(8, true);
+        const count = Math.min(dv.getUint16(10, true), this.chunkElems);
+        let byChunk: Map<number, Map<number, { exp: number; q: Int16Array }>>;
+        if (st && round === st.r) byChunk = st.recs;
+        else if (round > (st?.r ?? this.nextRound - 1)) {
+          let m = this.earlyRecs.get(round);
+          if (!m) this.earlyRecs.set(round, (m = new Map()));
+          byChunk = m;
+        } else continue; // an old round's retransmission
+        let ranks = byChunk.get(chunk);
+        if (!ranks) byChunk.set(chunk, (ranks = new Map()));
+        if (!ranks.has(rank)) ranks.set(rank, { exp: dv.getInt16(12, true), q: new Int16Array(b.buffer.slice(i * rec + 16, i * rec + 16 + 2 * count)) });
+      }
+    }
+    if (st) for (const k of this.earlyRecs.keys()) if (k <= st.r) this.earlyRecs.delete(k);
+  }
+
+  /** Robust modes: combine each completed chunk's contributions (ours from
+   * x, the others' from the ring), publish the result in our results map and
+   * send it to every member. */
+  private finishRobust(st: RoundState, bankBase: number, chunks: Uint32Array): void {
+    this.drainContribs(st);
+    const E = this.chunkElems;
+    const out = new Float32Array(E);
+    const exp = new Int8Array(1);
+    const pkts = new DataView(this.resPkts.buffer);
+    chunks.forEach((c, i) => {
+      const count = st.counts[c];
+      const xs: Float32Array[] = [st.x.subarray(c * E, c * E + count)];
+      const ranks = [this.rank];
+      for (const [rank, rec] of st.recs.get(c) ?? []) {
+        if (rank === this.rank || rank >= this.size || rec.q.length !== count) continue;
+        const v = new Float32Array(count);
+        cDequantize(rec.q, rec.exp, v);
+        xs.push(v);
+        ranks.push(rank);
+      }
+      st.recs.delete(c);
+      const agg = out.subarray(0, count);
+      this.robust!.aggregate(robustKey(c, count), xs, ranks, agg);
+      cChunkExps(agg, count, exp);
+      const entry = this.maps.resultEntry(bankBase + c);
+      cQuantize(agg, exp[0], entry.v.subarray(0, count), 0);
+      entry.publish(st.r + 1, count, xs.length, exp[0]);
+      writeHeader(pkts, i * this.seg, {
+        type: PKT_RESULT, jobId: this.job, round: st.r, chunk: c, rank: this.rank, count, exp: exp[0], contributors: xs.length,
+      });
+      this.resPkts.set(new Uint8Array(entry.v.buffer, entry.v.byteOffset, 2 * count), i * this.seg + HDR);
+    });
+    st.ownedDoneCount += chunks.length;
+    const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
+    for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, chunks.length, lastSize);
   }
 
   /** Members whose contributions our slots wait for in round r: the others,
@@ -1095,6 +1183,7 @@ export class Communicator implements Disposable {
     }
     this.sock.close();
     this.xsk?.close();
+    this.contribs?.close();
     this.maps.close();
   }
 
@@ -1131,6 +1220,7 @@ export class Communicator implements Disposable {
     }
     this.sock.close();
     this.xsk?.close();
+    this.contribs?.close();
     this.maps.close();
   }
 

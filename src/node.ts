@@ -11,6 +11,7 @@ import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
 import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
+import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust.ts";
 
 /** First retransmission of a barrier round: long, a member may be verifying. */
 const BARRIER_PATIENCE_MS = 300;
@@ -49,6 +50,8 @@ export interface NodeOptions {
    * (a scaling attack). Every node is told, so its reference sum holds the
    * poisoned gradient too and verification stays exact. */
   poison?: { rank: number; factor: number };
+  /** How owners combine contributions (default sum, in the XDP program). */
+  aggregate?: AggregateMode;
 }
 
 export interface Quantiles {
@@ -185,7 +188,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     comm = await Communicator.open({
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx, umem,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
-      stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined,
+      stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, aggregate: o.aggregate,
     });
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
     const seed = o.seed ?? 1;
@@ -195,9 +198,15 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     const barrier = new Float32Array(1);
     const warmup = o.warmup ?? 1;
     const scaleOf = (rank: number) => (o.poison && o.poison.rank === rank ? o.poison.factor : 1);
+    // robust modes: the same combiner, fed the exact gradients; it sees the
+    // warm-up rounds too (cclip keeps worker momentum per chunk)
+    const reference = comm.robust ? new RobustAggregator(comm.robust.mode) : null;
     for (let w = 0; w < warmup; w++) {
       coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, scaleOf(o.rank), x, n);
-      await comm.allreduce(x);
+      const reps = await comm.allreduce(x);
+      if (o.verify && reference)
+        verifyRobust(x, reps.map((p) => comm!.contributorsOf(p.round, p.chunks)), reference,
+          { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf });
     }
     const timedCnt = Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters;
     const times: number[] = [];
@@ -218,7 +227,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       const t = performance.now();
       const reps = await comm.allreduce(x);
       times.push(performance.now() - t);
-      const kept = comm.sentry ? reps.map((p) => comm!.contributorsOf(p.round, p.chunks)) : null;
+      const kept = comm.sentry || comm.robust ? reps.map((p) => comm!.contributorsOf(p.round, p.chunks)) : null;
       // the program's counters over the timed rounds only (barrier rounds,
       // where a rank still verifying makes others retransmit, are left out)
       const c1 = comm.counters();
@@ -226,7 +235,12 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
       await comm.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS });
-      if (o.verify && !kept && !o.poison) {
+      if (o.verify && comm.robust) {
+        const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf });
+        maxErr = Math.max(maxErr, v.err);
+        excluded += v.excluded;
+        unverified += v.unverified;
+      } else if (o.verify && !kept && !o.poison) {
         const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
         maxErr = Math.max(maxErr, err);
       } else if (o.verify) {
@@ -333,6 +347,51 @@ function verifyKept(
       }
       num += best;
       den += bestDen;
+    }
+  }
+  return { err: den > 0 ? Math.sqrt(num / den) : Math.sqrt(num), excluded, unverified };
+}
+
+/**
+ * Verifies a round of a robust mode: each chunk against the same combiner
+ * over every rank's exact gradient (the poisoned one as it was sent). Only
+ * quantization separates the two. A chunk whose result left contributions
+ * out (the sentry) cannot be recomputed here and is counted unverified.
+ */
+function verifyRobust(
+  x: Float32Array, kept: Uint16Array[] | null, reference: RobustAggregator,
+  o: { seed: number; round: number; N: number; chunkElems: number; perRound: number; scaleOf: (rank: number) => number },
+): { err: number; excluded: number; unverified: number } {
+  const n = x.length;
+  const E = o.chunkElems;
+  const ranks = Array.from({ length: o.N }, (_, k) => {
+    const v = new Float32Array(n);
+    coll.ainftp_synth(o.seed, k, o.round, o.scaleOf(k), v, n);
+    return v;
+  });
+  const all = [...Array(o.N).keys()];
+  let num = 0, den = 0, excluded = 0, unverified = 0;
+  const ref = new Float32Array(E);
+  for (let off = 0, p = 0; off < n; off += o.perRound, p++) {
+    const end = Math.min(n, off + o.perRound);
+    const nchunks = Math.ceil((end - off) / E);
+    for (let c = 0; c < nchunks; c++) {
+      const from = off + c * E, to = Math.min(end, from + E);
+      const k = kept ? kept[p][c] : o.N;
+      excluded += o.N - k;
+      // owner first, as the owner combines them (cclip's worker ids follow)
+      const owner = c % o.N;
+      const order = [owner, ...all.filter((q) => q !== owner)];
+      const r = ref.subarray(0, to - from);
+      reference.aggregate(robustKey(c, to - from), order.map((q) => ranks[q].subarray(from, to)), order, r);
+      if (k < o.N) {
+        unverified++;
+        continue;
+      }
+      for (let i = from; i < to; i++) {
+        num += (x[i] - r[i - from]) ** 2;
+        den += r[i - from] ** 2;
+      }
     }
   }
   return { err: den > 0 ? Math.sqrt(num / den) : Math.sqrt(num), excluded, unverified };

@@ -239,6 +239,26 @@ export abstract class ReflexMaps implements Disposable {
     return out;
   }
 
+  /** A writable view of result entry `index`, for an owner that publishes a
+   * result it computed itself (robust aggregation): write v, then publish(). */
+  resultEntry(index: number): { v: Int16Array; publish: (tag: number, count: number, contributors: number, exp: number) => void } {
+    this.result(0);
+    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
+    const dv = new DataView(this.resBuf!, index * stride, stride);
+    return {
+      v: new Int16Array(this.resBuf!, index * stride + 16, MAX_ELEMS),
+      publish: (tag, count, contributors, exp) => {
+        dv.setUint32(0, 0xffffffff, true); // being written
+        dv.setUint16(4, count, true);
+        dv.setUint16(6, contributors, true);
+        dv.setInt16(8, exp, true);
+        dv.setUint16(10, 0, true);
+        dv.setUint32(12, dv.getUint32(12, true) + 1, true);
+        dv.setUint32(0, tag, true); // last: a reader checks it before and after the copy
+      },
+    };
+  }
+
   events(): EventRing {
     const r = new EventRing(this.mapFd("events"));
     this.rings.push(r);

@@ -356,6 +356,28 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     expect(lab.ainftp("n0", ["sentry", "status", IF]).code).not.toBe(0);
   }, 60_000);
 
+  // ---- robust aggregation (issue 5): contributions handed to userspace ----------------
+
+  for (const mode of ["trimmed-mean", "median", "cclip"] as const)
+    test(`--aggregate ${mode}, 4 hosts, 1 MiB × 5, rank 3 sends × -10: verified against the same combiner over the exact gradients, bit-identical`, async () => {
+      const nodes = NODES.slice(0, 4);
+      const runs = await timed(`aggregate ${mode}`, () =>
+        job(lab, nodes, ["--synthetic", String(MiB), "--rounds", "5", "--verify", "--aggregate", mode, "--poison", "3:-10", "--keep-attached"]));
+      const reps = expectVerified(runs, { rounds: 5, bytes: MiB });
+      for (const j of reps) {
+        expect(j.sentry).toBeNull();
+        // every result holds all four contributions: the combiner, not a filter, handles the poisoner
+        expect(j.rel_l2_error_max!).toBeLessThan(1e-3);
+      }
+      for (const n of nodes) {
+        // the program copied the contributions to userspace and summed none of them
+        const c = status(lab, n).counters;
+        expect(c.contribs_ring).toBeGreaterThanOrEqual(6 * Math.floor(Math.ceil(MiB / 4 / ELEMS) / 4) * 3);
+        expect(c.elems_summed).toBe(0);
+        expect(lab.ainftp(n, ["detach", IF]).code).toBe(0);
+      }
+    }, 60_000);
+
   /** Protocol rounds per allreduce of `chunks` chunks, maps sized min(8192, chunks). */
   const protoRounds = (chunks: number) => Math.ceil(chunks / Math.min(8192, chunks));
 

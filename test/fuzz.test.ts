@@ -343,7 +343,7 @@ class Model {
       this.emit(EV_RESEND, h.round, h.chunk, idx, h.rank);
     }
     if (outcome === "summed") {
-      this.cnt.elems_summed += h.count;
+      if (!toRing) this.cnt.elems_summed += h.count;
       if (h.flags & F_SATURATED) this.cnt.saturated++;
     }
     if (complete) {
