@@ -3,7 +3,8 @@
 # runs the benchmarks (XDP program, send path, the collective against Gloo and
 # Open MPI on 4 network namespaces; `bench-deps` installs those peers).
 BUN_VERSION := 1.4.5
-APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 libxdp-dev libxdp1 bpftool libelf-dev iproute2 gcc make ethtool util-linux
+# python3-torch: the trainer tests run real DDP against a swarm (issue 7)
+APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 libxdp-dev libxdp1 bpftool libelf-dev iproute2 gcc make ethtool util-linux python3-torch
 
 CLANG ?= clang-19
 CC ?= gcc
