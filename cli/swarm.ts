@@ -7,6 +7,7 @@ import { AinftpError } from "../src/errors.ts";
 import { defaultSocketPath, serveNode, type ServeReport } from "../src/local.ts";
 import { runNode, type NodeReport } from "../src/node.ts";
 import { slurmMembers } from "../src/slurm.ts";
+import { swarmStatusCommand } from "./swarm-status.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { floatOption, intOption, type IO } from "./io.ts";
 import { COMPACT } from "./status.ts";
@@ -73,7 +74,7 @@ export function renderServeReport(r: ServeReport): string {
 }
 
 export function swarmCommand(io: IO): Command {
-  return new Command("swarm")
+  const swarm = new Command("swarm")
     .summary("run an all-reduce node with a static member list")
     .description(
       "Run this host's node of the collective: attach ainftp to --iface if it is not attached, agree the job with every " +
@@ -158,4 +159,6 @@ export function swarmCommand(io: IO): Command {
         process.exitCode = 3;
       }
     });
+  swarm.addCommand(swarmStatusCommand(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)").exitOverride());
+  return swarm;
 }

@@ -23,7 +23,7 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_MEMBER, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
   F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
@@ -98,6 +98,9 @@ export interface CommunicatorOptions {
    * (src/sentry/robust.ts). Robust modes need rx "map". */
   aggregate?: AggregateMode;
   robust?: RobustOptions;
+  /** Longest a round's poll waits (ms): a swarm that ticks its membership
+   * protocol from a timer wants the loop back often (default: no bound). */
+  maxWaitMs?: number;
 }
 
 export interface CollectiveStats {
@@ -272,7 +275,7 @@ export class Communicator implements Disposable {
     const o = {
       window,
       roundTimeoutMs: 10_000, retransmitMs: 50, maxRetransmitMs: 500, openTimeoutMs: 30_000, stochasticSeed: 0,
-      pumpMs: 2, batch: 48, sentry: false,
+      pumpMs: 2, batch: 48, sentry: false, maxWaitMs: 1e9,
       // an option given as undefined keeps its default
       ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     } as Communicator["o"];
@@ -390,6 +393,24 @@ export class Communicator implements Disposable {
     return m;
   }
 
+  // ---- the swarm's hooks -------------------------------------------------------
+
+  /** Membership messages from a member (rank, payload); see src/swarm.ts. */
+  onMember: ((rank: number, payload: Uint8Array) => void) | null = null;
+  /** What the swarm knows of a member, for round failures ("declared dead 1.2 s ago"). */
+  describeMember: ((rank: number) => string | null) | null = null;
+  private inRound = false;
+
+  /** Sends a membership message to a member. */
+  sendMember(rank: number, payload: Uint8Array): void {
+    if (!this.closed && rank !== this.rank && rank < this.size) this.sendControl(rank, CTRL_MEMBER, 0, 0, 0, payload);
+  }
+
+  /** Between rounds: reads the control packets waiting (a round reads its own). */
+  service(): void {
+    if (!this.closed && !this.inRound) this.drainControl(null);
+  }
+
   // ---- control packets ---------------------------------------------------------
 
   private ctrlBuf = new Uint8Array(HDR + 65536);
@@ -482,6 +503,8 @@ export class Communicator implements Disposable {
       else if (st.haveExps[this.rank]) this.sendExps(h.rank, st.r, st.exps.subarray(this.rank * st.nchunks, (this.rank + 1) * st.nchunks));
     } else if (h.kind === CTRL_EXPS_MAX) {
       if (st && h.round === st.r && h.rank === st.leader) this.storeShared(st, h.chunk, h.payload);
+    } else if (h.kind === CTRL_MEMBER) {
+      this.onMember?.(h.rank, h.payload);
     }
   }
 
@@ -543,7 +566,13 @@ export class Communicator implements Disposable {
     for (let off = 0; off < x.length || (off === 0 && x.length === 0); off += per) {
       if (x.length === 0) break;
       const end = Math.min(x.length, off + per);
-      const rep = await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs);
+      this.inRound = true;
+      let rep: RoundReport;
+      try {
+        rep = await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs);
+      } finally {
+        this.inRound = false;
+      }
       reports.push(rep);
       if (opts.op === "mean" && (this.sentry || this.robust) && this.size > 1) {
         // a mean over the contributions each chunk's result holds
@@ -640,7 +669,7 @@ export class Communicator implements Disposable {
       // window-blocked: the wake-up for the results we wait on may be batched
       // with others, so look again soon
       const soon = st.sent && this.unsent(st) ? now + this.o.pumpMs : Infinity;
-      const wait = Math.max(0, Math.ceil(Math.min(nextRetx, deadline, soon) - now));
+      const wait = Math.max(0, Math.min(this.o.maxWaitMs, Math.ceil(Math.min(nextRetx, deadline, soon) - now)));
       tp = this.phase("work", tp);
       const ready = coll.ainftp_wait3(ringFd, sockFd, this.xsk ? this.xsk.fd : -1, wait);
       tp = this.phase(st.sent ? "wait" : "control", tp);
@@ -1148,7 +1177,8 @@ export class Communicator implements Disposable {
     if (missing.size === 0) for (const p of waitsOn.keys()) missing.add(p);
     const parts: string[] = [];
     for (const [p, what] of waitsOn) {
-      if (!alive.has(p)) parts.push(`${describeRanks([p], this.peers)} does not answer (we lack ${what})`);
+      const swarm = this.describeMember?.(p);
+      if (!alive.has(p)) parts.push(`${describeRanks([p], this.peers)} does not answer (we lack ${what})${swarm ? `; ${swarm}` : ""}`);
       else {
         const its = this.others().filter((q) => q !== p && (this.statusAnswers.get(p)! & (1n << BigInt(q))));
         parts.push(`${describeRanks([p], this.peers)} is alive but ${its.length ? `waits for ${describeRanks(its, this.peers)}` : "waits for no one"} (we lack ${what})`);

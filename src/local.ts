@@ -19,6 +19,7 @@ import { AinftpError } from "./errors.ts";
 import { chunkElemsForMtu, interfaceMtu } from "./node.ts";
 import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
+import { Swarm } from "./swarm.ts";
 
 export const LOCAL_PROTOCOL = "ainftp-local";
 export const LOCAL_PROTOCOL_VERSION = 1;
@@ -610,6 +611,7 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
 
   const attachedByUs = !existsSync(join(pinRoot(), o.iface, "link"));
   let comm: Communicator | undefined;
+  let swarm: Swarm | undefined;
   let server: LocalServer | undefined;
   let failed = false;
   const detachOurs = () => {
@@ -636,8 +638,9 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
     comm = await Communicator.open({
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs, stochasticSeed: o.stochasticSeed,
-      sentry: o.sentry === true ? {} : o.sentry || undefined,
+      sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20,
     });
+    swarm = new Swarm(comm, { iface: o.iface });
     server = await LocalServer.listen({ socketPath, reducer: comm, log });
     log(`serving job ${comm.job} (rank ${o.rank} of ${N}, ${o.iface}) on ${socketPath}`);
     const end = await server.ended;
@@ -657,6 +660,7 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
   } finally {
     onSignal = () => {};
     await server?.close();
+    swarm?.close();
     // leave politely (serving peers' last resends) unless the job failed or a round was cut short
     if (failed || server?.busy) comm?.abort();
     else comm?.close(Math.min(2000, o.roundTimeoutMs ?? 2000));

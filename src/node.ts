@@ -12,6 +12,7 @@ import { Arena } from "./arena.ts";
 import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
 import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust.ts";
+import { Swarm, type SwarmChange, type SwarmState } from "./swarm.ts";
 
 /** First retransmission of a barrier round: long, a member may be verifying. */
 const BARRIER_PATIENCE_MS = 300;
@@ -52,6 +53,8 @@ export interface NodeOptions {
   poison?: { rank: number; factor: number };
   /** How owners combine contributions (default sum, in the XDP program). */
   aggregate?: AggregateMode;
+  /** Where the node says what happens to the swarm (a member suspected, dead, back). */
+  log?: (line: string) => void;
 }
 
 export interface Quantiles {
@@ -104,6 +107,8 @@ export interface NodeReport {
   phase_ms: CollectiveStats["phaseMs"];
   /** With the sentry: what it did during the timed rounds. */
   sentry: SentryReport | null;
+  /** The swarm's view at the end, and every membership change during the run. */
+  swarm: { members: SwarmState["members"]; changes: SwarmChange[] };
 }
 
 export interface SentryReport {
@@ -169,6 +174,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     }
   };
   let comm: Communicator | undefined;
+  let swarm: Swarm | undefined;
   // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
   let arena: Arena | undefined;
   let umem: { ptr: number; bytes: number } | undefined;
@@ -189,8 +195,10 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx, umem,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, aggregate: o.aggregate,
+      maxWaitMs: 20, // the swarm's membership timer ticks every 20 ms
     });
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
+    swarm = new Swarm(comm, { iface: o.iface, log: o.log });
     const seed = o.seed ?? 1;
     const x = new Float32Array(n);
     const tmp = o.verify ? new Float32Array(n) : null;
@@ -277,6 +285,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       phase_ms: Object.fromEntries(
         Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / o.rounds).toFixed(3)]),
       ) as CollectiveStats["phaseMs"],
+      swarm: { members: swarm.view(), changes: swarm.changes },
       sentry: comm.sentry
         ? (() => {
             const st = comm.sentry!.status();
@@ -292,6 +301,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     };
     return report;
   } finally {
+    swarm?.close();
     comm?.close();
     arena?.close();
     process.off("SIGINT", onSignal);

@@ -33,6 +33,7 @@ import { join } from "node:path";
 import { PKT_CONTRIB } from "../src/abi.ts";
 import type { NodeReport } from "../src/node.ts";
 import type { SentryNodeStatus } from "../cli/sentry-node.ts";
+import type { SwarmState } from "../src/swarm.ts";
 import { datagram } from "../src/packet.ts";
 import { BIN, canUseNetns, createLab, ensureBuilt, must, sh, until, type Lab } from "./helpers/netns.ts";
 
@@ -62,7 +63,7 @@ async function timed<T>(name: string, f: () => Promise<T>): Promise<T> {
 }
 
 afterAll(() => {
-  if (timings.length === 0) return;
+  if (timings.length === 0 && notes.length === 0) return;
   const w = Math.max(...timings.map(([n]) => n.length));
   const total = timings.reduce((s, [, ms]) => s + ms, 0);
   console.log(
@@ -1025,4 +1026,97 @@ describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivale
     // jitter reorders: most frames were passed by a later one
     expect(line!.overtaken).toBeGreaterThan(st.seen / 4);
   }, 90_000);
+
+  // ---- the swarm's membership (issue 6), on idle serving nodes -----------------------
+  // Nodes started with --serve run no round until a trainer asks: what travels
+  // is the membership protocol alone (heartbeats on the job's port).
+
+  const startServing = (node: string) =>
+    startNode(lab, node, NODES.indexOf(node), NODES.map((n) => lab.node(n).addr), ["--serve", "--socket", join(lab.tmp, `${node}.sock`)]);
+  const swarmView = (node: string): SwarmState | null => {
+    const r = lab.ainftp(node, ["swarm", "status", IF, "--json"]);
+    return r.code === 0 ? (JSON.parse(r.stdout)[0] as SwarmState) : null;
+  };
+  const stateOf = (node: string, rank: number) => swarmView(node)?.members.find((m) => m.memberRank === rank)?.state ?? null;
+  async function until(what: string, ok: () => boolean, ms: number): Promise<number> {
+    const t0 = performance.now();
+    while (!ok()) {
+      if (performance.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+      await Bun.sleep(50);
+    }
+    return performance.now() - t0;
+  }
+  const allAlive = (node: string) => swarmView(node)?.members.every((m) => m.state === "alive") ?? false;
+  async function stopAll(started: Started[]) {
+    for (const s of started) if (s.proc.exitCode === null) s.proc.kill("SIGTERM");
+    await Promise.all(started.map((s) => s.proc.exited));
+  }
+
+  test("swarm: a member SIGKILLed is declared dead by the others within 3 s; restarted, it rejoins", async () => {
+    const started = NODES.map(startServing);
+    try {
+      await until("every member alive everywhere", () => NODES.every(allAlive), 20_000);
+      const victim = started[2];
+      victim.proc.kill(9);
+      await victim.proc.exited;
+      const ms = await until("rank 2 dead on m0 and m1", () => stateOf("m0", 2) === "dead" && stateOf("m1", 2) === "dead", 10_000);
+      notes.push(`swarm: a killed member declared dead on both others after ${ms.toFixed(0)} ms (status polled every 50 ms)`);
+      expect(ms).toBeLessThan(3000);
+      started[2] = startServing("m2");
+      const back = await until("rank 2 alive again on m0 and m1", () => stateOf("m0", 2) === "alive" && stateOf("m1", 2) === "alive", 20_000);
+      notes.push(`swarm: the restarted member alive again on both others after ${back.toFixed(0)} ms (its node rejoined the job first)`);
+    } finally {
+      await stopAll(started);
+    }
+  }, 60_000);
+
+  test("swarm: 10% of every node's frames lost, no member declared dead (30 s here; AINFTP_SWARM_SOAK_S=300 by hand)", async () => {
+    await imp.apply({ lossPpm: 100_000 });
+    const started = NODES.map(startServing);
+    const soakS = Number(process.env.AINFTP_SWARM_SOAK_S ?? 30);
+    try {
+      await until("every member alive everywhere", () => NODES.every(allAlive), 30_000);
+      const t0 = performance.now();
+      let suspects = 0;
+      while (performance.now() - t0 < soakS * 1000) {
+        await Bun.sleep(1000);
+        for (const n of NODES) expect(started[NODES.indexOf(n)].proc.exitCode).toBeNull();
+      }
+      const views = NODES.map((n) => swarmView(n)!);
+      for (const v of views) {
+        expect(v.changes.filter((c) => c.kind === "dead"), `rank ${v.rank} declared someone dead`).toEqual([]);
+        suspects += v.changes.filter((c) => c.kind === "suspect").length;
+        expect(v.members.every((m) => m.state === "alive" || m.state === "suspect")).toBe(true);
+      }
+      const st = imp.stats();
+      const dropped = st.reduce((a, x) => a + x.dropped, 0), seen = st.reduce((a, x) => a + x.seen, 0);
+      expect(dropped).toBeGreaterThan(seen * 0.05);
+      notes.push(`swarm: ${soakS} s at 10% loss (${dropped} of ${seen} frames dropped): no member declared dead; ${suspects} suspicions, each cleared`);
+    } finally {
+      imp.clear();
+      await stopAll(started);
+    }
+  }, 60_000 + Number(process.env.AINFTP_SWARM_SOAK_S ?? 30) * 1000);
+
+  test("swarm: a member whose process is starved (SIGSTOP 1.5 s, three times) accuses no healthy peer", async () => {
+    const started = NODES.map(startServing);
+    try {
+      await until("every member alive everywhere", () => NODES.every(allAlive), 20_000);
+      for (let i = 0; i < 3; i++) {
+        started[2].proc.kill("SIGSTOP");
+        await Bun.sleep(1500);
+        started[2].proc.kill("SIGCONT");
+        await Bun.sleep(1000);
+      }
+      await Bun.sleep(1500);
+      const v = swarmView("m2")!;
+      // its own timers ran late: it doubted itself (Lifeguard), not the others
+      const accused = v.changes.filter((c) => c.rank !== 2 && (c.kind === "suspect" || c.kind === "dead"));
+      expect(accused).toEqual([]);
+      expect(v.members.filter((m) => m.memberRank !== 2).every((m) => m.state === "alive")).toBe(true);
+      notes.push(`swarm: starved member: accused none; the others saw it ${swarmView("m0")!.changes.filter((c) => c.rank === 2).map((c) => c.kind).join(", ") || "unchanged"}`);
+    } finally {
+      await stopAll(started);
+    }
+  }, 60_000);
 });

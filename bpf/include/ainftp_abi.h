@@ -79,6 +79,7 @@ enum ainftp_ctrl_kind {
 	AINFTP_CTRL_STATUS_REQ = 5, /* at a deadline: "whom do you wait for in this round?" */
 	AINFTP_CTRL_STATUS = 6, /* the answer: payload = __u64 mask of ranks it lacks */
 	AINFTP_CTRL_EXPS_MAX = 7, /* the round's leader to every member: the shared (max) exponents */
+	AINFTP_CTRL_MEMBER = 8, /* the swarm's membership protocol (heartbeats, suspicion, gossip): src/membership.ts */
 };
 
 /* Header flags. */

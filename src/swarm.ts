@@ -1,0 +1,153 @@
+// The swarm's membership on a running node: the SWIM/Lifeguard state machine
+// of src/membership.ts, carried as control packets (CTRL_MEMBER) on the job's
+// UDP port and ticked from a timer, with its view published for `ainftp swarm
+// status` (/run/ainftp/swarm/, one file per interface and network namespace).
+// A member's name is its rank ("r0", "r1", …) and its address its peer IP.
+//
+// What the view is used for today: round failures name what the swarm knows
+// ("declared dead 1.2 s ago"), and the node's report carries every change.
+// Deadline-based partial rounds and down-ranked members leaving the active
+// set are the next step (see the README's status).
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, relative } from "node:path";
+import { pinRoot } from "./attach.ts";
+import type { Communicator } from "./collective.ts";
+import { decodeMessage, encodeMessage, Membership, MEMBERSHIP_DEFAULTS, type MemberEvent, type MembershipOptions, type MemberView } from "./membership.ts";
+
+export const SWARM_STATE_DIR = "/run/ainftp/swarm";
+
+export interface SwarmChange {
+  /** ms since the swarm started. */
+  at_ms: number;
+  kind: MemberEvent["kind"];
+  rank: number;
+  addr: string;
+}
+
+export interface SwarmState {
+  iface: string;
+  job: number;
+  rank: number;
+  pid: number;
+  /** ms since the epoch when written. */
+  updated: number;
+  /** Lifeguard's local health: 0 = this node trusts its own timeliness. */
+  health: number;
+  rounds: number;
+  members: (MemberView & { memberRank: number })[];
+  changes: SwarmChange[];
+}
+
+const rankOf = (name: string) => Number(name.slice(1));
+
+export function swarmStatePath(iface: string, root = pinRoot()): string {
+  const rel = relative(join(root, ".."), join(root, iface)).replace(/[^A-Za-z0-9_.-]+/g, "_");
+  return join(SWARM_STATE_DIR, `${rel}.json`);
+}
+
+export function readSwarmState(path: string): SwarmState | null {
+  try {
+    return JSON.parse(readFileSync(path, "utf8")) as SwarmState;
+  } catch {
+    return null;
+  }
+}
+
+export class Swarm implements Disposable {
+  readonly membership: Membership;
+  readonly changes: SwarmChange[] = [];
+  private readonly timer: ReturnType<typeof setInterval>;
+  private readonly t0 = performance.now();
+  private readonly deadAt = new Map<number, number>();
+  private lastPublish = 0;
+  private readonly statePath: string;
+
+  constructor(private readonly comm: Communicator, o: { iface: string; pinRoot?: string; options?: Partial<MembershipOptions>; log?: (line: string) => void } = { iface: "" }) {
+    const peers = comm.peers;
+    this.statePath = swarmStatePath(o.iface, pinRoot(o.pinRoot));
+    this.membership = new Membership({
+      self: { name: `r${comm.rank}`, addr: peers[comm.rank] },
+      members: peers.map((addr, k) => ({ name: `r${k}`, addr })),
+      clock: () => performance.now(),
+      send: (to, msg) => {
+        const k = peers.indexOf(to);
+        if (k >= 0) comm.sendMember(k, encodeMessage(msg));
+      },
+      random: Math.random,
+      options: o.options,
+      onChange: (e) => {
+        const rank = rankOf(e.member.name);
+        const c = { at_ms: Math.round(performance.now() - this.t0), kind: e.kind, rank, addr: e.member.addr };
+        this.changes.push(c);
+        if (e.kind === "dead") this.deadAt.set(rank, performance.now());
+        if (e.kind === "alive" || e.kind === "join") this.deadAt.delete(rank);
+        if (e.kind !== "join") o.log?.(`swarm: rank ${rank} (${e.member.addr}) ${e.kind}`);
+      },
+    });
+    comm.onMember = (rank, payload) => {
+      const msg = decodeMessage(payload);
+      if (msg) this.membership.receive(peers[rank], msg);
+    };
+    comm.describeMember = (rank) => {
+      const at = this.deadAt.get(rank);
+      if (at !== undefined) return `the swarm declared it dead ${((performance.now() - at) / 1000).toFixed(1)} s ago`;
+      const v = this.membership.snapshot().find((m) => m.name === `r${rank}`);
+      return v && v.state === "suspect" ? "the swarm suspects it" : null;
+    };
+    this.o = o;
+    // The membership protocol runs beside the rounds: between rounds this
+    // timer reads the control packets; during one, the round loop does (its
+    // poll is bounded by maxWaitMs so that the timer still ticks).
+    this.timer = setInterval(() => this.tick(), { ...MEMBERSHIP_DEFAULTS, ...o.options }.tickMs);
+  }
+
+  private readonly o: { iface: string; pinRoot?: string };
+
+  private tick(): void {
+    this.comm.service();
+    this.membership.tick();
+    const now = Date.now();
+    if (now - this.lastPublish >= 500) {
+      this.lastPublish = now;
+      this.publish(now);
+    }
+  }
+
+  /** The members as this node sees them, with their ranks. */
+  view(): SwarmState["members"] {
+    return this.membership.snapshot().map((m) => ({ ...m, memberRank: rankOf(m.name) })).sort((a, b) => a.memberRank - b.memberRank);
+  }
+
+  private publish(now: number): void {
+    const s: SwarmState = {
+      iface: this.o.iface, job: this.comm.job, rank: this.comm.rank, pid: process.pid, updated: now,
+      health: this.membership.health, rounds: this.comm.stats.rounds, members: this.view(), changes: this.changes.slice(-50),
+    };
+    try {
+      mkdirSync(dirname(this.statePath), { recursive: true, mode: 0o755 });
+      const tmp = `${this.statePath}.${process.pid}.tmp`;
+      writeFileSync(tmp, JSON.stringify(s) + "\n");
+      renameSync(tmp, this.statePath);
+    } catch {
+      // /run not writable: `swarm status` then has nothing to show
+    }
+  }
+
+  /** Says goodbye to the others (a clean leave is not a death) and stops. */
+  close(): void {
+    clearInterval(this.timer);
+    try {
+      this.membership.leave();
+      this.comm.service();
+    } catch {
+      // leaving anyway
+    }
+    this.comm.onMember = null;
+    this.comm.describeMember = null;
+    rmSync(this.statePath, { force: true });
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
