@@ -21,6 +21,11 @@ const volatile __u16 listen_port = AINFTP_DEFAULT_PORT;
  * summing path. Always 0 when attached; the verifier prunes the branch. */
 const volatile __u8 bench_no_dedupe = 0;
 
+/* The sentry's sampling phase is a keyed hash of (round, chunk, rank): set to
+ * a random value by the loader, so a sender cannot know which elements are
+ * looked at, and cheaper than a helper call per packet. */
+const volatile __u64 sentry_key = 0x9e3779b97f4a7c15ULL;
+
 /* Job configuration; userspace updates it while attached (window, members). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -241,7 +246,7 @@ __noinline __s32 ainftp_log2_q4(__u64 x)
 /* A contribution's energy, 16 * log2(mean q^2 * 4^exp), over
  * AINFTP_SENTRY_SAMPLES elements at a random phase of an even stride: a
  * sender cannot know which of its elements are looked at. */
-__noinline __s32 ainftp_sentry_energy(const struct scratch *in, __u32 count, __s32 exp)
+__noinline __s32 ainftp_sentry_energy(const struct scratch *in, __u32 count, __s32 exp, __u64 tag)
 {
 	if (!in || count == 0)
 		return AINFTP_ENERGY_ZERO;
@@ -251,16 +256,25 @@ __noinline __s32 ainftp_sentry_energy(const struct scratch *in, __u32 count, __s
 		/* no divisions: a power-of-two sample count, and the phase by
 		 * multiply-shift (the per-packet cost is mostly fixed costs) */
 		__u32 stride = count / AINFTP_SENTRY_SAMPLES;
-		__u32 pos = (__u32)(((__u64)bpf_get_prandom_u32() * stride) >> 32);
+		__u64 hsh = (tag ^ sentry_key) * 0x9e3779b97f4a7c15ULL;
+		hsh ^= hsh >> 29;
+		__u32 pos = (__u32)(((hsh & 0xffffffffULL) * stride) >> 32);
+		/* the last sample is at pos + 15 * stride < count <= MAX_ELEMS */
+		if (pos + (AINFTP_SENTRY_SAMPLES - 1) * stride >= AINFTP_MAX_ELEMS)
+			return AINFTP_ENERGY_ZERO;
+		__u64 s0 = 0, s1 = 0;
 #pragma unroll
-		for (__u32 i = 0; i < AINFTP_SENTRY_SAMPLES; i++) {
-			__u32 at = pos + i * stride;
-			opaque(at);
-			if (at >= AINFTP_MAX_ELEMS)
+		for (__u32 i = 0; i < AINFTP_SENTRY_SAMPLES; i += 2) {
+			__u32 a = pos + i * stride, b = a + stride;
+			opaque(a);
+			opaque(b);
+			if (a >= AINFTP_MAX_ELEMS || b >= AINFTP_MAX_ELEMS)
 				break;
-			__s64 q = in->v[at];
-			s += q * q;
+			__s64 qa = in->v[a], qb = in->v[b];
+			s0 += qa * qa;
+			s1 += qb * qb;
 		}
+		s = s0 + s1;
 		log_m = 16 * AINFTP_SENTRY_SAMPLES_LOG2;
 	} else {
 		for (__u32 i = 0; i < AINFTP_SENTRY_SAMPLES; i++) {
@@ -317,7 +331,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	 * `reject` lives on, so the verifier still walks the sum loop once. */
 	int reject = 0;
 	if (cfg->flags & AINFTP_CFG_SENTRY) {
-		__s32 energy = ainftp_sentry_energy(in, count, h->exp);
+		__s32 energy = ainftp_sentry_energy(in, count, h->exp, ((__u64)round << 32) ^ ((__u64)h->chunk << 8) ^ rank);
 		__u32 at = 2 * h->chunk + (count != cfg->chunk_elems);
 		struct ainftp_gate *gate = bpf_map_lookup_elem(&sentry_gate, &at);
 		reject = gate && gate->lo < gate->hi && (energy < gate->lo || energy > gate->hi);
