@@ -17,7 +17,7 @@ FIXTURES := test/fixtures/build/pass.bpf.o test/fixtures/build/reject.bpf.o
 BIN := dist/ainftp
 SOURCES := $(shell find cli src native -name '*.ts') package.json
 
-.PHONY: all setup deps bench-deps bun-install build test bench clean
+.PHONY: all setup deps bench-deps bun-install build test bench bench-all clean
 
 all: build
 
@@ -78,11 +78,18 @@ test: build
 	bun x tsc --noEmit
 	bun test
 
+# The main job: the comparison table (ainftp against plain TCP, Gloo and
+# Open MPI on 4 network namespaces), its JSON and chart in bench-report/.
 bench: build bench-deps
+	$(BIN) bench
+
+# Every micro-benchmark on its own.
+bench-all: bench
 	bun bench/xdp.ts
 	bun bench/send.ts
 	bun bench/arena.ts
 	bun bench/gpu-check.ts
+	bun bench/aggregate.ts
 	bun bench/collective.ts --peers 4 --size 1MiB,16MiB --rounds 30 --mtu 3504 --rx map,xsk
 
 clean:

@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import pkg from "../package.json" with { type: "json" };
 import { arenaCommand } from "./arena.ts";
 import { attachCommand } from "./attach.ts";
+import { benchCommand } from "./bench.ts";
 import { detachCommand } from "./detach.ts";
 import { processIO, reportError, type IO } from "./io.ts";
 import { sentryCommand } from "./sentry.ts";
@@ -18,7 +19,7 @@ export function buildProgram(io: IO = processIO): Command {
     .version(pkg.version, "-V, --version")
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .showHelpAfterError("(add --help for usage)");
-  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand, arenaCommand, sentryCommand]) {
+  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand, arenaCommand, sentryCommand, benchCommand]) {
     // addCommand() does not copy output settings to subcommands: set them on each.
     const cmd = make(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)");
     program.addCommand(cmd);

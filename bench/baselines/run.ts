@@ -29,6 +29,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { canUseNetns, createLab, must, sh, type Lab } from "../../test/helpers/netns.ts";
 import { formatSize, parseSize as parseBytes } from "../../src/units.ts";
+// Embedded as text, so a compiled `ainftp bench` can run the peers without this tree.
+import glooSource from "./gloo_allreduce.py" with { type: "text" };
+import mpiSource from "./mpi_allreduce.c" with { type: "text" };
 
 export type BaselineSystem = "gloo" | "mpi";
 export const SYSTEMS: readonly BaselineSystem[] = ["gloo", "mpi"];
@@ -57,6 +60,20 @@ export interface BaselineOptions {
    * (every namespace "host" reports one slot, so it cannot know).
    */
   mpiBusyPoll?: boolean;
+  /**
+   * Run on these hosts (namespaces on a bridge) instead of building a lab:
+   * `ainftp bench` measures every system on one topology. The caller owns
+   * the lab (and the signals): it is neither torn down nor hooked here.
+   */
+  lab?: BaselineLab;
+}
+
+/** Hosts of an existing lab for runBaselines (one rank each, host i on IFNAME). */
+export interface BaselineLab {
+  lab: Lab;
+  hosts: BaselineHost[];
+  /** Namespace holding the bridge; its ports are p0, p1, …. */
+  bridge: string;
 }
 
 export interface RankResult {
@@ -107,8 +124,22 @@ export interface BaselineResult {
 }
 
 const HERE = import.meta.dir;
-const GLOO_PY = join(HERE, "gloo_allreduce.py");
-const MPI_C = join(HERE, "mpi_allreduce.c");
+/** The scripts on disk: in this tree, or (compiled binary) a copy of the embedded text under $TMPDIR. */
+const GLOO_PY = onDisk(join(HERE, "gloo_allreduce.py"), glooSource);
+const MPI_C = onDisk(join(HERE, "mpi_allreduce.c"), mpiSource);
+
+function onDisk(path: string, text: string): string {
+  if (existsSync(path)) return path;
+  const hash = createHash("sha256").update(text).digest("hex").slice(0, 12);
+  const dir = join(tmpdir(), "ainftp-baselines");
+  const copy = join(dir, `${hash}-${path.split("/").pop()}`);
+  if (!existsSync(copy)) {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(`${copy}.${process.pid}.tmp`, text);
+    renameSync(`${copy}.${process.pid}.tmp`, copy);
+  }
+  return copy;
+}
 const SUBNET = "10.214.0";
 const IFNAME = "eth0";
 const NS_DIR = "/run/netns";
@@ -146,12 +177,22 @@ function which(cmd: string): boolean {
   return Bun.which(cmd) !== null;
 }
 
+/** Probes by interpreter choice: a torch import takes seconds, and a bench asks once per run. */
+const glooProbes = new Map<string, Probe>();
+
 /**
  * The Python that can import torch: opts.python, $AINFTP_PYTHON, python3 on
  * PATH, then /usr/bin/python3 (Debian's python3-torch installs for the
  * system interpreter; a pyenv or venv python3 earlier on PATH does not see it).
  */
 function probeGloo(explicit?: string): Probe {
+  const key = `${explicit ?? ""}|${process.env.AINFTP_PYTHON ?? ""}|${process.env.PATH ?? ""}`;
+  let p = glooProbes.get(key);
+  if (!p) glooProbes.set(key, (p = probeGlooOnce(explicit)));
+  return p;
+}
+
+function probeGlooOnce(explicit?: string): Probe {
   const candidates = [...new Set([explicit, process.env.AINFTP_PYTHON, "python3", "/usr/bin/python3"].filter((x): x is string => !!x))];
   const tried: string[] = [];
   for (const py of candidates) {
@@ -201,6 +242,8 @@ function buildMpi(): string {
 }
 
 // ---- the lab ---------------------------------------------------------------------
+
+export type BaselineHost = Host;
 
 interface Host {
   node: string;
@@ -479,15 +522,19 @@ export async function runBaselines(opts: BaselineOptions): Promise<BaselineResul
   if (!runnable.length) return order(results, systems, opts.sizes);
   if (!canUseNetns()) throw new Error("the baselines need root and network namespaces (ip netns, nsenter)");
 
-  const { lab, hosts, bridge } = buildLab(opts.peers);
-  log(`lab: ${hosts.length} namespaces on a bridge, ${hosts.map((h) => h.addr).join(" ")} (${IFNAME})`);
+  const own = !opts.lab;
+  if (opts.lab && opts.lab.hosts.length !== opts.peers) throw new Error(`the lab has ${opts.lab.hosts.length} hosts, not ${opts.peers}`);
+  const { lab, hosts, bridge } = opts.lab ?? buildLab(opts.peers);
+  if (own) log(`lab: ${hosts.length} namespaces on a bridge, ${hosts.map((h) => h.addr).join(" ")} (${IFNAME})`);
   const onSignal = (sig: NodeJS.Signals) => {
     log(`${sig}: removing the namespaces`);
     destroyLab(lab);
     process.exit(sig === "SIGINT" ? 130 : 143);
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  if (own) {
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  }
   try {
     for (const s of runnable) {
       for (const bytes of opts.sizes) {
@@ -518,9 +565,11 @@ export async function runBaselines(opts: BaselineOptions): Promise<BaselineResul
       }
     }
   } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    destroyLab(lab);
+    if (own) {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      destroyLab(lab);
+    }
   }
   return order(results, systems, opts.sizes);
 }

@@ -1,0 +1,356 @@
+// `ainftp bench`: ainftp against plain-TCP all-reduce peers on N hosts built
+// as network namespaces, in one run (src/bench/run.ts); prints the table of
+// the brief's metrics, writes the JSON and the charts. `ainftp bench node …`
+// (hidden) is one rank of the built-in TCP ring, started by the bench in each
+// host, so the compiled binary needs nothing from the source tree.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import Table from "cli-table3";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { parseArgs as parseTcpNodeArgs } from "../bench/tcp-node.ts";
+import { AinftpError } from "../src/errors.ts";
+import { chartSpec, renderChart, type ChartRow } from "../src/bench/chart.ts";
+import {
+  BASELINES, formatRatio, formatValue, type BaselineName, type MetricRow, type SystemName, type SystemRun,
+} from "../src/bench/rows.ts";
+import {
+  DEFAULT_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
+} from "../src/bench/run.ts";
+import { validateBenchJson } from "../src/bench/schema.ts";
+import { runDelayLine } from "../src/bench/delay-line.ts";
+import { runTcpRing } from "../src/bench/tcp-ring.ts";
+import { formatSize, parseSize } from "../src/units.ts";
+import { ExitCode, intOption, type IO } from "./io.ts";
+
+export const DEFAULT_SIZES = "1MiB,16MiB";
+export const DEFAULT_REPORT = "bench-report";
+
+function listOf<T>(parse: (s: string) => T, what: string) {
+  return (value: string): T[] => {
+    const items = value.split(",").map((s) => s.trim()).filter(Boolean);
+    if (!items.length) throw new InvalidArgumentError(`Give one or more ${what}, comma-separated.`);
+    return items.map(parse);
+  };
+}
+
+function peerCount(s: string): number {
+  if (!/^\d+$/.test(s) || Number(s) < 2 || Number(s) > 64) throw new InvalidArgumentError("Give host counts in 2..64, e.g. 4 or 2,4,8.");
+  return Number(s);
+}
+
+function sizeOf(s: string): number {
+  let b: number;
+  try {
+    b = parseSize(s, "--size");
+  } catch {
+    throw new InvalidArgumentError("Give sizes like 1MiB,16MiB,100MiB.");
+  }
+  if (b % 4) throw new InvalidArgumentError(`${s} is not a whole number of float32s (a multiple of 4 bytes).`);
+  return b;
+}
+
+function baselineList(value: string): BaselineName[] {
+  if (value.trim() === "none") return [];
+  return listOf((s) => {
+    if (!BASELINES.includes(s as BaselineName)) throw new InvalidArgumentError(`Choose from ${BASELINES.join(", ")} (or none).`);
+    return s as BaselineName;
+  }, "baselines")(value);
+}
+
+// ---- rendering ---------------------------------------------------------------------------------
+
+const SYSTEM_ORDER: SystemName[] = ["tcp", "gloo", "mpi", "ainftp"];
+
+/** Footnotes: each distinct reason once, numbered, with the systems it applies to. */
+class Notes {
+  private readonly reasons: string[] = [];
+  private readonly who: Set<string>[] = [];
+  mark(reason: string, system: string): string {
+    let i = this.reasons.indexOf(reason);
+    if (i < 0) {
+      i = this.reasons.push(reason) - 1;
+      this.who.push(new Set());
+    }
+    this.who[i].add(system);
+    return `[${i + 1}]`;
+  }
+  text(): string {
+    return this.reasons.map((r, i) => `[${i + 1}] ${[...this.who[i]].join(", ")}: ${r}\n`).join("");
+  }
+}
+
+/** Column widths: the table stays within ~150 columns, long texts wrap. */
+const WIDTH = { group: 13, metric: 30, system: 14, ratio: 14, claim: 21 };
+
+/** The table of one (peers, size) run, plus the machine rows, as text. */
+export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?: boolean } = {}): string {
+  const shown = SYSTEM_ORDER.map((s) => run.systems.find((x) => x.system === s)).filter((s): s is SystemRun => !!s && (s.status !== "na" || s.system === "ainftp"));
+  const peers = shown.filter((s) => s.system !== "ainftp");
+  const ours = shown.find((s) => s.system === "ainftp");
+  const notes = new Notes();
+  const claims = o.claims ?? true;
+  const head = ["brief's metric", "measured as", ...peers.map((s) => s.label), "ainftp", "ainftp ÷ best TCP peer", ...(claims ? ["brief's claim (BRIEF.txt, not measured)"] : [])];
+  const colWidths = [WIDTH.group, WIDTH.metric, ...peers.map(() => WIDTH.system), WIDTH.system, WIDTH.ratio, ...(claims ? [WIDTH.claim] : [])];
+  const t = new Table({ head, colWidths, style: { head: [], border: [] }, wordWrap: true });
+  let group = "";
+  const first = (g: string) => {
+    const label = g === group ? "" : g;
+    group = g;
+    return label;
+  };
+  const cell = (row: MetricRow, s: SystemRun | undefined) => {
+    if (!s) return "-";
+    const v = row.values[s.system];
+    if (v !== null && v !== undefined) return formatValue(row.id, v);
+    return `n/a ${notes.mark(row.notes[s.system] ?? "n/a", s.label)}`;
+  };
+  for (const row of run.rows)
+    t.push([first(row.group), row.metric, ...peers.map((s) => cell(row, s)), cell(row, ours), formatRatio(row), ...(claims ? [row.claim ?? ""] : [])]);
+  for (const row of machineRows) {
+    const text = row.text!;
+    const base = peers.length ? [{ colSpan: peers.length, content: text.baselines }] : [];
+    t.push([first(row.group), row.metric, ...base, peers.length ? text.ainftp : `${text.baselines} / ${text.ainftp}`, formatRatio(row), ...(claims ? [row.claim ?? ""] : [])]);
+  }
+  t.push([{ colSpan: 2, content: "verified against the reference sum" }, ...peers.map((s) => verdict(s)), ours ? verdict(ours) : "-", "", ...(claims ? [""] : [])]);
+  let out = `${run.peers} hosts, ${formatSize(run.bytes)} of float32 per round, ${shown[0]?.rounds ?? "?"} timed rounds each\n${t.toString()}\n`;
+  for (const s of run.systems.filter((x) => x.status === "na" && x.system !== "ainftp")) out += `${s.label}: not run — ${s.reason}\n`;
+  out += notes.text();
+  return out;
+}
+
+function verdict(s: SystemRun): string {
+  if (s.status === "failed") return "FAILED";
+  if (s.status === "na") return "n/a";
+  return s.verified ? "yes" : "NO";
+}
+
+/** Median round ms per (peers, size), every system, when the run swept more than one. */
+export function renderScaling(r: BenchResult): string {
+  const systems = SYSTEM_ORDER.filter((s) => r.runs.some((x) => x.systems.some((y) => y.system === s && y.status !== "na")));
+  const t = new Table({ head: ["hosts", "size", ...systems.map((s) => `${s} median ms`), "ainftp ÷ best TCP peer"], style: { head: [], border: [] } });
+  for (const row of r.scaling) {
+    const ratio = row.ratio === null ? "-" : `${row.ratio.toFixed(2)}× (vs ${row.best_peer})`;
+    t.push([row.peers, formatSize(row.bytes), ...systems.map((s) => formatValue("round_ms_median", row.round_ms_median[s] ?? null)), ratio]);
+  }
+  return `Scaling: median round time (slowest rank)\n${t.toString()}\n`;
+}
+
+export function renderBench(r: BenchResult): string {
+  const m = r.machine;
+  let out =
+    `ainftp bench, ${r.date} — ${m.cpu_model}, ${m.cores} cores${m.virtualization ? ` (${m.virtualization})` : ""}, kernel ${m.kernel}, ` +
+    `load ${m.loadavg_1m.toFixed(2)} at start; MTU ${m.mtu}, XDP ${m.xdp_mode}, ${r.config.chunk_elems} int16 values per ainftp packet\n` +
+    `hosts: ${m.links}\n\n`;
+  for (const run of r.runs) out += renderRun(run, r.machine_rows) + "\n";
+  if (r.runs.length > 1) out += renderScaling(r) + "\n";
+  out += `every figure above was measured in this run (${r.duration_s} s); timings on a shared ${m.cores}-core machine are noisy, and every host shares its CPUs\n`;
+  return out;
+}
+
+// ---- charts and the report -------------------------------------------------------------------
+
+/** Chart rows: round time per system against size (and against host count in a sweep). */
+export function chartRows(r: BenchResult, by: "size" | "peers"): ChartRow[] {
+  const several = by === "size" ? new Set(r.runs.map((x) => x.peers)).size > 1 : new Set(r.runs.map((x) => x.bytes)).size > 1;
+  const rows: ChartRow[] = [];
+  for (const system of ["ainftp", ...BASELINES] as SystemName[])
+    for (const run of r.runs) {
+      const s = run.systems.find((x) => x.system === system);
+      if (!s || s.metrics.round_ms_median === null) continue;
+      const name = { ainftp: "ainftp", tcp: "tcp ring", gloo: "Gloo", mpi: "Open MPI" }[system];
+      rows.push({
+        system: several ? `${name} (${by === "size" ? `${run.peers} hosts` : formatSize(run.bytes)})` : name,
+        x: by === "size" ? run.bytes / 2 ** 20 : run.peers,
+        ms: s.metrics.round_ms_median,
+      });
+    }
+  return rows;
+}
+
+/** Writes table.txt, bench.json and the charts into dir; returns the paths. */
+export async function writeReport(dir: string, r: BenchResult, table: string): Promise<string[]> {
+  mkdirSync(dir, { recursive: true });
+  const files = [join(dir, "table.txt"), join(dir, "bench.json")];
+  writeFileSync(files[0], table);
+  writeFileSync(files[1], JSON.stringify(r, null, 2) + "\n");
+  const charts: [string, "size" | "peers", string][] = [["round-time-vs-size", "size", "gradient size (MiB)"]];
+  if (new Set(r.runs.map((x) => x.peers)).size > 1) charts.push(["round-time-vs-peers", "peers", "hosts"]);
+  for (const [name, by, xLabel] of charts) {
+    const rows = chartRows(r, by);
+    if (!rows.length) continue;
+    const o = { title: `all-reduce round time (median, slowest rank), MTU ${r.config.mtu}`, xLabel, logX: by === "size" && new Set(rows.map((x) => x.x)).size > 1 };
+    const svg = join(dir, `${name}.svg`);
+    writeFileSync(svg, await renderChart(rows, o));
+    writeFileSync(join(dir, `${name}.vl.json`), JSON.stringify(chartSpec(rows, o), null, 2) + "\n");
+    files.push(svg);
+  }
+  return files;
+}
+
+// ---- progress -----------------------------------------------------------------------------------
+
+/** A progress bar on a terminal (redrawn on stderr), plain lines otherwise. */
+export function progressPrinter(io: IO, tty: boolean) {
+  let current: { index: number; total: number; label: string; t0: number } | null = null;
+  let timer: ReturnType<typeof setInterval> | null = null;
+  const bar = () => {
+    if (!current || !tty) return;
+    const width = 24;
+    const done = Math.round(((current.index - 1) / current.total) * width);
+    const s = ((performance.now() - current.t0) / 1000).toFixed(0);
+    io.err(`\r\x1b[2K[${"#".repeat(done)}${"-".repeat(width - done)}] ${current.index}/${current.total} ${current.label} ${s} s`);
+  };
+  const clear = () => tty && io.err("\r\x1b[2K");
+  return {
+    onProgress(e: ProgressEvent): void {
+      if (e.kind === "log") {
+        clear();
+        io.err(`  ${e.line}\n`);
+        bar();
+      } else if (e.kind === "step") {
+        current = { index: e.index, total: e.total, label: e.label, t0: performance.now() };
+        if (tty) {
+          bar();
+          timer ??= setInterval(bar, 500);
+        } else io.err(`[${e.index}/${e.total}] ${e.label}\n`);
+      } else {
+        clear();
+        io.err(`${tty ? `[${e.index}/${e.total}] ${e.label}: ` : "  → "}${e.summary}\n`);
+        current = null;
+      }
+    },
+    stop(): void {
+      if (timer) clearInterval(timer);
+      timer = null;
+      clear();
+    },
+  };
+}
+
+// ---- the commands -------------------------------------------------------------------------------
+
+const SLURM_REFUSAL =
+  "the bench under srun is not built: it would run each task's node on the real NIC (which also makes the hardware-IRQ row measurable), " +
+  "but it needs every task's report gathered on one task (a shared --report directory or a gather over the ring), and MPI would need srun's PMI instead of mpirun";
+
+/** The hidden node commands the bench starts inside each host. */
+function nodeCommand(io: IO): Command {
+  const node = new Command("node").description("(internal) a rank the bench starts in each host");
+  node.addCommand(
+    new Command("tcp")
+      .description("one rank of the built-in TCP ring all-reduce: ainftp bench node tcp -- --peers A,B --rank R --size S --rounds N [--json]")
+      .allowUnknownOption()
+      .allowExcessArguments()
+      .helpOption(false)
+      .argument("[args...]", "the arguments of bench/tcp-node.ts, after --")
+      .action((args: string[]) => {
+        const o = parseTcpNodeArgs(args);
+        const r = runTcpRing(o);
+        io.out(o.json ? `${JSON.stringify(r)}\n` : `tcp-ring rank ${r.rank}/${r.peers}: median ${r.round_ms.median.toFixed(2)} ms, verified ${r.verified}\n`);
+        if (!r.verified) throw new ExitCode(3);
+      }),
+  );
+  node.addCommand(
+    new Command("delay-line")
+      .description("delay what one host sends: ainftp bench node delay-line -- --from p0 --to dl0a --delay 600 [--stats FILE] [--parent PID]")
+      .allowUnknownOption()
+      .allowExcessArguments()
+      .helpOption(false)
+      .argument("[args...]", "the line's arguments, after --")
+      .action((args: string[]) => {
+        const get = (name: string) => {
+          const i = args.indexOf(name);
+          return i >= 0 ? args[i + 1] : undefined;
+        };
+        const from = get("--from");
+        const to = get("--to");
+        const delay = Number(get("--delay"));
+        if (!from || !to || !Number.isFinite(delay) || delay < 0)
+          throw new AinftpError("delay line", "--from, --to and --delay MS are required", { hint: "ainftp bench node delay-line -- --from p0 --to dl0a --delay 600" });
+        const parent = get("--parent");
+        runDelayLine({ from, to, delayMs: delay, statsFile: get("--stats"), parent: parent ? Number(parent) : undefined, onReady: () => io.out("ready\n") });
+      }),
+  );
+  return node;
+}
+
+export function benchCommand(io: IO): Command {
+  const cmd = new Command("bench")
+    .summary("measure ainftp against plain-TCP all-reduce (built-in ring, Gloo, Open MPI) on N namespace hosts")
+    .description(
+      "Build N hosts as network namespaces on a bridge (veth links, one MTU), then run on them, one after the other: ainftp swarm, " +
+        "the built-in TCP ring, and Gloo and Open MPI when installed (make bench-deps). Every system's result is verified against " +
+        "the reference sum before its figures count. Prints the brief's metrics for each (hosts, size), writes the JSON and the charts. " +
+        "Needs root. Ctrl-C removes everything it built.",
+    )
+    .option("--peers <n[,n…]>", "host counts (a sweep: 2,4,8)", listOf(peerCount, "host counts"), [4])
+    .option("--slurm", "run under srun on the allocation's hosts (not built: refused with what is missing)")
+    .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES})`, listOf(sizeOf, "sizes"))
+    .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
+    .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
+    .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}, the largest veth takes with native XDP)`, intOption(576, 9000), DEFAULT_MTU)
+    .addOption(new Option("--mode <mode>", "XDP mode of the swarm").choices(["native", "generic"]).default("native"))
+    .addOption(new Option("--rx <path>", "where ainftp's results arrive").choices(["map", "xsk"]).default("map"))
+    .option("--json <file>", "write every number, the configuration and the machine as JSON (- for stdout)")
+    .option("--report <dir>", `write table.txt, bench.json and the charts here (default ${DEFAULT_REPORT})`, DEFAULT_REPORT)
+    .option("--no-report", "write no report directory")
+    .option("--no-micro", "skip the machine rows' measurements (TLB, sentry cost)")
+    .option("--tlb-size <size>", "buffer of the TLB pointer chase (default 512MiB)", sizeOf)
+    .option("--subnet <a.b.c>", `hosts' addresses, <subnet>.1… (10.213.x; default ${DEFAULT_SUBNET})`, DEFAULT_SUBNET)
+    .addHelpText(
+      "after",
+      "\nExamples:\n  ainftp bench                                   # 4 hosts, 1 MiB and 16 MiB, every installed peer; report in ./bench-report\n" +
+        "  ainftp bench --peers 2,4,8 --size 1MiB,16MiB,100MiB --rounds 20   # the scaling sweep\n" +
+        "  ainftp bench --baseline tcp --size 16MiB --json out.json\n",
+    )
+    .action(async (o) => {
+      if (o.slurm)
+        throw new AinftpError("bench --slurm", SLURM_REFUSAL, {
+          hint: "run `ainftp swarm --slurm --synthetic 16MiB --verify` under srun for the collective itself, or `ainftp bench` on one machine",
+        });
+      const sizes: number[] = o.size ?? listOf(sizeOf, "sizes")(DEFAULT_SIZES);
+      const progress = progressPrinter(io, io.tty);
+      const onSignal = (sig: NodeJS.Signals) => {
+        progress.stop();
+        io.err(`\nainftp bench: ${sig}: stopping every rank and removing the namespaces\n`);
+        abortBench();
+        process.exit(sig === "SIGINT" ? 130 : 143);
+      };
+      process.on("SIGINT", onSignal);
+      process.on("SIGTERM", onSignal);
+      let r: BenchResult;
+      try {
+        r = await runBench({
+          peers: o.peers, sizes, rounds: o.rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
+          micro: o.micro, tlbBytes: o.tlbSize, onProgress: progress.onProgress,
+        });
+      } finally {
+        progress.stop();
+        process.off("SIGINT", onSignal);
+        process.off("SIGTERM", onSignal);
+      }
+      r.command = ["ainftp", "bench", ...process.argv.slice(process.argv.indexOf("bench") + 1)].join(" ");
+      const problems = validateBenchJson(r);
+      if (problems.length) throw new AinftpError("bench", `the JSON does not match its schema: ${problems.slice(0, 3).join("; ")}`, { hint: "a bug: report it" });
+      const table = renderBench(r);
+      if (o.json === "-") io.out(JSON.stringify(r, null, 2) + "\n");
+      else {
+        io.out(table);
+        if (o.json) {
+          writeFileSync(o.json, JSON.stringify(r, null, 2) + "\n");
+          io.err(`wrote ${o.json}\n`);
+        }
+      }
+      if (o.report !== false) {
+        const files = await writeReport(o.report, r, table);
+        io.err(`wrote ${files.join(", ")}\n`);
+      }
+      const bad = r.runs.flatMap((x) => x.systems).filter((s) => s.status === "failed" || (s.status === "ok" && !s.verified));
+      if (bad.length) {
+        io.err(`ainftp bench: ${bad.map((s) => `${s.label} ${s.status === "failed" ? "failed" : "not verified"} (${s.peers} hosts, ${formatSize(s.bytes)})`).join("; ")}\n`);
+        throw new ExitCode(1);
+      }
+    });
+  cmd.addCommand(nodeCommand(io), { hidden: true });
+  return cmd;
+}

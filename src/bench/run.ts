@@ -1,0 +1,542 @@
+// `ainftp bench`: ainftp against plain-TCP all-reduce peers, in one run, on
+// one topology. N hosts are N network namespaces on a bridge (veth links at
+// one MTU); on them, one after the other: `ainftp swarm` (the compiled
+// binary, XDP attached natively), the built-in TCP ring (`ainftp bench node
+// tcp`), Gloo and Open MPI when installed (bench/baselines). Each system's
+// run is measured on its own, since namespaces share one kernel: interface
+// counters of every host, softirqs and CPU over the run, and a sampler
+// (src/bench/sampler.ts) that keeps the intervals in which data moved. A
+// system's figures count only when every rank verified its result. Then the
+// machine rows: TLB (arena pages), the sentry's per-packet cost, straggler.
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import pkg from "../../package.json" with { type: "json" };
+import { runBaselines, type BaselineHost, type BaselineResult } from "../../bench/baselines/run.ts";
+import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../../test/helpers/netns.ts";
+import { AinftpError } from "../errors.ts";
+import { chunkElemsForMtu, type NodeReport } from "../node.ts";
+import { formatSize } from "../units.ts";
+import { machineInfo, type MachineInfo } from "./machine.ts";
+import { readNsIfaceStats, readSoftirqs, type IfaceStats } from "./proc.ts";
+import {
+  BASELINES, ainftpCounters, computeMetrics, dataRounds, machineRows, metricRows, tcpCounters, untrackedCounters,
+  type BaselineName, type MetricRow, type RoundQuantiles, type SystemCounters, type SystemName, type SystemRun,
+  type TcpRankReport, type WireCounts,
+} from "./rows.ts";
+import { Sampler, pidsInNamespaces, summarize, type WindowSample, type WindowSummary } from "./sampler.ts";
+import { measureSentryCost, type SentryCostResult } from "./sentry-cost.ts";
+import { quantiles, type TcpRingReport } from "./tcp-ring.ts";
+import { measureTlb, type TlbResult } from "./tlb.ts";
+
+export const SCHEMA_ID = "ainftp-bench/1";
+export const DEFAULT_SUBNET = "10.213.91";
+/** Largest MTU veth takes with native XDP and no fragments (a frame must fit one page). */
+export const DEFAULT_MTU = 3504;
+export const DEFAULT_ROUNDS = 50;
+export const STRAGGLER_DELAY_MS = 600;
+const IF = "eth0";
+/** An interval counts as moving data when the hosts' interfaces moved at least this much in it. */
+const ACTIVE_BYTES = 32 * 1024;
+
+export interface BenchOptions {
+  /** Host counts: one lab per count. */
+  peers: number[];
+  /** Gradient sizes in bytes (multiples of 4). */
+  sizes: number[];
+  rounds: number;
+  /** Peers to compare with; ainftp always runs. */
+  baselines: BaselineName[];
+  mtu: number;
+  /** XDP attach mode of the swarm. */
+  mode: "native" | "generic";
+  /** Where ainftp's results arrive. */
+  rx: "map" | "xsk";
+  /** First three octets of the hosts' addresses (10.213.x). */
+  subnet: string;
+  /** Also measure the machine rows (TLB, sentry); default true. */
+  micro?: boolean;
+  /** Buffer of the TLB chase; default 512 MiB. */
+  tlbBytes?: number;
+  /** How to start ainftp (default: selfCommand()). */
+  self?: string[];
+  /** Progress. */
+  onProgress?: (e: ProgressEvent) => void;
+  /** Tests: fail right after the lab is built, to check the teardown. */
+  injectFailure?: "after-lab";
+}
+
+export type ProgressEvent =
+  | { kind: "step"; index: number; total: number; label: string }
+  | { kind: "done"; index: number; total: number; label: string; summary: string }
+  | { kind: "log"; line: string };
+
+export interface RunResult {
+  peers: number;
+  bytes: number;
+  systems: SystemRun[];
+  rows: MetricRow[];
+}
+
+export interface ScalingRow {
+  peers: number;
+  bytes: number;
+  /** Median round ms by system (null: did not run or not verified). */
+  round_ms_median: Partial<Record<SystemName, number | null>>;
+  best_peer: BaselineName | null;
+  ratio: number | null;
+}
+
+export interface BenchResult {
+  schema: typeof SCHEMA_ID;
+  date: string;
+  /** The command line, as the CLI was given it. */
+  command: string;
+  duration_s: number;
+  config: {
+    peers: number[];
+    sizes: number[];
+    rounds: number;
+    baselines: BaselineName[];
+    mtu: number;
+    xdp_mode: string;
+    rx: string;
+    subnet: string;
+    /** int16 values per ainftp packet at this MTU. */
+    chunk_elems: number;
+    /** Sampler: interval and the bytes an interval must move to count. */
+    sample_interval_ms: number;
+    active_bytes: number;
+  };
+  machine: MachineInfo;
+  runs: RunResult[];
+  scaling: ScalingRow[];
+  tlb: TlbResult | { error: string } | null;
+  sentry: SentryCostResult | { error: string } | null;
+  straggler: { status: "measured" | "n/a"; reason: string | null; delay_ms: number; round_ms_median: number | null };
+  /** Rows that are not per system (TLB, security check, straggler). */
+  machine_rows: MetricRow[];
+  /** Every system that ran verified its result. */
+  verified: boolean;
+}
+
+/** How this process starts ainftp: itself when compiled, `bun cli/index.ts` in a checkout, else dist/ainftp. */
+export function selfCommand(): string[] {
+  if (Bun.main.startsWith("/$bunfs/")) return [process.execPath];
+  if (/\/cli\/index\.ts$/.test(Bun.main)) return [process.execPath, Bun.main];
+  return [BIN];
+}
+
+// ---- labs, processes and teardown -------------------------------------------------------------
+
+interface BenchLab {
+  lab: Lab;
+  hosts: BaselineHost[];
+  bridge: string;
+  inodes: number[];
+}
+
+const liveLabs = new Set<Lab>();
+
+/** Kills (by pid) every process in the lab's namespaces: all were started by this run. */
+function killLabProcs(lab: Lab): void {
+  for (let pass = 0; pass < 5; pass++) {
+    const pids = pidsInNamespaces(new Set([...lab.inos].map((i) => `net:[${i}]`)));
+    if (!pids.size) return;
+    for (const pid of pids.keys()) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {}
+    }
+    Bun.sleepSync(50);
+  }
+}
+
+function destroyLab(lab: Lab): void {
+  killLabProcs(lab);
+  lab.destroy();
+  liveLabs.delete(lab);
+}
+
+/** Tears down every lab of this process now (Ctrl-C): processes, XDP pins, namespaces. */
+export function abortBench(): void {
+  for (const lab of [...liveLabs]) destroyLab(lab);
+}
+
+/** Namespaces a lab of this process still holds (tests). */
+export function liveLabNames(): string[] {
+  return [...liveLabs].flatMap((l) => l.names);
+}
+
+function buildLab(peers: number, subnet: string, mtu: number): BenchLab {
+  const names = Array.from({ length: peers }, (_, i) => `h${i}`);
+  const lab = createLab("bench", names, { link: "bridge", subnet, ifname: IF });
+  liveLabs.add(lab);
+  try {
+    const bridge = `${lab.id}-br`;
+    for (const n of names) lab.must(n, ["ip", "link", "set", IF, "mtu", String(mtu)]);
+    const br = ["nsenter", `--net=/run/netns/${bridge}`];
+    for (let i = 0; i < peers; i++) mustRun([...br, "ip", "link", "set", `p${i}`, "mtu", String(mtu)]);
+    mustRun([...br, "ip", "link", "set", "br0", "mtu", String(mtu)]);
+    const hosts = names.map((n) => {
+      const x = lab.node(n);
+      return { node: n, ns: x.name, path: x.path, addr: x.addr };
+    });
+    return { lab, hosts, bridge, inodes: names.map((n) => lab.node(n).ino) };
+  } catch (e) {
+    destroyLab(lab);
+    throw e;
+  }
+}
+
+function mustRun(cmd: string[]): void {
+  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0)
+    throw new AinftpError("bench lab", `${cmd.join(" ")} exited ${r.exitCode}: ${r.stderr.toString().trim()}`, {
+      hint: "an MTU the veth driver refuses? veth takes up to 3504 with native XDP (pass --mtu 1500 to check)",
+    });
+}
+
+interface Exit {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+}
+
+/** Waits for every process; a failed one stops the others after 2 s, a timeout kills all. */
+async function waitAll(procs: Bun.Subprocess<"pipe", "pipe", "pipe">[], timeoutMs: number): Promise<Exit[]> {
+  const texts = procs.map((p) => Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    procs.forEach((p) => p.kill("SIGKILL"));
+  }, timeoutMs);
+  for (const p of procs)
+    p.exited.then((code) => {
+      if (code !== 0 && code !== 3) setTimeout(() => procs.forEach((q) => q.exitCode === null && q.kill("SIGTERM")), 2000).unref();
+    });
+  try {
+    const codes = await Promise.all(procs.map((p) => p.exited));
+    const out = await Promise.all(texts);
+    return codes.map((code, i) => ({ code, stdout: out[i][0], stderr: out[i][1], timedOut }));
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function lastLines(s: string, n = 3): string {
+  return s.trim().split("\n").slice(-n).join(" | ");
+}
+
+function firstFailure(exits: Exit[], timeoutMs: number): string | null {
+  const i = exits.findIndex((e) => e.code !== 0 && e.code !== 3);
+  if (i < 0) return null;
+  const e = exits[i];
+  return `rank ${i} ${e.timedOut ? `timed out after ${Math.round(timeoutMs / 1000)} s` : `exited ${e.code}`}: ${lastLines(e.stderr || e.stdout)}`;
+}
+
+/** Per timed round, the slowest rank's time. */
+export function slowestPerRound(perRank: number[][]): number[] {
+  if (!perRank.length) return [];
+  const n = Math.min(...perRank.map((r) => r.length));
+  return Array.from({ length: n }, (_, k) => Math.max(...perRank.map((r) => r[k])));
+}
+
+// ---- one system's run ---------------------------------------------------------------------------
+
+interface Outcome {
+  label: string;
+  version: string | null;
+  status: SystemRun["status"];
+  reason: string | null;
+  verified: boolean | null;
+  warmup: number;
+  round_times_ms: number[];
+  /** The system's own counters; gets the sampled window (Gloo and MPI count nothing themselves). */
+  counters: (window: WindowSummary | null, wire: WireCounts | null) => SystemCounters;
+  detail: unknown;
+}
+
+interface RunContext {
+  o: Required<Pick<BenchOptions, "rounds" | "mtu" | "mode" | "rx">> & { self: string[] };
+  bl: BenchLab;
+  bytes: number;
+  log: (line: string) => void;
+}
+
+function timeoutFor(bytes: number, rounds: number, peers: number): number {
+  return 90_000 + Math.ceil((rounds + 3) * Math.max(1, bytes / 2 ** 20) * 100 * Math.max(1, peers / 2));
+}
+
+const noCounters: SystemCounters = { wakeups_per_round: null, wakeups_source: null, packets_per_round: null, copy_bytes_per_round: null, copy_source: null };
+
+async function runAinftp(x: RunContext): Promise<Outcome> {
+  const { bl, bytes, o } = x;
+  const addrs = bl.hosts.map((h) => h.addr).join(",");
+  const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length);
+  const procs = bl.hosts.map((h, i) =>
+    bl.lab.spawn(h.node, [
+      ...o.self, "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
+      "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json",
+    ]),
+  );
+  const exits = await waitAll(procs, timeout);
+  // a killed swarm leaves its program pinned: take it off before the next system runs on these links
+  for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
+  const base: Outcome = {
+    label: "ainftp", version: `${pkg.version}, XDP ${o.mode}, results via ${o.rx === "map" ? "mmapped map" : "AF_XDP"}`, status: "ok",
+    reason: null, verified: null, warmup: 1, round_times_ms: [], counters: () => noCounters, detail: null,
+  };
+  const fail = firstFailure(exits, timeout);
+  if (fail) return { ...base, status: "failed", reason: fail };
+  let reports: NodeReport[];
+  try {
+    reports = exits.map((e) => JSON.parse(e.stdout) as NodeReport);
+  } catch {
+    return { ...base, status: "failed", reason: `a rank printed no JSON report: ${lastLines(exits.map((e) => e.stdout + e.stderr).join("\n"))}` };
+  }
+  const identical = reports.every((r) => JSON.stringify(r.result_sha256) === JSON.stringify(reports[0].result_sha256));
+  const verified = identical && reports.every((r) => r.verified);
+  return {
+    ...base,
+    verified,
+    reason: verified ? null : identical ? `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > 1e-3` : "results differ between ranks",
+    round_times_ms: slowestPerRound(reports.map((r) => r.round_times_ms)),
+    counters: () => ainftpCounters(reports),
+    detail: reports.map(({ result_sha256, round_times_ms, ...r }) => r),
+  };
+}
+
+async function runTcp(x: RunContext): Promise<Outcome> {
+  const { bl, bytes, o } = x;
+  const addrs = bl.hosts.map((h) => h.addr).join(",");
+  const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length);
+  const procs = bl.hosts.map((h, i) =>
+    bl.lab.spawn(h.node, [...o.self, "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json"]),
+  );
+  const exits = await waitAll(procs, timeout);
+  const base: Outcome = {
+    label: "tcp ring", version: "built in: ring all-reduce, C, TCP_NODELAY, pipelined 64 KiB", status: "ok", reason: null, verified: null,
+    warmup: 3, round_times_ms: [], counters: () => noCounters, detail: null,
+  };
+  const fail = firstFailure(exits, timeout);
+  if (fail) return { ...base, status: "failed", reason: fail };
+  let reports: TcpRingReport[];
+  try {
+    reports = exits.map((e) => JSON.parse(e.stdout.trim().split("\n").at(-1)!) as TcpRingReport);
+  } catch {
+    return { ...base, status: "failed", reason: `a rank printed no JSON report: ${lastLines(exits.map((e) => e.stdout + e.stderr).join("\n"))}` };
+  }
+  const verified = reports.every((r) => r.verified);
+  return {
+    ...base,
+    warmup: reports[0].warmup,
+    verified,
+    reason: verified ? null : `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > ${reports[0].tolerance}`,
+    round_times_ms: slowestPerRound(reports.map((r) => r.round_times_ms)),
+    counters: () => tcpCounters(reports as TcpRankReport[]),
+    detail: reports.map(({ round_times_ms, ...r }) => r),
+  };
+}
+
+async function runPeer(x: RunContext, system: "gloo" | "mpi"): Promise<Outcome> {
+  const { bl, bytes, o } = x;
+  const peers = bl.hosts.length;
+  const once = async () =>
+    (
+      await runBaselines({
+        peers, sizes: [bytes], rounds: o.rounds, systems: [system], lab: { lab: bl.lab, hosts: bl.hosts, bridge: bl.bridge },
+        timeoutMs: 45_000 + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)),
+        log: (l) => x.log(l),
+      })
+    )[0];
+  let r: BaselineResult = await once();
+  // mpirun has hung at start-up here now and then (no output, every rank idle): one more try, said so
+  if (r.status === "failed" && /timed out/.test(r.reason ?? "")) {
+    x.log(`${system}: ${r.reason}; trying once more`);
+    killLabProcs(bl.lab);
+    const first = r.reason;
+    r = await once();
+    if (r.status === "ok") r = { ...r, launch: `${r.launch ?? ""} (second try; the first ${first})` };
+  }
+  const rounds = o.rounds + r.warmup;
+  return {
+    label: system === "gloo" ? `Gloo${r.version ? ` (torch ${r.version.split(",")[0]})` : ""}` : `Open MPI${r.version ? ` ${r.version}` : ""}`,
+    version: r.version ?? null,
+    status: r.status,
+    reason: r.status === "na" ? `${r.reason} (or: make bench-deps)` : (r.reason ?? null),
+    verified: r.verified,
+    warmup: r.warmup,
+    round_times_ms: r.round_ms,
+    counters: (w) => untrackedCounters(w ? w.ioBytes / peers / rounds : null, bytes, peers),
+    detail: { launch: r.launch ?? null, ranks: r.ranks.map(({ round_ms, ...k }) => k), loadavg: r.loadavg ?? null },
+  };
+}
+
+function sumStats(xs: IfaceStats[]): IfaceStats {
+  const t: IfaceStats = { rxBytes: 0, txBytes: 0, rxPackets: 0, txPackets: 0, rxDropped: 0, txDropped: 0, rxErrors: 0, txErrors: 0 };
+  for (const s of xs) for (const k of Object.keys(t) as (keyof IfaceStats)[]) t[k] += s[k];
+  return t;
+}
+
+/** Interface counters over a run, per host and data round. */
+export function wireCounts(before: IfaceStats, after: IfaceStats, hosts: number, rounds: number, mtu: number): WireCounts {
+  const per = (k: keyof IfaceStats) => (after[k] - before[k]) / hosts / rounds;
+  return {
+    tx_bytes_per_host_per_round: per("txBytes"),
+    rx_bytes_per_host_per_round: per("rxBytes"),
+    tx_packets_per_host_per_round: per("txPackets"),
+    rx_packets_per_host_per_round: per("rxPackets"),
+    rx_frames_per_host_per_round: per("rxBytes") / (mtu + 14),
+  };
+}
+
+const HW_IRQ_NA = "veth links have no device and no IRQ (here: n/a; on a real NIC, /proc/interrupts of its queues)";
+
+/** Runs one system on the lab, measured on its own. */
+async function measured(x: RunContext, system: SystemName, run: () => Promise<Outcome>): Promise<SystemRun> {
+  const { bl, bytes, o } = x;
+  const readHosts = () => sumStats(bl.hosts.map((h) => readNsIfaceStats(h.ns, IF)));
+  const net0 = readHosts();
+  const soft0 = readSoftirqs();
+  const sampler = new Sampler({ inodes: bl.inodes, ifname: IF, intervalMs: 5 }).start();
+  const t0 = performance.now();
+  let out: Outcome;
+  let samples: WindowSample[] = [];
+  try {
+    out = await run();
+  } finally {
+    samples = sampler.stop();
+    killLabProcs(bl.lab);
+  }
+  const wallMs = performance.now() - t0;
+  const soft1 = readSoftirqs();
+  const net1 = readHosts();
+  const ran = out.status === "ok";
+  const rounds = { warmup: out.warmup, rounds: o.rounds };
+  const wire = ran ? wireCounts(net0, net1, bl.hosts.length, dataRounds(rounds), o.mtu) : null;
+  const window = ran ? summarize(samples, ACTIVE_BYTES) : null;
+  const sum = (a: number[] | null) => (a ?? []).reduce((s, v) => s + v, 0);
+  const r: SystemRun = {
+    system, label: out.label, version: out.version, status: out.status, reason: out.reason, verified: out.verified,
+    peers: bl.hosts.length, bytes, warmup: out.warmup, rounds: o.rounds,
+    round_ms: out.round_times_ms.length ? (quantiles(out.round_times_ms) as RoundQuantiles) : null,
+    round_times_ms: out.round_times_ms.map((t) => +t.toFixed(3)),
+    wall_ms: Math.round(wallMs),
+    wire, window,
+    softirqs: ran ? { net_rx: sum(soft1.netRx) - sum(soft0.netRx), net_tx: sum(soft1.netTx) - sum(soft0.netTx) } : null,
+    counters: ran ? out.counters(window, wire) : noCounters,
+    metrics: {} as SystemRun["metrics"], na: {}, detail: out.detail,
+  };
+  const { metrics, na } = computeMetrics(r, { peers: bl.hosts.length, mtu: o.mtu, hwIrqNa: HW_IRQ_NA });
+  r.metrics = metrics;
+  r.na = na;
+  return r;
+}
+
+function summary(r: SystemRun): string {
+  if (r.status === "na") return `n/a: ${r.reason}`;
+  if (r.status === "failed") return `FAILED: ${r.reason}`;
+  const q = r.round_ms;
+  return `median ${q?.median.toFixed(2)} ms, p99 ${q?.p99.toFixed(2)} ms, verified ${r.verified}` +
+    (r.wire ? `, ${formatSize(Math.round(r.wire.tx_bytes_per_host_per_round))} on the wire per host per round` : "") +
+    (r.verified === false && r.reason ? ` (${r.reason})` : "");
+}
+
+// ---- the whole bench -------------------------------------------------------------------------------
+
+export function validateOptions(o: BenchOptions): void {
+  const bad = (what: string, hint?: string) => new AinftpError("bench", what, { hint });
+  if (!o.peers.length || o.peers.some((p) => !Number.isInteger(p) || p < 2 || p > 64)) throw bad(`peers ${o.peers.join(",")}: each must be 2..64`);
+  if (!o.sizes.length || o.sizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4)) throw bad("sizes must be positive multiples of 4 bytes (float32)");
+  if (!Number.isInteger(o.rounds) || o.rounds < 1) throw bad(`rounds ${o.rounds} is not a positive integer`);
+  if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > 9000) throw bad(`MTU ${o.mtu} is not in 576..9000`);
+  if (!/^10\.213\.\d{1,3}$/.test(o.subnet)) throw bad(`subnet ${o.subnet}: the bench's hosts live in 10.213.x`, "e.g. --subnet 10.213.91 (the default)");
+  for (const b of o.baselines) if (!BASELINES.includes(b)) throw bad(`unknown baseline ${b}`, `choose from ${BASELINES.join(", ")}`);
+}
+
+/** Runs the bench; always tears its namespaces down (also when a system or the harness fails). */
+export async function runBench(opts: BenchOptions): Promise<BenchResult> {
+  validateOptions(opts);
+  if (!canUseNetns())
+    throw new AinftpError("bench", "needs root with network namespaces (ip netns, nsenter) and XDP", { errno: 1, hint: "run it as root: sudo ainftp bench" });
+  const o = { ...opts, micro: opts.micro ?? true, self: opts.self ?? selfCommand() };
+  const emit = o.onProgress ?? (() => {});
+  const log = (line: string) => emit({ kind: "log", line });
+  const started = performance.now();
+  const date = new Date().toISOString();
+  const systems: SystemName[] = ["ainftp", ...BASELINES.filter((b) => o.baselines.includes(b))];
+  const total = o.peers.length * o.sizes.length * systems.length + (o.micro ? 2 : 0);
+  let step = 0;
+  const machine = machineInfo({
+    mtu: o.mtu, xdpMode: o.mode,
+    afXdp: o.rx === "xsk" ? "AF_XDP in copy mode (veth has no zero-copy)" : "not used (--rx map: results through the mmapped map); on veth AF_XDP runs in copy mode only",
+    links: "veth pairs to one Linux bridge, one network namespace per host (one kernel: every host shares the CPUs)",
+  });
+  const runs: RunResult[] = [];
+  for (const peers of o.peers) {
+    const bl = buildLab(peers, o.subnet, o.mtu);
+    log(`lab: ${peers} hosts (${bl.hosts.map((h) => h.addr).join(" ")}) on a bridge, MTU ${o.mtu}`);
+    try {
+      if (o.injectFailure === "after-lab") throw new AinftpError("bench", "injected failure after building the lab (test)");
+      for (const bytes of o.sizes) {
+        const x: RunContext = { o, bl, bytes, log };
+        const sys: SystemRun[] = [];
+        for (const s of systems) {
+          const label = `${s} · ${peers} hosts · ${formatSize(bytes)} · ${o.rounds} rounds`;
+          emit({ kind: "step", index: ++step, total, label });
+          const r = await measured(x, s, () => (s === "ainftp" ? runAinftp(x) : s === "tcp" ? runTcp(x) : runPeer(x, s)));
+          emit({ kind: "done", index: step, total, label, summary: summary(r) });
+          sys.push(r);
+        }
+        runs.push({ peers, bytes, systems: sys, rows: metricRows(sys) });
+      }
+    } finally {
+      destroyLab(bl.lab);
+    }
+  }
+
+  let tlb: BenchResult["tlb"] = null;
+  let sentry: BenchResult["sentry"] = null;
+  const errorOf = (e: unknown) => ({ error: e instanceof AinftpError ? e.message + (e.hint ? ` (${e.hint})` : "") : String((e as Error)?.message ?? e) });
+  if (o.micro) {
+    emit({ kind: "step", index: ++step, total, label: "security check: the sentry's cost per packet (BPF_PROG_TEST_RUN) vs userspace" });
+    try {
+      sentry = await measureSentryCost({ elems: chunkElemsForMtu(o.mtu) });
+    } catch (e) {
+      sentry = errorOf(e);
+    }
+    emit({ kind: "done", index: step, total, label: "security check", summary: "error" in sentry ? `failed: ${sentry.error}` : `inline ${sentry.inline_ns_per_packet} ± ${sentry.inline_ns_spread} ns/packet` });
+    emit({ kind: "step", index: ++step, total, label: "TLB: pointer chase on 4 KB vs 2 MB pages" });
+    try {
+      tlb = await measureTlb({ bytes: o.tlbBytes });
+    } catch (e) {
+      tlb = errorOf(e);
+    }
+    emit({ kind: "done", index: step, total, label: "TLB", summary: "error" in tlb ? `failed: ${tlb.error}` : `4 KB ÷ 2 MB = ${tlb.ratio?.toFixed(2) ?? "n/a"}` });
+  }
+  const straggler: BenchResult["straggler"] = {
+    status: "n/a",
+    reason: "the swarm's straggler handling is not built yet (issue 6): every round would wait for the delayed host; src/bench/straggler.ts can delay a host's link for this row",
+    delay_ms: STRAGGLER_DELAY_MS,
+    round_ms_median: null,
+  };
+  const ran = runs.flatMap((r) => r.systems).filter((s) => s.status === "ok");
+  return {
+    schema: SCHEMA_ID, date, command: "", duration_s: +((performance.now() - started) / 1000).toFixed(1),
+    config: {
+      peers: o.peers, sizes: o.sizes, rounds: o.rounds, baselines: o.baselines, mtu: o.mtu, xdp_mode: o.mode, rx: o.rx, subnet: o.subnet,
+      chunk_elems: chunkElemsForMtu(o.mtu), sample_interval_ms: 5, active_bytes: ACTIVE_BYTES,
+    },
+    machine, runs, scaling: scalingRows(runs), tlb, sentry, straggler,
+    machine_rows: machineRows(tlb, sentry, straggler),
+    verified: ran.every((s) => s.verified === true),
+  };
+}
+
+export function scalingRows(runs: RunResult[]): ScalingRow[] {
+  return runs.map((r) => {
+    const row = r.rows.find((x) => x.id === "round_ms_median")!;
+    return { peers: r.peers, bytes: r.bytes, round_ms_median: row.values, best_peer: row.best_peer, ratio: row.ratio };
+  });
+}
