@@ -19,6 +19,7 @@ import { kernelPageSizeOf } from "../src/arena.ts";
 import { AinftpError } from "../src/errors.ts";
 import { HUGE_PAGE_SIZE, hugePagePool, hugePagesFor, reserve, type HugePageReservation } from "../src/hugepages.ts";
 import { formatSize, parseSize } from "../src/units.ts";
+import { perfCount } from "../src/bench/tlb.ts";
 
 const args = process.argv.slice(2);
 const json = args.includes("--json");
@@ -83,18 +84,6 @@ function perfUnsupported(event: string): string | null {
   if (value === "<not supported>") return `perf stat -e ${event} says <not supported> (no hardware counter for it: no PMU in this VM)`;
   if (!/^\d+(\.\d+)?$/.test(value)) return `perf stat -e ${event} says ${value || "nothing"}`;
   return null;
-}
-
-/** Counts `event` in this process while fn runs (perf attached by pid). */
-async function perfCount(event: string, fn: () => void): Promise<number | null> {
-  const perf = Bun.spawn(["perf", "stat", "-x,", "-e", event, "-p", String(process.pid)], { stdout: "ignore", stderr: "pipe" });
-  await Bun.sleep(300); // let it attach
-  fn();
-  perf.kill("SIGINT");
-  await perf.exited;
-  const line = (await new Response(perf.stderr).text()).split("\n").find((l) => l.split(",")[2]?.startsWith(event)) ?? "";
-  const v = Number(line.split(",")[0]);
-  return Number.isFinite(v) && line ? v : null;
 }
 
 // ---- the run -----------------------------------------------------------------------------

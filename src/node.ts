@@ -310,6 +310,15 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   }
 }
 
+/** Every rank's synthetic gradient of a round, as each sent it. */
+function synthRanks(o: { seed: number; round: number; N: number; scaleOf: (rank: number) => number }, n: number): Float32Array[] {
+  return Array.from({ length: o.N }, (_, k) => {
+    const v = new Float32Array(n);
+    coll.ainftp_synth(o.seed, k, o.round, o.scaleOf(k), v, n);
+    return v;
+  });
+}
+
 /**
  * Verifies a round whose results may leave contributions out (the sentry, or
  * a quarantine): a chunk's result holds its owner's own contribution and
@@ -324,11 +333,7 @@ function verifyKept(
 ): { err: number; excluded: number; unverified: number } {
   const n = x.length;
   const E = o.chunkElems;
-  const ranks = Array.from({ length: o.N }, (_, k) => {
-    const v = new Float32Array(n);
-    coll.ainftp_synth(o.seed, k, o.round, o.scaleOf(k), v, n);
-    return v;
-  });
+  const ranks = synthRanks(o, n);
   let num = 0, den = 0, excluded = 0, unverified = 0;
   for (let off = 0, p = 0; off < n; off += o.perRound, p++) {
     const end = Math.min(n, off + o.perRound);
@@ -374,11 +379,7 @@ function verifyRobust(
 ): { err: number; excluded: number; unverified: number } {
   const n = x.length;
   const E = o.chunkElems;
-  const ranks = Array.from({ length: o.N }, (_, k) => {
-    const v = new Float32Array(n);
-    coll.ainftp_synth(o.seed, k, o.round, o.scaleOf(k), v, n);
-    return v;
-  });
+  const ranks = synthRanks(o, n);
   const all = [...Array(o.N).keys()];
   let num = 0, den = 0, excluded = 0, unverified = 0;
   const ref = new Float32Array(E);

@@ -84,7 +84,7 @@ function map(bytes: number, huge: boolean): number {
 }
 
 /** Counts `event` in this process while fn runs (perf attached by pid). */
-async function perfCount(event: string, fn: () => void): Promise<number | null> {
+export async function perfCount(event: string, fn: () => void): Promise<number | null> {
   const perf = Bun.spawn(["perf", "stat", "-x,", "-e", event, "-p", String(process.pid)], { stdout: "ignore", stderr: "pipe" });
   await Bun.sleep(300); // let it attach
   fn();
