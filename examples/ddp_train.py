@@ -2,15 +2,19 @@
 """Train a small MLP on synthetic data with DistributedDataParallel, gradients
 averaged by ainftp (a DDP communication hook) or by Gloo.
 
-One process per host (or per network namespace), each beside its node:
+One node per host (or per network namespace), and beside it one process per
+GPU (or just one); the trainers of a host share its node:
 
     ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2 --rank $R --job 7 --serve &
-    MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 RANK=$R WORLD_SIZE=2 \\
-        python3 examples/ddp_train.py --hook ainftp --job 7
+    torchrun --nnodes 2 --node-rank $R --nproc-per-node 2 --master-addr 10.0.0.1 \\
+        examples/ddp_train.py --hook ainftp --job 7
 
-Ranks come from the environment: torchrun (RANK, WORLD_SIZE), srun
-(SLURM_PROCID, SLURM_NTASKS; MASTER_ADDR defaults to the first host of the
-allocation), or set by hand; --rank/--world-size/--master-addr override them.
+Ranks come from the environment: torchrun (RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE), srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
+SLURM_NTASKS_PER_NODE; MASTER_ADDR defaults to the first host of the
+allocation), or set by hand; --rank/--world-size/--local-rank/
+--local-world-size/--master-addr override them. The local ones default to
+one trainer per host.
 The Gloo process group is created either way (DDP broadcasts the initial
 weights through it); with --hook ainftp only the gradients bypass it.
 
@@ -65,6 +69,10 @@ def parse_args():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rank", type=int, default=env_int("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"))
     p.add_argument("--world-size", type=int, default=env_int("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+    p.add_argument("--local-rank", type=int, default=env_int("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
+                   help="this trainer's place among those of its host")
+    p.add_argument("--local-world-size", type=int, default=env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE", default=1),
+                   help="trainers on this host (they share its ainftp node)")
     p.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR"))
     p.add_argument("--master-port", type=int, default=env_int("MASTER_PORT", default=29500))
     p.add_argument("--ifname", default=os.environ.get("GLOO_SOCKET_IFNAME"), help="interface Gloo uses (GLOO_SOCKET_IFNAME)")
@@ -74,6 +82,8 @@ def parse_args():
     a = p.parse_args()
     if a.rank is None or a.world_size is None:
         p.error("no rank: set RANK and WORLD_SIZE (torchrun does), run under srun, or pass --rank and --world-size")
+    if not 0 <= a.local_rank < a.local_world_size <= a.world_size:
+        p.error(f"--local-rank {a.local_rank} of --local-world-size {a.local_world_size} in a world of {a.world_size} does not fit")
     if a.master_addr is None:
         a.master_addr = slurm_master() or ("127.0.0.1" if a.world_size == 1 else None)
         if a.master_addr is None:
@@ -122,7 +132,8 @@ def main():
             sys.path.insert(0, os.path.join(HERE, "..", "clients", "python"))
             import ainftp
         import ainftp.torch
-        ainftp.connect(job=a.job, socket=a.socket, name=f"ddp_train rank {a.rank}")
+        ainftp.connect(job=a.job, socket=a.socket, name=f"ddp_train rank {a.rank}", local_size=a.local_world_size,
+                       local_rank=a.local_rank, world=world)
         state = ainftp.torch.HookState()
         durations = state.durations
         ddp.register_comm_hook(state, ainftp.torch.comm_hook)
@@ -166,7 +177,7 @@ def main():
         final = loss_fn(model(eval_x), eval_y).item()
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     print(json.dumps({
-        "rank": a.rank, "world": world, "hook": a.hook, "steps": a.steps, "parameters": nparams,
+        "rank": a.rank, "world": world, "local_size": a.local_world_size, "hook": a.hook, "steps": a.steps, "parameters": nparams,
         "final_loss": final, "mean_step_ms": mean(step_ms), "mean_allreduce_ms": mean(allreduce_ms),
         "torch_version": torch.__version__,
     }), flush=True)

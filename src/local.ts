@@ -5,9 +5,12 @@
 // gradient bytes stay in the shared pages, which the node hands to the
 // collective as Float32Array views without a copy.
 //
-// One trainer per node: a second one is refused (status "busy"). The node's
-// rounds must line up with every other node's, and one client per node makes
-// that order its client's order, with nothing to agree across nodes.
+// K trainers per node (one per GPU, `local_size` in their hello): a round
+// starts once all K asked for it (same round id, count and op), the node sums
+// their buffers in place, runs one collective all-reduce and copies the result
+// into each. The round order is the trainers' own, the same on every node, so
+// nothing has to be agreed across nodes but the job's trainer count, which the
+// first round's census (an all-reduce of K) gives every node.
 // Protocol, version LOCAL_PROTOCOL_VERSION: clients/python/README.md.
 import { existsSync, lstatSync, mkdirSync, rmSync, statfsSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
@@ -22,13 +25,15 @@ import { formatSize } from "./units.ts";
 import { Swarm } from "./swarm.ts";
 
 export const LOCAL_PROTOCOL = "ainftp-local";
-export const LOCAL_PROTOCOL_VERSION = 1;
+export const LOCAL_PROTOCOL_VERSION = 2;
 /** Largest frame body; every message is far smaller. */
 export const MAX_FRAME = 64 * 1024;
 /** Buffers one client may have registered at once. */
 export const MAX_BUFFERS = 64;
 /** Largest buffer one registration may map. */
 export const MAX_BUFFER_BYTES = 16 * 2 ** 30;
+/** Most trainers one node serves at once (`local_size`). */
+export const MAX_LOCAL_SIZE = 64;
 
 /** What a reply's `status` says. "quarantined" is reserved (the Sentry, later). */
 export const STATUSES = [
@@ -181,6 +186,12 @@ interface Session {
   hello: boolean;
   pid: number | null;
   name: string;
+  /** Its place among this host's trainers (hello's local_rank): the order their buffers are summed in. */
+  localRank: number | null;
+  /** The job's trainer count it expects (hello's world), checked by the census. */
+  world: number | null;
+  /** When it joined, among this node's trainers: the summing order after local_rank. */
+  joined: number;
   buffers: Map<number, SharedBuffer>;
   queue: Message[];
   working: boolean;
@@ -192,8 +203,23 @@ interface Session {
   closed: boolean;
 }
 
+/** One trainer's all-reduce, waiting for the other trainers of this host to ask for the same. */
+interface Submission {
+  s: Session;
+  b: SharedBuffer;
+  view: Float32Array;
+  round: number;
+  count: number;
+  op: "sum" | "mean";
+  /** performance.now() when it came. */
+  at: number;
+  answer: (reply: Record<string, unknown>) => void;
+}
+
 export interface ServerStats {
+  /** Trainers accepted, all told. */
   clients: number;
+  /** Rounds reduced over the network (each combines this node's trainers). */
   allreduces: number;
   elements: number;
   /** Summed node-side time of the all-reduces. */
@@ -217,7 +243,17 @@ export class LocalServer implements Disposable {
   readonly ended: Promise<ServeEnd>;
   private end!: (e: ServeEnd) => void;
   private sessions = new Set<Session>();
-  private active: Session | null = null;
+  /** This host's trainers in the job now: said hello, neither bye nor gone. */
+  private members: Session[] = [];
+  /** K, the trainers each round combines: the first hello's local_size, for good once the census ran. */
+  private localSize: number | null = null;
+  /** The job's trainers over every node: the census (first round) sums every node's K. */
+  private world: number | null = null;
+  /** All-reduces asked for and waiting for the rest of this host's trainers. */
+  private pending: Submission[] = [];
+  /** Set while some trainers said bye and others are still here: no new rounds, no new trainers. */
+  private leaving: string | null = null;
+  private joins = 0;
   private failure: Failure | null = null;
   private stopping: string | null = null;
   private inflight = 0;
@@ -245,17 +281,19 @@ export class LocalServer implements Disposable {
     return new LocalServer(server, o.socketPath, o.reducer, o.log);
   }
 
-  /** The trainer served now, if any. */
-  get client(): { pid: number | null; name: string } | null {
-    return this.active ? { pid: this.active.pid, name: this.active.name } : null;
+  /** The trainers served now, and the counts: K per round here (null before
+   * the first hello), the job's total (null before the first round's census). */
+  get trainers(): { connected: { pid: number | null; name: string }[]; localSize: number | null; world: number | null } {
+    return { connected: this.members.map((s) => ({ pid: s.pid, name: s.name })), localSize: this.localSize, world: this.world };
   }
 
-  /** Ends the job on this node: tells the client (its round in flight, if
-   * any, fails with "shutting_down") and resolves `ended`. */
+  /** Ends the job on this node: tells the clients (a round in flight, or
+   * waiting for its other trainers, fails with "shutting_down") and resolves `ended`. */
   stop(why: string): void {
     if (this.stopping || this.failure) return;
     this.stopping = why;
     if (this.inflight > 0) this.reducer.abort(); // the round cannot finish: peers learn it now
+    for (const p of this.pending.splice(0)) this.answer(p, { status: "shutting_down", message: `node shutting down: ${why}` });
     for (const s of this.sessions) if (s.hello) this.send(s, { type: "shutdown", status: "shutting_down", message: `node shutting down: ${why}` });
     this.end({ kind: "stopped", why });
   }
@@ -302,7 +340,7 @@ export class LocalServer implements Disposable {
   private accept(sock: Socket): void {
     if (this.closed) return void sock.destroy();
     const s: Session = {
-      sock, decoder: new FrameDecoder(), hello: false, pid: null, name: "", buffers: new Map(),
+      sock, decoder: new FrameDecoder(), hello: false, pid: null, name: "", localRank: null, world: null, joined: 0, buffers: new Map(),
       queue: [], working: false, nextRound: null, bye: false, refused: false, closed: false,
     };
     this.sessions.add(s);
@@ -341,9 +379,9 @@ export class LocalServer implements Disposable {
   }
 
   private hello(s: Session, m: Message): void {
+    const refuse = (status: Status, message: string) => this.refuse(s, "hello", status, message);
     if (m.type !== "hello") return this.refuse(s, "error", "bad_request", `the first message must be a hello, not ${JSON.stringify(m.type)}`);
-    if (m.protocol !== LOCAL_PROTOCOL)
-      return this.refuse(s, "hello", "bad_request", `protocol ${JSON.stringify(m.protocol)} is not ${JSON.stringify(LOCAL_PROTOCOL)}`);
+    if (m.protocol !== LOCAL_PROTOCOL) return refuse("bad_request", `protocol ${JSON.stringify(m.protocol)} is not ${JSON.stringify(LOCAL_PROTOCOL)}`);
     if (m.version !== LOCAL_PROTOCOL_VERSION)
       return this.refuse(s, "hello", "version_mismatch",
         `the client speaks ainftp local protocol version ${JSON.stringify(m.version)}, this node speaks version ${LOCAL_PROTOCOL_VERSION}: use the client shipped with this ainftp release (clients/python)`,
@@ -351,23 +389,41 @@ export class LocalServer implements Disposable {
     if (this.failure) return this.refuse(s, "hello", this.failure.status, `this node's job failed: ${this.failure.message}`, {
         ...(this.failure.hint ? { hint: this.failure.hint } : {}), ...(this.failure.missing ? { missing: this.failure.missing } : {}),
       });
-    if (this.stopping) return this.refuse(s, "hello", "shutting_down", `node shutting down: ${this.stopping}`);
-    if (this.active && !this.active.closed) {
-      const a = this.active;
-      return this.refuse(s, "hello", "busy",
-        `this node serves one trainer and already serves pid ${a.pid ?? "?"}${a.name ? ` (${a.name})` : ""}: run one trainer per node (reduce within the host first), or start another job`);
-    }
+    if (this.stopping) return refuse("shutting_down", `node shutting down: ${this.stopping}`);
+    const localSize = m.local_size ?? 1, world = m.world ?? null, localRank = m.local_rank ?? null;
+    if (!isCount(localSize) || localSize < 1 || localSize > MAX_LOCAL_SIZE)
+      return refuse("bad_request", `"local_size" ${JSON.stringify(localSize)} is not an integer 1..${MAX_LOCAL_SIZE} (the trainers on this host)`);
+    if (world !== null && (!isCount(world) || world < 1)) return refuse("bad_request", `"world" ${JSON.stringify(world)} is not a positive integer (the trainers in the whole job)`);
+    if (localRank !== null && (!isCount(localRank) || localRank >= localSize))
+      return refuse("bad_request", `"local_rank" ${JSON.stringify(localRank)} is not an integer 0..${localSize - 1} (local_size ${localSize})`);
+    const fix = "every trainer gives local_size = the trainers on its host (LOCAL_WORLD_SIZE) and world = all trainers of the job (WORLD_SIZE)";
+    if (this.localSize !== null && localSize !== this.localSize)
+      return refuse("bad_request", `this trainer says local_size ${localSize}, but this node serves ${this.localSize} trainer${plural(this.localSize)} (${this.world !== null || !this.members.length ? "since the job's first round" : `as ${who(this.members[0])} said`}): ${fix}`);
+    const said = this.members.find((x) => x.world !== null);
+    const expected = this.world ?? said?.world ?? null;
+    if (world !== null && expected !== null && world !== expected)
+      return refuse("bad_request", `this trainer says world ${world}, but ${this.world !== null ? `the job has ${this.world} trainers (the census of its first round)` : `${who(said!)} said ${expected}`}: ${fix}`);
+    if (this.leaving) return refuse("busy", `${this.leaving} and ${this.members.map(who).join(", ")} still here: a new trainer may join once all have left`);
+    if (this.members.length >= localSize)
+      return refuse("busy", `this node serves ${localSize} trainer${plural(localSize)} (local_size ${localSize}) and has ${localSize === 1 ? "it" : "them all"}: ${this.members.map(who).join(", ")}; ` +
+        "give every trainer of this host local_size = their number (LOCAL_WORLD_SIZE), or start another job");
+    const twin = localRank === null ? undefined : this.members.find((x) => x.localRank === localRank);
+    if (twin) return refuse("bad_request", `local_rank ${localRank} is taken by ${who(twin)}: each trainer of a host gives its own (LOCAL_RANK)`);
     s.hello = true;
     s.pid = typeof m.pid === "number" ? m.pid : null;
     s.name = typeof m.name === "string" ? m.name.slice(0, 100) : "";
-    this.active = s;
+    s.localRank = localRank;
+    s.world = world;
+    s.joined = this.joins++;
+    this.localSize = localSize;
+    this.members.push(s);
     this.stats.clients++;
-    this.log(`trainer connected: pid ${s.pid ?? "?"}${s.name ? ` (${s.name})` : ""}`);
+    this.log(`trainer connected: ${who(s)}, ${this.members.length} of ${localSize} here`);
     const r = this.reducer;
     this.send(s, {
       type: "hello", status: "ok", protocol: LOCAL_PROTOCOL, version: LOCAL_PROTOCOL_VERSION,
       job: r.job, rank: r.rank, size: r.size, peers: [...r.peers], chunk_elems: r.chunkElems,
-      round_elems: r.capacity * r.chunkElems, node_pid: process.pid,
+      round_elems: r.capacity * r.chunkElems, node_pid: process.pid, local_size: localSize, world: this.world,
     });
   }
 
@@ -383,8 +439,8 @@ export class LocalServer implements Disposable {
         if (m.type === "bye" && reply.status === "ok") {
           s.bye = true;
           s.queue = [];
-          if (this.active === s) this.active = null; // the next trainer may come now
-          this.log(`trainer pid ${s.pid ?? "?"} left cleanly`);
+          this.leave(s);
+          this.log(`trainer ${who(s)} left cleanly`);
           s.sock.end();
           return;
         }
@@ -429,6 +485,8 @@ export class LocalServer implements Disposable {
     }
   }
 
+  /** Checks one trainer's all-reduce and holds it until every trainer of
+   * this host asked for the same one; the answer comes when that round is over. */
   private async allreduce(s: Session, m: Message): Promise<Record<string, unknown>> {
     const bad = (message: string) => ({ status: "bad_request", message });
     const b = s.buffers.get(m.buffer as number);
@@ -441,33 +499,88 @@ export class LocalServer implements Disposable {
     if (s.nextRound !== null && round !== s.nextRound) return bad(`round ${round} after round ${s.nextRound - 1}: round ids go up by one`);
     if (this.failure) return failureFields(this.failure);
     if (this.stopping) return { status: "shutting_down", message: `node shutting down: ${this.stopping}` };
-    s.nextRound = round + 1;
-    const t0 = performance.now();
+    if (this.leaving) return bad(`${this.leaving}: round ${round} would miss its gradient (every trainer of a host does the same all-reduces; nothing was sent to the peers)`);
+    const first = this.pending[0];
+    if (first && (first.round !== round || first.count !== count || first.op !== op)) {
+      const message = `this node's trainers asked for different all-reduces: ${who(first.s)} round ${first.round} (${first.count} floats, ${first.op}), ` +
+        `${who(s)} round ${round} (${count} floats, ${op}): every trainer of a host must ask for the same ones in the same order (nothing was sent to the peers)`;
+      this.log(message);
+      for (const p of this.pending.splice(0)) this.answer(p, bad(message));
+      return bad(message);
+    }
     b.busy++;
+    const answered = new Promise<Record<string, unknown>>((answer) =>
+      this.pending.push({ s, b, view: b.view.subarray(offset, offset + count), round, count, op, at: performance.now(), answer }));
+    if (this.pending.length === this.localSize) void this.reduce(this.pending.splice(0));
+    return answered;
+  }
+
+  /** Answers one waiting all-reduce (its buffer may be unmapped after). */
+  private answer(p: Submission, reply: Record<string, unknown>): void {
+    p.b.settle();
+    p.answer(reply);
+  }
+
+  /** One round for this host's trainers: their buffers summed into the first
+   * (by local_rank), one all-reduce over the network, the result copied back. */
+  private async reduce(subs: Submission[]): Promise<void> {
+    const t0 = performance.now();
+    const { round, count, op } = subs[0];
+    for (const p of subs) p.s.nextRound = round + 1;
+    const order = (s: Session) => s.localRank ?? MAX_LOCAL_SIZE + s.joined;
+    subs.sort((a, b) => order(a.s) - order(b.s));
+    const sum = subs[0].view;
+    for (let k = 1; k < subs.length; k++) addInto(sum, subs[k].view);
+    let reply: Record<string, unknown>;
     this.inflight++;
     try {
-      await this.reducer.allreduce(b.view.subarray(offset, offset + count), { op });
+      if (this.world === null) await this.census();
+      await this.reducer.allreduce(sum, { op });
+      // the collective's mean is over nodes; trainers are what DDP averages over
+      if (op === "mean" && this.world !== this.reducer.size) rescale(sum, this.reducer.size, this.world!);
+      for (let k = 1; k < subs.length; k++) subs[k].view.set(sum);
+      const ms = performance.now() - t0;
+      this.stats.allreduces++;
+      this.stats.elements += count;
+      this.stats.ms += ms;
+      reply = { status: "ok", round, ms: +ms.toFixed(3), world: this.world };
     } catch (e) {
-      if (this.stopping) return { status: "shutting_down", message: `node shutting down during round ${round}: ${this.stopping}` };
-      const f = this.failure ?? classify(e);
-      this.fail(f, false);
-      return failureFields(f);
+      if (this.stopping) {
+        reply = { status: "shutting_down", message: `node shutting down during round ${round}: ${this.stopping}` };
+      } else {
+        const census = e instanceof CensusError;
+        const f = this.failure ?? (census ? e.failure : classify(e));
+        this.fail(f, census); // a wrong census is ours to report: the peers stop waiting for us
+        reply = failureFields(f);
+      }
     } finally {
       this.inflight--;
-      b.settle();
     }
-    const ms = performance.now() - t0;
-    this.stats.allreduces++;
-    this.stats.elements += count;
-    this.stats.ms += ms;
-    return { status: "ok", round, ms: +ms.toFixed(3) };
+    for (const p of subs) this.answer(p, { ...reply, wait_ms: +(t0 - p.at).toFixed(3) });
+  }
+
+  /** The first round: an all-reduce of K gives every node the job's trainer
+   * count (the divisor of a mean), checked against what the trainers said. */
+  private async census(): Promise<void> {
+    const K = this.localSize!, N = this.reducer.size;
+    const x = Float32Array.of(K);
+    await this.reducer.allreduce(x, { op: "sum" });
+    const total = Math.round(x[0]);
+    const hint = "give each trainer local_size = the trainers on its host (LOCAL_WORLD_SIZE) and world = the DDP world size (WORLD_SIZE), then restart the whole job";
+    if (!(Math.abs(x[0] - total) < 1e-3 && total >= N))
+      throw new CensusError({ status: "round_failed", message: `the census of the job's trainers summed to ${x[0]}, not a whole number of at least ${N} (one per node)`, hint });
+    const wrong = this.members.find((s) => s.world !== null && s.world !== total);
+    if (wrong)
+      throw new CensusError({ status: "round_failed", message: `the job has ${total} trainers (the census of its first round: ${N} node${plural(N)}, ${K} on this one), but ${who(wrong)} says world ${wrong.world}`, hint });
+    this.world = total;
+    this.log(`census: ${total} trainer${plural(total)} in the job, ${K} on this node`);
   }
 
   /** The job cannot go on here (rounds no longer line up across nodes).
    * `tellPeers`: leave the collective now, so that the peers fail their
    * round at once; not when the collective failed by itself, since an early
    * goodbye from us would make a slower peer blame us instead of the member
-   * that caused it (serveNode leaves once our trainer has had the error). */
+   * that caused it (serveNode leaves once our trainers have had the error). */
   private fail(f: Failure, tellPeers: boolean): void {
     if (this.failure) return;
     this.failure = f;
@@ -479,26 +592,45 @@ export class LocalServer implements Disposable {
         // leaving anyway
       }
     }
+    for (const p of this.pending.splice(0)) this.answer(p, failureFields(f));
     this.end({ kind: "failed", failure: f });
   }
 
   /** Waits until no trainer is connected, or timeoutMs. */
   async clientGone(timeoutMs: number): Promise<void> {
     const until = performance.now() + timeoutMs;
-    while (this.active && performance.now() < until) await Bun.sleep(10);
+    while (this.members.length && performance.now() < until) await Bun.sleep(10);
+  }
+
+  /** A trainer said bye. The last one to go opens the node for the next
+   * trainers; until then the others cannot reduce without it. */
+  private leave(s: Session): void {
+    const i = this.members.indexOf(s);
+    if (i < 0) return;
+    this.members.splice(i, 1);
+    if (this.members.length === 0) {
+      this.leaving = null;
+      if (this.world === null) this.localSize = null; // no round yet: the next trainers may say another K
+      return;
+    }
+    this.leaving = `trainer ${who(s)} left this node (bye) after ${s.nextRound === null ? "no round" : `round ${s.nextRound - 1}`}`;
+    const message = `${this.leaving} while this trainer waits for it: every trainer of a host does the same all-reduces (nothing was sent to the peers)`;
+    for (const p of this.pending.splice(0)) this.answer(p, { status: "bad_request", message });
   }
 
   private disconnected(s: Session): void {
     if (s.closed) return;
     s.closed = true;
     s.queue = [];
-    if (this.active === s) {
-      this.active = null;
+    const i = this.members.indexOf(s);
+    if (i >= 0) {
+      this.members.splice(i, 1);
       if (!this.stopping && !this.closed) {
-        // its peers on other nodes would wait for rounds that never come
+        // its peers on other nodes, and its siblings here, would wait for rounds that never come
         this.fail({
           status: "peer_missing",
-          message: `the trainer on this node (pid ${s.pid ?? "?"}) disconnected without saying bye${s.nextRound !== null ? `, after round ${s.nextRound - 1}` : ""}; the job's other members were told`,
+          message: `trainer ${who(s)} on this node disconnected without saying bye${s.nextRound !== null ? `, after round ${s.nextRound - 1}` : ""}; ` +
+            `the job's other members were told${this.members.length ? `, and this node's other trainers (${this.members.map(who).join(", ")})` : ""}`,
           hint: "a trainer died: restart the whole job",
         }, true);
       }
@@ -512,6 +644,32 @@ export class LocalServer implements Disposable {
     s.buffers.clear();
     this.sessions.delete(s);
   }
+}
+
+/** The census went wrong: this node ends the job and says why. */
+class CensusError extends Error {
+  constructor(readonly failure: Failure) {
+    super(failure.message);
+  }
+}
+
+/** dst += src, in float32, element by element. */
+function addInto(dst: Float32Array, src: Float32Array): void {
+  for (let i = 0; i < dst.length; i++) dst[i] += src[i];
+}
+
+/** A mean over `nodes` made a mean over `trainers`: x * nodes / trainers (one rounding). */
+function rescale(x: Float32Array, nodes: number, trainers: number): void {
+  for (let i = 0; i < x.length; i++) x[i] = (x[i] * nodes) / trainers;
+}
+
+/** "pid 42 (ddp_train rank 3)", for messages. */
+function who(s: Session): string {
+  return `pid ${s.pid ?? "?"}${s.name ? ` (${s.name})` : ""}`;
+}
+
+function plural(n: number): string {
+  return n === 1 ? "" : "s";
 }
 
 function isCount(x: unknown): x is number {
@@ -585,8 +743,12 @@ export interface ServeReport {
   job: number;
   socket: string;
   attached_by_us: boolean;
-  /** Trainers served, one after the other. */
+  /** Trainers served, all told (local_size at a time). */
   clients: number;
+  /** Trainers per round on this node, and in the whole job (the census); null before any. */
+  local_size: number | null;
+  world: number | null;
+  /** Rounds over the network, each combining this node's trainers. */
   allreduces: number;
   elements: number;
   /** Mean node-side time per all-reduce. */
@@ -645,16 +807,16 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
     log(`serving job ${comm.job} (rank ${o.rank} of ${N}, ${o.iface}) on ${socketPath}`);
     const end = await server.ended;
     failed = end.kind === "failed";
-    if (failed) await server.clientGone(2000); // our trainer hears why before the peers hear we left
+    if (failed) await server.clientGone(2000); // our trainers hear why before the peers hear we left
     await server.close();
     if (end.kind === "failed") {
       // finally leaves the job (abort): the peers fail their round at once
       throw new AinftpError("swarm --serve", end.failure.message, { hint: end.failure.hint ?? "restart the whole job" });
     }
-    const s = server.stats;
+    const s = server.stats, t = server.trainers;
     return {
       rank: o.rank, peers: N, job: comm.job, socket: socketPath, attached_by_us: attachedByUs,
-      clients: s.clients, allreduces: s.allreduces, elements: s.elements,
+      clients: s.clients, local_size: t.localSize, world: t.world, allreduces: s.allreduces, elements: s.elements,
       mean_ms: s.allreduces ? +(s.ms / s.allreduces).toFixed(3) : null, stopped_by: end.why,
     };
   } finally {

@@ -1,13 +1,14 @@
 // The local interface (`ainftp swarm --serve`) and the Python client.
 //   - unit: the framing, and a LocalServer driven by a stand-in reducer over a
 //     real Unix socket (a bad version refused, bad requests answered with an
-//     error status, zero-copy buffers in /dev/shm, one trainer per node, a
-//     trainer that disconnects, a failed round), also through the Python
-//     client (standard library only);
-//   - kernel (root, torch): 4 namespaces each run `dist/ainftp swarm --serve`
-//     and examples/ddp_train.py; the ainftp hook and plain Gloo end at the
-//     same loss (< 1%), and a trainer killed mid-step makes the others fail
-//     with an error naming it, within a bound.
+//     error status, zero-copy buffers in /dev/shm, local_size trainers per
+//     node summed into one round, mismatched rounds refused, the census, a
+//     trainer that disconnects or leaves, a failed round), also through the
+//     Python client (standard library only);
+//   - kernel (root, torch): 2 namespaces × 2 trainers (DDP world 4) through
+//     `dist/ainftp swarm --serve` and examples/ddp_train.py end at the loss of
+//     plain Gloo with 4 processes (< 1%); on 4 namespaces × 1, a trainer
+//     killed mid-step makes the others fail with an error naming it, within a bound.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
@@ -160,8 +161,9 @@ class RawClient {
     return r;
   }
 
-  hello(version = LOCAL_PROTOCOL_VERSION): Promise<Message> {
-    return this.ask({ type: "hello", protocol: LOCAL_PROTOCOL, version, pid: process.pid, name: "test" });
+  /** A hello; `extra` adds or overrides fields (local_size, world, version…). */
+  hello(extra: Record<string, unknown> = {}): Promise<Message> {
+    return this.ask({ type: "hello", protocol: LOCAL_PROTOCOL, version: LOCAL_PROTOCOL_VERSION, pid: process.pid, name: "test", ...extra });
   }
 
   close(): void {
@@ -220,13 +222,13 @@ describe("LocalServer with a stand-in reducer", () => {
     await start();
     expect(statSync(join(dir, "sub")).mode & 0o777).toBe(0o700);
     const ok = await (await connect()).hello();
-    expect(ok).toMatchObject({ type: "hello", status: "ok", protocol: LOCAL_PROTOCOL, version: 1, job: 7, rank: 0, size: 2, round_elems: 8 * 720 });
+    expect(ok).toMatchObject({ type: "hello", status: "ok", protocol: LOCAL_PROTOCOL, version: 2, job: 7, rank: 0, size: 2, round_elems: 8 * 720, local_size: 1, world: null });
     clients.pop()!.close();
 
     const c = await connect();
-    const r = await c.hello(2);
-    expect(r).toMatchObject({ type: "hello", status: "version_mismatch", version: 1 });
-    expect(r.message).toMatch(/client speaks ainftp local protocol version 2, this node speaks version 1/);
+    const r = await c.hello({ version: 1 }); // a client of before trainers shared a node
+    expect(r).toMatchObject({ type: "hello", status: "version_mismatch", version: 2 });
+    expect(r.message).toMatch(/client speaks ainftp local protocol version 1, this node speaks version 2/);
     expect(await c.next()).toBeNull(); // and hangs up
 
     const d = await connect();
@@ -291,7 +293,7 @@ describe("LocalServer with a stand-in reducer", () => {
     writeSync(fd, new Uint8Array(Float32Array.from([3]).buffer), 0, 4, 0);
     closeSync(fd);
     expect(await c.ask({ type: "allreduce", seq: 3, buffer: reg.buffer, count: 1, op: "mean", round: 1 })).toMatchObject({ status: "ok" });
-    expect(reducer.calls).toEqual([{ n: 200, op: "sum" }, { n: 1, op: "mean" }]);
+    expect(reducer.calls).toEqual([{ n: 1, op: "sum" }, { n: 200, op: "sum" }, { n: 1, op: "mean" }]); // the census, then the rounds
     expect(await c.ask({ type: "unregister", seq: 4, buffer: reg.buffer })).toMatchObject({ status: "ok" });
     expect(mapped(path)).toBe(false);
     const reg2 = await c.ask({ type: "register", seq: 5, path, bytes: 64 });
@@ -307,15 +309,178 @@ describe("LocalServer with a stand-in reducer", () => {
     expect(reducer.aborted).toBe(false);
   });
 
-  test("one trainer per node: a second is refused with busy, naming the first", async () => {
+  test("local_size 1 (the default): a second trainer is refused with busy, naming the first", async () => {
     await start();
     const c = await connect();
     await c.hello();
     const d = await connect();
     const r = await d.hello();
     expect(r).toMatchObject({ status: "busy" });
-    expect(r.message).toMatch(new RegExp(`already serves pid ${process.pid} \\(test\\): run one trainer per node`));
+    expect(r.message).toMatch(new RegExp(`serves 1 trainer \\(local_size 1\\) and has it: pid ${process.pid} \\(test\\); give every trainer of this host local_size`));
     expect(await d.next()).toBeNull();
+  });
+
+  // ---- trainers sharing a node ----
+
+  /** A trainer of this host: hello'd with `hello`, and `xs` registered. */
+  const trainer = async (name: string, xs: Float32Array, hello: Record<string, unknown>) => {
+    const c = await connect();
+    expect(await c.hello({ name, ...hello })).toMatchObject({ status: "ok" });
+    const path = sharedFile(name, xs);
+    files.push(path);
+    const reg = await c.ask({ type: "register", seq: 1, path, bytes: xs.byteLength });
+    return { c, path, buffer: reg.buffer as number };
+  };
+  const pair = async (hello: Record<string, unknown> = {}) => [
+    await trainer("gpu0", Float32Array.from([1, 2, 3, 4]), { local_size: 2, local_rank: 0, ...hello }),
+    await trainer("gpu1", Float32Array.from([10, 20, 30, 40, 99]), { local_size: 2, local_rank: 1, ...hello }),
+  ];
+  const ask = (t: { c: RawClient; buffer: number }, m: Record<string, unknown>) => t.c.send({ type: "allreduce", seq: 9, buffer: t.buffer, op: "sum", count: 4, ...m });
+
+  test("two trainers on one node: a round waits for both, sums their buffers, goes over the network once, and both get the result; mean divides by the job's trainers", async () => {
+    await start();
+    const [a, b] = await pair({ world: 4 });
+    expect(server.trainers).toMatchObject({ localSize: 2, world: null, connected: [{ name: "gpu0" }, { name: "gpu1" }] });
+    ask(a, { round: 0 });
+    await Bun.sleep(30);
+    expect(reducer.calls).toEqual([]); // gpu1 has not asked yet
+    ask(b, { round: 0, offset: 1 }); // its own buffer and offset: floats 20, 30, 40, 99
+    const [ra, rb] = [await a.c.next(), await b.c.next()];
+    const waited = ra!.wait_ms; // before toMatchObject, which (Bun 1.4.5) replaces matched fields with the matchers
+    // (a + b) summed here, doubled by the stand-in's other member: each of 2 nodes has 2 trainers
+    for (const r of [ra, rb]) expect(r).toMatchObject({ type: "allreduce", status: "ok", round: 0, world: 4, ms: expect.any(Number), wait_ms: expect.any(Number) });
+    expect(waited as number).toBeGreaterThanOrEqual(25);
+    expect([...readFloats(a.path, 4)]).toEqual([42, 64, 86, 206]);
+    expect([...readFloats(b.path, 5)]).toEqual([10, 42, 64, 86, 206]);
+    expect(reducer.calls).toEqual([{ n: 1, op: "sum" }, { n: 4, op: "sum" }]); // the census (2 + 2), then one round
+    // mean: the other node holds the same, so the mean of the 4 trainers is (a + b) / 2 = 42, 64, …
+    ask(b, { round: 1, offset: 1, op: "mean" });
+    ask(a, { round: 1, op: "mean" });
+    for (const r of [await a.c.next(), await b.c.next()]) expect(r).toMatchObject({ status: "ok", round: 1 });
+    expect([...readFloats(a.path, 4)]).toEqual([42, 64, 86, 206]);
+    expect([...readFloats(b.path, 5)]).toEqual([10, 42, 64, 86, 206]);
+    expect(reducer.calls.slice(2)).toEqual([{ n: 4, op: "mean" }]);
+    expect(server.trainers).toMatchObject({ localSize: 2, world: 4 });
+    expect(server.stats).toMatchObject({ clients: 2, allreduces: 2, elements: 8 });
+  });
+
+  test("hello with local_size 2: a third trainer is busy; another local_size, a taken local_rank or another world is refused, saying why", async () => {
+    await start();
+    const a = await connect();
+    expect(await a.hello({ local_size: 2, local_rank: 0, world: 4, name: "gpu0" })).toMatchObject({ status: "ok", local_size: 2, world: null });
+    const refused = async (hello: Record<string, unknown>, status: string, re: RegExp) => {
+      const c = await connect();
+      const r = await c.hello(hello);
+      expect(r).toMatchObject({ type: "hello", status });
+      expect(r.message).toMatch(re);
+      expect(await c.next()).toBeNull(); // and hangs up
+    };
+    await refused({ local_size: 3 }, "bad_request", /says local_size 3, but this node serves 2 trainers \(as pid \d+ \(gpu0\) said\): every trainer gives local_size/);
+    await refused({ local_size: 2, local_rank: 0 }, "bad_request", /local_rank 0 is taken by pid \d+ \(gpu0\)/);
+    await refused({ local_size: 2, world: 6 }, "bad_request", /says world 6, but pid \d+ \(gpu0\) said 4/);
+    await refused({ local_size: 2, local_rank: 2 }, "bad_request", /"local_rank" 2 is not an integer 0\.\.1/);
+    await refused({ local_size: 0 }, "bad_request", /"local_size" 0 is not an integer 1\.\.64/);
+    const b = await connect();
+    expect(await b.hello({ local_size: 2, name: "gpu1" })).toMatchObject({ status: "ok" }); // no local_rank, no world: fine
+    await refused({ local_size: 2 }, "busy", /serves 2 trainers \(local_size 2\) and has them all: pid \d+ \(gpu0\), pid \d+ \(gpu1\)/);
+  });
+
+  test("trainers of a node asking for different all-reduces (count, op, round) all get a bad_request; nothing reaches the network; then they go on", async () => {
+    await start();
+    const [a, b] = await pair();
+    for (const [mb, what] of [[{ count: 3 }, /round 0 \(3 floats, sum\)/], [{ op: "mean" }, /round 0 \(4 floats, mean\)/], [{ round: 1 }, /round 1 \(4 floats, sum\)/]] as const) {
+      ask(a, { round: 0 });
+      ask(b, { round: 0, ...mb });
+      for (const r of [await a.c.next(), await b.c.next()]) {
+        expect(r).toMatchObject({ status: "bad_request" });
+        expect(r!.message).toMatch(/this node's trainers asked for different all-reduces: pid \d+ \(gpu0\) round 0 \(4 floats, sum\), pid \d+ \(gpu1\) /);
+        expect(r!.message).toMatch(what);
+        expect(r!.message).toMatch(/nothing was sent to the peers/);
+      }
+    }
+    expect(reducer.calls).toEqual([]);
+    ask(a, { round: 0 });
+    ask(b, { round: 0 });
+    for (const r of [await a.c.next(), await b.c.next()]) expect(r).toMatchObject({ status: "ok", round: 0 });
+  });
+
+  test("a trainer that disconnects while its sibling waits for it: the sibling's round fails naming it, the job ends, the peers are told", async () => {
+    await start();
+    const [a, b] = await pair();
+    ask(a, { round: 0 });
+    ask(b, { round: 0 });
+    await a.c.next();
+    await b.c.next();
+    ask(a, { round: 1 });
+    await Bun.sleep(20);
+    b.c.close(); // dies before asking for round 1
+    const r = await a.c.next();
+    expect(r).toMatchObject({ status: "peer_missing", hint: "a trainer died: restart the whole job" });
+    expect(r!.message).toMatch(/trainer pid \d+ \(gpu1\) on this node disconnected without saying bye, after round 0; the job's other members were told, and this node's other trainers \(pid \d+ \(gpu0\)\)/);
+    expect(await server.ended).toMatchObject({ kind: "failed", failure: { status: "peer_missing" } });
+    expect(reducer.aborted).toBe(true);
+    expect(reducer.calls.length).toBe(2); // the census and round 0; round 1 never went out
+    ask(a, { round: 1 }); // asked again: the job is over
+    expect(await a.c.next()).toMatchObject({ status: "peer_missing" });
+  });
+
+  test("a trainer that disconnects during the network round: its sibling's round fails naming it", async () => {
+    await start();
+    const [a, b] = await pair();
+    reducer.delayMs = 200;
+    ask(a, { round: 0 });
+    ask(b, { round: 0 });
+    await Bun.sleep(50);
+    b.c.close(); // mid-round (the census is on the stand-in's wire)
+    const r = await a.c.next();
+    expect(r).toMatchObject({ status: "peer_missing", message: expect.stringMatching(/trainer pid \d+ \(gpu1\) on this node disconnected without saying bye/) });
+    expect(reducer.aborted).toBe(true);
+  });
+
+  test("bye: while one trainer of the node has left, the other's rounds are refused and nobody joins; once all left, the next ones continue the job", async () => {
+    await start();
+    const [a, b] = await pair({ world: 4 });
+    ask(a, { round: 0 });
+    ask(b, { round: 0 });
+    await a.c.next();
+    await b.c.next();
+    expect(await a.c.ask({ type: "bye", seq: 10 })).toMatchObject({ status: "ok" });
+    ask(b, { round: 1 });
+    const r = await b.c.next();
+    expect(r).toMatchObject({ status: "bad_request", message: expect.stringMatching(/trainer pid \d+ \(gpu0\) left this node \(bye\) after round 0: round 1 would miss its gradient/) });
+    const late = await connect();
+    expect(await late.hello({ local_size: 2 })).toMatchObject({ status: "busy", message: expect.stringMatching(/left this node \(bye\) after round 0 and pid \d+ \(gpu1\) still here/) });
+    expect(await b.c.ask({ type: "bye", seq: 11 })).toMatchObject({ status: "ok" });
+    await Bun.sleep(20);
+    expect(server.trainers.connected).toEqual([]);
+    // the next two: the job goes on, no second census; a local_size unlike the census' is refused
+    const odd = await connect();
+    expect(await odd.hello({ local_size: 3 })).toMatchObject({ status: "bad_request", message: expect.stringMatching(/this node serves 2 trainers \(since the job's first round\)/) });
+    const [c, d] = await pair();
+    ask(c, { round: 0 });
+    ask(d, { round: 0 });
+    for (const x of [await c.c.next(), await d.c.next()]) expect(x).toMatchObject({ status: "ok", world: 4 });
+    expect(reducer.calls.map((x) => x.n)).toEqual([1, 4, 4]);
+    // one of them leaving while the other waits: the waiting one hears why at once
+    ask(c, { round: 1 });
+    await Bun.sleep(20);
+    expect(await d.c.ask({ type: "bye", seq: 12 })).toMatchObject({ status: "ok" });
+    expect(await c.c.next()).toMatchObject({ status: "bad_request", message: expect.stringMatching(/left this node \(bye\) after round 0 while this trainer waits for it/) });
+    expect(reducer.aborted).toBe(false);
+  });
+
+  test("the census: trainers saying another world than the job's trainer count fail the first round, and the job ends with the peers told", async () => {
+    await start();
+    const [a, b] = await pair({ world: 3 });
+    ask(a, { round: 0 });
+    ask(b, { round: 0 });
+    for (const r of [await a.c.next(), await b.c.next()]) {
+      expect(r).toMatchObject({ status: "round_failed", hint: expect.stringMatching(/local_size = the trainers on its host/) });
+      expect(r!.message).toMatch(/the job has 4 trainers \(the census of its first round: 2 nodes, 2 on this one\), but pid \d+ \(gpu0\) says world 3/);
+    }
+    expect(await server.ended).toMatchObject({ kind: "failed", failure: { status: "round_failed" } });
+    expect(reducer.aborted).toBe(true);
+    expect(reducer.calls).toEqual([{ n: 1, op: "sum" }]);
   });
 
   test("a trainer that disconnects without bye ends the job: peers told (abort), buffers unmapped after the round in flight", async () => {
@@ -331,7 +496,7 @@ describe("LocalServer with a stand-in reducer", () => {
     c.close(); // mid-round
     const end = await server.ended;
     expect(end).toMatchObject({ kind: "failed", failure: { status: "peer_missing" } });
-    expect(end.kind === "failed" && end.failure.message).toMatch(/trainer on this node \(pid \d+\) disconnected without saying bye/);
+    expect(end.kind === "failed" && end.failure.message).toMatch(/trainer pid \d+ \(test\) on this node disconnected without saying bye, after round 0/);
     expect(reducer.aborted).toBe(true);
     expect(mapped(path)).toBe(true); // the round still runs on it
     await Bun.sleep(250);
@@ -420,10 +585,35 @@ print(json.dumps(out))
     const r = JSON.parse(out);
     expect(r).toMatchObject({ rank: 0, size: 2, job: 7, sum: [3, -4, 6.5], big: [0, 2, 1199998], busy: "busy", leftovers: [] });
     expect(r.typeerror).toMatch(/float32/);
-    expect(r.mismatch).toMatch(/client speaks ainftp local protocol version 99, this node speaks version 1/);
+    expect(r.mismatch).toMatch(/client speaks ainftp local protocol version 99, this node speaks version 2/);
     await Bun.sleep(20);
-    expect(server.client).toBeNull(); // it said bye
+    expect(server.trainers.connected).toEqual([]); // it said bye
     expect(reducer.aborted).toBe(false);
+  });
+
+  test("two Python clients share the node (local_size 2): one round over the network, the mean over the job's 4 trainers in both", async () => {
+    await start();
+    const script = (i: number) => `
+import array, sys, json
+sys.path.insert(0, ${JSON.stringify(PY_CLIENT)})
+import ainftp
+c = ainftp.connect(socket=${JSON.stringify(sockPath())}, timeout=5, local_size=2, local_rank=${i}, world=4, name="gpu${i}")
+x = array.array("f", [${i + 1}.0, ${10 * (i + 1)}.0])
+ainftp.allreduce(x, op="mean")
+print(json.dumps({"x": list(x), "world": c.world, "local_size": c.local_size}))
+ainftp.close()
+`;
+    const runs = [0, 1].map((i) => Bun.spawn(["python3", "-c", script(i)], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...PY_ENV } }));
+    const outs = await Promise.all(runs.map(async (p) => {
+      const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+      expect({ code: await p.exited, err }).toEqual({ code: 0, err: "" });
+      return JSON.parse(out);
+    }));
+    // ([1, 10] + [2, 20]) on each of the stand-in's 2 nodes, over 4 trainers
+    for (const o of outs) expect(o).toEqual({ x: [1.5, 15], world: 4, local_size: 2 });
+    expect(reducer.calls).toEqual([{ n: 1, op: "sum" }, { n: 2, op: "mean" }]);
+    await Bun.sleep(20);
+    expect(server.trainers.connected).toEqual([]);
   });
 });
 
@@ -497,7 +687,7 @@ interface TrainReport {
   mean_allreduce_ms: number | null;
 }
 
-describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp_train.py (DDP, Gloo process group)", () => {
+describe.skipIf(skipWhy !== null)("trainers in namespaces: swarm --serve + ddp_train.py (DDP, Gloo process group)", () => {
   const NODES = ["t0", "t1", "t2", "t3"];
   const JOB = 7;
   let lab: Lab;
@@ -505,7 +695,7 @@ describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp
   const procs = new Set<Proc>();
   const notes: string[] = [];
   const sock = (n: string) => join(lab.tmp, `${n}.sock`);
-  const peers = () => NODES.map((n) => lab.node(n).addr).join(",");
+  const peersOf = (names: string[]) => names.map((n) => lab.node(n).addr).join(",");
   const track = (p: Proc) => (procs.add(p), p.exited.then(() => procs.delete(p)), p);
 
   beforeAll(() => {
@@ -522,12 +712,12 @@ describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp
     if (notes.length) console.log("[local] measured\n" + notes.map((n) => "  " + n).join("\n"));
   });
 
-  /** Starts a serving node per namespace and waits for their sockets (they
-   * appear once every member is up). */
-  const startNodes = async () => {
-    const nodes = NODES.map((n, i) => track(lab.spawn(n, [BIN, "swarm", "--iface", "eth0", "--peers", peers(), "--rank", String(i), "--job", String(JOB),
+  /** Starts a serving node in each of `names` and waits for their sockets
+   * (they appear once every member is up). */
+  const startNodes = async (names = NODES) => {
+    const nodes = names.map((n, i) => track(lab.spawn(n, [BIN, "swarm", "--iface", "eth0", "--peers", peersOf(names), "--rank", String(i), "--job", String(JOB),
       "--serve", "--socket", sock(n), "--round-size", "1MiB", "--json"])));
-    const up = await until(() => NODES.every((n) => existsSync(sock(n))) || nodes.some((p) => p.exitCode !== null), 20_000);
+    const up = await until(() => names.every((n) => existsSync(sock(n))) || nodes.some((p) => p.exitCode !== null), 20_000);
     if (!up || nodes.some((p) => p.exitCode !== null)) {
       for (const p of nodes) p.kill(9);
       const outs = await Promise.all(nodes.map((p) => exited(p, performance.now(), 5000)));
@@ -536,11 +726,16 @@ describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp
     return nodes;
   };
 
-  const startTrainers = (hook: string, steps: number) => {
+  /** `perNode` trainers in each of `names` (DDP ranks node by node, as torchrun numbers them). */
+  const startTrainers = (hook: string, steps: number, names = NODES, perNode = 1) => {
     const port = gloPort++;
-    return NODES.map((n, i) => track(lab.spawn(n, [python!, EXAMPLE, "--hook", hook, "--steps", String(steps), "--job", String(JOB), "--socket", sock(n)], {
-      env: { ...PY_ENV, RANK: String(i), WORLD_SIZE: String(NODES.length), MASTER_ADDR: lab.node("t0").addr, MASTER_PORT: String(port), GLOO_SOCKET_IFNAME: "eth0" },
-    })));
+    return names.flatMap((n, i) => Array.from({ length: perNode }, (_, j) => track(lab.spawn(n,
+      [python!, EXAMPLE, "--hook", hook, "--steps", String(steps), "--job", String(JOB), "--socket", sock(n)], {
+        env: {
+          ...PY_ENV, RANK: String(i * perNode + j), WORLD_SIZE: String(names.length * perNode), LOCAL_RANK: String(j), LOCAL_WORLD_SIZE: String(perNode),
+          MASTER_ADDR: lab.node(names[0]).addr, MASTER_PORT: String(port), GLOO_SOCKET_IFNAME: "eth0",
+        },
+      }))));
   };
 
   const trainReports = (runs: Exit[]): TrainReport[] =>
@@ -551,13 +746,14 @@ describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp
 
   const fmt = (x: number | null) => (x === null ? "-" : x.toFixed(2));
 
-  test("the ainftp hook and plain Gloo train to the same loss (< 1%); every rank ends with the same model; SIGTERM stops the nodes cleanly", async () => {
+  test("2 nodes × 2 trainers (DDP world 4): the ainftp hook and plain Gloo with 4 processes train to the same loss (< 1%); every rank ends with the same model; SIGTERM stops the nodes cleanly", async () => {
+    const PAIR = ["t0", "t1"];
     const t0 = performance.now();
-    const nodes = await startNodes();
+    const nodes = await startNodes(PAIR);
     const STEPS = 30;
-    const hooked = trainReports(await Promise.all(startTrainers("ainftp", STEPS).map((p) => exited(p, performance.now(), 45_000))));
+    const hooked = trainReports(await Promise.all(startTrainers("ainftp", STEPS, PAIR, 2).map((p) => exited(p, performance.now(), 45_000))));
     const t1 = performance.now();
-    const gloo = trainReports(await Promise.all(startTrainers("none", STEPS).map((p) => exited(p, performance.now(), 45_000))));
+    const gloo = trainReports(await Promise.all(startTrainers("none", STEPS, PAIR, 2).map((p) => exited(p, performance.now(), 45_000))));
     const t2 = performance.now();
     // bit-identical results everywhere: every rank's model, so its loss, is the same
     for (const r of hooked) expect(r).toMatchObject({ hook: "ainftp", world: 4, final_loss: hooked[0].final_loss });
@@ -566,7 +762,7 @@ describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp
     expect(rel).toBeLessThan(0.01);
     const mean = (rs: TrainReport[], k: "mean_step_ms" | "mean_allreduce_ms") => rs.reduce((s, r) => s + (r[k] ?? 0), 0) / rs.length;
     notes.push(
-      `4 namespaces, ${hooked[0].world} ranks, MLP ${STEPS} steps: final loss ainftp ${hooked[0].final_loss.toFixed(6)} vs gloo ${gloo[0].final_loss.toFixed(6)} (${(rel * 100).toFixed(4)}%)`,
+      `2 namespaces × 2 trainers, ${hooked[0].world} ranks, MLP ${STEPS} steps: final loss ainftp ${hooked[0].final_loss.toFixed(6)} vs gloo ${gloo[0].final_loss.toFixed(6)} (${(rel * 100).toFixed(4)}%)`,
       `  per step (mean of ranks): ainftp hook ${fmt(mean(hooked, "mean_step_ms"))} ms, all-reduce inside it ${fmt(mean(hooked, "mean_allreduce_ms"))} ms; ` +
         `gloo ${fmt(mean(gloo, "mean_step_ms"))} ms, all-reduce ${fmt(mean(gloo, "mean_allreduce_ms"))} ms`,
       `  ranks (step/all-reduce ms): ainftp ${hooked.map((r) => `${fmt(r.mean_step_ms)}/${fmt(r.mean_allreduce_ms)}`).join(" ")}; gloo ${gloo.map((r) => `${fmt(r.mean_step_ms)}/${fmt(r.mean_allreduce_ms)}`).join(" ")}`,
@@ -577,14 +773,14 @@ describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp
     const ends = await Promise.all(nodes.map((p) => exited(p, performance.now(), 10_000)));
     ends.forEach((e, i) => {
       if (e.code !== 0) throw new Error(`node ${i} exited ${e.code}:\n${e.stderr}`);
-      expect(JSON.parse(e.stdout)).toMatchObject({ rank: i, peers: 4, job: JOB, clients: 1, stopped_by: "SIGTERM", attached_by_us: true });
+      expect(JSON.parse(e.stdout)).toMatchObject({ rank: i, peers: 2, job: JOB, clients: 2, local_size: 2, world: 4, stopped_by: "SIGTERM", attached_by_us: true });
       expect(JSON.parse(e.stdout).allreduces).toBeGreaterThanOrEqual(STEPS);
-      expect(existsSync(sock(NODES[i]))).toBe(false);
-      expect(lab.linkInfo(NODES[i], "eth0").xdp ?? null).toBeNull();
+      expect(existsSync(sock(PAIR[i]))).toBe(false);
+      expect(lab.linkInfo(PAIR[i], "eth0").xdp ?? null).toBeNull();
     });
   }, 120_000);
 
-  test("a trainer killed mid-step: the others fail within 15 s naming it, not hang; every node exits saying why", async () => {
+  test("4 nodes × 1 trainer, one killed mid-step: the others fail within 15 s naming it, not hang; every node exits saying why", async () => {
     const nodes = await startNodes();
     const trainers = startTrainers("ainftp", 100_000);
     const victim = trainers[3];
@@ -608,7 +804,7 @@ describe.skipIf(skipWhy !== null)("trainers on 4 namespaces: swarm --serve + ddp
     const ends = await Promise.all(nodes.map((p) => exited(p, killedAt, 30_000)));
     ends.forEach((e, i) => {
       expect({ node: i, code: e.code, timedOut: e.timedOut }).toEqual({ node: i, code: 1, timedOut: false });
-      expect(e.stderr).toMatch(i === 3 ? /trainer on this node \(pid \d+\) disconnected without saying bye/ : /rank 3 \(10\.213\.88\.4\)[^\n]* left the job/);
+      expect(e.stderr).toMatch(i === 3 ? /trainer pid \d+ \(ddp_train rank 3\) on this node disconnected without saying bye/ : /rank 3 \(10\.213\.88\.4\)[^\n]* left the job/);
       expect(existsSync(sock(NODES[i]))).toBe(false);
       expect(lab.linkInfo(NODES[i], "eth0").xdp ?? null).toBeNull();
     });

@@ -1,7 +1,7 @@
 """ainftp for trainers: all-reduce through this host's ainftp node.
 
     import ainftp
-    ainftp.connect(job=7)                 # the node: ainftp swarm ... --job 7 --serve
+    ainftp.connect(job=7)                 # the node: ainftp swarm ... --job 7 --serve (K trainers may share it)
     ainftp.allreduce(tensor, op="mean")   # CPU or CUDA float32 tensor, in place
 
     model.register_comm_hook(None, ainftp.torch.comm_hook)   # DDP
@@ -42,7 +42,7 @@ def client():
 
 
 def allreduce(data, op="sum"):
-    """All-reduces `data` in place over every node through the default client."""
+    """All-reduces `data` in place over every trainer of the job through the default client."""
     return client().allreduce(data, op=op)
 
 

@@ -1,4 +1,4 @@
-"""The ainftp local protocol, version 1: framing, status codes, errors.
+"""The ainftp local protocol, version 2: framing, status codes, errors.
 
 A frame is the body's length (4 bytes, unsigned, little-endian) followed by
 the body, one JSON object in UTF-8 with a string "type". See README.md.
@@ -7,7 +7,7 @@ import json
 import struct
 
 PROTOCOL = "ainftp-local"
-VERSION = 1
+VERSION = 2
 MAX_FRAME = 64 * 1024
 
 _LEN = struct.Struct("<I")

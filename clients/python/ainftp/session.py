@@ -4,12 +4,15 @@ The node all-reduces float32 data in a file both processes map (in /dev/shm,
 or on hugetlbfs): the client copies the data in, asks over the Unix socket
 for an all-reduce of that range, and copies the result back. The file's
 name is removed as soon as the node has mapped it, so nothing is left
-behind whatever happens to either process.
+behind whatever happens to either process. Several trainers of one host
+(one per GPU) share its node: each says how many they are (local_size), and
+the node reduces a round once all of them have asked for it.
 """
 import itertools
 import mmap
 import os
 import socket as _socket
+import sys
 import threading
 import time
 
@@ -22,6 +25,25 @@ _names = itertools.count()
 
 def default_socket(job):
     return f"/run/ainftp/{job}.sock"
+
+
+def _env_int(*names):
+    for n in names:
+        v = os.environ.get(n, "").strip()
+        if v.isdigit():
+            return int(v)
+    return None
+
+
+def _torch_world():
+    """The torch.distributed world size, if the trainer already started it (torch is not imported here)."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+    except Exception:  # noqa: BLE001 - a half-initialized torch: the environment says the rest
+        return None
+    return None
 
 
 class _Shared:
@@ -65,13 +87,17 @@ class Client:
 
     Thread-safe: requests are serialized (the node serves them in order)."""
 
-    def __init__(self, sock, hello, job, shm_dir, reply_timeout):
+    def __init__(self, sock, hello, job, shm_dir, reply_timeout, world=None, local_rank=None):
         self._sock = sock
         self.job = hello.get("job", job)
-        self.rank = hello["rank"]
-        self.size = hello["size"]
+        self.rank = hello["rank"]  # the node's rank among the job's nodes
+        self.size = hello["size"]  # nodes in the job
         self.peers = hello.get("peers", [])
         self.round_elems = hello.get("round_elems")
+        self.local_size = hello.get("local_size", 1)  # trainers sharing this node
+        self.local_rank = local_rank
+        self.declared_world = world  # what this trainer said the job's trainer count is
+        self.world = hello.get("world")  # the job's trainer count: the node's census, known after the first round
         self._shm_dir = shm_dir
         self._reply_timeout = reply_timeout
         self._lock = threading.RLock()
@@ -82,7 +108,8 @@ class Client:
         self._failed = None  # the error that ended the session
 
     def __repr__(self):
-        return f"<ainftp.Client job {self.job} rank {self.rank} of {self.size}{' closed' if self._closed else ''}>"
+        return (f"<ainftp.Client job {self.job} node {self.rank} of {self.size}, {self.local_size} trainer(s) on it"
+                f"{' closed' if self._closed else ''}>")
 
     # ---- requests ------------------------------------------------------------------
 
@@ -103,8 +130,10 @@ class Client:
                 if reply.get("seq") == self._seq or reply.get("type") == "error":
                     break
         except _socket.timeout:
-            # the node's rounds fail by themselves long before this: it is stuck
-            self._fail(DeadlineExceeded(f"no answer from the node within {self._reply_timeout} s to {msg['type']}"))
+            # the node's rounds fail by themselves long before this: it is stuck, or waits for a trainer of this host
+            hint = (f"the node reduces a round once all {self.local_size} trainers of this host asked for it: is one of them stuck?"
+                    if msg["type"] == "allreduce" and self.local_size > 1 else None)
+            self._fail(DeadlineExceeded(f"no answer from the node within {self._reply_timeout} s to {msg['type']}", hint=hint))
         except (BrokenPipeError, ConnectionResetError) as e:
             self._fail(ConnectionLost(f"the node closed the connection ({e.__class__.__name__})"))
         except AinftpError as e:
@@ -157,10 +186,12 @@ class Client:
             reply = self._request({"type": "allreduce", "buffer": buf.buffer, "offset": offset, "count": floats,
                                    "op": op, "round": self._round})
             self._round += 1
+            if reply.get("world") is not None:
+                self.world = reply["world"]
             return reply
 
     def allreduce(self, data, op="sum"):
-        """Sums (op="sum") or averages (op="mean") `data` over every node, in place.
+        """Sums (op="sum") or averages (op="mean") `data` over every trainer of the job, in place.
 
         `data`: a torch float32 tensor (CPU, or CUDA: staged through host
         memory), or any writable buffer of float32 (array.array("f"),
@@ -185,7 +216,7 @@ class Client:
     # ---- leaving -------------------------------------------------------------------
 
     def close(self):
-        """Says bye (the node keeps its job for the next trainer) and unmaps."""
+        """Says bye (the node keeps its job for the next trainers) and unmaps."""
         with self._lock:
             if self._closed:
                 return
@@ -211,16 +242,31 @@ class Client:
         self.close()
 
 
-def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_timeout=120.0):
+def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_timeout=120.0,
+            local_size=None, local_rank=None, world=None):
     """Connects to this host's node, waiting up to `timeout` s for its socket.
 
     job: the node's --job (default $AINFTP_JOB or 0); socket: its --socket
     (default $AINFTP_SOCKET or /run/ainftp/<job>.sock); shm_dir: where the
     shared buffers go (default $AINFTP_SHM_DIR or /dev/shm; a hugetlbfs
     mount gives them 2 MB pages). The node opens the socket once every
-    member of the job is up, so connecting also waits for the job."""
+    member of the job is up, so connecting also waits for the job.
+
+    Several trainers per host: local_size, the trainers sharing this node
+    (default $LOCAL_WORLD_SIZE, $SLURM_NTASKS_PER_NODE, or 1); local_rank,
+    this one's place among them, the order their gradients are summed in
+    (default $LOCAL_RANK or $SLURM_LOCALID); world, the trainers in the whole
+    job, the divisor of a mean (default the torch.distributed world size if
+    it is initialized, $WORLD_SIZE or $SLURM_NTASKS; None: not checked). The
+    node checks world against its census of the job's first round."""
     if job is None:
         job = int(os.environ.get("AINFTP_JOB", "0"))
+    if local_size is None:
+        local_size = _env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE") or 1
+    if local_rank is None:
+        local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID")
+    if world is None:
+        world = _torch_world() or _env_int("WORLD_SIZE", "SLURM_NTASKS")
     path = socket or os.environ.get("AINFTP_SOCKET") or default_socket(job)
     shm_dir = shm_dir or os.environ.get("AINFTP_SHM_DIR") or "/dev/shm"
     deadline = time.monotonic() + timeout
@@ -241,8 +287,13 @@ def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_
                                  hint="run the trainer as the node's user (the socket directory is 0700)") from None
     sock.settimeout(reply_timeout)
     try:
-        sock.sendall(encode({"type": "hello", "protocol": PROTOCOL, "version": VERSION, "pid": os.getpid(),
-                             "name": name or f"pid {os.getpid()}"}))
+        greeting = {"type": "hello", "protocol": PROTOCOL, "version": VERSION, "pid": os.getpid(),
+                    "name": name or f"pid {os.getpid()}", "local_size": local_size}
+        if local_rank is not None:
+            greeting["local_rank"] = local_rank
+        if world is not None:
+            greeting["world"] = world
+        sock.sendall(encode(greeting))
         hello = read_frame(sock)
     except _socket.timeout:
         sock.close()
@@ -253,4 +304,4 @@ def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_
     if hello.get("status") != "ok":
         sock.close()
         raise error_for(hello)
-    return Client(sock, hello, job, shm_dir, reply_timeout)
+    return Client(sock, hello, job, shm_dir, reply_timeout, world=world, local_rank=local_rank)

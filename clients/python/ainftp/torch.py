@@ -4,10 +4,11 @@
     model.register_comm_hook(ainftp.torch.HookState(), ainftp.torch.comm_hook)
 
 The hook returns at once with a torch.futures.Future; a worker thread copies
-each bucket into the shared buffer, has the node all-reduce it (mean), and
-copies the result back, so backward goes on computing meanwhile. Buckets
-are reduced in the order DDP hands them over, which is the same on every
-rank. CUDA buckets are staged through host memory. Works with torch 1.13
+each bucket into the shared buffer, has the node all-reduce it (mean over
+every trainer of the job), and copies the result back, so backward goes on
+computing meanwhile. Buckets are reduced in the order DDP hands them over,
+which is the same on every rank. Several ranks per host share its node (one
+per GPU): the DDP world is the job's trainers, summed over the nodes. CUDA buckets are staged through host memory. Works with torch 1.13
 (bucket.buffer()) and older releases (bucket.get_tensor()).
 """
 import queue
@@ -58,6 +59,7 @@ class HookState:
         self.error = None
         self._queue = None
         self._checked = False
+        self._world = None  # the DDP world size, compared with the node's census after the first bucket
 
     def _submit(self, job):
         if self._queue is None:
@@ -69,7 +71,12 @@ class HookState:
         while True:
             tensor, fut, t0 = self._queue.get()
             try:
-                allreduce_tensor(tensor, op=self.op, client=self.client or _default_client())
+                c = self.client or _default_client()
+                allreduce_tensor(tensor, op=self.op, client=c)
+                if self._world is not None and c.world is not None:
+                    world, self._world = self._world, None
+                    if world != c.world:
+                        raise RuntimeError(_world_mismatch(world, c, c.world))
             except BaseException as e:  # noqa: BLE001 - handed to the waiting trainer
                 if self.error is None:
                     self.error = e
@@ -80,14 +87,20 @@ class HookState:
 
     def __getstate__(self):
         # DDP may pickle the hook state (e.g. for the static graph); the thread stays here
-        return {"client": None, "op": self.op, "durations": [], "error": None, "_queue": None, "_checked": False}
+        return {"client": None, "op": self.op, "durations": [], "error": None, "_queue": None, "_checked": False, "_world": None}
+
+
+def _world_mismatch(ddp_world, c, job_world):
+    return (f"the DDP world has {ddp_world} ranks but the ainftp job has {job_world} trainers "
+            f"({c.size} nodes, {c.local_size} on this one): give ainftp.connect() local_size= (the trainers of this "
+            "host, LOCAL_WORLD_SIZE) and world= (WORLD_SIZE), the same on every rank")
 
 
 _shared_state = None
 
 
 def comm_hook(state, bucket):
-    """DDP communication hook: the bucket averaged over every node.
+    """DDP communication hook: the bucket averaged over every trainer of the job.
 
     state: a HookState, an ainftp Client, or None (the default client)."""
     global _shared_state
@@ -101,9 +114,15 @@ def comm_hook(state, bucket):
     if not st._checked:
         c = st.client or _default_client()
         import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() != c.size:
-            raise RuntimeError(f"the DDP world has {dist.get_world_size()} ranks but the ainftp job has {c.size} nodes: "
-                               "run one trainer per node (one rank per ainftp swarm --serve)")
+        if dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size()
+            # the job's trainer count: the node's census once a round ran, else what the client said
+            known = c.world if c.world is not None else c.declared_world
+            if known is not None and known != world:
+                raise RuntimeError(_world_mismatch(world, c, known))
+            if world < max(c.size, c.local_size):
+                raise RuntimeError(_world_mismatch(world, c, f"at least {max(c.size, c.local_size)}"))
+            st._world = world if c.world is None else None  # checked against the census once it is known
         st._checked = True
     fut = torch.futures.Future(devices=[tensor.device]) if tensor.is_cuda else torch.futures.Future()
     st._submit((tensor, fut, time.perf_counter()))

@@ -1,5 +1,6 @@
-"""The client against a stand-in node (protocol v1, in a thread): buffers,
-tensors (CPU, and CUDA when there is a GPU) and the DDP hook's future.
+"""The client against a stand-in node (protocol v2, in a thread): buffers,
+tensors (CPU, and CUDA when there is a GPU), the DDP hook's future, and what
+the hello says about the trainers sharing a node.
 
     python3 -m unittest discover -s clients/python/tests
 
@@ -34,6 +35,7 @@ class FakeNode:
     def __init__(self, path, size=2):
         self.path = path
         self.size = size
+        self.hellos = []
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(path)
         self.srv.listen(4)
@@ -53,9 +55,11 @@ class FakeNode:
         send = lambda m: conn.sendall(protocol.encode(m))  # noqa: E731
         try:
             hello = protocol.read_frame(conn)
+            self.hellos.append(hello)
             if hello.get("version") != protocol.VERSION:
-                return send({"type": "hello", "status": "version_mismatch", "message": "no", "version": 1})
-            send({"type": "hello", "status": "ok", "job": 3, "rank": 0, "size": self.size, "peers": ["a", "b"][:self.size]})
+                return send({"type": "hello", "status": "version_mismatch", "message": "no", "version": protocol.VERSION})
+            send({"type": "hello", "status": "ok", "job": 3, "rank": 0, "size": self.size, "peers": ["a", "b"][:self.size],
+                  "local_size": hello.get("local_size"), "world": None})
             while True:
                 m = protocol.read_frame(conn)
                 reply = {"type": m["type"], "seq": m.get("seq"), "status": "ok"}
@@ -71,6 +75,7 @@ class FakeNode:
                     if m["op"] == "sum" and self.size == 2:
                         struct.pack_into(f"<{n}f", mm, lo, *(2 * x for x in xs))
                     self.rounds.append(m["round"])
+                    reply["world"] = self.size  # the census: one trainer per node
                 elif m["type"] == "bye":
                     send(reply)
                     return
@@ -148,6 +153,56 @@ class ClientTest(unittest.TestCase):
     @unittest.skipIf(torch is None or not torch.cuda.is_available(), "no CUDA")
     def test_hook_future_cuda(self):
         self._hook("cuda")
+
+
+class TrainersPerHostTest(unittest.TestCase):
+    def setUp(self):
+        self.node = FakeNode(os.path.join(tempfile.mkdtemp(), "n.sock"))
+        self.saved = {k: os.environ.pop(k, None) for k in ("LOCAL_WORLD_SIZE", "LOCAL_RANK", "WORLD_SIZE", "SLURM_NTASKS_PER_NODE",
+                                                             "SLURM_LOCALID", "SLURM_NTASKS")}
+
+    def tearDown(self):
+        for k, v in self.saved.items():
+            if v is not None:
+                os.environ[k] = v
+            else:
+                os.environ.pop(k, None)
+        self.node.close()
+
+    def test_hello_says_local_size_rank_and_world(self):
+        from ainftp import session
+        with session.connect(socket=self.node.path, timeout=5, local_size=4, local_rank=3, world=8) as c:
+            self.assertEqual((c.local_size, c.local_rank, c.declared_world, c.world), (4, 3, 8, None))
+        os.environ.update(LOCAL_WORLD_SIZE="2", LOCAL_RANK="1", WORLD_SIZE="6")
+        with session.connect(socket=self.node.path, timeout=5) as c:
+            c.allreduce(array.array("f", [1.0]))
+            self.assertEqual(c.world, 2)  # from the allreduce's answer
+        for k in ("LOCAL_WORLD_SIZE", "LOCAL_RANK", "WORLD_SIZE"):
+            del os.environ[k]
+        with session.connect(socket=self.node.path, timeout=5):
+            pass
+        got = [{k: h.get(k) for k in ("version", "local_size", "local_rank", "world")} for h in self.node.hellos]
+        self.assertEqual(got, [{"version": 2, "local_size": 4, "local_rank": 3, "world": 8},
+                               {"version": 2, "local_size": 2, "local_rank": 1, "world": 6},
+                               {"version": 2, "local_size": 1, "local_rank": None, "world": None}])
+
+    @unittest.skipIf(torch is None or not torch.distributed.is_available(), "no torch.distributed")
+    def test_hook_checks_the_ddp_world(self):
+        import torch.distributed as dist
+        import ainftp.torch as at
+        d = tempfile.mkdtemp()
+        dist.init_process_group("gloo", init_method=f"file://{d}/store", rank=0, world_size=1)
+        try:
+            class Bucket:
+                def buffer(self):
+                    return torch.ones(4)
+
+            from ainftp import session
+            with session.connect(socket=self.node.path, timeout=5, world=2) as c:  # says 2 trainers, DDP has 1
+                with self.assertRaisesRegex(RuntimeError, r"the DDP world has 1 ranks but the ainftp job has 2 trainers"):
+                    at.comm_hook(at.HookState(client=c), Bucket())
+        finally:
+            dist.destroy_process_group()
 
 
 class ErrorsTest(unittest.TestCase):
