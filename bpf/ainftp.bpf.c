@@ -131,6 +131,9 @@ struct {
  * (helpers cannot run under it) and zero-padded to a multiple of 4. */
 struct scratch {
 	__s16 v[AINFTP_MAX_ELEMS + 4];
+	/* the sentry's verdict, read back under the slot lock from memory, so
+	 * that every path into the lock looks the same to the verifier */
+	__u32 reject;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -290,6 +293,25 @@ __noinline __s32 ainftp_sentry_energy(const struct scratch *in, __u32 count, __s
 	return ainftp_log2_q4(s) - log_m + 32 * exp;
 }
 
+/* The sentry's verdict on a contribution (1: drop it), and its energy
+ * recorded for userspace. A global function, verified once on its own. */
+__noinline int ainftp_sentry_judge(const struct scratch *in, __u64 packed, __u32 chunk, __u32 idx, __u32 round)
+{
+	/* five arguments at most: count, exp, rank and "short chunk" ride in one */
+	__u32 count = packed & 0xffff, rank = (packed >> 32) & 0xffff;
+	__s32 exp = (__s16)((packed >> 16) & 0xffff);
+	__u32 gate_at = 2 * chunk + ((packed >> 48) & 1);
+	__s32 energy = ainftp_sentry_energy(in, count, exp, ((__u64)round << 32) ^ ((__u64)chunk << 8) ^ rank);
+	struct ainftp_gate *gate = bpf_map_lookup_elem(&sentry_gate, &gate_at);
+	int reject = gate && gate->lo < gate->hi && (energy < gate->lo || energy > gate->hi);
+	struct ainftp_obs *obs = bpf_map_lookup_elem(&sentry_obs, &idx);
+	if (obs) {
+		obs->tag = round + 1;
+		obs->energy[rank & (AINFTP_MAX_WORKERS - 1)] = energy < -32768 ? -32768 : energy > 32767 ? 32767 : energy;
+	}
+	return reject;
+}
+
 static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct ainftp_config *cfg,
 				      const struct ainftp_wire_hdr *h, struct xdp_md *ctx,
 				      __u32 payload_off, __u32 idx)
@@ -330,17 +352,11 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	 * this rank's `seen` bit is set under the lock, after this store. Only
 	 * `reject` lives on, so the verifier still walks the sum loop once. */
 	int reject = 0;
-	if (cfg->flags & AINFTP_CFG_SENTRY) {
-		__s32 energy = ainftp_sentry_energy(in, count, h->exp, ((__u64)round << 32) ^ ((__u64)h->chunk << 8) ^ rank);
-		__u32 at = 2 * h->chunk + (count != cfg->chunk_elems);
-		struct ainftp_gate *gate = bpf_map_lookup_elem(&sentry_gate, &at);
-		reject = gate && gate->lo < gate->hi && (energy < gate->lo || energy > gate->hi);
-		struct ainftp_obs *obs = bpf_map_lookup_elem(&sentry_obs, &idx);
-		if (obs) {
-			obs->tag = round + 1;
-			obs->energy[rank & (AINFTP_MAX_WORKERS - 1)] = energy < -32768 ? -32768 : energy > 32767 ? 32767 : energy;
-		}
-	}
+	if (cfg->flags & AINFTP_CFG_SENTRY)
+		reject = ainftp_sentry_judge(in, count | (__u64)(__u16)h->exp << 16 | (__u64)rank << 32 |
+					     (__u64)(count != cfg->chunk_elems) << 48, h->chunk, idx, round);
+
+	in->reject = reject;
 
 	/* Robust aggregation: userspace gets a copy and sums nothing here. */
 	int to_ring = (cfg->flags & AINFTP_CFG_CONTRIBS_TO_RING) != 0;
@@ -393,7 +409,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		goto unlock;
 	}
 	slot->seen |= bit;
-	if (reject) {
+	if (in->reject) {
 		/* seen but not summed: the slot completes without it */
 		outcome = AINFTP_CNT_SENTRY_REJECTED;
 		slot->rejected |= bit;
