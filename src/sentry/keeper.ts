@@ -62,6 +62,8 @@ export interface KeeperOptions {
   /** Share of a worker's contributions in a round that must be rejected for
    * a strike (default 0.25). */
   strikeShare?: number;
+  /** How long a quarantine lasts before the worker is re-admitted (default 5 minutes). */
+  coolDownMs?: number;
   gate?: GateOptions;
   strikes?: StrikesOptions;
 }
@@ -92,6 +94,9 @@ export class SentryKeeper {
   readonly strikeShare: number;
   private readonly spread = [new PooledSpread(), new PooledSpread()]; // full, short
   private readonly minSigma: number;
+  private readonly coolDownMs: number;
+  /** When each quarantined worker was quarantined (ms, monotonic). */
+  private readonly since = new Map<number, number>();
   /** The round being observed: per worker, contributions seen and rejected. */
   private open = { round: -1, seen: [] as number[], rejected: [] as number[] };
 
@@ -104,10 +109,12 @@ export class SentryKeeper {
     // with a half-life of 50 values, as gradient norms fall during training;
     // one round of the other workers' energies calibrates a gate
     this.gateOptions = { z: this.z, log: false, minSigma: 8, halfLife: 50, calibration: Math.max(1, Math.min(5, members - 1)), ...o.gate };
-    // a quarantine lasts 200 rounds unless an operator re-admits earlier
-    // (ainftp sentry readmit): a node that poisoned three rounds in ten
-    // should not be back after a few seconds of training
-    this.strikes = new Strikes({ coolDown: 200, ...o.strikes });
+    // a quarantine lasts coolDownMs (default 5 minutes) unless an operator
+    // re-admits earlier (ainftp sentry readmit): time, not rounds, since a
+    // round takes milliseconds in one job and seconds in another, and a node
+    // that poisoned three rounds in ten should not be back within seconds
+    this.strikes = new Strikes({ coolDown: Infinity, ...o.strikes });
+    this.coolDownMs = o.coolDownMs ?? 300_000;
     this.minSigma = this.gateOptions.minSigma ?? 8;
     this.accepted = new Array(members).fill(0);
     this.rejected = new Array(members).fill(0);
@@ -194,7 +201,10 @@ export class SentryKeeper {
     if (o.round < 0 || round <= o.round) return [];
     const out: number[] = [];
     for (let w = 0; w < this.members; w++)
-      if (o.seen[w] > 0 && o.rejected[w] > this.strikeShare * o.seen[w] && this.strikes.strike(w, o.round)) out.push(w);
+      if (o.seen[w] > 0 && o.rejected[w] > this.strikeShare * o.seen[w] && this.strikes.strike(w, o.round)) {
+        out.push(w);
+        this.since.set(w, performance.now());
+      }
     this.open = { round, seen: new Array(this.members).fill(0), rejected: new Array(this.members).fill(0) };
     return out;
   }
@@ -203,6 +213,7 @@ export class SentryKeeper {
    * the rounds before it. */
   quarantinedMask(round: number): bigint {
     this.closeRounds(round);
+    for (const [w, at] of this.since) if (performance.now() - at >= this.coolDownMs) this.readmit(w);
     let m = 0n;
     for (let w = 0; w < this.members; w++) if (this.strikes.quarantined(w, round)) m |= 1n << BigInt(w);
     return m;
@@ -210,6 +221,7 @@ export class SentryKeeper {
 
   readmit(rank: number): void {
     this.strikes.readmit(rank);
+    this.since.delete(rank);
   }
 
   status(): KeeperStatus {
