@@ -194,6 +194,42 @@ void ainftp_max_exps(const int8_t *all, uint32_t ranks, uint32_t n, int8_t *out)
 				out[c] = all[(size_t)r * n + c];
 }
 
+/* Like ainftp_max_exps, but a rank whose exponent exceeds the chunk's median
+ * exponent (lower middle) by more than `above` is left out of the maximum and
+ * counted: with the sentry on, a poisoner cannot raise everyone's scale (and
+ * so zero their precision) by announcing a huge exponent; its own values then
+ * saturate at the shared scale, and the gate judges them. Returns how many
+ * (rank, chunk) exponents were left out. */
+uint32_t ainftp_robust_max_exps(const int8_t *all, uint32_t ranks, uint32_t n, int8_t *out, uint32_t above)
+{
+	uint32_t left_out = 0;
+	int8_t col[64];
+	if (ranks == 0 || ranks > 64)
+		return 0;
+	for (uint32_t c = 0; c < n; c++) {
+		for (uint32_t r = 0; r < ranks; r++)
+			col[r] = all[(size_t)r * n + c];
+		/* insertion sort: ranks <= 64 */
+		for (uint32_t i = 1; i < ranks; i++)
+			for (uint32_t j = i; j > 0 && col[j - 1] > col[j]; j--) {
+				int8_t t = col[j];
+				col[j] = col[j - 1];
+				col[j - 1] = t;
+			}
+		int32_t limit = (int32_t)col[(ranks - 1) / 2] + (int32_t)above;
+		int8_t m = -128;
+		for (uint32_t r = 0; r < ranks; r++) {
+			int8_t e = all[(size_t)r * n + c];
+			if (e > limit)
+				left_out++;
+			else if (e > m)
+				m = e;
+		}
+		out[c] = m;
+	}
+	return left_out;
+}
+
 /* ---- synthetic gradients, for `ainftp swarm --synthetic` and tests ------ */
 
 static inline uint64_t splitmix(uint64_t *s)

@@ -47,6 +47,9 @@ const GAP_BEHIND = 2;
 const GAP_MS = 4;
 /** At a deadline, how long owners get to say whom they wait for. */
 const STATUS_WAIT_MS = 300;
+/** With the sentry: how far (in powers of two) a rank's exponent may exceed
+ * its chunk's median before the shared scale leaves it out. */
+const EXPS_ABOVE_MEDIAN = 8;
 /** Chunks packed and sent per owner before moving to the next owner. */
 const SEND_PIECE = 44;
 
@@ -117,6 +120,8 @@ export interface CollectiveStats {
   wakeups: number;
   /** Control packets read from the socket. */
   controlReceived: number;
+  /** With the sentry: exponents left out of the shared scale (far above their chunk's median). */
+  expsLeftOut: number;
   packetsSent: number;
   /** Where round time went: computing exponents, waiting for the peers'
    * exponents, packing/sending/finishing (work), waiting for packets, and
@@ -197,7 +202,7 @@ export class Communicator implements Disposable {
   readonly port: number;
   readonly job: number;
   readonly stats: CollectiveStats = {
-    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0,
+    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 
@@ -544,7 +549,10 @@ export class Communicator implements Disposable {
     if (st.haveShared) return true;
     if (st.leader !== -1 && st.leader !== this.rank) return false;
     if (!st.haveExps.every(Boolean)) return false;
-    coll.ainftp_max_exps(st.exps, this.size, st.nchunks, st.shared);
+    // with the sentry, an exponent far above the chunk's median (2^8 = 256
+    // times its magnitude) is a poisoner's: left out of the shared scale
+    if (this.sentry) this.stats.expsLeftOut += coll.ainftp_robust_max_exps(st.exps, this.size, st.nchunks, st.shared, EXPS_ABOVE_MEDIAN);
+    else coll.ainftp_max_exps(st.exps, this.size, st.nchunks, st.shared);
     st.haveShared = true;
     if (st.leader === this.rank) for (const p of this.others()) this.sendExps(p, st.r, st.shared, CTRL_EXPS_MAX);
     return true;

@@ -121,6 +121,8 @@ export interface SentryReport {
   excluded_contributions: number;
   /** Chunks whose result left out too many contributions to check exactly. */
   unverified_chunks: number;
+  /** As the round's leader: exponents left out of the shared scale, far above their chunk's median. */
+  exps_left_out: number;
 }
 
 export type Progress = (round: number, of: number, lastMs: number) => void;
@@ -295,6 +297,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
               quarantined: st.workers.filter((w) => w.quarantined).map((w) => w.rank),
               excluded_contributions: excluded,
               unverified_chunks: unverified,
+              exps_left_out: statsTimed.expsLeftOut,
             };
           })()
         : null,
@@ -343,6 +346,13 @@ function verifyKept(
       const owner = c % o.N;
       const k = kept ? kept[p][c] : o.N;
       excluded += o.N - k;
+      // a poisoner scaled beyond 2^8 has its exponents left out of the shared
+      // scale (sentry): it owns its chunks, and its own part of them saturates
+      // there, which this reference cannot replay
+      if (Math.abs(o.scaleOf(owner)) > 256) {
+        unverified++;
+        continue;
+      }
       const others = [...Array(o.N).keys()].filter((q) => q !== owner);
       const sets = subsets(others, Math.max(0, k - 1), 64);
       if (!sets) {
@@ -428,7 +438,7 @@ function subsets(xs: number[], k: number, limit: number): number[][] | null {
 
 function zeroStats(): CollectiveStats {
   return {
-    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0,
+    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 }

@@ -309,6 +309,23 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     notes.push(`sentry, rank 3 × -10: dropped by rank 0's gates ${reps[0].sentry!.rejected_by_rank.join("/")}, contributions left out ${reps[0].sentry!.excluded_contributions}`);
   }, 60_000);
 
+  test("sentry: rank 3 sends × 10000 (its exponents 13 powers of two above the others'): left out of the shared scale, so no one's precision drops; dropped and quarantined", async () => {
+    const nodes = NODES.slice(0, 4);
+    // not --verify: rank 3's own values saturate at the honest scale (counted),
+    // and a gate that lets one such clipped contribution through while it
+    // warms up leaves a sum no reference here can replay
+    const runs = await timed("sentry exps poisoned", () =>
+      job(lab, nodes, ["--synthetic", String(MiB), "--rounds", "10", "--sentry", "--poison", "3:10000"]));
+    for (const r of runs) if (r.code !== 0 || !r.report) throw new Error(`a node failed:\n${runs.map(describeRun).join("\n")}`);
+    const reps = runs.map((r) => r.report!);
+    // every rank leads some rounds, and each left rank 3's exponents out then
+    for (const j of reps) expect(j.sentry!.exps_left_out).toBeGreaterThan(0);
+    for (const j of reps.slice(0, 3)) expect(j.sentry!.quarantined).toEqual([3]);
+    expect(reps[3].saturations).toBeGreaterThan(0);
+    for (const j of reps) expect(j.result_sha256).toEqual(reps[0].result_sha256);
+    notes.push(`sentry, rank 3 × 10000: exponents left out ${reps.map((j) => j.sentry!.exps_left_out).join("/")}`);
+  }, 60_000);
+
   test("ainftp sentry status on a running node shows the quarantine; sentry readmit ends it (the gates then drop the poisoner again)", async () => {
     // four hosts: each chunk then has three contributors, two of them honest
     // (with three hosts a poisoner is half of every chunk's contributors and
