@@ -195,7 +195,8 @@ void ainftp_max_exps(const int8_t *all, uint32_t ranks, uint32_t n, int8_t *out)
 }
 
 /* Like ainftp_max_exps, but a rank whose exponent exceeds the chunk's median
- * exponent (lower middle) by more than `above` is left out of the maximum and
+ * exponent (lower middle, over non-empty chunks; three at least) by more than
+ * `above` is left out of the maximum and
  * counted: with the sentry on, a poisoner cannot raise everyone's scale (and
  * so zero their precision) by announcing a huge exponent; its own values then
  * saturate at the shared scale, and the gate judges them. Returns how many
@@ -207,16 +208,20 @@ uint32_t ainftp_robust_max_exps(const int8_t *all, uint32_t ranks, uint32_t n, i
 	if (ranks == 0 || ranks > 64)
 		return 0;
 	for (uint32_t c = 0; c < n; c++) {
+		/* the median of the non-empty chunks' exponents (an all-zero chunk
+		 * has AINFTP_EXP_MIN): with fewer than three, no majority to trust */
+		uint32_t k = 0;
 		for (uint32_t r = 0; r < ranks; r++)
-			col[r] = all[(size_t)r * n + c];
+			if (all[(size_t)r * n + c] > AINFTP_EXP_MIN)
+				col[k++] = all[(size_t)r * n + c];
 		/* insertion sort: ranks <= 64 */
-		for (uint32_t i = 1; i < ranks; i++)
+		for (uint32_t i = 1; i < k; i++)
 			for (uint32_t j = i; j > 0 && col[j - 1] > col[j]; j--) {
 				int8_t t = col[j];
 				col[j] = col[j - 1];
 				col[j - 1] = t;
 			}
-		int32_t limit = (int32_t)col[(ranks - 1) / 2] + (int32_t)above;
+		int32_t limit = k < 3 ? INT32_MAX : (int32_t)col[(k - 1) / 2] + (int32_t)above;
 		int8_t m = -128;
 		for (uint32_t r = 0; r < ranks; r++) {
 			int8_t e = all[(size_t)r * n + c];

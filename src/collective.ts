@@ -48,8 +48,9 @@ const GAP_MS = 4;
 /** At a deadline, how long owners get to say whom they wait for. */
 const STATUS_WAIT_MS = 300;
 /** With the sentry: how far (in powers of two) a rank's exponent may exceed
- * its chunk's median before the shared scale leaves it out. */
-const EXPS_ABOVE_MEDIAN = 8;
+ * its chunk's median before the shared scale leaves it out: 2^12, far more
+ * than honest workers' magnitudes differ by, far less than a poisoner gains. */
+const EXPS_ABOVE_MEDIAN = 12;
 /** Chunks packed and sent per owner before moving to the next owner. */
 const SEND_PIECE = 44;
 
@@ -549,8 +550,8 @@ export class Communicator implements Disposable {
     if (st.haveShared) return true;
     if (st.leader !== -1 && st.leader !== this.rank) return false;
     if (!st.haveExps.every(Boolean)) return false;
-    // with the sentry, an exponent far above the chunk's median (2^8 = 256
-    // times its magnitude) is a poisoner's: left out of the shared scale
+    // with the sentry, an exponent far above the chunk's median (4096 times
+    // its magnitude) is a poisoner's: left out of the shared scale
     if (this.sentry) this.stats.expsLeftOut += coll.ainftp_robust_max_exps(st.exps, this.size, st.nchunks, st.shared, EXPS_ABOVE_MEDIAN);
     else coll.ainftp_max_exps(st.exps, this.size, st.nchunks, st.shared);
     st.haveShared = true;

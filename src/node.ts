@@ -346,10 +346,10 @@ function verifyKept(
       const owner = c % o.N;
       const k = kept ? kept[p][c] : o.N;
       excluded += o.N - k;
-      // a poisoner scaled beyond 2^8 has its exponents left out of the shared
+      // a poisoner scaled beyond 2^12 has its exponents left out of the shared
       // scale (sentry): it owns its chunks, and its own part of them saturates
       // there, which this reference cannot replay
-      if (Math.abs(o.scaleOf(owner)) > 256) {
+      if (Math.abs(o.scaleOf(owner)) > 4096) {
         unverified++;
         continue;
       }

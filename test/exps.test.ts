@@ -16,13 +16,19 @@ describe("exponent maxima", () => {
     expect(Array.from(out)).toEqual([4, 1]);
   });
 
-  test("robust_max_exps: an exponent more than `above` over the chunk's median is left out and counted", () => {
+  test("robust_max_exps: an exponent more than `above` over the chunk's median is left out and counted; all-zero chunks do not count", () => {
     // chunk 0: median (lower middle) of [-5,-4,-3,20] is -4: 20 > -4 + 8 is left out
     // chunk 1: [2, 3, 9, 10] has median 3: 10 > 11? no: all in
     const all = layout([[-5, -4, 20, -3], [2, 9, 10, 3]]);
     const out = new Int8Array(2);
     expect(coll.ainftp_robust_max_exps(all, 4, 2, out, 8)).toBe(1);
     expect(Array.from(out)).toEqual([-3, 10]);
+    // two all-zero chunks (AINFTP_EXP_MIN) do not drag the median down: the
+    // two real exponents are fewer than three, so nothing is left out
+    const sparse = layout([[-126, -126, -2, 7]]);
+    const one = new Int8Array(1);
+    expect(coll.ainftp_robust_max_exps(sparse, 4, 1, one, 8)).toBe(0);
+    expect(one[0]).toBe(7);
   });
 
   test("robust_max_exps equals max_exps on honest exponents (random, within the bound)", () => {
