@@ -7,6 +7,7 @@
  * or per round through bun:ffi (native/collective.ts); never per element.
  */
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
@@ -233,6 +234,47 @@ uint32_t ainftp_robust_max_exps(const int8_t *all, uint32_t ranks, uint32_t n, i
 		out[c] = m;
 	}
 	return left_out;
+}
+
+/* Robust finishing of one owned chunk (--aggregate trimmed-mean|median):
+ * coordinate-wise over the owner's own f32 values and k contributions (q,
+ * k rows of `count` int16, each at its exponent), out[j] = n * (the median,
+ * or the mean of what is left after trimming `trim` values from each side),
+ * n = k + 1. Sorting n <= 64 values per coordinate by insertion. Returns 0,
+ * or -1 for bad arguments. mode: 1 trimmed mean, 2 median. */
+int32_t ainftp_robust_chunk(uint32_t mode, uint32_t trim, const float *own, uint32_t count, const int16_t *q,
+			    const int16_t *exps, uint32_t k, float *out)
+{
+	uint32_t n = k + 1;
+	if (count > AINFTP_MAX_ELEMS || n > 64 || (mode == 1 && 2 * trim >= n) || (mode != 1 && mode != 2))
+		return -1;
+	float scale[64];
+	for (uint32_t r = 0; r < k; r++)
+		scale[r] = ldexpf(1.0f, exps[r]);
+	double col[64];
+	for (uint32_t j = 0; j < count; j++) {
+		col[0] = own[j] == own[j] ? own[j] : INFINITY;
+		for (uint32_t r = 0; r < k; r++)
+			col[r + 1] = (float)q[(size_t)r * count + j] * scale[r];
+		for (uint32_t i = 1; i < n; i++) {
+			double v = col[i];
+			uint32_t t = i;
+			for (; t > 0 && col[t - 1] > v; t--)
+				col[t] = col[t - 1];
+			col[t] = v;
+		}
+		double v;
+		if (mode == 2) {
+			v = n & 1 ? col[n / 2] : (col[n / 2 - 1] + col[n / 2]) / 2;
+		} else {
+			double acc = 0;
+			for (uint32_t i = trim; i < n - trim; i++)
+				acc += col[i];
+			v = acc / (n - 2 * trim);
+		}
+		out[j] = (float)v * (float)n;
+	}
+	return 0;
 }
 
 /* ---- synthetic gradients, for `ainftp swarm --synthetic` and tests ------ */

@@ -15,6 +15,7 @@ export const coll = openShimTable({
   ainftp_set_flags: { args: [T.ptr, T.u32, T.u32, T.u16], returns: T.void },
   ainftp_max_exps: { args: [T.ptr, T.u32, T.u32, T.ptr], returns: T.void },
   ainftp_robust_max_exps: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
+  ainftp_robust_chunk: { args: [T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32, T.ptr], returns: T.i32 },
   ainftp_synth: { args: [T.u32, T.u32, T.u32, T.f32, T.ptr, T.u32], returns: T.void },
   ainftp_synth_rel_l2: { args: [T.u32, T.u32, T.u32, T.f32, T.ptr, T.u32, T.ptr, T.ptr], returns: T.f64 },
 });

@@ -33,7 +33,7 @@ import { chunkCount, chunkExpsInto, headerTemplate, NonFiniteGradientError, pack
 import { EventRing, PinnedReflex } from "./reflex.ts";
 import { gateIndex, SentryKeeper, type KeeperOptions } from "./sentry/keeper.ts";
 import { RobustAggregator, robustKey, type AggregateMode, type RobustOptions } from "./sentry/robust.ts";
-import { cChunkExps, cDequantize, cQuantize } from "../native/quant.ts";
+import { cChunkExps, cQuantize } from "../native/quant.ts";
 import { publishState, readmitPath, removeState, statePath, takeReadmits } from "./sentry/state.ts";
 import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
 import { XskSocket } from "./xsk.ts";
@@ -960,24 +960,22 @@ export class Communicator implements Disposable {
     const pkts = new DataView(this.resPkts.buffer);
     chunks.forEach((c, i) => {
       const count = st.counts[c];
-      const xs: Float32Array[] = [st.x.subarray(c * E, c * E + count)];
+      const recs: { q: Int16Array; exp: number }[] = [];
       const ranks = [this.rank];
       for (const [rank, rec] of st.recs.get(c) ?? []) {
         if (rank === this.rank || rank >= this.size || rec.q.length !== count) continue;
-        const v = new Float32Array(count);
-        cDequantize(rec.q, rec.exp, v);
-        xs.push(v);
+        recs.push(rec);
         ranks.push(rank);
       }
       st.recs.delete(c);
       const agg = out.subarray(0, count);
-      this.robust!.aggregate(robustKey(c, count), xs, ranks, agg);
+      this.robust!.combineQuantized(robustKey(c, count), st.x.subarray(c * E, c * E + count), recs, ranks, agg);
       cChunkExps(agg, count, exp);
       const entry = this.maps.resultEntry(bankBase + c);
       cQuantize(agg, exp[0], entry.v.subarray(0, count), 0);
-      entry.publish(st.r + 1, count, xs.length, exp[0]);
+      entry.publish(st.r + 1, count, ranks.length, exp[0]);
       writeHeader(pkts, i * this.seg, {
-        type: PKT_RESULT, jobId: this.job, round: st.r, chunk: c, rank: this.rank, count, exp: exp[0], contributors: xs.length,
+        type: PKT_RESULT, jobId: this.job, round: st.r, chunk: c, rank: this.rank, count, exp: exp[0], contributors: ranks.length,
       });
       this.resPkts.set(new Uint8Array(entry.v.buffer, entry.v.byteOffset, 2 * count), i * this.seg + HDR);
     });

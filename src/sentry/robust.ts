@@ -4,6 +4,8 @@
 // owner combines the dequantized vectors here. Each mode estimates the mean of
 // the honest contributions; the result is that estimate times the number of
 // contributions, so `sum` keeps its meaning and `mean` divides it back.
+import { coll } from "../../native/collective.ts";
+import { cDequantize } from "../../native/quant.ts";
 import { CenteredClipping, median, trimmedMean } from "./aggregate.ts";
 
 export type AggregateMode = "sum" | "trimmed-mean" | "median" | "cclip";
@@ -29,6 +31,37 @@ export class RobustAggregator {
 
   constructor(readonly mode: Exclude<AggregateMode, "sum">, private readonly o: RobustOptions = {}) {}
 
+  private stage = new Int16Array(0);
+  private exps = new Int16Array(64);
+
+  /** The owner's path: its own values and the others' quantized
+   * contributions, combined in C (trimmed mean, median; one call per chunk)
+   * or dequantized for cclip. ranks[0] is the owner's. */
+  combineQuantized(key: number, own: Float32Array, recs: { q: Int16Array; exp: number }[], ranks: number[], out: Float32Array): void {
+    const count = own.length;
+    if (this.mode === "cclip") {
+      const xs = [own, ...recs.map((r) => {
+        const v = new Float32Array(count);
+        cDequantize(r.q, r.exp, v);
+        return v;
+      })];
+      return this.aggregate(key, xs, ranks, out);
+    }
+    const k = recs.length;
+    if (this.stage.length < k * count) this.stage = new Int16Array(k * count);
+    recs.forEach((r, i) => {
+      this.stage.set(r.q, i * count);
+      this.exps[i] = r.exp;
+    });
+    const rc = coll.ainftp_robust_chunk(this.mode === "median" ? 2 : 1, this.trimFor(k + 1), own, count, this.stage, this.exps, k, out);
+    if (rc !== 0) throw new RangeError(`robust combine of ${k + 1} contributions of ${count} values failed`);
+  }
+
+  /** Contributions trimmed from each side when n are combined. */
+  private trimFor(n: number): number {
+    return Math.min(this.o.trim ?? (n >= 3 ? Math.max(1, Math.floor(n / 4)) : 0), Math.floor((n - 1) / 2));
+  }
+
   /** Combines the vectors of one chunk (xs[i] from worker ranks[i]) into out
    * as (robust mean) × xs.length; `key` (robustKey) names cclip's state. */
   aggregate(key: number, xs: Float32Array[], ranks: number[], out: Float32Array): void {
@@ -38,8 +71,7 @@ export class RobustAggregator {
       return;
     }
     if (this.mode === "trimmed-mean") {
-      const trim = Math.min(this.o.trim ?? (n >= 3 ? Math.max(1, Math.floor(n / 4)) : 0), Math.floor((n - 1) / 2));
-      trimmedMean(xs, trim, out);
+      trimmedMean(xs, this.trimFor(n), out);
     } else if (this.mode === "median") {
       median(xs, out);
     } else {
