@@ -32,12 +32,12 @@ export function renderSwarmStatus(list: SwarmState[]): string {
     let text = `${s.iface}: job ${s.job}, this node is rank ${s.rank} (pid ${s.pid}), ${s.rounds} rounds, local health ${s.health}` +
       `${s.health ? " (its own timers run late: it accuses no one meanwhile)" : ""}, updated ${age} s ago\n`;
     const t = new Table({
-      head: ["rank", "address", "state", "RTT ms (EWMA)", "RTT ms (p99)", "lag ms", "speed rank", "slow", "incarnation"],
+      head: ["rank", "address", "state", "RTT ms (EWMA)", "RTT ms (p99)", "lag ms", "speed rank", "slow", "rounds in", "rounds out", "incarnation"],
       style: { head: [], border: [] }, chars: COMPACT,
     });
     for (const m of s.members)
-      t.push([m.memberRank + (m.self ? " (this node)" : ""), m.addr, m.state, ms(m.rttEwma), ms(m.rttP99), m.self ? "-" : ms(m.lag), m.rank ?? "-", m.slow ? "yes" : "no", m.incarnation]);
-    text += t.toString() + "\n";
+      t.push([m.memberRank + (m.self ? " (this node)" : ""), m.addr, m.state, ms(m.rttEwma), ms(m.rttP99), m.self ? "-" : ms(m.lag), m.rank ?? "-", m.slow ? "yes" : "no", m.roundsContributed, m.roundsMissed, m.incarnation]);
+    text += t.toString() + "\n  rounds in / out: rounds this node completed with the member's contributions awaited, and without (quarantined)\n";
     const recent = s.changes.filter((c) => c.kind !== "join").slice(-5);
     if (recent.length) text += `  recent: ${recent.map((c) => `rank ${c.rank} ${c.kind} at ${(c.at_ms / 1000).toFixed(1)} s`).join("; ")}\n`;
     return text;

@@ -257,6 +257,8 @@ export class Communicator implements Disposable {
     this.seg = HDR + 2 * this.chunkElems;
     this.ring = maps.events();
     while (this.ring.pollRaw(0) > 0); // events a previous job left behind
+    this.roundsContributed.push(...new Array(this.size).fill(0));
+    this.roundsMissed.push(...new Array(this.size).fill(0));
     this.accBase = maps.accBase();
     this.resBase = maps.resultsBase();
     this.resPkts = new Uint8Array(this.seg * this.capacity);
@@ -406,6 +408,9 @@ export class Communicator implements Disposable {
   /** What the swarm knows of a member, for round failures ("declared dead 1.2 s ago"). */
   describeMember: ((rank: number) => string | null) | null = null;
   private inRound = false;
+  /** Per member: rounds completed with it, and rounds it was left out of. */
+  readonly roundsContributed: number[] = [];
+  readonly roundsMissed: number[] = [];
 
   /** Sends a membership message to a member. */
   sendMember(rank: number, payload: Uint8Array): void {
@@ -703,6 +708,11 @@ export class Communicator implements Disposable {
     this.phase("gather", tp);
     if (bad2) throw new AinftpError(`round ${r}`, `${bad2} result entries changed while being read`);
     this.stats.rounds++;
+    // per member: a round it was expected in (its contribution awaited by our
+    // slots, or ours), or one it was left out of (quarantined)
+    for (let k = 0; k < this.size; k++)
+      if (k === this.rank || (this.cfg.memberMask >> BigInt(k)) & 1n) this.roundsContributed[k]++;
+      else this.roundsMissed[k]++;
     if (this.sentry) this.sentryHousekeeping();
     return { round: r, ms: performance.now() - t0, chunks: nchunks };
   }

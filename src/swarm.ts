@@ -34,7 +34,7 @@ export interface SwarmState {
   /** Lifeguard's local health: 0 = this node trusts its own timeliness. */
   health: number;
   rounds: number;
-  members: (MemberView & { memberRank: number })[];
+  members: (MemberView & { memberRank: number; roundsContributed: number; roundsMissed: number })[];
   changes: SwarmChange[];
 }
 
@@ -115,7 +115,12 @@ export class Swarm implements Disposable {
 
   /** The members as this node sees them, with their ranks. */
   view(): SwarmState["members"] {
-    return this.membership.snapshot().map((m) => ({ ...m, memberRank: rankOf(m.name) })).sort((a, b) => a.memberRank - b.memberRank);
+    return this.membership.snapshot()
+      .map((m) => {
+        const k = rankOf(m.name);
+        return { ...m, memberRank: k, roundsContributed: this.comm.roundsContributed[k] ?? 0, roundsMissed: this.comm.roundsMissed[k] ?? 0 };
+      })
+      .sort((a, b) => a.memberRank - b.memberRank);
   }
 
   private publish(now: number): void {

@@ -362,6 +362,12 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
       const frozen = status()!.workers[2].rejected;
       await Bun.sleep(300);
       expect(status()!.workers[2].rejected).toBe(frozen);
+      // the swarm's view counts the rounds rank 2 was left out of
+      await until("rank 2's missed rounds in swarm status", () => {
+        const r = lab.ainftp("n0", ["swarm", "status", IF, "--json"]);
+        const m = r.code === 0 ? (JSON.parse(r.stdout)[0] as SwarmState).members : [];
+        return (m[2]?.roundsMissed ?? 0) > 0 && m[1]?.roundsMissed === 0 && m[1]?.roundsContributed > 0;
+      }, 5_000);
       const r = lab.ainftp("n0", ["sentry", "readmit", IF, "2"]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain("re-admit rank 2");
