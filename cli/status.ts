@@ -4,7 +4,7 @@ import { CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, COUNTERS, COUNTER_HELP, type Coun
 import { status, type IfaceStatus } from "../src/attach.ts";
 import { intOption, type IO } from "./io.ts";
 
-function secondsOption(value: string): number {
+export function secondsOption(value: string): number {
   const n = Number(value);
   if (!/^\d*\.?\d+$/.test(value) || !(n > 0) || n > 3600) throw new InvalidArgumentError("Give seconds > 0, e.g. --watch 2.");
   return n;

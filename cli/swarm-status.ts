@@ -1,18 +1,12 @@
 // `ainftp swarm status`: the members as the node running on an interface of
 // this network namespace sees them (published by src/swarm.ts).
 import Table from "cli-table3";
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
 import { status as attachStatus } from "../src/attach.ts";
 import { AinftpError } from "../src/errors.ts";
 import { readSwarmState, swarmStatePath, type SwarmState } from "../src/swarm.ts";
 import type { IO } from "./io.ts";
-import { COMPACT } from "./status.ts";
-
-function secondsOption(value: string): number {
-  const n = Number(value);
-  if (!/^\d*\.?\d+$/.test(value) || !(n > 0) || n > 3600) throw new InvalidArgumentError("Give seconds > 0, e.g. --watch 1.");
-  return n;
-}
+import { COMPACT, secondsOption } from "./status.ts";
 
 export function collectSwarmStatus(iface?: string): SwarmState[] {
   const ifaces = iface ? [iface] : attachStatus().filter((x) => !x.stale).map((x) => x.iface);

@@ -113,6 +113,15 @@ class Model {
   /** sentry_workers: [accepted, rejected] per rank. */
   workers = Array.from({ length: 64 }, () => [0, 0]);
 
+  /** Closes the slot once every expected member is in (slot_close_if_full). */
+  private closeIfFull(slot: ModelSlot): boolean {
+    const mask = BigInt.asUintN(64, this.cfg.memberMask);
+    if ((slot.seen & mask) !== mask) return false;
+    slot.state = SLOT_COMPLETE;
+    slot.completions = (slot.completions + 1) >>> 0;
+    return true;
+  }
+
   /** The energy is sampled at a random phase, so the fuzz uses gates whose
    * verdict does not depend on it: none, or a band no energy can reach. */
   gateRejects(chunk: number): boolean {
@@ -299,24 +308,14 @@ class Model {
       outcome = "sentry_rejected";
       slot.seen |= bit;
       slot.rejected |= bit;
-      const mask = BigInt.asUintN(64, cfg.memberMask);
-      if ((slot.seen & mask) === mask) {
-        slot.state = SLOT_COMPLETE;
-        slot.completions = (slot.completions + 1) >>> 0;
-        complete = true;
-      }
+      complete = this.closeIfFull(slot);
     }
     if ((outcome === "summed" || reject) && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][reject ? 1 : 0]++;
     if (outcome === "summed" && toRing) {
       this.ringCounted.add(idx);
       slot.seen |= bit;
       slot.contributors = (slot.contributors + 1) & 0xffff;
-      const mask = BigInt.asUintN(64, cfg.memberMask);
-      if ((slot.seen & mask) === mask) {
-        slot.state = SLOT_COMPLETE;
-        slot.completions = (slot.completions + 1) >>> 0;
-        complete = true;
-      }
+      complete = this.closeIfFull(slot);
     } else if (outcome === "summed") {
       const keep = slot.contributors !== 0;
       const dst = this.acc[idx];
@@ -330,12 +329,7 @@ class Model {
       }
       slot.seen |= bit;
       slot.contributors = (slot.contributors + 1) & 0xffff;
-      const mask = BigInt.asUintN(64, cfg.memberMask);
-      if ((slot.seen & mask) === mask) {
-        slot.state = SLOT_COMPLETE;
-        slot.completions = (slot.completions + 1) >>> 0;
-        complete = true;
-      }
+      complete = this.closeIfFull(slot);
     }
     this.cnt[outcome]++;
     if (resend) {
