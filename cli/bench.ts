@@ -80,7 +80,7 @@ class Notes {
 }
 
 /** Column widths: the table stays within ~150 columns, long texts wrap. */
-const WIDTH = { group: 13, metric: 30, system: 14, ratio: 14, claim: 21 };
+const WIDTH = { group: 13, metric: 30, system: 14, ratio: 14, brief_claim: 21 };
 
 /** The table of one (peers, size) run, plus the machine rows, as text. */
 export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?: boolean } = {}): string {
@@ -90,7 +90,7 @@ export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?
   const notes = new Notes();
   const claims = o.claims ?? true;
   const head = ["brief's metric", "measured as", ...peers.map((s) => s.label), "ainftp", "ainftp ÷ best TCP peer", ...(claims ? ["brief's claim (BRIEF.txt, not measured)"] : [])];
-  const colWidths = [WIDTH.group, WIDTH.metric, ...peers.map(() => WIDTH.system), WIDTH.system, WIDTH.ratio, ...(claims ? [WIDTH.claim] : [])];
+  const colWidths = [WIDTH.group, WIDTH.metric, ...peers.map(() => WIDTH.system), WIDTH.system, WIDTH.ratio, ...(claims ? [WIDTH.brief_claim] : [])];
   const t = new Table({ head, colWidths, style: { head: [], border: [] }, wordWrap: true });
   let group = "";
   const first = (g: string) => {
@@ -105,11 +105,11 @@ export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?
     return `n/a ${notes.mark(row.notes[s.system] ?? "n/a", s.label)}`;
   };
   for (const row of run.rows)
-    t.push([first(row.group), row.metric, ...peers.map((s) => cell(row, s)), cell(row, ours), formatRatio(row), ...(claims ? [row.claim ?? ""] : [])]);
+    t.push([first(row.group), row.metric, ...peers.map((s) => cell(row, s)), cell(row, ours), formatRatio(row), ...(claims ? [row.brief_claim ?? ""] : [])]);
   for (const row of machineRows) {
     const text = row.text!;
     const base = peers.length ? [{ colSpan: peers.length, content: text.baselines }] : [];
-    t.push([first(row.group), row.metric, ...base, peers.length ? text.ainftp : `${text.baselines} / ${text.ainftp}`, formatRatio(row), ...(claims ? [row.claim ?? ""] : [])]);
+    t.push([first(row.group), row.metric, ...base, peers.length ? text.ainftp : `${text.baselines} / ${text.ainftp}`, formatRatio(row), ...(claims ? [row.brief_claim ?? ""] : [])]);
   }
   t.push([{ colSpan: 2, content: "verified against the reference sum" }, ...peers.map((s) => verdict(s)), ours ? verdict(ours) : "-", "", ...(claims ? [""] : [])]);
   let out = `${run.peers} hosts, ${formatSize(run.bytes)} of float32 per round, ${shown[0]?.rounds ?? "?"} timed rounds each\n${t.toString()}\n`;

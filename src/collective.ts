@@ -1038,6 +1038,12 @@ export class Communicator implements Disposable {
     }
   }
 
+  /** The program's per-rank counts of the contributions its sentry accepted
+   * and rejected (for our chunks, since the communicator opened). */
+  sentryCounts(): { accepted: number; rejected: number }[] {
+    return this.maps.sentryWorkers(this.size);
+  }
+
   /** Re-admits a quarantined member (an operator's decision). */
   readmit(rank: number): void {
     this.sentry?.readmit(rank);
@@ -1045,15 +1051,15 @@ export class Communicator implements Disposable {
 
   private lastPublish = 0;
 
-  /** Once a round: take operators' re-admissions (ainftp sentry readmit),
-   * and at most twice a second publish the sentry's state for `ainftp
-   * sentry status`. */
+  /** At most twice a second, between rounds (no file system calls in every
+   * round): take operators' re-admissions (ainftp sentry readmit) and publish
+   * the sentry's state for `ainftp sentry status`. */
   private sentryHousekeeping(): void {
-    const root = this.o.pinRoot;
-    for (const rank of takeReadmits(readmitPath(this.o.iface, root))) if (rank >= 0 && rank < this.size) this.readmit(rank);
     const now = Date.now();
     if (now - this.lastPublish < 500) return;
     this.lastPublish = now;
+    const root = this.o.pinRoot;
+    for (const rank of takeReadmits(readmitPath(this.o.iface, root))) if (rank >= 0 && rank < this.size) this.readmit(rank);
     try {
       publishState(statePath(this.o.iface, root), {
         ...this.sentry!.status(), iface: this.o.iface, job: this.job, rank: this.rank, peers: [...this.peers], pid: process.pid, updated: now,

@@ -225,7 +225,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     let statsTimed = zeroStats();
     let excluded = 0;
     let unverified = 0;
-    const rejected0 = comm.sentry ? comm.sentry.status().workers.map((w) => w.rejected) : [];
+    const rejected0 = comm.sentry ? comm.sentryCounts().map((w) => w.rejected) : [];
     for (let r = 0; r < o.rounds; r++) {
       coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
       // a barrier round, so a rank still verifying the last round does not
@@ -293,7 +293,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
             const st = comm.sentry!.status();
             return {
               z: st.z,
-              rejected_by_rank: st.workers.map((w, k) => w.rejected - (rejected0[k] ?? 0)),
+              rejected_by_rank: comm.sentryCounts().map((w, k) => w.rejected - (rejected0[k] ?? 0)),
               quarantined: st.workers.filter((w) => w.quarantined).map((w) => w.rank),
               excluded_contributions: excluded,
               unverified_chunks: unverified,

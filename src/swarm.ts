@@ -8,9 +8,10 @@
 // ("declared dead 1.2 s ago"), and the node's report carries every change.
 // Deadline-based partial rounds and down-ranked members leaving the active
 // set are the next step (see the README's status).
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join, relative } from "node:path";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
 import { pinRoot } from "./attach.ts";
+import { nodeStateName, readJsonFile, writeJsonAtomic } from "./run-state.ts";
 import type { Communicator } from "./collective.ts";
 import { decodeMessage, encodeMessage, Membership, MEMBERSHIP_DEFAULTS, type MemberEvent, type MembershipOptions, type MemberView } from "./membership.ts";
 
@@ -40,17 +41,12 @@ export interface SwarmState {
 
 const rankOf = (name: string) => Number(name.slice(1));
 
-export function swarmStatePath(iface: string, root = pinRoot()): string {
-  const rel = relative(join(root, ".."), join(root, iface)).replace(/[^A-Za-z0-9_.-]+/g, "_");
-  return join(SWARM_STATE_DIR, `${rel}.json`);
+export function swarmStatePath(iface: string, root?: string): string {
+  return join(SWARM_STATE_DIR, `${nodeStateName(iface, root)}.json`);
 }
 
 export function readSwarmState(path: string): SwarmState | null {
-  try {
-    return JSON.parse(readFileSync(path, "utf8")) as SwarmState;
-  } catch {
-    return null;
-  }
+  return readJsonFile<SwarmState>(path);
 }
 
 export class Swarm implements Disposable {
@@ -129,10 +125,7 @@ export class Swarm implements Disposable {
       health: this.membership.health, rounds: this.comm.stats.rounds, members: this.view(), changes: this.changes.slice(-50),
     };
     try {
-      mkdirSync(dirname(this.statePath), { recursive: true, mode: 0o755 });
-      const tmp = `${this.statePath}.${process.pid}.tmp`;
-      writeFileSync(tmp, JSON.stringify(s) + "\n");
-      renameSync(tmp, this.statePath);
+      writeJsonAtomic(this.statePath, s);
     } catch {
       // /run not writable: `swarm status` then has nothing to show
     }

@@ -335,15 +335,19 @@ function destroyLab(lab: Lab): void {
 
 // ---- running ranks ------------------------------------------------------------------
 
-interface Exit {
+export interface Exit {
   code: number | null;
   stdout: string;
   stderr: string;
   timedOut: boolean;
 }
 
-/** Waits for all processes (reading their output as they go); on timeout SIGTERM, then SIGKILL after 3 s. */
-async function waitAll(procs: Bun.Subprocess<"pipe", "pipe", "pipe">[], timeoutMs: number): Promise<Exit[]> {
+/** Waits for all ranks of one system (reading their output as they go); on
+ * timeout SIGTERM, then SIGKILL after 3 s. `failed` says which exit codes
+ * mean a rank gave up (default: any but 0). */
+export async function waitAll(
+  procs: Bun.Subprocess<"pipe", "pipe", "pipe">[], timeoutMs: number, failed: (code: number) => boolean = (c) => c !== 0,
+): Promise<Exit[]> {
   const outs = procs.map((p) => Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]));
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -355,7 +359,7 @@ async function waitAll(procs: Bun.Subprocess<"pipe", "pipe", "pipe">[], timeoutM
   // timeout): stop them after a short grace so the error arrives now.
   for (const p of procs)
     p.exited.then((code) => {
-      if (code !== 0) setTimeout(() => procs.forEach((q) => q.exitCode === null && q.kill("SIGTERM")), 2000).unref();
+      if (failed(code)) setTimeout(() => procs.forEach((q) => q.exitCode === null && q.kill("SIGTERM")), 2000).unref();
     });
   try {
     const codes = await Promise.all(procs.map((p) => p.exited));

@@ -295,24 +295,24 @@ export interface MetricRow {
   /** The baseline with the best (lowest) value, and ainftp's value ÷ it. */
   best_peer: BaselineName | null;
   ratio: number | null;
-  claim: string | null;
+  brief_claim: string | null;
   /** Rows that are not per system (TLB, security, straggler): one text for the baselines' side and one for ainftp's. */
   text?: { baselines: string; ainftp: string };
 }
 
-const ROW_DEFS: { id: keyof Metrics; group: string; metric: string; unit: string; claim: string | null }[] = [
-  { id: "wire_bytes_per_host_per_round", group: "Bandwidth usage", metric: "bytes on the wire per host per round", unit: "MiB", claim: BRIEF_CLAIMS.bandwidth },
-  { id: "round_ms_median", group: "Latency per batch", metric: "round time, median", unit: "ms", claim: BRIEF_CLAIMS.latency },
-  { id: "round_ms_p99", group: "Latency per batch", metric: "round time, p99", unit: "ms", claim: null },
-  { id: "net_rx_softirqs_per_s", group: "Kernel interrupts", metric: "NET_RX softirqs per second (while moving data)", unit: "/s", claim: BRIEF_CLAIMS.interrupts },
-  { id: "net_rx_softirqs_per_round", group: "Kernel interrupts", metric: "NET_RX softirqs per round", unit: "", claim: null },
-  { id: "wakeups_per_1000_packets", group: "Kernel interrupts", metric: "userspace wake-ups per 1000 packets received", unit: "", claim: BRIEF_CLAIMS.wakeups },
-  { id: "ctx_switches_per_1000_packets", group: "Kernel interrupts", metric: "context switches per 1000 packets (machine-wide)", unit: "", claim: null },
-  { id: "hw_irqs_per_s", group: "Kernel interrupts", metric: "hardware IRQs per second", unit: "/s", claim: null },
-  { id: "cpu_ms_per_round", group: "CPU usage (networking)", metric: "CPU ms per round (processes + softirq)", unit: "ms", claim: BRIEF_CLAIMS.cpu },
-  { id: "cpu_share_of_core_per_host", group: "CPU usage (networking)", metric: "share of one core per host while moving data", unit: "%", claim: null },
-  { id: "copy_bytes_per_host_per_round", group: "Memory copies", metric: "bytes copied kernel⇄user per host per round", unit: "MiB", claim: BRIEF_CLAIMS.copies },
-  { id: "copies_per_byte_received", group: "Memory copies", metric: "copies per byte received (bytes copied ÷ bytes received)", unit: "", claim: null },
+const ROW_DEFS: { id: keyof Metrics; group: string; metric: string; unit: string; brief_claim: string | null }[] = [
+  { id: "wire_bytes_per_host_per_round", group: "Bandwidth usage", metric: "bytes on the wire per host per round", unit: "MiB", brief_claim: BRIEF_CLAIMS.bandwidth },
+  { id: "round_ms_median", group: "Latency per batch", metric: "round time, median", unit: "ms", brief_claim: BRIEF_CLAIMS.latency },
+  { id: "round_ms_p99", group: "Latency per batch", metric: "round time, p99", unit: "ms", brief_claim: null },
+  { id: "net_rx_softirqs_per_s", group: "Kernel interrupts", metric: "NET_RX softirqs per second (while moving data)", unit: "/s", brief_claim: BRIEF_CLAIMS.interrupts },
+  { id: "net_rx_softirqs_per_round", group: "Kernel interrupts", metric: "NET_RX softirqs per round", unit: "", brief_claim: null },
+  { id: "wakeups_per_1000_packets", group: "Kernel interrupts", metric: "userspace wake-ups per 1000 packets received", unit: "", brief_claim: BRIEF_CLAIMS.wakeups },
+  { id: "ctx_switches_per_1000_packets", group: "Kernel interrupts", metric: "context switches per 1000 packets (machine-wide)", unit: "", brief_claim: null },
+  { id: "hw_irqs_per_s", group: "Kernel interrupts", metric: "hardware IRQs per second", unit: "/s", brief_claim: null },
+  { id: "cpu_ms_per_round", group: "CPU usage (networking)", metric: "CPU ms per round (processes + softirq)", unit: "ms", brief_claim: BRIEF_CLAIMS.cpu },
+  { id: "cpu_share_of_core_per_host", group: "CPU usage (networking)", metric: "share of one core per host while moving data", unit: "%", brief_claim: null },
+  { id: "copy_bytes_per_host_per_round", group: "Memory copies", metric: "bytes copied kernel⇄user per host per round", unit: "MiB", brief_claim: BRIEF_CLAIMS.copies },
+  { id: "copies_per_byte_received", group: "Memory copies", metric: "copies per byte received (bytes copied ÷ bytes received)", unit: "", brief_claim: null },
 ];
 
 /** ainftp's value ÷ the best (lowest) verified baseline's, and which baseline that was. */
@@ -338,7 +338,7 @@ export function metricRows(systems: SystemRun[]): MetricRow[] {
       values[s.system] = s.metrics[d.id];
       if (s.metrics[d.id] === null) notes[s.system] = s.na[d.id] ?? "n/a";
     }
-    return { id: d.id, group: d.group, metric: d.metric, unit: d.unit, values, notes, ...bestRatio(values), claim: d.claim };
+    return { id: d.id, group: d.group, metric: d.metric, unit: d.unit, values, notes, ...bestRatio(values), brief_claim: d.brief_claim };
   });
 }
 
@@ -372,17 +372,17 @@ export function machineRows(
     const f = (x: number | null) => (x === null ? "n/a" : `${x.toFixed(0)} ns`);
     rows.push({
       ...base, id: "tlb_ns_per_access", group: "TLB misses", metric: "random access over the arena (pointer chase)", unit: "ns",
-      ratio: tlb.ratio === null ? null : 1 / tlb.ratio, claim: BRIEF_CLAIMS.tlb,
+      ratio: tlb.ratio === null ? null : 1 / tlb.ratio, brief_claim: BRIEF_CLAIMS.tlb,
       text: { baselines: `4 KB pages: ${f(tlb.ns_per_access_4k)}/access`, ainftp: tlb.skipped_2m ? `2 MB pages: n/a (${tlb.skipped_2m})` : `2 MB pages: ${f(tlb.ns_per_access_2m)}/access` },
     });
     rows.push({
-      ...base, id: "tlb_pmu", group: "TLB misses", metric: `${tlb.perf.event} (PMU)`, unit: "", ratio: null, claim: null,
+      ...base, id: "tlb_pmu", group: "TLB misses", metric: `${tlb.perf.event} (PMU)`, unit: "", ratio: null, brief_claim: null,
       text: tlb.perf.supported
         ? { baselines: `4 KB pages: ${tlb.perf_per_access_4k?.toFixed(3) ?? "n/a"}/access`, ainftp: `2 MB pages: ${tlb.perf_per_access_2m?.toFixed(3) ?? "n/a"}/access` }
         : { baselines: `n/a: ${tlb.perf.why}`, ainftp: "n/a" },
     });
   } else {
-    rows.push({ ...base, id: "tlb_ns_per_access", group: "TLB misses", metric: "random access over the arena (pointer chase)", unit: "ns", ratio: null, claim: BRIEF_CLAIMS.tlb,
+    rows.push({ ...base, id: "tlb_ns_per_access", group: "TLB misses", metric: "random access over the arena (pointer chase)", unit: "ns", ratio: null, brief_claim: BRIEF_CLAIMS.tlb,
       text: { baselines: `n/a: ${tlb ? tlb.error : "not run (--no-micro)"}`, ainftp: "n/a" } });
   }
   if (sentry && !("error" in sentry)) {
@@ -391,7 +391,7 @@ export function machineRows(
       // below the noise, the inline cost has no meaningful ratio
       ratio: sentry.inline_ns_per_packet > sentry.inline_ns_spread && sentry.userspace_sampled_ns_per_packet > 0
         ? sentry.inline_ns_per_packet / sentry.userspace_sampled_ns_per_packet : null,
-      claim: BRIEF_CLAIMS.security,
+      brief_claim: BRIEF_CLAIMS.security,
       text: {
         baselines: `userspace pass: ${sentry.userspace_sampled_ns_per_packet.toFixed(0)} ns (16 samples), ${sentry.userspace_full_ns_per_packet.toFixed(0)} ns (whole payload)`,
         ainftp: sentry.inline_ns_per_packet > sentry.inline_ns_spread
@@ -400,12 +400,12 @@ export function machineRows(
       },
     });
   } else {
-    rows.push({ ...base, id: "security_ns_per_packet", group: "Security check", metric: "energy check per packet", unit: "ns", ratio: null, claim: BRIEF_CLAIMS.security,
+    rows.push({ ...base, id: "security_ns_per_packet", group: "Security check", metric: "energy check per packet", unit: "ns", ratio: null, brief_claim: BRIEF_CLAIMS.security,
       text: { baselines: `n/a: ${sentry ? sentry.error : "not run (--no-micro)"}`, ainftp: "n/a" } });
   }
   rows.push({
     ...base, id: "straggler_round_ms", group: "Straggler handling", metric: "round time, one host's link delayed 600 ms", unit: "ms", ratio: null,
-    claim: BRIEF_CLAIMS.straggler,
+    brief_claim: BRIEF_CLAIMS.straggler,
     text: straggler.status === "n/a"
       ? { baselines: `n/a: ${straggler.reason}`, ainftp: "n/a" }
       : { baselines: "", ainftp: `${straggler.round_ms_median?.toFixed(1) ?? "n/a"} ms` },

@@ -11,7 +11,7 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { runBaselines, type BaselineHost, type BaselineResult } from "../../bench/baselines/run.ts";
+import { runBaselines, waitAll, type BaselineHost, type BaselineResult, type Exit } from "../../bench/baselines/run.ts";
 import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../../test/helpers/netns.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkElemsForMtu, type NodeReport } from "../node.ts";
@@ -196,40 +196,15 @@ function mustRun(cmd: string[]): void {
     });
 }
 
-interface Exit {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-/** Waits for every process; a failed one stops the others after 2 s, a timeout kills all. */
-async function waitAll(procs: Bun.Subprocess<"pipe", "pipe", "pipe">[], timeoutMs: number): Promise<Exit[]> {
-  const texts = procs.map((p) => Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]));
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    procs.forEach((p) => p.kill("SIGKILL"));
-  }, timeoutMs);
-  for (const p of procs)
-    p.exited.then((code) => {
-      if (code !== 0 && code !== 3) setTimeout(() => procs.forEach((q) => q.exitCode === null && q.kill("SIGTERM")), 2000).unref();
-    });
-  try {
-    const codes = await Promise.all(procs.map((p) => p.exited));
-    const out = await Promise.all(texts);
-    return codes.map((code, i) => ({ code, stdout: out[i][0], stderr: out[i][1], timedOut }));
-  } finally {
-    clearTimeout(timer);
-  }
-}
+/** A rank gave up: exit 3 is `swarm --verify` reporting a failed check, which the table shows. */
+const gaveUp = (code: number) => code !== 0 && code !== 3;
 
 function lastLines(s: string, n = 3): string {
   return s.trim().split("\n").slice(-n).join(" | ");
 }
 
 function firstFailure(exits: Exit[], timeoutMs: number): string | null {
-  const i = exits.findIndex((e) => e.code !== 0 && e.code !== 3);
+  const i = exits.findIndex((e) => e.code === null || gaveUp(e.code));
   if (i < 0) return null;
   const e = exits[i];
   return `rank ${i} ${e.timedOut ? `timed out after ${Math.round(timeoutMs / 1000)} s` : `exited ${e.code}`}: ${lastLines(e.stderr || e.stdout)}`;
@@ -280,7 +255,7 @@ async function runAinftp(x: RunContext): Promise<Outcome> {
       "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json",
     ]),
   );
-  const exits = await waitAll(procs, timeout);
+  const exits = await waitAll(procs, timeout, gaveUp);
   // a killed swarm leaves its program pinned: take it off before the next system runs on these links
   for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
   const base: Outcome = {
@@ -314,7 +289,7 @@ async function runTcp(x: RunContext): Promise<Outcome> {
   const procs = bl.hosts.map((h, i) =>
     bl.lab.spawn(h.node, [...o.self, "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json"]),
   );
-  const exits = await waitAll(procs, timeout);
+  const exits = await waitAll(procs, timeout, gaveUp);
   const base: Outcome = {
     label: "tcp ring", version: "built in: ring all-reduce, C, TCP_NODELAY, pipelined 64 KiB", status: "ok", reason: null, verified: null,
     warmup: 3, round_times_ms: [], counters: () => noCounters, detail: null,

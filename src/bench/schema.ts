@@ -74,7 +74,7 @@ const systemRun = obj({
 const metricRow = obj(
   {
     id: str, group: str, metric: str, unit: str, values: bySystem(numOrNull), notes: bySystem(str), best_peer: nullable(baselineName),
-    ratio: numOrNull, claim: strOrNull, text: obj({ baselines: str, ainftp: str }),
+    ratio: numOrNull, brief_claim: strOrNull, text: obj({ baselines: str, ainftp: str }),
   },
   { optional: ["text"] },
 );

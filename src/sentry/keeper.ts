@@ -70,8 +70,6 @@ export interface KeeperOptions {
 
 export interface WorkerStatus {
   rank: number;
-  accepted: number;
-  rejected: number;
   strikes: number;
   quarantined: boolean;
 }
@@ -88,8 +86,6 @@ export class SentryKeeper {
   private readonly gates = new Map<number, Gate>();
   private readonly gateOptions: GateOptions;
   readonly strikes: Strikes;
-  private readonly accepted: number[];
-  private readonly rejected: number[];
   private lastRound = 0;
   readonly strikeShare: number;
   private readonly spread = [new PooledSpread(), new PooledSpread()]; // full, short
@@ -116,8 +112,6 @@ export class SentryKeeper {
     this.strikes = new Strikes({ coolDown: Infinity, ...o.strikes });
     this.coolDownMs = o.coolDownMs ?? 300_000;
     this.minSigma = this.gateOptions.minSigma ?? 8;
-    this.accepted = new Array(members).fill(0);
-    this.rejected = new Array(members).fill(0);
   }
 
   /** The gate at index `chunk` (gateIndex(chunk, short) for the program's map). */
@@ -160,7 +154,6 @@ export class SentryKeeper {
     const live: number[] = [];
     for (let w = 0; w < this.members; w++) if ((seen >> BigInt(w)) & 1n && !this.strikes.quarantined(w, round)) live.push(w);
     const isRejected = (w: number) => ((rejected >> BigInt(w)) & 1n) === 1n;
-    for (const w of live) isRejected(w) ? this.rejected[w]++ : this.accepted[w]++;
     const finite = (w: number) => energy[w] !== ENERGY_ZERO;
     const spread = this.spread[chunk & 1];
     const calibrate = () => {
@@ -242,7 +235,7 @@ export class SentryKeeper {
       z: this.z,
       round: r,
       workers: Array.from({ length: this.members }, (_, rank) => ({
-        rank, accepted: this.accepted[rank], rejected: this.rejected[rank],
+        rank,
         strikes: this.strikes.count(rank, r), quarantined: this.strikes.quarantined(rank, r),
       })),
       gates: { chunks: this.gates.size, ...phases, medianLo: mid(los), medianHi: mid(his) },

@@ -5,8 +5,8 @@
 // name under /run/ainftp/sentry/ (one per interface and network namespace)
 // and picks up re-admissions from a file beside it.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join, relative } from "node:path";
-import { pinRoot } from "../attach.ts";
+import { dirname, join } from "node:path";
+import { nodeStateName, readJsonFile, writeJsonAtomic } from "../run-state.ts";
 import type { KeeperStatus } from "./keeper.ts";
 
 export const STATE_DIR = "/run/ainftp/sentry";
@@ -21,34 +21,21 @@ export interface PublishedState extends KeeperStatus {
   updated: number;
 }
 
-/** The file name for an interface's node in this network namespace. */
-function key(iface: string, root = pinRoot()): string {
-  const rel = relative(join(root, ".."), join(root, iface)); // "ainftp/eth0" or "netns-123/eth0"
-  return rel.replace(/[^A-Za-z0-9_.-]+/g, "_");
-}
-
 export function statePath(iface: string, root?: string): string {
-  return join(STATE_DIR, `${key(iface, root)}.json`);
+  return join(STATE_DIR, `${nodeStateName(iface, root)}.json`);
 }
 
 export function readmitPath(iface: string, root?: string): string {
-  return join(STATE_DIR, `${key(iface, root)}.readmit`);
+  return join(STATE_DIR, `${nodeStateName(iface, root)}.readmit`);
 }
 
 /** Writes the state atomically (readers never see half a file). */
 export function publishState(path: string, s: PublishedState): void {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify(s) + "\n");
-  renameSync(tmp, path);
+  writeJsonAtomic(path, s);
 }
 
 export function readState(path: string): PublishedState | null {
-  try {
-    return JSON.parse(readFileSync(path, "utf8")) as PublishedState;
-  } catch {
-    return null;
-  }
+  return readJsonFile<PublishedState>(path);
 }
 
 export function removeState(iface: string, root?: string): void {
