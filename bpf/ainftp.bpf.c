@@ -309,6 +309,13 @@ __noinline int ainftp_sentry_judge(const struct scratch *in, __u64 packed, __u32
 	return reject;
 }
 
+/* Under the slot lock: whether the slot holds a round after `round` (tags
+ * compare across the u32 wrap). */
+static __always_inline int slot_newer(const struct ainftp_slot *slot, __u32 round)
+{
+	return slot->tag && (__s32)(slot->tag - (round + 1)) > 0;
+}
+
 /* Under the slot lock: whether this rank's contribution may enter the slot
  * of `round` (AINFTP_CNT_SUMMED), or the counter that says why not. The first
  * contribution of a round claims the slot; a retransmission to a completed
@@ -317,7 +324,7 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 				      __u32 count, __u64 bit, int *resend)
 {
 	if (slot->tag != round + 1) {
-		if (slot->tag && (__s32)(slot->tag - (round + 1)) > 0)
+		if (slot_newer(slot, round))
 			return AINFTP_CNT_STALE_ROUND; /* the bank already holds a newer round */
 		slot->tag = round + 1;
 		slot->seen = 0;
@@ -332,21 +339,40 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 		*resend = slot->state == AINFTP_SLOT_COMPLETE && (h->flags & AINFTP_F_RETRANSMIT);
 		return AINFTP_CNT_DUPLICATE;
 	}
-	if (slot->state == AINFTP_SLOT_COMPLETE)
-		return AINFTP_CNT_STALE_ROUND; /* slot closed before this rank arrived */
+	if (slot->state == AINFTP_SLOT_COMPLETE) {
+		/* closed without this rank (a deadline, or the round's active set
+		 * left it out): a retransmitting member still gets the result */
+		*resend = (h->flags & AINFTP_F_RETRANSMIT) != 0;
+		return AINFTP_CNT_LATE;
+	}
 	if (slot->count != count || slot->exp != h->exp)
 		return AINFTP_CNT_MAL_SCALE; /* cannot sum integers of different scales */
 	return AINFTP_CNT_SUMMED;
 }
 
-/* Under the slot lock: closes the slot once every expected member is in. */
-static __always_inline int slot_close_if_full(struct ainftp_slot *slot, const struct ainftp_config *cfg)
+/* The ranks a slot of `round` waits for: its bank's active set, within the
+ * members (bank_mask 0: every member). */
+static __always_inline __u64 slot_want(const struct ainftp_config *cfg, __u32 round)
 {
-	if ((slot->seen & cfg->member_mask) != cfg->member_mask)
-		return 0;
+	__u64 bank = cfg->bank_mask[round & 1];
+	return cfg->member_mask & (bank ? bank : ~0ULL);
+}
+
+/* Under the slot lock. */
+static __always_inline int slot_close(struct ainftp_slot *slot)
+{
 	slot->state = AINFTP_SLOT_COMPLETE;
 	slot->completions++;
 	return 1;
+}
+
+/* Under the slot lock: closes the slot once every rank it waits for is in. */
+static __always_inline int slot_close_if_full(struct ainftp_slot *slot, const struct ainftp_config *cfg, __u32 round)
+{
+	__u64 want = slot_want(cfg, round);
+	if ((slot->seen & want) != want)
+		return 0;
+	return slot_close(slot);
 }
 
 /* After the slot lock: the counters and events of a contribution's outcome. */
@@ -440,7 +466,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 			slot->seen |= bit;
 			slot->rejected |= bit;
 			contributors = slot->contributors;
-			complete = slot_close_if_full(slot, cfg);
+			complete = slot_close_if_full(slot, cfg, round);
 		}
 		bpf_spin_unlock(&slot->lock);
 		return contrib_done(cnt, cfg, h, idx, outcome, resend, complete, contributors);
@@ -477,7 +503,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		if (!to_ring)
 			sum_into((__u64 *)sums->v, in, count, slot->contributors == 0);
 		contributors = ++slot->contributors;
-		complete = slot_close_if_full(slot, cfg);
+		complete = slot_close_if_full(slot, cfg, round);
 	}
 	bpf_spin_unlock(&slot->lock);
 	return contrib_done(cnt, cfg, h, idx, outcome, resend, complete, contributors);
@@ -532,6 +558,82 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 	__sync_lock_test_and_set(&res->tag, round + 1);
 	cnt->c[AINFTP_CNT_RESULTS]++;
 	emit_event(cnt, cfg, AINFTP_EV_RESULT, round, h->chunk, idx, h->contributors);
+	return XDP_DROP;
+}
+
+/* A CLOSE frame's arguments, for each bpf_loop iteration (on the caller's stack). */
+struct close_args {
+	struct ainftp_counters *cnt;
+	const struct ainftp_config *cfg;
+	const struct scratch *list; /* the chunk indices, as __u16 */
+	__u32 round;
+	__u32 force;
+};
+
+/* One listed chunk of a CLOSE frame (see ainftp_abi.h). A bpf_loop callback,
+ * so the verifier checks this body once however long the list is. */
+static long close_one(__u64 i, void *arg)
+{
+	struct close_args *a = arg;
+	const struct ainftp_config *cfg = a->cfg;
+	if (i >= AINFTP_MAX_ELEMS)
+		return 1;
+	__u32 chunk = (__u16)a->list->v[i], round = a->round;
+	if (chunk >= cfg->chunks)
+		return 0; /* not a chunk of this job: nothing to close */
+	__u32 idx = (round & 1) * cfg->chunks + chunk;
+	struct ainftp_slot *slot = bpf_map_lookup_elem(&slots, &idx);
+	if (!slot)
+		return 0;
+	int closed = 0;
+	__u16 contributors = 0;
+	bpf_spin_lock(&slot->lock);
+	if (slot->tag == round + 1) {
+		/* re-checked without F_FORCE: the owner may have shrunk bank_mask
+		 * after the last contribution, leaving a slot that holds everyone
+		 * it now waits for but that no packet will close */
+		if (slot->state == AINFTP_SLOT_FILLING)
+			closed = a->force ? slot_close(slot) : slot_close_if_full(slot, cfg, round);
+		contributors = slot->contributors;
+	} else if (a->force && !slot_newer(slot, round)) {
+		/* nothing of this round arrived: claimed closed and empty, so a
+		 * late contribution cannot open it (the owner finishes the chunk
+		 * with its own values) */
+		slot->tag = round + 1;
+		slot->seen = 0;
+		slot->rejected = 0;
+		slot->contributors = 0;
+		slot->count = 0;
+		slot->exp = 0;
+		closed = slot_close(slot);
+	}
+	bpf_spin_unlock(&slot->lock);
+	if (closed) {
+		a->cnt->c[AINFTP_CNT_COMPLETED]++;
+		emit_event(a->cnt, cfg, AINFTP_EV_SLOT_COMPLETE, round, chunk, idx, contributors);
+	}
+	return 0;
+}
+
+/* A CLOSE frame: its chunk list copied before any lock, then each chunk.
+ * A global function, verified once on its own: inlined, the loop's body was
+ * verified again for every state the parser reaches it in. */
+__noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, __u32 count, __u32 force)
+{
+	__u32 zero = 0;
+	struct ainftp_counters *cnt = bpf_map_lookup_elem(&counters, &zero);
+	struct ainftp_config *cfg = bpf_map_lookup_elem(&job_config, &zero);
+	struct scratch *list = bpf_map_lookup_elem(&payload_scratch, &zero);
+	if (!cnt || !cfg || !list)
+		return XDP_DROP;
+	__u32 len = count * 2;
+	opaque(len);
+	if (len < 2 || len > AINFTP_MAX_ELEMS * 2 || bpf_xdp_load_bytes(ctx, payload_off, list->v, len) < 0) {
+		cnt->c[AINFTP_CNT_MAL_COUNT]++;
+		return XDP_DROP;
+	}
+	struct close_args a = { .cnt = cnt, .cfg = cfg, .list = list, .round = round, .force = force };
+	bpf_loop(count, close_one, &a, 0);
 	return XDP_DROP;
 }
 
@@ -630,7 +732,11 @@ int ainftp_xdp(struct xdp_md *ctx)
 		cnt->c[AINFTP_CNT_CONTROL]++;
 		return XDP_PASS; /* the swarm's socket takes it */
 	}
-	if (h->type != AINFTP_PKT_CONTRIB && h->type != AINFTP_PKT_RESULT)
+	/* CLOSE only from the owner's BPF_PROG_TEST_RUN, which runs on the
+	 * loopback device (ifindex 1); never from a network peer. */
+	if (h->type == AINFTP_PKT_CLOSE && ctx->ingress_ifindex != 1)
+		DROP(AINFTP_CNT_MAL_TYPE);
+	if (h->type != AINFTP_PKT_CONTRIB && h->type != AINFTP_PKT_RESULT && h->type != AINFTP_PKT_CLOSE)
 		DROP(AINFTP_CNT_MAL_TYPE);
 	if (h->reserved)
 		DROP(AINFTP_CNT_MAL_RESERVED);
@@ -667,6 +773,8 @@ int ainftp_xdp(struct xdp_md *ctx)
 	__u32 idx = (h->round & 1) * cfg->chunks + h->chunk;
 	if (h->type == AINFTP_PKT_CONTRIB)
 		return on_contrib(cnt, cfg, h, ctx, (__u32)((void *)(h + 1) - data), idx);
+	if (h->type == AINFTP_PKT_CLOSE)
+		return ainftp_close(ctx, (__u32)((void *)(h + 1) - data), h->round, count, (h->flags & AINFTP_F_FORCE) != 0);
 	return on_result(ctx, cnt, cfg, h, (__u32)((void *)(h + 1) - data), idx);
 
 pass:

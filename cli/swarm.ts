@@ -27,6 +27,13 @@ function poisonOption(value: string): { rank: number; factor: number } {
   return { rank: Number(m[1]), factor: Number(m[2]) };
 }
 
+function deadlineOption(value: string): number | "auto" {
+  if (value.trim() === "auto") return "auto";
+  const ms = Number(value);
+  if (!Number.isInteger(ms) || ms < 0 || ms > 3_600_000) throw new InvalidArgumentError("Give auto, 0 (wait for everyone) or a grace in ms, e.g. 200.");
+  return ms;
+}
+
 function sizeOption(value: string): number {
   try {
     return parseSize(value, "--synthetic");
@@ -52,6 +59,8 @@ export function renderNodeReport(r: NodeReport): string {
     ["wake-ups + socket packets per XDP packet", `${r.wakeups} + ${r.socket_packets} → ${(r.wakeups_per_packet * 100).toFixed(2)}% (1/${r.wakeups_per_packet ? Math.round(1 / r.wakeups_per_packet) : "∞"})`],
     ["last result sha256", r.result_sha256.at(-1)?.slice(0, 16) ?? "-"],
   );
+  const st = r.straggler;
+  t.push(["partial rounds / sat out / late contributions", `${st.partial_rounds} / ${st.passive_rounds} / ${st.late_contributions}`]);
   if (r.sentry)
     t.push(
       ["sentry: dropped by our gates, per rank", r.sentry.rejected_by_rank.join(" ")],
@@ -107,6 +116,8 @@ export function swarmCommand(io: IO): Command {
     .option("--serve", "serve local trainers (clients/python) on a Unix socket until Ctrl-C/SIGTERM, instead of --synthetic")
     .option("--socket <path>", `with --serve: the socket trainers connect to (default ${defaultSocketPath().replace("0.sock", "<job>.sock")})`)
     .option("--round-size <size>", "with --serve: largest all-reduce one protocol round carries, sizes the maps (default 16MiB; larger ones take several rounds)", sizeOption)
+    .option("--quorum <k>", "backup workers: a round goes as soon as k members (this one included) have sent their scales; the rest sit it out and still get the result (default: wait for every member the swarm holds fit)", intOption(1, MAX_WORKERS))
+    .option("--deadline <ms|auto>", "grace for late members before a round goes without them: auto = 4x the median of recent rounds, 50..500 ms; 0 = wait for every member (up to --round-timeout)", deadlineOption, "auto")
     .option("--json [file]", "print the report as JSON (to a file if given)")
     .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n" +
       "  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --job 7 --serve   # trainers: ainftp.connect(job=7)\n")
@@ -126,13 +137,15 @@ export function swarmCommand(io: IO): Command {
         throw new AinftpError("swarm", "--serve and --synthetic exclude each other", { hint: "a serving node all-reduces what its trainer sends; run the synthetic workload without --serve" });
       if (!o.serve && (o.socket !== undefined || o.roundSize !== undefined))
         throw new AinftpError("swarm", "--socket and --round-size go with --serve", { hint: "add --serve" });
+      if (o.quorum !== undefined && o.quorum > o.peers.length)
+        throw new AinftpError("swarm", `--quorum ${o.quorum} but --peers lists ${o.peers.length} members`, { hint: `give a quorum of 1..${o.peers.length}` });
       if (o.serve && o.poison) throw new AinftpError("swarm", "--poison goes with --synthetic", { hint: "it scales the synthetic gradient of one rank; a trainer's gradients are its own" });
       if (o.serve) {
         const report = await serveNode({
           iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode as AttachMode, chunkElems: o.chunkElems,
           window: o.window, roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout,
           stochasticSeed: o.stochastic, keepAttached: Boolean(o.keepAttached), socketPath: o.socket, roundBytes: o.roundSize,
-          sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false,
+          sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, quorum: o.quorum, deadlineMs: o.deadline,
         }, (line) => io.err(`ainftp: ${line}\n`));
         if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
         if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");
@@ -150,6 +163,7 @@ export function swarmCommand(io: IO): Command {
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
         sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
+        quorum: o.quorum, deadlineMs: o.deadline,
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");

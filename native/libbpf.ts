@@ -13,6 +13,7 @@ const { symbols } = dlopen("libbpf.so.1", {
   bpf_object__find_map_fd_by_name: { args: [FFIType.ptr, FFIType.cstring], returns: FFIType.i32 },
   // objects
   bpf_object__close: { args: [FFIType.ptr], returns: FFIType.void },
+  bpf_prog_get_fd_by_id: { args: [FFIType.u32], returns: FFIType.i32 },
   // system
   libbpf_num_possible_cpus: { args: [], returns: FFIType.i32 },
 });

@@ -279,13 +279,18 @@ int ainftp_munmap(void *p, size_t len)
 
 /* ---- test runs ----------------------------------------------------------- */
 
-/* Runs prog_fd on one packet `repeat` times (BPF_PROG_TEST_RUN).
+/* Runs prog_fd on one packet `repeat` times (BPF_PROG_TEST_RUN), as if it
+ * arrived on `ifindex` (an xdp_md ctx with ingress_ifindex set, RX queue 0;
+ * the device must exist in the caller's network namespace), or with 0 on the
+ * namespace's loopback device, as the kernel does without a ctx.
  * res[0] XDP action, res[1] ns per run, res[2] output length. */
-int ainftp_test_run(int prog_fd, const void *in, uint32_t in_len, void *out, uint32_t out_cap,
-		    uint32_t repeat, uint32_t *res)
+int ainftp_test_run_on(int prog_fd, const void *in, uint32_t in_len, void *out, uint32_t out_cap,
+		       uint32_t repeat, uint32_t ifindex, uint32_t *res)
 {
+	struct xdp_md ctx = { .data = 0, .data_end = in_len, .ingress_ifindex = ifindex };
 	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = in, .data_size_in = in_len,
-		    .data_out = out, .data_size_out = out_cap, .repeat = repeat);
+		    .data_out = out, .data_size_out = out_cap, .repeat = repeat,
+		    .ctx_in = ifindex ? &ctx : NULL, .ctx_size_in = ifindex ? sizeof(ctx) : 0);
 	int err = bpf_prog_test_run_opts(prog_fd, &opts);
 	if (err < 0)
 		return -errno;
@@ -293,6 +298,12 @@ int ainftp_test_run(int prog_fd, const void *in, uint32_t in_len, void *out, uin
 	res[1] = opts.duration;
 	res[2] = opts.data_size_out;
 	return 0;
+}
+
+int ainftp_test_run(int prog_fd, const void *in, uint32_t in_len, void *out, uint32_t out_cap,
+		    uint32_t repeat, uint32_t *res)
+{
+	return ainftp_test_run_on(prog_fd, in, in_len, out, out_cap, repeat, 0, res);
 }
 
 /* ---- ring buffer --------------------------------------------------------- */
@@ -413,6 +424,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_config, chunk_elems); FIELD(&o, ainftp_config, chunks);
 	FIELD(&o, ainftp_config, batch); FIELD(&o, ainftp_config, owned_chunks);
 	FIELD(&o, ainftp_config, flags); FIELD(&o, ainftp_config, results_per_round);
+	FIELD(&o, ainftp_config, bank_mask);
 	FIELD(&o, ainftp_slot, lock); FIELD(&o, ainftp_slot, tag); FIELD(&o, ainftp_slot, seen);
 	FIELD(&o, ainftp_slot, count); FIELD(&o, ainftp_slot, contributors);
 	FIELD(&o, ainftp_slot, exp); FIELD(&o, ainftp_slot, state);
@@ -437,7 +449,8 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, MAX_WORKERS); CONST(&o, MAX_ELEMS); CONST(&o, ELEMS_MTU1500); CONST(&o, MAX_CHUNKS);
 	CONST(&o, BANKS); CONST(&o, DEFAULT_PORT); CONST(&o, DEFAULT_BATCH); CONST(&o, MAGIC);
 	CONST(&o, VERSION); CONST(&o, PKT_CONTRIB); CONST(&o, PKT_RESULT); CONST(&o, PKT_CONTROL);
-	CONST(&o, F_RETRANSMIT); CONST(&o, F_SATURATED); CONST(&o, F_LAST);
+	CONST(&o, PKT_CLOSE);
+	CONST(&o, F_RETRANSMIT); CONST(&o, F_SATURATED); CONST(&o, F_LAST); CONST(&o, F_FORCE);
 	CONST(&o, EV_SLOT_COMPLETE); CONST(&o, EV_RESULT); CONST(&o, EV_RESEND);
 	CONST(&o, CTRL_HELLO); CONST(&o, CTRL_EXPS); CONST(&o, CTRL_EXPS_REQ); CONST(&o, CTRL_BYE);
 	CONST(&o, CTRL_STATUS_REQ); CONST(&o, CTRL_STATUS); CONST(&o, CTRL_EXPS_MAX); CONST(&o, CTRL_MEMBER);
@@ -451,7 +464,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, CNT_MAL_TRUNC_UDP); CONST(&o, CNT_MAL_TRUNC_HDR); CONST(&o, CNT_MAL_FRAGMENT);
 	CONST(&o, CNT_MAL_MAGIC); CONST(&o, CNT_MAL_VERSION); CONST(&o, CNT_MAL_TYPE);
 	CONST(&o, CNT_MAL_RANK); CONST(&o, CNT_MAL_CHUNK); CONST(&o, CNT_MAL_COUNT);
-	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT_RESEND_REQ); CONST(&o, CNT_BAD_SOURCE); CONST(&o, CNT_RESULTS_XSK); CONST(&o, CNT_SENTRY_REJECTED); CONST(&o, CNT_CONTRIBS_RING); CONST(&o, CNT__MAX);
+	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT_RESEND_REQ); CONST(&o, CNT_BAD_SOURCE); CONST(&o, CNT_RESULTS_XSK); CONST(&o, CNT_SENTRY_REJECTED); CONST(&o, CNT_CONTRIBS_RING); CONST(&o, CNT_LATE); CONST(&o, CNT__MAX);
 	CONST(&o, CFG_CHECK_SOURCE); CONST(&o, CFG_RESULTS_TO_XSK); CONST(&o, CFG_SENTRY); CONST(&o, CFG_CONTRIBS_TO_RING);
 	CONST(&o, SENTRY_SAMPLES);
 	CONST(&o, MAX_ROUND); CONST(&o, ACC_BIAS);

@@ -30,6 +30,10 @@ const table = {
     args: [T.i32, T.ptr, T.u32, T.ptr, T.u32, T.u32, T.ptr],
     returns: T.i32,
   },
+  ainftp_test_run_on: {
+    args: [T.i32, T.ptr, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr],
+    returns: T.i32,
+  },
   ainftp_ring_open: { args: [T.i32, T.u32], returns: T.i32 },
   ainftp_ring_poll: { args: [T.i32, T.i32, T.ptr, T.i32], returns: T.i32 },
   ainftp_ring_epoll_fd: { args: [T.i32], returns: T.i32 },

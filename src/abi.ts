@@ -19,10 +19,15 @@ export const VERSION = 1;
 export const PKT_CONTRIB = 1;
 export const PKT_RESULT = 2;
 export const PKT_CONTROL = 3;
+/** The owner's userspace to its own program (BPF_PROG_TEST_RUN only): close
+ * the listed slots (ReflexMaps.closeSlots; see ainftp_abi.h). */
+export const PKT_CLOSE = 4;
 
 export const F_RETRANSMIT = 0x0001;
 export const F_SATURATED = 0x0002;
 export const F_LAST = 0x0004;
+/** CLOSE: close the listed slots whatever they hold. */
+export const F_FORCE = 0x0008;
 
 export const EV_SLOT_COMPLETE = 1;
 export const EV_RESULT = 2;
@@ -65,7 +70,7 @@ export const LAYOUT = {
   ainftp_config: {
     job_id: [0, 4], round_base: [4, 4], member_mask: [8, 8], members: [16, 2],
     chunk_elems: [18, 2], chunks: [20, 4], batch: [24, 4], owned_chunks: [28, 4],
-    flags: [32, 4], results_per_round: [36, 4],
+    flags: [32, 4], results_per_round: [36, 4], bank_mask: [40, 16],
   },
   ainftp_slot: {
     lock: [0, 4], tag: [4, 4], seen: [8, 8], count: [16, 2], contributors: [18, 2],
@@ -86,7 +91,7 @@ export const LAYOUT = {
 
 export const SIZEOF = {
   ainftp_wire_hdr: 32,
-  ainftp_config: 40,
+  ainftp_config: 56,
   ainftp_slot: 40,
   ainftp_gate: 8,
   ainftp_obs: 8 + 2 * MAX_WORKERS,
@@ -107,7 +112,7 @@ export const COUNTERS = [
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
-  "sentry_rejected", "contribs_ring",
+  "sentry_rejected", "contribs_ring", "late",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -120,11 +125,11 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   summed: "contributions added into a slot",
   elems_summed: "int16 elements added",
   duplicate: "contribution from a rank already in the slot (ignored)",
-  stale_round: "round below the window, or its slot already closed",
+  stale_round: "round below the window, or its bank already holds a newer round",
   future_round: "round above the window",
   foreign_job: "job id differs from the attached job",
   not_member: "rank not in the member set",
-  completed: "slots that reached every expected member",
+  completed: "slots that reached every expected member, or that the owner closed",
   results: "result packets stored for userspace",
   result_dup: "result for a round already stored",
   wakeups: "ring-buffer events that woke userspace",
@@ -152,6 +157,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   results_xsk: "result packets redirected to the AF_XDP socket (arena UMEM)",
   sentry_rejected: "contributions the sentry dropped: energy outside the chunk's gate (not summed)",
   contribs_ring: "contributions copied to userspace for robust aggregation (--aggregate)",
+  late: "contributions to a slot that had closed without them (a deadline or the round's active set)",
 };
 
 /** Physical position in the acc map of logical element j of a slot: the
@@ -239,6 +245,11 @@ export interface JobConfig {
   flags?: number;
   /** Result events that end a round on this host (0: chunks). */
   resultsPerRound?: number;
+  /** Ranks the slots of each bank's round (round & 1) wait for, within
+   * memberMask; 0n: every member. Default [0n, 0n]. decodeConfig sets it
+   * only when a bank has a mask, so a config without one reads back as
+   * written. */
+  bankMask?: [bigint, bigint];
 }
 
 const C = LAYOUT.ainftp_config;
@@ -256,11 +267,15 @@ export function encodeConfig(c: JobConfig): Uint8Array {
   v.setUint32(C.owned_chunks[0], c.ownedChunks >>> 0, true);
   v.setUint32(C.flags[0], c.flags ?? 0, true);
   v.setUint32(C.results_per_round[0], c.resultsPerRound ?? 0, true);
+  const [b0, b1] = c.bankMask ?? [0n, 0n];
+  v.setBigUint64(C.bank_mask[0], BigInt.asUintN(64, b0), true);
+  v.setBigUint64(C.bank_mask[0] + 8, BigInt.asUintN(64, b1), true);
   return b;
 }
 
 export function decodeConfig(b: Uint8Array): JobConfig {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const bankMask: [bigint, bigint] = [v.getBigUint64(C.bank_mask[0], true), v.getBigUint64(C.bank_mask[0] + 8, true)];
   return {
     jobId: v.getUint32(C.job_id[0], true),
     roundBase: v.getUint32(C.round_base[0], true),
@@ -272,6 +287,7 @@ export function decodeConfig(b: Uint8Array): JobConfig {
     ownedChunks: v.getUint32(C.owned_chunks[0], true),
     flags: v.getUint32(C.flags[0], true),
     resultsPerRound: v.getUint32(C.results_per_round[0], true),
+    ...(bankMask[0] || bankMask[1] ? { bankMask } : {}),
   };
 }
 

@@ -2,23 +2,35 @@
 //
 // One round all-reduces a segment of up to `capacity` chunks (the chunks the
 // attached program's maps were sized for); a longer vector takes several
-// rounds. Chunk c of a round is owned by rank c % N. A round:
-//   1. scale: every rank computes each chunk's smallest exponent and sends it
-//      to every peer (CONTROL/EXPS); the shared scale is the maximum
-//      (THC-style agreement before sending, so no value can saturate).
-//   2. reduce-scatter: each rank quantizes the chunks it does not own and
-//      sends them to their owners with UDP GSO, interleaving owners so every
-//      owner's XDP program starts summing at once.
-//   3. the owner's XDP program sums the N-1 contributions; on completion the
-//      owner adds its own chunk, requantizes (integer math: bit-identical
-//      everywhere), stores the result in its own results map and sends it to
-//      every peer, whose XDP program writes it straight into their results map.
-//   4. every rank dequantizes the round's results from its results map.
-// Loss: a rank missing results retransmits its contributions (flagged); a
+// rounds. A round:
+//   1. plan and scale: every member sends each chunk's smallest exponent to
+//      the round's leader. The leader waits for the members the swarm calls
+//      fit (alive, not down-ranked), or for the first --quorum of them, or
+//      until the round's deadline, and decides the round's plan: the active
+//      members (those whose exponents are here) and the shared scale (their
+//      maximum, THC-style agreement before sending, so nothing saturates).
+//      It sends both to every member (CONTROL/EXPS_MAX), naming the next
+//      round's leader among the active ones.
+//   2. reduce-scatter: chunk c is owned by the plan's active member
+//      c % K (K active members). Each active member quantizes the chunks it
+//      does not own and sends them to their owners with UDP GSO, owners
+//      interleaved so that every owner's XDP program starts summing at once.
+//      A passive member (down-ranked, late, or past the quorum) sends
+//      nothing and owns nothing: it keeps computing and receives results.
+//   3. the owner's XDP program sums the contributions of the active members;
+//      on completion the owner adds its own chunk, requantizes (integer math:
+//      bit-identical everywhere), stores the result in its own results map
+//      and sends it to every member, whose XDP program writes it straight
+//      into their results map. At the round's deadline (derived from recent
+//      round times) an owner closes its open slots with the members present;
+//      a result carries its contributor count, so a mean stays exact.
+//   4. every member dequantizes the round's results from its results map.
+// Loss: a member missing results retransmits its contributions (flagged); a
 // retransmit to a completed slot makes the owner's XDP program raise a
-// resend event and the owner sends the stored result again (SwitchML).
+// resend event and the owner sends the stored result again (SwitchML). A
+// passive member asks the owner with a control packet (RESULT_REQ).
 // The window: the program accepts rounds [base, base+1]. An event of round r
-// proves every peer finished round r-1, so the base moves to r then.
+// proves every active peer finished round r-1, so the base moves to r then.
 import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
@@ -53,6 +65,34 @@ const STATUS_WAIT_MS = 300;
 const EXPS_ABOVE_MEDIAN = 12;
 /** Chunks packed and sent per owner before moving to the next owner. */
 const SEND_PIECE = 44;
+/** EXPS_MAX pieces start with the plan: the active members' mask (u64),
+ * the next round's leader (u16) and a lateness score per member (u8). */
+const PLAN_FIXED = 10;
+/** Lateness: a member that misses a plan (its exponents not there when the
+ * leader decides) gains a point, one that makes it loses one. At
+ * LATE_SLOW points leaders stop waiting for it (down-ranked); scores stop
+ * at LATE_MAX, so a member back to speed is waited for again after
+ * LATE_MAX - LATE_SLOW + 1 plans it made. Two misses in a row: one round
+ * waiting out a deadline can be bad luck, two are a pattern. */
+const LATE_SLOW = 2;
+/** Rounds of plans and results kept for passive members that fall behind. */
+const CACHE_ROUNDS = 4;
+const LATE_MAX = 3;
+/** A passive member's request for results it lacks: payload = u32 chunks. */
+export const CTRL_RESULT_REQ = 9;
+/** The round's grace for late members: once a majority has sent its
+ * exponents, the leader waits this long for the rest. It is 4 times the
+ * median of the last DEADLINE_WINDOW rounds (a member 4 times slower than
+ * the cluster is not jitter), at least 100 ms (4 busy processes on a
+ * 2-vCPU host start a round tens of ms apart) and at most 500 ms (the issue's "lag above
+ * 500 ms": down-rank it). Before there is a history: 500 ms. An owner closes
+ * its open slots when they made no progress for the grace or two capped
+ * retransmission intervals, whichever is longer: a lost packet always gets
+ * two tries before its sender's contribution is given up. */
+const DEADLINE_FACTOR = 4;
+const DEADLINE_FLOOR_MS = 100;
+const DEADLINE_CAP_MS = 500;
+const DEADLINE_WINDOW = 32;
 
 export interface CommunicatorOptions {
   /** Interface the program is attached to (`ainftp attach IFACE`). */
@@ -105,6 +145,16 @@ export interface CommunicatorOptions {
   /** Longest a round's poll waits (ms): a swarm that ticks its membership
    * protocol from a timer wants the loop back often (default: no bound). */
   maxWaitMs?: number;
+  /** Backup workers: the leader goes as soon as this many members
+   * (itself included) have sent their exponents; the rest are passive in
+   * that round. Default: wait for every fit member. */
+  quorum?: number;
+  /** The round deadline, after which the leader plans with the members
+   * present and owners close their slots with the contributions present:
+   * "auto" (default) is 4x the median of recent rounds, at least 50 ms;
+   * a number is a fixed deadline in ms; 0 turns partial rounds off (a
+   * round then waits for every active member, up to roundTimeoutMs). */
+  deadlineMs?: number | "auto";
 }
 
 export interface CollectiveStats {
@@ -123,6 +173,12 @@ export interface CollectiveStats {
   controlReceived: number;
   /** With the sentry: exponents left out of the shared scale (far above their chunk's median). */
   expsLeftOut: number;
+  /** Rounds whose plan left members out (down-ranked, late, past the quorum). */
+  partialRounds: number;
+  /** Rounds this member sat out as passive (it received the results). */
+  passiveRounds: number;
+  /** Owned slots closed at the deadline with the contributions present. */
+  deadlineCloses: number;
   packetsSent: number;
   /** Where round time went: computing exponents, waiting for the peers'
    * exponents, packing/sending/finishing (work), waiting for packets, and
@@ -134,6 +190,10 @@ export interface RoundReport {
   round: number;
   ms: number;
   chunks: number;
+  /** The round's active members (whose contributions its results hold,
+   * less any the sentry dropped or a deadline closed out). */
+  active: number[];
+  leader: number;
 }
 
 /** A round failed: members did not answer in time, or one left. */
@@ -153,13 +213,38 @@ interface RoundState {
   /** Per rank: offsets of the exponent pieces received. */
   pieces: Set<number>[];
   haveExps: boolean[];
-  /** The rank that collects every member's exponents and sends back their
-   * maximum (-1: with two members, each sends its own to the other). */
+  t0: number;
+  /** The rank that collects the members' exponents, decides the plan and
+   * sends back the maximum with it. */
   leader: number;
-  /** Leader: sent the maximum; others: received it (pieces in sharedPieces). */
+  /** Leader: sent the plan; others: received it (pieces in sharedPieces). */
   haveShared: boolean;
   sharedPieces: Set<number>;
   shared: Int8Array;
+  /** The plan: active members (mask), the next round's leader, and the
+   * members' lateness scores after this round. */
+  active: bigint;
+  next: number;
+  scores: Uint8Array;
+  /** Per rank: its index among the active members (the owners), or -1. */
+  ownerIdx: Int32Array;
+  /** Active members (the owners): chunk c is owned by owners[c % K]. */
+  K: number;
+  owners: number[];
+  passive: boolean;
+  /** How long late members get (see DEADLINE_FACTOR); Infinity: forever. */
+  grace: number;
+  /** A barrier: waits for every fit member (see allreduce's `patient`). */
+  patient: boolean;
+  /** Check the results map for completion even without the events. */
+  lookInMap: boolean;
+  /** Leader: when a majority's exponents were here. */
+  majorityAt: number;
+  /** Owner: last time our slots or results moved; the slots close when
+   * nothing moved for ownerGrace. */
+  lastProgress: number;
+  ownerGrace: number;
+  closedAtDeadline: boolean;
   owned: Uint32Array;
   ownedDone: Uint8Array;
   ownedDoneCount: number;
@@ -204,6 +289,7 @@ export class Communicator implements Disposable {
   readonly job: number;
   readonly stats: CollectiveStats = {
     rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
+    partialRounds: 0, passiveRounds: 0, deadlineCloses: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 
@@ -240,6 +326,22 @@ export class Communicator implements Disposable {
   private statusAnswers = new Map<number, bigint>();
   /** Ranks that left, with the first round each did not complete. */
   private left = new Map<number, number>();
+  /** The next round's leader: named by the last plan (all agree on it). */
+  private leaderNext = 0;
+  /** Plans (EXPS_MAX pieces) that arrived for rounds we have not started. */
+  private earlyMax = new Map<number, Map<number, Uint8Array>>();
+  /** Recent round times (ms), for the deadline. */
+  private roundTimes: number[] = [];
+  /** Partial rounds' plans we led, and results we own, for passive members
+   * that fall behind and ask after we moved on (the last CACHE_ROUNDS). */
+  private planCache = new Map<number, Pick<RoundState, "r" | "active" | "next" | "scores" | "shared">>();
+  private resultCache = new Map<number, Map<number, Uint8Array>>();
+  private keep<T>(m: Map<number, T>, round: number, v: T): void {
+    m.set(round, v);
+    for (const k of m.keys()) if (k <= round - CACHE_ROUNDS) m.delete(k);
+  }
+  /** Lateness per member, as the last plan left it (see LATE_SLOW). */
+  private lateness: Uint8Array = new Uint8Array(0);
 
   private constructor(o: Communicator["o"], maps: PinnedReflex, sock: UdpEndpoint, port: number) {
     this.o = o;
@@ -376,10 +478,12 @@ export class Communicator implements Disposable {
     // programs have seen, so old slot and result tags can never match.
     const first = Math.max(...bases.values()) + 2;
     this.nextRound = first;
+    this.leaderNext = first % this.size;
+    this.lateness = new Uint8Array(this.size);
     // only members' addresses may speak for their ranks
     this.maps.setMemberAddrs(this.peers.map((p) => ipv4ToBe32(p)));
     this.cfg = {
-      ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(), batch: this.o.batch,
+      ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(), bankMask: [0n, 0n], batch: this.o.batch,
       flags: ((this.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY)) | CFG_CHECK_SOURCE |
         (this.xsk ? CFG_RESULTS_TO_XSK : 0) | (this.sentry ? CFG_SENTRY : 0) | (this.robust ? CFG_CONTRIBS_TO_RING : 0),
     };
@@ -407,6 +511,11 @@ export class Communicator implements Disposable {
   onMember: ((rank: number, payload: Uint8Array) => void) | null = null;
   /** What the swarm knows of a member, for round failures ("declared dead 1.2 s ago"). */
   describeMember: ((rank: number) => string | null) | null = null;
+  /** Members a leader waits for: bit r set = rank r is alive and not
+   * down-ranked. The swarm keeps it current; without one, everyone. */
+  fitMask = ~0n;
+  /** Members alive (or merely suspected), slow or not: a barrier waits for them. */
+  liveMask = ~0n;
   private inRound = false;
   /** Per member: rounds completed with it, and rounds it was left out of. */
   readonly roundsContributed: number[] = [];
@@ -475,6 +584,23 @@ export class Communicator implements Disposable {
     }
   }
 
+  /** The leader's plan: every piece carries the active mask and the next
+   * leader before its share of the maximum exponents. */
+  private sendPlan(to: number, st: Pick<RoundState, "r" | "active" | "next" | "scores" | "shared">): void {
+    const head = PLAN_FIXED + this.size;
+    const piece = new Uint8Array(head + CTRL_PAYLOAD);
+    const dv = new DataView(piece.buffer);
+    dv.setBigUint64(0, st.active, true);
+    dv.setUint16(8, st.next, true);
+    piece.set(st.scores, PLAN_FIXED);
+    const bytes = new Uint8Array(st.shared.buffer, st.shared.byteOffset, st.shared.length);
+    for (let off = 0; off < bytes.length; off += CTRL_PAYLOAD) {
+      const part = bytes.subarray(off, off + CTRL_PAYLOAD);
+      piece.set(part, head);
+      this.sendControl(to, CTRL_EXPS_MAX, st.r, 0, off, piece.subarray(0, head + part.length));
+    }
+  }
+
   /** Reads every queued control packet. */
   private drainControl(st: RoundState | null): void {
     for (;;) {
@@ -507,13 +633,35 @@ export class Communicator implements Disposable {
       this.left.set(h.rank, h.round);
     } else if (h.kind === CTRL_EXPS || h.kind === CTRL_EXPS_REQ) {
       this.storeExps(st, h.rank, h.round, h.chunk, h.payload);
-      if (h.kind !== CTRL_EXPS_REQ || !st || h.round !== st.r) return;
-      // the leader answers a member that lacks the maximum with it; anyone
-      // else (or a leader still collecting) answers with its own exponents
-      if (st.leader === this.rank && st.haveShared) this.sendExps(h.rank, st.r, st.shared, CTRL_EXPS_MAX);
-      else if (st.haveExps[this.rank]) this.sendExps(h.rank, st.r, st.exps.subarray(this.rank * st.nchunks, (this.rank + 1) * st.nchunks));
+      if (h.kind !== CTRL_EXPS_REQ) return;
+      if (!st || h.round !== st.r) {
+        // a passive member that fell behind asks for a plan we sent
+        const plan = this.planCache.get(h.round);
+        if (plan) this.sendPlan(h.rank, plan);
+        return;
+      }
+      // the leader answers a member that lacks the plan with it; a member
+      // asked by a leader still collecting answers with its own exponents
+      if (st.leader === this.rank && st.haveShared) this.sendPlan(h.rank, st);
+      else if (h.round !== st.r) {
+        const plan = this.planCache.get(h.round);
+        if (plan) this.sendPlan(h.rank, plan);
+      } else if (st.haveExps[this.rank]) this.sendExps(h.rank, st.r, st.exps.subarray(this.rank * st.nchunks, (this.rank + 1) * st.nchunks));
     } else if (h.kind === CTRL_EXPS_MAX) {
-      if (st && h.round === st.r && h.rank === st.leader) this.storeShared(st, h.chunk, h.payload);
+      if (st && h.round === st.r) {
+        if (h.rank === st.leader) this.storeShared(st, h.chunk, h.payload);
+      } else if (h.round >= this.nextRound && h.round < this.nextRound + 4) {
+        // a plan for a round we have not started (we were passive, or past
+        // the quorum): keep it, the round will need it
+        let m = this.earlyMax.get(h.round);
+        if (!m) this.earlyMax.set(h.round, (m = new Map()));
+        m.set(h.chunk, Uint8Array.from(h.payload));
+        m.set(-1, Uint8Array.of(h.rank));
+      }
+    } else if (h.kind === CTRL_RESULT_REQ) {
+      // a passive member lacks results of ours: send the stored ones again
+      const dv = new DataView(h.payload.buffer, h.payload.byteOffset, h.payload.length);
+      for (let i = 0; i + 4 <= h.payload.length; i += 4) this.resend(h.round, dv.getUint32(i, true), h.rank);
     } else if (h.kind === CTRL_MEMBER) {
       this.onMember?.(h.rank, h.payload);
     }
@@ -540,28 +688,98 @@ export class Communicator implements Disposable {
     pieces.set(first, Int8Array.from(ex));
   }
 
-  /** Stores one piece of the leader's maximum exponents. */
+  /** Stores one piece of the leader's plan (active mask, next leader, and
+   * a share of the maximum exponents); every piece must name the same plan. */
   private storeShared(st: RoundState, first: number, payload: Uint8Array): void {
-    if (st.haveShared || first % CTRL_PAYLOAD !== 0 || payload.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
-    st.shared.set(new Int8Array(payload.buffer, payload.byteOffset, payload.length), first);
+    const head = PLAN_FIXED + this.size;
+    if (st.haveShared || payload.length < head) return;
+    const dv = new DataView(payload.buffer, payload.byteOffset, PLAN_FIXED);
+    const active = dv.getBigUint64(0, true), next = dv.getUint16(8, true);
+    const ex = payload.subarray(head);
+    if (first % CTRL_PAYLOAD !== 0 || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
+    const all = (1n << BigInt(this.size)) - 1n;
+    if (next >= this.size || (active & ~all) !== 0n || !((active >> BigInt(st.leader)) & 1n)) return;
+    if (st.sharedPieces.size && (active !== st.active || next !== st.next)) return;
+    st.active = active;
+    st.next = next;
+    for (let k = 0; k < this.size; k++) st.scores[k] = Math.min(LATE_MAX, payload[PLAN_FIXED + k]);
+    st.shared.set(new Int8Array(ex.buffer, ex.byteOffset, ex.length), first);
     st.sharedPieces.add(first);
     if (st.sharedPieces.size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) st.haveShared = true;
   }
 
-  /** The shared scale is known: as the leader, once every member's exponents
-   * are here (and then sent to all); as a member, once the leader's maximum
-   * is here; with two members, once the peer's exponents are here. */
+  /** The plan is known: as a member, once the leader's pieces are all here;
+   * as the leader, once the members it waits for have sent their exponents
+   * (the fit ones, or the first `quorum`, or whoever is here at the
+   * deadline). The leader then decides and sends the plan to everyone. */
   private sharedReady(st: RoundState): boolean {
     if (st.haveShared) return true;
-    if (st.leader !== -1 && st.leader !== this.rank) return false;
-    if (!st.haveExps.every(Boolean)) return false;
+    if (st.leader !== this.rank) return false;
+    let have = 0n, count = 0;
+    for (let k = 0; k < this.size; k++) if (st.haveExps[k]) (have |= 1n << BigInt(k)), count++;
+    // a barrier (patient) waits for every fit member, down-ranked or not,
+    // and leaves the lateness scores as they were
+    let slow = 0n;
+    if (!st.patient) for (let k = 0; k < this.size; k++) if (this.lateness[k] >= LATE_SLOW) slow |= 1n << BigInt(k);
+    const awaited = this.othersMask() & (st.patient ? this.liveMask : this.fitMask) & ~slow & ~have;
+    const quorate = !st.patient && this.o.quorum !== undefined && count >= this.o.quorum;
+    const now = performance.now();
+    if (st.majorityAt === Infinity && count > this.size / 2) st.majorityAt = now;
+    if (awaited !== 0n && !quorate && now < st.majorityAt + st.grace) return false;
+    st.active = have;
+    for (let k = 0; k < this.size; k++)
+      st.scores[k] = st.patient ? this.lateness[k] : st.haveExps[k] ? Math.max(0, this.lateness[k] - 1) : Math.min(LATE_MAX, this.lateness[k] + 1);
+    // the maximum over the active members' exponents only
+    let rows = st.exps;
+    if (count < this.size) {
+      rows = new Int8Array(count * st.nchunks);
+      let at = 0;
+      for (let k = 0; k < this.size; k++) if (st.haveExps[k]) rows.set(st.exps.subarray(k * st.nchunks, (k + 1) * st.nchunks), (at++) * st.nchunks);
+    }
     // with the sentry, an exponent far above the chunk's median (4096 times
     // its magnitude) is a poisoner's: left out of the shared scale
-    if (this.sentry) this.stats.expsLeftOut += coll.ainftp_robust_max_exps(st.exps, this.size, st.nchunks, st.shared, EXPS_ABOVE_MEDIAN);
-    else coll.ainftp_max_exps(st.exps, this.size, st.nchunks, st.shared);
+    if (this.sentry) this.stats.expsLeftOut += coll.ainftp_robust_max_exps(rows, count, st.nchunks, st.shared, EXPS_ABOVE_MEDIAN);
+    else coll.ainftp_max_exps(rows, count, st.nchunks, st.shared);
+    // the next leader: the next active member after us (it answered this
+    // round in time), else the next fit one, else simply the next rank
+    st.next = this.nextLeader([have, this.fitMask]);
     st.haveShared = true;
-    if (st.leader === this.rank) for (const p of this.others()) this.sendExps(p, st.r, st.shared, CTRL_EXPS_MAX);
+    for (const p of this.others()) this.sendPlan(p, st);
+    // a passive member may ask for this plan after we moved on
+    if (count < this.size) this.keep(this.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
     return true;
+  }
+
+  /** The first member after us (in rank order, cyclic) in the first pool
+   * that has one; never ourselves, so a leader whose own link is slow (it
+   * sees everyone late) cannot keep the role. */
+  private nextLeader(pools: bigint[]): number {
+    for (const pool of pools)
+      for (let i = 1; i < this.size; i++) {
+        const k = (this.rank + i) % this.size;
+        if ((pool >> BigInt(k)) & 1n) return k;
+      }
+    return (this.rank + 1) % this.size;
+  }
+
+  /** `rank`, or the first member after it (rank order, cyclic) that the
+   * swarm does not hold dead: a dead leader would stall every round. */
+  private liveFrom(rank: number): number {
+    for (let i = 0; i < this.size; i++) {
+      const k = (rank + i) % this.size;
+      if (k === this.rank || (this.liveMask >> BigInt(k)) & 1n) return k;
+    }
+    return rank;
+  }
+
+  /** How long this round gives late members (see DEADLINE_FACTOR). */
+  private graceMs(): number {
+    const d = this.o.deadlineMs ?? "auto";
+    if (d === 0) return Infinity;
+    if (typeof d === "number") return d;
+    if (this.roundTimes.length < 4) return DEADLINE_CAP_MS;
+    const sorted = [...this.roundTimes].sort((a, b) => a - b);
+    return Math.min(DEADLINE_CAP_MS, Math.max(DEADLINE_FLOOR_MS, DEADLINE_FACTOR * sorted[sorted.length >> 1]));
   }
 
   // ---- the round --------------------------------------------------------------
@@ -570,7 +788,11 @@ export class Communicator implements Disposable {
    * member count. Resolves when the result is complete on this host. */
   async allreduce(
     x: Float32Array,
-    opts: { op?: "sum" | "mean"; out?: Float32Array; /** first retransmission after this long (default: the communicator's) */ retransmitMs?: number } = {},
+    opts: {
+      op?: "sum" | "mean"; out?: Float32Array;
+      /** first retransmission after this long (default: the communicator's) */ retransmitMs?: number;
+      /** a barrier: wait for every member that is fit and not down-ranked, with no deadline */ patient?: boolean;
+    } = {},
   ): Promise<RoundReport[]> {
     if (this.closed) throw new AinftpError("allreduce", "communicator is closed");
     const out = opts.out ?? x;
@@ -583,14 +805,16 @@ export class Communicator implements Disposable {
       this.inRound = true;
       let rep: RoundReport;
       try {
-        rep = await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs);
+        rep = await this.round(x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? this.o.retransmitMs, opts.patient ?? false);
       } finally {
         this.inRound = false;
       }
       reports.push(rep);
-      if (opts.op === "mean" && (this.sentry || this.robust) && this.size > 1) {
-        // a mean over the contributions each chunk's result holds
-        const k = this.contributorsOf(rep.round, rep.chunks);
+      if (opts.op === "mean") {
+        // a mean over the contributions each chunk's result holds: fewer
+        // than the members when the round was partial or the sentry dropped
+        // some (rx "xsk" keeps no per-chunk count: the plan's active members)
+        const k = this.xsk ? new Uint16Array(rep.chunks).fill(rep.active.length) : this.contributorsOf(rep.round, rep.chunks);
         for (let c = 0; c < rep.chunks; c++) {
           const from = off + c * this.chunkElems, to = Math.min(end, from + this.chunkElems);
           const d = k[c] || 1;
@@ -598,11 +822,10 @@ export class Communicator implements Disposable {
         }
       }
     }
-    if (opts.op === "mean" && !((this.sentry || this.robust) && this.size > 1)) for (let i = 0; i < out.length; i++) out[i] /= this.size;
     return reports;
   }
 
-  private async round(x: Float32Array, out: Float32Array, retransmitMs: number): Promise<RoundReport> {
+  private async round(x: Float32Array, out: Float32Array, retransmitMs: number, patient: boolean): Promise<RoundReport> {
     const t0 = performance.now();
     const r = this.nextRound++;
     this.o.onRoundStart?.(r);
@@ -612,9 +835,9 @@ export class Communicator implements Disposable {
     if (N === 1) {
       out.set(x);
       this.stats.rounds++;
-      return { round: r, ms: performance.now() - t0, chunks: nchunks };
+      return { round: r, ms: performance.now() - t0, chunks: nchunks, active: [0], leader: 0 };
     }
-    const st = this.newRound(r, x, out, nchunks);
+    const st = this.newRound(r, x, out, nchunks, t0, patient ? Infinity : this.graceMs(), patient);
 
     // exponents: ours to every peer, then theirs (some may be here already)
     const mine = st.exps.subarray(this.rank * nchunks, (this.rank + 1) * nchunks);
@@ -626,12 +849,18 @@ export class Communicator implements Disposable {
       throw new NonFiniteGradientError(bad, i, Math.floor(i / E), x[i]);
     }
     st.haveExps[this.rank] = true;
-    // One leader per round (rotating) gathers the exponents and sends back
-    // their maximum: a member receives one control packet per round instead
-    // of one per peer, which keeps socket packets and wake-ups far below the
-    // data packets at small sizes (N = 4 at 1 MiB: 1.5 instead of 3).
-    if (st.leader === -1) for (const p of this.others()) this.sendExps(p, r, mine);
-    else if (st.leader !== this.rank) this.sendExps(st.leader, r, mine);
+    // One leader per round (rotating among the active members) gathers the
+    // exponents and sends back the plan with their maximum: a member
+    // receives one control packet per round instead of one per peer, which
+    // keeps socket packets and wake-ups far below the data packets at small
+    // sizes (N = 4 at 1 MiB: 1.5 instead of 3).
+    if (st.leader !== this.rank) this.sendExps(st.leader, r, mine);
+    const plan = this.earlyMax.get(r);
+    if (plan) {
+      const from = plan.get(-1)![0];
+      for (const [first, piece] of plan) if (first >= 0 && from === st.leader) this.storeShared(st, first, piece);
+    }
+    for (const k of this.earlyMax.keys()) if (k <= r) this.earlyMax.delete(k);
     const early = this.early.get(r);
     if (early) {
       this.early.delete(r);
@@ -662,11 +891,27 @@ export class Communicator implements Disposable {
         throw new RoundError(`round ${r}`, `${describeRanks(gone, this.peers)} left the job before finishing this round`, gone,
           "every member must call allreduce the same number of times; restart the job with the remaining members");
       if (!st.sent && this.sharedReady(st)) {
-        this.startContributions(st, x);
-        if (st.pending.length) this.finish(st, bankBase, Uint32Array.from(st.pending));
+        this.applyPlan(st);
+        this.startContributions(st, x, bankBase);
+        // (slots of ours that completed before we had the plan)
+        const pending = st.pending.filter((c) => st.ownerIdx[this.rank] === c % st.K);
+        if (pending.length) this.finish(st, bankBase, Uint32Array.from(pending));
         st.pending = [];
       }
-      if (st.sent && st.ownedDoneCount === st.owned.length && st.resultsSeen >= nchunks - st.owned.length) {
+      if (st.sent && !st.closedAtDeadline && st.ownedDoneCount < st.owned.length && performance.now() >= st.lastProgress + st.ownerGrace) {
+        // the deadline: close our open slots with the contributions present
+        st.closedAtDeadline = true;
+        const open: number[] = [];
+        for (const c of st.owned) if (!st.ownedDone[c]) open.push(c);
+        if (open.length) {
+          this.maps.closeSlots(r, open, { force: true, rank: this.rank, jobId: this.job, srcAddr: this.peers[this.rank] });
+          this.stats.deadlineCloses += open.length;
+        }
+      }
+      // (a passive member may hold results that came before its round began,
+      // their events drained in the round before: look at the map then)
+      if (st.sent && st.ownedDoneCount === st.owned.length && (st.resultsSeen >= nchunks - st.owned.length || (st.lookInMap && !this.xsk))) {
+        st.lookInMap = false;
         if (this.xsk) break; // each result was counted once, when it was dequantized
         const missing = coll.ainftp_results_missing(this.resBase, bankBase, nchunks, r + 1, this.chunkList, this.capacity);
         if (missing === 0) break;
@@ -675,6 +920,7 @@ export class Communicator implements Disposable {
       const now = performance.now();
       if (now >= deadline) await this.fail(st, bankBase);
       if (now >= nextRetx) {
+        st.lookInMap = true;
         this.stats.timeouts++;
         this.retransmit(st, bankBase);
         interval = Math.min(interval * 2, this.o.maxRetransmitMs);
@@ -683,7 +929,10 @@ export class Communicator implements Disposable {
       // window-blocked: the wake-up for the results we wait on may be batched
       // with others, so look again soon
       const soon = st.sent && this.unsent(st) ? now + this.o.pumpMs : Infinity;
-      const wait = Math.max(0, Math.min(this.o.maxWaitMs, Math.ceil(Math.min(nextRetx, deadline, soon) - now)));
+      // the round deadline matters to a leader still collecting and to an owner with open slots
+      const due = !st.sent && st.leader === this.rank ? st.majorityAt + st.grace
+        : st.sent && !st.closedAtDeadline && st.ownedDoneCount < st.owned.length ? st.lastProgress + st.ownerGrace : Infinity;
+      const wait = Math.max(0, Math.min(this.o.maxWaitMs, Math.ceil(Math.min(nextRetx, deadline, soon, due) - now)));
       tp = this.phase("work", tp);
       const ready = coll.ainftp_wait3(ringFd, sockFd, this.xsk ? this.xsk.fd : -1, wait);
       tp = this.phase(st.sent ? "wait" : "control", tp);
@@ -694,6 +943,7 @@ export class Communicator implements Disposable {
       if (this.xsk) this.drainXsk(st);
       if (st.sent) this.retransmitGaps(st);
       if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
+        st.lastProgress = performance.now();
         // results are flowing: nothing is lost yet, restart the timer
         interval = retransmitMs;
         nextRetx = performance.now() + interval;
@@ -708,13 +958,29 @@ export class Communicator implements Disposable {
     this.phase("gather", tp);
     if (bad2) throw new AinftpError(`round ${r}`, `${bad2} result entries changed while being read`);
     this.stats.rounds++;
-    // per member: a round it was expected in (its contribution awaited by our
-    // slots, or ours), or one it was left out of (quarantined)
+    // done with round r: every active member finished r-1 (it contributed);
+    // a round completed from the map alone moved no window yet
+    if (this.cfg.roundBase < r) this.advanceWindow(r);
+    // per member: a round it was active in (and, on our slots, not held in
+    // quarantine), or one it sat out (passive, late, quarantined)
+    const counted = st.active & (this.cfg.memberMask | (1n << BigInt(this.rank)));
     for (let k = 0; k < this.size; k++)
-      if (k === this.rank || (this.cfg.memberMask >> BigInt(k)) & 1n) this.roundsContributed[k]++;
+      if ((counted >> BigInt(k)) & 1n) this.roundsContributed[k]++;
       else this.roundsMissed[k]++;
+    if (st.active !== (1n << BigInt(N)) - 1n) this.stats.partialRounds++;
+    if (st.passive) this.stats.passiveRounds++;
+    this.leaderNext = st.next;
+    this.lateness = st.scores;
     if (this.sentry) this.sentryHousekeeping();
-    return { round: r, ms: performance.now() - t0, chunks: nchunks };
+    const ms = performance.now() - t0;
+    if (!st.patient) {
+      // barriers wait for everyone: they say nothing of a normal round's time
+      this.roundTimes.push(ms);
+      if (this.roundTimes.length > DEADLINE_WINDOW) this.roundTimes.shift();
+    }
+    const active: number[] = [];
+    for (let k = 0; k < N; k++) if ((st.active >> BigInt(k)) & 1n) active.push(k);
+    return { round: r, ms, chunks: nchunks, active, leader: st.leader };
   }
 
   private buffers = new Map<string, Uint8Array>();
@@ -727,51 +993,91 @@ export class Communicator implements Disposable {
     return b.subarray(0, bytes);
   }
 
-  private newRound(r: number, x: Float32Array, out: Float32Array, nchunks: number): RoundState {
+  private newRound(r: number, x: Float32Array, out: Float32Array, nchunks: number, t0: number, grace: number, patient = false): RoundState {
     const N = this.size;
     const E = this.chunkElems;
     const counts = new Uint16Array(nchunks).fill(E);
     counts[nchunks - 1] = x.length - (nchunks - 1) * E;
-    const ownerChunks: Uint32Array[] = [];
-    const ownerOffset: number[] = [];
-    let off = 0;
-    for (let o = 0; o < N; o++) {
-      const n = o < nchunks ? Math.ceil((nchunks - o) / N) : 0;
-      const list = new Uint32Array(n);
-      for (let k = 0; k < n; k++) list[k] = o + k * N;
-      ownerChunks.push(list);
-      ownerOffset.push(off);
-      if (o !== this.rank) off += n * this.seg;
-    }
-    const owned = ownerChunks[this.rank];
-    // the program's end-of-round wake-ups for this round
-    this.cfg = { ...this.cfg, ownedChunks: owned.length, resultsPerRound: nchunks - owned.length, memberMask: this.expectedMask(r) };
+    // We finished round r-1, so we need nothing older: a member that sat
+    // the last round out saw none of its events, which move the window.
+    if (this.cfg.roundBase < r - 1) this.advanceWindow(r - 1);
+    // Until the plan is here, our slots of this round wait for every member
+    // (bank mask 0: the member mask); the plan can only shrink that set.
+    const bankMask: [bigint, bigint] = [...(this.cfg.bankMask ?? [0n, 0n])];
+    bankMask[r & 1] = 0n;
+    this.cfg = { ...this.cfg, memberMask: this.expectedMask(r), bankMask };
     this.maps.setConfig(this.cfg);
+    const empty = new Uint32Array(0);
     return {
-      r, n: x.length, nchunks, counts,
+      r, t0, n: x.length, nchunks, counts,
       exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false),
-      leader: N > 2 ? r % N : -1, haveShared: false, sharedPieces: new Set(),
+      leader: this.liveFrom(this.leaderNext), haveShared: false, sharedPieces: new Set(),
       pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
-      owned, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0, sent: false,
+      active: 0n, next: 0, scores: new Uint8Array(N), ownerIdx: new Int32Array(N).fill(-1), K: 0, owners: [], passive: false,
+      grace, patient, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * this.o.maxRetransmitMs), closedAtDeadline: false,
+      owned: empty, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0, sent: false,
       x, recs: this.earlyRecs.get(r) ?? new Map(),
       header: new Uint8Array(HDR), seed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
-      sendBuf: this.scratch("send", off), ownerOffset, ownerChunks, ownBuf: this.scratch("own", owned.length * this.seg),
-      xdone: this.scratch("xdone", nchunks).fill(0), out,
+      sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
+      ownBuf: new Uint8Array(0), xdone: this.scratch("xdone", nchunks).fill(0), out,
       sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks),
       lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1),
     };
   }
 
+  /** The plan is known: chunk c is owned by the active member of index
+   * c % K. Lays out what we send and own, and tells the program whom our
+   * slots of this round wait for. */
+  private applyPlan(st: RoundState): void {
+    const N = this.size;
+    let K = 0;
+    for (let k = 0; k < N; k++) st.ownerIdx[k] = (st.active >> BigInt(k)) & 1n ? (st.owners.push(k), K++) : -1;
+    st.K = K;
+    st.passive = st.ownerIdx[this.rank] < 0;
+    let off = 0;
+    for (let o = 0; o < N; o++) {
+      const i = st.ownerIdx[o];
+      const n = i >= 0 && i < st.nchunks ? Math.ceil((st.nchunks - i) / K) : 0;
+      const list = new Uint32Array(n);
+      for (let k = 0; k < n; k++) list[k] = i + k * K;
+      st.ownerChunks[o] = list;
+      st.ownerOffset[o] = off;
+      if (o !== this.rank && !st.passive) off += n * this.seg;
+    }
+    st.sendBuf = this.scratch("send", off);
+    st.owned = st.ownerChunks[this.rank];
+    st.ownBuf = this.scratch("own", st.owned.length * this.seg);
+    const others = st.active & this.othersMask();
+    const bankMask: [bigint, bigint] = [...(this.cfg.bankMask ?? [0n, 0n])];
+    bankMask[st.r & 1] = others === this.othersMask() ? 0n : others;
+    // the program's end-of-round wake-ups for this round
+    this.cfg = { ...this.cfg, ownedChunks: st.owned.length, resultsPerRound: st.nchunks - st.owned.length, bankMask };
+    this.maps.setConfig(this.cfg);
+    // contributions that came before the plan waited for everyone: close
+    // the slots that already hold every active member
+    if (bankMask[st.r & 1] !== 0n && st.owned.length)
+      this.maps.closeSlots(st.r, st.owned, { force: false, rank: this.rank, jobId: this.job, srcAddr: this.peers[this.rank] });
+  }
+
   /** Shared scale known: quantize our own chunks for the finishing step and
    * start the reduce-scatter. */
-  private startContributions(st: RoundState, x: Float32Array): void {
+  private startContributions(st: RoundState, x: Float32Array, bankBase: number): void {
+    st.sent = true;
+    st.lookInMap = true;
+    st.lastProgress = performance.now();
+    if (st.passive) return; // we send nothing this round: results come to us
     st.header = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round: st.r, rank: this.rank });
     st.seed = this.o.stochasticSeed ? (this.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
     if (st.owned.length)
       this.stats.saturations += packChunks(x, {
         chunkElems: this.chunkElems, chunks: st.owned, exps: st.shared, header: st.header, out: st.ownBuf, stride: this.seg, seed: st.seed,
       });
-    st.sent = true;
+    if (st.K === 1 && st.owned.length) {
+      // the only active member: no contribution will come, finish alone
+      for (const c of st.owned) st.ownedDone[c] = 1;
+      this.finish(st, bankBase, Uint32Array.from(st.owned));
+      return;
+    }
     this.pump(st, x);
   }
 
@@ -780,6 +1086,7 @@ export class Communicator implements Disposable {
    * result has not come back. A receiver's queue (veth: 256 frames) is never
    * flooded, and every result that arrives lets one more chunk go. */
   private pump(st: RoundState, x: Float32Array): void {
+    if (st.passive) return;
     const W = this.o.window;
     for (let more = true; more; ) {
       more = false;
@@ -866,10 +1173,10 @@ export class Communicator implements Disposable {
   }
 
   private gotResult(st: RoundState, chunk: number): void {
-    const o = chunk % this.size;
+    const o = ownerOf(st, chunk);
     st.xdone[chunk] = 1;
     st.acked[o]++;
-    const k = Math.floor(chunk / this.size);
+    const k = Math.floor(chunk / st.K);
     if (k > st.furthest[o]) st.furthest[o] = k;
   }
 
@@ -899,8 +1206,8 @@ export class Communicator implements Disposable {
     if (!this.xsk) return coll.ainftp_results_missing(this.resBase, bankBase, st.nchunks, st.r + 1, this.chunkList, this.capacity);
     let m = 0;
     for (let c = 0; c < st.nchunks; c++)
-      if (!st.xdone[c] && c % this.size !== this.rank) this.chunkList[m++] = c;
-      else if (c % this.size === this.rank && !st.ownedDone[c]) this.chunkList[m++] = c;
+      if (!st.xdone[c] && ownerOf(st, c) !== this.rank) this.chunkList[m++] = c;
+      else if (ownerOf(st, c) === this.rank && !st.ownedDone[c]) this.chunkList[m++] = c;
     return m;
   }
 
@@ -925,12 +1232,22 @@ export class Communicator implements Disposable {
     const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round: st.r, rank: this.rank });
     const n = coll.ainftp_finish_batch(
       this.accBase, this.resBase, bankBase, chunks, chunks.length, st.summed,
-      st.ownBuf.subarray(HDR), this.size, this.seg / 2, st.counts, st.shared, tmpl, this.resPkts, this.seg,
+      st.ownBuf.subarray(HDR), st.K, this.seg / 2, st.counts, st.shared, tmpl, this.resPkts, this.seg,
     );
     if (n < 0) throw new AinftpError(`round ${st.r}`, "finishing a slot failed (bad count)");
     st.ownedDoneCount += n;
+    this.cacheResults(st, chunks, n);
     const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
     for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, n, lastSize);
+  }
+
+  /** In a round with passive members, keep the result packets we send: one
+   * that falls behind asks for them after our bank moved on. */
+  private cacheResults(st: RoundState, chunks: Uint32Array, n: number): void {
+    if (st.K === this.size) return;
+    let m = this.resultCache.get(st.r);
+    if (!m) this.keep(this.resultCache, st.r, (m = new Map()));
+    for (let i = 0; i < n; i++) m.set(chunks[i], this.resPkts.slice(i * this.seg, i * this.seg + HDR + 2 * st.counts[chunks[i]]));
   }
 
   /** Robust modes: files the contributions the program copied to the ring
@@ -990,6 +1307,7 @@ export class Communicator implements Disposable {
       this.resPkts.set(new Uint8Array(entry.v.buffer, entry.v.byteOffset, 2 * count), i * this.seg + HDR);
     });
     st.ownedDoneCount += chunks.length;
+    this.cacheResults(st, chunks, chunks.length);
     const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
     for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, chunks.length, lastSize);
   }
@@ -1014,7 +1332,8 @@ export class Communicator implements Disposable {
   private judge(st: RoundState, bankBase: number, chunks: Uint32Array): void {
     const keeper = this.sentry!;
     const gates = this.maps.gates();
-    const expected = this.cfg.memberMask;
+    const bank = this.cfg.bankMask?.[st.r & 1] ?? 0n;
+    const expected = this.cfg.memberMask & (bank === 0n ? ~0n : bank);
     let full = 0;
     for (let m = expected; m; m &= m - 1n) full++;
     let quarantine = false;
@@ -1085,8 +1404,16 @@ export class Communicator implements Disposable {
     const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: this.job, round, rank: this.rank });
     const one = new Uint32Array([chunk]);
     const pkt = new Uint8Array(this.seg);
-    if (coll.ainftp_result_packets(this.resBase, (round & 1) * this.cfg.chunks, one, 1, tmpl, pkt, this.seg) !== 1) return;
-    const len = HDR + 2 * new DataView(pkt.buffer).getUint16(22, true);
+    let len: number;
+    if (coll.ainftp_result_packets(this.resBase, (round & 1) * this.cfg.chunks, one, 1, tmpl, pkt, this.seg) === 1) {
+      len = HDR + 2 * new DataView(pkt.buffer).getUint16(22, true);
+    } else {
+      // the bank holds a newer round now: a passive member fell behind
+      const kept = this.resultCache.get(round)?.get(chunk);
+      if (!kept) return;
+      pkt.set(kept);
+      len = kept.length;
+    }
     this.stats.packetsSent += this.sock.sendGso(this.peers[rank], this.port, pkt, len, 1);
     this.stats.resends++;
   }
@@ -1103,13 +1430,24 @@ export class Communicator implements Disposable {
     const byOwner = new Map<number, number[]>();
     for (let i = 0; i < Math.min(m, this.capacity); i++) {
       const c = this.chunkList[i];
-      const o = c % this.size;
-      if (o === this.rank || Math.floor(c / this.size) >= st.pos[o]) continue;
+      const o = ownerOf(st, c);
+      if (o === this.rank || (!st.passive && Math.floor(c / st.K) >= st.pos[o])) continue;
       let l = byOwner.get(o);
       if (!l) byOwner.set(o, (l = []));
       l.push(c);
     }
-    for (const [o, list] of byOwner) this.sendAgain(st, o, list);
+    for (const [o, list] of byOwner) {
+      if (!st.passive) {
+        this.sendAgain(st, o, list);
+        continue;
+      }
+      // passive: we sent nothing to retransmit; ask the owner for its results
+      for (let i = 0; i < list.length; i += CTRL_PAYLOAD / 4) {
+        const part = Uint32Array.from(list.slice(i, i + CTRL_PAYLOAD / 4));
+        this.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, new Uint8Array(part.buffer));
+      }
+      this.stats.retransmits += list.length;
+    }
   }
 
   /** Sends the listed chunks (all owned by o, in order) to o again, flagged as
@@ -1118,7 +1456,7 @@ export class Communicator implements Disposable {
     const stage = new Uint8Array(list.length * this.seg);
     const now = performance.now();
     list.forEach((c, i) => {
-      const k = Math.floor(c / this.size);
+      const k = Math.floor(c / st.K);
       stage.set(st.sendBuf.subarray(st.ownerOffset[o] + k * this.seg, st.ownerOffset[o] + (k + 1) * this.seg), i * this.seg);
       st.sentAt[c] = now;
       if (st.tries[c] < 255) st.tries[c]++;
@@ -1133,8 +1471,8 @@ export class Communicator implements Disposable {
   /** Whom we wait for before the shared scale is known: the leader, or (as
    * the leader, or with two members) those whose exponents we lack. */
   private expsAwaited(st: RoundState): number[] {
-    if (st.leader !== -1 && st.leader !== this.rank) return st.haveShared ? [] : [st.leader];
-    return this.others().filter((p) => !st.haveExps[p]);
+    if (st.leader !== this.rank) return st.haveShared ? [] : [st.leader];
+    return this.others().filter((p) => !st.haveExps[p] && (this.fitMask >> BigInt(p)) & 1n);
   }
 
   /** Ranks we wait for in this round: whose exponents we lack, or whose
@@ -1150,7 +1488,7 @@ export class Communicator implements Disposable {
       if (st.ownedDone[c]) continue;
       const slot = this.maps.slot(bankBase + c);
       const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
-      for (const p of this.others()) if (!(seen & (1n << BigInt(p)))) mask |= 1n << BigInt(p);
+      for (const p of this.others()) if (!(seen & (1n << BigInt(p))) && (st.active >> BigInt(p)) & 1n) mask |= 1n << BigInt(p);
     }
     return mask;
   }
@@ -1170,13 +1508,14 @@ export class Communicator implements Disposable {
         if (st.ownedDone[c]) continue;
         const slot = this.maps.slot(bankBase + c);
         const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
-        for (const p of this.others()) if (!(seen & (1n << BigInt(p)))) perRank.set(p, (perRank.get(p) ?? 0) + 1);
+        for (const p of this.others())
+          if (!(seen & (1n << BigInt(p))) && (st.active >> BigInt(p)) & 1n) perRank.set(p, (perRank.get(p) ?? 0) + 1);
       }
       for (const [p, k] of perRank) waitsOn.set(p, `its contributions to ${k} of our chunks`);
       const m = this.missingResults(st, bankBase);
       const owners = new Map<number, number>();
       for (let i = 0; i < Math.min(m, this.capacity); i++) {
-        const o = this.chunkList[i] % this.size;
+        const o = ownerOf(st, this.chunkList[i]);
         if (o !== this.rank) owners.set(o, (owners.get(o) ?? 0) + 1);
       }
       for (const [o, k] of owners) waitsOn.set(o, `${waitsOn.has(o) ? waitsOn.get(o) + " and " : ""}results for ${k} chunks`);
@@ -1208,6 +1547,9 @@ export class Communicator implements Disposable {
       }
     }
     const ranks = [...missing].sort((a, b) => a - b);
+    // the next round's leader: the plan's choice is lost with this round,
+    // so every survivor takes the first live member after this leader
+    this.leaderNext = this.liveFrom((st.leader + 1) % this.size);
     throw new RoundError(`round ${st.r}`, `not complete after ${this.o.roundTimeoutMs} ms: missing ${describeRanks(ranks, this.peers)}; ${parts.join("; ")}`, ranks,
       "check that those members are running and attached; a member that died must be restarted with the whole job");
   }
@@ -1256,7 +1598,9 @@ export class Communicator implements Disposable {
       const end = performance.now() + lingerMs;
       const ringFd = this.ring.epollFd();
       let again = performance.now() + 100;
-      while (this.left.size < this.size - 1 && performance.now() < end) {
+      // (a member the swarm holds dead will not say goodbye)
+      const waiting = () => this.others().some((p) => !this.left.has(p) && (this.liveMask >> BigInt(p)) & 1n);
+      while (waiting() && performance.now() < end) {
         // a lost BYE must not keep a peer lingering for the whole bound
         if (performance.now() >= again) (bye(), (again = performance.now() + 100));
         coll.ainftp_wait3(ringFd, this.sock.fd, -1, Math.max(1, Math.ceil(Math.min(50, end - performance.now()))));
@@ -1280,6 +1624,11 @@ export class Communicator implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** The active member that owns chunk c in the round's plan. */
+function ownerOf(st: RoundState, c: number): number {
+  return st.owners[c % st.K];
 }
 
 function describeRanks(ranks: number[], peers: readonly string[]): string {

@@ -731,6 +731,9 @@ export interface ServeOptions {
   socketPath?: string;
   /** The sentry on this node's chunks (see CommunicatorOptions.sentry). */
   sentry?: boolean | { z?: number };
+  /** Straggler handling (see CommunicatorOptions.quorum / deadlineMs). */
+  quorum?: number;
+  deadlineMs?: number | "auto";
   /** Largest all-reduce one protocol round carries, in bytes: sizes the
    * program's maps when we attach it (default 16 MiB); a larger request
    * takes several rounds. */
@@ -800,7 +803,7 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
     comm = await Communicator.open({
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs, stochasticSeed: o.stochasticSeed,
-      sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20,
+      sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20, quorum: o.quorum, deadlineMs: o.deadlineMs,
     });
     swarm = new Swarm(comm, { iface: o.iface });
     server = await LocalServer.listen({ socketPath, reducer: comm, log });

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import { MAX_ELEMS, type Counters } from "./abi.ts";
 import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
-import { Communicator, type CollectiveStats } from "./collective.ts";
+import { Communicator, RoundError, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
 import { chunkCount } from "./quantize.ts";
@@ -55,6 +55,10 @@ export interface NodeOptions {
   aggregate?: AggregateMode;
   /** Where the node says what happens to the swarm (a member suspected, dead, back). */
   log?: (line: string) => void;
+  /** Backup workers: a round goes once this many members are in (see CommunicatorOptions.quorum). */
+  quorum?: number;
+  /** Grace for late members, ms; "auto" (default) or 0 (wait for everyone). */
+  deadlineMs?: number | "auto";
 }
 
 export interface Quantiles {
@@ -72,11 +76,12 @@ export interface NodeReport {
   rounds: number;
   chunk_elems: number;
   round_ms: Quantiles;
-  /** Every timed round's time, in order (to pair with other ranks' rounds). */
+  /** Every timed round's time, in order (to pair with other ranks' rounds); lost rounds have none. */
   round_times_ms: number[];
   rel_l2_error_max: number | null;
   verified: boolean;
-  result_sha256: string[];
+  /** Per timed iteration: the result's hash, null when the round was lost. */
+  result_sha256: (string | null)[];
   retransmits: number;
   resends: number;
   duplicates: number;
@@ -109,6 +114,29 @@ export interface NodeReport {
   sentry: SentryReport | null;
   /** The swarm's view at the end, and every membership change during the run. */
   swarm: { members: SwarmState["members"]; changes: SwarmChange[] };
+  /** Straggler handling during the timed rounds. */
+  straggler: StragglerReport;
+  /** Rounds lost because a member died during them (the run went on). */
+  failed_rounds: FailedRound[];
+}
+
+export interface FailedRound {
+  /** Timed iteration (0-based) the round belonged to. */
+  iteration: number;
+  missing: number[];
+  error: string;
+}
+
+export interface StragglerReport {
+  /** Timed rounds whose plan left members out, and those we sat out. */
+  partial_rounds: number;
+  passive_rounds: number;
+  /** Our slots closed at the deadline with the contributions present. */
+  deadline_closes: number;
+  /** Contributions our program dropped because their slot had closed without them. */
+  late_contributions: number;
+  /** Per timed round: the members whose contributions it holds. */
+  active: number[][];
 }
 
 export interface SentryReport {
@@ -198,9 +226,29 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, aggregate: o.aggregate,
       maxWaitMs: 20, // the swarm's membership timer ticks every 20 ms
+      quorum: o.quorum, deadlineMs: o.deadlineMs,
     });
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
     swarm = new Swarm(comm, { iface: o.iface, log: o.log });
+    const failedRounds: FailedRound[] = [];
+    /** A round that failed because members died (every survivor loses it,
+     * or the few that had the dead member's results do not): once the swarm
+     * holds every missing member dead (within 3 s), note it and go on; the
+     * next rounds' plans leave the dead out. Any other failure ends the run. */
+    const survive = async <T>(iteration: number, f: () => Promise<T>): Promise<T | null> => {
+      try {
+        return await f();
+      } catch (e) {
+        if (!(e instanceof RoundError) || e.missingRanks.length === 0) throw e;
+        const dead = () => e.missingRanks.every((k) => !((comm!.liveMask >> BigInt(k)) & 1n));
+        const until = performance.now() + 3000;
+        while (!dead() && performance.now() < until) await Bun.sleep(50); // the swarm ticks meanwhile
+        if (!dead()) throw e;
+        failedRounds.push({ iteration, missing: e.missingRanks, error: e.message });
+        o.log?.(`${e.message}: ${e.missingRanks.map((k) => `rank ${k}`).join(", ")} died; going on without`);
+        return null;
+      }
+    };
     const seed = o.seed ?? 1;
     const x = new Float32Array(n);
     const tmp = o.verify ? new Float32Array(n) : null;
@@ -213,48 +261,61 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     const reference = comm.robust ? new RobustAggregator(comm.robust.mode) : null;
     for (let w = 0; w < warmup; w++) {
       coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, scaleOf(o.rank), x, n);
-      const reps = await comm.allreduce(x);
-      if (o.verify && reference)
+      const reps = await survive(-1, () => comm!.allreduce(x));
+      if (reps && o.verify && reference)
         verifyRobust(x, reps.map((p) => comm!.contributorsOf(p.round, p.chunks)), reference,
-          { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf });
+          { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active: reps.map((p) => p.active) });
     }
     const timedCnt = Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters;
     const times: number[] = [];
-    const hashes: string[] = [];
+    const hashes: (string | null)[] = [];
     let maxErr = 0;
     let statsTimed = zeroStats();
     let excluded = 0;
     let unverified = 0;
+    const activeLog: number[][] = [];
     const rejected0 = comm.sentry ? comm.sentryCounts().map((w) => w.rejected) : [];
     for (let r = 0; r < o.rounds; r++) {
       coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
       // a barrier round, so a rank still verifying the last round does not
       // count against this one; patient, since waiting for a slow verifier
       // is no loss worth a retransmission
-      await comm.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS });
+      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       const s0 = combine(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t = performance.now();
-      const reps = await comm.allreduce(x);
+      const reps = await survive(r, () => comm!.allreduce(x));
+      if (!reps) {
+        // a member died during it: the round is lost here; keep the count of
+        // rounds in step with the other survivors (they lost it too, or not)
+        await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+        hashes.push(null);
+        continue;
+      }
       times.push(performance.now() - t);
-      const kept = comm.sentry || comm.robust ? reps.map((p) => comm!.contributorsOf(p.round, p.chunks)) : null;
+      // per chunk, the contributions its result holds (rx "xsk" keeps no
+      // count: the plan's active members then)
+      const kept = comm.xsk ? null : reps.map((p) => comm!.contributorsOf(p.round, p.chunks));
+      const active = reps.map((p) => p.active);
+      for (const a of active) activeLog.push(a);
+      const whole = active.every((a) => a.length === N) && (!kept || kept.every((k) => k.every((v) => v === N)));
       // the program's counters over the timed rounds only (barrier rounds,
       // where a rank still verifying makes others retransmit, are left out)
       const c1 = comm.counters();
       for (const k of Object.keys(timedCnt) as (keyof Counters)[]) timedCnt[k] += c1[k] - c0[k];
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
-      await comm.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS });
+      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       if (o.verify && comm.robust) {
-        const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf });
+        const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
         maxErr = Math.max(maxErr, v.err);
         excluded += v.excluded;
         unverified += v.unverified;
-      } else if (o.verify && !kept && !o.poison) {
+      } else if (o.verify && whole && !o.poison) {
         const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
         maxErr = Math.max(maxErr, err);
       } else if (o.verify) {
-        const v = verifyKept(x, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf });
+        const v = verifyKept(x, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
         maxErr = Math.max(maxErr, v.err);
         excluded += v.excluded;
         unverified += v.unverified;
@@ -269,7 +330,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       round_ms: quantiles(times),
       round_times_ms: times.map((t) => +t.toFixed(3)),
       rel_l2_error_max: o.verify ? maxErr : null,
-      verified: o.verify && maxErr <= 1e-3,
+      verified: o.verify && times.length > 0 && maxErr <= 1e-3,
       result_sha256: hashes,
       retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
       timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
@@ -281,13 +342,18 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       result_copy_bytes_per_round: Math.round(
         (comm.xsk
           ? comm.xsk.mode === "zero-copy" ? 0 : d("results_xsk") * (14 + 20 + 8 + 32 + 2 * chunkElems)
-          : d("results") * 2 * chunkElems) / o.rounds,
+          : d("results") * 2 * chunkElems) / Math.max(1, times.length),
       ),
       umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
       phase_ms: Object.fromEntries(
-        Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / o.rounds).toFixed(3)]),
+        Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / Math.max(1, times.length)).toFixed(3)]),
       ) as CollectiveStats["phaseMs"],
       swarm: { members: swarm.view(), changes: swarm.changes },
+      failed_rounds: failedRounds,
+      straggler: {
+        partial_rounds: statsTimed.partialRounds, passive_rounds: statsTimed.passiveRounds, deadline_closes: statsTimed.deadlineCloses,
+        late_contributions: d("late"), active: activeLog,
+      },
       sentry: comm.sentry
         ? (() => {
             const st = comm.sentry!.status();
@@ -332,7 +398,7 @@ function synthRanks(o: { seed: number; round: number; N: number; scaleOf: (rank:
  */
 function verifyKept(
   x: Float32Array, kept: Uint16Array[] | null,
-  o: { seed: number; round: number; N: number; chunkElems: number; perRound: number; scaleOf: (rank: number) => number },
+  o: { seed: number; round: number; N: number; chunkElems: number; perRound: number; scaleOf: (rank: number) => number; active: number[][] },
 ): { err: number; excluded: number; unverified: number } {
   const n = x.length;
   const E = o.chunkElems;
@@ -341,10 +407,11 @@ function verifyKept(
   for (let off = 0, p = 0; off < n; off += o.perRound, p++) {
     const end = Math.min(n, off + o.perRound);
     const nchunks = Math.ceil((end - off) / E);
+    const act = o.active[p];
     for (let c = 0; c < nchunks; c++) {
       const from = off + c * E, to = Math.min(end, from + E);
-      const owner = c % o.N;
-      const k = kept ? kept[p][c] : o.N;
+      const owner = act[c % act.length];
+      const k = kept ? kept[p][c] : act.length;
       excluded += o.N - k;
       // a poisoner scaled beyond 2^12 has its exponents left out of the shared
       // scale (sentry): it owns its chunks, and its own part of them saturates
@@ -353,7 +420,7 @@ function verifyKept(
         unverified++;
         continue;
       }
-      const others = [...Array(o.N).keys()].filter((q) => q !== owner);
+      const others = act.filter((q) => q !== owner);
       const sets = subsets(others, Math.max(0, k - 1), 64);
       if (!sets) {
         unverified++;
@@ -385,7 +452,7 @@ function verifyKept(
  */
 function verifyRobust(
   x: Float32Array, kept: Uint16Array[] | null, reference: RobustAggregator,
-  o: { seed: number; round: number; N: number; chunkElems: number; perRound: number; scaleOf: (rank: number) => number },
+  o: { seed: number; round: number; N: number; chunkElems: number; perRound: number; scaleOf: (rank: number) => number; active: number[][] },
 ): { err: number; excluded: number; unverified: number } {
   const n = x.length;
   const E = o.chunkElems;
@@ -401,7 +468,7 @@ function verifyRobust(
       const k = kept ? kept[p][c] : o.N;
       excluded += o.N - k;
       // owner first, as the owner combines them (cclip's worker ids follow)
-      const owner = c % o.N;
+      const owner = o.active[p][c % o.active[p].length];
       const order = [owner, ...all.filter((q) => q !== owner)];
       const r = ref.subarray(0, to - from);
       reference.aggregate(robustKey(c, to - from), order.map((q) => ranks[q].subarray(from, to)), order, r);
@@ -439,6 +506,7 @@ function subsets(xs: number[], k: number, limit: number): number[][] | null {
 function zeroStats(): CollectiveStats {
   return {
     rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
+    partialRounds: 0, passiveRounds: 0, deadlineCloses: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 }

@@ -8,10 +8,14 @@ import { libbpf } from "../native/libbpf.ts";
 import { closeFd, cstr } from "../native/libc.ts";
 import { libbpfLog, shim } from "../native/shim.ts";
 import {
-  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, SIZEOF, decodeConfig, decodeEvents,
-  decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
+  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig,
+  decodeEvents, decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "./abi.ts";
 import { AinftpError, check, privilegeHint } from "./errors.ts";
+import { datagram, frame } from "./packet.ts";
+import { ipv4ToBe32 } from "./transport.ts";
+
+const XDP_DROP = 1;
 
 /** Map names in the object, and the names they are pinned under. */
 export const MAP_NAMES = [
@@ -65,6 +69,20 @@ export function readConfig(fd: number): JobConfig {
   return decodeConfig(b);
 }
 
+/** How closeSlots builds its CLOSE frames: they pass the program's header
+ * checks like any packet of this host's. */
+export interface CloseOptions {
+  /** F_FORCE: close the slots whatever they hold; an untouched one is claimed
+   * closed and empty (its event carries 0 contributors). Without it a slot
+   * closes only if it holds every rank its bank now waits for (bankMask). */
+  force: boolean;
+  /** This host's rank and the job's id. */
+  rank: number;
+  jobId: number;
+  /** This host's IPv4 address, the frames' source (needed with CFG_CHECK_SOURCE). */
+  srcAddr?: string;
+}
+
 export function writeConfig(fd: number, cfg: JobConfig): void {
   check(libbpf.bpf_map_update_elem(fd, new Uint32Array([0]), encodeConfig(cfg), 0n), "write config", "update failed");
 }
@@ -107,6 +125,58 @@ export abstract class ReflexMaps implements Disposable {
 
   counters(): Counters {
     return readCounters(this.mapFd("counters"));
+  }
+
+  /** The XDP program's fd, for BPF_PROG_TEST_RUN. */
+  protected abstract programFd(): number;
+  /** The UDP port the program consumes. */
+  protected abstract listenPort(): number;
+
+  /** Runs the program on one frame (BPF_PROG_TEST_RUN), on this namespace's
+   * loopback device or, with ifindex, as if it arrived on that interface.
+   * ns is per run. */
+  testRun(frame: Uint8Array, repeat = 1, ifindex = 0): { action: number; ns: number; out: Uint8Array } {
+    if (!this.open) throw new AinftpError("test run", "program: object closed");
+    const out = new Uint8Array(frame.length + 256);
+    const res = new Uint32Array(3);
+    check(
+      shim.ainftp_test_run_on(this.programFd(), frame, frame.length, out, out.length, repeat, ifindex, res),
+      "test run", "BPF_PROG_TEST_RUN failed",
+    );
+    return { action: res[0], ns: res[1], out: out.subarray(0, res[2]) };
+  }
+
+  /** Closes this host's slots of `round` for `chunks` in the program itself,
+   * under the slots' locks (a CLOSE frame run through BPF_PROG_TEST_RUN: see
+   * ainftp_abi.h), so no contribution races the decision. Each slot closed
+   * raises EV_SLOT_COMPLETE as a full one does. Up to chunk_elems indices
+   * go in a frame; returns the number of frames run. */
+  closeSlots(round: number, chunks: ArrayLike<number>, o: CloseOptions): number {
+    if (chunks.length === 0) return 0;
+    const per = Math.min(this.config().chunkElems, MAX_ELEMS);
+    if (per < 1) throw new AinftpError("close", "the config's chunk_elems is 0: no chunk list fits a frame");
+    const src = o.srcAddr === undefined ? undefined : new Uint8Array(new Uint32Array([ipv4ToBe32(o.srcAddr)]).buffer);
+    const port = this.listenPort();
+    let frames = 0;
+    for (let at = 0; at < chunks.length; at += per) {
+      const list = new Array<number>(Math.min(per, chunks.length - at));
+      for (let i = 0; i < list.length; i++) {
+        const c = chunks[at + i];
+        if (!Number.isInteger(c) || c < 0 || c >= MAX_CHUNKS)
+          throw new AinftpError("close", `chunk ${c} is not a chunk index`, { hint: `chunks are 0..${MAX_CHUNKS - 1}` });
+        list[i] = c;
+      }
+      const f = frame(
+        datagram({ type: PKT_CLOSE, flags: o.force ? F_FORCE : 0, jobId: o.jobId, round, chunk: 0, rank: o.rank }, list),
+        { dstPort: port },
+      );
+      if (src) f.set(src, 14 + 12); // the IPv4 source address
+      const { action } = this.testRun(f);
+      // every frame for our port is dropped; a pass means it was not ours
+      if (action !== XDP_DROP) throw new AinftpError("close", `the program did not take the close frame (XDP action ${action})`);
+      frames++;
+    }
+    return frames;
   }
 
   slot(index: number): SlotState {
@@ -364,15 +434,12 @@ export class ReflexObject extends ReflexMaps {
     }
   }
 
-  /** Runs the program on one frame (BPF_PROG_TEST_RUN). ns is per run. */
-  testRun(frame: Uint8Array, repeat = 1): { action: number; ns: number; out: Uint8Array } {
-    const out = new Uint8Array(frame.length + 256);
-    const res = new Uint32Array(3);
-    check(
-      shim.ainftp_test_run(this.progFd, frame, frame.length, out, out.length, repeat, res),
-      "test run", "BPF_PROG_TEST_RUN failed",
-    );
-    return { action: res[0], ns: res[1], out: out.subarray(0, res[2]) };
+  protected programFd(): number {
+    return this.progFd;
+  }
+
+  protected listenPort(): number {
+    return this.port;
   }
 
   /** The .rodata map (listen_port), pinned so `status` can show the port. */
@@ -390,6 +457,9 @@ export class ReflexObject extends ReflexMaps {
 /** The maps of a program attached by `ainftp attach`, opened from its pins. */
 export class PinnedReflex extends ReflexMaps {
   readonly pinDir: string;
+  /** The attached program's fd and port, opened on first use (closeSlots). */
+  private progFd = -1;
+  private port = 0;
 
   private constructor(pinDir: string, chunks: number, fds: Map<MapName, number>) {
     super(chunks);
@@ -417,9 +487,41 @@ export class PinnedReflex extends ReflexMaps {
     }
   }
 
+  /** The program of the pinned link (src/attach.ts pins it as <pinDir>/link). */
+  protected programFd(): number {
+    if (this.progFd >= 0) return this.progFd;
+    const link = check(shim.ainftp_obj_get(cstr(`${this.pinDir}/link`)), "open", `opening the pinned link ${this.pinDir}/link failed`, (e) =>
+      e === 2 ? "is ainftp attached? run: ainftp attach <iface>" : undefined,
+    );
+    const info = new Uint32Array(3);
+    try {
+      check(shim.ainftp_link_info(link, info), "open", "reading the pinned link failed");
+    } finally {
+      closeFd(link);
+    }
+    this.progFd = check(libbpf.bpf_prog_get_fd_by_id(info[1]), "open", `opening the attached program (id ${info[1]}) failed`);
+    return this.progFd;
+  }
+
+  /** listen_port, from the pinned .rodata (as src/attach.ts pinnedPort reads it). */
+  protected listenPort(): number {
+    if (this.port) return this.port;
+    const fd = check(shim.ainftp_obj_get(cstr(`${this.pinDir}/rodata`)), "open", `opening ${this.pinDir}/rodata failed`);
+    try {
+      const b = new Uint16Array(64);
+      check(libbpf.bpf_map_lookup_elem(fd, new Uint32Array([0]), b), "open", "reading the port failed");
+      this.port = b[0];
+    } finally {
+      closeFd(fd);
+    }
+    return this.port;
+  }
+
   protected closeHandles(): void {
     for (const fd of this.maps.values()) closeFd(fd);
     this.maps.clear();
+    if (this.progFd >= 0) closeFd(this.progFd);
+    this.progFd = -1;
   }
 }
 

@@ -4,10 +4,12 @@
 // status` (/run/ainftp/swarm/, one file per interface and network namespace).
 // A member's name is its rank ("r0", "r1", …) and its address its peer IP.
 //
-// What the view is used for today: round failures name what the swarm knows
-// ("declared dead 1.2 s ago"), and the node's report carries every change.
-// Deadline-based partial rounds and down-ranked members leaving the active
-// set are the next step (see the README's status).
+// What the view is used for: a round's leader waits only for members the
+// swarm holds alive (or merely suspected) and not slow (Communicator.fitMask,
+// refreshed every tick), so a dead member costs no round its deadline; round
+// failures name what the swarm knows ("declared dead 1.2 s ago"); and the
+// node's report carries every change. The collective keeps its own,
+// round-level lateness on top (src/collective.ts, LATE_SLOW).
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { pinRoot } from "./attach.ts";
@@ -102,6 +104,14 @@ export class Swarm implements Disposable {
   private tick(): void {
     this.comm.service();
     this.membership.tick();
+    let fit = 1n << BigInt(this.comm.rank), live = fit;
+    for (const m of this.membership.snapshot()) {
+      if (m.self || (m.state !== "alive" && m.state !== "suspect")) continue;
+      live |= 1n << BigInt(rankOf(m.name));
+      if (!m.slow) fit |= 1n << BigInt(rankOf(m.name));
+    }
+    this.comm.fitMask = fit;
+    this.comm.liveMask = live;
     const now = Date.now();
     if (now - this.lastPublish >= 500) {
       this.lastPublish = now;

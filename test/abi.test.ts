@@ -128,14 +128,19 @@ describe("encoders round-trip", () => {
       {
         jobId: 0xffffffff, roundBase: 0xffffffff, memberMask: (1n << 64n) - 1n, members: 0xffff,
         chunkElems: 0xffff, chunks: 0xffffffff, batch: 0xffffffff, ownedChunks: 0xffffffff, flags: 0xffffffff,
-        resultsPerRound: 0xffffffff,
+        resultsPerRound: 0xffffffff, bankMask: [(1n << 64n) - 1n, (1n << 64n) - 1n],
       },
       { jobId: 1, roundBase: 2, memberMask: 1n << 63n, members: 64, chunkElems: 1720, chunks: 65536, batch: 32, ownedChunks: 7, flags: 0, resultsPerRound: 0 },
+      // one bank with a mask, the other "every member"
+      { jobId: 1, roundBase: 2, memberMask: 0b111n, members: 3, chunkElems: 720, chunks: 4, batch: 1, ownedChunks: 4, flags: 0, resultsPerRound: 0, bankMask: [0n, 0b101n] },
+      { jobId: 1, roundBase: 2, memberMask: 0b111n, members: 3, chunkElems: 720, chunks: 4, batch: 1, ownedChunks: 4, flags: 0, resultsPerRound: 0, bankMask: [1n << 63n, 0n] },
     ];
+    const u64 = () => (BigInt(u32()) << 32n) | BigInt(u32());
     for (let i = 0; i < 200; i++)
       cases.push({
-        jobId: u32(), roundBase: u32(), memberMask: (BigInt(u32()) << 32n) | BigInt(u32()), members: u16(),
+        jobId: u32(), roundBase: u32(), memberMask: u64(), members: u16(),
         chunkElems: u16(), chunks: u32(), batch: u32(), ownedChunks: u32(), flags: u32(), resultsPerRound: u32(),
+        ...(i & 1 ? { bankMask: [u64() | 1n, u64()] as [bigint, bigint] } : {}),
       });
     for (const cfg of cases) {
       const b = encodeConfig(cfg);
@@ -144,16 +149,28 @@ describe("encoders round-trip", () => {
     }
   });
 
+  test("bankMask defaults to [0n, 0n] and reads back only when a bank has a mask", () => {
+    const base: JobConfig = { jobId: 1, roundBase: 0, memberMask: 3n, members: 2, chunkElems: 4, chunks: 1, batch: 1, ownedChunks: 1 };
+    const none = encodeConfig(base);
+    expect(Array.from(none.subarray(40, 56))).toEqual(new Array(16).fill(0));
+    expect(encodeConfig({ ...base, bankMask: [0n, 0n] })).toEqual(none);
+    expect("bankMask" in decodeConfig(none)).toBe(false);
+    // a mask is stored as a u64 (a negative bigint wraps, as memberMask does)
+    expect(decodeConfig(encodeConfig({ ...base, bankMask: [-1n, 2n] })).bankMask).toEqual([(1n << 64n) - 1n, 2n]);
+  });
+
   test("encodeConfig writes little-endian fields at the C offsets (golden bytes)", () => {
     const b = encodeConfig({
       jobId: 0x11223344, roundBase: 0x55667788, memberMask: 0x0102030405060708n, members: 0x090a,
       chunkElems: 0x0b0c, chunks: 0x0d0e0f10, batch: 0x11121314, ownedChunks: 0x15161718, flags: 0x191a1b1c,
-      resultsPerRound: 0x1d1e1f20,
+      resultsPerRound: 0x1d1e1f20, bankMask: [0x2122232425262728n, 0x292a2b2c2d2e2f30n],
     });
     // struct ainftp_config { u32 job_id; u32 round_base; u64 member_mask; u16 members;
-    //   u16 chunk_elems; u32 chunks; u32 batch; u32 owned_chunks; u32 flags; u32 results_per_round; }
+    //   u16 chunk_elems; u32 chunks; u32 batch; u32 owned_chunks; u32 flags; u32 results_per_round;
+    //   u64 bank_mask[2]; }
     expect(Buffer.from(b).toString("hex")).toBe(
-      "44332211" + "88776655" + "0807060504030201" + "0a09" + "0c0b" + "100f0e0d" + "14131211" + "18171615" + "1c1b1a19" + "201f1e1d",
+      "44332211" + "88776655" + "0807060504030201" + "0a09" + "0c0b" + "100f0e0d" + "14131211" + "18171615" + "1c1b1a19" + "201f1e1d" +
+      "2827262524232221" + "302f2e2d2c2b2a29",
     );
     // decodeConfig honours a subarray's byteOffset
     const big = new Uint8Array(8 + b.length);

@@ -65,7 +65,10 @@ function cannedBench(): BenchResult {
     cannedRun("gloo", { status: "na", reason: "package python3-torch not installed: apt-get install -y python3-torch (or: make bench-deps)", verified: null, round_ms: null, wire: null, window: null, softirqs: null }),
     cannedRun("mpi")];
   const runs = [{ peers: 4, bytes: 16 * MiB, systems, rows: metricRows(systems) }];
-  const straggler = { status: "n/a" as const, reason: "not built", delay_ms: 600, round_ms_median: null };
+  const straggler = {
+    status: "measured" as const, reason: null, delay_ms: 600, peers: 4, bytes: MiB, round_ms_median: 9.5, undelayed_round_ms_median: 8.1,
+    tcp_round_ms_median: 3700, verified: true, passive_rounds: 8, rounds: 8, ratio: 9.5 / 3700,
+  };
   const tlb = {
     method: "m", bytes: 64 * MiB, steps: 10, runs: 1, ns_per_access_4k: 400, ns_per_access_2m: 250, runs_4k: [400], runs_2m: [250], ratio: 1.6,
     kernel_page_size_4k: 4096, kernel_page_size_2m: 2 * MiB, perf_per_access_4k: null, perf_per_access_2m: null, hugepages_reserved: 32, skipped_2m: null,

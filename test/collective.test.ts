@@ -35,6 +35,7 @@ import type { NodeReport } from "../src/node.ts";
 import type { SentryNodeStatus } from "../cli/sentry-node.ts";
 import type { SwarmState } from "../src/swarm.ts";
 import { datagram } from "../src/packet.ts";
+import { delayHostLink } from "../src/bench/straggler.ts";
 import { BIN, canUseNetns, createLab, ensureBuilt, must, sh, until, type Lab } from "./helpers/netns.ts";
 
 const IF = "eth0";
@@ -183,8 +184,8 @@ function expectVerified(runs: Run[], o: { rounds: number; bytes: number; chunkEl
  * gradient of a few chunks has too few packets to amortize its wake-ups. */
 function expectClean(reps: NodeReport[], o: { wakeups?: boolean } = {}): void {
   for (const j of reps) {
-    expect({ rank: j.rank, retransmits: j.retransmits, resends: j.resends, timeouts: j.timeouts, duplicates: j.duplicates }).toEqual({
-      rank: j.rank, retransmits: 0, resends: 0, timeouts: 0, duplicates: 0,
+    expect({ rank: j.rank, retransmits: j.retransmits, resends: j.resends, timeouts: j.timeouts, duplicates: j.duplicates, partial: j.straggler.partial_rounds }).toEqual({
+      rank: j.rank, retransmits: 0, resends: 0, timeouts: 0, duplicates: 0, partial: 0,
     });
     expect(j.packets_received).toBeGreaterThan(0);
     expect(j.wakeups_per_packet).toBeGreaterThan(0);
@@ -272,6 +273,43 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     // the log line says where the members came from and which interface routes to them
     errs.forEach((e, rank) => expect(e).toContain(`ainftp: SLURM job 4242.0, 3 tasks on 3 nodes: rank ${rank} of 3 on ${IF}, job `));
   }, 60_000);
+
+  // ---- straggler-proof rounds (issue 6) --------------------------------------------
+
+  test("straggler: 4 hosts, one whose link delays all it sends by 600 ms: the fast hosts' median round stays within 1.5x of the undelayed run; verified, bit-identical everywhere", async () => {
+    const nodes = NODES.slice(0, 4);
+    const rounds = 15, bytes = 4 * MiB;
+    const args = ["--synthetic", String(bytes), "--rounds", String(rounds), "--verify"];
+    const fastMedian = (reps: NodeReport[]) => {
+      const all = reps.slice(0, 3).flatMap((j) => j.round_times_ms).sort((a, b) => a - b);
+      return all[all.length >> 1];
+    };
+    const base = expectVerified(await timed("straggler: no delay", () => job(lab, nodes, args)), { rounds, bytes });
+    const line = await delayHostLink(lab, `${lab.id}-br`, 3, 600, [BIN]);
+    let runs: Run[];
+    try {
+      runs = await timed("straggler: rank 3 delayed 600 ms", () => job(lab, nodes, args, { timeoutMs: 120_000 }));
+      expect(line.stats()?.delayed ?? 0).toBeGreaterThan(0);
+    } finally {
+      line.remove();
+    }
+    // verified against the contributions each round's results hold, and the
+    // delayed host holds the very same results
+    const reps = expectVerified(runs, { rounds, bytes });
+    const t0 = fastMedian(base), t1 = fastMedian(reps);
+    notes.push(`straggler: fast hosts' median round ${t0.toFixed(1)} ms undelayed, ${t1.toFixed(1)} ms with rank 3 delayed 600 ms (${(t1 / t0).toFixed(2)}x); ` +
+      `rank 3 sat out ${reps[3].straggler.passive_rounds} of ${rounds} timed rounds, late contributions ${reps.map((j) => j.straggler.late_contributions).join("/")}`);
+    expect(t1).toBeLessThanOrEqual(1.5 * t0);
+    // the delayed host sat out (it sends nothing in time) but kept receiving
+    expect(reps[3].straggler.passive_rounds).toBeGreaterThanOrEqual(rounds - 2);
+    for (const j of reps) expect(j.straggler.partial_rounds).toBeGreaterThanOrEqual(rounds - 2);
+    const without3 = reps[0].straggler.active.filter((a) => !a.includes(3)).length;
+    expect(without3).toBeGreaterThanOrEqual(rounds - 2);
+    for (const a of reps[0].straggler.active) expect(a).toEqual(expect.arrayContaining([0, 1, 2]));
+    for (const j of reps) expect(j.straggler.active).toEqual(reps[0].straggler.active);
+    // undelayed: nobody left out
+    for (const j of base) expect({ rank: j.rank, partial: j.straggler.partial_rounds }).toEqual({ rank: j.rank, partial: 0 });
+  }, 240_000);
 
   // ---- the sentry (issue 5): the inline filter in a live job ----------------------
 
@@ -462,43 +500,44 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
 
   // ---- failures ----------------------------------------------------------------------
 
-  test("a member SIGKILLed mid-round: the others fail within the round bound, naming it and its address", async () => {
+  test("a member SIGKILLed mid-run: the swarm declares it dead and the survivors keep going without it, verified and bit-identical", async () => {
     const nodes = NODES.slice(0, 3);
     const peers = nodes.map(addr);
-    await timed("failure: member killed mid-round", async () => {
-      // rank 0 with --json (its error is a JSON object on stdout), the others as text on stderr
+    const rounds = 300;
+    await timed("failure: member killed mid-run", async () => {
       const started = nodes.map((x, i) =>
-        startNode(lab, x, i, peers, ["--synthetic", String(MiB), "--rounds", "100000", "--verify", "--round-timeout", "2000"], { json: i === 0 }));
+        startNode(lab, x, i, peers, ["--synthetic", String(MiB), "--rounds", String(rounds), "--verify", "--round-timeout", "2000"]));
       // rounds are running on the victim: its program has summed contributions
       const running = await until(() => existsSync(lab.pinDir("n2", IF)) && status(lab, "n2").counters.completed > 500, 8000, 100);
       expect(running).toBe(true);
       await Bun.sleep(300);
       const killedAt = performance.now();
       started[2].proc.kill("SIGKILL");
-      const runs = await Promise.all(started.map((s) => finish(s, 20_000)));
+      const runs = await Promise.all(started.map((s) => finish(s, 50_000)));
       expect(runs[2].signal).toBe("SIGKILL");
-      for (const r of runs.slice(0, 2)) {
-        const after = r.ms - (killedAt - started[runs.indexOf(r)].t0);
-        expect({ node: r.node, timedOut: r.timedOut, code: r.code }).toEqual({ node: r.node, timedOut: false, code: 1 });
-        // round timeout (2 s) + the leaving linger (2 s) + slack
-        expect(after).toBeLessThan(8000);
-        expect(after).toBeGreaterThan(1900);
-        let text = r.stderr;
-        if (r.node === "n0") {
-          expect(r.stderr).toBe("");
-          const e = JSON.parse(r.stdout);
-          expect(Object.keys(e).sort()).toEqual(["errno", "error", "hint", "op"]);
-          expect(e.op).toMatch(/^round \d+$/);
-          expect(e.errno).toBeNull();
-          text = `ainftp: ${e.error}\n  hint: ${e.hint}\n`;
-        }
-        expect(text).toMatch(/^ainftp: round \d+: not complete after 2000 ms: /);
-        expect(text).toContain(`rank 2 (${addr("n2")})`);
-        expect(text).toContain("hint: check that those members are running and attached");
-        expect(text).not.toContain("internal error");
-        expect(r.report).toBeNull();
-        notes.push(`killed member: ${r.node} exited ${(after / 1000).toFixed(2)} s after the kill: ${text.split("\n")[0]}`);
+      const reps = runs.slice(0, 2).map((r) => {
+        expect({ node: r.node, timedOut: r.timedOut, code: r.code, stderr: r.stderr }).toEqual({ node: r.node, timedOut: false, code: 0, stderr: "" });
+        return r.report!;
+      });
+      for (const j of reps) {
+        expect(j.verified).toBe(true);
+        // the round in flight may be lost (the victim led it or owned chunks of it): at most that one
+        expect(j.failed_rounds.length).toBeLessThanOrEqual(1);
+        for (const f of j.failed_rounds) expect(f.missing).toEqual([2]);
+        expect(j.swarm.members.find((m) => m.memberRank === 2)?.state).toBe("dead");
+        expect(j.swarm.changes.some((c) => c.rank === 2 && c.kind === "dead")).toBe(true);
+        // it went on: most rounds after the kill held the two survivors only
+        const without2 = j.straggler.active.filter((a) => a.length === 2 && !a.includes(2)).length;
+        expect(without2).toBeGreaterThan(rounds / 4);
+        expect(j.straggler.active.at(-1)).toEqual([0, 1]);
       }
+      // where both finished a round, the same result
+      reps[0].result_sha256.forEach((h, i) => {
+        if (h !== null && reps[1].result_sha256[i] !== null) expect(h).toBe(reps[1].result_sha256[i]);
+      });
+      const after = Math.max(...runs.slice(0, 2).map((r, i) => r.ms - (killedAt - started[i].t0)));
+      notes.push(`killed member: survivors went on, ${reps.map((j) => j.straggler.active.filter((a) => a.length === 2).length).join("/")} of ${rounds} timed rounds without it, ` +
+        `${reps.map((j) => j.failed_rounds.length).join("/")} lost; done ${(after / 1000).toFixed(1)} s after the kill`);
       // the survivors detached themselves; the killed one left its pinned link
       expectNothingAttached(lab, "n0");
       expectNothingAttached(lab, "n1");
@@ -507,7 +546,7 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
       expect(lab.ainftp("n2", ["detach", IF]).code).toBe(0);
       expectNothingAttached(lab, "n2");
     });
-  }, 60_000);
+  }, 90_000);
 
   test("one host given the peers in another order: the others refuse it at start, saying the job differs", async () => {
     const nodes = NODES.slice(0, 3);
@@ -963,7 +1002,7 @@ describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivale
   let lab: Lab;
   let imp: Impairer;
   /** Result hashes of the loss-free run: every impaired run must match them. */
-  let reference: string[] = [];
+  let reference: (string | null)[] = [];
 
   beforeAll(() => {
     ensureBuilt();

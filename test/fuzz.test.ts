@@ -10,8 +10,8 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
-  MAX_ROUND, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
+  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
+  MAGIC, MAX_ELEMS, MAX_ROUND, MAX_WORKERS, PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "../src/abi.ts";
@@ -83,6 +83,12 @@ interface ModelResult {
   v: Int16Array;
 }
 
+/** The ranks a slot of `round` waits for (slot_want): its bank's mask within the members. */
+function wantOf(cfg: JobConfig, round: number): bigint {
+  const bank = BigInt.asUintN(64, cfg.bankMask?.[round & 1] ?? 0n);
+  return BigInt.asUintN(64, cfg.memberMask) & (bank || (1n << 64n) - 1n);
+}
+
 function zeroCounters(): Counters {
   const c = {} as Counters;
   for (const n of COUNTERS) c[n] = 0;
@@ -113,10 +119,14 @@ class Model {
   /** sentry_workers: [accepted, rejected] per rank. */
   workers = Array.from({ length: 64 }, () => [0, 0]);
 
-  /** Closes the slot once every expected member is in (slot_close_if_full). */
-  private closeIfFull(slot: ModelSlot): boolean {
-    const mask = BigInt.asUintN(64, this.cfg.memberMask);
-    if ((slot.seen & mask) !== mask) return false;
+  /** Closes the slot once every rank it waits for is in (slot_close_if_full). */
+  private closeIfFull(slot: ModelSlot, round: number): boolean {
+    const want = wantOf(this.cfg, round);
+    if ((slot.seen & want) !== want) return false;
+    return this.close(slot);
+  }
+
+  private close(slot: ModelSlot): boolean {
     slot.state = SLOT_COMPLETE;
     slot.completions = (slot.completions + 1) >>> 0;
     return true;
@@ -231,7 +241,8 @@ class Model {
       this.cnt.control++;
       return XDP_PASS;
     }
-    if (type !== PKT_CONTRIB && type !== PKT_RESULT) return this.drop("mal_type");
+    // test runs without a ctx arrive on loopback: CLOSE frames are honoured
+    if (type !== PKT_CONTRIB && type !== PKT_RESULT && type !== PKT_CLOSE) return this.drop("mal_type");
     if (dv.getUint32(h + 28, true) !== 0) return this.drop("mal_reserved");
     const cfg = this.cfg;
     const hdr = {
@@ -262,7 +273,35 @@ class Model {
     const payload = h + 32;
     const values = new Int16Array(count);
     for (let i = 0; i < count; i++) values[i] = dv.getInt16(payload + 2 * i, true);
+    if (type === PKT_CLOSE) return this.closeFrame(hdr, values);
     return type === PKT_CONTRIB ? this.contrib(hdr, idx, values) : this.result(hdr, idx, values);
+  }
+
+  /** A CLOSE frame (ainftp_close / close_one): each listed chunk in order. */
+  private closeFrame(h: { flags: number; round: number }, list: Int16Array): number {
+    const cfg = this.cfg;
+    const tag = (h.round + 1) >>> 0;
+    const force = (h.flags & F_FORCE) !== 0;
+    for (const v of list) {
+      const chunk = v & 0xffff;
+      if (chunk >= cfg.chunks >>> 0) continue;
+      const idx = ((h.round & 1) * cfg.chunks + chunk) >>> 0;
+      if (idx >= this.slots.length) continue;
+      const slot = this.slots[idx];
+      let closed = false;
+      if (slot.tag === tag) {
+        if (slot.state === SLOT_FILLING) closed = force ? this.close(slot) : this.closeIfFull(slot, h.round);
+      } else if (force && !(slot.tag !== 0 && ((slot.tag - tag) | 0) > 0)) {
+        Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: 0, exp: 0 });
+        this.ringCounted.delete(idx);
+        closed = this.close(slot);
+      }
+      if (closed) {
+        this.cnt.completed++;
+        this.emit(EV_SLOT_COMPLETE, h.round, chunk, idx, slot.contributors);
+      }
+    }
+    return XDP_DROP;
   }
 
   private contrib(
@@ -301,21 +340,24 @@ class Model {
       outcome = "duplicate";
       resend = slot.state === SLOT_COMPLETE && (h.flags & F_RETRANSMIT) !== 0;
     }
-    else if (slot.state === SLOT_COMPLETE) outcome = "stale_round";
+    else if (slot.state === SLOT_COMPLETE) {
+      outcome = "late";
+      resend = (h.flags & F_RETRANSMIT) !== 0;
+    }
     else if (slot.count !== h.count || slot.exp !== h.exp) outcome = "mal_scale";
     const reject = outcome === "summed" && ((cfg.flags ?? 0) & CFG_SENTRY) !== 0 && this.gateRejects(h.chunk);
     if (reject) {
       outcome = "sentry_rejected";
       slot.seen |= bit;
       slot.rejected |= bit;
-      complete = this.closeIfFull(slot);
+      complete = this.closeIfFull(slot, h.round);
     }
     if ((outcome === "summed" || reject) && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][reject ? 1 : 0]++;
     if (outcome === "summed" && toRing) {
       this.ringCounted.add(idx);
       slot.seen |= bit;
       slot.contributors = (slot.contributors + 1) & 0xffff;
-      complete = this.closeIfFull(slot);
+      complete = this.closeIfFull(slot, h.round);
     } else if (outcome === "summed") {
       const keep = slot.contributors !== 0;
       const dst = this.acc[idx];
@@ -329,7 +371,7 @@ class Model {
       }
       slot.seen |= bit;
       slot.contributors = (slot.contributors + 1) & 0xffff;
-      complete = this.closeIfFull(slot);
+      complete = this.closeIfFull(slot, h.round);
     }
     this.cnt[outcome]++;
     if (resend) {
@@ -415,7 +457,7 @@ class Generator {
     if (chunk >= cfg.chunks) return undefined;
     const slot = this.slots()[(round & 1) * cfg.chunks + chunk];
     if (!slot || slot.tag !== ((round + 1) >>> 0) || slot.state !== SLOT_FILLING) return undefined;
-    const want = BigInt.asUintN(64, cfg.memberMask) & ~slot.seen;
+    const want = wantOf(cfg, round) & ~slot.seen;
     const ranks = Array.from({ length: MEMBERS }, (_, r) => r).filter((r) => (want >> BigInt(r)) & 1n);
     return ranks.length ? { rank: this.rng.pick(ranks), count: slot.count, exp: slot.exp } : undefined;
   }
@@ -486,6 +528,14 @@ class Generator {
       if (this.pool.length > 64) this.pool.shift();
     }
     return b;
+  }
+
+  /** The owner's close frame: a few chunk indices (some out of range), forced or not. */
+  close(): Uint8Array {
+    const rng = this.rng;
+    const list = Array.from({ length: 1 + rng.int(6) }, () => (rng.chance(0.9) ? rng.int(MAP_CHUNKS) : rng.pick([MAP_CHUNKS, 0xffff, rng.int(65536)])));
+    const flags = rng.pick([0, 0, F_FORCE, F_FORCE | F_RETRANSMIT, rng.int(65536)]);
+    return frame(datagram({ type: PKT_CLOSE, jobId: JOB, round: this.round(), chunk: 0, rank: this.rank(), flags }, list));
   }
 
   duplicate(): Uint8Array {
@@ -742,14 +792,22 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
       } else if (x < 0.67) {
         cfg = { ...cfg, roundBase: (old - 1 - rng.int(2)) >>> 0 }; // a restarted owner, late packets reach older slots
         note = `base ${old}→${cfg.roundBase} (back)`;
-      } else if (x < 0.77) {
+      } else if (x < 0.74) {
         const y = rng.next();
         cfg = {
           ...cfg,
           memberMask: y < 0.5 ? allMembers(MEMBERS) : y < 0.9 ? allMembers(MEMBERS) & ~(1n << BigInt(rng.int(MEMBERS))) : BigInt(rng.int(1 << (MEMBERS + 2))),
         };
         note = `memberMask 0b${cfg.memberMask.toString(2)}`;
-      } else if (x < 0.87) {
+      } else if (x < 0.81) {
+        // a round's active set: every member, all but a straggler, or any bits
+        const mask = () => {
+          const y = rng.next();
+          return y < 0.4 ? 0n : y < 0.85 ? allMembers(MEMBERS) & ~(1n << BigInt(rng.int(MEMBERS))) : BigInt(rng.int(1 << (MEMBERS + 2)));
+        };
+        cfg = { ...cfg, bankMask: [mask(), mask()] };
+        note = `bankMask [0b${cfg.bankMask![0].toString(2)}, 0b${cfg.bankMask![1].toString(2)}]`;
+      } else if (x < 0.89) {
         cfg = {
           ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
           flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_CONTRIBS_TO_RING | CFG_SENTRY]),
@@ -766,7 +824,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
           for (const at of [2 * chunk, 2 * chunk + 1]) [gates[2 * at], gates[2 * at + 1]] = [lo, hi];
         }
         note = `batch ${cfg.batch}, ownedChunks ${cfg.ownedChunks}, flags ${cfg.flags}, gates ${model.gate.join(",")}`;
-      } else if (x < 0.94) {
+      } else if (x < 0.95) {
         cfg = { ...cfg, chunkElems: rng.pick([MAX_ELEMS, MAX_ELEMS, 1719, 720, 16, 0xffff]) };
         note = `chunkElems ${cfg.chunkElems}`;
       } else {
@@ -790,7 +848,8 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
       }
       const x = rng.next();
       const f =
-        x < 0.5 ? gen.valid().frame
+        x < 0.49 ? gen.valid().frame
+        : x < 0.5 ? gen.close()
         : x < 0.6 ? gen.duplicate()
         : x < 0.9 ? gen.mutated()
         : x < 0.98 ? gen.noise()
@@ -803,7 +862,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         const changed = COUNTERS.filter((n) => model.cnt[n] !== before[n]).join(", ");
         throw new Error(
           `packet ${i} (seed ${SEED}): kernel action ${got}, model ${want} (model counted: ${changed})\n` +
-          `frame ${hex(f)}\nconfig ${JSON.stringify({ ...cfg, memberMask: cfg.memberMask.toString(2) })}\nrecent config changes: ${history.join("; ")}`,
+          `frame ${hex(f)}\nconfig ${JSON.stringify({ ...cfg, memberMask: cfg.memberMask.toString(2), bankMask: cfg.bankMask?.map((b) => b.toString(2)) })}\nrecent config changes: ${history.join("; ")}`,
         );
       }
       // Counter deltas per packet: cheap (one per-CPU map lookup) and pinpoints the packet.
@@ -824,7 +883,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     console.log(
       `fuzz: ${PACKETS} packets in ${(ms / 1000).toFixed(1)} s, ${stats.checkpoints} checkpoints, ${stats.configChanges} config changes, ` +
       `final round_base ${cfg.roundBase}${stats.wrapped ? " (wrapped)" : ""}; ` +
-      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, ` +
+      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, ` +
       `future ${c.future_round}, mal_scale ${c.mal_scale}, passed ${c.passed}, rx ${c.rx}`,
     );
     // The run must have exercised what it claims to.

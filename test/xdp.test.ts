@@ -5,17 +5,21 @@
 // state afterwards. One ReflexObject per describe block; cases in a block use
 // distinct chunk indices (see fresh()) so they do not see each other's slots.
 //
-// Needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN); no interface is attached.
+// Needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN). Only block 11 attaches the
+// program, to a veth in a network namespace of its own.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import {
-  CFG_CHECK_SOURCE, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS, PKT_CONTRIB,
-  PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
+  CFG_CHECK_SOURCE, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState, type WireHeader,
 } from "../src/abi.ts";
 import { datagram, frame, type FrameOptions } from "../src/packet.ts";
-import { ReflexObject, type EventRing } from "../src/reflex.ts";
+import { PinnedReflex, ReflexObject, type EventRing } from "../src/reflex.ts";
 import { mulberry32 } from "../src/random.ts";
 import { ipv4ToBe32 } from "../src/transport.ts";
+import { ROOT, canUseNetns, createLab, must } from "./helpers/netns.ts";
 
 const XDP_DROP = 1;
 const XDP_PASS = 2;
@@ -390,14 +394,14 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
-      description: "a rank arriving after its slot completed under a smaller mask is stale (slot closed), sum unchanged",
+      description: "a rank arriving after its slot completed under a smaller mask is late (slot closed without it), sum unchanged",
       setup: { members: 3, memberMask: 0b011n },
       packets: [
         { frame: pkt({ round: BASE, chunk, rank: 0 }, [1, 1]), action: XDP_DROP },
         { frame: pkt({ round: BASE, chunk, rank: 1 }, [2, 2]), action: XDP_DROP },
-        { frame: pkt({ round: BASE, chunk, rank: 2 }, [4, 4]), action: XDP_DROP, config: { memberMask: 0b111n }, counters: { rx: 1, stale_round: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 2 }, [4, 4]), action: XDP_DROP, config: { memberMask: 0b111n }, counters: { rx: 1, late: 1 } },
       ],
-      counters: { rx: 3, summed: 2, elems_summed: 4, completed: 1, events: 1, wakeups: 1, stale_round: 1 },
+      counters: { rx: 3, summed: 2, elems_summed: 4, completed: 1, events: 1, wakeups: 1, late: 1 },
       slots: [{ index: chunk, state: { seen: 0b011n, contributors: 2, state: SLOT_COMPLETE, completions: 1 }, sums: [3, 3] }],
       events: [{ type: EV_SLOT_COMPLETE, contributors: 2, round: BASE, chunk, index: chunk }],
     });
@@ -1209,4 +1213,344 @@ describe("member source address check", () => {
       r.close();
     }
   });
+});
+
+// ---- 10. straggler-proof rounds: bank masks, late contributions, close frames ----------
+
+/** A CLOSE frame (the owner's userspace to its own program) listing `chunks`. */
+function closePkt(h: Partial<Hdr> & { round: number }, chunks: number[], fo: FrameOptions = {}): Uint8Array {
+  return pkt({ type: PKT_CLOSE, chunk: 0, rank: 0, ...h }, chunks, fo);
+}
+
+/** An interface of this network namespace other than lo, for a test run "from
+ * the network": an existing one, or a veth pair made for the test. */
+function otherInterface(): { name: string; ifindex: number; remove: () => void } {
+  const ifindexOf = (n: string) => Number(readFileSync(`/sys/class/net/${n}/ifindex`, "utf8"));
+  const have = readdirSync("/sys/class/net").find((n) => n !== "lo" && ifindexOf(n) !== 1);
+  if (have) return { name: have, ifindex: ifindexOf(have), remove: () => {} };
+  const name = `aftc${process.pid % 100000}`;
+  must(["ip", "link", "add", name, "type", "veth", "peer", "name", `${name}p`]);
+  return { name, ifindex: ifindexOf(name), remove: () => void must(["ip", "link", "del", name]) };
+}
+
+{
+  const CHUNKS = 64;
+  const BASE = 100; // even: rounds BASE and BASE ± 2 share bank 0
+  const fresh = chunkAllocator(CHUNKS);
+  const cases: Case[] = [];
+  const done: Delta = { completed: 1, events: 1, wakeups: 1 };
+  const ev = (chunk: number, contributors: number, round = BASE): ReflexEvent =>
+    ({ type: EV_SLOT_COMPLETE, contributors, round, chunk, index: slotIndex(CHUNKS, round, chunk) });
+  const CLAIMED: Partial<SlotState> = { tag: BASE + 1, seen: 0n, rejected: 0n, count: 0, contributors: 0, exp: 0, state: SLOT_COMPLETE, completions: 1 };
+
+  {
+    const chunk = fresh();
+    const i1 = slotIndex(CHUNKS, BASE + 1, chunk);
+    cases.push({
+      description: "bank_mask[0] 0b1011 closes round base's slot without rank 2; bank 1 (mask 0) still waits for every member",
+      setup: { bankMask: [0b1011n, 0n] },
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 3 }, [1, 2]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 0 }, [10, 20]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 1 }, [100, 200]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, ...done } },
+        ...[3, 0, 1].map((rank) => ({ frame: pkt({ round: BASE + 1, chunk, rank }, [1, 1]), action: XDP_DROP as Action, counters: { rx: 1, summed: 1, elems_summed: 2 } })),
+      ],
+      counters: { rx: 6, summed: 6, elems_summed: 12, ...done },
+      slots: [
+        { index: chunk, state: { tag: BASE + 1, seen: 0b1011n, contributors: 3, state: SLOT_COMPLETE, completions: 1 }, sums: [111, 222] },
+        { index: i1, state: { tag: BASE + 2, seen: 0b1011n, contributors: 3, state: SLOT_FILLING, completions: 0 }, sums: [3, 3] },
+      ],
+      events: [ev(chunk, 3)],
+    });
+  }
+  {
+    const chunk = fresh();
+    const i1 = slotIndex(CHUNKS, BASE + 1, chunk);
+    cases.push({
+      description: "bank_mask[1] 0b0110 closes round base+1's slot with ranks 1 and 2 only; bank 0 (mask 0) keeps member_mask's behaviour",
+      setup: { bankMask: [0n, 0b0110n] },
+      packets: [
+        { frame: pkt({ round: BASE + 1, chunk, rank: 2 }, [5]), action: XDP_DROP },
+        { frame: pkt({ round: BASE + 1, chunk, rank: 1 }, [6]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, ...done } },
+        ...[2, 1, 0].map((rank) => ({ frame: pkt({ round: BASE, chunk, rank }, [1]), action: XDP_DROP as Action, counters: { rx: 1, summed: 1, elems_summed: 1 } })),
+        { frame: pkt({ round: BASE, chunk, rank: 3 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, ...done } },
+      ],
+      counters: { rx: 6, summed: 6, elems_summed: 6, completed: 2, events: 2, wakeups: 2 },
+      slots: [
+        { index: i1, state: { tag: BASE + 2, seen: 0b0110n, contributors: 2, state: SLOT_COMPLETE }, sums: [11] },
+        { index: chunk, state: { tag: BASE + 1, seen: 0b1111n, contributors: 4, state: SLOT_COMPLETE }, sums: [4] },
+      ],
+      events: [ev(chunk, 2, BASE + 1), ev(chunk, 4)],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "bank_mask bits outside member_mask are ignored: member_mask 0b0111 & bank_mask 0b1100 waits for rank 2 alone; rank 3 stays not_member",
+      setup: { memberMask: 0b0111n, bankMask: [0b1100n, 0n] },
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 3 }, [9]), action: XDP_DROP, counters: { rx: 1, not_member: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 2 }, [2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, ...done } },
+      ],
+      counters: { rx: 3, not_member: 1, summed: 2, elems_summed: 2, ...done },
+      slots: [{ index: chunk, state: { seen: 0b0101n, contributors: 2, state: SLOT_COMPLETE }, sums: [3] }],
+      events: [ev(chunk, 2)],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a contribution to a slot that closed without it is late and dropped; with F_RETRANSMIT it raises EV_RESEND; a duplicate stays a duplicate",
+      setup: { bankMask: [0b0111n, 0n] },
+      packets: [
+        ...[0, 1, 2].map((rank) => ({ frame: pkt({ round: BASE, chunk, rank }, [rank + 1, 7]), action: XDP_DROP as Action })),
+        { frame: pkt({ round: BASE, chunk, rank: 3 }, [1000, 1000]), action: XDP_DROP, counters: { rx: 1, late: 1 } },
+        {
+          frame: pkt({ round: BASE, chunk, rank: 3, flags: F_RETRANSMIT }, [1000, 1000]), action: XDP_DROP,
+          counters: { rx: 1, late: 1, resend_req: 1, events: 1, wakeups: 1 },
+        },
+        // a late rank with another count or scale is still late: it is not summed either way
+        { frame: pkt({ round: BASE, chunk, rank: 3, exp: 5 }, [1]), action: XDP_DROP, counters: { rx: 1, late: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 1 }, [2, 7]), action: XDP_DROP, counters: { rx: 1, duplicate: 1 } },
+      ],
+      counters: { rx: 7, summed: 3, elems_summed: 6, late: 3, duplicate: 1, resend_req: 1, completed: 1, events: 2, wakeups: 2 },
+      slots: [{ index: chunk, state: { seen: 0b0111n, contributors: 3, state: SLOT_COMPLETE, completions: 1 }, sums: [6, 21] }],
+      events: [ev(chunk, 3), { type: EV_RESEND, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const full = fresh();
+    const open = fresh();
+    cases.push({
+      description: "a close frame without F_FORCE closes a slot that holds every rank of a shrunk bank_mask and leaves a slot that does not open",
+      packets: [
+        ...[0, 1, 2].map((rank) => ({ frame: pkt({ round: BASE, chunk: full, rank }, [rank + 1, 10]), action: XDP_DROP as Action })),
+        ...[0, 1].map((rank) => ({ frame: pkt({ round: BASE, chunk: open, rank }, [5]), action: XDP_DROP as Action })),
+        // rank 3 is left out of round base after its slots filled: no contribution will close `full` now
+        {
+          frame: closePkt({ round: BASE }, [full, open, full, CHUNKS + 3, 0xffff]), action: XDP_DROP, config: { bankMask: [0b0111n, 0n] },
+          counters: { rx: 1, ...done },
+        },
+        // `open` closes when its last expected rank arrives, as any slot does
+        { frame: pkt({ round: BASE, chunk: open, rank: 2 }, [5]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, ...done } },
+        { frame: pkt({ round: BASE, chunk: full, rank: 3 }, [5, 5]), action: XDP_DROP, counters: { rx: 1, late: 1 } },
+      ],
+      counters: { rx: 8, summed: 6, elems_summed: 9, late: 1, completed: 2, events: 2, wakeups: 2 },
+      slots: [
+        { index: full, state: { tag: BASE + 1, seen: 0b0111n, contributors: 3, state: SLOT_COMPLETE, completions: 1 }, sums: [6, 30] },
+        { index: open, state: { tag: BASE + 1, seen: 0b0111n, contributors: 3, state: SLOT_COMPLETE, completions: 1 }, sums: [15] },
+      ],
+      events: [ev(full, 3), ev(open, 3)],
+    });
+  }
+  {
+    const chunk = fresh();
+    const untouched = fresh();
+    cases.push({
+      description: "a close frame without F_FORCE leaves a filling slot open when bank_mask is unchanged, and claims no untouched slot",
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 0 }, [1]), action: XDP_DROP },
+        { frame: closePkt({ round: BASE }, [chunk, untouched]), action: XDP_DROP, counters: { rx: 1 } },
+      ],
+      counters: { rx: 2, summed: 1, elems_summed: 1 },
+      slots: [
+        { index: chunk, state: { tag: BASE + 1, seen: 1n, contributors: 1, state: SLOT_FILLING, completions: 0 }, sums: [1] },
+        { index: untouched, state: EMPTY_SLOT },
+      ],
+    });
+  }
+  {
+    const part = fresh();
+    const untouched = fresh();
+    const older = fresh();
+    const newer = fresh();
+    const complete = fresh();
+    cases.push({
+      description: "F_FORCE closes a partly filled slot (event: the contributors summed, sums intact), claims an untouched or older-round slot closed and empty (contributors 0), leaves a newer round's and a complete one alone",
+      setup: { members: 3, memberMask: 0b111n },
+      packets: [
+        { frame: pkt({ round: BASE, chunk: part, rank: 0, exp: -2 }, [1, -2, 3]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk: part, rank: 2, exp: -2 }, [100, 200, -300]), action: XDP_DROP },
+        ...[0, 1, 2].map((rank) => ({ frame: pkt({ round: BASE, chunk: complete, rank }, [1]), action: XDP_DROP as Action })),
+        { frame: pkt({ round: BASE - 2, chunk: older, rank: 1, exp: -3 }, [7]), action: XDP_DROP, config: { roundBase: BASE - 2 } },
+        { frame: pkt({ round: BASE + 2, chunk: newer, rank: 1 }, [9]), action: XDP_DROP, config: { roundBase: BASE + 2 } },
+        {
+          frame: closePkt({ round: BASE, flags: F_FORCE }, [part, untouched, older, newer, complete]), action: XDP_DROP, config: { roundBase: BASE },
+          counters: { rx: 1, completed: 3, events: 3, wakeups: 3 },
+        },
+        { frame: closePkt({ round: BASE, flags: F_FORCE }, [part, untouched]), action: XDP_DROP, counters: { rx: 1 } },
+      ],
+      counters: { rx: 9, summed: 7, elems_summed: 11, completed: 4, events: 4, wakeups: 4 },
+      slots: [
+        { index: part, state: { tag: BASE + 1, seen: 0b101n, count: 3, contributors: 2, exp: -2, state: SLOT_COMPLETE, completions: 1 }, sums: [101, 198, -297] },
+        { index: untouched, state: CLAIMED },
+        { index: older, state: CLAIMED },
+        { index: newer, state: { tag: BASE + 3, seen: 0b010n, contributors: 1, state: SLOT_FILLING, completions: 0 }, sums: [9] },
+        { index: complete, state: { tag: BASE + 1, contributors: 3, state: SLOT_COMPLETE, completions: 1 }, sums: [3] },
+      ],
+      events: [ev(complete, 3), ev(part, 2), ev(untouched, 0), ev(older, 0)],
+    });
+  }
+  {
+    const part = fresh();
+    const claimed = fresh();
+    cases.push({
+      description: "after a forced close, a missing rank's contribution is late (a retransmission asks for the result) and the claimed slot takes no contribution",
+      packets: [
+        { frame: pkt({ round: BASE, chunk: part, rank: 0 }, [4, 4]), action: XDP_DROP },
+        { frame: closePkt({ round: BASE, flags: F_FORCE }, [part, claimed]), action: XDP_DROP, counters: { rx: 1, completed: 2, events: 2, wakeups: 2 } },
+        { frame: pkt({ round: BASE, chunk: part, rank: 1 }, [1, 1]), action: XDP_DROP, counters: { rx: 1, late: 1 } },
+        {
+          frame: pkt({ round: BASE, chunk: part, rank: 1, flags: F_RETRANSMIT }, [1, 1]), action: XDP_DROP,
+          counters: { rx: 1, late: 1, resend_req: 1, events: 1, wakeups: 1 },
+        },
+        { frame: pkt({ round: BASE, chunk: part, rank: 0 }, [4, 4]), action: XDP_DROP, counters: { rx: 1, duplicate: 1 } },
+        { frame: pkt({ round: BASE, chunk: claimed, rank: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, late: 1 } },
+      ],
+      counters: { rx: 6, summed: 1, elems_summed: 2, late: 3, duplicate: 1, resend_req: 1, completed: 2, events: 3, wakeups: 3 },
+      slots: [
+        { index: part, state: { seen: 1n, contributors: 1, state: SLOT_COMPLETE, completions: 1 }, sums: [4, 4] },
+        { index: claimed, state: CLAIMED },
+      ],
+      events: [ev(part, 1), ev(claimed, 0), { type: EV_RESEND, contributors: 1, round: BASE, chunk: part, index: part }],
+    });
+  }
+  {
+    const chunk = fresh();
+    const bad = (h: Partial<WireHeader>, counters: Delta, list = [chunk]): Step =>
+      ({ frame: closePkt({ round: BASE, flags: F_FORCE, ...h }, list), action: XDP_DROP, counters: { rx: 1, ...counters } });
+    cases.push({
+      description: "a close frame passes the usual header checks (job, rank, round window, chunk field, count, reserved); a refused one closes nothing",
+      packets: [
+        bad({ jobId: JOB + 1 }, { foreign_job: 1 }),
+        bad({ rank: 4 }, { mal_rank: 1 }),
+        bad({ round: BASE + 2 }, { future_round: 1 }),
+        bad({ round: BASE - 1 }, { stale_round: 1 }),
+        bad({ round: 0xfffffffe }, { mal_round: 1 }),
+        bad({ chunk: CHUNKS }, { mal_chunk: 1 }),
+        bad({ count: 2 }, { mal_count: 1 }),
+        bad({ count: 0 }, { mal_count: 1 }, []),
+        bad({ reserved: 1 }, { mal_reserved: 1 }),
+        bad({ magic: MAGIC ^ 1 }, { mal_magic: 1 }),
+      ],
+      counters: { rx: 10, foreign_job: 1, mal_rank: 1, future_round: 1, stale_round: 1, mal_round: 1, mal_chunk: 1, mal_count: 2, mal_reserved: 1, mal_magic: 1 },
+      slots: [{ index: chunk, state: EMPTY_SLOT }, { index: CHUNKS + chunk, state: EMPTY_SLOT }],
+    });
+  }
+
+  const base = config({ chunks: CHUNKS, roundBase: BASE });
+  runTable("straggler-proof rounds: bank masks, late contributions, close frames", { chunks: CHUNKS, base }, cases, (get) => {
+    const netChunk = fresh();
+    test("a close frame from the network (ingress on any device but loopback) is mal_type and closes nothing; on loopback it is the owner's", () => {
+      const { r, ring } = get();
+      r.setConfig(base);
+      ring.poll(0);
+      const dev = otherInterface();
+      try {
+        const f = closePkt({ round: BASE, flags: F_FORCE }, [netChunk]);
+        let before = r.counters();
+        expect(r.testRun(f, 1, dev.ifindex).action).toBe(XDP_DROP);
+        expectDelta(before, r.counters(), { rx: 1, mal_type: 1 }, `close frame arriving on ${dev.name} (ifindex ${dev.ifindex})`);
+        expect(r.slot(netChunk)).toMatchObject(EMPTY_SLOT);
+        // a contribution arriving there is summed as usual
+        before = r.counters();
+        expect(r.testRun(pkt({ round: BASE + 1, chunk: netChunk, rank: 0 }, [3]), 1, dev.ifindex).action).toBe(XDP_DROP);
+        expectDelta(before, r.counters(), { rx: 1, summed: 1, elems_summed: 1 }, `contribution arriving on ${dev.name}`);
+        // the same close frame on loopback (ifindex 1, what a test run without a ctx uses) is honoured
+        before = r.counters();
+        expect(r.testRun(f, 1, 1).action).toBe(XDP_DROP);
+        expectDelta(before, r.counters(), { rx: 1, ...done }, "close frame on loopback");
+        expect(r.slot(netChunk)).toMatchObject(CLAIMED);
+        expect(ring.poll(0)).toEqual([ev(netChunk, 0)]);
+      } finally {
+        dev.remove();
+      }
+    });
+
+    const many = Array.from({ length: 10 }, () => fresh());
+    test("closeSlots: one frame per chunk_elems indices, run on the program; returns the frames run", () => {
+      const { r, ring } = get();
+      r.setConfig({ ...base, chunkElems: 4 });
+      ring.poll(0);
+      r.testRun(pkt({ round: BASE, chunk: many[0], rank: 2 }, [8, 9]));
+      const before = r.counters();
+      expect(r.closeSlots(BASE, many, { force: true, rank: 0, jobId: JOB })).toBe(3);
+      expectDelta(before, r.counters(), { rx: 3, completed: 10, events: 10, wakeups: 10 }, "closeSlots of 10 chunks, 4 a frame");
+      expect(r.slot(many[0])).toMatchObject({ tag: BASE + 1, seen: 0b100n, contributors: 1, state: SLOT_COMPLETE });
+      for (const c of many.slice(1)) expect(r.slot(c), `slot ${c}`).toMatchObject(CLAIMED);
+      expect(ring.poll(0)).toEqual(many.map((c, i) => ev(c, i === 0 ? 1 : 0)));
+      // nothing to close, or all closed already: frames still run, nothing changes
+      expect(r.closeSlots(BASE, [], { force: true, rank: 0, jobId: JOB })).toBe(0);
+      const again = r.counters();
+      expect(r.closeSlots(BASE, many.slice(0, 4), { force: false, rank: 0, jobId: JOB })).toBe(1);
+      expectDelta(again, r.counters(), { rx: 1 }, "closing closed slots");
+      expect(() => r.closeSlots(BASE, [1.5], { force: true, rank: 0, jobId: JOB })).toThrow(/not a chunk index/);
+      expect(() => r.closeSlots(BASE, [65536], { force: true, rank: 0, jobId: JOB })).toThrow(/not a chunk index/);
+    });
+
+    const checked = fresh();
+    test("closeSlots with CHECK_SOURCE: the frame carries srcAddr as its IPv4 source; without it the program refuses it", () => {
+      const { r, ring } = get();
+      r.setMemberAddrs([ipv4ToBe32("10.99.0.9"), ipv4ToBe32("10.99.0.1")]);
+      r.setConfig({ ...base, flags: CFG_CHECK_SOURCE });
+      ring.poll(0);
+      let before = r.counters();
+      r.closeSlots(BASE, [checked], { force: true, rank: 0, jobId: JOB }); // frame()'s default source, rank 1's
+      expectDelta(before, r.counters(), { rx: 1, bad_source: 1 }, "close from another rank's address");
+      expect(r.slot(checked)).toMatchObject(EMPTY_SLOT);
+      before = r.counters();
+      r.closeSlots(BASE, [checked], { force: true, rank: 0, jobId: JOB, srcAddr: "10.99.0.9" });
+      expectDelta(before, r.counters(), { rx: 1, ...done }, "close from rank 0's address");
+      expect(r.slot(checked)).toMatchObject(CLAIMED);
+      expect(ring.poll(0)).toEqual([ev(checked, 0)]);
+      r.setConfig(base);
+    });
+  });
+}
+
+// ---- 11. closeSlots through the pins of an attached program ------------------------
+
+describe.skipIf(!canUseNetns())("closeSlots on an attached program, through PinnedReflex (root, network namespace)", () => {
+  test("the program behind the pinned link closes slots: its port, its maps; closing the maps leaves it attached", () => {
+    const lab = createLab("close", ["a"], { link: "none" });
+    try {
+      lab.addVeth("a", "v0", "v1");
+      const script = join(lab.tmp, "attach.ts");
+      writeFileSync(script, `
+import { attach } from "${ROOT}/src/attach.ts";
+const r = await attach("v0", { port: 47123, workers: 3, jobId: 7, chunks: 4, chunkElems: 720, mode: "generic" });
+console.log(JSON.stringify({ pinDir: r.pinDir, progId: r.progId }));
+`);
+      const att = JSON.parse(lab.must("a", ["bun", script]));
+      expect(att.pinDir).toBe(lab.pinDir("a", "v0"));
+      expect(existsSync(join(att.pinDir, "link"))).toBe(true);
+      const maps = PinnedReflex.open(att.pinDir);
+      try {
+        maps.setConfig({ ...maps.config(), roundBase: 0, batch: 1 });
+        const ring = maps.events();
+        const contrib = (chunk: number, rank: number, v: number[]) =>
+          maps.testRun(frame(datagram({ type: PKT_CONTRIB, jobId: 7, round: 0, chunk, rank }, v), { dstPort: 47123 })).action;
+        expect(contrib(0, 0, [1, 2])).toBe(XDP_DROP);
+        expect(contrib(0, 2, [10, 20])).toBe(XDP_DROP);
+        const before = maps.counters();
+        expect(before.summed).toBe(2);
+        expect(maps.closeSlots(0, [0, 1], { force: true, rank: 0, jobId: 7 })).toBe(1);
+        expectDelta(before, maps.counters(), { rx: 1, completed: 2, events: 2, wakeups: 2 }, "closeSlots through the pins");
+        expect(maps.slot(0)).toMatchObject({ tag: 1, seen: 0b101n, contributors: 2, state: SLOT_COMPLETE });
+        expect(Array.from(maps.sums(0, 2))).toEqual([11, 22]);
+        expect(maps.slot(1)).toMatchObject({ tag: 1, contributors: 0, state: SLOT_COMPLETE });
+        expect(ring.poll(0)).toEqual([
+          { type: EV_SLOT_COMPLETE, contributors: 2, round: 0, chunk: 0, index: 0 },
+          { type: EV_SLOT_COMPLETE, contributors: 0, round: 0, chunk: 1, index: 1 },
+        ]);
+      } finally {
+        maps.close();
+      }
+      expect(() => maps.closeSlots(0, [2], { force: true, rank: 0, jobId: 7 })).toThrow(/closed/);
+      expect(lab.linkInfo("a", "v0").xdp?.prog?.id).toBe(att.progId);
+    } finally {
+      lab.destroy();
+    }
+  }, 60_000);
 });

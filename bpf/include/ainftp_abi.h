@@ -67,7 +67,24 @@ enum ainftp_pkt_type {
 	AINFTP_PKT_CONTRIB = 1, /* worker -> chunk owner: int16 values to sum */
 	AINFTP_PKT_RESULT = 2,  /* owner -> every member: requantized sum */
 	AINFTP_PKT_CONTROL = 3, /* control plane: passed to userspace */
+	AINFTP_PKT_CLOSE = 4,   /* owner's userspace -> its own program: close slots (below) */
 };
+
+/* CLOSE packets let the owner's userspace end a round without a straggler:
+ * it runs the attached program on one with BPF_PROG_TEST_RUN (same maps), so
+ * its slots close under their spin locks, race-free with the contributions
+ * still arriving. The payload is `count` __u16 chunk indices (`chunk` unused,
+ * 0); each slot of `round` among them closes if it holds every rank it now
+ * waits for (a shrunk bank_mask), or with AINFTP_F_FORCE whatever it holds
+ * (a slot still on an older round is claimed closed and empty). Closing is
+ * a completion: AINFTP_CNT_COMPLETED and an EV_SLOT_COMPLETE carrying the
+ * contributors summed.
+ * Only a frame whose ingress ifindex is 1 is honoured: BPF_PROG_TEST_RUN
+ * without a ctx runs on the namespace's loopback device, while a network
+ * peer's packet arrives on the attached interface and is dropped as
+ * AINFTP_CNT_MAL_TYPE, so no peer can close slots. The one exception is a
+ * program attached to lo itself (a single-host job): there a local process
+ * that can send to the port could close the owner's slots. */
 
 /* CONTROL packets: `contributors` holds the kind, `count` the payload bytes,
  * `chunk` the first chunk the payload covers (EXPS). */
@@ -86,6 +103,7 @@ enum ainftp_ctrl_kind {
 #define AINFTP_F_RETRANSMIT 0x0001 /* sender resent this packet after a timeout */
 #define AINFTP_F_SATURATED 0x0002  /* sender clipped values at this scale (counted) */
 #define AINFTP_F_LAST 0x0004       /* last chunk of the round from this sender */
+#define AINFTP_F_FORCE 0x0008      /* CLOSE: close the listed slots whatever they hold */
 
 /* Follows the UDP header. A value is q * 2^exp; all workers use the same
  * exp for the same (round, chunk), so their int16 q can be summed. */
@@ -118,6 +136,12 @@ struct ainftp_config {
 	__u32 owned_chunks; /* slot completions that end a round on this host */
 	__u32 flags;        /* AINFTP_CFG_* */
 	__u32 results_per_round; /* result events that end a round (0: chunks) */
+	/* Ranks the slots of the round in bank b (round & 1) wait for, within
+	 * member_mask; 0: every member. A slot closes when it holds them all,
+	 * so the owner can drop a straggler from one round (it is still a
+	 * member: its late contributions are counted AINFTP_CNT_LATE, and a
+	 * retransmission asks for the stored result). */
+	__u64 bank_mask[AINFTP_BANKS];
 };
 
 /* config flags */
@@ -225,7 +249,7 @@ struct ainftp_contrib_rec {
 /* ---- events (ring buffer) ------------------------------------------------ */
 
 enum ainftp_event_type {
-	AINFTP_EV_SLOT_COMPLETE = 1, /* all expected members summed into a slot */
+	AINFTP_EV_SLOT_COMPLETE = 1, /* all expected members summed into a slot, or a CLOSE closed it */
 	AINFTP_EV_RESULT = 2,        /* a result chunk landed in the results map */
 	AINFTP_EV_RESEND = 3,        /* a member retransmitted to a completed slot:
 				      * send it the result again; `contributors`
@@ -251,7 +275,7 @@ enum ainftp_counter {
 	AINFTP_CNT_FUTURE_ROUND,    /* round above the window */
 	AINFTP_CNT_FOREIGN_JOB,     /* job id differs from the attached job */
 	AINFTP_CNT_NOT_MEMBER,      /* rank valid but not in member_mask */
-	AINFTP_CNT_COMPLETED,       /* slots that reached every expected member */
+	AINFTP_CNT_COMPLETED,       /* slots that reached every expected member, or that a CLOSE closed */
 	AINFTP_CNT_RESULTS,         /* result packets stored */
 	AINFTP_CNT_RESULT_DUP,      /* result for a round already stored */
 	AINFTP_CNT_WAKEUPS,         /* ring-buffer events submitted with a wake-up */
@@ -280,6 +304,7 @@ enum ainftp_counter {
 	AINFTP_CNT_RESULTS_XSK,     /* result packets redirected to an AF_XDP socket */
 	AINFTP_CNT_SENTRY_REJECTED, /* contributions the sentry dropped (energy outside the gate) */
 	AINFTP_CNT_CONTRIBS_RING,   /* contributions copied to the contribs ring (robust aggregation) */
+	AINFTP_CNT_LATE,            /* contributions to a slot that had closed without them (a deadline or the round's active set) */
 	AINFTP_CNT__MAX,
 };
 
@@ -290,7 +315,7 @@ struct ainftp_counters {
 /* ---- layout checks ------------------------------------------------------- */
 
 _Static_assert(sizeof(struct ainftp_wire_hdr) == 32, "wire header is 32 bytes");
-_Static_assert(sizeof(struct ainftp_config) == 40, "config is 40 bytes");
+_Static_assert(sizeof(struct ainftp_config) == 56, "config is 56 bytes");
 _Static_assert(sizeof(struct ainftp_slot) == 40, "slot is 40 bytes");
 _Static_assert(sizeof(struct ainftp_gate) == 8, "gate");
 _Static_assert(sizeof(struct ainftp_obs) == 8 + 2 * AINFTP_MAX_WORKERS, "obs");

@@ -364,7 +364,10 @@ export interface SentrySummary {
 export function machineRows(
   tlb: TlbSummary | { error: string } | null,
   sentry: SentrySummary | { error: string } | null,
-  straggler: { status: "measured" | "n/a"; reason: string | null; round_ms_median?: number | null },
+  straggler: {
+    status: "measured" | "n/a"; reason: string | null; delay_ms?: number; round_ms_median?: number | null; undelayed_round_ms_median?: number | null;
+    tcp_round_ms_median?: number | null; passive_rounds?: number | null; rounds?: number; ratio?: number | null; verified?: boolean | null;
+  },
 ): MetricRow[] {
   const rows: MetricRow[] = [];
   const base = { values: {}, notes: {}, best_peer: null } as const;
@@ -403,12 +406,18 @@ export function machineRows(
     rows.push({ ...base, id: "security_ns_per_packet", group: "Security check", metric: "energy check per packet", unit: "ns", ratio: null, brief_claim: BRIEF_CLAIMS.security,
       text: { baselines: `n/a: ${sentry ? sentry.error : "not run (--no-micro)"}`, ainftp: "n/a" } });
   }
+  const ms = (x: number | null | undefined) => (x === null || x === undefined ? "n/a" : x >= 100 ? `${x.toFixed(0)} ms` : `${x.toFixed(1)} ms`);
   rows.push({
-    ...base, id: "straggler_round_ms", group: "Straggler handling", metric: "round time, one host's link delayed 600 ms", unit: "ms", ratio: null,
+    ...base, id: "straggler_round_ms", group: "Straggler handling", metric: `median round, one host's link delayed ${straggler.delay_ms ?? 600} ms`, unit: "ms",
+    ratio: straggler.status === "n/a" ? null : (straggler.ratio ?? null),
     brief_claim: BRIEF_CLAIMS.straggler,
     text: straggler.status === "n/a"
       ? { baselines: `n/a: ${straggler.reason}`, ainftp: "n/a" }
-      : { baselines: "", ainftp: `${straggler.round_ms_median?.toFixed(1) ?? "n/a"} ms` },
+      : {
+          baselines: `tcp ring: ${ms(straggler.tcp_round_ms_median)} (every ring step waits for the delayed host)`,
+          ainftp: `${ms(straggler.round_ms_median)} (undelayed ${ms(straggler.undelayed_round_ms_median)}); the delayed host sat out ${straggler.passive_rounds ?? "?"} of ${straggler.rounds ?? "?"} rounds` +
+            (straggler.verified === false ? "; NOT verified" : ""),
+        },
   });
   return rows;
 }

@@ -25,6 +25,7 @@ import {
 } from "./rows.ts";
 import { Sampler, pidsInNamespaces, summarize, type WindowSample, type WindowSummary } from "./sampler.ts";
 import { measureSentryCost, type SentryCostResult } from "./sentry-cost.ts";
+import { delayHostLink, type LinkDelay } from "./straggler.ts";
 import { quantiles, type TcpRingReport } from "./tcp-ring.ts";
 import { measureTlb, type TlbResult } from "./tlb.ts";
 
@@ -61,6 +62,8 @@ export interface BenchOptions {
   self?: string[];
   /** Progress. */
   onProgress?: (e: ProgressEvent) => void;
+  /** Also measure the straggler row (3 hosts or more); default true. */
+  straggler?: boolean;
   /** Tests: fail right after the lab is built, to check the teardown. */
   injectFailure?: "after-lab";
 }
@@ -112,12 +115,38 @@ export interface BenchResult {
   scaling: ScalingRow[];
   tlb: TlbResult | { error: string } | null;
   sentry: SentryCostResult | { error: string } | null;
-  straggler: { status: "measured" | "n/a"; reason: string | null; delay_ms: number; round_ms_median: number | null };
+  straggler: StragglerResult;
   /** Rows that are not per system (TLB, security check, straggler). */
   machine_rows: MetricRow[];
   /** Every system that ran verified its result. */
   verified: boolean;
 }
+
+/** The straggler row: one host's link delays all it sends (src/bench/straggler.ts). */
+export interface StragglerResult {
+  status: "measured" | "n/a";
+  reason: string | null;
+  delay_ms: number;
+  peers: number | null;
+  bytes: number | null;
+  /** ainftp with the delay: per round the slowest of the other hosts, median. */
+  round_ms_median: number | null;
+  /** ainftp on the same lab and size without the delay (the main run). */
+  undelayed_round_ms_median: number | null;
+  /** The plain-TCP ring with the delay (every ring step waits for the host). */
+  tcp_round_ms_median: number | null;
+  /** Both systems' results checked against the reference (ainftp: against
+   * the contributions its rounds held, the delayed host's left out). */
+  verified: boolean | null;
+  /** Rounds the delayed host sat out, of those timed. */
+  passive_rounds: number | null;
+  rounds: number;
+  /** ainftp ÷ TCP. */
+  ratio: number | null;
+}
+
+/** Timed rounds of the straggler row: a TCP ring round takes seconds with the delay. */
+const STRAGGLER_ROUNDS = { ainftp: 8, tcp: 3 };
 
 /** How this process starts ainftp: itself when compiled, `bun cli/index.ts` in a checkout, else dist/ainftp. */
 export function selfCommand(): string[] {
@@ -237,6 +266,10 @@ interface RunContext {
   bl: BenchLab;
   bytes: number;
   log: (line: string) => void;
+  /** A rank whose round times do not count (the straggler row's delayed host). */
+  exclude?: number;
+  /** Warm-up rounds of the TCP ring (default its own). */
+  tcpWarmup?: number;
 }
 
 function timeoutFor(bytes: number, rounds: number, peers: number): number {
@@ -276,7 +309,7 @@ async function runAinftp(x: RunContext): Promise<Outcome> {
     ...base,
     verified,
     reason: verified ? null : identical ? `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > 1e-3` : "results differ between ranks",
-    round_times_ms: slowestPerRound(reports.map((r) => r.round_times_ms)),
+    round_times_ms: slowestPerRound(reports.filter((_, i) => i !== x.exclude).map((r) => r.round_times_ms)),
     counters: () => ainftpCounters(reports),
     detail: reports.map(({ result_sha256, round_times_ms, ...r }) => r),
   };
@@ -287,7 +320,10 @@ async function runTcp(x: RunContext): Promise<Outcome> {
   const addrs = bl.hosts.map((h) => h.addr).join(",");
   const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length);
   const procs = bl.hosts.map((h, i) =>
-    bl.lab.spawn(h.node, [...o.self, "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json"]),
+    bl.lab.spawn(h.node, [
+      ...o.self, "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json",
+      ...(x.tcpWarmup !== undefined ? ["--warmup", String(x.tcpWarmup)] : []),
+    ]),
   );
   const exits = await waitAll(procs, timeout, gaveUp);
   const base: Outcome = {
@@ -441,7 +477,16 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   const started = performance.now();
   const date = new Date().toISOString();
   const systems: SystemName[] = ["ainftp", ...BASELINES.filter((b) => o.baselines.includes(b))];
-  const total = o.peers.length * o.sizes.length * systems.length + (o.micro ? 2 : 0);
+  // the straggler row: on the largest lab (3 hosts at least: with 2, the
+  // other host is the whole cluster), at the smallest size
+  const stragglerPeers = Math.max(...o.peers) >= 3 && o.straggler !== false ? Math.max(...o.peers) : null;
+  const stragglerBytes = Math.min(...o.sizes);
+  const total = o.peers.length * o.sizes.length * systems.length + (o.micro ? 2 : 0) + (stragglerPeers ? 1 : 0);
+  let straggler: StragglerResult = {
+    status: "n/a", delay_ms: STRAGGLER_DELAY_MS, peers: null, bytes: null, round_ms_median: null, undelayed_round_ms_median: null,
+    tcp_round_ms_median: null, verified: null, passive_rounds: null, rounds: STRAGGLER_ROUNDS.ainftp, ratio: null,
+    reason: o.straggler === false ? "not run (--no-straggler)" : "needs 3 hosts or more (--peers 4): with 2, the other host is the whole cluster",
+  };
   let step = 0;
   const machine = machineInfo({
     mtu: o.mtu, xdpMode: o.mode,
@@ -465,6 +510,14 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
           sys.push(r);
         }
         runs.push({ peers, bytes, systems: sys, rows: metricRows(sys) });
+      }
+      if (peers === stragglerPeers) {
+        const label = `straggler · ${peers} hosts · ${formatSize(stragglerBytes)} · host ${peers - 1}'s link delayed ${STRAGGLER_DELAY_MS} ms · ainftp and tcp ring`;
+        emit({ kind: "step", index: ++step, total, label });
+        const undelayed = runs.find((r) => r.peers === peers && r.bytes === stragglerBytes)?.systems.find((s) => s.system === "ainftp")?.round_ms?.median ?? null;
+        straggler = await measureStraggler({ o, bl, bytes: stragglerBytes, log }, undelayed);
+        emit({ kind: "done", index: step, total, label: "straggler", summary: straggler.status === "n/a" ? `n/a: ${straggler.reason}`
+          : `ainftp ${straggler.round_ms_median?.toFixed(1)} ms (undelayed ${straggler.undelayed_round_ms_median?.toFixed(1) ?? "n/a"}), tcp ring ${straggler.tcp_round_ms_median?.toFixed(0) ?? "n/a"} ms` });
       }
     } finally {
       destroyLab(bl.lab);
@@ -490,12 +543,6 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     }
     emit({ kind: "done", index: step, total, label: "TLB", summary: "error" in tlb ? `failed: ${tlb.error}` : `4 KB ÷ 2 MB = ${tlb.ratio?.toFixed(2) ?? "n/a"}` });
   }
-  const straggler: BenchResult["straggler"] = {
-    status: "n/a",
-    reason: "the swarm's straggler handling is not built yet (issue 6): every round would wait for the delayed host; src/bench/straggler.ts can delay a host's link for this row",
-    delay_ms: STRAGGLER_DELAY_MS,
-    round_ms_median: null,
-  };
   const ran = runs.flatMap((r) => r.systems).filter((s) => s.status === "ok");
   return {
     schema: SCHEMA_ID, date, command: "", duration_s: +((performance.now() - started) / 1000).toFixed(1),
@@ -507,6 +554,39 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     machine_rows: machineRows(tlb, sentry, straggler),
     verified: ran.every((s) => s.verified === true),
   };
+}
+
+/** The straggler row: the last host's link delays what it sends by 600 ms;
+ * ainftp (the fast hosts' rounds) and the TCP ring run through it. */
+async function measureStraggler(x: RunContext, undelayed: number | null): Promise<StragglerResult> {
+  const { bl } = x;
+  const slow = bl.hosts.length - 1;
+  const base: StragglerResult = {
+    status: "n/a", reason: null, delay_ms: STRAGGLER_DELAY_MS, peers: bl.hosts.length, bytes: x.bytes, round_ms_median: null,
+    undelayed_round_ms_median: undelayed, tcp_round_ms_median: null, verified: null, passive_rounds: null, rounds: STRAGGLER_ROUNDS.ainftp, ratio: null,
+  };
+  let line: LinkDelay | null = null;
+  try {
+    line = await delayHostLink(bl.lab, bl.bridge, slow, STRAGGLER_DELAY_MS, x.o.self);
+    const a = await runAinftp({ ...x, o: { ...x.o, rounds: STRAGGLER_ROUNDS.ainftp }, exclude: slow });
+    const t = await runTcp({ ...x, o: { ...x.o, rounds: STRAGGLER_ROUNDS.tcp }, tcpWarmup: 1 });
+    if (!(line.stats()?.delayed ?? 0)) return { ...base, reason: "the delay line passed no frame" };
+    for (const [name, r] of [["ainftp", a], ["tcp ring", t]] as const)
+      if (r.status !== "ok") return { ...base, reason: `${name} failed with the delay: ${r.reason}` };
+    const median = (xs: number[]) => (xs.length ? quantiles(xs).median : null);
+    const am = median(a.round_times_ms), tm = median(t.round_times_ms);
+    const passive = (a.detail as NodeReport[] | null)?.[slow]?.straggler?.passive_rounds ?? null;
+    return {
+      ...base, status: "measured", round_ms_median: am, tcp_round_ms_median: tm, verified: a.verified === true && t.verified === true,
+      passive_rounds: passive, ratio: am !== null && tm ? am / tm : null,
+    };
+  } catch (e) {
+    return { ...base, reason: e instanceof AinftpError ? e.message : String((e as Error)?.message ?? e) };
+  } finally {
+    line?.remove();
+    killLabProcs(bl.lab);
+    for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
+  }
 }
 
 export function scalingRows(runs: RunResult[]): ScalingRow[] {

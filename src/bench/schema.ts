@@ -111,7 +111,10 @@ export const BENCH_SCHEMA: JsonSchema = {
     scaling: { type: "array", items: obj({ peers: int, bytes: int, round_ms_median: bySystem(numOrNull), best_peer: nullable(baselineName), ratio: numOrNull }) },
     tlb: { anyOf: [tlb, errorObj, { type: "null" }] },
     sentry: { anyOf: [sentry, errorObj, { type: "null" }] },
-    straggler: obj({ status: { enum: ["measured", "n/a"] }, reason: strOrNull, delay_ms: num, round_ms_median: numOrNull }),
+    straggler: obj({
+      status: { enum: ["measured", "n/a"] }, reason: strOrNull, delay_ms: num, peers: nullable(int), bytes: nullable(int), round_ms_median: numOrNull,
+      undelayed_round_ms_median: numOrNull, tcp_round_ms_median: numOrNull, verified: nullable(bool), passive_rounds: nullable(int), rounds: int, ratio: numOrNull,
+    }),
     machine_rows: { type: "array", items: metricRow },
     verified: bool,
   }),
