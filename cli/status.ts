@@ -16,7 +16,13 @@ export const COMPACT = { mid: "", "left-mid": "", "mid-mid": "", "right-mid": ""
 function statusJSON(s: IfaceStatus) {
   return {
     ...s,
-    config: s.config ? { ...s.config, memberMask: "0x" + s.config.memberMask.toString(16) } : null,
+    config: s.config
+      ? {
+          ...s.config, memberMask: "0x" + s.config.memberMask.toString(16),
+          // the slots of each bank's round wait for these ranks (0x0: the member mask)
+          bankMask: (s.config.bankMask ?? [0n, 0n]).map((m) => "0x" + m.toString(16)),
+        }
+      : null,
   };
 }
 

@@ -41,6 +41,8 @@ export const CTRL_STATUS_REQ = 5;
 export const CTRL_STATUS = 6;
 export const CTRL_EXPS_MAX = 7;
 export const CTRL_MEMBER = 8;
+/** A passive member asks an owner for results it lacks: payload = u32 chunk indices. */
+export const CTRL_RESULT_REQ = 9;
 
 /** Config flag: check each packet's IPv4 source against its rank's address. */
 export const CFG_CHECK_SOURCE = 0x1;

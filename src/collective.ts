@@ -35,7 +35,7 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_MEMBER, CTRL_HELLO, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_MEMBER, CTRL_HELLO, CTRL_RESULT_REQ, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
   F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
@@ -75,11 +75,12 @@ const PLAN_FIXED = 10;
  * LATE_MAX - LATE_SLOW + 1 plans it made. Two misses in a row: one round
  * waiting out a deadline can be bad luck, two are a pattern. */
 const LATE_SLOW = 2;
+/** A member whose exponents come within this of the majority's is prompt:
+ * it may lead the next round. */
+const PROMPT_MS = 50;
 /** Rounds of plans and results kept for passive members that fall behind. */
 const CACHE_ROUNDS = 4;
 const LATE_MAX = 3;
-/** A passive member's request for results it lacks: payload = u32 chunks. */
-export const CTRL_RESULT_REQ = 9;
 /** The round's grace for late members: once a majority has sent its
  * exponents, the leader waits this long for the rest. It is 4 times the
  * median of the last DEADLINE_WINDOW rounds (a member 4 times slower than
@@ -210,6 +211,8 @@ interface RoundState {
   nchunks: number;
   counts: Uint16Array;
   exps: Int8Array; // all ranks' exps, rank-major
+  /** Per rank: when its exponents were all here (the leader's view). */
+  expsAt: Float64Array;
   /** Per rank: offsets of the exponent pieces received. */
   pieces: Set<number>[];
   haveExps: boolean[];
@@ -677,7 +680,7 @@ export class Communicator implements Disposable {
       if (ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
       st.exps.set(ex, rank * st.nchunks + first);
       st.pieces[rank].add(first);
-      if (st.pieces[rank].size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) st.haveExps[rank] = true;
+      if (st.pieces[rank].size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) (st.haveExps[rank] = true), (st.expsAt[rank] = performance.now());
       return;
     }
     if (round < this.nextRound) return; // an old round: nothing needs it any more
@@ -719,8 +722,9 @@ export class Communicator implements Disposable {
     for (let k = 0; k < this.size; k++) if (st.haveExps[k]) (have |= 1n << BigInt(k)), count++;
     // a barrier (patient) waits for every fit member, down-ranked or not,
     // and leaves the lateness scores as they were
-    let slow = 0n;
-    if (!st.patient) for (let k = 0; k < this.size; k++) if (this.lateness[k] >= LATE_SLOW) slow |= 1n << BigInt(k);
+    let downRanked = 0n;
+    for (let k = 0; k < this.size; k++) if (this.lateness[k] >= LATE_SLOW) downRanked |= 1n << BigInt(k);
+    const slow = st.patient ? 0n : downRanked;
     const awaited = this.othersMask() & (st.patient ? this.liveMask : this.fitMask) & ~slow & ~have;
     const quorate = !st.patient && this.o.quorum !== undefined && count >= this.o.quorum;
     const now = performance.now();
@@ -742,7 +746,12 @@ export class Communicator implements Disposable {
     else coll.ainftp_max_exps(rows, count, st.nchunks, st.shared);
     // the next leader: the next active member after us (it answered this
     // round in time), else the next fit one, else simply the next rank
-    st.next = this.nextLeader([have, this.fitMask]);
+    // the next leader: one whose exponents came with the majority (a barrier
+    // waits for a delayed member too, which must not lead: its plan would
+    // reach everyone late)
+    let prompt = 0n;
+    for (let k = 0; k < this.size; k++) if (st.haveExps[k] && st.expsAt[k] <= Math.min(now, st.majorityAt) + PROMPT_MS) prompt |= 1n << BigInt(k);
+    st.next = this.nextLeader([prompt & ~downRanked & this.fitMask, prompt, have, this.fitMask]);
     st.haveShared = true;
     for (const p of this.others()) this.sendPlan(p, st);
     // a passive member may ask for this plan after we moved on
@@ -849,6 +858,7 @@ export class Communicator implements Disposable {
       throw new NonFiniteGradientError(bad, i, Math.floor(i / E), x[i]);
     }
     st.haveExps[this.rank] = true;
+    st.expsAt[this.rank] = performance.now();
     // One leader per round (rotating among the active members) gathers the
     // exponents and sends back the plan with their maximum: a member
     // receives one control packet per round instead of one per peer, which
@@ -1010,7 +1020,7 @@ export class Communicator implements Disposable {
     const empty = new Uint32Array(0);
     return {
       r, t0, n: x.length, nchunks, counts,
-      exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false),
+      exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false), expsAt: new Float64Array(N),
       leader: this.liveFrom(this.leaderNext), haveShared: false, sharedPieces: new Set(),
       pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
       active: 0n, next: 0, scores: new Uint8Array(N), ownerIdx: new Int32Array(N).fill(-1), K: 0, owners: [], passive: false,

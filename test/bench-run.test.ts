@@ -234,6 +234,13 @@ describe("the JSON and the table", () => {
     expect(text).toMatch(/\[\d\] [^\n]*veth/); // the hardware-IRQ reason
     expect(text).toContain("4 KB pages: 400 ns/access");
     expect(text).toContain("n/a: perf reports");
+    // the straggler row: both sides measured, and their ratio
+    const row = b.machine_rows.find((r) => r.id === "straggler_round_ms")!;
+    expect(row.text).toEqual({
+      baselines: "tcp ring: 3700 ms (every ring step waits for the delayed host)",
+      ainftp: "9.5 ms (undelayed 8.1 ms); the delayed host sat out 8 of 8 rounds",
+    });
+    expect(row.ratio).toBeCloseTo(9.5 / 3700, 9);
     const all = renderBench(b);
     expect(all).toContain("every figure above was measured in this run");
     expect(chartRows(b, "size").map((r) => r.system)).toEqual(["ainftp", "tcp ring", "Open MPI"]);
@@ -384,7 +391,9 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
     }
     expect(r.tlb && "ns_per_access_4k" in r.tlb ? r.tlb.ns_per_access_4k : 0).toBeGreaterThan(0);
     expect(r.sentry && "inline_ns_per_packet" in r.sentry).toBe(true);
-    expect(r.straggler.status).toBe("n/a");
+    // two hosts: the other host is the whole cluster, so no straggler row
+    expect(r.straggler).toMatchObject({ status: "n/a", peers: null });
+    expect(r.straggler.reason).toContain("needs 3 hosts or more");
     for (const f of ["table.txt", "bench.json", "round-time-vs-size.svg", "round-time-vs-size.vl.json"]) expect(existsSync(join(report, f))).toBe(true);
     expect(readFileSync(join(report, "round-time-vs-size.svg"), "utf8")).toContain("<svg");
     expect(out).toContain("Bandwidth");

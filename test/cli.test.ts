@@ -116,6 +116,20 @@ describe("parsing and usage (in-process)", () => {
     for (const c of ["auto", "native", "generic"]) expect(r.stderr).toContain(c);
   });
 
+  test("swarm: a --quorum above the member count and a --deadline that is no number name the fix", async () => {
+    const peers = ["--iface", "x0", "--peers", "10.0.0.1,10.0.0.2,10.0.0.3", "--rank", "0", "--synthetic", "1MiB"];
+    const q = await cli(["swarm", ...peers, "--quorum", "4"]);
+    expect(q.code).toBe(1);
+    expect(q.stderr).toContain("--quorum 4 but --peers lists 3 members");
+    expect(q.stderr).toContain("give a quorum of 1..3");
+    const d = await cli(["swarm", ...peers, "--deadline", "soon"]);
+    expect(d.code).toBe(2);
+    expect(d.stderr).toContain("--deadline");
+    expect(d.stderr).toContain("Give auto, 0 (wait for everyone) or a grace in ms");
+    const h = await cli(["swarm", "--help"]);
+    for (const w of ["--quorum <k>", "--deadline <ms|auto>", "backup workers"]) expect(h.stdout).toContain(w);
+  });
+
   test("unknown command, unknown option and missing argument → exit 2", async () => {
     const u = await cli(["frobnicate"]);
     expect(u.code).toBe(2);
@@ -287,8 +301,9 @@ describe.skipIf(!kernel)("dist/ainftp errors and lifecycle (root, network namesp
       ["attached", "chunks", "config", "counters", "iface", "ifindex", "linkId", "mode", "pinDir", "port", "progId", "stale"].sort(),
     );
     expect(Object.keys(s.config).sort()).toEqual(
-      ["batch", "chunkElems", "chunks", "flags", "jobId", "memberMask", "members", "ownedChunks", "resultsPerRound", "roundBase"].sort(),
+      ["bankMask", "batch", "chunkElems", "chunks", "flags", "jobId", "memberMask", "members", "ownedChunks", "resultsPerRound", "roundBase"].sort(),
     );
+    expect(s.config.bankMask).toEqual(["0x0", "0x0"]);
     expect(Object.keys(s.counters)).toEqual([...COUNTERS]);
     expect(s).toMatchObject({ attached: true, stale: false, mode: "generic", port: 47000, chunks: 1024 });
     expect(s.config.members).toBe(5);

@@ -311,6 +311,25 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     for (const j of base) expect({ rank: j.rank, partial: j.straggler.partial_rounds }).toEqual({ rank: j.rank, partial: 0 });
   }, 240_000);
 
+  test("--quorum 3 (backup workers) with no deadline: rounds go as soon as three are in, without the delayed host", async () => {
+    const nodes = NODES.slice(0, 4);
+    const line = await delayHostLink(lab, `${lab.id}-br`, 3, 600, [BIN]);
+    try {
+      // --deadline 0: no grace ends a wait, so only the quorum (or the swarm
+      // down-ranking the host) can keep a round from waiting 600 ms for it
+      const reps = expectVerified(await timed("quorum 3, rank 3 delayed", () =>
+        job(lab, nodes, ["--synthetic", String(MiB), "--rounds", "4", "--verify", "--deadline", "0", "--quorum", "3"], { timeoutMs: 120_000 })), { rounds: 4, bytes: MiB });
+      for (const j of reps) {
+        expect(j.straggler.active).toEqual([[0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2]]);
+        expect(Math.max(...j.round_times_ms)).toBeLessThan(400);
+      }
+      expect(reps[3].straggler.passive_rounds).toBe(4);
+      notes.push(`quorum: rank 3 delayed 600 ms, --quorum 3 --deadline 0: rounds ${reps[0].round_times_ms.map((t) => t.toFixed(1)).join(", ")} ms`);
+    } finally {
+      line.remove();
+    }
+  }, 240_000);
+
   // ---- the sentry (issue 5): the inline filter in a live job ----------------------
 
   test("sentry on, 4 honest hosts, 1 MiB × 10: verified against the contributions each result holds, bit-identical, few dropped", async () => {

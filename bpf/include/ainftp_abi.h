@@ -95,8 +95,9 @@ enum ainftp_ctrl_kind {
 	AINFTP_CTRL_BYE = 4,   /* a rank is leaving: peers fail their round at once */
 	AINFTP_CTRL_STATUS_REQ = 5, /* at a deadline: "whom do you wait for in this round?" */
 	AINFTP_CTRL_STATUS = 6, /* the answer: payload = __u64 mask of ranks it lacks */
-	AINFTP_CTRL_EXPS_MAX = 7, /* the round's leader to every member: the shared (max) exponents */
+	AINFTP_CTRL_EXPS_MAX = 7, /* the round's leader to every member: its plan (active mask, next leader, lateness) and the shared (max) exponents */
 	AINFTP_CTRL_MEMBER = 8, /* the swarm's membership protocol (heartbeats, suspicion, gossip): src/membership.ts */
+	AINFTP_CTRL_RESULT_REQ = 9, /* a member that sat the round out lacks results: payload = __u32 chunks */
 };
 
 /* Header flags. */
