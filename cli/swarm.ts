@@ -117,7 +117,7 @@ export function swarmCommand(io: IO): Command {
     .option("--socket <path>", `with --serve: the socket trainers connect to (default ${defaultSocketPath().replace("0.sock", "<job>.sock")})`)
     .option("--round-size <size>", "with --serve: largest all-reduce one protocol round carries, sizes the maps (default 16MiB; larger ones take several rounds)", sizeOption)
     .option("--quorum <k>", "backup workers: a round goes as soon as k members (this one included) have sent their scales; the rest sit it out and still get the result (default: wait for every member the swarm holds fit)", intOption(1, MAX_WORKERS))
-    .option("--deadline <ms|auto>", "grace for late members before a round goes without them: auto = 4x the median of recent rounds, 50..500 ms; 0 = wait for every member (up to --round-timeout)", deadlineOption, "auto")
+    .option("--deadline <ms|auto>", "grace for late members before a round goes without them: auto = 4x the median of recent rounds, 100..500 ms; 0 = wait for every member (up to --round-timeout)", deadlineOption, "auto")
     .option("--json [file]", "print the report as JSON (to a file if given)")
     .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n" +
       "  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --job 7 --serve   # trainers: ainftp.connect(job=7)\n")

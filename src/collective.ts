@@ -338,7 +338,9 @@ export class Communicator implements Disposable {
   /** Partial rounds' plans we led, and results we own, for passive members
    * that fall behind and ask after we moved on (the last CACHE_ROUNDS). */
   private planCache = new Map<number, Pick<RoundState, "r" | "active" | "next" | "scores" | "shared">>();
-  private resultCache = new Map<number, Map<number, Uint8Array>>();
+  /** Per round (the last CACHE_ROUNDS): our result packets, one buffer
+   * reused round after round, and where each chunk's packet sits in it. */
+  private resultRing: { round: number; buf: Uint8Array; at: Map<number, number>; used: number }[] = [];
   private keep<T>(m: Map<number, T>, round: number, v: T): void {
     m.set(round, v);
     for (const k of m.keys()) if (k <= round - CACHE_ROUNDS) m.delete(k);
@@ -728,7 +730,14 @@ export class Communicator implements Disposable {
     const awaited = this.othersMask() & (st.patient ? this.liveMask : this.fitMask) & ~slow & ~have;
     const quorate = !st.patient && this.o.quorum !== undefined && count >= this.o.quorum;
     const now = performance.now();
-    if (st.majorityAt === Infinity && count > this.size / 2) st.majorityAt = now;
+    if (st.majorityAt === Infinity && count > this.size / 2) {
+      st.majorityAt = now;
+      // ask the rest at once: a lost exponents packet is then back within
+      // a round trip, not the member's retransmission timer
+      const mine = st.exps.subarray(this.rank * st.nchunks, (this.rank + 1) * st.nchunks);
+      for (let k = 0; k < this.size; k++)
+        if (k !== this.rank && !st.haveExps[k] && ((this.liveMask >> BigInt(k)) & 1n)) this.sendExps(k, st.r, mine, CTRL_EXPS_REQ);
+    }
     if (awaited !== 0n && !quorate && now < st.majorityAt + st.grace) return false;
     st.active = have;
     for (let k = 0; k < this.size; k++)
@@ -1251,13 +1260,24 @@ export class Communicator implements Disposable {
     for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, n, lastSize);
   }
 
-  /** In a round with passive members, keep the result packets we send: one
-   * that falls behind asks for them after our bank moved on. */
+  /** Keeps the result packets we send for CACHE_ROUNDS rounds: a member
+   * that fell behind (it sat rounds out, or lost a result while we moved
+   * two rounds on) asks for them after our results map's bank moved on.
+   * One copy of what we send (16 MiB over 4 hosts: 2 MB a round). */
   private cacheResults(st: RoundState, chunks: Uint32Array, n: number): void {
-    if (st.K === this.size) return;
-    let m = this.resultCache.get(st.r);
-    if (!m) this.keep(this.resultCache, st.r, (m = new Map()));
-    for (let i = 0; i < n; i++) m.set(chunks[i], this.resPkts.slice(i * this.seg, i * this.seg + HDR + 2 * st.counts[chunks[i]]));
+    const slot = st.r % CACHE_ROUNDS;
+    let e = this.resultRing[slot];
+    if (!e || e.round !== st.r) {
+      const bytes = st.owned.length * this.seg;
+      const buf = e && e.buf.length >= bytes ? e.buf : new Uint8Array(bytes);
+      e = this.resultRing[slot] = { round: st.r, buf, at: new Map(), used: 0 };
+    }
+    for (let i = 0; i < n; i++) {
+      if (e.used + this.seg > e.buf.length) return;
+      e.buf.set(this.resPkts.subarray(i * this.seg, (i + 1) * this.seg), e.used);
+      e.at.set(chunks[i], e.used);
+      e.used += this.seg;
+    }
   }
 
   /** Robust modes: files the contributions the program copied to the ring
@@ -1419,10 +1439,13 @@ export class Communicator implements Disposable {
       len = HDR + 2 * new DataView(pkt.buffer).getUint16(22, true);
     } else {
       // the bank holds a newer round now: a passive member fell behind
-      const kept = this.resultCache.get(round)?.get(chunk);
-      if (!kept) return;
-      pkt.set(kept);
-      len = kept.length;
+      const e = this.resultRing[round % CACHE_ROUNDS];
+      const at = e && e.round === round ? e.at.get(chunk) : undefined;
+      if (at === undefined) return;
+      pkt.set(e.buf.subarray(at, at + this.seg));
+      const h = new DataView(pkt.buffer);
+      h.setUint16(2 + 4, F_RETRANSMIT, true);
+      len = HDR + 2 * h.getUint16(22, true);
     }
     this.stats.packetsSent += this.sock.sendGso(this.peers[rank], this.port, pkt, len, 1);
     this.stats.resends++;
@@ -1447,16 +1470,16 @@ export class Communicator implements Disposable {
       l.push(c);
     }
     for (const [o, list] of byOwner) {
-      if (!st.passive) {
-        this.sendAgain(st, o, list);
-        continue;
-      }
-      // passive: we sent nothing to retransmit; ask the owner for its results
+      // our contributions again (the owner may lack them), and the results
+      // asked for by name: an owner that moved two rounds on answers from
+      // its cache, which its program's window no longer reaches. A passive
+      // member sent nothing: it only asks.
+      if (!st.passive) this.sendAgain(st, o, list);
       for (let i = 0; i < list.length; i += CTRL_PAYLOAD / 4) {
         const part = Uint32Array.from(list.slice(i, i + CTRL_PAYLOAD / 4));
         this.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, new Uint8Array(part.buffer));
       }
-      this.stats.retransmits += list.length;
+      if (st.passive) this.stats.retransmits += list.length;
     }
   }
 
