@@ -311,6 +311,30 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     for (const j of base) expect({ rank: j.rank, partial: j.straggler.partial_rounds }).toEqual({ rank: j.rank, partial: 0 });
   }, 240_000);
 
+  test("straggler back to speed: once the delay is gone, the host's contributions count again", async () => {
+    const nodes = NODES.slice(0, 4);
+    const rounds = 12;
+    const line = await delayHostLink(lab, `${lab.id}-br`, 3, 600, [BIN]);
+    let runs: Run[];
+    try {
+      const peers = nodes.map(addr);
+      const started = nodes.map((x, i) => startNode(lab, x, i, peers, ["--synthetic", String(MiB), "--rounds", String(rounds), "--verify"]));
+      // a few delayed rounds (a barrier waits for the host: about 1.2 s an iteration), then the link heals
+      await Bun.sleep(8000);
+      line.remove();
+      runs = await timed("straggler back to speed", () => Promise.all(started.map((s) => finish(s, 120_000))));
+    } finally {
+      line.remove();
+    }
+    const reps = expectVerified(runs, { rounds, bytes: MiB });
+    const active = reps[0].straggler.active;
+    const sat = active.map((a) => !a.includes(3));
+    notes.push(`straggler back: rank 3 in the timed rounds' plans: ${active.map((a) => (a.includes(3) ? "in" : "out")).join(" ")}`);
+    // out while delayed, in again at the end
+    expect(sat.slice(0, 2)).toEqual([true, true]);
+    expect(active.slice(-3)).toEqual([[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]);
+  }, 240_000);
+
   test("--quorum 3 (backup workers) with no deadline: rounds go as soon as three are in, without the delayed host", async () => {
     const nodes = NODES.slice(0, 4);
     const line = await delayHostLink(lab, `${lab.id}-br`, 3, 600, [BIN]);
