@@ -637,6 +637,12 @@ export class Membership {
     this.incarnation = r.incarnation + 1;
     this.enqueue(this.selfRecord());
     this.raiseHealth(1); // Lifeguard: being suspected hints that we are the slow one
+    // Refute at once, to every live member: a ping carries our new record
+    // first hand. Left to the next probe and ack, the refutation could take
+    // a probe pass, longer than a confirmed suspicion lasts at N = 3 (one
+    // other member confirms it): at 10% loss that cost a false death about
+    // every 20 simulated minutes, none in 60 with this.
+    for (const m of this.members.values()) if (isLive(m)) this.send(m.addr, "ping", this.nextSeq(), m);
   }
 
   /** A new boot id replaces a seed not heard from, a member already gone, or any member when it says so itself. */
