@@ -332,7 +332,7 @@ export class Communicator implements Disposable {
   /** The next round's leader: named by the last plan (all agree on it). */
   private leaderNext = 0;
   /** Plans (EXPS_MAX pieces) that arrived for rounds we have not started. */
-  private earlyMax = new Map<number, Map<number, Uint8Array>>();
+  private earlyMax = new Map<number, Map<number, Map<number, Uint8Array>>>();
   /** Recent round times (ms), for the deadline. */
   private roundTimes: number[] = [];
   /** Partial rounds' plans we led, and results we own, for passive members
@@ -340,7 +340,7 @@ export class Communicator implements Disposable {
   private planCache = new Map<number, Pick<RoundState, "r" | "active" | "next" | "scores" | "shared">>();
   /** Per round (the last CACHE_ROUNDS): our result packets, one buffer
    * reused round after round, and where each chunk's packet sits in it. */
-  private resultRing: { round: number; buf: Uint8Array; at: Map<number, number>; used: number }[] = [];
+  private resultRing: { round: number; buf: Uint8Array; at: Int32Array; used: number }[] = [];
   private keep<T>(m: Map<number, T>, round: number, v: T): void {
     m.set(round, v);
     for (const k of m.keys()) if (k <= round - CACHE_ROUNDS) m.delete(k);
@@ -658,10 +658,12 @@ export class Communicator implements Disposable {
       } else if (h.round >= this.nextRound && h.round < this.nextRound + 4) {
         // a plan for a round we have not started (we were passive, or past
         // the quorum): keep it, the round will need it
-        let m = this.earlyMax.get(h.round);
-        if (!m) this.earlyMax.set(h.round, (m = new Map()));
-        m.set(h.chunk, Uint8Array.from(h.payload));
-        m.set(-1, Uint8Array.of(h.rank));
+        // (by sender: which one leads that round is known when it starts)
+        let bySender = this.earlyMax.get(h.round);
+        if (!bySender) this.earlyMax.set(h.round, (bySender = new Map()));
+        let pieces = bySender.get(h.rank);
+        if (!pieces) bySender.set(h.rank, (pieces = new Map()));
+        pieces.set(h.chunk, Uint8Array.from(h.payload));
       }
     } else if (h.kind === CTRL_RESULT_REQ) {
       // a passive member lacks results of ours: send the stored ones again
@@ -874,11 +876,7 @@ export class Communicator implements Disposable {
     // keeps socket packets and wake-ups far below the data packets at small
     // sizes (N = 4 at 1 MiB: 1.5 instead of 3).
     if (st.leader !== this.rank) this.sendExps(st.leader, r, mine);
-    const plan = this.earlyMax.get(r);
-    if (plan) {
-      const from = plan.get(-1)![0];
-      for (const [first, piece] of plan) if (first >= 0 && from === st.leader) this.storeShared(st, first, piece);
-    }
+    for (const [first, piece] of this.earlyMax.get(r)?.get(st.leader) ?? []) this.storeShared(st, first, piece);
     for (const k of this.earlyMax.keys()) if (k <= r) this.earlyMax.delete(k);
     const early = this.early.get(r);
     if (early) {
@@ -1270,14 +1268,13 @@ export class Communicator implements Disposable {
     if (!e || e.round !== st.r) {
       const bytes = st.owned.length * this.seg;
       const buf = e && e.buf.length >= bytes ? e.buf : new Uint8Array(bytes);
-      e = this.resultRing[slot] = { round: st.r, buf, at: new Map(), used: 0 };
+      e = this.resultRing[slot] = { round: st.r, buf, at: (e?.at ?? new Int32Array(this.capacity)).fill(-1), used: 0 };
     }
-    for (let i = 0; i < n; i++) {
-      if (e.used + this.seg > e.buf.length) return;
-      e.buf.set(this.resPkts.subarray(i * this.seg, (i + 1) * this.seg), e.used);
-      e.at.set(chunks[i], e.used);
-      e.used += this.seg;
-    }
+    if (e.used + n * this.seg > e.buf.length) return;
+    // the batch's packets lie one after another: one copy
+    e.buf.set(this.resPkts.subarray(0, n * this.seg), e.used);
+    for (let i = 0; i < n; i++) e.at[chunks[i]] = e.used + i * this.seg;
+    e.used += n * this.seg;
   }
 
   /** Robust modes: files the contributions the program copied to the ring
@@ -1440,8 +1437,8 @@ export class Communicator implements Disposable {
     } else {
       // the bank holds a newer round now: a passive member fell behind
       const e = this.resultRing[round % CACHE_ROUNDS];
-      const at = e && e.round === round ? e.at.get(chunk) : undefined;
-      if (at === undefined) return;
+      const at = e && e.round === round && chunk < e.at.length ? e.at[chunk] : -1;
+      if (at < 0) return;
       pkt.set(e.buf.subarray(at, at + this.seg));
       const h = new DataView(pkt.buffer);
       h.setUint16(2 + 4, F_RETRANSMIT, true);

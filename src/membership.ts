@@ -475,6 +475,12 @@ export class Membership {
       .map((m) => m.name);
   }
 
+  /** The live members (alive or suspect) and whether each is slow: what a
+   * round needs every tick, without building views (snapshot sorts RTTs). */
+  live(): { name: string; slow: boolean }[] {
+    return [...this.members.values()].filter(isLive).map((m) => ({ name: m.name, slow: m.slow }));
+  }
+
   /** Ourselves first, then every member we know of, as plain data. */
   snapshot(now = this.clock()): MemberView[] {
     const ranks = new Map(this.ranking().map((name, i) => [name, i]));

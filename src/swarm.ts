@@ -105,8 +105,7 @@ export class Swarm implements Disposable {
     this.comm.service();
     this.membership.tick();
     let fit = 1n << BigInt(this.comm.rank), live = fit;
-    for (const m of this.membership.snapshot()) {
-      if (m.self || (m.state !== "alive" && m.state !== "suspect")) continue;
+    for (const m of this.membership.live()) {
       live |= 1n << BigInt(rankOf(m.name));
       if (!m.slow) fit |= 1n << BigInt(rankOf(m.name));
     }

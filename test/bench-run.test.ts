@@ -237,8 +237,8 @@ describe("the JSON and the table", () => {
     // the straggler row: both sides measured, and their ratio
     const row = b.machine_rows.find((r) => r.id === "straggler_round_ms")!;
     expect(row.text).toEqual({
-      baselines: "tcp ring: 3700 ms (every ring step waits for the delayed host)",
-      ainftp: "9.5 ms (undelayed 8.1 ms); the delayed host sat out 8 of 8 rounds",
+      baselines: "tcp ring: 3700.0 ms (every ring step waits for the delayed host)",
+      ainftp: "9.50 ms (undelayed 8.10 ms); the delayed host sat out 8 of 8 rounds",
     });
     expect(row.ratio).toBeCloseTo(9.5 / 3700, 9);
     const all = renderBench(b);

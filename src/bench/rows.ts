@@ -406,7 +406,7 @@ export function machineRows(
     rows.push({ ...base, id: "security_ns_per_packet", group: "Security check", metric: "energy check per packet", unit: "ns", ratio: null, brief_claim: BRIEF_CLAIMS.security,
       text: { baselines: `n/a: ${sentry ? sentry.error : "not run (--no-micro)"}`, ainftp: "n/a" } });
   }
-  const ms = (x: number | null | undefined) => (x === null || x === undefined ? "n/a" : x >= 100 ? `${x.toFixed(0)} ms` : `${x.toFixed(1)} ms`);
+  const ms = (x: number | null | undefined) => formatValue("round_ms_median", x);
   rows.push({
     ...base, id: "straggler_round_ms", group: "Straggler handling", metric: `median round, one host's link delayed ${straggler.delay_ms ?? 600} ms`, unit: "ms",
     ratio: straggler.status === "n/a" ? null : (straggler.ratio ?? null),

@@ -278,31 +278,37 @@ function timeoutFor(bytes: number, rounds: number, peers: number): number {
 
 const noCounters: SystemCounters = { wakeups_per_round: null, wakeups_source: null, packets_per_round: null, copy_bytes_per_round: null, copy_source: null };
 
-async function runAinftp(x: RunContext): Promise<Outcome> {
+/** Starts one process per host (`args(rank, peer list)`), waits for all,
+ * and reads each rank's JSON report from its stdout (all of it, or its last
+ * line); a string says why there are no reports. */
+async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) => string[], json: "all" | "last-line"): Promise<R[] | string> {
   const { bl, bytes, o } = x;
   const addrs = bl.hosts.map((h) => h.addr).join(",");
   const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length);
-  const procs = bl.hosts.map((h, i) =>
-    bl.lab.spawn(h.node, [
-      ...o.self, "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
-      "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json",
-    ]),
-  );
-  const exits = await waitAll(procs, timeout, gaveUp);
+  const exits = await waitAll(bl.hosts.map((h, i) => bl.lab.spawn(h.node, [...o.self, ...args(i, addrs)])), timeout, gaveUp);
+  const fail = firstFailure(exits, timeout);
+  if (fail) return fail;
+  try {
+    return exits.map((e) => JSON.parse(json === "all" ? e.stdout : e.stdout.trim().split("\n").at(-1)!) as R);
+  } catch {
+    return `a rank printed no JSON report: ${lastLines(exits.map((e) => e.stdout + e.stderr).join("\n"))}`;
+  }
+}
+
+async function runAinftp(x: RunContext): Promise<Outcome> {
+  const { bl, bytes, o } = x;
+  const got = await runRanks<NodeReport>(x, (i, addrs) => [
+    "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
+    "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json",
+  ], "all");
   // a killed swarm leaves its program pinned: take it off before the next system runs on these links
   for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
   const base: Outcome = {
     label: "ainftp", version: `${pkg.version}, XDP ${o.mode}, results via ${o.rx === "map" ? "mmapped map" : "AF_XDP"}`, status: "ok",
     reason: null, verified: null, warmup: 1, round_times_ms: [], counters: () => noCounters, detail: null,
   };
-  const fail = firstFailure(exits, timeout);
-  if (fail) return { ...base, status: "failed", reason: fail };
-  let reports: NodeReport[];
-  try {
-    reports = exits.map((e) => JSON.parse(e.stdout) as NodeReport);
-  } catch {
-    return { ...base, status: "failed", reason: `a rank printed no JSON report: ${lastLines(exits.map((e) => e.stdout + e.stderr).join("\n"))}` };
-  }
+  if (typeof got === "string") return { ...base, status: "failed", reason: got };
+  const reports = got;
   const identical = reports.every((r) => JSON.stringify(r.result_sha256) === JSON.stringify(reports[0].result_sha256));
   const verified = identical && reports.every((r) => r.verified);
   return {
@@ -316,28 +322,17 @@ async function runAinftp(x: RunContext): Promise<Outcome> {
 }
 
 async function runTcp(x: RunContext): Promise<Outcome> {
-  const { bl, bytes, o } = x;
-  const addrs = bl.hosts.map((h) => h.addr).join(",");
-  const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length);
-  const procs = bl.hosts.map((h, i) =>
-    bl.lab.spawn(h.node, [
-      ...o.self, "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json",
-      ...(x.tcpWarmup !== undefined ? ["--warmup", String(x.tcpWarmup)] : []),
-    ]),
-  );
-  const exits = await waitAll(procs, timeout, gaveUp);
+  const { bytes, o } = x;
+  const got = await runRanks<TcpRingReport>(x, (i, addrs) => [
+    "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json",
+    ...(x.tcpWarmup !== undefined ? ["--warmup", String(x.tcpWarmup)] : []),
+  ], "last-line");
   const base: Outcome = {
     label: "tcp ring", version: "built in: ring all-reduce, C, TCP_NODELAY, pipelined 64 KiB", status: "ok", reason: null, verified: null,
     warmup: 3, round_times_ms: [], counters: () => noCounters, detail: null,
   };
-  const fail = firstFailure(exits, timeout);
-  if (fail) return { ...base, status: "failed", reason: fail };
-  let reports: TcpRingReport[];
-  try {
-    reports = exits.map((e) => JSON.parse(e.stdout.trim().split("\n").at(-1)!) as TcpRingReport);
-  } catch {
-    return { ...base, status: "failed", reason: `a rank printed no JSON report: ${lastLines(exits.map((e) => e.stdout + e.stderr).join("\n"))}` };
-  }
+  if (typeof got === "string") return { ...base, status: "failed", reason: got };
+  const reports = got;
   const verified = reports.every((r) => r.verified);
   return {
     ...base,
