@@ -295,7 +295,7 @@ export function benchCommand(io: IO): Command {
     .option("--report <dir>", `write table.txt, bench.json and the charts here (default ${DEFAULT_REPORT})`, DEFAULT_REPORT)
     .option("--no-report", "write no report directory")
     .option("--no-micro", "skip the machine rows' measurements (TLB, sentry cost)")
-    .option("--no-straggler", "skip the straggler row (one host's link delayed 600 ms: ainftp and the TCP ring, about a minute)")
+    .option("--no-straggler", "skip the straggler row (one host's link delayed 600 ms: ainftp and the TCP ring, about 35 s)")
     .option("--tlb-size <size>", "buffer of the TLB pointer chase (default 512MiB)", sizeOf)
     .option("--subnet <a.b.c>", `hosts' addresses, <subnet>.1… (10.213.x; default ${DEFAULT_SUBNET})`, DEFAULT_SUBNET)
     .addHelpText(
