@@ -9,7 +9,7 @@ import { runNode, type NodeReport } from "../src/node.ts";
 import { slurmMembers } from "../src/slurm.ts";
 import { swarmStatusCommand } from "./swarm-status.ts";
 import { formatSize, parseSize } from "../src/units.ts";
-import { floatOption, intOption, type IO } from "./io.ts";
+import { ExitCode, floatOption, intOption, type IO } from "./io.ts";
 import { COMPACT } from "./status.ts";
 
 function peerList(value: string): string[] {
@@ -42,6 +42,18 @@ function sizeOption(value: string): number {
   }
 }
 
+/** Exit codes of `swarm --synthetic` beyond 0 (every round completed, and verified with --verify), 1 (an error) and 2 (usage). */
+export const EXIT_VERIFY_FAILED = 3;
+export const EXIT_ROUNDS_LOST = 4;
+
+/** 3 when a completed round failed verification (wrong results outrank missing ones), 4 when rounds were lost, else 0. */
+export function swarmExitCode(r: Pick<NodeReport, "verified" | "rel_l2_error_max" | "lost_rounds">, verify: boolean): number {
+  if (verify && r.rel_l2_error_max !== null && !(r.rel_l2_error_max <= 1e-3)) return EXIT_VERIFY_FAILED;
+  if (r.lost_rounds > 0) return EXIT_ROUNDS_LOST;
+  if (verify && !r.verified) return EXIT_VERIFY_FAILED;
+  return 0;
+}
+
 export function renderNodeReport(r: NodeReport): string {
   const t = new Table({ style: { head: [], border: [] }, chars: COMPACT });
   const ms = (x: number) => x.toFixed(2);
@@ -49,9 +61,9 @@ export function renderNodeReport(r: NodeReport): string {
     ["rank / peers", `${r.rank} / ${r.peers}`],
     ["results arrive by", r.umem ? `${r.rx}, UMEM in a ${r.umem}` : r.rx],
     ["gradient", `${formatSize(r.bytes)} (${r.elements} floats, ${r.chunk_elems} per packet)`],
-    ["rounds", r.rounds],
+    ["rounds", r.lost_rounds ? `${r.rounds} (${r.lost_rounds} lost)` : r.rounds],
     ["round time ms: median / p10 / p90 / p99", `${ms(r.round_ms.median)} / ${ms(r.round_ms.p10)} / ${ms(r.round_ms.p90)} / ${ms(r.round_ms.p99)}`],
-    ["relative L2 error (max)", r.rel_l2_error_max === null ? "not verified (--verify)" : r.rel_l2_error_max.toExponential(2)],
+    ["relative L2 error (max)", r.rel_l2_error_max === null ? "not verified (--verify)" : `${r.rel_l2_error_max.toExponential(2)}${r.verified ? "" : " (not verified)"}`],
     ["retransmits / resends / duplicates", `${r.retransmits} / ${r.resends} / ${r.duplicates}`],
     ["timeouts / saturations", `${r.timeouts} / ${r.saturations}`],
     ["packets received by XDP", r.packets_received],
@@ -163,15 +175,16 @@ export function swarmCommand(io: IO): Command {
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
         sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
-        quorum: o.quorum, deadlineMs: o.deadline,
+        quorum: o.quorum, deadlineMs: o.deadline, note: (line) => io.err(`ainftp: ${line}\n`),
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");
       else io.out(renderNodeReport(report));
-      if (o.verify && !report.verified) {
-        io.err(`ainftp: verification failed: relative L2 error ${report.rel_l2_error_max} > 1e-3\n`);
-        process.exitCode = 3;
-      }
+      const code = swarmExitCode(report, Boolean(o.verify));
+      if (code === EXIT_VERIFY_FAILED) io.err(`ainftp: verification failed: relative L2 error ${report.rel_l2_error_max} > 1e-3\n`);
+      else if (code === EXIT_ROUNDS_LOST)
+        io.err(`ainftp: ${report.lost_rounds} of ${report.rounds} rounds lost (members died during them; see failed_rounds)${o.verify ? ": not verified" : ""}\n`);
+      if (code !== 0) throw new ExitCode(code);
     });
   swarm.addCommand(swarmStatusCommand(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)").exitOverride());
   return swarm;

@@ -12,11 +12,11 @@
 // nothing has to be agreed across nodes but the job's trainer count, which the
 // first round's census (an all-reduce of K) gives every node.
 // Protocol, version LOCAL_PROTOCOL_VERSION: clients/python/README.md.
-import { existsSync, lstatSync, mkdirSync, rmSync, statfsSync } from "node:fs";
+import { lstatSync, mkdirSync, rmSync, statfsSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
-import { basename, dirname, isAbsolute, join, normalize } from "node:path";
+import { basename, dirname, isAbsolute, normalize } from "node:path";
 import { Arena } from "./arena.ts";
-import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
+import { attachForNode, detach, type AttachMode } from "./attach.ts";
 import { Communicator, RoundError } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
 import { chunkElemsForMtu, interfaceMtu } from "./node.ts";
@@ -774,7 +774,7 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
   const socketPath = o.socketPath ?? defaultSocketPath(o.job ?? 0);
   const chunks = Math.min(8192, chunkCount(Math.max(1, Math.floor((o.roundBytes ?? 16 << 20) / 4)), chunkElems));
 
-  const attachedByUs = !existsSync(join(pinRoot(), o.iface, "link"));
+  let attachedByUs = false; // set once attachForNode has run: stale pins are replaced, never used
   let comm: Communicator | undefined;
   let swarm: Swarm | undefined;
   let server: LocalServer | undefined;
@@ -799,7 +799,9 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
   process.on("SIGINT", handler);
   process.on("SIGTERM", handler);
   try {
-    if (attachedByUs) await attach(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
+    const att = await attachForNode(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
+    attachedByUs = att.attachedByUs;
+    for (const line of att.notes) log(line);
     comm = await Communicator.open({
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs, stochasticSeed: o.stochasticSeed,

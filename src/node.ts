@@ -1,11 +1,9 @@
 // The node runner behind `ainftp swarm`: attaches the program if needed,
 // opens the communicator with a static member list and runs the synthetic
 // workload, verifying every round against a locally computed reference.
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import { MAX_ELEMS, type Counters } from "./abi.ts";
-import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
+import { attachForNode, detach, type AttachMode } from "./attach.ts";
 import { Communicator, RoundError, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
@@ -53,6 +51,8 @@ export interface NodeOptions {
   poison?: { rank: number; factor: number };
   /** How owners combine contributions (default sum, in the XDP program). */
   aggregate?: AggregateMode;
+  /** One line each for what the user should know at start (stale pins replaced). */
+  note?: (line: string) => void;
   /** Where the node says what happens to the swarm (a member suspected, dead, back). */
   log?: (line: string) => void;
   /** Backup workers: a round goes once this many members are in (see CommunicatorOptions.quorum). */
@@ -118,6 +118,8 @@ export interface NodeReport {
   straggler: StragglerReport;
   /** Rounds lost because a member died during them (the run went on). */
   failed_rounds: FailedRound[];
+  /** Timed rounds that produced no result (their result_sha256 is null); verified is false when any was lost. */
+  lost_rounds: number;
 }
 
 export interface FailedRound {
@@ -190,10 +192,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   // packet); a larger gradient takes several rounds
   const chunks = Math.min(8192, chunkCount(n, chunkElems));
 
-  // Attach unless ainftp is already there.
-  const attachedByUs = !existsSync(join(pinRoot(), o.iface, "link"));
-  if (attachedByUs)
-    await attach(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
+  // Attach unless ainftp is live there (stale pins are replaced, never used);
+  // inside the try below, so a failure anywhere after it detaches again.
+  let attachedByUs = false;
   const cleanup = () => {
     if (attachedByUs && !o.keepAttached) {
       try {
@@ -208,11 +209,6 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
   let arena: Arena | undefined;
   let umem: { ptr: number; bytes: number } | undefined;
-  if (o.rx === "xsk") {
-    arena = Arena.open({ size: UMEM_BYTES, hugepages: "auto" });
-    const region = arena.alloc(UMEM_BYTES, 4096);
-    umem = { ptr: region.ptr, bytes: region.bytes };
-  }
   const onSignal = () => {
     comm?.abort();
     cleanup();
@@ -221,6 +217,14 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
+    const att = await attachForNode(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
+    attachedByUs = att.attachedByUs;
+    for (const line of att.notes) o.note?.(line);
+    if (o.rx === "xsk") {
+      arena = Arena.open({ size: UMEM_BYTES, hugepages: "auto" });
+      const region = arena.alloc(UMEM_BYTES, 4096);
+      umem = { ptr: region.ptr, bytes: region.bytes };
+    }
     comm = await Communicator.open({
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx, umem,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
@@ -330,7 +334,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       round_ms: quantiles(times),
       round_times_ms: times.map((t) => +t.toFixed(3)),
       rel_l2_error_max: o.verify ? maxErr : null,
-      verified: o.verify && times.length > 0 && maxErr <= 1e-3,
+      verified: o.verify && times.length > 0 && maxErr <= 1e-3 && times.length === o.rounds,
+      lost_rounds: o.rounds - times.length,
       result_sha256: hashes,
       retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
       timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
