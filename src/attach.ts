@@ -239,7 +239,7 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
   if (existsSync(dir)) {
     // Pins whose link is gone (interface or namespace deleted, earlier crash): clean them.
     rmSync(dir, { recursive: true, force: true });
-    notes.push(`replaced stale pins in ${dir} (${pinned ? (pinned.ifindex ? `their link is on interface ${pinned.ifindex}, not ${iface}` : "the link is gone") : "no pinned link"})`);
+    notes.push(`removed stale pins in ${dir} (${pinned ? (pinned.ifindex ? `their link is on interface ${pinned.ifindex}, not ${iface}` : "the link is gone") : "no pinned link"})`);
   }
 
   const q = xdpQuery(ifindex);
