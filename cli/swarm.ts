@@ -6,6 +6,7 @@ import type { AttachMode } from "../src/attach.ts";
 import { AinftpError } from "../src/errors.ts";
 import { defaultSocketPath, serveNode, type ServeReport } from "../src/local.ts";
 import { runNode, type NodeReport } from "../src/node.ts";
+import { parseListen } from "../src/metrics.ts";
 import { slurmMembers } from "../src/slurm.ts";
 import { swarmStatusCommand } from "./swarm-status.ts";
 import { formatSize, parseSize } from "../src/units.ts";
@@ -32,6 +33,15 @@ function deadlineOption(value: string): number | "auto" {
   const ms = Number(value);
   if (!Number.isInteger(ms) || ms < 0 || ms > 3_600_000) throw new InvalidArgumentError("Give auto, 0 (wait for everyone) or a grace in ms, e.g. 200.");
   return ms;
+}
+
+function metricsOption(value: string): string {
+  try {
+    parseListen(value);
+  } catch {
+    throw new InvalidArgumentError("Give ADDR:PORT, e.g. 127.0.0.1:9464 (0.0.0.0:9464 for every interface).");
+  }
+  return value.trim();
 }
 
 function sizeOption(value: string): number {
@@ -130,6 +140,7 @@ export function swarmCommand(io: IO): Command {
     .option("--round-size <size>", "with --serve: largest all-reduce one protocol round carries, sizes the maps (default 16MiB; larger ones take several rounds)", sizeOption)
     .option("--quorum <k>", "backup workers: a round goes as soon as k members (this one included) have sent their scales; the rest sit it out and still get the result (default: wait for every member the swarm holds fit)", intOption(1, MAX_WORKERS))
     .option("--deadline <ms|auto>", "grace for late members before a round goes without them: auto = 4x the median of recent rounds, 100..500 ms; 0 = wait for every member (up to --round-timeout)", deadlineOption, "auto")
+    .option("--metrics <addr:port>", "serve Prometheus metrics at http://ADDR:PORT/metrics while running (rounds, round times, retransmits, drops by reason, sentry, members, bytes)", metricsOption)
     .option("--json [file]", "print the report as JSON (to a file if given)")
     .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n" +
       "  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --job 7 --serve   # trainers: ainftp.connect(job=7)\n")
@@ -175,7 +186,7 @@ export function swarmCommand(io: IO): Command {
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
         sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
-        quorum: o.quorum, deadlineMs: o.deadline, note: (line) => io.err(`ainftp: ${line}\n`),
+        quorum: o.quorum, deadlineMs: o.deadline, note: (line) => io.err(`ainftp: ${line}\n`), metrics: o.metrics,
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");

@@ -9,6 +9,7 @@ import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
 import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
+import { startNodeMetrics } from "./metrics.ts";
 import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust.ts";
 import { Swarm, type SwarmChange, type SwarmState } from "./swarm.ts";
 
@@ -51,6 +52,8 @@ export interface NodeOptions {
   poison?: { rank: number; factor: number };
   /** How owners combine contributions (default sum, in the XDP program). */
   aggregate?: AggregateMode;
+  /** Serve Prometheus metrics at ADDR:PORT while running (src/metrics.ts). */
+  metrics?: string;
   /** One line each for what the user should know at start (stale pins replaced). */
   note?: (line: string) => void;
   /** Where the node says what happens to the swarm (a member suspected, dead, back). */
@@ -209,6 +212,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
   let arena: Arena | undefined;
   let umem: { ptr: number; bytes: number } | undefined;
+  let metrics: ReturnType<typeof startNodeMetrics> | undefined;
   const onSignal = () => {
     comm?.abort();
     cleanup();
@@ -234,6 +238,10 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     });
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
     swarm = new Swarm(comm, { iface: o.iface, log: o.log });
+    if (o.metrics) {
+      metrics = startNodeMetrics(o.metrics, comm, swarm, { rank: o.rank, peers: N, job: comm.job, iface: o.iface, bytesPerRound: n * 4 });
+      o.note?.(`metrics at ${metrics.url}`);
+    }
     const failedRounds: FailedRound[] = [];
     /** A round that failed because members died (every survivor loses it,
      * or the few that had the dead member's results do not): once the swarm
@@ -294,9 +302,11 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         // rounds in step with the other survivors (they lost it too, or not)
         await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
         hashes.push(null);
+        metrics?.roundLost();
         continue;
       }
       times.push(performance.now() - t);
+      metrics?.roundDone(times[times.length - 1]);
       // per chunk, the contributions its result holds (rx "xsk" keeps no
       // count: the plan's active members then)
       const kept = comm.xsk ? null : reps.map((p) => comm!.contributorsOf(p.round, p.chunks));
@@ -375,6 +385,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     };
     return report;
   } finally {
+    metrics?.stop();
     swarm?.close();
     comm?.close();
     arena?.close();
