@@ -150,6 +150,7 @@ export function swarmCommand(io: IO): Command {
           throw new AinftpError("swarm", "--slurm takes the members and the rank from SLURM", { hint: "drop --peers and --rank, or --slurm" });
         const m = await slurmMembers(process.env, { iface: o.iface });
         Object.assign(o, { peers: m.peers, rank: m.rank, iface: m.iface, job: o.job ?? m.job });
+        if (o.serve && o.socket === undefined) o.socket = m.socket;
         io.err(`ainftp: ${m.source}: rank ${m.rank} of ${m.peers.length} on ${m.iface}, job ${o.job}\n`);
       }
       for (const [flag, v] of [["--iface", o.iface], ["--peers", o.peers], ["--rank", o.rank]] as const)

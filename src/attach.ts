@@ -501,3 +501,25 @@ export async function attachForNode(iface: string, o: AttachOptions): Promise<{ 
   const r = await attach(iface, { ...o, owner: true });
   return { attachedByUs: true, notes: [...notes, ...r.notes] };
 }
+
+/** Removes every stale set of pins in this namespace (link gone, on another
+ * interface, or its owning swarm dead): what a SLURM Epilog runs after a job
+ * whose node was killed. Pins that are live stay. */
+export async function detachStale(o: { pinRoot?: string } = {}): Promise<{ iface: string; pinDir: string; why: string }[]> {
+  requireRoot("detach --stale");
+  const root = pinRoot(o.pinRoot);
+  ensureBpffs("detach --stale", root);
+  if (!existsSync(root)) return [];
+  const removed: { iface: string; pinDir: string; why: string }[] = [];
+  for (const d of readdirSync(root, { withFileTypes: true })) {
+    if (!d.isDirectory() || d.name.startsWith("netns-")) continue;
+    const st = pinState(d.name, root);
+    if (st.kind !== "stale") continue;
+    const ifindex = ifNameToIndex(d.name);
+    if (ifindex) await removeLivePins(st.dir, ifindex);
+    else rmSync(st.dir, { recursive: true, force: true });
+    removed.push({ iface: d.name, pinDir: st.dir, why: st.why });
+  }
+  if (root.includes("/netns-") && readdirSync(root).length === 0) rmSync(root, { recursive: true, force: true });
+  return removed;
+}
