@@ -163,6 +163,8 @@ export function swarmCommand(io: IO): Command {
         throw new AinftpError("swarm", "--socket and --round-size go with --serve", { hint: "add --serve" });
       if (o.quorum !== undefined && o.quorum > o.peers.length)
         throw new AinftpError("swarm", `--quorum ${o.quorum} but --peers lists ${o.peers.length} members`, { hint: `give a quorum of 1..${o.peers.length}` });
+      if (o.serve && o.metrics !== undefined)
+        throw new AinftpError("swarm", "--metrics goes with --synthetic (a serving node does not export metrics yet)", { hint: "drop --metrics, or run the synthetic workload" });
       if (o.serve && o.poison) throw new AinftpError("swarm", "--poison goes with --synthetic", { hint: "it scales the synthetic gradient of one rank; a trainer's gradients are its own" });
       if (o.serve) {
         const report = await serveNode({
