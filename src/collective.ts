@@ -49,14 +49,11 @@ import { cChunkExps, cQuantize } from "../native/quant.ts";
 import { publishState, readmitPath, removeState, statePath, takeReadmits } from "./sentry/state.ts";
 import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
 import { XskSocket } from "./xsk.ts";
+import { RttEstimator } from "./collective/rtt.ts";
 
 const HDR = SIZEOF.ainftp_wire_hdr;
 /** Payload bytes of one control packet (exponents per packet). */
 const CTRL_PAYLOAD = 1400;
-/** Fast retransmit: a result this many positions behind the furthest result
- * of the same owner, and missing for GAP_MS (doubling per try), is lost. */
-const GAP_BEHIND = 2;
-const GAP_MS = 4;
 /** At a deadline, how long owners get to say whom they wait for. */
 const STATUS_WAIT_MS = 300;
 /** With the sentry: how far (in powers of two) a rank's exponent may exceed
@@ -296,6 +293,9 @@ export class Communicator implements Disposable {
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 
+  /** Round-trips of our contributions, for the retransmission timer and RACK (issue 17). */
+  readonly rtt = new RttEstimator();
+  private dbg: string[] = [];
   private maps: PinnedReflex;
   private ring: EventRing;
   private sock: UdpEndpoint;
@@ -889,7 +889,14 @@ export class Communicator implements Disposable {
     const bank = r & 1;
     const bankBase = bank * this.cfg.chunks;
     const deadline = t0 + this.o.roundTimeoutMs;
-    let interval = retransmitMs;
+    // the default timer adapts to measured round-trips; a caller's own (a
+    // barrier's patience) stays as given
+    // (retransmitMs, a barrier's patience included, then bounds the first
+    // interval: a busy peer costs a few doubling retransmissions, no more)
+    const firstRto = () => Math.min(retransmitMs, this.rtt.pto(retransmitMs, this.o.maxRetransmitMs));
+    // timeouts since the last progress: the first sends a tail-loss probe
+    let quiet = 0;
+    let interval = firstRto();
     let nextRetx = performance.now() + interval;
     const ringFd = this.ring.epollFd();
     const sockFd = this.sock.fd;
@@ -908,6 +915,7 @@ export class Communicator implements Disposable {
         throw new RoundError(`round ${r}`, `${describeRanks(gone, this.peers)} left the job before finishing this round`, gone,
           "every member must call allreduce the same number of times; restart the job with the remaining members");
       if (!st.sent && this.sharedReady(st)) {
+        if (process.env.AINFTP_DEBUG_RTT) this.dbg = [`plan@${(performance.now() - t0).toFixed(1)}`];
         this.applyPlan(st);
         this.startContributions(st, x, bankBase);
         // (slots of ours that completed before we had the plan)
@@ -939,7 +947,8 @@ export class Communicator implements Disposable {
       if (now >= nextRetx) {
         st.lookInMap = true;
         this.stats.timeouts++;
-        this.retransmit(st, bankBase);
+        if (process.env.AINFTP_DEBUG_RTT) this.dbg.push(`${quiet ? "TO" : "TLP"}@${(now - t0).toFixed(1)}/${interval.toFixed(1)} sent=${st.sent} miss=${st.sent ? this.missingResults(st, bankBase) : -1}`);
+        this.retransmit(st, bankBase, interval, quiet++ === 0);
         interval = Math.min(interval * 2, this.o.maxRetransmitMs);
         nextRetx = now + interval;
       }
@@ -962,12 +971,15 @@ export class Communicator implements Disposable {
       if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
         st.lastProgress = performance.now();
         // results are flowing: nothing is lost yet, restart the timer
-        interval = retransmitMs;
+        interval = firstRto();
+        quiet = 0;
         nextRetx = performance.now() + interval;
       }
       if (st.sent) this.pump(st, x);
     }
     tp = this.phase("work", tp);
+    if (process.env.AINFTP_DEBUG_RTT && !patient && performance.now() - t0 > 40) console.error(`r${this.rank} round ${r} ${(performance.now() - t0).toFixed(1)} ms: ${this.dbg.join(" ")}`);
+    this.dbg = [];
     // rx "xsk": the peers' results are in `out` already; ours are in our map
     const bad2 = this.xsk
       ? coll.ainftp_gather_list(this.resBase, bankBase, st.owned, st.owned.length, E, r + 1, out, out.length)
@@ -978,6 +990,7 @@ export class Communicator implements Disposable {
     // done with round r: every active member finished r-1 (it contributed);
     // a round completed from the map alone moved no window yet
     if (this.cfg.roundBase < r) this.advanceWindow(r);
+    this.rtt.endRound();
     // per member: a round it was active in (and, on our slots, not held in
     // quarantine), or one it sat out (passive, late, quarantined)
     const counted = st.active & (this.cfg.memberMask | (1n << BigInt(this.rank)));
@@ -1192,6 +1205,13 @@ export class Communicator implements Disposable {
   private gotResult(st: RoundState, chunk: number): void {
     const o = ownerOf(st, chunk);
     st.xdone[chunk] = 1;
+    // Karn: a round-trip only from a chunk sent once; a retransmitted one
+    // tells whether the retransmission was needed
+    if (st.sentAt[chunk] > 0) {
+      const since = performance.now() - st.sentAt[chunk];
+      if (st.tries[chunk] === 0) this.rtt.sample(since);
+      else this.rtt.resultAfterRetransmit(since);
+    }
     st.acked[o]++;
     const k = Math.floor(chunk / st.K);
     if (k > st.furthest[o]) st.furthest[o] = k;
@@ -1207,14 +1227,19 @@ export class Communicator implements Disposable {
       if (o === this.rank) continue;
       const list = st.ownerChunks[o];
       while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
-      const upto = Math.min(st.pos[o], st.furthest[o] - GAP_BEHIND);
+      // RACK: a chunk sent before one whose result is here, and older than
+      // the round-trip plus the reordering window (src/collective/rtt.ts)
+      const upto = Math.min(st.pos[o], st.furthest[o]);
       let late: number[] | null = null;
       for (let k = st.lowest[o]; k < upto; k++) {
         const c = list[k];
-        if (st.xdone[c] || now - st.sentAt[c] < GAP_MS * (1 << Math.min(st.tries[c], 5))) continue;
+        if (st.xdone[c] || !this.rtt.lost(st.sentAt[c], now, st.tries[c])) continue;
         (late ??= []).push(c);
       }
-      if (late) this.sendAgain(st, o, late);
+      if (late) {
+        if (process.env.AINFTP_DEBUG_RTT) this.dbg.push(`rack@${(now - st.t0).toFixed(1)}:o${o}x${late.length}`);
+        this.sendAgain(st, o, late);
+      }
     }
   }
 
@@ -1450,22 +1475,30 @@ export class Communicator implements Disposable {
 
   /** No progress for a while: ask again for missing exponents, or send again
    * the contributions whose results have not come back. */
-  private retransmit(st: RoundState, bankBase: number): void {
+  private retransmit(st: RoundState, bankBase: number, rto = 0, probe = false): void {
     if (!st.sent) {
       const mine = st.exps.subarray(this.rank * st.nchunks, (this.rank + 1) * st.nchunks);
       for (const p of this.expsAwaited(st)) this.sendExps(p, st.r, mine, CTRL_EXPS_REQ);
       return;
     }
     const m = this.missingResults(st, bankBase);
+    const now = performance.now();
     const byOwner = new Map<number, number[]>();
     for (let i = 0; i < Math.min(m, this.capacity); i++) {
       const c = this.chunkList[i];
       const o = ownerOf(st, c);
       if (o === this.rank || (!st.passive && Math.floor(c / st.K) >= st.pos[o])) continue;
+      // (an adaptive timer: a chunk sent less than an RTO ago is in flight, not lost)
+      if (!st.passive && now - st.sentAt[c] < rto) continue;
       let l = byOwner.get(o);
       if (!l) byOwner.set(o, (l = []));
       l.push(c);
     }
+    // A tail-loss probe (RACK-TLP, RFC 8985): the first timeout sends only
+    // the last chunk each owner lacks. Its result shows (RACK) which earlier
+    // ones are lost; a probe into a round merely slow costs one packet per
+    // owner instead of the whole window again.
+    if (probe && !st.passive) for (const [o, list] of byOwner) byOwner.set(o, list.slice(-1));
     for (const [o, list] of byOwner) {
       // our contributions again (the owner may lack them), and the results
       // asked for by name: an owner that moved two rounds on answers from
@@ -1617,6 +1650,7 @@ export class Communicator implements Disposable {
    * bound), so a peer that lost one of our results can still finish its
    * last round. */
   close(lingerMs = this.o.roundTimeoutMs): void {
+    if (process.env.AINFTP_DEBUG_RTT) console.error(`rtt: srtt ${this.rtt.srtt?.toFixed(2)} rttvar ${this.rtt.rttvar.toFixed(2)} min ${this.rtt.minRtt.toFixed(2)} rto ${this.rtt.rto(50, 500).toFixed(2)} reo ${this.rtt.reoWnd().toFixed(2)} spurious ${this.rtt.spurious} samples ${this.rtt.samples}`);
     if (this.closed) return;
     this.closed = true;
     if (this.sentry) removeState(this.o.iface, this.o.pinRoot);

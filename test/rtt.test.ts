@@ -69,3 +69,25 @@ describe("RttEstimator", () => {
     expect(e.reoWnd()).toBe(REO_FLOOR_MS);
   });
 });
+
+describe("RttEstimator: outliers and the probe", () => {
+  test("one stalled result (a peer still in the last round) cannot lift the RTO to its cap", () => {
+    const e = new RttEstimator();
+    for (let i = 0; i < 50; i++) e.sample(4);
+    e.sample(400);
+    expect(e.rto(50, 500)).toBeLessThan(30);
+  });
+
+  test("the tail-loss probe fires at 2·srtt, never later than the RTO", () => {
+    const e = new RttEstimator();
+    expect(e.pto(50, 500)).toBe(50);
+    for (let i = 0; i < 50; i++) e.sample(4);
+    // steady: rttvar has decayed, the RTO is about srtt, and the probe waits no longer
+    expect(e.pto(50, 500)).toBe(e.rto(50, 500));
+    expect(e.pto(50, 500)).toBeGreaterThanOrEqual(4);
+    const f = new RttEstimator();
+    f.sample(4);
+    expect(f.pto(50, 500)).toBe(8);
+    expect(f.rto(50, 500)).toBe(12);
+  });
+});

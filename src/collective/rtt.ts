@@ -13,6 +13,8 @@
 /** No RTO below this (ms): a wake-up batch and a scheduler tick on a busy
  * 2-core host take about this long; a timer below it fires on every round. */
 export const RTO_FLOOR_MS = 2;
+/** A sample counts as at most this many srtt (plus the floor); see sample(). */
+export const SAMPLE_CLAMP = 4;
 /** The reordering window is at least this (ms). */
 export const REO_FLOOR_MS = 0.5;
 /** RFC 8985's reo_wnd_mult stops here: at most 16 quarter-RTTs. */
@@ -36,9 +38,14 @@ export class RttEstimator {
   private mins: number[] = [];
   private roundMin = Infinity;
 
-  /** One round-trip (ms), of a chunk sent once (Karn: never of a retransmitted one). */
+  /** One round-trip (ms), of a chunk sent once (Karn: never of a retransmitted one).
+   * A sample above SAMPLE_CLAMP·srtt counts as that much: a result waits for
+   * the slowest member's contribution, so one member's loss (or a peer still
+   * finishing the last round) shows up in everyone's samples; unclamped,
+   * one stalled round lifts the RTO to its cap for the rounds after. */
   sample(ms: number): void {
     if (!(ms >= 0) || !Number.isFinite(ms)) return;
+    if (this.srtt !== null) ms = Math.min(ms, SAMPLE_CLAMP * this.srtt + RTO_FLOOR_MS);
     this.samples++;
     this.latest = ms;
     if (ms < this.roundMin) this.roundMin = ms;
@@ -62,6 +69,12 @@ export class RttEstimator {
   rto(initial: number, cap: number): number {
     if (this.srtt === null) return initial;
     return Math.min(cap, Math.max(RTO_FLOOR_MS, this.srtt + 4 * this.rttvar));
+  }
+
+  /** The tail-loss probe's timeout (RFC 8985 7.2: 2·srtt), within [RTO_FLOOR_MS, rto]. */
+  pto(initial: number, cap: number): number {
+    if (this.srtt === null) return initial;
+    return Math.min(this.rto(initial, cap), Math.max(RTO_FLOOR_MS, 2 * this.srtt));
   }
 
   /** RACK's reordering window (ms). */

@@ -21,6 +21,8 @@ const reps = Number(arg("reps", "2"));
 const loss = Number(arg("loss", "3")), dup = Number(arg("dup", "2"));
 const hosts = Number(arg("hosts", "4"));
 const extra = arg("extra", "").split(" ").filter(Boolean);
+// --bins A,B: alternate binaries (a baseline and a change), each clean and impaired, interleaved
+const bins = arg("bins", BIN).split(",");
 
 ensureBuilt();
 const nodes = Array.from({ length: hosts }, (_, i) => `h${i}`);
@@ -29,11 +31,11 @@ const imp = new PortImpairer(lab, nodes);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1] ?? NaN;
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))] ?? NaN;
 
-async function run(size: string): Promise<NodeReport[]> {
+async function run(size: string, bin: string): Promise<NodeReport[]> {
   const peers = nodes.map((n) => lab.node(n).addr).join(",");
   const procs = nodes.map((n, k) => {
     const json = join(lab.tmp, `m-${n}.json`);
-    const p = lab.spawn(n, [BIN, "swarm", "--iface", "eth0", "--peers", peers, "--rank", String(k), "--synthetic", size, "--rounds", String(rounds), "--verify", "--json", json, ...extra]);
+    const p = lab.spawn(n, [bin, "swarm", "--iface", "eth0", "--peers", peers, "--rank", String(k), "--synthetic", size, "--rounds", String(rounds), "--verify", "--json", json, ...extra]);
     return { p, json };
   });
   const codes = await Promise.all(procs.map(async ({ p }) => {
@@ -41,7 +43,7 @@ async function run(size: string): Promise<NodeReport[]> {
     const [err] = await Promise.all([new Response(p.stderr).text(), new Response(p.stdout).text()]);
     const c = await p.exited;
     clearTimeout(t);
-    if (c !== 0) console.error(`exit ${c}: ${err.trim()}`);
+    if (c !== 0 || process.env.AINFTP_DEBUG_RTT) console.error(`exit ${c}: ${err.trim()}`);
     return c;
   }));
   return procs.map(({ json }, k) => {
@@ -54,27 +56,32 @@ try {
   for (const size of sizes) {
     parseSize(size, "--sizes");
     let ref: (string | null)[] | null = null;
-    const rows: string[] = [];
-    const med: Record<string, number[]> = { clean: [], impaired: [] };
+    const med: Record<string, number[]> = {};
     for (let i = 0; i < reps; i++) {
-      for (const kind of ["clean", "impaired"] as const) {
-        if (kind === "clean") imp.clear();
-        else imp.apply(loss * 10_000, dup * 10_000);
-        const s0 = kind === "impaired" ? imp.stats() : null;
-        const r = await run(size);
-        const s1 = kind === "impaired" ? imp.stats() : null;
-        const times = r.flatMap((j) => j.round_times_ms);
-        ref ??= r[0].result_sha256;
-        const same = r.every((j) => JSON.stringify(j.result_sha256) === JSON.stringify(ref));
-        const m = median(times);
-        med[kind].push(m);
-        rows.push(`${size} ${kind.padEnd(8)} median ${m.toFixed(2)} ms  p90 ${pct(times, 0.9).toFixed(2)}  p99 ${pct(times, 0.99).toFixed(2)}  ` +
-          `retransmits ${r.reduce((a, j) => a + j.retransmits, 0)}  verified ${r.every((j) => j.verified)}  bit-identical ${same}` +
-          (s0 && s1 ? `  frames dropped ${s1.dropped - s0.dropped}/${s1.seen - s0.seen} duplicated ${s1.duplicated - s0.duplicated}` : ""));
-        console.log(rows.at(-1));
+      for (const [b, bin] of bins.entries()) {
+        for (const kind of ["clean", "impaired"] as const) {
+          if (kind === "clean") imp.clear();
+          else imp.apply(loss * 10_000, dup * 10_000);
+          const s0 = kind === "impaired" ? imp.stats() : null;
+          const r = await run(size, bin);
+          const s1 = kind === "impaired" ? imp.stats() : null;
+          const times = r.flatMap((j) => j.round_times_ms);
+          if (kind === "clean") ref ??= r[0].result_sha256;
+          const agree = r.every((j) => JSON.stringify(j.result_sha256) === JSON.stringify(r[0].result_sha256));
+          const asClean = JSON.stringify(r[0].result_sha256) === JSON.stringify(ref);
+          const m = median(times);
+          (med[`${b}-${kind}`] ??= []).push(m);
+          console.log(`${size} bin${b} ${kind.padEnd(8)} median ${m.toFixed(2)} ms  p90 ${pct(times, 0.9).toFixed(2)}  p99 ${pct(times, 0.99).toFixed(2)}  ` +
+            `retransmits ${r.reduce((a, j) => a + j.retransmits, 0)}  timeouts ${r.reduce((a, j) => a + j.timeouts, 0)}  partial ${r.reduce((a, j) => a + j.straggler.partial_rounds, 0)}  ` +
+            `verified ${r.every((j) => j.verified)}  ranks agree ${agree}  = clean ${asClean}` +
+            (s0 && s1 ? `  frames dropped ${s1.dropped - s0.dropped}/${s1.seen - s0.seen} duplicated ${s1.duplicated - s0.duplicated}` : ""));
+          if (process.env.MEASURE_DETAIL)
+            for (const j of r) console.log(`  r${j.rank}: timeouts ${j.timeouts} retransmits ${j.retransmits} resends ${j.resends} dups ${j.duplicates} phases ${JSON.stringify(j.phase_ms)} times ${j.round_times_ms.map((t) => t.toFixed(0)).join(" ")}`);
+        }
       }
     }
-    console.log(`${size}: impaired/clean median ratio ${(median(med.impaired) / median(med.clean)).toFixed(2)} (clean ${med.clean.map((x) => x.toFixed(2)).join(", ")}; impaired ${med.impaired.map((x) => x.toFixed(2)).join(", ")})`);
+    for (const b of bins.keys())
+      console.log(`${size} bin${b} (${bins[b]}): impaired/clean median ratio ${(median(med[`${b}-impaired`]) / median(med[`${b}-clean`])).toFixed(2)} (clean ${med[`${b}-clean`].map((x) => x.toFixed(2)).join(", ")}; impaired ${med[`${b}-impaired`].map((x) => x.toFixed(2)).join(", ")})`);
   }
 } finally {
   imp.clear();
