@@ -192,6 +192,10 @@ export interface RoundReport {
    * less any the sentry dropped or a deadline closed out). */
   active: number[];
   leader: number;
+  /** Per chunk, the contributions its result holds, read as the round ended
+   * (the results map keeps two rounds: a later read of a long vector's first
+   * rounds finds the next rounds' results there); null with rx "xsk". */
+  contributors?: Uint16Array | null;
 }
 
 /** A round failed: members did not answer in time, or one left. */
@@ -829,12 +833,13 @@ export class Communicator implements Disposable {
       } finally {
         this.inRound = false;
       }
+      rep.contributors = this.xsk ? null : this.contributorsOf(rep.round, rep.chunks);
       reports.push(rep);
       if (opts.op === "mean") {
         // a mean over the contributions each chunk's result holds: fewer
         // than the members when the round was partial or the sentry dropped
         // some (rx "xsk" keeps no per-chunk count: the plan's active members)
-        const k = this.xsk ? new Uint16Array(rep.chunks).fill(rep.active.length) : this.contributorsOf(rep.round, rep.chunks);
+        const k = rep.contributors ?? new Uint16Array(rep.chunks).fill(rep.active.length);
         for (let c = 0; c < rep.chunks; c++) {
           const from = off + c * this.chunkElems, to = Math.min(end, from + this.chunkElems);
           const d = k[c] || 1;

@@ -275,7 +275,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, scaleOf(o.rank), x, n);
       const reps = await survive(-1, () => comm!.allreduce(x));
       if (reps && o.verify && reference)
-        verifyRobust(x, reps.map((p) => comm!.contributorsOf(p.round, p.chunks)), reference,
+        verifyRobust(x, reps.map((p) => p.contributors!), reference,
           { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active: reps.map((p) => p.active) });
     }
     const timedCnt = Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters;
@@ -309,7 +309,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       metrics?.roundDone(times[times.length - 1]);
       // per chunk, the contributions its result holds (rx "xsk" keeps no
       // count: the plan's active members then)
-      const kept = comm.xsk ? null : reps.map((p) => comm!.contributorsOf(p.round, p.chunks));
+      const kept = comm.xsk ? null : reps.map((p) => p.contributors!);
       const active = reps.map((p) => p.active);
       for (const a of active) activeLog.push(a);
       const whole = active.every((a) => a.length === N) && (!kept || kept.every((k) => k.every((v) => v === N)));
