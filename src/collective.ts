@@ -54,6 +54,10 @@ import { RttEstimator } from "./collective/rtt.ts";
 const HDR = SIZEOF.ainftp_wire_hdr;
 /** Payload bytes of one control packet (exponents per packet). */
 const CTRL_PAYLOAD = 1400;
+/** How often a round looks whether the swarm declared dead a member it waits on (the swarm ticks every 20 ms). */
+const DEATH_CHECK_MS = 20;
+/** A round whose leader died after we had its plan: given up after this long without progress. */
+const LEADERLESS_MS = 200;
 /** At a deadline, how long owners get to say whom they wait for. */
 const STATUS_WAIT_MS = 300;
 /** With the sentry: how far (in powers of two) a rank's exponent may exceed
@@ -863,6 +867,7 @@ export class Communicator implements Disposable {
       return { round: r, ms: performance.now() - t0, chunks: nchunks, active: [0], leader: 0 };
     }
     const st = this.newRound(r, x, out, nchunks, t0, patient ? Infinity : this.graceMs(), patient);
+    if (process.env.AINFTP_DEBUG_LEADER) console.error(`r${this.rank} round ${r} leader ${st.leader} (next ${this.leaderNext}) live ${(this.liveMask & 15n).toString(2)} fit ${(this.fitMask & 15n).toString(2)}`);
 
     // exponents: ours to every peer, then theirs (some may be here already)
     const mine = st.exps.subarray(this.rank * nchunks, (this.rank + 1) * nchunks);
@@ -903,6 +908,7 @@ export class Communicator implements Disposable {
     let quiet = 0;
     let interval = firstRto();
     let nextRetx = performance.now() + interval;
+    let nextDeathCheck = 0;
     const ringFd = this.ring.epollFd();
     const sockFd = this.sock.fd;
     for (;;) {
@@ -949,6 +955,17 @@ export class Communicator implements Disposable {
       }
       const now = performance.now();
       if (now >= deadline) await this.fail(st, bankBase);
+      // a member the swarm declared dead, that this round waits on: fail
+      // now, not at the deadline (issue 17; the next plans leave it out)
+      if (now >= nextDeathCheck) {
+        nextDeathCheck = now + DEATH_CHECK_MS;
+        const dead = this.deadWeWaitFor(st, bankBase);
+        if (dead.length) await this.fail(st, bankBase, `${describeRanks(dead, this.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`);
+        // our slots that lack only the dead's contributions: close them now
+        // with the contributions present, so the survivors get their results
+        // (each result says how many it holds) instead of failing the round
+        if (st.sent) this.closeForDead(st, bankBase);
+      }
       if (now >= nextRetx) {
         st.lookInMap = true;
         this.stats.timeouts++;
@@ -1561,10 +1578,55 @@ export class Communicator implements Disposable {
     return mask;
   }
 
+  /** Members the swarm holds dead that this round cannot do without: the
+   * leader whose plan we lack, owners of results we lack. (Our slots that
+   * lack a dead member's contribution are closed without it: closeForDead.) */
+  private deadWeWaitFor(st: RoundState, bankBase: number): number[] {
+    const dead = this.othersMask() & ~this.liveMask;
+    if (!dead) return [];
+    let m = 0n;
+    if (!st.sent) {
+      if (st.leader !== this.rank && !st.haveShared) m |= dead & (1n << BigInt(st.leader));
+    } else if ((dead >> BigInt(st.leader)) & 1n && performance.now() - st.lastProgress > LEADERLESS_MS) {
+      // the leader died with its plan half sent: the members without it
+      // gave the round up and send nothing; nothing more will come
+      m |= 1n << BigInt(st.leader);
+    } else if (st.ownedDoneCount === st.owned.length) {
+      // (only once our own results are out: the survivors that have the
+      // dead owner's results complete the round with ours)
+      const k = this.missingResults(st, bankBase);
+      for (let i = 0; i < Math.min(k, this.capacity); i++) m |= dead & (1n << BigInt(ownerOf(st, this.chunkList[i])));
+    }
+    const out: number[] = [];
+    for (let p = 0; p < this.size; p++) if ((m >> BigInt(p)) & 1n) out.push(p);
+    return out;
+  }
+
+  /** Closes our open slots whose missing contributions are all from members
+   * the swarm holds dead (the deadline close, early); returns how many. */
+  private closeForDead(st: RoundState, bankBase: number): number {
+    const dead = this.othersMask() & ~this.liveMask & st.active;
+    if (!dead) return 0;
+    const close: number[] = [];
+    for (let i = 0; i < st.owned.length; i++) {
+      const c = st.owned[i];
+      if (st.ownedDone[c]) continue;
+      const slot = this.maps.slot(bankBase + c);
+      const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
+      const missing = st.active & this.othersMask() & ~seen;
+      if (missing && !(missing & ~dead)) close.push(c);
+    }
+    if (close.length) {
+      this.maps.closeSlots(st.r, close, { force: true, rank: this.rank, jobId: this.job, srcAddr: this.peers[this.rank] });
+      this.stats.deadlineCloses += close.length;
+    }
+    return close.length;
+  }
+
   /** The round missed its deadline: say who is missing. Every member is
    * asked whom it waits for (and so shown alive), so that a live member
    * blocked by a dead one is not blamed for it. */
-  private async fail(st: RoundState, bankBase: number): Promise<never> {
+  private async fail(st: RoundState, bankBase: number, cause?: string): Promise<never> {
     // whom we wait for, and for how many chunks
     const waitsOn = new Map<number, string>();
     if (!st.sent) {
@@ -1615,10 +1677,12 @@ export class Communicator implements Disposable {
       }
     }
     const ranks = [...missing].sort((a, b) => a - b);
-    // the next round's leader: the plan's choice is lost with this round,
-    // so every survivor takes the first live member after this leader
-    this.leaderNext = this.liveFrom((st.leader + 1) % this.size);
-    throw new RoundError(`round ${st.r}`, `not complete after ${this.o.roundTimeoutMs} ms: missing ${describeRanks(ranks, this.peers)}; ${parts.join("; ")}`, ranks,
+    // the next round's leader: the plan's choice when we have the plan (the
+    // survivors that completed this round take it too; a dead choice is
+    // skipped by everyone alike), else the first live member after this leader
+    this.leaderNext = st.sent ? st.next : this.liveFrom((st.leader + 1) % this.size);
+    if (process.env.AINFTP_DEBUG_LEADER) console.error(`r${this.rank} round ${st.r} FAIL sent ${st.sent} leader ${st.leader} next ${st.next} -> ${this.leaderNext}`);
+    throw new RoundError(`round ${st.r}`, `${cause ?? `not complete after ${this.o.roundTimeoutMs} ms`}: missing ${describeRanks(ranks, this.peers)}; ${parts.join("; ")}`, ranks,
       "check that those members are running and attached; a member that died must be restarted with the whole job");
   }
 

@@ -130,6 +130,8 @@ export interface FailedRound {
   iteration: number;
   missing: number[];
   error: string;
+  /** From the round's start until we gave it up and went on (what the death cost us). */
+  ms: number;
 }
 
 export interface StragglerReport {
@@ -248,6 +250,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
      * holds every missing member dead (within 3 s), note it and go on; the
      * next rounds' plans leave the dead out. Any other failure ends the run. */
     const survive = async <T>(iteration: number, f: () => Promise<T>): Promise<T | null> => {
+      const t = performance.now();
       try {
         return await f();
       } catch (e) {
@@ -256,7 +259,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         const until = performance.now() + 3000;
         while (!dead() && performance.now() < until) await Bun.sleep(50); // the swarm ticks meanwhile
         if (!dead()) throw e;
-        failedRounds.push({ iteration, missing: e.missingRanks, error: e.message });
+        failedRounds.push({ iteration, missing: e.missingRanks, error: e.message, ms: +(performance.now() - t).toFixed(1) });
         o.log?.(`${e.message}: ${e.missingRanks.map((k) => `rank ${k}`).join(", ")} died; going on without`);
         return null;
       }

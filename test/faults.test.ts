@@ -189,3 +189,53 @@ describe.skipIf(!kernel)("exit codes and the JSON of a run that fails", () => {
     for (const r of runs) expect({ code: r.code, verified: r.report?.verified, lost: r.report?.lost_rounds }).toEqual({ code: 0, verified: false, lost: 0 });
   }, 40_000);
 });
+
+describe.skipIf(!kernel)("a member killed with SIGKILL costs the survivors seconds, not a round timeout", () => {
+  let lab: Lab | undefined;
+  beforeAll(() => {
+    ensureBuilt();
+    lab = createLab("kill", ["k0", "k1", "k2", "k3"], { subnet: "10.213.79" });
+  });
+  afterAll(() => lab?.destroy());
+
+  for (const trial of [1, 2])
+    test(`trial ${trial}: 4 hosts, 1 MiB rounds, rank 3 SIGKILLed mid-run: no survivor's round (completed or given up) takes 3 s; the rest go on without it`, async () => {
+      const nodes = ["k0", "k1", "k2", "k3"];
+      const peers = nodes.map((n) => lab!.node(n).addr);
+      // the last trial's victim left its pins (and counters): start afresh
+      if (existsSync(lab!.pinDir("k3", IF))) must([...lab!.enter("k3"), BIN, "detach", IF]);
+      const started = nodes.map((n, k) => start(lab!, n, k, peers, ["--synthetic", String(MiB), "--rounds", "150", "--verify", "--round-timeout", "10000"]));
+      // kill it once rounds run
+      const completed = () => {
+        const r = lab!.ainftp("k3", ["status", IF, "--json"]);
+        return r.code === 0 ? JSON.parse(r.stdout)[0].counters.completed : 0;
+      };
+      expect(await until(() => existsSync(join(lab!.pinDir("k3", IF), "link")) && completed() > 300, 30_000, 100)).toBe(true);
+      await Bun.sleep(300 * trial);
+      started[3].proc.kill("SIGKILL");
+      const runs = await Promise.all(started.map((s) => finish(s, 90_000)));
+      expect(runs[3].signal).toBe("SIGKILL");
+      const costs: string[] = [];
+      if (process.env.FAULTS_DEBUG) runs.forEach((r, k) => Bun.write(`/tmp/ops-fault-${trial}-r${k}.log`, r.stdout + r.stderr));
+      for (const r of runs.slice(0, 3)) {
+        const j = r.report;
+        if (!j) throw new Error(`a survivor failed: ${r.code} ${r.stderr}`);
+        // exit 0, or 4 (and verified false) when a round was lost
+        expect({ code: r.code, verified: j.verified }).toEqual(j.lost_rounds ? { code: 4, verified: false } : { code: 0, verified: true });
+        expect(j.rel_l2_error_max!).toBeLessThanOrEqual(1e-3);
+        const worst = Math.max(...j.round_times_ms, ...j.failed_rounds.map((f) => f.ms));
+        costs.push(`r${j.rank}: worst round ${worst.toFixed(0)} ms, ${j.failed_rounds.length} given up${j.failed_rounds.length ? ` (${j.failed_rounds.map((f) => f.ms.toFixed(0)).join(", ")} ms: ${j.failed_rounds[0].error.slice(0, 90)}…)` : ""}`);
+        if (worst >= 3000) console.log(`[faults] slow: r${j.rank} failed ${JSON.stringify(j.failed_rounds.slice(0, 4))}`);
+        expect(worst).toBeLessThan(3000);
+        for (const f of j.failed_rounds) expect(f.missing).toEqual([3]);
+        expect(j.swarm.members.find((m) => m.memberRank === 3)?.state).toBe("dead");
+        expect(j.straggler.active.at(-1)).toEqual([0, 1, 2]);
+      }
+      console.log(`[faults] SIGKILL trial ${trial}: ${costs.join("; ")}`);
+      // where two survivors both finished a round, the same result
+      const [a, b, c] = runs.slice(0, 3).map((r) => r.report!.result_sha256);
+      a.forEach((h, i) => {
+        for (const o of [b, c]) if (h !== null && o[i] !== null) expect(o[i]).toBe(h);
+      });
+    }, 120_000);
+});
