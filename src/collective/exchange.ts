@@ -106,41 +106,29 @@ export function adoptEarly(h: Host, st: RoundState): void {
   for (const k of h.earlyExps.keys()) if (k < r) h.earlyExps.delete(k);
 }
 
-/** The plan is known: as a member, once the leader's pieces are all here;
- * as the leader, once the members it waits for have sent their exponents
- * (the fit ones, or the first `quorum`, or whoever is here at the
- * deadline). The leader then decides (decidePlan) and sends it (announcePlan). */
-export function planKnown(h: Host, st: RoundState): boolean {
-  if (st.haveShared) return true;
-  if (st.leader !== h.rank) return false;
+/** The leader's view of the round now: whose exponents are here, and
+ * whether a majority just arrived and the plan can be decided (plan.ts). */
+export function leaderTurn(h: Host, st: RoundState, now: number): { have: bigint; count: number; majorityNow: boolean; decide: boolean } {
   const { have, count } = haveMask(st.haveExps);
-  const now = h.clock.now();
   const step = leaderStep({
     have, count, size: h.size, othersMask: h.othersMask, fitMask: h.fitMask, liveMask: h.liveMask, downRanked: downRankedMask(h.lateness),
     patient: st.patient, quorum: h.o.quorum, majorityAt: st.majorityAt, grace: st.grace, now,
   });
-  if (step.majorityNow) {
-    st.majorityAt = now;
-    requestExps(h, st);
-  }
-  if (!step.decide) return false;
-  decidePlan(h, st, have, count, now);
-  announcePlan(h, st, count);
-  return true;
+  return { have, count, ...step };
 }
 
 /** Asks the live members whose exponents are missing, at once: a lost
  * exponents packet is then back within a round trip, not the member's
  * retransmission timer. */
-function requestExps(h: Host, st: RoundState): void {
+export function requestExps(h: Host, st: RoundState): void {
   const mine = myExps(h, st);
   for (let k = 0; k < h.size; k++)
     if (k !== h.rank && !st.haveExps[k] && Host.has(h.liveMask, k)) sendExps(h, k, st.r, mine, CTRL_EXPS_REQ);
 }
 
-/** The leader's decision: the members whose exponents are here are active;
+/** The leader's decision (no I/O): the members whose exponents are here are active;
  * the shared scale is their maximum; the next leader is prompt and fit. */
-function decidePlan(h: Host, st: RoundState, have: bigint, count: number, now: number): void {
+export function decidePlan(h: Host, st: RoundState, have: bigint, count: number, now: number): void {
   st.active = have;
   nextScores(h.lateness, st.haveExps, st.patient, st.scores);
   const rows = activeRows(st.exps, st.haveExps, count, st.nchunks);
@@ -155,7 +143,7 @@ function decidePlan(h: Host, st: RoundState, have: bigint, count: number, now: n
 
 /** Sends the decided plan to every member; a partial round's plan is kept
  * for passive members that ask after we moved on. */
-function announcePlan(h: Host, st: RoundState, count: number): void {
+export function announcePlan(h: Host, st: RoundState, count: number): void {
   for (const p of h.others) sendPlan(h, p, st);
   if (count < h.size) h.keep(h.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
 }

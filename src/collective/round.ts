@@ -6,7 +6,7 @@ import { AinftpError } from "../errors.ts";
 import { chunkCount, chunkExpsInto, NonFiniteGradientError } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import { fail } from "./diagnose.ts";
-import { adoptEarly, myExps, planKnown, sendExps } from "./exchange.ts";
+import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
 import type { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.ts";
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
@@ -81,6 +81,26 @@ function checkLeavers(h: Host, r: number): void {
       "every member must call allreduce the same number of times; restart the job with the remaining members");
 }
 
+/** The plan is known: as a member, once the leader's pieces are all here;
+ * as the leader, once the members it waits for have sent their exponents
+ * (the fit ones, or the first `quorum`, or whoever is here at the
+ * deadline). The leader decides (exchange.ts, plan.ts), then sends: the
+ * requests for missing exponents when a majority is in, and the plan. */
+function planReady(h: Host, st: RoundState): boolean {
+  if (st.haveShared) return true;
+  if (st.leader !== h.rank) return false;
+  const now = h.clock.now();
+  const turn = leaderTurn(h, st, now);
+  if (turn.majorityNow) {
+    st.majorityAt = now;
+    requestExps(h, st);
+  }
+  if (!turn.decide) return false;
+  decidePlan(h, st, turn.have, turn.count, now);
+  announcePlan(h, st, turn.count);
+  return true;
+}
+
 /** Whether every result of the round is here (the events say so, or the
  * results map does when they may have been missed). */
 function complete(h: Host, st: RoundState, bankBase: number): boolean {
@@ -113,7 +133,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (h.closed) throw new AinftpError(`round ${r}`, "communicator closed during the round");
     }
     checkLeavers(h, r);
-    if (!st.sent && planKnown(h, st)) {
+    if (!st.sent && planReady(h, st)) {
       applyPlan(h, st);
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
