@@ -228,14 +228,20 @@ export class Communicator implements Disposable {
   /** Leaves the job: tells the peers, then keeps serving resend requests
    * until every peer has left too (or lingerMs passes, by default the round
    * bound), so a peer that lost one of our results can still finish its
-   * last round. */
+   * last round. Over the real ports this returns when all is done (leave()
+   * never awaits there); a simulator awaits leave() instead. */
   close(lingerMs = this.h.o.roundTimeoutMs): void {
+    void this.leave(lingerMs);
+  }
+
+  /** close() as a promise: it awaits only a simulated port's wait. */
+  async leave(lingerMs = this.h.o.roundTimeoutMs): Promise<void> {
     const h = this.h;
     if (h.closed) return;
     h.closed = true;
     h.sentry?.close(h);
     try {
-      linger(h, lingerMs);
+      await linger(h, lingerMs);
     } catch {
       // leaving anyway
     }
@@ -255,8 +261,8 @@ export class Communicator implements Disposable {
 }
 
 /** Says goodbye, and serves resend requests until every live peer has said
- * goodbye too or lingerMs passes. */
-function linger(h: Host, lingerMs: number): void {
+ * goodbye too or lingerMs passes. Awaits nothing over the real ports. */
+async function linger(h: Host, lingerMs: number): Promise<void> {
   const bye = (all = false) => {
     for (const p of h.others) if (all || !h.left.has(p)) h.sendControl(p, CTRL_BYE, h.nextRound, 0, 0, new Uint8Array(0));
   };
@@ -268,7 +274,8 @@ function linger(h: Host, lingerMs: number): void {
   while (waiting() && h.clock.now() < end) {
     // a lost BYE must not keep a peer lingering for the whole bound
     if (h.clock.now() >= again) (bye(), (again = h.clock.now() + TUNING.GREET_MS));
-    void h.net.wait(READY_RING | READY_SOCK, Math.max(1, Math.ceil(Math.min(50, end - h.clock.now()))));
+    const ready = h.net.wait(READY_RING | READY_SOCK, Math.max(1, Math.ceil(Math.min(50, end - h.clock.now()))));
+    if (typeof ready !== "number") await ready;
     drainControl(h, null);
     drainEvents(h, null, 0);
   }

@@ -55,6 +55,13 @@ export class SimProgram {
     return new SimProgram(obj);
   }
 
+  /** Before a run: round base 0, as a fresh attach leaves it, so a seed
+   * replays the same rounds whatever ran before it. */
+  reset(): void {
+    this.obj.setConfig({ ...this.obj.config(), jobId: 0, roundBase: 0, memberMask: 0n, bankMask: [0n, 0n], flags: 0 });
+    while (this.ring.pollRaw(0) > 0);
+  }
+
   /** The program's maps as the communicator sees them: one shared ring, no close. */
   port(): ReflexPort {
     return this.view;
@@ -148,10 +155,12 @@ export class SimWorld {
   private running = 0;
   private idle: (() => void) | null = null;
   private byAddr = new Map<string, number>();
+  private comms: Communicator[] = [];
 
   constructor(readonly seed: number, readonly faults: Faults, programs: SimProgram[], readonly port: number) {
     this.rng = mulberry32(seed);
     programs.forEach((p, rank) => {
+      p.reset();
       const addr = `10.77.0.${rank + 1}`;
       this.byAddr.set(addr, rank);
       this.hosts.push(new SimHost(this, rank, addr, p));
@@ -171,7 +180,12 @@ export class SimWorld {
   /** A communicator on host `rank` over the world's ports (not yet connected). */
   communicator(rank: number, o: Partial<CommunicatorOptions> = {}): Communicator {
     const h = this.hosts[rank];
-    return Communicator.withPorts({ iface: "sim", peers: this.peers, rank, job: 7, ...o }, { clock: h, net: h, maps: h.program.port(), port: this.port });
+    return (this.comms[rank] = Communicator.withPorts({ iface: "sim", peers: this.peers, rank, job: 7, ...o }, { clock: h, net: h, maps: h.program.port(), port: this.port }));
+  }
+
+  /** The communicator made for host `rank`. */
+  comm(rank: number): Communicator {
+    return this.comms[rank];
   }
 
   /** Sends one datagram through the faulty network. */
@@ -207,6 +221,7 @@ export class SimWorld {
 
   park(h: SimHost, watch: number, ms: number): Promise<number> {
     return new Promise((resolve) => {
+      if (h.dead) return this.finished(); // a dead host never resumes
       h.parked = { watch, until: this.now + Math.max(ms, MIN_WAIT_MS), resolve };
       this.finished();
     });
@@ -235,7 +250,7 @@ export class SimWorld {
 
   private deliver(e: InFlight): void {
     const h = this.hosts[e.to];
-    if (h.dead || this.hosts[e.from].dead) return;
+    if (h.dead) return; // (what a host sent before it died still arrives)
     const f = frame(e.data, { dstPort: this.port });
     f.set(new Uint8Array(new Uint32Array([ipv4ToBe32(this.hosts[e.from].addr)]).buffer), 14 + 12);
     const { action } = h.program.obj.testRun(f);
