@@ -15,7 +15,36 @@ const quant = openShimTable({
   ainftp_quantize: { args: [T.ptr, T.u32, T.i32, T.ptr, T.u32], returns: T.u32 },
   ainftp_finish_chunk: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_dequantize: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
+  ainftp_quant_isa_mask: { args: [], returns: T.u32 },
+  ainftp_quant_set_isa: { args: [T.i32], returns: T.i32 },
+  ainftp_quant_isa: { args: [], returns: T.i32 },
 } as const);
+
+/** Builds of the kernels, in AINFTP_ISA_* order: the same bits at different speeds. */
+export const QUANT_ISAS = ["generic", "avx2", "avx512"] as const;
+export type QuantIsa = (typeof QUANT_ISAS)[number];
+
+/** The builds this CPU runs (generic always). */
+export function quantIsasSupported(): QuantIsa[] {
+  const mask = quant.ainftp_quant_isa_mask();
+  return QUANT_ISAS.filter((_, i) => mask & (1 << i));
+}
+
+/** The build the kernels use now. */
+export function quantIsa(): QuantIsa {
+  return QUANT_ISAS[quant.ainftp_quant_isa()];
+}
+
+/** Makes every kernel use one build ("best": the fastest this CPU runs);
+ * returns the build now in use. Process-wide, for tests and benchmarks. */
+export function setQuantIsa(isa: QuantIsa | "best"): QuantIsa {
+  const rc = quant.ainftp_quant_set_isa(isa === "best" ? -1 : QUANT_ISAS.indexOf(isa));
+  if (rc < 0) {
+    throw new RangeError(`native quantizer: this CPU cannot run the ${isa} build ` +
+      `(it runs ${quantIsasSupported().join(", ")}); pick one of those or "best"`);
+  }
+  return QUANT_ISAS[rc];
+}
 
 /** What ainftp_chunk_exps / ainftp_pack_chunks / ainftp_quantize return for invalid arguments. */
 export const QUANT_EINVAL = 0xffffffff;
