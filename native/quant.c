@@ -200,10 +200,11 @@ static inline int32_t shift_for(uint32_t m)
 	return k;
 }
 
-/* The owner's step after argument checks (see ainftp_finish_chunk), as
- * plain loops: the true sums, their largest magnitude, the rounding. */
+/* The owner's step after argument checks (see ainftp_finish_chunk_to), as
+ * plain loops: the true sums, their largest magnitude, the rounding, and a
+ * copy into `also` if not NULL. */
 static int32_t finish_generic(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
-			      int16_t *out)
+			      int16_t *out, int16_t *also)
 {
 	int32_t s[AINFTP_MAX_ELEMS];
 	if (contributors) {
@@ -237,6 +238,8 @@ static int32_t finish_generic(const uint32_t *raw, uint32_t count, uint32_t cont
 		int32_t r = (int32_t)((a + half) >> k);
 		out[j] = (int16_t)(s[j] < 0 ? -r : r);
 	}
+	if (also)
+		memcpy(also, out, sizeof(out[0]) * count);
 	return k;
 }
 
@@ -261,7 +264,7 @@ struct quant_kernels {
 	uint32_t (*nearest)(const float *x, uint32_t n, float scale, int16_t *q);
 	uint32_t (*stochastic)(const float *x, uint32_t n, float scale, int16_t *q, uint32_t key);
 	int32_t (*finish)(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
-			  int16_t *out);
+			  int16_t *out, int16_t *also);
 	void (*dequant)(const int16_t *q, uint32_t n, float p1, float p2, float *out);
 };
 
@@ -306,7 +309,7 @@ QUANT_BUILD(avx512, TARGET_AVX512)
 #define SUMS_CAP ((AINFTP_MAX_ELEMS + 15) & ~15) /* whole vectors of sums */
 
 TARGET_AVX512 static int32_t finish_avx512(const uint32_t *raw, uint32_t count, uint32_t contributors,
-					   const int16_t *own, int16_t *out)
+					   const int16_t *own, int16_t *out, int16_t *also)
 {
 	int32_t s[SUMS_CAP] __attribute__((aligned(64)));
 	const __m512i bias = _mm512_set1_epi32((int32_t)((uint32_t)AINFTP_ACC_BIAS * contributors));
@@ -336,7 +339,10 @@ TARGET_AVX512 static int32_t finish_avx512(const uint32_t *raw, uint32_t count, 
 		__m512i v = _mm512_load_si512(s + j);
 		__m512i r = _mm512_srl_epi32(_mm512_add_epi32(_mm512_abs_epi32(v), half), shift);
 		r = _mm512_mask_sub_epi32(r, _mm512_movepi32_mask(v), _mm512_setzero_si512(), r);
-		_mm256_mask_storeu_epi16(out + j, live, _mm512_cvtepi32_epi16(r));
+		__m256i r16 = _mm512_cvtepi32_epi16(r);
+		_mm256_mask_storeu_epi16(out + j, live, r16);
+		if (also)
+			_mm256_mask_storeu_epi16(also + j, live, r16);
 	}
 	return k;
 }
@@ -350,7 +356,7 @@ TARGET_AVX2 static inline uint32_t hmax_epu32_avx2(__m256i v)
 }
 
 TARGET_AVX2 static int32_t finish_avx2(const uint32_t *raw, uint32_t count, uint32_t contributors,
-				       const int16_t *own, int16_t *out)
+				       const int16_t *own, int16_t *out, int16_t *also)
 {
 	int32_t s[SUMS_CAP] __attribute__((aligned(32)));
 	uint32_t bias_u = (uint32_t)AINFTP_ACC_BIAS * contributors;
@@ -391,11 +397,15 @@ TARGET_AVX2 static int32_t finish_avx2(const uint32_t *raw, uint32_t count, uint
 		r = _mm256_sign_epi32(r, v); /* v == 0 gives r == 0 either way */
 		r = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(r, low16), 0x08);
 		_mm_storeu_si128((__m128i *)(out + j), _mm256_castsi256_si128(r));
+		if (also)
+			_mm_storeu_si128((__m128i *)(also + j), _mm256_castsi256_si128(r));
 	}
 	for (; j < count; j++) {
 		uint32_t a = s[j] < 0 ? 0u - (uint32_t)s[j] : (uint32_t)s[j];
 		int32_t r = (int32_t)((a + half_u) >> k);
 		out[j] = (int16_t)(s[j] < 0 ? -r : r);
+		if (also)
+			also[j] = out[j];
 	}
 	return k;
 }
@@ -567,10 +577,19 @@ uint32_t ainftp_quantize(const float *x, uint32_t n, int32_t exp, int16_t *q, ui
 int32_t ainftp_finish_chunk(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
 			    int16_t *out)
 {
+	return ainftp_finish_chunk_to(raw, count, contributors, own, out, NULL);
+}
+
+/* ainftp_finish_chunk that also writes the values to `also` (if not NULL) in
+ * the same pass: the results-map entry and the RESULT packet's payload at
+ * once, instead of a copy of one into the other afterwards. */
+int32_t ainftp_finish_chunk_to(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
+			       int16_t *out, int16_t *also)
+{
 	if (count == 0 || count > AINFTP_MAX_ELEMS || contributors > AINFTP_MAX_WORKERS ||
 	    (contributors && !raw))
 		return -EINVAL;
-	return kern()->finish(raw, count, contributors, own, out);
+	return kern()->finish(raw, count, contributors, own, out, also);
 }
 
 /* out = q * 2^exp, exact (or the correctly rounded f32 where the value is

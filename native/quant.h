@@ -49,6 +49,8 @@ uint32_t ainftp_pack_chunks(const float *x, uint32_t n, uint32_t chunk_elems, co
 uint32_t ainftp_quantize(const float *x, uint32_t n, int32_t exp, int16_t *q, uint32_t seed);
 int32_t ainftp_finish_chunk(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
 			    int16_t *out);
+int32_t ainftp_finish_chunk_to(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
+			       int16_t *out, int16_t *also);
 int32_t ainftp_dequantize(const int16_t *q, uint32_t n, int32_t exp, float *out);
 
 #endif /* AINFTP_QUANT_H */

@@ -14,6 +14,7 @@ const quant = openShimTable({
   },
   ainftp_quantize: { args: [T.ptr, T.u32, T.i32, T.ptr, T.u32], returns: T.u32 },
   ainftp_finish_chunk: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
+  ainftp_finish_chunk_to: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr], returns: T.i32 },
   ainftp_dequantize: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
   ainftp_quant_isa_mask: { args: [], returns: T.u32 },
   ainftp_quant_set_isa: { args: [T.i32], returns: T.i32 },
@@ -80,14 +81,18 @@ export function cQuantize(x: Float32Array, exp: number, q: Int16Array, seed: num
   return quant.ainftp_quantize(x, x.length, exp, q, seed >>> 0);
 }
 
-/** The owner's requantization of one acc entry; returns k (>= 0) or -EINVAL. */
+/** The owner's requantization of one acc entry into out (and into `also`,
+ * if given, in the same pass); returns k (>= 0) or -EINVAL. */
 export function cFinishChunk(
   raw: Uint32Array | null, count: number, contributors: number, own: Int16Array | null, out: Int16Array,
+  also: Int16Array | null = null,
 ): number {
   need(contributors === 0 || (raw !== null && raw.length >= ((count + 3) & ~3)),
     "raw must hold count rounded up to 4 lanes");
   need(own === null || own.length >= count, "own shorter than count");
   need(out.length >= count, "out shorter than count");
+  need(also === null || also.length >= count, "also shorter than count");
+  if (also) return quant.ainftp_finish_chunk_to(raw, count, contributors, own, out, also);
   return quant.ainftp_finish_chunk(raw, count, contributors, own, out);
 }
 

@@ -13,7 +13,7 @@ import {
   DEQ_EXP_MAX, DEQ_EXP_MIN, EXP_MAX, EXP_MIN, chunkCount, chunkExpsInto, dequantize, finishChunk, headerTemplate,
   packChunks, quantize,
 } from "../src/quantize.ts";
-import { quantIsa, quantIsasSupported, setQuantIsa, type QuantIsa } from "../native/quant.ts";
+import { cFinishChunk, quantIsa, quantIsasSupported, setQuantIsa, type QuantIsa } from "../native/quant.ts";
 
 const SEED = Number(process.env.QUANT_SIMD_SEED ?? 0x51d);
 const SIMD = quantIsasSupported().filter((i) => i !== "generic");
@@ -200,7 +200,14 @@ describe("every SIMD build gives the generic build's bytes", () => {
       sameOnEveryBuild(`finishChunk count=${count} contributors=${contributors} style=${style}`, () => {
         const out = view((l) => new Int16Array(l), count, outOff, 0x7777);
         const rc = finishChunk(contributors ? raw.part : null, count, contributors, own, out.part);
-        return { rc, bytes: [bytes(out.all)] };
+        // the two-output form: the same values in both places, in one pass
+        const out2 = view((l) => new Int16Array(l), count, outOff + 1, 0x6666);
+        const also = view((l) => new Int16Array(l), count, outOff + 3, 0x5555);
+        const rc2 = cFinishChunk(contributors ? raw.part : null, count, contributors, own, out2.part, also.part);
+        expect(rc2).toBe(rc);
+        expect(bytes(out2.part)).toEqual(bytes(out.part));
+        expect(bytes(also.part)).toEqual(bytes(out.part));
+        return { rc, bytes: [bytes(out.all), bytes(out2.all), bytes(also.all)] };
       });
     }
   });
