@@ -6,18 +6,20 @@
 //
 // Runs are interleaved: each repetition times every build once, in a rotating
 // order, and the table shows the median over repetitions (min in --json), so
-// a neighbour's burst of CPU hits all builds alike. `--before PATH` adds a
-// column for another build of the shim (e.g. one made before a change; it
-// runs whatever build that library picks).
+// a neighbour's burst of CPU hits all builds alike. `--lib NAME=PATH`
+// (repeatable; `--before PATH` is `--lib before=PATH`) adds a column for
+// another build of the shim, e.g. one made before a change; it runs
+// whatever build of the kernels that library picks.
 //
 // What each row times (one FFI call per sample for 4M, a JS loop of calls
 // for one chunk, so the one-chunk rows include ~20 ns of call per chunk):
 //   chunk_exps      ainftp_chunk_exps over the vector (chunks of 1720)
 //   pack nearest    ainftp_pack_chunks, every chunk, round to nearest
 //   pack stochastic the same with stochastic rounding
-//   finish          4M: ainftp_finish_batch over every chunk (3 others + own,
-//                   as an owner finishes, RESULT packets built); one chunk:
-//                   ainftp_finish_chunk
+//   finish          ainftp_finish_chunk (3 others + own), chunk by chunk
+//   finish batch    ainftp_finish_batch (native/collective.c) over every
+//                   chunk: as an owner finishes, results map and RESULT
+//                   packets written
 //   dequantize      ainftp_dequantize (exp -5)
 //   gather          4M: ainftp_gather_results (dequantize from the results map)
 import Table from "cli-table3";
@@ -31,9 +33,17 @@ const args = process.argv.slice(2);
 const opt = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const json = args.includes("--json");
 const reps = Number(opt("--reps") ?? 9);
-const before = opt("--before");
+const libs: [string, string][] = [];
+args.forEach((a, i) => {
+  if (a === "--before") libs.push(["before", args[i + 1]]);
+  if (a === "--lib") {
+    const [name, path] = args[i + 1]?.split("=") ?? [];
+    if (!name || !path) throw new Error(`--lib wants NAME=PATH, got ${args[i + 1]}`);
+    libs.push([name, path]);
+  }
+});
 if (args.includes("--help")) {
-  console.log("usage: bun bench/quant.ts [--reps N] [--before path/to/libainftp.so] [--json]");
+  console.log("usage: bun bench/quant.ts [--reps N] [--before PATH] [--lib NAME=PATH ...] [--json]");
   process.exit(0);
 }
 
@@ -55,20 +65,19 @@ const isaSymbols = {
 
 const here = new URL("../native/build/libainftp.so", import.meta.url).pathname;
 if (!existsSync(here)) throw new Error(`${here} is missing: run make build first`);
-if (before && !existsSync(before)) throw new Error(`--before ${before}: no such file`);
+for (const [name, path] of libs) if (!existsSync(path)) throw new Error(`--lib ${name}=${path}: no such file`);
 const lib = dlopen(here, { ...symbols, ...isaSymbols }).symbols;
-const old = before ? dlopen(before, symbols).symbols : null;
+type Fns = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
 
 /** A column of the table: one library, one build of its kernels. */
 interface Column {
   name: string;
-  fns: typeof lib | NonNullable<typeof old>;
+  fns: Fns;
   select(): void;
 }
 const ISAS = ["generic", "avx2", "avx512"];
 const mask = lib.ainftp_quant_isa_mask();
-const columns: Column[] = [];
-if (old) columns.push({ name: "before", fns: old, select() {} });
+const columns: Column[] = libs.map(([name, path]) => ({ name, fns: dlopen(path, symbols).symbols, select() {} }));
 ISAS.forEach((name, i) => {
   if (mask & (1 << i)) columns.push({ name, fns: lib, select: () => void lib.ainftp_quant_set_isa(i) });
 });
@@ -100,8 +109,9 @@ const res = new Uint8Array(nchunks * RES);
 const others = new Uint16Array(nchunks).fill(3);
 const counts = Uint16Array.from({ length: nchunks }, (_, c) => Math.min(CE, BIG - c * CE));
 const ownQ = q.subarray(0, nchunks * CE);
-const oneRaw = acc.subarray(0, CE);
 const oneOut = new Int16Array(CE);
+const accEntry = Array.from({ length: nchunks }, (_, c) => acc.subarray((c * ACC) / 4));
+const ownChunk = Array.from({ length: nchunks }, (_, c) => q.subarray(c * CE));
 
 // ---- timing ---------------------------------------------------------------------
 
@@ -110,7 +120,7 @@ interface Case {
   size: string;
   elements: number;
   /** Runs the kernel `times` times with the given library. */
-  run(f: Column["fns"], times: number): void;
+  run(f: Fns, times: number): void;
   times: number;
 }
 
@@ -122,9 +132,10 @@ for (const [size, n, times] of [["4M", BIG, 1], ["1 chunk", CE, 400]] as const) 
     { kernel: "chunk_exps", size, elements: n, times, run: (f, t) => { for (let i = 0; i < t; i++) f.ainftp_chunk_exps(one(n), n, CE, exps); } },
     { kernel: "pack nearest", size, elements: n, times, run: (f, t) => { for (let i = 0; i < t; i++) f.ainftp_pack_chunks(one(n), n, CE, chunks, nc, exps, header, pkts, stride, 0); } },
     { kernel: "pack stochastic", size, elements: n, times, run: (f, t) => { for (let i = 0; i < t; i++) f.ainftp_pack_chunks(one(n), n, CE, chunks, nc, exps, header, pkts, stride, 12345); } },
-    n === BIG
-      ? { kernel: "finish (batch)", size, elements: n, times, run: (f, t) => { for (let i = 0; i < t; i++) f.ainftp_finish_batch(acc, res, 0, chunks, nc, others, ownQ, 1, CE, counts, exps, header, pkts, stride); } }
-      : { kernel: "finish", size, elements: n, times, run: (f, t) => { for (let i = 0; i < t; i++) f.ainftp_finish_chunk(oneRaw, CE, 3, q, oneOut); } },
+    { kernel: "finish", size, elements: n, times, run: (f, t) => {
+      for (let i = 0; i < t; i++) for (let c = 0; c < nc; c++) f.ainftp_finish_chunk(accEntry[c], counts[c], 3, ownChunk[c], oneOut);
+    } },
+    { kernel: "finish batch", size, elements: n, times, run: (f, t) => { for (let i = 0; i < t; i++) f.ainftp_finish_batch(acc, res, 0, chunks, nc, others, ownQ, 1, CE, counts, exps, header, pkts, stride); } },
     { kernel: "dequantize", size, elements: n, times, run: (f, t) => { for (let i = 0; i < t; i++) f.ainftp_dequantize(q, n, -5, back); } },
   );
   if (n === BIG) {
@@ -163,8 +174,8 @@ if (json) {
   const t = new Table({ head: ["kernel", "size", ...columns.map((c) => `${c.name} ns/el`), `generic/${best}`] });
   for (const r of rows) {
     const g = r.nsPerElement.generic.median, b = r.nsPerElement[best].median;
-    t.push([r.kernel, r.size, ...columns.map((c) => r.nsPerElement[c.name].median.toFixed(3)), `${(g / b).toFixed(2)}×`]);
+    t.push([r.kernel, r.size, ...columns.map((c) => `${r.nsPerElement[c.name].median.toFixed(3)} (${r.nsPerElement[c.name].min.toFixed(3)})`), `${(g / b).toFixed(2)}×`]);
   }
-  console.log(`Quantizer kernels, ns per element (median of ${reps} interleaved runs; one-chunk rows include the FFI call)`);
+  console.log(`Quantizer kernels, ns per element: median (min) of ${reps} interleaved runs; the ratio is of medians; one-chunk rows include the FFI call`);
   console.log(t.toString());
 }
