@@ -140,14 +140,15 @@ BODY uint32_t stochastic_body(const float *restrict x, uint32_t n, float scale, 
 			      uint32_t key)
 {
 	uint32_t bad = 0;
-	for (uint32_t j = 0; j < n; j++) {
+	uint32_t h = key; /* key + j * GOLDEN, as an induction: no multiply per element */
+	for (uint32_t j = 0; j < n; j++, h += GOLDEN) {
 		int32_t b = bits_of(x[j] * scale);
 		bad += (b & 0x7fffffff) > BITS_QMAX;
 		float v = clamp_qmax(b);
 		float t = v + MAGIC_RNE;
 		int32_t down = t - MAGIC_RNE > v; /* nearest is above v: floor is one less */
 		float frac = v - ((t - MAGIC_RNE) - (float)down);
-		float u = (float)(int32_t)(mix32(key + j * GOLDEN) >> 8) * 0x1p-24f;
+		float u = (float)(int32_t)(mix32(h) >> 8) * 0x1p-24f;
 		q[j] = (int16_t)(bits_of(t) - MAGIC_BITS - down + (u < frac));
 	}
 	return bad;
