@@ -293,8 +293,12 @@ QUANT_BUILD(generic, )
 
 #ifdef QUANT_X86
 #define TARGET_AVX2 __attribute__((target("avx2")))
+#ifdef __clang__
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#else /* gcc would use 256-bit vectors for these by default */
 #define TARGET_AVX512 \
 	__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
+#endif
 QUANT_BUILD(avx2, TARGET_AVX2)
 QUANT_BUILD(avx512, TARGET_AVX512)
 #endif
