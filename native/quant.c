@@ -478,8 +478,8 @@ int32_t ainftp_quant_isa(void)
 }
 
 /* At load: the best build, or the one AINFTP_QUANT_ISA names if this CPU
- * runs it (an unknown or unsupported name keeps the best; src/quantize.ts
- * reports the mismatch). */
+ * runs it (any other name keeps the best; native/quant.ts refuses names
+ * that are no build at all). */
 __attribute__((constructor)) static void quant_pick_isa(void)
 {
 	int32_t isa = best_isa();

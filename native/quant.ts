@@ -25,6 +25,15 @@ const quant = openShimTable({
 export const QUANT_ISAS = ["generic", "avx2", "avx512"] as const;
 export type QuantIsa = (typeof QUANT_ISAS)[number];
 
+// The shim picked its build when it was loaded: the best this CPU runs, or
+// the one AINFTP_QUANT_ISA names if the CPU runs it. A name that is no build
+// at all is a typo worth stopping for.
+const wanted = process.env.AINFTP_QUANT_ISA;
+if (wanted && !(QUANT_ISAS as readonly string[]).includes(wanted)) {
+  throw new RangeError(`AINFTP_QUANT_ISA=${wanted} names no build of the quantizer: ` +
+    `use one of ${QUANT_ISAS.join(", ")}, or unset it for the best this CPU runs`);
+}
+
 /** The builds this CPU runs (generic always). */
 export function quantIsasSupported(): QuantIsa[] {
   const mask = quant.ainftp_quant_isa_mask();
