@@ -324,13 +324,17 @@ TARGET_AVX512 static int32_t finish_avx512(const uint32_t *raw, uint32_t count, 
 		__mmask16 live = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
 		/* the acc entry holds whole groups of four: read those the live lanes touch */
 		__mmask16 groups = left >= 16 ? 0xffff : (__mmask16)((1u << ((left + 3) & ~3u)) - 1);
+		/* masked loads only for the tail: they cost more when unaligned */
 		__m512i v = _mm512_setzero_si512();
 		if (contributors) {
-			v = _mm512_maskz_loadu_epi32(groups, raw + j);
+			v = left >= 16 ? _mm512_loadu_si512(raw + j) : _mm512_maskz_loadu_epi32(groups, raw + j);
 			v = _mm512_sub_epi32(_mm512_shuffle_epi32(v, (_MM_PERM_ENUM)SWAP_MIDDLE), bias);
 		}
-		if (own)
-			v = _mm512_add_epi32(v, _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(live, own + j)));
+		if (own) {
+			__m256i o = left >= 16 ? _mm256_loadu_si256((const __m256i *)(own + j))
+					       : _mm256_maskz_loadu_epi16(live, own + j);
+			v = _mm512_add_epi32(v, _mm512_cvtepi16_epi32(o));
+		}
 		v = _mm512_maskz_mov_epi32(live, v);
 		most = _mm512_max_epu32(most, _mm512_abs_epi32(v));
 		_mm512_store_si512(s + j, v);
@@ -345,9 +349,15 @@ TARGET_AVX512 static int32_t finish_avx512(const uint32_t *raw, uint32_t count, 
 		__m512i r = _mm512_srl_epi32(_mm512_add_epi32(_mm512_abs_epi32(v), half), shift);
 		r = _mm512_mask_sub_epi32(r, _mm512_movepi32_mask(v), _mm512_setzero_si512(), r);
 		__m256i r16 = _mm512_cvtepi32_epi16(r);
-		_mm256_mask_storeu_epi16(out + j, live, r16);
-		if (also)
-			_mm256_mask_storeu_epi16(also + j, live, r16);
+		if (left >= 16) {
+			_mm256_storeu_si256((__m256i *)(out + j), r16);
+			if (also)
+				_mm256_storeu_si256((__m256i *)(also + j), r16);
+		} else {
+			_mm256_mask_storeu_epi16(out + j, live, r16);
+			if (also)
+				_mm256_mask_storeu_epi16(also + j, live, r16);
+		}
 	}
 	return k;
 }
