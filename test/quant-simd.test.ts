@@ -14,6 +14,7 @@ import {
   packChunks, quantize,
 } from "../src/quantize.ts";
 import { cFinishChunk, quantIsa, quantIsasSupported, setQuantIsa, type QuantIsa } from "../native/quant.ts";
+import { BIN, canUseNetns, createLab, ensureBuilt } from "./helpers/netns.ts";
 
 const SEED = Number(process.env.QUANT_SIMD_SEED ?? 0x51d);
 const SIMD = quantIsasSupported().filter((i) => i !== "generic");
@@ -248,4 +249,39 @@ describe("choosing a build", () => {
     if (missing) expect(() => setQuantIsa(missing)).toThrow(/cannot run the .* build/);
     else console.log("[quant-simd] this CPU runs every build: the refusal path is not exercised here");
   });
+});
+
+// ---- a whole all-reduce, hosts on different builds -------------------------------
+
+const kernel = canUseNetns();
+if (!kernel) console.warn("[quant-simd] not root (or no netns): the 4-host run on mixed builds is SKIPPED");
+
+describe.skipIf(!kernel)("an all-reduce gives the same bits whichever build each host runs", () => {
+  /** Per-round result hashes of a 4-host swarm, rank i on builds[i]. */
+  async function roundHashes(builds: QuantIsa[]): Promise<string> {
+    const names = builds.map((_, i) => `h${i}`);
+    const lab = createLab("qsimd", names);
+    try {
+      const addrs = names.map((h) => lab.node(h).addr).join(",");
+      const procs = names.map((h, i) => lab.spawn(h, [BIN, "swarm", "--iface", "eth0", "--peers", addrs, "--rank", String(i),
+        "--synthetic", "1MiB", "--rounds", "3", "--stochastic", "7", "--verify", "--mode", "native", "--json"],
+      { env: { AINFTP_QUANT_ISA: builds[i] } }));
+      const outs = await Promise.all(procs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })));
+      for (const o of outs) if (o.code !== 0) throw new Error(`swarm failed: ${o.err.trim().split("\n").at(-1)}`);
+      const reports = outs.map((o) => JSON.parse(o.out) as { verified: boolean; result_sha256: string[] });
+      for (const r of reports) expect(r.verified).toBe(true);
+      const hashes = reports.map((r) => JSON.stringify(r.result_sha256));
+      expect(new Set(hashes).size).toBe(1); // every host holds the same result
+      return hashes[0];
+    } finally {
+      lab.destroy();
+    }
+  }
+
+  test("every host generic, then one host on each build: the same result hashes, round by round", async () => {
+    ensureBuilt();
+    const runs = quantIsasSupported();
+    const mixed = [0, 1, 2, 3].map((i) => runs[i % runs.length]);
+    expect(await roundHashes(mixed)).toBe(await roundHashes(["generic", "generic", "generic", "generic"]));
+  }, 120_000);
 });
