@@ -127,7 +127,7 @@ export function swarmCommand(io: IO): Command {
     .option("--chunk-elems <n>", `int16 values per packet (default: what the MTU holds, max ${MAX_ELEMS})`, intOption(4, MAX_ELEMS))
     .option("--window <n>", "chunks in flight per owner (default 48)", intOption(1, 4096))
     .option("--round-timeout <ms>", "fail a round not complete after this long (default 10000)", intOption(10, 3_600_000))
-    .option("--retransmit <ms>", "first retransmission after this long without progress (default 50)", intOption(1, 60_000))
+    .option("--retransmit <ms>", "first retransmission after this long without progress, until round-trips are measured; then at most this (default 50)", intOption(1, 60_000))
     .option("--open-timeout <ms>", "wait this long for every peer at start (default 30000)", intOption(100, 3_600_000))
     .option("--stochastic <seed>", "stochastic rounding with this seed", intOption(1, 0xffffffff))
     .option("--keep-attached", "leave the program attached at the end")
