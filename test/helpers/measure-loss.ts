@@ -23,6 +23,7 @@ const hosts = Number(arg("hosts", "4"));
 const extra = arg("extra", "").split(" ").filter(Boolean);
 // --bins A,B: alternate binaries (a baseline and a change), each clean and impaired, interleaved
 const bins = arg("bins", BIN).split(",");
+const kinds = arg("kinds", "clean,impaired").split(",") as ("clean" | "impaired")[];
 
 ensureBuilt();
 const nodes = Array.from({ length: hosts }, (_, i) => `h${i}`);
@@ -59,7 +60,7 @@ try {
     const med: Record<string, number[]> = {};
     for (let i = 0; i < reps; i++) {
       for (const [b, bin] of bins.entries()) {
-        for (const kind of ["clean", "impaired"] as const) {
+        for (const kind of kinds) {
           if (kind === "clean") imp.clear();
           else imp.apply(loss * 10_000, dup * 10_000);
           const s0 = kind === "impaired" ? imp.stats() : null;
@@ -81,7 +82,7 @@ try {
       }
     }
     for (const b of bins.keys())
-      console.log(`${size} bin${b} (${bins[b]}): impaired/clean median ratio ${(median(med[`${b}-impaired`]) / median(med[`${b}-clean`])).toFixed(2)} (clean ${med[`${b}-clean`].map((x) => x.toFixed(2)).join(", ")}; impaired ${med[`${b}-impaired`].map((x) => x.toFixed(2)).join(", ")})`);
+      if (med[`${b}-impaired`] && med[`${b}-clean`]) console.log(`${size} bin${b} (${bins[b]}): impaired/clean median ratio ${(median(med[`${b}-impaired`]) / median(med[`${b}-clean`])).toFixed(2)} (clean ${med[`${b}-clean`].map((x) => x.toFixed(2)).join(", ")}; impaired ${med[`${b}-impaired`].map((x) => x.toFixed(2)).join(", ")})`);
   }
 } finally {
   imp.clear();
