@@ -89,5 +89,10 @@ describe("RttEstimator: outliers and the probe", () => {
     f.sample(8);
     expect(f.pto(50, 500)).toBe(16);
     expect(f.rto(50, 500)).toBe(24);
+    // a fast lab: the probe from 2 ms, the full retransmission from 10 ms
+    const g = new RttEstimator();
+    for (let i = 0; i < 50; i++) g.sample(0.5);
+    expect(g.pto(50, 500)).toBe(2);
+    expect(g.rto(50, 500)).toBe(10);
   });
 });

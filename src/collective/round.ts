@@ -162,7 +162,9 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       st.lookInMap = true;
       h.stats.timeouts++;
       retransmit(h, st, bankBase, interval, quiet++ === 0);
-      interval = Math.min(interval * 2, h.o.maxRetransmitMs);
+      // after the probe, the RTO at least (the full retransmission waits out
+      // a stall the probe may have been sent into), doubling
+      interval = Math.min(Math.max(interval * 2, Math.min(retransmitMs, h.rtt.rto(retransmitMs, h.o.maxRetransmitMs))), h.o.maxRetransmitMs);
       nextRetx = now + interval;
     }
     // window-blocked: the wake-up for the results we wait on may be batched

@@ -16,6 +16,8 @@
  * clean rounds and made them slower (measured: median 206-693 ms against
  * 137-166 ms), so the floor is 10 ms: a tail loss costs 10 ms, not 50. */
 export const RTO_FLOOR_MS = 10;
+/** The tail-loss probe (one packet per owner) may come sooner: from 2 ms. */
+export const PTO_FLOOR_MS = 2;
 /** A sample counts as at most this many srtt (plus the floor); see sample(). */
 export const SAMPLE_CLAMP = 4;
 /** The reordering window is at least this (ms). */
@@ -74,10 +76,10 @@ export class RttEstimator {
     return Math.min(cap, Math.max(RTO_FLOOR_MS, this.srtt + 4 * this.rttvar));
   }
 
-  /** The tail-loss probe's timeout (RFC 8985 7.2: 2·srtt), within [RTO_FLOOR_MS, rto]. */
+  /** The tail-loss probe's timeout (RFC 8985 7.2: 2·srtt), within [PTO_FLOOR_MS, rto]. */
   pto(initial: number, cap: number): number {
     if (this.srtt === null) return initial;
-    return Math.min(this.rto(initial, cap), Math.max(RTO_FLOOR_MS, 2 * this.srtt));
+    return Math.min(this.rto(initial, cap), Math.max(PTO_FLOOR_MS, 2 * this.srtt));
   }
 
   /** RACK's reordering window (ms). */
