@@ -463,8 +463,10 @@ function requireLiveLink(pinDir: string): void {
   const info = new Uint32Array(3);
   const ok = link >= 0 && shim.ainftp_link_info(link, info) >= 0;
   if (link >= 0) closeFd(link);
+  // (the interface by name only in our own namespace: a process outside it
+  // may open another namespace's pins, and sees no such interface here)
   const ifindex = ifNameToIndex(iface);
-  if (ok && info[2] !== 0 && info[2] === ifindex) return;
+  if (ok && info[2] !== 0 && (ifindex === 0 || info[2] === ifindex)) return;
   const why = !ok ? "no pinned link" : info[2] === 0 ? "the link is gone" : `the link is on interface ${info[2]}, not ${iface} (${ifindex})`;
   throw new AinftpError("open", `stale pins in ${pinDir} (${why}): the program is not on ${iface}`, {
     hint: `remove them with 'ainftp detach ${iface}' and attach again ('ainftp swarm' replaces them itself)`,

@@ -4,7 +4,7 @@
 // exit codes and JSON of a run whose verification fails. Real `ainftp swarm`
 // processes in network namespaces on a bridge.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, readdirSync, renameSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { NodeReport } from "../src/node.ts";
 import { BIN, BPFFS, canUseNetns, createLab, ensureBuilt, must, sh, until, type Lab } from "./helpers/netns.ts";
@@ -91,15 +91,19 @@ describe.skipIf(!kernel)("stale pins are replaced, never used", () => {
     // usually get the old ones (and with them the old pins). Where another
     // process took one first, move the old pins to the new inode: the same
     // state, made by hand.
+    const newInos = new Set(NODES.map((n) => lab!.node(n).ino));
+    const oldRoot = (ino: number) => join(BPFFS, "ainftp", `netns-${ino}`);
+    // old pins that no new namespace of ours found: move them to those that found none
+    const spare = oldInos.filter((ino) => !newInos.has(ino) && existsSync(oldRoot(ino)));
     let reused = 0;
-    for (const [i, n] of NODES.entries()) {
-      const ino = lab.node(n).ino;
-      if (oldInos.includes(ino) && existsSync(lab.pinDir(n, IF))) reused++;
+    for (const n of NODES) {
+      if (existsSync(lab.pinDir(n, IF))) reused++;
       else {
-        const from = join(BPFFS, "ainftp", `netns-${oldInos[i]}`);
-        if (existsSync(from) && !existsSync(lab.pinRoot(n))) renameSync(from, lab.pinRoot(n));
+        const from = spare.shift();
+        if (from !== undefined && !existsSync(lab.pinRoot(n))) renameSync(oldRoot(from), lab.pinRoot(n));
       }
     }
+    for (const ino of spare) rmSync(oldRoot(ino), { recursive: true, force: true });
     console.log(`[faults] ${reused} of 4 new namespaces got a deleted one's inode (and pins) by themselves; the rest were moved there`);
     for (const n of NODES) {
       expect(existsSync(join(lab.pinDir(n, IF), "link"))).toBe(true);
