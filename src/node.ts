@@ -1,18 +1,19 @@
 // The node runner behind `ainftp swarm`: attaches the program if needed,
 // opens the communicator with a static member list and runs the synthetic
 // workload, verifying every round against a locally computed reference.
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { coll } from "../native/collective.ts";
-import { MAX_ELEMS, type Counters } from "./abi.ts";
-import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
-import { combineStats, Communicator, RoundError, zeroStats, type CollectiveStats } from "./collective.ts";
+import type { Counters } from "./abi.ts";
+import { combineStats, RoundError, zeroStats, type Communicator, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
-import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
 import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust.ts";
-import { Swarm, type SwarmChange, type SwarmState } from "./swarm.ts";
+import { bringUp, type JobOptions } from "./node/bringup.ts";
+import { quantiles, type Quantiles } from "./stats.ts";
+import type { Swarm, SwarmChange, SwarmState } from "./swarm.ts";
+
+export { chunkElemsForMtu, interfaceMtu } from "./node/bringup.ts";
+export { quantiles, type Quantiles };
 
 /** First retransmission of a barrier round: long, a member may be verifying. */
 const BARRIER_PATIENCE_MS = 300;
@@ -20,12 +21,7 @@ const BARRIER_PATIENCE_MS = 300;
 /** UMEM of the AF_XDP path: 4096 frames of 4 KB (the fill ring holds 2048). */
 const UMEM_BYTES = 16 << 20;
 
-export interface NodeOptions {
-  iface: string;
-  peers: string[];
-  rank: number;
-  port?: number;
-  job?: number;
+export interface NodeOptions extends JobOptions {
   /** Bytes of f32 gradient per round. */
   syntheticBytes: number;
   rounds: number;
@@ -33,9 +29,6 @@ export interface NodeOptions {
   seed?: number;
   /** Rounds run before timing starts. */
   warmup?: number;
-  mode?: AttachMode;
-  /** Elements per packet; default from the interface MTU. */
-  chunkElems?: number;
   window?: number;
   /** Where results arrive: the mmapped map (default) or an AF_XDP socket. */
   rx?: "map" | "xsk";
@@ -59,13 +52,6 @@ export interface NodeOptions {
   quorum?: number;
   /** Grace for late members, ms; "auto" (default) or 0 (wait for everyone). */
   deadlineMs?: number | "auto";
-}
-
-export interface Quantiles {
-  median: number;
-  p10: number;
-  p90: number;
-  p99: number;
 }
 
 export interface NodeReport {
@@ -155,81 +141,36 @@ export interface SentryReport {
 
 export type Progress = (round: number, of: number, lastMs: number) => void;
 
-export function quantiles(xs: number[]): Quantiles {
-  const s = [...xs].sort((a, b) => a - b);
-  const q = (p: number) => (s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0);
-  return { median: q(0.5), p10: q(0.1), p90: q(0.9), p99: q(0.99) };
-}
-
-/** Largest chunk that fits the interface's MTU (IPv4, no options). */
-export function chunkElemsForMtu(mtu: number): number {
-  const e = Math.floor((mtu - 20 - 8 - 32) / 2);
-  return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
-}
-
-export function interfaceMtu(iface: string): number {
-  const r = Bun.spawnSync(["ip", "-j", "link", "show", "dev", iface]);
-  try {
-    return JSON.parse(r.stdout.toString())[0].mtu ?? 1500;
-  } catch {
-    return 1500;
-  }
-}
-
 export async function runNode(o: NodeOptions, progress?: Progress): Promise<NodeReport> {
   const n = Math.floor(o.syntheticBytes / 4);
   if (n < 1) throw new AinftpError("swarm", "the synthetic gradient is smaller than one float", { hint: "e.g. --synthetic 16MiB" });
   const N = o.peers.length;
-  const mtu = interfaceMtu(o.iface);
-  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu);
-  if (chunkElems > chunkElemsForMtu(mtu))
-    throw new AinftpError("swarm", `--chunk-elems ${chunkElems} needs an MTU of at least ${20 + 8 + 32 + 2 * chunkElems}; ${o.iface} has ${mtu}`, {
-      hint: `raise it on every member (ip link set dev ${o.iface} mtu ${20 + 8 + 32 + 2 * chunkElems}; veth takes at most 3504 with native XDP) or use --chunk-elems ${chunkElemsForMtu(mtu)}`,
-    });
-  // maps for at most 8192 chunks (about 170 MB of kernel memory at 1720 per
-  // packet); a larger gradient takes several rounds
-  const chunks = Math.min(8192, chunkCount(n, chunkElems));
-
-  // Attach unless ainftp is already there.
-  const attachedByUs = !existsSync(join(pinRoot(), o.iface, "link"));
-  if (attachedByUs)
-    await attach(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
-  const cleanup = () => {
-    if (attachedByUs && !o.keepAttached) {
-      try {
-        detach(o.iface);
-      } catch {
-        // best effort on the way out
-      }
-    }
-  };
+  const node = bringUp({
+    op: "swarm", iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode, chunkElems: o.chunkElems,
+    roundElems: n, keepAttached: o.keepAttached,
+    mtuAdvice: (needed) => `ip link set dev ${o.iface} mtu ${needed}; veth takes at most 3504 with native XDP`,
+  });
+  const { chunkElems, attachedByUs } = node;
   let comm: Communicator | undefined;
   let swarm: Swarm | undefined;
   // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
   let arena: Arena | undefined;
-  let umem: { ptr: number; bytes: number } | undefined;
-  if (o.rx === "xsk") {
-    arena = Arena.open({ size: UMEM_BYTES, hugepages: "auto" });
-    const region = arena.alloc(UMEM_BYTES, 4096);
-    umem = { ptr: region.ptr, bytes: region.bytes };
-  }
-  const onSignal = () => {
-    comm?.abort();
-    cleanup();
-    process.exit(130);
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
   try {
-    comm = await Communicator.open({
-      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx, umem,
+    let umem: { ptr: number; bytes: number } | undefined;
+    if (o.rx === "xsk") {
+      arena = Arena.open({ size: UMEM_BYTES, hugepages: "auto" });
+      const region = arena.alloc(UMEM_BYTES, 4096);
+      umem = { ptr: region.ptr, bytes: region.bytes };
+    }
+    comm = await node.open({
+      window: o.window, rx: o.rx, umem,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, aggregate: o.aggregate,
       maxWaitMs: 20, // the swarm's membership timer ticks every 20 ms
       quorum: o.quorum, deadlineMs: o.deadlineMs,
-    });
+    }, o.log);
+    swarm = node.swarm!;
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
-    swarm = new Swarm(comm, { iface: o.iface, log: o.log });
     const failedRounds: FailedRound[] = [];
     /** A round that failed because members died (every survivor loses it,
      * or the few that had the dead member's results do not): once the swarm
@@ -370,12 +311,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     };
     return report;
   } finally {
-    swarm?.close();
-    comm?.close();
+    node.end("polite");
     arena?.close();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    cleanup();
   }
 }
 
