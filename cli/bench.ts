@@ -7,7 +7,6 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Table from "cli-table3";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { parseArgs as parseTcpNodeArgs } from "../bench/tcp-node.ts";
 import { AinftpError } from "../src/errors.ts";
 import { chartSpec, renderChart, type ChartRow } from "../src/bench/chart.ts";
 import {
@@ -18,7 +17,7 @@ import {
 } from "../src/bench/run.ts";
 import { validateBenchJson } from "../src/bench/schema.ts";
 import { runDelayLine } from "../src/bench/delay-line.ts";
-import { runTcpRing } from "../src/bench/tcp-ring.ts";
+import { parseTcpNodeArgs, runTcpRing } from "../src/bench/tcp-ring.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { ExitCode, intOption, type IO } from "./io.ts";
 

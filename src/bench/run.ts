@@ -11,8 +11,8 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { runBaselines, waitAll, type BaselineHost, type BaselineResult, type Exit } from "../../bench/baselines/run.ts";
-import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../../test/helpers/netns.ts";
+import { runBaselines, waitAll, type BaselineHost, type BaselineResult, type Exit } from "./baselines.ts";
+import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../lab/netns.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkElemsForMtu, type NodeReport } from "../node.ts";
 import { formatSize } from "../units.ts";
