@@ -33,6 +33,9 @@ export interface NodeOptions {
   seed?: number;
   /** Rounds run before timing starts. */
   warmup?: number;
+  /** No barrier rounds around the timed all-reduce (as a trainer calls it): a
+   * rank's time then includes waiting for ranks still verifying the last round. */
+  backToBack?: boolean;
   mode?: AttachMode;
   /** Elements per packet; default from the interface MTU. */
   chunkElems?: number;
@@ -280,7 +283,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       // a barrier round, so a rank still verifying the last round does not
       // count against this one; patient, since waiting for a slow verifier
       // is no loss worth a retransmission
-      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       const s0 = combine(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t = performance.now();
@@ -305,7 +308,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       for (const k of Object.keys(timedCnt) as (keyof Counters)[]) timedCnt[k] += c1[k] - c0[k];
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
-      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       if (o.verify && comm.robust) {
         const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
         maxErr = Math.max(maxErr, v.err);

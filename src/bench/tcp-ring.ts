@@ -38,6 +38,8 @@ export interface TcpRingOptions {
   connectTimeoutMs?: number;
   /** A round fails when nothing moves for this long; default 10 s. */
   idleTimeoutMs?: number;
+  /** No barrier before the timed rounds (as a trainer calls all-reduce); default false. */
+  backToBack?: boolean;
   /** How long a barrier waits for the slowest rank (which may still be verifying); default 60 s. */
   barrierTimeoutMs?: number;
   /** Check every timed round against the f64 reference sum; default true. */
@@ -300,7 +302,7 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
   const totals = { sendCalls: 0, recvCalls: 0, polls: 0, yields: 0, bytesSent: 0, bytesReceived: 0 } satisfies TcpRingCounters;
   for (let r = 0; r < o.rounds; r++) {
     coll.ainftp_synth(seed, o.rank, r, 1, x, n);
-    ring.barrier();
+    if (!o.backToBack) ring.barrier();
     const c0 = tcpRingCounters();
     const t = performance.now();
     ring.allreduce(x);
@@ -334,7 +336,7 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
 /** Usage of one ring rank: `bun bench/tcp-node.ts …` and `ainftp bench node tcp -- …` take these arguments. */
 export const TCP_NODE_USAGE =
   "usage: bun bench/tcp-node.ts --peers A,B,… --rank R [--port P] --size 16MiB --rounds N [--warmup W] [--seed S] " +
-  "[--chunk 64KiB] [--connect-timeout SECONDS] [--spin] [--no-verify] [--json]";
+  "[--chunk 64KiB] [--connect-timeout SECONDS] [--spin] [--back-to-back] [--no-verify] [--json]";
 
 /** The arguments of one ring rank (bench/tcp-node.ts, `ainftp bench node tcp -- …`). */
 export function parseTcpNodeArgs(argv: string[]): TcpRingOptions & { json: boolean } {
@@ -366,6 +368,7 @@ export function parseTcpNodeArgs(argv: string[]): TcpRingOptions & { json: boole
       case "--chunk": o.chunkBytes = parseSize(val(), "--chunk"); break;
       case "--connect-timeout": o.connectTimeoutMs = int(val()) * 1000; break;
       case "--spin": o.spin = true; break;
+      case "--back-to-back": o.backToBack = true; break;
       case "--no-verify": o.verify = false; break;
       case "--json": o.json = true; break;
       case "-h": case "--help": process.stdout.write(`${TCP_NODE_USAGE}\n`); process.exit(0);

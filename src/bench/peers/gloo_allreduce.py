@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """One rank of the Gloo all-reduce baseline (PyTorch torch.distributed, CPU).
 
-    gloo_allreduce.py RANK WORLD MASTER_ADDR MASTER_PORT BYTES ROUNDS WARMUP IFNAME
+    gloo_allreduce.py RANK WORLD MASTER_ADDR MASTER_PORT BYTES ROUNDS WARMUP IFNAME [back-to-back]
 
 Every rank builds the same deterministic float32 input for every rank
 (values k/64 with |k| <= 48, so every partial sum is exact in float32 and
 the order Gloo sums in does not matter), all-reduces its own with SUM, and
 checks the result against the sum computed locally. Each round: restore the
 input (untimed), barrier, then time all_reduce alone with time.perf_counter.
+With back-to-back the timed rounds have no barrier (as a trainer calls
+all_reduce): a rank's time then includes waiting for ranks still verifying.
 Prints one JSON line on stdout; progress and errors go to stderr.
 """
 import datetime
@@ -28,9 +30,10 @@ def percentile(sorted_vals, q):
 
 
 def main():
-    if len(sys.argv) != 9:
+    if len(sys.argv) not in (9, 10) or (len(sys.argv) == 10 and sys.argv[9] != "back-to-back"):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
+    back_to_back = len(sys.argv) == 10
     rank, world = int(sys.argv[1]), int(sys.argv[2])
     addr, port = sys.argv[3], int(sys.argv[4])
     nbytes, rounds, warmup = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
@@ -73,7 +76,8 @@ def main():
     max_err = 0.0
     for k in range(warmup + rounds):
         work.copy_(mine)
-        dist.barrier()
+        if k < warmup or not back_to_back:
+            dist.barrier()
         t0 = time.perf_counter()
         dist.all_reduce(work, op=dist.ReduceOp.SUM)
         t1 = time.perf_counter()
