@@ -53,7 +53,7 @@ function cannedRun(system: SystemRun["system"], over: Partial<SystemRun> = {}): 
     },
     softirqs: { net_rx: 25000, net_tx: 10 },
     counters: { wakeups_per_round: 7, wakeups_source: "x", packets_per_round: null, copy_bytes_per_round: 48 * MiB, copy_source: "y" },
-    metrics: {} as SystemRun["metrics"], na: {}, detail: null,
+    metrics: {} as SystemRun["metrics"], na: {}, detail: null, link_rate_bps: null, bandwidth: null, shaping: null, back_to_back: null,
     ...over,
   };
   const { metrics, na } = computeMetrics(r, { peers: r.peers, mtu: 3500, hwIrqNa: "veth" });
@@ -64,7 +64,7 @@ function cannedBench(): BenchResult {
   const systems = [cannedRun("ainftp", { counters: ainftpCounters([ainftpReport(0), ainftpReport(1), ainftpReport(2), ainftpReport(3)]) }), cannedRun("tcp"),
     cannedRun("gloo", { status: "na", reason: "package python3-torch not installed: apt-get install -y python3-torch (or: make bench-deps)", verified: null, round_ms: null, wire: null, window: null, softirqs: null }),
     cannedRun("mpi")];
-  const runs = [{ peers: 4, bytes: 16 * MiB, systems, rows: metricRows(systems) }];
+  const runs = [{ peers: 4, bytes: 16 * MiB, systems, rows: metricRows(systems), link_rate_bps: null, regime: "unshaped", tbf: null }];
   const straggler = {
     status: "measured" as const, reason: null, delay_ms: 600, peers: 4, bytes: MiB, round_ms_median: 9.5, undelayed_round_ms_median: 8.1,
     tcp_round_ms_median: 3700, verified: true, passive_rounds: 8, rounds: 8, ratio: 9.5 / 3700,
@@ -76,7 +76,7 @@ function cannedBench(): BenchResult {
   };
   return {
     schema: SCHEMA_ID, date: "2026-01-01T00:00:00.000Z", command: "ainftp bench", duration_s: 1,
-    config: { peers: [4], sizes: [16 * MiB], rounds: 7, baselines: ["tcp", "gloo", "mpi"], mtu: 3504, xdp_mode: "native", rx: "map", subnet: "10.213.91", chunk_elems: 1720, sample_interval_ms: 5, active_bytes: 32768 },
+    config: { peers: [4], sizes: [16 * MiB], rounds: 7, baselines: ["tcp", "gloo", "mpi"], mtu: 3504, xdp_mode: "native", rx: "map", subnet: "10.213.91", chunk_elems: 1720, sample_interval_ms: 5, active_bytes: 32768, link_rates: [null], back_to_back: false, sweep: false, shaping_window_ms: 100 },
     machine: { kernel: "6.18", cores: 2, cpu_model: "x", memory_bytes: 1, virtualization: null, loadavg_1m: 0.5, bun: "1.4.5", ainftp: "0.1.0", mtu: 3504, xdp_mode: "native", af_xdp: "not used", links: "veth" },
     runs, scaling: scalingRows(runs), tlb, sentry: { error: "needs root" }, straggler, machine_rows: machineRows(tlb, { error: "needs root" }, straggler), verified: true,
   };
