@@ -182,7 +182,7 @@ export function renderBench(r: BenchResult): string {
     `ainftp bench, ${r.date} — ${m.cpu_model}, ${m.cores} cores${m.virtualization ? ` (${m.virtualization})` : ""}, kernel ${m.kernel}, ` +
     `load ${m.loadavg_1m.toFixed(2)} at start; MTU ${m.mtu}, XDP ${m.xdp_mode}, ${r.config.chunk_elems} int16 values per ainftp packet\n` +
     `hosts: ${m.links}\n` +
-    `regimes: ${r.config.link_rates.map((x) => (x === null ? "unshaped (the CPU-bound lab: every host has about ${half} of a core, veth copies at memory speed)" : `${formatRate(x)} per host (bandwidth-bound, as on 10/25 GbE)`)).join("; ")}\n\n`;
+    `regimes: ${r.config.link_rates.map((x) => (x === null ? `unshaped (the CPU-bound lab: every host has about ${half} of a core, veth copies at memory speed)` : `${formatRate(x)} per host (bandwidth-bound, as on 10/25 GbE)`)).join("; ")}\n\n`;
   for (const run of r.runs) out += renderRun(run, r.machine_rows) + "\n";
   if (r.runs.length > 1) out += renderScaling(r) + "\n";
   out += `every figure above was measured in this run (${r.duration_s} s); timings on a shared ${m.cores}-core machine are noisy, and every host shares its CPUs\n`;
