@@ -99,6 +99,19 @@ describe("bandwidth arithmetic (nccl-tests' conventions)", () => {
     expect(peakRate(s, 100).tx_bps).toBeGreaterThan(1.1e9); // the burst shows within a 100 ms window
     expect(peakRate(s.slice(0, 5), 100)).toEqual({ tx_bps: 0, rx_bps: 0 }); // shorter than a window
   });
+
+  test("a reader descheduled mid-sample does not make the link look faster", () => {
+    // 1 Gbit/s; the sample at 100 ms was stamped before a 50 ms stall and read after it (t0/t1)
+    const at = (t: number) => 125e6 * (t / 1000);
+    const s = [
+      { tMs: 0, txBytes: at(0), rxBytes: 0, t0Ms: 0, t1Ms: 0 },
+      { tMs: 100, txBytes: at(150), rxBytes: 0, t0Ms: 150, t1Ms: 150 },
+      { tMs: 200, txBytes: at(200), rxBytes: 0, t0Ms: 200, t1Ms: 200 },
+    ];
+    expect(peakRate(s, 100).tx_bps).toBeCloseTo(1e9, -3);
+    // by the stamps alone the first window would claim 1.5 Gbit/s
+    expect(peakRate(s.map(({ t0Ms, t1Ms, ...x }) => x), 100).tx_bps).toBeCloseTo(1.5e9, -3);
+  });
 });
 
 describe.skipIf(!kernel)("tbf on a veth pair in a namespace of this test (root)", () => {

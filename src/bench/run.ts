@@ -509,7 +509,7 @@ export function linkSeries(samples: WindowSample[], inode: number): LinkSample[]
   const key = `net:[${inode}]`;
   return samples.flatMap((w) => {
     const n = w.ns[key];
-    return n ? [{ tMs: w.tMs, txBytes: n.bytes - n.rxBytes, rxBytes: n.rxBytes }] : [];
+    return n ? [{ tMs: w.tMs, txBytes: n.bytes - n.rxBytes, rxBytes: n.rxBytes, t0Ms: n.t0Ms, t1Ms: n.t1Ms }] : [];
   });
 }
 

@@ -190,11 +190,14 @@ export function bandwidth(o: { bytes: number; peers: number; ms: number; rateBps
   };
 }
 
-/** Interface byte counters of one host at one moment (the sampler's per-namespace series). */
+/** Interface byte counters of one host at one moment (the sampler's per-namespace series): read
+ * between t0Ms and t1Ms (both tMs when known exactly). */
 export interface LinkSample {
   tMs: number;
   txBytes: number;
   rxBytes: number;
+  t0Ms?: number;
+  t1Ms?: number;
 }
 
 export interface PeakRate {
@@ -204,15 +207,19 @@ export interface PeakRate {
 }
 
 /** A link's highest rate over windows of at least `windowMs`: for each sample, the first later one
- * at least windowMs away; 0 when the series is shorter than one window. */
+ * at least windowMs away; 0 when the series is shorter than one window. A window runs from the
+ * start of one reading to the end of the other (the widest the readings allow), so a reader that
+ * was descheduled mid-sample does not make the link look faster than it was. */
 export function peakRate(samples: LinkSample[], windowMs: number): PeakRate {
   let tx = 0, rx = 0;
   let j = 0;
+  const start = (s: LinkSample) => s.t0Ms ?? s.tMs;
+  const end = (s: LinkSample) => s.t1Ms ?? s.tMs;
   for (let i = 0; i < samples.length; i++) {
     if (j <= i) j = i + 1;
-    while (j < samples.length && samples[j].tMs - samples[i].tMs < windowMs) j++;
+    while (j < samples.length && end(samples[j]) - start(samples[i]) < windowMs) j++;
     if (j >= samples.length) break;
-    const dt = (samples[j].tMs - samples[i].tMs) / 1000;
+    const dt = (end(samples[j]) - start(samples[i])) / 1000;
     tx = Math.max(tx, ((samples[j].txBytes - samples[i].txBytes) * 8) / dt);
     rx = Math.max(rx, ((samples[j].rxBytes - samples[i].rxBytes) * 8) / dt);
   }
