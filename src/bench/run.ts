@@ -401,7 +401,7 @@ async function runPeer(x: RunContext, system: "gloo" | "mpi"): Promise<Outcome> 
     (
       await runBaselines({
         peers, sizes: [bytes], rounds: o.rounds, systems: [system], lab: { lab: bl.lab, hosts: bl.hosts, bridge: bl.bridge }, backToBack: x.backToBack,
-        timeoutMs: 45_000 + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)) +
+        timeoutMs: 90_000 + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)) +
           (x.shaper ? Math.ceil((o.rounds + 3) * ((2 * bytes * 8) / x.shaper.params.rate_bps) * 1000 * 3) : 0),
         log: (l) => x.log(l),
       })
