@@ -34,7 +34,7 @@ export const SCHEMA_ID = "ainftp-bench/2";
 export const DEFAULT_SUBNET = "10.213.91";
 /** Largest MTU veth takes with native XDP and no fragments (a frame must fit one page). */
 export const DEFAULT_MTU = 3504;
-export const DEFAULT_ROUNDS = 30;
+export const DEFAULT_ROUNDS = 20;
 /** The default run's regimes: the CPU-bound lab, and each host's link at 1 Gbit/s (docs/bench.md, "Shaped links"). */
 export const DEFAULT_LINK_RATES: (number | null)[] = [null, 1e9];
 /** The window of the shaping check: each link's peak rate over any 100 ms. */
