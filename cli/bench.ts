@@ -341,7 +341,9 @@ export function benchCommand(io: IO): Command {
     .description(
       "Build N hosts as network namespaces on a bridge (veth links, one MTU), then run on them, one after the other: ainftp swarm, " +
         "the built-in TCP ring, and Gloo and Open MPI when installed (make bench-deps). Every system's result is verified against " +
-        "the reference sum before its figures count. Prints the brief's metrics for each (hosts, size), writes the JSON and the charts. " +
+        "the reference sum before its figures count. By default in two regimes: links unshaped (the CPU-bound lab) and each host's link " +
+        "shaped to 1 Gbit/s both ways with tbf (bandwidth-bound, as on 10/25 GbE). Prints the brief's metrics, algbw, busbw and the share " +
+        "of line rate for each (hosts, link rate, size), writes the JSON and the charts. " +
         "Needs root. Ctrl-C removes everything it built.",
     )
     .option("--peers <n[,n…]>", "host counts (a sweep: 2,4,8)", listOf(peerCount, "host counts"), [4])
