@@ -24,6 +24,8 @@ import { ExitCode, intOption, type IO } from "./io.ts";
 
 export const DEFAULT_SIZES = "1MiB,16MiB";
 export const DEFAULT_REPORT = "bench-report";
+/** The default run's shaped regime runs this size only (with --size, every size given runs in every regime). */
+export const DEFAULT_SHAPED_SIZE = 16 << 20;
 /** --sweep: 64 KiB … 64 MiB in ×4 steps, unshaped and four rates, 10 timed rounds (unless given). */
 export const SWEEP_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
 export const SWEEP_RATES = "none,5gbit,2gbit,1gbit,500mbit";
@@ -348,7 +350,7 @@ export function benchCommand(io: IO): Command {
     )
     .option("--peers <n[,n…]>", "host counts (a sweep: 2,4,8)", listOf(peerCount, "host counts"), [4])
     .option("--slurm", "run under srun on the allocation's hosts (not built: refused with what is missing)")
-    .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES})`, listOf(sizeOf, "sizes"))
+    .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES} unshaped, 16MiB shaped; a size given runs in every regime)`, listOf(sizeOf, "sizes"))
     .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
     .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
     .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}, the largest veth takes with native XDP)`, intOption(576, 9000), DEFAULT_MTU)
@@ -379,6 +381,8 @@ export function benchCommand(io: IO): Command {
         });
       const sizes: number[] = o.size ?? (o.sweep ? SWEEP_SIZES : listOf(sizeOf, "sizes")(DEFAULT_SIZES));
       const linkRates: (number | null)[] = o.linkRate ?? (o.sweep ? parseRates(SWEEP_RATES) : DEFAULT_LINK_RATES);
+      // the default run shapes 16 MiB only: at 1 Gbit/s a 1 MiB round is mostly latency, and the run must stay short
+      const shapedSizes = o.size || o.sweep ? sizes : [DEFAULT_SHAPED_SIZE];
       const rounds: number = o.sweep && cmd.getOptionValueSource("rounds") === "default" ? SWEEP_ROUNDS : o.rounds;
       const progress = progressPrinter(io, io.tty);
       const onSignal = (sig: NodeJS.Signals) => {
@@ -394,7 +398,7 @@ export function benchCommand(io: IO): Command {
         r = await runBench({
           peers: o.peers, sizes, rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
           micro: o.micro, straggler: o.straggler, tlbBytes: o.tlbSize, onProgress: progress.onProgress,
-          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep),
+          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes,
         });
       } finally {
         progress.stop();

@@ -76,7 +76,7 @@ function cannedBench(): BenchResult {
   };
   return {
     schema: SCHEMA_ID, date: "2026-01-01T00:00:00.000Z", command: "ainftp bench", duration_s: 1,
-    config: { peers: [4], sizes: [16 * MiB], rounds: 7, baselines: ["tcp", "gloo", "mpi"], mtu: 3504, xdp_mode: "native", rx: "map", subnet: "10.213.91", chunk_elems: 1720, sample_interval_ms: 5, active_bytes: 32768, link_rates: [null], back_to_back: false, sweep: false, shaping_window_ms: 100 },
+    config: { peers: [4], sizes: [16 * MiB], rounds: 7, baselines: ["tcp", "gloo", "mpi"], mtu: 3504, xdp_mode: "native", rx: "map", subnet: "10.213.91", chunk_elems: 1720, sample_interval_ms: 5, active_bytes: 32768, link_rates: [null], back_to_back: false, sweep: false, shaping_window_ms: 100, shaped_sizes: [16 * MiB] },
     machine: { kernel: "6.18", cores: 2, cpu_model: "x", memory_bytes: 1, virtualization: null, loadavg_1m: 0.5, bun: "1.4.5", ainftp: "0.1.0", mtu: 3504, xdp_mode: "native", af_xdp: "not used", links: "veth" },
     runs, scaling: scalingRows(runs), tlb, sentry: { error: "needs root" }, straggler, machine_rows: machineRows(tlb, { error: "needs root" }, straggler), verified: true,
   };

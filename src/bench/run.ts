@@ -77,6 +77,8 @@ export interface BenchOptions {
   backToBack?: boolean;
   /** Recorded in the JSON: the run is a --sweep. */
   sweep?: boolean;
+  /** Sizes of the shaped regimes (default: `sizes`). The default run shapes 16 MiB only. */
+  shapedSizes?: number[];
 }
 
 export type ProgressEvent =
@@ -132,6 +134,8 @@ export interface BenchResult {
     back_to_back: boolean;
     sweep: boolean;
     shaping_window_ms: number;
+    /** Sizes of the shaped regimes. */
+    shaped_sizes: number[];
   };
   machine: MachineInfo;
   runs: RunResult[];
@@ -401,7 +405,9 @@ async function runPeer(x: RunContext, system: "gloo" | "mpi"): Promise<Outcome> 
     (
       await runBaselines({
         peers, sizes: [bytes], rounds: o.rounds, systems: [system], lab: { lab: bl.lab, hosts: bl.hosts, bridge: bl.bridge }, backToBack: x.backToBack,
-        timeoutMs: 90_000 + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)) +
+        // Gloo: four torch imports took over 45 s at load 22; mpirun starts in seconds, and its
+        // occasional silent hang is cut short and tried again (below)
+        timeoutMs: (system === "gloo" ? 90_000 : 45_000) + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)) +
           (x.shaper ? Math.ceil((o.rounds + 3) * ((2 * bytes * 8) / x.shaper.params.rate_bps) * 1000 * 3) : 0),
         log: (l) => x.log(l),
       })
@@ -562,6 +568,7 @@ export function validateOptions(o: BenchOptions): void {
   const bad = (what: string, hint?: string) => new AinftpError("bench", what, { hint });
   if (!o.peers.length || o.peers.some((p) => !Number.isInteger(p) || p < 2 || p > 64)) throw bad(`peers ${o.peers.join(",")}: each must be 2..64`);
   if (!o.sizes.length || o.sizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4)) throw bad("sizes must be positive multiples of 4 bytes (float32)");
+  if (o.shapedSizes && (!o.shapedSizes.length || o.shapedSizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4))) throw bad("shaped sizes must be positive multiples of 4 bytes (float32)");
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw bad(`rounds ${o.rounds} is not a positive integer`);
   if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > 9000) throw bad(`MTU ${o.mtu} is not in 576..9000`);
   if (!/^10\.213\.\d{1,3}$/.test(o.subnet)) throw bad(`subnet ${o.subnet}: the bench's hosts live in 10.213.x`, "e.g. --subnet 10.213.91 (the default)");
@@ -573,7 +580,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   validateOptions(opts);
   if (!canUseNetns())
     throw new AinftpError("bench", "needs root with network namespaces (ip netns, nsenter) and XDP", { errno: 1, hint: "run it as root: sudo ainftp bench" });
-  const o = { ...opts, micro: opts.micro ?? true, self: opts.self ?? selfCommand(), linkRates: opts.linkRates ?? [null], backToBack: opts.backToBack ?? false };
+  const o = {
+    ...opts, micro: opts.micro ?? true, self: opts.self ?? selfCommand(), linkRates: opts.linkRates ?? [null], backToBack: opts.backToBack ?? false,
+    shapedSizes: opts.shapedSizes ?? opts.sizes,
+  };
   const emit = o.onProgress ?? (() => {});
   const log = (line: string) => emit({ kind: "log", line });
   const started = performance.now();
@@ -583,7 +593,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   // other host is the whole cluster), at the smallest size
   const stragglerPeers = Math.max(...o.peers) >= 3 && o.straggler !== false ? Math.max(...o.peers) : null;
   const stragglerBytes = Math.min(...o.sizes);
-  const total = o.peers.length * o.linkRates.length * o.sizes.length * systems.length * (o.backToBack ? 2 : 1) + (o.micro ? 2 : 0) + (stragglerPeers ? 1 : 0);
+  const cells = o.linkRates.reduce<number>((n, r) => n + (r === null ? o.sizes : o.shapedSizes).length, 0);
+  const total = o.peers.length * cells * systems.length * (o.backToBack ? 2 : 1) + (o.micro ? 2 : 0) + (stragglerPeers ? 1 : 0);
   let straggler: StragglerResult = {
     status: "n/a", delay_ms: STRAGGLER_DELAY_MS, peers: null, bytes: null, round_ms_median: null, undelayed_round_ms_median: null,
     tcp_round_ms_median: null, verified: null, passive_rounds: null, rounds: STRAGGLER_ROUNDS.ainftp, ratio: null,
@@ -605,7 +616,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         const shaper = rate === null ? null : shapeLab(bl, rate);
         if (shaper) log(`links: tbf ${formatRate(rate)} on every host's eth0 and bridge port (burst ${formatSize(shaper.params.burst_bytes)}, queue ${formatSize(shaper.params.limit_bytes)})`);
         try {
-          for (const bytes of o.sizes) {
+          for (const bytes of rate === null ? o.sizes : o.shapedSizes) {
             const x: RunContext = { o, bl, bytes, log, shaper };
             const sys: SystemRun[] = [];
             for (const s of systems) {
@@ -669,6 +680,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       peers: o.peers, sizes: o.sizes, rounds: o.rounds, baselines: o.baselines, mtu: o.mtu, xdp_mode: o.mode, rx: o.rx, subnet: o.subnet,
       chunk_elems: chunkElemsForMtu(o.mtu), sample_interval_ms: 5, active_bytes: ACTIVE_BYTES,
       link_rates: o.linkRates, back_to_back: o.backToBack, sweep: o.sweep ?? false, shaping_window_ms: SHAPING_WINDOW_MS,
+      shaped_sizes: o.shapedSizes,
     },
     machine, runs, scaling: scalingRows(runs), tlb, sentry, straggler,
     machine_rows: machineRows(tlb, sentry, straggler),

@@ -120,7 +120,7 @@ export const BENCH_SCHEMA: JsonSchema = {
     config: obj({
       peers: { type: "array", items: int }, sizes: { type: "array", items: int }, rounds: int, baselines: { type: "array", items: baselineName },
       mtu: int, xdp_mode: str, rx: str, subnet: str, chunk_elems: int, sample_interval_ms: num, active_bytes: int,
-      link_rates: { type: "array", items: numOrNull }, back_to_back: bool, sweep: bool, shaping_window_ms: num,
+      link_rates: { type: "array", items: numOrNull }, back_to_back: bool, sweep: bool, shaping_window_ms: num, shaped_sizes: { type: "array", items: int },
     }),
     machine: obj({
       kernel: str, cores: int, cpu_model: str, memory_bytes: int, virtualization: strOrNull, loadavg_1m: num, bun: str, ainftp: str,
