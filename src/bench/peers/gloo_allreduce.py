@@ -53,15 +53,22 @@ def main():
     torch.set_num_threads(1)
     n = nbytes // 4
 
-    def make_input(r):
-        i = torch.arange(n, dtype=torch.int64)
-        k = (i * 7 + r * 13) % 97 - 48
-        return k.to(torch.float32) / 64.0
+    # value i depends on i mod 97 only: build one period and tile it (the
+    # int64 arithmetic over all n values took 10 s per rank at 16 MiB on a
+    # loaded 2-core machine; this is a copy)
+    period = torch.arange(97, dtype=torch.int64)
 
-    mine = make_input(rank)
-    expected = torch.zeros(n, dtype=torch.float32)
+    def tiled(p):
+        return p.repeat((n + 96) // 97)[:n].contiguous()
+
+    def pattern(r):
+        return ((period * 7 + r * 13) % 97 - 48).to(torch.float32) / 64.0
+
+    mine = tiled(pattern(rank))
+    expected_period = torch.zeros(97, dtype=torch.float32)
     for r in range(world):
-        expected += make_input(r)
+        expected_period += pattern(r)
+    expected = tiled(expected_period)
     work = mine.clone()
 
     dist.init_process_group(
@@ -81,12 +88,14 @@ def main():
         t0 = time.perf_counter()
         dist.all_reduce(work, op=dist.ReduceOp.SUM)
         t1 = time.perf_counter()
-        err = float((work - expected).abs().max())
-        max_err = max(max_err, err)
-        # Exact inputs give an exact sum; the tolerance only allows for a
-        # reduction that is not plain float32 addition.
-        if not torch.allclose(work, expected, rtol=1e-5, atol=1e-5):
-            verified = False
+        # Exact inputs give an exact sum: one comparison pass; only when it
+        # differs, the error and the tolerance (for a reduction that is not
+        # plain float32 addition)
+        if not torch.equal(work, expected):
+            err = float((work - expected).abs().max())
+            max_err = max(max_err, err)
+            if not torch.allclose(work, expected, rtol=1e-5, atol=1e-5):
+                verified = False
         if k >= warmup:
             round_ms.append((t1 - t0) * 1000.0)
     dist.barrier()
