@@ -15,7 +15,7 @@ BPF_OBJ := bpf/build/ainftp.bpf.o
 SHIM := native/build/libainftp.so
 FIXTURES := test/fixtures/build/pass.bpf.o test/fixtures/build/reject.bpf.o
 BIN := dist/ainftp
-SOURCES := $(shell find cli src native -name '*.ts') package.json
+SOURCES := $(shell find cli src native -name '*.ts') $(wildcard src/bench/peers/*) package.json
 
 .PHONY: all setup deps bench-deps bun-install build test bench bench-all clean
 
