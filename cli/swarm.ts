@@ -100,6 +100,7 @@ export function swarmCommand(io: IO): Command {
     .option("--rounds <r>", "timed rounds (default 10)", intOption(1, 1_000_000), 10)
     .option("--verify", "check every round against the exact f64 sum of all ranks' gradients")
     .option("--seed <n>", "seed of the synthetic gradients (default 1)", intOption(0, 0xffffffff))
+    .option("--back-to-back", "no barrier round before and after each timed round (as a trainer calls all-reduce)")
     .addOption(new Option("--mode <mode>", "XDP mode when attaching").choices(["auto", "native", "generic"]).default("auto"))
     .addOption(new Option("--rx <path>", "where results arrive: the program's mmapped map, or an AF_XDP socket (UMEM)").choices(["map", "xsk"]).default("map"))
     .option("--chunk-elems <n>", `int16 values per packet (default: what the MTU holds, max ${MAX_ELEMS})`, intOption(4, MAX_ELEMS))
@@ -163,7 +164,7 @@ export function swarmCommand(io: IO): Command {
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
         sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
-        quorum: o.quorum, deadlineMs: o.deadline,
+        quorum: o.quorum, deadlineMs: o.deadline, backToBack: Boolean(o.backToBack),
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");

@@ -29,6 +29,9 @@ export interface NodeOptions extends JobOptions {
   seed?: number;
   /** Rounds run before timing starts. */
   warmup?: number;
+  /** No barrier rounds around the timed all-reduce (as a trainer calls it): a
+   * rank's time then includes waiting for ranks still verifying the last round. */
+  backToBack?: boolean;
   window?: number;
   /** Where results arrive: the mmapped map (default) or an AF_XDP socket. */
   rx?: "map" | "xsk";
@@ -221,7 +224,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       // a barrier round, so a rank still verifying the last round does not
       // count against this one; patient, since waiting for a slow verifier
       // is no loss worth a retransmission
-      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       const s0 = combineStats(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t = performance.now();
@@ -246,7 +249,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       for (const k of Object.keys(timedCnt) as (keyof Counters)[]) timedCnt[k] += c1[k] - c0[k];
       statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
-      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       if (o.verify && comm.robust) {
         const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
         maxErr = Math.max(maxErr, v.err);
