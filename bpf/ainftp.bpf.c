@@ -86,6 +86,15 @@ struct {
 	__type(value, struct ainftp_bank_state);
 } bank_state SEC(".maps");
 
+/* The plan of the round in each bank: who owns which chunk (results only
+ * from the owner); written by userspace as it learns each round's plan. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AINFTP_BANKS);
+	__type(key, __u32);
+	__type(value, struct ainftp_plan);
+} round_plan SEC(".maps");
+
 /* Every outcome, per CPU: no atomics on the stats path. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -509,11 +518,41 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	return contrib_done(cnt, cfg, h, idx, outcome, resend, complete, contributors);
 }
 
+/* Whether a RESULT may be stored (0), or the counter that says why not: its
+ * contributor count must be 1..members, and, once the round's plan is known,
+ * it must come from the chunk's owner and count no more than the active set
+ * (a Byzantine member cannot overwrite another owner's chunks). */
+static __always_inline int result_admit(const struct ainftp_config *cfg, const struct ainftp_wire_hdr *h)
+{
+	__u32 contributors = h->contributors, bank = h->round & 1;
+	if (contributors == 0 || contributors > cfg->members)
+		return AINFTP_CNT_MAL_CONTRIBUTORS;
+	struct ainftp_plan *plan = bpf_map_lookup_elem(&round_plan, &bank);
+	if (!plan || plan->tag != h->round + 1)
+		return 0; /* plan not known yet: userspace checks the owner before use */
+	__u32 k = plan->owners;
+	if (k == 0 || k > AINFTP_MAX_WORKERS)
+		return 0;
+	__u32 at = h->chunk % k;
+	opaque(at); /* the verifier does not bound a modulo's result */
+	if (h->rank != plan->owner[at & (AINFTP_MAX_WORKERS - 1)])
+		return AINFTP_CNT_NOT_OWNER;
+	if (contributors > k)
+		return AINFTP_CNT_MAL_CONTRIBUTORS;
+	return 0;
+}
+
 static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters *cnt,
 				     const struct ainftp_config *cfg,
 				     const struct ainftp_wire_hdr *h, __u32 payload_off, __u32 idx)
 {
 	__u32 round = h->round, count = h->count;
+	int why = result_admit(cfg, h);
+	if (why) {
+		if (why < AINFTP_CNT__MAX)
+			cnt->c[why]++;
+		return XDP_DROP;
+	}
 	if (cfg->flags & AINFTP_CFG_RESULTS_TO_XSK) {
 		/* The collective reads results from an AF_XDP socket on this queue:
 		 * the frame lands in its UMEM (the arena). No socket on this queue:

@@ -88,6 +88,7 @@ export const LAYOUT = {
     writes: [12, 4], v: [16, 2 * MAX_ELEMS],
   },
   ainftp_bank_state: { slots_done: [0, 4], results_done: [4, 4] },
+  ainftp_plan: { tag: [0, 4], owners: [4, 2], reserved: [6, 2], owner: [8, MAX_WORKERS] },
   ainftp_event: { type: [0, 2], contributors: [2, 2], round: [4, 4], chunk: [8, 4], index: [12, 4] },
 } as const satisfies Record<string, Record<string, Field>>;
 
@@ -102,6 +103,7 @@ export const SIZEOF = {
   ainftp_acc: 4 * MAX_ELEMS,
   ainftp_result: 16 + 2 * MAX_ELEMS,
   ainftp_bank_state: 8,
+  ainftp_plan: 8 + MAX_WORKERS,
   ainftp_event: 16,
   ainftp_counters: 0, // set below from COUNTERS
 };
@@ -114,7 +116,7 @@ export const COUNTERS = [
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
-  "sentry_rejected", "contribs_ring", "late",
+  "sentry_rejected", "contribs_ring", "late", "not_owner", "mal_contributors",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -160,7 +162,21 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   sentry_rejected: "contributions the sentry dropped: energy outside the chunk's gate (not summed)",
   contribs_ring: "contributions copied to userspace for robust aggregation (--aggregate)",
   late: "contributions to a slot that had closed without them (a deadline or the round's active set)",
+  not_owner: "result from a rank that does not own the chunk in the round's plan",
+  mal_contributors: "malformed: result whose contributor count is 0 or above the members (or the round's active set)",
 };
+
+/** The round_plan entry of a round (see ainftp_abi.h): chunk c is owned by
+ * owners[c % owners.length]; the ranks ascending, as the plan lists them. */
+export function encodePlan(round: number, owners: readonly number[]): Uint8Array {
+  if (owners.length < 1 || owners.length > MAX_WORKERS) throw new RangeError(`a plan has 1..${MAX_WORKERS} owners, not ${owners.length}`);
+  const b = new Uint8Array(SIZEOF.ainftp_plan);
+  const v = new DataView(b.buffer);
+  v.setUint32(LAYOUT.ainftp_plan.tag[0], (round + 1) >>> 0, true);
+  v.setUint16(LAYOUT.ainftp_plan.owners[0], owners.length, true);
+  b.set(owners, LAYOUT.ainftp_plan.owner[0]);
+  return b;
+}
 
 /** Physical position in the acc map of logical element j of a slot: the
  * middle two of every group of four are swapped (two lanes per 64-bit add). */

@@ -8,7 +8,7 @@ import { libbpf } from "../native/libbpf.ts";
 import { closeFd, cstr } from "../native/libc.ts";
 import { libbpfLog, shim } from "../native/shim.ts";
 import {
-  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig,
+  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig, encodePlan,
   decodeEvents, decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "./abi.ts";
 import { AinftpError, check, privilegeHint } from "./errors.ts";
@@ -20,7 +20,7 @@ const XDP_DROP = 1;
 /** Map names in the object, and the names they are pinned under. */
 export const MAP_NAMES = [
   "job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs", "xsks",
-  "sentry_gate", "sentry_obs", "sentry_workers", "contribs",
+  "sentry_gate", "sentry_obs", "sentry_workers", "contribs", "round_plan",
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -195,6 +195,15 @@ export abstract class ReflexMaps implements Disposable {
     );
   }
 
+  /** Tells the program the plan of `round` (its bank's entry): chunk c is
+   * owned by owners[c % owners.length]; results from any other rank are dropped. */
+  setPlan(round: number, owners: readonly number[]): void {
+    check(
+      libbpf.bpf_map_update_elem(this.mapFd("round_plan"), new Uint32Array([round & 1]), encodePlan(round, owners), 0n),
+      "plan", `setting the plan of round ${round} failed`,
+    );
+  }
+
   /** Forgets every slot and result a previous job left in these maps, so
    * no stale round tag can ever match a round of the next job. */
   resetState(): void {
@@ -218,6 +227,8 @@ export abstract class ReflexMaps implements Disposable {
       check(libbpf.bpf_map_update_elem(this.mapFd("sentry_workers"), new Uint32Array([rank]), zeros, 0n), "reset", "clearing sentry counts failed");
     this.resetBank(0);
     this.resetBank(1);
+    for (let bank = 0; bank < BANKS; bank++)
+      check(libbpf.bpf_map_update_elem(this.mapFd("round_plan"), new Uint32Array([bank]), new Uint8Array(SIZEOF.ainftp_plan), 0n), "reset", "clearing the plan failed");
   }
 
   /** Zeroes a bank's event counts (done by the round owner when it moves the window). */

@@ -1118,6 +1118,100 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   runTable("result packets", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
 }
 
+// ---- 6b. results bound to the chunk's owner (issue 16) -------------------------------
+// A member that sends RESULTs for chunks it does not own, or a count of
+// contributors no round can have, is dropped and counted; the entry keeps
+// what the owner wrote. The plan (round_plan) is written by userspace.
+
+{
+  const CHUNKS = 64;
+  const BASE = 200;
+  const fresh = chunkAllocator(CHUNKS);
+  const cases: Case[] = [];
+  const stored: Delta = { rx: 1, results: 1, events: 1, wakeups: 1 };
+  const OWNERS = [0, 1, 3]; // rank 2 sat the round out
+  const withPlan = (r: ReflexObject) => r.setPlan(BASE, OWNERS);
+  const ownerOf = (chunk: number) => OWNERS[chunk % OWNERS.length];
+  const other = (chunk: number) => OWNERS.find((k) => k !== ownerOf(chunk))!;
+
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "plan known: a result from a member that does not own the chunk → DROP + not_owner, the owner's result still lands",
+      before: withPlan,
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [666, 666]), action: XDP_DROP, counters: { rx: 1, not_owner: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: 2, contributors: 3 }, [667, 667]), action: XDP_DROP, counters: { rx: 1, not_owner: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [1, 2]), action: XDP_DROP, counters: stored },
+      ],
+      counters: { rx: 3, not_owner: 2, ...{ results: 1, events: 1, wakeups: 1 } },
+      results: [{ index: chunk, entry: { tag: BASE + 1, count: 2, contributors: 3, writes: 1 }, values: [1, 2] }],
+      events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "plan known: a non-owner's result arriving first does not block the owner's (no result_dup)",
+      before: withPlan,
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 1 }, [9]), action: XDP_DROP },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 2 }, [5]), action: XDP_DROP },
+      ],
+      counters: { rx: 2, not_owner: 1, results: 1, events: 1, wakeups: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, count: 1, contributors: 2, writes: 1 }, values: [5] }],
+      events: [{ type: EV_RESULT, contributors: 2, round: BASE, chunk, index: chunk }],
+    });
+  }
+  for (const [contributors, why] of [[0, "0"], [5, "above the 4 members"], [4, "above the plan's 3 owners"], [0xffff, "0xffff"]] as const) {
+    const chunk = fresh();
+    cases.push({
+      description: `the owner's result with contributors ${contributors} (${why}) → DROP + mal_contributors, nothing stored`,
+      before: withPlan,
+      packets: [{ frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors }, [1]), action: XDP_DROP }],
+      counters: { rx: 1, mal_contributors: 1 },
+      results: [{ index: chunk, entry: { tag: 0, writes: 0 } }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "no plan for the round yet (bank holds round base-2's): any member's result with 1..members contributors is stored",
+      before: (r) => r.setPlan(BASE - 2, [chunk % 4]),
+      packets: [{ frame: resultPkt({ round: BASE, chunk, rank: (chunk + 1) % 4, contributors: 4 }, [7]), action: XDP_DROP, counters: stored }],
+      counters: stored,
+      results: [{ index: chunk, entry: { tag: BASE + 1, contributors: 4, writes: 1 }, values: [7] }],
+      events: [{ type: EV_RESULT, contributors: 4, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a plan of bank 0 says nothing about round base+1 (bank 1): a result there from a non-owner of bank 0 is stored",
+      before: withPlan,
+      packets: [{ frame: resultPkt({ round: BASE + 1, chunk, rank: other(chunk), contributors: 1 }, [3]), action: XDP_DROP, counters: stored }],
+      counters: stored,
+      results: [{ index: CHUNKS + chunk, entry: { tag: BASE + 2, contributors: 1, writes: 1 }, values: [3] }],
+      events: [{ type: EV_RESULT, contributors: 1, round: BASE + 1, chunk, index: CHUNKS + chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a single-owner plan: only that rank's results are stored",
+      before: (r) => r.setPlan(BASE, [3]),
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: 1, contributors: 1 }, [4]), action: XDP_DROP, counters: { rx: 1, not_owner: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: 3, contributors: 1 }, [4]), action: XDP_DROP, counters: stored },
+      ],
+      counters: { rx: 2, not_owner: 1, results: 1, events: 1, wakeups: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, contributors: 1, writes: 1 }, values: [4] }],
+      events: [{ type: EV_RESULT, contributors: 1, round: BASE, chunk, index: chunk }],
+    });
+  }
+  runTable("results bound to the chunk's owner in the round's plan (issue 16)", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
+}
+
 // ---- 7. the event ring (loader) ----------------------------------------------------
 
 describe("event ring (loader)", () => {

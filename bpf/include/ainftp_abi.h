@@ -205,6 +205,20 @@ struct ainftp_bank_state {
 	__u32 results_done; /* results stored in this bank's round */
 };
 
+/* round_plan map (array, AINFTP_BANKS entries): the plan of the round now
+ * in each bank, written by userspace when it learns it (src/collective.ts
+ * applyPlan). Chunk c of round r is owned by owner[c % owners]: a RESULT for
+ * it from any other rank is dropped (AINFTP_CNT_NOT_OWNER), and one claiming
+ * more contributors than `owners` (AINFTP_CNT_MAL_CONTRIBUTORS). A bank whose
+ * tag is not round + 1 has no plan yet: its results are checked against the
+ * members only (userspace checks the owner again before it uses them). */
+struct ainftp_plan {
+	__u32 tag;          /* round + 1 of the plan held; 0 = none */
+	__u16 owners;       /* active members (K), 1..AINFTP_MAX_WORKERS */
+	__u16 reserved;
+	__u8 owner[AINFTP_MAX_WORKERS]; /* rank of the active member of each index, ascending */
+};
+
 /* ---- the sentry ------------------------------------------------------------ */
 /* A contribution's energy is 16 * log2(mean q^2 * 4^exp) over the sampled
  * elements: the log of its mean square in real units, in 1/16 steps. In the
@@ -306,6 +320,8 @@ enum ainftp_counter {
 	AINFTP_CNT_SENTRY_REJECTED, /* contributions the sentry dropped (energy outside the gate) */
 	AINFTP_CNT_CONTRIBS_RING,   /* contributions copied to the contribs ring (robust aggregation) */
 	AINFTP_CNT_LATE,            /* contributions to a slot that had closed without them (a deadline or the round's active set) */
+	AINFTP_CNT_NOT_OWNER,       /* RESULT from a rank that does not own the chunk in the round's plan (round_plan) */
+	AINFTP_CNT_MAL_CONTRIBUTORS, /* RESULT whose contributor count is 0, above the members, or above the round's active set */
 	AINFTP_CNT__MAX,
 };
 
@@ -325,6 +341,7 @@ _Static_assert(sizeof(struct ainftp_contrib_rec) == 16 + 2 * AINFTP_MAX_ELEMS, "
 _Static_assert(sizeof(struct ainftp_acc) == 4 * AINFTP_MAX_ELEMS, "acc");
 _Static_assert(sizeof(struct ainftp_result) == 16 + 2 * AINFTP_MAX_ELEMS, "result");
 _Static_assert(sizeof(struct ainftp_bank_state) == 8, "bank state");
+_Static_assert(sizeof(struct ainftp_plan) == 8 + AINFTP_MAX_WORKERS, "plan");
 _Static_assert(sizeof(struct ainftp_event) == 16, "event is 16 bytes");
 _Static_assert(sizeof(struct ainftp_counters) == 8 * AINFTP_CNT__MAX, "counters");
 _Static_assert(AINFTP_MAX_WORKERS <= 64, "ranks are bits of a __u64");
