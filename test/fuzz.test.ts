@@ -118,6 +118,8 @@ class Model {
   ring: { round: number; chunk: number; rank: number; count: number; exp: number; v: number[] }[] = [];
   /** sentry_workers: [accepted, rejected] per rank. */
   workers = Array.from({ length: 64 }, () => [0, 0]);
+  /** round_plan per bank: the round's tag and its owners (result_admit). */
+  plans = Array.from({ length: BANKS }, () => ({ tag: 0, owners: [] as number[] }));
 
   /** Closes the slot once every rank it waits for is in (slot_close_if_full). */
   private closeIfFull(slot: ModelSlot, round: number): boolean {
@@ -390,10 +392,18 @@ class Model {
   }
 
   private result(
-    h: { flags: number; round: number; chunk: number; count: number; exp: number; contributors: number },
+    h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number; contributors: number },
     idx: number,
     values: Int16Array,
   ): number {
+    // result_admit: a count of contributors no round can have, or a
+    // result from a rank that does not own the chunk in the known plan
+    if (h.contributors === 0 || h.contributors > this.cfg.members) return this.drop("mal_contributors");
+    const plan = this.plans[h.round & 1];
+    if (plan.tag === ((h.round + 1) >>> 0) && plan.owners.length > 0) {
+      if (h.rank !== plan.owners[h.chunk % plan.owners.length]) return this.drop("not_owner");
+      if (h.contributors > plan.owners.length) return this.drop("mal_contributors");
+    }
     if (idx >= this.results.length) return this.drop("mal_chunk");
     const res = this.results[idx];
     const tag = (h.round + 1) >>> 0;
@@ -807,6 +817,15 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         };
         cfg = { ...cfg, bankMask: [mask(), mask()] };
         note = `bankMask [0b${cfg.bankMask![0].toString(2)}, 0b${cfg.bankMask![1].toString(2)}]`;
+        // and a round's plan: the owners of the window's rounds (or an older one)
+        if (rng.chance(0.7)) {
+          const round = (cfg.roundBase + rng.int(3) - 1) >>> 0;
+          const owners = [...Array(MEMBERS).keys()].filter(() => rng.chance(0.7));
+          if (owners.length === 0) owners.push(rng.int(MEMBERS));
+          k.setPlan(round, owners);
+          model.plans[round & 1] = { tag: (round + 1) >>> 0, owners };
+          note += `, plan of round ${round}: owners ${owners.join(",")}`;
+        }
       } else if (x < 0.89) {
         cfg = {
           ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
@@ -883,7 +902,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     console.log(
       `fuzz: ${PACKETS} packets in ${(ms / 1000).toFixed(1)} s, ${stats.checkpoints} checkpoints, ${stats.configChanges} config changes, ` +
       `final round_base ${cfg.roundBase}${stats.wrapped ? " (wrapped)" : ""}; ` +
-      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, ` +
+      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, not_owner ${c.not_owner}, mal_contributors ${c.mal_contributors}, ` +
       `future ${c.future_round}, mal_scale ${c.mal_scale}, passed ${c.passed}, rx ${c.rx}`,
     );
     // The run must have exercised what it claims to.
