@@ -166,6 +166,22 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   mal_contributors: "malformed: result whose contributor count is 0 or above the members (or the round's active set)",
 };
 
+/** Counters that count a packet dropped for what it said (a reason), as
+ * `status` and `swarm status` list them: malformed, out of window, not from
+ * whom it claims, or not the owner's. */
+export const DROP_REASONS = [
+  "stale_round", "future_round", "foreign_job", "not_member", "result_dup", "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp",
+  "mal_trunc_hdr", "mal_fragment", "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
+  "mal_reserved", "mal_round", "bad_source", "sentry_rejected", "not_owner", "mal_contributors",
+] as const satisfies readonly CounterName[];
+
+/** The non-zero drop reasons of a counter set, in DROP_REASONS order. */
+export function dropsOf(c: Counters): Partial<Record<(typeof DROP_REASONS)[number], number>> {
+  const out: Partial<Record<(typeof DROP_REASONS)[number], number>> = {};
+  for (const n of DROP_REASONS) if (c[n]) out[n] = c[n];
+  return out;
+}
+
 /** The round_plan entry of a round (see ainftp_abi.h): chunk c is owned by
  * owners[c % owners.length]; the ranks ascending, as the plan lists them. */
 export function encodePlan(round: number, owners: readonly number[]): Uint8Array {
