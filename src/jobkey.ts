@@ -3,7 +3,7 @@
 // digits in a file (--key-file) or in AINFTP_JOB_KEY; `ainftp keygen` makes one.
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { KEY_BYTES } from "../native/mac.ts";
+import { KEY_BYTES, TAG_BYTES, siphash24 } from "../native/mac.ts";
 import { AinftpError } from "./errors.ts";
 
 export const JOB_KEY_ENV = "AINFTP_JOB_KEY";
@@ -51,4 +51,17 @@ export function writeKeyFile(path: string, key = generateKey()): void {
     });
   }
   chmodSync(path, 0o600);
+}
+
+/** How much of a contribution or result the data plane's MAC covers
+ * (ainftp_abi.h): the header only, or header and payload. */
+export type AuthMode = "off" | "header" | "full";
+
+/** A CONTRIB/RESULT datagram (header + payload) with its MAC appended, as the
+ * XDP program checks it under CFG_AUTH_HDR ("header") or CFG_AUTH_FULL. */
+export function sealDatagram(key: Uint8Array, dgram: Uint8Array, mode: Exclude<AuthMode, "off">): Uint8Array {
+  const out = new Uint8Array(dgram.length + TAG_BYTES);
+  out.set(dgram);
+  out.set(siphash24(key, mode === "full" ? dgram : dgram.subarray(0, 32)), dgram.length);
+  return out;
 }

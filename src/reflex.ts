@@ -20,7 +20,7 @@ const XDP_DROP = 1;
 /** Map names in the object, and the names they are pinned under. */
 export const MAP_NAMES = [
   "job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs", "xsks",
-  "sentry_gate", "sentry_obs", "sentry_workers", "contribs", "round_plan",
+  "sentry_gate", "sentry_obs", "sentry_workers", "contribs", "round_plan", "job_key",
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -202,6 +202,16 @@ export abstract class ReflexMaps implements Disposable {
       libbpf.bpf_map_update_elem(this.mapFd("round_plan"), new Uint32Array([round & 1]), encodePlan(round, owners), 0n),
       "plan", `setting the plan of round ${round} failed`,
     );
+  }
+
+  /** The job key the program checks data-plane MACs under (CFG_AUTH_*); null: zeroes. */
+  setJobKey(key: Uint8Array | null): void {
+    const v = new Uint8Array(SIZEOF.ainftp_key);
+    if (key) {
+      if (key.length !== SIZEOF.ainftp_key) throw new RangeError(`a job key is ${SIZEOF.ainftp_key} bytes, not ${key.length}`);
+      v.set(key);
+    }
+    check(libbpf.bpf_map_update_elem(this.mapFd("job_key"), new Uint32Array([0]), v, 0n), "key", "setting the job key failed");
   }
 
   /** Forgets every slot and result a previous job left in these maps, so

@@ -374,7 +374,7 @@ describe.skipIf(!kernel)("dist/ainftp errors and lifecycle (root, network namesp
     expect(a.stdout).toContain("in native mode");
     const dir = lab.pinDir(N, "s0");
     expect(readdirSync(dir).sort()).toEqual([
-      "acc", "bank_state", "contribs", "counters", "events", "job_config", "link", "member_addrs", "results", "rodata", "round_plan",
+      "acc", "bank_state", "contribs", "counters", "events", "job_config", "job_key", "link", "member_addrs", "results", "rodata", "round_plan",
       "sentry_gate", "sentry_obs", "sentry_workers", "slots", "xsks",
     ]);
 

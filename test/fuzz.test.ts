@@ -10,12 +10,14 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
+  ACC_BIAS, BANKS, CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, MAC_BYTES, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
   MAGIC, MAX_ELEMS, MAX_ROUND, MAX_WORKERS, PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "../src/abi.ts";
 import { datagram, frame } from "../src/packet.ts";
+import { siphash24 } from "../native/mac.ts";
+import { sealDatagram } from "../src/jobkey.ts";
 import { EventRing, ReflexObject } from "../src/reflex.ts";
 import { libbpf } from "../native/libbpf.ts";
 import { ipv4ToBe32 } from "../src/transport.ts";
@@ -118,6 +120,9 @@ class Model {
   ring: { round: number; chunk: number; rank: number; count: number; exp: number; v: number[] }[] = [];
   /** sentry_workers: [accepted, rejected] per rank. */
   workers = Array.from({ length: 64 }, () => [0, 0]);
+  /** job_key; the frame's MAC verdict for contrib()/result() (ainftp_auth). */
+  key = new Uint8Array(16);
+  private macOk = true;
   /** round_plan per bank: the round's tag and its owners (result_admit). */
   plans = Array.from({ length: BANKS }, () => ({ tag: 0, owners: [] as number[] }));
 
@@ -265,8 +270,15 @@ class Model {
     }
     if (hdr.chunk >= cfg.chunks >>> 0) return this.drop("mal_chunk");
     const count = hdr.count;
-    if (count === 0 || count > cfg.chunkElems || count > MAX_ELEMS || ulen !== 8 + 32 + count * 2)
+    const auth = (cfg.flags ?? 0) & (CFG_AUTH_HDR | CFG_AUTH_FULL);
+    const tagBytes = type !== PKT_CLOSE && auth ? MAC_BYTES : 0;
+    if (count === 0 || count > cfg.chunkElems || count > MAX_ELEMS || ulen !== 8 + 32 + count * 2 + tagBytes)
       return this.drop("mal_count");
+    if (tagBytes) {
+      const covered = f.subarray(h, h + 32 + (auth & CFG_AUTH_FULL ? 2 * count : 0));
+      const tag = f.subarray(h + 32 + 2 * count, h + 32 + 2 * count + MAC_BYTES);
+      this.macOk = Buffer.from(siphash24(this.key, covered)).equals(Buffer.from(tag));
+    } else this.macOk = true;
     if (hdr.round >= MAX_ROUND) return this.drop("mal_round");
     const ahead = (hdr.round - cfg.roundBase) | 0;
     if (ahead < 0) return this.drop("stale_round");
@@ -315,6 +327,7 @@ class Model {
     const bit = 1n << BigInt(h.rank & 63);
     if ((BigInt.asUintN(64, cfg.memberMask) & bit) === 0n) return this.drop("not_member");
     if (idx >= this.slots.length) return this.drop("mal_chunk");
+    if (!this.macOk) return this.drop("bad_mac");
     const slot = this.slots[idx];
     const tag = (h.round + 1) >>> 0;
     // robust aggregation: a copy for userspace (before any slot check), no sum
@@ -404,6 +417,7 @@ class Model {
       if (h.rank !== plan.owners[h.chunk % plan.owners.length]) return this.drop("not_owner");
       if (h.contributors > plan.owners.length) return this.drop("mal_contributors");
     }
+    if (!this.macOk) return this.drop("bad_mac");
     if (idx >= this.results.length) return this.drop("mal_chunk");
     const res = this.results[idx];
     const tag = (h.round + 1) >>> 0;
@@ -459,7 +473,7 @@ class Generator {
 
   /** `slots` peeks at the model so that some packets bring a rank a filling
    * slot still misses (otherwise most valid packets end up as duplicates). */
-  constructor(private rng: Rng, private cfg: () => JobConfig, private slots: () => readonly ModelSlot[]) {}
+  constructor(private rng: Rng, private cfg: () => JobConfig, private slots: () => readonly ModelSlot[], private key: Uint8Array) {}
 
   /** A rank missing from an open, filling slot of (round, chunk), with the slot's count and exp. */
   private missing(round: number, chunk: number): { rank: number; count: number; exp: number } | undefined {
@@ -529,7 +543,17 @@ class Generator {
     const x = this.rng.next();
     const enc =
       x < 0.8 ? {} : x < 0.88 ? { ipv6: true } : x < 0.93 ? { vlans: 1 } : x < 0.97 ? { vlans: 2 } : { ihl: 5 + 1 + this.rng.int(10) };
-    const f = frame(payload, enc);
+    // under --auth mostly sealed right; else a wrong key, the other mode's tag, or none
+    const auth = (this.cfg().flags ?? 0) & (CFG_AUTH_HDR | CFG_AUTH_FULL);
+    const mode = auth & CFG_AUTH_FULL ? "full" : "header";
+    const y = this.rng.next();
+    const f = frame(
+      !auth || y > 0.97 ? payload
+      : y < 0.9 ? sealDatagram(this.key, payload, mode)
+      : y < 0.95 ? sealDatagram(this.key.map((b, i) => (i === 0 ? b ^ 1 : b)), payload, mode)
+      : sealDatagram(this.key, payload, mode === "full" ? "header" : "full"),
+      enc,
+    );
     const l2 = 14 + 4 * (enc.vlans ?? 0);
     const l3 = enc.ipv6 ? 40 : (enc.ihl ?? 5) * 4;
     const b: Built = { frame: f, ip: l2, udp: l2 + l3, h: l2 + l3 + 8, ipv6: enc.ipv6 ?? false };
@@ -716,7 +740,10 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     // member address differs: with CHECK_SOURCE its packets are refused
     model.memberAddrs = Array.from({ length: MEMBERS }, (_, rank) => ipv4ToBe32(rank === 2 ? "10.99.0.7" : "10.99.0.1"));
     k.setMemberAddrs(model.memberAddrs);
-    const gen = new Generator(rng, () => cfg, () => model.slots);
+    // the job key of CFG_AUTH_*: frames are mostly sealed under it (Generator.valid)
+    model.key = Uint8Array.from({ length: 16 }, () => rng.int(256));
+    k.setJobKey(model.key);
+    const gen = new Generator(rng, () => cfg, () => model.slots, model.key);
     const counters0 = k.counters();
     ring.poll(0);
     const stats = { configChanges: 0, completedSeen: 0, checkpoints: 0, wrapped: false };
@@ -829,7 +856,8 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
       } else if (x < 0.89) {
         cfg = {
           ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
-          flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_CONTRIBS_TO_RING | CFG_SENTRY]),
+          flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_CONTRIBS_TO_RING | CFG_SENTRY]) |
+            rng.pick([0, 0, CFG_AUTH_HDR, CFG_AUTH_FULL, CFG_AUTH_HDR | CFG_AUTH_FULL]),
         };
         // close or open the sentry's gate of a few chunks
         const gates = k.gates();
@@ -902,7 +930,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     console.log(
       `fuzz: ${PACKETS} packets in ${(ms / 1000).toFixed(1)} s, ${stats.checkpoints} checkpoints, ${stats.configChanges} config changes, ` +
       `final round_base ${cfg.roundBase}${stats.wrapped ? " (wrapped)" : ""}; ` +
-      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, not_owner ${c.not_owner}, mal_contributors ${c.mal_contributors}, ` +
+      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, not_owner ${c.not_owner}, mal_contributors ${c.mal_contributors}, bad_mac ${c.bad_mac}, ` +
       `future ${c.future_round}, mal_scale ${c.mal_scale}, passed ${c.passed}, rx ${c.rx}`,
     );
     // The run must have exercised what it claims to.

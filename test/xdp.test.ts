@@ -11,11 +11,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  CFG_CHECK_SOURCE, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, COUNTERS, MAX_ELEMS_AUTH, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
   PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState, type WireHeader,
 } from "../src/abi.ts";
 import { datagram, frame, type FrameOptions } from "../src/packet.ts";
+import { sealDatagram } from "../src/jobkey.ts";
 import { PinnedReflex, ReflexObject, type EventRing } from "../src/reflex.ts";
 import { mulberry32 } from "../src/random.ts";
 import { ipv4ToBe32 } from "../src/transport.ts";
@@ -1210,6 +1211,109 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
     });
   }
   runTable("results bound to the chunk's owner in the round's plan (issue 16)", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
+}
+
+// ---- 6c. the data plane's MAC under the job key (issue 16) ---------------------------
+// Under CFG_AUTH_HDR / CFG_AUTH_FULL a contribution or result ends with a
+// SipHash-2-4 tag (ainftp_abi.h); a frame without the right one changes
+// nothing and is counted bad_mac. The tags here come from native/mac.c.
+
+{
+  const CHUNKS = 64;
+  const BASE = 300;
+  const fresh = chunkAllocator(CHUNKS);
+  const KEY = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
+  const WRONG = KEY.map((b, i) => (i === 3 ? b ^ 1 : b));
+  const cases: Case[] = [];
+  const sealed = (mode: "header" | "full", h: Hdr, values: ArrayLike<number>, key = KEY) =>
+    frame(sealDatagram(key, datagram({ type: PKT_CONTRIB, jobId: JOB, ...h }, Array.from(values)), mode));
+  const flip = (f: Uint8Array, at: number) => {
+    const g = f.slice();
+    g[at] ^= 0x40;
+    return g;
+  };
+  const PAYLOAD = 14 + 20 + 8 + 32; // first payload byte of a plain IPv4 frame
+  const twoRanks = { memberMask: 0b11n, members: 2 };
+
+  for (const [mode, flag] of [["header", CFG_AUTH_HDR], ["full", CFG_AUTH_FULL]] as const) {
+    for (const n of [1, 3, 4, 5, 719, 720, MAX_ELEMS_AUTH]) {
+      const chunk = fresh();
+      const a = Array.from({ length: n }, (_, i) => (i * 37) % 2000 - 1000), b = Array.from({ length: n }, (_, i) => (i * 11) % 300);
+      cases.push({
+        description: `${mode}: ${n} elements, both ranks' tags right → summed and completed`,
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [
+          { frame: sealed(mode, { round: BASE, chunk, rank: 0 }, a), action: XDP_DROP },
+          { frame: sealed(mode, { round: BASE, chunk, rank: 1 }, b), action: XDP_DROP },
+        ],
+        counters: { rx: 2, summed: 2, elems_summed: 2 * n, completed: 1, events: 1, wakeups: 1 },
+        slots: [{ index: chunk, state: { contributors: 2, state: SLOT_COMPLETE }, sums: refSum([a, b], n) }],
+        events: [{ type: EV_SLOT_COMPLETE, contributors: 2, round: BASE, chunk, index: chunk }],
+      });
+    }
+    {
+      const chunk = fresh();
+      const v = [1, 2, 3, 4, 5, 6];
+      const good = sealed(mode, { round: BASE, chunk, rank: 0 }, v);
+      cases.push({
+        description: `${mode}: no tag, a wrong key, a flipped header byte, a flipped tag → bad_mac (or mal_count without a tag); the slot stays empty`,
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [
+          { frame: pkt({ round: BASE, chunk, rank: 0 }, v), action: XDP_DROP, counters: { rx: 1, mal_count: 1 } },
+          { frame: sealed(mode, { round: BASE, chunk, rank: 0 }, v, WRONG), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } },
+          { frame: flip(good, PAYLOAD - 32 + 24), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } }, // exp
+          { frame: flip(good, good.length - 1), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } },
+        ],
+        counters: { rx: 4, mal_count: 1, bad_mac: 3 },
+        slots: [{ index: chunk, state: EMPTY_SLOT }],
+      });
+    }
+    {
+      const chunk = fresh();
+      const v = [7, 8, 9];
+      const tampered = flip(sealed(mode, { round: BASE, chunk, rank: 0 }, v), PAYLOAD + 2); // payload element 1
+      cases.push({
+        description: mode === "full"
+          ? "full: a payload changed on the path → bad_mac, nothing summed"
+          : "header: a payload changed on the path is NOT detected (the header mode's documented limit)",
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [{ frame: tampered, action: XDP_DROP }],
+        counters: mode === "full" ? { rx: 1, bad_mac: 1 } : { rx: 1, summed: 1, elems_summed: 3 },
+        slots: [{ index: chunk, state: mode === "full" ? EMPTY_SLOT : { contributors: 1, state: SLOT_FILLING } }],
+      });
+    }
+    {
+      const chunk = fresh();
+      const res = (rank: number, key = KEY) =>
+        frame(sealDatagram(key, datagram({ type: PKT_RESULT, jobId: JOB, round: BASE, chunk, rank, contributors: 2 }, [5, 6, 7]), mode));
+      cases.push({
+        description: `${mode}: a result under the wrong key → bad_mac; the right one is stored`,
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [
+          { frame: res(1, WRONG), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } },
+          { frame: res(1), action: XDP_DROP, counters: { rx: 1, results: 1, events: 1, wakeups: 1 } },
+        ],
+        counters: { rx: 2, bad_mac: 1, results: 1, events: 1, wakeups: 1 },
+        results: [{ index: chunk, entry: { tag: BASE + 1, count: 3, contributors: 2, writes: 1 }, values: [5, 6, 7] }],
+        events: [{ type: EV_RESULT, contributors: 2, round: BASE, chunk, index: chunk }],
+      });
+    }
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "auth off: a frame with a trailing tag is mal_count (lengths must match exactly)",
+      setup: { ...twoRanks, flags: 0 },
+      packets: [{ frame: sealed("header", { round: BASE, chunk, rank: 0 }, [1, 2]), action: XDP_DROP }],
+      counters: { rx: 1, mal_count: 1 },
+      slots: [{ index: chunk, state: EMPTY_SLOT }],
+    });
+  }
+  runTable("the data plane's MAC under the job key (issue 16)", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
 }
 
 // ---- 7. the event ring (loader) ----------------------------------------------------
