@@ -722,6 +722,7 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 	res->exp = h->exp;
 	res->flags = h->flags;
 	res->writes++;
+	res->rank = h->rank;
 	/* Publish: an atomic exchange orders the data before the tag. */
 	__sync_lock_test_and_set(&res->tag, round + 1);
 	cnt->c[AINFTP_CNT_RESULTS]++;

@@ -54,6 +54,7 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 		res->exp = exps[c] + k;
 		res->flags = 0;
 		res->writes++;
+		res->rank = tmpl->rank;
 		__atomic_store_n(&res->tag, tmpl->round + 1, __ATOMIC_RELEASE);
 
 		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);

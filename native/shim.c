@@ -439,7 +439,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_acc, v);
 	FIELD(&o, ainftp_result, tag); FIELD(&o, ainftp_result, count);
 	FIELD(&o, ainftp_result, contributors); FIELD(&o, ainftp_result, exp);
-	FIELD(&o, ainftp_result, flags); FIELD(&o, ainftp_result, writes); FIELD(&o, ainftp_result, v);
+	FIELD(&o, ainftp_result, flags); FIELD(&o, ainftp_result, writes); FIELD(&o, ainftp_result, rank); FIELD(&o, ainftp_result, v);
 	FIELD(&o, ainftp_bank_state, slots_done); FIELD(&o, ainftp_bank_state, results_done);
 	FIELD(&o, ainftp_plan, tag); FIELD(&o, ainftp_plan, owners); FIELD(&o, ainftp_plan, reserved); FIELD(&o, ainftp_plan, owner);
 	FIELD(&o, ainftp_key, k0); FIELD(&o, ainftp_key, k1);

@@ -93,7 +93,7 @@ export const LAYOUT = {
   ainftp_acc: { v: [0, 4 * MAX_ELEMS] }, // biased, lane-interleaved: decodeSums()
   ainftp_result: {
     tag: [0, 4], count: [4, 2], contributors: [6, 2], exp: [8, 2], flags: [10, 2],
-    writes: [12, 4], v: [16, 2 * MAX_ELEMS],
+    writes: [12, 2], rank: [14, 2], v: [16, 2 * MAX_ELEMS],
   },
   ainftp_bank_state: { slots_done: [0, 4], results_done: [4, 4] },
   ainftp_plan: { tag: [0, 4], owners: [4, 2], reserved: [6, 2], owner: [8, MAX_WORKERS] },

@@ -276,7 +276,7 @@ export abstract class ReflexMaps implements Disposable {
   }
 
   /** The result entry at `index`: header fields and int16 values. */
-  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array } {
+  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; rank: number; v: Int16Array } {
     this.resBuf ??= this.mmapMap("results", SIZEOF.ainftp_result);
     const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
     const dv = new DataView(this.resBuf, index * stride, stride);
@@ -287,7 +287,8 @@ export abstract class ReflexMaps implements Disposable {
       contributors: dv.getUint16(6, true),
       exp: dv.getInt16(8, true),
       flags: dv.getUint16(10, true),
-      writes: dv.getUint32(12, true),
+      writes: dv.getUint16(12, true),
+      rank: dv.getUint16(14, true),
       v: new Int16Array(this.resBuf, index * stride + 16, Math.min(count, MAX_ELEMS)),
     };
   }

@@ -82,6 +82,7 @@ interface ModelResult {
   exp: number;
   flags: number;
   writes: number;
+  rank: number;
   v: Int16Array;
 }
 
@@ -151,7 +152,7 @@ class Model {
       if (i < mapChunks) this.gate.push("open");
       this.acc.push(new Int32Array(MAX_ELEMS));
       this.raw.push(new Uint32Array(MAX_ELEMS));
-      this.results.push({ tag: 0, count: 0, contributors: 0, exp: 0, flags: 0, writes: 0, v: new Int16Array(MAX_ELEMS) });
+      this.results.push({ tag: 0, count: 0, contributors: 0, exp: 0, flags: 0, writes: 0, rank: 0, v: new Int16Array(MAX_ELEMS) });
     }
   }
 
@@ -429,7 +430,8 @@ class Model {
     res.contributors = h.contributors;
     res.exp = h.exp;
     res.flags = h.flags;
-    res.writes = (res.writes + 1) >>> 0;
+    res.writes = (res.writes + 1) & 0xffff;
+    res.rank = h.rank;
     res.tag = tag;
     this.cnt.results++;
     this.emit(EV_RESULT, h.round, h.chunk, idx, h.contributors);
@@ -792,8 +794,8 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
           throw new Error(`sums(${idx})[${dd}]: kernel ${ksum[dd]} model ${model.acc[idx][dd]} (slot count ${ms.count}) ${where}`);
         const kr = k.result(idx);
         const mr = model.results[idx];
-        expect({ tag: kr.tag, count: kr.count, contributors: kr.contributors, exp: kr.exp, flags: kr.flags, writes: kr.writes }, `result ${idx} ${where}`)
-          .toEqual({ tag: mr.tag, count: mr.count, contributors: mr.contributors, exp: mr.exp, flags: mr.flags, writes: mr.writes });
+        expect({ tag: kr.tag, count: kr.count, contributors: kr.contributors, exp: kr.exp, flags: kr.flags, writes: kr.writes, rank: kr.rank }, `result ${idx} ${where}`)
+          .toEqual({ tag: mr.tag, count: mr.count, contributors: mr.contributors, exp: mr.exp, flags: mr.flags, writes: mr.writes, rank: mr.rank });
         const kv = new Int16Array(kr.v.buffer, kr.v.byteOffset, MAX_ELEMS);
         const dv = firstDiff(kv, mr.v);
         if (dv >= 0) throw new Error(`result[${idx}].v[${dv}]: kernel ${kv[dv]} model ${mr.v[dv]} ${where}`);

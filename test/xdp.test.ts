@@ -111,7 +111,7 @@ interface SlotCheck {
 
 interface ResultCheck {
   index: number;
-  entry: Partial<{ tag: number; count: number; contributors: number; exp: number; flags: number; writes: number }>;
+  entry: Partial<{ tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; rank: number }>;
   values?: ArrayLike<number>;
 }
 
@@ -192,7 +192,7 @@ function runCase(h: Handle, c: Case): void {
   }
   for (const x of c.results ?? []) {
     const got = r.result(x.index);
-    expect({ tag: got.tag, count: got.count, contributors: got.contributors, exp: got.exp, flags: got.flags, writes: got.writes })
+    expect({ tag: got.tag, count: got.count, contributors: got.contributors, exp: got.exp, flags: got.flags, writes: got.writes, rank: got.rank })
       .toMatchObject(x.entry);
     if (x.values) expect(Array.from(got.v), `result values at ${x.index}`).toEqual(Array.from(x.values));
   }
@@ -1146,7 +1146,7 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
         { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [1, 2]), action: XDP_DROP, counters: stored },
       ],
       counters: { rx: 3, not_owner: 2, ...{ results: 1, events: 1, wakeups: 1 } },
-      results: [{ index: chunk, entry: { tag: BASE + 1, count: 2, contributors: 3, writes: 1 }, values: [1, 2] }],
+      results: [{ index: chunk, entry: { tag: BASE + 1, count: 2, contributors: 3, writes: 1, rank: ownerOf(chunk) }, values: [1, 2] }],
       events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
     });
   }
@@ -1181,7 +1181,7 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
       before: (r) => r.setPlan(BASE - 2, [chunk % 4]),
       packets: [{ frame: resultPkt({ round: BASE, chunk, rank: (chunk + 1) % 4, contributors: 4 }, [7]), action: XDP_DROP, counters: stored }],
       counters: stored,
-      results: [{ index: chunk, entry: { tag: BASE + 1, contributors: 4, writes: 1 }, values: [7] }],
+      results: [{ index: chunk, entry: { tag: BASE + 1, contributors: 4, writes: 1, rank: (chunk + 1) % 4 }, values: [7] }],
       events: [{ type: EV_RESULT, contributors: 4, round: BASE, chunk, index: chunk }],
     });
   }

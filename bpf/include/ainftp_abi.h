@@ -210,7 +210,8 @@ struct ainftp_result {
 	__u16 contributors;
 	__s16 exp;
 	__u16 flags;
-	__u32 writes;       /* result packets stored here (diagnostics) */
+	__u16 writes;       /* result packets stored here (diagnostics; wraps) */
+	__u16 rank;         /* the rank that sent the result stored (userspace checks it is the chunk's owner) */
 	__s16 v[AINFTP_MAX_ELEMS];
 };
 
