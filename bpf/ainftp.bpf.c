@@ -646,7 +646,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
  * contributor count must be 1..members, and, once the round's plan is known,
  * it must come from the chunk's owner and count no more than the active set
  * (a Byzantine member cannot overwrite another owner's chunks). */
-static __always_inline int result_admit(const struct ainftp_config *cfg, const struct ainftp_wire_hdr *h)
+static __always_inline int result_admit(const struct ainftp_config *cfg, const struct ainftp_wire_hdr *h, int *from_owner)
 {
 	__u32 contributors = h->contributors, bank = h->round & 1;
 	if (contributors == 0 || contributors > cfg->members)
@@ -663,6 +663,7 @@ static __always_inline int result_admit(const struct ainftp_config *cfg, const s
 		return AINFTP_CNT_NOT_OWNER;
 	if (contributors > k)
 		return AINFTP_CNT_MAL_CONTRIBUTORS;
+	*from_owner = 1;
 	return 0;
 }
 
@@ -671,7 +672,8 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 				     const struct ainftp_wire_hdr *h, __u32 payload_off, __u32 idx)
 {
 	__u32 round = h->round, count = h->count;
-	int why = result_admit(cfg, h);
+	int from_owner = 0;
+	int why = result_admit(cfg, h, &from_owner);
 	if (why) {
 		if (why < AINFTP_CNT__MAX)
 			cnt->c[why]++;
@@ -697,7 +699,9 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		return XDP_DROP;
 	}
 	__u32 old = res->tag;
-	if (old == round + 1 || old == RESULT_BUSY) {
+	/* the owner's result replaces one of this round that another rank
+	 * stored before the plan was known */
+	if ((old == round + 1 && !(from_owner && res->rank != h->rank)) || old == RESULT_BUSY) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;
 		return XDP_DROP;
 	}

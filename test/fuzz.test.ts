@@ -414,16 +414,18 @@ class Model {
     // result from a rank that does not own the chunk in the known plan
     if (h.contributors === 0 || h.contributors > this.cfg.members) return this.drop("mal_contributors");
     const plan = this.plans[h.round & 1];
+    let fromOwner = false;
     if (plan.tag === ((h.round + 1) >>> 0) && plan.owners.length > 0) {
       if (h.rank !== plan.owners[h.chunk % plan.owners.length]) return this.drop("not_owner");
       if (h.contributors > plan.owners.length) return this.drop("mal_contributors");
+      fromOwner = true;
     }
     if (!this.macOk) return this.drop("bad_mac");
     if (idx >= this.results.length) return this.drop("mal_chunk");
     const res = this.results[idx];
     const tag = (h.round + 1) >>> 0;
     const old = res.tag;
-    if (old === tag || old === RESULT_BUSY) return this.drop("result_dup");
+    if ((old === tag && !(fromOwner && this.results[idx].rank !== h.rank)) || old === RESULT_BUSY) return this.drop("result_dup");
     if (old !== 0 && ((old - tag) | 0) > 0) return this.drop("stale_round");
     res.v.set(values);
     res.count = h.count;

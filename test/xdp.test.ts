@@ -1210,6 +1210,38 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
       events: [{ type: EV_RESULT, contributors: 1, round: BASE, chunk, index: chunk }],
     });
   }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a non-owner's result stored before the plan was known is replaced by the owner's once it is (not result_dup)",
+      before: (r) => r.setPlan(BASE - 2, [0]),
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [66]), action: XDP_DROP, counters: stored },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 }, config: {} },
+      ],
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 1, rank: other(chunk) }, values: [66] }],
+      events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "... and with the plan known, the owner's result overwrites it (writes 2, rank = owner); the owner's own duplicate is result_dup",
+      before: (r) => {
+        r.setPlan(BASE - 2, [0]);
+        r.testRun(resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [66]));
+        r.setPlan(BASE, OWNERS);
+      },
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: stored },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 } },
+      ],
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 2, rank: ownerOf(chunk) }, values: [5] }],
+      events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
   runTable("results bound to the chunk's owner in the round's plan (issue 16)", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
 }
 
