@@ -81,3 +81,25 @@ int32_t ainftp_mac_verify(const uint8_t *key, const uint8_t *pkt, uint32_t len)
 		diff |= want[i] ^ pkt[len + i];
 	return diff == 0;
 }
+
+/*
+ * The data plane's MAC (ainftp_abi.h, checked by the XDP program): seals n
+ * CONTRIB/RESULT packets laid out every `stride` bytes from pkts, each with
+ * the tag of its header (full = 0) or header and payload (full = 1) written
+ * right after its payload (32 + 2 * count). Call it after the last change to
+ * a packet (a retransmission flag included). Returns n, or -1 (nothing
+ * sealed from that packet on) if a packet's tag would not fit its stride.
+ */
+int32_t ainftp_seal_packets(const uint8_t *key, uint8_t *pkts, uint32_t n, uint32_t stride, uint32_t full)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t *p = pkts + (size_t)i * stride;
+		uint16_t count;
+		memcpy(&count, p + 22, 2); /* ainftp_wire_hdr.count */
+		uint32_t payload = 2u * count;
+		if (32u + payload + 8u > stride)
+			return -1;
+		ainftp_siphash24(key, p, 32u + (full ? payload : 0u), p + 32 + payload);
+	}
+	return (int32_t)n;
+}

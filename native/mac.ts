@@ -8,6 +8,7 @@ const mac = openShimTable({
   ainftp_siphash24: { args: [T.ptr, T.ptr, T.u32, T.ptr], returns: T.void },
   ainftp_mac_seal: { args: [T.ptr, T.ptr, T.u32], returns: T.void },
   ainftp_mac_verify: { args: [T.ptr, T.ptr, T.u32], returns: T.i32 },
+  ainftp_seal_packets: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
 });
 
 /** Bytes of a job key (128 bits) and of a tag (64 bits). */
@@ -39,4 +40,14 @@ export function macVerify(key: Uint8Array, buf: Uint8Array): boolean {
   checkKey(key);
   if (buf.length < TAG_BYTES) return false;
   return mac.ainftp_mac_verify(key, buf, buf.length - TAG_BYTES) === 1;
+}
+
+/** Seals n CONTRIB/RESULT packets every `stride` bytes of buf (the data
+ * plane's MAC, ainftp_abi.h): the tag of the header (full false) or header
+ * and payload, after each payload. Throws if a tag does not fit its stride. */
+export function sealPackets(key: Uint8Array, buf: Uint8Array, n: number, stride: number, full: boolean): void {
+  checkKey(key);
+  if (n === 0) return;
+  if (stride < 40 || n * stride > buf.length + stride - 40) throw new RangeError(`${n} packets of stride ${stride} do not fit ${buf.length} bytes`);
+  if (mac.ainftp_seal_packets(key, buf, n, stride, full ? 1 : 0) !== n) throw new RangeError(`a packet's tag does not fit its stride ${stride}`);
 }

@@ -117,3 +117,27 @@ describe("the job key", () => {
     }
   });
 });
+
+describe("the data plane's MAC in C (ainftp_seal_packets)", () => {
+  test("seals packets in a buffer exactly as sealDatagram (what the XDP program checks), both modes", async () => {
+    const { sealPackets } = await import("../native/mac.ts");
+    const { sealDatagram } = await import("../src/jobkey.ts");
+    const { datagram } = await import("../src/packet.ts");
+    const { PKT_CONTRIB } = await import("../src/abi.ts");
+    const stride = 32 + 2 * 720 + 8;
+    const counts = [720, 1, 3, 719];
+    for (const full of [false, true]) {
+      const buf = new Uint8Array(stride * counts.length);
+      const want = counts.map((n, i) => {
+        const d = datagram({ type: PKT_CONTRIB, jobId: 5, round: 9, chunk: i, rank: 1 }, Array.from({ length: n }, (_, j) => (j * 31 + i) % 5000 - 2500));
+        buf.set(d, i * stride);
+        return sealDatagram(KEY, d, full ? "full" : "header");
+      });
+      sealPackets(KEY, buf, counts.length, stride, full);
+      counts.forEach((n, i) => expect(hex(buf.subarray(i * stride, i * stride + 32 + 2 * n + 8))).toBe(hex(want[i])));
+    }
+    const tight = new Uint8Array(32 + 1440 + 4);
+    tight.set(datagram({ type: PKT_CONTRIB, jobId: 5, round: 9, chunk: 0, rank: 1 }, new Array(720).fill(1)));
+    expect(() => sealPackets(KEY, tight, 1, tight.length, false)).toThrow(/stride/);
+  });
+});
