@@ -48,6 +48,8 @@ export function renderSwarmStatus(list: SwarmStatus[]): string {
     const rej = s.rejected ?? { wrongSender: 0, secondHand: 0, undecodable: 0 };
     text += `  membership messages dropped: ${rej.wrongSender} not from the member they name, ${rej.secondHand} speaking for another member, ${rej.undecodable} undecodable\n`;
     if (s.drops) text += `  program drops: ${Object.entries(s.drops).map(([k, n]) => `${k} ${n}`).join(", ") || "none"}\n`;
+    const cd = Object.entries(s.controlDrops ?? {}).filter(([, n]) => n);
+    text += `  control frames refused: ${cd.map(([k, n]) => `${k} ${n}`).join(", ") || "none"}\n`;
     return text;
   }).join("\n");
 }

@@ -35,8 +35,8 @@ import type { Pointer } from "bun:ffi";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
 import {
-  CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_MEMBER, CTRL_HELLO, CTRL_RESULT_REQ, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
-  F_RETRANSMIT, MAGIC, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, VERSION, readHeader, writeHeader,
+  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_BYE, CTRL_STATUS, CTRL_STATUS_REQ, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_MEMBER, CTRL_HELLO, CTRL_RESULT_REQ, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+  F_RETRANSMIT, MAC_BYTES, MAGIC, MAX_ELEMS_AUTH, MAX_WORKERS, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, VERSION, readHeader, writeHeader,
   type Counters, type JobConfig,
 } from "./abi.ts";
 import { pinnedPort, pinRoot } from "./attach.ts";
@@ -49,6 +49,9 @@ import { cChunkExps, cQuantize } from "../native/quant.ts";
 import { publishState, readmitPath, removeState, statePath, takeReadmits } from "./sentry/state.ts";
 import { UdpEndpoint, ipv4ToBe32 } from "./transport.ts";
 import { XskSocket } from "./xsk.ts";
+import { ControlGuard, type ControlDrop } from "./control-guard.ts";
+import { sealPackets } from "../native/mac.ts";
+import type { AuthMode } from "./jobkey.ts";
 
 const HDR = SIZEOF.ainftp_wire_hdr;
 /** Payload bytes of one control packet (exponents per packet). */
@@ -156,6 +159,14 @@ export interface CommunicatorOptions {
    * a number is a fixed deadline in ms; 0 turns partial rounds off (a
    * round then waits for every active member, up to roundTimeoutMs). */
   deadlineMs?: number | "auto";
+  /** The job's 128-bit key (issue 16): every control packet carries a
+   * SipHash-2-4 MAC under it, and contributions and results one as `auth`
+   * says. Every member must have the same key. Default: none. */
+  key?: Uint8Array | null;
+  /** With a key, what the data plane's MAC covers: "header" (default: a host
+   * without the key cannot forge a frame), "full" (header and payload: not
+   * even an on-path host can change one), or "off". */
+  auth?: AuthMode;
 }
 
 export interface CollectiveStats {
@@ -297,6 +308,10 @@ export class Communicator implements Disposable {
   };
 
   private maps: PinnedReflex;
+  /** Checks, authenticates and binds every control frame; counts refusals. */
+  private guard: ControlGuard;
+  /** Data plane MAC: the key and mode the program checks (null: none). */
+  private dataAuth: { key: Uint8Array; full: boolean } | null = null;
   private ring: EventRing;
   private sock: UdpEndpoint;
   private cfg: JobConfig;
@@ -361,7 +376,11 @@ export class Communicator implements Disposable {
     this.job = o.job ?? this.cfg.jobId;
     this.chunkElems = this.cfg.chunkElems;
     this.capacity = maps.chunks;
-    this.seg = HDR + 2 * this.chunkElems;
+    this.guard = new ControlGuard({ job: this.job, peers: this.peers, key: o.key ?? null, helloKind: CTRL_HELLO });
+    const auth = o.key ? (o.auth ?? "header") : "off";
+    if (o.key && auth !== "off") this.dataAuth = { key: o.key, full: auth === "full" };
+    // a contribution or result under auth ends with its MAC
+    this.seg = HDR + 2 * this.chunkElems + (this.dataAuth ? MAC_BYTES : 0);
     this.ring = maps.events();
     while (this.ring.pollRaw(0) > 0); // events a previous job left behind
     this.roundsContributed.push(...new Array(this.size).fill(0));
@@ -403,6 +422,10 @@ export class Communicator implements Disposable {
       // a previous job's slots and results must not look like ours
       maps.resetState();
       const c = new Communicator(o, maps, sock, port);
+      if (c.dataAuth && c.chunkElems > MAX_ELEMS_AUTH)
+        throw new AinftpError(op, `--auth ${o.auth ?? "header"} leaves room for ${MAX_ELEMS_AUTH} values per packet, the program is attached with ${c.chunkElems}`, {
+          hint: `attach with --chunk-elems ${MAX_ELEMS_AUTH} or less, or run with --auth off`,
+        });
       if (o.aggregate && o.aggregate !== "sum") {
         if (o.rx === "xsk") throw new AinftpError(op, `--aggregate ${o.aggregate} needs --rx map`, { hint: "drop --rx xsk" });
         (c as { robust: RobustAggregator | null }).robust = new RobustAggregator(o.aggregate, o.robust);
@@ -432,7 +455,7 @@ export class Communicator implements Disposable {
   // ---- membership check --------------------------------------------------------
 
   private fingerprint(): string {
-    return JSON.stringify({ v: VERSION, job: this.job, peers: this.peers, chunkElems: this.chunkElems, port: this.port });
+    return JSON.stringify({ v: VERSION, job: this.job, peers: this.peers, chunkElems: this.chunkElems, port: this.port, auth: this.dataAuth ? (this.dataAuth.full ? "full" : "header") : "off" });
   }
 
   /** HELLO to every peer until all have answered with the same fingerprint;
@@ -485,11 +508,13 @@ export class Communicator implements Disposable {
     this.nextRound = first;
     this.leaderNext = first % this.size;
     this.lateness = new Uint8Array(this.size);
-    // only members' addresses may speak for their ranks
+    // only members' addresses may speak for their ranks; with a key, only its holders
     this.maps.setMemberAddrs(this.peers.map((p) => ipv4ToBe32(p)));
+    this.maps.setJobKey(this.dataAuth?.key ?? null);
     this.cfg = {
       ...this.cfg, jobId: this.job, roundBase: first, members: this.size, memberMask: this.othersMask(), bankMask: [0n, 0n], batch: this.o.batch,
-      flags: ((this.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY)) | CFG_CHECK_SOURCE |
+      flags: ((this.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY | CFG_AUTH_HDR | CFG_AUTH_FULL)) | CFG_CHECK_SOURCE |
+        (this.dataAuth ? (this.dataAuth.full ? CFG_AUTH_FULL : CFG_AUTH_HDR) : 0) |
         (this.xsk ? CFG_RESULTS_TO_XSK : 0) | (this.sentry ? CFG_SENTRY : 0) | (this.robust ? CFG_CONTRIBS_TO_RING : 0),
     };
     if (this.sentry) {
@@ -550,7 +575,7 @@ export class Communicator implements Disposable {
       type: PKT_CONTROL, jobId: this.job, round, chunk, rank: this.rank, count: payload.length, contributors: kind, flags,
     });
     b.set(payload, HDR);
-    this.sock.sendGso(addr, this.port, b, HDR + payload.length, 1);
+    this.sock.sendGso(addr, this.port, b, this.guard.seal(b, HDR + payload.length), 1);
     this.stats.packetsSent++;
   }
 
@@ -558,13 +583,30 @@ export class Communicator implements Disposable {
    * returned from anyone (with `member` false when its job, rank or address
    * does not match ours), so a mismatch can be reported instead of ignored. */
   private parseControl(d: Uint8Array, from: string) {
-    if (d.length < HDR) return null;
-    const h = readHeader(new DataView(d.buffer, d.byteOffset, d.byteLength), 0);
-    if (h.magic !== MAGIC || h.version !== VERSION || h.type !== PKT_CONTROL || h.count !== d.length - HDR) return null;
-    const member = h.jobId === this.job && h.rank < this.size && this.peers[h.rank] === from;
-    if (!member && h.contributors !== CTRL_HELLO) return null;
-    this.stats.controlReceived++;
-    return { kind: h.contributors, rank: h.rank, round: h.round, chunk: h.chunk, flags: h.flags, payload: d.subarray(HDR), from, member };
+    // checked, authenticated and bound to its sender (src/control-guard.ts)
+    const h = this.guard.open(d, from);
+    if (h) this.stats.controlReceived++;
+    return h;
+  }
+
+  /** Bytes of a full data packet's UDP payload (header, values, MAC). */
+  get packetBytes(): number {
+    return this.seg;
+  }
+
+  /** Control frames (or parts) refused, by reason (issue 16). */
+  get controlDrops(): Readonly<Record<ControlDrop, number>> {
+    return this.guard.drops;
+  }
+
+  /** Seals n data packets every seg bytes of buf (the data plane's MAC), after their last change. */
+  private sealData(buf: Uint8Array, n: number): void {
+    if (this.dataAuth && n > 0) sealPackets(this.dataAuth.key, buf, n, this.seg, this.dataAuth.full);
+  }
+
+  /** Bytes on the wire of a data packet of `count` values. */
+  private wireBytes(count: number): number {
+    return HDR + 2 * count + (this.dataAuth ? MAC_BYTES : 0);
   }
 
   /** A HELLO whose job does not match ours: answer with ours (so the sender
@@ -655,7 +697,7 @@ export class Communicator implements Disposable {
     } else if (h.kind === CTRL_EXPS_MAX) {
       if (st && h.round === st.r) {
         if (h.rank === st.leader) this.storeShared(st, h.chunk, h.payload);
-      } else if (h.round >= this.nextRound && h.round < this.nextRound + 4) {
+      } else if (h.round >= this.nextRound && h.round - this.nextRound < 4 && h.chunk < this.capacity && h.chunk % CTRL_PAYLOAD === 0) {
         // a plan for a round we have not started (we were passive, or past
         // the quorum): keep it, the round will need it
         // (by sender: which one leads that round is known when it starts)
@@ -664,11 +706,13 @@ export class Communicator implements Disposable {
         let pieces = bySender.get(h.rank);
         if (!pieces) bySender.set(h.rank, (pieces = new Map()));
         pieces.set(h.chunk, Uint8Array.from(h.payload));
+      } else if (h.round >= this.nextRound) {
+        this.guard.count(h.round - this.nextRound < 4 ? "bad_chunk" : "future_round");
       }
     } else if (h.kind === CTRL_RESULT_REQ) {
       // a passive member lacks results of ours: send the stored ones again
-      const dv = new DataView(h.payload.buffer, h.payload.byteOffset, h.payload.length);
-      for (let i = 0; i + 4 <= h.payload.length; i += 4) this.resend(h.round, dv.getUint32(i, true), h.rank);
+      // (indices past the job's chunks are counted, never used)
+      for (const c of this.guard.chunkList(h.payload, this.cfg.chunks)) this.resend(h.round, c, h.rank);
     } else if (h.kind === CTRL_MEMBER) {
       this.onMember?.(h.rank, h.payload);
     }
@@ -688,6 +732,9 @@ export class Communicator implements Disposable {
       return;
     }
     if (round < this.nextRound) return; // an old round: nothing needs it any more
+    // bounded memory: a few rounds ahead, pieces within the job's chunks
+    if (!this.guard.keepsRound(round, this.nextRound)) return;
+    if (first >= this.capacity) return this.guard.count("bad_chunk");
     let m = this.early.get(round);
     if (!m) this.early.set(round, (m = new Map()));
     let pieces = m.get(rank);
@@ -930,6 +977,9 @@ export class Communicator implements Disposable {
       if (st.sent && st.ownedDoneCount === st.owned.length && (st.resultsSeen >= nchunks - st.owned.length || (st.lookInMap && !this.xsk))) {
         st.lookInMap = false;
         if (this.xsk) break; // each result was counted once, when it was dequantized
+        // results stored before the plan was known, from a rank that does not own them: asked for again
+        const foreign = st.K ? coll.ainftp_results_drop_foreign(this.resBase, bankBase, nchunks, r + 1, Uint8Array.from(st.owners), st.K, this.rank) : 0;
+        if (foreign) this.guard.count("not_owner", foreign);
         const missing = coll.ainftp_results_missing(this.resBase, bankBase, nchunks, r + 1, this.chunkList, this.capacity);
         if (missing === 0) break;
         st.resultsSeen = nchunks - st.owned.length - missing; // events and map disagree: trust the map
@@ -1051,6 +1101,8 @@ export class Communicator implements Disposable {
     for (let k = 0; k < N; k++) st.ownerIdx[k] = (st.active >> BigInt(k)) & 1n ? (st.owners.push(k), K++) : -1;
     st.K = K;
     st.passive = st.ownerIdx[this.rank] < 0;
+    // results of this round only from their chunk's owner (the program checks)
+    if (K > 0) this.maps.setPlan(st.r, st.owners);
     let off = 0;
     for (let o = 0; o < N; o++) {
       const i = st.ownerIdx[o];
@@ -1120,7 +1172,8 @@ export class Communicator implements Disposable {
           stride: this.seg, seed: st.seed,
         });
         const last = list[to - 1];
-        this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, region, this.seg, to - from, HDR + 2 * st.counts[last]);
+        this.sealData(region, to - from);
+        this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, region, this.seg, to - from, this.wireBytes(st.counts[last]));
         const now = performance.now();
         for (let k = from; k < to; k++) st.sentAt[list[k]] = now;
         st.pos[o] = to;
@@ -1254,7 +1307,8 @@ export class Communicator implements Disposable {
     if (n < 0) throw new AinftpError(`round ${st.r}`, "finishing a slot failed (bad count)");
     st.ownedDoneCount += n;
     this.cacheResults(st, chunks, n);
-    const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
+    const lastSize = this.wireBytes(st.counts[chunks[chunks.length - 1]]);
+    this.sealData(this.resPkts, n);
     for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, n, lastSize);
   }
 
@@ -1335,7 +1389,8 @@ export class Communicator implements Disposable {
     });
     st.ownedDoneCount += chunks.length;
     this.cacheResults(st, chunks, chunks.length);
-    const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
+    const lastSize = this.wireBytes(st.counts[chunks[chunks.length - 1]]);
+    this.sealData(this.resPkts, chunks.length);
     for (const p of this.others()) this.stats.packetsSent += this.sock.sendGso(this.peers[p], this.port, this.resPkts, this.seg, chunks.length, lastSize);
   }
 
@@ -1432,8 +1487,9 @@ export class Communicator implements Disposable {
     const one = new Uint32Array([chunk]);
     const pkt = new Uint8Array(this.seg);
     let len: number;
-    if (coll.ainftp_result_packets(this.resBase, (round & 1) * this.cfg.chunks, one, 1, tmpl, pkt, this.seg) === 1) {
-      len = HDR + 2 * new DataView(pkt.buffer).getUint16(22, true);
+    if (chunk >= this.cfg.chunks) return this.guard.count("bad_chunk");
+    if (coll.ainftp_result_packets(this.resBase, (round & 1) * this.cfg.chunks, this.cfg.chunks, one, 1, tmpl, pkt, this.seg) === 1) {
+      len = this.wireBytes(new DataView(pkt.buffer).getUint16(22, true));
     } else {
       // the bank holds a newer round now: a passive member fell behind
       const e = this.resultRing[round % CACHE_ROUNDS];
@@ -1442,8 +1498,9 @@ export class Communicator implements Disposable {
       pkt.set(e.buf.subarray(at, at + this.seg));
       const h = new DataView(pkt.buffer);
       h.setUint16(2 + 4, F_RETRANSMIT, true);
-      len = HDR + 2 * h.getUint16(22, true);
+      len = this.wireBytes(h.getUint16(22, true));
     }
+    this.sealData(pkt, 1);
     this.stats.packetsSent += this.sock.sendGso(this.peers[rank], this.port, pkt, len, 1);
     this.stats.resends++;
   }
@@ -1492,8 +1549,9 @@ export class Communicator implements Disposable {
       if (st.tries[c] < 255) st.tries[c]++;
     });
     coll.ainftp_set_flags(stage, list.length, this.seg, F_RETRANSMIT);
+    this.sealData(stage, list.length);
     // the short chunk, if any, is the owner's last: keep it last
-    const lastSize = HDR + 2 * st.counts[list[list.length - 1]];
+    const lastSize = this.wireBytes(st.counts[list[list.length - 1]]);
     this.stats.packetsSent += this.sock.sendGso(this.peers[o], this.port, stage, this.seg, list.length, lastSize);
     this.stats.retransmits += list.length;
   }

@@ -19,7 +19,8 @@ import { Arena } from "./arena.ts";
 import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
 import { Communicator, RoundError } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
-import { chunkElemsForMtu, interfaceMtu } from "./node.ts";
+import { checkPacketFits, chunkElemsForMtu, dataTagBytes, interfaceMtu } from "./node.ts";
+import type { AuthMode } from "./jobkey.ts";
 import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
 import { Swarm } from "./swarm.ts";
@@ -734,6 +735,9 @@ export interface ServeOptions {
   /** Straggler handling (see CommunicatorOptions.quorum / deadlineMs). */
   quorum?: number;
   deadlineMs?: number | "auto";
+  /** The job key and what its MAC covers (see CommunicatorOptions.key / auth). */
+  key?: Uint8Array | null;
+  auth?: AuthMode;
   /** Largest all-reduce one protocol round carries, in bytes: sizes the
    * program's maps when we attach it (default 16 MiB); a larger request
    * takes several rounds. */
@@ -766,10 +770,11 @@ export interface ServeReport {
 export async function serveNode(o: ServeOptions, log: (line: string) => void = () => {}): Promise<ServeReport> {
   const N = o.peers.length;
   const mtu = interfaceMtu(o.iface);
-  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu);
-  if (chunkElems > chunkElemsForMtu(mtu))
+  const tag = dataTagBytes(o);
+  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu, tag);
+  if (chunkElems > chunkElemsForMtu(mtu, tag))
     throw new AinftpError("swarm --serve", `--chunk-elems ${chunkElems} needs an MTU of at least ${20 + 8 + 32 + 2 * chunkElems}; ${o.iface} has ${mtu}`, {
-      hint: `raise it on every member or use --chunk-elems ${chunkElemsForMtu(mtu)}`,
+      hint: `raise it on every member or use --chunk-elems ${chunkElemsForMtu(mtu, tag)}`,
     });
   const socketPath = o.socketPath ?? defaultSocketPath(o.job ?? 0);
   const chunks = Math.min(8192, chunkCount(Math.max(1, Math.floor((o.roundBytes ?? 16 << 20) / 4)), chunkElems));
@@ -804,7 +809,9 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
       iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs, stochasticSeed: o.stochasticSeed,
       sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20, quorum: o.quorum, deadlineMs: o.deadlineMs,
+      key: o.key, auth: o.auth,
     });
+    checkPacketFits(comm, mtu, o.iface);
     swarm = new Swarm(comm, { iface: o.iface });
     server = await LocalServer.listen({ socketPath, reducer: comm, log });
     log(`serving job ${comm.job} (rank ${o.rank} of ${N}, ${o.iface}) on ${socketPath}`);

@@ -4,7 +4,9 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { coll } from "../native/collective.ts";
-import { MAX_ELEMS, type Counters } from "./abi.ts";
+import { MAC_BYTES, MAX_ELEMS, type Counters } from "./abi.ts";
+import type { AuthMode } from "./jobkey.ts";
+import type { ControlDrop } from "./control-guard.ts";
 import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
 import { Communicator, RoundError, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
@@ -59,6 +61,9 @@ export interface NodeOptions {
   quorum?: number;
   /** Grace for late members, ms; "auto" (default) or 0 (wait for everyone). */
   deadlineMs?: number | "auto";
+  /** The job key and what its MAC covers (see CommunicatorOptions.key / auth). */
+  key?: Uint8Array | null;
+  auth?: AuthMode;
 }
 
 export interface Quantiles {
@@ -98,6 +103,10 @@ export interface NodeReport {
   /** (wakeups + socket packets) / packets received. */
   wakeups_per_packet: number;
   attached_by_us: boolean;
+  /** Control frames (or parts) this node refused, by reason (issue 16). */
+  control_drops: Record<ControlDrop, number>;
+  /** What the job key authenticated: "off" (no key), "control" (control frames only), "header" or "full" (and data frames). */
+  auth: "off" | "control" | "header" | "full";
   /** Where results arrived: "map", or "xsk (copy mode)" / "xsk (zero-copy)". */
   rx: string;
   /** rx "xsk": the arena behind the UMEM. */
@@ -161,9 +170,10 @@ export function quantiles(xs: number[]): Quantiles {
   return { median: q(0.5), p10: q(0.1), p90: q(0.9), p99: q(0.99) };
 }
 
-/** Largest chunk that fits the interface's MTU (IPv4, no options). */
-export function chunkElemsForMtu(mtu: number): number {
-  const e = Math.floor((mtu - 20 - 8 - 32) / 2);
+/** Largest chunk that fits the interface's MTU (IPv4, no options), with
+ * `tagBytes` of MAC after the values (--auth). */
+export function chunkElemsForMtu(mtu: number, tagBytes = 0): number {
+  const e = Math.floor((mtu - 20 - 8 - 32 - tagBytes) / 2);
   return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
 }
 
@@ -176,13 +186,29 @@ export function interfaceMtu(iface: string): number {
   }
 }
 
+/** Bytes of MAC after a data packet's values under these options. */
+export function dataTagBytes(o: { key?: Uint8Array | null; auth?: AuthMode }): number {
+  return o.key && o.auth !== "off" ? MAC_BYTES : 0;
+}
+
+/** The program may have been attached for a chunk size that leaves no room
+ * for the MAC at this MTU: say so before the first round fails. */
+export function checkPacketFits(comm: Communicator, mtu: number, iface: string): void {
+  if (20 + 8 + comm.packetBytes <= mtu) return;
+  const fit = chunkElemsForMtu(mtu, comm.packetBytes - 32 - 2 * comm.chunkElems);
+  throw new AinftpError("swarm", `packets of ${comm.chunkElems} values${comm.packetBytes > 32 + 2 * comm.chunkElems ? " and a MAC" : ""} do not fit ${iface}'s MTU ${mtu}`, {
+    hint: `re-attach for ${fit} values per packet on every member (ainftp detach ${iface}; ainftp attach ${iface} --chunk-elems ${fit}), or raise the MTU`,
+  });
+}
+
 export async function runNode(o: NodeOptions, progress?: Progress): Promise<NodeReport> {
   const n = Math.floor(o.syntheticBytes / 4);
   if (n < 1) throw new AinftpError("swarm", "the synthetic gradient is smaller than one float", { hint: "e.g. --synthetic 16MiB" });
   const N = o.peers.length;
   const mtu = interfaceMtu(o.iface);
-  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu);
-  if (chunkElems > chunkElemsForMtu(mtu))
+  const tag = dataTagBytes(o);
+  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu, tag);
+  if (chunkElems > chunkElemsForMtu(mtu, tag))
     throw new AinftpError("swarm", `--chunk-elems ${chunkElems} needs an MTU of at least ${20 + 8 + 32 + 2 * chunkElems}; ${o.iface} has ${mtu}`, {
       hint: `raise it on every member (ip link set dev ${o.iface} mtu ${20 + 8 + 32 + 2 * chunkElems}; veth takes at most 3504 with native XDP) or use --chunk-elems ${chunkElemsForMtu(mtu)}`,
     });
@@ -226,8 +252,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, aggregate: o.aggregate,
       maxWaitMs: 20, // the swarm's membership timer ticks every 20 ms
-      quorum: o.quorum, deadlineMs: o.deadlineMs,
+      quorum: o.quorum, deadlineMs: o.deadlineMs, key: o.key, auth: o.auth,
     });
+    checkPacketFits(comm, mtu, o.iface);
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
     swarm = new Swarm(comm, { iface: o.iface, log: o.log });
     const failedRounds: FailedRound[] = [];
@@ -338,6 +365,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       packets_received: rx,
       wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
       attached_by_us: attachedByUs,
+      control_drops: { ...comm.controlDrops },
+      auth: !o.key ? "off" : o.auth === "off" ? "control" : o.auth ?? "header",
       rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
       result_copy_bytes_per_round: Math.round(
         (comm.xsk

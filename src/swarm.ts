@@ -42,6 +42,8 @@ export interface SwarmState {
   /** Membership messages dropped: not from the member they name as sender,
    * gossip speaking for another member, or undecodable (issue 16). */
   rejected: { wrongSender: number; secondHand: number; undecodable: number };
+  /** Control frames the node refused, by reason (src/control-guard.ts). */
+  controlDrops: Record<string, number>;
 }
 
 const rankOf = (name: string) => Number(name.slice(1));
@@ -140,6 +142,7 @@ export class Swarm implements Disposable {
       iface: this.o.iface, job: this.comm.job, rank: this.comm.rank, pid: process.pid, updated: now,
       health: this.membership.health, rounds: this.comm.stats.rounds, members: this.view(), changes: this.changes.slice(-50),
       rejected: { ...this.membership.rejected, undecodable: this.undecodable },
+      controlDrops: { ...this.comm.controlDrops },
     };
     try {
       writeJsonAtomic(this.statePath, s);
