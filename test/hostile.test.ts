@@ -453,7 +453,12 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
       })), { batches: 150, gapMs: 8 });
       const grew = rss() - before;
       const reps = expectSurvived(await job.done, ROUNDS);
-      expect(controlDrops([reps[0]]).future_round ?? 0).toBe(sent);
+      // every one that reached the node's socket (a busy node's full socket
+      // buffer drops some: the kernel counts those, as UDP RcvbufErrors)
+      const refused = controlDrops([reps[0]]).future_round ?? 0;
+      console.log(`[hostile] far-future EXPS: ${sent} sent, ${refused} refused as future_round, RSS +${(grew / 2 ** 20).toFixed(1)} MB`);
+      expect(refused).toBeLessThanOrEqual(sent);
+      expect(refused).toBeGreaterThanOrEqual(sent * 0.9);
       // 3000 pieces of 1.4 KB kept would be 4 MB and more: allow the job's own churn
       expect(grew).toBeLessThan(32 << 20);
     } finally {
@@ -514,7 +519,7 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
         for (let m = int(4); m > 0; m--) {
           const x = rand();
           if (x < 0.5) f[int(f.length)] ^= 1 << int(8);
-          else if (x < 0.7) new DataView(f.buffer).setUint16(22, int(65536), true);
+          else if (x < 0.7 && f.length >= 24) new DataView(f.buffer).setUint16(22, int(65536), true); // count
           else if (x < 0.85 && f.length > 1) f = f.slice(0, int(f.length));
           else f = Uint8Array.from([...f, ...bytes(1 + int(64))]);
         }
