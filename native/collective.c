@@ -45,8 +45,9 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 		if (own_div == 0)
 			return -1;
 		uint32_t k_others = others[c];
-		int32_t k = ainftp_finish_chunk(k_others ? raw : NULL, count, k_others,
-						own_q + (size_t)(c / own_div) * own_stride, res->v);
+		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
+		int32_t k = ainftp_finish_chunk_to(k_others ? raw : NULL, count, k_others,
+						   own_q + (size_t)(c / own_div) * own_stride, res->v, (int16_t *)(h + 1));
 		if (k < 0)
 			return -1;
 		res->count = count;
@@ -57,14 +58,12 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 		res->rank = tmpl->rank;
 		__atomic_store_n(&res->tag, tmpl->round + 1, __ATOMIC_RELEASE);
 
-		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
 		*h = *tmpl;
 		h->type = AINFTP_PKT_RESULT;
 		h->chunk = c;
 		h->count = count;
 		h->exp = res->exp;
 		h->contributors = k_others + 1;
-		memcpy(h + 1, res->v, 2 * count);
 	}
 	return (int32_t)n;
 }

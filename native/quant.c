@@ -13,24 +13,39 @@
  *  - stochastic rounding draws u from a counter-based hash of (seed, chunk,
  *    element), so it is reproducible and vectorizes;
  *  - the owner's step is integer arithmetic only.
- * The hot loops are plain loops over contiguous arrays with branch-free
- * selects, so gcc -O3 vectorizes them with the baseline ISA (no -march).
  * Assumes the default FP environment (round to nearest, no FTZ/DAZ).
+ *
+ * Three builds of every kernel, one chosen at load time (the best the CPU
+ * runs, or AINFTP_QUANT_ISA=generic|avx2|avx512, or ainftp_quant_set_isa):
+ *  - generic: plain loops with branch-free selects that gcc -O3 vectorizes
+ *    with the baseline ISA (SSE2);
+ *  - avx2 and avx512: the same per-element steps, in the same order, with
+ *    256- and 512-bit vectors (intrinsics where the compiler would not find
+ *    them, the generic body compiled for the wider ISA elsewhere). Every step
+ *    is either exact or one IEEE-rounded f32 operation, so each build gives
+ *    the same bits; test/quant-simd.test.ts holds them to it on every path.
  */
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include "../bpf/include/ainftp_abi.h"
 #include "quant.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define QUANT_X86 1
+#endif
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the wire format is little-endian; quant.c writes it with native stores"
 #endif
 
 /* The float steps must not fuse into multiply-adds (aarch64 would contract
- * them): each is exact or rounds once only as a separate operation. */
+ * them; no build here enables FMA): each is exact or rounds once only as a
+ * separate operation. */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
@@ -39,6 +54,9 @@
 
 /* Bits of an f32 read as an integer without breaking strict aliasing. */
 typedef int32_t __attribute__((may_alias)) f32_bits;
+
+/* A kernel body: written once, inlined into each ISA's build of it. */
+#define BODY static inline __attribute__((always_inline))
 
 /* 2^e as f32, exact for e in [-149, 127] (subnormal below -126). */
 static float pow2f(int32_t e)
@@ -98,9 +116,11 @@ static inline int32_t bits_of(float v)
 	return b;
 }
 
+/* ---- kernel bodies: the definition every build follows --------------------- */
+
 /* q[j] = round_half_even(x[j] * scale), clipped to +-AINFTP_QMAX. Returns the
  * values that did not fit: |v| >= 32767.5 (clipped), and NaN (stored as 0). */
-static uint32_t quant_nearest(const float *restrict x, uint32_t n, float scale, int16_t *restrict q)
+BODY uint32_t nearest_body(const float *restrict x, uint32_t n, float scale, int16_t *restrict q)
 {
 	uint32_t bad = 0;
 	for (uint32_t j = 0; j < n; j++) {
@@ -116,29 +136,378 @@ static uint32_t quant_nearest(const float *restrict x, uint32_t n, float scale, 
  * with probability frac(v), so E[q] = v (to 2^-24). v beyond +-32767 is
  * clipped to +-32767 first and counted (whatever u would have done), as is
  * NaN (stored as 0). */
-static uint32_t quant_stochastic(const float *restrict x, uint32_t n, float scale, int16_t *restrict q,
-				 uint32_t key)
+BODY uint32_t stochastic_body(const float *restrict x, uint32_t n, float scale, int16_t *restrict q,
+			      uint32_t key)
 {
 	uint32_t bad = 0;
-	for (uint32_t j = 0; j < n; j++) {
+	uint32_t h = key; /* key + j * GOLDEN, as an induction: no multiply per element */
+	for (uint32_t j = 0; j < n; j++, h += GOLDEN) {
 		int32_t b = bits_of(x[j] * scale);
 		bad += (b & 0x7fffffff) > BITS_QMAX;
 		float v = clamp_qmax(b);
 		float t = v + MAGIC_RNE;
 		int32_t down = t - MAGIC_RNE > v; /* nearest is above v: floor is one less */
 		float frac = v - ((t - MAGIC_RNE) - (float)down);
-		float u = (float)(int32_t)(mix32(key + j * GOLDEN) >> 8) * 0x1p-24f;
+		float u = (float)(int32_t)(mix32(h) >> 8) * 0x1p-24f;
 		q[j] = (int16_t)(bits_of(t) - MAGIC_BITS - down + (u < frac));
 	}
 	return bad;
 }
 
+/* The exponent of a chunk whose largest finite magnitude has bits m:
+ * m = 1.f * 2^(be-127) and 32767 * 2^(be-141) = (2 - 2^-14) * 2^(be-127), so
+ * e = be - 141 unless the mantissa exceeds 0x7ffe00. Subnormals and 0 land
+ * below AINFTP_EXP_MIN and are clamped up. */
+static inline int8_t exp_of_max(int32_t m)
+{
+	int32_t e = (m >> 23) - 141 + ((m & 0x7fffff) > 0x7ffe00);
+	e = e < AINFTP_EXP_MIN ? AINFTP_EXP_MIN : e;
+	e = e > AINFTP_EXP_MAX ? AINFTP_EXP_MAX : e;
+	return (int8_t)e;
+}
+
+/* Per chunk: exps[c] from the largest finite |x| (integer order of the
+ * magnitude's bits); returns the count of NaN and +-Inf over all chunks. */
+BODY uint32_t chunk_exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps)
+{
+	const f32_bits *bits = (const f32_bits *)x;
+	uint32_t nonfinite = 0;
+	uint32_t total = n / chunk_elems + (n % chunk_elems != 0);
+	for (uint32_t c = 0; c < total; c++) {
+		uint32_t start = c * chunk_elems; /* < n: no overflow */
+		uint32_t end = n - start < chunk_elems ? n : start + chunk_elems;
+		int32_t m = 0;
+		uint32_t bad = 0;
+		for (uint32_t j = start; j < end; j++) {
+			int32_t a = bits[j] & 0x7fffffff;
+			int32_t nf = a >= BITS_INF;
+			bad += (uint32_t)nf;
+			a = nf ? 0 : a;
+			m = a > m ? a : m;
+		}
+		nonfinite += bad;
+		exps[c] = exp_of_max(m);
+	}
+	return nonfinite;
+}
+
+/* The smallest k with (m + 2^(k-1)) >> k <= AINFTP_QMAX: (m + half) >> k is
+ * monotone in m, so the largest magnitude decides k for the whole chunk. */
+static inline int32_t shift_for(uint32_t m)
+{
+	int32_t k = 0;
+	while ((((uint64_t)m + (k ? 1ull << (k - 1) : 0)) >> k) > AINFTP_QMAX)
+		k++;
+	return k;
+}
+
+/* The owner's step after argument checks (see ainftp_finish_chunk_to), as
+ * plain loops: the true sums, their largest magnitude, the rounding, and a
+ * copy into `also` if not NULL. */
+static int32_t finish_generic(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
+			      int16_t *out, int16_t *also)
+{
+	int32_t s[AINFTP_MAX_ELEMS];
+	if (contributors) {
+		uint32_t bias = (uint32_t)AINFTP_ACC_BIAS * contributors;
+		uint32_t g = 0;
+		for (; g + 4 <= count; g += 4) {
+			s[g] = (int32_t)(raw[g] - bias);
+			s[g + 1] = (int32_t)(raw[g + 2] - bias);
+			s[g + 2] = (int32_t)(raw[g + 1] - bias);
+			s[g + 3] = (int32_t)(raw[g + 3] - bias);
+		}
+		for (uint32_t j = g; j < count; j++) {
+			uint32_t k = j & 3;
+			s[j] = (int32_t)(raw[k == 1 || k == 2 ? j ^ 3 : j] - bias);
+		}
+	} else {
+		memset(s, 0, sizeof(s[0]) * count);
+	}
+	if (own)
+		for (uint32_t j = 0; j < count; j++)
+			s[j] = (int32_t)((uint32_t)s[j] + (uint32_t)(int32_t)own[j]); /* wraps only on garbage */
+	uint32_t m = 0;
+	for (uint32_t j = 0; j < count; j++) {
+		uint32_t a = s[j] < 0 ? 0u - (uint32_t)s[j] : (uint32_t)s[j];
+		m = a > m ? a : m;
+	}
+	int32_t k = shift_for(m);
+	uint32_t half = k ? 1u << (k - 1) : 0;
+	for (uint32_t j = 0; j < count; j++) {
+		uint32_t a = s[j] < 0 ? 0u - (uint32_t)s[j] : (uint32_t)s[j];
+		int32_t r = (int32_t)((a + half) >> k);
+		out[j] = (int16_t)(s[j] < 0 ? -r : r);
+	}
+	if (also)
+		memcpy(also, out, sizeof(out[0]) * count);
+	return k;
+}
+
+/* out[j] = (q[j] * p1) * p2: exact but for the last multiply (p2 = 1 when one
+ * power suffices, and x * 1 is x). */
+BODY void dequant_body(const int16_t *restrict q, uint32_t n, float p1, float p2, float *restrict out)
+{
+	if (p2 == 1.0f) {
+		for (uint32_t j = 0; j < n; j++)
+			out[j] = (float)q[j] * p1;
+		return;
+	}
+	for (uint32_t j = 0; j < n; j++)
+		out[j] = ((float)q[j] * p1) * p2;
+}
+
+/* ---- the builds -------------------------------------------------------------- */
+
+struct quant_kernels {
+	const char *name;
+	uint32_t (*chunk_exps)(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps);
+	uint32_t (*nearest)(const float *x, uint32_t n, float scale, int16_t *q);
+	uint32_t (*stochastic)(const float *x, uint32_t n, float scale, int16_t *q, uint32_t key);
+	int32_t (*finish)(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
+			  int16_t *out, int16_t *also);
+	void (*dequant)(const int16_t *q, uint32_t n, float p1, float p2, float *out);
+};
+
+/* One build of every kernel: the bodies above, compiled with `attr`. */
+#define QUANT_BUILD(isa, attr)                                                                        \
+	attr static uint32_t chunk_exps_##isa(const float *x, uint32_t n, uint32_t ce, int8_t *exps)  \
+	{                                                                                             \
+		return chunk_exps_body(x, n, ce, exps);                                               \
+	}                                                                                             \
+	attr static uint32_t nearest_##isa(const float *x, uint32_t n, float scale, int16_t *q)       \
+	{                                                                                             \
+		return nearest_body(x, n, scale, q);                                                  \
+	}                                                                                             \
+	attr static uint32_t stochastic_##isa(const float *x, uint32_t n, float scale, int16_t *q,    \
+					      uint32_t key)                                           \
+	{                                                                                             \
+		return stochastic_body(x, n, scale, q, key);                                          \
+	}                                                                                             \
+	attr static void dequant_##isa(const int16_t *q, uint32_t n, float p1, float p2, float *out)  \
+	{                                                                                             \
+		dequant_body(q, n, p1, p2, out);                                                      \
+	}
+
+QUANT_BUILD(generic, )
+
+#ifdef QUANT_X86
+#define TARGET_AVX2 __attribute__((target("avx2")))
+#ifdef __clang__
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#else /* gcc would use 256-bit vectors for these by default */
+#define TARGET_AVX512 \
+	__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
+#endif
+QUANT_BUILD(avx2, TARGET_AVX2)
+QUANT_BUILD(avx512, TARGET_AVX512)
+#endif
+
+#ifdef QUANT_X86
+/* The owner's step with vectors: one pass un-biases the lanes, un-swaps the
+ * middle two of every four (a shuffle within each 128-bit lane: acc groups
+ * are 4 lanes), adds the owner's share, stores the sums and takes their
+ * largest magnitude; a second pass rounds. The same integer steps as
+ * finish_generic: |s| as unsigned (|INT32_MIN| = 2^31), logical shift,
+ * negation, truncation to int16. */
+#define SWAP_MIDDLE 0xd8 /* dwords (0, 2, 1, 3) of every four */
+#define SUMS_CAP ((AINFTP_MAX_ELEMS + 15) & ~15) /* whole vectors of sums */
+
+TARGET_AVX512 static int32_t finish_avx512(const uint32_t *raw, uint32_t count, uint32_t contributors,
+					   const int16_t *own, int16_t *out, int16_t *also)
+{
+	int32_t s[SUMS_CAP] __attribute__((aligned(64)));
+	const __m512i bias = _mm512_set1_epi32((int32_t)((uint32_t)AINFTP_ACC_BIAS * contributors));
+	__m512i most = _mm512_setzero_si512();
+	for (uint32_t j = 0; j < count; j += 16) {
+		uint32_t left = count - j;
+		__mmask16 live = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+		/* the acc entry holds whole groups of four: read those the live lanes touch */
+		__mmask16 groups = left >= 16 ? 0xffff : (__mmask16)((1u << ((left + 3) & ~3u)) - 1);
+		/* masked loads only for the tail: they cost more when unaligned */
+		__m512i v = _mm512_setzero_si512();
+		if (contributors) {
+			v = left >= 16 ? _mm512_loadu_si512(raw + j) : _mm512_maskz_loadu_epi32(groups, raw + j);
+			v = _mm512_sub_epi32(_mm512_shuffle_epi32(v, (_MM_PERM_ENUM)SWAP_MIDDLE), bias);
+		}
+		if (own) {
+			__m256i o = left >= 16 ? _mm256_loadu_si256((const __m256i *)(own + j))
+					       : _mm256_maskz_loadu_epi16(live, own + j);
+			v = _mm512_add_epi32(v, _mm512_cvtepi16_epi32(o));
+		}
+		v = _mm512_maskz_mov_epi32(live, v);
+		most = _mm512_max_epu32(most, _mm512_abs_epi32(v));
+		_mm512_store_si512(s + j, v);
+	}
+	int32_t k = shift_for(_mm512_reduce_max_epu32(most));
+	const __m512i half = _mm512_set1_epi32(k ? 1 << (k - 1) : 0);
+	const __m128i shift = _mm_cvtsi32_si128(k);
+	for (uint32_t j = 0; j < count; j += 16) {
+		uint32_t left = count - j;
+		__mmask16 live = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+		__m512i v = _mm512_load_si512(s + j);
+		__m512i r = _mm512_srl_epi32(_mm512_add_epi32(_mm512_abs_epi32(v), half), shift);
+		r = _mm512_mask_sub_epi32(r, _mm512_movepi32_mask(v), _mm512_setzero_si512(), r);
+		__m256i r16 = _mm512_cvtepi32_epi16(r);
+		if (left >= 16) {
+			_mm256_storeu_si256((__m256i *)(out + j), r16);
+			if (also)
+				_mm256_storeu_si256((__m256i *)(also + j), r16);
+		} else {
+			_mm256_mask_storeu_epi16(out + j, live, r16);
+			if (also)
+				_mm256_mask_storeu_epi16(also + j, live, r16);
+		}
+	}
+	return k;
+}
+
+TARGET_AVX2 static inline uint32_t hmax_epu32_avx2(__m256i v)
+{
+	__m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4e));
+	m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xb1));
+	return (uint32_t)_mm_cvtsi128_si32(m);
+}
+
+TARGET_AVX2 static int32_t finish_avx2(const uint32_t *raw, uint32_t count, uint32_t contributors,
+				       const int16_t *own, int16_t *out, int16_t *also)
+{
+	int32_t s[SUMS_CAP] __attribute__((aligned(32)));
+	uint32_t bias_u = (uint32_t)AINFTP_ACC_BIAS * contributors;
+	const __m256i bias = _mm256_set1_epi32((int32_t)bias_u);
+	__m256i most = _mm256_setzero_si256();
+	uint32_t j = 0;
+	for (; j + 8 <= count; j += 8) {
+		__m256i v = _mm256_setzero_si256();
+		if (contributors) {
+			v = _mm256_loadu_si256((const __m256i *)(raw + j));
+			v = _mm256_sub_epi32(_mm256_shuffle_epi32(v, SWAP_MIDDLE), bias);
+		}
+		if (own)
+			v = _mm256_add_epi32(v, _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(own + j))));
+		most = _mm256_max_epu32(most, _mm256_abs_epi32(v));
+		_mm256_store_si256((__m256i *)(s + j), v);
+	}
+	uint32_t m = hmax_epu32_avx2(most);
+	for (uint32_t t = j; t < count; t++) {
+		uint32_t k = t & 3;
+		uint32_t v = contributors ? raw[k == 1 || k == 2 ? t ^ 3 : t] - bias_u : 0;
+		if (own)
+			v += (uint32_t)(int32_t)own[t];
+		s[t] = (int32_t)v;
+		uint32_t a = s[t] < 0 ? 0u - v : v;
+		m = a > m ? a : m;
+	}
+	int32_t k = shift_for(m);
+	uint32_t half_u = k ? 1u << (k - 1) : 0;
+	const __m256i half = _mm256_set1_epi32((int32_t)half_u);
+	const __m128i shift = _mm_cvtsi32_si128(k);
+	/* the low half of each dword, then the two 64-bit results side by side */
+	const __m256i low16 = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+					       0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+	for (j = 0; j + 8 <= count; j += 8) {
+		__m256i v = _mm256_load_si256((const __m256i *)(s + j));
+		__m256i r = _mm256_srl_epi32(_mm256_add_epi32(_mm256_abs_epi32(v), half), shift);
+		r = _mm256_sign_epi32(r, v); /* v == 0 gives r == 0 either way */
+		r = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(r, low16), 0x08);
+		_mm_storeu_si128((__m128i *)(out + j), _mm256_castsi256_si128(r));
+		if (also)
+			_mm_storeu_si128((__m128i *)(also + j), _mm256_castsi256_si128(r));
+	}
+	for (; j < count; j++) {
+		uint32_t a = s[j] < 0 ? 0u - (uint32_t)s[j] : (uint32_t)s[j];
+		int32_t r = (int32_t)((a + half_u) >> k);
+		out[j] = (int16_t)(s[j] < 0 ? -r : r);
+		if (also)
+			also[j] = out[j];
+	}
+	return k;
+}
+#endif
+
+static const struct quant_kernels builds[] = {
+	[AINFTP_ISA_GENERIC] = { "generic", chunk_exps_generic, nearest_generic, stochastic_generic,
+				 finish_generic, dequant_generic },
+#ifdef QUANT_X86
+	[AINFTP_ISA_AVX2] = { "avx2", chunk_exps_avx2, nearest_avx2, stochastic_avx2, finish_avx2,
+			      dequant_avx2 },
+	[AINFTP_ISA_AVX512] = { "avx512", chunk_exps_avx512, nearest_avx512, stochastic_avx512,
+				finish_avx512, dequant_avx512 },
+#endif
+};
+
+static const struct quant_kernels *active = &builds[AINFTP_ISA_GENERIC];
+
+static inline const struct quant_kernels *kern(void)
+{
+	return __atomic_load_n(&active, __ATOMIC_RELAXED);
+}
+
+/* Bit i set: this CPU (and its OS, which must save the wider registers) runs
+ * build i. */
+uint32_t ainftp_quant_isa_mask(void)
+{
+	uint32_t mask = 1u << AINFTP_ISA_GENERIC;
+#ifdef QUANT_X86
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx2"))
+		mask |= 1u << AINFTP_ISA_AVX2;
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+	    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+		mask |= 1u << AINFTP_ISA_AVX512;
+#endif
+	return mask;
+}
+
+static int32_t best_isa(void)
+{
+	uint32_t mask = ainftp_quant_isa_mask();
+	return 31 - __builtin_clz(mask);
+}
+
+/* Selects the build the kernels use: AINFTP_ISA_*, or -1 for the best this
+ * CPU runs. Returns the build now in use, -EINVAL for an unknown one,
+ * -ENOTSUP for one this CPU cannot run (the build in use stays). */
+int32_t ainftp_quant_set_isa(int32_t isa)
+{
+	if (isa == -1)
+		isa = best_isa();
+	if (isa < 0 || isa >= AINFTP_ISA__COUNT)
+		return -EINVAL;
+	if (!(ainftp_quant_isa_mask() & (1u << isa)))
+		return -ENOTSUP;
+	__atomic_store_n(&active, &builds[isa], __ATOMIC_RELAXED);
+	return isa;
+}
+
+/* The build in use (AINFTP_ISA_*). */
+int32_t ainftp_quant_isa(void)
+{
+	return (int32_t)(kern() - builds);
+}
+
+/* At load: the best build, or the one AINFTP_QUANT_ISA names if this CPU
+ * runs it (any other name keeps the best; native/quant.ts refuses names
+ * that are no build at all). */
+__attribute__((constructor)) static void quant_pick_isa(void)
+{
+	int32_t isa = best_isa();
+	const char *want = getenv("AINFTP_QUANT_ISA");
+	for (int32_t i = 0; want && i < (int32_t)(sizeof(builds) / sizeof(builds[0])); i++)
+		if (strcmp(want, builds[i].name) == 0 && (ainftp_quant_isa_mask() & (1u << i)))
+			isa = i;
+	__atomic_store_n(&active, &builds[isa], __ATOMIC_RELAXED);
+}
+
+/* ---- the API ------------------------------------------------------------------- */
+
 static uint32_t quant_span(const float *x, uint32_t n, int32_t exp, int16_t *q, uint32_t seed, uint32_t stream)
 {
 	float scale = pow2f(-exp);
 	if (seed == 0)
-		return quant_nearest(x, n, scale, q);
-	return quant_stochastic(x, n, scale, q, stream_key(seed, stream));
+		return kern()->nearest(x, n, scale, q);
+	return kern()->stochastic(x, n, scale, q, stream_key(seed, stream));
 }
 
 /* For chunk c, exps[c] = the smallest e in [AINFTP_EXP_MIN, AINFTP_EXP_MAX]
@@ -151,32 +520,7 @@ uint32_t ainftp_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems, int
 {
 	if (chunk_elems == 0)
 		return AINFTP_QUANT_EINVAL;
-	const f32_bits *bits = (const f32_bits *)x;
-	uint32_t nonfinite = 0;
-	uint32_t total = n / chunk_elems + (n % chunk_elems != 0);
-	for (uint32_t c = 0; c < total; c++) {
-		uint32_t start = c * chunk_elems; /* < n: no overflow */
-		uint32_t end = n - start < chunk_elems ? n : start + chunk_elems;
-		int32_t m = 0;
-		uint32_t bad = 0;
-		/* |x| ordered as integers: the bits of a non-negative float grow with it. */
-		for (uint32_t j = start; j < end; j++) {
-			int32_t a = bits[j] & 0x7fffffff;
-			int32_t nf = a >= 0x7f800000;
-			bad += (uint32_t)nf;
-			a = nf ? 0 : a;
-			m = a > m ? a : m;
-		}
-		nonfinite += bad;
-		/* m = 1.f * 2^(be-127) and 32767 * 2^(be-141) = (2 - 2^-14) * 2^(be-127):
-		 * e = be - 141 unless the mantissa exceeds 0x7ffe00. Subnormals and 0
-		 * land below AINFTP_EXP_MIN and are clamped up. */
-		int32_t e = (m >> 23) - 141 + ((m & 0x7fffff) > 0x7ffe00);
-		e = e < AINFTP_EXP_MIN ? AINFTP_EXP_MIN : e;
-		e = e > AINFTP_EXP_MAX ? AINFTP_EXP_MAX : e;
-		exps[c] = (int8_t)e;
-	}
-	return nonfinite;
+	return kern()->chunk_exps(x, n, chunk_elems, exps);
 }
 
 /* For each i, writes at out + i*stride the 32-byte wire header copied from
@@ -248,45 +592,19 @@ uint32_t ainftp_quantize(const float *x, uint32_t n, int32_t exp, int16_t *q, ui
 int32_t ainftp_finish_chunk(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
 			    int16_t *out)
 {
+	return ainftp_finish_chunk_to(raw, count, contributors, own, out, NULL);
+}
+
+/* ainftp_finish_chunk that also writes the values to `also` (if not NULL) in
+ * the same pass: the results-map entry and the RESULT packet's payload at
+ * once, instead of a copy of one into the other afterwards. */
+int32_t ainftp_finish_chunk_to(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
+			       int16_t *out, int16_t *also)
+{
 	if (count == 0 || count > AINFTP_MAX_ELEMS || contributors > AINFTP_MAX_WORKERS ||
 	    (contributors && !raw))
 		return -EINVAL;
-	int32_t s[AINFTP_MAX_ELEMS];
-	if (contributors) {
-		uint32_t bias = (uint32_t)AINFTP_ACC_BIAS * contributors;
-		uint32_t g = 0;
-		for (; g + 4 <= count; g += 4) {
-			s[g] = (int32_t)(raw[g] - bias);
-			s[g + 1] = (int32_t)(raw[g + 2] - bias);
-			s[g + 2] = (int32_t)(raw[g + 1] - bias);
-			s[g + 3] = (int32_t)(raw[g + 3] - bias);
-		}
-		for (uint32_t j = g; j < count; j++) {
-			uint32_t k = j & 3;
-			s[j] = (int32_t)(raw[k == 1 || k == 2 ? j ^ 3 : j] - bias);
-		}
-	} else {
-		memset(s, 0, sizeof(s[0]) * count);
-	}
-	if (own)
-		for (uint32_t j = 0; j < count; j++)
-			s[j] = (int32_t)((uint32_t)s[j] + (uint32_t)(int32_t)own[j]); /* wraps only on garbage */
-	uint32_t m = 0;
-	for (uint32_t j = 0; j < count; j++) {
-		uint32_t a = s[j] < 0 ? 0u - (uint32_t)s[j] : (uint32_t)s[j];
-		m = a > m ? a : m;
-	}
-	/* (m + half) >> k is monotone in m: the largest magnitude decides k. */
-	int32_t k = 0;
-	while ((((uint64_t)m + (k ? 1ull << (k - 1) : 0)) >> k) > AINFTP_QMAX)
-		k++;
-	uint32_t half = k ? 1u << (k - 1) : 0;
-	for (uint32_t j = 0; j < count; j++) {
-		uint32_t a = s[j] < 0 ? 0u - (uint32_t)s[j] : (uint32_t)s[j];
-		int32_t r = (int32_t)((a + half) >> k);
-		out[j] = (int16_t)(s[j] < 0 ? -r : r);
-	}
-	return k;
+	return kern()->finish(raw, count, contributors, own, out, also);
 }
 
 /* out = q * 2^exp, exact (or the correctly rounded f32 where the value is
@@ -299,14 +617,10 @@ int32_t ainftp_dequantize(const int16_t *q, uint32_t n, int32_t exp, float *out)
 	if (exp < AINFTP_DEQ_EXP_MIN || exp > AINFTP_DEQ_EXP_MAX)
 		return -EINVAL;
 	if (exp >= -126 && exp <= 127) {
-		float p = pow2f(exp);
-		for (uint32_t j = 0; j < n; j++)
-			out[j] = (float)q[j] * p;
+		kern()->dequant(q, n, pow2f(exp), 1.0f, out);
 		return 0;
 	}
 	int32_t e1 = (exp - (exp & 1)) / 2;
-	float p1 = pow2f(e1), p2 = pow2f(exp - e1);
-	for (uint32_t j = 0; j < n; j++)
-		out[j] = ((float)q[j] * p1) * p2;
+	kern()->dequant(q, n, pow2f(e1), pow2f(exp - e1), out);
 	return 0;
 }

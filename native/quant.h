@@ -30,6 +30,18 @@
 /* ainftp_pack_chunks / ainftp_quantize return this for invalid arguments. */
 #define AINFTP_QUANT_EINVAL 0xffffffffu
 
+/* Builds of the kernels (native/quant.c): the same results, bit for bit, at
+ * different speeds. The best one this CPU runs is chosen at load time unless
+ * AINFTP_QUANT_ISA names another (generic, avx2, avx512). */
+#define AINFTP_ISA_GENERIC 0 /* plain C, vectorized by the compiler for the baseline ISA */
+#define AINFTP_ISA_AVX2 1
+#define AINFTP_ISA_AVX512 2 /* avx512f, bw, vl and dq */
+#define AINFTP_ISA__COUNT 3
+
+uint32_t ainftp_quant_isa_mask(void);
+int32_t ainftp_quant_set_isa(int32_t isa);
+int32_t ainftp_quant_isa(void);
+
 uint32_t ainftp_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps);
 uint32_t ainftp_pack_chunks(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks,
 			    uint32_t nchunks, const int8_t *exps, const void *hdr_template, uint8_t *out,
@@ -37,6 +49,8 @@ uint32_t ainftp_pack_chunks(const float *x, uint32_t n, uint32_t chunk_elems, co
 uint32_t ainftp_quantize(const float *x, uint32_t n, int32_t exp, int16_t *q, uint32_t seed);
 int32_t ainftp_finish_chunk(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
 			    int16_t *out);
+int32_t ainftp_finish_chunk_to(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
+			       int16_t *out, int16_t *also);
 int32_t ainftp_dequantize(const int16_t *q, uint32_t n, int32_t exp, float *out);
 
 #endif /* AINFTP_QUANT_H */

@@ -14,8 +14,47 @@ const quant = openShimTable({
   },
   ainftp_quantize: { args: [T.ptr, T.u32, T.i32, T.ptr, T.u32], returns: T.u32 },
   ainftp_finish_chunk: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
+  ainftp_finish_chunk_to: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr], returns: T.i32 },
   ainftp_dequantize: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
+  ainftp_quant_isa_mask: { args: [], returns: T.u32 },
+  ainftp_quant_set_isa: { args: [T.i32], returns: T.i32 },
+  ainftp_quant_isa: { args: [], returns: T.i32 },
 } as const);
+
+/** Builds of the kernels, in AINFTP_ISA_* order: the same bits at different speeds. */
+export const QUANT_ISAS = ["generic", "avx2", "avx512"] as const;
+export type QuantIsa = (typeof QUANT_ISAS)[number];
+
+// The shim picked its build when it was loaded: the best this CPU runs, or
+// the one AINFTP_QUANT_ISA names if the CPU runs it. A name that is no build
+// at all is a typo worth stopping for.
+const wanted = process.env.AINFTP_QUANT_ISA;
+if (wanted && !(QUANT_ISAS as readonly string[]).includes(wanted)) {
+  throw new RangeError(`AINFTP_QUANT_ISA=${wanted} names no build of the quantizer: ` +
+    `use one of ${QUANT_ISAS.join(", ")}, or unset it for the best this CPU runs`);
+}
+
+/** The builds this CPU runs (generic always). */
+export function quantIsasSupported(): QuantIsa[] {
+  const mask = quant.ainftp_quant_isa_mask();
+  return QUANT_ISAS.filter((_, i) => mask & (1 << i));
+}
+
+/** The build the kernels use now. */
+export function quantIsa(): QuantIsa {
+  return QUANT_ISAS[quant.ainftp_quant_isa()];
+}
+
+/** Makes every kernel use one build ("best": the fastest this CPU runs);
+ * returns the build now in use. Process-wide, for tests and benchmarks. */
+export function setQuantIsa(isa: QuantIsa | "best"): QuantIsa {
+  const rc = quant.ainftp_quant_set_isa(isa === "best" ? -1 : QUANT_ISAS.indexOf(isa));
+  if (rc < 0) {
+    throw new RangeError(`native quantizer: this CPU cannot run the ${isa} build ` +
+      `(it runs ${quantIsasSupported().join(", ")}); pick one of those or "best"`);
+  }
+  return QUANT_ISAS[rc];
+}
 
 /** What ainftp_chunk_exps / ainftp_pack_chunks / ainftp_quantize return for invalid arguments. */
 export const QUANT_EINVAL = 0xffffffff;
@@ -51,14 +90,18 @@ export function cQuantize(x: Float32Array, exp: number, q: Int16Array, seed: num
   return quant.ainftp_quantize(x, x.length, exp, q, seed >>> 0);
 }
 
-/** The owner's requantization of one acc entry; returns k (>= 0) or -EINVAL. */
+/** The owner's requantization of one acc entry into out (and into `also`,
+ * if given, in the same pass); returns k (>= 0) or -EINVAL. */
 export function cFinishChunk(
   raw: Uint32Array | null, count: number, contributors: number, own: Int16Array | null, out: Int16Array,
+  also: Int16Array | null = null,
 ): number {
   need(contributors === 0 || (raw !== null && raw.length >= ((count + 3) & ~3)),
     "raw must hold count rounded up to 4 lanes");
   need(own === null || own.length >= count, "own shorter than count");
   need(out.length >= count, "out shorter than count");
+  need(also === null || also.length >= count, "also shorter than count");
+  if (also) return quant.ainftp_finish_chunk_to(raw, count, contributors, own, out, also);
   return quant.ainftp_finish_chunk(raw, count, contributors, own, out);
 }
 

@@ -8,7 +8,7 @@ import { MAC_BYTES, MAX_ELEMS, type Counters } from "./abi.ts";
 import type { AuthMode } from "./jobkey.ts";
 import type { ControlDrop } from "./control-guard.ts";
 import { attach, detach, pinRoot, type AttachMode } from "./attach.ts";
-import { Communicator, RoundError, type CollectiveStats } from "./collective.ts";
+import { combineStats, Communicator, RoundError, zeroStats, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
 import { chunkCount } from "./quantize.ts";
@@ -308,7 +308,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       // count against this one; patient, since waiting for a slow verifier
       // is no loss worth a retransmission
       await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
-      const s0 = combine(comm.stats, zeroStats(), 1);
+      const s0 = combineStats(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t = performance.now();
       const reps = await survive(r, () => comm!.allreduce(x));
@@ -532,25 +532,5 @@ function subsets(xs: number[], k: number, limit: number): number[][] | null {
   return walk(0, []) ? out : null;
 }
 
-function zeroStats(): CollectiveStats {
-  return {
-    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
-    partialRounds: 0, passiveRounds: 0, deadlineCloses: 0,
-    phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
-  };
-}
-
-/** a + sign * b, field by field (phases too). */
-function combine(a: CollectiveStats, b: CollectiveStats, sign: 1 | -1): CollectiveStats {
-  const out = zeroStats();
-  for (const k of Object.keys(out) as (keyof CollectiveStats)[]) {
-    if (k === "phaseMs") {
-      for (const p of Object.keys(out.phaseMs) as (keyof CollectiveStats["phaseMs"])[])
-        out.phaseMs[p] = a.phaseMs[p] + sign * b.phaseMs[p];
-    } else out[k] = a[k] + sign * b[k];
-  }
-  return out;
-}
-
-const diffStats = (a: CollectiveStats, b: CollectiveStats) => combine(a, b, -1);
-const addStats = (a: CollectiveStats, b: CollectiveStats) => combine(a, b, 1);
+const diffStats = (a: CollectiveStats, b: CollectiveStats) => combineStats(a, b, -1);
+const addStats = (a: CollectiveStats, b: CollectiveStats) => combineStats(a, b, 1);

@@ -345,7 +345,7 @@ export abstract class ReflexMaps implements Disposable {
         dv.setUint16(6, contributors, true);
         dv.setInt16(8, exp, true);
         dv.setUint16(10, 0, true);
-        dv.setUint32(12, dv.getUint32(12, true) + 1, true);
+        dv.setUint16(12, (dv.getUint16(12, true) + 1) & 0xffff, true); // writes; the rank (14) is left as it was
         dv.setUint32(0, tag, true); // last: a reader checks it before and after the copy
       },
     };

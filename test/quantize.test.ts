@@ -11,6 +11,7 @@ import {
   chunkLength, dequantize, finishChunk, headerTemplate, maxExps, packChunks, packStride, quantize,
   refChunkExps, refDequantize, refFinishChunk, refPackChunks, refQuantize,
 } from "../src/quantize.ts";
+import { quantIsasSupported, setQuantIsa } from "../native/quant.ts";
 
 const F_SATURATED = 0x0002;
 
@@ -510,6 +511,57 @@ describe("argument checks", () => {
     expect(() => maxExps([Int8Array.of(1), Int8Array.of(1, 2)])).toThrow(RangeError);
     expect(() => maxExps([])).toThrow(RangeError);
   });
+});
+
+// ---- every build of the kernels against the reference ------------------------------
+
+// test/quant-simd.test.ts compares the builds with each other byte for byte
+// over harder inputs; this holds each build, the generic one included, to
+// the TypeScript reference directly.
+describe("every build of the native kernels matches the reference", () => {
+  const CE = 720, N = CE * 7 + 13;
+  const x = edgyVector(N, CE, 21);
+  for (const isa of quantIsasSupported()) {
+    test(`${isa}: chunkExps, quantize, packChunks, finishChunk, dequantize`, () => {
+      expect(setQuantIsa(isa)).toBe(isa);
+      try {
+        const exps = chunkExps(x, CE);
+        expect(Array.from(exps)).toEqual(Array.from(refChunkExps(x, CE).exps));
+        for (const seed of [0, 5]) {
+          for (let c = 0; c < exps.length; c++) {
+            const part = x.subarray(c * CE, c * CE + chunkLength(N, CE, c));
+            const e = Math.max(EXP_MIN, exps[c] - (c % 3)); // some saturate
+            const q = new Int16Array(part.length), r = new Int16Array(part.length);
+            expect(quantize(part, e, q, seed)).toBe(refQuantize(part, e, r, seed));
+            expect(Array.from(q)).toEqual(Array.from(r));
+          }
+          const chunks = Uint32Array.from({ length: exps.length }, (_, c) => exps.length - 1 - c);
+          const header = headerTemplate({ type: PKT_CONTRIB, jobId: 5, round: 2, rank: 1 });
+          const out = new Uint8Array(chunks.length * packStride(CE)), ref = new Uint8Array(out.length);
+          expect(packChunks(x, { chunkElems: CE, chunks, exps, header, out, seed }))
+            .toBe(refPackChunks(x, { chunkElems: CE, chunks, exps, header, out: ref, seed }));
+          expect(Buffer.from(out).equals(Buffer.from(ref))).toBe(true);
+        }
+        const rng = mulberry32(8);
+        for (const count of [1, 5, 17, 719, MAX_ELEMS]) {
+          const raw = Uint32Array.from({ length: (count + 3) & ~3 }, () => Math.floor(rng() * 2 ** 32));
+          const own = Int16Array.from({ length: count }, () => Math.floor(rng() * 65536) - 32768);
+          const out = new Int16Array(count), ref = new Int16Array(count);
+          expect(finishChunk(raw, count, 9, own, out)).toBe(refFinishChunk(raw, count, 9, own, ref));
+          expect(Array.from(out)).toEqual(Array.from(ref));
+        }
+        const q = Int16Array.from({ length: 1001 }, () => Math.floor(rng() * 65536) - 32768);
+        for (const e of [DEQ_EXP_MIN, -149, -130, -126, -5, 0, 127, 130, DEQ_EXP_MAX]) {
+          const a = new Float32Array(q.length), b = new Float32Array(q.length);
+          dequantize(q, e, a);
+          refDequantize(q, e, b);
+          expect(Array.from(bitsOf(a))).toEqual(Array.from(bitsOf(b)));
+        }
+      } finally {
+        setQuantIsa("best");
+      }
+    });
+  }
 });
 
 // ---- speed (printed, never asserted) -------------------------------------------

@@ -1,0 +1,103 @@
+// Diagnostics: whom a round waits for, and, when it misses its deadline,
+// who is missing and why (RoundError), after asking every member whom it
+// waits for so that a live member blocked by a dead one is not blamed.
+import { CTRL_STATUS_REQ } from "../abi.ts";
+import { Host } from "./host.ts";
+import { describeRanks, RoundError, TUNING } from "./options.ts";
+import { liveFrom } from "./plan.ts";
+import { READY_SOCK } from "./ports.ts";
+import { drainControl } from "./receiver.ts";
+import { missingResults } from "./recovery.ts";
+import { ownerOf, type RoundState } from "./round-state.ts";
+
+/** Whom we wait for before the shared scale is known: the leader, or (as
+ * the leader) the fit members whose exponents we lack. */
+export function expsAwaited(h: Host, st: RoundState): number[] {
+  if (st.leader !== h.rank) return st.haveShared ? [] : [st.leader];
+  return h.others.filter((p) => !st.haveExps[p] && Host.has(h.fitMask, p));
+}
+
+/** Per active member: how many of our incomplete owned slots lack its contribution. */
+function lackingContributions(h: Host, st: RoundState, bankBase: number): Map<number, number> {
+  const perRank = new Map<number, number>();
+  for (let i = 0; i < st.owned.length; i++) {
+    const c = st.owned[i];
+    if (st.ownedDone[c]) continue;
+    const slot = h.maps.slot(bankBase + c);
+    const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
+    for (const p of h.others) if (!Host.has(seen, p) && Host.has(st.active, p)) perRank.set(p, (perRank.get(p) ?? 0) + 1);
+  }
+  return perRank;
+}
+
+/** Ranks we wait for in this round: whose exponents we lack, or whose
+ * contributions our incomplete owned slots lack. */
+export function waitingFor(h: Host, st: RoundState, bankBase: number): bigint {
+  let mask = 0n;
+  const ranks = st.sent ? lackingContributions(h, st, bankBase).keys() : expsAwaited(h, st);
+  for (const p of ranks) mask |= 1n << BigInt(p);
+  return mask;
+}
+
+/** Whom we wait for, and for what. */
+function waitsOn(h: Host, st: RoundState, bankBase: number): Map<number, string> {
+  const on = new Map<number, string>();
+  if (!st.sent) {
+    for (const p of expsAwaited(h, st)) on.set(p, p === st.leader ? "the round's shared scale, which it gathers" : "its scale exponents");
+    return on;
+  }
+  for (const [p, k] of lackingContributions(h, st, bankBase)) on.set(p, `its contributions to ${k} of our chunks`);
+  const m = missingResults(h, st, bankBase);
+  const owners = new Map<number, number>();
+  for (let i = 0; i < Math.min(m, h.capacity); i++) {
+    const o = ownerOf(st, h.chunkList[i]);
+    if (o !== h.rank) owners.set(o, (owners.get(o) ?? 0) + 1);
+  }
+  for (const [o, k] of owners) on.set(o, `${on.has(o) ? on.get(o) + " and " : ""}results for ${k} chunks`);
+  return on;
+}
+
+/** Asks every member whom it waits for, answering their questions
+ * meanwhile, for STATUS_WAIT_MS. */
+async function askStatus(h: Host, st: RoundState): Promise<void> {
+  h.statusAnswers.clear();
+  for (const p of h.others) h.sendControl(p, CTRL_STATUS_REQ, st.r, 0, 0, new Uint8Array(0));
+  const until = h.clock.now() + TUNING.STATUS_WAIT_MS;
+  while (h.clock.now() < until) {
+    const ready = h.net.wait(READY_SOCK, Math.max(1, Math.ceil(until - h.clock.now())));
+    if (typeof ready !== "number") await ready;
+    drainControl(h, st);
+    await h.clock.yield();
+  }
+}
+
+/** The round missed its deadline: say who is missing. Every member is
+ * asked whom it waits for (and so shown alive), so that a live member
+ * blocked by a dead one is not blamed for it. */
+export async function fail(h: Host, st: RoundState, bankBase: number): Promise<never> {
+  const on = waitsOn(h, st, bankBase);
+  await askStatus(h, st);
+  const alive = new Set(h.statusAnswers.keys());
+  const lacks = (p: number, q: number) => Host.has(h.statusAnswers.get(p) ?? 0n, q);
+  // the dead: silent members; failing that, whom the members we wait for wait on
+  const missing = new Set([...on.keys()].filter((p) => !alive.has(p)));
+  if (missing.size === 0)
+    for (const p of on.keys())
+      for (const q of h.others) if (q !== p && lacks(p, q)) missing.add(q);
+  if (missing.size === 0) for (const p of on.keys()) missing.add(p);
+  const parts: string[] = [];
+  for (const [p, what] of on) {
+    const swarm = h.describeMember?.(p);
+    if (!alive.has(p)) parts.push(`${describeRanks([p], h.peers)} does not answer (we lack ${what})${swarm ? `; ${swarm}` : ""}`);
+    else {
+      const its = h.others.filter((q) => q !== p && lacks(p, q));
+      parts.push(`${describeRanks([p], h.peers)} is alive but ${its.length ? `waits for ${describeRanks(its, h.peers)}` : "waits for no one"} (we lack ${what})`);
+    }
+  }
+  const ranks = [...missing].sort((a, b) => a - b);
+  // the next round's leader: the plan's choice is lost with this round,
+  // so every survivor takes the first live member after this leader
+  h.leaderNext = liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
+  throw new RoundError(`round ${st.r}`, `not complete after ${h.o.roundTimeoutMs} ms: missing ${describeRanks(ranks, h.peers)}; ${parts.join("; ")}`, ranks,
+    "check that those members are running and attached; a member that died must be restarted with the whole job");
+}

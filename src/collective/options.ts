@@ -1,0 +1,240 @@
+// The communicator's options, its one table of defaults and tunables, its
+// statistics and its round report and error. Every default lives here once;
+// the comment next to it says where its value comes from.
+import type { AuthMode } from "../jobkey.ts";
+import { AinftpError } from "../errors.ts";
+import type { KeeperOptions } from "../sentry/keeper.ts";
+import type { AggregateMode, RobustOptions } from "../sentry/robust.ts";
+
+export interface CommunicatorOptions {
+  /** Interface the program is attached to (`ainftp attach IFACE`). */
+  iface: string;
+  /** IPv4 address of every member, in rank order. */
+  peers: string[];
+  rank: number;
+  /** UDP port of the attached program (default: the attached one). */
+  port?: number;
+  job?: number;
+  /** A round not complete after this long fails, naming the missing members. */
+  roundTimeoutMs?: number;
+  /** First retransmission after this long without progress; doubles up to maxRetransmitMs. */
+  retransmitMs?: number;
+  maxRetransmitMs?: number;
+  /** Waiting for every peer at open. */
+  openTimeoutMs?: number;
+  /** Where results arrive: "map" (the XDP program writes them into a map we
+   * mmap) or "xsk" (it redirects the packets to an AF_XDP socket whose UMEM
+   * is `umem`, and we dequantize from the frames). Default "map". */
+  rx?: "map" | "xsk";
+  /** UMEM memory for rx "xsk" (an arena region); default: the socket's own. */
+  umem?: { ptr: number; bytes: number };
+  /** Ask the program to wake us once per this many events (default 48, see DEFAULTS.batch). */
+  batch?: number;
+  /** Chunks per owner in flight (sent, result not back). Default: what fits
+   * `rxQueue` (see defaultWindow). */
+  window?: number;
+  /** Frames a receiving host's queue holds (veth: 256); sizes the window. */
+  rxQueue?: number;
+  /** While window-blocked, look for results at least this often (ms). */
+  pumpMs?: number;
+  /** Stochastic rounding with this seed (0: round to nearest). */
+  stochasticSeed?: number;
+  /** Where the pins are (tests); default as `ainftp attach` puts them. */
+  pinRoot?: string;
+  /** Swarm hook: called when a round starts; may change the member set later. */
+  onRoundStart?: (round: number) => void;
+  /** The sentry: the program drops contributions whose energy is outside
+   * their chunk's gate, which this host (as the chunks' owner) keeps; workers
+   * rejected again and again are quarantined. Needs rx "map". */
+  sentry?: KeeperOptions | boolean;
+  /** The sentry quarantined or re-admitted members (their ranks). */
+  onQuarantine?: (quarantined: number[], round: number) => void;
+  /** How an owner combines its chunks' contributions: summed by the XDP
+   * program (default), or handed to userspace and combined robustly
+   * (src/sentry/robust.ts). Robust modes need rx "map". */
+  aggregate?: AggregateMode;
+  robust?: RobustOptions;
+  /** Longest a round's poll waits (ms): a swarm that ticks its membership
+   * protocol from a timer wants the loop back often (default: no bound). */
+  maxWaitMs?: number;
+  /** Backup workers: the leader goes as soon as this many members
+   * (itself included) have sent their exponents; the rest are passive in
+   * that round. Default: wait for every fit member. */
+  quorum?: number;
+  /** The round deadline, after which the leader plans with the members
+   * present and owners close their slots with the contributions present:
+   * "auto" (default) is 4x the median of recent rounds, at least 100 ms
+   * (DEADLINE_FLOOR_MS); a number is a fixed deadline in ms; 0 turns partial
+   * rounds off (a round then waits for every active member, up to roundTimeoutMs). */
+  deadlineMs?: number | "auto";
+  /** The job's 128-bit key (issue 16): every control packet carries a
+   * SipHash-2-4 MAC under it, and contributions and results one as `auth`
+   * says. Every member must have the same key. Default: none. */
+  key?: Uint8Array | null;
+  /** With a key, what the data plane's MAC covers: "header" (default: a host
+   * without the key cannot forge a frame), "full" (header and payload: not
+   * even an on-path host can change one), or "off" (control frames only). */
+  auth?: AuthMode;
+}
+
+/** The defaults of the options a caller may leave out. */
+export const DEFAULTS = {
+  roundTimeoutMs: 10_000,
+  /** First retransmission after 50 ms without progress, doubling to 500 ms. */
+  retransmitMs: 50,
+  maxRetransmitMs: 500,
+  openTimeoutMs: 30_000,
+  stochasticSeed: 0,
+  pumpMs: 2,
+  /** Wake-ups: one per 48 program events. This is what every communicator
+   * has run with (the old doc said 64, a dead line said 64); `ainftp attach`
+   * writes 32 (DEFAULT_BATCH in src/abi.ts) for a program no job has opened,
+   * and open() replaces it with this one. */
+  batch: 48,
+  sentry: false as KeeperOptions | boolean,
+  maxWaitMs: 1e9,
+  rxQueue: 256,
+} as const;
+
+/** The protocol's tunables (not options: every member must agree on them). */
+export const TUNING = {
+  /** Payload bytes of one control packet (exponents per packet). */
+  CTRL_PAYLOAD: 1400,
+  /** Fast retransmit: a result this many positions behind the furthest result
+   * of the same owner, and missing for GAP_MS (doubling per try), is lost. */
+  GAP_BEHIND: 2,
+  GAP_MS: 4,
+  /** At a deadline, how long owners get to say whom they wait for. */
+  STATUS_WAIT_MS: 300,
+  /** With the sentry: how far (in powers of two) a rank's exponent may exceed
+   * its chunk's median before the shared scale leaves it out: 2^12, far more
+   * than honest workers' magnitudes differ by, far less than a poisoner gains. */
+  EXPS_ABOVE_MEDIAN: 12,
+  /** Chunks packed and sent per owner before moving to the next owner
+   * (one GSO call: 44 segments measured best on loopback, docs/DESIGN.md). */
+  SEND_PIECE: 44,
+  /** Lateness: a member that misses a plan (its exponents not there when the
+   * leader decides) gains a point, one that makes it loses one. At
+   * LATE_SLOW points leaders stop waiting for it (down-ranked); scores stop
+   * at LATE_MAX, so a member back to speed is waited for again after
+   * LATE_MAX - LATE_SLOW + 1 plans it made. Two misses in a row: one round
+   * waiting out a deadline can be bad luck, two are a pattern. */
+  LATE_SLOW: 2,
+  LATE_MAX: 3,
+  /** A member whose exponents come within this of the majority's is prompt:
+   * it may lead the next round. */
+  PROMPT_MS: 50,
+  /** Rounds of plans and results kept for passive members that fall behind. */
+  CACHE_ROUNDS: 4,
+  /** The round's grace for late members: once a majority has sent its
+   * exponents, the leader waits this long for the rest. It is 4 times the
+   * median of the last DEADLINE_WINDOW rounds (a member 4 times slower than
+   * the cluster is not jitter), at least 100 ms (4 busy processes on a
+   * 2-vCPU host start a round tens of ms apart) and at most 500 ms (the
+   * issue's "lag above 500 ms": down-rank it). Before there is a history
+   * (4 rounds): 500 ms. An owner closes its open slots when they made no
+   * progress for the grace or two capped retransmission intervals, whichever
+   * is longer: a lost packet always gets two tries before its sender's
+   * contribution is given up. */
+  DEADLINE_FACTOR: 4,
+  DEADLINE_FLOOR_MS: 100,
+  DEADLINE_CAP_MS: 500,
+  DEADLINE_WINDOW: 32,
+  /** Yield to the event loop (signals, timers) at least this often mid-round (ms). */
+  YIELD_MS: 25,
+  /** HELLOs and BYEs are repeated this often until answered (ms). */
+  GREET_MS: 100,
+} as const;
+
+/** The options with every default filled in. */
+export type ResolvedOptions = Required<Omit<CommunicatorOptions, "onRoundStart" | "onQuarantine" | "pinRoot" | "port" | "job" | "key" | "auth">> &
+  CommunicatorOptions;
+
+/** In flight towards one host: (N-1) senders' windows plus the owners'
+ * result bursts. Keep the windows within a receive queue of `rxQueue`
+ * frames (veth: 256), leaving room for results; 48 measured best at 4 hosts. */
+export function defaultWindow(members: number, rxQueue: number = DEFAULTS.rxQueue): number {
+  return Math.max(8, Math.min(48, Math.floor(rxQueue / Math.max(1, members - 1)) - 16));
+}
+
+/** The options with the defaults filled in; an option given as undefined keeps its default. */
+export function resolveOptions(opts: CommunicatorOptions): ResolvedOptions {
+  const { rxQueue: _rx, ...defaults } = DEFAULTS;
+  return {
+    window: defaultWindow(opts.peers.length, opts.rxQueue),
+    ...defaults,
+    ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+  } as ResolvedOptions;
+}
+
+export interface CollectiveStats {
+  rounds: number;
+  /** Contribution packets sent again after a timeout. */
+  retransmits: number;
+  /** Results sent again on a resend request. */
+  resends: number;
+  /** Retransmit timers that fired. */
+  timeouts: number;
+  /** Values clipped by the quantizer (0 with the shared max scale). */
+  saturations: number;
+  /** Times this process woke up (poll returns). */
+  wakeups: number;
+  /** Control packets read from the socket. */
+  controlReceived: number;
+  /** With the sentry: exponents left out of the shared scale (far above their chunk's median). */
+  expsLeftOut: number;
+  /** Rounds whose plan left members out (down-ranked, late, past the quorum). */
+  partialRounds: number;
+  /** Rounds this member sat out as passive (it received the results). */
+  passiveRounds: number;
+  /** Owned slots closed at the deadline with the contributions present. */
+  deadlineCloses: number;
+  packetsSent: number;
+  /** Where round time went: computing exponents, waiting for the peers'
+   * exponents, packing/sending/finishing (work), waiting for packets, and
+   * dequantizing the results. */
+  phaseMs: { exps: number; control: number; work: number; wait: number; gather: number };
+}
+
+export function zeroStats(): CollectiveStats {
+  return {
+    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
+    partialRounds: 0, passiveRounds: 0, deadlineCloses: 0,
+    phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
+  };
+}
+
+/** a + sign * b, field by field (phases too). */
+export function combineStats(a: CollectiveStats, b: CollectiveStats, sign: 1 | -1): CollectiveStats {
+  const out = zeroStats();
+  for (const k of Object.keys(out) as (keyof CollectiveStats)[]) {
+    if (k === "phaseMs") {
+      for (const p of Object.keys(out.phaseMs) as (keyof CollectiveStats["phaseMs"])[])
+        out.phaseMs[p] = a.phaseMs[p] + sign * b.phaseMs[p];
+    } else out[k] = a[k] + sign * b[k];
+  }
+  return out;
+}
+
+export interface RoundReport {
+  round: number;
+  ms: number;
+  chunks: number;
+  /** The round's active members (whose contributions its results hold,
+   * less any the sentry dropped or a deadline closed out). */
+  active: number[];
+  leader: number;
+}
+
+/** A round failed: members did not answer in time, or one left. */
+export class RoundError extends AinftpError {
+  constructor(op: string, message: string, readonly missingRanks: number[], hint: string) {
+    super(op, message, { hint });
+    this.name = "RoundError";
+  }
+}
+
+export function describeRanks(ranks: number[], peers: readonly string[]): string {
+  if (ranks.length === 0) return "no rank";
+  return ranks.map((r) => `rank ${r} (${peers[r]})`).join(", ");
+}

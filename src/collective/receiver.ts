@@ -1,0 +1,138 @@
+// What comes in: control packets from the socket, the program's events
+// from its ring (completed slots, results, resend requests), and (rx "xsk")
+// results from the AF_XDP socket.
+import {
+  CTRL_BYE, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, CTRL_MEMBER, CTRL_RESULT_REQ, CTRL_STATUS, CTRL_STATUS_REQ,
+  EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
+} from "../abi.ts";
+import { decodeStatus, encodeStatus, type Control } from "./control.ts";
+import { waitingFor } from "./diagnose.ts";
+import { answerExpsRequest, storeEarlyPlan, storeExps, storeShared } from "./exchange.ts";
+import { answerHello } from "./handshake.ts";
+import type { Host } from "./host.ts";
+import { finish } from "./owner.ts";
+import { resend } from "./recovery.ts";
+import { ownerOf, type RoundState } from "./round-state.ts";
+
+/** A control packet of this job's members (or a peer's HELLO of another
+ * job), counted; else null: checked, authenticated under the job key and
+ * bound to its sender by src/control-guard.ts, which counts what it refuses. */
+export function parseControl(h: Host, d: Uint8Array, from: string): Control | null {
+  const c = h.guard.open(d, from);
+  if (c) h.stats.controlReceived++;
+  return c;
+}
+
+/** Reads every queued control packet. */
+export function drainControl(h: Host, st: RoundState | null): void {
+  for (;;) {
+    const b = h.net.recvBatch(0);
+    if (b.count === 0) return;
+    for (let i = 0; i < b.count; i++) {
+      const c = parseControl(h, b.datagram(i), b.sourceAddr(i));
+      if (c) handleControl(h, c, st);
+    }
+  }
+}
+
+export function handleControl(h: Host, c: Control, st: RoundState | null): void {
+  switch (c.kind) {
+    case CTRL_HELLO:
+      return answerHello(h, c);
+    case CTRL_STATUS_REQ:
+      // a member at its deadline asks whom we wait for in this round
+      // (our answer also tells it that we are alive)
+      if (st && c.round === st.r) h.sendControl(c.rank, CTRL_STATUS, st.r, 0, 0, encodeStatus(waitingFor(h, st, (st.r & 1) * h.cfg.chunks)));
+      return;
+    case CTRL_STATUS: {
+      const mask = decodeStatus(c.payload);
+      if (mask !== null) h.statusAnswers.set(c.rank, mask);
+      return;
+    }
+    case CTRL_BYE:
+      // `round` is the first round the leaver did not complete
+      h.left.set(c.rank, c.round);
+      return;
+    case CTRL_EXPS:
+    case CTRL_EXPS_REQ:
+      storeExps(h, st, c.rank, c.round, c.chunk, c.payload);
+      if (c.kind === CTRL_EXPS_REQ) answerExpsRequest(h, st, c.rank, c.round);
+      return;
+    case CTRL_EXPS_MAX:
+      if (st && c.round === st.r) {
+        if (c.rank === st.leader) storeShared(h, st, c.chunk, c.payload);
+      } else storeEarlyPlan(h, c.rank, c.round, c.chunk, c.payload);
+      return;
+    case CTRL_RESULT_REQ:
+      // a passive member lacks results of ours: send the stored ones again
+      // (indices past the job's chunks are counted, never used)
+      for (const chunk of h.guard.chunkList(c.payload, h.cfg.chunks)) resend(h, c.round, chunk, c.rank);
+      return;
+    case CTRL_MEMBER:
+      h.onMember?.(c.rank, c.payload);
+      return;
+  }
+}
+
+/** Reads the program's events: finish completed slots, count results,
+ * serve resend requests, and move the window. */
+export function drainEvents(h: Host, st: RoundState | null, bankBase: number): void {
+  if (h.robust) h.robust.drain(h, st);
+  const raw = h.ring.raw;
+  const done = h.chunkList;
+  for (;;) {
+    const n = h.ring.pollRaw(0);
+    if (n === 0) return;
+    let nd = 0;
+    let resends: number[] | null = null;
+    for (let i = 0; i < n; i++) {
+      const type = raw[4 * i] & 0xffff;
+      const round = raw[4 * i + 1];
+      const chunk = raw[4 * i + 2];
+      if (type === EV_RESEND) {
+        (resends ??= []).push(round, chunk, raw[4 * i] >>> 16);
+        continue;
+      }
+      if (!st) continue;
+      if (round > h.cfg.roundBase && round === st.r) h.advanceWindow(round);
+      if (type === EV_SLOT_COMPLETE) {
+        if (round === st.r && chunk < st.nchunks && !st.ownedDone[chunk]) {
+          st.ownedDone[chunk] = 1;
+          st.summed[chunk] = raw[4 * i] >>> 16;
+          done[nd++] = chunk;
+        }
+      } else if (type === EV_RESULT) {
+        if (round === st.r && chunk < st.nchunks && !st.xdone[chunk]) {
+          st.resultsSeen++;
+          gotResult(st, chunk);
+        }
+      }
+    }
+    if (nd && st) {
+      // a slot can complete before we have every exponent (the others had
+      // ours first): our own chunk is not quantized yet, so finish later
+      if (st.sent) finish(h, st, bankBase, done.subarray(0, nd));
+      else for (let i = 0; i < nd; i++) st.pending.push(done[i]);
+    }
+    if (resends) for (let i = 0; i < resends.length; i += 3) resend(h, resends[i], resends[i + 1], resends[i + 2]);
+  }
+}
+
+/** rx "xsk": dequantize the results waiting in the socket's UMEM frames. */
+export function drainXsk(h: Host, st: RoundState): void {
+  const newly = h.chunkList;
+  const n = h.xsk!.results(h.job, st.r, st.nchunks, h.chunkElems, st.out, st.xdone, newly);
+  if (n === 0) return;
+  if (st.r > h.cfg.roundBase) h.advanceWindow(st.r); // a result of round r: everyone finished r-1
+  st.resultsSeen += n;
+  for (let i = 0; i < Math.min(n, newly.length); i++) gotResult(st, newly[i]);
+}
+
+/** A result arrived: it acknowledges one chunk of its owner's window. */
+export function gotResult(st: RoundState, chunk: number): void {
+  const o = ownerOf(st, chunk);
+  st.xdone[chunk] = 1;
+  st.acked[o]++;
+  const k = Math.floor(chunk / st.K);
+  if (k > st.furthest[o]) st.furthest[o] = k;
+}

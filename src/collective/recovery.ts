@@ -1,0 +1,138 @@
+// Loss recovery. A member missing results sends its contributions again
+// (flagged F_RETRANSMIT): fast, when a result well behind one that arrived
+// is missing (retransmitGaps), or on the timer when nothing moves
+// (retransmit). A retransmit to a completed slot makes the owner's program
+// raise a resend event and the owner sends the stored result again
+// (resend), from its results map or, for a member that fell further behind,
+// from the cache of the last CACHE_ROUNDS rounds. A passive member asks
+// with CTRL_RESULT_REQ.
+import { coll } from "../../native/collective.ts";
+import { CTRL_EXPS_REQ, CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB } from "../abi.ts";
+import { headerTemplate } from "../quantize.ts";
+import { encodeChunkList, HDR, markRetransmit, packetCount, REQ_CHUNKS } from "./control.ts";
+import { expsAwaited } from "./diagnose.ts";
+import { myExps, sendExps } from "./exchange.ts";
+import type { Host } from "./host.ts";
+import { TUNING } from "./options.ts";
+import { ownerOf, type RoundState } from "./round-state.ts";
+
+const { GAP_BEHIND, GAP_MS, CACHE_ROUNDS } = TUNING;
+
+/** Fast retransmit: an owner completes slots in the order we (and every
+ * member) sent them, so a missing result well behind one that arrived
+ * means a lost packet. Send those chunks again now instead of waiting for
+ * the timer (which only fires when nothing at all moves). */
+export function retransmitGaps(h: Host, st: RoundState): void {
+  const now = h.clock.now();
+  for (let o = 0; o < h.size; o++) {
+    if (o === h.rank) continue;
+    const list = st.ownerChunks[o];
+    while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
+    const upto = Math.min(st.pos[o], st.furthest[o] - GAP_BEHIND);
+    let late: number[] | null = null;
+    for (let k = st.lowest[o]; k < upto; k++) {
+      const c = list[k];
+      if (st.xdone[c] || now - st.sentAt[c] < GAP_MS * (1 << Math.min(st.tries[c], 5))) continue;
+      (late ??= []).push(c);
+    }
+    if (late) sendAgain(h, st, o, late);
+  }
+}
+
+/** Chunks whose result has not arrived (listed in h.chunkList); returns how many. */
+export function missingResults(h: Host, st: RoundState, bankBase: number): number {
+  if (!h.xsk) return coll.ainftp_results_missing(h.resBase, bankBase, st.nchunks, st.r + 1, h.chunkList, h.capacity);
+  let m = 0;
+  for (let c = 0; c < st.nchunks; c++)
+    if (!st.xdone[c] && ownerOf(st, c) !== h.rank) h.chunkList[m++] = c;
+    else if (ownerOf(st, c) === h.rank && !st.ownedDone[c]) h.chunkList[m++] = c;
+  return m;
+}
+
+/** No progress for a while: ask again for missing exponents, or send again
+ * the contributions whose results have not come back. */
+export function retransmit(h: Host, st: RoundState, bankBase: number): void {
+  if (!st.sent) {
+    const mine = myExps(h, st);
+    for (const p of expsAwaited(h, st)) sendExps(h, p, st.r, mine, CTRL_EXPS_REQ);
+    return;
+  }
+  const m = missingResults(h, st, bankBase);
+  const byOwner = new Map<number, number[]>();
+  for (let i = 0; i < Math.min(m, h.capacity); i++) {
+    const c = h.chunkList[i];
+    const o = ownerOf(st, c);
+    if (o === h.rank || (!st.passive && Math.floor(c / st.K) >= st.pos[o])) continue;
+    let l = byOwner.get(o);
+    if (!l) byOwner.set(o, (l = []));
+    l.push(c);
+  }
+  for (const [o, list] of byOwner) {
+    // our contributions again (the owner may lack them), and the results
+    // asked for by name: an owner that moved two rounds on answers from
+    // its cache, which its program's window no longer reaches. A passive
+    // member sent nothing: it only asks.
+    if (!st.passive) sendAgain(h, st, o, list);
+    for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
+    if (st.passive) h.stats.retransmits += list.length;
+  }
+}
+
+/** Sends the listed chunks (all owned by o, in order) to o again, flagged as
+ * retransmissions so a completed slot answers with its stored result. */
+export function sendAgain(h: Host, st: RoundState, o: number, list: number[]): void {
+  const seg = h.seg;
+  const stage = new Uint8Array(list.length * seg);
+  const now = h.clock.now();
+  list.forEach((c, i) => {
+    const k = Math.floor(c / st.K);
+    stage.set(st.sendBuf.subarray(st.ownerOffset[o] + k * seg, st.ownerOffset[o] + (k + 1) * seg), i * seg);
+    st.sentAt[c] = now;
+    if (st.tries[c] < 255) st.tries[c]++;
+  });
+  coll.ainftp_set_flags(stage, list.length, seg, F_RETRANSMIT);
+  h.sealData(stage, list.length);
+  // the short chunk, if any, is the owner's last: keep it last
+  const lastSize = h.wireBytes(st.counts[list[list.length - 1]]);
+  h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, stage, seg, list.length, lastSize);
+  h.stats.retransmits += list.length;
+}
+
+/** A peer lost our result for (round, chunk): send the stored one again. */
+export function resend(h: Host, round: number, chunk: number, rank: number): void {
+  if (rank >= h.size || rank === h.rank) return;
+  const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round, rank: h.rank });
+  const one = new Uint32Array([chunk]);
+  const pkt = new Uint8Array(h.seg);
+  if (chunk >= h.cfg.chunks) return h.guard.count("bad_chunk");
+  if (coll.ainftp_result_packets(h.resBase, (round & 1) * h.cfg.chunks, h.cfg.chunks, one, 1, tmpl, pkt, h.seg) !== 1) {
+    // the bank holds a newer round now: a passive member fell behind
+    const e = h.resultRing[round % CACHE_ROUNDS];
+    const at = e && e.round === round && chunk < e.at.length ? e.at[chunk] : -1;
+    if (at < 0) return;
+    pkt.set(e.buf.subarray(at, at + h.seg));
+    markRetransmit(pkt);
+  }
+  h.sealData(pkt, 1);
+  h.stats.packetsSent += h.net.sendGso(h.peers[rank], h.port, pkt, h.wireBytes(packetCount(pkt)), 1);
+  h.stats.resends++;
+}
+
+/** Keeps the result packets we send for CACHE_ROUNDS rounds: a member
+ * that fell behind (it sat rounds out, or lost a result while we moved
+ * two rounds on) asks for them after our results map's bank moved on.
+ * One copy of what we send (16 MiB over 4 hosts: 2 MB a round). */
+export function cacheResults(h: Host, st: RoundState, chunks: Uint32Array, n: number): void {
+  const slot = st.r % CACHE_ROUNDS;
+  let e = h.resultRing[slot];
+  if (!e || e.round !== st.r) {
+    const bytes = st.owned.length * h.seg;
+    const buf = e && e.buf.length >= bytes ? e.buf : new Uint8Array(bytes);
+    e = h.resultRing[slot] = { round: st.r, buf, at: (e?.at ?? new Int32Array(h.capacity)).fill(-1), used: 0 };
+  }
+  if (e.used + n * h.seg > e.buf.length) return;
+  // the batch's packets lie one after another: one copy
+  e.buf.set(h.resPkts.subarray(0, n * h.seg), e.used);
+  for (let i = 0; i < n; i++) e.at[chunks[i]] = e.used + i * h.seg;
+  e.used += n * h.seg;
+}

@@ -1,0 +1,107 @@
+// The reduce-scatter's sending side: lay out the round once the plan is
+// known, quantize our own chunks, and pump contributions to their owners
+// through a self-clocked window.
+import { PKT_CONTRIB } from "../abi.ts";
+import { headerTemplate, packChunks } from "../quantize.ts";
+import { HDR } from "./control.ts";
+import type { Host } from "./host.ts";
+import { TUNING } from "./options.ts";
+import { finish } from "./owner.ts";
+import { ownedChunks, owners } from "./plan.ts";
+import type { RoundState } from "./round-state.ts";
+
+/** The plan is known: chunk c is owned by the active member of index
+ * c % K. Lays out what we send and own, and tells the program whom our
+ * slots of this round wait for. */
+export function applyPlan(h: Host, st: RoundState): void {
+  const N = h.size;
+  const lay = owners(st.active, N, st.ownerIdx);
+  st.owners = lay.owners;
+  st.K = lay.K;
+  st.passive = st.ownerIdx[h.rank] < 0;
+  // results of this round only from their chunk's owner (the program checks)
+  if (st.K > 0) h.maps.setPlan(st.r, st.owners);
+  let off = 0;
+  for (let o = 0; o < N; o++) {
+    const list = ownedChunks(st.ownerIdx[o], st.K, st.nchunks);
+    st.ownerChunks[o] = list;
+    st.ownerOffset[o] = off;
+    if (o !== h.rank && !st.passive) off += list.length * h.seg;
+  }
+  st.sendBuf = h.scratch("send", off);
+  st.owned = st.ownerChunks[h.rank];
+  st.ownBuf = h.scratch("own", st.owned.length * h.seg);
+  const others = st.active & h.othersMask;
+  const bankMask: [bigint, bigint] = [...(h.cfg.bankMask ?? [0n, 0n])];
+  bankMask[st.r & 1] = others === h.othersMask ? 0n : others;
+  // the program's end-of-round wake-ups for this round
+  h.setConfig({ ...h.cfg, ownedChunks: st.owned.length, resultsPerRound: st.nchunks - st.owned.length, bankMask });
+  // contributions that came before the plan waited for everyone: close
+  // the slots that already hold every active member
+  if (bankMask[st.r & 1] !== 0n && st.owned.length)
+    h.maps.closeSlots(st.r, st.owned, { force: false, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank] });
+}
+
+/** Shared scale known: quantize our own chunks for the finishing step and
+ * start the reduce-scatter. */
+export function startContributions(h: Host, st: RoundState, x: Float32Array, bankBase: number): void {
+  st.sent = true;
+  st.lookInMap = true;
+  st.lastProgress = h.clock.now();
+  if (st.passive) return; // we send nothing this round: results come to us
+  st.header = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round: st.r, rank: h.rank });
+  st.seed = h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
+  st.finishArgs = {
+    acc: h.accBase, results: h.resBase, bankBase, summed: st.summed, own: st.ownBuf.subarray(HDR), ownDiv: st.K, ownStride: h.seg / 2,
+    counts: st.counts, exps: st.shared, header: st.header, pkts: h.resPkts, pktStride: h.seg,
+  };
+  if (st.owned.length)
+    h.stats.saturations += packChunks(x, {
+      chunkElems: h.chunkElems, chunks: st.owned, exps: st.shared, header: st.header, out: st.ownBuf, stride: h.seg, seed: st.seed,
+    });
+  if (st.K === 1 && st.owned.length) {
+    // the only active member: no contribution will come, finish alone
+    for (const c of st.owned) st.ownedDone[c] = 1;
+    finish(h, st, bankBase, Uint32Array.from(st.owned));
+    return;
+  }
+  pump(h, st, x);
+}
+
+/** Reduce-scatter, self-clocked: quantize and send the chunks we do not
+ * own, owners interleaved, keeping at most `window` chunks per owner whose
+ * result has not come back. A receiver's queue (veth: 256 frames) is never
+ * flooded, and every result that arrives lets one more chunk go. */
+export function pump(h: Host, st: RoundState, x: Float32Array): void {
+  if (st.passive) return;
+  const W = h.o.window;
+  const seg = h.seg;
+  for (let more = true; more; ) {
+    more = false;
+    for (let o = 0; o < h.size; o++) {
+      if (o === h.rank) continue;
+      const list = st.ownerChunks[o];
+      const from = st.pos[o];
+      const room = W - (from - st.acked[o]);
+      if (from >= list.length || room <= 0) continue;
+      const to = Math.min(list.length, from + Math.min(TUNING.SEND_PIECE, room));
+      const region = st.sendBuf.subarray(st.ownerOffset[o] + from * seg, st.ownerOffset[o] + to * seg);
+      h.stats.saturations += packChunks(x, {
+        chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.shared, header: st.header, out: region, stride: seg, seed: st.seed,
+      });
+      const last = list[to - 1];
+      h.sealData(region, to - from);
+      h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, region, seg, to - from, h.wireBytes(st.counts[last]));
+      const now = h.clock.now();
+      for (let k = from; k < to; k++) st.sentAt[list[k]] = now;
+      st.pos[o] = to;
+      if (to < list.length && W - (to - st.acked[o]) > 0) more = true;
+    }
+  }
+}
+
+/** Chunks we still have to send (window-blocked). */
+export function unsent(h: Host, st: RoundState): boolean {
+  for (let o = 0; o < h.size; o++) if (o !== h.rank && st.pos[o] < st.ownerChunks[o].length) return true;
+  return false;
+}

@@ -1,0 +1,281 @@
+// The collective in one process: N communicators over the simulated world
+// (test/sim/world.ts) with the real XDP program per host (BPF_PROG_TEST_RUN,
+// root), a virtual clock and seeded faults. A failing schedule prints its
+// seed; AINFTP_SIM_SEED=<seed> replays that one schedule. By default 250
+// fault schedules of 8 rounds (2000 rounds) and 25 death schedules run;
+// AINFTP_SIM_SCHEDULES=1250 runs 10k fault rounds.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { RoundError, type RoundReport } from "../../src/collective.ts";
+import { mulberry32 } from "../../src/random.ts";
+import { CLEAN, SimProgram, SimWorld, type Faults } from "./world.ts";
+
+const root = process.getuid?.() === 0;
+if (!root) console.log("[sim] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
+
+const MAX_HOSTS = 6;
+const CHUNKS = 16;
+const ELEMS = 64;
+const PORT = 47123;
+const ROUNDS = 8;
+const SCHEDULES = Number(process.env.AINFTP_SIM_SCHEDULES ?? 250);
+const ONLY = process.env.AINFTP_SIM_SEED === undefined ? null : Number(process.env.AINFTP_SIM_SEED);
+
+let programs: SimProgram[] = [];
+beforeAll(async () => {
+  if (root) for (let i = 0; i < MAX_HOSTS; i++) programs.push(await SimProgram.load(CHUNKS, ELEMS, PORT));
+});
+afterAll(() => {
+  for (const p of programs) p.close();
+  programs = [];
+});
+
+/** A gradient for (seed, round, rank): values in ±2^k for a k per rank. */
+function gradient(seed: number, round: number, rank: number, n: number): Float32Array {
+  const rnd = mulberry32((seed * 7919 + round * 131 + rank * 17) >>> 0);
+  const scale = 2 ** Math.floor(rnd() * 6 - 3);
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = (rnd() * 2 - 1) * scale;
+  return x;
+}
+
+/** Faults drawn from the seed: up to 5% loss, 5% duplication, 30% reordering. */
+function faultsOf(seed: number): Faults {
+  const rnd = mulberry32(seed ^ 0x5eed);
+  return {
+    loss: 0.05 * rnd(), dup: 0.05 * rnd(), reorder: 0.3 * rnd(), reorderMs: 5 * rnd(), latencyMs: 0.02 + 0.2 * rnd(), jitterMs: 0.5 * rnd(),
+  };
+}
+
+interface Outcome {
+  reports: (RoundReport[] | null)[];
+  outs: (Float32Array | null)[];
+  contributors: Uint16Array[];
+}
+
+interface ScheduleOptions {
+  rounds?: number;
+  /** Before the run: stragglers, deaths, swarm verdicts. */
+  setup?: (w: SimWorld) => void;
+  /** Every chunk's result must hold every member's contribution. */
+  complete?: boolean;
+  /** Round timeout (virtual ms). */
+  roundTimeoutMs?: number;
+  /** Called by each host before its r-th all-reduce. */
+  beforeRound?: (w: SimWorld, rank: number, r: number) => void;
+}
+
+/** One schedule: N hosts connect, then run `rounds` all-reduces of random
+ * lengths (some span two protocol rounds), then leave. Checks every round:
+ * the results are bit-identical on every host that completed it, each chunk
+ * holds the same contributor count everywhere, and a chunk that holds every
+ * member is the exact sum within the quantizer's error. A round that fails
+ * because members died (RoundError naming only hosts the world killed) is
+ * skipped, as a node does once its swarm holds them dead. */
+async function schedule(seed: number, n: number, faults: Faults, o: ScheduleOptions = {}): Promise<{ world: SimWorld; rounds: number; per: Outcome[] }> {
+  const world = new SimWorld(seed, faults, programs.slice(0, n), PORT);
+  o.setup?.(world);
+  const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: o.roundTimeoutMs ?? 20_000, openTimeoutMs: 5_000 }));
+  const rnd = mulberry32(seed);
+  const rounds = o.rounds ?? ROUNDS;
+  const lengths = Array.from({ length: rounds }, () => 1 + Math.floor(rnd() * CHUNKS * ELEMS * 1.3));
+  let done = 0;
+  let per: Outcome[] = [];
+  try {
+    per = (await world.run(
+      comms.map((c) => async (rank: number) => {
+        await c.connect();
+        const out: Outcome = { reports: [], outs: [], contributors: [] };
+        for (let r = 0; r < rounds; r++) {
+          o.beforeRound?.(world, rank, r);
+          const x = gradient(seed, r, rank, lengths[r]);
+          let reps: RoundReport[] | null = null;
+          try {
+            reps = await c.allreduce(x);
+          } catch (e) {
+            if (!(e instanceof RoundError) || !e.missingRanks.length || !e.missingRanks.every((k) => world.hosts[k].dead)) throw e;
+          }
+          out.reports.push(reps);
+          out.outs.push(reps ? x : null);
+          out.contributors.push(reps?.length === 1 ? c.contributorsOf(reps[0].round, reps[0].chunks) : new Uint16Array(0));
+        }
+        // as a node does: linger, serving resends, until every peer has left
+        await c.leave(30_000);
+        return out;
+      }),
+      3_600_000,
+    )) as Outcome[];
+    for (let r = 0; r < rounds; r++) {
+      const live = per.filter((p, rank) => p && !world.hosts[rank].dead && p.outs[r]);
+      if (live.length === 0) continue;
+      const ref = live[0].outs[r]!;
+      for (const p of live) {
+        expect(Buffer.from(p.outs[r]!.buffer).equals(Buffer.from(ref.buffer))).toBe(true);
+        expect([...p.contributors[r]]).toEqual([...live[0].contributors[r]]);
+      }
+      const k = live[0].contributors[r];
+      const reps = live[0].reports[r]!;
+      // the members whose contributions the round's results hold: the plan's active ones
+      const active = reps.length === 1 ? reps[0].active : reps.every((x) => x.active.length === n) ? [...Array(n).keys()] : null;
+      if (o.complete && k.length) expect({ seed, round: r, incomplete: [...k].filter((v) => v !== active!.length).length }).toEqual({ seed, round: r, incomplete: 0 });
+      if (active) checkSums(seed, r, active, ref, k, lengths[r], o.complete === true);
+      done++;
+    }
+  } catch (e) {
+    console.log(`[sim] FAILED seed ${seed} (${n} hosts, faults ${JSON.stringify(faults)}) after ${done} verified rounds, virtual ${world.now.toFixed(1)} ms: replay with AINFTP_SIM_SEED=${seed}`);
+    throw e;
+  } finally {
+    for (const c of comms) c.close(0);
+  }
+  return { world, rounds: done, per };
+}
+
+/** Chunks whose result holds every active member's contribution: within
+ * the quantizer's error of the exact sum over the active members. */
+function checkSums(seed: number, r: number, active: number[], out: Float32Array, contributors: Uint16Array, len: number, all: boolean): void {
+  const exact = new Float64Array(len);
+  const n = active.length;
+  let scale = 0;
+  for (const k of active) {
+    const x = gradient(seed, r, k, len);
+    for (let i = 0; i < len; i++) (exact[i] += x[i]), (scale = Math.max(scale, Math.abs(x[i])));
+  }
+  for (let c = 0; c * ELEMS < len; c++) {
+    if (contributors.length ? contributors[c] !== n : !all) continue;
+    for (let i = c * ELEMS; i < Math.min(len, (c + 1) * ELEMS); i++) {
+      const err = Math.abs(out[i] - exact[i]);
+      if (err > (n * scale) / 8192) throw new Error(`seed ${seed} round ${r} element ${i}: ${out[i]} vs exact ${exact[i]} (chunk ${c}, ${contributors[c] ?? "?"} contributions)`);
+    }
+  }
+}
+
+function seeds(base: number): number[] {
+  if (ONLY !== null) return [ONLY];
+  return Array.from({ length: SCHEDULES }, (_, i) => base + i);
+}
+
+/** A member (seeded) dies at a seeded moment of a seeded round; the swarm's
+ * verdict comes 300 ms later. Returns the rounds a survivor completed after
+ * the verdict, each checked to be complete and to leave the dead out. */
+async function deathSchedule(seed: number, lossy: boolean): Promise<number> {
+  const rnd = mulberry32(seed ^ 0xdead);
+  const n = 3 + (seed % 3);
+  const victim = Math.floor(rnd() * n);
+  const killRound = 1 + Math.floor(rnd() * 4);
+  const delay = rnd() * 2;
+  const faults = lossy ? faultsOf(seed) : { ...faultsOf(seed), loss: 0 };
+  const { per } = await schedule(seed, n, faults, {
+    rounds: killRound + 2 * n + 2, roundTimeoutMs: 3_000,
+    beforeRound: (w, rank, r) => {
+      if (rank !== victim || r !== killRound) return;
+      w.at(w.now + delay, () => w.kill(victim));
+      w.at(w.now + delay + 300, () => {
+        for (const h of w.hosts) if (!h.dead) w.comm(h.rank).fitMask = w.comm(h.rank).liveMask = ~(1n << BigInt(victim));
+      });
+    },
+  });
+  const survivor = per.findIndex((p, k) => k !== victim && p);
+  // the rounds after the verdict: all complete, none led by the dead member or holding it
+  const tail = per[survivor].reports.slice(killRound + 2);
+  for (const r of tail) {
+    expect({ seed, complete: r !== null }).toEqual({ seed, complete: true });
+    for (const x of r!) expect({ seed, active: x.active.includes(victim), leader: x.leader === victim }).toEqual({ seed, active: false, leader: false });
+  }
+  return tail.length;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+
+describe.skipIf(!root)("collective in the simulator (real XDP program, virtual clock)", () => {
+  test("clean network, 2..6 hosts: bit-identical results, exact sums, every chunk complete", async () => {
+    for (const n of [2, 3, 4, 6]) {
+      const { world, rounds } = await schedule(1000 + n, n, CLEAN, { complete: true });
+      expect(rounds).toBe(ROUNDS);
+      expect(world.counts.lost).toBe(0);
+    }
+  }, 60_000);
+
+  test(`seeded loss, duplication, reordering (${SCHEDULES} schedules × ${ROUNDS} rounds): bit-identical, every chunk holds every active member, exact`, async () => {
+    let rounds = 0, lost = 0;
+    const t0 = performance.now();
+    for (const seed of seeds(1)) {
+      const { world, rounds: k } = await schedule(seed, 2 + (seed % 4), faultsOf(seed), { complete: true });
+      rounds += k;
+      lost += world.counts.lost;
+    }
+    console.log(`[sim] faults: ${rounds} rounds (${lost} datagrams lost) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    expect(rounds).toBe(seeds(1).length * ROUNDS);
+    if (ONLY === null) expect(lost).toBeGreaterThan(0);
+  }, 600_000);
+
+  test("a seed replays the same run: same virtual time, same datagrams, same results", async () => {
+    const a = await schedule(77, 4, faultsOf(77));
+    const b = await schedule(77, 4, faultsOf(77));
+    console.log(`[sim] seed 77: ${a.world.now.toFixed(1)} virtual ms, ${JSON.stringify(a.world.counts)}`);
+    expect(b.world.now).toBe(a.world.now);
+    expect(b.world.counts).toEqual(a.world.counts);
+    expect(b.per[0].outs.map((x) => Buffer.from(x!.buffer).toString("hex"))).toEqual(a.per[0].outs.map((x) => Buffer.from(x!.buffer).toString("hex")));
+  }, 60_000);
+
+  test("a straggler (its link 600 ms slow) sits out once the grace has passed, in virtual ms, and still gets every result", async () => {
+    const { per } = await schedule(4242, 4, CLEAN, { rounds: 12, setup: (w) => (w.hosts[3].sendDelayMs = 600) });
+    const reps = per[0].reports.map((r) => r![0]);
+    // after the first rounds (no history: a 500 ms grace) leaders stop waiting for rank 3
+    const late = reps.slice(6);
+    expect(late.every((r) => !r.active.includes(3))).toBe(true);
+    expect(median(late.map((r) => r.ms))).toBeLessThan(150);
+    // rank 3 computes the same results (bit-identical, checked by schedule) as a passive member
+    expect(per[3].outs.every((x) => x !== null)).toBe(true);
+  }, 60_000);
+
+  test(`a member dies mid-round (seeded round and time, ${Math.ceil(SCHEDULES / 10)} schedules, no loss); the swarm's verdict 300 ms later: survivors go on, bit-identical, led by live members`, async () => {
+    let afterDeath = 0, schedules = 0;
+    for (const seed of seeds(5000).slice(0, ONLY === null ? Math.ceil(SCHEDULES / 10) : 1)) {
+      afterDeath += await deathSchedule(seed, false);
+      schedules++;
+    }
+    console.log(`[sim] deaths: ${schedules} schedules, ${afterDeath} rounds completed after the verdict without the dead member`);
+    expect(afterDeath).toBeGreaterThan(0);
+  }, 600_000);
+
+  // Found by this simulator (the behaviour predates the split; 16 of seeds
+  // 5000..5199 with loss): a member dies right after finishing a round, and
+  // one survivor lost one of its results. That survivor fails the round, the
+  // others complete it; the plan named the next leader, but the failing
+  // survivor takes the first live member after the failed round's leader
+  // instead. The leaders differ, and the next round fails everywhere naming
+  // a live member, which ends a node's run (node.ts goes on only when every
+  // missing member is dead).
+  test.failing("known: with loss, survivors that disagree about a round's completion then disagree about its next leader (seed 5026)", async () => {
+    await deathSchedule(5026, true);
+  }, 60_000);
+
+  test("the leader dies as its round starts: the survivors' next leader is the first live member after it, and every later round completes", async () => {
+    for (const seed of ONLY === null ? [31, 32, 33, 34] : [ONLY]) {
+      const n = 4, killRound = 3;
+      // the same seed without the death names the round's leader (a seed replays the same run)
+      const dry = await schedule(seed, n, faultsOf(seed), { rounds: killRound + 1 });
+      const leader = dry.per[0].reports[killRound]![0].leader;
+      let started = 0;
+      const { per } = await schedule(seed, n, faultsOf(seed), {
+        rounds: killRound + 8, roundTimeoutMs: 3_000,
+        beforeRound: (w, _rank, r) => {
+          // once every member has started the round (the last one has not sent its exponents yet)
+          if (r !== killRound || ++started !== n) return;
+          w.at(w.now, () => w.kill(leader));
+          w.at(w.now + 300, () => {
+            for (const h of w.hosts) if (!h.dead) w.comm(h.rank).fitMask = w.comm(h.rank).liveMask = ~(1n << BigInt(leader));
+          });
+        },
+      });
+      const survivor = (leader + 1) % n;
+      const reps = per[survivor].reports;
+      // the round the leader died in fails (no plan); the next is led by the next live member
+      expect({ seed, died: reps[killRound] }).toEqual({ seed, died: null });
+      const after = reps.slice(killRound + 1);
+      console.log(`[sim] seed ${seed}: leader ${leader} killed at round ${killRound}; leaders ${reps.map((r) => (r ? r.map((x) => `${x.leader}:${x.active.join("")}`).join("+") : "failed")).join(" ")}`);
+      expect({ seed, failed: after.filter((r) => r === null).length }).toEqual({ seed, failed: 0 });
+      expect(after[0]![0].leader).toBe(survivor);
+      for (const r of after) expect(r![0].active.includes(leader)).toBe(false);
+    }
+  }, 120_000);
+});
