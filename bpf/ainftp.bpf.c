@@ -709,6 +709,8 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		cnt->c[AINFTP_CNT_STALE_ROUND]++;
 		return XDP_DROP;
 	}
+	if (old == round + 1)
+		cnt->c[AINFTP_CNT_NOT_OWNER]++; /* the entry held a non-owner's result: counted as it goes */
 	/* Claim the entry so a concurrent duplicate on another CPU backs off. */
 	if (__sync_val_compare_and_swap(&res->tag, old, RESULT_BUSY) != old) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;

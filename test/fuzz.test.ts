@@ -427,6 +427,7 @@ class Model {
     const old = res.tag;
     if ((old === tag && !(fromOwner && this.results[idx].rank !== h.rank)) || old === RESULT_BUSY) return this.drop("result_dup");
     if (old !== 0 && ((old - tag) | 0) > 0) return this.drop("stale_round");
+    if (old === tag) this.cnt.not_owner++; // a non-owner's result replaced by the owner's
     res.v.set(values);
     res.count = h.count;
     res.contributors = h.contributors;

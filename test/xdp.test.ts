@@ -1234,10 +1234,10 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
         r.setPlan(BASE, OWNERS);
       },
       packets: [
-        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: stored },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { ...stored, not_owner: 1 } },
         { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 } },
       ],
-      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1 },
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1, not_owner: 1 },
       results: [{ index: chunk, entry: { tag: BASE + 1, writes: 2, rank: ownerOf(chunk) }, values: [5] }],
       events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
     });
