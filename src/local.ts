@@ -757,6 +757,7 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
   const N = o.peers.length;
   const node: Node = bringUp({
     op: "swarm --serve", iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode, chunkElems: o.chunkElems,
+    key: o.key, auth: o.auth,
     roundElems: Math.max(1, Math.floor((o.roundBytes ?? 16 << 20) / 4)), keepAttached: o.keepAttached,
   });
   const socketPath = o.socketPath ?? defaultSocketPath(o.job ?? 0);

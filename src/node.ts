@@ -3,6 +3,7 @@
 // workload, verifying every round against a locally computed reference.
 import { coll } from "../native/collective.ts";
 import type { Counters } from "./abi.ts";
+import type { ControlDrop } from "./control-guard.ts";
 import { combineStats, RoundError, zeroStats, type Communicator, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
@@ -12,7 +13,7 @@ import { bringUp, type JobOptions } from "./node/bringup.ts";
 import { quantiles, type Quantiles } from "./stats.ts";
 import type { Swarm, SwarmChange, SwarmState } from "./swarm.ts";
 
-export { chunkElemsForMtu, interfaceMtu } from "./node/bringup.ts";
+export { checkPacketFits, chunkElemsForMtu, dataTagBytes, interfaceMtu } from "./node/bringup.ts";
 export { quantiles, type Quantiles };
 
 /** First retransmission of a barrier round: long, a member may be verifying. */
@@ -87,6 +88,10 @@ export interface NodeReport {
   /** (wakeups + socket packets) / packets received. */
   wakeups_per_packet: number;
   attached_by_us: boolean;
+  /** Control frames (or parts) this node refused, by reason (issue 16). */
+  control_drops: Record<ControlDrop, number>;
+  /** What the job key authenticated: "off" (no key), "control" (control frames only), "header" or "full" (and data frames). */
+  auth: "off" | "control" | "header" | "full";
   /** Where results arrived: "map", or "xsk (copy mode)" / "xsk (zero-copy)". */
   rx: string;
   /** rx "xsk": the arena behind the UMEM. */
@@ -150,7 +155,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   const N = o.peers.length;
   const node = bringUp({
     op: "swarm", iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode, chunkElems: o.chunkElems,
-    roundElems: n, keepAttached: o.keepAttached,
+    key: o.key, auth: o.auth, roundElems: n, keepAttached: o.keepAttached,
     mtuAdvice: (needed) => `ip link set dev ${o.iface} mtu ${needed}; veth takes at most 3504 with native XDP`,
   });
   const { chunkElems, attachedByUs } = node;
@@ -282,6 +287,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       packets_received: rx,
       wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
       attached_by_us: attachedByUs,
+      control_drops: { ...comm.controlDrops },
+      auth: !o.key ? "off" : o.auth === "off" ? "control" : o.auth ?? "header",
       rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
       result_copy_bytes_per_round: Math.round(
         (comm.xsk

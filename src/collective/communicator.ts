@@ -2,6 +2,8 @@
 // handshake), allreduce (rounds of at most `capacity` chunks, round.ts),
 // the swarm's hooks, and leaving (close, abort). The protocol lives in the
 // rooms next to this file; docs/architecture.md maps them.
+import { MAX_ELEMS_AUTH } from "../abi.ts";
+import type { ControlDrop } from "../control-guard.ts";
 import { join } from "node:path";
 import { CTRL_BYE, CTRL_MEMBER, MAX_WORKERS, SIZEOF, type Counters } from "../abi.ts";
 import { pinnedPort, pinRoot } from "../attach.ts";
@@ -73,6 +75,10 @@ export class Communicator implements Disposable {
     // a previous job's slots and results must not look like ours
     ports.maps.resetState();
     const h = new Host(o, ports.clock, ports.net, ports.maps, ports.port);
+    if (h.dataAuth && h.chunkElems > MAX_ELEMS_AUTH)
+      throw new AinftpError(op, `--auth ${o.auth ?? "header"} leaves room for ${MAX_ELEMS_AUTH} values per packet, the program is attached with ${h.chunkElems}`, {
+        hint: `attach with --chunk-elems ${MAX_ELEMS_AUTH} or less, or run with --auth off`,
+      });
     if (o.aggregate && o.aggregate !== "sum") {
       if (o.rx === "xsk") throw new AinftpError(op, `--aggregate ${o.aggregate} needs --rx map`, { hint: "drop --rx xsk" });
       h.robust = new RobustPolicy(o.aggregate, o.robust, new EventRing(ports.maps.mapFd("contribs"), SIZEOF.ainftp_contrib_rec, 256));
@@ -99,6 +105,10 @@ export class Communicator implements Disposable {
   get port(): number { return this.h.port; }
   get job(): number { return this.h.job; }
   get stats(): CollectiveStats { return this.h.stats; }
+  /** Control frames (or parts) refused, by reason (issue 16). */
+  get controlDrops(): Readonly<Record<ControlDrop, number>> { return this.h.guard.drops; }
+  /** Bytes of a full data packet's UDP payload (header, values, MAC). */
+  get packetBytes(): number { return this.h.seg; }
   /** The AF_XDP socket results arrive on (rx "xsk"), else null. */
   get xsk(): XskSocket | null { return this.h.xsk; }
   /** The sentry's gates and strikes for the chunks we own (null: off). */

@@ -5,10 +5,11 @@
 // detaching only what we attached.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { FRAME_OVERHEAD_V4, MAX_ELEMS } from "../abi.ts";
+import { FRAME_OVERHEAD_V4, MAC_BYTES, MAX_ELEMS } from "../abi.ts";
 import { attach, detach, pinRoot, type AttachMode } from "../attach.ts";
 import { Communicator, type CommunicatorOptions } from "../collective.ts";
 import { AinftpError } from "../errors.ts";
+import type { AuthMode } from "../jobkey.ts";
 import { chunkCount } from "../quantize.ts";
 import { Swarm } from "../swarm.ts";
 
@@ -19,10 +20,26 @@ export const MAX_MAP_CHUNKS = 8192;
 /** IPv4 + UDP + ainftp header in front of a chunk (the MTU excludes Ethernet's 14). */
 const L3_OVERHEAD = FRAME_OVERHEAD_V4 - 14;
 
-/** Largest chunk that fits the interface's MTU (IPv4, no options). */
-export function chunkElemsForMtu(mtu: number): number {
-  const e = Math.floor((mtu - L3_OVERHEAD) / 2);
+/** Largest chunk that fits the interface's MTU (IPv4, no options), with
+ * `tagBytes` of MAC after the values (--auth). */
+export function chunkElemsForMtu(mtu: number, tagBytes = 0): number {
+  const e = Math.floor((mtu - L3_OVERHEAD - tagBytes) / 2);
   return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
+}
+
+/** Bytes of MAC after a data packet's values under these options. */
+export function dataTagBytes(o: { key?: Uint8Array | null; auth?: AuthMode }): number {
+  return o.key && o.auth !== "off" ? MAC_BYTES : 0;
+}
+
+/** The program may have been attached for a chunk size that leaves no room
+ * for the MAC at this MTU: say so before the first round fails. */
+export function checkPacketFits(comm: Communicator, mtu: number, iface: string, op = "swarm"): void {
+  if (L3_OVERHEAD - 32 + comm.packetBytes <= mtu) return;
+  const fit = chunkElemsForMtu(mtu, comm.packetBytes - 32 - 2 * comm.chunkElems);
+  throw new AinftpError(op, `packets of ${comm.chunkElems} values${comm.packetBytes > 32 + 2 * comm.chunkElems ? " and a MAC" : ""} do not fit ${iface}'s MTU ${mtu}`, {
+    hint: `re-attach for ${fit} values per packet on every member (ainftp detach ${iface}; ainftp attach ${iface} --chunk-elems ${fit}), or raise the MTU`,
+  });
 }
 
 export function interfaceMtu(iface: string): number {
@@ -47,6 +64,9 @@ export interface JobOptions {
   mode?: AttachMode;
   /** Elements per packet; default from the interface MTU. */
   chunkElems?: number;
+  /** The job key and what its MAC covers (see CommunicatorOptions.key / auth). */
+  key?: Uint8Array | null;
+  auth?: AuthMode;
 }
 
 export interface BringupOptions extends JobOptions {
@@ -63,6 +83,7 @@ export interface BringupOptions extends JobOptions {
 export class Node {
   readonly chunkElems: number;
   readonly chunks: number;
+  readonly mtu: number;
   readonly attachedByUs: boolean;
   comm: Communicator | undefined;
   swarm: Swarm | undefined;
@@ -72,11 +93,11 @@ export class Node {
   private ended = false;
 
   constructor(private readonly o: BringupOptions) {
-    const mtu = interfaceMtu(o.iface);
-    const fits = chunkElemsForMtu(mtu);
+    const mtu = (this.mtu = interfaceMtu(o.iface));
+    const fits = chunkElemsForMtu(mtu, dataTagBytes(o));
     this.chunkElems = o.chunkElems ?? fits;
     if (this.chunkElems > fits) {
-      const needed = L3_OVERHEAD + 2 * this.chunkElems;
+      const needed = L3_OVERHEAD + 2 * this.chunkElems + dataTagBytes(o);
       throw new AinftpError(o.op, `--chunk-elems ${this.chunkElems} needs an MTU of at least ${needed}; ${o.iface} has ${mtu}`, {
         hint: `raise it on every member${o.mtuAdvice ? ` (${o.mtuAdvice(needed)})` : ""} or use --chunk-elems ${fits}`,
       });
@@ -94,11 +115,12 @@ export class Node {
 
   /** Attaches the program unless ainftp is already there, opens the
    * communicator (waiting for every peer) and starts its swarm. */
-  async open(opts: Omit<CommunicatorOptions, "iface" | "peers" | "rank" | "port" | "job">, log?: (line: string) => void): Promise<Communicator> {
+  async open(opts: Omit<CommunicatorOptions, "iface" | "peers" | "rank" | "port" | "job" | "key" | "auth">, log?: (line: string) => void): Promise<Communicator> {
     const o = this.o;
     if (this.attachedByUs)
       await attach(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: o.peers.length, chunks: this.chunks, chunkElems: this.chunkElems });
-    this.comm = await Communicator.open({ iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, ...opts });
+    this.comm = await Communicator.open({ iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, key: o.key, auth: o.auth, ...opts });
+    checkPacketFits(this.comm, this.mtu, o.iface, o.op);
     this.swarm = new Swarm(this.comm, { iface: o.iface, log });
     return this.comm;
   }
