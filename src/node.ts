@@ -2,7 +2,7 @@
 // opens the communicator with a static member list and runs the synthetic
 // workload, verifying every round against a locally computed reference.
 import { coll } from "../native/collective.ts";
-import type { Counters } from "./abi.ts";
+import { FRAME_OVERHEAD_V4, type Counters } from "./abi.ts";
 import type { ControlDrop } from "./control-guard.ts";
 import { combineStats, RoundError, zeroStats, type Communicator, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
@@ -215,15 +215,12 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         verifyRobust(x, reps.map((p) => comm!.contributorsOf(p.round, p.chunks)), reference,
           { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active: reps.map((p) => p.active) });
     }
-    const timedCnt = Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters;
-    const times: number[] = [];
-    const hashes: (string | null)[] = [];
-    let maxErr = 0;
-    let statsTimed = zeroStats();
-    let excluded = 0;
-    let unverified = 0;
-    const activeLog: number[][] = [];
-    const rejected0 = comm.sentry ? comm.sentryCounts().map((w) => w.rejected) : [];
+    const t: Tally = {
+      counters: Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters,
+      times: [], hashes: [], maxErr: 0, stats: zeroStats(), excluded: 0, unverified: 0, active: [],
+      rejected0: comm.sentry ? comm.sentryCounts().map((w) => w.rejected) : [], failed: failedRounds,
+    };
+    const { times, hashes } = t;
     for (let r = 0; r < o.rounds; r++) {
       coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
       // a barrier round, so a rank still verifying the last round does not
@@ -232,7 +229,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       const s0 = combineStats(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
-      const t = performance.now();
+      const t0 = performance.now();
       const reps = await survive(r, () => comm!.allreduce(x));
       if (!reps) {
         // a member died during it: the round is lost here; keep the count of
@@ -241,89 +238,116 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         hashes.push(null);
         continue;
       }
-      times.push(performance.now() - t);
+      times.push(performance.now() - t0);
       // per chunk, the contributions its result holds (rx "xsk" keeps no
       // count: the plan's active members then)
       const kept = comm.xsk ? null : reps.map((p) => comm!.contributorsOf(p.round, p.chunks));
       const active = reps.map((p) => p.active);
-      for (const a of active) activeLog.push(a);
+      for (const a of active) t.active.push(a);
       const whole = active.every((a) => a.length === N) && (!kept || kept.every((k) => k.every((v) => v === N)));
       // the program's counters over the timed rounds only (barrier rounds,
       // where a rank still verifying makes others retransmit, are left out)
       const c1 = comm.counters();
-      for (const k of Object.keys(timedCnt) as (keyof Counters)[]) timedCnt[k] += c1[k] - c0[k];
-      statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
+      for (const k of Object.keys(t.counters) as (keyof Counters)[]) t.counters[k] += c1[k] - c0[k];
+      t.stats = addStats(t.stats, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
       if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       if (o.verify && comm.robust) {
         const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
-        maxErr = Math.max(maxErr, v.err);
-        excluded += v.excluded;
-        unverified += v.unverified;
+        t.maxErr = Math.max(t.maxErr, v.err);
+        t.excluded += v.excluded;
+        t.unverified += v.unverified;
       } else if (o.verify && whole && !o.poison) {
         const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
-        maxErr = Math.max(maxErr, err);
+        t.maxErr = Math.max(t.maxErr, err);
       } else if (o.verify) {
         const v = verifyKept(x, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
-        maxErr = Math.max(maxErr, v.err);
-        excluded += v.excluded;
-        unverified += v.unverified;
+        t.maxErr = Math.max(t.maxErr, v.err);
+        t.excluded += v.excluded;
+        t.unverified += v.unverified;
       }
       hashes.push(new Bun.CryptoHasher("sha256").update(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)).digest("hex"));
       progress?.(r + 1, o.rounds, times[times.length - 1]);
     }
-    const d = (k: keyof Counters) => timedCnt[k];
-    const rx = d("rx");
-    const report: NodeReport = {
-      rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
-      round_ms: quantiles(times),
-      round_times_ms: times.map((t) => +t.toFixed(3)),
-      rel_l2_error_max: o.verify ? maxErr : null,
-      verified: o.verify && times.length > 0 && maxErr <= 1e-3,
-      result_sha256: hashes,
-      retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
-      timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
-      wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
-      packets_received: rx,
-      wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
-      attached_by_us: attachedByUs,
-      control_drops: { ...comm.controlDrops },
-      auth: !o.key ? "off" : o.auth === "off" ? "control" : o.auth ?? "header",
-      rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
-      result_copy_bytes_per_round: Math.round(
-        (comm.xsk
-          ? comm.xsk.mode === "zero-copy" ? 0 : d("results_xsk") * (14 + 20 + 8 + 32 + 2 * chunkElems)
-          : d("results") * 2 * chunkElems) / Math.max(1, times.length),
-      ),
-      umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
-      phase_ms: Object.fromEntries(
-        Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / Math.max(1, times.length)).toFixed(3)]),
-      ) as CollectiveStats["phaseMs"],
-      swarm: { members: swarm.view(), changes: swarm.changes },
-      failed_rounds: failedRounds,
-      straggler: {
-        partial_rounds: statsTimed.partialRounds, passive_rounds: statsTimed.passiveRounds, deadline_closes: statsTimed.deadlineCloses,
-        late_contributions: d("late"), active: activeLog,
-      },
-      sentry: comm.sentry
-        ? (() => {
-            const st = comm.sentry!.status();
-            return {
-              z: st.z,
-              rejected_by_rank: comm.sentryCounts().map((w, k) => w.rejected - (rejected0[k] ?? 0)),
-              quarantined: st.workers.filter((w) => w.quarantined).map((w) => w.rank),
-              excluded_contributions: excluded,
-              unverified_chunks: unverified,
-              exps_left_out: statsTimed.expsLeftOut,
-            };
-          })()
-        : null,
-    };
-    return report;
+    return nodeReport(o, t, { n, chunkElems, attachedByUs, comm, swarm, arena });
   } finally {
     node.end("polite");
     arena?.close();
   }
+}
+
+/** What the timed rounds of runNode tallied. */
+interface Tally {
+  /** The program's counters over the timed rounds only. */
+  counters: Counters;
+  times: number[];
+  hashes: (string | null)[];
+  maxErr: number;
+  stats: CollectiveStats;
+  excluded: number;
+  unverified: number;
+  /** Per protocol round: its active members. */
+  active: number[][];
+  /** The sentry's per-rank rejections before the timed rounds. */
+  rejected0: number[];
+  failed: FailedRound[];
+}
+
+/** The node's report (the JSON of `ainftp swarm --json`) from the tally. */
+function nodeReport(
+  o: NodeOptions, t: Tally,
+  at: { n: number; chunkElems: number; attachedByUs: boolean; comm: Communicator; swarm: Swarm; arena: Arena | undefined },
+): NodeReport {
+  const { comm, swarm, arena, chunkElems, n } = at;
+  const { times, stats: statsTimed } = t;
+  const N = o.peers.length;
+  const d = (k: keyof Counters) => t.counters[k];
+  const rx = d("rx");
+  return {
+    rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
+    round_ms: quantiles(times),
+    round_times_ms: times.map((ms) => +ms.toFixed(3)),
+    rel_l2_error_max: o.verify ? t.maxErr : null,
+    verified: o.verify && times.length > 0 && t.maxErr <= 1e-3,
+    result_sha256: t.hashes,
+    retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
+    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
+    wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
+    packets_received: rx,
+    wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
+    attached_by_us: at.attachedByUs,
+    control_drops: { ...at.comm.controlDrops },
+    auth: !o.key ? "off" : o.auth === "off" ? "control" : o.auth ?? "header",
+    rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
+    result_copy_bytes_per_round: Math.round(
+      (comm.xsk
+        ? comm.xsk.mode === "zero-copy" ? 0 : d("results_xsk") * (FRAME_OVERHEAD_V4 + 2 * chunkElems)
+        : d("results") * 2 * chunkElems) / Math.max(1, times.length),
+    ),
+    umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
+    phase_ms: Object.fromEntries(
+      Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / Math.max(1, times.length)).toFixed(3)]),
+    ) as CollectiveStats["phaseMs"],
+    swarm: { members: swarm.view(), changes: swarm.changes },
+    failed_rounds: t.failed,
+    straggler: {
+      partial_rounds: statsTimed.partialRounds, passive_rounds: statsTimed.passiveRounds, deadline_closes: statsTimed.deadlineCloses,
+      late_contributions: d("late"), active: t.active,
+    },
+    sentry: comm.sentry
+      ? (() => {
+          const st = comm.sentry!.status();
+          return {
+            z: st.z,
+            rejected_by_rank: comm.sentryCounts().map((w, k) => w.rejected - (t.rejected0[k] ?? 0)),
+            quarantined: st.workers.filter((w) => w.quarantined).map((w) => w.rank),
+            excluded_contributions: t.excluded,
+            unverified_chunks: t.unverified,
+            exps_left_out: statsTimed.expsLeftOut,
+          };
+        })()
+      : null,
+  };
 }
 
 /** Every rank's synthetic gradient of a round, as each sent it. */
