@@ -100,3 +100,20 @@ bench-all: bench
 
 clean:
 	rm -rf bpf/build native/build test/fixtures/build dist
+
+# ---- SLURM (issue 17; owned by the ops branch) -------------------------------
+# test/slurm-cluster.test.ts runs a real slurmctld and one slurmd per network
+# namespace (about 25 s, part of `make test`; it skips, saying so, without
+# these packages). `make test-slurm` runs it alone.
+SLURM_PACKAGES := slurm-wlm munge
+.PHONY: slurm-deps test-slurm
+setup: slurm-deps
+slurm-deps:
+	@missing=""; for p in $(SLURM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+test-slurm: build slurm-deps
+	bun test test/slurm-cluster.test.ts

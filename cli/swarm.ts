@@ -6,11 +6,12 @@ import type { AttachMode } from "../src/attach.ts";
 import { AinftpError } from "../src/errors.ts";
 import { defaultSocketPath, serveNode, type ServeReport } from "../src/local.ts";
 import { runNode, type NodeReport } from "../src/node.ts";
+import { parseListen } from "../src/metrics.ts";
 import { slurmMembers } from "../src/slurm.ts";
 import { JOB_KEY_ENV, loadJobKey } from "../src/jobkey.ts";
 import { swarmStatusCommand } from "./swarm-status.ts";
 import { formatSize, parseSize } from "../src/units.ts";
-import { floatOption, intOption, type IO } from "./io.ts";
+import { ExitCode, floatOption, intOption, type IO } from "./io.ts";
 import { COMPACT } from "./status.ts";
 
 function peerList(value: string): string[] {
@@ -35,12 +36,33 @@ function deadlineOption(value: string): number | "auto" {
   return ms;
 }
 
+function metricsOption(value: string): string {
+  try {
+    parseListen(value);
+  } catch {
+    throw new InvalidArgumentError("Give ADDR:PORT, e.g. 127.0.0.1:9464 (0.0.0.0:9464 for every interface).");
+  }
+  return value.trim();
+}
+
 function sizeOption(value: string): number {
   try {
     return parseSize(value, "--synthetic");
   } catch {
     throw new InvalidArgumentError("Give a size like 1MiB, 16MiB, 1GiB or a byte count.");
   }
+}
+
+/** Exit codes of `swarm --synthetic` beyond 0 (every round completed, and verified with --verify), 1 (an error) and 2 (usage). */
+export const EXIT_VERIFY_FAILED = 3;
+export const EXIT_ROUNDS_LOST = 4;
+
+/** 3 when a completed round failed verification (wrong results outrank missing ones), 4 when rounds were lost, else 0. */
+export function swarmExitCode(r: Pick<NodeReport, "verified" | "rel_l2_error_max" | "lost_rounds">, verify: boolean): number {
+  if (verify && r.rel_l2_error_max !== null && !(r.rel_l2_error_max <= 1e-3)) return EXIT_VERIFY_FAILED;
+  if (r.lost_rounds > 0) return EXIT_ROUNDS_LOST;
+  if (verify && !r.verified) return EXIT_VERIFY_FAILED;
+  return 0;
 }
 
 export function renderNodeReport(r: NodeReport): string {
@@ -50,9 +72,9 @@ export function renderNodeReport(r: NodeReport): string {
     ["rank / peers", `${r.rank} / ${r.peers}`],
     ["results arrive by", r.umem ? `${r.rx}, UMEM in a ${r.umem}` : r.rx],
     ["gradient", `${formatSize(r.bytes)} (${r.elements} floats, ${r.chunk_elems} per packet)`],
-    ["rounds", r.rounds],
+    ["rounds", r.lost_rounds ? `${r.rounds} (${r.lost_rounds} lost)` : r.rounds],
     ["round time ms: median / p10 / p90 / p99", `${ms(r.round_ms.median)} / ${ms(r.round_ms.p10)} / ${ms(r.round_ms.p90)} / ${ms(r.round_ms.p99)}`],
-    ["relative L2 error (max)", r.rel_l2_error_max === null ? "not verified (--verify)" : r.rel_l2_error_max.toExponential(2)],
+    ["relative L2 error (max)", r.rel_l2_error_max === null ? "not verified (--verify)" : `${r.rel_l2_error_max.toExponential(2)}${r.verified ? "" : " (not verified)"}`],
     ["retransmits / resends / duplicates", `${r.retransmits} / ${r.resends} / ${r.duplicates}`],
     ["timeouts / saturations", `${r.timeouts} / ${r.saturations}`],
     ["packets received by XDP", r.packets_received],
@@ -109,7 +131,7 @@ export function swarmCommand(io: IO): Command {
     .option("--chunk-elems <n>", `int16 values per packet (default: what the MTU holds, max ${MAX_ELEMS})`, intOption(4, MAX_ELEMS))
     .option("--window <n>", "chunks in flight per owner (default 48)", intOption(1, 4096))
     .option("--round-timeout <ms>", "fail a round not complete after this long (default 10000)", intOption(10, 3_600_000))
-    .option("--retransmit <ms>", "first retransmission after this long without progress (default 50)", intOption(1, 60_000))
+    .option("--retransmit <ms>", "first retransmission after this long without progress, until round-trips are measured; then at most this (default 50)", intOption(1, 60_000))
     .option("--open-timeout <ms>", "wait this long for every peer at start (default 30000)", intOption(100, 3_600_000))
     .option("--stochastic <seed>", "stochastic rounding with this seed", intOption(1, 0xffffffff))
     .option("--keep-attached", "leave the program attached at the end")
@@ -124,6 +146,7 @@ export function swarmCommand(io: IO): Command {
     .option("--deadline <ms|auto>", "grace for late members before a round goes without them: auto = 4x the median of recent rounds, 100..500 ms; 0 = wait for every member (up to --round-timeout)", deadlineOption, "auto")
     .option("--key-file <file>", `the job's 128-bit key (ainftp keygen; or ${JOB_KEY_ENV}): control frames carry a MAC under it, and data frames as --auth says`)
     .addOption(new Option("--auth <mode>", "with a key, what the data frames' MAC covers: header (a host without the key cannot forge one), full (header and payload: nor change one on the path), off (control frames only)").choices(["header", "full", "off"]))
+    .option("--metrics <addr:port>", "serve Prometheus metrics at http://ADDR:PORT/metrics while running (rounds, round times, retransmits, drops by reason, sentry, members, bytes)", metricsOption)
     .option("--json [file]", "print the report as JSON (to a file if given)")
     .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n" +
       "  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --job 7 --serve   # trainers: ainftp.connect(job=7)\n")
@@ -133,6 +156,7 @@ export function swarmCommand(io: IO): Command {
           throw new AinftpError("swarm", "--slurm takes the members and the rank from SLURM", { hint: "drop --peers and --rank, or --slurm" });
         const m = await slurmMembers(process.env, { iface: o.iface });
         Object.assign(o, { peers: m.peers, rank: m.rank, iface: m.iface, job: o.job ?? m.job });
+        if (o.serve && o.socket === undefined) o.socket = m.socket;
         io.err(`ainftp: ${m.source}: rank ${m.rank} of ${m.peers.length} on ${m.iface}, job ${o.job}\n`);
       }
       for (const [flag, v] of [["--iface", o.iface], ["--peers", o.peers], ["--rank", o.rank]] as const)
@@ -145,6 +169,8 @@ export function swarmCommand(io: IO): Command {
         throw new AinftpError("swarm", "--socket and --round-size go with --serve", { hint: "add --serve" });
       if (o.quorum !== undefined && o.quorum > o.peers.length)
         throw new AinftpError("swarm", `--quorum ${o.quorum} but --peers lists ${o.peers.length} members`, { hint: `give a quorum of 1..${o.peers.length}` });
+      if (o.serve && o.metrics !== undefined)
+        throw new AinftpError("swarm", "--metrics goes with --synthetic (a serving node does not export metrics yet)", { hint: "drop --metrics, or run the synthetic workload" });
       if (o.serve && o.poison) throw new AinftpError("swarm", "--poison goes with --synthetic", { hint: "it scales the synthetic gradient of one rank; a trainer's gradients are its own" });
       const key = loadJobKey({ keyFile: o.keyFile });
       if (!key && o.auth !== undefined)
@@ -174,14 +200,16 @@ export function swarmCommand(io: IO): Command {
         keepAttached: Boolean(o.keepAttached),
         sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
         quorum: o.quorum, deadlineMs: o.deadline, backToBack: Boolean(o.backToBack), key, auth: o.auth,
+        note: (line) => io.err(`ainftp: ${line}\n`), metrics: o.metrics,
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");
       else io.out(renderNodeReport(report));
-      if (o.verify && !report.verified) {
-        io.err(`ainftp: verification failed: relative L2 error ${report.rel_l2_error_max} > 1e-3\n`);
-        process.exitCode = 3;
-      }
+      const code = swarmExitCode(report, Boolean(o.verify));
+      if (code === EXIT_VERIFY_FAILED) io.err(`ainftp: verification failed: relative L2 error ${report.rel_l2_error_max} > 1e-3\n`);
+      else if (code === EXIT_ROUNDS_LOST)
+        io.err(`ainftp: ${report.lost_rounds} of ${report.rounds} rounds lost (members died during them; see failed_rounds)${o.verify ? ": not verified" : ""}\n`);
+      if (code !== 0) throw new ExitCode(code);
     });
   swarm.addCommand(swarmStatusCommand(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)").exitOverride());
   return swarm;

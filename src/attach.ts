@@ -3,7 +3,7 @@
 // back for `status`. A link detaches itself when its last reference goes, so
 // a crash before the link is pinned leaves nothing attached, and `detach`
 // (removing the pins) always removes the program.
-import { existsSync, mkdirSync, readdirSync, readlinkSync, rmSync, statfsSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import { closeFd, cstr, geteuid, ifNameToIndex } from "../native/libc.ts";
 import { libbpf } from "../native/libbpf.ts";
@@ -29,6 +29,9 @@ export interface AttachOptions {
   chunkElems?: number;
   /** Overrides where pins live (tests); default <bpffs>/ainftp. */
   pinRoot?: string;
+  /** Mark this process as the pins' owner (a `swarm` that attaches for
+   * itself): once it is dead, the next attach or swarm replaces them. */
+  owner?: boolean;
 }
 
 export interface AttachResult {
@@ -201,6 +204,11 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
   const dir = join(root, iface);
   const notes: string[] = [];
 
+  const dead = deadOwner(dir);
+  if (dead !== null) {
+    notes.push(`replacing the pins in ${dir}: their owner (pid ${dead}) is dead`);
+    await removeLivePins(dir, ifindex);
+  }
   const pinned = openPinnedLink(dir);
   if (pinned) {
     try {
@@ -229,9 +237,9 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
     }
   }
   if (existsSync(dir)) {
-    // Pins whose link is gone (interface deleted, earlier crash): clean them.
+    // Pins whose link is gone (interface or namespace deleted, earlier crash): clean them.
     rmSync(dir, { recursive: true, force: true });
-    notes.push(`removed stale pins in ${dir}`);
+    notes.push(`removed stale pins in ${dir} (${pinned ? (pinned.ifindex ? `their link is on interface ${pinned.ifindex}, not ${iface}` : "the link is gone") : "no pinned link"})`);
   }
 
   const q = xdpQuery(ifindex);
@@ -271,6 +279,7 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
           : undefined,
     );
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (o.owner) markOwner(dir);
     for (const name of MAP_NAMES) check(shim.ainftp_obj_pin(obj.mapFd(name), cstr(join(dir, name))), op, `pinning map ${name} failed`);
     check(shim.ainftp_obj_pin(obj.rodataFd(), cstr(join(dir, "rodata"))), op, "pinning the port map failed");
     // The link last: until it is pinned, our fd is its only reference.
@@ -397,3 +406,120 @@ export function status(iface?: string, o: { pinRoot?: string } = {}): IfaceStatu
     .map((d) => statusOf(root, d.name));
 }
 
+
+// ---- pins a node attached for itself -----------------------------------------
+//
+// A `swarm` that attaches the program marks the pins as its own: an empty
+// directory owner-<pid>-<start time> beside them (bpffs holds directories and
+// BPF objects only). Once that process is gone (SIGKILL, a cancelled job) the
+// pins are stale even though the link may still be attached: the next attach
+// or swarm replaces them. Pins without a mark were made by `ainftp attach` and
+// are the operator's: a swarm uses them and leaves them.
+
+const OWNER = /^owner-(\d+)-(\d+)$/;
+
+/** The start time of pid (field 22 of /proc/<pid>/stat, clock ticks since boot), or null when it is gone. */
+function procStart(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function markOwner(dir: string): void {
+  mkdirSync(join(dir, `owner-${process.pid}-${procStart(process.pid) ?? 0}`), { mode: 0o700 });
+}
+
+/** The pid of the pins' owner when it is dead (a pid reused since counts as dead); null when alive or unmarked. */
+export function deadOwner(dir: string): number | null {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return null;
+  }
+  for (const name of names) {
+    const m = OWNER.exec(name);
+    if (m && procStart(Number(m[1])) !== m[2]) return Number(m[1]);
+  }
+  return null;
+}
+
+/** Removes pins whose link may still be attached, and waits (up to 2 s) for
+ * the program to leave the interface: the last reference goes when bpffs
+ * frees the link's inode, after an RCU grace period. */
+async function removeLivePins(dir: string, ifindex: number): Promise<void> {
+  rmSync(dir, { recursive: true, force: true });
+  const until = performance.now() + 2000;
+  while (performance.now() < until) {
+    const q = xdpQuery(ifindex);
+    if (!q.progId && !q.drvProgId && !q.skbProgId) return;
+    await Bun.sleep(10);
+  }
+}
+
+export type PinState =
+  | { kind: "none"; dir: string }
+  /** A link on this interface; owner: the live swarm that made it, null for `ainftp attach`'s. */
+  | { kind: "live"; dir: string; owner: number | null }
+  | { kind: "stale"; dir: string; why: string };
+
+/** What the pins of iface in this namespace are: none, live, or stale (the
+ * link is gone, on another interface, or its owner is dead). */
+export function pinState(iface: string, root = pinRoot()): PinState {
+  const dir = join(root, iface);
+  if (!existsSync(dir)) return { kind: "none", dir };
+  const pinned = openPinnedLink(dir);
+  if (!pinned) return { kind: "stale", dir, why: "no pinned link" };
+  closeFd(pinned.linkFd);
+  if (pinned.ifindex === 0) return { kind: "stale", dir, why: "the link is gone: its interface or namespace was deleted" };
+  if (pinned.ifindex !== ifNameToIndex(iface)) return { kind: "stale", dir, why: `the link is on interface ${pinned.ifindex}, not ${iface}` };
+  const dead = deadOwner(dir);
+  if (dead !== null) return { kind: "stale", dir, why: `their owner (pid ${dead}) is dead` };
+  const owner = readdirSync(dir).map((n) => OWNER.exec(n)).find(Boolean);
+  return { kind: "live", dir, owner: owner ? Number(owner[1]) : null };
+}
+
+/**
+ * What a node (`swarm`) does at start: use pins that are live on iface (an
+ * operator's `ainftp attach`, or another live node's), and otherwise attach
+ * the program for itself, marked as its own, replacing stale pins first (one
+ * note says so). Never runs on stale pins. attachedByUs: detach at the end.
+ */
+export async function attachForNode(iface: string, o: AttachOptions): Promise<{ attachedByUs: boolean; notes: string[] }> {
+  const root = pinRoot(o.pinRoot);
+  const st = pinState(iface, root);
+  if (st.kind === "live") return { attachedByUs: false, notes: [] };
+  const notes: string[] = [];
+  if (st.kind === "stale") {
+    const ifindex = requireIface(`attach ${iface}`, iface);
+    notes.push(`replacing stale pins in ${st.dir} (${st.why})`);
+    await removeLivePins(st.dir, ifindex);
+  }
+  const r = await attach(iface, { ...o, owner: true });
+  return { attachedByUs: true, notes: [...notes, ...r.notes] };
+}
+
+/** Removes every stale set of pins in this namespace (link gone, on another
+ * interface, or its owning swarm dead): what a SLURM Epilog runs after a job
+ * whose node was killed. Pins that are live stay. */
+export async function detachStale(o: { pinRoot?: string } = {}): Promise<{ iface: string; pinDir: string; why: string }[]> {
+  requireRoot("detach --stale");
+  const root = pinRoot(o.pinRoot);
+  ensureBpffs("detach --stale", root);
+  if (!existsSync(root)) return [];
+  const removed: { iface: string; pinDir: string; why: string }[] = [];
+  for (const d of readdirSync(root, { withFileTypes: true })) {
+    if (!d.isDirectory() || d.name.startsWith("netns-")) continue;
+    const st = pinState(d.name, root);
+    if (st.kind !== "stale") continue;
+    const ifindex = ifNameToIndex(d.name);
+    if (ifindex) await removeLivePins(st.dir, ifindex);
+    else rmSync(st.dir, { recursive: true, force: true });
+    removed.push({ iface: d.name, pinDir: st.dir, why: st.why });
+  }
+  if (root.includes("/netns-") && readdirSync(root).length === 0) rmSync(root, { recursive: true, force: true });
+  return removed;
+}

@@ -757,11 +757,10 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
   const N = o.peers.length;
   const node: Node = bringUp({
     op: "swarm --serve", iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode, chunkElems: o.chunkElems,
-    key: o.key, auth: o.auth,
+    key: o.key, auth: o.auth, note: log,
     roundElems: Math.max(1, Math.floor((o.roundBytes ?? 16 << 20) / 4)), keepAttached: o.keepAttached,
   });
   const socketPath = o.socketPath ?? defaultSocketPath(o.job ?? 0);
-  const attachedByUs = node.attachedByUs;
   let comm: Communicator | undefined;
   let server: LocalServer | undefined;
   let failed = false;
@@ -786,7 +785,7 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
     }
     const s = server.stats, t = server.trainers;
     return {
-      rank: o.rank, peers: N, job: comm.job, socket: socketPath, attached_by_us: attachedByUs,
+      rank: o.rank, peers: N, job: comm.job, socket: socketPath, attached_by_us: node.attachedByUs,
       clients: s.clients, local_size: t.localSize, world: t.world, allreduces: s.allreduces, elements: s.elements,
       mean_ms: s.allreduces ? +(s.ms / s.allreduces).toFixed(3) : null, stopped_by: end.why,
     };

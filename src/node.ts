@@ -8,6 +8,7 @@ import { combineStats, RoundError, zeroStats, type Communicator, type Collective
 import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
 import { formatSize } from "./units.ts";
+import { startNodeMetrics } from "./metrics.ts";
 import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust.ts";
 import { bringUp, type JobOptions } from "./node/bringup.ts";
 import { quantiles, type Quantiles } from "./stats.ts";
@@ -50,6 +51,10 @@ export interface NodeOptions extends JobOptions {
   poison?: { rank: number; factor: number };
   /** How owners combine contributions (default sum, in the XDP program). */
   aggregate?: AggregateMode;
+  /** Serve Prometheus metrics at ADDR:PORT while running (src/metrics.ts). */
+  metrics?: string;
+  /** One line each for what the user should know at start (stale pins replaced). */
+  note?: (line: string) => void;
   /** Where the node says what happens to the swarm (a member suspected, dead, back). */
   log?: (line: string) => void;
   /** Backup workers: a round goes once this many members are in (see CommunicatorOptions.quorum). */
@@ -112,6 +117,8 @@ export interface NodeReport {
   straggler: StragglerReport;
   /** Rounds lost because a member died during them (the run went on). */
   failed_rounds: FailedRound[];
+  /** Timed rounds that produced no result (their result_sha256 is null); verified is false when any was lost. */
+  lost_rounds: number;
 }
 
 export interface FailedRound {
@@ -119,6 +126,8 @@ export interface FailedRound {
   iteration: number;
   missing: number[];
   error: string;
+  /** From the round's start until we gave it up and went on (what the death cost us). */
+  ms: number;
 }
 
 export interface StragglerReport {
@@ -155,14 +164,15 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
   const N = o.peers.length;
   const node = bringUp({
     op: "swarm", iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode, chunkElems: o.chunkElems,
-    key: o.key, auth: o.auth, roundElems: n, keepAttached: o.keepAttached,
+    key: o.key, auth: o.auth, roundElems: n, keepAttached: o.keepAttached, note: o.note,
     mtuAdvice: (needed) => `ip link set dev ${o.iface} mtu ${needed}; veth takes at most 3504 with native XDP`,
   });
-  const { chunkElems, attachedByUs } = node;
+  const { chunkElems } = node;
   let comm: Communicator | undefined;
   let swarm: Swarm | undefined;
   // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
   let arena: Arena | undefined;
+  let metrics: ReturnType<typeof startNodeMetrics> | undefined;
   try {
     let umem: { ptr: number; bytes: number } | undefined;
     if (o.rx === "xsk") {
@@ -179,12 +189,17 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     }, o.log);
     swarm = node.swarm!;
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
+    if (o.metrics) {
+      metrics = startNodeMetrics(o.metrics, comm, swarm, { rank: o.rank, peers: N, job: comm.job, iface: o.iface, bytesPerRound: n * 4 });
+      o.note?.(`metrics at ${metrics.url}`);
+    }
     const failedRounds: FailedRound[] = [];
     /** A round that failed because members died (every survivor loses it,
      * or the few that had the dead member's results do not): once the swarm
      * holds every missing member dead (within 3 s), note it and go on; the
      * next rounds' plans leave the dead out. Any other failure ends the run. */
     const survive = async <T>(iteration: number, f: () => Promise<T>): Promise<T | null> => {
+      const t = performance.now();
       try {
         return await f();
       } catch (e) {
@@ -193,7 +208,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         const until = performance.now() + 3000;
         while (!dead() && performance.now() < until) await Bun.sleep(50); // the swarm ticks meanwhile
         if (!dead()) throw e;
-        failedRounds.push({ iteration, missing: e.missingRanks, error: e.message });
+        failedRounds.push({ iteration, missing: e.missingRanks, error: e.message, ms: +(performance.now() - t).toFixed(1) });
         o.log?.(`${e.message}: ${e.missingRanks.map((k) => `rank ${k}`).join(", ")} died; going on without`);
         return null;
       }
@@ -212,7 +227,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, scaleOf(o.rank), x, n);
       const reps = await survive(-1, () => comm!.allreduce(x));
       if (reps && o.verify && reference)
-        verifyRobust(x, reps.map((p) => comm!.contributorsOf(p.round, p.chunks)), reference,
+        verifyRobust(x, reps.map((p) => p.contributors!), reference,
           { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active: reps.map((p) => p.active) });
     }
     const t: Tally = {
@@ -236,12 +251,14 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         // rounds in step with the other survivors (they lost it too, or not)
         await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
         hashes.push(null);
+        metrics?.roundLost();
         continue;
       }
       times.push(performance.now() - t0);
+      metrics?.roundDone(times[times.length - 1]);
       // per chunk, the contributions its result holds (rx "xsk" keeps no
       // count: the plan's active members then)
-      const kept = comm.xsk ? null : reps.map((p) => comm!.contributorsOf(p.round, p.chunks));
+      const kept = comm.xsk ? null : reps.map((p) => p.contributors!);
       const active = reps.map((p) => p.active);
       for (const a of active) t.active.push(a);
       const whole = active.every((a) => a.length === N) && (!kept || kept.every((k) => k.every((v) => v === N)));
@@ -269,8 +286,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       hashes.push(new Bun.CryptoHasher("sha256").update(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)).digest("hex"));
       progress?.(r + 1, o.rounds, times[times.length - 1]);
     }
-    return nodeReport(o, t, { n, chunkElems, attachedByUs, comm, swarm, arena });
+    return nodeReport(o, t, { n, chunkElems, attachedByUs: node.attachedByUs, comm, swarm, arena });
   } finally {
+    metrics?.stop();
     node.end("polite");
     arena?.close();
   }
@@ -308,7 +326,8 @@ function nodeReport(
     round_ms: quantiles(times),
     round_times_ms: times.map((ms) => +ms.toFixed(3)),
     rel_l2_error_max: o.verify ? t.maxErr : null,
-    verified: o.verify && times.length > 0 && t.maxErr <= 1e-3,
+    verified: o.verify && times.length > 0 && t.maxErr <= 1e-3 && times.length === o.rounds,
+    lost_rounds: o.rounds - times.length,
     result_sha256: t.hashes,
     retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
     timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,

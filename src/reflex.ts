@@ -5,7 +5,7 @@
 import { ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import objPath from "../bpf/build/ainftp.bpf.o" with { type: "file" };
 import { libbpf } from "../native/libbpf.ts";
-import { closeFd, cstr } from "../native/libc.ts";
+import { closeFd, cstr, ifNameToIndex } from "../native/libc.ts";
 import { libbpfLog, shim } from "../native/shim.ts";
 import {
   BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig, encodePlan,
@@ -476,6 +476,25 @@ export class ReflexObject extends ReflexMaps {
   }
 }
 
+/** Refuses pins whose link is gone or sits on another interface (a deleted
+ * namespace's pins, found again through a reused inode number): nothing
+ * would sum into those maps, and every round would stall. */
+function requireLiveLink(pinDir: string): void {
+  const iface = pinDir.slice(pinDir.lastIndexOf("/") + 1);
+  const link = shim.ainftp_obj_get(cstr(`${pinDir}/link`));
+  const info = new Uint32Array(3);
+  const ok = link >= 0 && shim.ainftp_link_info(link, info) >= 0;
+  if (link >= 0) closeFd(link);
+  // (the interface by name only in our own namespace: a process outside it
+  // may open another namespace's pins, and sees no such interface here)
+  const ifindex = ifNameToIndex(iface);
+  if (ok && info[2] !== 0 && (ifindex === 0 || info[2] === ifindex)) return;
+  const why = !ok ? "no pinned link" : info[2] === 0 ? "the link is gone" : `the link is on interface ${info[2]}, not ${iface} (${ifindex})`;
+  throw new AinftpError("open", `stale pins in ${pinDir} (${why}): the program is not on ${iface}`, {
+    hint: `remove them with 'ainftp detach ${iface}' and attach again ('ainftp swarm' replaces them itself)`,
+  });
+}
+
 /** The maps of a program attached by `ainftp attach`, opened from its pins. */
 export class PinnedReflex extends ReflexMaps {
   readonly pinDir: string;
@@ -502,6 +521,7 @@ export class PinnedReflex extends ReflexMaps {
       }
       const info = new Uint32Array(6);
       check(shim.ainftp_map_info(fds.get("slots")!, info), "open", "reading map info failed");
+      requireLiveLink(pinDir);
       return new PinnedReflex(pinDir, info[3] / BANKS, fds);
     } catch (e) {
       for (const fd of fds.values()) closeFd(fd);

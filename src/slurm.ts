@@ -298,11 +298,60 @@ async function resolveOne(name: string): Promise<string> {
   }
 }
 
-/** The IPv4 address of every name, in order; each distinct name is looked up once. */
-export async function resolveHosts(names: string[]): Promise<string[]> {
+/** `scontrol show node -o NAMES`: one line per node, NodeName=… NodeAddr=… among its fields. */
+export function scontrolShowNodes(names: string[]): string {
+  let r: ReturnType<typeof Bun.spawnSync>;
+  try {
+    r = Bun.spawnSync(["scontrol", "show", "node", "-o", names.join(",")], { stdout: "pipe", stderr: "pipe", timeout: 10_000 });
+  } catch {
+    return "";
+  }
+  return r.exitCode === 0 ? (r.stdout?.toString() ?? "") : "";
+}
+
+/** NodeName → NodeAddr from `scontrol show node -o` (NodeAddr defaults to the name). */
+export function parseNodeAddrs(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const name = /(?:^|\s)NodeName=(\S+)/.exec(line)?.[1];
+    const addr = /(?:^|\s)NodeAddr=(\S+)/.exec(line)?.[1];
+    if (name && addr) out.set(name, addr);
+  }
+  return out;
+}
+
+/**
+ * The IPv4 address of every name, in order; each distinct name is looked up
+ * once. A name that does not resolve is looked up as a SLURM node: its
+ * NodeAddr (`scontrol show node`), an address or a name that resolves.
+ */
+export async function resolveHosts(names: string[], o: { scontrol?: (names: string[]) => string } = {}): Promise<string[]> {
   const unique = [...new Set(names)];
-  const addrs = new Map(await Promise.all(unique.map(async (n) => [n, await resolveOne(n)] as const)));
+  const found = await Promise.all(unique.map((n) => resolveOne(n).then((a) => [n, a] as const, (e: AinftpError) => [n, e] as const)));
+  const failed = found.filter(([, a]) => a instanceof AinftpError).map(([n]) => n);
+  const nodeAddr = failed.length ? parseNodeAddrs((o.scontrol ?? scontrolShowNodes)(failed)) : new Map<string, string>();
+  const addrs = new Map<string, string>();
+  for (const [n, a] of found) {
+    if (!(a instanceof AinftpError)) {
+      addrs.set(n, a);
+      continue;
+    }
+    const via = nodeAddr.get(n);
+    if (via === undefined || via === n)
+      throw new AinftpError(a.op, a.message.replace(/^resolve hosts: /, ""), {
+        hint: `check the name (getent ahostsv4 ${n}); give the node a NodeAddr in slurm.conf (scontrol show node ${n}), or pass --peers with addresses`,
+      });
+    addrs.set(n, await resolveOne(via));
+  }
   return names.map((n) => addrs.get(n)!);
+}
+
+/** The socket `swarm --slurm --serve` listens on unless --socket says: one per
+ * job and node, since nodes (or several slurmd) may share /run. */
+export function slurmSocketPath(env: Env = process.env): string {
+  const job = (env.SLURM_JOB_ID ?? env.SLURM_JOBID ?? "0").trim();
+  const node = (env.SLURMD_NODENAME ?? env.HOSTNAME ?? "node").trim().replace(/[^A-Za-z0-9_.-]+/g, "_");
+  return `/run/ainftp/slurm-${job}-${node}.sock`;
 }
 
 /** The device and source address in the output of `ip -j route get ADDR`. */
@@ -341,6 +390,8 @@ export interface SlurmMembers {
   iface: string;
   /** Where each value came from, for the node's log line. */
   source: string;
+  /** Default socket of --serve under SLURM (slurmSocketPath). */
+  socket: string;
 }
 
 /**
@@ -360,7 +411,7 @@ export async function slurmMembers(env: Env = process.env, o: { iface?: string }
   const other = peers.find((_, i) => i !== job.rank);
   const iface = o.iface ?? (other === undefined ? "lo" : routeInterface(other));
   return {
-    peers, rank: job.rank, job: job.jobId, iface,
+    peers, rank: job.rank, job: job.jobId, iface, socket: slurmSocketPath(env),
     source: `SLURM job ${env.SLURM_JOB_ID ?? env.SLURM_JOBID}${env.SLURM_STEP_ID !== undefined ? `.${env.SLURM_STEP_ID}` : ""}, ${job.size} tasks on ${job.nodeNames.length} nodes`,
   };
 }

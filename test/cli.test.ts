@@ -7,6 +7,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { run } from "../cli/program.ts";
 import type { IO } from "../cli/io.ts";
+import { EXIT_ROUNDS_LOST, EXIT_VERIFY_FAILED, swarmExitCode } from "../cli/swarm.ts";
 import { COUNTERS } from "../src/abi.ts";
 import { BIN, ROOT, canUseNetns, createLab, ensureBuilt, sh, type Lab } from "./helpers/netns.ts";
 
@@ -128,6 +129,22 @@ describe("parsing and usage (in-process)", () => {
     expect(d.stderr).toContain("Give auto, 0 (wait for everyone) or a grace in ms");
     const h = await cli(["swarm", "--help"]);
     for (const w of ["--quorum <k>", "--deadline <ms|auto>", "backup workers"]) expect(h.stdout).toContain(w);
+  });
+
+  test("swarm exit codes: 0 only when every round completed (and verified), 3 when verification failed, 4 when rounds were lost", () => {
+    const r = (verified: boolean, err: number | null, lost: number) => ({ verified, rel_l2_error_max: err, lost_rounds: lost });
+    expect(swarmExitCode(r(true, 1e-5, 0), true)).toBe(0);
+    expect(swarmExitCode(r(false, null, 0), false)).toBe(0);
+    expect(swarmExitCode(r(false, 0.5, 0), true)).toBe(EXIT_VERIFY_FAILED);
+    expect(swarmExitCode(r(false, Infinity, 0), true)).toBe(EXIT_VERIFY_FAILED);
+    expect(swarmExitCode(r(false, NaN, 0), true)).toBe(EXIT_VERIFY_FAILED);
+    expect(swarmExitCode(r(false, 1e-5, 199), true)).toBe(EXIT_ROUNDS_LOST);
+    expect(swarmExitCode(r(false, null, 1), false)).toBe(EXIT_ROUNDS_LOST);
+    // wrong results outrank missing ones
+    expect(swarmExitCode(r(false, 0.5, 3), true)).toBe(EXIT_VERIFY_FAILED);
+    // every round lost: nothing verified at all
+    expect(swarmExitCode(r(false, 0, 10), true)).toBe(EXIT_ROUNDS_LOST);
+    expect([EXIT_VERIFY_FAILED, EXIT_ROUNDS_LOST]).toEqual([3, 4]);
   });
 
   test("unknown command, unknown option and missing argument → exit 2", async () => {

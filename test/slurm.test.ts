@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import { AinftpError } from "../src/errors.ts";
 import {
-  MAX_HOSTS, expandHostlist, expandTasksPerNode, parseRouteGet, resolveHosts, routeInterface, slurmBootstrap, taskNodes,
+  MAX_HOSTS, expandHostlist, expandTasksPerNode, parseNodeAddrs, parseRouteGet, resolveHosts, routeInterface, slurmBootstrap, slurmSocketPath, taskNodes,
 } from "../src/slurm.ts";
 
 /** The AinftpError fn throws; fails the test when it throws nothing or something else. */
@@ -229,6 +229,44 @@ describe("resolveHosts", () => {
     expect(e).toBeInstanceOf(AinftpError);
     expect(e.message).toContain("'no-such-host.invalid'");
     expect(e.hint).toContain("--peers");
+  });
+});
+
+describe("NodeAddr when a node name does not resolve (scontrol show node)", () => {
+  // as `scontrol show node -o sn0,sn1` prints it (slurm-wlm 22.05), fields trimmed
+  const SHOW = [
+    "NodeName=sn0 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=1 NodeAddr=10.213.75.1 NodeHostName=sn0 Version=22.05.8 OS=Linux State=IDLE Partitions=p",
+    "NodeName=sn1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=1 NodeAddr=localhost NodeHostName=sn1 Version=22.05.8 OS=Linux State=IDLE Partitions=p",
+    "NodeName=sn2 Arch=x86_64 NodeAddr=sn2 NodeHostName=sn2 State=IDLE",
+  ].join("\n");
+
+  test("parseNodeAddrs reads NodeName → NodeAddr", () => {
+    expect([...parseNodeAddrs(SHOW)]).toEqual([["sn0", "10.213.75.1"], ["sn1", "localhost"], ["sn2", "sn2"]]);
+    expect(parseNodeAddrs("").size).toBe(0);
+  });
+
+  test("names that do not resolve take their NodeAddr (an address, or a name that resolves); scontrol is asked once, for those only", async () => {
+    const asked: string[][] = [];
+    const scontrol = (names: string[]) => (asked.push(names), SHOW);
+    expect(await resolveHosts(["sn0", "localhost", "sn1"], { scontrol }))
+      .toEqual(["10.213.75.1", "127.0.0.1", "127.0.0.1"]);
+    expect(asked).toEqual([["sn0", "sn1"]]);
+  });
+
+  test("a node whose NodeAddr is its unresolvable name, or that scontrol does not know, is named with the fix", async () => {
+    for (const name of ["sn2", "sn9"]) {
+      const e = await resolveHosts([name], { scontrol: () => SHOW }).catch((x) => x);
+      expect(e).toBeInstanceOf(AinftpError);
+      expect(e.message).toContain(`'${name}'`);
+      expect(e.hint).toContain("NodeAddr");
+    }
+  });
+
+  test("the --serve socket is unique per job and node", () => {
+    expect(slurmSocketPath({ SLURM_JOB_ID: "42", SLURMD_NODENAME: "sn0" })).toBe("/run/ainftp/slurm-42-sn0.sock");
+    expect(slurmSocketPath({ SLURM_JOB_ID: "42", SLURMD_NODENAME: "sn1" })).not.toBe(slurmSocketPath({ SLURM_JOB_ID: "42", SLURMD_NODENAME: "sn0" }));
+    expect(slurmSocketPath({ SLURM_JOB_ID: "43", SLURMD_NODENAME: "sn0" })).not.toBe(slurmSocketPath({ SLURM_JOB_ID: "42", SLURMD_NODENAME: "sn0" }));
+    expect(slurmSocketPath({ SLURM_JOB_ID: "7", SLURMD_NODENAME: "a/b c" })).toBe("/run/ainftp/slurm-7-a_b_c.sock");
   });
 });
 

@@ -173,6 +173,7 @@ export class Communicator implements Disposable {
       } finally {
         h.inRound = false;
       }
+      rep.contributors = h.xsk ? null : this.contributorsOf(rep.round, rep.chunks);
       reports.push(rep);
       if (opts.op === "mean") this.divide(rep, out, off, end);
     }
@@ -184,7 +185,7 @@ export class Communicator implements Disposable {
    * "xsk" keeps no per-chunk count: the plan's active members). */
   private divide(rep: RoundReport, out: Float32Array, off: number, end: number): void {
     const E = this.h.chunkElems;
-    const k = this.h.xsk ? new Uint16Array(rep.chunks).fill(rep.active.length) : this.contributorsOf(rep.round, rep.chunks);
+    const k = rep.contributors ?? new Uint16Array(rep.chunks).fill(rep.active.length);
     for (let c = 0; c < rep.chunks; c++) {
       const from = off + c * E, to = Math.min(end, from + E);
       const d = k[c] || 1;

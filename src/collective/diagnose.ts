@@ -74,7 +74,7 @@ async function askStatus(h: Host, st: RoundState): Promise<void> {
 /** The round missed its deadline: say who is missing. Every member is
  * asked whom it waits for (and so shown alive), so that a live member
  * blocked by a dead one is not blamed for it. */
-export async function fail(h: Host, st: RoundState, bankBase: number): Promise<never> {
+export async function fail(h: Host, st: RoundState, bankBase: number, cause?: string): Promise<never> {
   const on = waitsOn(h, st, bankBase);
   await askStatus(h, st);
   const alive = new Set(h.statusAnswers.keys());
@@ -95,9 +95,57 @@ export async function fail(h: Host, st: RoundState, bankBase: number): Promise<n
     }
   }
   const ranks = [...missing].sort((a, b) => a - b);
-  // the next round's leader: the plan's choice is lost with this round,
-  // so every survivor takes the first live member after this leader
-  h.leaderNext = liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
-  throw new RoundError(`round ${st.r}`, `not complete after ${h.o.roundTimeoutMs} ms: missing ${describeRanks(ranks, h.peers)}; ${parts.join("; ")}`, ranks,
+  // the next round's leader: the plan's choice when we have the plan (the
+  // survivors that completed this round take it too; a dead choice is
+  // skipped by everyone alike), else the first live member after this leader
+  h.leaderNext = st.sent ? st.next : liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
+  throw new RoundError(`round ${st.r}`, `${cause ?? `not complete after ${h.o.roundTimeoutMs} ms`}: missing ${describeRanks(ranks, h.peers)}; ${parts.join("; ")}`, ranks,
     "check that those members are running and attached; a member that died must be restarted with the whole job");
+}
+
+/** Members the swarm holds dead that this round cannot do without: the
+ * leader whose plan we lack (or who died with its plan half sent: the
+ * members without it gave the round up), owners of results we lack (once
+ * our own results are out, so that the survivors holding the dead owner's
+ * results complete the round with ours). Our slots that lack only a dead
+ * member's contribution are closed without it instead (closeForDead). */
+export function deadWeWaitFor(h: Host, st: RoundState, bankBase: number): number[] {
+  const dead = h.othersMask & ~h.liveMask;
+  if (!dead) return [];
+  let m = 0n;
+  if (!st.sent) {
+    if (st.leader !== h.rank && !st.haveShared && Host.has(dead, st.leader)) m |= 1n << BigInt(st.leader);
+  } else if (Host.has(dead, st.leader) && h.clock.now() - st.lastProgress > TUNING.LEADERLESS_MS) {
+    m |= 1n << BigInt(st.leader);
+  } else if (st.ownedDoneCount === st.owned.length) {
+    const k = missingResults(h, st, bankBase);
+    for (let i = 0; i < Math.min(k, h.capacity); i++) {
+      const o = ownerOf(st, h.chunkList[i]);
+      if (Host.has(dead, o)) m |= 1n << BigInt(o);
+    }
+  }
+  return h.others.filter((p) => Host.has(m, p));
+}
+
+/** Closes our open slots whose missing contributions all belong to members
+ * the swarm holds dead (the deadline's close, early): their results go out
+ * with the contributions present, each saying how many it holds. Returns
+ * how many it closed. */
+export function closeForDead(h: Host, st: RoundState, bankBase: number): number {
+  const dead = h.othersMask & ~h.liveMask & st.active;
+  if (!dead) return 0;
+  const close: number[] = [];
+  for (let i = 0; i < st.owned.length; i++) {
+    const c = st.owned[i];
+    if (st.ownedDone[c]) continue;
+    const slot = h.maps.slot(bankBase + c);
+    const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
+    const missing = st.active & h.othersMask & ~seen;
+    if (missing && !(missing & ~dead)) close.push(c);
+  }
+  if (close.length) {
+    h.maps.closeSlots(st.r, close, { force: true, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank] });
+    h.stats.deadlineCloses += close.length;
+  }
+  return close.length;
 }

@@ -14,6 +14,7 @@ import type { Clock, Datagrams, EventRingPort, ReflexPort } from "./ports.ts";
 import type { Plan } from "./round-state.ts";
 import type { RobustPolicy } from "./robust-policy.ts";
 import type { SentryPolicy } from "./sentry-policy.ts";
+import { RttEstimator } from "./rtt.ts";
 
 /** A round's results we own, kept for members that fall behind (recovery.ts). */
 export interface CachedResults {
@@ -60,6 +61,8 @@ export class Host {
 
   // ---- carried from round to round ----
   nextRound = 0;
+  /** Round-trips of our contributions: the retransmission timer and RACK (rtt.ts). */
+  readonly rtt = new RttEstimator();
   /** The next round's leader: named by the last plan (all agree on it). */
   leaderNext = 0;
   /** Lateness per member, as the last plan left it (see TUNING.LATE_SLOW). */

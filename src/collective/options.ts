@@ -100,10 +100,13 @@ export const DEFAULTS = {
 export const TUNING = {
   /** Payload bytes of one control packet (exponents per packet). */
   CTRL_PAYLOAD: 1400,
-  /** Fast retransmit: a result this many positions behind the furthest result
-   * of the same owner, and missing for GAP_MS (doubling per try), is lost. */
-  GAP_BEHIND: 2,
-  GAP_MS: 4,
+  /** (Fast retransmit is RACK's, timed by measured round-trips: rtt.ts.)
+   * How often a round looks whether the swarm declared dead a member it
+   * waits on (the swarm ticks every 20 ms). */
+  DEATH_CHECK_MS: 20,
+  /** A round whose leader died after we had its plan is given up after
+   * this long without progress: the members without the plan gave it up. */
+  LEADERLESS_MS: 200,
   /** At a deadline, how long owners get to say whom they wait for. */
   STATUS_WAIT_MS: 300,
   /** With the sentry: how far (in powers of two) a rank's exponent may exceed
@@ -224,6 +227,10 @@ export interface RoundReport {
    * less any the sentry dropped or a deadline closed out). */
   active: number[];
   leader: number;
+  /** Per chunk, the contributions its result holds, read as the round ended
+   * (the results map keeps two rounds: a later read of a long vector's
+   * first rounds finds the next rounds' results there); null with rx "xsk". */
+  contributors?: Uint16Array | null;
 }
 
 /** A round failed: members did not answer in time, or one left. */

@@ -104,7 +104,7 @@ export function drainEvents(h: Host, st: RoundState | null, bankBase: number): v
       } else if (type === EV_RESULT) {
         if (round === st.r && chunk < st.nchunks && !st.xdone[chunk]) {
           st.resultsSeen++;
-          gotResult(st, chunk);
+          gotResult(st, chunk, h);
         }
       }
     }
@@ -125,13 +125,20 @@ export function drainXsk(h: Host, st: RoundState): void {
   if (n === 0) return;
   if (st.r > h.cfg.roundBase) h.advanceWindow(st.r); // a result of round r: everyone finished r-1
   st.resultsSeen += n;
-  for (let i = 0; i < Math.min(n, newly.length); i++) gotResult(st, newly[i]);
+  for (let i = 0; i < Math.min(n, newly.length); i++) gotResult(st, newly[i], h);
 }
 
-/** A result arrived: it acknowledges one chunk of its owner's window. */
-export function gotResult(st: RoundState, chunk: number): void {
+/** A result arrived: it acknowledges one chunk of its owner's window, and
+ * times its round-trip (Karn: only of a chunk sent once; the result of one
+ * sent again tells whether that was needed). */
+export function gotResult(st: RoundState, chunk: number, h: Host): void {
   const o = ownerOf(st, chunk);
   st.xdone[chunk] = 1;
+  if (st.sentAt[chunk] > 0) {
+    const since = h.clock.now() - st.sentAt[chunk];
+    if (st.tries[chunk] === 0) h.rtt.sample(since);
+    else h.rtt.resultAfterRetransmit(since);
+  }
   st.acked[o]++;
   const k = Math.floor(chunk / st.K);
   if (k > st.furthest[o]) st.furthest[o] = k;

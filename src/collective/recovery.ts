@@ -1,7 +1,9 @@
 // Loss recovery. A member missing results sends its contributions again
-// (flagged F_RETRANSMIT): fast, when a result well behind one that arrived
-// is missing (retransmitGaps), or on the timer when nothing moves
-// (retransmit). A retransmit to a completed slot makes the owner's program
+// (flagged F_RETRANSMIT): fast, when a chunk sent before one whose result
+// arrived is older than the round-trip plus a reordering window (RACK,
+// retransmitGaps), or on the timer when nothing moves (retransmit: first a
+// tail-loss probe, then everything older than the RTO); both timed by
+// measured round-trips (rtt.ts). A retransmit to a completed slot makes the owner's program
 // raise a resend event and the owner sends the stored result again
 // (resend), from its results map or, for a member that fell further behind,
 // from the cache of the last CACHE_ROUNDS rounds. A passive member asks
@@ -16,23 +18,25 @@ import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
-const { GAP_BEHIND, GAP_MS, CACHE_ROUNDS } = TUNING;
+const { CACHE_ROUNDS } = TUNING;
 
-/** Fast retransmit: an owner completes slots in the order we (and every
- * member) sent them, so a missing result well behind one that arrived
- * means a lost packet. Send those chunks again now instead of waiting for
- * the timer (which only fires when nothing at all moves). */
+/** Fast retransmit (RACK, RFC 8985): an owner completes slots in the order
+ * we (and every member) sent them, so a chunk sent before one whose result
+ * arrived, and older than the round-trip plus the reordering window, is
+ * lost. Send those chunks again now instead of waiting for the timer
+ * (which only fires when nothing at all moves). A result merely reordered
+ * comes within the window; a retransmission that proves spurious widens it. */
 export function retransmitGaps(h: Host, st: RoundState): void {
   const now = h.clock.now();
   for (let o = 0; o < h.size; o++) {
     if (o === h.rank) continue;
     const list = st.ownerChunks[o];
     while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
-    const upto = Math.min(st.pos[o], st.furthest[o] - GAP_BEHIND);
+    const upto = Math.min(st.pos[o], st.furthest[o]);
     let late: number[] | null = null;
     for (let k = st.lowest[o]; k < upto; k++) {
       const c = list[k];
-      if (st.xdone[c] || now - st.sentAt[c] < GAP_MS * (1 << Math.min(st.tries[c], 5))) continue;
+      if (st.xdone[c] || !h.rtt.lost(st.sentAt[c], now, st.tries[c])) continue;
       (late ??= []).push(c);
     }
     if (late) sendAgain(h, st, o, late);
@@ -49,24 +53,31 @@ export function missingResults(h: Host, st: RoundState, bankBase: number): numbe
   return m;
 }
 
-/** No progress for a while: ask again for missing exponents, or send again
- * the contributions whose results have not come back. */
-export function retransmit(h: Host, st: RoundState, bankBase: number): void {
+/** No progress for `rto` ms: ask again for missing exponents, or send again
+ * the contributions whose results have not come back and that were sent at
+ * least `rto` ago. A `probe` (the first timeout since progress; RACK-TLP)
+ * sends only the last chunk each owner lacks: its result shows, by RACK,
+ * which earlier ones are lost, and a probe into a round merely slow costs
+ * one packet per owner instead of the whole window again. */
+export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, probe = false): void {
   if (!st.sent) {
     const mine = myExps(h, st);
     for (const p of expsAwaited(h, st)) sendExps(h, p, st.r, mine, CTRL_EXPS_REQ);
     return;
   }
   const m = missingResults(h, st, bankBase);
+  const now = h.clock.now();
   const byOwner = new Map<number, number[]>();
   for (let i = 0; i < Math.min(m, h.capacity); i++) {
     const c = h.chunkList[i];
     const o = ownerOf(st, c);
     if (o === h.rank || (!st.passive && Math.floor(c / st.K) >= st.pos[o])) continue;
+    if (!st.passive && now - st.sentAt[c] < rto) continue; // in flight, not lost
     let l = byOwner.get(o);
     if (!l) byOwner.set(o, (l = []));
     l.push(c);
   }
+  if (probe && !st.passive) for (const [o, list] of byOwner) byOwner.set(o, list.slice(-1));
   for (const [o, list] of byOwner) {
     // our contributions again (the owner may lack them), and the results
     // asked for by name: an owner that moved two rounds on answers from

@@ -5,7 +5,7 @@ import { coll } from "../../native/collective.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkCount, chunkExpsInto, NonFiniteGradientError } from "../quantize.ts";
 import { HDR } from "./control.ts";
-import { fail } from "./diagnose.ts";
+import { closeForDead, deadWeWaitFor, fail } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
 import type { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.ts";
@@ -125,8 +125,15 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
   const bankBase = (r & 1) * h.cfg.chunks;
   const deadline = st.t0 + h.o.roundTimeoutMs;
   const watch = READY_RING | READY_SOCK | (h.xsk ? READY_XSK : 0);
-  let interval = retransmitMs;
+  // The timer adapts to measured round-trips (rtt.ts): a tail-loss probe
+  // at 2·srtt, then the RTO, doubling while nothing moves. retransmitMs (a
+  // barrier's patience included) bounds the first interval: a busy peer
+  // costs a few doubling retransmissions, no more.
+  const firstRto = () => Math.min(retransmitMs, h.rtt.pto(retransmitMs, h.o.maxRetransmitMs));
+  let interval = firstRto();
   let nextRetx = h.clock.now() + interval;
+  let quiet = 0; // timeouts since the last progress: the first sends a probe
+  let nextDeathCheck = 0;
   for (;;) {
     // let signal handlers and timers run now and then (Ctrl-C mid-round),
     // across rounds too: short rounds never return to the event loop
@@ -145,11 +152,22 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (complete(h, st, bankBase)) break;
     const now = h.clock.now();
     if (now >= deadline) await fail(h, st, bankBase);
+    // a member the swarm declared dead: our slots that lack only its
+    // contributions close now; a round that needs its plan or its results
+    // is given up now, not at the deadline (the next plans leave it out)
+    if (now >= nextDeathCheck) {
+      nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
+      const dead = deadWeWaitFor(h, st, bankBase);
+      if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`);
+      if (st.sent) closeForDead(h, st, bankBase);
+    }
     if (now >= nextRetx) {
       st.lookInMap = true;
       h.stats.timeouts++;
-      retransmit(h, st, bankBase);
-      interval = Math.min(interval * 2, h.o.maxRetransmitMs);
+      retransmit(h, st, bankBase, interval, quiet++ === 0);
+      // after the probe, the RTO at least (the full retransmission waits out
+      // a stall the probe may have been sent into), doubling
+      interval = Math.min(Math.max(interval * 2, Math.min(retransmitMs, h.rtt.rto(retransmitMs, h.o.maxRetransmitMs))), h.o.maxRetransmitMs);
       nextRetx = now + interval;
     }
     // window-blocked: the wake-up for the results we wait on may be batched
@@ -172,7 +190,8 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
       st.lastProgress = h.clock.now();
       // results are flowing: nothing is lost yet, restart the timer
-      interval = retransmitMs;
+      interval = firstRto();
+      quiet = 0;
       nextRetx = h.clock.now() + interval;
     }
     if (st.sent) pump(h, st, x);
@@ -197,6 +216,7 @@ function endRound(h: Host, st: RoundState): RoundReport {
   // done with round r: every active member finished r-1 (it contributed);
   // a round completed from the map alone moved no window yet
   if (h.cfg.roundBase < r) h.advanceWindow(r);
+  h.rtt.endRound();
   // per member: a round it was active in (and, on our slots, not held in
   // quarantine), or one it sat out (passive, late, quarantined)
   const counted = st.active & (h.cfg.memberMask | (1n << BigInt(h.rank)));

@@ -3,10 +3,8 @@
 // signal handlers, attach-if-needed, the communicator and its swarm, and the
 // way out (a polite close that serves the peers' last resends, or an abort),
 // detaching only what we attached.
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { FRAME_OVERHEAD_V4, MAC_BYTES, MAX_ELEMS } from "../abi.ts";
-import { attach, detach, pinRoot, type AttachMode } from "../attach.ts";
+import { attachForNode, detach, type AttachMode } from "../attach.ts";
 import { Communicator, type CommunicatorOptions } from "../collective.ts";
 import { AinftpError } from "../errors.ts";
 import type { AuthMode } from "../jobkey.ts";
@@ -75,6 +73,8 @@ export interface BringupOptions extends JobOptions {
   /** Elements of the largest round: sizes the maps (at most MAX_MAP_CHUNKS chunks). */
   roundElems: number;
   keepAttached?: boolean;
+  /** One line each for what the user should know at start (stale pins replaced). */
+  note?: (line: string) => void;
   /** The MTU error's advice besides --chunk-elems (e.g. how to raise the MTU). */
   mtuAdvice?: (needed: number) => string;
 }
@@ -84,7 +84,8 @@ export class Node {
   readonly chunkElems: number;
   readonly chunks: number;
   readonly mtu: number;
-  readonly attachedByUs: boolean;
+  /** Set by open(): whether we attached the program (stale pins are replaced, never used). */
+  attachedByUs = false;
   comm: Communicator | undefined;
   swarm: Swarm | undefined;
   /** What a SIGINT/SIGTERM does; by default: abort, detach ours, exit 130. */
@@ -103,7 +104,6 @@ export class Node {
       });
     }
     this.chunks = Math.min(MAX_MAP_CHUNKS, chunkCount(o.roundElems, this.chunkElems));
-    this.attachedByUs = !existsSync(join(pinRoot(), o.iface, "link"));
     this.onSignal = () => {
       this.comm?.abort();
       this.detachOurs();
@@ -117,8 +117,9 @@ export class Node {
    * communicator (waiting for every peer) and starts its swarm. */
   async open(opts: Omit<CommunicatorOptions, "iface" | "peers" | "rank" | "port" | "job" | "key" | "auth">, log?: (line: string) => void): Promise<Communicator> {
     const o = this.o;
-    if (this.attachedByUs)
-      await attach(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: o.peers.length, chunks: this.chunks, chunkElems: this.chunkElems });
+    const att = await attachForNode(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: o.peers.length, chunks: this.chunks, chunkElems: this.chunkElems });
+    this.attachedByUs = att.attachedByUs;
+    for (const line of att.notes) o.note?.(line);
     this.comm = await Communicator.open({ iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, key: o.key, auth: o.auth, ...opts });
     checkPacketFits(this.comm, this.mtu, o.iface, o.op);
     this.swarm = new Swarm(this.comm, { iface: o.iface, log });

@@ -1,0 +1,121 @@
+// When to send a contribution again: from round-trips measured on this very
+// job, as TCP does (RFC 6298: srtt, rttvar, RTO = srtt + 4·rttvar), with a
+// floor suited to a datacenter's RTTs instead of TCP's 200 ms (or 1 s), and
+// RACK's reordering tolerance (RFC 8985): a chunk is lost when a chunk sent
+// after it to the same owner has its result and the chunk is older than the
+// latest round-trip plus a reordering window (a quarter of the minimum RTT,
+// widened each time a retransmission proves spurious). A round-trip here is
+// from a chunk's first sending to its result's arrival: the owner answers
+// only once every active member's contribution is in, so it holds the skew
+// between the senders and the wake-up batching too, which is what a timer
+// must wait out. Pure: no clock, no socket (the loop passes the times).
+
+/** No RTO (nor probe) below this (ms). An owner finishing a batch of slots,
+ * a wake-up batch, a descheduled peer on a busy 2-core host stall results
+ * for several ms with nothing lost; at 16 MiB a 2 ms floor fired in most
+ * clean rounds and made them slower (measured: median 206-693 ms against
+ * 137-166 ms), so the floor is 10 ms: a tail loss costs 10 ms, not 50. */
+export const RTO_FLOOR_MS = 10;
+/** The tail-loss probe (one packet per owner) may come sooner: from 2 ms. */
+export const PTO_FLOOR_MS = 2;
+/** A sample counts as at most this many srtt (plus the floor); see sample(). */
+export const SAMPLE_CLAMP = 4;
+/** The reordering window is at least this (ms). */
+export const REO_FLOOR_MS = 0.5;
+/** RFC 8985's reo_wnd_mult stops here: at most 16 quarter-RTTs. */
+export const REO_MULT_MAX = 16;
+/** A spurious-retransmission verdict is forgotten after this many clean rounds (RFC 8985: 16 recoveries). */
+export const REO_DECAY_ROUNDS = 16;
+/** Samples of the minimum RTT are kept over this many rounds (a windowed min, as BBR and RACK keep it). */
+export const MIN_RTT_ROUNDS = 64;
+
+export class RttEstimator {
+  /** Smoothed round-trip (ms); null before the first sample. */
+  srtt: number | null = null;
+  rttvar = 0;
+  /** The latest sample (RACK's rack.rtt). */
+  latest = 0;
+  samples = 0;
+  /** Retransmissions whose result came back too soon to be their own. */
+  spurious = 0;
+  private reoMult = 1;
+  private cleanRounds = 0;
+  private mins: number[] = [];
+  private roundMin = Infinity;
+
+  /** One round-trip (ms), of a chunk sent once (Karn: never of a retransmitted one).
+   * A sample above SAMPLE_CLAMP·srtt counts as that much: a result waits for
+   * the slowest member's contribution, so one member's loss (or a peer still
+   * finishing the last round) shows up in everyone's samples; unclamped,
+   * one stalled round lifts the RTO to its cap for the rounds after. */
+  sample(ms: number): void {
+    if (!(ms >= 0) || !Number.isFinite(ms)) return;
+    if (this.srtt !== null) ms = Math.min(ms, SAMPLE_CLAMP * this.srtt + RTO_FLOOR_MS);
+    this.samples++;
+    this.latest = ms;
+    if (ms < this.roundMin) this.roundMin = ms;
+    if (this.srtt === null) {
+      this.srtt = ms;
+      this.rttvar = ms / 2;
+    } else {
+      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - ms);
+      this.srtt = 0.875 * this.srtt + 0.125 * ms;
+    }
+  }
+
+  /** The smallest round-trip of the last MIN_RTT_ROUNDS rounds (ms); 0 before any. */
+  get minRtt(): number {
+    const m = Math.min(this.roundMin, ...this.mins);
+    return Number.isFinite(m) ? m : 0;
+  }
+
+  /** The retransmission timeout (ms): `initial` before any sample, else
+   * srtt + 4·rttvar within [RTO_FLOOR_MS, cap]. */
+  rto(initial: number, cap: number): number {
+    if (this.srtt === null) return initial;
+    return Math.min(cap, Math.max(RTO_FLOOR_MS, this.srtt + 4 * this.rttvar));
+  }
+
+  /** The tail-loss probe's timeout (RFC 8985 7.2: 2·srtt), within [PTO_FLOOR_MS, rto]. */
+  pto(initial: number, cap: number): number {
+    if (this.srtt === null) return initial;
+    return Math.min(this.rto(initial, cap), Math.max(PTO_FLOOR_MS, 2 * this.srtt));
+  }
+
+  /** RACK's reordering window (ms). */
+  reoWnd(): number {
+    return Math.max(REO_FLOOR_MS, (this.reoMult * this.minRtt) / 4);
+  }
+
+  /** Whether a chunk sent at `sentAt` (and not since) is lost at `now`,
+   * given that a chunk sent after it to the same owner has its result.
+   * `tries` doubles the wait for a chunk sent several times already. */
+  lost(sentAt: number, now: number, tries: number): boolean {
+    const rtt = this.srtt === null ? this.latest : Math.max(this.latest, this.srtt);
+    return now - sentAt >= (rtt + this.reoWnd()) * (1 << Math.min(tries, 5));
+  }
+
+  /** A result came back `sinceRetransmit` ms after we sent its chunk again:
+   * sooner than half the minimum round-trip, it answered the first sending,
+   * which was only late (reordered), not lost. Widen the window. */
+  resultAfterRetransmit(sinceRetransmit: number): void {
+    if (this.minRtt > 0 && sinceRetransmit < this.minRtt / 2) {
+      this.spurious++;
+      this.reoMult = Math.min(REO_MULT_MAX, this.reoMult + 1);
+      this.cleanRounds = 0;
+    }
+  }
+
+  /** A round ended: roll the minimum's window; after REO_DECAY_ROUNDS rounds without a spurious retransmission, narrow the window again. */
+  endRound(): void {
+    if (Number.isFinite(this.roundMin)) {
+      this.mins.push(this.roundMin);
+      if (this.mins.length > MIN_RTT_ROUNDS) this.mins.shift();
+    }
+    this.roundMin = Infinity;
+    if (++this.cleanRounds >= REO_DECAY_ROUNDS) {
+      this.reoMult = 1;
+      this.cleanRounds = 0;
+    }
+  }
+}
