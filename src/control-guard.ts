@@ -8,6 +8,7 @@
 // so both ends agree on the format.
 import { MAC_BYTES, MAGIC, PKT_CONTROL, SIZEOF, VERSION, readHeader } from "./abi.ts";
 import { macSeal, macVerify } from "../native/mac.ts";
+import type { Control } from "./collective/control.ts";
 
 const HDR = SIZEOF.ainftp_wire_hdr;
 /** Control kinds are 1..CTRL_KIND_MAX (ainftp_abi.h, enum ainftp_ctrl_kind). */
@@ -29,19 +30,8 @@ export const CONTROL_DROP_REASONS = [
 ] as const;
 export type ControlDrop = (typeof CONTROL_DROP_REASONS)[number];
 
-export interface ControlFrame {
-  kind: number;
-  rank: number;
-  round: number;
-  chunk: number;
-  flags: number;
-  payload: Uint8Array;
-  from: string;
-  /** From the member its rank names, of our job. Only a HELLO from one of
-   * our peers' addresses is returned with member false (a misconfigured
-   * member is told and reported; anyone else is answered nothing). */
-  member: boolean;
-}
+/** A control frame that passed the gate (the codec's Control). */
+export type ControlFrame = Control;
 
 export class ControlGuard {
   readonly drops = Object.fromEntries(CONTROL_DROP_REASONS.map((r) => [r, 0])) as Record<ControlDrop, number>;
