@@ -97,20 +97,9 @@ export interface ShapingCheck {
 }
 
 /** The back-to-back run of a system, beside its barrier-separated one. */
-export interface BackToBackRun {
-  status: "ok" | "na" | "failed";
-  reason: string | null;
-  verified: boolean | null;
-  warmup: number;
-  rounds: number;
-  round_ms: RoundQuantiles | null;
-  round_times_ms: number[];
-  wall_ms: number | null;
-  wire: WireCounts | null;
-  bandwidth: Bandwidth | null;
-  shaping: ShapingCheck | null;
-  detail: unknown;
-}
+export type BackToBackRun = Pick<
+  SystemRun, "status" | "reason" | "verified" | "warmup" | "rounds" | "round_ms" | "round_times_ms" | "wall_ms" | "wire" | "detail"
+> & { bandwidth: Bandwidth | null; shaping: ShapingCheck | null };
 
 export interface Metrics {
   wire_bytes_per_host_per_round: number | null;
