@@ -15,7 +15,7 @@ BPF_OBJ := bpf/build/ainftp.bpf.o
 SHIM := native/build/libainftp.so
 FIXTURES := test/fixtures/build/pass.bpf.o test/fixtures/build/reject.bpf.o
 BIN := dist/ainftp
-SOURCES := $(shell find cli src native -name '*.ts') package.json
+SOURCES := $(shell find cli src native -name '*.ts') $(wildcard src/bench/peers/*) package.json
 
 .PHONY: all setup deps bench-deps bun-install build test bench bench-all clean
 
@@ -47,6 +47,12 @@ bench-deps:
 bun-install: package.json
 	bun install --frozen-lockfile
 
+# A fresh clone has no node_modules: `make` installs them (order-only, so a
+# newer package.json alone does not rebuild; `make bun-install` refreshes).
+node_modules:
+	@command -v bun >/dev/null || { echo "make: bun is not installed: run 'make setup' (as root) first, or install Bun $(BUN_VERSION)" >&2; exit 1; }
+	bun install --frozen-lockfile
+
 # ---- build -----------------------------------------------------------------
 build: $(BIN) $(FIXTURES)
 
@@ -69,7 +75,7 @@ test/fixtures/build/%.bpf.o: test/fixtures/%.bpf.c
 	@mkdir -p $(@D)
 	$(CLANG) -O2 -g -target bpf -Wall -I/usr/include/$(shell uname -m)-linux-gnu -c $< -o $@
 
-$(BIN): $(BPF_OBJ) $(SHIM) $(SOURCES)
+$(BIN): $(BPF_OBJ) $(SHIM) $(SOURCES) | node_modules
 	@mkdir -p $(@D)
 	bun build --compile cli/index.ts --outfile $@
 

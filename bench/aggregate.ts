@@ -7,7 +7,7 @@
 import Table from "cli-table3";
 import type { NodeReport } from "../src/node.ts";
 import { formatSize, parseSize } from "../src/units.ts";
-import { BIN, canUseNetns, createLab, ensureBuilt } from "../test/helpers/netns.ts";
+import { BIN, canUseNetns, createLab, ensureBuilt } from "../src/lab/netns.ts";
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(name);

@@ -9,10 +9,10 @@
 import Table from "cli-table3";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { BIN, canUseNetns, createLab, ensureBuilt } from "../test/helpers/netns.ts";
+import { BIN, canUseNetns, createLab, ensureBuilt } from "../src/lab/netns.ts";
 import type { NodeReport } from "../src/node.ts";
 import { formatSize, parseSize } from "../src/units.ts";
-import { runBaselines, type BaselineSystem } from "./baselines/run.ts";
+import { runBaselines, type BaselineSystem } from "../src/bench/baselines.ts";
 
 interface Row {
   system: string;

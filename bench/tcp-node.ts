@@ -8,51 +8,11 @@
 // Peers are in ring order, ADDR or ADDR:PORT. With --json it prints one JSON
 // line (the report, or {"error": …} and exit 1); without, one summary line.
 import { AinftpError } from "../src/errors.ts";
-import { DEFAULT_CHUNK_BYTES, runTcpRing, TCP_RING_PORT, type TcpRingOptions } from "../src/bench/tcp-ring.ts";
-import { formatSize, parseSize } from "../src/units.ts";
+import { DEFAULT_CHUNK_BYTES, parseTcpNodeArgs, runTcpRing } from "../src/bench/tcp-ring.ts";
+import { formatSize } from "../src/units.ts";
 
-const USAGE =
-  "usage: bun bench/tcp-node.ts --peers A,B,… --rank R [--port P] --size 16MiB --rounds N [--warmup W] [--seed S] " +
-  "[--chunk 64KiB] [--connect-timeout SECONDS] [--spin] [--no-verify] [--json]";
-
-export function parseArgs(argv: string[]): TcpRingOptions & { json: boolean } {
-  const o: TcpRingOptions & { json: boolean } = { peers: [], rank: -1, port: TCP_RING_PORT, elements: 0, rounds: 20, json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new AinftpError("tcp-node", `${a} needs a value`, { hint: USAGE });
-      return v;
-    };
-    const int = (v: string) => {
-      if (!/^\d+$/.test(v)) throw new AinftpError("tcp-node", `${a}: not a whole number: ${v}`);
-      return Number(v);
-    };
-    switch (a) {
-      case "--peers": o.peers = val().split(",").filter(Boolean); break;
-      case "--rank": o.rank = int(val()); break;
-      case "--port": o.port = int(val()); break;
-      case "--size": {
-        const bytes = parseSize(val(), "--size");
-        if (bytes % 4) throw new AinftpError("tcp-node", `--size ${bytes} bytes is not a whole number of float32s`);
-        o.elements = bytes / 4;
-        break;
-      }
-      case "--rounds": o.rounds = int(val()); break;
-      case "--warmup": o.warmup = int(val()); break;
-      case "--seed": o.seed = int(val()); break;
-      case "--chunk": o.chunkBytes = parseSize(val(), "--chunk"); break;
-      case "--connect-timeout": o.connectTimeoutMs = int(val()) * 1000; break;
-      case "--spin": o.spin = true; break;
-      case "--no-verify": o.verify = false; break;
-      case "--json": o.json = true; break;
-      case "-h": case "--help": process.stdout.write(`${USAGE}\n`); process.exit(0);
-      default: throw new AinftpError("tcp-node", `unknown argument ${a}`, { hint: USAGE });
-    }
-  }
-  if (!o.peers.length || o.rank < 0 || !o.elements) throw new AinftpError("tcp-node", "--peers, --rank and --size are required", { hint: USAGE });
-  return o;
-}
+/** The arguments of one rank (now in src/bench/tcp-ring.ts). */
+export const parseArgs = parseTcpNodeArgs;
 
 if (import.meta.main) {
   const json = process.argv.includes("--json");

@@ -13,6 +13,11 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Open-coded numeric iterator (kernel 6.4+), for the MAC's loop over a payload. */
+extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __weak __ksym;
+extern int *bpf_iter_num_next(struct bpf_iter_num *it) __weak __ksym;
+extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __weak __ksym;
+
 /* UDP destination port, host order; set by the loader before load. */
 const volatile __u16 listen_port = AINFTP_DEFAULT_PORT;
 
@@ -86,6 +91,23 @@ struct {
 	__type(value, struct ainftp_bank_state);
 } bank_state SEC(".maps");
 
+/* The plan of the round in each bank: who owns which chunk (results only
+ * from the owner); written by userspace as it learns each round's plan. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AINFTP_BANKS);
+	__type(key, __u32);
+	__type(value, struct ainftp_plan);
+} round_plan SEC(".maps");
+
+/* The job key for the data plane's MAC (AUTH_HDR / AUTH_FULL); userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ainftp_key);
+} job_key SEC(".maps");
+
 /* Every outcome, per CPU: no atomics on the stats path. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -151,6 +173,112 @@ struct {
 #define opaque(x) asm volatile("" : "+r"(x))
 
 #define RESULT_BUSY 0xffffffffu /* results tag while a writer copies the data */
+
+/* ---- the data plane's MAC: SipHash-2-4 (ainftp_abi.h, native/mac.c) ---- */
+
+#define SIP_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIP_ROUND(v0, v1, v2, v3)                                                     \
+	do {                                                                          \
+		v0 += v1; v1 = SIP_ROTL(v1, 13); v1 ^= v0; v0 = SIP_ROTL(v0, 32);     \
+		v2 += v3; v3 = SIP_ROTL(v3, 16); v3 ^= v2;                            \
+		v0 += v3; v3 = SIP_ROTL(v3, 21); v3 ^= v0;                            \
+		v2 += v1; v1 = SIP_ROTL(v1, 17); v1 ^= v2; v2 = SIP_ROTL(v2, 32);     \
+	} while (0)
+#define SIP_WORD(v0, v1, v2, v3, m)             \
+	do {                                    \
+		__u64 m_ = (m);                 \
+		v3 ^= m_;                       \
+		SIP_ROUND(v0, v1, v2, v3);      \
+		SIP_ROUND(v0, v1, v2, v3);      \
+		v0 ^= m_;                       \
+	} while (0)
+
+/* SipHash-2-4 of header[0..32) || payload[0..payload_bytes) under the key
+ * (the payload in the scratch, zero-padded to a word). */
+static __always_inline __u64 mac_of(const __u64 *hdr, const __u64 *w, __u32 payload_bytes, __u64 k0, __u64 k1)
+{
+	__u32 words = payload_bytes >> 3;
+	__u64 v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+	__u64 v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+	SIP_WORD(v0, v1, v2, v3, hdr[0]);
+	SIP_WORD(v0, v1, v2, v3, hdr[1]);
+	SIP_WORD(v0, v1, v2, v3, hdr[2]);
+	SIP_WORD(v0, v1, v2, v3, hdr[3]);
+	/* an open-coded iterator: the verifier checks the body until its state
+	 * converges, not once per word (430 walks: 0.3 s to load) */
+	struct bpf_iter_num it;
+	int *g;
+	bpf_iter_num_new(&it, 0, words);
+	while ((g = bpf_iter_num_next(&it))) {
+		__u32 at = *g;
+		if (at >= AINFTP_MAX_ELEMS / 4)
+			break;
+		SIP_WORD(v0, v1, v2, v3, w[at]);
+	}
+	bpf_iter_num_destroy(&it);
+	/* the last block: the bytes left (the scratch holds a whole word there)
+	 * and the message length in the top byte */
+	__u32 rem = payload_bytes & 7, at = words;
+	__u64 last = 0;
+	opaque(at);
+	if (rem && at <= AINFTP_MAX_ELEMS / 4)
+		last = w[at] & ((1ULL << (8 * rem)) - 1);
+	last |= (__u64)((32 + payload_bytes) & 0xff) << 56;
+	SIP_WORD(v0, v1, v2, v3, last);
+	v2 ^= 0xff;
+	SIP_ROUND(v0, v1, v2, v3);
+	SIP_ROUND(v0, v1, v2, v3);
+	SIP_ROUND(v0, v1, v2, v3);
+	SIP_ROUND(v0, v1, v2, v3);
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+#define AUTH_LOADED 0x100 /* ainftp_auth: the scratch already holds the payload */
+
+/* 1 when a CONTRIB's or RESULT's tag (after its payload) is its MAC under
+ * the job key, per `mode` (AINFTP_CFG_AUTH_HDR or _FULL, | AUTH_LOADED).
+ * A global function, verified once on its own, so the paths with and
+ * without auth meet again in the caller with the same state (inlined, the
+ * sum loop was verified once per path: 600k instructions). The MAC is
+ * checked before a frame's values touch a slot: a contribution summed
+ * cannot be taken back, so it is not fused with the (locked) sum loop. */
+__noinline int ainftp_auth(struct xdp_md *ctx, __u32 payload_off, __u32 count, __u32 mode)
+{
+	__u32 zero = 0;
+	struct ainftp_key *key = bpf_map_lookup_elem(&job_key, &zero);
+	struct scratch *in = bpf_map_lookup_elem(&payload_scratch, &zero);
+	if (!key || !in || payload_off < sizeof(struct ainftp_wire_hdr) || count == 0 || count > AINFTP_MAX_ELEMS)
+		return 0;
+	__u64 hdr[4], tag;
+	if (bpf_xdp_load_bytes(ctx, payload_off - sizeof(struct ainftp_wire_hdr), hdr, sizeof(hdr)) < 0 ||
+	    bpf_xdp_load_bytes(ctx, payload_off + count * 2, &tag, sizeof(tag)) < 0)
+		return 0;
+	__u32 bytes = 0;
+	if (mode & AINFTP_CFG_AUTH_FULL) {
+		bytes = count * 2;
+		if (!(mode & AUTH_LOADED)) {
+			__u32 len = bytes;
+			opaque(len);
+			if (len < 2 || len > AINFTP_MAX_ELEMS * 2 || bpf_xdp_load_bytes(ctx, payload_off, in->v, len) < 0)
+				return 0;
+			/* zero the word's tail the MAC reads (count..count+2 at most) */
+			__u32 pad = count;
+			if (pad < AINFTP_MAX_ELEMS)
+				in->v[pad] = 0;
+			if (pad + 1 < AINFTP_MAX_ELEMS)
+				in->v[pad + 1] = 0;
+			if (pad + 2 < AINFTP_MAX_ELEMS)
+				in->v[pad + 2] = 0;
+		}
+	}
+	return mac_of(hdr, (const __u64 *)in->v, bytes, key->k0, key->k1) == tag;
+}
+
+/* The config's auth mode for ainftp_auth, 0 when off. */
+static __always_inline __u32 auth_mode(const struct ainftp_config *cfg)
+{
+	return cfg->flags & (AINFTP_CFG_AUTH_HDR | AINFTP_CFG_AUTH_FULL);
+}
 
 static __always_inline void emit_event(struct ainftp_counters *cnt, const struct ainftp_config *cfg,
 				       __u16 type, __u32 round, __u32 chunk, __u32 idx,
@@ -443,6 +571,11 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		in->v[pad + 1] = 0;
 	if (pad + 2 < AINFTP_MAX_ELEMS)
 		in->v[pad + 2] = 0;
+	__u32 auth = auth_mode(cfg);
+	if (auth && !ainftp_auth(ctx, payload_off, count, auth | AUTH_LOADED)) {
+		cnt->c[AINFTP_CNT_BAD_MAC]++;
+		return XDP_DROP;
+	}
 
 	/* The sentry judges before the lock. The energy is recorded before the
 	 * lock too: the slot cannot complete (and userspace read it) before
@@ -509,11 +642,48 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	return contrib_done(cnt, cfg, h, idx, outcome, resend, complete, contributors);
 }
 
+/* Whether a RESULT may be stored (0), or the counter that says why not: its
+ * contributor count must be 1..members, and, once the round's plan is known,
+ * it must come from the chunk's owner and count no more than the active set
+ * (a Byzantine member cannot overwrite another owner's chunks). */
+static __always_inline int result_admit(const struct ainftp_config *cfg, const struct ainftp_wire_hdr *h, int *from_owner)
+{
+	__u32 contributors = h->contributors, bank = h->round & 1;
+	if (contributors == 0 || contributors > cfg->members)
+		return AINFTP_CNT_MAL_CONTRIBUTORS;
+	struct ainftp_plan *plan = bpf_map_lookup_elem(&round_plan, &bank);
+	if (!plan || plan->tag != h->round + 1)
+		return 0; /* plan not known yet: userspace checks the owner before use */
+	__u32 k = plan->owners;
+	if (k == 0 || k > AINFTP_MAX_WORKERS)
+		return 0;
+	__u32 at = h->chunk % k;
+	opaque(at); /* the verifier does not bound a modulo's result */
+	if (h->rank != plan->owner[at & (AINFTP_MAX_WORKERS - 1)])
+		return AINFTP_CNT_NOT_OWNER;
+	if (contributors > k)
+		return AINFTP_CNT_MAL_CONTRIBUTORS;
+	*from_owner = 1;
+	return 0;
+}
+
 static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters *cnt,
 				     const struct ainftp_config *cfg,
 				     const struct ainftp_wire_hdr *h, __u32 payload_off, __u32 idx)
 {
 	__u32 round = h->round, count = h->count;
+	int from_owner = 0;
+	int why = result_admit(cfg, h, &from_owner);
+	if (why) {
+		if (why < AINFTP_CNT__MAX)
+			cnt->c[why]++;
+		return XDP_DROP;
+	}
+	__u32 auth = auth_mode(cfg);
+	if (auth && !ainftp_auth(ctx, payload_off, count, auth)) {
+		cnt->c[AINFTP_CNT_BAD_MAC]++;
+		return XDP_DROP;
+	}
 	if (cfg->flags & AINFTP_CFG_RESULTS_TO_XSK) {
 		/* The collective reads results from an AF_XDP socket on this queue:
 		 * the frame lands in its UMEM (the arena). No socket on this queue:
@@ -529,7 +699,9 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		return XDP_DROP;
 	}
 	__u32 old = res->tag;
-	if (old == round + 1 || old == RESULT_BUSY) {
+	/* the owner's result replaces one of this round that another rank
+	 * stored before the plan was known */
+	if ((old == round + 1 && !(from_owner && res->rank != h->rank)) || old == RESULT_BUSY) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;
 		return XDP_DROP;
 	}
@@ -537,6 +709,8 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		cnt->c[AINFTP_CNT_STALE_ROUND]++;
 		return XDP_DROP;
 	}
+	if (old == round + 1)
+		cnt->c[AINFTP_CNT_NOT_OWNER]++; /* the entry held a non-owner's result: counted as it goes */
 	/* Claim the entry so a concurrent duplicate on another CPU backs off. */
 	if (__sync_val_compare_and_swap(&res->tag, old, RESULT_BUSY) != old) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;
@@ -554,6 +728,7 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 	res->exp = h->exp;
 	res->flags = h->flags;
 	res->writes++;
+	res->rank = h->rank;
 	/* Publish: an atomic exchange orders the data before the tag. */
 	__sync_lock_test_and_set(&res->tag, round + 1);
 	cnt->c[AINFTP_CNT_RESULTS]++;
@@ -758,8 +933,10 @@ int ainftp_xdp(struct xdp_md *ctx)
 	if (h->chunk >= cfg->chunks)
 		DROP(AINFTP_CNT_MAL_CHUNK);
 	__u32 count = h->count;
+	/* under --auth a CONTRIB or RESULT ends with its MAC (ainftp_abi.h) */
+	__u32 tag_bytes = h->type != AINFTP_PKT_CLOSE && (cfg->flags & (AINFTP_CFG_AUTH_HDR | AINFTP_CFG_AUTH_FULL)) ? AINFTP_MAC_BYTES : 0;
 	if (count == 0 || count > cfg->chunk_elems || count > AINFTP_MAX_ELEMS ||
-	    ulen != sizeof(*udp) + sizeof(*h) + count * 2)
+	    ulen != sizeof(*udp) + sizeof(*h) + count * 2 + tag_bytes)
 		DROP(AINFTP_CNT_MAL_COUNT);
 	/* tag = round + 1 must be neither 0 (empty) nor RESULT_BUSY. */
 	if (h->round >= AINFTP_MAX_ROUND)

@@ -7,23 +7,37 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Table from "cli-table3";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { parseArgs as parseTcpNodeArgs } from "../bench/tcp-node.ts";
 import { AinftpError } from "../src/errors.ts";
 import { chartSpec, renderChart, type ChartRow } from "../src/bench/chart.ts";
 import {
   BASELINES, formatRatio, formatValue, type BaselineName, type MetricRow, type SystemName, type SystemRun,
 } from "../src/bench/rows.ts";
 import {
-  DEFAULT_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
+  DEFAULT_LINK_RATES, DEFAULT_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
 } from "../src/bench/run.ts";
+import { formatRate, parseRates } from "../src/bench/shape.ts";
 import { validateBenchJson } from "../src/bench/schema.ts";
 import { runDelayLine } from "../src/bench/delay-line.ts";
-import { runTcpRing } from "../src/bench/tcp-ring.ts";
+import { parseTcpNodeArgs, runTcpRing } from "../src/bench/tcp-ring.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { ExitCode, intOption, type IO } from "./io.ts";
 
 export const DEFAULT_SIZES = "1MiB,16MiB";
 export const DEFAULT_REPORT = "bench-report";
+/** The default run's shaped regime runs this size only (with --size, every size given runs in every regime). */
+export const DEFAULT_SHAPED_SIZE = 16 << 20;
+/** --sweep: 64 KiB … 64 MiB in ×4 steps, unshaped and four rates, 10 timed rounds (unless given). */
+export const SWEEP_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
+export const SWEEP_RATES = "none,5gbit,2gbit,1gbit,500mbit";
+export const SWEEP_ROUNDS = 10;
+
+function rateList(value: string): (number | null)[] {
+  try {
+    return parseRates(value);
+  } catch (e) {
+    throw new InvalidArgumentError(e instanceof AinftpError ? `${e.message}${e.hint ? ` (${e.hint})` : ""}` : String(e));
+  }
+}
 
 function listOf<T>(parse: (s: string) => T, what: string) {
   return (value: string): T[] => {
@@ -112,7 +126,17 @@ export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?
     t.push([first(row.group), row.metric, ...base, peers.length ? text.ainftp : `${text.baselines} / ${text.ainftp}`, formatRatio(row), ...(claims ? [row.brief_claim ?? ""] : [])]);
   }
   t.push([{ colSpan: 2, content: "verified against the reference sum" }, ...peers.map((s) => verdict(s)), ours ? verdict(ours) : "-", "", ...(claims ? [""] : [])]);
-  let out = `${run.peers} hosts, ${formatSize(run.bytes)} of float32 per round, ${shown[0]?.rounds ?? "?"} timed rounds each\n${t.toString()}\n`;
+  const rate = run.link_rate_bps ?? null;
+  const link = rate === null
+    ? "links unshaped — the CPU-bound lab (veth moves bytes at memory speed)"
+    : `each host's link shaped to ${formatRate(rate)} both ways (tbf) — bandwidth-bound, as on 10/25 GbE`;
+  let out = `${run.peers} hosts, ${formatSize(run.bytes)} of float32 per round, ${shown[0]?.rounds ?? "?"} timed rounds each; ${link}\n${t.toString()}\n`;
+  for (const s of shown.filter((x) => x.shaping)) {
+    const c = s.shaping!;
+    const g = (b: number) => `${(b / 1e9).toFixed(3)} Gbit/s`;
+    out += `shaping check, ${s.label}: peak over ${c.window_ms} ms, tx ${g(c.peak_tx_bps)}, rx ${g(c.peak_rx_bps)} per link; ` +
+      `allowed ${g(c.allowed_bps)} (rate + burst ÷ window): ${c.within_rate ? "within" : "ABOVE THE LIMIT"}; ${c.qdisc_drops} packets dropped by the qdiscs\n`;
+  }
   for (const s of run.systems.filter((x) => x.status === "na" && x.system !== "ainftp")) out += `${s.label}: not run — ${s.reason}\n`;
   out += notes.text();
   return out;
@@ -121,26 +145,46 @@ export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?
 function verdict(s: SystemRun): string {
   if (s.status === "failed") return "FAILED";
   if (s.status === "na") return "n/a";
-  return s.verified ? "yes" : "NO";
+  const b = s.back_to_back;
+  const b2b = !b ? "" : b.status === "failed" ? "; back to back FAILED" : b.status === "ok" ? `; back to back ${b.verified ? "yes" : "NO"}` : "";
+  return (s.verified ? "yes" : "NO") + b2b;
 }
 
-/** Median round ms per (peers, size), every system, when the run swept more than one. */
+/** One line per (hosts, size, link rate): each system's median round (and back to back), busbw and
+ * share of line rate, and ainftp ÷ the best TCP peer. */
 export function renderScaling(r: BenchResult): string {
   const systems = SYSTEM_ORDER.filter((s) => r.runs.some((x) => x.systems.some((y) => y.system === s && y.status !== "na")));
-  const t = new Table({ head: ["hosts", "size", ...systems.map((s) => `${s} median ms`), "ainftp ÷ best TCP peer"], style: { head: [], border: [] } });
-  for (const row of r.scaling) {
+  const b2b = r.config.back_to_back;
+  const shaped = r.runs.some((x) => (x.link_rate_bps ?? null) !== null);
+  const name = (s: SystemName) => ({ ainftp: "ainftp", tcp: "tcp ring", gloo: "Gloo", mpi: "Open MPI" })[s];
+  const t = new Table({
+    head: ["hosts", "size", "link per host", ...systems.map((s) => `${name(s)}: median${b2b ? " / back to back" : ""}, busbw${shaped ? ", % of line" : ""}`), "ainftp ÷ best TCP peer (median)"],
+    style: { head: [], border: [] }, wordWrap: true, colWidths: [7, 9, 12, ...systems.map(() => 22), 16],
+  });
+  for (const run of r.runs) {
+    const row = run.rows.find((x) => x.id === "round_ms_median")!;
     const ratio = row.ratio === null ? "-" : `${row.ratio.toFixed(2)}× (vs ${row.best_peer})`;
-    t.push([row.peers, formatSize(row.bytes), ...systems.map((s) => formatValue("round_ms_median", row.round_ms_median[s] ?? null)), ratio]);
+    const cell = (sys: SystemName) => {
+      const s = run.systems.find((x) => x.system === sys);
+      if (!s || s.metrics.round_ms_median === null) return s?.status === "failed" ? "FAILED" : s?.status === "ok" ? "not verified" : "-";
+      const m = s.metrics;
+      return `${formatValue("round_ms_median", m.round_ms_median)}${b2b ? ` / ${formatValue("round_ms_median", m.round_ms_median_back_to_back)}` : ""}, ` +
+        `${formatValue("busbw_bytes_per_s", m.busbw_bytes_per_s)}${m.line_rate_fraction !== null ? `, ${formatValue("line_rate_fraction", m.line_rate_fraction)}` : ""}`;
+    };
+    t.push([run.peers, formatSize(run.bytes), formatRate(run.link_rate_bps ?? null), ...systems.map(cell), ratio]);
   }
-  return `Scaling: median round time (slowest rank)\n${t.toString()}\n`;
+  return `Every regime: median round time (slowest rank)${b2b ? " / back to back (no barrier)" : ""}, busbw${shaped ? ", wire bytes ÷ (rate × median round)" : ""}\n${t.toString()}\n`;
 }
 
 export function renderBench(r: BenchResult): string {
   const m = r.machine;
+  const share = m.cores / Math.max(...r.config.peers);
+  const half = share === 0.5 ? "half" : share.toFixed(2);
   let out =
     `ainftp bench, ${r.date} — ${m.cpu_model}, ${m.cores} cores${m.virtualization ? ` (${m.virtualization})` : ""}, kernel ${m.kernel}, ` +
     `load ${m.loadavg_1m.toFixed(2)} at start; MTU ${m.mtu}, XDP ${m.xdp_mode}, ${r.config.chunk_elems} int16 values per ainftp packet\n` +
-    `hosts: ${m.links}\n\n`;
+    `hosts: ${m.links}\n` +
+    `regimes: ${r.config.link_rates.map((x) => (x === null ? `unshaped (the CPU-bound lab: every host has about ${half} of a core, veth copies at memory speed)` : `${formatRate(x)} per host (bandwidth-bound, as on 10/25 GbE)`)).join("; ")}\n\n`;
   for (const run of r.runs) out += renderRun(run, r.machine_rows) + "\n";
   if (r.runs.length > 1) out += renderScaling(r) + "\n";
   out += `every figure above was measured in this run (${r.duration_s} s); timings on a shared ${m.cores}-core machine are noisy, and every host shares its CPUs\n`;
@@ -149,36 +193,55 @@ export function renderBench(r: BenchResult): string {
 
 // ---- charts and the report -------------------------------------------------------------------
 
-/** Chart rows: round time per system against size (and against host count in a sweep). */
-export function chartRows(r: BenchResult, by: "size" | "peers"): ChartRow[] {
-  const several = by === "size" ? new Set(r.runs.map((x) => x.peers)).size > 1 : new Set(r.runs.map((x) => x.bytes)).size > 1;
+const SYSTEM_LABEL: Record<SystemName, string> = { ainftp: "ainftp", tcp: "tcp ring", gloo: "Gloo", mpi: "Open MPI" };
+
+/** Chart rows: round time per system and regime against size, host count, or (at one size) link rate in Gbit/s. */
+export function chartRows(r: BenchResult, by: "size" | "peers" | "rate", atBytes?: number): ChartRow[] {
+  const rates = new Set(r.runs.map((x) => x.link_rate_bps ?? null));
+  const several = by === "size" ? new Set(r.runs.map((x) => x.peers)).size > 1 : by === "peers" ? new Set(r.runs.map((x) => x.bytes)).size > 1 : new Set(r.runs.map((x) => x.peers)).size > 1;
   const rows: ChartRow[] = [];
   for (const system of ["ainftp", ...BASELINES] as SystemName[])
     for (const run of r.runs) {
+      const rate = run.link_rate_bps ?? null;
+      if (by === "rate" && (rate === null || run.bytes !== atBytes)) continue;
       const s = run.systems.find((x) => x.system === system);
       if (!s || s.metrics.round_ms_median === null) continue;
-      const name = { ainftp: "ainftp", tcp: "tcp ring", gloo: "Gloo", mpi: "Open MPI" }[system];
+      const tags = [
+        ...(several ? [by === "peers" ? formatSize(run.bytes) : `${run.peers} hosts`] : []),
+        ...(by !== "rate" && rates.size > 1 ? [formatRate(rate)] : []),
+      ];
       rows.push({
-        system: several ? `${name} (${by === "size" ? `${run.peers} hosts` : formatSize(run.bytes)})` : name,
-        x: by === "size" ? run.bytes / 2 ** 20 : run.peers,
+        system: tags.length ? `${SYSTEM_LABEL[system]} (${tags.join(", ")})` : SYSTEM_LABEL[system],
+        x: by === "size" ? run.bytes / 2 ** 20 : by === "peers" ? run.peers : rate! / 1e9,
         ms: s.metrics.round_ms_median,
       });
     }
   return rows;
 }
 
-/** Writes table.txt, bench.json and the charts into dir; returns the paths. */
+/** The size the rate chart is drawn at: 16 MiB when the run has it, else the largest. */
+export function rateChartBytes(r: BenchResult): number {
+  const sizes = r.config.sizes;
+  return sizes.includes(16 << 20) ? 16 << 20 : Math.max(...sizes);
+}
+
+/** Writes table.txt, bench.json and the charts into dir; returns the paths. Every chart is on log-log axes. */
 export async function writeReport(dir: string, r: BenchResult, table: string): Promise<string[]> {
   mkdirSync(dir, { recursive: true });
   const files = [join(dir, "table.txt"), join(dir, "bench.json")];
   writeFileSync(files[0], table);
   writeFileSync(files[1], JSON.stringify(r, null, 2) + "\n");
-  const charts: [string, "size" | "peers", string][] = [["round-time-vs-size", "size", "gradient size (MiB)"]];
-  if (new Set(r.runs.map((x) => x.peers)).size > 1) charts.push(["round-time-vs-peers", "peers", "hosts"]);
-  for (const [name, by, xLabel] of charts) {
-    const rows = chartRows(r, by);
+  const atBytes = rateChartBytes(r);
+  const charts: [string, "size" | "peers" | "rate", string, string][] = [
+    ["round-time-vs-size", "size", "gradient size (MiB, log)", `all-reduce round time (median, slowest rank) by size, MTU ${r.config.mtu}`],
+  ];
+  if (new Set(r.runs.map((x) => x.peers)).size > 1) charts.push(["round-time-vs-peers", "peers", "hosts (log)", `all-reduce round time (median, slowest rank) by hosts, MTU ${r.config.mtu}`]);
+  if (new Set(r.runs.filter((x) => x.bytes === atBytes).map((x) => x.link_rate_bps ?? null).filter((x) => x !== null)).size > 1)
+    charts.push(["round-time-vs-rate", "rate", "link rate per host (Gbit/s, log; tbf both ways)", `all-reduce round time at ${formatSize(atBytes)} by link rate, MTU ${r.config.mtu}`]);
+  for (const [name, by, xLabel, title] of charts) {
+    const rows = chartRows(r, by, atBytes);
     if (!rows.length) continue;
-    const o = { title: `all-reduce round time (median, slowest rank), MTU ${r.config.mtu}`, xLabel, logX: by === "size" && new Set(rows.map((x) => x.x)).size > 1 };
+    const o = { title, xLabel, yLabel: "round time (ms, log)", logX: true, logY: true };
     const svg = join(dir, `${name}.svg`);
     writeFileSync(svg, await renderChart(rows, o));
     writeFileSync(join(dir, `${name}.vl.json`), JSON.stringify(chartSpec(rows, o), null, 2) + "\n");
@@ -280,12 +343,14 @@ export function benchCommand(io: IO): Command {
     .description(
       "Build N hosts as network namespaces on a bridge (veth links, one MTU), then run on them, one after the other: ainftp swarm, " +
         "the built-in TCP ring, and Gloo and Open MPI when installed (make bench-deps). Every system's result is verified against " +
-        "the reference sum before its figures count. Prints the brief's metrics for each (hosts, size), writes the JSON and the charts. " +
+        "the reference sum before its figures count. By default in two regimes: links unshaped (the CPU-bound lab) and each host's link " +
+        "shaped to 1 Gbit/s both ways with tbf (bandwidth-bound, as on 10/25 GbE). Prints the brief's metrics, algbw, busbw and the share " +
+        "of line rate for each (hosts, link rate, size), writes the JSON and the charts. " +
         "Needs root. Ctrl-C removes everything it built.",
     )
     .option("--peers <n[,n…]>", "host counts (a sweep: 2,4,8)", listOf(peerCount, "host counts"), [4])
     .option("--slurm", "run under srun on the allocation's hosts (not built: refused with what is missing)")
-    .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES})`, listOf(sizeOf, "sizes"))
+    .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES} unshaped, 16MiB shaped; a size given runs in every regime)`, listOf(sizeOf, "sizes"))
     .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
     .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
     .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}, the largest veth takes with native XDP)`, intOption(576, 9000), DEFAULT_MTU)
@@ -297,10 +362,15 @@ export function benchCommand(io: IO): Command {
     .option("--no-micro", "skip the machine rows' measurements (TLB, sentry cost)")
     .option("--no-straggler", "skip the straggler row (one host's link delayed 600 ms: ainftp and the TCP ring, about 35 s)")
     .option("--tlb-size <size>", "buffer of the TLB pointer chase (default 512MiB)", sizeOf)
+    .option("--link-rate <rate[,rate…]>", `each host's link rate, both ways (tbf), one regime each; none = unshaped; units bit, kbit, mbit, gbit, tbit (default ${DEFAULT_LINK_RATES.map((x) => (x === null ? "none" : `${x / 1e9}gbit`)).join(",")})`, rateList)
+    .option("--back-to-back", "also run every system with no barrier between rounds (as a trainer calls all-reduce), shown beside the barrier figure")
+    .option("--sweep", `sizes 64KiB…64MiB ×4 and link rates ${SWEEP_RATES} (unless --size/--link-rate given), ${SWEEP_ROUNDS} rounds (unless --rounds given); charts on log axes`)
     .option("--subnet <a.b.c>", `hosts' addresses, <subnet>.1… (10.213.x; default ${DEFAULT_SUBNET})`, DEFAULT_SUBNET)
     .addHelpText(
       "after",
-      "\nExamples:\n  ainftp bench                                   # 4 hosts, 1 MiB and 16 MiB, every installed peer; report in ./bench-report\n" +
+      "\nExamples:\n  ainftp bench                                   # 4 hosts, 1 MiB and 16 MiB, unshaped and at 1 Gbit/s per host, every installed peer; report in ./bench-report\n" +
+        "  ainftp bench --link-rate none,2.5gbit,1gbit --back-to-back --size 16MiB\n" +
+        "  ainftp bench --sweep --baseline tcp --no-micro --no-straggler   # charts: round time vs size and vs link rate\n" +
         "  ainftp bench --peers 2,4,8 --size 1MiB,16MiB,100MiB --rounds 20   # the scaling sweep\n" +
         "  ainftp bench --baseline tcp --size 16MiB --json out.json\n",
     )
@@ -309,7 +379,11 @@ export function benchCommand(io: IO): Command {
         throw new AinftpError("bench --slurm", SLURM_REFUSAL, {
           hint: "run `ainftp swarm --slurm --synthetic 16MiB --verify` under srun for the collective itself, or `ainftp bench` on one machine",
         });
-      const sizes: number[] = o.size ?? listOf(sizeOf, "sizes")(DEFAULT_SIZES);
+      const sizes: number[] = o.size ?? (o.sweep ? SWEEP_SIZES : listOf(sizeOf, "sizes")(DEFAULT_SIZES));
+      const linkRates: (number | null)[] = o.linkRate ?? (o.sweep ? parseRates(SWEEP_RATES) : DEFAULT_LINK_RATES);
+      // the default run shapes 16 MiB only: at 1 Gbit/s a 1 MiB round is mostly latency, and the run must stay short
+      const shapedSizes = o.size || o.sweep ? sizes : [DEFAULT_SHAPED_SIZE];
+      const rounds: number = o.sweep && cmd.getOptionValueSource("rounds") === "default" ? SWEEP_ROUNDS : o.rounds;
       const progress = progressPrinter(io, io.tty);
       const onSignal = (sig: NodeJS.Signals) => {
         progress.stop();
@@ -322,8 +396,9 @@ export function benchCommand(io: IO): Command {
       let r: BenchResult;
       try {
         r = await runBench({
-          peers: o.peers, sizes, rounds: o.rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
+          peers: o.peers, sizes, rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
           micro: o.micro, straggler: o.straggler, tlbBytes: o.tlbSize, onProgress: progress.onProgress,
+          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes,
         });
       } finally {
         progress.stop();
@@ -346,9 +421,17 @@ export function benchCommand(io: IO): Command {
         const files = await writeReport(o.report, r, table);
         io.err(`wrote ${files.join(", ")}\n`);
       }
-      const bad = r.runs.flatMap((x) => x.systems).filter((s) => s.status === "failed" || (s.status === "ok" && !s.verified));
+      const bad: string[] = [];
+      for (const run of r.runs)
+        for (const s of run.systems) {
+          const where = `(${s.peers} hosts, ${formatSize(s.bytes)}, ${formatRate(run.link_rate_bps ?? null)})`;
+          if (s.status === "failed" || (s.status === "ok" && !s.verified)) bad.push(`${s.label} ${s.status === "failed" ? "failed" : "not verified"} ${where}`);
+          const b = s.back_to_back;
+          if (b && (b.status === "failed" || (b.status === "ok" && !b.verified))) bad.push(`${s.label} back to back ${b.status === "failed" ? "failed" : "not verified"} ${where}`);
+          for (const c of [s.shaping, b?.shaping]) if (c && !c.within_rate) bad.push(`${s.label} ${where}: a link ran above its rate (peak ${Math.max(c.peak_tx_bps, c.peak_rx_bps)} bit/s > ${c.allowed_bps})`);
+        }
       if (bad.length) {
-        io.err(`ainftp bench: ${bad.map((s) => `${s.label} ${s.status === "failed" ? "failed" : "not verified"} (${s.peers} hosts, ${formatSize(s.bytes)})`).join("; ")}\n`);
+        io.err(`ainftp bench: ${bad.join("; ")}\n`);
         throw new ExitCode(1);
       }
     });

@@ -5,6 +5,7 @@ import { arenaCommand } from "./arena.ts";
 import { attachCommand } from "./attach.ts";
 import { benchCommand } from "./bench.ts";
 import { detachCommand } from "./detach.ts";
+import { keygenCommand } from "./keygen.ts";
 import { processIO, reportError, type IO } from "./io.ts";
 import { sentryCommand } from "./sentry.ts";
 import { statusCommand } from "./status.ts";
@@ -19,7 +20,7 @@ export function buildProgram(io: IO = processIO): Command {
     .version(pkg.version, "-V, --version")
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .showHelpAfterError("(add --help for usage)");
-  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand, arenaCommand, sentryCommand, benchCommand]) {
+  for (const make of [attachCommand, detachCommand, statusCommand, swarmCommand, arenaCommand, sentryCommand, benchCommand, keygenCommand]) {
     // addCommand() does not copy output settings to subcommands: set them on each.
     const cmd = make(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)");
     program.addCommand(cmd);

@@ -1,6 +1,6 @@
 import Table from "cli-table3";
 import { Command, InvalidArgumentError } from "commander";
-import { CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, COUNTERS, COUNTER_HELP, type Counters } from "../src/abi.ts";
+import { CFG_CHECK_SOURCE, CFG_RESULTS_TO_XSK, COUNTERS, COUNTER_HELP, dropsOf, type Counters } from "../src/abi.ts";
 import { status, type IfaceStatus } from "../src/attach.ts";
 import { intOption, type IO } from "./io.ts";
 
@@ -13,9 +13,17 @@ export function secondsOption(value: string): number {
 /** cli-table3 borders without a rule between rows. */
 export const COMPACT = { mid: "", "left-mid": "", "mid-mid": "", "right-mid": "" };
 
+/** "none", or "N (reason n, …)": what the program dropped and why. */
+export function renderDrops(c: Counters): string {
+  const d = Object.entries(dropsOf(c));
+  return d.length ? `${d.reduce((a, [, n]) => a + n, 0)} (${d.map(([k, n]) => `${k} ${n}`).join(", ")})` : "none";
+}
+
 function statusJSON(s: IfaceStatus) {
   return {
     ...s,
+    // the non-zero drop reasons (also in counters), for a quick look
+    drops: s.counters ? dropsOf(s.counters) : null,
     config: s.config
       ? {
           ...s.config, memberMask: "0x" + s.config.memberMask.toString(16),
@@ -43,6 +51,7 @@ export function renderStatus(list: IfaceStatus[], prev?: Map<string, Counters>, 
     const flags = c.flags ?? 0;
     text += `  results: ${flags & CFG_RESULTS_TO_XSK ? "redirected to an AF_XDP socket (a node runs with --rx xsk; copy or zero-copy mode is in its report)" : "written into the mmapped results map"}` +
       `  source check: ${flags & CFG_CHECK_SOURCE ? "on" : "off"}\n`;
+    text += `  dropped: ${renderDrops(s.counters!)}\n`;
     const before = prev?.get(s.iface);
     const head = before ? ["counter", "total", "per s", "meaning"] : ["counter", "total", "meaning"];
     const t = new Table({ head, style: { head: [], border: [] }, chars: COMPACT });

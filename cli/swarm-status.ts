@@ -7,10 +7,21 @@ import { AinftpError } from "../src/errors.ts";
 import { readSwarmState, swarmStatePath, type SwarmState } from "../src/swarm.ts";
 import type { IO } from "./io.ts";
 import { COMPACT, secondsOption } from "./status.ts";
+import { dropsOf } from "../src/abi.ts";
 
-export function collectSwarmStatus(iface?: string): SwarmState[] {
-  const ifaces = iface ? [iface] : attachStatus().filter((x) => !x.stale).map((x) => x.iface);
-  const list = ifaces.map((i) => readSwarmState(swarmStatePath(i))).filter((s): s is SwarmState => s !== null);
+/** A node's published view, with what its program dropped and why. */
+export type SwarmStatus = SwarmState & { drops: ReturnType<typeof dropsOf> | null };
+
+export function collectSwarmStatus(iface?: string): SwarmStatus[] {
+  const attached = attachStatus().filter((x) => !x.stale);
+  const ifaces = iface ? [iface] : attached.map((x) => x.iface);
+  const list = ifaces
+    .map((i) => {
+      const s = readSwarmState(swarmStatePath(i));
+      const c = attached.find((x) => x.iface === i)?.counters;
+      return s && { ...s, drops: c ? dropsOf(c) : null };
+    })
+    .filter((s): s is SwarmStatus => !!s);
   if (list.length === 0)
     throw new AinftpError("swarm status", `no swarm node is running${iface ? ` on ${iface}` : ""} in this network namespace`, {
       hint: "start one with: ainftp swarm --iface IF --peers … --rank K (or --slurm), then ask again",
@@ -20,7 +31,7 @@ export function collectSwarmStatus(iface?: string): SwarmState[] {
 
 const ms = (x: number | null) => (x === null ? "-" : x < 10 ? x.toFixed(2) : x.toFixed(0));
 
-export function renderSwarmStatus(list: SwarmState[]): string {
+export function renderSwarmStatus(list: SwarmStatus[]): string {
   return list.map((s) => {
     const age = ((Date.now() - s.updated) / 1000).toFixed(1);
     let text = `${s.iface}: job ${s.job}, this node is rank ${s.rank} (pid ${s.pid}), ${s.rounds} rounds, local health ${s.health}` +
@@ -34,6 +45,11 @@ export function renderSwarmStatus(list: SwarmState[]): string {
     text += t.toString() + "\n  rounds in / out: rounds this node completed with the member's contributions awaited, and without (quarantined)\n";
     const recent = s.changes.filter((c) => c.kind !== "join").slice(-5);
     if (recent.length) text += `  recent: ${recent.map((c) => `rank ${c.rank} ${c.kind} at ${(c.at_ms / 1000).toFixed(1)} s`).join("; ")}\n`;
+    const rej = s.rejected ?? { wrongSender: 0, secondHand: 0, undecodable: 0 };
+    text += `  membership messages dropped: ${rej.wrongSender} not from the member they name, ${rej.secondHand} speaking for another member, ${rej.undecodable} undecodable\n`;
+    if (s.drops) text += `  program drops: ${Object.entries(s.drops).map(([k, n]) => `${k} ${n}`).join(", ") || "none"}\n`;
+    const cd = Object.entries(s.controlDrops ?? {}).filter(([, n]) => n);
+    text += `  control frames refused: ${cd.map(([k, n]) => `${k} ${n}`).join(", ") || "none"}\n`;
     return text;
   }).join("\n");
 }

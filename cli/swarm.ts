@@ -8,6 +8,7 @@ import { defaultSocketPath, serveNode, type ServeReport } from "../src/local.ts"
 import { runNode, type NodeReport } from "../src/node.ts";
 import { parseListen } from "../src/metrics.ts";
 import { slurmMembers } from "../src/slurm.ts";
+import { JOB_KEY_ENV, loadJobKey } from "../src/jobkey.ts";
 import { swarmStatusCommand } from "./swarm-status.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { ExitCode, floatOption, intOption, type IO } from "./io.ts";
@@ -83,6 +84,8 @@ export function renderNodeReport(r: NodeReport): string {
   );
   const st = r.straggler;
   t.push(["partial rounds / sat out / late contributions", `${st.partial_rounds} / ${st.passive_rounds} / ${st.late_contributions}`]);
+  const drops = Object.entries(r.control_drops ?? {}).filter(([, n]) => n);
+  t.push(["job key / control frames refused", `${r.auth ?? "off"} / ${drops.map(([k, n]) => `${k} ${n}`).join(", ") || "none"}`]);
   if (r.sentry)
     t.push(
       ["sentry: dropped by our gates, per rank", r.sentry.rejected_by_rank.join(" ")],
@@ -122,6 +125,7 @@ export function swarmCommand(io: IO): Command {
     .option("--rounds <r>", "timed rounds (default 10)", intOption(1, 1_000_000), 10)
     .option("--verify", "check every round against the exact f64 sum of all ranks' gradients")
     .option("--seed <n>", "seed of the synthetic gradients (default 1)", intOption(0, 0xffffffff))
+    .option("--back-to-back", "no barrier round before and after each timed round (as a trainer calls all-reduce)")
     .addOption(new Option("--mode <mode>", "XDP mode when attaching").choices(["auto", "native", "generic"]).default("auto"))
     .addOption(new Option("--rx <path>", "where results arrive: the program's mmapped map, or an AF_XDP socket (UMEM)").choices(["map", "xsk"]).default("map"))
     .option("--chunk-elems <n>", `int16 values per packet (default: what the MTU holds, max ${MAX_ELEMS})`, intOption(4, MAX_ELEMS))
@@ -140,6 +144,8 @@ export function swarmCommand(io: IO): Command {
     .option("--round-size <size>", "with --serve: largest all-reduce one protocol round carries, sizes the maps (default 16MiB; larger ones take several rounds)", sizeOption)
     .option("--quorum <k>", "backup workers: a round goes as soon as k members (this one included) have sent their scales; the rest sit it out and still get the result (default: wait for every member the swarm holds fit)", intOption(1, MAX_WORKERS))
     .option("--deadline <ms|auto>", "grace for late members before a round goes without them: auto = 4x the median of recent rounds, 100..500 ms; 0 = wait for every member (up to --round-timeout)", deadlineOption, "auto")
+    .option("--key-file <file>", `the job's 128-bit key (ainftp keygen; or ${JOB_KEY_ENV}): control frames carry a MAC under it, and data frames as --auth says`)
+    .addOption(new Option("--auth <mode>", "with a key, what the data frames' MAC covers: header (a host without the key cannot forge one), full (header and payload: nor change one on the path), off (control frames only)").choices(["header", "full", "off"]))
     .option("--metrics <addr:port>", "serve Prometheus metrics at http://ADDR:PORT/metrics while running (rounds, round times, retransmits, drops by reason, sentry, members, bytes)", metricsOption)
     .option("--json [file]", "print the report as JSON (to a file if given)")
     .addHelpText("after", "\nExample (4 hosts; run on each with its rank):\n  ainftp swarm --iface eth0 --peers 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --rank 0 --synthetic 16MiB --rounds 200 --verify --json r0.json\n" +
@@ -166,12 +172,16 @@ export function swarmCommand(io: IO): Command {
       if (o.serve && o.metrics !== undefined)
         throw new AinftpError("swarm", "--metrics goes with --synthetic (a serving node does not export metrics yet)", { hint: "drop --metrics, or run the synthetic workload" });
       if (o.serve && o.poison) throw new AinftpError("swarm", "--poison goes with --synthetic", { hint: "it scales the synthetic gradient of one rank; a trainer's gradients are its own" });
+      const key = loadJobKey({ keyFile: o.keyFile });
+      if (!key && o.auth !== undefined)
+        throw new AinftpError("swarm", `--auth ${o.auth} needs a job key`, { hint: `give --key-file (ainftp keygen --out job.key) or ${JOB_KEY_ENV}` });
       if (o.serve) {
         const report = await serveNode({
           iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode as AttachMode, chunkElems: o.chunkElems,
           window: o.window, roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout,
           stochasticSeed: o.stochastic, keepAttached: Boolean(o.keepAttached), socketPath: o.socket, roundBytes: o.roundSize,
           sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, quorum: o.quorum, deadlineMs: o.deadline,
+          key, auth: o.auth,
         }, (line) => io.err(`ainftp: ${line}\n`));
         if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
         if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");
@@ -189,7 +199,8 @@ export function swarmCommand(io: IO): Command {
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached),
         sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
-        quorum: o.quorum, deadlineMs: o.deadline, note: (line) => io.err(`ainftp: ${line}\n`), metrics: o.metrics,
+        quorum: o.quorum, deadlineMs: o.deadline, backToBack: Boolean(o.backToBack), key, auth: o.auth,
+        note: (line) => io.err(`ainftp: ${line}\n`), metrics: o.metrics,
       }, progress);
       if (typeof o.json === "string") writeFileSync(o.json, JSON.stringify(report, null, 2) + "\n");
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");

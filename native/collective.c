@@ -55,6 +55,7 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 		res->exp = exps[c] + k;
 		res->flags = 0;
 		res->writes++;
+		res->rank = tmpl->rank;
 		__atomic_store_n(&res->tag, tmpl->round + 1, __ATOMIC_RELEASE);
 
 		*h = *tmpl;
@@ -69,18 +70,21 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 
 /*
  * Copies stored results (from the results map) into RESULT packets, for
- * resends after a loss. Returns packets written, or -1 if an entry does not
- * hold round `round`.
+ * resends after a loss. Chunk indices come from the network (RESULT_REQ):
+ * each must be below nchunks, the chunks of a bank. Returns packets written,
+ * or -1 if an index is out of range or an entry does not hold round `round`.
  */
-int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks,
+int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, const uint32_t *chunks,
 			      uint32_t n, const struct ainftp_wire_hdr *tmpl, uint8_t *pkts,
 			      uint32_t pkt_stride)
 {
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t c = chunks[i];
+		if (c >= nchunks)
+			return -1;
 		const struct ainftp_result *res =
 			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
-		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tmpl->round + 1 ||
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tmpl->round + 1 || res->count > AINFTP_MAX_ELEMS ||
 		    pkt_stride < sizeof(*tmpl) + 2 * (uint32_t)res->count)
 			return -1;
 		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
@@ -94,6 +98,34 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, const
 		memcpy(h + 1, res->v, 2 * res->count);
 	}
 	return (int32_t)n;
+}
+
+/*
+ * Results the program stored before it knew the round's plan may come from a
+ * rank that does not own their chunk (a Byzantine member): for each chunk of
+ * [0, nchunks) not owned by `self`, an entry that holds round tag-1 from a
+ * rank other than owners[c % k] is emptied (tag 0; the XDP program then
+ * stores the owner's result, which userspace asks for again). Returns how many.
+ */
+uint32_t ainftp_results_drop_foreign(uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t tag,
+				     const uint8_t *owners, uint32_t k, uint32_t self)
+{
+	uint32_t dropped = 0;
+	if (k == 0 || k > AINFTP_MAX_WORKERS)
+		return 0;
+	for (uint32_t c = 0; c < nchunks; c++) {
+		uint32_t owner = owners[c % k];
+		if (owner == self)
+			continue;
+		struct ainftp_result *res = (struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint32_t want = tag;
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->rank == owner)
+			continue;
+		/* the XDP program may be replacing it with the owner's: then leave it */
+		if (__atomic_compare_exchange_n(&res->tag, &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			dropped++;
+	}
+	return dropped;
 }
 
 /*

@@ -439,14 +439,16 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_acc, v);
 	FIELD(&o, ainftp_result, tag); FIELD(&o, ainftp_result, count);
 	FIELD(&o, ainftp_result, contributors); FIELD(&o, ainftp_result, exp);
-	FIELD(&o, ainftp_result, flags); FIELD(&o, ainftp_result, writes); FIELD(&o, ainftp_result, v);
+	FIELD(&o, ainftp_result, flags); FIELD(&o, ainftp_result, writes); FIELD(&o, ainftp_result, rank); FIELD(&o, ainftp_result, v);
 	FIELD(&o, ainftp_bank_state, slots_done); FIELD(&o, ainftp_bank_state, results_done);
+	FIELD(&o, ainftp_plan, tag); FIELD(&o, ainftp_plan, owners); FIELD(&o, ainftp_plan, reserved); FIELD(&o, ainftp_plan, owner);
+	FIELD(&o, ainftp_key, k0); FIELD(&o, ainftp_key, k1);
 	FIELD(&o, ainftp_event, type); FIELD(&o, ainftp_event, contributors);
 	FIELD(&o, ainftp_event, round); FIELD(&o, ainftp_event, chunk); FIELD(&o, ainftp_event, index);
 	SIZE(&o, ainftp_wire_hdr); SIZE(&o, ainftp_config); SIZE(&o, ainftp_slot); SIZE(&o, ainftp_acc);
 	SIZE(&o, ainftp_result); SIZE(&o, ainftp_bank_state); SIZE(&o, ainftp_event);
-	SIZE(&o, ainftp_counters); SIZE(&o, ainftp_gate); SIZE(&o, ainftp_obs); SIZE(&o, ainftp_sentry_worker); SIZE(&o, ainftp_contrib_rec);
-	CONST(&o, MAX_WORKERS); CONST(&o, MAX_ELEMS); CONST(&o, ELEMS_MTU1500); CONST(&o, MAX_CHUNKS);
+	SIZE(&o, ainftp_counters); SIZE(&o, ainftp_gate); SIZE(&o, ainftp_obs); SIZE(&o, ainftp_sentry_worker); SIZE(&o, ainftp_contrib_rec); SIZE(&o, ainftp_plan); SIZE(&o, ainftp_key);
+	CONST(&o, MAX_WORKERS); CONST(&o, MAX_ELEMS); CONST(&o, MAX_ELEMS_AUTH); CONST(&o, ELEMS_MTU1500); CONST(&o, MAX_CHUNKS);
 	CONST(&o, BANKS); CONST(&o, DEFAULT_PORT); CONST(&o, DEFAULT_BATCH); CONST(&o, MAGIC);
 	CONST(&o, VERSION); CONST(&o, PKT_CONTRIB); CONST(&o, PKT_RESULT); CONST(&o, PKT_CONTROL);
 	CONST(&o, PKT_CLOSE);
@@ -464,8 +466,8 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, CNT_MAL_TRUNC_UDP); CONST(&o, CNT_MAL_TRUNC_HDR); CONST(&o, CNT_MAL_FRAGMENT);
 	CONST(&o, CNT_MAL_MAGIC); CONST(&o, CNT_MAL_VERSION); CONST(&o, CNT_MAL_TYPE);
 	CONST(&o, CNT_MAL_RANK); CONST(&o, CNT_MAL_CHUNK); CONST(&o, CNT_MAL_COUNT);
-	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT_RESEND_REQ); CONST(&o, CNT_BAD_SOURCE); CONST(&o, CNT_RESULTS_XSK); CONST(&o, CNT_SENTRY_REJECTED); CONST(&o, CNT_CONTRIBS_RING); CONST(&o, CNT_LATE); CONST(&o, CNT__MAX);
-	CONST(&o, CFG_CHECK_SOURCE); CONST(&o, CFG_RESULTS_TO_XSK); CONST(&o, CFG_SENTRY); CONST(&o, CFG_CONTRIBS_TO_RING);
+	CONST(&o, CNT_MAL_SCALE); CONST(&o, CNT_MAL_RESERVED); CONST(&o, CNT_MAL_ROUND); CONST(&o, CNT_RESEND_REQ); CONST(&o, CNT_BAD_SOURCE); CONST(&o, CNT_RESULTS_XSK); CONST(&o, CNT_SENTRY_REJECTED); CONST(&o, CNT_CONTRIBS_RING); CONST(&o, CNT_LATE); CONST(&o, CNT_NOT_OWNER); CONST(&o, CNT_MAL_CONTRIBUTORS); CONST(&o, CNT_BAD_MAC); CONST(&o, CNT__MAX);
+	CONST(&o, CFG_CHECK_SOURCE); CONST(&o, CFG_RESULTS_TO_XSK); CONST(&o, CFG_SENTRY); CONST(&o, CFG_CONTRIBS_TO_RING); CONST(&o, CFG_AUTH_HDR); CONST(&o, CFG_AUTH_FULL); CONST(&o, MAC_BYTES);
 	CONST(&o, SENTRY_SAMPLES);
 	CONST(&o, MAX_ROUND); CONST(&o, ACC_BIAS);
 	if (o.len < o.cap - 1)

@@ -5,6 +5,8 @@
 export const MAX_WORKERS = 64;
 export const MAX_ELEMS = 1720;
 export const ELEMS_MTU1500 = 720;
+/** Elements per packet at most when contributions and results carry a MAC (8 bytes more per frame). */
+export const MAX_ELEMS_AUTH = MAX_ELEMS - 4;
 export const MAX_CHUNKS = 65536;
 export const BANKS = 2;
 export const MAX_ROUND = 0xfffffffe;
@@ -52,6 +54,12 @@ export const CFG_RESULTS_TO_XSK = 0x2;
 export const CFG_SENTRY = 0x4;
 /** Config flag: copy accepted contributions to the contribs ring and sum nothing (robust aggregation). */
 export const CFG_CONTRIBS_TO_RING = 0x8;
+/** Config flag: contributions and results carry a MAC of their header under the job key. */
+export const CFG_AUTH_HDR = 0x10;
+/** Config flag: ... of their header and payload (wins over CFG_AUTH_HDR). */
+export const CFG_AUTH_FULL = 0x20;
+/** Bytes of the data plane's MAC after a contribution's or result's payload. */
+export const MAC_BYTES = 8;
 
 export const SLOT_EMPTY = 0;
 export const SLOT_FILLING = 1;
@@ -85,9 +93,11 @@ export const LAYOUT = {
   ainftp_acc: { v: [0, 4 * MAX_ELEMS] }, // biased, lane-interleaved: decodeSums()
   ainftp_result: {
     tag: [0, 4], count: [4, 2], contributors: [6, 2], exp: [8, 2], flags: [10, 2],
-    writes: [12, 4], v: [16, 2 * MAX_ELEMS],
+    writes: [12, 2], rank: [14, 2], v: [16, 2 * MAX_ELEMS],
   },
   ainftp_bank_state: { slots_done: [0, 4], results_done: [4, 4] },
+  ainftp_plan: { tag: [0, 4], owners: [4, 2], reserved: [6, 2], owner: [8, MAX_WORKERS] },
+  ainftp_key: { k0: [0, 8], k1: [8, 8] },
   ainftp_event: { type: [0, 2], contributors: [2, 2], round: [4, 4], chunk: [8, 4], index: [12, 4] },
 } as const satisfies Record<string, Record<string, Field>>;
 
@@ -102,6 +112,8 @@ export const SIZEOF = {
   ainftp_acc: 4 * MAX_ELEMS,
   ainftp_result: 16 + 2 * MAX_ELEMS,
   ainftp_bank_state: 8,
+  ainftp_plan: 8 + MAX_WORKERS,
+  ainftp_key: 16,
   ainftp_event: 16,
   ainftp_counters: 0, // set below from COUNTERS
 };
@@ -114,7 +126,7 @@ export const COUNTERS = [
   "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp", "mal_trunc_hdr", "mal_fragment",
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
-  "sentry_rejected", "contribs_ring", "late",
+  "sentry_rejected", "contribs_ring", "late", "not_owner", "mal_contributors", "bad_mac",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -160,7 +172,38 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   sentry_rejected: "contributions the sentry dropped: energy outside the chunk's gate (not summed)",
   contribs_ring: "contributions copied to userspace for robust aggregation (--aggregate)",
   late: "contributions to a slot that had closed without them (a deadline or the round's active set)",
+  not_owner: "result from a rank that does not own the chunk in the round's plan",
+  mal_contributors: "malformed: result whose contributor count is 0 or above the members (or the round's active set)",
+  bad_mac: "contribution or result whose MAC under the job key does not match (--auth)",
 };
+
+/** Counters that count a packet dropped for what it said (a reason), as
+ * `status` and `swarm status` list them: malformed, out of window, not from
+ * whom it claims, or not the owner's. */
+export const DROP_REASONS = [
+  "stale_round", "future_round", "foreign_job", "not_member", "result_dup", "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp",
+  "mal_trunc_hdr", "mal_fragment", "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
+  "mal_reserved", "mal_round", "bad_source", "sentry_rejected", "not_owner", "mal_contributors", "bad_mac",
+] as const satisfies readonly CounterName[];
+
+/** The non-zero drop reasons of a counter set, in DROP_REASONS order. */
+export function dropsOf(c: Counters): Partial<Record<(typeof DROP_REASONS)[number], number>> {
+  const out: Partial<Record<(typeof DROP_REASONS)[number], number>> = {};
+  for (const n of DROP_REASONS) if (c[n]) out[n] = c[n];
+  return out;
+}
+
+/** The round_plan entry of a round (see ainftp_abi.h): chunk c is owned by
+ * owners[c % owners.length]; the ranks ascending, as the plan lists them. */
+export function encodePlan(round: number, owners: readonly number[]): Uint8Array {
+  if (owners.length < 1 || owners.length > MAX_WORKERS) throw new RangeError(`a plan has 1..${MAX_WORKERS} owners, not ${owners.length}`);
+  const b = new Uint8Array(SIZEOF.ainftp_plan);
+  const v = new DataView(b.buffer);
+  v.setUint32(LAYOUT.ainftp_plan.tag[0], (round + 1) >>> 0, true);
+  v.setUint16(LAYOUT.ainftp_plan.owners[0], owners.length, true);
+  b.set(owners, LAYOUT.ainftp_plan.owner[0]);
+  return b;
+}
 
 /** Physical position in the acc map of logical element j of a slot: the
  * middle two of every group of four are swapped (two lanes per 64-bit add). */

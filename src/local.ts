@@ -14,15 +14,12 @@
 // Protocol, version LOCAL_PROTOCOL_VERSION: clients/python/README.md.
 import { lstatSync, mkdirSync, rmSync, statfsSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
-import { basename, dirname, isAbsolute, normalize } from "node:path";
+import { basename, dirname, isAbsolute, join, normalize } from "node:path";
 import { Arena } from "./arena.ts";
-import { attachForNode, detach, type AttachMode } from "./attach.ts";
-import { Communicator, RoundError } from "./collective.ts";
+import { RoundError, type Communicator } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
-import { chunkElemsForMtu, interfaceMtu } from "./node.ts";
-import { chunkCount } from "./quantize.ts";
+import { bringUp, type JobOptions, type Node } from "./node/bringup.ts";
 import { formatSize } from "./units.ts";
-import { Swarm } from "./swarm.ts";
 
 export const LOCAL_PROTOCOL = "ainftp-local";
 export const LOCAL_PROTOCOL_VERSION = 2;
@@ -713,14 +710,7 @@ async function claimSocketPath(op: string, socketPath: string): Promise<void> {
 
 // ---- the node behind `ainftp swarm --serve` ---------------------------------------------------
 
-export interface ServeOptions {
-  iface: string;
-  peers: string[];
-  rank: number;
-  port?: number;
-  job?: number;
-  mode?: AttachMode;
-  chunkElems?: number;
+export interface ServeOptions extends JobOptions {
   window?: number;
   roundTimeoutMs?: number;
   retransmitMs?: number;
@@ -765,49 +755,24 @@ export interface ServeReport {
  * (throws, naming the cause); detaches if it attached, removes the socket. */
 export async function serveNode(o: ServeOptions, log: (line: string) => void = () => {}): Promise<ServeReport> {
   const N = o.peers.length;
-  const mtu = interfaceMtu(o.iface);
-  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu);
-  if (chunkElems > chunkElemsForMtu(mtu))
-    throw new AinftpError("swarm --serve", `--chunk-elems ${chunkElems} needs an MTU of at least ${20 + 8 + 32 + 2 * chunkElems}; ${o.iface} has ${mtu}`, {
-      hint: `raise it on every member or use --chunk-elems ${chunkElemsForMtu(mtu)}`,
-    });
+  const node: Node = bringUp({
+    op: "swarm --serve", iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode, chunkElems: o.chunkElems,
+    key: o.key, auth: o.auth, note: log,
+    roundElems: Math.max(1, Math.floor((o.roundBytes ?? 16 << 20) / 4)), keepAttached: o.keepAttached,
+  });
   const socketPath = o.socketPath ?? defaultSocketPath(o.job ?? 0);
-  const chunks = Math.min(8192, chunkCount(Math.max(1, Math.floor((o.roundBytes ?? 16 << 20) / 4)), chunkElems));
-
-  let attachedByUs = false; // set once attachForNode has run: stale pins are replaced, never used
   let comm: Communicator | undefined;
-  let swarm: Swarm | undefined;
   let server: LocalServer | undefined;
   let failed = false;
-  const detachOurs = () => {
-    if (attachedByUs && !o.keepAttached) {
-      try {
-        detach(o.iface);
-      } catch {
-        // best effort on the way out
-      }
-    }
-  };
   // until the server runs, a signal ends everything at once (as `swarm` does)
-  let onSignal = (sig: NodeJS.Signals) => {
-    if (server) return server.stop(sig);
-    comm?.abort();
-    detachOurs();
-    process.exit(130);
-  };
-  const handler = (sig: NodeJS.Signals) => onSignal(sig);
-  process.on("SIGINT", handler);
-  process.on("SIGTERM", handler);
+  const leave = node.onSignal;
+  node.onSignal = (sig) => (server ? server.stop(sig) : leave(sig));
   try {
-    const att = await attachForNode(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
-    attachedByUs = att.attachedByUs;
-    for (const line of att.notes) log(line);
-    comm = await Communicator.open({
-      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window,
-      roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs, stochasticSeed: o.stochasticSeed,
-      sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20, quorum: o.quorum, deadlineMs: o.deadlineMs,
+    comm = await node.open({
+      window: o.window, roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
+      stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20, quorum: o.quorum,
+      deadlineMs: o.deadlineMs,
     });
-    swarm = new Swarm(comm, { iface: o.iface });
     server = await LocalServer.listen({ socketPath, reducer: comm, log });
     log(`serving job ${comm.job} (rank ${o.rank} of ${N}, ${o.iface}) on ${socketPath}`);
     const end = await server.ended;
@@ -820,19 +785,14 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
     }
     const s = server.stats, t = server.trainers;
     return {
-      rank: o.rank, peers: N, job: comm.job, socket: socketPath, attached_by_us: attachedByUs,
+      rank: o.rank, peers: N, job: comm.job, socket: socketPath, attached_by_us: node.attachedByUs,
       clients: s.clients, local_size: t.localSize, world: t.world, allreduces: s.allreduces, elements: s.elements,
       mean_ms: s.allreduces ? +(s.ms / s.allreduces).toFixed(3) : null, stopped_by: end.why,
     };
   } finally {
-    onSignal = () => {};
+    node.onSignal = () => {};
     await server?.close();
-    swarm?.close();
     // leave politely (serving peers' last resends) unless the job failed or a round was cut short
-    if (failed || server?.busy) comm?.abort();
-    else comm?.close(Math.min(2000, o.roundTimeoutMs ?? 2000));
-    process.off("SIGINT", handler);
-    process.off("SIGTERM", handler);
-    detachOurs();
+    node.end(failed || server?.busy ? "abort" : "polite", Math.min(2000, o.roundTimeoutMs ?? 2000));
   }
 }

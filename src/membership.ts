@@ -430,9 +430,20 @@ export class Membership {
     if (now >= this.nextReconnectAt) this.pingOneDead(now);
   }
 
-  /** Handles one message; `from` is the sender's address as the transport saw it (replies go there). */
+  /** Messages dropped because they did not come from the member they name
+   * as their sender, and gossip that tried to speak for another member
+   * ("left" second hand, or a new address). */
+  readonly rejected = { wrongSender: 0, secondHand: 0 };
+
+  /** Handles one message; `from` is the sender's address as the transport saw it (replies go there).
+   * A member speaks only for itself: a message whose sender record is not
+   * the member at `from` changes nothing (counted in `rejected`). */
   receive(from: string, msg: MemberMessage, now = this.clock()): void {
     if (this.hasLeft) return;
+    if (!this.speaksForItself(from, msg.sender)) {
+      this.rejected.wrongSender++;
+      return;
+    }
     this.noticeStall(now);
     this.learn(msg.sender, now, true);
     for (const u of msg.updates) this.learn(u, now, false);
@@ -618,9 +629,28 @@ export class Membership {
 
   // ---- what we learn -------------------------------------------------------
 
+  /** Whether a message from `from` may carry `sender` as its first-hand
+   * record: the named member must be the one at that address (and an
+   * unknown name must not take a known member's address, nor ours). */
+  private speaksForItself(from: string, sender: MemberRecord): boolean {
+    if (sender.name === this.name || sender.addr !== from) return false;
+    const m = this.members.get(sender.name);
+    if (m) return m.addr === from;
+    if (from === this.addr) return false;
+    for (const x of this.members.values()) if (x.addr === from) return false;
+    return true;
+  }
+
   private learn(r: MemberRecord, now: number, firstHand: boolean): void {
     if (r.name === this.name) return this.hearAboutSelf(r);
     const m = this.members.get(r.name);
+    // second hand, nobody may say that another member left, nor move it to
+    // another address: only the member itself can (a Byzantine member could
+    // otherwise evict or redirect any other)
+    if (!firstHand && m && (r.state === "left" || (r.addr && r.addr !== m.addr))) {
+      this.rejected.secondHand++;
+      return;
+    }
     if (!m) {
       if (r.state === "alive") this.join(r, now);
       return;

@@ -2,16 +2,20 @@
 // opens the communicator with a static member list and runs the synthetic
 // workload, verifying every round against a locally computed reference.
 import { coll } from "../native/collective.ts";
-import { MAX_ELEMS, type Counters } from "./abi.ts";
-import { attachForNode, detach, type AttachMode } from "./attach.ts";
-import { combineStats, Communicator, RoundError, zeroStats, type CollectiveStats } from "./collective.ts";
+import { FRAME_OVERHEAD_V4, type Counters } from "./abi.ts";
+import type { ControlDrop } from "./control-guard.ts";
+import { combineStats, RoundError, zeroStats, type Communicator, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
 import { Arena } from "./arena.ts";
-import { chunkCount } from "./quantize.ts";
 import { formatSize } from "./units.ts";
 import { startNodeMetrics } from "./metrics.ts";
 import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust.ts";
-import { Swarm, type SwarmChange, type SwarmState } from "./swarm.ts";
+import { bringUp, type JobOptions } from "./node/bringup.ts";
+import { quantiles, type Quantiles } from "./stats.ts";
+import type { Swarm, SwarmChange, SwarmState } from "./swarm.ts";
+
+export { checkPacketFits, chunkElemsForMtu, dataTagBytes, interfaceMtu } from "./node/bringup.ts";
+export { quantiles, type Quantiles };
 
 /** First retransmission of a barrier round: long, a member may be verifying. */
 const BARRIER_PATIENCE_MS = 300;
@@ -19,12 +23,7 @@ const BARRIER_PATIENCE_MS = 300;
 /** UMEM of the AF_XDP path: 4096 frames of 4 KB (the fill ring holds 2048). */
 const UMEM_BYTES = 16 << 20;
 
-export interface NodeOptions {
-  iface: string;
-  peers: string[];
-  rank: number;
-  port?: number;
-  job?: number;
+export interface NodeOptions extends JobOptions {
   /** Bytes of f32 gradient per round. */
   syntheticBytes: number;
   rounds: number;
@@ -32,9 +31,9 @@ export interface NodeOptions {
   seed?: number;
   /** Rounds run before timing starts. */
   warmup?: number;
-  mode?: AttachMode;
-  /** Elements per packet; default from the interface MTU. */
-  chunkElems?: number;
+  /** No barrier rounds around the timed all-reduce (as a trainer calls it): a
+   * rank's time then includes waiting for ranks still verifying the last round. */
+  backToBack?: boolean;
   window?: number;
   /** Where results arrive: the mmapped map (default) or an AF_XDP socket. */
   rx?: "map" | "xsk";
@@ -62,13 +61,6 @@ export interface NodeOptions {
   quorum?: number;
   /** Grace for late members, ms; "auto" (default) or 0 (wait for everyone). */
   deadlineMs?: number | "auto";
-}
-
-export interface Quantiles {
-  median: number;
-  p10: number;
-  p90: number;
-  p99: number;
 }
 
 export interface NodeReport {
@@ -101,6 +93,10 @@ export interface NodeReport {
   /** (wakeups + socket packets) / packets received. */
   wakeups_per_packet: number;
   attached_by_us: boolean;
+  /** Control frames (or parts) this node refused, by reason (issue 16). */
+  control_drops: Record<ControlDrop, number>;
+  /** What the job key authenticated: "off" (no key), "control" (control frames only), "header" or "full" (and data frames). */
+  auth: "off" | "control" | "header" | "full";
   /** Where results arrived: "map", or "xsk (copy mode)" / "xsk (zero-copy)". */
   rx: string;
   /** rx "xsk": the arena behind the UMEM. */
@@ -162,84 +158,37 @@ export interface SentryReport {
 
 export type Progress = (round: number, of: number, lastMs: number) => void;
 
-export function quantiles(xs: number[]): Quantiles {
-  const s = [...xs].sort((a, b) => a - b);
-  const q = (p: number) => (s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0);
-  return { median: q(0.5), p10: q(0.1), p90: q(0.9), p99: q(0.99) };
-}
-
-/** Largest chunk that fits the interface's MTU (IPv4, no options). */
-export function chunkElemsForMtu(mtu: number): number {
-  const e = Math.floor((mtu - 20 - 8 - 32) / 2);
-  return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
-}
-
-export function interfaceMtu(iface: string): number {
-  const r = Bun.spawnSync(["ip", "-j", "link", "show", "dev", iface]);
-  try {
-    return JSON.parse(r.stdout.toString())[0].mtu ?? 1500;
-  } catch {
-    return 1500;
-  }
-}
-
 export async function runNode(o: NodeOptions, progress?: Progress): Promise<NodeReport> {
   const n = Math.floor(o.syntheticBytes / 4);
   if (n < 1) throw new AinftpError("swarm", "the synthetic gradient is smaller than one float", { hint: "e.g. --synthetic 16MiB" });
   const N = o.peers.length;
-  const mtu = interfaceMtu(o.iface);
-  const chunkElems = o.chunkElems ?? chunkElemsForMtu(mtu);
-  if (chunkElems > chunkElemsForMtu(mtu))
-    throw new AinftpError("swarm", `--chunk-elems ${chunkElems} needs an MTU of at least ${20 + 8 + 32 + 2 * chunkElems}; ${o.iface} has ${mtu}`, {
-      hint: `raise it on every member (ip link set dev ${o.iface} mtu ${20 + 8 + 32 + 2 * chunkElems}; veth takes at most 3504 with native XDP) or use --chunk-elems ${chunkElemsForMtu(mtu)}`,
-    });
-  // maps for at most 8192 chunks (about 170 MB of kernel memory at 1720 per
-  // packet); a larger gradient takes several rounds
-  const chunks = Math.min(8192, chunkCount(n, chunkElems));
-
-  // Attach unless ainftp is live there (stale pins are replaced, never used);
-  // inside the try below, so a failure anywhere after it detaches again.
-  let attachedByUs = false;
-  const cleanup = () => {
-    if (attachedByUs && !o.keepAttached) {
-      try {
-        detach(o.iface);
-      } catch {
-        // best effort on the way out
-      }
-    }
-  };
+  const node = bringUp({
+    op: "swarm", iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode, chunkElems: o.chunkElems,
+    key: o.key, auth: o.auth, roundElems: n, keepAttached: o.keepAttached, note: o.note,
+    mtuAdvice: (needed) => `ip link set dev ${o.iface} mtu ${needed}; veth takes at most 3504 with native XDP`,
+  });
+  const { chunkElems } = node;
   let comm: Communicator | undefined;
   let swarm: Swarm | undefined;
   // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
   let arena: Arena | undefined;
-  let umem: { ptr: number; bytes: number } | undefined;
   let metrics: ReturnType<typeof startNodeMetrics> | undefined;
-  const onSignal = () => {
-    comm?.abort();
-    cleanup();
-    process.exit(130);
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
   try {
-    const att = await attachForNode(o.iface, { port: o.port, mode: o.mode, jobId: o.job, workers: N, chunks, chunkElems });
-    attachedByUs = att.attachedByUs;
-    for (const line of att.notes) o.note?.(line);
+    let umem: { ptr: number; bytes: number } | undefined;
     if (o.rx === "xsk") {
       arena = Arena.open({ size: UMEM_BYTES, hugepages: "auto" });
       const region = arena.alloc(UMEM_BYTES, 4096);
       umem = { ptr: region.ptr, bytes: region.bytes };
     }
-    comm = await Communicator.open({
-      iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, window: o.window, rx: o.rx, umem,
+    comm = await node.open({
+      window: o.window, rx: o.rx, umem,
       roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, aggregate: o.aggregate,
       maxWaitMs: 20, // the swarm's membership timer ticks every 20 ms
       quorum: o.quorum, deadlineMs: o.deadlineMs,
-    });
+    }, o.log);
+    swarm = node.swarm!;
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
-    swarm = new Swarm(comm, { iface: o.iface, log: o.log });
     if (o.metrics) {
       metrics = startNodeMetrics(o.metrics, comm, swarm, { rank: o.rank, peers: N, job: comm.job, iface: o.iface, bytesPerRound: n * 4 });
       o.note?.(`metrics at ${metrics.url}`);
@@ -281,24 +230,21 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         verifyRobust(x, reps.map((p) => p.contributors!), reference,
           { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active: reps.map((p) => p.active) });
     }
-    const timedCnt = Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters;
-    const times: number[] = [];
-    const hashes: (string | null)[] = [];
-    let maxErr = 0;
-    let statsTimed = zeroStats();
-    let excluded = 0;
-    let unverified = 0;
-    const activeLog: number[][] = [];
-    const rejected0 = comm.sentry ? comm.sentryCounts().map((w) => w.rejected) : [];
+    const t: Tally = {
+      counters: Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters,
+      times: [], hashes: [], maxErr: 0, stats: zeroStats(), excluded: 0, unverified: 0, active: [],
+      rejected0: comm.sentry ? comm.sentryCounts().map((w) => w.rejected) : [], failed: failedRounds,
+    };
+    const { times, hashes } = t;
     for (let r = 0; r < o.rounds; r++) {
       coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
       // a barrier round, so a rank still verifying the last round does not
       // count against this one; patient, since waiting for a slow verifier
       // is no loss worth a retransmission
-      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       const s0 = combineStats(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
-      const t = performance.now();
+      const t0 = performance.now();
       const reps = await survive(r, () => comm!.allreduce(x));
       if (!reps) {
         // a member died during it: the round is lost here; keep the count of
@@ -308,94 +254,119 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         metrics?.roundLost();
         continue;
       }
-      times.push(performance.now() - t);
+      times.push(performance.now() - t0);
       metrics?.roundDone(times[times.length - 1]);
       // per chunk, the contributions its result holds (rx "xsk" keeps no
       // count: the plan's active members then)
       const kept = comm.xsk ? null : reps.map((p) => p.contributors!);
       const active = reps.map((p) => p.active);
-      for (const a of active) activeLog.push(a);
+      for (const a of active) t.active.push(a);
       const whole = active.every((a) => a.length === N) && (!kept || kept.every((k) => k.every((v) => v === N)));
       // the program's counters over the timed rounds only (barrier rounds,
       // where a rank still verifying makes others retransmit, are left out)
       const c1 = comm.counters();
-      for (const k of Object.keys(timedCnt) as (keyof Counters)[]) timedCnt[k] += c1[k] - c0[k];
-      statsTimed = addStats(statsTimed, diffStats(comm.stats, s0));
+      for (const k of Object.keys(t.counters) as (keyof Counters)[]) t.counters[k] += c1[k] - c0[k];
+      t.stats = addStats(t.stats, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
-      await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
       if (o.verify && comm.robust) {
         const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
-        maxErr = Math.max(maxErr, v.err);
-        excluded += v.excluded;
-        unverified += v.unverified;
+        t.maxErr = Math.max(t.maxErr, v.err);
+        t.excluded += v.excluded;
+        t.unverified += v.unverified;
       } else if (o.verify && whole && !o.poison) {
         const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
-        maxErr = Math.max(maxErr, err);
+        t.maxErr = Math.max(t.maxErr, err);
       } else if (o.verify) {
         const v = verifyKept(x, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
-        maxErr = Math.max(maxErr, v.err);
-        excluded += v.excluded;
-        unverified += v.unverified;
+        t.maxErr = Math.max(t.maxErr, v.err);
+        t.excluded += v.excluded;
+        t.unverified += v.unverified;
       }
       hashes.push(new Bun.CryptoHasher("sha256").update(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)).digest("hex"));
       progress?.(r + 1, o.rounds, times[times.length - 1]);
     }
-    const d = (k: keyof Counters) => timedCnt[k];
-    const rx = d("rx");
-    const report: NodeReport = {
-      rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
-      round_ms: quantiles(times),
-      round_times_ms: times.map((t) => +t.toFixed(3)),
-      rel_l2_error_max: o.verify ? maxErr : null,
-      verified: o.verify && times.length > 0 && maxErr <= 1e-3 && times.length === o.rounds,
-      lost_rounds: o.rounds - times.length,
-      result_sha256: hashes,
-      retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
-      timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
-      wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
-      packets_received: rx,
-      wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
-      attached_by_us: attachedByUs,
-      rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
-      result_copy_bytes_per_round: Math.round(
-        (comm.xsk
-          ? comm.xsk.mode === "zero-copy" ? 0 : d("results_xsk") * (14 + 20 + 8 + 32 + 2 * chunkElems)
-          : d("results") * 2 * chunkElems) / Math.max(1, times.length),
-      ),
-      umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
-      phase_ms: Object.fromEntries(
-        Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / Math.max(1, times.length)).toFixed(3)]),
-      ) as CollectiveStats["phaseMs"],
-      swarm: { members: swarm.view(), changes: swarm.changes },
-      failed_rounds: failedRounds,
-      straggler: {
-        partial_rounds: statsTimed.partialRounds, passive_rounds: statsTimed.passiveRounds, deadline_closes: statsTimed.deadlineCloses,
-        late_contributions: d("late"), active: activeLog,
-      },
-      sentry: comm.sentry
-        ? (() => {
-            const st = comm.sentry!.status();
-            return {
-              z: st.z,
-              rejected_by_rank: comm.sentryCounts().map((w, k) => w.rejected - (rejected0[k] ?? 0)),
-              quarantined: st.workers.filter((w) => w.quarantined).map((w) => w.rank),
-              excluded_contributions: excluded,
-              unverified_chunks: unverified,
-              exps_left_out: statsTimed.expsLeftOut,
-            };
-          })()
-        : null,
-    };
-    return report;
+    return nodeReport(o, t, { n, chunkElems, attachedByUs: node.attachedByUs, comm, swarm, arena });
   } finally {
     metrics?.stop();
-    swarm?.close();
-    comm?.close();
+    node.end("polite");
     arena?.close();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    cleanup();
   }
+}
+
+/** What the timed rounds of runNode tallied. */
+interface Tally {
+  /** The program's counters over the timed rounds only. */
+  counters: Counters;
+  times: number[];
+  hashes: (string | null)[];
+  maxErr: number;
+  stats: CollectiveStats;
+  excluded: number;
+  unverified: number;
+  /** Per protocol round: its active members. */
+  active: number[][];
+  /** The sentry's per-rank rejections before the timed rounds. */
+  rejected0: number[];
+  failed: FailedRound[];
+}
+
+/** The node's report (the JSON of `ainftp swarm --json`) from the tally. */
+function nodeReport(
+  o: NodeOptions, t: Tally,
+  at: { n: number; chunkElems: number; attachedByUs: boolean; comm: Communicator; swarm: Swarm; arena: Arena | undefined },
+): NodeReport {
+  const { comm, swarm, arena, chunkElems, n } = at;
+  const { times, stats: statsTimed } = t;
+  const N = o.peers.length;
+  const d = (k: keyof Counters) => t.counters[k];
+  const rx = d("rx");
+  return {
+    rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
+    round_ms: quantiles(times),
+    round_times_ms: times.map((ms) => +ms.toFixed(3)),
+    rel_l2_error_max: o.verify ? t.maxErr : null,
+    verified: o.verify && times.length > 0 && t.maxErr <= 1e-3 && times.length === o.rounds,
+    lost_rounds: o.rounds - times.length,
+    result_sha256: t.hashes,
+    retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
+    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
+    wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
+    packets_received: rx,
+    wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,
+    attached_by_us: at.attachedByUs,
+    control_drops: { ...at.comm.controlDrops },
+    auth: !o.key ? "off" : o.auth === "off" ? "control" : o.auth ?? "header",
+    rx: comm.xsk ? `xsk (${comm.xsk.mode} mode)` : "map",
+    result_copy_bytes_per_round: Math.round(
+      (comm.xsk
+        ? comm.xsk.mode === "zero-copy" ? 0 : d("results_xsk") * (FRAME_OVERHEAD_V4 + 2 * chunkElems)
+        : d("results") * 2 * chunkElems) / Math.max(1, times.length),
+    ),
+    umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
+    phase_ms: Object.fromEntries(
+      Object.entries(statsTimed.phaseMs).map(([k, v]) => [k, +(v / Math.max(1, times.length)).toFixed(3)]),
+    ) as CollectiveStats["phaseMs"],
+    swarm: { members: swarm.view(), changes: swarm.changes },
+    failed_rounds: t.failed,
+    straggler: {
+      partial_rounds: statsTimed.partialRounds, passive_rounds: statsTimed.passiveRounds, deadline_closes: statsTimed.deadlineCloses,
+      late_contributions: d("late"), active: t.active,
+    },
+    sentry: comm.sentry
+      ? (() => {
+          const st = comm.sentry!.status();
+          return {
+            z: st.z,
+            rejected_by_rank: comm.sentryCounts().map((w, k) => w.rejected - (t.rejected0[k] ?? 0)),
+            quarantined: st.workers.filter((w) => w.quarantined).map((w) => w.rank),
+            excluded_contributions: t.excluded,
+            unverified_chunks: t.unverified,
+            exps_left_out: statsTimed.expsLeftOut,
+          };
+        })()
+      : null,
+  };
 }
 
 /** Every rank's synthetic gradient of a round, as each sent it. */

@@ -8,7 +8,7 @@ import { libbpf } from "../native/libbpf.ts";
 import { closeFd, cstr, ifNameToIndex } from "../native/libc.ts";
 import { libbpfLog, shim } from "../native/shim.ts";
 import {
-  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig,
+  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig, encodePlan,
   decodeEvents, decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "./abi.ts";
 import { AinftpError, check, privilegeHint } from "./errors.ts";
@@ -20,7 +20,7 @@ const XDP_DROP = 1;
 /** Map names in the object, and the names they are pinned under. */
 export const MAP_NAMES = [
   "job_config", "slots", "acc", "results", "bank_state", "counters", "events", "member_addrs", "xsks",
-  "sentry_gate", "sentry_obs", "sentry_workers", "contribs",
+  "sentry_gate", "sentry_obs", "sentry_workers", "contribs", "round_plan", "job_key",
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -195,6 +195,25 @@ export abstract class ReflexMaps implements Disposable {
     );
   }
 
+  /** Tells the program the plan of `round` (its bank's entry): chunk c is
+   * owned by owners[c % owners.length]; results from any other rank are dropped. */
+  setPlan(round: number, owners: readonly number[]): void {
+    check(
+      libbpf.bpf_map_update_elem(this.mapFd("round_plan"), new Uint32Array([round & 1]), encodePlan(round, owners), 0n),
+      "plan", `setting the plan of round ${round} failed`,
+    );
+  }
+
+  /** The job key the program checks data-plane MACs under (CFG_AUTH_*); null: zeroes. */
+  setJobKey(key: Uint8Array | null): void {
+    const v = new Uint8Array(SIZEOF.ainftp_key);
+    if (key) {
+      if (key.length !== SIZEOF.ainftp_key) throw new RangeError(`a job key is ${SIZEOF.ainftp_key} bytes, not ${key.length}`);
+      v.set(key);
+    }
+    check(libbpf.bpf_map_update_elem(this.mapFd("job_key"), new Uint32Array([0]), v, 0n), "key", "setting the job key failed");
+  }
+
   /** Forgets every slot and result a previous job left in these maps, so
    * no stale round tag can ever match a round of the next job. */
   resetState(): void {
@@ -218,6 +237,8 @@ export abstract class ReflexMaps implements Disposable {
       check(libbpf.bpf_map_update_elem(this.mapFd("sentry_workers"), new Uint32Array([rank]), zeros, 0n), "reset", "clearing sentry counts failed");
     this.resetBank(0);
     this.resetBank(1);
+    for (let bank = 0; bank < BANKS; bank++)
+      check(libbpf.bpf_map_update_elem(this.mapFd("round_plan"), new Uint32Array([bank]), new Uint8Array(SIZEOF.ainftp_plan), 0n), "reset", "clearing the plan failed");
   }
 
   /** Zeroes a bank's event counts (done by the round owner when it moves the window). */
@@ -255,7 +276,7 @@ export abstract class ReflexMaps implements Disposable {
   }
 
   /** The result entry at `index`: header fields and int16 values. */
-  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array } {
+  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; rank: number; v: Int16Array } {
     this.resBuf ??= this.mmapMap("results", SIZEOF.ainftp_result);
     const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
     const dv = new DataView(this.resBuf, index * stride, stride);
@@ -266,7 +287,8 @@ export abstract class ReflexMaps implements Disposable {
       contributors: dv.getUint16(6, true),
       exp: dv.getInt16(8, true),
       flags: dv.getUint16(10, true),
-      writes: dv.getUint32(12, true),
+      writes: dv.getUint16(12, true),
+      rank: dv.getUint16(14, true),
       v: new Int16Array(this.resBuf, index * stride + 16, Math.min(count, MAX_ELEMS)),
     };
   }
@@ -323,7 +345,7 @@ export abstract class ReflexMaps implements Disposable {
         dv.setUint16(6, contributors, true);
         dv.setInt16(8, exp, true);
         dv.setUint16(10, 0, true);
-        dv.setUint32(12, dv.getUint32(12, true) + 1, true);
+        dv.setUint16(12, (dv.getUint16(12, true) + 1) & 0xffff, true); // writes; the rank (14) is left as it was
         dv.setUint32(0, tag, true); // last: a reader checks it before and after the copy
       },
     };

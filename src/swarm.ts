@@ -39,6 +39,11 @@ export interface SwarmState {
   rounds: number;
   members: (MemberView & { memberRank: number; roundsContributed: number; roundsMissed: number })[];
   changes: SwarmChange[];
+  /** Membership messages dropped: not from the member they name as sender,
+   * gossip speaking for another member, or undecodable (issue 16). */
+  rejected: { wrongSender: number; secondHand: number; undecodable: number };
+  /** Control frames the node refused, by reason (src/control-guard.ts). */
+  controlDrops: Record<string, number>;
 }
 
 const rankOf = (name: string) => Number(name.slice(1));
@@ -58,6 +63,7 @@ export class Swarm implements Disposable {
   private readonly t0 = performance.now();
   private readonly deadAt = new Map<number, number>();
   private lastPublish = 0;
+  private undecodable = 0;
   private readonly statePath: string;
 
   constructor(private readonly comm: Communicator, o: { iface: string; pinRoot?: string; options?: Partial<MembershipOptions>; log?: (line: string) => void } = { iface: "" }) {
@@ -83,8 +89,11 @@ export class Swarm implements Disposable {
       },
     });
     comm.onMember = (rank, payload) => {
+      // `rank` is the sender the collective bound to its address: the
+      // message's own sender record must be that member (Membership.receive)
       const msg = decodeMessage(payload);
       if (msg) this.membership.receive(peers[rank], msg);
+      else this.undecodable++;
     };
     comm.describeMember = (rank) => {
       const at = this.deadAt.get(rank);
@@ -132,6 +141,8 @@ export class Swarm implements Disposable {
     const s: SwarmState = {
       iface: this.o.iface, job: this.comm.job, rank: this.comm.rank, pid: process.pid, updated: now,
       health: this.membership.health, rounds: this.comm.stats.rounds, members: this.view(), changes: this.changes.slice(-50),
+      rejected: { ...this.membership.rejected, undecodable: this.undecodable },
+      controlDrops: { ...this.comm.controlDrops },
     };
     try {
       writeJsonAtomic(this.statePath, s);

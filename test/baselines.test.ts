@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SYSTEMS, parseSize, renderTable, rowNote, runBaselines, type BaselineResult } from "../bench/baselines/run.ts";
+import { SYSTEMS, parseSize, renderTable, rowNote, runBaselines, type BaselineResult } from "../src/bench/baselines.ts";
 import { ROOT, canUseNetns } from "./helpers/netns.ts";
 
 const PACKAGE = { gloo: /package python3-torch not installed.*apt-get install -y python3-torch/, mpi: /package (openmpi-bin|libopenmpi-dev) not installed.*apt-get install -y openmpi-bin libopenmpi-dev/ };

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { run } from "../cli/program.ts";
 import type { IO } from "../cli/io.ts";
-import { chartRows, renderBench, renderRun } from "../cli/bench.ts";
+import { chartRows, renderBench, renderRun, writeReport } from "../cli/bench.ts";
 import {
   ainftpCounters, ainftpSendBytes, bestRatio, computeMetrics, machineRows, metricRows, tcpCounters, untrackedCounters,
   type SystemRun,
@@ -53,7 +53,7 @@ function cannedRun(system: SystemRun["system"], over: Partial<SystemRun> = {}): 
     },
     softirqs: { net_rx: 25000, net_tx: 10 },
     counters: { wakeups_per_round: 7, wakeups_source: "x", packets_per_round: null, copy_bytes_per_round: 48 * MiB, copy_source: "y" },
-    metrics: {} as SystemRun["metrics"], na: {}, detail: null,
+    metrics: {} as SystemRun["metrics"], na: {}, detail: null, link_rate_bps: null, bandwidth: null, shaping: null, back_to_back: null,
     ...over,
   };
   const { metrics, na } = computeMetrics(r, { peers: r.peers, mtu: 3500, hwIrqNa: "veth" });
@@ -64,7 +64,7 @@ function cannedBench(): BenchResult {
   const systems = [cannedRun("ainftp", { counters: ainftpCounters([ainftpReport(0), ainftpReport(1), ainftpReport(2), ainftpReport(3)]) }), cannedRun("tcp"),
     cannedRun("gloo", { status: "na", reason: "package python3-torch not installed: apt-get install -y python3-torch (or: make bench-deps)", verified: null, round_ms: null, wire: null, window: null, softirqs: null }),
     cannedRun("mpi")];
-  const runs = [{ peers: 4, bytes: 16 * MiB, systems, rows: metricRows(systems) }];
+  const runs = [{ peers: 4, bytes: 16 * MiB, systems, rows: metricRows(systems), link_rate_bps: null, regime: "unshaped", tbf: null }];
   const straggler = {
     status: "measured" as const, reason: null, delay_ms: 600, peers: 4, bytes: MiB, round_ms_median: 9.5, undelayed_round_ms_median: 8.1,
     tcp_round_ms_median: 3700, verified: true, passive_rounds: 8, rounds: 8, ratio: 9.5 / 3700,
@@ -76,7 +76,7 @@ function cannedBench(): BenchResult {
   };
   return {
     schema: SCHEMA_ID, date: "2026-01-01T00:00:00.000Z", command: "ainftp bench", duration_s: 1,
-    config: { peers: [4], sizes: [16 * MiB], rounds: 7, baselines: ["tcp", "gloo", "mpi"], mtu: 3504, xdp_mode: "native", rx: "map", subnet: "10.213.91", chunk_elems: 1720, sample_interval_ms: 5, active_bytes: 32768 },
+    config: { peers: [4], sizes: [16 * MiB], rounds: 7, baselines: ["tcp", "gloo", "mpi"], mtu: 3504, xdp_mode: "native", rx: "map", subnet: "10.213.91", chunk_elems: 1720, sample_interval_ms: 5, active_bytes: 32768, link_rates: [null], back_to_back: false, sweep: false, shaping_window_ms: 100, shaped_sizes: [16 * MiB] },
     machine: { kernel: "6.18", cores: 2, cpu_model: "x", memory_bytes: 1, virtualization: null, loadavg_1m: 0.5, bun: "1.4.5", ainftp: "0.1.0", mtu: 3504, xdp_mode: "native", af_xdp: "not used", links: "veth" },
     runs, scaling: scalingRows(runs), tlb, sentry: { error: "needs root" }, straggler, machine_rows: machineRows(tlb, { error: "needs root" }, straggler), verified: true,
   };
@@ -203,6 +203,112 @@ describe("row methods", () => {
     expect(parsePerfProbe(0, "123,,dTLB-load-misses,100,100.00,,\n", "dTLB-load-misses")).toBeNull();
     expect(parsePerfProbe(0, "<not supported>,,dTLB-load-misses,0,100.00,,\n", "dTLB-load-misses")).toMatch(/<not supported> in this VM/);
     expect(parsePerfProbe(1, "perf: not found", "dTLB-load-misses")).toMatch(/exited 1/);
+  });
+});
+
+/** The canned bench with a second regime: each link at 1 Gbit/s, every system also run back to back. */
+function cannedShaped(): BenchResult {
+  const b = cannedBench();
+  const shaping = {
+    rate_bps: 1e9, burst_bytes: 131072, limit_bytes: 6_250_000, window_ms: 100, peak_tx_bps: 0.99e9, peak_rx_bps: 0.98e9, allowed_bps: 1.0105e9,
+    within_rate: true, qdisc_drops: 0, qdisc_overlimits: 1200,
+  };
+  const ctx = { peers: 4, mtu: 3500, hwIrqNa: "veth", rateBps: 1e9 };
+  const shaped = (system: SystemRun["system"], median: number, b2b: number, wire: number) => {
+    const base = cannedRun(system);
+    const r: SystemRun = {
+      ...base, link_rate_bps: 1e9, shaping, round_ms: { median, p10: median, p90: median, p99: median },
+      wire: { ...base.wire!, tx_bytes_per_host_per_round: wire },
+      back_to_back: {
+        status: "ok", reason: null, verified: true, warmup: 3, rounds: 7, round_ms: { median: b2b, p10: b2b, p90: b2b, p99: b2b }, round_times_ms: [b2b],
+        wall_ms: 1, wire: base.wire, bandwidth: null, shaping, detail: null,
+      },
+    };
+    const { metrics, na } = computeMetrics(r, ctx);
+    return { ...r, metrics, na, bandwidth: { algbw_bytes_per_s: metrics.algbw_bytes_per_s!, busbw_bytes_per_s: metrics.busbw_bytes_per_s!, line_rate_fraction: metrics.line_rate_fraction } };
+  };
+  const systems = [shaped("ainftp", 110, 150, 12.13 * MiB), shaped("tcp", 205, 210, 24 * MiB), shaped("mpi", 215, 230, 24 * MiB)];
+  b.runs.push({ peers: 4, bytes: 16 * MiB, systems, rows: metricRows(systems, { shaped: true, backToBack: true }), link_rate_bps: 1e9, regime: "shaped", tbf: { rate_bps: 1e9, burst_bytes: 131072, limit_bytes: 6_250_000 } });
+  b.config.link_rates = [null, 1e9];
+  b.config.back_to_back = true;
+  b.scaling = scalingRows(b.runs);
+  return b;
+}
+
+describe("regimes: bandwidth rows, back to back", () => {
+  test("algbw, busbw, share of line rate and the back-to-back median per system", () => {
+    const b = cannedShaped();
+    const run = b.runs[1];
+    const ours = run.systems[0].metrics;
+    expect(ours.algbw_bytes_per_s).toBeCloseTo((16 * MiB) / 0.11, 3);
+    expect(ours.busbw_bytes_per_s).toBeCloseTo(((16 * MiB) / 0.11) * 1.5, 3);
+    expect(ours.line_rate_fraction).toBeCloseTo((12.13 * MiB) / (125e6 * 0.11), 9);
+    expect(ours.round_ms_median_back_to_back).toBe(150);
+    // the ratio column: lowest round time is best, highest bandwidth is best
+    const row = (id: string) => run.rows.find((r) => r.id === id)!;
+    expect(row("round_ms_median")).toMatchObject({ best_peer: "tcp", ratio: 110 / 205 });
+    expect(row("algbw_bytes_per_s")).toMatchObject({ best_peer: "tcp", higher_is_better: true });
+    expect(row("algbw_bytes_per_s").ratio).toBeCloseTo(205 / 110, 9);
+    expect(row("round_ms_median_back_to_back")).toMatchObject({ best_peer: "tcp", ratio: 150 / 210 });
+    // unshaped: no line-rate row and no back-to-back row; the metric says why
+    const plain = b.runs[0];
+    expect(plain.rows.map((r) => r.id)).not.toContain("line_rate_fraction");
+    expect(plain.rows.map((r) => r.id)).not.toContain("round_ms_median_back_to_back");
+    expect(plain.systems[1].na.line_rate_fraction).toContain("unshaped");
+    expect(plain.systems[1].na.round_ms_median_back_to_back).toContain("--back-to-back");
+    expect(plain.systems[1].metrics.busbw_bytes_per_s).toBeCloseTo(((16 * MiB) / 0.08) * 1.5, 3);
+  });
+
+  test("a back-to-back run that did not verify gives no figure", () => {
+    const r = cannedRun("tcp", { back_to_back: { status: "ok", reason: null, verified: false, warmup: 3, rounds: 7, round_ms: { median: 1, p10: 1, p90: 1, p99: 1 }, round_times_ms: [1], wall_ms: 1, wire: null, bandwidth: null, shaping: null, detail: null } });
+    expect(r.metrics.round_ms_median_back_to_back).toBeNull();
+    expect(r.na.round_ms_median_back_to_back).toContain("not verified");
+  });
+
+  test("both regimes validate against the schema; the table and the summary label them", () => {
+    const b = cannedShaped();
+    expect(validateBenchJson(b)).toEqual([]);
+    const broken = JSON.parse(JSON.stringify(b));
+    delete broken.runs[1].systems[0].bandwidth;
+    broken.runs[1].systems[1].shaping.within_rate = "yes";
+    broken.runs[1].systems[2].back_to_back.round_ms = 3;
+    const problems = validate(broken, BENCH_SCHEMA).join("\n");
+    expect(problems).toContain("$.runs[1].systems[0]: missing bandwidth");
+    expect(problems).toContain("$.runs[1].systems[1].shaping.within_rate: expected boolean");
+    expect(problems).toContain("$.runs[1].systems[2].back_to_back.round_ms");
+    const text = renderBench(b);
+    expect(text).toContain("links unshaped — the CPU-bound lab");
+    expect(text).toContain("each host's link shaped to 1 Gbit/s both ways (tbf) — bandwidth-bound");
+    expect(text).toContain("shaping check, ainftp: peak over 100 ms, tx 0.990 Gbit/s");
+    expect(text).toContain("share of line rate");
+    expect(text).toContain("back to back");
+    expect(text).toMatch(/1 Gbit\/s\s*│ 205\.0 ms \/ 210\.0 ms/); // the summary: median / back to back per system
+    expect(text).toMatch(/yes; back to\s*│[^\n]*\n[^\n]*back yes/); // the verdict row wraps
+    expect(text).toContain("about half of a core");
+  });
+
+  test("charts on log axes: round time vs size per system and regime, vs link rate at 16 MiB", async () => {
+    const b = cannedShaped();
+    const bySize = chartRows(b, "size");
+    expect(bySize.map((r) => r.system)).toContain("ainftp (unshaped)");
+    expect(bySize.map((r) => r.system)).toContain("ainftp (1 Gbit/s)");
+    const second = JSON.parse(JSON.stringify(b.runs[1]));
+    second.link_rate_bps = 2e9;
+    b.runs.push(second);
+    const byRate = chartRows(b, "rate", 16 * MiB);
+    expect(byRate.filter((r) => r.system === "ainftp").map((r) => r.x)).toEqual([1, 2]);
+    const dir = mkdtempSync(join(tmpdir(), "aft-benchchart-"));
+    try {
+      const files = await writeReport(dir, b, "t");
+      expect(files.map((f) => f.split("/").pop())).toEqual(["table.txt", "bench.json", "round-time-vs-size.svg", "round-time-vs-rate.svg"]);
+      for (const name of ["round-time-vs-size", "round-time-vs-rate"]) {
+        const spec = JSON.parse(readFileSync(join(dir, `${name}.vl.json`), "utf8"));
+        expect(spec.encoding.x.scale.type).toBe("log");
+        expect(spec.encoding.y.scale.type).toBe("log");
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -363,7 +469,7 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
     const json = join(dir, "out.json");
     const report = join(dir, "report");
     const t0 = performance.now();
-    const p = Bun.spawn([BIN, "bench", "--peers", "2", "--size", "1MiB", "--rounds", "3", "--subnet", "10.213.90", "--tlb-size", "64MiB", "--json", json, "--report", report], {
+    const p = Bun.spawn([BIN, "bench", "--peers", "2", "--size", "1MiB", "--rounds", "3", "--subnet", "10.213.90", "--tlb-size", "64MiB", "--link-rate", "none,1gbit", "--back-to-back", "--json", json, "--report", report], {
       stdout: "pipe", stderr: "pipe",
     });
     const [code, out, err] = [await p.exited, await new Response(p.stdout).text(), await new Response(p.stderr).text()];
@@ -397,6 +503,17 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
     for (const f of ["table.txt", "bench.json", "round-time-vs-size.svg", "round-time-vs-size.vl.json"]) expect(existsSync(join(report, f))).toBe(true);
     expect(readFileSync(join(report, "round-time-vs-size.svg"), "utf8")).toContain("<svg");
     expect(out).toContain("Bandwidth");
+    // the shaped regime: every link held to 1 Gbit/s, the line-rate share measured, back to back verified
+    expect(r.runs.map((x) => x.link_rate_bps)).toEqual([null, 1e9]);
+    for (const s of r.runs[1].systems.filter((x) => x.status === "ok")) {
+      expect(s.shaping!.within_rate).toBe(true);
+      expect(s.shaping!.peak_tx_bps).toBeGreaterThan(0);
+      expect(s.metrics.line_rate_fraction).toBeGreaterThan(0);
+      expect(s.back_to_back!.verified).toBe(true);
+      expect(s.metrics.round_ms_median_back_to_back).toBeGreaterThan(0);
+    }
+    expect(r.runs[0].systems[0].shaping).toBeNull();
+    expect(out).toContain("each host's link shaped to 1 Gbit/s");
     expect(benchNamespaces(p.pid)).toEqual([]);
   }, 240_000);
 });

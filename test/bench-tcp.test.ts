@@ -4,7 +4,7 @@
 // least that much on each host's wire; a rank that starts late is waited for,
 // one that never starts is named in a clear error.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { parseArgs } from "../bench/tcp-node.ts";
+import { parseTcpNodeArgs as parseArgs } from "../src/bench/tcp-ring.ts";
 import { parseEndpoint, quantiles, TCP_RING_PORT, type TcpRingReport } from "../src/bench/tcp-ring.ts";
 import { readNsIfaceStats } from "../src/bench/proc.ts";
 import { ROOT, canUseNetns, createLab, must, type Lab } from "./helpers/netns.ts";

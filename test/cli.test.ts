@@ -315,7 +315,7 @@ describe.skipIf(!kernel)("dist/ainftp errors and lifecycle (root, network namesp
     expect(Array.isArray(list)).toBe(true);
     const s = list.find((x: any) => x.iface === "t0");
     expect(Object.keys(s).sort()).toEqual(
-      ["attached", "chunks", "config", "counters", "iface", "ifindex", "linkId", "mode", "pinDir", "port", "progId", "stale"].sort(),
+      ["attached", "chunks", "config", "counters", "drops", "iface", "ifindex", "linkId", "mode", "pinDir", "port", "progId", "stale"].sort(),
     );
     expect(Object.keys(s.config).sort()).toEqual(
       ["bankMask", "batch", "chunkElems", "chunks", "flags", "jobId", "memberMask", "members", "ownedChunks", "resultsPerRound", "roundBase"].sort(),
@@ -391,7 +391,7 @@ describe.skipIf(!kernel)("dist/ainftp errors and lifecycle (root, network namesp
     expect(a.stdout).toContain("in native mode");
     const dir = lab.pinDir(N, "s0");
     expect(readdirSync(dir).sort()).toEqual([
-      "acc", "bank_state", "contribs", "counters", "events", "job_config", "link", "member_addrs", "results", "rodata",
+      "acc", "bank_state", "contribs", "counters", "events", "job_config", "job_key", "link", "member_addrs", "results", "rodata", "round_plan",
       "sentry_gate", "sentry_obs", "sentry_workers", "slots", "xsks",
     ]);
 

@@ -10,12 +10,14 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
+  ACC_BIAS, BANKS, CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, MAC_BYTES, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
   MAGIC, MAX_ELEMS, MAX_ROUND, MAX_WORKERS, PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "../src/abi.ts";
 import { datagram, frame } from "../src/packet.ts";
+import { siphash24 } from "../native/mac.ts";
+import { sealDatagram } from "../src/jobkey.ts";
 import { EventRing, ReflexObject } from "../src/reflex.ts";
 import { libbpf } from "../native/libbpf.ts";
 import { ipv4ToBe32 } from "../src/transport.ts";
@@ -80,6 +82,7 @@ interface ModelResult {
   exp: number;
   flags: number;
   writes: number;
+  rank: number;
   v: Int16Array;
 }
 
@@ -118,6 +121,11 @@ class Model {
   ring: { round: number; chunk: number; rank: number; count: number; exp: number; v: number[] }[] = [];
   /** sentry_workers: [accepted, rejected] per rank. */
   workers = Array.from({ length: 64 }, () => [0, 0]);
+  /** job_key; the frame's MAC verdict for contrib()/result() (ainftp_auth). */
+  key = new Uint8Array(16);
+  private macOk = true;
+  /** round_plan per bank: the round's tag and its owners (result_admit). */
+  plans = Array.from({ length: BANKS }, () => ({ tag: 0, owners: [] as number[] }));
 
   /** Closes the slot once every rank it waits for is in (slot_close_if_full). */
   private closeIfFull(slot: ModelSlot, round: number): boolean {
@@ -144,7 +152,7 @@ class Model {
       if (i < mapChunks) this.gate.push("open");
       this.acc.push(new Int32Array(MAX_ELEMS));
       this.raw.push(new Uint32Array(MAX_ELEMS));
-      this.results.push({ tag: 0, count: 0, contributors: 0, exp: 0, flags: 0, writes: 0, v: new Int16Array(MAX_ELEMS) });
+      this.results.push({ tag: 0, count: 0, contributors: 0, exp: 0, flags: 0, writes: 0, rank: 0, v: new Int16Array(MAX_ELEMS) });
     }
   }
 
@@ -263,8 +271,15 @@ class Model {
     }
     if (hdr.chunk >= cfg.chunks >>> 0) return this.drop("mal_chunk");
     const count = hdr.count;
-    if (count === 0 || count > cfg.chunkElems || count > MAX_ELEMS || ulen !== 8 + 32 + count * 2)
+    const auth = (cfg.flags ?? 0) & (CFG_AUTH_HDR | CFG_AUTH_FULL);
+    const tagBytes = type !== PKT_CLOSE && auth ? MAC_BYTES : 0;
+    if (count === 0 || count > cfg.chunkElems || count > MAX_ELEMS || ulen !== 8 + 32 + count * 2 + tagBytes)
       return this.drop("mal_count");
+    if (tagBytes) {
+      const covered = f.subarray(h, h + 32 + (auth & CFG_AUTH_FULL ? 2 * count : 0));
+      const tag = f.subarray(h + 32 + 2 * count, h + 32 + 2 * count + MAC_BYTES);
+      this.macOk = Buffer.from(siphash24(this.key, covered)).equals(Buffer.from(tag));
+    } else this.macOk = true;
     if (hdr.round >= MAX_ROUND) return this.drop("mal_round");
     const ahead = (hdr.round - cfg.roundBase) | 0;
     if (ahead < 0) return this.drop("stale_round");
@@ -313,6 +328,7 @@ class Model {
     const bit = 1n << BigInt(h.rank & 63);
     if ((BigInt.asUintN(64, cfg.memberMask) & bit) === 0n) return this.drop("not_member");
     if (idx >= this.slots.length) return this.drop("mal_chunk");
+    if (!this.macOk) return this.drop("bad_mac");
     const slot = this.slots[idx];
     const tag = (h.round + 1) >>> 0;
     // robust aggregation: a copy for userspace (before any slot check), no sum
@@ -390,22 +406,35 @@ class Model {
   }
 
   private result(
-    h: { flags: number; round: number; chunk: number; count: number; exp: number; contributors: number },
+    h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number; contributors: number },
     idx: number,
     values: Int16Array,
   ): number {
+    // result_admit: a count of contributors no round can have, or a
+    // result from a rank that does not own the chunk in the known plan
+    if (h.contributors === 0 || h.contributors > this.cfg.members) return this.drop("mal_contributors");
+    const plan = this.plans[h.round & 1];
+    let fromOwner = false;
+    if (plan.tag === ((h.round + 1) >>> 0) && plan.owners.length > 0) {
+      if (h.rank !== plan.owners[h.chunk % plan.owners.length]) return this.drop("not_owner");
+      if (h.contributors > plan.owners.length) return this.drop("mal_contributors");
+      fromOwner = true;
+    }
+    if (!this.macOk) return this.drop("bad_mac");
     if (idx >= this.results.length) return this.drop("mal_chunk");
     const res = this.results[idx];
     const tag = (h.round + 1) >>> 0;
     const old = res.tag;
-    if (old === tag || old === RESULT_BUSY) return this.drop("result_dup");
+    if ((old === tag && !(fromOwner && this.results[idx].rank !== h.rank)) || old === RESULT_BUSY) return this.drop("result_dup");
     if (old !== 0 && ((old - tag) | 0) > 0) return this.drop("stale_round");
+    if (old === tag) this.cnt.not_owner++; // a non-owner's result replaced by the owner's
     res.v.set(values);
     res.count = h.count;
     res.contributors = h.contributors;
     res.exp = h.exp;
     res.flags = h.flags;
-    res.writes = (res.writes + 1) >>> 0;
+    res.writes = (res.writes + 1) & 0xffff;
+    res.rank = h.rank;
     res.tag = tag;
     this.cnt.results++;
     this.emit(EV_RESULT, h.round, h.chunk, idx, h.contributors);
@@ -449,7 +478,7 @@ class Generator {
 
   /** `slots` peeks at the model so that some packets bring a rank a filling
    * slot still misses (otherwise most valid packets end up as duplicates). */
-  constructor(private rng: Rng, private cfg: () => JobConfig, private slots: () => readonly ModelSlot[]) {}
+  constructor(private rng: Rng, private cfg: () => JobConfig, private slots: () => readonly ModelSlot[], private key: Uint8Array) {}
 
   /** A rank missing from an open, filling slot of (round, chunk), with the slot's count and exp. */
   private missing(round: number, chunk: number): { rank: number; count: number; exp: number } | undefined {
@@ -519,7 +548,17 @@ class Generator {
     const x = this.rng.next();
     const enc =
       x < 0.8 ? {} : x < 0.88 ? { ipv6: true } : x < 0.93 ? { vlans: 1 } : x < 0.97 ? { vlans: 2 } : { ihl: 5 + 1 + this.rng.int(10) };
-    const f = frame(payload, enc);
+    // under --auth mostly sealed right; else a wrong key, the other mode's tag, or none
+    const auth = (this.cfg().flags ?? 0) & (CFG_AUTH_HDR | CFG_AUTH_FULL);
+    const mode = auth & CFG_AUTH_FULL ? "full" : "header";
+    const y = this.rng.next();
+    const f = frame(
+      !auth || y > 0.97 ? payload
+      : y < 0.9 ? sealDatagram(this.key, payload, mode)
+      : y < 0.95 ? sealDatagram(this.key.map((b, i) => (i === 0 ? b ^ 1 : b)), payload, mode)
+      : sealDatagram(this.key, payload, mode === "full" ? "header" : "full"),
+      enc,
+    );
     const l2 = 14 + 4 * (enc.vlans ?? 0);
     const l3 = enc.ipv6 ? 40 : (enc.ihl ?? 5) * 4;
     const b: Built = { frame: f, ip: l2, udp: l2 + l3, h: l2 + l3 + 8, ipv6: enc.ipv6 ?? false };
@@ -706,7 +745,10 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     // member address differs: with CHECK_SOURCE its packets are refused
     model.memberAddrs = Array.from({ length: MEMBERS }, (_, rank) => ipv4ToBe32(rank === 2 ? "10.99.0.7" : "10.99.0.1"));
     k.setMemberAddrs(model.memberAddrs);
-    const gen = new Generator(rng, () => cfg, () => model.slots);
+    // the job key of CFG_AUTH_*: frames are mostly sealed under it (Generator.valid)
+    model.key = Uint8Array.from({ length: 16 }, () => rng.int(256));
+    k.setJobKey(model.key);
+    const gen = new Generator(rng, () => cfg, () => model.slots, model.key);
     const counters0 = k.counters();
     ring.poll(0);
     const stats = { configChanges: 0, completedSeen: 0, checkpoints: 0, wrapped: false };
@@ -755,8 +797,8 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
           throw new Error(`sums(${idx})[${dd}]: kernel ${ksum[dd]} model ${model.acc[idx][dd]} (slot count ${ms.count}) ${where}`);
         const kr = k.result(idx);
         const mr = model.results[idx];
-        expect({ tag: kr.tag, count: kr.count, contributors: kr.contributors, exp: kr.exp, flags: kr.flags, writes: kr.writes }, `result ${idx} ${where}`)
-          .toEqual({ tag: mr.tag, count: mr.count, contributors: mr.contributors, exp: mr.exp, flags: mr.flags, writes: mr.writes });
+        expect({ tag: kr.tag, count: kr.count, contributors: kr.contributors, exp: kr.exp, flags: kr.flags, writes: kr.writes, rank: kr.rank }, `result ${idx} ${where}`)
+          .toEqual({ tag: mr.tag, count: mr.count, contributors: mr.contributors, exp: mr.exp, flags: mr.flags, writes: mr.writes, rank: mr.rank });
         const kv = new Int16Array(kr.v.buffer, kr.v.byteOffset, MAX_ELEMS);
         const dv = firstDiff(kv, mr.v);
         if (dv >= 0) throw new Error(`result[${idx}].v[${dv}]: kernel ${kv[dv]} model ${mr.v[dv]} ${where}`);
@@ -807,10 +849,20 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         };
         cfg = { ...cfg, bankMask: [mask(), mask()] };
         note = `bankMask [0b${cfg.bankMask![0].toString(2)}, 0b${cfg.bankMask![1].toString(2)}]`;
+        // and a round's plan: the owners of the window's rounds (or an older one)
+        if (rng.chance(0.7)) {
+          const round = (cfg.roundBase + rng.int(3) - 1) >>> 0;
+          const owners = [...Array(MEMBERS).keys()].filter(() => rng.chance(0.7));
+          if (owners.length === 0) owners.push(rng.int(MEMBERS));
+          k.setPlan(round, owners);
+          model.plans[round & 1] = { tag: (round + 1) >>> 0, owners };
+          note += `, plan of round ${round}: owners ${owners.join(",")}`;
+        }
       } else if (x < 0.89) {
         cfg = {
           ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
-          flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_CONTRIBS_TO_RING | CFG_SENTRY]),
+          flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_CONTRIBS_TO_RING | CFG_SENTRY]) |
+            rng.pick([0, 0, CFG_AUTH_HDR, CFG_AUTH_FULL, CFG_AUTH_HDR | CFG_AUTH_FULL]),
         };
         // close or open the sentry's gate of a few chunks
         const gates = k.gates();
@@ -883,7 +935,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     console.log(
       `fuzz: ${PACKETS} packets in ${(ms / 1000).toFixed(1)} s, ${stats.checkpoints} checkpoints, ${stats.configChanges} config changes, ` +
       `final round_base ${cfg.roundBase}${stats.wrapped ? " (wrapped)" : ""}; ` +
-      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, ` +
+      `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, not_owner ${c.not_owner}, mal_contributors ${c.mal_contributors}, bad_mac ${c.bad_mac}, ` +
       `future ${c.future_round}, mal_scale ${c.mal_scale}, passed ${c.passed}, rx ${c.rx}`,
     );
     // The run must have exercised what it claims to.

@@ -542,10 +542,33 @@ describe("Membership driven by hand", () => {
     expect(e().state).toBe("suspect");
     a.m.receive("B", ping(rec("B", 50, "alive", 0), [rec("E", 70, "alive", 3)]));
     expect(e()).toMatchObject({ state: "alive", incarnation: 3 });
+    // a member speaks only for itself (issue 16): "left" second hand changes nothing
     a.m.receive("B", ping(rec("B", 50, "alive", 0), [rec("E", 70, "left", 3)]));
-    a.m.receive("B", ping(rec("B", 50, "alive", 0), [rec("E", 70, "alive", 9)])); // left is final
-    expect(e().state).toBe("left");
-    expect(a.events.map((x) => x.kind)).toEqual(["join", "join", "suspect", "alive", "left"]);
+    expect(e().state).toBe("alive");
+    expect(a.m.rejected.secondHand).toBe(1);
+    expect(a.events.map((x) => x.kind)).toEqual(["join", "join", "suspect", "alive"]);
+  });
+
+  test("a member's own leave is final; a message that names another member as its sender changes nothing (issue 16)", () => {
+    const a = lone();
+    a.m.receive("B", ping(rec("B", 50, "alive", 0)));
+    a.m.receive("C", ping(rec("C", 60, "alive", 0)));
+    const state = (n: string) => a.m.snapshot().find((v) => v.name === n)!.state;
+    const sent = a.sent.length;
+    // B says C left, and says it as C (the eviction the issue found): dropped, counted, unanswered
+    a.m.receive("B", { kind: "leave", seq: 9, sender: rec("C", 60, "left", 5), updates: [] });
+    a.m.receive("B", { kind: "ping", seq: 10, sender: { ...rec("C", 60, "alive", 0), addr: "B" }, updates: [] });
+    expect(state("C")).toBe("alive");
+    expect(a.m.rejected.wrongSender).toBe(2);
+    expect(a.sent.length - sent).toBe(0); // and nothing answered
+    // a newcomer may not take a known member's address
+    a.m.receive("B", ping(rec("Y", 90, "alive", 0)));
+    expect(a.m.snapshot().some((v) => v.name === "Y")).toBe(false);
+    expect(a.m.rejected.wrongSender).toBe(3);
+    // C itself leaves: final
+    a.m.receive("C", { kind: "leave", seq: 12, sender: rec("C", 60, "left", 1), updates: [] });
+    a.m.receive("C", ping(rec("C", 60, "alive", 9)));
+    expect(state("C")).toBe("left");
   });
 
   test("piggybacked gossip fits the datagram budget", () => {

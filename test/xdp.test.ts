@@ -11,11 +11,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  CFG_CHECK_SOURCE, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, COUNTERS, MAX_ELEMS_AUTH, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
   PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState, type WireHeader,
 } from "../src/abi.ts";
 import { datagram, frame, type FrameOptions } from "../src/packet.ts";
+import { sealDatagram } from "../src/jobkey.ts";
 import { PinnedReflex, ReflexObject, type EventRing } from "../src/reflex.ts";
 import { mulberry32 } from "../src/random.ts";
 import { ipv4ToBe32 } from "../src/transport.ts";
@@ -110,7 +111,7 @@ interface SlotCheck {
 
 interface ResultCheck {
   index: number;
-  entry: Partial<{ tag: number; count: number; contributors: number; exp: number; flags: number; writes: number }>;
+  entry: Partial<{ tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; rank: number }>;
   values?: ArrayLike<number>;
 }
 
@@ -191,7 +192,7 @@ function runCase(h: Handle, c: Case): void {
   }
   for (const x of c.results ?? []) {
     const got = r.result(x.index);
-    expect({ tag: got.tag, count: got.count, contributors: got.contributors, exp: got.exp, flags: got.flags, writes: got.writes })
+    expect({ tag: got.tag, count: got.count, contributors: got.contributors, exp: got.exp, flags: got.flags, writes: got.writes, rank: got.rank })
       .toMatchObject(x.entry);
     if (x.values) expect(Array.from(got.v), `result values at ${x.index}`).toEqual(Array.from(x.values));
   }
@@ -1116,6 +1117,235 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   }
 
   runTable("result packets", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
+}
+
+// ---- 6b. results bound to the chunk's owner (issue 16) -------------------------------
+// A member that sends RESULTs for chunks it does not own, or a count of
+// contributors no round can have, is dropped and counted; the entry keeps
+// what the owner wrote. The plan (round_plan) is written by userspace.
+
+{
+  const CHUNKS = 64;
+  const BASE = 200;
+  const fresh = chunkAllocator(CHUNKS);
+  const cases: Case[] = [];
+  const stored: Delta = { rx: 1, results: 1, events: 1, wakeups: 1 };
+  const OWNERS = [0, 1, 3]; // rank 2 sat the round out
+  const withPlan = (r: ReflexObject) => r.setPlan(BASE, OWNERS);
+  const ownerOf = (chunk: number) => OWNERS[chunk % OWNERS.length];
+  const other = (chunk: number) => OWNERS.find((k) => k !== ownerOf(chunk))!;
+
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "plan known: a result from a member that does not own the chunk → DROP + not_owner, the owner's result still lands",
+      before: withPlan,
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [666, 666]), action: XDP_DROP, counters: { rx: 1, not_owner: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: 2, contributors: 3 }, [667, 667]), action: XDP_DROP, counters: { rx: 1, not_owner: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [1, 2]), action: XDP_DROP, counters: stored },
+      ],
+      counters: { rx: 3, not_owner: 2, ...{ results: 1, events: 1, wakeups: 1 } },
+      results: [{ index: chunk, entry: { tag: BASE + 1, count: 2, contributors: 3, writes: 1, rank: ownerOf(chunk) }, values: [1, 2] }],
+      events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "plan known: a non-owner's result arriving first does not block the owner's (no result_dup)",
+      before: withPlan,
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 1 }, [9]), action: XDP_DROP },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 2 }, [5]), action: XDP_DROP },
+      ],
+      counters: { rx: 2, not_owner: 1, results: 1, events: 1, wakeups: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, count: 1, contributors: 2, writes: 1 }, values: [5] }],
+      events: [{ type: EV_RESULT, contributors: 2, round: BASE, chunk, index: chunk }],
+    });
+  }
+  for (const [contributors, why] of [[0, "0"], [5, "above the 4 members"], [4, "above the plan's 3 owners"], [0xffff, "0xffff"]] as const) {
+    const chunk = fresh();
+    cases.push({
+      description: `the owner's result with contributors ${contributors} (${why}) → DROP + mal_contributors, nothing stored`,
+      before: withPlan,
+      packets: [{ frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors }, [1]), action: XDP_DROP }],
+      counters: { rx: 1, mal_contributors: 1 },
+      results: [{ index: chunk, entry: { tag: 0, writes: 0 } }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "no plan for the round yet (bank holds round base-2's): any member's result with 1..members contributors is stored",
+      before: (r) => r.setPlan(BASE - 2, [chunk % 4]),
+      packets: [{ frame: resultPkt({ round: BASE, chunk, rank: (chunk + 1) % 4, contributors: 4 }, [7]), action: XDP_DROP, counters: stored }],
+      counters: stored,
+      results: [{ index: chunk, entry: { tag: BASE + 1, contributors: 4, writes: 1, rank: (chunk + 1) % 4 }, values: [7] }],
+      events: [{ type: EV_RESULT, contributors: 4, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a plan of bank 0 says nothing about round base+1 (bank 1): a result there from a non-owner of bank 0 is stored",
+      before: withPlan,
+      packets: [{ frame: resultPkt({ round: BASE + 1, chunk, rank: other(chunk), contributors: 1 }, [3]), action: XDP_DROP, counters: stored }],
+      counters: stored,
+      results: [{ index: CHUNKS + chunk, entry: { tag: BASE + 2, contributors: 1, writes: 1 }, values: [3] }],
+      events: [{ type: EV_RESULT, contributors: 1, round: BASE + 1, chunk, index: CHUNKS + chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a single-owner plan: only that rank's results are stored",
+      before: (r) => r.setPlan(BASE, [3]),
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: 1, contributors: 1 }, [4]), action: XDP_DROP, counters: { rx: 1, not_owner: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: 3, contributors: 1 }, [4]), action: XDP_DROP, counters: stored },
+      ],
+      counters: { rx: 2, not_owner: 1, results: 1, events: 1, wakeups: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, contributors: 1, writes: 1 }, values: [4] }],
+      events: [{ type: EV_RESULT, contributors: 1, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a non-owner's result stored before the plan was known is replaced by the owner's once it is (not result_dup)",
+      before: (r) => r.setPlan(BASE - 2, [0]),
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [66]), action: XDP_DROP, counters: stored },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 }, config: {} },
+      ],
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 1, rank: other(chunk) }, values: [66] }],
+      events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "... and with the plan known, the owner's result overwrites it (writes 2, rank = owner); the owner's own duplicate is result_dup",
+      before: (r) => {
+        r.setPlan(BASE - 2, [0]);
+        r.testRun(resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [66]));
+        r.setPlan(BASE, OWNERS);
+      },
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { ...stored, not_owner: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 } },
+      ],
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1, not_owner: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 2, rank: ownerOf(chunk) }, values: [5] }],
+      events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  runTable("results bound to the chunk's owner in the round's plan (issue 16)", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
+}
+
+// ---- 6c. the data plane's MAC under the job key (issue 16) ---------------------------
+// Under CFG_AUTH_HDR / CFG_AUTH_FULL a contribution or result ends with a
+// SipHash-2-4 tag (ainftp_abi.h); a frame without the right one changes
+// nothing and is counted bad_mac. The tags here come from native/mac.c.
+
+{
+  const CHUNKS = 64;
+  const BASE = 300;
+  const fresh = chunkAllocator(CHUNKS);
+  const KEY = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
+  const WRONG = KEY.map((b, i) => (i === 3 ? b ^ 1 : b));
+  const cases: Case[] = [];
+  const sealed = (mode: "header" | "full", h: Hdr, values: ArrayLike<number>, key = KEY) =>
+    frame(sealDatagram(key, datagram({ type: PKT_CONTRIB, jobId: JOB, ...h }, Array.from(values)), mode));
+  const flip = (f: Uint8Array, at: number) => {
+    const g = f.slice();
+    g[at] ^= 0x40;
+    return g;
+  };
+  const PAYLOAD = 14 + 20 + 8 + 32; // first payload byte of a plain IPv4 frame
+  const twoRanks = { memberMask: 0b11n, members: 2 };
+
+  for (const [mode, flag] of [["header", CFG_AUTH_HDR], ["full", CFG_AUTH_FULL]] as const) {
+    for (const n of [1, 3, 4, 5, 719, 720, MAX_ELEMS_AUTH]) {
+      const chunk = fresh();
+      const a = Array.from({ length: n }, (_, i) => (i * 37) % 2000 - 1000), b = Array.from({ length: n }, (_, i) => (i * 11) % 300);
+      cases.push({
+        description: `${mode}: ${n} elements, both ranks' tags right → summed and completed`,
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [
+          { frame: sealed(mode, { round: BASE, chunk, rank: 0 }, a), action: XDP_DROP },
+          { frame: sealed(mode, { round: BASE, chunk, rank: 1 }, b), action: XDP_DROP },
+        ],
+        counters: { rx: 2, summed: 2, elems_summed: 2 * n, completed: 1, events: 1, wakeups: 1 },
+        slots: [{ index: chunk, state: { contributors: 2, state: SLOT_COMPLETE }, sums: refSum([a, b], n) }],
+        events: [{ type: EV_SLOT_COMPLETE, contributors: 2, round: BASE, chunk, index: chunk }],
+      });
+    }
+    {
+      const chunk = fresh();
+      const v = [1, 2, 3, 4, 5, 6];
+      const good = sealed(mode, { round: BASE, chunk, rank: 0 }, v);
+      cases.push({
+        description: `${mode}: no tag, a wrong key, a flipped header byte, a flipped tag → bad_mac (or mal_count without a tag); the slot stays empty`,
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [
+          { frame: pkt({ round: BASE, chunk, rank: 0 }, v), action: XDP_DROP, counters: { rx: 1, mal_count: 1 } },
+          { frame: sealed(mode, { round: BASE, chunk, rank: 0 }, v, WRONG), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } },
+          { frame: flip(good, PAYLOAD - 32 + 24), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } }, // exp
+          { frame: flip(good, good.length - 1), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } },
+        ],
+        counters: { rx: 4, mal_count: 1, bad_mac: 3 },
+        slots: [{ index: chunk, state: EMPTY_SLOT }],
+      });
+    }
+    {
+      const chunk = fresh();
+      const v = [7, 8, 9];
+      const tampered = flip(sealed(mode, { round: BASE, chunk, rank: 0 }, v), PAYLOAD + 2); // payload element 1
+      cases.push({
+        description: mode === "full"
+          ? "full: a payload changed on the path → bad_mac, nothing summed"
+          : "header: a payload changed on the path is NOT detected (the header mode's documented limit)",
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [{ frame: tampered, action: XDP_DROP }],
+        counters: mode === "full" ? { rx: 1, bad_mac: 1 } : { rx: 1, summed: 1, elems_summed: 3 },
+        slots: [{ index: chunk, state: mode === "full" ? EMPTY_SLOT : { contributors: 1, state: SLOT_FILLING } }],
+      });
+    }
+    {
+      const chunk = fresh();
+      const res = (rank: number, key = KEY) =>
+        frame(sealDatagram(key, datagram({ type: PKT_RESULT, jobId: JOB, round: BASE, chunk, rank, contributors: 2 }, [5, 6, 7]), mode));
+      cases.push({
+        description: `${mode}: a result under the wrong key → bad_mac; the right one is stored`,
+        setup: { ...twoRanks, flags: flag },
+        before: (r) => r.setJobKey(KEY),
+        packets: [
+          { frame: res(1, WRONG), action: XDP_DROP, counters: { rx: 1, bad_mac: 1 } },
+          { frame: res(1), action: XDP_DROP, counters: { rx: 1, results: 1, events: 1, wakeups: 1 } },
+        ],
+        counters: { rx: 2, bad_mac: 1, results: 1, events: 1, wakeups: 1 },
+        results: [{ index: chunk, entry: { tag: BASE + 1, count: 3, contributors: 2, writes: 1 }, values: [5, 6, 7] }],
+        events: [{ type: EV_RESULT, contributors: 2, round: BASE, chunk, index: chunk }],
+      });
+    }
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "auth off: a frame with a trailing tag is mal_count (lengths must match exactly)",
+      setup: { ...twoRanks, flags: 0 },
+      packets: [{ frame: sealed("header", { round: BASE, chunk, rank: 0 }, [1, 2]), action: XDP_DROP }],
+      counters: { rx: 1, mal_count: 1 },
+      slots: [{ index: chunk, state: EMPTY_SLOT }],
+    });
+  }
+  runTable("the data plane's MAC under the job key (issue 16)", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
 }
 
 // ---- 7. the event ring (loader) ----------------------------------------------------

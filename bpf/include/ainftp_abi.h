@@ -30,6 +30,9 @@
 #define AINFTP_MAX_ELEMS 1720
 #endif
 #define AINFTP_ELEMS_MTU1500 720
+/* With the data plane's MAC (8 bytes after the payload) a frame still fits
+ * the same 3520 bytes: 4 elements fewer. */
+#define AINFTP_MAX_ELEMS_AUTH (AINFTP_MAX_ELEMS - 4)
 
 /* Chunk indices are < AINFTP_MAX_CHUNKS; the maps are sized at attach time
  * to the job's chunk count, which may not exceed this. */
@@ -150,6 +153,20 @@ struct ainftp_config {
 #define AINFTP_CFG_RESULTS_TO_XSK 0x2 /* redirect result packets to the AF_XDP socket of their queue (xsks) */
 #define AINFTP_CFG_SENTRY 0x4 /* drop contributions whose energy is outside their chunk's sentry_gate band */
 #define AINFTP_CFG_CONTRIBS_TO_RING 0x8 /* copy accepted contributions to the contribs ring, do not sum them (robust aggregation) */
+#define AINFTP_CFG_AUTH_HDR 0x10 /* CONTRIB/RESULT carry a MAC of their header under job_key (see below) */
+#define AINFTP_CFG_AUTH_FULL 0x20 /* ... of their header and payload (wins over AUTH_HDR) */
+
+/* The data plane's MAC. Under AUTH_HDR or AUTH_FULL every CONTRIB and
+ * RESULT carries AINFTP_MAC_BYTES after its payload (UDP length = 8 + 32 +
+ * 2 * count + 8): SipHash-2-4 under the job's 128-bit key (job_key map) of
+ * the 32-byte header (AUTH_HDR) or of the header and the payload
+ * (AUTH_FULL), as native/mac.c computes it. A frame whose tag does not match
+ * is dropped as AINFTP_CNT_BAD_MAC before it touches any slot or result.
+ * The header names (job, round, chunk, rank, count, exp, contributors), so a
+ * host without the key cannot make one the program accepts; under AUTH_HDR
+ * an on-path host that saw a frame can still change its payload. CLOSE
+ * frames (loopback only) carry none. */
+#define AINFTP_MAC_BYTES 8
 
 enum ainftp_slot_state {
 	AINFTP_SLOT_EMPTY = 0,
@@ -193,7 +210,8 @@ struct ainftp_result {
 	__u16 contributors;
 	__s16 exp;
 	__u16 flags;
-	__u32 writes;       /* result packets stored here (diagnostics) */
+	__u16 writes;       /* result packets stored here (diagnostics; wraps) */
+	__u16 rank;         /* the rank that sent the result stored (userspace checks it is the chunk's owner) */
 	__s16 v[AINFTP_MAX_ELEMS];
 };
 
@@ -203,6 +221,27 @@ struct ainftp_result {
 struct ainftp_bank_state {
 	__u32 slots_done;   /* slots completed in this bank's round */
 	__u32 results_done; /* results stored in this bank's round */
+};
+
+/* round_plan map (array, AINFTP_BANKS entries): the plan of the round now
+ * in each bank, written by userspace when it learns it (src/collective.ts
+ * applyPlan). Chunk c of round r is owned by owner[c % owners]: a RESULT for
+ * it from any other rank is dropped (AINFTP_CNT_NOT_OWNER), and one claiming
+ * more contributors than `owners` (AINFTP_CNT_MAL_CONTRIBUTORS). A bank whose
+ * tag is not round + 1 has no plan yet: its results are checked against the
+ * members only (userspace checks the owner again before it uses them). */
+struct ainftp_plan {
+	__u32 tag;          /* round + 1 of the plan held; 0 = none */
+	__u16 owners;       /* active members (K), 1..AINFTP_MAX_WORKERS */
+	__u16 reserved;
+	__u8 owner[AINFTP_MAX_WORKERS]; /* rank of the active member of each index, ascending */
+};
+
+/* job_key map (array, one entry): the 128-bit job key, as two little-endian
+ * words of its 16 bytes; written by userspace with the config. */
+struct ainftp_key {
+	__u64 k0;
+	__u64 k1;
 };
 
 /* ---- the sentry ------------------------------------------------------------ */
@@ -306,6 +345,9 @@ enum ainftp_counter {
 	AINFTP_CNT_SENTRY_REJECTED, /* contributions the sentry dropped (energy outside the gate) */
 	AINFTP_CNT_CONTRIBS_RING,   /* contributions copied to the contribs ring (robust aggregation) */
 	AINFTP_CNT_LATE,            /* contributions to a slot that had closed without them (a deadline or the round's active set) */
+	AINFTP_CNT_NOT_OWNER,       /* RESULT from a rank that does not own the chunk in the round's plan (round_plan), or one stored before the plan that the owner's replaced */
+	AINFTP_CNT_MAL_CONTRIBUTORS, /* RESULT whose contributor count is 0, above the members, or above the round's active set */
+	AINFTP_CNT_BAD_MAC,         /* CONTRIB/RESULT whose MAC under the job key does not match (AUTH_HDR / AUTH_FULL) */
 	AINFTP_CNT__MAX,
 };
 
@@ -325,6 +367,8 @@ _Static_assert(sizeof(struct ainftp_contrib_rec) == 16 + 2 * AINFTP_MAX_ELEMS, "
 _Static_assert(sizeof(struct ainftp_acc) == 4 * AINFTP_MAX_ELEMS, "acc");
 _Static_assert(sizeof(struct ainftp_result) == 16 + 2 * AINFTP_MAX_ELEMS, "result");
 _Static_assert(sizeof(struct ainftp_bank_state) == 8, "bank state");
+_Static_assert(sizeof(struct ainftp_plan) == 8 + AINFTP_MAX_WORKERS, "plan");
+_Static_assert(sizeof(struct ainftp_key) == 16, "key");
 _Static_assert(sizeof(struct ainftp_event) == 16, "event is 16 bytes");
 _Static_assert(sizeof(struct ainftp_counters) == 8 * AINFTP_CNT__MAX, "counters");
 _Static_assert(AINFTP_MAX_WORKERS <= 64, "ranks are bits of a __u64");

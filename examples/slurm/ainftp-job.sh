@@ -7,6 +7,9 @@
 # pins: the Epilog (epilog.sh) removes them, and so does the next swarm.
 IFACE=${AINFTP_IFACE:-eth0}
 AINFTP=${AINFTP:-ainftp}
+# a new 128-bit job key per job: srun passes the environment on, and every
+# frame then carries a MAC under it (README, "Security")
+export AINFTP_JOB_KEY=${AINFTP_JOB_KEY:-$("$AINFTP" keygen)}
 # --slurm: members, rank and job id from srun; a name that does not resolve
 # is looked up as a node (scontrol show node: NodeAddr)
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 \

@@ -3,6 +3,7 @@
 // ratio of ainftp against the best plain-TCP peer, and the brief's claimed
 // figures, which are shown beside the measurements and never used in them.
 import type { WindowSummary } from "./sampler.ts";
+import { bandwidth, type Bandwidth } from "./shape.ts";
 
 export type SystemName = "ainftp" | "tcp" | "gloo" | "mpi";
 export type BaselineName = Exclude<SystemName, "ainftp">;
@@ -67,7 +68,38 @@ export interface SystemRun {
   na: Partial<Record<keyof Metrics, string>>;
   /** Per-rank reports as the system printed them (hashes and per-round times left out). */
   detail: unknown;
+  /** Each host's link rate in this run, bits/s (tbf both ways); null unshaped. */
+  link_rate_bps?: number | null;
+  /** nccl-tests' figures at the median round (null: no verified round time). */
+  bandwidth?: Bandwidth | null;
+  /** Shaped runs: the links' measured peak rates against the limit. */
+  shaping?: ShapingCheck | null;
+  /** --back-to-back: the same system with no barrier between rounds. */
+  back_to_back?: BackToBackRun | null;
 }
+
+/** The check that a shaped run stayed within its rate: each host's highest tx and rx rate over
+ * windows of `window_ms` (interface counters, sampled), against rate + burst ÷ window. */
+export interface ShapingCheck {
+  rate_bps: number;
+  burst_bytes: number;
+  limit_bytes: number;
+  window_ms: number;
+  /** Highest over hosts, bits/s. */
+  peak_tx_bps: number;
+  peak_rx_bps: number;
+  /** What the token bucket lets through over one window, as a rate. */
+  allowed_bps: number;
+  within_rate: boolean;
+  /** Packets the qdiscs dropped (queue full) and deferred (out of tokens), all links. */
+  qdisc_drops: number;
+  qdisc_overlimits: number;
+}
+
+/** The back-to-back run of a system, beside its barrier-separated one. */
+export type BackToBackRun = Pick<
+  SystemRun, "status" | "reason" | "verified" | "warmup" | "rounds" | "round_ms" | "round_times_ms" | "wall_ms" | "wire" | "detail"
+> & { bandwidth: Bandwidth | null; shaping: ShapingCheck | null };
 
 export interface Metrics {
   wire_bytes_per_host_per_round: number | null;
@@ -83,12 +115,21 @@ export interface Metrics {
   copy_bytes_per_host_per_round: number | null;
   /** Bytes copied ÷ bytes received: how many times each received byte's worth was copied (the brief counts copies per packet). */
   copies_per_byte_received: number | null;
+  /** nccl-tests: float32 bytes ÷ median round time, bytes/s. */
+  algbw_bytes_per_s: number | null;
+  /** algbw × 2(N−1)/N, bytes/s. */
+  busbw_bytes_per_s: number | null;
+  /** Shaped: wire bytes per host per round ÷ (rate × median round time). */
+  line_rate_fraction: number | null;
+  /** --back-to-back: median round with no barrier between rounds. */
+  round_ms_median_back_to_back: number | null;
 }
 
 export const METRIC_NAMES: readonly (keyof Metrics)[] = [
   "wire_bytes_per_host_per_round", "round_ms_median", "round_ms_p99", "net_rx_softirqs_per_s", "net_rx_softirqs_per_round",
   "wakeups_per_1000_packets", "ctx_switches_per_1000_packets", "hw_irqs_per_s", "cpu_ms_per_round", "cpu_share_of_core_per_host",
-  "copy_bytes_per_host_per_round", "copies_per_byte_received",
+  "copy_bytes_per_host_per_round", "copies_per_byte_received", "algbw_bytes_per_s", "busbw_bytes_per_s", "line_rate_fraction",
+  "round_ms_median_back_to_back",
 ];
 
 export interface MetricContext {
@@ -98,6 +139,8 @@ export interface MetricContext {
   hwIrqNa: string | null;
   /** Hardware IRQs of the interfaces per second over the run, when they have a device. */
   hwIrqsPerS?: number | null;
+  /** Each host's link rate, bits/s; null unshaped. */
+  rateBps?: number | null;
 }
 
 /** Rounds that moved data in a run: warm-up and timed. */
@@ -121,6 +164,7 @@ export function computeMetrics(r: SystemRun, ctx: MetricContext): { metrics: Met
     wire_bytes_per_host_per_round: null, round_ms_median: null, round_ms_p99: null, net_rx_softirqs_per_s: null,
     net_rx_softirqs_per_round: null, wakeups_per_1000_packets: null, ctx_switches_per_1000_packets: null, hw_irqs_per_s: null,
     cpu_ms_per_round: null, cpu_share_of_core_per_host: null, copy_bytes_per_host_per_round: null, copies_per_byte_received: null,
+    algbw_bytes_per_s: null, busbw_bytes_per_s: null, line_rate_fraction: null, round_ms_median_back_to_back: null,
   };
   const all = (why: string) => {
     for (const k of METRIC_NAMES) na[k] = why;
@@ -170,6 +214,21 @@ export function computeMetrics(r: SystemRun, ctx: MetricContext): { metrics: Met
   const received = r.wire?.rx_bytes_per_host_per_round ?? 0;
   if (m.copy_bytes_per_host_per_round !== null && received > 0) m.copies_per_byte_received = m.copy_bytes_per_host_per_round / received;
   else na.copies_per_byte_received = na.copy_bytes_per_host_per_round ?? "no bytes received";
+
+  const rate = ctx.rateBps ?? null;
+  if (r.round_ms && r.round_ms.median > 0) {
+    const bw = bandwidth({ bytes: r.bytes, peers: ctx.peers, ms: r.round_ms.median, rateBps: rate, wireBytesPerHostPerRound: r.wire?.tx_bytes_per_host_per_round ?? null });
+    m.algbw_bytes_per_s = bw.algbw_bytes_per_s;
+    m.busbw_bytes_per_s = bw.busbw_bytes_per_s;
+    m.line_rate_fraction = bw.line_rate_fraction;
+  } else na.algbw_bytes_per_s = na.busbw_bytes_per_s = "no round time";
+  if (rate === null) na.line_rate_fraction = "unshaped link: no line rate";
+  else if (m.line_rate_fraction === null) na.line_rate_fraction ??= "interface counters not read";
+  const b2b = r.back_to_back;
+  if (!b2b) na.round_ms_median_back_to_back = "not run (--back-to-back)";
+  else if (b2b.status !== "ok") na.round_ms_median_back_to_back = b2b.status === "na" ? (b2b.reason ?? "n/a") : `failed: ${b2b.reason ?? "unknown"}`;
+  else if (b2b.verified !== true) na.round_ms_median_back_to_back = "the back-to-back result was not verified against the reference sum";
+  else if (b2b.round_ms) m.round_ms_median_back_to_back = b2b.round_ms.median;
   return { metrics: m, na };
 }
 
@@ -298,12 +357,18 @@ export interface MetricRow {
   brief_claim: string | null;
   /** Rows that are not per system (TLB, security, straggler): one text for the baselines' side and one for ainftp's. */
   text?: { baselines: string; ainftp: string };
+  /** Bandwidth rows: the best peer is the highest, and a ratio above 1 favours ainftp. */
+  higher_is_better?: boolean;
 }
 
-const ROW_DEFS: { id: keyof Metrics; group: string; metric: string; unit: string; brief_claim: string | null }[] = [
+const ROW_DEFS: { id: keyof Metrics; group: string; metric: string; unit: string; brief_claim: string | null; higher?: true; when?: "shaped" | "back-to-back" }[] = [
   { id: "wire_bytes_per_host_per_round", group: "Bandwidth usage", metric: "bytes on the wire per host per round", unit: "MiB", brief_claim: BRIEF_CLAIMS.bandwidth },
   { id: "round_ms_median", group: "Latency per batch", metric: "round time, median", unit: "ms", brief_claim: BRIEF_CLAIMS.latency },
   { id: "round_ms_p99", group: "Latency per batch", metric: "round time, p99", unit: "ms", brief_claim: null },
+  { id: "round_ms_median_back_to_back", group: "Latency per batch", metric: "round time, median, back to back (no barrier, as a trainer calls it)", unit: "ms", brief_claim: null, when: "back-to-back" },
+  { id: "algbw_bytes_per_s", group: "Bandwidth usage", metric: "algbw: float32 bytes ÷ median round (higher is better)", unit: "GB/s", brief_claim: null, higher: true },
+  { id: "busbw_bytes_per_s", group: "Bandwidth usage", metric: "busbw: algbw × 2(N−1)/N (nccl-tests; higher is better)", unit: "GB/s", brief_claim: null, higher: true },
+  { id: "line_rate_fraction", group: "Bandwidth usage", metric: "share of line rate: wire bytes per host ÷ (rate × median round)", unit: "%", brief_claim: null, when: "shaped" },
   { id: "net_rx_softirqs_per_s", group: "Kernel interrupts", metric: "NET_RX softirqs per second (while moving data)", unit: "/s", brief_claim: BRIEF_CLAIMS.interrupts },
   { id: "net_rx_softirqs_per_round", group: "Kernel interrupts", metric: "NET_RX softirqs per round", unit: "", brief_claim: null },
   { id: "wakeups_per_1000_packets", group: "Kernel interrupts", metric: "userspace wake-ups per 1000 packets received", unit: "", brief_claim: BRIEF_CLAIMS.wakeups },
@@ -315,13 +380,13 @@ const ROW_DEFS: { id: keyof Metrics; group: string; metric: string; unit: string
   { id: "copies_per_byte_received", group: "Memory copies", metric: "copies per byte received (bytes copied ÷ bytes received)", unit: "", brief_claim: null },
 ];
 
-/** ainftp's value ÷ the best (lowest) verified baseline's, and which baseline that was. */
-export function bestRatio(values: Partial<Record<SystemName, number | null>>): { best_peer: BaselineName | null; ratio: number | null } {
+/** ainftp's value ÷ the best verified baseline's (the lowest; the highest when higher is better), and which baseline that was. */
+export function bestRatio(values: Partial<Record<SystemName, number | null>>, higher = false): { best_peer: BaselineName | null; ratio: number | null } {
   let best: BaselineName | null = null;
   for (const b of BASELINES) {
     const v = values[b];
     if (v === null || v === undefined || !Number.isFinite(v)) continue;
-    if (best === null || v < (values[best] as number)) best = b;
+    if (best === null || (higher ? v > (values[best] as number) : v < (values[best] as number))) best = b;
   }
   const ours = values.ainftp;
   if (best === null || ours === null || ours === undefined) return { best_peer: best, ratio: null };
@@ -329,16 +394,18 @@ export function bestRatio(values: Partial<Record<SystemName, number | null>>): {
   return { best_peer: best, ratio: theirs > 0 ? ours / theirs : null };
 }
 
-/** The per-system rows of one (peers, size) configuration. */
-export function metricRows(systems: SystemRun[]): MetricRow[] {
-  return ROW_DEFS.map((d) => {
+/** The per-system rows of one (peers, size, link rate) configuration; the line-rate row only when
+ * shaped, the back-to-back row only when it ran. */
+export function metricRows(systems: SystemRun[], o: { shaped?: boolean; backToBack?: boolean } = {}): MetricRow[] {
+  const defs = ROW_DEFS.filter((d) => !d.when || (d.when === "shaped" ? o.shaped : o.backToBack));
+  return defs.map((d) => {
     const values: MetricRow["values"] = {};
     const notes: MetricRow["notes"] = {};
     for (const s of systems) {
       values[s.system] = s.metrics[d.id];
       if (s.metrics[d.id] === null) notes[s.system] = s.na[d.id] ?? "n/a";
     }
-    return { id: d.id, group: d.group, metric: d.metric, unit: d.unit, values, notes, ...bestRatio(values), brief_claim: d.brief_claim };
+    return { id: d.id, group: d.group, metric: d.metric, unit: d.unit, values, notes, ...bestRatio(values, d.higher), brief_claim: d.brief_claim, ...(d.higher ? { higher_is_better: true } : {}) };
   });
 }
 
@@ -431,7 +498,13 @@ export function formatValue(id: string, v: number | null | undefined): string {
     case "wire_bytes_per_host_per_round":
     case "copy_bytes_per_host_per_round":
       return `${(v / 2 ** 20).toFixed(2)} MiB`;
+    case "algbw_bytes_per_s":
+    case "busbw_bytes_per_s":
+      return `${(v / 1e9).toFixed(v < 1e9 ? 3 : 2)} GB/s`;
+    case "line_rate_fraction":
+      return `${(100 * v).toFixed(0)}%`;
     case "round_ms_median":
+    case "round_ms_median_back_to_back":
     case "round_ms_p99":
     case "cpu_ms_per_round":
       return `${v.toFixed(v < 10 ? 2 : 1)} ms`;

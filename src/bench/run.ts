@@ -11,8 +11,8 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { runBaselines, waitAll, type BaselineHost, type BaselineResult, type Exit } from "../../bench/baselines/run.ts";
-import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../../test/helpers/netns.ts";
+import { runBaselines, waitAll, type BaselineHost, type BaselineResult, type Exit } from "./baselines.ts";
+import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../lab/netns.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkElemsForMtu, type NodeReport } from "../node.ts";
 import { formatSize } from "../units.ts";
@@ -20,20 +20,25 @@ import { machineInfo, type MachineInfo } from "./machine.ts";
 import { readNsIfaceStats, readSoftirqs, type IfaceStats } from "./proc.ts";
 import {
   BASELINES, ainftpCounters, computeMetrics, dataRounds, machineRows, metricRows, tcpCounters, untrackedCounters,
-  type BaselineName, type MetricRow, type RoundQuantiles, type SystemCounters, type SystemName, type SystemRun,
-  type TcpRankReport, type WireCounts,
+  type BackToBackRun, type BaselineName, type MetricRow, type RoundQuantiles, type ShapingCheck, type SystemCounters, type SystemName,
+  type SystemRun, type TcpRankReport, type WireCounts,
 } from "./rows.ts";
 import { Sampler, pidsInNamespaces, summarize, type WindowSample, type WindowSummary } from "./sampler.ts";
 import { measureSentryCost, type SentryCostResult } from "./sentry-cost.ts";
+import { LinkShaper, allowedRate, formatRate, peakRate, removeAllShaping, type LinkSample, type TbfParams } from "./shape.ts";
 import { delayHostLink, type LinkDelay } from "./straggler.ts";
 import { quantiles, type TcpRingReport } from "./tcp-ring.ts";
 import { measureTlb, type TlbResult } from "./tlb.ts";
 
-export const SCHEMA_ID = "ainftp-bench/1";
+export const SCHEMA_ID = "ainftp-bench/2";
 export const DEFAULT_SUBNET = "10.213.91";
 /** Largest MTU veth takes with native XDP and no fragments (a frame must fit one page). */
 export const DEFAULT_MTU = 3504;
-export const DEFAULT_ROUNDS = 50;
+export const DEFAULT_ROUNDS = 20;
+/** The default run's regimes: the CPU-bound lab, and each host's link at 1 Gbit/s (docs/bench.md, "Shaped links"). */
+export const DEFAULT_LINK_RATES: (number | null)[] = [null, 1e9];
+/** The window of the shaping check: each link's peak rate over any 100 ms. */
+export const SHAPING_WINDOW_MS = 100;
 export const STRAGGLER_DELAY_MS = 600;
 const IF = "eth0";
 /** An interval counts as moving data when the hosts' interfaces moved at least this much in it. */
@@ -66,6 +71,14 @@ export interface BenchOptions {
   straggler?: boolean;
   /** Tests: fail right after the lab is built, to check the teardown. */
   injectFailure?: "after-lab";
+  /** Each host's link rate, bits/s, one regime each; null is unshaped. Default [null]. */
+  linkRates?: (number | null)[];
+  /** Also run every system back to back (no barrier between rounds). */
+  backToBack?: boolean;
+  /** Recorded in the JSON: the run is a --sweep. */
+  sweep?: boolean;
+  /** Sizes of the shaped regimes (default: `sizes`). The default run shapes 16 MiB only. */
+  shapedSizes?: number[];
 }
 
 export type ProgressEvent =
@@ -78,11 +91,18 @@ export interface RunResult {
   bytes: number;
   systems: SystemRun[];
   rows: MetricRow[];
+  /** Each host's link rate, bits/s (tbf both ways); null unshaped. */
+  link_rate_bps?: number | null;
+  /** What the regime models, in words. */
+  regime?: string;
+  /** The token bucket on every link (null unshaped). */
+  tbf?: TbfParams | null;
 }
 
 export interface ScalingRow {
   peers: number;
   bytes: number;
+  link_rate_bps?: number | null;
   /** Median round ms by system (null: did not run or not verified). */
   round_ms_median: Partial<Record<SystemName, number | null>>;
   best_peer: BaselineName | null;
@@ -109,6 +129,13 @@ export interface BenchResult {
     /** Sampler: interval and the bytes an interval must move to count. */
     sample_interval_ms: number;
     active_bytes: number;
+    /** Each host's link rate per regime, bits/s; null unshaped. */
+    link_rates: (number | null)[];
+    back_to_back: boolean;
+    sweep: boolean;
+    shaping_window_ms: number;
+    /** Sizes of the shaped regimes. */
+    shaped_sizes: number[];
   };
   machine: MachineInfo;
   runs: RunResult[];
@@ -186,9 +213,29 @@ function destroyLab(lab: Lab): void {
   liveLabs.delete(lab);
 }
 
-/** Tears down every lab of this process now (Ctrl-C): processes, XDP pins, namespaces. */
+/** Tears down every lab of this process now (Ctrl-C): processes, the links' qdiscs, XDP pins, namespaces. */
 export function abortBench(): void {
+  removeAllShaping();
   for (const lab of [...liveLabs]) destroyLab(lab);
+}
+
+/** Shapes every host's link in both directions: its eth0 egress, and its bridge port's egress. */
+function shapeLab(bl: BenchLab, rateBps: number): LinkShaper {
+  const br = `/run/netns/${bl.bridge}`;
+  return LinkShaper.apply(
+    bl.hosts.flatMap((h, i) => [
+      { netns: h.path, dev: IF, label: `${h.node} tx` },
+      { netns: br, dev: `p${i}`, label: `${h.node} rx` },
+    ]),
+    rateBps,
+  );
+}
+
+/** What the regime models, in words. */
+export function regimeOf(rateBps: number | null): string {
+  return rateBps === null
+    ? "unshaped: the CPU-bound lab (veth moves bytes at memory speed; the hosts' CPU is the limit)"
+    : "shaped: bandwidth-bound, as on 10/25 GbE where the wire, not the CPU, is the limit";
 }
 
 /** Namespaces a lab of this process still holds (tests). */
@@ -266,14 +313,20 @@ interface RunContext {
   bl: BenchLab;
   bytes: number;
   log: (line: string) => void;
+  /** The links' shaper in this regime (null unshaped). */
+  shaper?: LinkShaper | null;
+  /** No barrier between rounds. */
+  backToBack?: boolean;
   /** A rank whose round times do not count (the straggler row's delayed host). */
   exclude?: number;
   /** Warm-up rounds of the TCP ring (default its own). */
   tcpWarmup?: number;
 }
 
-function timeoutFor(bytes: number, rounds: number, peers: number): number {
-  return 90_000 + Math.ceil((rounds + 3) * Math.max(1, bytes / 2 ** 20) * 100 * Math.max(1, peers / 2));
+function timeoutFor(bytes: number, rounds: number, peers: number, rateBps: number | null = null): number {
+  // shaped: a ring round moves 2(N−1)/N × bytes per host through the link, at the rate
+  const wireMs = rateBps ? (rounds + 3) * ((2 * bytes * 8) / rateBps) * 1000 * 3 : 0;
+  return 90_000 + Math.ceil((rounds + 3) * Math.max(1, bytes / 2 ** 20) * 100 * Math.max(1, peers / 2)) + Math.ceil(wireMs);
 }
 
 const noCounters: SystemCounters = { wakeups_per_round: null, wakeups_source: null, packets_per_round: null, copy_bytes_per_round: null, copy_source: null };
@@ -284,7 +337,7 @@ const noCounters: SystemCounters = { wakeups_per_round: null, wakeups_source: nu
 async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) => string[], json: "all" | "last-line"): Promise<R[] | string> {
   const { bl, bytes, o } = x;
   const addrs = bl.hosts.map((h) => h.addr).join(",");
-  const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length);
+  const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length, x.shaper?.params.rate_bps ?? null);
   const exits = await waitAll(bl.hosts.map((h, i) => bl.lab.spawn(h.node, [...o.self, ...args(i, addrs)])), timeout, gaveUp);
   const fail = firstFailure(exits, timeout);
   if (fail) return fail;
@@ -299,7 +352,7 @@ async function runAinftp(x: RunContext): Promise<Outcome> {
   const { bl, bytes, o } = x;
   const got = await runRanks<NodeReport>(x, (i, addrs) => [
     "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
-    "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json",
+    "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json", ...(x.backToBack ? ["--back-to-back"] : []),
   ], "all");
   // a killed swarm leaves its program pinned: take it off before the next system runs on these links
   for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
@@ -325,7 +378,7 @@ async function runTcp(x: RunContext): Promise<Outcome> {
   const { bytes, o } = x;
   const got = await runRanks<TcpRingReport>(x, (i, addrs) => [
     "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json",
-    ...(x.tcpWarmup !== undefined ? ["--warmup", String(x.tcpWarmup)] : []),
+    ...(x.tcpWarmup !== undefined ? ["--warmup", String(x.tcpWarmup)] : []), ...(x.backToBack ? ["--back-to-back"] : []),
   ], "last-line");
   const base: Outcome = {
     label: "tcp ring", version: "built in: ring all-reduce, C, TCP_NODELAY, pipelined 64 KiB", status: "ok", reason: null, verified: null,
@@ -351,8 +404,11 @@ async function runPeer(x: RunContext, system: "gloo" | "mpi"): Promise<Outcome> 
   const once = async () =>
     (
       await runBaselines({
-        peers, sizes: [bytes], rounds: o.rounds, systems: [system], lab: { lab: bl.lab, hosts: bl.hosts, bridge: bl.bridge },
-        timeoutMs: 45_000 + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)),
+        peers, sizes: [bytes], rounds: o.rounds, systems: [system], lab: { lab: bl.lab, hosts: bl.hosts, bridge: bl.bridge }, backToBack: x.backToBack,
+        // Gloo: four torch imports took over 45 s at load 22; mpirun starts in seconds, and its
+        // occasional silent hang is cut short and tried again (below)
+        timeoutMs: (system === "gloo" ? 90_000 : 45_000) + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)) +
+          (x.shaper ? Math.ceil((o.rounds + 3) * ((2 * bytes * 8) / x.shaper.params.rate_bps) * 1000 * 3) : 0),
         log: (l) => x.log(l),
       })
     )[0];
@@ -405,6 +461,7 @@ async function measured(x: RunContext, system: SystemName, run: () => Promise<Ou
   const readHosts = () => sumStats(bl.hosts.map((h) => readNsIfaceStats(h.ns, IF)));
   const net0 = readHosts();
   const soft0 = readSoftirqs();
+  const q0 = x.shaper?.stats() ?? null;
   const sampler = new Sampler({ inodes: bl.inodes, ifname: IF, intervalMs: 5 }).start();
   const t0 = performance.now();
   let out: Outcome;
@@ -418,6 +475,7 @@ async function measured(x: RunContext, system: SystemName, run: () => Promise<Ou
   const wallMs = performance.now() - t0;
   const soft1 = readSoftirqs();
   const net1 = readHosts();
+  const q1 = x.shaper?.stats() ?? null;
   const ran = out.status === "ok";
   const rounds = { warmup: out.warmup, rounds: o.rounds };
   const wire = ran ? wireCounts(net0, net1, bl.hosts.length, dataRounds(rounds), o.mtu) : null;
@@ -433,11 +491,64 @@ async function measured(x: RunContext, system: SystemName, run: () => Promise<Ou
     softirqs: ran ? { net_rx: sum(soft1.netRx) - sum(soft0.netRx), net_tx: sum(soft1.netTx) - sum(soft0.netTx) } : null,
     counters: ran ? out.counters(window, wire) : noCounters,
     metrics: {} as SystemRun["metrics"], na: {}, detail: out.detail,
+    link_rate_bps: x.shaper?.params.rate_bps ?? null,
+    bandwidth: null,
+    shaping: ran && x.shaper ? shapingCheck(x.shaper, samples, bl.inodes, q0!, q1!) : null,
+    back_to_back: null,
   };
-  const { metrics, na } = computeMetrics(r, { peers: bl.hosts.length, mtu: o.mtu, hwIrqNa: HW_IRQ_NA });
+  finishMetrics(r, x);
+  return r;
+}
+
+/** The metrics of a run, and its bandwidth figures (again after a back-to-back run is attached). */
+function finishMetrics(r: SystemRun, x: RunContext): void {
+  const rateBps = x.shaper?.params.rate_bps ?? null;
+  const { metrics, na } = computeMetrics(r, { peers: x.bl.hosts.length, mtu: x.o.mtu, hwIrqNa: HW_IRQ_NA, rateBps });
   r.metrics = metrics;
   r.na = na;
-  return r;
+  r.bandwidth = metrics.algbw_bytes_per_s === null ? null
+    : { algbw_bytes_per_s: metrics.algbw_bytes_per_s, busbw_bytes_per_s: metrics.busbw_bytes_per_s!, line_rate_fraction: metrics.line_rate_fraction };
+}
+
+/** Each host's link series (tx, rx bytes) from the sampler's per-namespace counters. */
+export function linkSeries(samples: WindowSample[], inode: number): LinkSample[] {
+  const key = `net:[${inode}]`;
+  return samples.flatMap((w) => {
+    const n = w.ns[key];
+    return n ? [{ tMs: w.tMs, txBytes: n.bytes - n.rxBytes, rxBytes: n.rxBytes, t0Ms: n.t0Ms, t1Ms: n.t1Ms }] : [];
+  });
+}
+
+/** The shaping check of one run: every host's peak tx and rx over 100 ms windows against rate + burst ÷ window. */
+function shapingCheck(shaper: LinkShaper, samples: WindowSample[], inodes: number[], q0: Record<string, QdiscCounts>, q1: Record<string, QdiscCounts>): ShapingCheck {
+  const p = shaper.params;
+  let tx = 0, rx = 0;
+  for (const ino of inodes) {
+    const pk = peakRate(linkSeries(samples, ino), SHAPING_WINDOW_MS);
+    tx = Math.max(tx, pk.tx_bps);
+    rx = Math.max(rx, pk.rx_bps);
+  }
+  const allowed = allowedRate(p, SHAPING_WINDOW_MS);
+  let drops = 0, over = 0;
+  for (const k of Object.keys(q1)) {
+    drops += q1[k].drops - (q0[k]?.drops ?? 0);
+    over += q1[k].overlimits - (q0[k]?.overlimits ?? 0);
+  }
+  return {
+    rate_bps: p.rate_bps, burst_bytes: p.burst_bytes, limit_bytes: p.limit_bytes, window_ms: SHAPING_WINDOW_MS,
+    peak_tx_bps: Math.round(tx), peak_rx_bps: Math.round(rx), allowed_bps: Math.round(allowed),
+    within_rate: tx <= allowed && rx <= allowed, qdisc_drops: drops, qdisc_overlimits: over,
+  };
+}
+
+type QdiscCounts = { drops: number; overlimits: number };
+
+/** A system's back-to-back run, condensed beside its barrier-separated one. */
+function backToBackOf(r: SystemRun): BackToBackRun {
+  return {
+    status: r.status, reason: r.reason, verified: r.verified, warmup: r.warmup, rounds: r.rounds, round_ms: r.round_ms,
+    round_times_ms: r.round_times_ms, wall_ms: r.wall_ms, wire: r.wire, bandwidth: r.bandwidth ?? null, shaping: r.shaping ?? null, detail: r.detail,
+  };
 }
 
 function summary(r: SystemRun): string {
@@ -446,6 +557,8 @@ function summary(r: SystemRun): string {
   const q = r.round_ms;
   return `median ${q?.median.toFixed(2)} ms, p99 ${q?.p99.toFixed(2)} ms, verified ${r.verified}` +
     (r.wire ? `, ${formatSize(Math.round(r.wire.tx_bytes_per_host_per_round))} on the wire per host per round` : "") +
+    (r.bandwidth?.line_rate_fraction != null ? `, ${(100 * r.bandwidth.line_rate_fraction).toFixed(0)}% of line rate` : "") +
+    (r.shaping ? `, peak ${(Math.max(r.shaping.peak_tx_bps, r.shaping.peak_rx_bps) / 1e9).toFixed(2)} Gbit/s per link (${r.shaping.within_rate ? "within" : "ABOVE"} the limit), ${r.shaping.qdisc_drops} qdisc drops` : "") +
     (r.verified === false && r.reason ? ` (${r.reason})` : "");
 }
 
@@ -455,6 +568,7 @@ export function validateOptions(o: BenchOptions): void {
   const bad = (what: string, hint?: string) => new AinftpError("bench", what, { hint });
   if (!o.peers.length || o.peers.some((p) => !Number.isInteger(p) || p < 2 || p > 64)) throw bad(`peers ${o.peers.join(",")}: each must be 2..64`);
   if (!o.sizes.length || o.sizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4)) throw bad("sizes must be positive multiples of 4 bytes (float32)");
+  if (o.shapedSizes && (!o.shapedSizes.length || o.shapedSizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4))) throw bad("shaped sizes must be positive multiples of 4 bytes (float32)");
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw bad(`rounds ${o.rounds} is not a positive integer`);
   if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > 9000) throw bad(`MTU ${o.mtu} is not in 576..9000`);
   if (!/^10\.213\.\d{1,3}$/.test(o.subnet)) throw bad(`subnet ${o.subnet}: the bench's hosts live in 10.213.x`, "e.g. --subnet 10.213.91 (the default)");
@@ -466,7 +580,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   validateOptions(opts);
   if (!canUseNetns())
     throw new AinftpError("bench", "needs root with network namespaces (ip netns, nsenter) and XDP", { errno: 1, hint: "run it as root: sudo ainftp bench" });
-  const o = { ...opts, micro: opts.micro ?? true, self: opts.self ?? selfCommand() };
+  const o = {
+    ...opts, micro: opts.micro ?? true, self: opts.self ?? selfCommand(), linkRates: opts.linkRates ?? [null], backToBack: opts.backToBack ?? false,
+    shapedSizes: opts.shapedSizes ?? opts.sizes,
+  };
   const emit = o.onProgress ?? (() => {});
   const log = (line: string) => emit({ kind: "log", line });
   const started = performance.now();
@@ -476,7 +593,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   // other host is the whole cluster), at the smallest size
   const stragglerPeers = Math.max(...o.peers) >= 3 && o.straggler !== false ? Math.max(...o.peers) : null;
   const stragglerBytes = Math.min(...o.sizes);
-  const total = o.peers.length * o.sizes.length * systems.length + (o.micro ? 2 : 0) + (stragglerPeers ? 1 : 0);
+  const cells = o.linkRates.reduce<number>((n, r) => n + (r === null ? o.sizes : o.shapedSizes).length, 0);
+  const total = o.peers.length * cells * systems.length * (o.backToBack ? 2 : 1) + (o.micro ? 2 : 0) + (stragglerPeers ? 1 : 0);
   let straggler: StragglerResult = {
     status: "n/a", delay_ms: STRAGGLER_DELAY_MS, peers: null, bytes: null, round_ms_median: null, undelayed_round_ms_median: null,
     tcp_round_ms_median: null, verified: null, passive_rounds: null, rounds: STRAGGLER_ROUNDS.ainftp, ratio: null,
@@ -494,22 +612,39 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     log(`lab: ${peers} hosts (${bl.hosts.map((h) => h.addr).join(" ")}) on a bridge, MTU ${o.mtu}`);
     try {
       if (o.injectFailure === "after-lab") throw new AinftpError("bench", "injected failure after building the lab (test)");
-      for (const bytes of o.sizes) {
-        const x: RunContext = { o, bl, bytes, log };
-        const sys: SystemRun[] = [];
-        for (const s of systems) {
-          const label = `${s} · ${peers} hosts · ${formatSize(bytes)} · ${o.rounds} rounds`;
-          emit({ kind: "step", index: ++step, total, label });
-          const r = await measured(x, s, () => (s === "ainftp" ? runAinftp(x) : s === "tcp" ? runTcp(x) : runPeer(x, s)));
-          emit({ kind: "done", index: step, total, label, summary: summary(r) });
-          sys.push(r);
+      for (const rate of o.linkRates) {
+        const shaper = rate === null ? null : shapeLab(bl, rate);
+        if (shaper) log(`links: tbf ${formatRate(rate)} on every host's eth0 and bridge port (burst ${formatSize(shaper.params.burst_bytes)}, queue ${formatSize(shaper.params.limit_bytes)})`);
+        try {
+          for (const bytes of rate === null ? o.sizes : o.shapedSizes) {
+            const x: RunContext = { o, bl, bytes, log, shaper };
+            const sys: SystemRun[] = [];
+            for (const s of systems) {
+              const one = async (b2b: boolean) => {
+                const label = `${s} · ${peers} hosts · ${formatSize(bytes)} · ${formatRate(rate)} · ${o.rounds} rounds${b2b ? " back to back" : ""}`;
+                emit({ kind: "step", index: ++step, total, label });
+                const xx = { ...x, backToBack: b2b };
+                const r = await measured(xx, s, () => (s === "ainftp" ? runAinftp(xx) : s === "tcp" ? runTcp(xx) : runPeer(xx, s)));
+                emit({ kind: "done", index: step, total, label, summary: summary(r) });
+                return r;
+              };
+              const r = await one(false);
+              if (o.backToBack && r.status !== "na") {
+                r.back_to_back = backToBackOf(await one(true));
+                finishMetrics(r, x);
+              } else if (o.backToBack) step++;
+              sys.push(r);
+            }
+            runs.push({ peers, bytes, systems: sys, rows: metricRows(sys, { shaped: rate !== null, backToBack: o.backToBack }), link_rate_bps: rate, regime: regimeOf(rate), tbf: shaper?.params ?? null });
+          }
+        } finally {
+          shaper?.remove();
         }
-        runs.push({ peers, bytes, systems: sys, rows: metricRows(sys) });
       }
       if (peers === stragglerPeers) {
         const label = `straggler · ${peers} hosts · ${formatSize(stragglerBytes)} · host ${peers - 1}'s link delayed ${STRAGGLER_DELAY_MS} ms · ainftp and tcp ring`;
         emit({ kind: "step", index: ++step, total, label });
-        const undelayed = runs.find((r) => r.peers === peers && r.bytes === stragglerBytes)?.systems.find((s) => s.system === "ainftp")?.round_ms?.median ?? null;
+        const undelayed = runs.find((r) => r.peers === peers && r.bytes === stragglerBytes && (r.link_rate_bps ?? null) === null)?.systems.find((s) => s.system === "ainftp")?.round_ms?.median ?? null;
         straggler = await measureStraggler({ o, bl, bytes: stragglerBytes, log }, undelayed);
         emit({ kind: "done", index: step, total, label: "straggler", summary: straggler.status === "n/a" ? `n/a: ${straggler.reason}`
           : `ainftp ${straggler.round_ms_median?.toFixed(1)} ms (undelayed ${straggler.undelayed_round_ms_median?.toFixed(1) ?? "n/a"}), tcp ring ${straggler.tcp_round_ms_median?.toFixed(0) ?? "n/a"} ms` });
@@ -544,10 +679,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
     config: {
       peers: o.peers, sizes: o.sizes, rounds: o.rounds, baselines: o.baselines, mtu: o.mtu, xdp_mode: o.mode, rx: o.rx, subnet: o.subnet,
       chunk_elems: chunkElemsForMtu(o.mtu), sample_interval_ms: 5, active_bytes: ACTIVE_BYTES,
+      link_rates: o.linkRates, back_to_back: o.backToBack, sweep: o.sweep ?? false, shaping_window_ms: SHAPING_WINDOW_MS,
+      shaped_sizes: o.shapedSizes,
     },
     machine, runs, scaling: scalingRows(runs), tlb, sentry, straggler,
     machine_rows: machineRows(tlb, sentry, straggler),
-    verified: ran.every((s) => s.verified === true),
+    verified: ran.every((s) => s.verified === true && (!s.back_to_back || s.back_to_back.status === "na" || s.back_to_back.verified === true)),
   };
 }
 
@@ -587,6 +724,6 @@ async function measureStraggler(x: RunContext, undelayed: number | null): Promis
 export function scalingRows(runs: RunResult[]): ScalingRow[] {
   return runs.map((r) => {
     const row = r.rows.find((x) => x.id === "round_ms_median")!;
-    return { peers: r.peers, bytes: r.bytes, round_ms_median: row.values, best_peer: row.best_peer, ratio: row.ratio };
+    return { peers: r.peers, bytes: r.bytes, link_rate_bps: r.link_rate_bps ?? null, round_ms_median: row.values, best_peer: row.best_peer, ratio: row.ratio };
   });
 }

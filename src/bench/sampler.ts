@@ -25,6 +25,10 @@ export interface NsSample {
   bytes: number;
   rxBytes: number;
   rxPackets: number;
+  /** When the counters were read: just before and just after (performance.now()). The sample's tMs
+   * is taken before the process scan, which can lag by tens of ms on a loaded machine. */
+  t0Ms?: number;
+  t1Ms?: number;
 }
 
 export interface WindowSample {
@@ -296,9 +300,11 @@ export class Sampler {
       const io = this.files.read(`/proc/${pid}/io`);
       procs[pid] = { threads, ioBytes: io === null ? 0 : parseProcIo(io) };
       if (!ns[link]) {
+        const t0Ms = performance.now();
         const dev = this.files.read(`/proc/${pid}/net/dev`);
+        const t1Ms = performance.now();
         const c = dev === null ? null : parseNetDev(dev, this.o.ifname);
-        if (c) ns[link] = { bytes: c.bytes, rxBytes: c.rxBytes, rxPackets: c.rxPackets };
+        if (c) ns[link] = { bytes: c.bytes, rxBytes: c.rxBytes, rxPackets: c.rxPackets, t0Ms, t1Ms };
       }
     }
     const soft = parseSoftirqs(this.files.read("/proc/softirqs") ?? "");

@@ -64,19 +64,37 @@ const counters = obj({
 const metrics = obj(Object.fromEntries(METRIC_NAMES.map((k) => [k, numOrNull])));
 const metricNotes: JsonSchema = { type: "object", properties: Object.fromEntries(METRIC_NAMES.map((k) => [k, str])), additionalProperties: false };
 
+const bandwidth = obj({ algbw_bytes_per_s: num, busbw_bytes_per_s: num, line_rate_fraction: numOrNull });
+
+const shaping = obj({
+  rate_bps: num, burst_bytes: int, limit_bytes: int, window_ms: num, peak_tx_bps: num, peak_rx_bps: num, allowed_bps: num,
+  within_rate: bool, qdisc_drops: int, qdisc_overlimits: int,
+});
+
+const tbf = obj({ rate_bps: num, burst_bytes: int, limit_bytes: int });
+
+const status: JsonSchema = { enum: ["ok", "na", "failed"] };
+
+const backToBack = obj({
+  status, reason: strOrNull, verified: boolOrNull, warmup: int, rounds: int, round_ms: nullable(quantiles), round_times_ms: nums,
+  wall_ms: numOrNull, wire: nullable(wire), bandwidth: nullable(bandwidth), shaping: nullable(shaping), detail: {},
+});
+
 const systemRun = obj({
-  system: systemName, label: str, version: strOrNull, status: { enum: ["ok", "na", "failed"] }, reason: strOrNull, verified: boolOrNull,
+  system: systemName, label: str, version: strOrNull, status, reason: strOrNull, verified: boolOrNull,
   peers: int, bytes: int, warmup: int, rounds: int, round_ms: nullable(quantiles), round_times_ms: nums, wall_ms: numOrNull,
   wire: nullable(wire), window: nullable(window), softirqs: nullable(obj({ net_rx: num, net_tx: num })), counters, metrics, na: metricNotes,
   detail: {},
+  // ainftp-bench/2: the regime's link rate, nccl-tests' bandwidth figures, the shaping check, the back-to-back run
+  link_rate_bps: numOrNull, bandwidth: nullable(bandwidth), shaping: nullable(shaping), back_to_back: nullable(backToBack),
 });
 
 const metricRow = obj(
   {
     id: str, group: str, metric: str, unit: str, values: bySystem(numOrNull), notes: bySystem(str), best_peer: nullable(baselineName),
-    ratio: numOrNull, brief_claim: strOrNull, text: obj({ baselines: str, ainftp: str }),
+    ratio: numOrNull, brief_claim: strOrNull, text: obj({ baselines: str, ainftp: str }), higher_is_better: bool,
   },
-  { optional: ["text"] },
+  { optional: ["text", "higher_is_better"] },
 );
 
 const tlb = obj({
@@ -92,23 +110,33 @@ const sentry = obj({
 
 export const BENCH_SCHEMA: JsonSchema = {
   $schema: "https://json-schema.org/draft/2020-12/schema",
-  $id: "ainftp-bench/1",
+  $id: "ainftp-bench/2",
   title: "ainftp bench result",
   ...obj({
-    schema: { const: "ainftp-bench/1" },
+    schema: { const: "ainftp-bench/2" },
     date: str,
     command: str,
     duration_s: num,
     config: obj({
       peers: { type: "array", items: int }, sizes: { type: "array", items: int }, rounds: int, baselines: { type: "array", items: baselineName },
       mtu: int, xdp_mode: str, rx: str, subnet: str, chunk_elems: int, sample_interval_ms: num, active_bytes: int,
+      link_rates: { type: "array", items: numOrNull }, back_to_back: bool, sweep: bool, shaping_window_ms: num, shaped_sizes: { type: "array", items: int },
     }),
     machine: obj({
       kernel: str, cores: int, cpu_model: str, memory_bytes: int, virtualization: strOrNull, loadavg_1m: num, bun: str, ainftp: str,
       mtu: int, xdp_mode: str, af_xdp: str, links: str,
     }),
-    runs: { type: "array", items: obj({ peers: int, bytes: int, systems: { type: "array", items: systemRun }, rows: { type: "array", items: metricRow } }) },
-    scaling: { type: "array", items: obj({ peers: int, bytes: int, round_ms_median: bySystem(numOrNull), best_peer: nullable(baselineName), ratio: numOrNull }) },
+    runs: {
+      type: "array",
+      items: obj({
+        peers: int, bytes: int, systems: { type: "array", items: systemRun }, rows: { type: "array", items: metricRow },
+        link_rate_bps: numOrNull, regime: str, tbf: nullable(tbf),
+      }),
+    },
+    scaling: {
+      type: "array",
+      items: obj({ peers: int, bytes: int, link_rate_bps: numOrNull, round_ms_median: bySystem(numOrNull), best_peer: nullable(baselineName), ratio: numOrNull }),
+    },
     tlb: { anyOf: [tlb, errorObj, { type: "null" }] },
     sentry: { anyOf: [sentry, errorObj, { type: "null" }] },
     straggler: obj({

@@ -9,7 +9,7 @@
 // straggler handling (issue 6): with none, every round waits for the host.
 import { join } from "node:path";
 import { readFileSync } from "node:fs";
-import type { Lab } from "../../test/helpers/netns.ts";
+import type { Lab } from "../lab/netns.ts";
 import { AinftpError } from "../errors.ts";
 import type { DelayLineStats } from "./delay-line.ts";
 

@@ -12,6 +12,7 @@ import {
 } from "../../native/tcpring.ts";
 import { AinftpError } from "../errors.ts";
 import { be32ToIpv4, ipv4ToBe32 } from "../transport.ts";
+import { parseSize } from "../units.ts";
 
 /** Port every rank listens on unless its peer entry says addr:port. */
 export const TCP_RING_PORT = 47200;
@@ -37,6 +38,8 @@ export interface TcpRingOptions {
   connectTimeoutMs?: number;
   /** A round fails when nothing moves for this long; default 10 s. */
   idleTimeoutMs?: number;
+  /** No barrier before the timed rounds (as a trainer calls all-reduce); default false. */
+  backToBack?: boolean;
   /** How long a barrier waits for the slowest rank (which may still be verifying); default 60 s. */
   barrierTimeoutMs?: number;
   /** Check every timed round against the f64 reference sum; default true. */
@@ -299,7 +302,7 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
   const totals = { sendCalls: 0, recvCalls: 0, polls: 0, yields: 0, bytesSent: 0, bytesReceived: 0 } satisfies TcpRingCounters;
   for (let r = 0; r < o.rounds; r++) {
     coll.ainftp_synth(seed, o.rank, r, 1, x, n);
-    ring.barrier();
+    if (!o.backToBack) ring.barrier();
     const c0 = tcpRingCounters();
     const t = performance.now();
     ring.allreduce(x);
@@ -326,4 +329,52 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
     yields_per_round: per("yields"),
     connect_ms: +connectMs.toFixed(1),
   };
+}
+
+// ---- one rank's command line ----------------------------------------------------------------------
+
+/** Usage of one ring rank: `bun bench/tcp-node.ts …` and `ainftp bench node tcp -- …` take these arguments. */
+export const TCP_NODE_USAGE =
+  "usage: bun bench/tcp-node.ts --peers A,B,… --rank R [--port P] --size 16MiB --rounds N [--warmup W] [--seed S] " +
+  "[--chunk 64KiB] [--connect-timeout SECONDS] [--spin] [--back-to-back] [--no-verify] [--json]";
+
+/** The arguments of one ring rank (bench/tcp-node.ts, `ainftp bench node tcp -- …`). */
+export function parseTcpNodeArgs(argv: string[]): TcpRingOptions & { json: boolean } {
+  const o: TcpRingOptions & { json: boolean } = { peers: [], rank: -1, port: TCP_RING_PORT, elements: 0, rounds: 20, json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new AinftpError("tcp-node", `${a} needs a value`, { hint: TCP_NODE_USAGE });
+      return v;
+    };
+    const int = (v: string) => {
+      if (!/^\d+$/.test(v)) throw new AinftpError("tcp-node", `${a}: not a whole number: ${v}`);
+      return Number(v);
+    };
+    switch (a) {
+      case "--peers": o.peers = val().split(",").filter(Boolean); break;
+      case "--rank": o.rank = int(val()); break;
+      case "--port": o.port = int(val()); break;
+      case "--size": {
+        const bytes = parseSize(val(), "--size");
+        if (bytes % 4) throw new AinftpError("tcp-node", `--size ${bytes} bytes is not a whole number of float32s`);
+        o.elements = bytes / 4;
+        break;
+      }
+      case "--rounds": o.rounds = int(val()); break;
+      case "--warmup": o.warmup = int(val()); break;
+      case "--seed": o.seed = int(val()); break;
+      case "--chunk": o.chunkBytes = parseSize(val(), "--chunk"); break;
+      case "--connect-timeout": o.connectTimeoutMs = int(val()) * 1000; break;
+      case "--spin": o.spin = true; break;
+      case "--back-to-back": o.backToBack = true; break;
+      case "--no-verify": o.verify = false; break;
+      case "--json": o.json = true; break;
+      case "-h": case "--help": process.stdout.write(`${TCP_NODE_USAGE}\n`); process.exit(0);
+      default: throw new AinftpError("tcp-node", `unknown argument ${a}`, { hint: TCP_NODE_USAGE });
+    }
+  }
+  if (!o.peers.length || o.rank < 0 || !o.elements) throw new AinftpError("tcp-node", "--peers, --rank and --size are required", { hint: TCP_NODE_USAGE });
+  return o;
 }

@@ -2,6 +2,8 @@
 // handshake), allreduce (rounds of at most `capacity` chunks, round.ts),
 // the swarm's hooks, and leaving (close, abort). The protocol lives in the
 // rooms next to this file; docs/architecture.md maps them.
+import { MAX_ELEMS_AUTH } from "../abi.ts";
+import type { ControlDrop } from "../control-guard.ts";
 import { join } from "node:path";
 import { CTRL_BYE, CTRL_MEMBER, MAX_WORKERS, SIZEOF, type Counters } from "../abi.ts";
 import { pinnedPort, pinRoot } from "../attach.ts";
@@ -73,6 +75,10 @@ export class Communicator implements Disposable {
     // a previous job's slots and results must not look like ours
     ports.maps.resetState();
     const h = new Host(o, ports.clock, ports.net, ports.maps, ports.port);
+    if (h.dataAuth && h.chunkElems > MAX_ELEMS_AUTH)
+      throw new AinftpError(op, `--auth ${o.auth ?? "header"} leaves room for ${MAX_ELEMS_AUTH} values per packet, the program is attached with ${h.chunkElems}`, {
+        hint: `attach with --chunk-elems ${MAX_ELEMS_AUTH} or less, or run with --auth off`,
+      });
     if (o.aggregate && o.aggregate !== "sum") {
       if (o.rx === "xsk") throw new AinftpError(op, `--aggregate ${o.aggregate} needs --rx map`, { hint: "drop --rx xsk" });
       h.robust = new RobustPolicy(o.aggregate, o.robust, new EventRing(ports.maps.mapFd("contribs"), SIZEOF.ainftp_contrib_rec, 256));
@@ -99,6 +105,10 @@ export class Communicator implements Disposable {
   get port(): number { return this.h.port; }
   get job(): number { return this.h.job; }
   get stats(): CollectiveStats { return this.h.stats; }
+  /** Control frames (or parts) refused, by reason (issue 16). */
+  get controlDrops(): Readonly<Record<ControlDrop, number>> { return this.h.guard.drops; }
+  /** Bytes of a full data packet's UDP payload (header, values, MAC). */
+  get packetBytes(): number { return this.h.seg; }
   /** The AF_XDP socket results arrive on (rx "xsk"), else null. */
   get xsk(): XskSocket | null { return this.h.xsk; }
   /** The sentry's gates and strikes for the chunks we own (null: off). */
@@ -229,24 +239,34 @@ export class Communicator implements Disposable {
   /** Leaves the job: tells the peers, then keeps serving resend requests
    * until every peer has left too (or lingerMs passes, by default the round
    * bound), so a peer that lost one of our results can still finish its
-   * last round. Over the real ports this returns when all is done (leave()
-   * never awaits there); a simulator awaits leave() instead. */
+   * last round. Over the real ports all of it is done when close() returns;
+   * a simulator, whose ports wait with promises, awaits leave() instead. */
   close(lingerMs = this.h.o.roundTimeoutMs): void {
-    void this.leave(lingerMs);
+    void this.depart(lingerMs);
   }
 
-  /** close() as a promise: it awaits only a simulated port's wait. */
+  /** close() as a promise (simulated ports). */
   async leave(lingerMs = this.h.o.roundTimeoutMs): Promise<void> {
+    await this.depart(lingerMs);
+  }
+
+  /** Leaves; returns a promise only when a port's wait did. */
+  private depart(lingerMs: number): Promise<void> | undefined {
     const h = this.h;
     if (h.closed) return;
     h.closed = true;
     h.sentry?.close(h);
+    let waiting: Promise<void> | undefined;
     try {
-      await linger(h, lingerMs);
+      waiting = linger(h, lingerMs);
     } catch {
       // leaving anyway
     }
-    this.release();
+    if (!waiting) {
+      this.release();
+      return;
+    }
+    return waiting.catch(() => {}).then(() => this.release());
   }
 
   private release(): void {
@@ -262,8 +282,9 @@ export class Communicator implements Disposable {
 }
 
 /** Says goodbye, and serves resend requests until every live peer has said
- * goodbye too or lingerMs passes. Awaits nothing over the real ports. */
-async function linger(h: Host, lingerMs: number): Promise<void> {
+ * goodbye too or lingerMs passes. Runs to the end synchronously over the
+ * real ports; returns a promise only when a (simulated) port's wait does. */
+function linger(h: Host, lingerMs: number): Promise<void> | undefined {
   const bye = (all = false) => {
     for (const p of h.others) if (all || !h.left.has(p)) h.sendControl(p, CTRL_BYE, h.nextRound, 0, 0, new Uint8Array(0));
   };
@@ -272,19 +293,25 @@ async function linger(h: Host, lingerMs: number): Promise<void> {
   let again = h.clock.now() + TUNING.GREET_MS;
   // (a member the swarm holds dead will not say goodbye)
   const waiting = () => h.others.some((p) => !h.left.has(p) && Host.has(h.liveMask, p));
-  while (waiting() && h.clock.now() < end) {
-    // a lost BYE must not keep a peer lingering for the whole bound
-    if (h.clock.now() >= again) (bye(), (again = h.clock.now() + TUNING.GREET_MS));
-    const ready = h.net.wait(READY_RING | READY_SOCK, Math.max(1, Math.ceil(Math.min(50, end - h.clock.now()))));
-    if (typeof ready !== "number") await ready;
+  const serve = () => {
     drainControl(h, null);
     drainEvents(h, null, 0);
-  }
-  // peers that are lingering for us may have lost our BYE: say it twice more
-  for (let i = 0; i < 2; i++) {
-    h.clock.sleepSync(30);
-    bye(true);
-  }
+  };
+  const loop = (): Promise<void> | undefined => {
+    while (waiting() && h.clock.now() < end) {
+      // a lost BYE must not keep a peer lingering for the whole bound
+      if (h.clock.now() >= again) (bye(), (again = h.clock.now() + TUNING.GREET_MS));
+      const ready = h.net.wait(READY_RING | READY_SOCK, Math.max(1, Math.ceil(Math.min(50, end - h.clock.now()))));
+      if (typeof ready !== "number") return ready.then(() => (serve(), loop()));
+      serve();
+    }
+    // peers that are lingering for us may have lost our BYE: say it twice more
+    for (let i = 0; i < 2; i++) {
+      h.clock.sleepSync(30);
+      bye(true);
+    }
+  };
+  return loop();
 }
 
 function checkMembers(opts: CommunicatorOptions): void {

@@ -22,6 +22,9 @@ export interface Control {
   flags: number;
   payload: Uint8Array;
   from: string;
+  /** From the member its rank names, of our job. Only a HELLO from one of
+   * our peers' addresses is returned with member false (a misconfigured
+   * member is told and reported; anyone else is answered nothing). */
   member: boolean;
 }
 

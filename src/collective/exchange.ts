@@ -63,13 +63,19 @@ export function storeExps(h: Host, st: RoundState | null, rank: number, round: n
     return;
   }
   if (round < h.nextRound) return; // an old round: nothing needs it any more
+  // bounded memory: a few rounds ahead, pieces within the job's chunks
+  if (!h.guard.keepsRound(round, h.nextRound)) return;
+  if (first >= h.capacity) return h.guard.count("bad_chunk");
   keepEarly(h.earlyExps, round, rank, first, Int8Array.from(ex));
 }
 
 /** A plan piece for a round we have not started (we were passive, or past
  * the quorum): kept by sender, since who leads that round is known when it starts. */
 export function storeEarlyPlan(h: Host, rank: number, round: number, first: number, payload: Uint8Array): void {
-  if (round >= h.nextRound && round < h.nextRound + 4) keepEarly(h.earlyPlans, round, rank, first, Uint8Array.from(payload));
+  if (round < h.nextRound) return;
+  if (round - h.nextRound >= 4) return h.guard.count("future_round");
+  if (first >= h.capacity || first % CTRL_PAYLOAD !== 0) return h.guard.count("bad_chunk");
+  keepEarly(h.earlyPlans, round, rank, first, Uint8Array.from(payload));
 }
 
 /** Stores one piece of the leader's plan (active mask, next leader, and

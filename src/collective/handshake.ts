@@ -2,7 +2,7 @@
 // the same job fingerprint; agree the first round; write the program's
 // config for the job.
 import {
-  CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_HELLO, VERSION,
+  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_HELLO, VERSION,
 } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
 import { ipv4ToBe32 } from "../transport.ts";
@@ -14,7 +14,7 @@ import { handleControl, parseControl } from "./receiver.ts";
 
 /** What every member of a job must agree on. */
 export function fingerprint(h: Host): string {
-  return JSON.stringify({ v: VERSION, job: h.job, peers: h.peers, chunkElems: h.chunkElems, port: h.port });
+  return JSON.stringify({ v: VERSION, job: h.job, peers: h.peers, chunkElems: h.chunkElems, port: h.port, auth: h.dataAuth ? (h.dataAuth.full ? "full" : "header") : "off" });
 }
 
 function sendHello(h: Host, to: number, wantReply: boolean): void {
@@ -98,9 +98,12 @@ function startJob(h: Host, first: number): void {
   h.lateness = new Uint8Array(h.size);
   // only members' addresses may speak for their ranks
   h.maps.setMemberAddrs(h.peers.map((p) => ipv4ToBe32(p)));
+  // with a key, only its holders: the program checks data frames' MACs
+  h.maps.setJobKey(h.dataAuth?.key ?? null);
   const cfg = {
     ...h.cfg, jobId: h.job, roundBase: first, members: h.size, memberMask: h.othersMask, bankMask: [0n, 0n] as [bigint, bigint], batch: h.o.batch,
-    flags: ((h.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY)) | CFG_CHECK_SOURCE |
+    flags: ((h.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY | CFG_AUTH_HDR | CFG_AUTH_FULL)) | CFG_CHECK_SOURCE |
+      (h.dataAuth ? (h.dataAuth.full ? CFG_AUTH_FULL : CFG_AUTH_HDR) : 0) |
       (h.xsk ? CFG_RESULTS_TO_XSK : 0) | (h.sentry ? CFG_SENTRY : 0) | (h.robust ? CFG_CONTRIBS_TO_RING : 0),
   };
   h.sentry?.openGates(h);

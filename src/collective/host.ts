@@ -6,6 +6,9 @@ import type { Pointer } from "bun:ffi";
 import type { JobConfig } from "../abi.ts";
 import type { XskSocket } from "../xsk.ts";
 import { encodeControl, HDR } from "./control.ts";
+import { CTRL_HELLO, MAC_BYTES } from "../abi.ts";
+import { sealPackets } from "../../native/mac.ts";
+import { ControlGuard } from "../control-guard.ts";
 import { TUNING, zeroStats, type CollectiveStats, type ResolvedOptions } from "./options.ts";
 import type { Clock, Datagrams, EventRingPort, ReflexPort } from "./ports.ts";
 import type { Plan } from "./round-state.ts";
@@ -36,6 +39,10 @@ export class Host {
   /** Bytes of one data packet (header and a full chunk): the packet stride. */
   readonly seg: number;
   readonly stats: CollectiveStats = zeroStats();
+  /** Checks, authenticates and binds every control frame; counts refusals (issue 16). */
+  readonly guard: ControlGuard;
+  /** The data plane's MAC: the key and what it covers (null: none). */
+  readonly dataAuth: { key: Uint8Array; full: boolean } | null = null;
   /** The program's config as we last wrote it. */
   cfg: JobConfig;
   readonly accBase: Pointer;
@@ -114,7 +121,11 @@ export class Host {
     this.job = o.job ?? this.cfg.jobId;
     this.chunkElems = this.cfg.chunkElems;
     this.capacity = maps.chunks;
-    this.seg = HDR + 2 * this.chunkElems;
+    this.guard = new ControlGuard({ job: this.job, peers: this.peers, key: o.key ?? null, helloKind: CTRL_HELLO });
+    const auth = o.key ? (o.auth ?? "header") : "off";
+    if (o.key && auth !== "off") this.dataAuth = { key: o.key, full: auth === "full" };
+    // a contribution or result under auth ends with its MAC
+    this.seg = HDR + 2 * this.chunkElems + (this.dataAuth ? MAC_BYTES : 0);
     this.ring = maps.events();
     while (this.ring.pollRaw(0) > 0); // events a previous job left behind
     this.roundsContributed = new Array(this.size).fill(0);
@@ -136,8 +147,18 @@ export class Host {
 
   sendControlTo(addr: string, kind: number, round: number, flags: number, chunk: number, payload: Uint8Array): void {
     const len = encodeControl(this.ctrlBuf, this.job, this.rank, kind, round, flags, chunk, payload);
-    this.net.sendGso(addr, this.port, this.ctrlBuf, len, 1);
+    this.net.sendGso(addr, this.port, this.ctrlBuf, this.guard.seal(this.ctrlBuf, len), 1);
     this.stats.packetsSent++;
+  }
+
+  /** Seals n data packets every seg bytes of buf (the data plane's MAC), after their last change. */
+  sealData(buf: Uint8Array, n: number): void {
+    if (this.dataAuth && n > 0) sealPackets(this.dataAuth.key, buf, n, this.seg, this.dataAuth.full);
+  }
+
+  /** Bytes on the wire of a data packet of `count` values (and its MAC). */
+  wireBytes(count: number): number {
+    return HDR + 2 * count + (this.dataAuth ? MAC_BYTES : 0);
   }
 
   /** Writes the program's config. */

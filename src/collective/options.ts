@@ -1,6 +1,7 @@
 // The communicator's options, its one table of defaults and tunables, its
 // statistics and its round report and error. Every default lives here once;
 // the comment next to it says where its value comes from.
+import type { AuthMode } from "../jobkey.ts";
 import { AinftpError } from "../errors.ts";
 import type { KeeperOptions } from "../sentry/keeper.ts";
 import type { AggregateMode, RobustOptions } from "../sentry/robust.ts";
@@ -66,6 +67,14 @@ export interface CommunicatorOptions {
    * (DEADLINE_FLOOR_MS); a number is a fixed deadline in ms; 0 turns partial
    * rounds off (a round then waits for every active member, up to roundTimeoutMs). */
   deadlineMs?: number | "auto";
+  /** The job's 128-bit key (issue 16): every control packet carries a
+   * SipHash-2-4 MAC under it, and contributions and results one as `auth`
+   * says. Every member must have the same key. Default: none. */
+  key?: Uint8Array | null;
+  /** With a key, what the data plane's MAC covers: "header" (default: a host
+   * without the key cannot forge a frame), "full" (header and payload: not
+   * even an on-path host can change one), or "off" (control frames only). */
+  auth?: AuthMode;
 }
 
 /** The defaults of the options a caller may leave out. */
@@ -141,7 +150,7 @@ export const TUNING = {
 } as const;
 
 /** The options with every default filled in. */
-export type ResolvedOptions = Required<Omit<CommunicatorOptions, "onRoundStart" | "onQuarantine" | "pinRoot" | "port" | "job">> &
+export type ResolvedOptions = Required<Omit<CommunicatorOptions, "onRoundStart" | "onQuarantine" | "pinRoot" | "port" | "job" | "key" | "auth">> &
   CommunicatorOptions;
 
 /** In flight towards one host: (N-1) senders' windows plus the owners'

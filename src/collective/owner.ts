@@ -32,7 +32,8 @@ function shortChunkLast(h: Host, st: RoundState, chunks: Uint32Array): void {
 
 /** Sends the batch's n result packets (in Host.resPkts) to every peer. */
 export function sendResults(h: Host, st: RoundState, chunks: Uint32Array, n: number): void {
-  const lastSize = HDR + 2 * st.counts[chunks[chunks.length - 1]];
+  const lastSize = h.wireBytes(st.counts[chunks[chunks.length - 1]]);
+  h.sealData(h.resPkts, n);
   for (const p of h.others) h.stats.packetsSent += h.net.sendGso(h.peers[p], h.port, h.resPkts, h.seg, n, lastSize);
 }
 

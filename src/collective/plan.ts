@@ -1,6 +1,7 @@
 // Planning, as pure functions: how long a round waits for late members,
 // when the leader decides, who is active, who leads next, and how the
 // members' lateness scores move. No I/O, no clock: the caller passes `now`.
+import { nearestRank, sortedCopy } from "../stats.ts";
 import { TUNING } from "./options.ts";
 
 const { LATE_SLOW, LATE_MAX, PROMPT_MS, DEADLINE_CAP_MS, DEADLINE_FACTOR, DEADLINE_FLOOR_MS } = TUNING;
@@ -14,8 +15,8 @@ export function graceMs(roundTimes: readonly number[], deadlineMs: number | "aut
   if (d === 0) return Infinity;
   if (typeof d === "number") return d;
   if (roundTimes.length < 4) return DEADLINE_CAP_MS;
-  const sorted = [...roundTimes].sort((a, b) => a - b);
-  return Math.min(DEADLINE_CAP_MS, Math.max(DEADLINE_FLOOR_MS, DEADLINE_FACTOR * sorted[sorted.length >> 1]));
+  const median = nearestRank(sortedCopy(roundTimes), 0.5);
+  return Math.min(DEADLINE_CAP_MS, Math.max(DEADLINE_FLOOR_MS, DEADLINE_FACTOR * median));
 }
 
 /** The first member after `rank` (rank order, cyclic) in the first pool

@@ -66,6 +66,10 @@ export interface ReflexPort {
   resetState(): void;
   resetBank(bank: number): void;
   setMemberAddrs(addrsBe: number[]): void;
+  /** The round's owners, for the program's owner check (issue 16). */
+  setPlan(round: number, owners: readonly number[]): void;
+  /** The job key the program checks data-plane MACs under (null: none). */
+  setJobKey(key: Uint8Array | null): void;
   closeSlots(round: number, chunks: ArrayLike<number>, o: CloseOptions): number;
   slot(index: number): SlotState;
   result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array };

@@ -5,7 +5,7 @@ import {
   CTRL_BYE, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, CTRL_MEMBER, CTRL_RESULT_REQ, CTRL_STATUS, CTRL_STATUS_REQ,
   EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
 } from "../abi.ts";
-import { decodeControl, decodeStatus, encodeStatus, forEachChunk, type Control } from "./control.ts";
+import { decodeStatus, encodeStatus, type Control } from "./control.ts";
 import { waitingFor } from "./diagnose.ts";
 import { answerExpsRequest, storeEarlyPlan, storeExps, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
@@ -14,11 +14,12 @@ import { finish } from "./owner.ts";
 import { resend } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
-/** A control packet of this job's members (or any HELLO), counted; else null. */
+/** A control packet of this job's members (or a peer's HELLO of another
+ * job), counted; else null: checked, authenticated under the job key and
+ * bound to its sender by src/control-guard.ts, which counts what it refuses. */
 export function parseControl(h: Host, d: Uint8Array, from: string): Control | null {
-  const c = decodeControl(d, from, h.job, h.peers);
-  if (!c || (!c.member && c.kind !== CTRL_HELLO)) return null;
-  h.stats.controlReceived++;
+  const c = h.guard.open(d, from);
+  if (c) h.stats.controlReceived++;
   return c;
 }
 
@@ -64,7 +65,8 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       return;
     case CTRL_RESULT_REQ:
       // a passive member lacks results of ours: send the stored ones again
-      forEachChunk(c.payload, (chunk) => resend(h, c.round, chunk, c.rank));
+      // (indices past the job's chunks are counted, never used)
+      for (const chunk of h.guard.chunkList(c.payload, h.cfg.chunks)) resend(h, c.round, chunk, c.rank);
       return;
     case CTRL_MEMBER:
       h.onMember?.(c.rank, c.payload);

@@ -106,8 +106,9 @@ export function sendAgain(h: Host, st: RoundState, o: number, list: number[]): v
     if (st.tries[c] < 255) st.tries[c]++;
   });
   coll.ainftp_set_flags(stage, list.length, seg, F_RETRANSMIT);
+  h.sealData(stage, list.length);
   // the short chunk, if any, is the owner's last: keep it last
-  const lastSize = HDR + 2 * st.counts[list[list.length - 1]];
+  const lastSize = h.wireBytes(st.counts[list[list.length - 1]]);
   h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, stage, seg, list.length, lastSize);
   h.stats.retransmits += list.length;
 }
@@ -118,7 +119,8 @@ export function resend(h: Host, round: number, chunk: number, rank: number): voi
   const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round, rank: h.rank });
   const one = new Uint32Array([chunk]);
   const pkt = new Uint8Array(h.seg);
-  if (coll.ainftp_result_packets(h.resBase, (round & 1) * h.cfg.chunks, one, 1, tmpl, pkt, h.seg) !== 1) {
+  if (chunk >= h.cfg.chunks) return h.guard.count("bad_chunk");
+  if (coll.ainftp_result_packets(h.resBase, (round & 1) * h.cfg.chunks, h.cfg.chunks, one, 1, tmpl, pkt, h.seg) !== 1) {
     // the bank holds a newer round now: a passive member fell behind
     const e = h.resultRing[round % CACHE_ROUNDS];
     const at = e && e.round === round && chunk < e.at.length ? e.at[chunk] : -1;
@@ -126,7 +128,8 @@ export function resend(h: Host, round: number, chunk: number, rank: number): voi
     pkt.set(e.buf.subarray(at, at + h.seg));
     markRetransmit(pkt);
   }
-  h.stats.packetsSent += h.net.sendGso(h.peers[rank], h.port, pkt, HDR + 2 * packetCount(pkt), 1);
+  h.sealData(pkt, 1);
+  h.stats.packetsSent += h.net.sendGso(h.peers[rank], h.port, pkt, h.wireBytes(packetCount(pkt)), 1);
   h.stats.resends++;
 }
 

@@ -110,6 +110,9 @@ function complete(h: Host, st: RoundState, bankBase: number): boolean {
     return false;
   st.lookInMap = false;
   if (h.xsk) return true; // each result was counted once, when it was dequantized
+  // results stored before the plan was known, from a rank that does not own them: asked for again
+  const foreign = st.K ? coll.ainftp_results_drop_foreign(h.resBase, bankBase, st.nchunks, st.r + 1, Uint8Array.from(st.owners), st.K, h.rank) : 0;
+  if (foreign) h.guard.count("not_owner", foreign);
   const missing = coll.ainftp_results_missing(h.resBase, bankBase, st.nchunks, st.r + 1, h.chunkList, h.capacity);
   if (missing === 0) return true;
   st.resultsSeen = st.nchunks - st.owned.length - missing; // events and map disagree: trust the map

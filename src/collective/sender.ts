@@ -19,6 +19,8 @@ export function applyPlan(h: Host, st: RoundState): void {
   st.owners = lay.owners;
   st.K = lay.K;
   st.passive = st.ownerIdx[h.rank] < 0;
+  // results of this round only from their chunk's owner (the program checks)
+  if (st.K > 0) h.maps.setPlan(st.r, st.owners);
   let off = 0;
   for (let o = 0; o < N; o++) {
     const list = ownedChunks(st.ownerIdx[o], st.K, st.nchunks);
@@ -88,7 +90,8 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
         chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.shared, header: st.header, out: region, stride: seg, seed: st.seed,
       });
       const last = list[to - 1];
-      h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, region, seg, to - from, HDR + 2 * st.counts[last]);
+      h.sealData(region, to - from);
+      h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, region, seg, to - from, h.wireBytes(st.counts[last]));
       const now = h.clock.now();
       for (let k = from; k < to; k++) st.sentAt[list[k]] = now;
       st.pos[o] = to;

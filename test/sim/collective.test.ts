@@ -202,7 +202,8 @@ describe.skipIf(!root)("collective in the simulator (real XDP program, virtual c
       rounds += k;
       lost += world.counts.lost;
     }
-    console.log(`[sim] faults: ${rounds} rounds (${lost} datagrams lost) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    const ss = seeds(1);
+    console.log(`[sim] faults: seeds ${ss[0]}..${ss[ss.length - 1]}, ${rounds} rounds (${lost} datagrams lost) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     expect(rounds).toBe(seeds(1).length * ROUNDS);
     if (ONLY === null) expect(lost).toBeGreaterThan(0);
   }, 600_000);
@@ -233,7 +234,7 @@ describe.skipIf(!root)("collective in the simulator (real XDP program, virtual c
       afterDeath += await deathSchedule(seed, false);
       schedules++;
     }
-    console.log(`[sim] deaths: ${schedules} schedules, ${afterDeath} rounds completed after the verdict without the dead member`);
+    console.log(`[sim] deaths: seeds 5000.., ${schedules} schedules, ${afterDeath} rounds completed after the verdict without the dead member`);
     expect(afterDeath).toBeGreaterThan(0);
   }, 600_000);
 

@@ -19,8 +19,8 @@ import { frame } from "../../src/packet.ts";
 import { mulberry32 } from "../../src/random.ts";
 import { ReflexObject, type EventRing } from "../../src/reflex.ts";
 
-const XDP_DROP = 1;
-const XDP_PASS = 2;
+/** XDP actions (linux/bpf.h). */
+const XDP = { DROP: 1, PASS: 2 } as const;
 /** A wait never takes less than this (virtual ms): a poll costs time. */
 const MIN_WAIT_MS = 0.01;
 
@@ -255,8 +255,8 @@ export class SimWorld {
     f.set(new Uint8Array(new Uint32Array([ipv4ToBe32(this.hosts[e.from].addr)]).buffer), 14 + 12);
     const { action } = h.program.obj.testRun(f);
     this.counts.delivered++;
-    if (action === XDP_PASS) h.inbox.push({ data: e.data, from: this.hosts[e.from].addr });
-    else if (action === XDP_DROP) h.ringTouched = true;
+    if (action === XDP.PASS) h.inbox.push({ data: e.data, from: this.hosts[e.from].addr });
+    else if (action === XDP.DROP) h.ringTouched = true;
   }
 
   /** Runs the hosts' tasks (one per host, in rank order) until every live

@@ -1,12 +1,13 @@
 // One rank of the Open MPI all-reduce baseline.
 //
-//   mpirun ... mpi_allreduce BYTES ROUNDS WARMUP
+//   mpirun ... mpi_allreduce BYTES ROUNDS WARMUP [back-to-back]
 //
 // Same protocol as gloo_allreduce.py: every rank builds the deterministic
 // float32 input of every rank (values k/64 with |k| <= 48, so every partial
 // sum is exact in float32 whatever order MPI sums in), restores its own input
 // (untimed), MPI_Barrier, then times MPI_Allreduce(MPI_IN_PLACE, MPI_FLOAT,
-// MPI_SUM) alone with MPI_Wtime, and checks the result against the sum it
+// MPI_SUM) alone with MPI_Wtime (back-to-back: no barrier before the timed
+// rounds), and checks the result against the sum it
 // computed locally. Every rank prints one JSON line on stdout (one write).
 #include <math.h>
 #include <mpi.h>
@@ -38,10 +39,12 @@ int main(int argc, char **argv) {
   int rank, world;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (argc != 4) {
-    if (rank == 0) fprintf(stderr, "usage: %s BYTES ROUNDS WARMUP\n", argv[0]);
+  if ((argc != 4 && argc != 5) || (argc == 5 && strcmp(argv[4], "back-to-back") != 0)) {
+    if (rank == 0) fprintf(stderr, "usage: %s BYTES ROUNDS WARMUP [back-to-back]\n", argv[0]);
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
+  // back-to-back: no barrier before the timed rounds (as a trainer calls all-reduce)
+  int back_to_back = argc == 5;
   long nbytes = atol(argv[1]);
   int rounds = atoi(argv[2]), warmup = atoi(argv[3]);
   if (nbytes <= 0 || nbytes % 4 || rounds <= 0 || warmup < 0 || rounds > 100000) {
@@ -66,7 +69,7 @@ int main(int argc, char **argv) {
   double max_err = 0;
   for (int k = 0; k < warmup + rounds; k++) {
     memcpy(work, mine, n * sizeof(float));
-    MPI_Barrier(MPI_COMM_WORLD);
+    if (k < warmup || !back_to_back) MPI_Barrier(MPI_COMM_WORLD);
     double t0 = MPI_Wtime();
     MPI_Allreduce(MPI_IN_PLACE, work, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     double t1 = MPI_Wtime();
