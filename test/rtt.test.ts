@@ -1,7 +1,7 @@
 // src/collective/rtt.ts: RFC 6298's estimator, the datacenter floor, and
 // RACK's reordering window (RFC 8985), on canned sequences of round-trips.
 import { describe, expect, test } from "bun:test";
-import { REO_DECAY_ROUNDS, REO_FLOOR_MS, RTO_FLOOR_MS, RttEstimator } from "../src/collective/rtt.ts";
+import { PTO_FLOOR_MS, REO_DECAY_ROUNDS, REO_FLOOR_MS, RTO_FLOOR_MS, RttEstimator } from "../src/collective/rtt.ts";
 
 describe("RttEstimator", () => {
   test("before any sample the RTO is the configured first one; the first sample sets srtt = R, rttvar = R/2 (RFC 6298 2.2)", () => {
@@ -9,7 +9,7 @@ describe("RttEstimator", () => {
     expect(e.rto(50, 500)).toBe(50);
     e.sample(8);
     expect({ srtt: e.srtt, rttvar: e.rttvar }).toEqual({ srtt: 8, rttvar: 4 });
-    expect(e.rto(50, 500)).toBe(8 + 16);
+    expect(e.rto(50, 500)).toBe(Math.max(RTO_FLOOR_MS, 8 + 16));
   });
 
   test("later samples: rttvar = 3/4 rttvar + 1/4 |srtt - R|, then srtt = 7/8 srtt + 1/8 R (RFC 6298 2.3)", () => {
@@ -73,26 +73,26 @@ describe("RttEstimator", () => {
 describe("RttEstimator: outliers and the probe", () => {
   test("one stalled result (a peer still in the last round) cannot lift the RTO to its cap", () => {
     const e = new RttEstimator();
-    for (let i = 0; i < 50; i++) e.sample(8);
-    e.sample(400);
-    expect(e.rto(50, 500)).toBeLessThan(60);
+    for (let i = 0; i < 50; i++) e.sample(30);
+    e.sample(4000);
+    expect(e.rto(500, 5000)).toBeLessThan(200);
   });
 
   test("the tail-loss probe fires at 2·srtt, never later than the RTO", () => {
     const e = new RttEstimator();
     expect(e.pto(50, 500)).toBe(50);
-    for (let i = 0; i < 50; i++) e.sample(8);
+    for (let i = 0; i < 50; i++) e.sample(30);
     // steady: rttvar has decayed, the RTO is about srtt, and the probe waits no longer
-    expect(e.pto(50, 500)).toBe(e.rto(50, 500));
-    expect(e.pto(50, 500)).toBeGreaterThanOrEqual(8);
+    expect(e.pto(500, 5000)).toBe(e.rto(500, 5000));
+    expect(e.pto(500, 5000)).toBeGreaterThanOrEqual(30);
     const f = new RttEstimator();
-    f.sample(8);
-    expect(f.pto(50, 500)).toBe(16);
-    expect(f.rto(50, 500)).toBe(24);
-    // a fast lab: the probe from 2 ms, the full retransmission from 10 ms
+    f.sample(30);
+    expect(f.pto(500, 5000)).toBe(60);
+    expect(f.rto(500, 5000)).toBe(90);
+    // a fast lab: both at the floor
     const g = new RttEstimator();
     for (let i = 0; i < 50; i++) g.sample(0.5);
-    expect(g.pto(50, 500)).toBe(2);
-    expect(g.rto(50, 500)).toBe(10);
+    expect(g.pto(50, 500)).toBe(PTO_FLOOR_MS);
+    expect(g.rto(50, 500)).toBe(RTO_FLOOR_MS);
   });
 });

@@ -19,6 +19,8 @@ import { TUNING } from "./options.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 const { CACHE_ROUNDS } = TUNING;
+/** RACK looks at chunks at least this many positions behind the furthest result. */
+const RACK_BEHIND = 2;
 
 /** Fast retransmit (RACK, RFC 8985): an owner completes slots in the order
  * we (and every member) sent them, so a chunk sent before one whose result
@@ -32,7 +34,9 @@ export function retransmitGaps(h: Host, st: RoundState): void {
     if (o === h.rank) continue;
     const list = st.ownerChunks[o];
     while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
-    const upto = Math.min(st.pos[o], st.furthest[o]);
+    // (two positions behind, as before: a result one position out of order
+    // is common on two CPUs and costs nothing to wait for)
+    const upto = Math.min(st.pos[o], st.furthest[o] - RACK_BEHIND);
     let late: number[] | null = null;
     for (let k = st.lowest[o]; k < upto; k++) {
       const c = list[k];

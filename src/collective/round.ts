@@ -164,7 +164,11 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (now >= nextRetx) {
       st.lookInMap = true;
       h.stats.timeouts++;
-      retransmit(h, st, bankBase, interval, quiet++ === 0);
+      // (retransmit can send a tail-loss probe, the last chunk each owner
+      // lacks, instead of all: with the 50 ms floor that costs a second
+      // timeout when several chunks are lost, so the timer sends all)
+      retransmit(h, st, bankBase, interval, false);
+      quiet++;
       // after the probe, the RTO at least (the full retransmission waits out
       // a stall the probe may have been sent into), doubling
       interval = Math.min(Math.max(interval * 2, Math.min(retransmitMs, h.rtt.rto(retransmitMs, h.o.maxRetransmitMs))), h.o.maxRetransmitMs);
