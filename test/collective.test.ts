@@ -27,6 +27,7 @@
 // frame is lost, duplicated or delayed on its own (netem on eth0 would act on
 // whole GSO batches). Netem's correlation ("reorder 25% 50%") is not modelled:
 // each frame draws independently.
+import { IMPAIR_BPF } from "./helpers/impair.ts";
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -779,70 +780,6 @@ console.log(sent);
 
 // ---- impaired network ---------------------------------------------------------------------
 
-const IMPAIR_BPF = `
-#include <linux/bpf.h>
-#include <linux/pkt_cls.h>
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/udp.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-
-#define MARK 0x41f7a11 /* a duplicate re-entering the ingress */
-
-/* frames seen, dropped, duplicated, delayed */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4);
-	__type(key, __u32);
-	__type(value, __u64);
-} impair_stats SEC(".maps");
-
-static __always_inline void bump(__u32 k)
-{
-	__u64 *v = bpf_map_lookup_elem(&impair_stats, &k);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
-static __always_inline int chance(__u32 ppm)
-{
-	return ppm && bpf_get_prandom_u32() % 1000000 < ppm;
-}
-
-SEC("tc")
-int impair(struct __sk_buff *skb)
-{
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	if (skb->mark == MARK || (void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->protocol != 17 || ip->ihl != 5)
-		return TC_ACT_OK;
-	struct udphdr *udp = (void *)(ip + 1);
-	if ((void *)(udp + 1) > end || udp->dest != bpf_htons(PORT))
-		return TC_ACT_OK;
-	bump(0);
-	if (chance(LOSS_PPM)) {
-		bump(1);
-		return TC_ACT_SHOT;
-	}
-	if (chance(DUP_PPM)) {
-		bump(2);
-		skb->mark = MARK;
-		bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
-		skb->mark = 0;
-	}
-	if (chance(DELAY_PPM)) {
-		bump(3);
-		return bpf_redirect(DELAY_IFINDEX, 0);
-	}
-	return TC_ACT_OK;
-}
-
-char LICENSE[] SEC("license") = "GPL";
-`;
 
 // The delay line: frames from RX (AF_PACKET) held for delay ± jitter ms
 // (uniform), then sent on TX in due order. Writes its counters as JSON to

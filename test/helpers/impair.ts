@@ -2,12 +2,13 @@
 // this kernel allows: no sch_netem here): a tc-BPF program on the ingress of
 // every port drops LOSS_PPM and clones DUP_PPM of the frames to the job's UDP
 // port. The nodes' UDP GSO is turned off, so each frame is one packet.
-// (test/collective.test.ts has the same program with a delay line besides.)
+// test/collective.test.ts uses the same program with its delay line.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { must, sh, type Lab } from "./netns.ts";
 
-const IMPAIR_BPF = `
+/** The tc program: loss, duplication and (DELAY_PPM, DELAY_IFINDEX) a detour through a delay line. */
+export const IMPAIR_BPF = `
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
@@ -16,12 +17,12 @@ const IMPAIR_BPF = `
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define MARK 0x41f7a12 /* a duplicate re-entering the ingress */
+#define MARK 0x41f7a11 /* a duplicate re-entering the ingress */
 
-/* frames seen, dropped, duplicated */
+/* frames seen, dropped, duplicated, delayed */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u64);
 } impair_stats SEC(".maps");
@@ -62,6 +63,10 @@ int impair(struct __sk_buff *skb)
 		bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS);
 		skb->mark = 0;
 	}
+	if (chance(DELAY_PPM)) {
+		bump(3);
+		return bpf_redirect(DELAY_IFINDEX, 0);
+	}
 	return TC_ACT_OK;
 }
 
@@ -87,7 +92,7 @@ export class PortImpairer {
     if (!obj) {
       obj = join(this.lab.tmp, `port-impair-${key}.o`);
       must(["clang-19", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", `-I/usr/include/${process.arch === "arm64" ? "aarch64" : "x86_64"}-linux-gnu`,
-        `-DPORT=${this.port}`, `-DLOSS_PPM=${lossPpm}`, `-DDUP_PPM=${dupPpm}`, "-c", join(this.lab.tmp, "port-impair.bpf.c"), "-o", obj]);
+        `-DPORT=${this.port}`, `-DLOSS_PPM=${lossPpm}`, `-DDUP_PPM=${dupPpm}`, "-DDELAY_PPM=0", "-DDELAY_IFINDEX=0", "-c", join(this.lab.tmp, "port-impair.bpf.c"), "-o", obj]);
       this.objs.set(key, obj);
     }
     return obj;
