@@ -118,10 +118,13 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint3
 
 /*
  * Results the program stored before it knew the round's plan may come from a
- * rank that does not own their chunk (a Byzantine member): for each chunk of
- * [0, nchunks) not owned by `self`, an entry that holds round tag-1 from a
- * rank other than owners[c % k] is emptied (tag 0; the XDP program then
- * stores the owner's result, which userspace asks for again). Returns how many.
+ * rank that does not own their chunk (a Byzantine member), or claim more
+ * contributors than the plan's k active members (a forgery under the owner's
+ * rank, which the program refuses once it knows the plan: a member that
+ * turns out to own the chunk cannot have sent it, nor could any honest one):
+ * for each chunk of [0, nchunks) not owned by `self`, such an entry of round
+ * tag-1 is emptied (tag 0; the XDP program then stores the owner's result,
+ * which userspace asks for again). Returns how many.
  */
 uint32_t ainftp_results_drop_foreign(uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t tag,
 				     const uint8_t *owners, uint32_t k, uint32_t self)
@@ -135,7 +138,8 @@ uint32_t ainftp_results_drop_foreign(uint8_t *res_base, uint32_t bank_base, uint
 			continue;
 		struct ainftp_result *res = (struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
 		uint32_t want = tag;
-		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->rank == owner)
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag ||
+		    (res->rank == owner && res->contributors >= 1 && res->contributors <= k))
 			continue;
 		/* the XDP program may be replacing it with the owner's: then leave it */
 		if (__atomic_compare_exchange_n(&res->tag, &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
