@@ -646,7 +646,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
  * contributor count must be 1..members, and, once the round's plan is known,
  * it must come from the chunk's owner and count no more than the active set
  * (a Byzantine member cannot overwrite another owner's chunks). */
-static __always_inline int result_admit(const struct ainftp_config *cfg, const struct ainftp_wire_hdr *h, int *from_owner)
+static __always_inline int result_admit(const struct ainftp_config *cfg, const struct ainftp_wire_hdr *h, __u32 *from_owner)
 {
 	__u32 contributors = h->contributors, bank = h->round & 1;
 	if (contributors == 0 || contributors > cfg->members)
@@ -663,7 +663,7 @@ static __always_inline int result_admit(const struct ainftp_config *cfg, const s
 		return AINFTP_CNT_NOT_OWNER;
 	if (contributors > k)
 		return AINFTP_CNT_MAL_CONTRIBUTORS;
-	*from_owner = 1;
+	*from_owner = k; /* the active set, 1..64 */
 	return 0;
 }
 
@@ -672,7 +672,7 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 				     const struct ainftp_wire_hdr *h, __u32 payload_off, __u32 idx)
 {
 	__u32 round = h->round, count = h->count;
-	int from_owner = 0;
+	__u32 from_owner = 0; /* the plan's active set when from the owner, else 0 */
 	int why = result_admit(cfg, h, &from_owner);
 	if (why) {
 		if (why < AINFTP_CNT__MAX)
@@ -699,9 +699,12 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		return XDP_DROP;
 	}
 	__u32 old = res->tag;
-	/* the owner's result replaces one of this round that another rank
-	 * stored before the plan was known */
-	if ((old == round + 1 && !(from_owner && res->rank != h->rank)) || old == RESULT_BUSY) {
+	/* the owner's result replaces one of this round stored before the plan
+	 * was known that the plan refuses: another rank's, or one under the
+	 * owner's rank claiming more contributors than the active set (forged:
+	 * the owner never sends one) */
+	int foreign = res->rank != h->rank, too_many = res->contributors > from_owner;
+	if ((old == round + 1 && !(from_owner && (foreign || too_many))) || old == RESULT_BUSY) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;
 		return XDP_DROP;
 	}
@@ -709,8 +712,8 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		cnt->c[AINFTP_CNT_STALE_ROUND]++;
 		return XDP_DROP;
 	}
-	if (old == round + 1)
-		cnt->c[AINFTP_CNT_NOT_OWNER]++; /* the entry held a non-owner's result: counted as it goes */
+	if (old == round + 1) /* the entry held a result the plan refuses: counted as it goes */
+		cnt->c[foreign ? AINFTP_CNT_NOT_OWNER : AINFTP_CNT_MAL_CONTRIBUTORS]++;
 	/* Claim the entry so a concurrent duplicate on another CPU backs off. */
 	if (__sync_val_compare_and_swap(&res->tag, old, RESULT_BUSY) != old) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;

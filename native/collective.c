@@ -18,6 +18,7 @@
 
 #define RESULT_STRIDE ((sizeof(struct ainftp_result) + 7) & ~7ul)
 #define ACC_STRIDE ((sizeof(struct ainftp_acc) + 7) & ~7ul)
+#define RESULT_BUSY 0xffffffffu /* results tag while a writer copies the data (bpf/ainftp.bpf.c) */
 
 /*
  * For each completed slot chunks[i] (owned by this host): the true sums are
@@ -46,10 +47,20 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 			return -1;
 		uint32_t k_others = others[c];
 		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
+		/* Claim the entry as the XDP program does (tag RESULT_BUSY): before
+		 * this host knew the plan its program may have admitted another
+		 * rank's RESULT for this chunk and still be copying it; wait for it,
+		 * then hold the entry so none lands over ours until our tag is out. */
+		uint32_t old = __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE);
+		while (old == RESULT_BUSY ||
+		       !__atomic_compare_exchange_n(&res->tag, &old, RESULT_BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			old = __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE);
 		int32_t k = ainftp_finish_chunk_to(k_others ? raw : NULL, count, k_others,
 						   own_q + (size_t)(c / own_div) * own_stride, res->v, (int16_t *)(h + 1));
-		if (k < 0)
+		if (k < 0) {
+			__atomic_store_n(&res->tag, old, __ATOMIC_RELEASE);
 			return -1;
+		}
 		res->count = count;
 		res->contributors = k_others + 1;
 		res->exp = exps[c] + k;
@@ -71,8 +82,13 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 /*
  * Copies stored results (from the results map) into RESULT packets, for
  * resends after a loss. Chunk indices come from the network (RESULT_REQ):
- * each must be below nchunks, the chunks of a bank. Returns packets written,
- * or -1 if an index is out of range or an entry does not hold round `round`.
+ * each must be below nchunks, the chunks of a bank. Only an entry this host
+ * wrote itself (rank == tmpl->rank, by ainftp_finish_batch) is sent: before
+ * this host knew a round's plan its program may have stored another rank's
+ * RESULT for a chunk this host owns, and resending that under our own rank
+ * would make every receiver take it as the owner's. Returns packets written,
+ * or -1 if an index is out of range or an entry does not hold our result of
+ * round `round`.
  */
 int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, const uint32_t *chunks,
 			      uint32_t n, const struct ainftp_wire_hdr *tmpl, uint8_t *pkts,
@@ -84,8 +100,8 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint3
 			return -1;
 		const struct ainftp_result *res =
 			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
-		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tmpl->round + 1 || res->count > AINFTP_MAX_ELEMS ||
-		    pkt_stride < sizeof(*tmpl) + 2 * (uint32_t)res->count)
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tmpl->round + 1 || res->rank != tmpl->rank ||
+		    res->count > AINFTP_MAX_ELEMS || pkt_stride < sizeof(*tmpl) + 2 * (uint32_t)res->count)
 			return -1;
 		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
 		*h = *tmpl;
@@ -102,10 +118,13 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint3
 
 /*
  * Results the program stored before it knew the round's plan may come from a
- * rank that does not own their chunk (a Byzantine member): for each chunk of
- * [0, nchunks) not owned by `self`, an entry that holds round tag-1 from a
- * rank other than owners[c % k] is emptied (tag 0; the XDP program then
- * stores the owner's result, which userspace asks for again). Returns how many.
+ * rank that does not own their chunk (a Byzantine member), or claim more
+ * contributors than the plan's k active members (a forgery under the owner's
+ * rank, which the program refuses once it knows the plan: a member that
+ * turns out to own the chunk cannot have sent it, nor could any honest one):
+ * for each chunk of [0, nchunks) not owned by `self`, such an entry of round
+ * tag-1 is emptied (tag 0; the XDP program then stores the owner's result,
+ * which userspace asks for again). Returns how many.
  */
 uint32_t ainftp_results_drop_foreign(uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t tag,
 				     const uint8_t *owners, uint32_t k, uint32_t self)
@@ -119,7 +138,8 @@ uint32_t ainftp_results_drop_foreign(uint8_t *res_base, uint32_t bank_base, uint
 			continue;
 		struct ainftp_result *res = (struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
 		uint32_t want = tag;
-		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->rank == owner)
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag ||
+		    (res->rank == owner && res->contributors >= 1 && res->contributors <= k))
 			continue;
 		/* the XDP program may be replacing it with the owner's: then leave it */
 		if (__atomic_compare_exchange_n(&res->tag, &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))

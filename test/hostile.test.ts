@@ -324,13 +324,13 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
     }
   }, 150_000);
 
-  // OPEN (issue 16): in some runs this still fails verification on every
-  // rank (about 1 in 2 here): results stored before a node knew the round's
-  // plan get through somewhere the owner checks (program, drop_foreign) do
-  // not see. Skipped by default, loudly; AINFTP_HOSTILE_OPEN=1 runs it.
-  const open = process.env.AINFTP_HOSTILE_OPEN === "1";
-  if (!open) console.warn("[hostile] SKIPPED (open bug, see the comment): a member's RESULTs for chunks it does not own; AINFTP_HOSTILE_OPEN=1 runs it");
-  test.skipIf(!open)("a member sending RESULTs for chunks it does not own (well formed, its own rank): nothing corrupted, each one counted", async () => {
+  // Results stored before a node knows the round's plan are the hard part:
+  // an owner's program may hold the liar's RESULT in the entry of a chunk the
+  // owner finishes itself (resends send only what the owner wrote), and in a
+  // partial round the liar may own a chunk it forged claiming every member
+  // (the plan's active set tells it apart). test/sim/hostile.test.ts replays
+  // both by seed.
+  test("a member sending RESULTs for chunks it does not own (well formed, its own rank): nothing corrupted, each one counted", async () => {
     // 1 MiB rounds (tens of ms here): the forged results reach the window before the owners' do
     const job = startJob(["--synthetic", "1MiB", "--rounds", "100", "--verify"]);
     try {

@@ -1242,6 +1242,45 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
       events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
     });
   }
+  {
+    // A Byzantine member forges a RESULT before the plan is known, claiming
+    // every member (4); the plan then makes it the chunk's owner among 3
+    // active ones, so the forgery carries the owner's rank. The owner never
+    // sends more contributors than its active set: its real result replaces
+    // the forgery (counted mal_contributors), where before it was result_dup
+    // and the forgery stood on every receiver (the live hostile test's
+    // partial rounds).
+    const chunk = fresh();
+    cases.push({
+      description: "a result stored before the plan under the (later) owner's rank with more contributors than the plan's active set is replaced by the owner's (mal_contributors, not result_dup)",
+      before: (r) => {
+        r.setPlan(BASE - 2, [0]);
+        r.testRun(resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 4 }, [-777]));
+        r.setPlan(BASE, OWNERS);
+      },
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { ...stored, mal_contributors: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 } },
+      ],
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1, mal_contributors: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 2, contributors: 3, rank: ownerOf(chunk) }, values: [5] }],
+      events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "... one stored before the plan under the owner's rank with a count the active set allows stays (result_dup): only userspace's owner check can tell, and the owner's own word is its result",
+      before: (r) => {
+        r.setPlan(BASE - 2, [0]);
+        r.testRun(resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [8]));
+        r.setPlan(BASE, OWNERS);
+      },
+      packets: [{ frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 } }],
+      counters: { rx: 1, result_dup: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 1, contributors: 3, rank: ownerOf(chunk) }, values: [8] }],
+    });
+  }
   runTable("results bound to the chunk's owner in the round's plan (issue 16)", { chunks: CHUNKS, base: config({ chunks: CHUNKS, roundBase: BASE }) }, cases);
 }
 

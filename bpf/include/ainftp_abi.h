@@ -346,7 +346,7 @@ enum ainftp_counter {
 	AINFTP_CNT_CONTRIBS_RING,   /* contributions copied to the contribs ring (robust aggregation) */
 	AINFTP_CNT_LATE,            /* contributions to a slot that had closed without them (a deadline or the round's active set) */
 	AINFTP_CNT_NOT_OWNER,       /* RESULT from a rank that does not own the chunk in the round's plan (round_plan), or one stored before the plan that the owner's replaced */
-	AINFTP_CNT_MAL_CONTRIBUTORS, /* RESULT whose contributor count is 0, above the members, or above the round's active set */
+	AINFTP_CNT_MAL_CONTRIBUTORS, /* RESULT whose contributor count is 0, above the members, or above the round's active set (or one stored before the plan, under the owner's rank, that the owner's replaced) */
 	AINFTP_CNT_BAD_MAC,         /* CONTRIB/RESULT whose MAC under the job key does not match (AUTH_HDR / AUTH_FULL) */
 	AINFTP_CNT__MAX,
 };

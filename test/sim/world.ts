@@ -188,8 +188,19 @@ export class SimWorld {
     return this.comms[rank];
   }
 
+  /** Sees every datagram a host sends (before the network's faults): a
+   * Byzantine member's extra sends (inject) hang off it. */
+  tap: ((from: number, to: number, data: Uint8Array) => void) | null = null;
+
+  /** Sends one datagram as host `from` besides what its communicator sends
+   * (a Byzantine member), with the network's latency and no faults. */
+  inject(from: number, to: number, data: Uint8Array): void {
+    this.push({ at: this.now + this.faults.latencyMs, seq: this.seq++, to, from, data });
+  }
+
   /** Sends one datagram through the faulty network. */
   transmit(from: number, to: number, data: Uint8Array, extraMs: number): void {
+    this.tap?.(from, to, data);
     const f = this.faults;
     if (this.rng() < f.loss) {
       this.counts.lost++;
