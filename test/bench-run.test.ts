@@ -497,6 +497,12 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
     }
     expect(r.tlb && "ns_per_access_4k" in r.tlb ? r.tlb.ns_per_access_4k : 0).toBeGreaterThan(0);
     expect(r.sentry && "inline_ns_per_packet" in r.sentry).toBe(true);
+    // the job key's MAC, measured in the same runs: a full MAC reads the payload, so it costs more than the header's
+    if (r.sentry && "auth_full_ns_per_packet" in r.sentry) {
+      expect(r.sentry.auth_full_ns_per_packet!).toBeGreaterThan(r.sentry.auth_header_ns_per_packet!);
+      expect(r.sentry.control_mac_ns_per_frame).toBeGreaterThan(0);
+      expect(String((r.machine_rows ?? []).find((x) => x.id === "auth_ns_per_packet")?.text?.ainftp)).toContain("header MAC +");
+    } else throw new Error("the security check measured no authentication");
     // two hosts: the other host is the whole cluster, so no straggler row
     expect(r.straggler).toMatchObject({ status: "n/a", peers: null });
     expect(r.straggler.reason).toContain("needs 3 hosts or more");

@@ -425,6 +425,12 @@ export interface SentrySummary {
   inline_ns_spread: number;
   userspace_sampled_ns_per_packet: number;
   userspace_full_ns_per_packet: number;
+  auth_elems?: number;
+  auth_header_ns_per_packet?: number;
+  auth_header_ns_spread?: number;
+  auth_full_ns_per_packet?: number;
+  auth_full_ns_spread?: number;
+  control_mac_ns_per_frame?: number;
 }
 
 /** The rows that are not per system: TLB (arena pages), security check (sentry), straggler. */
@@ -469,6 +475,17 @@ export function machineRows(
           : `inline in XDP: within the noise (${sentry.inline_ns_per_packet.toFixed(0)} ± ${sentry.inline_ns_spread.toFixed(0)} ns, on ${sentry.xdp_ns_per_packet_off.toFixed(0)} ns)`,
       },
     });
+    if (sentry.auth_header_ns_per_packet !== undefined) {
+      const pm = (x: number, sp: number) => `+${x.toFixed(0)} ± ${sp.toFixed(0)} ns`;
+      rows.push({
+        ...base, id: "auth_ns_per_packet", group: "Security check", metric: "authentication per packet (job key, SipHash-2-4)", unit: "ns", ratio: null, brief_claim: null,
+        text: {
+          baselines: "none: plain TCP authenticates nothing (a host on the segment can inject into the stream)",
+          ainftp: `XDP, ${sentry.auth_elems} values: header MAC ${pm(sentry.auth_header_ns_per_packet, sentry.auth_header_ns_spread ?? 0)}, ` +
+            `header + payload ${pm(sentry.auth_full_ns_per_packet ?? 0, sentry.auth_full_ns_spread ?? 0)}; control frames ${sentry.control_mac_ns_per_frame?.toFixed(0)} ns each`,
+        },
+      });
+    }
   } else {
     rows.push({ ...base, id: "security_ns_per_packet", group: "Security check", metric: "energy check per packet", unit: "ns", ratio: null, brief_claim: BRIEF_CLAIMS.security,
       text: { baselines: `n/a: ${sentry ? sentry.error : "not run (--no-micro)"}`, ainftp: "n/a" } });

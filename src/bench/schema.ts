@@ -106,6 +106,8 @@ const tlb = obj({
 const sentry = obj({
   method: str, elems: int, frame_bytes: int, xdp_ns_per_packet_off: num, xdp_ns_per_packet_on: num, inline_ns_per_packet: num, inline_ns_spread: num,
   userspace_sampled_ns_per_packet: num, userspace_full_ns_per_packet: num, runs: int, repeat: int, packets: int,
+  auth_elems: int, auth_header_ns_per_packet: num, auth_header_ns_spread: num, auth_full_ns_per_packet: num, auth_full_ns_spread: num,
+  control_mac_ns_per_frame: num,
 });
 
 export const BENCH_SCHEMA: JsonSchema = {

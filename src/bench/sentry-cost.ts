@@ -6,7 +6,9 @@
 // computes, and the full-payload mean square a post-processing filter would
 // take. Userspace figures leave out getting the packets there (a receive
 // path ainftp does not have), so they favour the post-processing side.
-import { CFG_SENTRY, MAX_WORKERS, PKT_CONTRIB, SENTRY_SAMPLES, allMembers } from "../abi.ts";
+import { CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_SENTRY, MAC_BYTES, MAX_ELEMS_AUTH, MAX_WORKERS, PKT_CONTRIB, SENTRY_SAMPLES, allMembers } from "../abi.ts";
+import { sealDatagram } from "../jobkey.ts";
+import { macSeal } from "../../native/mac.ts";
 import { datagram, frame } from "../packet.ts";
 import { ReflexObject } from "../reflex.ts";
 
@@ -36,6 +38,16 @@ export interface SentryCostResult {
   userspace_sampled_ns_per_packet: number;
   /** Full-payload mean square in userspace, ns per packet: the O(N) post-processing pass. */
   userspace_full_ns_per_packet: number;
+  /** The job key's data-plane MAC (issue 16), measured in the same interleaved runs on a
+   * contribution of auth_elems values (a MAC takes 8 bytes of the packet): header only
+   * (the default with a key) and header + payload (--auth full), each against no MAC. */
+  auth_elems: number;
+  auth_header_ns_per_packet: number;
+  auth_header_ns_spread: number;
+  auth_full_ns_per_packet: number;
+  auth_full_ns_spread: number;
+  /** The control plane's MAC in userspace (SipHash-2-4 over a full control frame), ns per frame. */
+  control_mac_ns_per_frame: number;
   runs: number;
   repeat: number;
   packets: number;
@@ -101,6 +113,13 @@ export async function measureSentryCost(o: SentryCostOptions): Promise<SentryCos
   const f = frame(datagram({ type: PKT_CONTRIB, jobId: 1, round: 0, chunk: 0, rank: 0 }, payload(o.elems, 7)));
   const off: number[] = [];
   const on: number[] = [];
+  // the MAC's rows: a packet of as many values as fit beside the tag
+  const authElems = Math.min(MAX_ELEMS_AUTH, o.elems - Math.ceil(MAC_BYTES / 2));
+  const key = crypto.getRandomValues(new Uint8Array(16));
+  // its own slot (chunk 1): a slot keeps the count of its first contribution
+  const d = datagram({ type: PKT_CONTRIB, jobId: 1, round: 0, chunk: 1, rank: 0 }, payload(authElems, 9));
+  const authFrames = { off: frame(d), header: frame(sealDatagram(key, d, "header")), full: frame(sealDatagram(key, d, "full")) };
+  const auth = { off: [] as number[], header: [] as number[], full: [] as number[] };
   {
     using s = await ReflexObject.load({ chunks: 64, benchNoDedupe: true });
     const base = {
@@ -108,6 +127,7 @@ export async function measureSentryCost(o: SentryCostOptions): Promise<SentryCos
       chunkElems: o.elems, chunks: 64, batch: 32, ownedChunks: 64, flags: 0,
     };
     s.setConfig({ ...s.config(), ...base });
+    s.setJobKey(key);
     // a gate that accepts every energy: the check runs in full, nothing is dropped
     const gates = s.gates();
     for (const at of [0, 1]) [gates[2 * at], gates[2 * at + 1]] = [-(2 ** 31), 2 ** 31 - 1];
@@ -117,6 +137,12 @@ export async function measureSentryCost(o: SentryCostOptions): Promise<SentryCos
       off.push(s.testRun(f, repeat).ns);
       s.setConfig({ ...cfg, flags: CFG_SENTRY });
       on.push(s.testRun(f, repeat).ns);
+      for (const [m, flags] of [["off", 0], ["header", CFG_AUTH_HDR], ["full", CFG_AUTH_FULL]] as const) {
+        s.setConfig({ ...cfg, chunkElems: authElems, flags });
+        const before = s.counters().summed;
+        auth[m].push(s.testRun(authFrames[m], repeat).ns);
+        if (s.counters().summed - before !== repeat) throw new Error(`auth ${m}: the program did not sum every run (a bad MAC?)`);
+      }
     }
   }
   const data = new Int16Array(packets * o.elems);
@@ -124,13 +150,23 @@ export async function measureSentryCost(o: SentryCostOptions): Promise<SentryCos
   const out = new Int32Array(packets);
   const sampled = nsPerPacket(() => sampledEnergies(data, o.elems, out), packets, runs);
   const full = nsPerPacket(() => fullEnergies(data, o.elems, out), packets, runs);
+  const ctrl = new Uint8Array(32 + 1400 + MAC_BYTES);
+  const controlMac = nsPerPacket(() => {
+    for (let i = 0; i < 256; i++) macSeal(key, ctrl, ctrl.length - MAC_BYTES);
+  }, 256, runs);
   // each pair ran back to back: its difference cancels most of the drift of a shared machine
-  const diffs = on.map((x, i) => x - off[i]).sort((a, b) => a - b);
-  const q = (p: number) => diffs[Math.min(diffs.length - 1, Math.floor(p * diffs.length))];
+  const spreadOf = (xs: number[], base: number[]) => {
+    const ds = xs.map((x, i) => x - base[i]).sort((a, b) => a - b);
+    const q = (p: number) => ds[Math.min(ds.length - 1, Math.floor(p * ds.length))];
+    return { median: median(ds), spread: (q(0.75) - q(0.25)) / 2 };
+  };
+  const inline = spreadOf(on, off), hdr = spreadOf(auth.header, auth.off), whole = spreadOf(auth.full, auth.off);
   return {
     method: SENTRY_METHOD, elems: o.elems, frame_bytes: f.length,
     xdp_ns_per_packet_off: median(off), xdp_ns_per_packet_on: median(on),
-    inline_ns_per_packet: median(diffs), inline_ns_spread: (q(0.75) - q(0.25)) / 2,
+    inline_ns_per_packet: inline.median, inline_ns_spread: inline.spread,
+    auth_elems: authElems, auth_header_ns_per_packet: hdr.median, auth_header_ns_spread: hdr.spread,
+    auth_full_ns_per_packet: whole.median, auth_full_ns_spread: whole.spread, control_mac_ns_per_frame: +controlMac.toFixed(1),
     userspace_sampled_ns_per_packet: +sampled.toFixed(1), userspace_full_ns_per_packet: +full.toFixed(1),
     runs, repeat, packets,
   };
