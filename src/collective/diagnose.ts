@@ -103,6 +103,16 @@ export async function fail(h: Host, st: RoundState, bankBase: number, cause?: st
     "check that those members are running and attached; a member that died must be restarted with the whole job");
 }
 
+/** We hold more than half of the others dead: more likely our own link
+ * failed (a member whose sends are delayed sees everyone stop answering)
+ * than most of the job at once. Such a member acts on no death early; its
+ * round waits out the round timeout, as before the swarm could tell. */
+function isolated(h: Host, dead: bigint): boolean {
+  let n = 0;
+  for (const p of h.others) if (Host.has(dead, p)) n++;
+  return 2 * n > h.others.length;
+}
+
 /** Members the swarm holds dead that this round cannot do without: the
  * leader whose plan we lack (or who died with its plan half sent: the
  * members without it gave the round up), owners of results we lack (once
@@ -111,7 +121,7 @@ export async function fail(h: Host, st: RoundState, bankBase: number, cause?: st
  * member's contribution are closed without it instead (closeForDead). */
 export function deadWeWaitFor(h: Host, st: RoundState, bankBase: number): number[] {
   const dead = h.othersMask & ~h.liveMask;
-  if (!dead) return [];
+  if (!dead || isolated(h, dead)) return [];
   let m = 0n;
   if (!st.sent) {
     if (st.leader !== h.rank && !st.haveShared && Host.has(dead, st.leader)) m |= 1n << BigInt(st.leader);
@@ -133,7 +143,7 @@ export function deadWeWaitFor(h: Host, st: RoundState, bankBase: number): number
  * how many it closed. */
 export function closeForDead(h: Host, st: RoundState, bankBase: number): number {
   const dead = h.othersMask & ~h.liveMask & st.active;
-  if (!dead) return 0;
+  if (!dead || isolated(h, h.othersMask & ~h.liveMask)) return 0;
   const close: number[] = [];
   for (let i = 0; i < st.owned.length; i++) {
     const c = st.owned[i];
