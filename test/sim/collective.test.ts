@@ -4,10 +4,10 @@
 // seed; AINFTP_SIM_SEED=<seed> replays that one schedule. By default 250
 // fault schedules of 8 rounds (2000 rounds) and 25 death schedules run;
 // AINFTP_SIM_SCHEDULES=1250 runs 10k fault rounds.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { RoundError, type RoundReport } from "../../src/collective.ts";
 import { mulberry32 } from "../../src/random.ts";
-import { CLEAN, SimProgram, SimWorld, type Faults } from "./world.ts";
+import { CLEAN, SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
 
 const root = process.getuid?.() === 0;
 if (!root) console.log("[sim] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
@@ -20,23 +20,8 @@ const ROUNDS = 8;
 const SCHEDULES = Number(process.env.AINFTP_SIM_SCHEDULES ?? 250);
 const ONLY = process.env.AINFTP_SIM_SEED === undefined ? null : Number(process.env.AINFTP_SIM_SEED);
 
-let programs: SimProgram[] = [];
-beforeAll(async () => {
-  if (root) for (let i = 0; i < MAX_HOSTS; i++) programs.push(await SimProgram.load(CHUNKS, ELEMS, PORT));
-});
-afterAll(() => {
-  for (const p of programs) p.close();
-  programs = [];
-});
+const programs = simPrograms(root, MAX_HOSTS, CHUNKS, ELEMS, PORT);
 
-/** A gradient for (seed, round, rank): values in ±2^k for a k per rank. */
-function gradient(seed: number, round: number, rank: number, n: number): Float32Array {
-  const rnd = mulberry32((seed * 7919 + round * 131 + rank * 17) >>> 0);
-  const scale = 2 ** Math.floor(rnd() * 6 - 3);
-  const x = new Float32Array(n);
-  for (let i = 0; i < n; i++) x[i] = (rnd() * 2 - 1) * scale;
-  return x;
-}
 
 /** Faults drawn from the seed: up to 5% loss, 5% duplication, 30% reordering. */
 function faultsOf(seed: number): Faults {
@@ -87,7 +72,7 @@ async function schedule(seed: number, n: number, faults: Faults, o: ScheduleOpti
         const out: Outcome = { reports: [], outs: [], contributors: [] };
         for (let r = 0; r < rounds; r++) {
           o.beforeRound?.(world, rank, r);
-          const x = gradient(seed, r, rank, lengths[r]);
+          const x = simGradient(seed, r, rank, lengths[r]);
           let reps: RoundReport[] | null = null;
           try {
             reps = await c.allreduce(x);
@@ -136,7 +121,7 @@ function checkSums(seed: number, r: number, active: number[], out: Float32Array,
   const n = active.length;
   let scale = 0;
   for (const k of active) {
-    const x = gradient(seed, r, k, len);
+    const x = simGradient(seed, r, k, len);
     for (let i = 0; i < len; i++) (exact[i] += x[i]), (scale = Math.max(scale, Math.abs(x[i])));
   }
   for (let c = 0; c * ELEMS < len; c++) {

@@ -17,11 +17,11 @@
 // to own a chunk it forged (claiming every member): under the owner's rank,
 // such a forgery stood where it came first; the plan's active set tells it
 // from the owner's (the second case, seed 9100 before the fix).
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { PKT_CONTRIB, PKT_CONTROL, PKT_RESULT } from "../../src/abi.ts";
 import { datagram } from "../../src/packet.ts";
 import { mulberry32 } from "../../src/random.ts";
-import { SimProgram, SimWorld, type Faults } from "./world.ts";
+import { SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
 
 const root = process.getuid?.() === 0;
 if (!root) console.log("[sim] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
@@ -36,22 +36,8 @@ const LIAR = 1;
 const SCHEDULES = Number(process.env.AINFTP_SIM_HOSTILE_SCHEDULES ?? 40);
 const ONLY = process.env.AINFTP_SIM_SEED === undefined ? null : Number(process.env.AINFTP_SIM_SEED);
 
-let programs: SimProgram[] = [];
-beforeAll(async () => {
-  if (root) for (let i = 0; i < HOSTS; i++) programs.push(await SimProgram.load(CHUNKS, ELEMS, PORT));
-});
-afterAll(() => {
-  for (const p of programs) p.close();
-  programs = [];
-});
+const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
 
-function gradient(seed: number, round: number, rank: number, n: number): Float32Array {
-  const rnd = mulberry32((seed * 7919 + round * 131 + rank * 17) >>> 0);
-  const scale = 2 ** Math.floor(rnd() * 6 - 3);
-  const x = new Float32Array(n);
-  for (let i = 0; i < n; i++) x[i] = (rnd() * 2 - 1) * scale;
-  return x;
-}
 
 /** Loss up to 5% (retransmissions and resends, where the hole was), some reordering. */
 function faultsOf(seed: number): Faults {
@@ -96,7 +82,7 @@ async function liarSchedule(seed: number, o: { rounds?: number; straggler?: numb
         await c.connect();
         const outs: { x: Float32Array; active: number[]; kept: Uint16Array }[] = [];
         for (let r = 0; r < ROUNDS; r++) {
-          const x = gradient(seed, r, rank, lengths[r]);
+          const x = simGradient(seed, r, rank, lengths[r]);
           const reps = await c.allreduce(x);
           // whole chunks of at most CHUNKS: one protocol round each
           outs.push({ x, active: reps[0].active, kept: c.contributorsOf(reps[0].round, reps[0].chunks) });
@@ -118,7 +104,7 @@ async function liarSchedule(seed: number, o: { rounds?: number; straggler?: numb
       const exact = new Float64Array(lengths[r]);
       let scale = 0;
       for (const k of active) {
-        const x = gradient(seed, r, k, lengths[r]);
+        const x = simGradient(seed, r, k, lengths[r]);
         for (let i = 0; i < x.length; i++) (exact[i] += x[i]), (scale = Math.max(scale, Math.abs(x[i])));
       }
       let worst = 0, at = -1;

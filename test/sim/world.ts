@@ -12,6 +12,7 @@
 // in rank order that is ready (a datagram in its inbox, its ring touched,
 // or its timer due), or moves the clock to the next delivery or timer.
 // Nothing depends on wall time, so a seed replays the same run.
+import { afterAll, beforeAll } from "bun:test";
 import { Communicator, type CommunicatorOptions } from "../../src/collective.ts";
 import { READY_RING, READY_SOCK, type Clock, type Datagrams, type Received, type ReflexPort } from "../../src/collective/ports.ts";
 import { ipv4ToBe32 } from "../../src/transport.ts";
@@ -316,4 +317,26 @@ export class SimWorld {
       else this.deliver(e);
     }
   }
+}
+
+/** A gradient for (seed, round, rank): values in ±2^k for a k per rank. */
+export function simGradient(seed: number, round: number, rank: number, n: number): Float32Array {
+  const rnd = mulberry32((seed * 7919 + round * 131 + rank * 17) >>> 0);
+  const scale = 2 ** Math.floor(rnd() * 6 - 3);
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = (rnd() * 2 - 1) * scale;
+  return x;
+}
+
+/** Loads `hosts` programs before the file's tests (as root) and closes them after; the array fills in beforeAll. */
+export function simPrograms(root: boolean, hosts: number, chunks: number, elems: number, port: number): SimProgram[] {
+  const programs: SimProgram[] = [];
+  beforeAll(async () => {
+    if (root) for (let i = 0; i < hosts; i++) programs.push(await SimProgram.load(chunks, elems, port));
+  });
+  afterAll(() => {
+    for (const p of programs) p.close();
+    programs.length = 0;
+  });
+  return programs;
 }
