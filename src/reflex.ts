@@ -90,6 +90,9 @@ export function writeConfig(fd: number, cfg: JobConfig): void {
 /** Typed access to the Reflex's maps, however they were opened: from a
  * freshly loaded object (ReflexObject) or from the pins of an attached
  * program (PinnedReflex). */
+/** Bytes per entry of an mmapped array map: values are laid out 8-aligned. */
+const RESULT_STRIDE = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
+
 export abstract class ReflexMaps implements Disposable {
   /** Chunks the slot, sum and result maps were sized for (x BANKS entries). */
   readonly chunks: number;
@@ -223,10 +226,8 @@ export abstract class ReflexMaps implements Disposable {
       key[0] = i;
       check(libbpf.bpf_map_update_elem(this.mapFd("slots"), key, zero, 0n), "reset", `clearing slot ${i} failed`);
     }
-    this.result(0);
-    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
-    const dv = new DataView(this.resBuf!);
-    for (let i = 0; i < BANKS * this.chunks; i++) dv.setUint32(i * stride, 0, true);
+    const dv = new DataView(this.results());
+    for (let i = 0; i < BANKS * this.chunks; i++) dv.setUint32(i * RESULT_STRIDE, 0, true);
     this.gates().fill(0);
     const obsStride = SIZEOF.ainftp_obs;
     this.obs(0);
@@ -275,11 +276,25 @@ export abstract class ReflexMaps implements Disposable {
     return decodeSums(this.rawSums(index), count, contributors);
   }
 
+  private resU16?: Uint16Array;
+
+  /** The mmapped results map; each entry takes RESULT_STRIDE bytes. */
+  private results(): ArrayBuffer {
+    return (this.resBuf ??= this.mmapMap("results", SIZEOF.ainftp_result));
+  }
+
+  /** Contributor counts of the result entries first .. first + out.length - 1,
+   * read in place: once per round for every chunk, so no object per entry. */
+  contributorsInto(first: number, out: Uint16Array): Uint16Array {
+    const u16 = (this.resU16 ??= new Uint16Array(this.results()));
+    for (let i = 0, at = (first * RESULT_STRIDE + 6) >> 1; i < out.length; i++, at += RESULT_STRIDE >> 1) out[i] = u16[at];
+    return out;
+  }
+
   /** The result entry at `index`: header fields and int16 values. */
   result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; rank: number; v: Int16Array } {
-    this.resBuf ??= this.mmapMap("results", SIZEOF.ainftp_result);
-    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
-    const dv = new DataView(this.resBuf, index * stride, stride);
+    const stride = RESULT_STRIDE;
+    const dv = new DataView(this.results(), index * stride, stride);
     const count = dv.getUint16(4, true);
     return {
       tag: dv.getUint32(0, true),
@@ -289,7 +304,7 @@ export abstract class ReflexMaps implements Disposable {
       flags: dv.getUint16(10, true),
       writes: dv.getUint16(12, true),
       rank: dv.getUint16(14, true),
-      v: new Int16Array(this.resBuf, index * stride + 16, Math.min(count, MAX_ELEMS)),
+      v: new Int16Array(this.results(), index * stride + 16, Math.min(count, MAX_ELEMS)),
     };
   }
 
@@ -334,11 +349,10 @@ export abstract class ReflexMaps implements Disposable {
   /** A writable view of result entry `index`, for an owner that publishes a
    * result it computed itself (robust aggregation): write v, then publish(). */
   resultEntry(index: number): { v: Int16Array; publish: (tag: number, count: number, contributors: number, exp: number) => void } {
-    this.result(0);
-    const stride = Math.ceil(SIZEOF.ainftp_result / 8) * 8;
-    const dv = new DataView(this.resBuf!, index * stride, stride);
+    const stride = RESULT_STRIDE;
+    const dv = new DataView(this.results(), index * stride, stride);
     return {
-      v: new Int16Array(this.resBuf!, index * stride + 16, MAX_ELEMS),
+      v: new Int16Array(this.results(), index * stride + 16, MAX_ELEMS),
       publish: (tag, count, contributors, exp) => {
         dv.setUint32(0, 0xffffffff, true); // being written
         dv.setUint16(4, count, true);
@@ -375,6 +389,7 @@ export abstract class ReflexMaps implements Disposable {
     for (const m of this.mmaps) shim.ainftp_munmap(m.addr, BigInt(m.len));
     this.mmaps = [];
     this.accBuf = this.resBuf = this.gateBuf = this.obsBuf = undefined;
+    this.resU16 = undefined;
     this.open = false;
     this.closeHandles();
   }

@@ -197,10 +197,7 @@ export class Communicator implements Disposable {
    * owner's own included). Fewer than the members when the sentry dropped
    * some or a member was quarantined. */
   contributorsOf(round: number, chunks: number): Uint16Array {
-    const out = new Uint16Array(chunks);
-    const base = (round & 1) * this.h.cfg.chunks;
-    for (let c = 0; c < chunks; c++) out[c] = this.h.maps.result(base + c).contributors;
-    return out;
+    return this.h.maps.contributorsInto((round & 1) * this.h.cfg.chunks, new Uint16Array(chunks));
   }
 
   /** The program's per-rank counts of the contributions its sentry accepted

@@ -73,6 +73,8 @@ export interface ReflexPort {
   closeSlots(round: number, chunks: ArrayLike<number>, o: CloseOptions): number;
   slot(index: number): SlotState;
   result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array };
+  /** Contributor counts of consecutive result entries, read in place. */
+  contributorsInto(first: number, out: Uint16Array): Uint16Array;
   resultEntry(index: number): { v: Int16Array; publish: (tag: number, count: number, contributors: number, exp: number) => void };
   gates(): Int32Array;
   obs(index: number): { tag: number; energy: Int16Array };
