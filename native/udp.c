@@ -427,6 +427,20 @@ int ainftp_udp_send_gso(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uin
 	return send_each_batched(fd, &p, nsegs);
 }
 
+/* The same layout, one message per datagram, BATCH per sendmmsg, never GSO:
+ * for a receiver whose generic-mode XDP program would see a GSO batch that
+ * a virtual link carried unsegmented as one frame it cannot parse. */
+int ainftp_udp_send_plain(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uint8_t *buf,
+			  uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
+{
+	int bad = check_layout(fd, buf, seg_size, nsegs, last_size);
+	if (bad <= 0)
+		return bad;
+	struct sockaddr_in dst = ipv4(dst_ip_be, dst_port);
+	struct plan p = { .buf = buf, .seg_size = seg_size, .nsegs = nsegs, .last_size = last_size, .one_dst = &dst };
+	return send_each_batched(fd, &p, nsegs);
+}
+
 /* n datagrams, datagram i = buf[offsets[i] .. + lens[i]) to dst_ips_be[i]:
  * dst_ports[i], BATCH per sendmmsg. Returns datagrams sent. */
 int ainftp_udp_sendmmsg(int fd, const uint32_t *dst_ips_be, const uint16_t *dst_ports, const uint8_t *buf,

@@ -14,6 +14,7 @@ const udp = openShimTable({
   ainftp_udp_gso_state: { args: [T.i32], returns: T.i32 },
   ainftp_udp_set_gso: { args: [T.i32, T.i32], returns: T.i32 },
   ainftp_udp_send_gso: { args: [T.i32, T.u32, T.u16, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_udp_send_plain: { args: [T.i32, T.u32, T.u16, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_udp_send_each: { args: [T.i32, T.u32, T.u16, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_udp_sendmmsg: { args: [T.i32, T.ptr, T.ptr, T.ptr, T.ptr, T.ptr, T.u32], returns: T.i32 },
   ainftp_udp_recv_batch: { args: [T.i32, T.ptr, T.u32, T.u32, T.i32, T.ptr, T.ptr, T.ptr], returns: T.i32 },
@@ -84,6 +85,14 @@ export function udpSendGso(
   fd: number, dstIpBe: number, dstPort: number, buf: Uint8Array, segSize: number, nsegs: number, lastSize: number,
 ): number {
   return udp.ainftp_udp_send_gso(fd, dstIpBe, dstPort, buf, segSize, nsegs, lastSize);
+}
+
+/** Same layout as udpSendGso, one message per datagram (several per
+ * sendmmsg), never GSO: for a receiver in generic XDP mode. */
+export function udpSendPlain(
+  fd: number, dstIpBe: number, dstPort: number, buf: Uint8Array, segSize: number, nsegs: number, lastSize: number,
+): number {
+  return udp.ainftp_udp_send_plain(fd, dstIpBe, dstPort, buf, segSize, nsegs, lastSize);
 }
 
 /** Same layout as udpSendGso, one sendto() per datagram: the baseline. */

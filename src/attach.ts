@@ -263,7 +263,7 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
     linkFd = shim.ainftp_xdp_link(obj.progFd, ifindex, used === "native" ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE);
     if (linkFd < 0 && mode === "auto" && linkFd !== -1 && linkFd !== -13 && linkFd !== -16) {
       const why = -linkFd === 34 ? "the MTU is too large for native XDP (veth: at most 3504)" : errnoName(-linkFd);
-      notes.push(`native XDP is not available on ${iface} (${why}); using generic mode, which is slower`);
+      notes.push(`native XDP is not available on ${iface} (${why}); using generic mode, which is slower (the kernel builds a socket buffer for every frame before the program sees it; ainftp's peers send this host single frames, never GSO bursts; 'ainftp bench --mode generic' measures the cost)`);
       used = "generic";
       linkFd = shim.ainftp_xdp_link(obj.progFd, ifindex, XDP_FLAGS_SKB_MODE);
     }

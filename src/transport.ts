@@ -6,7 +6,7 @@
 import { AinftpError, check } from "./errors.ts";
 import {
   GSO_OFF, GSO_WORKS, UDP_MAX_PAYLOAD, udpClose, udpCounters, udpCountersReset, udpGsoState, udpLocal, udpOpen,
-  udpRecvBatch, udpSendGso, udpSendMmsg, udpSetGso, udpSetOption, udpStats, type UdpCounters, type UdpSocketStats,
+  udpRecvBatch, udpSendGso, udpSendMmsg, udpSendPlain, udpSetGso, udpSetOption, udpStats, type UdpCounters, type UdpSocketStats,
 } from "../native/udp.ts";
 
 export { UDP_MAX_PAYLOAD, type UdpCounters, type UdpSocketStats };
@@ -214,10 +214,11 @@ export class UdpEndpoint implements Disposable {
    * Sends nsegs datagrams laid out back to back in buf — segSize bytes each,
    * the last lastSize bytes — to dstAddr:dstPort, by UDP GSO (up to 64
    * segments and 65507 bytes per message, several messages per syscall; one
-   * message per datagram where the kernel refuses GSO). Returns the number
+   * message per datagram where the kernel refuses GSO, or always with
+   * `plain`: for a receiver in generic XDP mode). Returns the number
    * sent: less than nsegs only if the send buffer stayed full for a second.
    */
-  sendGso(dstAddr: string, dstPort: number, buf: Uint8Array, segSize: number, nsegs: number, lastSize = segSize): number {
+  sendGso(dstAddr: string, dstPort: number, buf: Uint8Array, segSize: number, nsegs: number, lastSize = segSize, plain = false): number {
     const op = `send to ${dstAddr}:${dstPort}`;
     checkPort(op, dstPort, false);
     if (!Number.isInteger(segSize) || segSize < 1 || segSize > UDP_MAX_PAYLOAD)
@@ -228,7 +229,7 @@ export class UdpEndpoint implements Disposable {
     const need = (nsegs - 1) * segSize + lastSize;
     if (buf.length < need)
       fail(op, `buffer holds ${buf.length} bytes, ${nsegs} segments of ${segSize} (last ${lastSize}) need ${need}`);
-    const rc = udpSendGso(this.fd, this.dst(dstAddr), dstPort, buf, segSize, nsegs, lastSize);
+    const rc = (plain ? udpSendPlain : udpSendGso)(this.fd, this.dst(dstAddr), dstPort, buf, segSize, nsegs, lastSize);
     return check(rc, op, "sendmsg failed", socketHint(`${dstAddr}:${dstPort}`, false));
   }
 

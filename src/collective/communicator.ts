@@ -6,7 +6,8 @@ import { MAX_ELEMS_AUTH } from "../abi.ts";
 import type { ControlDrop } from "../control-guard.ts";
 import { join } from "node:path";
 import { CTRL_BYE, CTRL_MEMBER, MAX_WORKERS, SIZEOF, type Counters } from "../abi.ts";
-import { pinnedPort, pinRoot } from "../attach.ts";
+import { pinnedPort, pinRoot, xdpQuery } from "../attach.ts";
+import { ifNameToIndex } from "../../native/libc.ts";
 import { AinftpError } from "../errors.ts";
 import { EventRing, PinnedReflex } from "../reflex.ts";
 import type { RobustAggregator } from "../sentry/robust.ts";
@@ -50,6 +51,8 @@ export class Communicator implements Disposable {
       const net = new SocketDatagrams(sock);
       const c = Communicator.withPorts(opts, { clock: realClock, net, maps, port });
       const h = c.h;
+      const ifindex = ifNameToIndex(opts.iface);
+      h.plainFrames = ifindex > 0 && xdpQuery(ifindex).mode === "generic";
       if (h.o.rx === "xsk") h.xsk = XskSocket.open({ iface: h.o.iface, xsksMapFd: maps.mapFd("xsks"), area: h.o.umem });
       net.watchFds(h.ring.epollFd(), h.xsk ? h.xsk.fd : -1);
       try {

@@ -17,15 +17,28 @@ export function fingerprint(h: Host): string {
   return JSON.stringify({ v: VERSION, job: h.job, peers: h.peers, chunkElems: h.chunkElems, port: h.port, auth: h.dataAuth ? (h.dataAuth.full ? "full" : "header") : "off" });
 }
 
+/** HELLO flags: answer me; send me single frames (my program runs in generic
+ * XDP mode: a GSO burst that a virtual link carries unsegmented reaches it
+ * as one frame it cannot parse, and is dropped). */
+export const HELLO_REPLY = 0x1;
+export const HELLO_PLAIN = 0x2;
+
 function sendHello(h: Host, to: number, wantReply: boolean): void {
-  h.sendControl(to, CTRL_HELLO, h.helloBase, wantReply ? 1 : 0, 0, new TextEncoder().encode(fingerprint(h)));
+  const flags = (wantReply ? HELLO_REPLY : 0) | (h.plainFrames ? HELLO_PLAIN : 0);
+  h.sendControl(to, CTRL_HELLO, h.helloBase, flags, 0, new TextEncoder().encode(fingerprint(h)));
+}
+
+/** A member's HELLO: note whether it wants single frames. */
+function greeted(h: Host, c: Control): void {
+  if (c.flags & HELLO_PLAIN) h.net.sendPlainTo(h.peers[c.rank]);
 }
 
 /** A HELLO after our handshake: a host of another job greeting us is told
  * (it fails its open) and we carry on; a member asking for a reply gets one. */
 export function answerHello(h: Host, c: Control): void {
-  if (!c.member || new TextDecoder().decode(c.payload) !== fingerprint(h)) void mismatch(h, c);
-  else if (c.flags & 1) sendHello(h, c.rank, false);
+  if (!c.member || new TextDecoder().decode(c.payload) !== fingerprint(h)) return void mismatch(h, c);
+  greeted(h, c);
+  if (c.flags & HELLO_REPLY) sendHello(h, c.rank, false);
 }
 
 /** A HELLO whose job does not match ours: answer with ours (so the sender
@@ -82,7 +95,8 @@ export async function handshake(h: Host): Promise<void> {
         continue;
       }
       if (!bases.has(c.rank)) bases.set(c.rank, c.round);
-      if (c.flags & 1) sendHello(h, c.rank, false);
+      greeted(h, c);
+      if (c.flags & HELLO_REPLY) sendHello(h, c.rank, false);
     }
     await h.clock.yield();
   }

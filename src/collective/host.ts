@@ -58,6 +58,9 @@ export class Host {
    * it (also replies sent after our handshake), so that every member
    * computes the same first round from the same values. */
   readonly helloBase: number;
+  /** Our program runs in generic XDP mode: every HELLO asks the peers to
+   * send us one frame per datagram (HELLO_PLAIN), never a GSO burst. */
+  plainFrames = false;
 
   // ---- carried from round to round ----
   nextRound = 0;

@@ -38,6 +38,10 @@ export interface Datagrams {
   /** Sends nsegs segments of segSize bytes (the last lastSize) as one GSO
    * burst; returns the datagrams sent. */
   sendGso(addr: string, port: number, buf: Uint8Array, segSize: number, nsegs: number, lastSize?: number): number;
+  /** From now on, send addr one frame per datagram, never a GSO burst: its
+   * program runs in generic XDP mode, which sees a burst that a virtual
+   * link carried unsegmented as one frame it cannot parse (and drops). */
+  sendPlainTo(addr: string): void;
   /** The datagrams queued now (timeout 0: never blocks). */
   recvBatch(timeoutMs: number): Received;
   /** Waits up to ms for any of `watch` (READY_* bits) to be ready: the ready
@@ -105,8 +109,14 @@ export class SocketDatagrams implements Datagrams {
     this.xskFd = xskFd;
   }
 
+  private readonly plain = new Set<string>();
+
   sendGso(addr: string, port: number, buf: Uint8Array, segSize: number, nsegs: number, lastSize?: number): number {
-    return this.sock.sendGso(addr, port, buf, segSize, nsegs, lastSize);
+    return this.sock.sendGso(addr, port, buf, segSize, nsegs, lastSize, this.plain.size > 0 && this.plain.has(addr));
+  }
+
+  sendPlainTo(addr: string): void {
+    this.plain.add(addr);
   }
 
   recvBatch(timeoutMs: number): Received {

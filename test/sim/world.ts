@@ -119,6 +119,9 @@ export class SimHost implements Datagrams, Clock {
 
   sleepSync(): void {}
 
+  /** Every simulated frame is delivered on its own already. */
+  sendPlainTo(_addr: string): void {}
+
   sendGso(addr: string, _port: number, buf: Uint8Array, segSize: number, nsegs: number, lastSize = segSize): number {
     if (this.dead) return nsegs;
     const to = this.world.rankOf(addr);
