@@ -90,6 +90,8 @@ function slurmConf(dir: string, sock: string, nodes: number): string {
     "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
     "AccountingStorageType=accounting_storage/none", "SwitchType=switch/none", "MpiDefault=none", "SelectType=select/linear",
     "ReturnToService=2", "KillWait=5", "MinJobAge=600", `Epilog=${dir}/epilog.sh`,
+    // one /tmp per node: srun --mpi=pmix makes its clients' directory under TmpFS, and the namespaces share one /tmp
+    `TmpFS=${dir}/tmp-%n`,
     `NodeName=sn[0-${last}] NodeAddr=${SUBNET}.[1-${nodes}] CPUs=1 State=UNKNOWN`,
     `PartitionName=p Nodes=sn[0-${last}] Default=YES MaxTime=INFINITE State=UP`, "",
   ].join("\n");
@@ -103,16 +105,18 @@ export function startCluster(tag = "slurm", nodes = SLURM_NODES): Cluster {
   sh(["ip", "-n", `${lab.id}-br`, "addr", "add", `${CTLD_ADDR}/24`, "dev", "br0"]);
   const c: Cluster = { lab, dir, env: { SLURM_CONF: join(dir, "slurm.conf") }, pids: [], nodes };
   mkdirSync(join(dir, "ctld"), { recursive: true });
+  nodes.forEach((_, i) => mkdirSync(join(dir, `tmp-sn${i}`), { recursive: true }));
   writeFileSync(join(dir, "epilog.sh"), `#!/bin/sh\nAINFTP=${BIN} ${EPILOG} >> ${dir}/epilog-$SLURMD_NODENAME.log 2>&1\n`, { mode: 0o755 });
   const sock = join(dir, "munge.sock");
   writeFileSync(c.env.SLURM_CONF, slurmConf(dir, sock, nodes.length));
   const daemon = (cmd: string[], pidFile: string) => {
     const r = sh(cmd, { env: c.env, timeoutMs: 20_000 });
     if (r.code !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr}`);
-    // a daemon writes its pid file once it has forked
+    // a daemon writes its pid file once it has forked (created first, then written)
+    const readPid = () => (existsSync(pidFile) ? Number(readFileSync(pidFile, "utf8").trim()) || 0 : 0);
     const end = performance.now() + 10_000;
-    while (!existsSync(pidFile) && performance.now() < end) Bun.sleepSync(50);
-    const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, "utf8")) : 0;
+    while (!readPid() && performance.now() < end) Bun.sleepSync(50);
+    const pid = readPid();
     if (!pid) throw new Error(`${cmd.join(" ")}: no pid in ${pidFile}`);
     c.pids.push(pid);
   };
