@@ -558,7 +558,7 @@ export function clusterText(r: BenchResult): { header: string; links: string; fo
   const m = r.machine;
   const kinds = [...new Set(ci.nodes.map((n) => `${n.cpu_model}, ${n.cores} cores, kernel ${n.kernel}`))];
   const header =
-    `ainftp bench --slurm, ${r.date} — ${ci.nodes.length} nodes: ${kinds.join("; ")}; MTU ${m.mtu}, XDP ${m.xdp_mode}, ` +
+    `ainftp bench --slurm, ${r.date} — ${ci.nodes.length} nodes: ${kinds.join("; ")}; load ${m.loadavg_1m.toFixed(2)} on ${ci.nodes[0].name} at start; MTU ${m.mtu}, XDP ${m.xdp_mode}, ` +
     `${r.config.chunk_elems} int16 values per ainftp packet\n` +
     `nodes: ${m.links}\n` +
     `ranks: ${Object.entries(ci.launch).map(([s, l]) => `${s}: ${l}`).join("; ")}\n\n`;
