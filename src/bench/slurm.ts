@@ -338,7 +338,7 @@ function outcomeOf(system: SystemName, x: Ctx, reports: RankReport[], version: s
   return {
     ...base, label: peer === "gloo" ? `Gloo${version ? ` (torch ${version.split(",")[0]})` : ""}` : `Open MPI${version ? ` ${version}` : ""}`,
     status: r.status, reason: r.reason ?? null, verified: r.verified, round_times_ms: r.round_ms,
-    counters: untrackedCounters(null, x.bytes, x.nodes.length),
+    counters: { ...untrackedCounters(null, x.bytes, x.nodes.length), copy_source: "not instrumented: Gloo and Open MPI count no copies, and on a cluster their /proc/PID/io is not sampled" },
     detail: { launch: x.launch[peer] ?? null, ranks: r.ranks.map(({ round_ms, ...k }) => k) },
   };
 }
