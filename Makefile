@@ -105,8 +105,8 @@ clean:
 # test/slurm-cluster.test.ts and test/slurm-bench.test.ts run a real slurmctld
 # and one slurmd per network namespace (test/helpers/slurm-lab.ts; about 20 s
 # and 75 s, part of `make test`; they skip, saying so, without these
-# packages). `make test-slurm` runs them alone, the bench with Gloo too
-# (four torch imports per step: 15 s to 2 min more here). `make bench-slurm-lab`
+# packages). `make test-slurm` runs them alone, the bench with Gloo and the
+# mpirun launch too (four torch imports per step: 15 s to 2 min more here). `make bench-slurm-lab`
 # runs examples/slurm/bench-job.sh on such a cluster (the README's figures).
 SLURM_PACKAGES := slurm-wlm munge
 .PHONY: slurm-deps test-slurm bench-slurm-lab

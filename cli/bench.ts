@@ -374,7 +374,8 @@ export function benchCommand(io: IO): Command {
         "  ainftp bench --link-rate none,2.5gbit,1gbit --back-to-back --size 16MiB\n" +
         "  ainftp bench --sweep --baseline tcp --no-micro --no-straggler   # charts: round time vs size and vs link rate\n" +
         "  ainftp bench --peers 2,4,8 --size 1MiB,16MiB,100MiB --rounds 20   # the scaling sweep\n" +
-        "  ainftp bench --baseline tcp --size 16MiB --json out.json\n",
+        "  ainftp bench --baseline tcp --size 16MiB --json out.json\n" +
+        "  salloc -N 4 ainftp bench --slurm                # on the allocation's nodes and NICs, through srun (or sbatch examples/slurm/bench-job.sh)\n",
     )
     .action(async (o) => {
       if (o.iface && !o.slurm) throw new AinftpError("bench", "--iface is for --slurm (the local bench builds its own hosts' links)", { hint: "drop --iface, or add --slurm inside an allocation" });

@@ -9,9 +9,11 @@
 //     no program or pins; a scancel in the middle of ainftp's step leaves no
 //     program and no pins either (the Epilog finds nothing to remove); a
 //     node whose driver cannot run the program stops it before anything runs.
-// `bun test` runs ainftp, the TCP ring and Open MPI (about 40 s with the
-// cluster); Gloo (four torch imports per step, 15 s to 2 min here) runs with
-// AINFTP_SLURM_BENCH_FULL=1, which `make test-slurm` sets.
+// `bun test` runs ainftp, the TCP ring and Open MPI (about 75 s with the
+// cluster); Gloo (four torch imports per step, 15 s to 2 min here) and Open
+// MPI started by mpirun instead of srun --mpi=pmix (the fallback without
+// SLURM's PMIx plugin) run with AINFTP_SLURM_BENCH_FULL=1, which `make
+// test-slurm` sets.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -86,7 +88,8 @@ describe("bench --slurm refuses, saying what to do", () => {
 
 const why = slurmSkipReason();
 if (why) console.warn(`[slurm-bench] SKIPPED the cluster tests: ${why}`);
-if (!why && !FULL) console.warn("[slurm-bench] Gloo is left out here (--baseline tcp,mpi): it runs with AINFTP_SLURM_BENCH_FULL=1 (make test-slurm)");
+if (!why && !FULL)
+  console.warn("[slurm-bench] Gloo and the mpirun launch are left out here (--baseline tcp,mpi): they run with AINFTP_SLURM_BENCH_FULL=1 (make test-slurm)");
 
 describe.skipIf(why !== null)("bench --slurm on a real SLURM: slurmctld + one slurmd per namespace", () => {
   let c: Cluster;
@@ -150,6 +153,18 @@ describe.skipIf(why !== null)("bench --slurm on a real SLURM: slurmctld + one sl
     const f = await waitJobEnd(c, id, timeoutMs);
     return { state: f.JobState, out: jobOutput(c, id) };
   }
+
+  test.skipIf(!FULL)("without SLURM's PMIx (AINFTP_BENCH_MPI_LAUNCH=mpirun): Open MPI through mpirun inside the allocation, verified, one rank per node", async () => {
+    const report = join(c.dir, "r-mpirun");
+    const id = submit(c, JOB, { AINFTP: BIN, AINFTP_REPORT: report, AINFTP_BENCH_MPI_LAUNCH: "mpirun", AINFTP_BENCH_ARGS: "--size 1MiB --rounds 3 --baseline mpi --no-micro" });
+    const f = await waitJobEnd(c, id, 90_000);
+    expect({ state: f.JobState, tail: f.JobState === "COMPLETED" ? "" : jobOutput(c, id).slice(-2000) }).toEqual({ state: "COMPLETED", tail: "" });
+    const j = JSON.parse(readFileSync(join(report, "bench.json"), "utf8"));
+    const mpi = j.runs[0].systems.find((s: any) => s.system === "mpi");
+    expect([mpi.status, mpi.verified, mpi.detail.ranks.map((r: any) => r.rank)]).toEqual(["ok", true, [0, 1, 2, 3]]);
+    expect(j.cluster.launch.mpi).toContain("mpirun inside the allocation");
+    expect(mpi.wire.tx_bytes_per_host_per_round).toBeGreaterThan(1.4 * (1 << 20));
+  }, 120_000);
 
   test("a driver without native XDP (a bridge, xbr0, on every node, --iface xbr0): refused before any system runs, each node named, --mode generic offered", async () => {
     for (const n of c.nodes) c.lab.must(n, ["ip", "link", "add", "xbr0", "type", "bridge"]);

@@ -57,7 +57,8 @@ export function collectReports<T>(stdout: string, kind: string): Map<number, T> 
 }
 
 function rankOf(env: Record<string, string | undefined>): number {
-  const r = Number(env.SLURM_PROCID ?? env.OMPI_COMM_WORLD_RANK ?? env.PMIX_RANK);
+  // under mpirun, SLURM_PROCID is its daemon's task (the node); the MPI rank comes first
+  const r = Number(env.OMPI_COMM_WORLD_RANK ?? env.SLURM_PROCID ?? env.PMIX_RANK);
   if (!Number.isInteger(r) || r < 0)
     throw new AinftpError("bench --slurm node", "SLURM_PROCID is not set", { hint: "this command is started by `ainftp bench --slurm` through srun" });
   return r;

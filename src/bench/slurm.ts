@@ -6,7 +6,8 @@
 //      installed; any node that cannot run the bench stops it here, with what
 //      to do;
 //   2. per (nodes, size, system) one step: ainftp (`swarm --slurm --verify`),
-//      the built-in TCP ring, Gloo, Open MPI (srun --mpi=pmix, SLURM's PMIx),
+//      the built-in TCP ring, Gloo, Open MPI (srun --mpi=pmix, SLURM's PMIx;
+//      without that plugin, mpirun inside the allocation),
 //      each rank wrapped in `bench node slurm-rank`, which measures the node's
 //      interface counters, softirqs and NIC IRQs around it;
 //   3. the machine rows on the first node; a last step removes any stale pins
@@ -117,12 +118,15 @@ export async function abortSlurmBench(): Promise<void> {
 }
 
 /** One srun step: a task on each of `nodes`. */
-async function srunStep(nodes: string[], argv: string[], o: { timeoutMs: number; mpi?: boolean; env?: Record<string, string> }): Promise<Step> {
+async function srunStep(nodes: string[], argv: string[], o: { timeoutMs: number; mpi?: MpiLaunch; env?: Record<string, string> }): Promise<Step> {
   if (aborted) return { code: null, stdout: "", stderr: "aborted", timedOut: false };
-  const cmd = [
-    "srun", `--nodes=${nodes.length}`, `--ntasks=${nodes.length}`, "--ntasks-per-node=1", `--nodelist=${nodes.join(",")}`, "--kill-on-bad-exit=1",
-    ...(o.mpi ? ["--mpi=pmix"] : []), ...argv,
-  ];
+  // mpirun inside an allocation starts its daemons through srun itself, one rank per node from the first
+  const cmd = o.mpi === "mpirun"
+    ? ["mpirun", "-np", String(nodes.length), "--map-by", "ppr:1:node", "--bind-to", "none", ...argv]
+    : [
+      "srun", `--nodes=${nodes.length}`, `--ntasks=${nodes.length}`, "--ntasks-per-node=1", `--nodelist=${nodes.join(",")}`, "--kill-on-bad-exit=1",
+      ...(o.mpi === "pmix" ? ["--mpi=pmix"] : []), ...argv,
+    ];
   const p = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...o.env } });
   running = p;
   let timedOut = false;
@@ -160,8 +164,19 @@ interface Cluster {
   iface: string;
   mtu: number;
   sharedKernel: boolean;
-  /** srun --mpi=list names pmix: Open MPI's ranks start through it. */
-  pmix: boolean;
+  /** How Open MPI's ranks start: srun --mpi=pmix when SLURM has the plugin, else mpirun (null: neither). */
+  mpi: MpiLaunch | null;
+}
+
+type MpiLaunch = "pmix" | "mpirun";
+
+/** srun --mpi=pmix when `srun --mpi=list` names pmix, else mpirun when installed here; AINFTP_BENCH_MPI_LAUNCH=pmix|mpirun chooses. */
+function mpiLaunch(env: Env): MpiLaunch | null {
+  const forced = env.AINFTP_BENCH_MPI_LAUNCH;
+  if (forced === "pmix" || forced === "mpirun") return forced;
+  const plugins = Bun.spawnSync(["srun", "--mpi=list"], { stdout: "pipe", stderr: "pipe" });
+  if (/\bpmix\b/.test(plugins.stdout.toString() + plugins.stderr.toString())) return "pmix";
+  return Bun.which("mpirun") ? "mpirun" : null;
 }
 
 /** Why the probed nodes cannot run the bench (each node that cannot, and what to do), or null. */
@@ -218,10 +233,8 @@ async function probe(alloc: { jobId: string; nodelist: string; nodes: string[] }
   if (refusal) throw refusal;
   const mtus = probes.map((p) => p.nic.mtu ?? 1500);
   const boot = new Set(probes.map((p) => p.boot_id));
-  const plugins = Bun.spawnSync(["srun", "--mpi=list"], { stdout: "pipe", stderr: "pipe" });
   return {
-    ...alloc, probes, iface: probes[0].iface, mtu: Math.min(...mtus), sharedKernel: boot.size === 1 && !boot.has(null),
-    pmix: /\bpmix\b/.test(plugins.stdout.toString() + plugins.stderr.toString()),
+    ...alloc, probes, iface: probes[0].iface, mtu: Math.min(...mtus), sharedKernel: boot.size === 1 && !boot.has(null), mpi: mpiLaunch(o.env ?? process.env),
   };
 }
 
@@ -259,7 +272,7 @@ function timeoutFor(x: Ctx, system: SystemName): number {
 }
 
 /** The child each node runs for `system` (`{rank}`: the task's rank), and how srun starts it. */
-function childOf(x: Ctx, system: SystemName): { argv: string[]; mpi?: boolean; env?: Record<string, string>; launch: string } | { na: string; version: string | null } {
+function childOf(x: Ctx, system: SystemName): { argv: string[]; mpi?: MpiLaunch; env?: Record<string, string>; launch: string } | { na: string; version: string | null } {
   const { o, c, bytes } = x;
   const k = x.nodes.length;
   const b2b = x.backToBack;
@@ -286,7 +299,7 @@ function childOf(x: Ctx, system: SystemName): { argv: string[]; mpi?: boolean; e
   }
   const bad = probes.find((p) => !p.mpi?.ok);
   if (bad) return { na: `${bad.node}: ${bad.mpi?.reason ?? "not probed"} (or: make bench-deps on every node)`, version: bad.mpi?.version ?? null };
-  if (!c.pmix) return { na: "this SLURM has no PMIx plugin (srun --mpi=list), through which Open MPI's ranks start: install it (Debian: slurm-wlm-basic-plugins)", version: probes[0].mpi!.version };
+  if (!c.mpi) return { na: "this SLURM has no PMIx plugin (srun --mpi=list) and there is no mpirun here to start Open MPI's ranks: install either (Debian: slurm-wlm-basic-plugins, openmpi-bin)", version: probes[0].mpi!.version };
   if (probes.some((p) => p.mpi!.bin !== probes[0].mpi!.bin)) return { na: "the nodes built mpi_allreduce at different paths ($TMPDIR differs)", version: probes[0].mpi!.version };
   const argv = [probes[0].mpi!.bin!, String(bytes), String(o.rounds), "3", ...(b2b ? ["back-to-back"] : [])];
   // as the local bench: plain TCP through the BTL on the bench's interface, ranks yield when idle
@@ -294,7 +307,15 @@ function childOf(x: Ctx, system: SystemName): { argv: string[]; mpi?: boolean; e
     OMPI_MCA_pml: "ob1", OMPI_MCA_btl: "tcp,self", OMPI_MCA_btl_tcp_if_include: c.iface, OMPI_MCA_oob_tcp_if_include: c.iface,
     OMPI_MCA_mpi_yield_when_idle: "1", OMPI_MCA_btl_base_warn_component_unused: "0",
   };
-  return { argv, mpi: true, env, launch: `srun --mpi=pmix (SLURM's PMIx, no mpirun): mpi_allreduce, btl tcp on ${c.iface}` };
+  if (c.mpi === "mpirun") {
+    // mpirun may run off the nodes (an salloc shell), where the interface has another name: only the ranks' BTL is pinned
+    const { OMPI_MCA_oob_tcp_if_include: _, ...ranks } = env;
+    return {
+      argv, mpi: "mpirun", env: { ...ranks, OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1" },
+      launch: `mpirun inside the allocation (its daemons through srun), one rank per node: mpi_allreduce, btl tcp on ${c.iface}`,
+    };
+  }
+  return { argv, mpi: "pmix", env, launch: `srun --mpi=pmix (SLURM's PMIx, no mpirun): mpi_allreduce, btl tcp on ${c.iface}` };
 }
 
 /** The system's verdict and round times from its ranks' reports. */
