@@ -367,7 +367,7 @@ function outcomeOf(system: SystemName, x: Ctx, reports: RankReport[], version: s
 const NOT_SAMPLED = "not sampled on a cluster: the local bench samples the hosts' processes every 5 ms; here each node reads its counters before and after the run";
 
 /** Runs one system on x.nodes and measures it. */
-async function runSystem(x: Ctx, system: SystemName): Promise<SystemRun> {
+async function runSystem(x: Ctx, system: SystemName): Promise<{ r: SystemRun; reports: RankReport[] }> {
   const child = childOf(x, system);
   const k = x.nodes.length;
   const versionOf = (s: SystemName) => (s === "gloo" ? x.c.probes[0].gloo?.version : s === "mpi" ? x.c.probes[0].mpi?.version : null) ?? null;
@@ -387,7 +387,7 @@ async function runSystem(x: Ctx, system: SystemName): Promise<SystemRun> {
       : { label: system, version: versionOf(system), status: "failed", reason: stepFailure(step, reports.length, k, x.nodes, timeoutMs), verified: null, warmup: 3, round_times_ms: [], counters: noCounters, detail: null };
     if (aborted) out = { ...out, status: "failed", reason: "stopped (SIGTERM/SIGINT)" };
   }
-  return measuredRun(x, system, out, reports, performance.now() - t0);
+  return { r: measuredRun(x, system, out, reports, performance.now() - t0), reports };
 }
 
 function measuredRun(x: Ctx, system: SystemName, out: Outcome, reports: RankReport[], wallMs: number): SystemRun {
@@ -502,18 +502,18 @@ export async function runSlurmBench(opts: SlurmBenchOptions): Promise<BenchResul
           const label = `${s} · ${k} nodes · ${formatSize(bytes)} · ${o.rounds} rounds${b2b ? " back to back" : ""}`;
           emit({ kind: "step", index: ++step, total, label });
           const x: Ctx = { o, c, nodes: c.nodes.slice(0, k), bytes, backToBack: b2b, launch, log };
-          const r = await runSystem(x, s);
+          const { r, reports } = await runSystem(x, s);
           emit({ kind: "done", index: step, total, label, summary: summary(r) });
-          return { r, x };
+          return { r, x, reports };
         };
-        const { r, x } = await one(false);
+        const { r, x, reports } = await one(false);
         if (o.backToBack && r.status !== "na") {
           const b = (await one(true)).r;
           r.back_to_back = {
             status: b.status, reason: b.reason, verified: b.verified, warmup: b.warmup, rounds: b.rounds, round_ms: b.round_ms, round_times_ms: b.round_times_ms,
             wall_ms: b.wall_ms, wire: b.wire, bandwidth: b.bandwidth ?? null, shaping: null, detail: b.detail,
           };
-          finish(r, x, []);
+          finish(r, x, reports);
         } else if (o.backToBack) step++;
         sys.push(r);
       }
