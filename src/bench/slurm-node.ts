@@ -1,7 +1,9 @@
 // What `ainftp bench --slurm` runs on each node of the allocation, one task
 // per node through srun (src/bench/slurm.ts starts them):
-//   - probe: who this node is, its interface (driver, MTU, link speed from
-//     ethtool and /sys/class/net), root, whether the program attaches there
+//   - probe: who this node is, its interface (driver and link speed from
+//     ethtool, MTU and counters from netlink: sysfs shows the namespace it
+//     was mounted in, not a task's under `nsenter --net`; the device's IRQ
+//     vectors from /sys/bus/pci), root, whether the program attaches there
 //     (attached and detached again), the peers that are installed;
 //   - rank: one rank of a system, started as a child and measured around it
 //     (interface counters, softirqs, the NIC's IRQs, the child's CPU); a
