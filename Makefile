@@ -101,12 +101,15 @@ bench-all: bench
 clean:
 	rm -rf bpf/build native/build test/fixtures/build dist
 
-# ---- SLURM (issue 17; owned by the ops branch) -------------------------------
-# test/slurm-cluster.test.ts runs a real slurmctld and one slurmd per network
-# namespace (about 25 s, part of `make test`; it skips, saying so, without
-# these packages). `make test-slurm` runs it alone.
+# ---- SLURM (issues 17 and 19) -------------------------------------------------
+# test/slurm-cluster.test.ts and test/slurm-bench.test.ts run a real slurmctld
+# and one slurmd per network namespace (test/helpers/slurm-lab.ts; about 20 s
+# and 75 s, part of `make test`; they skip, saying so, without these
+# packages). `make test-slurm` runs them alone, the bench with Gloo and the
+# mpirun launch too (four torch imports per step: 15 s to 2 min more here). `make bench-slurm-lab`
+# runs examples/slurm/bench-job.sh on such a cluster (the README's figures).
 SLURM_PACKAGES := slurm-wlm munge
-.PHONY: slurm-deps test-slurm
+.PHONY: slurm-deps test-slurm bench-slurm-lab
 setup: slurm-deps
 slurm-deps:
 	@missing=""; for p in $(SLURM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -117,3 +120,7 @@ slurm-deps:
 
 test-slurm: build slurm-deps
 	bun test test/slurm-cluster.test.ts
+	AINFTP_SLURM_BENCH_FULL=1 bun test test/slurm-bench.test.ts
+
+bench-slurm-lab: build slurm-deps bench-deps
+	bun test/helpers/slurm-lab.ts examples/slurm/bench-job.sh AINFTP_REPORT=$(CURDIR)/bench-report-slurm-lab

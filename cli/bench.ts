@@ -19,6 +19,8 @@ import { formatRate, parseRates } from "../src/bench/shape.ts";
 import { validateBenchJson } from "../src/bench/schema.ts";
 import { runDelayLine } from "../src/bench/delay-line.ts";
 import { parseTcpNodeArgs, runTcpRing } from "../src/bench/tcp-ring.ts";
+import { abortSlurmBench, clusterText, runSlurmBench } from "../src/bench/slurm.ts";
+import { slurmBenchOptions, slurmNodeCommands } from "./bench-slurm.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { ExitCode, intOption, type IO } from "./io.ts";
 
@@ -97,7 +99,7 @@ class Notes {
 const WIDTH = { group: 13, metric: 30, system: 14, ratio: 14, brief_claim: 21 };
 
 /** The table of one (peers, size) run, plus the machine rows, as text. */
-export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?: boolean } = {}): string {
+export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?: boolean; links?: string } = {}): string {
   const shown = SYSTEM_ORDER.map((s) => run.systems.find((x) => x.system === s)).filter((s): s is SystemRun => !!s && (s.status !== "na" || s.system === "ainftp"));
   const peers = shown.filter((s) => s.system !== "ainftp");
   const ours = shown.find((s) => s.system === "ainftp");
@@ -127,9 +129,9 @@ export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?
   }
   t.push([{ colSpan: 2, content: "verified against the reference sum" }, ...peers.map((s) => verdict(s)), ours ? verdict(ours) : "-", "", ...(claims ? [""] : [])]);
   const rate = run.link_rate_bps ?? null;
-  const link = rate === null
+  const link = o.links ?? (rate === null
     ? "links unshaped — the CPU-bound lab (veth moves bytes at memory speed)"
-    : `each host's link shaped to ${formatRate(rate)} both ways (tbf) — bandwidth-bound, as on 10/25 GbE`;
+    : `each host's link shaped to ${formatRate(rate)} both ways (tbf) — bandwidth-bound, as on 10/25 GbE`);
   let out = `${run.peers} hosts, ${formatSize(run.bytes)} of float32 per round, ${shown[0]?.rounds ?? "?"} timed rounds each; ${link}\n${t.toString()}\n`;
   for (const s of shown.filter((x) => x.shaping)) {
     const c = s.shaping!;
@@ -180,13 +182,15 @@ export function renderBench(r: BenchResult): string {
   const m = r.machine;
   const share = m.cores / Math.max(...r.config.peers);
   const half = share === 0.5 ? "half" : share.toFixed(2);
-  let out =
+  const cluster = clusterText(r);
+  let out = cluster ? cluster.header :
     `ainftp bench, ${r.date} — ${m.cpu_model}, ${m.cores} cores${m.virtualization ? ` (${m.virtualization})` : ""}, kernel ${m.kernel}, ` +
     `load ${m.loadavg_1m.toFixed(2)} at start; MTU ${m.mtu}, XDP ${m.xdp_mode}, ${r.config.chunk_elems} int16 values per ainftp packet\n` +
     `hosts: ${m.links}\n` +
     `regimes: ${r.config.link_rates.map((x) => (x === null ? `unshaped (the CPU-bound lab: every host has about ${half} of a core, veth copies at memory speed)` : `${formatRate(x)} per host (bandwidth-bound, as on 10/25 GbE)`)).join("; ")}\n\n`;
-  for (const run of r.runs) out += renderRun(run, r.machine_rows) + "\n";
+  for (const run of r.runs) out += renderRun(run, r.machine_rows, { links: cluster?.links }) + "\n";
   if (r.runs.length > 1) out += renderScaling(r) + "\n";
+  if (cluster) return out + cluster.footer;
   out += `every figure above was measured in this run (${r.duration_s} s); timings on a shared ${m.cores}-core machine are noisy, and every host shares its CPUs\n`;
   return out;
 }
@@ -292,10 +296,6 @@ export function progressPrinter(io: IO, tty: boolean) {
 
 // ---- the commands -------------------------------------------------------------------------------
 
-const SLURM_REFUSAL =
-  "the bench under srun is not built: it would run each task's node on the real NIC (which also makes the hardware-IRQ row measurable), " +
-  "but it needs every task's report gathered on one task (a shared --report directory or a gather over the ring), and MPI would need srun's PMI instead of mpirun";
-
 /** The hidden node commands the bench starts inside each host. */
 function nodeCommand(io: IO): Command {
   const node = new Command("node").description("(internal) a rank the bench starts in each host");
@@ -334,6 +334,7 @@ function nodeCommand(io: IO): Command {
         runDelayLine({ from, to, delayMs: delay, statsFile: get("--stats"), parent: parent ? Number(parent) : undefined, onReady: () => io.out("ready\n") });
       }),
   );
+  for (const c of slurmNodeCommands(io)) node.addCommand(c);
   return node;
 }
 
@@ -349,7 +350,8 @@ export function benchCommand(io: IO): Command {
         "Needs root. Ctrl-C removes everything it built.",
     )
     .option("--peers <n[,n…]>", "host counts (a sweep: 2,4,8)", listOf(peerCount, "host counts"), [4])
-    .option("--slurm", "run under srun on the allocation's hosts (not built: refused with what is missing)")
+    .option("--slurm", "inside a SLURM allocation (salloc/sbatch): run on its nodes through srun, one task per node, on their own NICs (docs/bench.md)")
+    .option("--iface <name>", "with --slurm: the interface between the nodes (default: the one that routes to them)")
     .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES} unshaped, 16MiB shaped; a size given runs in every regime)`, listOf(sizeOf, "sizes"))
     .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
     .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
@@ -372,13 +374,12 @@ export function benchCommand(io: IO): Command {
         "  ainftp bench --link-rate none,2.5gbit,1gbit --back-to-back --size 16MiB\n" +
         "  ainftp bench --sweep --baseline tcp --no-micro --no-straggler   # charts: round time vs size and vs link rate\n" +
         "  ainftp bench --peers 2,4,8 --size 1MiB,16MiB,100MiB --rounds 20   # the scaling sweep\n" +
-        "  ainftp bench --baseline tcp --size 16MiB --json out.json\n",
+        "  ainftp bench --baseline tcp --size 16MiB --json out.json\n" +
+        "  salloc -N 4 ainftp bench --slurm                # on the allocation's nodes and NICs, through srun (or sbatch examples/slurm/bench-job.sh)\n",
     )
     .action(async (o) => {
-      if (o.slurm)
-        throw new AinftpError("bench --slurm", SLURM_REFUSAL, {
-          hint: "run `ainftp swarm --slurm --synthetic 16MiB --verify` under srun for the collective itself, or `ainftp bench` on one machine",
-        });
+      if (o.iface && !o.slurm) throw new AinftpError("bench", "--iface is for --slurm (the local bench builds its own hosts' links)", { hint: "drop --iface, or add --slurm inside an allocation" });
+      const slurm = o.slurm ? slurmBenchOptions(o, (k) => cmd.getOptionValueSource(k) === "cli", listOf(sizeOf, "sizes")(DEFAULT_SIZES)) : null;
       const sizes: number[] = o.size ?? (o.sweep ? SWEEP_SIZES : listOf(sizeOf, "sizes")(DEFAULT_SIZES));
       const linkRates: (number | null)[] = o.linkRate ?? (o.sweep ? parseRates(SWEEP_RATES) : DEFAULT_LINK_RATES);
       // the default run shapes 16 MiB only: at 1 Gbit/s a 1 MiB round is mostly latency, and the run must stay short
@@ -387,15 +388,18 @@ export function benchCommand(io: IO): Command {
       const progress = progressPrinter(io, io.tty);
       const onSignal = (sig: NodeJS.Signals) => {
         progress.stop();
-        io.err(`\nainftp bench: ${sig}: stopping every rank and removing the namespaces\n`);
-        abortBench();
-        process.exit(sig === "SIGINT" ? 130 : 143);
+        io.err(`\nainftp bench: ${sig}: ${slurm ? "stopping the running step (each rank detaches on SIGTERM)" : "stopping every rank and removing the namespaces"}\n`);
+        if (slurm) void abortSlurmBench().finally(() => process.exit(sig === "SIGINT" ? 130 : 143));
+        else {
+          abortBench();
+          process.exit(sig === "SIGINT" ? 130 : 143);
+        }
       };
       process.on("SIGINT", onSignal);
       process.on("SIGTERM", onSignal);
       let r: BenchResult;
       try {
-        r = await runBench({
+        r = slurm ? await runSlurmBench({ ...slurm, onProgress: progress.onProgress }) : await runBench({
           peers: o.peers, sizes, rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
           micro: o.micro, straggler: o.straggler, tlbBytes: o.tlbSize, onProgress: progress.onProgress,
           linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes,

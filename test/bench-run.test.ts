@@ -367,12 +367,17 @@ async function cli(argv: string[]) {
 }
 
 describe("the command line", () => {
-  test("--slurm is refused with what is missing", async () => {
-    const r = await cli(["bench", "--slurm", "--peers", "2,4,8", "--size", "1MiB,16MiB,100MiB"]);
-    expect(r.code).toBe(1);
-    expect(r.err).toContain("bench --slurm");
-    expect(r.err).toMatch(/gathered/);
-    expect(r.err).toContain("hint:");
+  test("--slurm outside an allocation is refused with what to do (test/slurm-bench.test.ts runs it inside one)", async () => {
+    const saved = process.env.SLURM_JOB_ID;
+    delete process.env.SLURM_JOB_ID;
+    try {
+      const r = await cli(["bench", "--slurm", "--peers", "2,4,8", "--size", "1MiB,16MiB,100MiB"]);
+      expect(r.code).toBe(1);
+      expect(r.err).toContain("bench --slurm: not inside a SLURM allocation");
+      expect(r.err).toMatch(/hint: .*salloc -N 4 ainftp bench --slurm/);
+    } finally {
+      if (saved !== undefined) process.env.SLURM_JOB_ID = saved;
+    }
   });
 
   test("bad values are usage errors", async () => {

@@ -8,148 +8,39 @@
 //   - scancel of a serving job: every node detaches itself, the sockets
 //     (one per job and node, under a shared /run) are gone;
 //   - a swarm killed outright (SIGKILL): the Epilog removes its pins.
-// About 30 s here. Needs root, slurmctld, slurmd and munged
+// The cluster itself is test/helpers/slurm-lab.ts (shared with the bench test).
+// About 20 s here. Needs root, slurmctld, slurmd and munged
 // (apt-get install slurm-wlm munge); without them it says so and skips.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { hostname } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BIN, ROOT, canUseNetns, createLab, ensureBuilt, sh, until, type Lab } from "./helpers/netns.ts";
+import { BIN, ROOT, ensureBuilt, sh, until } from "./helpers/netns.ts";
+import {
+  SLURM_NODES as NODES, attachedState, jobOutput, pidsOf, slurm, slurmSkipReason, startCluster, stopCluster, submit as sbatch,
+  waitJobEnd, waitNodesIdle, type Cluster,
+} from "./helpers/slurm-lab.ts";
 
-const NODES = ["n0", "n1", "n2", "n3"];
-const SUBNET = "10.213.76";
-const CTLD_ADDR = `${SUBNET}.254`;
 const JOB_SCRIPT = join(ROOT, "examples/slurm/ainftp-job.sh");
-const EPILOG = join(ROOT, "examples/slurm/epilog.sh");
 
-const missing = ["slurmctld", "slurmd", "munged", "sbatch", "scontrol", "scancel"].filter((c) => !Bun.which(c, { PATH: `${process.env.PATH}:/usr/sbin` }));
-const kernel = canUseNetns();
-const skip = !kernel || missing.length > 0;
-if (skip)
-  console.warn(`[slurm-cluster] SKIPPED: ${!kernel ? "needs root and network namespaces" : `missing ${missing.join(", ")} (apt-get install -y slurm-wlm munge)`}`);
-
-interface Cluster {
-  lab: Lab;
-  dir: string;
-  env: Record<string, string>;
-  pids: number[];
-}
+const why = slurmSkipReason();
+const skip = why !== null;
+if (skip) console.warn(`[slurm-cluster] SKIPPED: ${why}`);
 
 let cluster: Cluster | undefined;
 
-/** Runs a SLURM client command from the controller's namespace. */
-function slurm(c: Cluster, cmd: string[], extraEnv: Record<string, string> = {}) {
-  return sh(["nsenter", `--net=/run/netns/${c.lab.id}-br`, ...cmd], { env: { ...c.env, ...extraEnv }, timeoutMs: 20_000 });
-}
-
-function jobFields(c: Cluster, id: string): Record<string, string> {
-  const r = slurm(c, ["scontrol", "show", "job", "-o", id]);
-  return Object.fromEntries(r.stdout.trim().split(/\s+/).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
-}
-
-async function waitJobEnd(c: Cluster, id: string, timeoutMs: number): Promise<Record<string, string>> {
-  let f: Record<string, string> = {};
-  await until(() => {
-    f = jobFields(c, id);
-    return ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"].includes(f.JobState) && !/COMPLETING/.test(f.JobState);
-  }, timeoutMs, 200);
-  // the Epilog runs as the job completes: wait for every node to be idle again
-  await until(() => !/COMPLETING|COMP/.test(slurm(c, ["sinfo", "-h", "-o", "%T"]).stdout), 15_000, 200);
-  return f;
-}
-
-function submit(c: Cluster, args: string): string {
-  const out = join(c.dir, "job-%j.out");
-  const r = slurm(c, ["sbatch", "--parsable", "-o", out, JOB_SCRIPT], { AINFTP: BIN, AINFTP_ARGS: args });
-  if (r.code !== 0) throw new Error(`sbatch failed: ${r.stderr}`);
-  return r.stdout.trim().split(";")[0];
-}
-
-const output = (c: Cluster, id: string) => readFileSync(join(c.dir, `job-${id}.out`), "utf8");
-
-/** ainftp processes in node n's namespace (what slurmd started there). */
-function ainftpPids(c: Cluster, n: string): number[] {
-  return sh(["ip", "netns", "pids", c.lab.node(n).name]).stdout.split(/\s+/).filter(Boolean).map(Number)
-    .filter((p) => sh(["readlink", `/proc/${p}/exe`]).stdout.trim() === BIN);
-}
+const submit = (c: Cluster, args: string) => sbatch(c, JOB_SCRIPT, { AINFTP: BIN, AINFTP_ARGS: args });
+const output = jobOutput;
+const ainftpPids = (c: Cluster, n: string) => pidsOf(c, n);
 
 function expectNothingAttached(c: Cluster): void {
-  for (const n of NODES) {
-    const xdp = c.lab.linkInfo(n, "eth0").xdp ?? null;
-    expect({ n, xdp, pins: existsSync(c.lab.pinRoot(n)) }).toEqual({ n, xdp: null, pins: false });
-  }
-}
-
-function startCluster(): Cluster {
-  const lab = createLab("slurm", NODES, { subnet: SUBNET });
-  const dir = lab.tmp;
-  const br = `${lab.id}-br`;
-  sh(["ip", "-n", br, "addr", "add", `${CTLD_ADDR}/24`, "dev", "br0"]);
-  const c: Cluster = { lab, dir, env: { SLURM_CONF: join(dir, "slurm.conf") }, pids: [] };
-  mkdirSync(join(dir, "ctld"), { recursive: true });
-  // the Epilog as an admin installs it: the documented script, told where ainftp is
-  writeFileSync(join(dir, "epilog.sh"), `#!/bin/sh\nAINFTP=${BIN} ${EPILOG} >> ${dir}/epilog-$SLURMD_NODENAME.log 2>&1\n`, { mode: 0o755 });
-  const sock = join(dir, "munge.sock");
-  writeFileSync(c.env.SLURM_CONF, [
-    "ClusterName=aft", `SlurmctldHost=${hostname()}(${CTLD_ADDR})`,
-    "AuthType=auth/munge", `AuthInfo=socket=${sock}`, "CredType=cred/munge", "SlurmUser=root", "SlurmdUser=root",
-    `StateSaveLocation=${dir}/ctld`, `SlurmdSpoolDir=${dir}/slurmd-%n`, `SlurmctldPidFile=${dir}/slurmctld.pid`, `SlurmdPidFile=${dir}/slurmd-%n.pid`,
-    `SlurmctldLogFile=${dir}/slurmctld.log`, `SlurmdLogFile=${dir}/slurmd-%n.log`,
-    // ports of our own, away from a real cluster's 6817/6818
-    "SlurmctldPort=46817", "SlurmdPort=46818",
-    "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
-    "AccountingStorageType=accounting_storage/none", "SwitchType=switch/none", "MpiDefault=none", "SelectType=select/linear",
-    "ReturnToService=2", "KillWait=5", "MinJobAge=600", `Epilog=${dir}/epilog.sh`,
-    `NodeName=sn[0-3] NodeAddr=${SUBNET}.[1-4] CPUs=1 State=UNKNOWN`,
-    "PartitionName=p Nodes=sn[0-3] Default=YES MaxTime=INFINITE State=UP", "",
-  ].join("\n"));
-  const daemon = (cmd: string[], pidFile: string) => {
-    const r = sh(cmd, { env: c.env, timeoutMs: 20_000 });
-    if (r.code !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr}`);
-    // a daemon writes its pid file once it has forked
-    const end = performance.now() + 10_000;
-    while (!existsSync(pidFile) && performance.now() < end) Bun.sleepSync(50);
-    const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, "utf8")) : 0;
-    if (!pid) throw new Error(`${cmd.join(" ")}: no pid in ${pidFile}`);
-    c.pids.push(pid);
-  };
-  try {
-    startDaemons(c, lab, daemon, sock, br);
-  } catch (e) {
-    stopCluster(c);
-    throw e;
-  }
-  return c;
-}
-
-function startDaemons(c: Cluster, lab: Lab, daemon: (cmd: string[], pidFile: string) => void, sock: string, br: string): void {
-  const dir = c.dir;
-  daemon(["munged", "-f", "-S", sock, `--pid-file=${dir}/munged.pid`, `--log-file=${dir}/munged.log`, `--seed-file=${dir}/munged.seed`], join(dir, "munged.pid"));
-  daemon(["nsenter", `--net=/run/netns/${br}`, "slurmctld", "-i", "-f", c.env.SLURM_CONF], join(dir, "slurmctld.pid"));
-  NODES.forEach((n, i) => daemon([...lab.enter(n), "slurmd", "-N", `sn${i}`, "-f", c.env.SLURM_CONF], join(dir, `slurmd-sn${i}.pid`)));
-}
-
-function stopCluster(c: Cluster): void {
-  for (const pid of c.pids.reverse()) {
-    try {
-      process.kill(pid, "SIGTERM");
-    } catch {}
-  }
-  Bun.sleepSync(500);
-  for (const pid of c.pids) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {}
-  }
-  c.lab.destroy();
+  for (const s of attachedState(c)) expect(s).toEqual({ n: s.n, xdp: null, pins: false });
 }
 
 describe.skipIf(skip)("a real SLURM cluster: slurmctld + one slurmd per namespace", () => {
   beforeAll(async () => {
     ensureBuilt();
     cluster = startCluster();
-    const idle = await until(() => /^(idle\n){4}$/.test(slurm(cluster!, ["sinfo", "-h", "-N", "-o", "%T"]).stdout), 20_000, 250);
-    if (!idle) throw new Error(`the nodes did not come up: ${slurm(cluster!, ["sinfo", "-N"]).stdout}\n${readFileSync(join(cluster!.dir, "slurmctld.log"), "utf8").slice(-2000)}`);
+    await waitNodesIdle(cluster);
   }, 40_000);
   afterAll(() => {
     if (cluster) stopCluster(cluster);

@@ -126,7 +126,7 @@ export interface BaselineResult {
 
 const HERE = join(import.meta.dir, "peers");
 /** The scripts on disk: in this tree, or (compiled binary) a copy of the embedded text under $TMPDIR. */
-const GLOO_PY = onDisk(join(HERE, "gloo_allreduce.py"), glooSource);
+export const GLOO_PY = onDisk(join(HERE, "gloo_allreduce.py"), glooSource);
 const MPI_C = onDisk(join(HERE, "mpi_allreduce.c"), mpiSource);
 
 function onDisk(path: string, text: string): string {
@@ -166,7 +166,7 @@ export function percentile(sorted: number[], q: number): number {
 
 // ---- what is installed ---------------------------------------------------------
 
-interface Probe {
+export interface Probe {
   ok: boolean;
   reason?: string;
   version?: string;
@@ -186,7 +186,7 @@ const glooProbes = new Map<string, Probe>();
  * PATH, then /usr/bin/python3 (Debian's python3-torch installs for the
  * system interpreter; a pyenv or venv python3 earlier on PATH does not see it).
  */
-function probeGloo(explicit?: string): Probe {
+export function probeGloo(explicit?: string): Probe {
   const key = `${explicit ?? ""}|${process.env.AINFTP_PYTHON ?? ""}|${process.env.PATH ?? ""}`;
   let p = glooProbes.get(key);
   if (!p) glooProbes.set(key, (p = probeGlooOnce(explicit)));
@@ -214,7 +214,7 @@ function probeGlooOnce(explicit?: string): Probe {
   return { ok: false, reason: `package python3-torch not installed (${tried.join("; ")}): ${INSTALL_GLOO}` };
 }
 
-function probeMpi(): Probe {
+export function probeMpi(): Probe {
   if (!which("mpirun")) return { ok: false, reason: `package openmpi-bin not installed (no mpirun): ${INSTALL_MPI}` };
   if (!which("mpicc")) return { ok: false, reason: `package libopenmpi-dev not installed (no mpicc): ${INSTALL_MPI}` };
   const v = sh(["mpirun", "--version"]);
@@ -229,7 +229,7 @@ function lastLine(s: string): string {
 }
 
 /** Compiles mpi_allreduce.c once per source version into $TMPDIR/ainftp-baselines/ (nothing in the tree). */
-function buildMpi(): string {
+export function buildMpi(): string {
   const src = readFileSync(MPI_C);
   const hash = createHash("sha256").update(src).digest("hex").slice(0, 12);
   const dir = join(tmpdir(), "ainftp-baselines");
@@ -371,7 +371,7 @@ export async function waitAll(
   }
 }
 
-function parseRankLines(stdout: string, system: BaselineSystem): RankResult[] {
+export function parseRankLines(stdout: string, system: BaselineSystem): RankResult[] {
   const out: RankResult[] = [];
   for (const line of stdout.split("\n")) {
     const t = line.trim();
@@ -388,7 +388,7 @@ function tail(s: string, lines = 15): string {
   return s.trim().split("\n").slice(-lines).join("\n");
 }
 
-function summarize(base: BaselineResult, ranks: RankResult[], fail: string | null): BaselineResult {
+export function summarize(base: BaselineResult, ranks: RankResult[], fail: string | null): BaselineResult {
   if (fail) return { ...base, status: "failed", reason: fail, ranks };
   const world = base.peers;
   const byRank = new Set(ranks.map((r) => r.rank));

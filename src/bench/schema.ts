@@ -110,6 +110,21 @@ const sentry = obj({
   control_mac_ns_per_frame: num,
 });
 
+/** `bench --slurm`: the allocation's nodes as probed, how the ranks were started, and the check after the run. */
+const cluster = obj({
+  scheduler: { const: "slurm" }, job_id: str, nodelist: str,
+  nodes: {
+    type: "array",
+    items: obj({
+      name: str, hostname: str, addr: str, iface: str, driver: strOrNull, driver_version: strOrNull, firmware: strOrNull, bus_info: strOrNull,
+      mtu: nullable(int), speed_mbps: numOrNull, irq_vectors: int, xdp_mode: strOrNull, kernel: str, cores: int, cpu_model: str,
+    }),
+  },
+  shared_kernel: bool, srun: str, launch: { type: "object", additionalProperties: str },
+  after: { type: "array", items: obj({ node: str, program_id: int, pins: bool, removed: { type: "array", items: str } }) },
+  left_as_found: bool,
+});
+
 export const BENCH_SCHEMA: JsonSchema = {
   $schema: "https://json-schema.org/draft/2020-12/schema",
   $id: "ainftp-bench/2",
@@ -147,7 +162,9 @@ export const BENCH_SCHEMA: JsonSchema = {
     }),
     machine_rows: { type: "array", items: metricRow },
     verified: bool,
-  }),
+    // only in a --slurm run (still ainftp-bench/2: a local run's JSON is unchanged)
+    cluster: nullable(cluster),
+  }, { optional: ["cluster"] }),
 };
 
 function typeOf(v: unknown): string {
