@@ -294,19 +294,21 @@ HOT void dequant_body(const uint8_t *p, uint32_t count, uint32_t bits, float p1,
 			out[j] = ((float)q[j] * p1) * p2;
 }
 
-/* Flips the sign of x[j] where bit 31 of the hash of (key, j) is set: exact. */
-HOT void rht_signs(float *x, uint32_t n, uint32_t key)
+/* x[j] = +-x[j] * p, the sign flipped where bit j % 32 of the hash of
+ * (key, j / 32) is set (one hash per 32 values); both steps exact for a
+ * power of two p, so one pass does them in either order. n < 32 or a
+ * multiple of 32 (power-of-two blocks). */
+HOT void rht_signs_scale(float *x, uint32_t n, uint32_t key, float p)
 {
 	int32_t *b = (int32_t *)x;
-	uint32_t h = key;
-	for (uint32_t j = 0; j < n; j++, h += GOLDEN)
-		b[j] ^= (int32_t)(mix32(h) & 0x80000000u);
-}
-
-HOT void rht_scale(float *x, uint32_t n, float p)
-{
-	for (uint32_t j = 0; j < n; j++)
-		x[j] = x[j] * p;
+	for (uint32_t w = 0; w < (n + 31) / 32; w++) {
+		uint32_t bits = mix32(key + w * GOLDEN);
+		uint32_t m = n - 32 * w < 32 ? n - 32 * w : 32;
+		for (uint32_t t = 0; t < m; t++)
+			b[32 * w + t] ^= (int32_t)(((bits >> t) & 1u) << 31);
+		for (uint32_t t = 0; t < m; t++)
+			x[32 * w + t] = x[32 * w + t] * p;
+	}
 }
 
 /* Butterfly passes h = from, 2 from, ... < n over a block of n = 2^L. */
@@ -333,15 +335,17 @@ HOT void rht_body(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uin
 			L = L > AINFTP_RHT_LOG_MAX ? AINFTP_RHT_LOG_MAX : L;
 			uint32_t b = 1u << L;
 			float *blk = x + start + off;
+			/* forward D then H (scaled); inverse H then D (scaled) */
+			uint32_t k = key + off * GOLDEN; /* words [off, off + b / 32): no two blocks share one */
+			float p = pow2f(-(int32_t)(inverse ? (L + 1) / 2 : L / 2));
 			if (!inverse)
-				rht_signs(blk, b, key + off * GOLDEN);
+				rht_signs_scale(blk, b, k, p);
 			if (vec)
 				fwht_vec(blk, b);
 			else
 				fwht_passes(blk, b, 1);
-			rht_scale(blk, b, pow2f(-(int32_t)(inverse ? (L + 1) / 2 : L / 2)));
 			if (inverse)
-				rht_signs(blk, b, key + off * GOLDEN);
+				rht_signs_scale(blk, b, k, p);
 			off += b;
 		}
 	}
