@@ -111,13 +111,17 @@ static inline int8_t exp_of_max_p(int32_t m, int32_t p)
 	return (int8_t)e;
 }
 
-/* exps[c] for every chunk of x at `bits` (8 or 4); returns the non-finite
- * values (left out of the maximum), or AINFTP_QUANT_EINVAL. */
-uint32_t ainftp_bits_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, uint32_t bits)
+/* ---- the kernels: written once, built for the baseline ISA and for AVX2 ---- */
+
+/* Each body below is inlined into a generic and an AVX2 build (the latter
+ * vectorizes the 32-bit multiplies of the hash, which SSE2 cannot); the same
+ * steps in the same order, each exact or one IEEE operation, so both give
+ * the same bits (test/bits.test.ts). */
+#define HOT static inline __attribute__((always_inline))
+
+/* exps[c] for every chunk (see ainftp_bits_chunk_exps). */
+HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, int32_t p)
 {
-	if (chunk_elems == 0 || (bits != 8 && bits != 4))
-		return AINFTP_QUANT_EINVAL;
-	const int32_t p = bits == 8 ? 7 : 3;
 	uint32_t nonfinite = 0, total = n / chunk_elems + (n % chunk_elems != 0);
 	for (uint32_t c = 0; c < total; c++) {
 		uint32_t start = c * chunk_elems, end = n - start < chunk_elems ? n : start + chunk_elems;
@@ -135,14 +139,6 @@ uint32_t ainftp_bits_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems
 	}
 	return nonfinite;
 }
-
-/* ---- the kernels: written once, built for the baseline ISA and for AVX2 ---- */
-
-/* Each body below is inlined into a generic and an AVX2 build (the latter
- * vectorizes the 32-bit multiplies of the hash, which SSE2 cannot); the same
- * steps in the same order, each exact or one IEEE operation, so both give
- * the same bits (test/bits.test.ts). */
-#define HOT static inline __attribute__((always_inline))
 
 /* q[j] = floor(v) + (u_j < v - floor(v)), v = x[j] * scale clamped to +-Q
  * (clipped values and NaN, stored as 0, counted): quant.c's stochastic_body
@@ -352,6 +348,7 @@ HOT void rht_body(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uin
 }
 
 struct bits_kernels {
+	uint32_t (*exps)(const float *, uint32_t, uint32_t, int8_t *, int32_t);
 	uint32_t (*pack)(const float *, uint32_t, uint32_t, const uint32_t *, uint32_t, const int8_t *,
 			 struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t, uint32_t, float *);
 	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
@@ -360,6 +357,10 @@ struct bits_kernels {
 };
 
 #define BITS_BUILD(isa, attr, vec)                                                                               \
+	attr static uint32_t exps_##isa(const float *x, uint32_t n, uint32_t ce, int8_t *exps, int32_t p)       \
+	{                                                                                                        \
+		return exps_body(x, n, ce, exps, p);                                                              \
+	}                                                                                                        \
 	attr static uint32_t pack_##isa(const float *x, uint32_t n, uint32_t ce, const uint32_t *chunks,        \
 					uint32_t nchunks, const int8_t *exps, struct ainftp_wire_hdr *h,        \
 					uint8_t *out, uint32_t stride, uint32_t seed, uint32_t bits, float *r)  \
@@ -382,12 +383,12 @@ struct bits_kernels {
 	}
 
 BITS_BUILD(generic, , 0)
-static const struct bits_kernels generic = { pack_generic, finish_generic, dequant_generic, rht_generic };
+static const struct bits_kernels generic = { exps_generic, pack_generic, finish_generic, dequant_generic, rht_generic };
 
 #ifdef BITS_X86
 #define TARGET_AVX2 __attribute__((target("avx2")))
 BITS_BUILD(avx2, TARGET_AVX2, 1)
-static const struct bits_kernels avx2 = { pack_avx2, finish_avx2, dequant_avx2, rht_avx2 };
+static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2 };
 
 /* The butterflies with 8-float vectors: passes 1, 2, 4 inside each vector
  * (a + (b with the upper element of each pair's sign flipped), i.e. a + b
@@ -444,6 +445,16 @@ static inline const struct bits_kernels *kern(void)
 }
 
 /* ---- the API ---------------------------------------------------------------------- */
+
+/* exps[c] for every chunk of x at `bits` (8 or 4): the smallest e with
+ * max|x| <= Q * 2^e over the chunk's finite values; returns the non-finite
+ * values (left out of the maximum), or AINFTP_QUANT_EINVAL. */
+uint32_t ainftp_bits_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, uint32_t bits)
+{
+	if (chunk_elems == 0 || (bits != 8 && bits != 4))
+		return AINFTP_QUANT_EINVAL;
+	return kern()->exps(x, n, chunk_elems, exps, bits == 8 ? 7 : 3);
+}
 
 /* As ainftp_pack_chunks, at 8 or 4 bits: header (version AINFTP_VERSION_INT8
  * or _INT4) and packed payload at out + i * stride for each listed chunk;
