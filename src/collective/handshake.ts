@@ -41,7 +41,7 @@ export function mismatch(h: Host, c: { rank: number; from: string; payload: Uint
     ? `rank ${h.peers.indexOf(c.from)} (${c.from})`
     : `a host at ${c.from}, which is not in our --peers,`;
   return new AinftpError("open communicator", `${who} runs a different job${bitsDiffer(me, theirs)}: ours ${me}, theirs ${theirs}`, {
-    hint: "every member must get the same --peers (same order), --job, chunk size and --bits",
+    hint: "every member must get the same --peers (same order), --job and chunk size",
   });
 }
 
