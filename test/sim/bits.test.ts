@@ -36,12 +36,12 @@ interface Run {
 
 /** HOSTS members at `bits` run `rounds` all-reduces of seeded lengths (some
  * longer than one protocol round) over a world with `faults`. */
-async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o: { residual?: boolean } = {}): Promise<Run> {
+async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o: { residual?: boolean; feedback?: boolean; sameGradient?: boolean } = {}): Promise<Run> {
   const world = new SimWorld(seed, faults, programs.slice(0, HOSTS), PORT);
-  const comms = world.hosts.map((_, rank) => world.communicator(rank, { bits, errorFeedback: false, roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
+  const comms = world.hosts.map((_, rank) => world.communicator(rank, { bits, errorFeedback: o.feedback ?? false, roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
   const rnd = mulberry32(seed);
   const perRound = CHUNKS * ELEMS * 2;
-  const lengths = Array.from({ length: rounds }, () => 1 + Math.floor(rnd() * perRound * 1.3));
+  const lengths = o.sameGradient ? new Array(rounds).fill(perRound + 77) : Array.from({ length: rounds }, () => 1 + Math.floor(rnd() * perRound * 1.3));
   const r: Run = { outs: [], resids: [], xs: [], lengths, reps: [], world };
   try {
     await world.run(
@@ -51,12 +51,15 @@ async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o:
         r.resids[rank] = [];
         r.xs[rank] = [];
         r.reps[rank] = [];
+        // one gradient buffer, as a trainer has (error feedback keys its residual by it)
+        const buf = new Float32Array(o.sameGradient ? lengths[0] : 0);
         for (let k = 0; k < rounds; k++) {
-          const x = simGradient(seed, k, rank, lengths[k]);
+          const x = o.sameGradient ? buf : simGradient(seed, k, rank, lengths[k]);
+          if (o.sameGradient) x.set(simGradient(seed, 0, rank, lengths[0]));
           r.xs[rank].push(Float32Array.from(x));
           const residual = o.residual ? new Float32Array(x.length) : undefined;
           r.reps[rank].push(await c.allreduce(x, { residual }));
-          r.outs[rank].push(x);
+          r.outs[rank].push(Float32Array.from(x));
           if (residual) r.resids[rank].push(residual);
         }
         await c.leave(30_000);
@@ -147,6 +150,34 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
       }
     }, 120_000);
   }
+
+  test("error feedback (on by default at 8 and 4 bits): the same gradient 16 steps running, the results' running sum stays within twice one step's error of the exact one (the owner's rounding is not fed back); without it, over twice that", async () => {
+    for (const bits of [8, 4] as const) {
+      const steps = 16;
+      const drift = async (feedback: boolean) => {
+        const r = await run(bits, 31 + bits, CLEAN, steps, { feedback, sameGradient: true });
+        const n = r.lengths[0];
+        let worst = 0, one = 0;
+        const total = new Float64Array(n), exact = new Float64Array(n);
+        for (let i = 0; i < n; i++) for (let rank = 0; rank < HOSTS; rank++) exact[i] += r.xs[rank][0][i];
+        for (let k = 0; k < steps; k++) {
+          let num = 0, den = 0;
+          for (let i = 0; i < n; i++) {
+            total[i] += r.outs[0][k][i];
+            num += (total[i] - (k + 1) * exact[i]) ** 2;
+            den += exact[i] ** 2;
+          }
+          if (k === 0) one = Math.sqrt(num / den);
+          worst = Math.sqrt(num / den); // the running sum's error after the last step, in units of one step's sum
+        }
+        return { one, last: worst };
+      };
+      const on = await drift(true), off = await drift(false);
+      console.log(`[sim bits] ${bits} bits, ${steps} steps of the same gradient: running-sum error (in one sum's norm) with feedback ${on.last.toFixed(3)}, without ${off.last.toFixed(3)} (one step ${on.one.toFixed(3)})`);
+      expect(on.last).toBeLessThan(off.last / 2);
+      expect(on.last).toBeLessThan(2 * on.one);
+    }
+  }, 300_000);
 
   test("a member at another width is named on every side at open", async () => {
     const world = new SimWorld(99, CLEAN, programs.slice(0, 2), PORT);
