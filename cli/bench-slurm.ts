@@ -20,6 +20,10 @@ const LOCAL_ONLY: [string, string][] = [
 
 /** The --slurm run's options from the command's (refusing the local-only ones); `given` tells what the user set. */
 export function slurmBenchOptions(o: Record<string, any>, given: (name: string) => boolean, defaultSizes: number[]): Omit<SlurmBenchOptions, "onProgress"> {
+  if (given("bits") && (o.bits as number[]).some((b) => b !== 16))
+    throw new AinftpError("bench --slurm", "--bits 8 and 4 are not run on a cluster yet: the cluster bench measures ainftp at 16 bits", {
+      hint: "drop --bits (or run the local bench: ainftp bench --bits 16,8,4)",
+    });
   const bad = LOCAL_ONLY.filter(([k]) => given(k));
   if (bad.length) throw new AinftpError("bench --slurm", bad.map(([, why]) => why).join("; "), { hint: `drop ${bad.map(([k]) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(", ")}` });
   return {
