@@ -108,6 +108,7 @@ def train_one(a, run, data, world):
         torch.nn.Linear(a.hidden, a.hidden), torch.nn.ReLU(),
         torch.nn.Linear(a.hidden, 10),
     )
+    dist._DEFAULT_FIRST_BUCKET_BYTES = a.bucket_kib * 1024  # DDP's own knob (see its source) for the first bucket, else 1 MiB: all of it
     ddp = DDP(model, bucket_cap_mb=a.bucket_kib / 1024)
     state = None
     client = None
