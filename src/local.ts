@@ -31,6 +31,9 @@ export const LOCAL_PROTOCOL = "ainftp-local";
 export const LOCAL_PROTOCOL_VERSION = 3;
 /** Bit widths a job may run at (`swarm --bits`); 16 when the communicator names none. */
 export const BIT_WIDTHS = [16, 8, 4] as const;
+/** Floats of the census below 16 bits: K in each, the mean of their sums
+ * read (quantization is unbiased, its error in the mean shrinks as 1/sqrt(n)). */
+export const CENSUS_FLOATS_QUANTIZED = 4096;
 /** Largest frame body; every message is far smaller. */
 export const MAX_FRAME = 64 * 1024;
 /** Buffers one client may have registered at once. */
@@ -270,6 +273,10 @@ export class LocalServer implements Disposable {
   private stopping: string | null = null;
   private inflight = 0;
   private nextBuffer = 1;
+  /** Where the residual of a round no trainer asked it for goes (below 16
+   * bits): passing one keeps the communicator's own error feedback out of
+   * the trainers' rounds (it lives in their HookState, or is off). */
+  private spareResidual = new Float32Array(0);
   private closed = false;
   private log: (line: string) => void;
 
@@ -573,7 +580,8 @@ export class LocalServer implements Disposable {
     this.inflight++;
     try {
       if (this.world === null) await this.census();
-      await this.reducer.allreduce(sum, askers.length ? { op, residual: askers[0].residual! } : { op });
+      const residual = askers.length ? askers[0].residual! : this.bits !== 16 ? this.spare(count) : undefined;
+      await this.reducer.allreduce(sum, residual ? { op, residual } : { op });
       // the collective's mean is over nodes; trainers are what DDP averages over
       if (op === "mean" && this.world !== this.reducer.size) rescale(sum, this.reducer.size, this.world!);
       for (let k = 1; k < subs.length; k++) subs[k].view.set(sum);
@@ -600,18 +608,31 @@ export class LocalServer implements Disposable {
   /** The first round: an all-reduce of K gives every node the job's trainer
    * count (the divisor of a mean), checked against what the trainers said. */
   private async census(): Promise<void> {
-    const K = this.localSize!, N = this.reducer.size;
-    const x = Float32Array.of(K);
-    await this.reducer.allreduce(x, { op: "sum" });
-    const total = Math.round(x[0]);
+    const K = this.localSize!, N = this.reducer.size, bits = this.bits;
+    // int16 sums small integers exactly; 8 and 4 bits only without bias: many copies, their mean
+    const n = bits === 16 ? 1 : CENSUS_FLOATS_QUANTIZED;
+    const x = new Float32Array(n).fill(K);
+    await this.reducer.allreduce(x, bits === 16 ? { op: "sum" } : { op: "sum", residual: this.spare(n) });
+    let acc = 0;
+    for (let i = 0; i < n; i++) acc += x[i];
+    const got = acc / n, total = Math.round(got);
     const hint = "give each trainer local_size = the trainers on its host (LOCAL_WORLD_SIZE) and world = the DDP world size (WORLD_SIZE), then restart the whole job";
-    if (!(Math.abs(x[0] - total) < 1e-3 && total >= N))
-      throw new CensusError({ status: "round_failed", message: `the census of the job's trainers summed to ${x[0]}, not a whole number of at least ${N} (one per node)`, hint });
+    if (!(Math.abs(got - total) < (bits === 16 ? 1e-3 : 0.25) && total >= N))
+      throw new CensusError({
+        status: "round_failed", hint,
+        message: `the census of the job's trainers summed to ${got}${n > 1 ? ` (the mean of ${n} sums at ${bits} bits)` : ""}, not a whole number of at least ${N} (one per node)`,
+      });
     const wrong = this.members.find((s) => s.world !== null && s.world !== total);
     if (wrong)
       throw new CensusError({ status: "round_failed", message: `the job has ${total} trainers (the census of its first round: ${N} node${plural(N)}, ${K} on this one), but ${who(wrong)} says world ${wrong.world}`, hint });
     this.world = total;
     this.log(`census: ${total} trainer${plural(total)} in the job, ${K} on this node`);
+  }
+
+  /** The spare residual, n floats long. */
+  private spare(n: number): Float32Array {
+    if (this.spareResidual.length < n) this.spareResidual = new Float32Array(n);
+    return this.spareResidual.subarray(0, n);
   }
 
   /** The job cannot go on here (rounds no longer line up across nodes).
