@@ -242,33 +242,32 @@ static __always_inline __u64 mac_of(const __u64 *hdr, const __u64 *w, __u32 payl
  * sum loop was verified once per path: 600k instructions). The MAC is
  * checked before a frame's values touch a slot: a contribution summed
  * cannot be taken back, so it is not fused with the (locked) sum loop. */
-__noinline int ainftp_auth(struct xdp_md *ctx, __u32 payload_off, __u32 count, __u32 mode)
+__noinline int ainftp_auth(struct xdp_md *ctx, __u32 payload_off, __u32 payload_bytes, __u32 mode)
 {
 	__u32 zero = 0;
 	struct ainftp_key *key = bpf_map_lookup_elem(&job_key, &zero);
 	struct scratch *in = bpf_map_lookup_elem(&payload_scratch, &zero);
-	if (!key || !in || payload_off < sizeof(struct ainftp_wire_hdr) || count == 0 || count > AINFTP_MAX_ELEMS)
+	if (!key || !in || payload_off < sizeof(struct ainftp_wire_hdr) || payload_bytes == 0 ||
+	    payload_bytes > AINFTP_MAX_ELEMS * 2)
 		return 0;
 	__u64 hdr[4], tag;
 	if (bpf_xdp_load_bytes(ctx, payload_off - sizeof(struct ainftp_wire_hdr), hdr, sizeof(hdr)) < 0 ||
-	    bpf_xdp_load_bytes(ctx, payload_off + count * 2, &tag, sizeof(tag)) < 0)
+	    bpf_xdp_load_bytes(ctx, payload_off + payload_bytes, &tag, sizeof(tag)) < 0)
 		return 0;
 	__u32 bytes = 0;
 	if (mode & AINFTP_CFG_AUTH_FULL) {
-		bytes = count * 2;
+		bytes = payload_bytes;
 		if (!(mode & AUTH_LOADED)) {
 			__u32 len = bytes;
 			opaque(len);
-			if (len < 2 || len > AINFTP_MAX_ELEMS * 2 || bpf_xdp_load_bytes(ctx, payload_off, in->v, len) < 0)
+			if (len < 1 || len > AINFTP_MAX_ELEMS * 2)
 				return 0;
-			/* zero the word's tail the MAC reads (count..count+2 at most) */
-			__u32 pad = count;
-			if (pad < AINFTP_MAX_ELEMS)
-				in->v[pad] = 0;
-			if (pad + 1 < AINFTP_MAX_ELEMS)
-				in->v[pad + 1] = 0;
-			if (pad + 2 < AINFTP_MAX_ELEMS)
-				in->v[pad + 2] = 0;
+			/* zero the last word's tail the MAC reads, then the payload over it */
+			__u32 last = (len - 1) >> 3;
+			if (last < AINFTP_MAX_ELEMS / 4)
+				((__u64 *)in->v)[last] = 0;
+			if (bpf_xdp_load_bytes(ctx, payload_off, in->v, len) < 0)
+				return 0;
 		}
 	}
 	return mac_of(hdr, (const __u64 *)in->v, bytes, key->k0, key->k1) == tag;
@@ -319,37 +318,73 @@ static __always_inline void emit_event(struct ainftp_counters *cnt, const struct
  * so a 32-bit lane only ever grows and never borrows from its neighbour:
  * 64 workers * 65535 < 2^32. The sums of elements (e0, e2) share one word and
  * (e1, e3) the next; userspace subtracts 2^15 * contributors and swaps the
- * middle two back (src/abi.ts decodeSums). */
+ * middle two back (src/abi.ts decodeSums).
+ * At 8 bits the same loop adds four 16-bit lanes per word (bias 2^7 by the
+ * XOR of each byte's sign bit: 64 * 255 < 2^16), elements (e0, e2, e4, e6)
+ * in one word and (e1, e3, e5, e7) in the next; at 4 bits the nibbles are
+ * first spread into biased bytes (expand4) and summed as at 8 bits. */
 #define LANES 0x0000ffff0000ffffULL
 #define BIAS4 0x8000800080008000ULL
+#define LANES8 0x00ff00ff00ff00ffULL
+#define BIAS8 0x8080808080808080ULL
+#define NIBBLES 0x0f0f0f0f0f0f0f0fULL
+#define BIAS_NIBBLES 0x8888888888888888ULL
+
+/* One width's summing: the bias XORed into each word, the lane mask, and the
+ * shift that brings the odd elements into the lanes. */
+struct lanes {
+	__u64 bias;
+	__u64 mask;
+	__u32 shift;
+	__u32 per_word; /* log2 of the elements one source word holds */
+};
 
 /* Store (first contributor: an older round's sums are overwritten, no
- * clearing pass) or add the scratch copy into the slot's sums, four elements
- * per iteration, up to count rounded up to 4 (the scratch is zero-padded).
- * Called with the slot lock held: no helpers, no calls. */
-static __always_inline void sum_into(__u64 *dst, const struct scratch *in, __u32 count, int first)
+ * clearing pass) or add the scratch copy into the slot's sums, one source
+ * word per iteration, up to count rounded up to a word (the scratch is
+ * zero-padded). Called with the slot lock held: no helpers, no calls. */
+static __always_inline void sum_into(__u64 *dst, const struct scratch *in, __u32 count, int first,
+				     const struct lanes *l)
 {
 	const __u64 *src = (const __u64 *)in->v;
+	__u64 bias = l->bias, mask = l->mask;
+	__u32 shift = l->shift & 31, per = l->per_word & 3;
 	/* Bound the loops by a value derived from count, not count itself: the
 	 * verifier then refines only a dead register at each exit and prunes
 	 * the 430 exits to one. */
-	__u32 groups = (count + 3) >> 2;
+	__u32 groups = (count + (1u << per) - 1) >> per;
 	if (first) {
 		for (__u32 g = 0; g < AINFTP_MAX_ELEMS / 4; g++) {
 			if (g >= groups)
 				break;
-			__u64 x = src[g] ^ BIAS4;
-			dst[2 * g] = x & LANES;
-			dst[2 * g + 1] = (x >> 16) & LANES;
+			__u64 x = src[g] ^ bias;
+			dst[2 * g] = x & mask;
+			dst[2 * g + 1] = (x >> shift) & mask;
 		}
 		return;
 	}
 	for (__u32 g = 0; g < AINFTP_MAX_ELEMS / 4; g++) {
 		if (g >= groups)
 			break;
-		__u64 x = src[g] ^ BIAS4;
-		dst[2 * g] += x & LANES;
-		dst[2 * g + 1] += (x >> 16) & LANES;
+		__u64 x = src[g] ^ bias;
+		dst[2 * g] += x & mask;
+		dst[2 * g + 1] += (x >> shift) & mask;
+	}
+}
+
+/* int4: the payload's `words` words, loaded at the scratch's upper half
+ * (byte AINFTP_MAX_ELEMS), spread into biased bytes from the start of the
+ * scratch: word i's low nibbles (values 16i..16i+7) become word 2i, its high
+ * nibbles word 2i + 1. Reads word 215 + i before writing 2i, 2i + 1 <= 215 + i. */
+static __always_inline void expand4(struct scratch *in, __u32 words)
+{
+	__u64 *w = (__u64 *)in->v;
+	for (__u32 i = 0; i < AINFTP_MAX_ELEMS / 8; i++) {
+		if (i >= words)
+			break;
+		__u64 x = w[AINFTP_MAX_ELEMS / 8 + i] ^ BIAS_NIBBLES;
+		w[2 * i] = x & NIBBLES;
+		w[2 * i + 1] = (x >> 4) & NIBBLES;
 	}
 }
 
@@ -539,7 +574,7 @@ static __always_inline int contrib_done(struct ainftp_counters *cnt, const struc
 
 static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct ainftp_config *cfg,
 				      const struct ainftp_wire_hdr *h, struct xdp_md *ctx,
-				      __u32 payload_off, __u32 idx)
+				      __u32 payload_off, __u32 idx, __u32 ver)
 {
 	__u32 round = h->round, count = h->count, rank = h->rank;
 	__u64 bit = 1ULL << (rank & 63);
@@ -557,24 +592,53 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	struct scratch *in = bpf_map_lookup_elem(&payload_scratch, &zero);
 	if (!in)
 		return XDP_DROP;
-	__u32 len = count * 2;
-	opaque(len);
-	if (len < 2 || len > AINFTP_MAX_ELEMS * 2 || bpf_xdp_load_bytes(ctx, payload_off, in->v, len) < 0) {
-		cnt->c[AINFTP_CNT_MAL_COUNT]++;
-		return XDP_DROP;
-	}
-	/* Zero the pad up to the next multiple of 4 elements. */
-	__u32 pad = count;
-	if (pad < AINFTP_MAX_ELEMS)
-		in->v[pad] = 0;
-	if (pad + 1 < AINFTP_MAX_ELEMS)
-		in->v[pad + 1] = 0;
-	if (pad + 2 < AINFTP_MAX_ELEMS)
-		in->v[pad + 2] = 0;
+	__u32 pbytes = ainftp_payload_bytes(ver, count);
+	__u32 len = pbytes;
 	__u32 auth = auth_mode(cfg);
-	if (auth && !ainftp_auth(ctx, payload_off, count, auth | AUTH_LOADED)) {
-		cnt->c[AINFTP_CNT_BAD_MAC]++;
-		return XDP_DROP;
+	struct lanes l = { .bias = BIAS4, .mask = LANES, .shift = 16, .per_word = 2 };
+	if (ver == AINFTP_VERSION_INT4) {
+		/* the MAC over the packet's payload first (it uses the scratch),
+		 * then the nibbles into the upper half and spread into bytes */
+		if (auth && !ainftp_auth(ctx, payload_off, pbytes, auth)) {
+			cnt->c[AINFTP_CNT_BAD_MAC]++;
+			return XDP_DROP;
+		}
+		opaque(len);
+		if (len < 8 || len > AINFTP_MAX_ELEMS ||
+		    bpf_xdp_load_bytes(ctx, payload_off, (__u8 *)in->v + AINFTP_MAX_ELEMS, len) < 0) {
+			cnt->c[AINFTP_CNT_MAL_COUNT]++;
+			return XDP_DROP;
+		}
+		expand4(in, len >> 3);
+		l.bias = 0;
+		l.mask = LANES8;
+		l.shift = 8;
+		l.per_word = 3;
+	} else {
+		opaque(len);
+		if (len < 1 || len > AINFTP_MAX_ELEMS * 2) {
+			cnt->c[AINFTP_CNT_MAL_COUNT]++;
+			return XDP_DROP;
+		}
+		/* Zero the last word, then the payload over it: the pad up to a
+		 * whole word is zero. */
+		__u32 last = (len - 1) >> 3;
+		if (last < AINFTP_MAX_ELEMS / 4)
+			((__u64 *)in->v)[last] = 0;
+		if (bpf_xdp_load_bytes(ctx, payload_off, in->v, len) < 0) {
+			cnt->c[AINFTP_CNT_MAL_COUNT]++;
+			return XDP_DROP;
+		}
+		if (auth && !ainftp_auth(ctx, payload_off, pbytes, auth | AUTH_LOADED)) {
+			cnt->c[AINFTP_CNT_BAD_MAC]++;
+			return XDP_DROP;
+		}
+		if (ver == AINFTP_VERSION_INT8) {
+			l.bias = BIAS8;
+			l.mask = LANES8;
+			l.shift = 8;
+			l.per_word = 3;
+		}
 	}
 
 	/* The sentry judges before the lock. The energy is recorded before the
@@ -582,7 +646,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	 * this rank's `seen` bit is set under the lock, after this store. Only
 	 * `reject` lives on, so the verifier still walks the sum loop once. */
 	int reject = 0;
-	if (cfg->flags & AINFTP_CFG_SENTRY)
+	if ((cfg->flags & AINFTP_CFG_SENTRY) && ver == AINFTP_VERSION) /* its energy reads int16 values */
 		reject = ainftp_sentry_judge(in, count | (__u64)(__u16)h->exp << 16 | (__u64)rank << 32 |
 					     (__u64)(count != cfg->chunk_elems) << 48, h->chunk, idx, round);
 
@@ -634,7 +698,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	if (outcome == AINFTP_CNT_SUMMED) {
 		slot->seen |= bit;
 		if (!to_ring)
-			sum_into((__u64 *)sums->v, in, count, slot->contributors == 0);
+			sum_into((__u64 *)sums->v, in, count, slot->contributors == 0, &l);
 		contributors = ++slot->contributors;
 		complete = slot_close_if_full(slot, cfg, round);
 	}
@@ -679,8 +743,9 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 			cnt->c[why]++;
 		return XDP_DROP;
 	}
+	__u32 pbytes = ainftp_payload_bytes(h->version, count);
 	__u32 auth = auth_mode(cfg);
-	if (auth && !ainftp_auth(ctx, payload_off, count, auth)) {
+	if (auth && !ainftp_auth(ctx, payload_off, pbytes, auth)) {
 		cnt->c[AINFTP_CNT_BAD_MAC]++;
 		return XDP_DROP;
 	}
@@ -719,9 +784,9 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;
 		return XDP_DROP;
 	}
-	__u32 len = count * 2;
+	__u32 len = pbytes;
 	opaque(len);
-	if (len < 2 || len > sizeof(res->v) || bpf_xdp_load_bytes(ctx, payload_off, res->v, len) < 0) {
+	if (len < 1 || len > sizeof(res->v) || bpf_xdp_load_bytes(ctx, payload_off, res->v, len) < 0) {
 		res->tag = old;
 		cnt->c[AINFTP_CNT_MAL_COUNT]++;
 		return XDP_DROP;
@@ -904,7 +969,10 @@ int ainftp_xdp(struct xdp_md *ctx)
 		DROP(AINFTP_CNT_MAL_TRUNC_HDR);
 	if (h->magic != AINFTP_MAGIC)
 		DROP(AINFTP_CNT_MAL_MAGIC);
-	if (h->version != AINFTP_VERSION)
+	/* data packets name their lane width in the version byte (ainftp_abi.h);
+	 * control and CLOSE packets are always AINFTP_VERSION */
+	if (h->version < AINFTP_VERSION || h->version > AINFTP_VERSION_INT4 ||
+	    (h->version != AINFTP_VERSION && h->type != AINFTP_PKT_CONTRIB && h->type != AINFTP_PKT_RESULT))
 		DROP(AINFTP_CNT_MAL_VERSION);
 	if (h->type == AINFTP_PKT_CONTROL) {
 		cnt->c[AINFTP_CNT_CONTROL]++;
@@ -935,11 +1003,21 @@ int ainftp_xdp(struct xdp_md *ctx)
 	}
 	if (h->chunk >= cfg->chunks)
 		DROP(AINFTP_CNT_MAL_CHUNK);
+	__u32 ver = h->version;
+	if (h->type != AINFTP_PKT_CLOSE) {
+		__u32 want = (cfg->flags & AINFTP_CFG_INT4) ? AINFTP_VERSION_INT4
+			     : (cfg->flags & AINFTP_CFG_INT8) ? AINFTP_VERSION_INT8 : AINFTP_VERSION;
+		if (ver != want)
+			DROP(AINFTP_CNT_BAD_WIDTH);
+	}
 	__u32 count = h->count;
 	/* under --auth a CONTRIB or RESULT ends with its MAC (ainftp_abi.h) */
 	__u32 tag_bytes = h->type != AINFTP_PKT_CLOSE && (cfg->flags & (AINFTP_CFG_AUTH_HDR | AINFTP_CFG_AUTH_FULL)) ? AINFTP_MAC_BYTES : 0;
-	if (count == 0 || count > cfg->chunk_elems || count > AINFTP_MAX_ELEMS ||
-	    ulen != sizeof(*udp) + sizeof(*h) + count * 2 + tag_bytes)
+	/* at 8 and 4 bits a packet holds twice the int16 values (ainftp_abi.h) */
+	__u32 most = ver == AINFTP_VERSION ? cfg->chunk_elems : 2 * (__u32)cfg->chunk_elems;
+	if (count == 0 || count > most || count > 2 * AINFTP_MAX_ELEMS ||
+	    (ver == AINFTP_VERSION && count > AINFTP_MAX_ELEMS) ||
+	    ulen != sizeof(*udp) + sizeof(*h) + ainftp_payload_bytes(ver, count) + tag_bytes)
 		DROP(AINFTP_CNT_MAL_COUNT);
 	/* tag = round + 1 must be neither 0 (empty) nor RESULT_BUSY. */
 	if (h->round >= AINFTP_MAX_ROUND)
@@ -952,7 +1030,7 @@ int ainftp_xdp(struct xdp_md *ctx)
 
 	__u32 idx = (h->round & 1) * cfg->chunks + h->chunk;
 	if (h->type == AINFTP_PKT_CONTRIB)
-		return on_contrib(cnt, cfg, h, ctx, (__u32)((void *)(h + 1) - data), idx);
+		return on_contrib(cnt, cfg, h, ctx, (__u32)((void *)(h + 1) - data), idx, ver);
 	if (h->type == AINFTP_PKT_CLOSE)
 		return ainftp_close(ctx, (__u32)((void *)(h + 1) - data), h->round, count, (h->flags & AINFTP_F_FORCE) != 0);
 	return on_result(ctx, cnt, cfg, h, (__u32)((void *)(h + 1) - data), idx);

@@ -10,7 +10,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { AinftpError } from "../src/errors.ts";
 import { chartSpec, renderChart, type ChartRow } from "../src/bench/chart.ts";
 import {
-  BASELINES, formatRatio, formatValue, type BaselineName, type MetricRow, type SystemName, type SystemRun,
+  AINFTP_SYSTEMS, BASELINES, formatRatio, formatValue, isAinftp, type AinftpSystem, type BaselineName, type MetricRow, type SystemName, type SystemRun,
 } from "../src/bench/rows.ts";
 import {
   DEFAULT_LINK_RATES, DEFAULT_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
@@ -73,7 +73,7 @@ function baselineList(value: string): BaselineName[] {
 
 // ---- rendering ---------------------------------------------------------------------------------
 
-const SYSTEM_ORDER: SystemName[] = ["tcp", "gloo", "mpi", "ainftp"];
+const SYSTEM_ORDER: SystemName[] = ["tcp", "gloo", "mpi", "ainftp", "ainftp-8", "ainftp-4"];
 
 /** Footnotes: each distinct reason once, numbered, with the systems it applies to. */
 class Notes {
@@ -98,13 +98,25 @@ const WIDTH = { group: 13, metric: 30, system: 14, ratio: 14, brief_claim: 21 };
 
 /** The table of one (peers, size) run, plus the machine rows, as text. */
 export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?: boolean } = {}): string {
-  const shown = SYSTEM_ORDER.map((s) => run.systems.find((x) => x.system === s)).filter((s): s is SystemRun => !!s && (s.status !== "na" || s.system === "ainftp"));
-  const peers = shown.filter((s) => s.system !== "ainftp");
-  const ours = shown.find((s) => s.system === "ainftp");
+  const shown = SYSTEM_ORDER.map((s) => run.systems.find((x) => x.system === s)).filter((s): s is SystemRun => !!s && (s.status !== "na" || isAinftp(s.system)));
+  const peers = shown.filter((s) => !isAinftp(s.system));
+  // ainftp at each bit width that ran: a column each (16 bits is "ainftp")
+  const mine = shown.filter((s) => isAinftp(s.system));
+  const ours = mine.find((s) => s.system === "ainftp") ?? mine[0];
+  const extra = mine.filter((s) => s !== ours);
   const notes = new Notes();
   const claims = o.claims ?? true;
-  const head = ["brief's metric", "measured as", ...peers.map((s) => s.label), "ainftp", "ainftp ÷ best TCP peer", ...(claims ? ["brief's claim (BRIEF.txt, not measured)"] : [])];
-  const colWidths = [WIDTH.group, WIDTH.metric, ...peers.map(() => WIDTH.system), WIDTH.system, WIDTH.ratio, ...(claims ? [WIDTH.brief_claim] : [])];
+  const head = ["brief's metric", "measured as", ...peers.map((s) => s.label), ours?.label ?? "ainftp", ...extra.map((s) => s.label), "ainftp ÷ best TCP peer", ...(claims ? ["brief's claim (BRIEF.txt, not measured)"] : [])];
+  const colWidths = [WIDTH.group, WIDTH.metric, ...peers.map(() => WIDTH.system), WIDTH.system, ...extra.map(() => WIDTH.system), WIDTH.ratio, ...(claims ? [WIDTH.brief_claim] : [])];
+  /** The ratio cell: 16 bits' ratio, then each other width's. */
+  const ratioCell = (row: MetricRow) => {
+    const r = ours && ours.system !== "ainftp" ? { ...row, ratio: row.ratios?.[ours.system as AinftpSystem] ?? null } : row;
+    const more = extra.map((s) => {
+      const v = row.ratios?.[s.system as AinftpSystem];
+      return v === null || v === undefined ? null : `${s.label.replace("ainftp ", "")}: ${v.toFixed(2)}×`;
+    }).filter(Boolean);
+    return [formatRatio(r), ...more].join("\n");
+  };
   const t = new Table({ head, colWidths, style: { head: [], border: [] }, wordWrap: true });
   let group = "";
   const first = (g: string) => {
@@ -119,13 +131,14 @@ export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?
     return `n/a ${notes.mark(row.notes[s.system] ?? "n/a", s.label)}`;
   };
   for (const row of run.rows)
-    t.push([first(row.group), row.metric, ...peers.map((s) => cell(row, s)), cell(row, ours), formatRatio(row), ...(claims ? [row.brief_claim ?? ""] : [])]);
+    t.push([first(row.group), row.metric, ...peers.map((s) => cell(row, s)), cell(row, ours), ...extra.map((s) => cell(row, s)), ratioCell(row), ...(claims ? [row.brief_claim ?? ""] : [])]);
   for (const row of machineRows) {
     const text = row.text!;
     const base = peers.length ? [{ colSpan: peers.length, content: text.baselines }] : [];
-    t.push([first(row.group), row.metric, ...base, peers.length ? text.ainftp : `${text.baselines} / ${text.ainftp}`, formatRatio(row), ...(claims ? [row.brief_claim ?? ""] : [])]);
+    const us = extra.length ? [{ colSpan: 1 + extra.length, content: text.ainftp }] : [text.ainftp];
+    t.push([first(row.group), row.metric, ...base, ...(peers.length ? us : [`${text.baselines} / ${text.ainftp}`]), formatRatio(row), ...(claims ? [row.brief_claim ?? ""] : [])]);
   }
-  t.push([{ colSpan: 2, content: "verified against the reference sum" }, ...peers.map((s) => verdict(s)), ours ? verdict(ours) : "-", "", ...(claims ? [""] : [])]);
+  t.push([{ colSpan: 2, content: "verified against the reference sum" }, ...peers.map((s) => verdict(s)), ours ? verdict(ours) : "-", ...extra.map((s) => verdict(s)), "", ...(claims ? [""] : [])]);
   const rate = run.link_rate_bps ?? null;
   const link = rate === null
     ? "links unshaped — the CPU-bound lab (veth moves bytes at memory speed)"
@@ -137,7 +150,7 @@ export function renderRun(run: RunResult, machineRows: MetricRow[], o: { claims?
     out += `shaping check, ${s.label}: peak over ${c.window_ms} ms, tx ${g(c.peak_tx_bps)}, rx ${g(c.peak_rx_bps)} per link; ` +
       `allowed ${g(c.allowed_bps)} (rate + burst ÷ window): ${c.within_rate ? "within" : "ABOVE THE LIMIT"}; ${c.qdisc_drops} packets dropped by the qdiscs\n`;
   }
-  for (const s of run.systems.filter((x) => x.status === "na" && x.system !== "ainftp")) out += `${s.label}: not run — ${s.reason}\n`;
+  for (const s of run.systems.filter((x) => x.status === "na" && !isAinftp(x.system))) out += `${s.label}: not run — ${s.reason}\n`;
   out += notes.text();
   return out;
 }
@@ -156,14 +169,15 @@ export function renderScaling(r: BenchResult): string {
   const systems = SYSTEM_ORDER.filter((s) => r.runs.some((x) => x.systems.some((y) => y.system === s && y.status !== "na")));
   const b2b = r.config.back_to_back;
   const shaped = r.runs.some((x) => (x.link_rate_bps ?? null) !== null);
-  const name = (s: SystemName) => ({ ainftp: "ainftp", tcp: "tcp ring", gloo: "Gloo", mpi: "Open MPI" })[s];
+  const name = (s: SystemName) => SYSTEM_LABEL[s];
   const t = new Table({
     head: ["hosts", "size", "link per host", ...systems.map((s) => `${name(s)}: median${b2b ? " / back to back" : ""}, busbw${shaped ? ", % of line" : ""}`), "ainftp ÷ best TCP peer (median)"],
     style: { head: [], border: [] }, wordWrap: true, colWidths: [7, 9, 12, ...systems.map(() => 22), 16],
   });
   for (const run of r.runs) {
     const row = run.rows.find((x) => x.id === "round_ms_median")!;
-    const ratio = row.ratio === null ? "-" : `${row.ratio.toFixed(2)}× (vs ${row.best_peer})`;
+    const widths = (["ainftp-8", "ainftp-4"] as const).filter((a) => row.ratios?.[a] != null).map((a) => `${a.slice(7)}-bit ${row.ratios![a]!.toFixed(2)}×`);
+    const ratio = (row.ratio === null ? "-" : `${row.ratio.toFixed(2)}× (vs ${row.best_peer})`) + (widths.length ? `; ${widths.join(", ")}` : "");
     const cell = (sys: SystemName) => {
       const s = run.systems.find((x) => x.system === sys);
       if (!s || s.metrics.round_ms_median === null) return s?.status === "failed" ? "FAILED" : s?.status === "ok" ? "not verified" : "-";
@@ -193,14 +207,14 @@ export function renderBench(r: BenchResult): string {
 
 // ---- charts and the report -------------------------------------------------------------------
 
-const SYSTEM_LABEL: Record<SystemName, string> = { ainftp: "ainftp", tcp: "tcp ring", gloo: "Gloo", mpi: "Open MPI" };
+const SYSTEM_LABEL: Record<SystemName, string> = { ainftp: "ainftp", "ainftp-8": "ainftp 8-bit", "ainftp-4": "ainftp 4-bit", tcp: "tcp ring", gloo: "Gloo", mpi: "Open MPI" };
 
 /** Chart rows: round time per system and regime against size, host count, or (at one size) link rate in Gbit/s. */
 export function chartRows(r: BenchResult, by: "size" | "peers" | "rate", atBytes?: number): ChartRow[] {
   const rates = new Set(r.runs.map((x) => x.link_rate_bps ?? null));
   const several = by === "size" ? new Set(r.runs.map((x) => x.peers)).size > 1 : by === "peers" ? new Set(r.runs.map((x) => x.bytes)).size > 1 : new Set(r.runs.map((x) => x.peers)).size > 1;
   const rows: ChartRow[] = [];
-  for (const system of ["ainftp", ...BASELINES] as SystemName[])
+  for (const system of [...AINFTP_SYSTEMS, ...BASELINES] as SystemName[])
     for (const run of r.runs) {
       const rate = run.link_rate_bps ?? null;
       if (by === "rate" && (rate === null || run.bytes !== atBytes)) continue;
@@ -364,6 +378,7 @@ export function benchCommand(io: IO): Command {
     .option("--tlb-size <size>", "buffer of the TLB pointer chase (default 512MiB)", sizeOf)
     .option("--link-rate <rate[,rate…]>", `each host's link rate, both ways (tbf), one regime each; none = unshaped; units bit, kbit, mbit, gbit, tbit (default ${DEFAULT_LINK_RATES.map((x) => (x === null ? "none" : `${x / 1e9}gbit`)).join(",")})`, rateList)
     .option("--back-to-back", "also run every system with no barrier between rounds (as a trainer calls all-reduce), shown beside the barrier figure")
+    .option("--bits <b[,b…]>", "ainftp's bits per value, one system each (16 = ainftp, 8 = ainftp 8-bit, 4 = ainftp 4-bit); the TCP peers stay float32 (default 16)", bitsList)
     .option("--sweep", `sizes 64KiB…64MiB ×4 and link rates ${SWEEP_RATES} (unless --size/--link-rate given), ${SWEEP_ROUNDS} rounds (unless --rounds given); charts on log axes`)
     .option("--subnet <a.b.c>", `hosts' addresses, <subnet>.1… (10.213.x; default ${DEFAULT_SUBNET})`, DEFAULT_SUBNET)
     .addHelpText(
@@ -398,7 +413,7 @@ export function benchCommand(io: IO): Command {
         r = await runBench({
           peers: o.peers, sizes, rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
           micro: o.micro, straggler: o.straggler, tlbBytes: o.tlbSize, onProgress: progress.onProgress,
-          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes,
+          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes, bits: o.bits,
         });
       } finally {
         progress.stop();
@@ -437,4 +452,15 @@ export function benchCommand(io: IO): Command {
     });
   cmd.addCommand(nodeCommand(io), { hidden: true });
   return cmd;
+}
+
+/** --bits 16,8,4: each a width ainftp sums, once each. */
+function bitsList(v: string): (16 | 8 | 4)[] {
+  const out: (16 | 8 | 4)[] = [];
+  for (const part of v.split(",")) {
+    const b = Number(part.trim());
+    if (b !== 16 && b !== 8 && b !== 4) throw new InvalidArgumentError(`--bits ${part} is not a width ainftp sums: use 16, 8 or 4 (comma-separated)`);
+    if (!out.includes(b)) out.push(b);
+  }
+  return out;
 }

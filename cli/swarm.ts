@@ -1,7 +1,7 @@
 import { writeFileSync } from "node:fs";
 import Table from "cli-table3";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { DEFAULT_PORT, MAX_ELEMS, MAX_WORKERS } from "../src/abi.ts";
+import { BIT_WIDTHS, DEFAULT_PORT, MAX_ELEMS, MAX_WORKERS, type BitWidth } from "../src/abi.ts";
 import type { AttachMode } from "../src/attach.ts";
 import { AinftpError } from "../src/errors.ts";
 import { defaultSocketPath, serveNode, type ServeReport } from "../src/local.ts";
@@ -58,8 +58,8 @@ export const EXIT_VERIFY_FAILED = 3;
 export const EXIT_ROUNDS_LOST = 4;
 
 /** 3 when a completed round failed verification (wrong results outrank missing ones), 4 when rounds were lost, else 0. */
-export function swarmExitCode(r: Pick<NodeReport, "verified" | "rel_l2_error_max" | "lost_rounds">, verify: boolean): number {
-  if (verify && r.rel_l2_error_max !== null && !(r.rel_l2_error_max <= 1e-3)) return EXIT_VERIFY_FAILED;
+export function swarmExitCode(r: Pick<NodeReport, "verified" | "rel_l2_error_max" | "lost_rounds"> & { error_bound?: number }, verify: boolean): number {
+  if (verify && r.rel_l2_error_max !== null && !(r.rel_l2_error_max <= (r.error_bound ?? 1e-3))) return EXIT_VERIFY_FAILED;
   if (r.lost_rounds > 0) return EXIT_ROUNDS_LOST;
   if (verify && !r.verified) return EXIT_VERIFY_FAILED;
   return 0;
@@ -71,10 +71,10 @@ export function renderNodeReport(r: NodeReport): string {
   t.push(
     ["rank / peers", `${r.rank} / ${r.peers}`],
     ["results arrive by", r.umem ? `${r.rx}, UMEM in a ${r.umem}` : r.rx],
-    ["gradient", `${formatSize(r.bytes)} (${r.elements} floats, ${r.chunk_elems} per packet)`],
+    ["gradient", `${formatSize(r.bytes)} (${r.elements} floats, ${r.chunk_elems} per packet, ${r.bits ?? 16} bits each)`],
     ["rounds", r.lost_rounds ? `${r.rounds} (${r.lost_rounds} lost)` : r.rounds],
     ["round time ms: median / p10 / p90 / p99", `${ms(r.round_ms.median)} / ${ms(r.round_ms.p10)} / ${ms(r.round_ms.p90)} / ${ms(r.round_ms.p99)}`],
-    ["relative L2 error (max)", r.rel_l2_error_max === null ? "not verified (--verify)" : `${r.rel_l2_error_max.toExponential(2)}${r.verified ? "" : " (not verified)"}`],
+    ["relative L2 error (max)", r.rel_l2_error_max === null ? "not verified (--verify)" : `${r.rel_l2_error_max.toExponential(2)} (bound ${r.error_bound ?? 1e-3})${r.verified ? "" : " (not verified)"}`],
     ["retransmits / resends / duplicates", `${r.retransmits} / ${r.resends} / ${r.duplicates}`],
     ["timeouts / saturations", `${r.timeouts} / ${r.saturations}`],
     ["packets received by XDP", r.packets_received],
@@ -133,7 +133,8 @@ export function swarmCommand(io: IO): Command {
     .option("--round-timeout <ms>", "fail a round not complete after this long (default 10000)", intOption(10, 3_600_000))
     .option("--retransmit <ms>", "first retransmission after this long without progress, until round-trips are measured; then at most this (default 50)", intOption(1, 60_000))
     .option("--open-timeout <ms>", "wait this long for every peer at start (default 30000)", intOption(100, 3_600_000))
-    .option("--stochastic <seed>", "stochastic rounding with this seed", intOption(1, 0xffffffff))
+    .option("--stochastic <seed>", "stochastic rounding with this seed (always on at --bits 8 and 4)", intOption(1, 0xffffffff))
+    .option("--bits <b>", "bits per gradient value on the wire: 16 (default), 8 or 4; every member must give the same (README \"Bits\")", bitsOption)
     .option("--keep-attached", "leave the program attached at the end")
     .option("--sentry", "filter contributions inline: drop those whose energy is beyond --sentry-z sigma of their chunk's honest history (ainftp sentry status shows it)")
     .option("--sentry-z <z>", "the sentry's gate, in standard deviations (default 3.5)", floatOption(0.5, 100))
@@ -179,7 +180,7 @@ export function swarmCommand(io: IO): Command {
         const report = await serveNode({
           iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, mode: o.mode as AttachMode, chunkElems: o.chunkElems,
           window: o.window, roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout,
-          stochasticSeed: o.stochastic, keepAttached: Boolean(o.keepAttached), socketPath: o.socket, roundBytes: o.roundSize,
+          stochasticSeed: o.stochastic, keepAttached: Boolean(o.keepAttached), socketPath: o.socket, roundBytes: o.roundSize, bits: o.bits,
           sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, quorum: o.quorum, deadlineMs: o.deadline,
           key, auth: o.auth,
         }, (line) => io.err(`ainftp: ${line}\n`));
@@ -197,7 +198,7 @@ export function swarmCommand(io: IO): Command {
         iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, syntheticBytes: o.synthetic, rounds: o.rounds,
         verify: Boolean(o.verify), seed: o.seed, mode: o.mode as AttachMode, chunkElems: o.chunkElems, window: o.window, rx: o.rx,
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
-        keepAttached: Boolean(o.keepAttached),
+        keepAttached: Boolean(o.keepAttached), bits: o.bits,
         sentry: o.sentry || o.sentryZ !== undefined ? { z: o.sentryZ } : false, poison: o.poison, aggregate: o.aggregate,
         quorum: o.quorum, deadlineMs: o.deadline, backToBack: Boolean(o.backToBack), key, auth: o.auth,
         note: (line) => io.err(`ainftp: ${line}\n`), metrics: o.metrics,
@@ -206,11 +207,18 @@ export function swarmCommand(io: IO): Command {
       if (o.json === true) io.out(JSON.stringify(report, null, 2) + "\n");
       else io.out(renderNodeReport(report));
       const code = swarmExitCode(report, Boolean(o.verify));
-      if (code === EXIT_VERIFY_FAILED) io.err(`ainftp: verification failed: relative L2 error ${report.rel_l2_error_max} > 1e-3\n`);
+      if (code === EXIT_VERIFY_FAILED) io.err(`ainftp: verification failed: relative L2 error ${report.rel_l2_error_max} > ${report.error_bound}\n`);
       else if (code === EXIT_ROUNDS_LOST)
         io.err(`ainftp: ${report.lost_rounds} of ${report.rounds} rounds lost (members died during them; see failed_rounds)${o.verify ? ": not verified" : ""}\n`);
       if (code !== 0) throw new ExitCode(code);
     });
   swarm.addCommand(swarmStatusCommand(io).configureOutput({ writeOut: io.out, writeErr: io.err }).showHelpAfterError("(add --help for usage)").exitOverride());
   return swarm;
+}
+
+/** --bits: 16, 8 or 4 (any other value names the allowed ones). */
+export function bitsOption(v: string): BitWidth {
+  const b = Number(v);
+  if (!(BIT_WIDTHS as readonly number[]).includes(b)) throw new InvalidArgumentError(`--bits ${v} is not a width ainftp sums: use one of ${BIT_WIDTHS.join(", ")}`);
+  return b as BitWidth;
 }

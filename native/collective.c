@@ -15,6 +15,29 @@
 #include <linux/bpf.h>
 #include "../bpf/include/ainftp_abi.h"
 #include "quant.h"
+#include "bits.h"
+
+/* The lane width a data packet's version names (ainftp_abi.h). */
+static inline uint32_t bits_of_version(uint32_t v)
+{
+	return v == AINFTP_VERSION_INT8 ? 8 : v == AINFTP_VERSION_INT4 ? 4 : 16;
+}
+
+/* The owner's rounding stream for chunk c of a round at 8 or 4 bits: named
+ * by what every member knows (job, round, chunk), so a run replays. */
+static inline uint32_t owner_key(uint32_t job, uint32_t round, uint32_t c)
+{
+	uint32_t x = (job ^ 0x0b175eedu) * 0x9e3779b9u ^ round;
+	x ^= x >> 16;
+	x *= 0x7feb352du;
+	x ^= x >> 15;
+	x *= 0x846ca68bu;
+	x ^= x >> 16;
+	x ^= c * 0x85ebca6bu;
+	x ^= x >> 13;
+	x *= 0xc2b2ae35u;
+	return x ^ (x >> 16);
+}
 
 #define RESULT_STRIDE ((sizeof(struct ainftp_result) + 7) & ~7ul)
 #define ACC_STRIDE ((sizeof(struct ainftp_acc) + 7) & ~7ul)
@@ -37,9 +60,11 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 			    uint32_t own_div, uint32_t own_stride, const uint16_t *counts, const int8_t *exps,
 			    const struct ainftp_wire_hdr *tmpl, uint8_t *pkts, uint32_t pkt_stride)
 {
+	const uint32_t bits = bits_of_version(tmpl->version);
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t c = chunks[i], idx = bank_base + c, count = counts[c];
-		if (count == 0 || count > AINFTP_MAX_ELEMS || pkt_stride < sizeof(*tmpl) + 2 * count)
+		if (count == 0 || count > (bits == 16 ? AINFTP_MAX_ELEMS : 2 * AINFTP_MAX_ELEMS) ||
+		    pkt_stride < sizeof(*tmpl) + ainftp_bits_payload(bits, count))
 			return -1;
 		const uint32_t *raw = (const uint32_t *)(acc_base + (size_t)idx * ACC_STRIDE);
 		struct ainftp_result *res = (struct ainftp_result *)(res_base + (size_t)idx * RESULT_STRIDE);
@@ -55,8 +80,13 @@ int32_t ainftp_finish_batch(const uint8_t *acc_base, uint8_t *res_base, uint32_t
 		while (old == RESULT_BUSY ||
 		       !__atomic_compare_exchange_n(&res->tag, &old, RESULT_BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 			old = __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE);
-		int32_t k = ainftp_finish_chunk_to(k_others ? raw : NULL, count, k_others,
-						   own_q + (size_t)(c / own_div) * own_stride, res->v, (int16_t *)(h + 1));
+		int32_t k = bits == 16
+				    ? ainftp_finish_chunk_to(k_others ? raw : NULL, count, k_others,
+							     own_q + (size_t)(c / own_div) * own_stride, res->v, (int16_t *)(h + 1))
+				    : ainftp_bits_finish(k_others ? (const uint16_t *)raw : NULL, count, k_others,
+							 (const uint8_t *)(own_q + (size_t)(c / own_div) * own_stride), bits,
+							 owner_key(tmpl->job_id, tmpl->round, c), (uint8_t *)res->v,
+							 (uint8_t *)(h + 1));
 		if (k < 0) {
 			__atomic_store_n(&res->tag, old, __ATOMIC_RELEASE);
 			return -1;
@@ -94,14 +124,16 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint3
 			      uint32_t n, const struct ainftp_wire_hdr *tmpl, uint8_t *pkts,
 			      uint32_t pkt_stride)
 {
+	const uint32_t bits = bits_of_version(tmpl->version);
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t c = chunks[i];
 		if (c >= nchunks)
 			return -1;
 		const struct ainftp_result *res =
 			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint32_t bytes = ainftp_bits_payload(bits, res->count);
 		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tmpl->round + 1 || res->rank != tmpl->rank ||
-		    res->count > AINFTP_MAX_ELEMS || pkt_stride < sizeof(*tmpl) + 2 * (uint32_t)res->count)
+		    bytes > sizeof(res->v) || pkt_stride < sizeof(*tmpl) + bytes)
 			return -1;
 		struct ainftp_wire_hdr *h = (struct ainftp_wire_hdr *)(pkts + (size_t)i * pkt_stride);
 		*h = *tmpl;
@@ -111,7 +143,7 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint3
 		h->count = res->count;
 		h->exp = res->exp;
 		h->contributors = res->contributors;
-		memcpy(h + 1, res->v, 2 * res->count);
+		memcpy(h + 1, res->v, bytes);
 	}
 	return (int32_t)n;
 }
@@ -173,6 +205,48 @@ uint32_t ainftp_results_missing(const uint8_t *res_base, uint32_t bank_base, uin
  * results map into out, as ainftp_gather_results does for a whole round.
  * Returns the number of entries that did not hold round tag-1.
  */
+/* One stored result into out at its width (16: int16 values). */
+static inline int32_t dequant_result(const struct ainftp_result *res, uint32_t count, uint32_t bits, float *out)
+{
+	return bits == 16 ? ainftp_dequantize(res->v, count, res->exp, out)
+			  : ainftp_bits_dequantize((const uint8_t *)res->v, count, res->exp, bits, out);
+}
+
+/* ainftp_gather_list at a job's width (16, 8 or 4). */
+uint32_t ainftp_gather_list_bits(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks, uint32_t n,
+				 uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits)
+{
+	uint32_t bad = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t c = chunks[i];
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint64_t start = (uint64_t)c * chunk_elems;
+		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
+		    dequant_result(res, want, bits, out + start) < 0)
+			bad++;
+	}
+	return bad;
+}
+
+/* ainftp_gather_results at a job's width (16, 8 or 4). */
+uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
+				    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits)
+{
+	uint32_t bad = 0;
+	for (uint32_t c = 0; c < nchunks; c++) {
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint64_t start = (uint64_t)c * chunk_elems;
+		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
+		    dequant_result(res, want, bits, out + start) < 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
+			bad++;
+	}
+	return bad;
+}
+
 uint32_t ainftp_gather_list(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks, uint32_t n,
 			    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out)
 {

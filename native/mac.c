@@ -11,6 +11,9 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include "../bpf/include/ainftp_abi.h"
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 
@@ -86,7 +89,8 @@ int32_t ainftp_mac_verify(const uint8_t *key, const uint8_t *pkt, uint32_t len)
  * The data plane's MAC (ainftp_abi.h, checked by the XDP program): seals n
  * CONTRIB/RESULT packets laid out every `stride` bytes from pkts, each with
  * the tag of its header (full = 0) or header and payload (full = 1) written
- * right after its payload (32 + 2 * count). Call it after the last change to
+ * right after its payload (32 + its payload's bytes at the width its
+ * version names: ainftp_payload_bytes). Call it after the last change to
  * a packet (a retransmission flag included). Returns n, or -1 (nothing
  * sealed from that packet on) if a packet's tag would not fit its stride.
  */
@@ -96,7 +100,7 @@ int32_t ainftp_seal_packets(const uint8_t *key, uint8_t *pkts, uint32_t n, uint3
 		uint8_t *p = pkts + (size_t)i * stride;
 		uint16_t count;
 		memcpy(&count, p + 22, 2); /* ainftp_wire_hdr.count */
-		uint32_t payload = 2u * count;
+		uint32_t payload = ainftp_payload_bytes(p[4], count); /* version: the lane width */
 		if (32u + payload + 8u > stride)
 			return -1;
 		ainftp_siphash24(key, p, 32u + (full ? payload : 0u), p + 32 + payload);

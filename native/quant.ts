@@ -19,6 +19,16 @@ const quant = openShimTable({
   ainftp_quant_isa_mask: { args: [], returns: T.u32 },
   ainftp_quant_set_isa: { args: [T.i32], returns: T.i32 },
   ainftp_quant_isa: { args: [], returns: T.i32 },
+  ainftp_bits_chunk_exps: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
+  ainftp_bits_pack: {
+    args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr],
+    returns: T.u32,
+  },
+  ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
+  ainftp_bits_dequantize: { args: [T.ptr, T.u32, T.i32, T.u32, T.ptr], returns: T.i32 },
+  ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
+  ainftp_rht: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_rht_isa: { args: [], returns: T.i32 },
 } as const);
 
 /** Builds of the kernels, in AINFTP_ISA_* order: the same bits at different speeds. */
@@ -109,4 +119,67 @@ export function cFinishChunk(
 export function cDequantize(q: Int16Array, exp: number, out: Float32Array): number {
   need(out.length >= q.length, "out shorter than q");
   return quant.ainftp_dequantize(q, q.length, exp, out);
+}
+
+// ---- 8 and 4 bits (native/bits.c, issue 14) --------------------------------------
+
+/** The narrow widths native/bits.c packs. */
+export type NarrowBits = 8 | 4;
+
+/** exps[c] for every chunk of x at 8 or 4 bits; returns the NaN/±Inf count. */
+export function cBitsChunkExps(x: Float32Array, chunkElems: number, exps: Int8Array, bits: NarrowBits): number {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(exps.length >= Math.ceil(x.length / chunkElems), "exps shorter than the chunk count");
+  return quant.ainftp_bits_chunk_exps(x, x.length, chunkElems, exps, bits);
+}
+
+/** Header + packed payload of chunks[0..nchunks) at out + i*stride, at 8 or
+ * 4 bits; resid (if given, as long as x) gets x - q * 2^e of every value
+ * packed. Returns the saturated count or QUANT_EINVAL. */
+export function cBitsPack(
+  x: Float32Array, chunkElems: number, chunks: Uint32Array, nchunks: number, exps: Int8Array,
+  header: Uint8Array, out: Uint8Array, stride: number, seed: number, bits: NarrowBits, resid: Float32Array | null,
+): number {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(nchunks <= chunks.length, "nchunks exceeds the chunk list");
+  need(exps.length >= Math.ceil(x.length / chunkElems), "exps shorter than the chunk count");
+  need(header.length >= 32, "header template must be 32 bytes");
+  need(out.length >= nchunks * stride, "out shorter than nchunks * stride");
+  need(resid === null || resid.length >= x.length, "resid shorter than x");
+  return quant.ainftp_bits_pack(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, resid);
+}
+
+/** The owner's step at 8 or 4 bits over a 16-bit-lane acc entry; returns k or -EINVAL. */
+export function cBitsFinish(
+  raw: Uint16Array | null, count: number, contributors: number, own: Uint8Array | null, bits: NarrowBits, key: number,
+  out: Uint8Array,
+): number {
+  need(contributors === 0 || (raw !== null && raw.length >= ((count + 7) & ~7)), "raw must hold count rounded up to 8 lanes");
+  need(own === null || own.length >= cBitsPayload(bits, count), "own shorter than the payload");
+  need(out.length >= cBitsPayload(bits, count), "out shorter than the payload");
+  return quant.ainftp_bits_finish(raw, count, contributors, own, bits, key >>> 0, out, null);
+}
+
+/** out = q * 2^exp for `count` packed values; returns 0 or -EINVAL. */
+export function cBitsDequantize(p: Uint8Array, count: number, exp: number, bits: NarrowBits, out: Float32Array): number {
+  need(p.length >= cBitsPayload(bits, count), "payload shorter than count");
+  need(out.length >= count, "out shorter than count");
+  return quant.ainftp_bits_dequantize(p, count, exp, bits, out);
+}
+
+/** Payload bytes of `count` values at `bits`. */
+export function cBitsPayload(bits: number, count: number): number {
+  return quant.ainftp_bits_payload(bits, count);
+}
+
+/** The randomized Hadamard transform of x in place (or its inverse), by
+ * chunks of chunkElems in power-of-two blocks, signs from `seed`. */
+export function cRht(x: Float32Array, chunkElems: number, seed: number, inverse: boolean): void {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  if (x.length) quant.ainftp_rht(x, x.length, chunkElems, seed >>> 0, inverse ? 1 : 0);
+}
+
+/** The build the RHT uses (AINFTP_ISA_*: 0 generic, 1 avx2). */
+export function rhtIsa(): QuantIsa {
+  return QUANT_ISAS[quant.ainftp_rht_isa()];
 }

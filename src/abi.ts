@@ -11,12 +11,28 @@ export const MAX_CHUNKS = 65536;
 export const BANKS = 2;
 export const MAX_ROUND = 0xfffffffe;
 export const ACC_BIAS = 32768;
+export const ACC_BIAS8 = 128;
+export const ACC_BIAS4 = 8;
 export const DEFAULT_PORT = 47000;
 export const DEFAULT_BATCH = 32;
 export const SENTRY_SAMPLES = 16;
 export const ENERGY_ZERO = -32768;
 export const MAGIC = 0x464e4941;
 export const VERSION = 1;
+/** Data packets' version byte names their lane width (issue 14): int8 and
+ * int4 payloads (ainftp_abi.h); control and CLOSE packets are VERSION. */
+export const VERSION_INT8 = 2;
+export const VERSION_INT4 = 3;
+/** Bit widths a job may run at, and each one's data-packet version. */
+export const BIT_WIDTHS = [16, 8, 4] as const;
+export type BitWidth = (typeof BIT_WIDTHS)[number];
+export function versionOfBits(bits: BitWidth): number {
+  return bits === 8 ? VERSION_INT8 : bits === 4 ? VERSION_INT4 : VERSION;
+}
+/** Payload bytes of a data packet of `count` values at `bits` (ainftp_payload_bytes). */
+export function payloadBytes(bits: BitWidth, count: number): number {
+  return bits === 8 ? count : bits === 4 ? ((count + 15) >>> 4) << 3 : 2 * count;
+}
 
 export const PKT_CONTRIB = 1;
 export const PKT_RESULT = 2;
@@ -58,6 +74,14 @@ export const CFG_CONTRIBS_TO_RING = 0x8;
 export const CFG_AUTH_HDR = 0x10;
 /** Config flag: ... of their header and payload (wins over CFG_AUTH_HDR). */
 export const CFG_AUTH_FULL = 0x20;
+/** Config flag: the job's data packets are int8 (VERSION_INT8). */
+export const CFG_INT8 = 0x40;
+/** Config flag: the job's data packets are int4 (VERSION_INT4; wins over CFG_INT8). */
+export const CFG_INT4 = 0x80;
+/** The config flag of a bit width. */
+export function cfgOfBits(bits: BitWidth): number {
+  return bits === 8 ? CFG_INT8 : bits === 4 ? CFG_INT4 : 0;
+}
 /** Bytes of the data plane's MAC after a contribution's or result's payload. */
 export const MAC_BYTES = 8;
 
@@ -127,6 +151,7 @@ export const COUNTERS = [
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
   "sentry_rejected", "contribs_ring", "late", "not_owner", "mal_contributors", "bad_mac",
+  "bad_width",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -175,6 +200,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   not_owner: "result from a rank that does not own the chunk in the round's plan",
   mal_contributors: "malformed: result whose contributor count is 0 or above the members (or the round's active set)",
   bad_mac: "contribution or result whose MAC under the job key does not match (--auth)",
+  bad_width: "contribution or result of another bit width than the job's (--bits)",
 };
 
 /** Counters that count a packet dropped for what it said (a reason), as
@@ -184,6 +210,7 @@ export const DROP_REASONS = [
   "stale_round", "future_round", "foreign_job", "not_member", "result_dup", "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp",
   "mal_trunc_hdr", "mal_fragment", "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "bad_source", "sentry_rejected", "not_owner", "mal_contributors", "bad_mac",
+  "bad_width",
 ] as const satisfies readonly CounterName[];
 
 /** The non-zero drop reasons of a counter set, in DROP_REASONS order. */
@@ -224,6 +251,18 @@ export function decodeSums(raw: Uint32Array, count: number, contributors: number
     out[j + 3] = raw[j + 3] - bias;
   }
   for (; j < count; j++) out[j] = raw[accPosition(j)] - bias;
+  return out;
+}
+
+/** The true sums of `count` elements from an acc entry of an int8 or int4
+ * job (16-bit lanes: value 8g + k at lane 8g + 4 * (k & 1) + (k >> 1),
+ * biased by ACC_BIAS8 or ACC_BIAS4 per contribution; see ainftp_abi.h). */
+export function decodeSumsNarrow(raw: Uint16Array, count: number, contributors: number, bits: 8 | 4, out = new Int32Array(count)): Int32Array {
+  const bias = (bits === 8 ? ACC_BIAS8 : ACC_BIAS4) * contributors;
+  for (let j = 0; j < count; j++) {
+    const k = j & 7;
+    out[j] = raw[(j - k) + 4 * (k & 1) + (k >> 1)] - bias;
+  }
   return out;
 }
 

@@ -778,6 +778,8 @@ export interface ServeOptions extends JobOptions {
   retransmitMs?: number;
   openTimeoutMs?: number;
   stochasticSeed?: number;
+  /** Bits per value on the wire (CommunicatorOptions.bits; default 16). */
+  bits?: 16 | 8 | 4;
   keepAttached?: boolean;
   /** Default /run/ainftp/<job>.sock. */
   socketPath?: string;
@@ -833,7 +835,7 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
     comm = await node.open({
       window: o.window, roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20, quorum: o.quorum,
-      deadlineMs: o.deadlineMs,
+      deadlineMs: o.deadlineMs, bits: o.bits,
     });
     server = await LocalServer.listen({ socketPath, reducer: comm, log });
     log(`serving job ${comm.job} (rank ${o.rank} of ${N}, ${o.iface}) on ${socketPath}`);

@@ -2,7 +2,8 @@
 // opens the communicator with a static member list and runs the synthetic
 // workload, verifying every round against a locally computed reference.
 import { coll } from "../native/collective.ts";
-import { FRAME_OVERHEAD_V4, type Counters } from "./abi.ts";
+import { FRAME_OVERHEAD_V4, payloadBytes, type BitWidth, type Counters } from "./abi.ts";
+import { ERROR_BOUND } from "./quantize.ts";
 import type { ControlDrop } from "./control-guard.ts";
 import { combineStats, RoundError, zeroStats, type Communicator, type CollectiveStats } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
@@ -41,6 +42,8 @@ export interface NodeOptions extends JobOptions {
   retransmitMs?: number;
   openTimeoutMs?: number;
   stochasticSeed?: number;
+  /** Bits per value on the wire: 16 (default), 8 or 4 (CommunicatorOptions.bits). */
+  bits?: BitWidth;
   /** Leave the program attached at the end (default: detach if we attached it). */
   keepAttached?: boolean;
   /** The sentry (inline filter) on this node's chunks; z threshold. */
@@ -75,6 +78,9 @@ export interface NodeReport {
   round_times_ms: number[];
   rel_l2_error_max: number | null;
   verified: boolean;
+  /** Bits per value on the wire, and the relative L2 error --verify allows at that width (ERROR_BOUND). */
+  bits: BitWidth;
+  error_bound: number;
   /** Per timed iteration: the result's hash, null when the round was lost. */
   result_sha256: (string | null)[];
   retransmits: number;
@@ -167,7 +173,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     key: o.key, auth: o.auth, roundElems: n, keepAttached: o.keepAttached, note: o.note,
     mtuAdvice: (needed) => `ip link set dev ${o.iface} mtu ${needed}; veth takes at most 3504 with native XDP`,
   });
-  const { chunkElems } = node;
+  // values per packet: the attach unit at 16 bits, twice it at 8 and 4 (set once open)
+  let chunkElems = node.chunkElems;
   let comm: Communicator | undefined;
   let swarm: Swarm | undefined;
   // rx "xsk": the UMEM is an arena region (2 MB pages when the pool has them)
@@ -186,7 +193,10 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, aggregate: o.aggregate,
       maxWaitMs: 20, // the swarm's membership timer ticks every 20 ms
       quorum: o.quorum, deadlineMs: o.deadlineMs,
+      // the synthetic workload verifies each round's exact sum: no error feedback
+      bits: o.bits, errorFeedback: false,
     }, o.log);
+    chunkElems = comm.chunkElems;
     swarm = node.swarm!;
     if (arena && comm.xsk) arena.registrations.nic = comm.xsk.mode === "zero-copy" ? "af_xdp (zero-copy)" : "af_xdp (copy mode)";
     if (o.metrics) {
@@ -326,7 +336,9 @@ function nodeReport(
     round_ms: quantiles(times),
     round_times_ms: times.map((ms) => +ms.toFixed(3)),
     rel_l2_error_max: o.verify ? t.maxErr : null,
-    verified: o.verify && times.length > 0 && t.maxErr <= 1e-3 && times.length === o.rounds,
+    verified: o.verify && times.length > 0 && t.maxErr <= ERROR_BOUND[comm.bits as BitWidth] && times.length === o.rounds,
+    bits: comm.bits as BitWidth,
+    error_bound: ERROR_BOUND[comm.bits as BitWidth],
     lost_rounds: o.rounds - times.length,
     result_sha256: t.hashes,
     retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
@@ -341,7 +353,7 @@ function nodeReport(
     result_copy_bytes_per_round: Math.round(
       (comm.xsk
         ? comm.xsk.mode === "zero-copy" ? 0 : d("results_xsk") * (FRAME_OVERHEAD_V4 + 2 * chunkElems)
-        : d("results") * 2 * chunkElems) / Math.max(1, times.length),
+        : d("results") * payloadBytes(comm.bits as BitWidth, chunkElems)) / Math.max(1, times.length),
     ),
     umem: arena ? `${formatSize(arena.size)} arena, ${arena.hugepages ? "2 MB pages" : "4 KB pages (no 2 MB pages free: ainftp arena --reserve)"}` : null,
     phase_ms: Object.fromEntries(

@@ -25,9 +25,12 @@
 // lanes, so the quantizer uses the whole int16 range. The true sum is at most
 // 64 * 32767 < 2^21 in magnitude; the owner shifts it right by the smallest k
 // (<= 6 for valid input) that brings it back into int16 and sends exp + k.
-import { SIZEOF, writeHeader, accPosition, type WireHeader } from "./abi.ts";
+import { MAX_ELEMS, SIZEOF, payloadBytes, writeHeader, accPosition, type WireHeader } from "./abi.ts";
 import { AinftpError } from "./errors.ts";
-import { QUANT_EINVAL, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize } from "../native/quant.ts";
+import {
+  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht,
+  type NarrowBits,
+} from "../native/quant.ts";
 
 /** Exponents a sender may use: 2^e and 2^-e are exact f32. */
 export const EXP_MIN = -126;
@@ -95,6 +98,66 @@ export function chunkExps(x: Float32Array, chunkElems: number): Int8Array {
     throw new NonFiniteGradientError(bad, i, Math.floor(i / chunkElems), x[i]);
   }
   return exps;
+}
+
+// ---- 8 and 4 bits (issue 14; native/bits.c) ----------------------------------
+
+/** The relative L2 error (|result - exact float sum| / |exact sum|) a
+ * round's result stays within at each width, for gradients whose members'
+ * magnitudes are alike (synthetic, the simulator's): `--verify` checks it,
+ * test/sim/bits.test.ts and test/bits.test.ts hold it. 16: the int16 bound
+ * every figure before issue 14 used. 8 and 4: measured worst cases with
+ * headroom (README "Bits"): each member's stochastic rounding and the
+ * owner's requantization each cost at most one step of the chunk's scale. */
+export const ERROR_BOUND = { 16: 1e-3, 8: 0.05, 4: 0.6 } as const;
+
+/** The largest quantized magnitude at each width. */
+export const QMAX_BITS = { 16: QMAX, 8: 127, 4: 7 } as const;
+
+/** chunkExpsInto at a width: the smallest exponent at which every value of
+ * a chunk fits ±QMAX_BITS[bits]. Returns the NaN/±Inf count. */
+export function chunkExpsAt(x: Float32Array, chunkElems: number, exps: Int8Array, bits: 16 | NarrowBits): number {
+  if (bits === 16) return chunkExpsInto(x, chunkElems, exps);
+  if (x.length === 0) return 0;
+  if (exps.length < chunkCount(x.length, chunkElems)) throw new RangeError("exps shorter than the chunk count");
+  return cBitsChunkExps(x, chunkElems, exps, bits);
+}
+
+/** packChunks at a width. At 8 and 4 bits the payload is packed int8 / int4
+ * (ainftp_abi.h), rounding is stochastic unless seed is 0, and `resid` (if
+ * given) receives x - q * 2^e of every value packed: this rank's own error. */
+export function packChunksAt(x: Float32Array, o: PackOptions & { bits: 16 | NarrowBits; resid?: Float32Array | null }): number {
+  if (o.bits === 16) return packChunks(x, o);
+  const nchunks = o.nchunks ?? o.chunks.length;
+  if (nchunks === 0) return 0;
+  const stride = o.stride ?? HDR + payloadBytes(o.bits, o.chunkElems);
+  const rc = cBitsPack(x, o.chunkElems, o.chunks, nchunks, o.exps, o.header, o.out, stride, o.seed ?? 0, o.bits, o.resid ?? null);
+  if (rc === QUANT_EINVAL) throw new RangeError(`packChunksAt: ${o.bits}-bit chunks of ${o.chunkElems} values (at most ${2 * MAX_ELEMS}) in a stride of ${stride}, exponents in [${EXP_MIN}, ${EXP_MAX}]`);
+  return rc;
+}
+
+/** The owner's step at 8 or 4 bits for one chunk: the true sums of an acc
+ * entry (16-bit lanes) plus the owner's packed values, requantized to the
+ * width with unbiased stochastic rounding from `key`, packed into out.
+ * Returns k: the result's exp is the slot's exp + k. */
+export function finishChunkBits(raw: Uint16Array | null, count: number, contributors: number, own: Uint8Array | null, bits: NarrowBits, key: number, out: Uint8Array): number {
+  const k = cBitsFinish(raw, count, contributors, own, bits, key, out);
+  if (k < 0) throw new RangeError(`finishChunkBits: count ${count} must be in [1, ${2 * MAX_ELEMS}] and contributors ${contributors} in [0, 64]`);
+  return k;
+}
+
+/** out = q * 2^exp for `count` packed values at 8 or 4 bits. */
+export function dequantizeBits(p: Uint8Array, count: number, exp: number, bits: NarrowBits, out: Float32Array): void {
+  checkExp(exp, DEQ_EXP_MIN, DEQ_EXP_MAX);
+  if (cBitsDequantize(p, count, exp, bits, out) < 0) throw new RangeError(`dequantizeBits: ${count} values at ${bits} bits refused`);
+}
+
+/** The randomized Hadamard transform in place, by chunks of chunkElems in
+ * power-of-two blocks (at most 1024), signs from `seed`; `inverse` undoes it
+ * (to one rounding per butterfly). Every member naming the same seed
+ * transforms alike. */
+export function rht(x: Float32Array, chunkElems: number, seed: number, inverse = false): void {
+  cRht(x, chunkElems, seed, inverse);
 }
 
 /** Elementwise maximum of every rank's exponents: the shared scale. */

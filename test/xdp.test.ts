@@ -878,7 +878,11 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   bad("empty UDP datagram → DROP + mal_trunc_hdr", () => frame(new Uint8Array(0)), XDP_DROP, { rx: 1, mal_trunc_hdr: 1 });
   bad("bad magic → DROP + mal_magic", (ch) => v4(ch, { magic: MAGIC ^ 1 }), XDP_DROP, { rx: 1, mal_magic: 1 });
   bad("big-endian magic → DROP + mal_magic", (ch) => v4(ch, { magic: 0x41494e46 }), XDP_DROP, { rx: 1, mal_magic: 1 });
-  bad("version 2 → DROP + mal_version", (ch) => v4(ch, { version: VERSION + 1 }), XDP_DROP, { rx: 1, mal_version: 1 });
+  // issue 14: versions 2 and 3 are int8 and int4 data packets; a 16-bit job drops them as bad_width
+  bad("version 2 (int8) on a 16-bit job → DROP + bad_width", (ch) => v4(ch, { version: VERSION + 1 }), XDP_DROP, { rx: 1, bad_width: 1 });
+  bad("version 3 (int4) result on a 16-bit job → DROP + bad_width", (ch) => v4(ch, { type: PKT_RESULT, version: VERSION + 2 }), XDP_DROP, { rx: 1, bad_width: 1 });
+  bad("version 4 → DROP + mal_version", (ch) => v4(ch, { version: VERSION + 3 }), XDP_DROP, { rx: 1, mal_version: 1 });
+  bad("control packet of version 2 → DROP + mal_version", (ch) => v4(ch, { type: PKT_CONTROL, version: VERSION + 1 }), XDP_DROP, { rx: 1, mal_version: 1 });
   bad("version 0 → DROP + mal_version", (ch) => v4(ch, { version: 0 }), XDP_DROP, { rx: 1, mal_version: 1 });
   bad("unknown type 9 → DROP + mal_type", (ch) => v4(ch, { type: 9 }), XDP_DROP, { rx: 1, mal_type: 1 });
   bad("type 0 → DROP + mal_type", (ch) => v4(ch, { type: 0 }), XDP_DROP, { rx: 1, mal_type: 1 });

@@ -65,6 +65,24 @@
 
 #define AINFTP_MAGIC 0x464e4941u /* "AINF" as little-endian bytes */
 #define AINFTP_VERSION 1
+/* The version byte also names a data packet's lane width (issue 14): CONTRIB
+ * and RESULT packets of a job at --bits 8 carry AINFTP_VERSION_INT8, at
+ * --bits 4 AINFTP_VERSION_INT4, at 16 AINFTP_VERSION; CONTROL and CLOSE
+ * packets always carry AINFTP_VERSION (their format does not change). A
+ * data packet whose width is not the job's (config flags below) is dropped
+ * as AINFTP_CNT_BAD_WIDTH; an unknown version as AINFTP_CNT_MAL_VERSION.
+ * Payloads, little-endian:
+ *  - int16: count values, 2 bytes each;
+ *  - int8: count values, 1 byte each (two's complement, |q| <= 127);
+ *  - int4: groups of 16 values in 8 bytes, value 16g + j (j < 8) in the low
+ *    nibble of byte 8g + j and value 16g + 8 + j in its high nibble (two's
+ *    complement nibbles, |q| <= 7); the last group is padded with zeros, so
+ *    the payload is 8 * ceil(count / 16) bytes.
+ * At 8 and 4 bits a packet carries up to 2 * chunk_elems values: the acc
+ * entry then holds 16-bit lanes (64 * 255 and 64 * 15 fit), two bytes per
+ * value, the same bytes as int16's 32-bit lanes. */
+#define AINFTP_VERSION_INT8 2
+#define AINFTP_VERSION_INT4 3
 
 enum ainftp_pkt_type {
 	AINFTP_PKT_CONTRIB = 1, /* worker -> chunk owner: int16 values to sum */
@@ -155,6 +173,19 @@ struct ainftp_config {
 #define AINFTP_CFG_CONTRIBS_TO_RING 0x8 /* copy accepted contributions to the contribs ring, do not sum them (robust aggregation) */
 #define AINFTP_CFG_AUTH_HDR 0x10 /* CONTRIB/RESULT carry a MAC of their header under job_key (see below) */
 #define AINFTP_CFG_AUTH_FULL 0x20 /* ... of their header and payload (wins over AUTH_HDR) */
+#define AINFTP_CFG_INT8 0x40 /* the job's data packets are AINFTP_VERSION_INT8 */
+#define AINFTP_CFG_INT4 0x80 /* the job's data packets are AINFTP_VERSION_INT4 (wins over INT8) */
+
+/* Payload bytes of a data packet of `count` values at wire version `version`
+ * (AINFTP_VERSION*; CLOSE packets are AINFTP_VERSION: two bytes each). */
+static inline __u32 ainftp_payload_bytes(__u32 version, __u32 count)
+{
+	if (version == AINFTP_VERSION_INT8)
+		return count;
+	if (version == AINFTP_VERSION_INT4)
+		return ((count + 15) >> 4) << 3;
+	return 2 * count;
+}
 
 /* The data plane's MAC. Under AUTH_HDR or AUTH_FULL every CONTRIB and
  * RESULT carries AINFTP_MAC_BYTES after its payload (UDP length = 8 + 32 +
@@ -192,7 +223,9 @@ struct ainftp_slot {
 };
 
 /* acc map (BPF_F_MMAPABLE array, same index as slots): the sums, summed two
- * int16 lanes per 64-bit add. Each element is stored biased: v holds
+ * int16 lanes per 64-bit add (at 8 and 4 bits: four 16-bit lanes per add,
+ * value q stored as sum(q + 128) or sum(q + 8), and value 8g + k of every
+ * eight at 16-bit lane 8g + 4 * (k & 1) + (k >> 1)). Each element is stored biased: v holds
  * sum(q + 32768) over the slot's contributors, and within every group of four
  * elements the middle two are swapped (v[4g..4g+3] = e0, e2, e1, e3). Read
  * through src/abi.ts decodeSums(). */
@@ -200,6 +233,8 @@ struct ainftp_acc {
 	__u32 v[AINFTP_MAX_ELEMS];
 };
 #define AINFTP_ACC_BIAS 32768
+#define AINFTP_ACC_BIAS8 128
+#define AINFTP_ACC_BIAS4 8
 
 /* results map (BPF_F_MMAPABLE array, same index): the all-gathered result of
  * a chunk, written by the XDP program straight from the result packet.
@@ -348,6 +383,7 @@ enum ainftp_counter {
 	AINFTP_CNT_NOT_OWNER,       /* RESULT from a rank that does not own the chunk in the round's plan (round_plan), or one stored before the plan that the owner's replaced */
 	AINFTP_CNT_MAL_CONTRIBUTORS, /* RESULT whose contributor count is 0, above the members, or above the round's active set (or one stored before the plan, under the owner's rank, that the owner's replaced) */
 	AINFTP_CNT_BAD_MAC,         /* CONTRIB/RESULT whose MAC under the job key does not match (AUTH_HDR / AUTH_FULL) */
+	AINFTP_CNT_BAD_WIDTH,       /* CONTRIB/RESULT of another lane width than the job's (version vs config flags) */
 	AINFTP_CNT__MAX,
 };
 
@@ -373,6 +409,8 @@ _Static_assert(sizeof(struct ainftp_event) == 16, "event is 16 bytes");
 _Static_assert(sizeof(struct ainftp_counters) == 8 * AINFTP_CNT__MAX, "counters");
 _Static_assert(AINFTP_MAX_WORKERS <= 64, "ranks are bits of a __u64");
 _Static_assert(AINFTP_MAX_ELEMS % 4 == 0, "sums are added four elements at a time");
+_Static_assert(AINFTP_MAX_ELEMS % 8 == 0, "int4 payloads of 2 * AINFTP_MAX_ELEMS values are whole 16-value groups");
+_Static_assert(AINFTP_MAX_WORKERS * 255 < 65536, "an int8 or int4 biased 16-bit lane cannot overflow");
 _Static_assert((unsigned long long)AINFTP_MAX_WORKERS * 65535 < (1ULL << 32), "a biased lane cannot overflow");
 
 #endif /* AINFTP_ABI_H */

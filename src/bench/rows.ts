@@ -2,11 +2,22 @@
 // system's run measured (pure functions, tested on canned inputs), the
 // ratio of ainftp against the best plain-TCP peer, and the brief's claimed
 // figures, which are shown beside the measurements and never used in them.
+import { payloadBytes } from "../abi.ts";
 import type { WindowSummary } from "./sampler.ts";
 import { bandwidth, type Bandwidth } from "./shape.ts";
 
-export type SystemName = "ainftp" | "tcp" | "gloo" | "mpi";
-export type BaselineName = Exclude<SystemName, "ainftp">;
+export type SystemName = "ainftp" | "ainftp-8" | "ainftp-4" | "tcp" | "gloo" | "mpi";
+/** ainftp at each bit width (issue 14): "ainftp" is 16 bits, as before. */
+export type AinftpSystem = "ainftp" | "ainftp-8" | "ainftp-4";
+export type BaselineName = Exclude<SystemName, AinftpSystem>;
+export const AINFTP_SYSTEMS: readonly AinftpSystem[] = ["ainftp", "ainftp-8", "ainftp-4"];
+/** The system name of ainftp at `bits`. */
+export function ainftpSystem(bits: 16 | 8 | 4): AinftpSystem {
+  return bits === 16 ? "ainftp" : `ainftp-${bits}`;
+}
+export function isAinftp(s: SystemName): s is AinftpSystem {
+  return (AINFTP_SYSTEMS as readonly string[]).includes(s);
+}
 export const BASELINES: readonly BaselineName[] = ["tcp", "gloo", "mpi"];
 
 /** Round-time quantiles (ms) of the slowest rank per round. */
@@ -246,6 +257,8 @@ export interface AinftpRankReport {
   socket_packets: number;
   packets_received: number;
   result_copy_bytes_per_round: number;
+  /** Bits per value on the wire (absent before issue 14: 16). */
+  bits?: 16 | 8 | 4;
 }
 
 const WIRE_HDR = 32;
@@ -256,13 +269,13 @@ const WIRE_HDR = 32;
  * result of every chunk it owns to each other member (chunk c of a protocol
  * round is owned by c mod N; a round holds at most `capacity` chunks).
  */
-export function ainftpSendBytes(elements: number, chunkElems: number, peers: number, rank: number, capacity = 8192): number {
+export function ainftpSendBytes(elements: number, chunkElems: number, peers: number, rank: number, capacity = 8192, bits: 16 | 8 | 4 = 16): number {
   let total = 0;
   for (let off = 0; off < elements; off += capacity * chunkElems) {
     const end = Math.min(elements, off + capacity * chunkElems);
     const chunks = Math.ceil((end - off) / chunkElems);
     for (let c = 0; c < chunks; c++) {
-      const pkt = WIRE_HDR + 2 * Math.min(chunkElems, end - off - c * chunkElems);
+      const pkt = WIRE_HDR + payloadBytes(bits, Math.min(chunkElems, end - off - c * chunkElems));
       total += c % peers === rank ? (peers - 1) * pkt : pkt;
     }
   }
@@ -278,7 +291,7 @@ export function ainftpCounters(reports: AinftpRankReport[]): SystemCounters {
     wakeups_source: "poll returns + control packets read from the socket (its report)",
     packets_per_round: mean((r) => r.packets_received / r.rounds),
     copy_bytes_per_round: mean(
-      (r) => ainftpSendBytes(r.elements, r.chunk_elems, r.peers, r.rank) + (r.retransmits / r.rounds) * (WIRE_HDR + 2 * r.chunk_elems) + r.result_copy_bytes_per_round,
+      (r) => ainftpSendBytes(r.elements, r.chunk_elems, r.peers, r.rank, 8192, r.bits ?? 16) + (r.retransmits / r.rounds) * (WIRE_HDR + payloadBytes(r.bits ?? 16, r.chunk_elems)) + r.result_copy_bytes_per_round,
     ),
     copy_source: "UDP payload passed to sendmsg (from the protocol's packet count, retransmits included) + result bytes the XDP program writes into the mmapped map",
   };
@@ -354,6 +367,8 @@ export interface MetricRow {
   /** The baseline with the best (lowest) value, and ainftp's value ÷ it. */
   best_peer: BaselineName | null;
   ratio: number | null;
+  /** ainftp at 8 and 4 bits ÷ the same best peer, where they ran (issue 14). */
+  ratios?: Partial<Record<AinftpSystem, number | null>>;
   brief_claim: string | null;
   /** Rows that are not per system (TLB, security, straggler): one text for the baselines' side and one for ainftp's. */
   text?: { baselines: string; ainftp: string };
@@ -405,7 +420,14 @@ export function metricRows(systems: SystemRun[], o: { shaped?: boolean; backToBa
       values[s.system] = s.metrics[d.id];
       if (s.metrics[d.id] === null) notes[s.system] = s.na[d.id] ?? "n/a";
     }
-    return { id: d.id, group: d.group, metric: d.metric, unit: d.unit, values, notes, ...bestRatio(values, d.higher), brief_claim: d.brief_claim, ...(d.higher ? { higher_is_better: true } : {}) };
+    const best = bestRatio(values, d.higher);
+    const ratios: Partial<Record<AinftpSystem, number | null>> = {};
+    for (const a of AINFTP_SYSTEMS) {
+      if (a === "ainftp" || !(a in values)) continue;
+      const v = values[a], theirs = best.best_peer ? values[best.best_peer] : null;
+      ratios[a] = v !== null && v !== undefined && theirs ? v / theirs : null;
+    }
+    return { id: d.id, group: d.group, metric: d.metric, unit: d.unit, values, notes, ...best, ...(Object.keys(ratios).length ? { ratios } : {}), brief_claim: d.brief_claim, ...(d.higher ? { higher_is_better: true } : {}) };
   });
 }
 

@@ -19,7 +19,7 @@ import { formatSize } from "../units.ts";
 import { machineInfo, type MachineInfo } from "./machine.ts";
 import { readNsIfaceStats, readSoftirqs, type IfaceStats } from "./proc.ts";
 import {
-  BASELINES, ainftpCounters, computeMetrics, dataRounds, machineRows, metricRows, tcpCounters, untrackedCounters,
+  BASELINES, ainftpCounters, ainftpSystem, isAinftp, computeMetrics, dataRounds, machineRows, metricRows, tcpCounters, untrackedCounters,
   type BackToBackRun, type BaselineName, type MetricRow, type RoundQuantiles, type ShapingCheck, type SystemCounters, type SystemName,
   type SystemRun, type TcpRankReport, type WireCounts,
 } from "./rows.ts";
@@ -79,6 +79,8 @@ export interface BenchOptions {
   sweep?: boolean;
   /** Sizes of the shaped regimes (default: `sizes`). The default run shapes 16 MiB only. */
   shapedSizes?: number[];
+  /** ainftp's bit widths, each its own system ("ainftp", "ainftp-8", "ainftp-4"); default [16]. */
+  bits?: (16 | 8 | 4)[];
 }
 
 export type ProgressEvent =
@@ -124,8 +126,10 @@ export interface BenchResult {
     xdp_mode: string;
     rx: string;
     subnet: string;
-    /** int16 values per ainftp packet at this MTU. */
+    /** int16 values per ainftp packet at this MTU (twice as many values at 8 and 4 bits). */
     chunk_elems: number;
+    /** ainftp's bit widths run (issue 14); absent in older results: [16]. */
+    bits?: (16 | 8 | 4)[];
     /** Sampler: interval and the bytes an interval must move to count. */
     sample_interval_ms: number;
     active_bytes: number;
@@ -348,16 +352,17 @@ async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) =>
   }
 }
 
-async function runAinftp(x: RunContext): Promise<Outcome> {
+async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome> {
   const { bl, bytes, o } = x;
   const got = await runRanks<NodeReport>(x, (i, addrs) => [
     "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
     "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json", ...(x.backToBack ? ["--back-to-back"] : []),
+    ...(bits !== 16 ? ["--bits", String(bits)] : []),
   ], "all");
   // a killed swarm leaves its program pinned: take it off before the next system runs on these links
   for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
   const base: Outcome = {
-    label: "ainftp", version: `${pkg.version}, XDP ${o.mode}, results via ${o.rx === "map" ? "mmapped map" : "AF_XDP"}`, status: "ok",
+    label: bits === 16 ? "ainftp" : `ainftp ${bits}-bit`, version: `${pkg.version}, XDP ${o.mode}, results via ${o.rx === "map" ? "mmapped map" : "AF_XDP"}, ${bits} bits per value`, status: "ok",
     reason: null, verified: null, warmup: 1, round_times_ms: [], counters: () => noCounters, detail: null,
   };
   if (typeof got === "string") return { ...base, status: "failed", reason: got };
@@ -367,7 +372,7 @@ async function runAinftp(x: RunContext): Promise<Outcome> {
   return {
     ...base,
     verified,
-    reason: verified ? null : identical ? `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > 1e-3` : "results differ between ranks",
+    reason: verified ? null : identical ? `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > ${reports[0].error_bound ?? 1e-3}` : "results differ between ranks",
     round_times_ms: slowestPerRound(reports.filter((_, i) => i !== x.exclude).map((r) => r.round_times_ms)),
     counters: () => ainftpCounters(reports),
     detail: reports.map(({ result_sha256, round_times_ms, ...r }) => r),
@@ -588,7 +593,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   const log = (line: string) => emit({ kind: "log", line });
   const started = performance.now();
   const date = new Date().toISOString();
-  const systems: SystemName[] = ["ainftp", ...BASELINES.filter((b) => o.baselines.includes(b))];
+  const widths = o.bits ?? [16];
+  const systems: SystemName[] = [...widths.map(ainftpSystem), ...BASELINES.filter((b) => o.baselines.includes(b))];
   // the straggler row: on the largest lab (3 hosts at least: with 2, the
   // other host is the whole cluster), at the smallest size
   const stragglerPeers = Math.max(...o.peers) >= 3 && o.straggler !== false ? Math.max(...o.peers) : null;
@@ -624,7 +630,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
                 const label = `${s} · ${peers} hosts · ${formatSize(bytes)} · ${formatRate(rate)} · ${o.rounds} rounds${b2b ? " back to back" : ""}`;
                 emit({ kind: "step", index: ++step, total, label });
                 const xx = { ...x, backToBack: b2b };
-                const r = await measured(xx, s, () => (s === "ainftp" ? runAinftp(xx) : s === "tcp" ? runTcp(xx) : runPeer(xx, s)));
+                const r = await measured(xx, s, () => (isAinftp(s) ? runAinftp(xx, widthOf(s)) : s === "tcp" ? runTcp(xx) : runPeer(xx, s)));
                 emit({ kind: "done", index: step, total, label, summary: summary(r) });
                 return r;
               };
@@ -680,7 +686,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       peers: o.peers, sizes: o.sizes, rounds: o.rounds, baselines: o.baselines, mtu: o.mtu, xdp_mode: o.mode, rx: o.rx, subnet: o.subnet,
       chunk_elems: chunkElemsForMtu(o.mtu), sample_interval_ms: 5, active_bytes: ACTIVE_BYTES,
       link_rates: o.linkRates, back_to_back: o.backToBack, sweep: o.sweep ?? false, shaping_window_ms: SHAPING_WINDOW_MS,
-      shaped_sizes: o.shapedSizes,
+      shaped_sizes: o.shapedSizes, bits: widths,
     },
     machine, runs, scaling: scalingRows(runs), tlb, sentry, straggler,
     machine_rows: machineRows(tlb, sentry, straggler),
@@ -726,4 +732,9 @@ export function scalingRows(runs: RunResult[]): ScalingRow[] {
     const row = r.rows.find((x) => x.id === "round_ms_median")!;
     return { peers: r.peers, bytes: r.bytes, link_rate_bps: r.link_rate_bps ?? null, round_ms_median: row.values, best_peer: row.best_peer, ratio: row.ratio };
   });
+}
+
+/** The bit width of an ainftp system name. */
+function widthOf(s: SystemName): 16 | 8 | 4 {
+  return s === "ainftp-8" ? 8 : s === "ainftp-4" ? 4 : 16;
 }

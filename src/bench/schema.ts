@@ -28,7 +28,7 @@ const numOrNull: JsonSchema = { type: ["number", "null"] };
 const strOrNull: JsonSchema = { type: ["string", "null"] };
 const boolOrNull: JsonSchema = { type: ["boolean", "null"] };
 const nums: JsonSchema = { type: "array", items: num };
-const systemName: JsonSchema = { enum: ["ainftp", "tcp", "gloo", "mpi"] };
+const systemName: JsonSchema = { enum: ["ainftp", "ainftp-8", "ainftp-4", "tcp", "gloo", "mpi"] };
 const baselineName: JsonSchema = { enum: ["tcp", "gloo", "mpi"] };
 
 /** An object whose every listed property is required and nothing else is allowed. */
@@ -42,7 +42,7 @@ function obj(properties: Record<string, JsonSchema>, o: { optional?: string[]; o
 }
 
 const nullable = (s: JsonSchema): JsonSchema => ({ anyOf: [s, { type: "null" }] });
-const bySystem = (v: JsonSchema): JsonSchema => ({ type: "object", properties: { ainftp: v, tcp: v, gloo: v, mpi: v }, additionalProperties: false });
+const bySystem = (v: JsonSchema): JsonSchema => ({ type: "object", properties: { ainftp: v, "ainftp-8": v, "ainftp-4": v, tcp: v, gloo: v, mpi: v }, additionalProperties: false });
 const errorObj = obj({ error: str });
 
 const quantiles = obj({ median: num, p10: num, p90: num, p99: num });
@@ -92,9 +92,9 @@ const systemRun = obj({
 const metricRow = obj(
   {
     id: str, group: str, metric: str, unit: str, values: bySystem(numOrNull), notes: bySystem(str), best_peer: nullable(baselineName),
-    ratio: numOrNull, brief_claim: strOrNull, text: obj({ baselines: str, ainftp: str }), higher_is_better: bool,
+    ratio: numOrNull, ratios: bySystem(numOrNull), brief_claim: strOrNull, text: obj({ baselines: str, ainftp: str }), higher_is_better: bool,
   },
-  { optional: ["text", "higher_is_better"] },
+  { optional: ["text", "higher_is_better", "ratios"] },
 );
 
 const tlb = obj({
@@ -123,7 +123,8 @@ export const BENCH_SCHEMA: JsonSchema = {
       peers: { type: "array", items: int }, sizes: { type: "array", items: int }, rounds: int, baselines: { type: "array", items: baselineName },
       mtu: int, xdp_mode: str, rx: str, subnet: str, chunk_elems: int, sample_interval_ms: num, active_bytes: int,
       link_rates: { type: "array", items: numOrNull }, back_to_back: bool, sweep: bool, shaping_window_ms: num, shaped_sizes: { type: "array", items: int },
-    }),
+      bits: { type: "array", items: { enum: [16, 8, 4] } },
+    }, { optional: ["bits"] }),
     machine: obj({
       kernel: str, cores: int, cpu_model: str, memory_bytes: int, virtualization: strOrNull, loadavg_1m: num, bun: str, ainftp: str,
       mtu: int, xdp_mode: str, af_xdp: str, links: str,

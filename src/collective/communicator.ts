@@ -17,6 +17,7 @@ import { handshake } from "./handshake.ts";
 import { Host } from "./host.ts";
 import { resolveOptions, TUNING, type CollectiveStats, type CommunicatorOptions, type RoundReport } from "./options.ts";
 import { realClock, READY_RING, READY_SOCK, SocketDatagrams, type Clock, type Datagrams, type ReflexPort } from "./ports.ts";
+import { ErrorFeedback } from "./feedback.ts";
 import { drainControl, drainEvents } from "./receiver.ts";
 import { RobustPolicy } from "./robust-policy.ts";
 import { runRound } from "./round.ts";
@@ -32,9 +33,12 @@ export interface CommunicatorPorts {
 
 export class Communicator implements Disposable {
   private readonly h: Host;
+  /** Error feedback at 8 and 4 bits (feedback.ts); null when off. */
+  readonly feedback: ErrorFeedback | null;
 
   private constructor(h: Host) {
     this.h = h;
+    this.feedback = (h.o.errorFeedback ?? h.bits !== 16) ? new ErrorFeedback() : null;
   }
 
   /** Opens the communicator on an interface where `ainftp attach` put the
@@ -75,10 +79,15 @@ export class Communicator implements Disposable {
     // a previous job's slots and results must not look like ours
     ports.maps.resetState();
     const h = new Host(o, ports.clock, ports.net, ports.maps, ports.port);
-    if (h.dataAuth && h.chunkElems > MAX_ELEMS_AUTH)
-      throw new AinftpError(op, `--auth ${o.auth ?? "header"} leaves room for ${MAX_ELEMS_AUTH} values per packet, the program is attached with ${h.chunkElems}`, {
+    if (h.dataAuth && h.cfg.chunkElems > MAX_ELEMS_AUTH)
+      throw new AinftpError(op, `--auth ${o.auth ?? "header"} leaves room for ${MAX_ELEMS_AUTH} values per packet, the program is attached with ${h.cfg.chunkElems}`, {
         hint: `attach with --chunk-elems ${MAX_ELEMS_AUTH} or less, or run with --auth off`,
       });
+    if (h.bits !== 16) {
+      // these read int16 payloads: the sentry's energy, robust combining, the AF_XDP result frames
+      const bad = o.rx === "xsk" ? "--rx xsk" : o.sentry ? "the sentry" : o.aggregate && o.aggregate !== "sum" ? `--aggregate ${o.aggregate}` : null;
+      if (bad) throw new AinftpError(op, `--bits ${h.bits} does not work with ${bad} yet`, { hint: `run with --bits 16, or without ${bad}` });
+    }
     if (o.aggregate && o.aggregate !== "sum") {
       if (o.rx === "xsk") throw new AinftpError(op, `--aggregate ${o.aggregate} needs --rx map`, { hint: "drop --rx xsk" });
       h.robust = new RobustPolicy(o.aggregate, o.robust, new EventRing(ports.maps.mapFd("contribs"), SIZEOF.ainftp_contrib_rec, 256));
@@ -101,6 +110,8 @@ export class Communicator implements Disposable {
   get peers(): readonly string[] { return this.h.peers; }
   get size(): number { return this.h.size; }
   get chunkElems(): number { return this.h.chunkElems; }
+  /** Bits per value on the wire (16, 8 or 4). */
+  get bits(): number { return this.h.bits; }
   get capacity(): number { return this.h.capacity; }
   get port(): number { return this.h.port; }
   get job(): number { return this.h.job; }
@@ -156,12 +167,27 @@ export class Communicator implements Disposable {
       op?: "sum" | "mean"; out?: Float32Array;
       /** first retransmission after this long (default: the communicator's) */ retransmitMs?: number;
       /** a barrier: wait for every member that is fit and not down-ranked, with no deadline */ patient?: boolean;
+      /** Filled with this rank's own quantization error: x minus what its
+       * contribution dequantizes to (at 4 bits after the inverse transform).
+       * Zeros at 16 bits. Passing it hands error feedback to the caller: the
+       * communicator's own (`feedback`) is not used for this call. */
+      residual?: Float32Array;
+      /** The buffer error feedback keys its residual by (default: x itself). */
+      key?: object;
     } = {},
   ): Promise<RoundReport[]> {
     const h = this.h;
     if (h.closed) throw new AinftpError("allreduce", "communicator is closed");
     const out = opts.out ?? x;
     if (out.length !== x.length) throw new AinftpError("allreduce", `out has ${out.length} elements, x has ${x.length}`);
+    if (opts.residual && opts.residual.length !== x.length)
+      throw new AinftpError("allreduce", `residual has ${opts.residual.length} elements, x has ${x.length}`, { hint: "one residual per gradient buffer, as long as it" });
+    let resid = opts.residual ?? null;
+    if (!resid && this.feedback) {
+      const key = opts.key ?? x;
+      x = this.feedback.input(key, x); // x + the last call's error: what we quantize
+      resid = this.feedback.residual(key, x.length);
+    }
     const per = h.capacity * h.chunkElems;
     const reports: RoundReport[] = [];
     for (let off = 0; off < x.length; off += per) {
@@ -169,7 +195,8 @@ export class Communicator implements Disposable {
       h.inRound = true;
       let rep: RoundReport;
       try {
-        rep = await runRound(h, x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? h.o.retransmitMs, opts.patient ?? false);
+        rep = await runRound(h, x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? h.o.retransmitMs, opts.patient ?? false,
+          resid ? resid.subarray(off, end) : null);
       } finally {
         h.inRound = false;
       }

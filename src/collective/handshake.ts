@@ -2,7 +2,8 @@
 // the same job fingerprint; agree the first round; write the program's
 // config for the job.
 import {
-  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_HELLO, VERSION,
+  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_INT4, CFG_INT8, CFG_RESULTS_TO_XSK, CFG_SENTRY, CTRL_HELLO,
+  VERSION, cfgOfBits,
 } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
 import { ipv4ToBe32 } from "../transport.ts";
@@ -14,7 +15,9 @@ import { handleControl, parseControl } from "./receiver.ts";
 
 /** What every member of a job must agree on. */
 export function fingerprint(h: Host): string {
-  return JSON.stringify({ v: VERSION, job: h.job, peers: h.peers, chunkElems: h.chunkElems, port: h.port, auth: h.dataAuth ? (h.dataAuth.full ? "full" : "header") : "off" });
+  // bits only when not 16: a 16-bit member's fingerprint is what it was before issue 14
+  return JSON.stringify({ v: VERSION, job: h.job, peers: h.peers, chunkElems: h.cfg.chunkElems, port: h.port, auth: h.dataAuth ? (h.dataAuth.full ? "full" : "header") : "off",
+    ...(h.bits !== 16 ? { bits: h.bits } : {}) });
 }
 
 function sendHello(h: Host, to: number, wantReply: boolean): void {
@@ -38,7 +41,7 @@ export function mismatch(h: Host, c: { rank: number; from: string; payload: Uint
     ? `rank ${h.peers.indexOf(c.from)} (${c.from})`
     : `a host at ${c.from}, which is not in our --peers,`;
   return new AinftpError("open communicator", `${who} runs a different job: ours ${me}, theirs ${theirs}`, {
-    hint: "every member must get the same --peers (same order), --job and chunk size",
+    hint: "every member must get the same --peers (same order), --job, chunk size and --bits",
   });
 }
 
@@ -102,7 +105,8 @@ function startJob(h: Host, first: number): void {
   h.maps.setJobKey(h.dataAuth?.key ?? null);
   const cfg = {
     ...h.cfg, jobId: h.job, roundBase: first, members: h.size, memberMask: h.othersMask, bankMask: [0n, 0n] as [bigint, bigint], batch: h.o.batch,
-    flags: ((h.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY | CFG_AUTH_HDR | CFG_AUTH_FULL)) | CFG_CHECK_SOURCE |
+    flags: ((h.cfg.flags ?? 0) & ~(CFG_RESULTS_TO_XSK | CFG_SENTRY | CFG_AUTH_HDR | CFG_AUTH_FULL | CFG_INT8 | CFG_INT4)) | CFG_CHECK_SOURCE |
+      cfgOfBits(h.bits) |
       (h.dataAuth ? (h.dataAuth.full ? CFG_AUTH_FULL : CFG_AUTH_HDR) : 0) |
       (h.xsk ? CFG_RESULTS_TO_XSK : 0) | (h.sentry ? CFG_SENTRY : 0) | (h.robust ? CFG_CONTRIBS_TO_RING : 0),
   };

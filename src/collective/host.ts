@@ -6,7 +6,7 @@ import type { Pointer } from "bun:ffi";
 import type { JobConfig } from "../abi.ts";
 import type { XskSocket } from "../xsk.ts";
 import { encodeControl, HDR } from "./control.ts";
-import { CTRL_HELLO, MAC_BYTES } from "../abi.ts";
+import { CTRL_HELLO, MAC_BYTES, payloadBytes, versionOfBits, type BitWidth } from "../abi.ts";
 import { sealPackets } from "../../native/mac.ts";
 import { ControlGuard } from "../control-guard.ts";
 import { TUNING, zeroStats, type CollectiveStats, type ResolvedOptions } from "./options.ts";
@@ -33,6 +33,13 @@ export class Host {
   readonly size: number;
   readonly port: number;
   readonly job: number;
+  /** Bits per value on the wire (16, 8, 4), and its data packets' version byte. */
+  readonly bits: BitWidth;
+  readonly version: number;
+  /** The randomized Hadamard transform runs before quantizing (TUNING.RHT_BITS). */
+  readonly rht: boolean;
+  /** Values per packet: the program's chunk_elems at 16 bits, twice that at
+   * 8 and 4 (the acc entry's 16-bit lanes hold two bytes per value). */
   readonly chunkElems: number;
   /** Chunks one round carries (the maps' size). */
   readonly capacity: number;
@@ -119,13 +126,16 @@ export class Host {
     this.cfg = maps.config();
     this.helloBase = this.cfg.roundBase;
     this.job = o.job ?? this.cfg.jobId;
-    this.chunkElems = this.cfg.chunkElems;
+    this.bits = o.bits;
+    this.version = versionOfBits(o.bits);
+    this.rht = TUNING.RHT_BITS.includes(o.bits);
+    this.chunkElems = this.cfg.chunkElems * (o.bits === 16 ? 1 : 2);
     this.capacity = maps.chunks;
     this.guard = new ControlGuard({ job: this.job, peers: this.peers, key: o.key ?? null, helloKind: CTRL_HELLO });
     const auth = o.key ? (o.auth ?? "header") : "off";
     if (o.key && auth !== "off") this.dataAuth = { key: o.key, full: auth === "full" };
     // a contribution or result under auth ends with its MAC
-    this.seg = HDR + 2 * this.chunkElems + (this.dataAuth ? MAC_BYTES : 0);
+    this.seg = HDR + payloadBytes(this.bits, this.chunkElems) + (this.dataAuth ? MAC_BYTES : 0);
     this.ring = maps.events();
     while (this.ring.pollRaw(0) > 0); // events a previous job left behind
     this.roundsContributed = new Array(this.size).fill(0);
@@ -158,7 +168,7 @@ export class Host {
 
   /** Bytes on the wire of a data packet of `count` values (and its MAC). */
   wireBytes(count: number): number {
-    return HDR + 2 * count + (this.dataAuth ? MAC_BYTES : 0);
+    return HDR + payloadBytes(this.bits, count) + (this.dataAuth ? MAC_BYTES : 0);
   }
 
   /** Writes the program's config. */

@@ -116,7 +116,7 @@ export function sendAgain(h: Host, st: RoundState, o: number, list: number[]): v
 /** A peer lost our result for (round, chunk): send the stored one again. */
 export function resend(h: Host, round: number, chunk: number, rank: number): void {
   if (rank >= h.size || rank === h.rank) return;
-  const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round, rank: h.rank });
+  const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round, rank: h.rank, version: h.version });
   const one = new Uint32Array([chunk]);
   const pkt = new Uint8Array(h.seg);
   if (chunk >= h.cfg.chunks) return h.guard.count("bad_chunk");

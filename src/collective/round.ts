@@ -3,7 +3,7 @@
 // wait), and the end (gather the results, the bookkeeping).
 import { coll } from "../../native/collective.ts";
 import { AinftpError } from "../errors.ts";
-import { chunkCount, chunkExpsInto, NonFiniteGradientError } from "../quantize.ts";
+import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import { closeForDead, deadWeWaitFor, fail } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
@@ -19,19 +19,47 @@ import { applyPlan, pump, startContributions, unsent } from "./sender.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
  * result is in `out`. */
-export async function runRound(h: Host, x: Float32Array, out: Float32Array, retransmitMs: number, patient: boolean): Promise<RoundReport> {
+export async function runRound(
+  h: Host, x: Float32Array, out: Float32Array, retransmitMs: number, patient: boolean, resid: Float32Array | null = null,
+): Promise<RoundReport> {
   const t0 = h.clock.now();
   const r = h.nextRound++;
   h.o.onRoundStart?.(r);
   const nchunks = chunkCount(x.length, h.chunkElems);
   if (h.size === 1) {
     out.set(x);
+    resid?.fill(0);
     h.stats.rounds++;
     return { round: r, ms: h.clock.now() - t0, chunks: nchunks, active: [0], leader: 0 };
   }
-  const st = beginRound(h, r, x, out, nchunks, t0, patient);
-  await roundLoop(h, st, x, retransmitMs, st.expsDoneAt);
-  return endRound(h, st);
+  // 4 bits: the round sums the randomized Hadamard transform of x (the
+  // same signs on every member), and the results come back through its inverse
+  const seed = rhtSeed(h.job, r);
+  let xq = x;
+  if (h.rht) {
+    const b = h.scratch("rht", 4 * x.length);
+    xq = new Float32Array(b.buffer, b.byteOffset, x.length);
+    xq.set(x);
+    rht(xq, h.chunkElems, seed);
+  }
+  const st = beginRound(h, r, xq, out, nchunks, t0, patient);
+  if (resid) {
+    // what we never pack (a round we sit out) is all error; packing overwrites the rest
+    if (h.bits !== 16) resid.set(xq), (st.resid = resid);
+    else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
+  }
+  await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
+  const rep = endRound(h, st);
+  if (h.rht) {
+    rht(out, h.chunkElems, seed, true);
+    if (resid) rht(resid, h.chunkElems, seed, true);
+  }
+  return rep;
+}
+
+/** The RHT's seed of round r: the same on every member of the job. */
+export function rhtSeed(job: number, r: number): number {
+  return mix32((job ^ mix32((r + 0x7a11) >>> 0)) >>> 0) || 1;
 }
 
 /** The program's window and config for round r, the round's state, and our
@@ -53,7 +81,7 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   // exponents: ours to the leader, then theirs (some may be here already)
   const mine = myExps(h, st);
   const tp = h.clock.now();
-  const bad = chunkExpsInto(x, h.chunkElems, mine);
+  const bad = chunkExpsAt(x, h.chunkElems, mine, h.bits);
   st.expsDoneAt = h.phase("exps", tp);
   if (bad > 0) {
     const i = x.findIndex((v) => !Number.isFinite(v));
@@ -213,7 +241,9 @@ function endRound(h: Host, st: RoundState): RoundReport {
   // rx "xsk": the peers' results are in `out` already; ours are in our map
   const bad = h.xsk
     ? coll.ainftp_gather_list(h.resBase, bankBase, st.owned, st.owned.length, h.chunkElems, r + 1, st.out, st.out.length)
-    : coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length);
+    : h.bits === 16
+      ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length)
+      : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits);
   h.phase("gather", tp);
   if (bad) throw new AinftpError(`round ${r}`, `${bad} result entries changed while being read`);
   h.stats.rounds++;

@@ -2,7 +2,7 @@
 // known, quantize our own chunks, and pump contributions to their owners
 // through a self-clocked window.
 import { PKT_CONTRIB } from "../abi.ts";
-import { headerTemplate, packChunks } from "../quantize.ts";
+import { headerTemplate, mix32, packChunksAt } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
@@ -49,15 +49,17 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
   st.lookInMap = true;
   st.lastProgress = h.clock.now();
   if (st.passive) return; // we send nothing this round: results come to us
-  st.header = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round: st.r, rank: h.rank });
-  st.seed = h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
+  st.header = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round: st.r, rank: h.rank, version: h.version });
+  st.seed = h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, st.r, h.rank)
+    : h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
   st.finishArgs = {
     acc: h.accBase, results: h.resBase, bankBase, summed: st.summed, own: st.ownBuf.subarray(HDR), ownDiv: st.K, ownStride: h.seg / 2,
     counts: st.counts, exps: st.shared, header: st.header, pkts: h.resPkts, pktStride: h.seg,
   };
   if (st.owned.length)
-    h.stats.saturations += packChunks(x, {
+    h.stats.saturations += packChunksAt(x, {
       chunkElems: h.chunkElems, chunks: st.owned, exps: st.shared, header: st.header, out: st.ownBuf, stride: h.seg, seed: st.seed,
+      bits: h.bits, resid: st.resid,
     });
   if (st.K === 1 && st.owned.length) {
     // the only active member: no contribution will come, finish alone
@@ -86,8 +88,9 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       if (from >= list.length || room <= 0) continue;
       const to = Math.min(list.length, from + Math.min(TUNING.SEND_PIECE, room));
       const region = st.sendBuf.subarray(st.ownerOffset[o] + from * seg, st.ownerOffset[o] + to * seg);
-      h.stats.saturations += packChunks(x, {
+      h.stats.saturations += packChunksAt(x, {
         chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.shared, header: st.header, out: region, stride: seg, seed: st.seed,
+        bits: h.bits, resid: st.resid,
       });
       const last = list[to - 1];
       h.sealData(region, to - from);
@@ -98,6 +101,13 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       if (to < list.length && W - (to - st.acked[o]) > 0) more = true;
     }
   }
+}
+
+/** At 8 and 4 bits rounding is always stochastic, with a stream per (seed,
+ * round, rank): ranks round independently, so their errors do not add up
+ * coherently in the sum, and a run replays. Never 0 (0 rounds to nearest). */
+export function narrowSeed(seed: number, round: number, rank: number): number {
+  return mix32((mix32((seed ^ Math.imul(round, 0x9e3779b9)) >>> 0) + rank) >>> 0) || 1;
 }
 
 /** Chunks we still have to send (window-blocked). */

@@ -1,0 +1,275 @@
+// Issue 14's kernels one by one: the narrow exponents, stochastic packing
+// (unbiased, replayable, its residual exact), the owner's requantization
+// (unbiased over seeds, no overflow at 64 workers), the randomized Hadamard
+// transform (inverse, norm, the same bits from every build), and the XDP
+// program's int8 / int4 lanes at 64 workers' extremes (BPF_PROG_TEST_RUN,
+// root), with packets of the wrong width dropped and counted.
+import { describe, expect, test } from "bun:test";
+import {
+  ACC_BIAS4, ACC_BIAS8, CFG_INT4, CFG_INT8, MAX_ELEMS, PKT_CONTRIB, VERSION, VERSION_INT4, VERSION_INT8, allMembers, decodeSumsNarrow, payloadBytes,
+  writeHeader, type JobConfig,
+} from "../src/abi.ts";
+import { frame } from "../src/packet.ts";
+import {
+  chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, packChunksAt, QMAX_BITS, rht,
+} from "../src/quantize.ts";
+import { quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
+import { mulberry32 } from "../src/random.ts";
+import { ReflexObject } from "../src/reflex.ts";
+
+const root = process.getuid?.() === 0;
+const HDR = 32;
+
+function gaussian(seed: number, n: number, scale = 1): Float32Array {
+  const rnd = mulberry32(seed);
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd()) * scale;
+  return x;
+}
+
+/** Packs one chunk of x (all of it) at `bits`; returns its payload, exp and residual. */
+function packOne(x: Float32Array, bits: 8 | 4, seed: number): { payload: Uint8Array; exp: number; resid: Float32Array } {
+  const exps = new Int8Array(1);
+  chunkExpsAt(x, x.length, exps, bits);
+  const stride = HDR + payloadBytes(bits, x.length);
+  const out = new Uint8Array(stride);
+  const resid = new Float32Array(x.length);
+  packChunksAt(x, { chunkElems: x.length, chunks: new Uint32Array([0]), exps, header: headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 }), out, stride, seed, bits, resid });
+  expect(out[4]).toBe(bits === 8 ? VERSION_INT8 : VERSION_INT4);
+  return { payload: out.subarray(HDR), exp: exps[0], resid };
+}
+
+describe("narrow exponents and packing", () => {
+  for (const bits of [8, 4] as const) {
+    test(`${bits} bits: the smallest exponent at which every value fits ±${QMAX_BITS[bits]}`, () => {
+      const rnd = mulberry32(bits);
+      for (let t = 0; t < 500; t++) {
+        const x = gaussian(t, 64, 2 ** Math.floor(rnd() * 40 - 20));
+        const exps = new Int8Array(1);
+        expect(chunkExpsAt(x, 64, exps, bits)).toBe(0);
+        const m = Math.max(...Array.from(x, Math.abs));
+        expect(m).toBeLessThanOrEqual(QMAX_BITS[bits] * 2 ** exps[0]);
+        expect(m).toBeGreaterThan(QMAX_BITS[bits] * 2 ** (exps[0] - 1));
+      }
+    });
+
+    test(`${bits} bits: stochastic values within one step, the residual exactly x minus what was sent, replayable by seed`, () => {
+      const x = gaussian(7, 1000);
+      const a = packOne(x, bits, 99), b = packOne(x, bits, 99), c = packOne(x, bits, 100);
+      expect(Buffer.from(a.payload).equals(Buffer.from(b.payload))).toBe(true);
+      expect(Buffer.from(a.payload).equals(Buffer.from(c.payload))).toBe(false);
+      const deq = new Float32Array(x.length);
+      dequantizeBits(a.payload, x.length, a.exp, bits, deq);
+      const step = 2 ** a.exp;
+      for (let i = 0; i < x.length; i++) {
+        expect(Math.abs(deq[i] - x[i])).toBeLessThan(step);
+        expect(Math.abs(deq[i] / step)).toBeLessThanOrEqual(QMAX_BITS[bits]);
+        expect(a.resid[i]).toBe(Math.fround(x[i] - deq[i]));
+      }
+    });
+
+    test(`${bits} bits: unbiased: the mean error over 4000 seeds tends to 0 (and round to nearest is biased)`, () => {
+      const x = gaussian(11, 256);
+      const n = 4000;
+      const mean = new Float64Array(x.length);
+      const deq = new Float32Array(x.length);
+      let step = 0;
+      for (let s = 1; s <= n; s++) {
+        const p = packOne(x, bits, s);
+        step = 2 ** p.exp;
+        dequantizeBits(p.payload, x.length, p.exp, bits, deq);
+        for (let i = 0; i < x.length; i++) mean[i] += (deq[i] - x[i]) / n;
+      }
+      // each value's error is in (-step, step) with variance <= step^2 / 4: its mean over n seeds
+      // is within 5 sigma = 2.5 step / sqrt(n) of 0; the mean over all values far closer
+      let all = 0;
+      for (let i = 0; i < x.length; i++) {
+        expect(Math.abs(mean[i])).toBeLessThan((2.5 * step) / Math.sqrt(n));
+        all += mean[i] / x.length;
+      }
+      expect(Math.abs(all)).toBeLessThan((2.5 * step) / Math.sqrt(n * x.length));
+      const near = packOne(x, bits, 0);
+      dequantizeBits(near.payload, x.length, near.exp, bits, deq);
+      let biased = 0;
+      for (let i = 0; i < x.length; i++) biased = Math.max(biased, Math.abs(deq[i] - x[i]));
+      expect(biased).toBeGreaterThan((2.5 * step) / Math.sqrt(n)); // nearest's error does not average out
+    });
+  }
+
+  test("the int4 layout: value 16g + j in the low nibble of byte 8g + j, 16g + 8 + j in its high nibble; the tail group zero-padded", () => {
+    const x = new Float32Array(20);
+    for (let i = 0; i < 20; i++) x[i] = ((i % 15) - 7) * 0.5; // -3.5 .. 3.5: exactly q = i%15 - 7 at exp -1
+    const p = packOne(x, 4, 0);
+    expect(p.exp).toBe(-1);
+    expect(p.payload.length).toBe(16);
+    const q = (i: number) => ((i % 15) - 7) & 15;
+    for (let j = 0; j < 8; j++) expect(p.payload[j]).toBe(q(j) | (q(j + 8) << 4));
+    for (let j = 0; j < 4; j++) expect(p.payload[8 + j]).toBe(q(16 + j));
+    for (let j = 4; j < 8; j++) expect(p.payload[8 + j]).toBe(0);
+  });
+});
+
+describe("the owner's requantization", () => {
+  /** An acc entry of 16-bit lanes holding `vals` (one row per contributor) as the XDP program lays it out. */
+  function accOf(vals: Int8Array[], count: number, bits: 8 | 4): Uint16Array {
+    const raw = new Uint16Array((count + 7) & ~7);
+    const bias = bits === 8 ? ACC_BIAS8 : ACC_BIAS4;
+    for (let j = 0; j < count; j++) {
+      const k = j & 7;
+      let s = 0;
+      for (const v of vals) s += v[j] + bias;
+      raw[(j - k) + 4 * (k & 1) + (k >> 1)] = s;
+    }
+    return raw;
+  }
+
+  for (const bits of [8, 4] as const) {
+    test(`${bits} bits, 64 workers at ±${QMAX_BITS[bits]}: the lanes hold the sums, the result fits, the shift is the smallest`, () => {
+      const count = 40, Q = QMAX_BITS[bits];
+      const rows = Array.from({ length: 63 }, () => Int8Array.from({ length: count }, (_, j) => (j & 1 ? Q : -Q)));
+      const own = Int8Array.from({ length: count }, (_, j) => (j & 1 ? Q : -Q));
+      const raw = accOf(rows, count, bits);
+      expect(Math.max(...raw)).toBeLessThanOrEqual(65535);
+      const sums = decodeSumsNarrow(raw, count, 63, bits);
+      const ownPacked = new Uint8Array(payloadBytes(bits, count));
+      const tmp = new Float32Array(count);
+      for (let j = 0; j < count; j++) tmp[j] = own[j];
+      const o = packOne(tmp, bits, 0);
+      expect(o.exp).toBe(0);
+      ownPacked.set(o.payload);
+      const out = new Uint8Array(payloadBytes(bits, count));
+      const k = finishChunkBits(raw, count, 63, ownPacked, bits, 1234, out);
+      const deq = new Float32Array(count);
+      dequantizeBits(out, count, k, bits, deq);
+      const maxS = Math.max(...Array.from(sums, (s, j) => Math.abs(s + own[j])));
+      expect(maxS).toBe(64 * Q);
+      expect(maxS).toBeLessThanOrEqual(Q * 2 ** k);
+      expect(maxS).toBeGreaterThan(Q * 2 ** (k - 1));
+      for (let j = 0; j < count; j++) expect(Math.abs(deq[j] - (sums[j] + own[j]))).toBeLessThan(2 ** k);
+    });
+
+    test(`${bits} bits: the owner's rounding is unbiased over keys, and the same key gives the same bytes`, () => {
+      const count = 64, rnd = mulberry32(bits * 31);
+      const Q = QMAX_BITS[bits];
+      const rows = Array.from({ length: 5 }, () => Int8Array.from({ length: count }, () => Math.floor(rnd() * (2 * Q + 1)) - Q));
+      const raw = accOf(rows, count, bits);
+      const s = decodeSumsNarrow(raw, count, 5, bits);
+      const n = 4000, mean = new Float64Array(count), out = new Uint8Array(payloadBytes(bits, count)), deq = new Float32Array(count);
+      let k = 0;
+      for (let key = 0; key < n; key++) {
+        k = finishChunkBits(raw, count, 5, null, bits, key, out);
+        dequantizeBits(out, count, k, bits, deq);
+        for (let j = 0; j < count; j++) mean[j] += (deq[j] - s[j]) / n;
+      }
+      expect(k).toBeGreaterThan(0);
+      for (let j = 0; j < count; j++) expect(Math.abs(mean[j])).toBeLessThan((2.5 * 2 ** k) / Math.sqrt(n));
+      const a = new Uint8Array(out.length), b = new Uint8Array(out.length);
+      finishChunkBits(raw, count, 5, null, bits, 77, a);
+      finishChunkBits(raw, count, 5, null, bits, 77, b);
+      expect(Buffer.from(a).equals(Buffer.from(b))).toBe(true);
+    });
+  }
+});
+
+describe("the randomized Hadamard transform", () => {
+  test("inverse undoes it (to rounding), the norm is kept per block, a seed replays, another seed differs", () => {
+    for (const n of [1, 7, 8, 100, 1024, 3440, 5000]) {
+      const x = gaussian(n, n);
+      const y = Float32Array.from(x);
+      rht(y, 3440, 42);
+      const z = Float32Array.from(x);
+      rht(z, 3440, 42);
+      expect(Buffer.from(y.buffer).equals(Buffer.from(z.buffer))).toBe(true);
+      const w = Float32Array.from(x);
+      rht(w, 3440, 43);
+      if (n > 1) expect(Buffer.from(y.buffer).equals(Buffer.from(w.buffer))).toBe(false);
+      rht(y, 3440, 42, true);
+      let err = 0, norm = 0;
+      for (let i = 0; i < n; i++) (err = Math.max(err, Math.abs(y[i] - x[i]))), (norm = Math.max(norm, Math.abs(x[i])));
+      expect(err).toBeLessThan(1e-5 * norm);
+    }
+  });
+
+  test("it spreads a spike: one large value among zeros leaves no value above 1/32 of it in a 1024-block", () => {
+    const x = new Float32Array(1024);
+    x[5] = 1024;
+    rht(x, 1024, 9);
+    for (const v of x) expect(Math.abs(v)).toBe(32); // 1024 * 2^-5 with a random sign
+  });
+
+  test("every build this CPU runs gives the same bits (generic, avx2)", () => {
+    const isas = quantIsasSupported();
+    const ref = gaussian(3, 3440 * 3 + 77);
+    const outs: Buffer[] = [];
+    try {
+      for (const isa of isas) {
+        setQuantIsa(isa);
+        const y = Float32Array.from(ref);
+        rht(y, 3440, 5);
+        rht(y, 3440, 6, true);
+        outs.push(Buffer.from(y.buffer));
+      }
+    } finally {
+      setQuantIsa("best");
+    }
+    if (isas.length < 2) console.log(`[bits] only the ${isas[0]} build runs here: nothing to compare`);
+    for (const o of outs) expect(o.equals(outs[0])).toBe(true);
+    console.log(`[bits] RHT builds compared: ${isas.join(", ")}; in use now: ${rhtIsa()}`);
+  });
+});
+
+test("the error bounds the README states: 16 < 8 < 4, each below 1", () => {
+  expect(ERROR_BOUND[16]).toBeLessThan(ERROR_BOUND[8]);
+  expect(ERROR_BOUND[8]).toBeLessThan(ERROR_BOUND[4]);
+  expect(ERROR_BOUND[4]).toBeLessThan(1);
+});
+
+// ---- the XDP program's lanes -----------------------------------------------------------
+
+const JOB = 0x14;
+
+function narrowFrame(bits: 8 | 4, chunk: number, rank: number, payload: Uint8Array, count: number, version = bits === 8 ? VERSION_INT8 : VERSION_INT4): Uint8Array {
+  const b = new Uint8Array(HDR + payload.length);
+  writeHeader(new DataView(b.buffer), 0, { type: PKT_CONTRIB, version, jobId: JOB, round: 0, chunk, rank, count, exp: 0 });
+  b.set(payload, HDR);
+  return frame(b);
+}
+
+describe.skipIf(!root)("XDP: int8 and int4 lanes (BPF_PROG_TEST_RUN)", () => {
+  for (const bits of [8, 4] as const) {
+    test(`${bits} bits: 64 members at ±${QMAX_BITS[bits]} sum exactly into 16-bit lanes; a 16-bit packet is bad_width`, async () => {
+      const r = await ReflexObject.load({ chunks: 4 });
+      try {
+        const cfg: JobConfig = { jobId: JOB, roundBase: 0, memberMask: allMembers(64), members: 64, chunkElems: MAX_ELEMS, chunks: 4, batch: 1, ownedChunks: 4, flags: bits === 8 ? CFG_INT8 : CFG_INT4 };
+        r.setConfig(cfg);
+        const count = 2 * MAX_ELEMS - 3, Q = QMAX_BITS[bits];
+        const want = new Int32Array(count);
+        for (let rank = 0; rank < 64; rank++) {
+          const x = new Float32Array(count);
+          for (let j = 0; j < count; j++) x[j] = (j + (rank >> 5)) % 3 === 0 ? Q : -Q; // ranks 0-31 one way, 32-63 shifted
+          for (let j = 0; j < count; j++) want[j] += x[j];
+          const p = packOne(x, bits, 0);
+          expect(r.testRun(narrowFrame(bits, 1, rank, p.payload, count)).action).toBe(1);
+        }
+        const c = r.counters();
+        expect(c.summed).toBe(64);
+        expect(c.completed).toBe(1);
+        expect(c.mal_count + c.bad_width).toBe(0);
+        const raw = new Uint16Array(r.rawSums(1).buffer, r.rawSums(1).byteOffset, 2 * MAX_ELEMS);
+        expect(Array.from(decodeSumsNarrow(raw, count, 64, bits))).toEqual(Array.from(want));
+        // the other widths' packets are dropped and counted, never summed
+        const v16 = new Uint8Array(4);
+        r.testRun(narrowFrame(bits, 2, 0, v16, 2, VERSION));
+        r.testRun(narrowFrame(bits, 2, 0, new Uint8Array(payloadBytes(bits === 8 ? 4 : 8, 2)), 2, bits === 8 ? VERSION_INT4 : VERSION_INT8));
+        // a payload that does not match the count at this width
+        r.testRun(narrowFrame(bits, 2, 0, new Uint8Array(payloadBytes(bits, 16) + 1), 16));
+        const d = r.counters();
+        expect(d.bad_width - c.bad_width).toBe(2);
+        expect(d.mal_count - c.mal_count).toBe(1);
+        expect(d.summed).toBe(64);
+      } finally {
+        r.close();
+      }
+    }, 60_000);
+  }
+});
