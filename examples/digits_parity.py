@@ -20,7 +20,8 @@ up to --connect-timeout s for it: a driver starts the nodes of each width
 while the trainers run the previous configuration (test/parity.test.ts).
 
 Prints one JSON line per run (rank, run, bits, error_feedback, test_accuracy,
-test_correct of test_samples, train_loss, ms); the test accuracy is the
+test_correct of test_samples, train_loss, ms, weights_rel_distance: how far
+the final weights are from the first run's); the test accuracy is the
 rank's own model's, identical on every rank when the all-reduce is.
 """
 import argparse
@@ -96,7 +97,7 @@ def load_digits_split(seed, test_fraction):
     return x[tr], y[tr], x[te], y[te]
 
 
-def train_one(a, run, data, world):
+def train_one(a, run, data, world, reference=None):
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -157,6 +158,10 @@ def train_one(a, run, data, world):
         "train_loss": train_loss, "last_batch_loss": sum(losses[-10:]) / len(losses[-10:]), "ms": round(ms, 1),
         "buckets": len(state.residuals) if state is not None and state.residuals else None,
     }
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    if reference is not None:  # how far the weights ended from the first run's (Gloo's): ||w - w_ref|| / ||w_ref||
+        out["weights_rel_distance"] = ((flat - reference).norm() / reference.norm()).item()
+    out["_weights"] = flat
     if client is not None:
         import ainftp
         out["node_bits"] = client.bits
@@ -177,8 +182,13 @@ def main():
     dist.init_process_group("gloo", init_method=f"tcp://{a.master_addr}:{a.master_port}", rank=a.rank,
                             world_size=a.world_size, timeout=datetime.timedelta(seconds=180))
     world = dist.get_world_size()
+    reference = None
     for run in a.runs:
-        print(json.dumps(train_one(a, run, data, world)), flush=True)
+        out = train_one(a, run, data, world, reference)
+        if reference is None:
+            reference = out["_weights"]
+        del out["_weights"]
+        print(json.dumps(out), flush=True)
     dist.destroy_process_group()
 
 

@@ -58,6 +58,7 @@ interface RunReport {
   ms: number;
   buckets: number | null;
   node_bits?: number;
+  weights_rel_distance?: number;
 }
 
 type Proc = Bun.Subprocess<"pipe", "pipe", "pipe">;
@@ -170,7 +171,8 @@ describe.skipIf(skipWhy !== null)("training parity on scikit-learn's digits: DDP
       const r = rs[0], gap = pts(r) - pts(gloo);
       lines_.push(`${name.padEnd(15)} test accuracy ${pts(r).toFixed(2)}% (${r.test_correct}/${r.test_samples})` +
         (name === "gloo" ? "" : `, ${gap >= 0 ? "+" : ""}${gap.toFixed(2)} points vs gloo`) +
-        `, train loss ${r.train_loss.toFixed(4)}, error feedback ${r.error_feedback ? "on" : "off"}, ${(r.ms / STEPS).toFixed(1)} ms/step`);
+        `, train loss ${r.train_loss.toFixed(4)}, weights ${r.weights_rel_distance === undefined ? "-" : `${(100 * r.weights_rel_distance).toFixed(2)}%`} from gloo's` +
+        `, error feedback ${r.error_feedback ? "on" : "off"}, ${(r.ms / STEPS).toFixed(1)} ms/step`);
     }
     console.log(`[parity] digits, MLP, DDP world 4 on 4 namespaces, ${STEPS} steps, batch 32 per rank (wall ${wall.toFixed(1)} s):\n  ${lines_.join("\n  ")}`);
     for (const [name, rs] of byRun) {
