@@ -6,7 +6,9 @@
 //   (4 with error feedback and without) where the swarm has --bits.
 // Asserts: every run learned (test accuracy > 85%), every rank of a run ends
 // with the same model, ainftp within 1 point of Gloo at 16 and 8 bits, within
-// 2 at 4 bits with error feedback. examples/digits_parity.py trains; this file
+// 2 at 4 bits with error feedback, whose final weights end closer to Gloo's
+// than without it; a trainer asking the 8-bit nodes for 4 bits
+// is refused, naming both. examples/digits_parity.py trains; this file
 // starts the nodes of each bit width while the trainers run the previous one.
 //
 // CI runs the short version; AINFTP_PARITY_STEPS=1500 runs the full one
@@ -109,6 +111,20 @@ describe.skipIf(skipWhy !== null)("training parity on scikit-learn's digits: DDP
     });
   };
 
+  /** A trainer asking the 8-bit node for 4 bits is refused, naming both widths and the fix (the job goes on). */
+  const wrongWidthRefused = async () => {
+    const script = `import sys; sys.path.insert(0, ${JSON.stringify(join(ROOT, "clients/python"))}); import ainftp
+try:
+    ainftp.connect(socket=${JSON.stringify(sock("p0", 8))}, bits=4, timeout=5)
+    print("connected")
+except ainftp.BadRequest as e:
+    print(e)`;
+    const p = track(lab.spawn("p0", [python!, "-c", script], { env: { PYTHONDONTWRITEBYTECODE: "1" } }));
+    const [out, err] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text()]);
+    expect({ code: await p.exited, err }).toEqual({ code: 0, err: "" });
+    expect(out).toMatch(/this trainer asks for 4-bit gradients, but this node's job runs at 8 bits: start the swarm with --bits 4 \(on every node\), or connect with bits=8/);
+  };
+
   test(`Gloo float32 and the ainftp hook reach the same test accuracy (${STEPS} steps)`, async () => {
     const hasBits = swarmHasBits();
     const widths = hasBits ? [16, 8, 4] : [16];
@@ -146,6 +162,7 @@ describe.skipIf(skipWhy !== null)("training parity on scikit-learn's digits: DDP
     await collect(1); // gloo
     for (const [k, bits] of widths.entries()) {
       await collect(nodesOf.get(bits)!);
+      if (bits === 8) await wrongWidthRefused();
       await stopNodes(nodes, bits);
       if (k + 1 < widths.length) nodes = await startNodes(widths[k + 1], hasBits);
     }
@@ -183,5 +200,9 @@ describe.skipIf(skipWhy !== null)("training parity on scikit-learn's digits: DDP
       if (name === "ainftp:8" || name === "ainftp:4" || name === "ainftp:16:ef") expect({ run: name, ef: rs[0].error_feedback, buckets: (rs[0].buckets ?? 0) >= 2 }).toEqual({ run: name, ef: true, buckets: true });
       if (name === "ainftp:4:no-ef") expect(rs[0].error_feedback).toBe(false);
     }
+    // what error feedback buys on this easy task is not accuracy but a trajectory closer to Gloo's
+    // (measured 14% against 20% at 150 steps, 20% against 31% at 1000): broken, both would be alike
+    const ef = byRun.get("ainftp:4")?.[0], noEf = byRun.get("ainftp:4:no-ef")?.[0];
+    if (ef && noEf) expect({ ef_closer: ef.weights_rel_distance! < 0.9 * noEf.weights_rel_distance! }).toEqual({ ef_closer: true });
   }, 600_000);
 });
