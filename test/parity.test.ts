@@ -11,8 +11,8 @@
 // is refused, naming both. examples/digits_parity.py trains; this file
 // starts the nodes of each bit width while the trainers run the previous one.
 //
-// CI runs the short version; AINFTP_PARITY_STEPS=1500 runs the full one
-// (README, "Training parity").
+// CI runs the short version; AINFTP_PARITY_STEPS=1000 runs the full one
+// (README, "Training parity"), AINFTP_PARITY_SEED another seed.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -20,6 +20,8 @@ import { BIN, canUseNetns, createLab, ensureBuilt, lineReader, ROOT, sh, until, 
 
 const SCRIPT = join(ROOT, "examples/digits_parity.py");
 const STEPS = Number(process.env.AINFTP_PARITY_STEPS ?? 150);
+/** The seed of the weights, the split and the batch order (examples/digits_parity.py --seed). */
+const SEED = Number(process.env.AINFTP_PARITY_SEED ?? 1);
 const NODES = ["p0", "p1", "p2", "p3"];
 const JOB = 14;
 /** Largest gap to Gloo's test accuracy, in points, per run (none: reported only). */
@@ -133,7 +135,7 @@ except ainftp.BadRequest as e:
     if (!hasBits)
       console.log("[parity] 8 and 4 bits PENDING: this build's `ainftp swarm` has no --bits (issue 14's core); only float32 Gloo and the ainftp hook at 16 bits (error feedback off and on) are compared");
     const t0 = performance.now();
-    const trainers = NODES.map((n, i) => track(lab.spawn(n, [python!, SCRIPT, "--runs", runs.join(","), "--steps", String(STEPS), "--job", String(JOB),
+    const trainers = NODES.map((n, i) => track(lab.spawn(n, [python!, SCRIPT, "--runs", runs.join(","), "--steps", String(STEPS), "--seed", String(SEED), "--job", String(JOB),
       "--socket", join(lab.tmp, `${n}-{bits}.sock`)], {
       env: {
         PYTHONDONTWRITEBYTECODE: "1", RANK: String(i), WORLD_SIZE: "4", MASTER_ADDR: lab.node(NODES[0]).addr, MASTER_PORT: "29714",
@@ -191,7 +193,7 @@ except ainftp.BadRequest as e:
         `, train loss ${r.train_loss.toFixed(4)}, weights ${r.weights_rel_distance === undefined ? "-" : `${(100 * r.weights_rel_distance).toFixed(2)}%`} from gloo's` +
         `, error feedback ${r.error_feedback ? "on" : "off"}, ${(r.ms / STEPS).toFixed(1)} ms/step`);
     }
-    console.log(`[parity] digits, MLP, DDP world 4 on 4 namespaces, ${STEPS} steps, batch 32 per rank (wall ${wall.toFixed(1)} s):\n  ${lines_.join("\n  ")}`);
+    console.log(`[parity] digits, MLP, DDP world 4 on 4 namespaces, ${STEPS} steps, seed ${SEED}, batch 32 per rank (wall ${wall.toFixed(1)} s):\n  ${lines_.join("\n  ")}`);
     for (const [name, rs] of byRun) {
       expect({ run: name, learned: pts(rs[0]) > 85 }).toEqual({ run: name, learned: true });
       const max = MAX_GAP[name];
