@@ -292,10 +292,10 @@ class BitsTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, r"the residual has 3 floats, the data 4"):
                 c.allreduce(x, residual=array.array("f", [0.0] * 3))
 
-    def _steps(self, node_bits, steps, **state_kw):
+    def _steps(self, node_bits, steps, device="cpu", **state_kw):
         """The sum over `steps` of one bucket's all-reduced mean, its gradient the same each step."""
         import ainftp.torch as at
-        g = torch.tensor([1.0, 0.3, -0.55, 0.1, 0.77, -0.21])
+        g = torch.tensor([1.0, 0.3, -0.55, 0.1, 0.77, -0.21], device=device)
         with ainftp.session.connect(socket=self.node(node_bits).path, timeout=5) as c:
             state = at.HookState(client=c, **state_kw)
             total = torch.zeros_like(g)
@@ -325,6 +325,14 @@ class BitsTest(unittest.TestCase):
         self.assertTrue(torch.equal(forced.residuals[0], torch.zeros(6)))  # the node reports ~0 at 16 bits
         with self.assertRaisesRegex(ValueError, r"error_feedback='yes'"):
             ainftp.torch.HookState(error_feedback="yes")
+
+    @unittest.skipIf(torch is None or not torch.cuda.is_available(), "no CUDA")
+    def test_error_feedback_cuda(self):
+        T = 50
+        on, total_on, g = self._steps(4, T, device="cuda")
+        off, total_off, _ = self._steps(4, T, device="cuda", error_feedback=False)
+        self.assertEqual(on.residuals[0].device.type, "cuda")
+        self.assertLess((total_on - T * g).abs().max().item() * 20, (total_off - T * g).abs().max().item())
 
     @unittest.skipIf(torch is None, "no torch")
     def test_error_feedback_per_bucket_and_reset_on_resize(self):
