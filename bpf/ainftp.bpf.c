@@ -560,7 +560,7 @@ static __always_inline int contrib_done(struct ainftp_counters *cnt, const struc
 		emit_event(cnt, cfg, AINFTP_EV_RESEND, round, h->chunk, idx, rank);
 	}
 	if (outcome == AINFTP_CNT_SUMMED) {
-		if (!(cfg->flags & AINFTP_CFG_CONTRIBS_TO_RING))
+		if (!(cfg->flags & AINFTP_CFG_CONTRIBS_TO_RING) || h->version != AINFTP_VERSION) /* int8/int4: summed here */
 			cnt->c[AINFTP_CNT_ELEMS_SUMMED] += count;
 		if (h->flags & AINFTP_F_SATURATED)
 			cnt->c[AINFTP_CNT_SATURATED]++;
@@ -670,7 +670,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	}
 
 	/* Robust aggregation: userspace gets a copy and sums nothing here. */
-	int to_ring = (cfg->flags & AINFTP_CFG_CONTRIBS_TO_RING) != 0;
+	int to_ring = (cfg->flags & AINFTP_CFG_CONTRIBS_TO_RING) && ver == AINFTP_VERSION; /* its records hold int16 values */
 	if (to_ring) {
 		struct ainftp_contrib_rec *rec = bpf_ringbuf_reserve(&contribs, sizeof(*rec), 0);
 		if (!rec) {

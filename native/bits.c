@@ -111,13 +111,17 @@ static inline int8_t exp_of_max_p(int32_t m, int32_t p)
 	return (int8_t)e;
 }
 
-/* exps[c] for every chunk of x at `bits` (8 or 4); returns the non-finite
- * values (left out of the maximum), or AINFTP_QUANT_EINVAL. */
-uint32_t ainftp_bits_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, uint32_t bits)
+/* ---- the kernels: written once, built for the baseline ISA and for AVX2 ---- */
+
+/* Each body below is inlined into a generic and an AVX2 build (the latter
+ * vectorizes the 32-bit multiplies of the hash, which SSE2 cannot); the same
+ * steps in the same order, each exact or one IEEE operation, so both give
+ * the same bits (test/bits.test.ts). */
+#define HOT static inline __attribute__((always_inline))
+
+/* exps[c] for every chunk (see ainftp_bits_chunk_exps). */
+HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, int32_t p)
 {
-	if (chunk_elems == 0 || (bits != 8 && bits != 4))
-		return AINFTP_QUANT_EINVAL;
-	const int32_t p = bits == 8 ? 7 : 3;
 	uint32_t nonfinite = 0, total = n / chunk_elems + (n % chunk_elems != 0);
 	for (uint32_t c = 0; c < total; c++) {
 		uint32_t start = c * chunk_elems, end = n - start < chunk_elems ? n : start + chunk_elems;
@@ -136,43 +140,11 @@ uint32_t ainftp_bits_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems
 	return nonfinite;
 }
 
-/* ---- packing --------------------------------------------------------------------- */
-
-static void pack_values(const int8_t *q, uint32_t count, uint32_t bits, uint8_t *p)
-{
-	if (bits == 8) {
-		memcpy(p, q, count);
-		return;
-	}
-	uint32_t bytes = ainftp_bits_payload(4, count);
-	memset(p, 0, bytes);
-	for (uint32_t j = 0; j < count; j++) {
-		uint32_t r = j & 15;
-		p[(j >> 4) * 8 + (r & 7)] |= (uint8_t)((q[j] & 15) << (r < 8 ? 0 : 4));
-	}
-}
-
-static void unpack_values(const uint8_t *p, uint32_t count, uint32_t bits, int8_t *q)
-{
-	if (bits == 8) {
-		memcpy(q, p, count);
-		return;
-	}
-	for (uint32_t j = 0; j < count; j++) {
-		uint32_t r = j & 15;
-		uint8_t b = p[(j >> 4) * 8 + (r & 7)];
-		uint8_t nib = r < 8 ? b & 15 : b >> 4;
-		q[j] = (int8_t)(uint8_t)(nib << 4) >> 4;
-	}
-}
-
 /* q[j] = floor(v) + (u_j < v - floor(v)), v = x[j] * scale clamped to +-Q
- * (clipped values and NaN, stored as 0, counted); seed 0: to nearest, ties
- * to even. The steps of quant.c's stochastic_body at a narrower clamp. */
-static uint32_t quantize_narrow(const float *restrict x, uint32_t n, float scale, int32_t qmax, int8_t *restrict q,
-				uint32_t key, int stochastic)
+ * (clipped values and NaN, stored as 0, counted): quant.c's stochastic_body
+ * at a narrower clamp. */
+HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, uint32_t key)
 {
-	const int32_t bq = bits_of((float)qmax);
 	uint32_t bad = 0, h = key;
 	for (uint32_t j = 0; j < n; j++, h += GOLDEN) {
 		int32_t b = bits_of(x[j] * scale);
@@ -182,17 +154,306 @@ static uint32_t quantize_narrow(const float *restrict x, uint32_t n, float scale
 		a = a > bq ? bq : a;
 		float v = float_of(a | (b & (int32_t)0x80000000));
 		float t = v + MAGIC_RNE;
-		int32_t nearest = bits_of(t) - MAGIC_BITS;
-		if (!stochastic) {
-			q[j] = (int8_t)nearest;
-			continue;
-		}
 		int32_t down = t - MAGIC_RNE > v;
 		float frac = v - ((t - MAGIC_RNE) - (float)down);
 		float u = (float)(int32_t)(mix32(h) >> 8) * 0x1p-24f;
-		q[j] = (int8_t)(nearest - down + (u < frac));
+		q[j] = (int8_t)(bits_of(t) - MAGIC_BITS - down + (u < frac));
 	}
 	return bad;
+}
+
+/* Round to nearest, ties to even (seed 0: tests and reference only). */
+HOT uint32_t nearest_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q)
+{
+	uint32_t bad = 0;
+	for (uint32_t j = 0; j < n; j++) {
+		int32_t b = bits_of(x[j] * scale);
+		int32_t a = b & 0x7fffffff;
+		bad += a > bq;
+		a = a > BITS_INF ? 0 : a;
+		a = a > bq ? bq : a;
+		q[j] = (int8_t)(bits_of(float_of(a | (b & (int32_t)0x80000000)) + MAGIC_RNE) - MAGIC_BITS);
+	}
+	return bad;
+}
+
+/* Packs count values (q holds zeros up to a whole group of 16) as ainftp_abi.h says. */
+HOT void pack_values(const int8_t *restrict q, uint32_t count, uint32_t bits, uint8_t *restrict p)
+{
+	if (bits == 8) {
+		memcpy(p, q, count);
+		return;
+	}
+	uint32_t groups = (count + 15) >> 4;
+	for (uint32_t g = 0; g < groups; g++)
+		for (uint32_t j = 0; j < 8; j++)
+			p[8 * g + j] = (uint8_t)((q[16 * g + j] & 15) | (q[16 * g + 8 + j] << 4));
+}
+
+/* The values back, into q (room for count rounded up to 16). */
+HOT void unpack_values(const uint8_t *restrict p, uint32_t count, uint32_t bits, int8_t *restrict q)
+{
+	if (bits == 8) {
+		memcpy(q, p, count);
+		return;
+	}
+	uint32_t groups = (count + 15) >> 4;
+	for (uint32_t g = 0; g < groups; g++)
+		for (uint32_t j = 0; j < 8; j++) {
+			int8_t b = (int8_t)p[8 * g + j];
+			q[16 * g + j] = (int8_t)(b << 4) >> 4;
+			q[16 * g + 8 + j] = b >> 4;
+		}
+}
+
+HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
+		       const int8_t *exps, struct ainftp_wire_hdr *h, uint8_t *out, uint32_t stride, uint32_t seed,
+		       uint32_t bits, float *resid)
+{
+	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
+	const int32_t bq = bits_of((float)qmax_of(bits));
+	uint32_t saturated = 0;
+	for (uint32_t i = 0; i < nchunks; i++) {
+		uint32_t c = chunks[i], start = c * chunk_elems;
+		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		uint8_t *dst = out + (size_t)i * stride;
+		float scale = pow2f(-exps[c]);
+		uint32_t sat = seed ? stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c))
+				    : nearest_narrow(x + start, count, scale, bq, q);
+		memset(q + count, 0, ((count + 15) & ~15u) - count);
+		if (resid) {
+			float p = pow2f(exps[c]);
+			for (uint32_t j = 0; j < count; j++)
+				resid[start + j] = x[start + j] - (float)q[j] * p;
+		}
+		pack_values(q, count, bits, dst + sizeof(*h));
+		h->chunk = c;
+		h->count = (__u16)count;
+		h->exp = exps[c];
+		h->flags = (__u16)((h->flags & ~AINFTP_F_SATURATED) | (sat ? AINFTP_F_SATURATED : 0));
+		memcpy(dst, h, sizeof(*h));
+		saturated += sat;
+	}
+	return saturated;
+}
+
+HOT int32_t finish_body(const uint16_t *raw, uint32_t count, uint32_t contributors, const uint8_t *own, uint32_t bits,
+			uint32_t key, uint8_t *out, uint8_t *also)
+{
+	int32_t s[NARROW_MAX] __attribute__((aligned(32)));
+	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
+	const int32_t bias = (int32_t)((bits == 8 ? AINFTP_ACC_BIAS8 : AINFTP_ACC_BIAS4) * contributors);
+	const uint32_t whole = (count + 7) & ~7u; /* the acc entry holds whole groups of eight */
+	if (contributors)
+		for (uint32_t g = 0; g < whole; g += 8)
+			for (uint32_t k = 0; k < 8; k++)
+				s[g + k] = (int32_t)raw[g + 4 * (k & 1) + (k >> 1)] - bias;
+	else
+		memset(s, 0, sizeof(s[0]) * whole);
+	if (own) {
+		unpack_values(own, count, bits, q);
+		for (uint32_t j = 0; j < count; j++)
+			s[j] += q[j];
+	}
+	int32_t m = 0;
+	for (uint32_t j = 0; j < count; j++) {
+		int32_t a = s[j] < 0 ? -s[j] : s[j];
+		m = a > m ? a : m;
+	}
+	const int32_t qmax = qmax_of(bits);
+	int32_t k = 0;
+	while (m > (qmax << k))
+		k++;
+	const uint32_t mask = (1u << k) - 1;
+	uint32_t h = key;
+	for (uint32_t j = 0; j < count; j++, h += GOLDEN) {
+		int32_t r = s[j] >> k; /* floor: arithmetic shift */
+		int32_t rem = s[j] - (r << k);
+		q[j] = (int8_t)(r + ((int32_t)(mix32(h) & mask) < rem));
+	}
+	memset(q + count, 0, ((count + 15) & ~15u) - count);
+	pack_values(q, count, bits, out);
+	if (also)
+		memcpy(also, out, ainftp_bits_payload(bits, count));
+	return k;
+}
+
+HOT void dequant_body(const uint8_t *p, uint32_t count, uint32_t bits, float p1, float p2, float *out)
+{
+	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
+	unpack_values(p, count, bits, q);
+	if (p2 == 1.0f)
+		for (uint32_t j = 0; j < count; j++)
+			out[j] = (float)q[j] * p1;
+	else
+		for (uint32_t j = 0; j < count; j++)
+			out[j] = ((float)q[j] * p1) * p2;
+}
+
+/* x[j] = +-x[j] * p, the sign flipped where bit j % 32 of the hash of
+ * (key, j / 32) is set (one hash per 32 values); both steps exact for a
+ * power of two p, so one pass does them in either order. n < 32 or a
+ * multiple of 32 (power-of-two blocks). */
+HOT void rht_signs_scale(float *x, uint32_t n, uint32_t key, float p)
+{
+	int32_t *b = (int32_t *)x;
+	for (uint32_t w = 0; w < (n + 31) / 32; w++) {
+		uint32_t bits = mix32(key + w * GOLDEN);
+		uint32_t m = n - 32 * w < 32 ? n - 32 * w : 32;
+		for (uint32_t t = 0; t < m; t++)
+			b[32 * w + t] ^= (int32_t)(((bits >> t) & 1u) << 31);
+		for (uint32_t t = 0; t < m; t++)
+			x[32 * w + t] = x[32 * w + t] * p;
+	}
+}
+
+/* Butterfly passes h = from, 2 from, ... < n over a block of n = 2^L. */
+HOT void fwht_passes(float *restrict x, uint32_t n, uint32_t from)
+{
+	for (uint32_t h = from; h < n; h <<= 1)
+		for (uint32_t i = 0; i < n; i += 2 * h)
+			for (uint32_t j = i; j < i + h; j++) {
+				float a = x[j], b = x[j + h];
+				x[j] = a + b;
+				x[j + h] = a - b;
+			}
+}
+
+static void fwht_vec(float *x, uint32_t n);
+
+HOT void rht_body(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uint32_t inverse, int vec)
+{
+	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
+		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		uint32_t key = stream_key(seed, c);
+		for (uint32_t off = 0; off < count;) {
+			uint32_t L = 31 - (uint32_t)__builtin_clz(count - off);
+			L = L > AINFTP_RHT_LOG_MAX ? AINFTP_RHT_LOG_MAX : L;
+			uint32_t b = 1u << L;
+			float *blk = x + start + off;
+			/* forward D then H (scaled); inverse H then D (scaled) */
+			uint32_t k = key + off * GOLDEN; /* words [off, off + b / 32): no two blocks share one */
+			float p = pow2f(-(int32_t)(inverse ? (L + 1) / 2 : L / 2));
+			if (!inverse)
+				rht_signs_scale(blk, b, k, p);
+			if (vec)
+				fwht_vec(blk, b);
+			else
+				fwht_passes(blk, b, 1);
+			if (inverse)
+				rht_signs_scale(blk, b, k, p);
+			off += b;
+		}
+	}
+}
+
+struct bits_kernels {
+	uint32_t (*exps)(const float *, uint32_t, uint32_t, int8_t *, int32_t);
+	uint32_t (*pack)(const float *, uint32_t, uint32_t, const uint32_t *, uint32_t, const int8_t *,
+			 struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t, uint32_t, float *);
+	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
+	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
+	void (*rht)(float *, uint32_t, uint32_t, uint32_t, uint32_t);
+};
+
+#define BITS_BUILD(isa, attr, vec)                                                                               \
+	attr static uint32_t exps_##isa(const float *x, uint32_t n, uint32_t ce, int8_t *exps, int32_t p)       \
+	{                                                                                                        \
+		return exps_body(x, n, ce, exps, p);                                                              \
+	}                                                                                                        \
+	attr static uint32_t pack_##isa(const float *x, uint32_t n, uint32_t ce, const uint32_t *chunks,        \
+					uint32_t nchunks, const int8_t *exps, struct ainftp_wire_hdr *h,        \
+					uint8_t *out, uint32_t stride, uint32_t seed, uint32_t bits, float *r)  \
+	{                                                                                                        \
+		return pack_body(x, n, ce, chunks, nchunks, exps, h, out, stride, seed, bits, r);                 \
+	}                                                                                                        \
+	attr static int32_t finish_##isa(const uint16_t *raw, uint32_t count, uint32_t k, const uint8_t *own,   \
+					 uint32_t bits, uint32_t key, uint8_t *out, uint8_t *also)              \
+	{                                                                                                        \
+		return finish_body(raw, count, k, own, bits, key, out, also);                                     \
+	}                                                                                                        \
+	attr static void dequant_##isa(const uint8_t *p, uint32_t count, uint32_t bits, float p1, float p2,     \
+				       float *out)                                                              \
+	{                                                                                                        \
+		dequant_body(p, count, bits, p1, p2, out);                                                        \
+	}                                                                                                        \
+	attr static void rht_##isa(float *x, uint32_t n, uint32_t ce, uint32_t seed, uint32_t inverse)          \
+	{                                                                                                        \
+		rht_body(x, n, ce, seed, inverse, vec);                                                           \
+	}
+
+BITS_BUILD(generic, , 0)
+static const struct bits_kernels generic = { exps_generic, pack_generic, finish_generic, dequant_generic, rht_generic };
+
+#ifdef BITS_X86
+#define TARGET_AVX2 __attribute__((target("avx2")))
+BITS_BUILD(avx2, TARGET_AVX2, 1)
+static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2 };
+
+/* The butterflies with 8-float vectors: passes 1, 2, 4 inside each vector
+ * (a + (b with the upper element of each pair's sign flipped), i.e. a + b
+ * and a - b, as the scalar passes compute them), then whole vectors. */
+TARGET_AVX2 static void fwht_vec(float *x, uint32_t n)
+{
+	if (n < 8) {
+		fwht_passes(x, n, 1);
+		return;
+	}
+	const __m256 m1 = _mm256_castsi256_ps(_mm256_setr_epi32(0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN));
+	const __m256 m2 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN));
+	const __m256 m4 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN));
+	for (uint32_t i = 0; i < n; i += 8) {
+		__m256 v = _mm256_loadu_ps(x + i);
+		v = _mm256_add_ps(_mm256_moveldup_ps(v), _mm256_xor_ps(_mm256_movehdup_ps(v), m1));
+		v = _mm256_add_ps(_mm256_permute_ps(v, 0x44), _mm256_xor_ps(_mm256_permute_ps(v, 0xee), m2));
+		v = _mm256_add_ps(_mm256_permute2f128_ps(v, v, 0x00), _mm256_xor_ps(_mm256_permute2f128_ps(v, v, 0x11), m4));
+		_mm256_storeu_ps(x + i, v);
+	}
+	for (uint32_t h = 8; h < n; h <<= 1)
+		for (uint32_t i = 0; i < n; i += 2 * h)
+			for (uint32_t j = i; j < i + h; j += 8) {
+				__m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
+				_mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+				_mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+			}
+}
+#else
+static void fwht_vec(float *x, uint32_t n)
+{
+	fwht_passes(x, n, 1);
+}
+#endif
+
+/* The build the kernels here use: AVX2 when the quantizer's build is AVX2 or
+ * wider (AINFTP_QUANT_ISA=generic forces the scalar one). */
+int32_t ainftp_rht_isa(void)
+{
+#ifdef BITS_X86
+	return ainftp_quant_isa() >= AINFTP_ISA_AVX2 ? AINFTP_ISA_AVX2 : AINFTP_ISA_GENERIC;
+#else
+	return AINFTP_ISA_GENERIC;
+#endif
+}
+
+static inline const struct bits_kernels *kern(void)
+{
+#ifdef BITS_X86
+	if (ainftp_rht_isa() == AINFTP_ISA_AVX2)
+		return &avx2;
+#endif
+	return &generic;
+}
+
+/* ---- the API ---------------------------------------------------------------------- */
+
+/* exps[c] for every chunk of x at `bits` (8 or 4): the smallest e with
+ * max|x| <= Q * 2^e over the chunk's finite values; returns the non-finite
+ * values (left out of the maximum), or AINFTP_QUANT_EINVAL. */
+uint32_t ainftp_bits_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, uint32_t bits)
+{
+	if (chunk_elems == 0 || (bits != 8 && bits != 4))
+		return AINFTP_QUANT_EINVAL;
+	return kern()->exps(x, n, chunk_elems, exps, bits == 8 ? 7 : 3);
 }
 
 /* As ainftp_pack_chunks, at 8 or 4 bits: header (version AINFTP_VERSION_INT8
@@ -217,28 +478,7 @@ uint32_t ainftp_bits_pack(const float *x, uint32_t n, uint32_t chunk_elems, cons
 	struct ainftp_wire_hdr h;
 	memcpy(&h, hdr_template, sizeof(h));
 	h.version = bits == 8 ? AINFTP_VERSION_INT8 : AINFTP_VERSION_INT4;
-	int8_t q[NARROW_MAX];
-	uint32_t saturated = 0;
-	for (uint32_t i = 0; i < nchunks; i++) {
-		uint32_t c = chunks[i], start = c * chunk_elems;
-		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
-		uint8_t *dst = out + (size_t)i * stride;
-		uint32_t sat = quantize_narrow(x + start, count, pow2f(-exps[c]), qmax_of(bits), q, stream_key(seed, c),
-					       seed != 0);
-		if (resid) {
-			float p = pow2f(exps[c]);
-			for (uint32_t j = 0; j < count; j++)
-				resid[start + j] = x[start + j] - (float)q[j] * p;
-		}
-		pack_values(q, count, bits, dst + sizeof(h));
-		h.chunk = c;
-		h.count = (__u16)count;
-		h.exp = exps[c];
-		h.flags = (__u16)((h.flags & ~AINFTP_F_SATURATED) | (sat ? AINFTP_F_SATURATED : 0));
-		memcpy(dst, &h, sizeof(h));
-		saturated += sat;
-	}
-	return saturated;
+	return kern()->pack(x, n, chunk_elems, chunks, nchunks, exps, &h, out, stride, seed, bits, resid);
 }
 
 /* ---- the owner's step -------------------------------------------------------------- */
@@ -256,38 +496,7 @@ int32_t ainftp_bits_finish(const uint16_t *raw, uint32_t count, uint32_t contrib
 	if (count == 0 || count > NARROW_MAX || contributors > AINFTP_MAX_WORKERS || (contributors && !raw) ||
 	    (bits != 8 && bits != 4))
 		return -EINVAL;
-	int32_t s[NARROW_MAX];
-	int8_t q[NARROW_MAX];
-	const int32_t bias = (int32_t)((bits == 8 ? AINFTP_ACC_BIAS8 : AINFTP_ACC_BIAS4) * contributors);
-	for (uint32_t j = 0; j < count; j++) {
-		uint32_t k = j & 7;
-		s[j] = contributors ? (int32_t)raw[(j & ~7u) + 4 * (k & 1) + (k >> 1)] - bias : 0;
-	}
-	if (own) {
-		unpack_values(own, count, bits, q);
-		for (uint32_t j = 0; j < count; j++)
-			s[j] += q[j];
-	}
-	int32_t m = 0;
-	for (uint32_t j = 0; j < count; j++) {
-		int32_t a = s[j] < 0 ? -s[j] : s[j];
-		m = a > m ? a : m;
-	}
-	const int32_t qmax = qmax_of(bits);
-	int32_t k = 0;
-	while (m > (qmax << k))
-		k++;
-	const int32_t mask = (1 << k) - 1;
-	uint32_t h = key;
-	for (uint32_t j = 0; j < count; j++, h += GOLDEN) {
-		int32_t r = s[j] >> k; /* floor: arithmetic shift */
-		int32_t rem = s[j] - (r << k);
-		q[j] = (int8_t)(r + ((int32_t)(mix32(h) & (uint32_t)mask) < rem));
-	}
-	pack_values(q, count, bits, out);
-	if (also)
-		memcpy(also, out, ainftp_bits_payload(bits, count));
-	return k;
+	return kern()->finish(raw, count, contributors, own, bits, key, out, also);
 }
 
 /* out = q * 2^exp for `count` packed values (exact where f32 holds them).
@@ -296,92 +505,12 @@ int32_t ainftp_bits_dequantize(const uint8_t *p, uint32_t count, int32_t exp, ui
 {
 	if ((bits != 8 && bits != 4) || count > NARROW_MAX || exp < AINFTP_DEQ_EXP_MIN || exp > AINFTP_DEQ_EXP_MAX)
 		return -EINVAL;
-	int8_t q[NARROW_MAX];
-	unpack_values(p, count, bits, q);
 	int32_t e1 = exp >= -126 && exp <= 127 ? exp : (exp - (exp & 1)) / 2;
-	float p1 = pow2f(e1), p2 = pow2f(exp - e1);
-	if (e1 == exp)
-		for (uint32_t j = 0; j < count; j++)
-			out[j] = (float)q[j] * p1;
-	else
-		for (uint32_t j = 0; j < count; j++)
-			out[j] = ((float)q[j] * p1) * p2;
+	kern()->dequant(p, count, bits, pow2f(e1), e1 == exp ? 1.0f : pow2f(exp - e1), out);
 	return 0;
 }
 
 /* ---- the randomized Hadamard transform ------------------------------------------------ */
-
-#define RHT_BODY static inline __attribute__((always_inline))
-
-/* Flips the sign of x[j] where bit 31 of the hash of (key, j) is set: exact. */
-RHT_BODY void rht_signs(float *x, uint32_t n, uint32_t key)
-{
-	int32_t *b = (int32_t *)x;
-	uint32_t h = key;
-	for (uint32_t j = 0; j < n; j++, h += GOLDEN)
-		b[j] ^= (int32_t)(mix32(h) & 0x80000000u);
-}
-
-RHT_BODY void rht_scale(float *x, uint32_t n, float p)
-{
-	for (uint32_t j = 0; j < n; j++)
-		x[j] = x[j] * p;
-}
-
-/* Butterfly passes h = from, 2 from, ... < n over a block of n = 2^L. */
-RHT_BODY void fwht_passes(float *restrict x, uint32_t n, uint32_t from)
-{
-	for (uint32_t h = from; h < n; h <<= 1)
-		for (uint32_t i = 0; i < n; i += 2 * h)
-			for (uint32_t j = i; j < i + h; j++) {
-				float a = x[j], b = x[j + h];
-				x[j] = a + b;
-				x[j + h] = a - b;
-			}
-}
-
-static void fwht_generic(float *x, uint32_t n)
-{
-	fwht_passes(x, n, 1);
-}
-
-#ifdef BITS_X86
-__attribute__((target("avx2"))) static void fwht_avx2(float *x, uint32_t n)
-{
-	if (n < 8)
-		return fwht_passes(x, n, 1);
-	/* passes 1, 2, 4 inside each vector of 8: a + (b with the sign of the
-	 * upper element of each pair flipped), i.e. a + b and a - b */
-	const __m256 m1 = _mm256_castsi256_ps(_mm256_setr_epi32(0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN));
-	const __m256 m2 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN));
-	const __m256 m4 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN));
-	for (uint32_t i = 0; i < n; i += 8) {
-		__m256 v = _mm256_loadu_ps(x + i);
-		v = _mm256_add_ps(_mm256_moveldup_ps(v), _mm256_xor_ps(_mm256_movehdup_ps(v), m1));
-		v = _mm256_add_ps(_mm256_permute_ps(v, 0x44), _mm256_xor_ps(_mm256_permute_ps(v, 0xee), m2));
-		v = _mm256_add_ps(_mm256_permute2f128_ps(v, v, 0x00), _mm256_xor_ps(_mm256_permute2f128_ps(v, v, 0x11), m4));
-		_mm256_storeu_ps(x + i, v);
-	}
-	for (uint32_t h = 8; h < n; h <<= 1)
-		for (uint32_t i = 0; i < n; i += 2 * h)
-			for (uint32_t j = i; j < i + h; j += 8) {
-				__m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
-				_mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
-				_mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
-			}
-}
-#endif
-
-/* The build the transform uses: AVX2 when the quantizer's build is AVX2 or
- * wider (AINFTP_QUANT_ISA=generic forces the scalar one). */
-int32_t ainftp_rht_isa(void)
-{
-#ifdef BITS_X86
-	return ainftp_quant_isa() >= AINFTP_ISA_AVX2 ? AINFTP_ISA_AVX2 : AINFTP_ISA_GENERIC;
-#else
-	return AINFTP_ISA_GENERIC;
-#endif
-}
 
 /* The RHT of x in place (inverse: its inverse), chunk by chunk of
  * chunk_elems, each chunk in power-of-two blocks (the largest of at most
@@ -392,30 +521,6 @@ int32_t ainftp_rht(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, ui
 {
 	if (chunk_elems == 0)
 		return -EINVAL;
-	void (*fwht)(float *, uint32_t) = fwht_generic;
-#ifdef BITS_X86
-	if (ainftp_rht_isa() == AINFTP_ISA_AVX2)
-		fwht = fwht_avx2;
-#endif
-	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
-		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
-		uint32_t key = stream_key(seed, c);
-		for (uint32_t off = 0; off < count;) {
-			uint32_t L = 31 - (uint32_t)__builtin_clz(count - off);
-			L = L > AINFTP_RHT_LOG_MAX ? AINFTP_RHT_LOG_MAX : L;
-			uint32_t b = 1u << L;
-			float *blk = x + start + off;
-			if (!inverse) {
-				rht_signs(blk, b, key + off * GOLDEN);
-				fwht(blk, b);
-				rht_scale(blk, b, pow2f(-(int32_t)(L / 2)));
-			} else {
-				fwht(blk, b);
-				rht_scale(blk, b, pow2f(-(int32_t)((L + 1) / 2)));
-				rht_signs(blk, b, key + off * GOLDEN);
-			}
-			off += b;
-		}
-	}
+	kern()->rht(x, n, chunk_elems, seed, inverse);
 	return 0;
 }

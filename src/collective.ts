@@ -1,4 +1,5 @@
-// The collective: an int16 all-reduce across hosts through the XDP engine.
+// The collective: an int16 (or, with --bits, int8 / int4) all-reduce across
+// hosts through the XDP engine.
 // The code lives in src/collective/ (docs/architecture.md maps its rooms);
 // this file keeps the old import path.
 //
@@ -38,3 +39,4 @@ export {
   combineStats, DEFAULTS, RoundError, TUNING, zeroStats,
   type CollectiveStats, type CommunicatorOptions, type RoundReport,
 } from "./collective/options.ts";
+export { ErrorFeedback } from "./collective/feedback.ts";

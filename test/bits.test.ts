@@ -197,7 +197,7 @@ describe("the randomized Hadamard transform", () => {
     for (const v of x) expect(Math.abs(v)).toBe(32); // 1024 * 2^-5 with a random sign
   });
 
-  test("every build this CPU runs gives the same bits (generic, avx2)", () => {
+  test("every build this CPU runs gives the same bits (generic, avx2): transform, packing, residual, owner's step, dequantizing", () => {
     const isas = quantIsasSupported();
     const ref = gaussian(3, 3440 * 3 + 77);
     const outs: Buffer[] = [];
@@ -206,8 +206,20 @@ describe("the randomized Hadamard transform", () => {
         setQuantIsa(isa);
         const y = Float32Array.from(ref);
         rht(y, 3440, 5);
+        const parts: Uint8Array[] = [new Uint8Array(Float32Array.from(y).buffer)];
+        for (const bits of [8, 4] as const) {
+          const p = packOne(y.subarray(0, 3440), bits, 17);
+          const q = packOne(y.subarray(3440, 3440 + 1001), bits, 0);
+          const deq = new Float32Array(3440);
+          dequantizeBits(p.payload, 3440, p.exp, bits, deq);
+          const fin = new Uint8Array(p.payload.length);
+          const raw = new Uint16Array(3440).fill(bits === 8 ? 3 * 128 + 5 : 3 * 8 + 1);
+          finishChunkBits(raw, 3440, 3, p.payload, bits, 99, fin);
+          parts.push(p.payload, q.payload, new Uint8Array(p.resid.buffer), new Uint8Array(deq.buffer), fin);
+        }
         rht(y, 3440, 6, true);
-        outs.push(Buffer.from(y.buffer));
+        parts.push(new Uint8Array(y.buffer));
+        outs.push(Buffer.concat(parts));
       }
     } finally {
       setQuantIsa("best");

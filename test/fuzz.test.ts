@@ -10,7 +10,8 @@
 // AINFTP_FUZZ_PACKETS overrides the packet count (default 100000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  ACC_BIAS, BANKS, CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, MAC_BYTES, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
+  ACC_BIAS, ACC_BIAS4, ACC_BIAS8, BANKS, CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, CFG_INT4, CFG_INT8, MAC_BYTES, VERSION_INT4, VERSION_INT8,
+  decodeSumsNarrow, payloadBytes, writeHeader, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
   MAGIC, MAX_ELEMS, MAX_ROUND, MAX_WORKERS, PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
@@ -117,6 +118,8 @@ class Model {
   /** Slots whose round counted a contribution it did not sum (ring mode):
    * their acc words are exact, but not a sum of `contributors` values. */
   ringCounted = new Set<number>();
+  /** The lane width each slot's sums were added at (16, 8, 4), 0 when mixed (issue 14). */
+  narrow = new Map<number, number>();
   /** Records the contribs ring should hold, in order. */
   ring: { round: number; chunk: number; rank: number; count: number; exp: number; v: number[] }[] = [];
   /** sentry_workers: [accepted, rejected] per rank. */
@@ -243,8 +246,10 @@ class Model {
     const h = udp + 8;
     if (h + 32 > end || ulen < 8 + 32) return this.drop("mal_trunc_hdr");
     if (dv.getUint32(h, true) !== MAGIC) return this.drop("mal_magic");
-    if (f[h + 4] !== VERSION) return this.drop("mal_version");
+    // issue 14: versions 2 and 3 are int8 / int4 data packets; control and CLOSE are VERSION
+    const ver = f[h + 4];
     const type = f[h + 5];
+    if (ver < VERSION || ver > VERSION_INT4 || (ver !== VERSION && type !== PKT_CONTRIB && type !== PKT_RESULT)) return this.drop("mal_version");
     if (type === PKT_CONTROL) {
       this.cnt.control++;
       return XDP_PASS;
@@ -270,14 +275,18 @@ class Model {
       if (!a || !saddr || a !== saddr) return this.drop("bad_source");
     }
     if (hdr.chunk >= cfg.chunks >>> 0) return this.drop("mal_chunk");
+    if (type !== PKT_CLOSE && ver !== widthVersion(cfg)) return this.drop("bad_width");
     const count = hdr.count;
+    const bits = ver === VERSION_INT8 ? 8 : ver === VERSION_INT4 ? 4 : 16;
+    const pb = payloadBytes(bits, count);
     const auth = (cfg.flags ?? 0) & (CFG_AUTH_HDR | CFG_AUTH_FULL);
     const tagBytes = type !== PKT_CLOSE && auth ? MAC_BYTES : 0;
-    if (count === 0 || count > cfg.chunkElems || count > MAX_ELEMS || ulen !== 8 + 32 + count * 2 + tagBytes)
+    const most = bits === 16 ? cfg.chunkElems : 2 * cfg.chunkElems;
+    if (count === 0 || count > most || count > 2 * MAX_ELEMS || (bits === 16 && count > MAX_ELEMS) || ulen !== 8 + 32 + pb + tagBytes)
       return this.drop("mal_count");
     if (tagBytes) {
-      const covered = f.subarray(h, h + 32 + (auth & CFG_AUTH_FULL ? 2 * count : 0));
-      const tag = f.subarray(h + 32 + 2 * count, h + 32 + 2 * count + MAC_BYTES);
+      const covered = f.subarray(h, h + 32 + (auth & CFG_AUTH_FULL ? pb : 0));
+      const tag = f.subarray(h + 32 + pb, h + 32 + pb + MAC_BYTES);
       this.macOk = Buffer.from(siphash24(this.key, covered)).equals(Buffer.from(tag));
     } else this.macOk = true;
     if (hdr.round >= MAX_ROUND) return this.drop("mal_round");
@@ -286,10 +295,12 @@ class Model {
     if (ahead > 1) return this.drop("future_round");
     const idx = ((hdr.round & 1) * cfg.chunks + hdr.chunk) >>> 0;
     const payload = h + 32;
+    const bytes = f.slice(payload, payload + pb);
+    if (bits !== 16) return type === PKT_CONTRIB ? this.contribNarrow(hdr, idx, bits, bytes) : this.result(hdr, idx, new Int16Array(0), bytes);
     const values = new Int16Array(count);
     for (let i = 0; i < count; i++) values[i] = dv.getInt16(payload + 2 * i, true);
     if (type === PKT_CLOSE) return this.closeFrame(hdr, values);
-    return type === PKT_CONTRIB ? this.contrib(hdr, idx, values) : this.result(hdr, idx, values);
+    return type === PKT_CONTRIB ? this.contrib(hdr, idx, values) : this.result(hdr, idx, values, bytes);
   }
 
   /** A CLOSE frame (ainftp_close / close_one): each listed chunk in order. */
@@ -385,6 +396,7 @@ class Model {
         const p = accPosition(i);
         raw[p] = keep ? (raw[p] + v + ACC_BIAS) >>> 0 : v + ACC_BIAS;
       }
+      this.narrow.set(idx, keep && this.narrow.get(idx) !== 16 ? 0 : 16);
       slot.seen |= bit;
       slot.contributors = (slot.contributors + 1) & 0xffff;
       complete = this.closeIfFull(slot, h.round);
@@ -405,10 +417,87 @@ class Model {
     return XDP_DROP;
   }
 
+  /** An int8 / int4 contribution (issue 14): the slot checks of contrib(),
+   * no sentry verdict and no ring copy (those read int16 values), and the
+   * sum as the program adds it: whole 64-bit words of 16-bit lanes (exact,
+   * carries included, over whatever the entry held). */
+  private contribNarrow(
+    h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number },
+    idx: number,
+    bits: 8 | 4,
+    bytes: Uint8Array,
+  ): number {
+    const cfg = this.cfg;
+    const bit = 1n << BigInt(h.rank & 63);
+    if ((BigInt.asUintN(64, cfg.memberMask) & bit) === 0n) return this.drop("not_member");
+    if (idx >= this.slots.length) return this.drop("mal_chunk");
+    if (!this.macOk) return this.drop("bad_mac");
+    const slot = this.slots[idx];
+    const tag = (h.round + 1) >>> 0;
+    let outcome: keyof Counters = "summed";
+    let complete = false;
+    let resend = false;
+    if (slot.tag !== tag) {
+      if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
+      else {
+        Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING });
+        this.ringCounted.delete(idx);
+      }
+    } else if (slot.seen & bit) {
+      outcome = "duplicate";
+      resend = slot.state === SLOT_COMPLETE && (h.flags & F_RETRANSMIT) !== 0;
+    } else if (slot.state === SLOT_COMPLETE) {
+      outcome = "late";
+      resend = (h.flags & F_RETRANSMIT) !== 0;
+    } else if (slot.count !== h.count || slot.exp !== h.exp) outcome = "mal_scale";
+    if (outcome === "summed" && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][0]++;
+    if (outcome === "summed") {
+      const first = slot.contributors === 0;
+      // the scratch as the program loads it: int8 bytes zero-padded to a word;
+      // int4 nibbles spread into biased bytes (x ^ 8, low nibbles then high)
+      const words = (h.count + 7) >> 3;
+      const src = new Uint8Array(8 * words);
+      if (bits === 8) src.set(bytes.subarray(0, Math.min(bytes.length, src.length)));
+      else for (let w = 0; w < (bytes.length >> 3) && 2 * w < words; w++)
+        for (let j = 0; j < 8; j++) {
+          const b = bytes[8 * w + j] ^ 0x88;
+          src[16 * w + j] = b & 15;
+          if (16 * w + 8 + j < src.length) src[16 * w + 8 + j] = b >> 4;
+        }
+      const sw = new BigUint64Array(src.buffer);
+      const dst = new BigUint64Array(this.raw[idx].buffer, this.raw[idx].byteOffset, (2 * MAX_ELEMS) >> 2);
+      const bias = bits === 8 ? 0x8080808080808080n : 0n, mask = 0x00ff00ff00ff00ffn;
+      for (let g = 0; g < words; g++) {
+        const x = sw[g] ^ bias;
+        dst[2 * g] = first ? x & mask : BigInt.asUintN(64, dst[2 * g] + (x & mask));
+        dst[2 * g + 1] = first ? (x >> 8n) & mask : BigInt.asUintN(64, dst[2 * g + 1] + ((x >> 8n) & mask));
+      }
+      this.narrow.set(idx, first ? bits : this.narrow.get(idx) === bits ? bits : 0);
+      slot.seen |= bit;
+      slot.contributors = (slot.contributors + 1) & 0xffff;
+      complete = this.closeIfFull(slot, h.round);
+    }
+    this.cnt[outcome]++;
+    if (resend) {
+      this.cnt.resend_req++;
+      this.emit(EV_RESEND, h.round, h.chunk, idx, h.rank);
+    }
+    if (outcome === "summed") {
+      this.cnt.elems_summed += h.count;
+      if (h.flags & F_SATURATED) this.cnt.saturated++;
+    }
+    if (complete) {
+      this.cnt.completed++;
+      this.emit(EV_SLOT_COMPLETE, h.round, h.chunk, idx, slot.contributors);
+    }
+    return XDP_DROP;
+  }
+
   private result(
     h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number; contributors: number },
     idx: number,
-    values: Int16Array,
+    _values: Int16Array,
+    bytes: Uint8Array,
   ): number {
     // result_admit: a count of contributors no round can have, or a
     // result from a rank that does not own the chunk in the known plan
@@ -428,7 +517,7 @@ class Model {
     if ((old === tag && !(fromOwner && this.results[idx].rank !== h.rank)) || old === RESULT_BUSY) return this.drop("result_dup");
     if (old !== 0 && ((old - tag) | 0) > 0) return this.drop("stale_round");
     if (old === tag) this.cnt.not_owner++; // a non-owner's result replaced by the owner's
-    res.v.set(values);
+    new Uint8Array(res.v.buffer, res.v.byteOffset, res.v.byteLength).set(bytes); // the payload's bytes, at any width
     res.count = h.count;
     res.contributors = h.contributors;
     res.exp = h.exp;
@@ -459,6 +548,12 @@ class Model {
   }
 }
 
+/** The data packets' version a config's width flags ask for (INT4 wins). */
+function widthVersion(cfg: JobConfig): number {
+  const f = cfg.flags ?? 0;
+  return f & CFG_INT4 ? VERSION_INT4 : f & CFG_INT8 ? VERSION_INT8 : VERSION;
+}
+
 // ---- packet generation ------------------------------------------------------------
 
 interface Built {
@@ -471,6 +566,16 @@ interface Built {
 }
 
 const COUNTS = [1, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 11, 13, 16, 17, 31, 33, 64, 127, 719, 720, 1719, 1720];
+
+/** An int8 / int4 datagram (issue 14): the header, then its payload's bytes at
+ * random (int4: the padding nibbles of the last group too). */
+function narrowDatagram(h: { type: number; version: number; jobId: number; round: number; chunk: number; rank: number; exp: number; flags: number; contributors: number; count: number }, rng: Rng): Uint8Array {
+  const pb = payloadBytes(h.version === VERSION_INT8 ? 8 : 4, h.count);
+  const b = new Uint8Array(32 + pb);
+  writeHeader(new DataView(b.buffer), 0, h);
+  for (let i = 0; i < pb; i++) b[32 + i] = rng.chance(0.1) ? rng.pick([0x7f, 0x80, 0x77, 0x88, 0xff, 0]) : rng.int(256);
+  return b;
+}
 
 class Generator {
   /** Recently built valid frames, for duplicates and as mutation seeds. */
@@ -538,13 +643,14 @@ class Generator {
       if (this.rng.chance(0.04)) exp = this.rng.int(65536) - 32768;
     }
     const flags = this.rng.pick([0, 0, 0, F_SATURATED, F_RETRANSMIT, F_LAST, F_SATURATED | F_LAST, this.rng.int(65536)]);
-    const payload = datagram(
-      {
-        type, jobId: JOB, round, chunk, rank, exp, flags,
-        contributors: type === PKT_RESULT ? this.rng.int(MEMBERS + 2) : 0,
-      },
-      this.values(count),
-    );
+    // issue 14: mostly the job's width (int8 / int4 values, up to twice the count), sometimes another
+    const want = widthVersion(this.cfg());
+    const ver = this.rng.chance(0.9) ? want : this.rng.pick([VERSION, VERSION_INT8, VERSION_INT4]);
+    if (ver !== VERSION && !gap && this.rng.chance(0.3)) count = Math.min(2 * MAX_ELEMS, 2 * count);
+    const contributors = type === PKT_RESULT ? this.rng.int(MEMBERS + 2) : 0;
+    const payload = ver === VERSION
+      ? datagram({ type, jobId: JOB, round, chunk, rank, exp, flags, contributors }, this.values(count))
+      : narrowDatagram({ type, version: ver, jobId: JOB, round, chunk, rank, exp, flags, contributors, count }, this.rng);
     const x = this.rng.next();
     const enc =
       x < 0.8 ? {} : x < 0.88 ? { ipv6: true } : x < 0.93 ? { vlans: 1 } : x < 0.97 ? { vlans: 2 } : { ihl: 5 + 1 + this.rng.int(10) };
@@ -790,9 +896,16 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
           throw new Error(`raw acc[${idx}][${d}]: kernel ${kraw[d]} model ${model.raw[idx][d]} (slot count ${ms.count}) ${where}`);
         // a slot whose every contribution the sentry rejected, or that counted
         // ring-mode contributions, holds no sum of its round's contributors
-        const decodable = ms.contributors > 0 && !model.ringCounted.has(idx);
+        const width = model.narrow.get(idx) ?? 16;
+        const decodable = ms.contributors > 0 && !model.ringCounted.has(idx) && width === 16;
         const ksum = decodable ? k.sums(idx, ms.count) : new Int32Array(0);
         const dd = firstDiff(ksum, decodable ? model.acc[idx].subarray(0, ms.count) : new Int32Array(0));
+        // int8 / int4 slots: the raw words above are exact; their lanes decode to sums within the lanes' range
+        if (ms.contributors > 0 && !model.ringCounted.has(idx) && (width === 8 || width === 4)) {
+          const lanes = decodeSumsNarrow(new Uint16Array(kraw.buffer, kraw.byteOffset, 2 * MAX_ELEMS), ms.count, ms.contributors, width);
+          const Q = width === 8 ? 128 : 8;
+          for (const v of lanes) if (v < -Q * ms.contributors || v > (Q - 1) * ms.contributors) throw new Error(`narrow sums(${idx}): ${v} beyond ${ms.contributors} contributions ${where}`);
+        }
         if (dd >= 0)
           throw new Error(`sums(${idx})[${dd}]: kernel ${ksum[dd]} model ${model.acc[idx][dd]} (slot count ${ms.count}) ${where}`);
         const kr = k.result(idx);
@@ -862,7 +975,8 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         cfg = {
           ...cfg, batch: rng.pick([0, 1, 2, 3, 4, 32]), ownedChunks: rng.int(2 * MAP_CHUNKS + 1),
           flags: rng.pick([0, 0, CFG_CHECK_SOURCE, CFG_SENTRY, CFG_SENTRY, CFG_SENTRY | CFG_CHECK_SOURCE, CFG_CONTRIBS_TO_RING, CFG_CONTRIBS_TO_RING | CFG_SENTRY]) |
-            rng.pick([0, 0, CFG_AUTH_HDR, CFG_AUTH_FULL, CFG_AUTH_HDR | CFG_AUTH_FULL]),
+            rng.pick([0, 0, CFG_AUTH_HDR, CFG_AUTH_FULL, CFG_AUTH_HDR | CFG_AUTH_FULL]) |
+            rng.pick([0, 0, 0, CFG_INT8, CFG_INT8, CFG_INT4, CFG_INT4, CFG_INT8 | CFG_INT4]),
         };
         // close or open the sentry's gate of a few chunks
         const gates = k.gates();

@@ -40,8 +40,8 @@ export function mismatch(h: Host, c: { rank: number; from: string; payload: Uint
   const who = h.peers.includes(c.from)
     ? `rank ${h.peers.indexOf(c.from)} (${c.from})`
     : `a host at ${c.from}, which is not in our --peers,`;
-  return new AinftpError("open communicator", `${who} runs a different job: ours ${me}, theirs ${theirs}`, {
-    hint: "every member must get the same --peers (same order), --job, chunk size and --bits",
+  return new AinftpError("open communicator", `${who} runs a different job${bitsDiffer(me, theirs)}: ours ${me}, theirs ${theirs}`, {
+    hint: "every member must get the same --peers (same order), --job and chunk size",
   });
 }
 
@@ -112,4 +112,17 @@ function startJob(h: Host, first: number): void {
   };
   h.sentry?.openGates(h);
   h.setConfig(cfg);
+}
+
+/** ", --bits 8 here and 16 there" when the two fingerprints differ in width (16 is left out of one). */
+function bitsDiffer(me: string, theirs: string): string {
+  const bits = (f: string) => {
+    try {
+      return (JSON.parse(f) as { bits?: number }).bits ?? 16;
+    } catch {
+      return null;
+    }
+  };
+  const a = bits(me), b = bits(theirs);
+  return a !== null && b !== null && a !== b ? ` (--bits ${a} here, ${b} there)` : "";
 }

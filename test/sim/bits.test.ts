@@ -6,7 +6,7 @@
 // named at open, and the residual that error feedback is built on.
 import { describe, expect, test } from "bun:test";
 import type { RoundReport } from "../../src/collective.ts";
-import { ERROR_BOUND, QMAX_BITS } from "../../src/quantize.ts";
+import { ERROR_BOUND } from "../../src/quantize.ts";
 import { mulberry32 } from "../../src/random.ts";
 import { CLEAN, SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
 
@@ -36,12 +36,12 @@ interface Run {
 
 /** HOSTS members at `bits` run `rounds` all-reduces of seeded lengths (some
  * longer than one protocol round) over a world with `faults`. */
-async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o: { residual?: boolean } = {}): Promise<Run> {
+async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o: { residual?: boolean; feedback?: boolean; sameGradient?: boolean } = {}): Promise<Run> {
   const world = new SimWorld(seed, faults, programs.slice(0, HOSTS), PORT);
-  const comms = world.hosts.map((_, rank) => world.communicator(rank, { bits, errorFeedback: false, roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
+  const comms = world.hosts.map((_, rank) => world.communicator(rank, { bits, errorFeedback: o.feedback ?? false, roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
   const rnd = mulberry32(seed);
   const perRound = CHUNKS * ELEMS * 2;
-  const lengths = Array.from({ length: rounds }, () => 1 + Math.floor(rnd() * perRound * 1.3));
+  const lengths = o.sameGradient ? new Array(rounds).fill(perRound + 77) : Array.from({ length: rounds }, () => 1 + Math.floor(rnd() * perRound * 1.3));
   const r: Run = { outs: [], resids: [], xs: [], lengths, reps: [], world };
   try {
     await world.run(
@@ -51,12 +51,15 @@ async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o:
         r.resids[rank] = [];
         r.xs[rank] = [];
         r.reps[rank] = [];
+        // one gradient buffer, as a trainer has (error feedback keys its residual by it)
+        const buf = new Float32Array(o.sameGradient ? lengths[0] : 0);
         for (let k = 0; k < rounds; k++) {
-          const x = simGradient(seed, k, rank, lengths[k]);
+          const x = o.sameGradient ? buf : simGradient(seed, k, rank, lengths[k]);
+          if (o.sameGradient) x.set(simGradient(seed, 0, rank, lengths[0]));
           r.xs[rank].push(Float32Array.from(x));
           const residual = o.residual ? new Float32Array(x.length) : undefined;
           r.reps[rank].push(await c.allreduce(x, { residual }));
-          r.outs[rank].push(x);
+          r.outs[rank].push(Float32Array.from(x));
           if (residual) r.resids[rank].push(residual);
         }
         await c.leave(30_000);
@@ -119,25 +122,62 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
     }, 600_000);
   }
 
-  test("8 bits: the residual is exactly what the sum lost of each rank (the owner's requantization aside)", async () => {
-    const r = await run(8, 777, CLEAN, 3, { residual: true });
-    for (let k = 0; k < 3; k++) {
-      const out = r.outs[0][k];
-      let scale = 0, residMax = 0;
-      for (let rank = 0; rank < HOSTS; rank++) for (const v of r.xs[rank][k]) scale = Math.max(scale, Math.abs(v));
-      for (let rank = 0; rank < HOSTS; rank++) for (const v of r.resids[rank][k]) residMax = Math.max(residMax, Math.abs(v));
-      // each rank's error is below one step of its chunk's scale (at most 2 * scale / 127), and not all zero
-      expect(residMax).toBeGreaterThan(0);
-      expect(residMax).toBeLessThanOrEqual((2 * scale) / QMAX_BITS[8]);
-      // sum of (x - residual) is the sum of what was sent; the owner's step adds
-      // less than one step of the result's scale (at most 2 * N * scale / 127)
-      for (let i = 0; i < out.length; i++) {
-        let sent = 0;
-        for (let rank = 0; rank < HOSTS; rank++) sent += r.xs[rank][k][i] - r.resids[rank][k][i];
-        if (Math.abs(out[i] - sent) > (2 * HOSTS * scale) / QMAX_BITS[8]) throw new Error(`round ${k} element ${i}: ${out[i]} vs sent ${sent}`);
+  for (const bits of [8, 4] as const) {
+    test(`${bits} bits: the residual is what quantizing took from each rank (after the inverse transform): the sum of x - residual is the result but for the owner's step`, async () => {
+      const r = await run(bits, 777 + bits, CLEAN, 3, { residual: true });
+      for (let k = 0; k < 3; k++) {
+        const out = r.outs[0][k];
+        let all = 0, owner = 0, norm = 0, resid = 0, xs = 0;
+        for (let i = 0; i < out.length; i++) {
+          let exact = 0, sent = 0;
+          for (let rank = 0; rank < HOSTS; rank++) {
+            exact += r.xs[rank][k][i];
+            sent += r.xs[rank][k][i] - r.resids[rank][k][i];
+            resid += r.resids[rank][k][i] ** 2;
+            xs += r.xs[rank][k][i] ** 2;
+          }
+          all += (out[i] - exact) ** 2;
+          owner += (out[i] - sent) ** 2;
+          norm += exact ** 2;
+        }
+        // each rank's error is a small, non-zero part of its gradient
+        expect(resid).toBeGreaterThan(0);
+        expect(Math.sqrt(resid / xs)).toBeLessThan(ERROR_BOUND[bits]);
+        // what is left once the residuals are taken out is the owner's rounding alone: less than all of it
+        expect(owner).toBeLessThan(all);
+        expect(Math.sqrt(owner / norm)).toBeLessThan(ERROR_BOUND[bits]);
+        console.log(`[sim bits] ${bits} bits residual: relative error ${Math.sqrt(all / norm).toExponential(2)}, without the ranks' own ${Math.sqrt(owner / norm).toExponential(2)}`);
       }
+    }, 120_000);
+  }
+
+  test("error feedback (on by default at 8 and 4 bits): the same gradient 16 steps running, the results' running sum stays within twice one step's error of the exact one (the owner's rounding is not fed back); without it, over twice that", async () => {
+    for (const bits of [8, 4] as const) {
+      const steps = 16;
+      const drift = async (feedback: boolean) => {
+        const r = await run(bits, 31 + bits, CLEAN, steps, { feedback, sameGradient: true });
+        const n = r.lengths[0];
+        let worst = 0, one = 0;
+        const total = new Float64Array(n), exact = new Float64Array(n);
+        for (let i = 0; i < n; i++) for (let rank = 0; rank < HOSTS; rank++) exact[i] += r.xs[rank][0][i];
+        for (let k = 0; k < steps; k++) {
+          let num = 0, den = 0;
+          for (let i = 0; i < n; i++) {
+            total[i] += r.outs[0][k][i];
+            num += (total[i] - (k + 1) * exact[i]) ** 2;
+            den += exact[i] ** 2;
+          }
+          if (k === 0) one = Math.sqrt(num / den);
+          worst = Math.sqrt(num / den); // the running sum's error after the last step, in units of one step's sum
+        }
+        return { one, last: worst };
+      };
+      const on = await drift(true), off = await drift(false);
+      console.log(`[sim bits] ${bits} bits, ${steps} steps of the same gradient: running-sum error (in one sum's norm) with feedback ${on.last.toFixed(3)}, without ${off.last.toFixed(3)} (one step ${on.one.toFixed(3)})`);
+      expect(on.last).toBeLessThan(off.last / 2);
+      expect(on.last).toBeLessThan(2 * on.one);
     }
-  }, 120_000);
+  }, 300_000);
 
   test("a member at another width is named on every side at open", async () => {
     const world = new SimWorld(99, CLEAN, programs.slice(0, 2), PORT);
@@ -156,7 +196,7 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
       for (const c of comms) c.close(0);
     }
     expect(errs.length).toBe(2);
-    for (const m of errs) expect(m).toMatch(/different job.*bits/);
+    for (const m of errs) expect(m).toMatch(/different job \(--bits (8 here, 16|16 here, 8) there\)/);
     expect(errs.some((m) => m.includes("rank 1"))).toBe(true);
     expect(errs.some((m) => m.includes("rank 0"))).toBe(true);
   }, 60_000);
