@@ -21,6 +21,7 @@
 import { lstatSync, mkdirSync, rmSync, statfsSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { basename, dirname, isAbsolute, join, normalize } from "node:path";
+import { BIT_WIDTHS } from "./abi.ts";
 import { Arena } from "./arena.ts";
 import { RoundError, type Communicator } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
@@ -29,8 +30,6 @@ import { formatSize } from "./units.ts";
 
 export const LOCAL_PROTOCOL = "ainftp-local";
 export const LOCAL_PROTOCOL_VERSION = 3;
-/** Bit widths a job may run at (`swarm --bits`); 16 when the communicator names none. */
-export const BIT_WIDTHS = [16, 8, 4] as const;
 /** Floats of the census below 16 bits: K in each, the mean of their sums
  * read (quantization is unbiased, its error in the mean shrinks as 1/sqrt(n)). */
 export const CENSUS_FLOATS_QUANTIZED = 4096;
@@ -575,7 +574,7 @@ export class LocalServer implements Disposable {
     const sum = subs[0].view;
     for (let k = 1; k < subs.length; k++) addInto(sum, subs[k].view);
     const askers = subs.filter((p) => p.residual !== null);
-    for (const p of askers) p.residual!.fill(0); // what stays where the communicator reports none (16 bits, before issue 14's library)
+    for (const p of askers) p.residual!.fill(0); // what stays where the reducer reports none
     let reply: Record<string, unknown>;
     this.inflight++;
     try {
@@ -626,7 +625,7 @@ export class LocalServer implements Disposable {
     if (wrong)
       throw new CensusError({ status: "round_failed", message: `the job has ${total} trainers (the census of its first round: ${N} node${plural(N)}, ${K} on this one), but ${who(wrong)} says world ${wrong.world}`, hint });
     this.world = total;
-    this.log(`census: ${total} trainer${plural(total)} in the job, ${K} on this node`);
+    this.log(`census: ${total} trainer${plural(total)} in the job, ${K} on this node${n > 1 ? ` (the mean of ${n} sums at ${bits} bits: ${got.toFixed(4)})` : ""}`);
   }
 
   /** The spare residual, n floats long. */

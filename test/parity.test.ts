@@ -72,6 +72,8 @@ describe.skipIf(skipWhy !== null)("training parity on scikit-learn's digits: DDP
   const procs = new Set<Proc>();
   const track = (p: Proc) => (procs.add(p), p.exited.then(() => procs.delete(p)), p);
   const sock = (n: string, bits: number) => join(lab.tmp, `${n}-${bits}.sock`);
+  /** What the nodes' census read below 16 bits (the mean of many quantized sums of the trainer count). */
+  const censuses: string[] = [];
 
   beforeAll(() => {
     ensureBuilt();
@@ -109,6 +111,9 @@ describe.skipIf(skipWhy !== null)("training parity on scikit-learn's digits: DDP
     }));
     ends.forEach((e, i) => {
       if (e.code !== 0) throw new Error(`the ${bits}-bit node ${i} exited ${e.code}:\n${e.err}`);
+      const census = /census: 4 trainers in the job, 1 on this node(?: \(the mean of \d+ sums at \d+ bits: ([\d.]+)\))?/.exec(e.err);
+      expect({ node: i, census: census !== null }).toEqual({ node: i, census: true });
+      if (census?.[1]) censuses.push(`${bits} bits node ${i}: ${census[1]}`);
       expect(JSON.parse(e.out)).toMatchObject({ rank: i, peers: 4, job: JOB, world: 4, stopped_by: "SIGTERM" });
     });
   };
@@ -193,7 +198,8 @@ except ainftp.BadRequest as e:
         `, train loss ${r.train_loss.toFixed(4)}, weights ${r.weights_rel_distance === undefined ? "-" : `${(100 * r.weights_rel_distance).toFixed(2)}%`} from gloo's` +
         `, error feedback ${r.error_feedback ? "on" : "off"}, ${(r.ms / STEPS).toFixed(1)} ms/step`);
     }
-    console.log(`[parity] digits, MLP, DDP world 4 on 4 namespaces, ${STEPS} steps, seed ${SEED}, batch 32 per rank (wall ${wall.toFixed(1)} s):\n  ${lines_.join("\n  ")}`);
+    console.log(`[parity] digits, MLP, DDP world 4 on 4 namespaces, ${STEPS} steps, seed ${SEED}, batch 32 per rank (wall ${wall.toFixed(1)} s):\n  ${lines_.join("\n  ")}` +
+      (censuses.length ? `\n  census (4 trainers) read as ${censuses.join(", ")}` : ""));
     for (const [name, rs] of byRun) {
       expect({ run: name, learned: pts(rs[0]) > 85 }).toEqual({ run: name, learned: true });
       const max = MAX_GAP[name];
