@@ -78,7 +78,7 @@ describe.skipIf(skipWhy !== null)("training parity on scikit-learn's digits: DDP
   beforeAll(() => {
     ensureBuilt();
     lab = createLab("parity", NODES, { link: "bridge", subnet: "10.213.141" });
-  });
+  }, 180_000); // make build, when the sources changed, takes minutes on a loaded machine
   afterAll(async () => {
     for (const p of procs) p.kill(9);
     await Promise.all([...procs].map((p) => p.exited));
