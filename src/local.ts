@@ -834,7 +834,8 @@ export async function serveNode(o: ServeOptions, log: (line: string) => void = (
     comm = await node.open({
       window: o.window, roundTimeoutMs: o.roundTimeoutMs, retransmitMs: o.retransmitMs, openTimeoutMs: o.openTimeoutMs,
       stochasticSeed: o.stochasticSeed, sentry: o.sentry === true ? {} : o.sentry || undefined, maxWaitMs: 20, quorum: o.quorum,
-      deadlineMs: o.deadlineMs, bits: o.bits,
+      // the trainers' buffers are new views each call: error feedback is theirs (the DDP hook's HookState)
+      deadlineMs: o.deadlineMs, bits: o.bits, errorFeedback: false,
     });
     server = await LocalServer.listen({ socketPath, reducer: comm, log });
     log(`serving job ${comm.job} (rank ${o.rank} of ${N}, ${o.iface}) on ${socketPath}`);

@@ -285,3 +285,15 @@ describe.skipIf(!root)("XDP: int8 and int4 lanes (BPF_PROG_TEST_RUN)", () => {
     }, 60_000);
   }
 });
+
+test("a width other than 16, 8 or 4 is refused by the library, naming the allowed ones", async () => {
+  const { resolveOptions } = await import("../src/collective/options.ts");
+  expect(() => resolveOptions({ iface: "x", peers: ["10.0.0.1"], rank: 0, bits: 5 as never })).toThrow("--bits 5 is not a width ainftp sums");
+  try {
+    resolveOptions({ iface: "x", peers: ["10.0.0.1"], rank: 0, bits: 12 as never });
+  } catch (e) {
+    expect((e as { hint?: string }).hint).toBe("use one of 16, 8, 4");
+  }
+  expect(resolveOptions({ iface: "x", peers: ["10.0.0.1"], rank: 0 }).bits).toBe(16);
+  expect(resolveOptions({ iface: "x", peers: ["10.0.0.1"], rank: 0, bits: 4 }).bits).toBe(4);
+});

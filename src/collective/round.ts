@@ -32,7 +32,7 @@ export async function runRound(
     h.stats.rounds++;
     return { round: r, ms: h.clock.now() - t0, chunks: nchunks, active: [0], leader: 0 };
   }
-  // 4 bits: the round sums the randomized Hadamard transform of x (the
+  // 8 and 4 bits: the round sums the randomized Hadamard transform of x (the
   // same signs on every member), and the results come back through its inverse
   const seed = rhtSeed(h.job, r);
   let xq = x;

@@ -3,7 +3,7 @@
 // signal handlers, attach-if-needed, the communicator and its swarm, and the
 // way out (a polite close that serves the peers' last resends, or an abort),
 // detaching only what we attached.
-import { FRAME_OVERHEAD_V4, MAC_BYTES, MAX_ELEMS } from "../abi.ts";
+import { FRAME_OVERHEAD_V4, MAC_BYTES, MAX_ELEMS, payloadBytes, type BitWidth } from "../abi.ts";
 import { attachForNode, detach, type AttachMode } from "../attach.ts";
 import { Communicator, type CommunicatorOptions } from "../collective.ts";
 import { AinftpError } from "../errors.ts";
@@ -34,8 +34,9 @@ export function dataTagBytes(o: { key?: Uint8Array | null; auth?: AuthMode }): n
  * for the MAC at this MTU: say so before the first round fails. */
 export function checkPacketFits(comm: Communicator, mtu: number, iface: string, op = "swarm"): void {
   if (L3_OVERHEAD - 32 + comm.packetBytes <= mtu) return;
-  const fit = chunkElemsForMtu(mtu, comm.packetBytes - 32 - 2 * comm.chunkElems);
-  throw new AinftpError(op, `packets of ${comm.chunkElems} values${comm.packetBytes > 32 + 2 * comm.chunkElems ? " and a MAC" : ""} do not fit ${iface}'s MTU ${mtu}`, {
+  const payload = payloadBytes(comm.bits as BitWidth, comm.chunkElems); // --bits 8 / 4: packed values
+  const fit = chunkElemsForMtu(mtu, comm.packetBytes - 32 - payload);
+  throw new AinftpError(op, `packets of ${comm.chunkElems} values${comm.packetBytes > 32 + payload ? " and a MAC" : ""} do not fit ${iface}'s MTU ${mtu}`, {
     hint: `re-attach for ${fit} values per packet on every member (ainftp detach ${iface}; ainftp attach ${iface} --chunk-elems ${fit}), or raise the MTU`,
   });
 }
