@@ -272,10 +272,6 @@ export class LocalServer implements Disposable {
   private stopping: string | null = null;
   private inflight = 0;
   private nextBuffer = 1;
-  /** Where the residual of a round no trainer asked it for goes (below 16
-   * bits): passing one keeps the communicator's own error feedback out of
-   * the trainers' rounds (it lives in their HookState, or is off). */
-  private spareResidual = new Float32Array(0);
   private closed = false;
   private log: (line: string) => void;
 
@@ -579,8 +575,8 @@ export class LocalServer implements Disposable {
     this.inflight++;
     try {
       if (this.world === null) await this.census();
-      const residual = askers.length ? askers[0].residual! : this.bits !== 16 ? this.spare(count) : undefined;
-      await this.reducer.allreduce(sum, residual ? { op, residual } : { op });
+      // error feedback is the trainers' (HookState): serveNode opens the communicator without its own
+      await this.reducer.allreduce(sum, askers.length ? { op, residual: askers[0].residual! } : { op });
       // the collective's mean is over nodes; trainers are what DDP averages over
       if (op === "mean" && this.world !== this.reducer.size) rescale(sum, this.reducer.size, this.world!);
       for (let k = 1; k < subs.length; k++) subs[k].view.set(sum);
@@ -611,7 +607,7 @@ export class LocalServer implements Disposable {
     // int16 sums small integers exactly; 8 and 4 bits only without bias: many copies, their mean
     const n = bits === 16 ? 1 : CENSUS_FLOATS_QUANTIZED;
     const x = new Float32Array(n).fill(K);
-    await this.reducer.allreduce(x, bits === 16 ? { op: "sum" } : { op: "sum", residual: this.spare(n) });
+    await this.reducer.allreduce(x, { op: "sum" });
     let acc = 0;
     for (let i = 0; i < n; i++) acc += x[i];
     const got = acc / n, total = Math.round(got);
@@ -626,12 +622,6 @@ export class LocalServer implements Disposable {
       throw new CensusError({ status: "round_failed", message: `the job has ${total} trainers (the census of its first round: ${N} node${plural(N)}, ${K} on this one), but ${who(wrong)} says world ${wrong.world}`, hint });
     this.world = total;
     this.log(`census: ${total} trainer${plural(total)} in the job, ${K} on this node${n > 1 ? ` (the mean of ${n} sums at ${bits} bits: ${got.toFixed(4)})` : ""}`);
-  }
-
-  /** The spare residual, n floats long. */
-  private spare(n: number): Float32Array {
-    if (this.spareResidual.length < n) this.spareResidual = new Float32Array(n);
-    return this.spareResidual.subarray(0, n);
   }
 
   /** The job cannot go on here (rounds no longer line up across nodes).

@@ -301,11 +301,11 @@ describe("LocalServer with a stand-in reducer", () => {
     }
     expect(y[8]).toBe(7); // past the residual: untouched
     // below 16 bits the census is the mean of many sums (int16 sums it exactly in one float)
-    expect(reducer.calls).toEqual([{ n: CENSUS_FLOATS_QUANTIZED, op: "sum", residual: true }, { n: 4, op: "mean", residual: true }]);
+    expect(reducer.calls).toEqual([{ n: CENSUS_FLOATS_QUANTIZED, op: "sum" }, { n: 4, op: "mean", residual: true }]);
     expect(server.trainers.world).toBe(2);
-    // no residual asked: the node's spare one takes it (the communicator's own error feedback stays out), the range is untouched
+    // no residual asked: none computed, and the range is untouched
     expect(await c.ask({ type: "allreduce", seq: 4, buffer: b, count: 4, round: 1 })).toMatchObject({ status: "ok" });
-    expect(reducer.calls.at(-1)).toEqual({ n: 4, op: "sum", residual: true });
+    expect(reducer.calls.at(-1)).toEqual({ n: 4, op: "sum" });
     expect([...readFloats(path, 9).subarray(4)]).toEqual([...y.subarray(4)]);
   });
 
