@@ -294,14 +294,15 @@ HOT void dequant_body(const uint8_t *p, uint32_t count, uint32_t bits, float p1,
  * (key, j / 32) is set (one hash per 32 values); both steps exact for a
  * power of two p, so one pass does them in either order. n < 32 or a
  * multiple of 32 (power-of-two blocks). */
-HOT void rht_signs_scale(float *x, uint32_t n, uint32_t key, float p)
+HOT void rht_signs_scale(const float *src, float *x, uint32_t n, uint32_t key, float p)
 {
+	const int32_t *a = (const int32_t *)src;
 	int32_t *b = (int32_t *)x;
 	for (uint32_t w = 0; w < (n + 31) / 32; w++) {
 		uint32_t bits = mix32(key + w * GOLDEN);
 		uint32_t m = n - 32 * w < 32 ? n - 32 * w : 32;
 		for (uint32_t t = 0; t < m; t++)
-			b[32 * w + t] ^= (int32_t)(((bits >> t) & 1u) << 31);
+			b[32 * w + t] = a[32 * w + t] ^ (int32_t)(((bits >> t) & 1u) << 31);
 		for (uint32_t t = 0; t < m; t++)
 			x[32 * w + t] = x[32 * w + t] * p;
 	}
@@ -321,7 +322,7 @@ HOT void fwht_passes(float *restrict x, uint32_t n, uint32_t from)
 
 static void fwht_vec(float *x, uint32_t n);
 
-HOT void rht_body(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uint32_t inverse, int vec)
+HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uint32_t inverse, int vec)
 {
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
@@ -334,14 +335,14 @@ HOT void rht_body(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uin
 			/* forward D then H (scaled); inverse H then D (scaled) */
 			uint32_t k = key + off * GOLDEN; /* words [off, off + b / 32): no two blocks share one */
 			float p = pow2f(-(int32_t)(inverse ? (L + 1) / 2 : L / 2));
-			if (!inverse)
-				rht_signs_scale(blk, b, k, p);
+			if (!inverse) /* the first pass reads src (x itself, or the caller's gradient) */
+				rht_signs_scale(src + start + off, blk, b, k, p);
 			if (vec)
 				fwht_vec(blk, b);
 			else
 				fwht_passes(blk, b, 1);
 			if (inverse)
-				rht_signs_scale(blk, b, k, p);
+				rht_signs_scale(blk, blk, b, k, p);
 			off += b;
 		}
 	}
@@ -353,7 +354,7 @@ struct bits_kernels {
 			 struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t, uint32_t, float *);
 	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
 	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
-	void (*rht)(float *, uint32_t, uint32_t, uint32_t, uint32_t);
+	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
 };
 
 #define BITS_BUILD(isa, attr, vec)                                                                               \
@@ -377,9 +378,10 @@ struct bits_kernels {
 	{                                                                                                        \
 		dequant_body(p, count, bits, p1, p2, out);                                                        \
 	}                                                                                                        \
-	attr static void rht_##isa(float *x, uint32_t n, uint32_t ce, uint32_t seed, uint32_t inverse)          \
+	attr static void rht_##isa(const float *src, float *x, uint32_t n, uint32_t ce, uint32_t seed,          \
+				   uint32_t inverse)                                                            \
 	{                                                                                                        \
-		rht_body(x, n, ce, seed, inverse, vec);                                                           \
+		rht_body(src, x, n, ce, seed, inverse, vec);                                                      \
 	}
 
 BITS_BUILD(generic, , 0)
@@ -521,6 +523,17 @@ int32_t ainftp_rht(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, ui
 {
 	if (chunk_elems == 0)
 		return -EINVAL;
-	kern()->rht(x, n, chunk_elems, seed, inverse);
+	kern()->rht(x, x, n, chunk_elems, seed, inverse);
+	return 0;
+}
+
+/* The forward transform of src into x (n values each, not overlapping): the
+ * same values as copying src to x and transforming it in place, without
+ * the copy. Returns 0, or -EINVAL. */
+int32_t ainftp_rht_from(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed)
+{
+	if (chunk_elems == 0)
+		return -EINVAL;
+	kern()->rht(src, x, n, chunk_elems, seed, 0);
 	return 0;
 }

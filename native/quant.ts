@@ -28,6 +28,7 @@ const quant = openShimTable({
   ainftp_bits_dequantize: { args: [T.ptr, T.u32, T.i32, T.u32, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_rht_from: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
 } as const);
 
@@ -177,6 +178,13 @@ export function cBitsPayload(bits: number, count: number): number {
 export function cRht(x: Float32Array, chunkElems: number, seed: number, inverse: boolean): void {
   need(chunkElems > 0, "chunkElems must be > 0");
   if (x.length) quant.ainftp_rht(x, x.length, chunkElems, seed >>> 0, inverse ? 1 : 0);
+}
+
+/** The forward transform of src into out (as long as src, not overlapping it), without a copy. */
+export function cRhtFrom(src: Float32Array, out: Float32Array, chunkElems: number, seed: number): void {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(out.length >= src.length, "out shorter than src");
+  if (src.length) quant.ainftp_rht_from(src, out, src.length, chunkElems, seed >>> 0);
 }
 
 /** The build the RHT uses (AINFTP_ISA_*: 0 generic, 1 avx2). */

@@ -28,7 +28,7 @@
 import { MAX_ELEMS, SIZEOF, payloadBytes, writeHeader, accPosition, type WireHeader } from "./abi.ts";
 import { AinftpError } from "./errors.ts";
 import {
-  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht,
+  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht, cRhtFrom,
   type NarrowBits,
 } from "../native/quant.ts";
 
@@ -158,6 +158,12 @@ export function dequantizeBits(p: Uint8Array, count: number, exp: number, bits: 
  * transforms alike. */
 export function rht(x: Float32Array, chunkElems: number, seed: number, inverse = false): void {
   cRht(x, chunkElems, seed, inverse);
+}
+
+/** rht of src into out (no copy first; not overlapping): the same values as
+ * out.set(src) then rht(out, ...). */
+export function rhtFrom(src: Float32Array, out: Float32Array, chunkElems: number, seed: number): void {
+  cRhtFrom(src, out, chunkElems, seed);
 }
 
 /** Elementwise maximum of every rank's exponents: the shared scale. */

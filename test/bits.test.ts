@@ -11,7 +11,7 @@ import {
 } from "../src/abi.ts";
 import { frame } from "../src/packet.ts";
 import {
-  chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, packChunksAt, QMAX_BITS, rht,
+  chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, packChunksAt, QMAX_BITS, rht, rhtFrom,
 } from "../src/quantize.ts";
 import { quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
 import { mulberry32 } from "../src/random.ts";
@@ -188,6 +188,16 @@ describe("the randomized Hadamard transform", () => {
       for (let i = 0; i < n; i++) (err = Math.max(err, Math.abs(y[i] - x[i]))), (norm = Math.max(norm, Math.abs(x[i])));
       expect(err).toBeLessThan(1e-5 * norm);
     }
+  });
+
+  test("rhtFrom (no copy) gives the same bits as a copy transformed in place", () => {
+    const x = gaussian(21, 3440 * 2 + 999);
+    const a = Float32Array.from(x);
+    rht(a, 3440, 8);
+    const b = new Float32Array(x.length);
+    rhtFrom(x, b, 3440, 8);
+    expect(Buffer.from(b.buffer).equals(Buffer.from(a.buffer))).toBe(true);
+    expect(Buffer.from(x.buffer).equals(Buffer.from(gaussian(21, 3440 * 2 + 999).buffer))).toBe(true); // src untouched
   });
 
   test("it spreads a spike: one large value among zeros leaves no value above 1/32 of it in a 1024-block", () => {

@@ -3,7 +3,7 @@
 // wait), and the end (gather the results, the bookkeeping).
 import { coll } from "../../native/collective.ts";
 import { AinftpError } from "../errors.ts";
-import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht } from "../quantize.ts";
+import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFrom } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import { closeForDead, deadWeWaitFor, fail } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
@@ -39,8 +39,7 @@ export async function runRound(
   if (h.rht) {
     const b = h.scratch("rht", 4 * x.length);
     xq = new Float32Array(b.buffer, b.byteOffset, x.length);
-    xq.set(x);
-    rht(xq, h.chunkElems, seed);
+    rhtFrom(x, xq, h.chunkElems, seed); // no copy of x first
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient);
   if (resid) {
