@@ -3,8 +3,9 @@
 # runs the benchmarks (XDP program, send path, the collective against Gloo and
 # Open MPI on 4 network namespaces; `bench-deps` installs those peers).
 BUN_VERSION := 1.4.5
-# python3-torch: the trainer tests run real DDP against a swarm (issue 7)
-APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 libxdp-dev libxdp1 bpftool libelf-dev iproute2 gcc make ethtool util-linux python3-torch
+# python3-torch: the trainer tests run real DDP against a swarm (issue 7);
+# python3-sklearn: its digits are the training-parity test's data (issue 14, no download)
+APT_PACKAGES := clang clang-19 llvm libbpf-dev libbpf1 libxdp-dev libxdp1 bpftool libelf-dev iproute2 gcc make ethtool util-linux python3-torch python3-sklearn
 
 CLANG ?= clang-19
 CC ?= gcc
@@ -36,7 +37,7 @@ deps:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
 # The peers `make bench` measures against: Gloo (PyTorch) and Open MPI.
-BENCH_PACKAGES := python3-torch openmpi-bin libopenmpi-dev
+BENCH_PACKAGES := python3-torch python3-sklearn openmpi-bin libopenmpi-dev
 bench-deps:
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

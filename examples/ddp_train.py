@@ -78,6 +78,10 @@ def parse_args():
     p.add_argument("--ifname", default=os.environ.get("GLOO_SOCKET_IFNAME"), help="interface Gloo uses (GLOO_SOCKET_IFNAME)")
     p.add_argument("--job", type=int, default=env_int("AINFTP_JOB", default=0), help="the node's --job")
     p.add_argument("--socket", default=os.environ.get("AINFTP_SOCKET"), help="the node's --socket")
+    p.add_argument("--bits", type=int, choices=[16, 8, 4], default=None,
+                   help="the bits per gradient value the node must run at (its swarm --bits; default: whatever it runs)")
+    p.add_argument("--error-feedback", choices=["auto", "on", "off"], default="auto",
+                   help="the hook's error feedback (auto: on below 16 bits)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     a = p.parse_args()
     if a.rank is None or a.world_size is None:
@@ -133,8 +137,8 @@ def main():
             import ainftp
         import ainftp.torch
         ainftp.connect(job=a.job, socket=a.socket, name=f"ddp_train rank {a.rank}", local_size=a.local_world_size,
-                       local_rank=a.local_rank, world=world)
-        state = ainftp.torch.HookState()
+                       local_rank=a.local_rank, world=world, bits=a.bits)
+        state = ainftp.torch.HookState(error_feedback={"auto": None, "on": True, "off": False}[a.error_feedback])
         durations = state.durations
         ddp.register_comm_hook(state, ainftp.torch.comm_hook)
     elif a.hook == "none":

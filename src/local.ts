@@ -11,10 +11,17 @@
 // into each. The round order is the trainers' own, the same on every node, so
 // nothing has to be agreed across nodes but the job's trainer count, which the
 // first round's census (an all-reduce of K) gives every node.
+//
+// The job's bit width (16, 8 or 4 per coordinate on the wire) is the
+// communicator's: the hello answer names it, a trainer that asks for another
+// is refused. An all-reduce may ask for the residual of this node's
+// quantization (x minus what its contribution dequantizes to), written into
+// another range of a registered buffer: the trainer's error feedback.
 // Protocol, version LOCAL_PROTOCOL_VERSION: clients/python/README.md.
 import { lstatSync, mkdirSync, rmSync, statfsSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { basename, dirname, isAbsolute, join, normalize } from "node:path";
+import { BIT_WIDTHS } from "./abi.ts";
 import { Arena } from "./arena.ts";
 import { RoundError, type Communicator } from "./collective.ts";
 import { AinftpError } from "./errors.ts";
@@ -22,7 +29,10 @@ import { bringUp, type JobOptions, type Node } from "./node/bringup.ts";
 import { formatSize } from "./units.ts";
 
 export const LOCAL_PROTOCOL = "ainftp-local";
-export const LOCAL_PROTOCOL_VERSION = 2;
+export const LOCAL_PROTOCOL_VERSION = 3;
+/** Floats of the census below 16 bits: K in each, the mean of their sums
+ * read (quantization is unbiased, its error in the mean shrinks as 1/sqrt(n)). */
+export const CENSUS_FLOATS_QUANTIZED = 4096;
 /** Largest frame body; every message is far smaller. */
 export const MAX_FRAME = 64 * 1024;
 /** Buffers one client may have registered at once. */
@@ -102,7 +112,12 @@ export interface Reducer {
   readonly peers: readonly string[];
   readonly chunkElems: number;
   readonly capacity: number;
-  allreduce(x: Float32Array, o: { op?: "sum" | "mean" }): Promise<unknown>;
+  /** Bits per coordinate on the wire (absent: 16). */
+  readonly bits?: number;
+  /** `residual`: filled with this node's own quantization error, x minus
+   * what its contribution dequantizes to (left as given where the
+   * communicator does not report one). */
+  allreduce(x: Float32Array, o: { op?: "sum" | "mean"; residual?: Float32Array }): Promise<unknown>;
   /** Leave now, telling the peers (a round in flight fails everywhere). */
   abort(): void;
 }
@@ -208,6 +223,8 @@ interface Submission {
   round: number;
   count: number;
   op: "sum" | "mean";
+  /** Where this trainer wants the residual of the node's quantization (null: not asked). */
+  residual: Float32Array | null;
   /** performance.now() when it came. */
   at: number;
   answer: (reply: Record<string, unknown>) => void;
@@ -293,6 +310,11 @@ export class LocalServer implements Disposable {
     for (const p of this.pending.splice(0)) this.answer(p, { status: "shutting_down", message: `node shutting down: ${why}` });
     for (const s of this.sessions) if (s.hello) this.send(s, { type: "shutdown", status: "shutting_down", message: `node shutting down: ${why}` });
     this.end({ kind: "stopped", why });
+  }
+
+  /** Bits per coordinate the job runs at (the communicator's). */
+  get bits(): number {
+    return this.reducer.bits ?? 16;
   }
 
   /** Whether a round is running on the collective now. */
@@ -387,7 +409,14 @@ export class LocalServer implements Disposable {
         ...(this.failure.hint ? { hint: this.failure.hint } : {}), ...(this.failure.missing ? { missing: this.failure.missing } : {}),
       });
     if (this.stopping) return refuse("shutting_down", `node shutting down: ${this.stopping}`);
-    const localSize = m.local_size ?? 1, world = m.world ?? null, localRank = m.local_rank ?? null;
+    const localSize = m.local_size ?? 1, world = m.world ?? null, localRank = m.local_rank ?? null, bits = m.bits ?? null;
+    const jobBits = this.bits;
+    if (bits !== null && !(BIT_WIDTHS as readonly unknown[]).includes(bits))
+      return refuse("bad_request", `"bits" ${JSON.stringify(bits)} is not one of ${BIT_WIDTHS.join(", ")} (bits per gradient coordinate on the wire)`);
+    if (bits !== null && bits !== jobBits)
+      return this.refuse(s, "hello", "bad_request",
+        `this trainer asks for ${bits}-bit gradients, but this node's job runs at ${jobBits} bits: start the swarm with --bits ${bits} (on every node), or connect with bits=${jobBits}`,
+        { bits: jobBits });
     if (!isCount(localSize) || localSize < 1 || localSize > MAX_LOCAL_SIZE)
       return refuse("bad_request", `"local_size" ${JSON.stringify(localSize)} is not an integer 1..${MAX_LOCAL_SIZE} (the trainers on this host)`);
     if (world !== null && (!isCount(world) || world < 1)) return refuse("bad_request", `"world" ${JSON.stringify(world)} is not a positive integer (the trainers in the whole job)`);
@@ -420,7 +449,7 @@ export class LocalServer implements Disposable {
     this.send(s, {
       type: "hello", status: "ok", protocol: LOCAL_PROTOCOL, version: LOCAL_PROTOCOL_VERSION,
       job: r.job, rank: r.rank, size: r.size, peers: [...r.peers], chunk_elems: r.chunkElems,
-      round_elems: r.capacity * r.chunkElems, node_pid: process.pid, local_size: localSize, world: this.world,
+      round_elems: r.capacity * r.chunkElems, node_pid: process.pid, local_size: localSize, world: this.world, bits: jobBits,
     });
   }
 
@@ -493,6 +522,12 @@ export class LocalServer implements Disposable {
     if (offset + count > b.view.length) return bad(`elements ${offset}..${offset + count} are outside buffer ${b.id} (${b.view.length} floats)`);
     if (op !== "sum" && op !== "mean") return bad(`op ${JSON.stringify(op)} is not "sum" or "mean"`);
     if (!isCount(round)) return bad('"round" must be a non-negative integer');
+    const ro = m.residual_offset ?? null;
+    if (ro !== null) {
+      if (!isCount(ro)) return bad('"residual_offset" must be a non-negative integer (float32 elements) or absent');
+      if (ro + count > b.view.length) return bad(`the residual's elements ${ro}..${ro + count} are outside buffer ${b.id} (${b.view.length} floats)`);
+      if (ro < offset + count && offset < ro + count) return bad(`the residual's elements ${ro}..${ro + count} overlap the data's ${offset}..${offset + count}`);
+    }
     if (s.nextRound !== null && round !== s.nextRound) return bad(`round ${round} after round ${s.nextRound - 1}: round ids go up by one`);
     if (this.failure) return failureFields(this.failure);
     if (this.stopping) return { status: "shutting_down", message: `node shutting down: ${this.stopping}` };
@@ -507,7 +542,10 @@ export class LocalServer implements Disposable {
     }
     b.busy++;
     const answered = new Promise<Record<string, unknown>>((answer) =>
-      this.pending.push({ s, b, view: b.view.subarray(offset, offset + count), round, count, op, at: performance.now(), answer }));
+      this.pending.push({
+        s, b, view: b.view.subarray(offset, offset + count), round, count, op, at: performance.now(), answer,
+        residual: ro === null ? null : b.view.subarray(ro, ro + count),
+      }));
     if (this.pending.length === this.localSize) void this.reduce(this.pending.splice(0));
     return answered;
   }
@@ -519,7 +557,10 @@ export class LocalServer implements Disposable {
   }
 
   /** One round for this host's trainers: their buffers summed into the first
-   * (by local_rank), one all-reduce over the network, the result copied back. */
+   * (by local_rank), one all-reduce over the network, the result copied back.
+   * The residual of the node's quantization is of that sum: the first trainer
+   * that asked for it gets it whole, the others zeros (what they add to their
+   * next gradient sums to it). */
   private async reduce(subs: Submission[]): Promise<void> {
     const t0 = performance.now();
     const { round, count, op } = subs[0];
@@ -528,11 +569,14 @@ export class LocalServer implements Disposable {
     subs.sort((a, b) => order(a.s) - order(b.s));
     const sum = subs[0].view;
     for (let k = 1; k < subs.length; k++) addInto(sum, subs[k].view);
+    const askers = subs.filter((p) => p.residual !== null);
+    for (const p of askers) p.residual!.fill(0); // what stays where the reducer reports none
     let reply: Record<string, unknown>;
     this.inflight++;
     try {
       if (this.world === null) await this.census();
-      await this.reducer.allreduce(sum, { op });
+      // error feedback is the trainers' (HookState): serveNode opens the communicator without its own
+      await this.reducer.allreduce(sum, askers.length ? { op, residual: askers[0].residual! } : { op });
       // the collective's mean is over nodes; trainers are what DDP averages over
       if (op === "mean" && this.world !== this.reducer.size) rescale(sum, this.reducer.size, this.world!);
       for (let k = 1; k < subs.length; k++) subs[k].view.set(sum);
@@ -540,7 +584,7 @@ export class LocalServer implements Disposable {
       this.stats.allreduces++;
       this.stats.elements += count;
       this.stats.ms += ms;
-      reply = { status: "ok", round, ms: +ms.toFixed(3), world: this.world };
+      reply = { status: "ok", round, ms: +ms.toFixed(3), world: this.world, bits: this.bits };
     } catch (e) {
       if (this.stopping) {
         reply = { status: "shutting_down", message: `node shutting down during round ${round}: ${this.stopping}` };
@@ -559,18 +603,25 @@ export class LocalServer implements Disposable {
   /** The first round: an all-reduce of K gives every node the job's trainer
    * count (the divisor of a mean), checked against what the trainers said. */
   private async census(): Promise<void> {
-    const K = this.localSize!, N = this.reducer.size;
-    const x = Float32Array.of(K);
+    const K = this.localSize!, N = this.reducer.size, bits = this.bits;
+    // int16 sums small integers exactly; 8 and 4 bits only without bias: many copies, their mean
+    const n = bits === 16 ? 1 : CENSUS_FLOATS_QUANTIZED;
+    const x = new Float32Array(n).fill(K);
     await this.reducer.allreduce(x, { op: "sum" });
-    const total = Math.round(x[0]);
+    let acc = 0;
+    for (let i = 0; i < n; i++) acc += x[i];
+    const got = acc / n, total = Math.round(got);
     const hint = "give each trainer local_size = the trainers on its host (LOCAL_WORLD_SIZE) and world = the DDP world size (WORLD_SIZE), then restart the whole job";
-    if (!(Math.abs(x[0] - total) < 1e-3 && total >= N))
-      throw new CensusError({ status: "round_failed", message: `the census of the job's trainers summed to ${x[0]}, not a whole number of at least ${N} (one per node)`, hint });
+    if (!(Math.abs(got - total) < (bits === 16 ? 1e-3 : 0.25) && total >= N))
+      throw new CensusError({
+        status: "round_failed", hint,
+        message: `the census of the job's trainers summed to ${got}${n > 1 ? ` (the mean of ${n} sums at ${bits} bits)` : ""}, not a whole number of at least ${N} (one per node)`,
+      });
     const wrong = this.members.find((s) => s.world !== null && s.world !== total);
     if (wrong)
       throw new CensusError({ status: "round_failed", message: `the job has ${total} trainers (the census of its first round: ${N} node${plural(N)}, ${K} on this one), but ${who(wrong)} says world ${wrong.world}`, hint });
     this.world = total;
-    this.log(`census: ${total} trainer${plural(total)} in the job, ${K} on this node`);
+    this.log(`census: ${total} trainer${plural(total)} in the job, ${K} on this node${n > 1 ? ` (the mean of ${n} sums at ${bits} bits: ${got.toFixed(4)})` : ""}`);
   }
 
   /** The job cannot go on here (rounds no longer line up across nodes).

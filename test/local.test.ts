@@ -18,7 +18,7 @@ import type { IO } from "../cli/io.ts";
 import { run } from "../cli/program.ts";
 import { RoundError } from "../src/collective.ts";
 import {
-  encodeFrame, FrameDecoder, FrameError, LOCAL_PROTOCOL, LOCAL_PROTOCOL_VERSION, LocalServer, MAX_FRAME, type Message, type Reducer,
+  CENSUS_FLOATS_QUANTIZED, encodeFrame, FrameDecoder, FrameError, LOCAL_PROTOCOL, LOCAL_PROTOCOL_VERSION, LocalServer, MAX_FRAME, type Message, type Reducer,
 } from "../src/local.ts";
 import { BIN, canUseNetns, createLab, ensureBuilt, ROOT, sh, until, type Lab } from "./helpers/netns.ts";
 
@@ -83,7 +83,9 @@ describe("framing", () => {
 
 // ---- the server, with a stand-in for the collective ------------------------------------------------
 
-/** Two members whose other member holds the same data: a sum doubles. */
+/** Two members whose other member holds the same data: a sum doubles.
+ * Below 16 bits, x is first rounded to the nearest multiple of max|x| / (2^(bits-1) - 1),
+ * and a residual asked for gets x minus that. */
 class FakeReducer implements Reducer {
   rank = 0;
   size = 2;
@@ -92,15 +94,24 @@ class FakeReducer implements Reducer {
   chunkElems = 720;
   capacity = 8;
   aborted = false;
-  calls: { n: number; op: string }[] = [];
+  calls: { n: number; op: string; residual?: true }[] = [];
   failWith: Error | null = null;
   delayMs = 1;
+  bits = 16;
 
-  async allreduce(x: Float32Array, o: { op?: "sum" | "mean" }): Promise<void> {
-    this.calls.push({ n: x.length, op: o.op ?? "sum" });
+  async allreduce(x: Float32Array, o: { op?: "sum" | "mean"; residual?: Float32Array }): Promise<void> {
+    this.calls.push({ n: x.length, op: o.op ?? "sum", ...(o.residual ? { residual: true as const } : {}) });
     await Bun.sleep(this.delayMs);
     if (this.aborted) throw new Error("aborted");
     if (this.failWith) throw this.failWith;
+    if (this.bits < 16) {
+      const step = x.reduce((m, v) => Math.max(m, Math.abs(v)), 0) / (2 ** (this.bits - 1) - 1) || 1;
+      for (let i = 0; i < x.length; i++) {
+        const q = Math.fround(Math.round(x[i] / step) * step);
+        if (o.residual) o.residual[i] = x[i] - q;
+        x[i] = q;
+      }
+    }
     for (let i = 0; i < x.length; i++) x[i] = o.op === "mean" ? x[i] : 2 * x[i];
   }
 
@@ -222,13 +233,13 @@ describe("LocalServer with a stand-in reducer", () => {
     await start();
     expect(statSync(join(dir, "sub")).mode & 0o777).toBe(0o700);
     const ok = await (await connect()).hello();
-    expect(ok).toMatchObject({ type: "hello", status: "ok", protocol: LOCAL_PROTOCOL, version: 2, job: 7, rank: 0, size: 2, round_elems: 8 * 720, local_size: 1, world: null });
+    expect(ok).toMatchObject({ type: "hello", status: "ok", protocol: LOCAL_PROTOCOL, version: 3, job: 7, rank: 0, size: 2, round_elems: 8 * 720, local_size: 1, world: null, bits: 16 });
     clients.pop()!.close();
 
     const c = await connect();
     const r = await c.hello({ version: 1 }); // a client of before trainers shared a node
-    expect(r).toMatchObject({ type: "hello", status: "version_mismatch", version: 2 });
-    expect(r.message).toMatch(/client speaks ainftp local protocol version 1, this node speaks version 2/);
+    expect(r).toMatchObject({ type: "hello", status: "version_mismatch", version: 3 });
+    expect(r.message).toMatch(/client speaks ainftp local protocol version 1, this node speaks version 3/);
     expect(await c.next()).toBeNull(); // and hangs up
 
     const d = await connect();
@@ -239,6 +250,63 @@ describe("LocalServer with a stand-in reducer", () => {
     f.sock.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     expect(await f.next()).toMatchObject({ status: "bad_request", message: expect.stringMatching(/not an ainftp local-protocol client/) });
     expect(await f.next()).toBeNull();
+  });
+
+  test("bits: the hello names the job's width; a trainer asking for another is refused naming both and the fix; any other value is refused", async () => {
+    await start();
+    reducer.bits = 8;
+    const refused = async (hello: Record<string, unknown>, re: RegExp) => {
+      const c = await connect();
+      const r = await c.hello(hello);
+      expect(r).toMatchObject({ type: "hello", status: "bad_request" });
+      expect(r.message).toMatch(re);
+      expect(await c.next()).toBeNull(); // and hangs up
+    };
+    await refused({ bits: 4 }, /this trainer asks for 4-bit gradients, but this node's job runs at 8 bits: start the swarm with --bits 4 \(on every node\), or connect with bits=8/);
+    await refused({ bits: 16 }, /asks for 16-bit gradients, but this node's job runs at 8 bits: start the swarm with --bits 16/);
+    for (const bad of [3, 32, "8", 8.5, true])
+      await refused({ bits: bad }, /"bits" .* is not one of 16, 8, 4 \(bits per gradient coordinate on the wire\)/);
+    expect(server.trainers.connected).toEqual([]);
+    const first = await connect();
+    expect(await first.hello({ bits: 8 })).toMatchObject({ status: "ok", bits: 8 });
+    expect(await first.ask({ type: "bye", seq: 1 })).toMatchObject({ status: "ok" });
+    expect(await (await connect()).hello()).toMatchObject({ status: "ok", bits: 8 }); // not asked: told
+    expect(server.bits).toBe(8);
+  });
+
+  test("the residual of the node's quantization goes where the request says; a bad range is refused; two trainers: the first asker gets it whole, the other zeros", async () => {
+    await start();
+    reducer.bits = 4;
+    const c = await connect();
+    await c.hello();
+    const x = Float32Array.from([1, 0.3, -0.55, 0.1, 7, 7, 7, 7, 7]);
+    const path = sharedFile("res", x);
+    files.push(path);
+    const b = (await c.ask({ type: "register", seq: 1, path, bytes: x.byteLength })).buffer;
+    const bad = async (m: Record<string, unknown>, re: RegExp) => {
+      const r = await c.ask({ type: "allreduce", seq: 2, buffer: b, count: 4, round: 0, ...m });
+      expect(r).toMatchObject({ status: "bad_request" });
+      expect(r.message).toMatch(re);
+    };
+    await bad({ residual_offset: 6 }, /the residual's elements 6\.\.10 are outside buffer/);
+    await bad({ residual_offset: 2 }, /the residual's elements 2\.\.6 overlap the data's 0\.\.4/);
+    await bad({ residual_offset: -1 }, /"residual_offset" must be a non-negative integer/);
+    expect(reducer.calls).toEqual([]);
+    expect(await c.ask({ type: "allreduce", seq: 3, buffer: b, count: 4, round: 0, op: "mean", residual_offset: 4 })).toMatchObject({ status: "ok", bits: 4 });
+    const y = readFloats(path, 9), step = 1 / 7;
+    for (let i = 0; i < 4; i++) {
+      const q = Math.fround(Math.round(x[i] / step) * step);
+      expect(y[i]).toBe(q);
+      expect(y[4 + i]).toBe(Math.fround(x[i] - q));
+    }
+    expect(y[8]).toBe(7); // past the residual: untouched
+    // below 16 bits the census is the mean of many sums (int16 sums it exactly in one float)
+    expect(reducer.calls).toEqual([{ n: CENSUS_FLOATS_QUANTIZED, op: "sum" }, { n: 4, op: "mean", residual: true }]);
+    expect(server.trainers.world).toBe(2);
+    // no residual asked: none computed, and the range is untouched
+    expect(await c.ask({ type: "allreduce", seq: 4, buffer: b, count: 4, round: 1 })).toMatchObject({ status: "ok" });
+    expect(reducer.calls.at(-1)).toEqual({ n: 4, op: "sum" });
+    expect([...readFloats(path, 9).subarray(4)]).toEqual([...y.subarray(4)]);
   });
 
   test("bad requests get a bad_request status and the session goes on", async () => {
@@ -362,6 +430,29 @@ describe("LocalServer with a stand-in reducer", () => {
     expect(reducer.calls.slice(2)).toEqual([{ n: 4, op: "mean" }]);
     expect(server.trainers).toMatchObject({ localSize: 2, world: 4 });
     expect(server.stats).toMatchObject({ clients: 2, allreduces: 2, elements: 8 });
+  });
+
+  test("two trainers asking for the residual: it is of the node's sum, given whole to the first asker (by local_rank), zeros to the other; one not asking gets nothing written", async () => {
+    await start();
+    reducer.bits = 8;
+    const [a, b] = await pair();
+    // a's buffer: [1, 2, 3, 4], b's: [10, 20, 30, 40, 99]
+    ask(a, { round: 0, count: 2, offset: 2 }); // a: [3, 4], no residual asked
+    ask(b, { round: 0, count: 2, offset: 3, residual_offset: 0 }); // b: [40, 99], residual into its floats 0..1
+    for (const r of [await a.c.next(), await b.c.next()]) expect(r).toMatchObject({ status: "ok", round: 0, bits: 8 });
+    const sum = [43, 103], step = 103 / 127;
+    const q = sum.map((v) => Math.fround(Math.round(v / step) * step));
+    expect([...readFloats(b.path, 5)]).toEqual([Math.fround(43 - q[0]), Math.fround(103 - q[1]), 30, 2 * q[0], 2 * q[1]]);
+    expect([...readFloats(a.path, 4)]).toEqual([1, 2, 2 * q[0], 2 * q[1]]);
+    // both ask: local_rank 0 gets the residual, local_rank 1 zeros
+    ask(b, { round: 1, count: 2, offset: 3, residual_offset: 0 });
+    ask(a, { round: 1, count: 2, offset: 0, residual_offset: 2 });
+    for (const r of [await a.c.next(), await b.c.next()]) expect(r).toMatchObject({ status: "ok", round: 1 });
+    const sum1 = [Math.fround(1 + 2 * q[0]), Math.fround(2 + 2 * q[1])], step1 = sum1[1] / 127;
+    const q1 = sum1.map((v) => Math.fround(Math.round(v / step1) * step1));
+    expect([...readFloats(a.path, 4)]).toEqual([2 * q1[0], 2 * q1[1], Math.fround(sum1[0] - q1[0]), Math.fround(sum1[1] - q1[1])]);
+    expect([...readFloats(b.path, 5)].slice(0, 2)).toEqual([0, 0]);
+    expect(reducer.calls.slice(1)).toEqual([{ n: 2, op: "sum", residual: true }, { n: 2, op: "sum", residual: true }]);
   });
 
   test("hello with local_size 2: a third trainer is busy; another local_size, a taken local_rank or another world is refused, saying why", async () => {
@@ -585,7 +676,7 @@ print(json.dumps(out))
     const r = JSON.parse(out);
     expect(r).toMatchObject({ rank: 0, size: 2, job: 7, sum: [3, -4, 6.5], big: [0, 2, 1199998], busy: "busy", leftovers: [] });
     expect(r.typeerror).toMatch(/float32/);
-    expect(r.mismatch).toMatch(/client speaks ainftp local protocol version 99, this node speaks version 2/);
+    expect(r.mismatch).toMatch(/client speaks ainftp local protocol version 99, this node speaks version 3/);
     await Bun.sleep(20);
     expect(server.trainers.connected).toEqual([]); // it said bye
     expect(reducer.aborted).toBe(false);

@@ -2,9 +2,10 @@
 
     import ainftp
     ainftp.connect(job=7)                 # the node: ainftp swarm ... --job 7 --serve (K trainers may share it)
+    ainftp.connect(job=7, bits=8)         # ... and insist on its --bits (16, 8 or 4): another width is refused
     ainftp.allreduce(tensor, op="mean")   # CPU or CUDA float32 tensor, in place
 
-    model.register_comm_hook(None, ainftp.torch.comm_hook)   # DDP
+    model.register_comm_hook(None, ainftp.torch.comm_hook)   # DDP (error feedback on below 16 bits: HookState)
 
 Standard library only; `ainftp.torch` (the DDP hook) imports torch.
 """

@@ -1,4 +1,4 @@
-"""The ainftp local protocol, version 2: framing, status codes, errors.
+"""The ainftp local protocol, version 3: framing, status codes, errors.
 
 A frame is the body's length (4 bytes, unsigned, little-endian) followed by
 the body, one JSON object in UTF-8 with a string "type". See README.md.
@@ -7,7 +7,9 @@ import json
 import struct
 
 PROTOCOL = "ainftp-local"
-VERSION = 2
+VERSION = 3
+# bits per gradient coordinate a job may run at (the node's `swarm --bits`)
+BIT_WIDTHS = (16, 8, 4)
 MAX_FRAME = 64 * 1024
 
 _LEN = struct.Struct("<I")

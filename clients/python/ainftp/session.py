@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from .protocol import (PROTOCOL, VERSION, AinftpError, BadRequest, ConnectionLost, DeadlineExceeded,
+from .protocol import (BIT_WIDTHS, PROTOCOL, VERSION, AinftpError, BadRequest, ConnectionLost, DeadlineExceeded,
                        NodeShuttingDown, encode, error_for, read_frame)
 
 _MIN_BUFFER = 1 << 20
@@ -82,6 +82,24 @@ class _Shared:
             pass  # a view of it is still alive somewhere: unmapped when that goes
 
 
+def _float_bytes(data, what):
+    view = memoryview(data)
+    if view.format != "f" or view.itemsize != 4:
+        raise TypeError(f"ainftp all-reduces float32 data, not format {view.format!r} ({what})")
+    if view.readonly:
+        raise TypeError(f"the {what} must be writable (the result replaces it)")
+    return view.cast("B")
+
+
+def check_bits(bits):
+    """bits as an int in BIT_WIDTHS, or a ValueError naming the choices."""
+    if isinstance(bits, str) and bits.strip().isdigit():
+        bits = int(bits)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BIT_WIDTHS:
+        raise ValueError(f"bits={bits!r} is not one of {', '.join(map(str, BIT_WIDTHS))} (bits per gradient coordinate on the wire)")
+    return bits
+
+
 class Client:
     """One trainer's session with the node of this host.
 
@@ -98,6 +116,7 @@ class Client:
         self.local_rank = local_rank
         self.declared_world = world  # what this trainer said the job's trainer count is
         self.world = hello.get("world")  # the job's trainer count: the node's census, known after the first round
+        self.bits = hello.get("bits", 16)  # bits per coordinate on the wire: the node's --bits
         self._shm_dir = shm_dir
         self._reply_timeout = reply_timeout
         self._lock = threading.RLock()
@@ -108,7 +127,7 @@ class Client:
         self._failed = None  # the error that ended the session
 
     def __repr__(self):
-        return (f"<ainftp.Client job {self.job} node {self.rank} of {self.size}, {self.local_size} trainer(s) on it"
+        return (f"<ainftp.Client job {self.job} node {self.rank} of {self.size}, {self.bits} bits, {self.local_size} trainer(s) on it"
                 f"{' closed' if self._closed else ''}>")
 
     # ---- requests ------------------------------------------------------------------
@@ -177,40 +196,49 @@ class Client:
                     old.close()
             return new
 
-    def reduce_staged(self, floats, op="sum", offset=0):
-        """All-reduces floats [offset, offset+floats) of the staging buffer in place."""
+    def reduce_staged(self, floats, op="sum", offset=0, residual_offset=None):
+        """All-reduces floats [offset, offset+floats) of the staging buffer in place.
+
+        residual_offset: where the node writes this host's quantization
+        residual (floats [residual_offset, residual_offset+floats): what the
+        sent values lost, to add to the next step's gradient), or None."""
         if op not in ("sum", "mean"):
             raise ValueError(f'op must be "sum" or "mean", not {op!r}')
         with self._lock:
-            buf = self.staging(offset + floats)
-            reply = self._request({"type": "allreduce", "buffer": buf.buffer, "offset": offset, "count": floats,
-                                   "op": op, "round": self._round})
+            end = offset + floats if residual_offset is None else max(offset, residual_offset) + floats
+            buf = self.staging(end)
+            msg = {"type": "allreduce", "buffer": buf.buffer, "offset": offset, "count": floats, "op": op, "round": self._round}
+            if residual_offset is not None:
+                msg["residual_offset"] = residual_offset
+            reply = self._request(msg)
             self._round += 1
             if reply.get("world") is not None:
                 self.world = reply["world"]
             return reply
 
-    def allreduce(self, data, op="sum"):
+    def allreduce(self, data, op="sum", residual=None):
         """Sums (op="sum") or averages (op="mean") `data` over every trainer of the job, in place.
 
         `data`: a torch float32 tensor (CPU, or CUDA: staged through host
         memory), or any writable buffer of float32 (array.array("f"),
-        memoryview). Returns `data`."""
+        memoryview). `residual` (optional, the same kind and length): filled
+        with what quantizing this host's contribution lost (before any mean),
+        for error feedback; zeros where the node reports none. Returns `data`."""
         if type(data).__module__.split(".")[0] == "torch":
             from .torch import allreduce_tensor
-            return allreduce_tensor(data, op=op, client=self)
-        view = memoryview(data)
-        if view.format != "f" or view.itemsize != 4:
-            raise TypeError(f"ainftp all-reduces float32 data, not format {view.format!r}")
-        if view.readonly:
-            raise TypeError("the data must be writable (the result replaces it)")
-        raw = view.cast("B")
+            return allreduce_tensor(data, op=op, client=self, residual=residual)
+        raw = _float_bytes(data, "data")
         n = len(raw) // 4
+        res = None if residual is None else _float_bytes(residual, "residual")
+        if res is not None and len(res) != len(raw):
+            raise ValueError(f"the residual has {len(res) // 4} floats, the data {n}: give one of the same length")
         with self._lock:
-            buf = self.staging(n)
+            buf = self.staging(2 * n if res is not None else n)
             buf.mm[:len(raw)] = raw
-            self.reduce_staged(n, op)
+            self.reduce_staged(n, op, residual_offset=None if res is None else n)
             raw[:] = buf.mm[:len(raw)]
+            if res is not None:
+                res[:] = buf.mm[len(raw):2 * len(raw)]
         return data
 
     # ---- leaving -------------------------------------------------------------------
@@ -243,7 +271,7 @@ class Client:
 
 
 def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_timeout=120.0,
-            local_size=None, local_rank=None, world=None):
+            local_size=None, local_rank=None, world=None, bits=None):
     """Connects to this host's node, waiting up to `timeout` s for its socket.
 
     job: the node's --job (default $AINFTP_JOB or 0); socket: its --socket
@@ -258,7 +286,16 @@ def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_
     (default $LOCAL_RANK or $SLURM_LOCALID); world, the trainers in the whole
     job, the divisor of a mean (default the torch.distributed world size if
     it is initialized, $WORLD_SIZE or $SLURM_NTASKS; None: not checked). The
-    node checks world against its census of the job's first round."""
+    node checks world against its census of the job's first round.
+
+    bits: the bits per gradient coordinate this trainer expects on the wire,
+    16, 8 or 4 (default $AINFTP_BITS; None: whatever the node runs, in
+    `.bits`). A node started with another --bits refuses the connection,
+    naming both widths."""
+    if bits is None and os.environ.get("AINFTP_BITS", "").strip():
+        bits = os.environ["AINFTP_BITS"]
+    if bits is not None:
+        bits = check_bits(bits)
     if job is None:
         job = int(os.environ.get("AINFTP_JOB", "0"))
     if local_size is None:
@@ -293,6 +330,8 @@ def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_
             greeting["local_rank"] = local_rank
         if world is not None:
             greeting["world"] = world
+        if bits is not None:
+            greeting["bits"] = bits
         sock.sendall(encode(greeting))
         hello = read_frame(sock)
     except _socket.timeout:
@@ -304,4 +343,12 @@ def connect(job=None, socket=None, timeout=60.0, name=None, shm_dir=None, reply_
     if hello.get("status") != "ok":
         sock.close()
         raise error_for(hello)
+    if bits is not None and hello.get("bits", 16) != bits:  # a node that did not check
+        try:
+            sock.sendall(encode({"type": "bye", "seq": 1}))  # a trainer that vanishes without bye ends the job
+        except OSError:
+            pass
+        sock.close()
+        raise BadRequest(f"this trainer asks for {bits}-bit gradients, but the node at {path} runs at {hello.get('bits', 16)} bits",
+                         hint=f"start the swarm with --bits {bits} (on every node), or connect with bits={hello.get('bits', 16)}")
     return Client(sock, hello, job, shm_dir, reply_timeout, world=world, local_rank=local_rank)

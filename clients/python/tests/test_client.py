@@ -29,12 +29,25 @@ except ImportError:
     torch = None
 
 
-class FakeNode:
-    """size 2: a sum doubles, a mean is unchanged; size 1: both unchanged."""
+def quantize(xs, bits):
+    """What the stand-in node's quantizer makes of xs: nearest on a grid of
+    max|x| / (2^(bits-1) - 1) (16 bits: unchanged)."""
+    if bits >= 16:
+        return list(xs)
+    top = max((abs(x) for x in xs), default=0.0)
+    step = top / (2 ** (bits - 1) - 1) if top else 1.0
+    return [round(x / step) * step for x in xs]
 
-    def __init__(self, path, size=2):
+
+class FakeNode:
+    """size 2: a sum doubles, a mean is unchanged; size 1: both unchanged.
+    bits < 16: the data is quantized first (see quantize()), and a request
+    asking for the residual gets x - quantize(x)."""
+
+    def __init__(self, path, size=2, bits=16):
         self.path = path
         self.size = size
+        self.bits = bits
         self.hellos = []
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(path)
@@ -58,8 +71,12 @@ class FakeNode:
             self.hellos.append(hello)
             if hello.get("version") != protocol.VERSION:
                 return send({"type": "hello", "status": "version_mismatch", "message": "no", "version": protocol.VERSION})
+            if hello.get("bits", self.bits) != self.bits:
+                return send({"type": "hello", "status": "bad_request", "bits": self.bits,
+                             "message": f"this trainer asks for {hello['bits']}-bit gradients, but this node's job runs at {self.bits} bits: "
+                                        f"start the swarm with --bits {hello['bits']}"})
             send({"type": "hello", "status": "ok", "job": 3, "rank": 0, "size": self.size, "peers": ["a", "b"][:self.size],
-                  "local_size": hello.get("local_size"), "world": None})
+                  "local_size": hello.get("local_size"), "world": None, "bits": self.bits})
             while True:
                 m = protocol.read_frame(conn)
                 reply = {"type": m["type"], "seq": m.get("seq"), "status": "ok"}
@@ -72,8 +89,11 @@ class FakeNode:
                     mm = maps[m["buffer"]]
                     lo, n = 4 * m["offset"], m["count"]
                     xs = struct.unpack_from(f"<{n}f", mm, lo)
-                    if m["op"] == "sum" and self.size == 2:
-                        struct.pack_into(f"<{n}f", mm, lo, *(2 * x for x in xs))
+                    qs = quantize(xs, self.bits)
+                    if "residual_offset" in m:
+                        struct.pack_into(f"<{n}f", mm, 4 * m["residual_offset"], *(x - q for x, q in zip(xs, qs)))
+                    k = 2 if m["op"] == "sum" and self.size == 2 else 1
+                    struct.pack_into(f"<{n}f", mm, lo, *(k * q for q in qs))
                     self.rounds.append(m["round"])
                     reply["world"] = self.size  # the census: one trainer per node
                 elif m["type"] == "bye":
@@ -182,9 +202,9 @@ class TrainersPerHostTest(unittest.TestCase):
         with session.connect(socket=self.node.path, timeout=5):
             pass
         got = [{k: h.get(k) for k in ("version", "local_size", "local_rank", "world")} for h in self.node.hellos]
-        self.assertEqual(got, [{"version": 2, "local_size": 4, "local_rank": 3, "world": 8},
-                               {"version": 2, "local_size": 2, "local_rank": 1, "world": 6},
-                               {"version": 2, "local_size": 1, "local_rank": None, "world": None}])
+        self.assertEqual(got, [{"version": 3, "local_size": 4, "local_rank": 3, "world": 8},
+                               {"version": 3, "local_size": 2, "local_rank": 1, "world": 6},
+                               {"version": 3, "local_size": 1, "local_rank": None, "world": None}])
 
     @unittest.skipIf(torch is None or not torch.distributed.is_available(), "no torch.distributed")
     def test_hook_checks_the_ddp_world(self):
@@ -203,6 +223,133 @@ class TrainersPerHostTest(unittest.TestCase):
                     at.comm_hook(at.HookState(client=c), Bucket())
         finally:
             dist.destroy_process_group()
+
+
+class Bucket:
+    """What DDP hands a hook: a flat tensor and its index."""
+
+    def __init__(self, t, index=0):
+        self.t = t
+        self.i = index
+
+    def buffer(self):
+        return self.t
+
+    def index(self):
+        return self.i
+
+
+class BitsTest(unittest.TestCase):
+    """The job's bit width in the hello, the residual, error feedback in the hook."""
+
+    def setUp(self):
+        self.saved = os.environ.pop("AINFTP_BITS", None)
+        self.nodes = []
+
+    def tearDown(self):
+        if self.saved is not None:
+            os.environ["AINFTP_BITS"] = self.saved
+        for n in self.nodes:
+            n.close()
+
+    def node(self, bits, size=2):
+        n = FakeNode(os.path.join(tempfile.mkdtemp(), "n.sock"), size=size, bits=bits)
+        self.nodes.append(n)
+        return n
+
+    def test_bits_checked_at_connect(self):
+        from ainftp import session
+        n = self.node(8)
+        with session.connect(socket=n.path, timeout=5) as c:
+            self.assertEqual(c.bits, 8)  # not asked: whatever the node runs
+        with session.connect(socket=n.path, timeout=5, bits=8) as c:
+            self.assertEqual(c.bits, 8)
+        with self.assertRaises(ainftp.BadRequest) as e:
+            session.connect(socket=n.path, timeout=5, bits=4)
+        self.assertRegex(str(e.exception), r"asks for 4-bit gradients, but this node's job runs at 8 bits: start the swarm with --bits 4")
+        os.environ["AINFTP_BITS"] = "16"
+        with self.assertRaisesRegex(ainftp.BadRequest, r"runs at 8 bits"):
+            session.connect(socket=n.path, timeout=5)
+        del os.environ["AINFTP_BITS"]
+        for bad in (3, 32, "eight", 8.0, True):
+            with self.assertRaisesRegex(ValueError, r"is not one of 16, 8, 4 \(bits per gradient coordinate"):
+                session.connect(socket=n.path, timeout=5, bits=bad)
+        self.assertEqual([h.get("bits") for h in n.hellos], [None, 8, 4, 16])  # a bad width never reached the node
+        with session.connect(socket=self.node(16).path, timeout=5) as c:
+            self.assertEqual(c.bits, 16)
+
+    def test_residual_of_a_buffer(self):
+        from ainftp import session
+        with session.connect(socket=self.node(4).path, timeout=5) as c:
+            xs = [1.0, 0.3, -0.55, 0.1]
+            x, r = array.array("f", xs), array.array("f", [9.0] * 4)
+            c.allreduce(x, op="mean", residual=r)
+            q = quantize(array.array("f", xs), 4)
+            self.assertEqual(list(x), list(array.array("f", q)))
+            for got, want in zip(r, (a - b for a, b in zip(array.array("f", xs), q))):
+                self.assertAlmostEqual(got, want, places=6)
+            self.assertGreater(max(map(abs, r)), 0.01)
+            with self.assertRaisesRegex(ValueError, r"the residual has 3 floats, the data 4"):
+                c.allreduce(x, residual=array.array("f", [0.0] * 3))
+
+    def _steps(self, node_bits, steps, device="cpu", **state_kw):
+        """The sum over `steps` of one bucket's all-reduced mean, its gradient the same each step."""
+        import ainftp.torch as at
+        g = torch.tensor([1.0, 0.3, -0.55, 0.1, 0.77, -0.21], device=device)
+        with ainftp.session.connect(socket=self.node(node_bits).path, timeout=5) as c:
+            state = at.HookState(client=c, **state_kw)
+            total = torch.zeros_like(g)
+            for _ in range(steps):
+                total += at.comm_hook(state, Bucket(g.clone(), index=0)).wait()
+            return state, total, g
+
+    @unittest.skipIf(torch is None, "no torch")
+    def test_error_feedback_keeps_the_error_from_piling_up(self):
+        T = 50
+        step = 1.0 / 7  # the 4-bit grid of max|g| = 1
+        on, total_on, g = self._steps(4, T)
+        self.assertTrue(on.error_feedback)  # on by default below 16 bits
+        self.assertEqual(list(on.residuals), [0])
+        err_on = (total_on - T * g).abs().max().item()
+        off, total_off, _ = self._steps(4, T, error_feedback=False)
+        self.assertEqual(off.residuals, {})
+        err_off = (total_off - T * g).abs().max().item()
+        # without: each step loses the same rounding error, T times; with: what is lost comes back next step
+        self.assertGreater(err_off, T * 0.01)
+        self.assertLess(err_on, step)
+        self.assertLess(err_on * 20, err_off)
+        at16, total16, _ = self._steps(16, 3)
+        self.assertFalse(at16.error_feedback)  # off at 16 bits
+        self.assertTrue(torch.equal(total16, 3 * g))
+        forced, _, _ = self._steps(16, 2, error_feedback=True)
+        self.assertTrue(torch.equal(forced.residuals[0], torch.zeros(6)))  # the node reports ~0 at 16 bits
+        with self.assertRaisesRegex(ValueError, r"error_feedback='yes'"):
+            ainftp.torch.HookState(error_feedback="yes")
+
+    @unittest.skipIf(torch is None or not torch.cuda.is_available(), "no CUDA")
+    def test_error_feedback_cuda(self):
+        T = 50
+        on, total_on, g = self._steps(4, T, device="cuda")
+        off, total_off, _ = self._steps(4, T, device="cuda", error_feedback=False)
+        self.assertEqual(on.residuals[0].device.type, "cuda")
+        self.assertLess((total_on - T * g).abs().max().item() * 20, (total_off - T * g).abs().max().item())
+
+    @unittest.skipIf(torch is None, "no torch")
+    def test_error_feedback_per_bucket_and_reset_on_resize(self):
+        import ainftp.torch as at
+        with ainftp.session.connect(socket=self.node(4).path, timeout=5) as c:
+            state = at.HookState(client=c)
+            a, b = torch.tensor([1.0, 0.3, 0.1]), torch.tensor([2.0, -0.45])
+            at.comm_hook(state, Bucket(a.clone(), 0)).wait()
+            at.comm_hook(state, Bucket(b.clone(), 1)).wait()
+            self.assertEqual(sorted(state.residuals), [0, 1])
+            self.assertEqual(state.residuals[0].numel(), 3)
+            self.assertEqual(state.residuals[1].numel(), 2)
+            # bucket 1 rebuilt with another size: its old residual is dropped, not added
+            t = torch.tensor([0.5, 0.5, 0.5, 0.5])
+            out = at.comm_hook(state, Bucket(t.clone(), 1)).wait()
+            self.assertTrue(torch.equal(out, torch.tensor(quantize([0.5] * 4, 4))))
+            self.assertEqual(state.residuals[1].numel(), 4)
 
 
 class ErrorsTest(unittest.TestCase):
