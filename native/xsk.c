@@ -180,6 +180,23 @@ void ainftp_xsk_stats(struct xsk *x, uint64_t *out)
 	memcpy(out, x->stats, sizeof(x->stats));
 }
 
+/* The kernel's count of frames the program redirected to this socket that
+ * never reached its RX ring (XDP_STATISTICS): out[0] no fill-ring frame to
+ * copy into (rx_dropped), [1] the RX ring full (rx_ring_full), [2] fill ring
+ * found empty (rx_fill_ring_empty_descs). Returns 0 or -errno. */
+int ainftp_xsk_kernel_stats(struct xsk *x, uint64_t *out)
+{
+	struct xdp_statistics st;
+	socklen_t len = sizeof(st);
+	memset(&st, 0, sizeof(st));
+	if (getsockopt(xdp.socket_fd(x->sock), SOL_XDP, XDP_STATISTICS, &st, &len) < 0)
+		return -errno;
+	out[0] = st.rx_dropped;
+	out[1] = st.rx_ring_full;
+	out[2] = st.rx_fill_ring_empty_descs;
+	return 0;
+}
+
 /*
  * Reads every result packet waiting in the RX ring: a RESULT of job `job`
  * and round `round` for a chunk < nchunks not yet done is dequantized from

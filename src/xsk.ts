@@ -82,6 +82,16 @@ export class XskSocket implements Disposable {
     return { received: Number(s[0]), fillKicks: Number(s[1]), framesReturned: Number(s[2]), dropped: Number(s[3]) };
   }
 
+  /** The kernel's side (XDP_STATISTICS): frames redirected to this socket
+   * that never reached its RX ring, because no fill-ring frame was there to
+   * copy into (dropped) or the RX ring was full (ringFull); and how often
+   * the fill ring was found empty. */
+  kernelStats(): { dropped: number; ringFull: number; fillEmpty: number } {
+    const s = new BigUint64Array(3);
+    check(xskLib.ainftp_xsk_kernel_stats(this.handle, s), "AF_XDP receive", "reading XDP_STATISTICS failed");
+    return { dropped: Number(s[0]), ringFull: Number(s[1]), fillEmpty: Number(s[2]) };
+  }
+
   close(): void {
     if (this.h) xskLib.ainftp_xsk_close(this.h);
     this.h = null;

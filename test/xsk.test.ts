@@ -45,7 +45,7 @@ while (performance.now() < end1 && fresh1 < 3) {
   coll.ainftp_wait3(xsk.fd, -1, -1, 20);
   fresh1 += xsk.results(7, 1, 3, 720, out1, done1, newly);
 }
-console.log(JSON.stringify({ fresh, fresh1, done: [...done], firsts: [out[0], out[720], out[1440], out[2159]], firsts1: [out1[0], out1[720], out1[1440]], stats: xsk.stats(), counters: maps.counters() }));
+console.log(JSON.stringify({ fresh, fresh1, done: [...done], firsts: [out[0], out[720], out[1440], out[2159]], firsts1: [out1[0], out1[720], out1[1440]], stats: xsk.stats(), kernel: xsk.kernelStats(), counters: maps.counters() }));
 xsk.close(); maps.close();
 `;
 
@@ -127,12 +127,15 @@ describe.skipIf(!kernel)("AF_XDP result path (root, network namespaces)", () => 
     const t0 = performance.now();
     const r = await flood(copies);
     const s = (performance.now() - t0) / 1000;
-    console.log(`[xsk] ${r.sent} packets sent, ${r.stats.received} received in UMEM, ${r.counters.results_xsk} redirected, ${r.stats.fillKicks} fill-ring kicks, ${s.toFixed(1)} s`);
+    console.log(`[xsk] ${r.sent} packets sent, ${r.stats.received} received in UMEM, ${r.counters.results_xsk} redirected, ` +
+      `kernel: ${r.kernel.dropped} without a fill frame, ${r.kernel.ringFull} RX ring full, fill ring empty ${r.kernel.fillEmpty}×; ${r.stats.fillKicks} fill-ring kicks, ${s.toFixed(1)} s`);
     expect(r.sent).toBe(copies * 3);
-    // what the program redirected is what the socket got (the RX ring may
-    // overflow under a flood: those are counted by the kernel, not leaked)
-    expect(r.stats.received).toBeGreaterThan(0.9 * r.sent);
-    expect(r.stats.received).toBeLessThanOrEqual(r.counters.results_xsk);
+    // what the program redirected is what the socket got, but for the frames
+    // the kernel counted as not delivered: under a flood a busy receiver's
+    // rings overflow (a share that depends on the machine's load: 81-90% got
+    // through here), and nothing is leaked
+    expect(r.stats.received + r.kernel.dropped + r.kernel.ringFull).toBe(r.counters.results_xsk);
+    expect(r.stats.received).toBeGreaterThan(0.5 * r.sent);
     // no frame leaked: every received frame was given back (the round-1
     // packets included), and round 1 arrived after the flood
     expect(r.stats.framesReturned).toBe(r.stats.received);
