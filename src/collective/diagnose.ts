@@ -30,6 +30,20 @@ function lackingContributions(h: Host, st: RoundState, bankBase: number): Map<nu
   return perRank;
 }
 
+/** The active members whose contributions the listed slots of ours (open
+ * ones; the rest are skipped) lack: the answer to a probe names only the
+ * members that lost a contribution to the chunks asked about. */
+export function lackingIn(h: Host, st: RoundState, bankBase: number, chunks: Iterable<number>): bigint {
+  let mask = 0n;
+  for (const c of chunks) {
+    if (c >= st.nchunks || st.ownedDone[c] || st.ownerIdx[h.rank] < 0 || ownerOf(st, c) !== h.rank) continue;
+    const slot = h.maps.slot(bankBase + c);
+    const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
+    mask |= st.active & h.othersMask & ~seen;
+  }
+  return mask;
+}
+
 /** Ranks we wait for in this round: whose exponents we lack, or whose
  * contributions our incomplete owned slots lack. */
 export function waitingFor(h: Host, st: RoundState, bankBase: number): bigint {

@@ -6,12 +6,12 @@ import {
   EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
 } from "../abi.ts";
 import { decodeStatus, encodeStatus, type Control } from "./control.ts";
-import { waitingFor } from "./diagnose.ts";
+import { lackingIn, waitingFor } from "./diagnose.ts";
 import { answerExpsRequest, storeEarlyPlan, storeExps, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
 import { finish } from "./owner.ts";
-import { resend } from "./recovery.ts";
+import { resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 /** A control packet of this job's members (or a peer's HELLO of another
@@ -46,7 +46,9 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       return;
     case CTRL_STATUS: {
       const mask = decodeStatus(c.payload);
-      if (mask !== null) h.statusAnswers.set(c.rank, mask);
+      if (mask === null) return;
+      h.statusAnswers.set(c.rank, mask);
+      if (st && c.round === st.r) statusFromOwner(h, st, c.rank, mask);
       return;
     }
     case CTRL_BYE:
@@ -66,7 +68,16 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
     case CTRL_RESULT_REQ:
       // a passive member lacks results of ours: send the stored ones again
       // (indices past the job's chunks are counted, never used)
-      for (const chunk of h.guard.chunkList(c.payload, h.cfg.chunks)) resend(h, c.round, chunk, c.rank);
+      {
+        const chunks = [...h.guard.chunkList(c.payload, h.cfg.chunks)];
+        for (const chunk of chunks) resend(h, c.round, chunk, c.rank);
+        // a probe for slots of ours still open: say whose contributions they
+        // lack (a member named there lost one and sends it again)
+        if (st && c.round === st.r && st.sent) {
+          const lack = lackingIn(h, st, (st.r & 1) * h.cfg.chunks, chunks);
+          if (lack) h.sendControl(c.rank, CTRL_STATUS, st.r, 0, 0, encodeStatus(lack));
+        }
+      }
       return;
     case CTRL_MEMBER:
       h.onMember?.(c.rank, c.payload);
@@ -134,12 +145,17 @@ export function drainXsk(h: Host, st: RoundState): void {
 export function gotResult(st: RoundState, chunk: number, h: Host): void {
   const o = ownerOf(st, chunk);
   st.xdone[chunk] = 1;
+  const k = Math.floor(chunk / st.K);
   if (st.sentAt[chunk] > 0) {
     const since = h.clock.now() - st.sentAt[chunk];
-    if (st.tries[chunk] === 0) h.rtt.sample(since);
-    else h.rtt.resultAfterRetransmit(since);
+    // a round-trip only of a result in order: one overtaken by a later
+    // chunk's result waited on a loss (ours, or another member's lost
+    // contribution to the same slot), which says nothing of the path and
+    // would stretch every timer under loss
+    if (st.tries[chunk] === 0) {
+      if (k > st.furthest[o]) h.rtt.sample(since);
+    } else h.rtt.resultAfterRetransmit(since);
   }
   st.acked[o]++;
-  const k = Math.floor(chunk / st.K);
   if (k > st.furthest[o]) st.furthest[o] = k;
 }

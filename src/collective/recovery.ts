@@ -21,6 +21,9 @@ import { ownerOf, type RoundState } from "./round-state.ts";
 const { CACHE_ROUNDS } = TUNING;
 /** RACK looks at chunks at least this many positions behind the furthest result. */
 const RACK_BEHIND = 2;
+/** A full retransmission's tail-loss probe (barriers' passive path) sends
+ * the last this many missing chunks per owner. */
+const PROBE_CHUNKS = RACK_BEHIND + 1;
 
 /** Fast retransmit (RACK, RFC 8985): an owner completes slots in the order
  * we (and every member) sent them, so a chunk sent before one whose result
@@ -28,8 +31,9 @@ const RACK_BEHIND = 2;
  * lost. Send those chunks again now instead of waiting for the timer
  * (which only fires when nothing at all moves). A result merely reordered
  * comes within the window; a retransmission that proves spurious widens it. */
-export function retransmitGaps(h: Host, st: RoundState): void {
+export function retransmitGaps(h: Host, st: RoundState): number {
   const now = h.clock.now();
+  let next = Infinity;
   for (let o = 0; o < h.size; o++) {
     if (o === h.rank) continue;
     const list = st.ownerChunks[o];
@@ -40,11 +44,21 @@ export function retransmitGaps(h: Host, st: RoundState): void {
     let late: number[] | null = null;
     for (let k = st.lowest[o]; k < upto; k++) {
       const c = list[k];
-      if (st.xdone[c] || !h.rtt.lost(st.sentAt[c], now, st.tries[c])) continue;
+      if (st.xdone[c]) continue;
+      const at = h.rtt.lostAt(st.sentAt[c], st.tries[c]);
+      if (at > now) {
+        // not yet: RACK's reorder timer wakes the loop then
+        if (at < next) next = at;
+        continue;
+      }
       (late ??= []).push(c);
     }
-    if (late) sendAgain(h, st, o, late);
+    if (late) {
+      sendAgain(h, st, o, late);
+      for (const c of late) next = Math.min(next, h.rtt.lostAt(st.sentAt[c], st.tries[c]));
+    }
   }
+  return next;
 }
 
 /** Chunks whose result has not arrived (listed in h.chunkList); returns how many. */
@@ -81,7 +95,7 @@ export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, p
     if (!l) byOwner.set(o, (l = []));
     l.push(c);
   }
-  if (probe && !st.passive) for (const [o, list] of byOwner) byOwner.set(o, list.slice(-1));
+  if (probe && !st.passive) for (const [o, list] of byOwner) byOwner.set(o, list.slice(-PROBE_CHUNKS));
   for (const [o, list] of byOwner) {
     // our contributions again (the owner may lack them), and the results
     // asked for by name: an owner that moved two rounds on answers from
@@ -91,6 +105,44 @@ export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, p
     for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
     if (st.passive) h.stats.retransmits += list.length;
   }
+}
+
+/** The tail-loss probe, a poll: asks each owner, by name, for the results
+ * we lack (CTRL_RESULT_REQ). An owner that has them sends them again (a
+ * lost result costs one round-trip); one whose slots still wait answers
+ * with whom it waits for (CTRL_STATUS), and only a member named there sends
+ * its contributions again (statusFromOwner). Nothing is sent twice on a
+ * guess, so a probe into a round that is merely slow (a peer descheduled
+ * on a busy host) costs one small packet per owner. Returns the polls sent. */
+export function probe(h: Host, st: RoundState, bankBase: number): number {
+  const m = Math.min(missingResults(h, st, bankBase), h.capacity);
+  const byOwner = new Map<number, number[]>();
+  for (let i = 0; i < m; i++) {
+    const c = h.chunkList[i];
+    const o = ownerOf(st, c);
+    if (o === h.rank || (!st.passive && Math.floor(c / st.K) >= st.pos[o])) continue;
+    let l = byOwner.get(o);
+    if (!l) byOwner.set(o, (l = []));
+    if (l.length < REQ_CHUNKS) l.push(c);
+  }
+  for (const [o, list] of byOwner) h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list));
+  return byOwner.size;
+}
+
+/** An owner of this round says whom its slots wait for (its answer to a
+ * probe, or to a deadline's question): if it waits for us, our
+ * contributions to it whose results we lack, and that are older than RACK
+ * allows, were lost: send them again. */
+export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bigint): void {
+  if (!st.sent || st.passive || owner === h.rank || st.ownerIdx[owner] < 0 || ((mask >> BigInt(h.rank)) & 1n) === 0n) return;
+  const list = st.ownerChunks[owner];
+  const now = h.clock.now();
+  let late: number[] | null = null;
+  for (let k = st.lowest[owner]; k < st.pos[owner]; k++) {
+    const c = list[k];
+    if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c]) <= now) (late ??= []).push(c);
+  }
+  if (late) sendAgain(h, st, owner, late);
 }
 
 /** Sends the listed chunks (all owned by o, in order) to o again, flagged as

@@ -20,7 +20,7 @@
  * for barriers; the fast path under loss is RACK (retransmitGaps). */
 export const RTO_FLOOR_MS = 50;
 /** The tail-loss probe's floor; the same, for the same reason. */
-export const PTO_FLOOR_MS = 50;
+export const PTO_FLOOR_MS = 4;
 
 /** A sample counts as at most this many srtt (plus the floor); see sample(). */
 export const SAMPLE_CLAMP = 4;
@@ -54,7 +54,7 @@ export class RttEstimator {
    * one stalled round lifts the RTO to its cap for the rounds after. */
   sample(ms: number): void {
     if (!(ms >= 0) || !Number.isFinite(ms)) return;
-    if (this.srtt !== null) ms = Math.min(ms, SAMPLE_CLAMP * this.srtt + RTO_FLOOR_MS);
+    if (this.srtt !== null) ms = Math.min(ms, SAMPLE_CLAMP * this.srtt + PTO_FLOOR_MS);
     this.samples++;
     this.latest = ms;
     if (ms < this.roundMin) this.roundMin = ms;
@@ -95,8 +95,15 @@ export class RttEstimator {
    * given that a chunk sent after it to the same owner has its result.
    * `tries` doubles the wait for a chunk sent several times already. */
   lost(sentAt: number, now: number, tries: number): boolean {
+    return now >= this.lostAt(sentAt, tries);
+  }
+
+  /** When a chunk sent at `sentAt` (and not since), with a later chunk's
+   * result in, counts as lost (RACK's reorder timer, RFC 8985 6.3: the loop
+   * wakes then instead of waiting for the next packet or the timer). */
+  lostAt(sentAt: number, tries: number): number {
     const rtt = this.srtt === null ? this.latest : Math.max(this.latest, this.srtt);
-    return now - sentAt >= (rtt + this.reoWnd()) * (1 << Math.min(tries, 5));
+    return sentAt + (rtt + this.reoWnd()) * (1 << Math.min(tries, 5));
   }
 
   /** A result came back `sinceRetransmit` ms after we sent its chunk again:
