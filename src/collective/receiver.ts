@@ -155,6 +155,12 @@ export function gotResult(st: RoundState, chunk: number, h: Host): void {
     if (st.tries[chunk] === 0) {
       if (k > st.furthest[o]) h.rtt.sample(since);
     } else h.rtt.resultAfterRetransmit(since);
+    // RACK's rtt: of the latest-sent chunk with its result (a retransmitted
+    // one only when the result cannot be the first sending's)
+    if (st.sentAt[chunk] >= st.rackSent[o] && (st.tries[chunk] === 0 || since >= h.rtt.minRtt)) {
+      st.rackSent[o] = st.sentAt[chunk];
+      st.rackRtt[o] = since;
+    }
   }
   st.acked[o]++;
   if (k > st.furthest[o]) st.furthest[o] = k;

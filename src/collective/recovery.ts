@@ -20,7 +20,7 @@ import { ownerOf, type RoundState } from "./round-state.ts";
 
 const { CACHE_ROUNDS } = TUNING;
 /** RACK looks at chunks at least this many positions behind the furthest result. */
-const RACK_BEHIND = 2;
+const RACK_BEHIND = 1;
 /** A full retransmission's tail-loss probe (barriers' passive path) sends
  * the last this many missing chunks per owner. */
 const PROBE_CHUNKS = RACK_BEHIND + 1;
@@ -38,14 +38,15 @@ export function retransmitGaps(h: Host, st: RoundState): number {
     if (o === h.rank) continue;
     const list = st.ownerChunks[o];
     while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
-    // (two positions behind, as before: a result one position out of order
-    // is common on two CPUs and costs nothing to wait for)
+    // (results come in the order sent: every member sends an owner's
+    // chunks in list order, so its slots complete in that order; one
+    // position of slack, and the reordering window in time)
     const upto = Math.min(st.pos[o], st.furthest[o] - RACK_BEHIND);
     let late: number[] | null = null;
     for (let k = st.lowest[o]; k < upto; k++) {
       const c = list[k];
       if (st.xdone[c]) continue;
-      const at = h.rtt.lostAt(st.sentAt[c], st.tries[c]);
+      const at = h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[o]);
       if (at > now) {
         // not yet: RACK's reorder timer wakes the loop then
         if (at < next) next = at;
@@ -55,7 +56,7 @@ export function retransmitGaps(h: Host, st: RoundState): number {
     }
     if (late) {
       sendAgain(h, st, o, late);
-      for (const c of late) next = Math.min(next, h.rtt.lostAt(st.sentAt[c], st.tries[c]));
+      for (const c of late) next = Math.min(next, h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[o]));
     }
   }
   return next;
@@ -140,7 +141,7 @@ export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bi
   let late: number[] | null = null;
   for (let k = st.lowest[owner]; k < st.pos[owner]; k++) {
     const c = list[k];
-    if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c]) <= now) (late ??= []).push(c);
+    if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[owner]) <= now) (late ??= []).push(c);
   }
   if (late) sendAgain(h, st, owner, late);
 }

@@ -96,6 +96,9 @@ export interface RoundState extends Plan {
    * furthest position with a result (a gap behind it means a loss). */
   lowest: number[];
   furthest: number[];
+  /** Per owner: RACK's rtt, of the latest-sent chunk whose result came, and when that chunk was sent. */
+  rackRtt: Float64Array;
+  rackSent: Float64Array;
   out: Float32Array;
 }
 
@@ -140,6 +143,6 @@ export function newRoundState(a: NewRound): RoundState {
     sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks),
-    lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1),
+    lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N),
   };
 }

@@ -80,10 +80,12 @@ export class RttEstimator {
     return Math.min(cap, Math.max(RTO_FLOOR_MS, this.srtt + 4 * this.rttvar));
   }
 
-  /** The tail-loss probe's timeout (RFC 8985 7.2: 2·srtt), within [PTO_FLOOR_MS, rto]. */
+  /** The tail-loss probe's timeout (RFC 8985 7.2: 2·srtt; here of the
+   * smaller of srtt and the latest sample, which falls back at once after a
+   * round whose results waited on losses), within [PTO_FLOOR_MS, rto]. */
   pto(initial: number, cap: number): number {
     if (this.srtt === null) return initial;
-    return Math.min(this.rto(initial, cap), Math.max(PTO_FLOOR_MS, 2 * this.srtt));
+    return Math.min(this.rto(initial, cap), Math.max(PTO_FLOOR_MS, 2 * Math.min(this.srtt, this.latest)));
   }
 
   /** RACK's reordering window (ms). */
@@ -93,7 +95,9 @@ export class RttEstimator {
 
   /** Whether a chunk sent at `sentAt` (and not since) is lost at `now`,
    * given that a chunk sent after it to the same owner has its result.
-   * `tries` doubles the wait for a chunk sent several times already. */
+   * `tries` doubles the wait for a chunk sent several times already.
+   * RACK's rtt is the round-trip of the latest-sent chunk whose result came
+   * (`rackRtt`, per owner: RoundState.rackRtt); without one, the estimate. */
   lost(sentAt: number, now: number, tries: number): boolean {
     return now >= this.lostAt(sentAt, tries);
   }
@@ -101,8 +105,8 @@ export class RttEstimator {
   /** When a chunk sent at `sentAt` (and not since), with a later chunk's
    * result in, counts as lost (RACK's reorder timer, RFC 8985 6.3: the loop
    * wakes then instead of waiting for the next packet or the timer). */
-  lostAt(sentAt: number, tries: number): number {
-    const rtt = this.srtt === null ? this.latest : Math.max(this.latest, this.srtt);
+  lostAt(sentAt: number, tries: number, rackRtt = 0): number {
+    const rtt = rackRtt > 0 ? rackRtt : this.srtt === null ? this.latest : Math.max(this.latest, this.srtt);
     return sentAt + (rtt + this.reoWnd()) * (1 << Math.min(tries, 5));
   }
 
