@@ -176,7 +176,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (now >= nextDeathCheck) {
       nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
       const dead = deadWeWaitFor(h, st, bankBase);
-      if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`);
+      if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`, dead);
       if (st.sent) closeForDead(h, st, bankBase);
     }
     if (now >= nextRetx) {
