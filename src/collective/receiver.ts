@@ -131,8 +131,12 @@ export function drainEvents(h: Host, st: RoundState | null, bankBase: number): v
 
 /** rx "xsk": dequantize the results waiting in the socket's UMEM frames. */
 export function drainXsk(h: Host, st: RoundState): void {
+  // only once the plan says who owns what: a result is taken only from its
+  // chunk's owner (native/xsk.c checks, as the program does on the map
+  // path); until then the frames wait in the socket's ring
+  if (!st.sent || st.K === 0) return;
   const newly = h.chunkList;
-  const n = h.xsk!.results(h.job, st.r, st.nchunks, h.chunkElems, st.out, st.xdone, newly);
+  const n = h.xsk!.results(h.job, st.r, st.nchunks, h.chunkElems, st.out, st.xdone, newly, (st.ownersU8 ??= Uint8Array.from(st.owners)));
   if (n === 0) return;
   if (st.r > h.cfg.roundBase) h.advanceWindow(st.r); // a result of round r: everyone finished r-1
   st.resultsSeen += n;
@@ -164,4 +168,16 @@ export function gotResult(st: RoundState, chunk: number, h: Host): void {
   }
   st.acked[o]++;
   if (k > st.furthest[o]) st.furthest[o] = k;
+}
+
+const xskNotOwner = new WeakMap<Host, number>();
+/** rx "xsk": results native/xsk.c dropped as not from their chunk's owner,
+ * counted under the guard's not_owner (as the program counts them on the
+ * map path); read between rounds, not per wake-up. */
+export function countXskDrops(h: Host): void {
+  if (!h.xsk) return;
+  const now = h.xsk.stats().notOwner;
+  const d = now - (xskNotOwner.get(h) ?? 0);
+  xskNotOwner.set(h, now);
+  if (d > 0) h.guard.count("not_owner", d);
 }

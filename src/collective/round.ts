@@ -12,7 +12,7 @@ import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.t
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
 import { graceMs, liveFrom } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
-import { drainControl, drainEvents, drainXsk } from "./receiver.ts";
+import { countXskDrops, drainControl, drainEvents, drainXsk } from "./receiver.ts";
 import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
 import { newRoundState, ownerOf, type RoundState } from "./round-state.ts";
 
@@ -248,6 +248,7 @@ function endRound(h: Host, st: RoundState): RoundReport {
   // a round completed from the map alone moved no window yet
   if (h.cfg.roundBase < r) h.advanceWindow(r);
   h.rtt.endRound();
+  countXskDrops(h);
   // per member: a round it was active in (and, on our slots, not held in
   // quarantine), or one it sat out (passive, late, quarantined)
   const counted = st.active & (h.cfg.memberMask | (1n << BigInt(h.rank)));
