@@ -65,7 +65,7 @@ describe.skipIf(!ok)("gradients of several rounds, under 5% loss", () => {
       if (open) console.warn(`[long] SKIPPED (open bug, issue 17): 10× one round's capacity with --quorum 3 under 5% loss fails about 1 run in 4; AINFTP_LONG_OPEN=1 runs it`);
       test.skipIf(open)(`${times}× one round's capacity (${bytes} bytes, ${Math.ceil(bytes / 4 / ELEMS)} chunks in ${Math.ceil(bytes / ROUND_BYTES)} rounds), ${label}: every round verified, results agree, none lost`, async () => {
         const runs = await job(bytes, [...extra]);
-        const show = runs.map((r, k) => `rank ${k}: exit ${r.code} ${r.stderr.trim()}`).join("\n");
+        const show = runs.map((r, k) => `rank ${k}: exit ${r.code} ${r.stderr.trim()}${r.report?.failed_rounds?.length ? ` failed rounds: ${JSON.stringify(r.report.failed_rounds).slice(0, 600)}` : ""}`).join("\n");
         for (const r of runs) {
           if (r.code !== 0 || !r.report) throw new Error(`a node failed:\n${show}`);
           const j = r.report;
