@@ -143,7 +143,11 @@ export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bi
     const c = list[k];
     if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[owner]) <= now) (late ??= []).push(c);
   }
-  if (late) sendAgain(h, st, owner, late);
+  if (!late) return;
+  sendAgain(h, st, owner, late);
+  // a loss the timer had to find (the probe's answer), not RACK: a timeout,
+  // as the full retransmission is; a probe that finds nothing lost is not
+  h.stats.timeouts++;
 }
 
 /** Sends the listed chunks (all owned by o, in order) to o again, flagged as

@@ -181,8 +181,9 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     if (now >= nextRetx) {
       st.lookInMap = true;
-      // a probe (a poll, recovery.ts) until nothing moved for the RTO, then
-      // the full retransmission (a timeout). Before the plan, asking again
+      // a probe (a poll, recovery.ts; a timeout only when its answer shows
+      // a loss) until nothing moved for the RTO, then the full
+      // retransmission (a timeout). Before the plan, asking again
       // within retransmitMs polls a peer that may only be busy: a clean run
       // counts no timeout.
       const poll = st.sent ? now - st.lastProgress < fullRto() && !st.passive : now - st.t0 < retransmitMs;
