@@ -126,7 +126,11 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
     if (!l) byOwner.set(o, (l = []));
     if (l.length < REQ_CHUNKS) l.push(c);
   }
-  for (const [o, list] of byOwner) h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list));
+  const now = h.clock.now();
+  for (const [o, list] of byOwner) {
+    h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list));
+    st.probedAt[o] = now;
+  }
   return byOwner.size;
 }
 
@@ -137,11 +141,15 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
 export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bigint): void {
   if (!st.sent || st.passive || owner === h.rank || st.ownerIdx[owner] < 0 || ((mask >> BigInt(h.rank)) & 1n) === 0n) return;
   const list = st.ownerChunks[owner];
+  // lost by the time of the probe the owner answers (else by now): a chunk
+  // sent just before the probe may still be on its way (a loaded host's
+  // softirq runs late), the owner's answer says nothing of it
   const now = h.clock.now();
+  const asOf = st.probedAt[owner] > 0 ? Math.min(now, st.probedAt[owner]) : now;
   let late: number[] | null = null;
   for (let k = st.lowest[owner]; k < st.pos[owner]; k++) {
     const c = list[k];
-    if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[owner]) <= now) (late ??= []).push(c);
+    if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[owner]) <= asOf) (late ??= []).push(c);
   }
   if (!late) return;
   sendAgain(h, st, owner, late);
