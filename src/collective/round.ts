@@ -15,6 +15,7 @@ import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
 import { countXskDrops, drainControl, drainEvents, drainXsk } from "./receiver.ts";
 import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
 import { newRoundState, ownerOf, type RoundState } from "./round-state.ts";
+import { PTO_FLOOR_MS } from "./rtt.ts";
 
 /** AINFTP_TRACE_RECOVERY=1: one line per round on stderr (plan, fast and timed retransmissions, completion). */
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
@@ -141,6 +142,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
   let interval = Math.min(retransmitMs, TUNING.CTRL_RETRANSMIT_MS);
   let nextRetx = h.clock.now() + interval;
   let rackAt = Infinity; // RACK's reorder timer: when a chunk behind a result counts as lost
+  let lossy = false; // RACK or a probe fired this round
   let nextDeathCheck = 0;
   const trace: string[] | null = TRACE ? [] : null;
   const T = () => (h.clock.now() - st.t0).toFixed(1);
@@ -194,7 +196,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
         for (let i = 0; i < Math.min(m, h.capacity); i++) { const o = ownerOf(st, h.chunkList[i]); by.set(o, (by.get(o) ?? 0) + 1); }
         trace.push(`${poll ? "poll" : "timer"}@${T()}(${interval.toFixed(0)}ms ${st.sent ? [...by].map(([o, n]) => `o${o}:${n}`).join(",") : "noplan:" + expsAwaited(h, st).join(",")} own:${st.owned.length - st.ownedDoneCount})`);
       }
-      if (poll && st.sent) probe(h, st, bankBase);
+      if (poll && st.sent) (probe(h, st, bankBase), (lossy = true));
       else retransmit(h, st, bankBase, st.sent ? interval : 0, false);
       interval = Math.min(interval * 2, h.o.maxRetransmitMs);
       nextRetx = now + interval;
@@ -205,7 +207,11 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // the round deadline matters to a leader still collecting and to an owner with open slots
     const due = !st.sent && st.leader === h.rank ? st.majorityAt + st.grace
       : st.sent && !st.closedAtDeadline && st.ownedDoneCount < st.owned.length ? st.lastProgress + st.ownerGrace : Infinity;
-    const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due) - now)));
+    // a lossy round: our slots may have been completed by a retransmission
+    // whose event the program batches without a wake-up; look every probe
+    // floor while ours are open, so their results go out
+    const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
+    const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own) - now)));
     tp = h.phase("work", tp);
     let ready = h.net.wait(watch, wait);
     if (typeof ready !== "number") ready = await ready;
@@ -218,6 +224,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (st.sent) {
       const before = h.stats.retransmits;
       rackAt = retransmitGaps(h, st);
+      if (h.stats.retransmits !== before) lossy = true;
       if (trace && h.stats.retransmits !== before) trace.push(`rack@${T()}:${h.stats.retransmits - before}`);
     }
     if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
