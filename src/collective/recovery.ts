@@ -1,10 +1,14 @@
 // Loss recovery. A member missing results sends its contributions again
 // (flagged F_RETRANSMIT): fast, when a chunk sent before one whose result
-// arrived is older than the round-trip plus a reordering window (RACK,
-// retransmitGaps), or on the timer when nothing moves (retransmit: first a
-// tail-loss probe, then everything older than the RTO); both timed by
-// measured round-trips (rtt.ts). A retransmit to a completed slot makes the owner's program
-// raise a resend event and the owner sends the stored result again
+// arrived is older than that owner's latest round-trip plus a reordering
+// window (RACK, retransmitGaps, which also returns when the next such
+// chunk comes due); when nothing moves, the probe asks each owner for the
+// results we lack (probe: CTRL_RESULT_REQ; an owner resends what it has and
+// answers with CTRL_STATUS whose contributions its open slots lack, and a
+// member named there sends again: statusFromOwner); once nothing moved for
+// the RTO, everything older than it (retransmit). All timed by measured
+// round-trips (rtt.ts). A retransmit to a completed slot makes the owner's
+// program raise a resend event and the owner sends the stored result again
 // (resend), from its results map or, for a member that fell further behind,
 // from the cache of the last CACHE_ROUNDS rounds. A passive member asks
 // with CTRL_RESULT_REQ.
