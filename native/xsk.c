@@ -70,7 +70,7 @@ struct xsk {
 	uint32_t frame;
 	int owns_area;
 	int zerocopy;
-	uint64_t stats[4]; /* received, fill kicks, frames given back, foreign/old frames */
+	uint64_t stats[5]; /* received, fill kicks, frames given back, foreign/old frames, results not from the chunk's owner */
 };
 
 #define RING 2048
@@ -205,8 +205,13 @@ int ainftp_xsk_kernel_stats(struct xsk *x, uint64_t *out)
  * a duplicate) is dropped. Every frame goes back to the fill ring. Returns
  * the number of new results.
  */
+/* Dequantizes the waiting results of (job, round) into out. With a plan
+ * (k > 0: chunk c is owned by owners[c % k]), a result is taken only from
+ * its chunk's owner, as the program's round_plan check does on the map
+ * path (issue 16): any other is dropped and counted (stats[4]). */
 int32_t ainftp_xsk_results(struct xsk *x, uint32_t job, uint32_t round, uint32_t nchunks, uint32_t chunk_elems,
-			   float *out, uint32_t n_out, uint8_t *done, uint32_t *newly, uint32_t cap)
+			   float *out, uint32_t n_out, uint8_t *done, uint32_t *newly, uint32_t cap,
+			   const uint8_t *owners, uint32_t k)
 {
 	uint32_t fresh = 0;
 	uint64_t addrs[64];
@@ -241,6 +246,10 @@ int32_t ainftp_xsk_results(struct xsk *x, uint32_t job, uint32_t round, uint32_t
 			    done[h->chunk] || start >= n_out ||
 			    off + sizeof(*h) + 2u * h->count > d->len)
 				goto skip;
+			if (k && (!owners || h->rank != owners[h->chunk % k])) {
+				x->stats[4]++;
+				continue;
+			}
 			uint32_t want = n_out - start < chunk_elems ? (uint32_t)(n_out - start) : chunk_elems;
 			if (h->count != want || ainftp_dequantize((const int16_t *)(h + 1), want, h->exp, out + start) < 0)
 				goto skip;

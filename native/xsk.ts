@@ -9,7 +9,7 @@ export const xskLib = openShimTable({
   ainftp_xsk_stats: { args: [T.ptr, T.ptr], returns: T.void },
   ainftp_xsk_kernel_stats: { args: [T.ptr, T.ptr], returns: T.i32 },
   ainftp_xsk_results: {
-    args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32],
+    args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32, T.ptr, T.u32],
     returns: T.i32,
   },
   ainftp_xsk_close: { args: [T.ptr], returns: T.void },

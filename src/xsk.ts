@@ -28,6 +28,8 @@ export interface XskStats {
   fillKicks: number;
   framesReturned: number;
   dropped: number;
+  /** Results dropped because they were not from their chunk's owner in the round's plan. */
+  notOwner: number;
 }
 
 export class XskSocket implements Disposable {
@@ -68,18 +70,20 @@ export class XskSocket implements Disposable {
   }
 
   /** Dequantizes waiting results of (job, round) into out; marks done[chunk]
-   * and lists new chunks in newly. Returns how many were new. */
-  results(job: number, round: number, nchunks: number, chunkElems: number, out: Float32Array, done: Uint8Array, newly: Uint32Array): number {
+   * and lists new chunks in newly. Returns how many were new. With the
+   * round's plan (`owners`: chunk c is owned by owners[c % owners.length]),
+   * only the owner's result is taken; others are dropped and counted (notOwner). */
+  results(job: number, round: number, nchunks: number, chunkElems: number, out: Float32Array, done: Uint8Array, newly: Uint32Array, owners?: Uint8Array): number {
     return check(
-      xskLib.ainftp_xsk_results(this.handle, job, round, nchunks, chunkElems, out, out.length, done, newly, newly.length),
+      xskLib.ainftp_xsk_results(this.handle, job, round, nchunks, chunkElems, out, out.length, done, newly, newly.length, owners ?? null, owners?.length ?? 0),
       "AF_XDP receive", "refilling the fill ring failed",
     );
   }
 
   stats(): XskStats {
-    const s = new BigUint64Array(4);
+    const s = new BigUint64Array(5);
     xskLib.ainftp_xsk_stats(this.handle, s);
-    return { received: Number(s[0]), fillKicks: Number(s[1]), framesReturned: Number(s[2]), dropped: Number(s[3]) };
+    return { received: Number(s[0]), fillKicks: Number(s[1]), framesReturned: Number(s[2]), dropped: Number(s[3]), notOwner: Number(s[4]) };
   }
 
   /** The kernel's side (XDP_STATISTICS): frames redirected to this socket

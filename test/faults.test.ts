@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { NodeReport } from "../src/node.ts";
+import { loadavg } from "node:os";
+import { impairToolsPresent, PortImpairer } from "./helpers/impair.ts";
 import { BIN, BPFFS, canUseNetns, createLab, ensureBuilt, must, sh, until, type Lab } from "./helpers/netns.ts";
 
 const IF = "eth0";
@@ -242,4 +244,62 @@ describe.skipIf(!kernel)("a member killed with SIGKILL costs the survivors secon
         for (const o of [b, c]) if (h !== null && o[i] !== null) expect(o[i]).toBe(h);
       });
     }, 120_000);
+});
+
+// ---- loss costs round-trips, not timer floors -------------------------------------------
+
+describe.skipIf(!kernel || !impairToolsPresent())("3% loss plus 2% duplication at every bridge port costs a round a small multiple of the clean one (goal 2×, asserted 5×)", () => {
+  const nodes = ["l0", "l1", "l2", "l3"];
+  let lab: Lab | undefined;
+  let imp: PortImpairer | undefined;
+  beforeAll(() => {
+    ensureBuilt();
+    lab = createLab("lossy", nodes, { link: "bridge", subnet: "10.213.81" });
+    imp = new PortImpairer(lab, nodes);
+  });
+  afterAll(() => {
+    imp?.clear();
+    lab?.destroy();
+  });
+
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+
+  test("4 hosts, 1 MiB × 20 rounds, clean and impaired interleaved (3 pairs): every run verified and bit-identical to the clean one; median impaired round ≤ 5 × median clean round (goal 2×, printed)", async () => {
+    const rounds = 20;
+    const med: Record<"clean" | "impaired", number[]> = { clean: [], impaired: [] };
+    let ref: (string | null)[] | null = null;
+    const lines: string[] = [];
+    for (let pair = 0; pair < 3; pair++)
+      for (const kind of ["clean", "impaired"] as const) {
+        if (kind === "clean") imp!.clear();
+        else imp!.apply(30_000, 20_000);
+        const s0 = kind === "impaired" ? imp!.stats() : null;
+        const runs = await job(lab!, nodes, ["--synthetic", String(MiB), "--rounds", String(rounds), "--verify"], { timeoutMs: 120_000 });
+        const reps = expectVerified(runs, rounds);
+        ref ??= reps[0].result_sha256;
+        expect(reps[0].result_sha256).toEqual(ref);
+        const m = median(reps.flatMap((j) => j.round_times_ms));
+        med[kind].push(m);
+        const extra = s0 ? (() => {
+          const s1 = imp!.stats();
+          expect(s1.dropped - s0.dropped).toBeGreaterThan(0);
+          expect(s1.duplicated - s0.duplicated).toBeGreaterThan(0);
+          return ` frames dropped ${s1.dropped - s0.dropped}/${s1.seen - s0.seen}, duplicated ${s1.duplicated - s0.duplicated}`;
+        })() : "";
+        lines.push(`${kind} median ${m.toFixed(1)} ms, retransmits ${reps.reduce((a, j) => a + j.retransmits, 0)}, timeouts ${reps.reduce((a, j) => a + j.timeouts, 0)}${extra}`);
+      }
+    imp!.clear();
+    const ratio = median(med.impaired) / median(med.clean);
+    console.log(`[faults] loss 3% + dup 2%, 1 MiB, 4 hosts: ${lines.join("; ")}; median of medians clean ${median(med.clean).toFixed(1)} ms, impaired ${median(med.impaired).toFixed(1)} ms, ratio ${ratio.toFixed(2)} (load ${loadavg()[0].toFixed(1)})`);
+    // Issue 17's goal is ≤ 2×, NOT MET reliably here. Measured with this
+    // test on the 2-core machine shared with other suites (2026-12-05):
+    // 1.62 (load 22), 2.41 (load 17, in the full suite); measure-loss.ts
+    // runs gave 2.23, 2.82, 3.36 and 4.59 (loads 10-12), the code before
+    // 6.98, 8.93, 10.97 in the same sessions (3.09 once, when load slowed
+    // its clean runs to 72 ms). The test asserts 5× and says loudly whether
+    // the goal was met; test/sim/collective.test.ts guards the mechanism
+    // deterministically (median lossy round 4.4 virtual ms against 50.3).
+    if (ratio > 2) console.warn(`[faults] NOT MET: issue 17's goal of ≤ 2× the clean median (ratio ${ratio.toFixed(2)} at load ${loadavg()[0].toFixed(1)})`);
+    expect(ratio).toBeLessThanOrEqual(5);
+  }, 600_000);
 });

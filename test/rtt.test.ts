@@ -96,3 +96,35 @@ describe("RttEstimator: outliers and the probe", () => {
     expect(g.rto(50, 500)).toBe(RTO_FLOOR_MS);
   });
 });
+
+describe("RttEstimator: RACK per owner and a probe that falls back after a lossy round", () => {
+  test("with a per-owner RACK rtt (the latest-sent chunk with its result), a loss is declared after that round-trip plus the window, not after srtt", () => {
+    const e = new RttEstimator();
+    for (let i = 0; i < 20; i++) e.sample(20); // srtt 20 ms: rounds that waited on losses
+    e.endRound();
+    // the owner's latest result came 2 ms after its sending: 2 + reo (at least REO_FLOOR_MS)
+    const reo = e.reoWnd();
+    expect(e.lostAt(100, 0, 2)).toBeCloseTo(100 + 2 + reo, 9);
+    expect(e.lostAt(100, 0)).toBeCloseTo(100 + 20 + reo, 9); // no RACK rtt: the estimate
+    expect(e.lostAt(100, 2, 2)).toBeCloseTo(100 + 4 * (2 + reo), 9); // each try doubles
+    expect(e.lost(100, 100 + 2 + reo - 0.01, 0)).toBe(false);
+  });
+
+  test("the probe waits 2·min(srtt, latest): one round whose results waited on a loss stretches srtt, but the next in-order sample brings the probe back at once", () => {
+    const e = new RttEstimator();
+    for (let i = 0; i < 20; i++) e.sample(30);
+    expect(e.pto(500, 5000)).toBeCloseTo(Math.min(e.rto(500, 5000), 60), 9); // (never later than the RTO)
+    e.sample(3); // a clean, in-order result
+    expect(e.srtt!).toBeGreaterThan(20);
+    expect(e.pto(500, 5000)).toBe(Math.max(PTO_FLOOR_MS, 6));
+  });
+
+  test("the probe's floor is a datacenter's (a few ms), the full retransmission's stays 50 ms", () => {
+    expect(PTO_FLOOR_MS).toBeLessThanOrEqual(5);
+    expect(RTO_FLOOR_MS).toBe(50);
+    const g = new RttEstimator();
+    for (let i = 0; i < 50; i++) g.sample(0.1);
+    expect(g.pto(50, 500)).toBe(PTO_FLOOR_MS);
+    expect(g.rto(50, 500)).toBe(RTO_FLOOR_MS);
+  });
+});

@@ -21,7 +21,9 @@ import { PinnedReflex } from "${ROOT}/src/reflex.ts";
 import { XskSocket } from "${ROOT}/src/xsk.ts";
 import { CFG_RESULTS_TO_XSK } from "${ROOT}/src/abi.ts";
 import { coll } from "${ROOT}/native/collective.ts";
-const [pinDir, iface, expectS, msS] = process.argv.slice(2);
+const [pinDir, iface, expectS, msS, ownersS] = process.argv.slice(2);
+// round 1's plan, if given: chunk c owned by owners[c % owners.length]
+const owners = ownersS ? Uint8Array.from(ownersS.split(",").map(Number)) : undefined;
 const maps = PinnedReflex.open(pinDir);
 const xsk = XskSocket.open({ iface, xsksMapFd: maps.mapFd("xsks"), bytes: 8 << 20 });
 maps.setConfig({ ...maps.config(), jobId: 7, members: 2, memberMask: 2n, roundBase: 0, chunks: 4, chunkElems: 720, flags: CFG_RESULTS_TO_XSK });
@@ -41,11 +43,11 @@ console.log("round1");
 const out1 = new Float32Array(3 * 720), done1 = new Uint8Array(3);
 let fresh1 = 0;
 const end1 = performance.now() + 3000;
-while (performance.now() < end1 && fresh1 < 3) {
+while (performance.now() < end1 && fresh1 < (owners ? 3 - [0, 1, 2].filter((c) => owners[c % owners.length] !== 1).length : 3) && !(owners && xsk.stats().received >= want + 3)) {
   coll.ainftp_wait3(xsk.fd, -1, -1, 20);
-  fresh1 += xsk.results(7, 1, 3, 720, out1, done1, newly);
+  fresh1 += xsk.results(7, 1, 3, 720, out1, done1, newly, owners);
 }
-console.log(JSON.stringify({ fresh, fresh1, done: [...done], firsts: [out[0], out[720], out[1440], out[2159]], firsts1: [out1[0], out1[720], out1[1440]], stats: xsk.stats(), kernel: xsk.kernelStats(), counters: maps.counters() }));
+console.log(JSON.stringify({ fresh, fresh1, done: [...done], done1: [...done1], firsts: [out[0], out[720], out[1440], out[2159]], firsts1: [out1[0], out1[720], out1[1440]], stats: xsk.stats(), kernel: xsk.kernelStats(), counters: maps.counters() }));
 xsk.close(); maps.close();
 `;
 
@@ -81,10 +83,10 @@ describe.skipIf(!kernel)("AF_XDP result path (root, network namespaces)", () => 
   });
   afterAll(() => lab?.destroy());
 
-  async function flood(copies: number) {
+  async function flood(copies: number, owners?: string) {
     expect(lab.ainftp("a", ["attach", IF, "--workers", "2", "--chunks", "4"]).code).toBe(0);
     try {
-      const rx = lab.spawn("a", ["bun", join(lab.tmp, "receiver.ts"), lab.pinDir("a", IF), IF, String(copies * 3), "30000"]);
+      const rx = lab.spawn("a", ["bun", join(lab.tmp, "receiver.ts"), lab.pinDir("a", IF), IF, String(copies * 3), "30000", ...(owners ? [owners] : [])]);
       const lines = lineReader(rx);
       expect(await lines.next(15_000)).toBe("ready copy"); // veth has no zero-copy AF_XDP
       const send = async (n: number, round: number) => {
@@ -120,6 +122,16 @@ describe.skipIf(!kernel)("AF_XDP result path (root, network namespaces)", () => 
     expect(r.counters.results).toBe(0);
     expect(r.stats.received).toBe(6);
     expect(r.stats.framesReturned).toBe(6);
+  }, 60_000);
+
+  test("with the round's plan, a result is taken only from its chunk's owner (issue 16): rank 1's result for chunk 1, owned by rank 0, is dropped and counted", async () => {
+    // round 1's plan: owners [1, 0], so chunks 0 and 2 are rank 1's, chunk 1 rank 0's; the sender is rank 1
+    const r = await flood(1, "1,0");
+    expect(r.fresh).toBe(3); // round 0: no plan given, every result taken
+    expect(r.fresh1).toBe(2);
+    expect(r.done1).toEqual([1, 0, 1]);
+    expect(r.firsts1).toEqual([5.5, 0, 7.5]); // chunk 1 untouched
+    expect(r.stats.notOwner).toBe(1);
   }, 60_000);
 
   test("a million result packets: every frame received goes back to the fill ring, and the socket still works after", async () => {

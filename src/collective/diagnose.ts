@@ -30,6 +30,20 @@ function lackingContributions(h: Host, st: RoundState, bankBase: number): Map<nu
   return perRank;
 }
 
+/** The active members whose contributions the listed slots of ours (open
+ * ones; the rest are skipped) lack: the answer to a probe names only the
+ * members that lost a contribution to the chunks asked about. */
+export function lackingIn(h: Host, st: RoundState, bankBase: number, chunks: Iterable<number>): bigint {
+  let mask = 0n;
+  for (const c of chunks) {
+    if (c >= st.nchunks || st.ownedDone[c] || st.ownerIdx[h.rank] < 0 || ownerOf(st, c) !== h.rank) continue;
+    const slot = h.maps.slot(bankBase + c);
+    const seen = slot.tag === st.r + 1 ? slot.seen : 0n;
+    mask |= st.active & h.othersMask & ~seen;
+  }
+  return mask;
+}
+
 /** Ranks we wait for in this round: whose exponents we lack, or whose
  * contributions our incomplete owned slots lack. */
 export function waitingFor(h: Host, st: RoundState, bankBase: number): bigint {
@@ -74,7 +88,7 @@ async function askStatus(h: Host, st: RoundState): Promise<void> {
 /** The round missed its deadline: say who is missing. Every member is
  * asked whom it waits for (and so shown alive), so that a live member
  * blocked by a dead one is not blamed for it. */
-export async function fail(h: Host, st: RoundState, bankBase: number, cause?: string): Promise<never> {
+export async function fail(h: Host, st: RoundState, bankBase: number, cause?: string, dead?: number[]): Promise<never> {
   const on = waitsOn(h, st, bankBase);
   await askStatus(h, st);
   const alive = new Set(h.statusAnswers.keys());
@@ -94,7 +108,10 @@ export async function fail(h: Host, st: RoundState, bankBase: number, cause?: st
       parts.push(`${describeRanks([p], h.peers)} is alive but ${its.length ? `waits for ${describeRanks(its, h.peers)}` : "waits for no one"} (we lack ${what})`);
     }
   }
-  const ranks = [...missing].sort((a, b) => a - b);
+  // a round given up for members the swarm declared dead misses those: a
+  // live member that gave the same round up before us (and so no longer
+  // answers for it) is not to blame
+  const ranks = (dead ?? [...missing]).sort((a, b) => a - b);
   // the next round's leader: the plan's choice when we have the plan (the
   // survivors that completed this round take it too; a dead choice is
   // skipped by everyone alike), else the first live member after this leader

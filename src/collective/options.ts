@@ -126,6 +126,10 @@ export const TUNING = {
    * How often a round looks whether the swarm declared dead a member it
    * waits on (the swarm ticks every 20 ms). */
   DEATH_CHECK_MS: 20,
+  /** Before a round's plan: ask again for missing exponents or the plan
+   * after this long, doubling (a control packet is small, so asking costs
+   * nothing; the data timer is rtt.ts's). */
+  CTRL_RETRANSMIT_MS: 4,
   /** A round whose leader died after we had its plan is given up after
    * this long without progress: the members without the plan gave it up. */
   LEADERLESS_MS: 200,

@@ -6,12 +6,12 @@ import {
   EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
 } from "../abi.ts";
 import { decodeStatus, encodeStatus, type Control } from "./control.ts";
-import { waitingFor } from "./diagnose.ts";
+import { lackingIn, waitingFor } from "./diagnose.ts";
 import { answerExpsRequest, storeEarlyPlan, storeExps, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
 import { finish } from "./owner.ts";
-import { resend } from "./recovery.ts";
+import { resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 /** A control packet of this job's members (or a peer's HELLO of another
@@ -46,7 +46,9 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       return;
     case CTRL_STATUS: {
       const mask = decodeStatus(c.payload);
-      if (mask !== null) h.statusAnswers.set(c.rank, mask);
+      if (mask === null) return;
+      h.statusAnswers.set(c.rank, mask);
+      if (st && c.round === st.r) statusFromOwner(h, st, c.rank, mask);
       return;
     }
     case CTRL_BYE:
@@ -66,7 +68,16 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
     case CTRL_RESULT_REQ:
       // a passive member lacks results of ours: send the stored ones again
       // (indices past the job's chunks are counted, never used)
-      for (const chunk of h.guard.chunkList(c.payload, h.cfg.chunks)) resend(h, c.round, chunk, c.rank);
+      {
+        const chunks = [...h.guard.chunkList(c.payload, h.cfg.chunks)];
+        for (const chunk of chunks) resend(h, c.round, chunk, c.rank);
+        // a probe for slots of ours still open: say whose contributions they
+        // lack (a member named there lost one and sends it again)
+        if (st && c.round === st.r && st.sent) {
+          const lack = lackingIn(h, st, (st.r & 1) * h.cfg.chunks, chunks);
+          if (lack) h.sendControl(c.rank, CTRL_STATUS, st.r, 0, 0, encodeStatus(lack));
+        }
+      }
       return;
     case CTRL_MEMBER:
       h.onMember?.(c.rank, c.payload);
@@ -120,8 +131,12 @@ export function drainEvents(h: Host, st: RoundState | null, bankBase: number): v
 
 /** rx "xsk": dequantize the results waiting in the socket's UMEM frames. */
 export function drainXsk(h: Host, st: RoundState): void {
+  // only once the plan says who owns what: a result is taken only from its
+  // chunk's owner (native/xsk.c checks, as the program does on the map
+  // path); until then the frames wait in the socket's ring
+  if (!st.sent || st.K === 0) return;
   const newly = h.chunkList;
-  const n = h.xsk!.results(h.job, st.r, st.nchunks, h.chunkElems, st.out, st.xdone, newly);
+  const n = h.xsk!.results(h.job, st.r, st.nchunks, h.chunkElems, st.out, st.xdone, newly, (st.ownersU8 ??= Uint8Array.from(st.owners)));
   if (n === 0) return;
   if (st.r > h.cfg.roundBase) h.advanceWindow(st.r); // a result of round r: everyone finished r-1
   st.resultsSeen += n;
@@ -134,12 +149,35 @@ export function drainXsk(h: Host, st: RoundState): void {
 export function gotResult(st: RoundState, chunk: number, h: Host): void {
   const o = ownerOf(st, chunk);
   st.xdone[chunk] = 1;
+  const k = Math.floor(chunk / st.K);
   if (st.sentAt[chunk] > 0) {
     const since = h.clock.now() - st.sentAt[chunk];
-    if (st.tries[chunk] === 0) h.rtt.sample(since);
-    else h.rtt.resultAfterRetransmit(since);
+    // a round-trip only of a result in order: one overtaken by a later
+    // chunk's result waited on a loss (ours, or another member's lost
+    // contribution to the same slot), which says nothing of the path and
+    // would stretch every timer under loss
+    if (st.tries[chunk] === 0) {
+      if (k > st.furthest[o]) h.rtt.sample(since);
+    } else h.rtt.resultAfterRetransmit(since);
+    // RACK's rtt: of the latest-sent chunk with its result (a retransmitted
+    // one only when the result cannot be the first sending's)
+    if (st.sentAt[chunk] >= st.rackSent[o] && (st.tries[chunk] === 0 || since >= h.rtt.minRtt)) {
+      st.rackSent[o] = st.sentAt[chunk];
+      st.rackRtt[o] = since;
+    }
   }
   st.acked[o]++;
-  const k = Math.floor(chunk / st.K);
   if (k > st.furthest[o]) st.furthest[o] = k;
+}
+
+const xskNotOwner = new WeakMap<Host, number>();
+/** rx "xsk": results native/xsk.c dropped as not from their chunk's owner,
+ * counted under the guard's not_owner (as the program counts them on the
+ * map path); read between rounds, not per wake-up. */
+export function countXskDrops(h: Host): void {
+  if (!h.xsk) return;
+  const now = h.xsk.stats().notOwner;
+  const d = now - (xskNotOwner.get(h) ?? 0);
+  xskNotOwner.set(h, now);
+  if (d > 0) h.guard.count("not_owner", d);
 }

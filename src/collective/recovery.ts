@@ -1,10 +1,14 @@
 // Loss recovery. A member missing results sends its contributions again
 // (flagged F_RETRANSMIT): fast, when a chunk sent before one whose result
-// arrived is older than the round-trip plus a reordering window (RACK,
-// retransmitGaps), or on the timer when nothing moves (retransmit: first a
-// tail-loss probe, then everything older than the RTO); both timed by
-// measured round-trips (rtt.ts). A retransmit to a completed slot makes the owner's program
-// raise a resend event and the owner sends the stored result again
+// arrived is older than that owner's latest round-trip plus a reordering
+// window (RACK, retransmitGaps, which also returns when the next such
+// chunk comes due); when nothing moves, the probe asks each owner for the
+// results we lack (probe: CTRL_RESULT_REQ; an owner resends what it has and
+// answers with CTRL_STATUS whose contributions its open slots lack, and a
+// member named there sends again: statusFromOwner); once nothing moved for
+// the RTO, everything older than it (retransmit). All timed by measured
+// round-trips (rtt.ts). A retransmit to a completed slot makes the owner's
+// program raise a resend event and the owner sends the stored result again
 // (resend), from its results map or, for a member that fell further behind,
 // from the cache of the last CACHE_ROUNDS rounds. A passive member asks
 // with CTRL_RESULT_REQ.
@@ -20,7 +24,10 @@ import { ownerOf, type RoundState } from "./round-state.ts";
 
 const { CACHE_ROUNDS } = TUNING;
 /** RACK looks at chunks at least this many positions behind the furthest result. */
-const RACK_BEHIND = 2;
+const RACK_BEHIND = 1;
+/** A full retransmission's tail-loss probe (barriers' passive path) sends
+ * the last this many missing chunks per owner. */
+const PROBE_CHUNKS = RACK_BEHIND + 1;
 
 /** Fast retransmit (RACK, RFC 8985): an owner completes slots in the order
  * we (and every member) sent them, so a chunk sent before one whose result
@@ -28,23 +35,35 @@ const RACK_BEHIND = 2;
  * lost. Send those chunks again now instead of waiting for the timer
  * (which only fires when nothing at all moves). A result merely reordered
  * comes within the window; a retransmission that proves spurious widens it. */
-export function retransmitGaps(h: Host, st: RoundState): void {
+export function retransmitGaps(h: Host, st: RoundState): number {
   const now = h.clock.now();
+  let next = Infinity;
   for (let o = 0; o < h.size; o++) {
     if (o === h.rank) continue;
     const list = st.ownerChunks[o];
     while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
-    // (two positions behind, as before: a result one position out of order
-    // is common on two CPUs and costs nothing to wait for)
+    // (results come in the order sent: every member sends an owner's
+    // chunks in list order, so its slots complete in that order; one
+    // position of slack, and the reordering window in time)
     const upto = Math.min(st.pos[o], st.furthest[o] - RACK_BEHIND);
     let late: number[] | null = null;
     for (let k = st.lowest[o]; k < upto; k++) {
       const c = list[k];
-      if (st.xdone[c] || !h.rtt.lost(st.sentAt[c], now, st.tries[c])) continue;
+      if (st.xdone[c]) continue;
+      const at = h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[o]);
+      if (at > now) {
+        // not yet: RACK's reorder timer wakes the loop then
+        if (at < next) next = at;
+        continue;
+      }
       (late ??= []).push(c);
     }
-    if (late) sendAgain(h, st, o, late);
+    if (late) {
+      sendAgain(h, st, o, late);
+      for (const c of late) next = Math.min(next, h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[o]));
+    }
   }
+  return next;
 }
 
 /** Chunks whose result has not arrived (listed in h.chunkList); returns how many. */
@@ -81,7 +100,7 @@ export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, p
     if (!l) byOwner.set(o, (l = []));
     l.push(c);
   }
-  if (probe && !st.passive) for (const [o, list] of byOwner) byOwner.set(o, list.slice(-1));
+  if (probe && !st.passive) for (const [o, list] of byOwner) byOwner.set(o, list.slice(-PROBE_CHUNKS));
   for (const [o, list] of byOwner) {
     // our contributions again (the owner may lack them), and the results
     // asked for by name: an owner that moved two rounds on answers from
@@ -91,6 +110,56 @@ export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, p
     for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
     if (st.passive) h.stats.retransmits += list.length;
   }
+}
+
+/** The tail-loss probe, a poll: asks each owner, by name, for the results
+ * we lack (CTRL_RESULT_REQ). An owner that has them sends them again (a
+ * lost result costs one round-trip); one whose slots still wait answers
+ * with whom it waits for (CTRL_STATUS), and only a member named there sends
+ * its contributions again (statusFromOwner). Nothing is sent twice on a
+ * guess, so a probe into a round that is merely slow (a peer descheduled
+ * on a busy host) costs one small packet per owner. Returns the polls sent. */
+export function probe(h: Host, st: RoundState, bankBase: number): number {
+  const m = Math.min(missingResults(h, st, bankBase), h.capacity);
+  const byOwner = new Map<number, number[]>();
+  for (let i = 0; i < m; i++) {
+    const c = h.chunkList[i];
+    const o = ownerOf(st, c);
+    if (o === h.rank || (!st.passive && Math.floor(c / st.K) >= st.pos[o])) continue;
+    let l = byOwner.get(o);
+    if (!l) byOwner.set(o, (l = []));
+    if (l.length < REQ_CHUNKS) l.push(c);
+  }
+  const now = h.clock.now();
+  for (const [o, list] of byOwner) {
+    h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list));
+    st.probedAt[o] = now;
+  }
+  return byOwner.size;
+}
+
+/** An owner of this round says whom its slots wait for (its answer to a
+ * probe, or to a deadline's question): if it waits for us, our
+ * contributions to it whose results we lack, and that are older than RACK
+ * allows, were lost: send them again. */
+export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bigint): void {
+  if (!st.sent || st.passive || owner === h.rank || st.ownerIdx[owner] < 0 || ((mask >> BigInt(h.rank)) & 1n) === 0n) return;
+  const list = st.ownerChunks[owner];
+  // lost by the time of the probe the owner answers (else by now): a chunk
+  // sent just before the probe may still be on its way (a loaded host's
+  // softirq runs late), the owner's answer says nothing of it
+  const now = h.clock.now();
+  const asOf = st.probedAt[owner] > 0 ? Math.min(now, st.probedAt[owner]) : now;
+  let late: number[] | null = null;
+  for (let k = st.lowest[owner]; k < st.pos[owner]; k++) {
+    const c = list[k];
+    if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[owner]) <= asOf) (late ??= []).push(c);
+  }
+  if (!late) return;
+  sendAgain(h, st, owner, late);
+  // a loss the timer had to find (the probe's answer), not RACK: a timeout,
+  // as the full retransmission is; a probe that finds nothing lost is not
+  h.stats.timeouts++;
 }
 
 /** Sends the listed chunks (all owned by o, in order) to o again, flagged as

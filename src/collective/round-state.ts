@@ -46,6 +46,8 @@ export interface RoundState extends Plan {
   /** Active members (the owners): chunk c is owned by owners[c % K]. */
   K: number;
   owners: number[];
+  /** The owners as bytes, for native/xsk.c's owner check (rx "xsk"); made once a round. */
+  ownersU8?: Uint8Array;
   passive: boolean;
   /** How long late members get (see TUNING.DEADLINE_FACTOR); Infinity: forever. */
   grace: number;
@@ -99,6 +101,11 @@ export interface RoundState extends Plan {
    * furthest position with a result (a gap behind it means a loss). */
   lowest: number[];
   furthest: number[];
+  /** Per owner: RACK's rtt, of the latest-sent chunk whose result came, and when that chunk was sent. */
+  rackRtt: Float64Array;
+  rackSent: Float64Array;
+  /** Per owner: when we last probed it (its CTRL_STATUS answers that probe). */
+  probedAt: Float64Array;
   out: Float32Array;
 }
 
@@ -143,6 +150,6 @@ export function newRoundState(a: NewRound): RoundState {
     sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks),
-    lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1),
+    lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
   };
 }

@@ -5,16 +5,20 @@ import { coll } from "../../native/collective.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFrom } from "../quantize.ts";
 import { HDR } from "./control.ts";
-import { closeForDead, deadWeWaitFor, fail } from "./diagnose.ts";
+import { closeForDead, deadWeWaitFor, expsAwaited, fail } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
 import type { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.ts";
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
 import { graceMs, liveFrom } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
-import { drainControl, drainEvents, drainXsk } from "./receiver.ts";
-import { retransmit, retransmitGaps } from "./recovery.ts";
-import { newRoundState, type RoundState } from "./round-state.ts";
+import { countXskDrops, drainControl, drainEvents, drainXsk } from "./receiver.ts";
+import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
+import { newRoundState, ownerOf, type RoundState } from "./round-state.ts";
+import { PTO_FLOOR_MS } from "./rtt.ts";
+
+/** AINFTP_TRACE_RECOVERY=1: one line per round on stderr (plan, fast and timed retransmissions, completion). */
+const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 import { applyPlan, pump, startContributions, unsent } from "./sender.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
@@ -152,15 +156,23 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
   const bankBase = (r & 1) * h.cfg.chunks;
   const deadline = st.t0 + h.o.roundTimeoutMs;
   const watch = READY_RING | READY_SOCK | (h.xsk ? READY_XSK : 0);
-  // The timer adapts to measured round-trips (rtt.ts): a tail-loss probe
-  // at 2·srtt, then the RTO, doubling while nothing moves. retransmitMs (a
-  // barrier's patience included) bounds the first interval: a busy peer
-  // costs a few doubling retransmissions, no more.
+  // Two timers. Before the plan, the control timer: exponents and plans
+  // are one small packet each, so asking again costs nothing and starts at
+  // CTRL_RETRANSMIT_MS (a lost plan costs milliseconds, not 50). Once the
+  // plan is known every active member is in the round (it sent its
+  // exponents), and the data timer starts (rtt.ts): tail-loss probes at
+  // 2·srtt (the last chunks each owner lacks: RACK then finds the rest),
+  // doubling, and the full retransmission once nothing moved for the RTO.
+  // retransmitMs (a barrier's patience included) bounds the first interval.
   const firstRto = () => Math.min(retransmitMs, h.rtt.pto(retransmitMs, h.o.maxRetransmitMs));
-  let interval = firstRto();
+  const fullRto = () => Math.min(retransmitMs, h.rtt.rto(retransmitMs, h.o.maxRetransmitMs));
+  let interval = Math.min(retransmitMs, TUNING.CTRL_RETRANSMIT_MS);
   let nextRetx = h.clock.now() + interval;
-  let quiet = 0; // timeouts since the last progress: the first sends a probe
+  let rackAt = Infinity; // RACK's reorder timer: when a chunk behind a result counts as lost
+  let lossy = false; // RACK or a probe fired this round
   let nextDeathCheck = 0;
+  const trace: string[] | null = TRACE ? [] : null;
+  const T = () => (h.clock.now() - st.t0).toFixed(1);
   for (;;) {
     // let signal handlers and timers run now and then (Ctrl-C mid-round),
     // across rounds too: short rounds never return to the event loop
@@ -171,12 +183,20 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
+      trace?.push(`plan@${T()}`);
       applyPlan(h, st);
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
+      // the data timer starts now: peers that were still busy before the
+      // plan are in the round now
+      interval = firstRto();
+      nextRetx = h.clock.now() + interval;
     }
     if (ownerDeadlinePassed(st, h.clock.now())) closeAtDeadline(h, st);
-    if (complete(h, st, bankBase)) break;
+    if (complete(h, st, bankBase)) {
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
+      break;
+    }
     const now = h.clock.now();
     if (now >= deadline) await fail(h, st, bankBase);
     // a member the swarm declared dead: our slots that lack only its
@@ -185,20 +205,27 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (now >= nextDeathCheck) {
       nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
       const dead = deadWeWaitFor(h, st, bankBase);
-      if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`);
+      if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`, dead);
       if (st.sent) closeForDead(h, st, bankBase);
     }
     if (now >= nextRetx) {
       st.lookInMap = true;
-      h.stats.timeouts++;
-      // (retransmit can send a tail-loss probe, the last chunk each owner
-      // lacks, instead of all: with the 50 ms floor that costs a second
-      // timeout when several chunks are lost, so the timer sends all)
-      retransmit(h, st, bankBase, interval, false);
-      quiet++;
-      // after the probe, the RTO at least (the full retransmission waits out
-      // a stall the probe may have been sent into), doubling
-      interval = Math.min(Math.max(interval * 2, Math.min(retransmitMs, h.rtt.rto(retransmitMs, h.o.maxRetransmitMs))), h.o.maxRetransmitMs);
+      // a probe (a poll, recovery.ts; a timeout only when its answer shows
+      // a loss) until nothing moved for the RTO, then the full
+      // retransmission (a timeout). Before the plan, asking again
+      // within retransmitMs polls a peer that may only be busy: a clean run
+      // counts no timeout.
+      const poll = st.sent ? now - st.lastProgress < fullRto() && !st.passive : now - st.t0 < retransmitMs;
+      if (!poll) h.stats.timeouts++;
+      if (trace) {
+        const m = st.sent ? missingResults(h, st, bankBase) : 0;
+        const by = new Map<number, number>();
+        for (let i = 0; i < Math.min(m, h.capacity); i++) { const o = ownerOf(st, h.chunkList[i]); by.set(o, (by.get(o) ?? 0) + 1); }
+        trace.push(`${poll ? "poll" : "timer"}@${T()}(${interval.toFixed(0)}ms ${st.sent ? [...by].map(([o, n]) => `o${o}:${n}`).join(",") : "noplan:" + expsAwaited(h, st).join(",")} own:${st.owned.length - st.ownedDoneCount})`);
+      }
+      if (poll && st.sent) (probe(h, st, bankBase), (lossy = true));
+      else retransmit(h, st, bankBase, st.sent ? interval : 0, false);
+      interval = Math.min(interval * 2, h.o.maxRetransmitMs);
       nextRetx = now + interval;
     }
     // window-blocked: the wake-up for the results we wait on may be batched
@@ -207,7 +234,11 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // the round deadline matters to a leader still collecting and to an owner with open slots
     const due = !st.sent && st.leader === h.rank ? st.majorityAt + st.grace
       : st.sent && !st.closedAtDeadline && st.ownedDoneCount < st.owned.length ? st.lastProgress + st.ownerGrace : Infinity;
-    const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, deadline, soon, due) - now)));
+    // a lossy round: our slots may have been completed by a retransmission
+    // whose event the program batches without a wake-up; look every probe
+    // floor while ours are open, so their results go out
+    const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
+    const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own) - now)));
     tp = h.phase("work", tp);
     let ready = h.net.wait(watch, wait);
     if (typeof ready !== "number") ready = await ready;
@@ -217,12 +248,16 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     const progress = st.resultsSeen + st.ownedDoneCount + st.pending.length;
     drainEvents(h, st, bankBase);
     if (h.xsk) drainXsk(h, st);
-    if (st.sent) retransmitGaps(h, st);
+    if (st.sent) {
+      const before = h.stats.retransmits;
+      rackAt = retransmitGaps(h, st);
+      if (h.stats.retransmits !== before) lossy = true;
+      if (trace && h.stats.retransmits !== before) trace.push(`rack@${T()}:${h.stats.retransmits - before}`);
+    }
     if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
       st.lastProgress = h.clock.now();
       // results are flowing: nothing is lost yet, restart the timer
       interval = firstRto();
-      quiet = 0;
       nextRetx = h.clock.now() + interval;
     }
     if (st.sent) pump(h, st, x);
@@ -250,6 +285,7 @@ function endRound(h: Host, st: RoundState): RoundReport {
   // a round completed from the map alone moved no window yet
   if (h.cfg.roundBase < r) h.advanceWindow(r);
   h.rtt.endRound();
+  countXskDrops(h);
   // per member: a round it was active in (and, on our slots, not held in
   // quarantine), or one it sat out (passive, late, quarantined)
   const counted = st.active & (h.cfg.memberMask | (1n << BigInt(h.rank)));

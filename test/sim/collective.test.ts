@@ -78,6 +78,7 @@ async function schedule(seed: number, n: number, faults: Faults, o: ScheduleOpti
             reps = await c.allreduce(x);
           } catch (e) {
             if (!(e instanceof RoundError) || !e.missingRanks.length || !e.missingRanks.every((k) => world.hosts[k].dead)) throw e;
+            if (process.env.AINFTP_SIM_DEBUG) console.log(`[death] rank ${rank} at ${world.now.toFixed(1)}: ${String(e).slice(0, 260)}`);
           }
           out.reports.push(reps);
           out.outs.push(reps ? x : null);
@@ -161,6 +162,7 @@ async function deathSchedule(seed: number, lossy: boolean): Promise<number> {
   const survivor = per.findIndex((p, k) => k !== victim && p);
   // the rounds after the verdict: all complete, none led by the dead member or holding it
   const tail = per[survivor].reports.slice(killRound + 2);
+  if (process.env.AINFTP_SIM_DEBUG) console.log(`[death] seed ${seed} n ${n} victim ${victim} killRound ${killRound}: ${per.map((p, k) => p ? `r${k}: ${p.reports.map((r) => (r ? r.map((x) => `${x.round}:${x.leader}:${x.active.join("")}`).join("+") : "X")).join(" ")}` : `r${k}: dead`).join(" | ")}`);
   for (const r of tail) {
     expect({ seed, complete: r !== null }).toEqual({ seed, complete: true });
     for (const x of r!) expect({ seed, active: x.active.includes(victim), leader: x.leader === victim }).toEqual({ seed, active: false, leader: false });
@@ -202,6 +204,27 @@ describe.skipIf(!root)("collective in the simulator (real XDP program, virtual c
     expect(b.per[0].outs.map((x) => Buffer.from(x!.buffer).toString("hex"))).toEqual(a.per[0].outs.map((x) => Buffer.from(x!.buffer).toString("hex")));
   }, 60_000);
 
+  test("3% loss + 2% duplication, 4 hosts: a round's recovery costs round-trips and the probe's few ms, not the old 50 ms timer (median over 8 seeds × 16 rounds, virtual time)", async () => {
+    const lossy: Faults = { ...CLEAN, loss: 0.03, dup: 0.02 };
+    const clean: number[] = [], impaired: number[] = [];
+    let lost = 0;
+    for (const seed of ONLY === null ? [601, 602, 603, 604, 605, 606, 607, 608] : [ONLY]) {
+      for (const [f, into] of [[CLEAN, clean], [lossy, impaired]] as const) {
+        const { world, per } = await schedule(seed, 4, f, { rounds: 16, complete: true });
+        if (f === lossy) lost += world.counts.lost;
+        // each rank's rounds after the first (no round-trip measured yet)
+        for (const p of per) for (const reps of p.reports.slice(1)) for (const r of reps!) into.push(r.ms);
+      }
+    }
+    const mc = median(clean), mi = median(impaired);
+    const p90 = [...impaired].sort((a, b) => a - b)[Math.floor(impaired.length * 0.9)];
+    console.log(`[sim] loss 3% + dup 2%, 4 hosts: median round clean ${mc.toFixed(2)} ms, impaired ${mi.toFixed(2)} ms (p90 ${p90.toFixed(2)}), ${lost} datagrams lost`);
+    expect(lost).toBeGreaterThan(0);
+    // the old timer's floor was 50 ms: a round that waited on it once took more
+    expect(mi).toBeLessThan(10);
+    expect(p90).toBeLessThan(50);
+  }, 120_000);
+
   test("a straggler (its link 600 ms slow) sits out once the grace has passed, in virtual ms, and still gets every result", async () => {
     const { per } = await schedule(4242, 4, CLEAN, { rounds: 12, setup: (w) => (w.hosts[3].sendDelayMs = 600) });
     const reps = per[0].reports.map((r) => r![0]);
@@ -223,19 +246,45 @@ describe.skipIf(!root)("collective in the simulator (real XDP program, virtual c
     expect(afterDeath).toBeGreaterThan(0);
   }, 600_000);
 
-  // Found by this simulator (16 of seeds 5000..5199 with loss): a member
-  // dies right after finishing a round, and one survivor lost one of its
-  // results. That survivor fails the round, the others complete it; the
-  // failing survivor used to take the first live member after the failed
-  // round's leader instead of the plan's next leader. Issue 17 makes a
-  // survivor that had the plan take the plan's choice (seed 5026 then
-  // passed with the 2 ms retransmission floor); with the 50 ms floor the
-  // same seed still fails, later: round 4 waits for a live member's
-  // exponents ("alive but waits for no one") until the round timeout. Kept
-  // as known.
-  test.failing("known: with loss, survivors that disagree about a round's completion then disagree about its next leader (seed 5026)", async () => {
-    await deathSchedule(5026, true);
-  }, 60_000);
+  // With loss, a member dies: seeds 5000..5199 (200 schedules). Found by
+  // this simulator: 16 failed before issue 17's work (seed 5026, kept as
+  // test.failing until now, among them): a survivor that lost one of a
+  // dying member's results fails the round the others complete. The fixes:
+  // a survivor that had the plan takes the plan's next leader after a
+  // failed round; recovery in round-trips (the survivors fail or complete
+  // the round close together); a round given up because the swarm declared
+  // a member dead names that member, not a live one that gave the same
+  // round up first and so no longer answers for it. Two seeds still fail
+  // (below).
+  const LOSSY_DEATHS_KNOWN = [5061, 5180];
+  test(`a member dies mid-round under loss (seeds 5000..5199 but ${LOSSY_DEATHS_KNOWN.join(", ")}): survivors agree on every round's leader, go on bit-identical, led by live members`, async () => {
+    let afterDeath = 0, schedules = 0;
+    const all = ONLY !== null ? [ONLY] : Array.from({ length: 200 }, (_, i) => 5000 + i).filter((s) => !LOSSY_DEATHS_KNOWN.includes(s));
+    for (const seed of all) {
+      afterDeath += await deathSchedule(seed, true);
+      schedules++;
+    }
+    console.log(`[sim] lossy deaths: ${schedules} schedules, ${afterDeath} rounds completed after the verdict without the dead member`);
+    expect(afterDeath).toBeGreaterThan(0);
+  }, 600_000);
+
+  // Known, open: a survivor that started a round before the swarm declared
+  // its leader dead (no plan yet) gives the round up, while a survivor that
+  // failed the round before (lacking a dead owner's results) starts it after
+  // the verdict with the next live leader: they are a round apart and the
+  // next round times out (5061). Skipping a dead leader only at a round's
+  // start depends on when each survivor learns of the death; failing the
+  // round everywhere instead costs a lost round per dead leader (tried:
+  // 4 other seeds then lose a round after the verdict). Agreement needs the
+  // plan of a dead leader relayed or a successor's plan adopted by all,
+  // which is issue 17's re-planning (open). 5180: one survivor lost a dead
+  // owner's result and failed round 6 that the others completed; round 7
+  // fails for all (the dead owner), that survivor 270 ms later, and round 8
+  // times out: the same parting of ways, not yet traced to its step.
+  for (const seed of LOSSY_DEATHS_KNOWN)
+    test.failing(`known: with loss, survivors that learn of a death at different moments of a round part ways (seed ${seed})`, async () => {
+      await deathSchedule(seed, true);
+    }, 60_000);
 
   test("the leader dies as its round starts: the survivors' next leader is the first live member after it, and every later round completes", async () => {
     for (const seed of ONLY === null ? [31, 32, 33, 34] : [ONLY]) {
