@@ -35,6 +35,8 @@ export function sendResults(h: Host, st: RoundState, chunks: Uint32Array, n: num
   const lastSize = h.wireBytes(st.counts[chunks[chunks.length - 1]]);
   h.sealData(h.resPkts, n);
   for (const p of h.others) h.stats.packetsSent += h.net.sendGso(h.peers[p], h.port, h.resPkts, h.seg, n, lastSize);
+  const now = h.clock.now();
+  for (let i = 0; i < n; i++) st.resultSentAt[chunks[i]] = now;
 }
 
 /** Whether our open slots have made no progress for the owner's grace. */

@@ -10,6 +10,7 @@ import { lackingIn, waitingFor } from "./diagnose.ts";
 import { answerExpsRequest, storeEarlyPlan, storeExps, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
+import { TUNING } from "./options.ts";
 import { finish } from "./owner.ts";
 import { resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
@@ -70,7 +71,11 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       // (indices past the job's chunks are counted, never used)
       {
         const chunks = [...h.guard.chunkList(c.payload, h.cfg.chunks)];
-        for (const chunk of chunks) resend(h, c.round, chunk, c.rank);
+        // a result we sent a moment ago is on its way (we were descheduled
+        // while the asker's probe timer ran): not sent twice; one truly
+        // lost is asked for again
+        const fresh = st && c.round === st.r ? h.clock.now() - TUNING.RESULT_FRESH_MS : Infinity;
+        for (const chunk of chunks) if (!(st && st.resultSentAt[chunk] > fresh)) resend(h, c.round, chunk, c.rank);
         // a probe for slots of ours still open: say whose contributions they
         // lack (a member named there lost one and sends it again)
         if (st && c.round === st.r && st.sent) {

@@ -97,6 +97,9 @@ export interface RoundState extends Plan {
   /** Per chunk: when it was last sent, and how often it was sent again. */
   sentAt: Float64Array;
   tries: Uint8Array;
+  /** Per chunk we own: when we sent its result (a probe for it sooner than
+   * TUNING.RESULT_FRESH_MS after is answered by the result on its way). */
+  resultSentAt: Float64Array;
   /** Per owner: first list position whose result is missing, and the
    * furthest position with a result (a gap behind it means a loss). */
   lowest: number[];
@@ -149,7 +152,7 @@ export function newRoundState(a: NewRound): RoundState {
     header: new Uint8Array(a.headerBytes), seed: 0, resid: null, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
     sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
-    sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks),
+    sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),
     lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
   };
 }
