@@ -90,6 +90,7 @@ export class NodeMetrics {
     out.push(family("ainftp_retransmits_total", "counter", "Contribution packets sent again after a timeout.", [[{}, s.retransmits]]));
     out.push(family("ainftp_retransmit_timeouts_total", "counter", "Retransmission timers that fired.", [[{}, s.timeouts]]));
     out.push(family("ainftp_resends_total", "counter", "Results sent again on a resend request.", [[{}, s.resends]]));
+    out.push(family("ainftp_probe_answers_total", "counter", "Results sent again in answer to a member's probe.", [[{}, s.probeAnswers]]));
     out.push(family("ainftp_packets_sent_total", "counter", "Contribution and result packets sent.", [[{}, s.packetsSent]]));
     out.push(family("ainftp_partial_rounds_total", "counter", "Rounds whose plan left members out (late, down-ranked, past the quorum).", [[{}, s.partialRounds]]));
     out.push(family("ainftp_deadline_closes_total", "counter", "Owned slots closed at the deadline with the contributions present.", [[{}, s.deadlineCloses]]));

@@ -85,6 +85,8 @@ export interface NodeReport {
   result_sha256: (string | null)[];
   retransmits: number;
   resends: number;
+  /** Results sent again in answer to a member's probe (issue 17's tail-loss probe). */
+  probe_answers: number;
   duplicates: number;
   timeouts: number;
   saturations: number;
@@ -341,7 +343,7 @@ function nodeReport(
     error_bound: ERROR_BOUND[comm.bits as BitWidth],
     lost_rounds: o.rounds - times.length,
     result_sha256: t.hashes,
-    retransmits: statsTimed.retransmits, resends: statsTimed.resends, duplicates: d("duplicate"),
+    retransmits: statsTimed.retransmits, resends: statsTimed.resends, probe_answers: statsTimed.probeAnswers, duplicates: d("duplicate"),
     timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
     wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
     packets_received: rx,

@@ -188,6 +188,11 @@ function expectClean(reps: NodeReport[], o: { wakeups?: boolean } = {}): void {
     expect({ rank: j.rank, retransmits: j.retransmits, resends: j.resends, timeouts: j.timeouts, duplicates: j.duplicates, partial: j.straggler.partial_rounds }).toEqual({
       rank: j.rank, retransmits: 0, resends: 0, timeouts: 0, duplicates: 0, partial: 0,
     });
+    // a probe (a member's round stalled ≥ 4 ms: a descheduled peer on these
+    // 2 shared cores) may be answered with a result that was on its way;
+    // counted apart from loss recovery, and rare: 20 of ~5000 results once
+    // with 8 hosts in the full suite
+    expect(j.probe_answers).toBeLessThanOrEqual(Math.ceil(0.01 * j.packets_received));
     expect(j.packets_received).toBeGreaterThan(0);
     expect(j.wakeups_per_packet).toBeGreaterThan(0);
     expect(j.wakeups_per_packet).toBeCloseTo((j.wakeups + j.socket_packets) / j.packets_received, 12);
@@ -525,8 +530,10 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
       expect(s.config.roundBase).toBe(2 + protocolRounds - 1);
       // every rank sees every chunk once: its own as completed slots, the others as results
       expect(s.counters.events).toBe(chunksDone);
-      for (const c of ["duplicate", "stale_round", "future_round", "foreign_job", "not_member", "result_dup", "ringbuf_full", "mal_count", "mal_chunk"])
+      for (const c of ["duplicate", "stale_round", "future_round", "foreign_job", "not_member", "ringbuf_full", "mal_count", "mal_chunk"])
         expect({ node: nodes[i], [c]: s.counters[c] }).toEqual({ node: nodes[i], [c]: 0 });
+      // duplicate results only from probe answers (expectClean), rare
+      expect(s.counters.result_dup).toBeLessThanOrEqual(Math.ceil(0.01 * chunksDone));
       completed += s.counters.completed;
       summed += s.counters.summed;
     });

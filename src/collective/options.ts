@@ -220,6 +220,10 @@ export interface CollectiveStats {
   retransmits: number;
   /** Results sent again on a resend request. */
   resends: number;
+  /** Results sent again in answer to a member's probe (CTRL_RESULT_REQ):
+   * a lost result, or (a host descheduled past the asker's probe timer)
+   * one that was on its way. */
+  probeAnswers: number;
   /** Retransmit timers that fired. */
   timeouts: number;
   /** Values clipped by the quantizer (0 with the shared max scale). */
@@ -245,7 +249,7 @@ export interface CollectiveStats {
 
 export function zeroStats(): CollectiveStats {
   return {
-    rounds: 0, retransmits: 0, resends: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
+    rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
     partialRounds: 0, passiveRounds: 0, deadlineCloses: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };

@@ -75,7 +75,7 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
         // while the asker's probe timer ran): not sent twice; one truly
         // lost is asked for again
         const fresh = st && c.round === st.r ? h.clock.now() - TUNING.RESULT_FRESH_MS : Infinity;
-        for (const chunk of chunks) if (!(st && st.resultSentAt[chunk] > fresh)) resend(h, c.round, chunk, c.rank);
+        for (const chunk of chunks) if (!(st && st.resultSentAt[chunk] > fresh)) resend(h, c.round, chunk, c.rank, true);
         // a probe for slots of ours still open: say whose contributions they
         // lack (a member named there lost one and sends it again)
         if (st && c.round === st.r && st.sent) {

@@ -183,7 +183,7 @@ export function sendAgain(h: Host, st: RoundState, o: number, list: number[]): v
 }
 
 /** A peer lost our result for (round, chunk): send the stored one again. */
-export function resend(h: Host, round: number, chunk: number, rank: number): void {
+export function resend(h: Host, round: number, chunk: number, rank: number, probe = false): void {
   if (rank >= h.size || rank === h.rank) return;
   const tmpl = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round, rank: h.rank, version: h.version });
   const one = new Uint32Array([chunk]);
@@ -199,7 +199,8 @@ export function resend(h: Host, round: number, chunk: number, rank: number): voi
   }
   h.sealData(pkt, 1);
   h.stats.packetsSent += h.net.sendGso(h.peers[rank], h.port, pkt, h.wireBytes(packetCount(pkt)), 1);
-  h.stats.resends++;
+  if (probe) h.stats.probeAnswers++;
+  else h.stats.resends++;
 }
 
 /** Keeps the result packets we send for CACHE_ROUNDS rounds: a member
