@@ -1061,7 +1061,8 @@ describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivale
     const { st, sum } = await impaired("impaired: 1% loss", { lossPpm: 10_000 });
     expect(st.dropped).toBeGreaterThan(0);
     expect(sum("retransmits")).toBeGreaterThan(0);
-    expect(sum("timeouts")).toBeGreaterThan(0);
+    // (no timeout needed: RACK and the probe recover 1% loss in round
+    // trips; the full retransmission timer may never fire, issue 17)
   }, 90_000);
 
   test("5% loss: verified, bit-identical, retransmits and resends > 0", async () => {
