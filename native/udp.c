@@ -398,13 +398,14 @@ static int check_layout(int fd, const uint8_t *buf, uint32_t seg_size, uint32_t 
 }
 
 /* Sends nsegs datagrams laid out back to back in buf (seg_size bytes each,
- * the last last_size bytes) to one destination: UDP GSO messages of at most
- * 64 segments and 65507 bytes, several per sendmmsg; one message per
- * datagram when the kernel refuses GSO (remembered for the socket). Returns
- * datagrams sent: fewer than nsegs only when the send buffer stayed full for
+ * the last last_size bytes) to one destination: with `gso`, UDP GSO messages
+ * of at most 64 segments and 65507 bytes, several per sendmmsg, and one
+ * message per datagram when the kernel refuses GSO (remembered for the
+ * socket); without, always one message per datagram. Returns datagrams
+ * sent: fewer than nsegs only when the send buffer stayed full for
  * SEND_RETRY_MS or a later message failed (its error comes next call). */
-int ainftp_udp_send_gso(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uint8_t *buf,
-			uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
+static int send_to_one(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uint8_t *buf,
+		       uint32_t seg_size, uint32_t nsegs, uint32_t last_size, int gso)
 {
 	int bad = check_layout(fd, buf, seg_size, nsegs, last_size);
 	if (bad <= 0)
@@ -414,7 +415,7 @@ int ainftp_udp_send_gso(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uin
 	uint32_t per = UDP_MAX_PAYLOAD / seg_size;
 	if (per > GSO_MAX_SEGS)
 		per = GSO_MAX_SEGS;
-	if (nsegs > 1 && per > 1 && gso_get(fd) != GSO_OFF) {
+	if (gso && nsegs > 1 && per > 1 && gso_get(fd) != GSO_OFF) {
 		int r = send_gso_batched(fd, &p, per);
 		if (r > 0 || !gso_refusal(-r)) {
 			if (r > 0)
@@ -427,18 +428,20 @@ int ainftp_udp_send_gso(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uin
 	return send_each_batched(fd, &p, nsegs);
 }
 
-/* The same layout, one message per datagram, BATCH per sendmmsg, never GSO:
- * for a receiver whose generic-mode XDP program would see a GSO batch that
- * a virtual link carried unsegmented as one frame it cannot parse. */
+/* send_to_one by GSO where the kernel takes it. */
+int ainftp_udp_send_gso(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uint8_t *buf,
+			uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
+{
+	return send_to_one(fd, dst_ip_be, dst_port, buf, seg_size, nsegs, last_size, 1);
+}
+
+/* send_to_one, never GSO: for a receiver whose generic-mode XDP program
+ * would see a GSO batch that a virtual link carried unsegmented as one
+ * frame it cannot parse. */
 int ainftp_udp_send_plain(int fd, uint32_t dst_ip_be, uint16_t dst_port, const uint8_t *buf,
 			  uint32_t seg_size, uint32_t nsegs, uint32_t last_size)
 {
-	int bad = check_layout(fd, buf, seg_size, nsegs, last_size);
-	if (bad <= 0)
-		return bad;
-	struct sockaddr_in dst = ipv4(dst_ip_be, dst_port);
-	struct plan p = { .buf = buf, .seg_size = seg_size, .nsegs = nsegs, .last_size = last_size, .one_dst = &dst };
-	return send_each_batched(fd, &p, nsegs);
+	return send_to_one(fd, dst_ip_be, dst_port, buf, seg_size, nsegs, last_size, 0);
 }
 
 /* n datagrams, datagram i = buf[offsets[i] .. + lens[i]) to dst_ips_be[i]:
