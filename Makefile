@@ -81,9 +81,12 @@ $(BIN): $(BPF_OBJ) $(SHIM) $(SOURCES) | node_modules
 	bun build --compile cli/index.ts --outfile $@
 
 # ---- run ---------------------------------------------------------------------
+# Every suite once, then each failed test once more by name, loudly
+# (test/run-suite.sh: the kernel suites' timing flakes on a loaded 2-core
+# machine, listed in docs/architecture.md); a test failing twice fails.
 test: build
 	bun x tsc --noEmit
-	bun test
+	test/run-suite.sh
 
 # The main job: the comparison table (ainftp against plain TCP, Gloo and
 # Open MPI on 4 network namespaces), its JSON and chart in bench-report/.
