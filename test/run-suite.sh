@@ -9,8 +9,9 @@ trap 'rm -f "$log"' EXIT
 bun test "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 [ "$rc" -eq 0 ] && exit 0
-# (fail) lines, each with the test file that printed it
-mapfile -t failed < <(awk '/^[^ (].*\.test\.ts:$/ { f = substr($0, 1, length($0) - 1) } /^\(fail\) / { sub(/^\(fail\) /, ""); sub(/ \[[0-9.]+m?s\]$/, ""); print f "\t" $0 }' "$log" | sort -u)
+# (fail) lines, each with the test file that printed it first (bun lists
+# every failure again at the end, after the last file's header)
+mapfile -t failed < <(awk '/^[^ (].*\.test\.ts:$/ { f = substr($0, 1, length($0) - 1) } /^\(fail\) / { sub(/^\(fail\) /, ""); sub(/ \[[0-9.]+m?s\]$/, ""); if (!($0 in seen)) { seen[$0] = 1; print f "\t" $0 } }' "$log")
 if [ "${#failed[@]}" -eq 0 ] || [ "${#failed[@]}" -gt 4 ]; then
   echo "make test: ${#failed[@]} failing tests: not retried" >&2
   exit "$rc"
