@@ -18,7 +18,7 @@ FIXTURES := test/fixtures/build/pass.bpf.o test/fixtures/build/reject.bpf.o
 BIN := dist/ainftp
 SOURCES := $(shell find cli src native -name '*.ts') $(wildcard src/bench/peers/*) package.json
 
-.PHONY: all setup deps bench-deps bun-install build test bench bench-all clean
+.PHONY: all setup deps bench-deps bun-install build test bench bench-all bench-ab clean
 
 all: build
 
@@ -92,6 +92,17 @@ test: build
 # Open MPI on 4 network namespaces), its JSON and chart in bench-report/.
 bench: build bench-deps
 	$(BIN) bench
+
+# Before/after of the whole product: BASE (a commit, default HEAD~1) built
+# in a temporary worktree, and this tree's build, each running its own `ainftp bench`, interleaved (bench/ab.ts). PAIRS=2 by default;
+# BENCH_ARGS replaces the bench arguments (default: both regimes, 1 and 16 MiB).
+BASE ?= HEAD~1
+PAIRS ?= 2
+bench-ab: build bench-deps
+	@d=$$(mktemp -d /tmp/ainftp-base-XXXXXX); trap 'git worktree remove --force '$$d' >/dev/null 2>&1; rm -rf '$$d'' EXIT; \
+	git worktree add -q --detach $$d $(BASE) && ln -s $(CURDIR)/node_modules $$d/node_modules && \
+	$(MAKE) -s -C $$d build >/dev/null && \
+	bun bench/ab.ts --a $$d/dist/ainftp --b $(BIN) --pairs $(PAIRS) $(if $(BENCH_ARGS),-- $(BENCH_ARGS))
 
 # Every micro-benchmark on its own.
 bench-all: bench
