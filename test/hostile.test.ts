@@ -173,9 +173,26 @@ function programDrops(): Record<string, number> {
     } finally {
       if (fd >= 0) closeFd(fd);
     }
-    for (const k of DROP_REASONS) out[k] = (out[k] ?? 0) + (c[k] ?? 0);
+    for (const k of process.env.AINFTP_HOSTILE_ALL ? Object.keys(c) : DROP_REASONS) out[k] = (out[k] ?? 0) + ((c as Record<string, number>)[k] ?? 0);
   }
   return out;
+}
+
+/** Frames the links dropped on their way to the members, before any
+ * program saw them (the bridge ports' veth tx drops, the members' rx
+ * drops): a burst overflows a member's receive ring under load. */
+function linkDrops(): number {
+  const br = lab.names.find((n) => n.endsWith("-br"))!;
+  let d = 0;
+  for (const [i] of MEMBERS.entries()) {
+    const port = JSON.parse(sh(["ip", "-n", br, "-s", "-j", "link", "show", "dev", `p${i}`]).stdout)[0];
+    d += port?.stats64?.tx?.dropped ?? 0;
+  }
+  for (const n of MEMBERS) {
+    const dev = JSON.parse(sh(["ip", "-n", lab.node(n).name, "-s", "-j", "link", "show", "dev", IF]).stdout)[0];
+    d += dev?.stats64?.rx?.dropped ?? 0;
+  }
+  return d;
 }
 
 /** The members' control-plane drops by reason (their reports). */
@@ -336,6 +353,7 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
     try {
       await running();
       const before = programDrops();
+      const linkBefore = linkDrops();
       const liar = 1;
       const sent = await attack(() => {
         const b = liveBase();
@@ -345,20 +363,24 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
             bytes: datagram({ type: PKT_RESULT, jobId: JOB, round: b + 1 + (i & 1), chunk: i >> 1, rank: liar, contributors: 4 }, new Int16Array(720).fill(-777)),
           })));
       }, { batches: 40, gapMs: 15 });
+      const endBase = liveBase();
       const reps = expectSurvived(await job.done, 100);
+      // the job outlasts the attack (else forgeries for rounds that never run stay uncounted)
+      expect(liveBase()).toBeGreaterThan(endBase + 2);
       const after = programDrops();
       const xdp = Object.keys(after).reduce((a, k) => a + after[k] - (before[k] ?? 0), 0);
       const user = controlDrops(reps).not_owner ?? 0;
+      const link = linkDrops() - linkBefore;
       expect(after.not_owner - before.not_owner + user).toBeGreaterThan(0);
       // dropped by the program, or stored before the plan was known and then
-      // replaced by the owner's (counted as it goes) or refused by its node;
-      // the uncounted rest were stored for rounds that never ran, or into an
-      // owner's own entry, which its own result overwrote
-      console.log(`[hostile] ${sent} forged results of a member; counted: program ${JSON.stringify(Object.fromEntries(Object.keys(after).map((k) => [k, after[k] - (before[k] ?? 0)]).filter(([, v]) => v)))}, nodes not_owner ${user}`);
-      // (measured 2026-12-05: 80-86% counted in runs of the
-      // merged tree, 90%+ on the branch that wrote the test; the rest are the
-      // uncounted stores above, which the job's verification shows harmless)
-      expect(xdp + user).toBeGreaterThanOrEqual(sent * 0.7);
+      // emptied and counted by its node when the plan came (every chunk of
+      // the bank: a barrier round has one chunk, so the rest are forged),
+      // or when the round completed. The program's counters also count the
+      // owners' own duplicates (resends), so this is a floor, not a tally:
+      // 80-86% before the plan-time sweep (2026-12-05: forgeries stored in
+      // barrier rounds' unused chunks went uncounted), 93-105% after.
+      console.log(`[hostile] forged ${sent}, counted ${xdp + user} (${((100 * (xdp + user)) / sent).toFixed(1)}%), links dropped ${link}`);
+      expect(xdp + user + link).toBeGreaterThanOrEqual(sent * 0.9);
     } finally {
       await cleanupJob(job);
     }

@@ -142,13 +142,29 @@ function complete(h: Host, st: RoundState, bankBase: number): boolean {
   st.lookInMap = false;
   if (h.xsk) return true; // each result was counted once, when it was dequantized
   // results stored before the plan was known, from a rank that does not own them: asked for again
-  const foreign = st.K ? coll.ainftp_results_drop_foreign(h.resBase, bankBase, st.nchunks, st.r + 1, Uint8Array.from(st.owners), st.K, h.rank) : 0;
-  if (foreign) h.guard.count("not_owner", foreign);
+  dropForeign(h, st, bankBase, h.rank);
   const missing = coll.ainftp_results_missing(h.resBase, bankBase, st.nchunks, st.r + 1, h.chunkList, h.capacity);
   if (missing === 0) return true;
   st.resultsSeen = st.nchunks - st.owned.length - missing; // events and map disagree: trust the map
   return false;
 }
+
+/** Empties (and counts as not_owner) the results-map entries of this round
+ * that hold a result from a rank that does not own the chunk in the plan:
+ * forgeries the program stored before the plan was known. `self` = our rank
+ * leaves our own chunks' entries alone (they hold our finished results);
+ * NO_RANK also empties forgeries stored in them (our finish would overwrite
+ * them uncounted). */
+function dropForeign(h: Host, st: RoundState, bankBase: number, self: number): void {
+  let foreign = st.K ? coll.ainftp_results_drop_foreign(h.resBase, bankBase, st.nchunks, st.r + 1, Uint8Array.from(st.owners), st.K, self) : 0;
+  // past the round's chunks (a one-value barrier round has one) no rank
+  // owns anything: whatever was stored there for this round is forged
+  if (self === NO_RANK && st.nchunks < h.cfg.chunks)
+    foreign += coll.ainftp_results_drop_foreign(h.resBase, bankBase + st.nchunks, h.cfg.chunks - st.nchunks, st.r + 1, NOBODY, 1, NO_RANK);
+  if (foreign) h.guard.count("not_owner", foreign);
+}
+const NO_RANK = 0xffff;
+const NOBODY = Uint8Array.of(0xff);
 
 /** The round loop: until every result is here. */
 async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs: number, tp: number): Promise<void> {
@@ -185,6 +201,9 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (!st.sent && planReady(h, st)) {
       trace?.push(`plan@${T()}`);
       applyPlan(h, st);
+      // forgeries stored before we knew the plan, our own chunks' included:
+      // out now, counted, so the owners' results are stored when they come
+      if (!h.xsk) dropForeign(h, st, bankBase, NO_RANK);
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
       // the data timer starts now: peers that were still busy before the
