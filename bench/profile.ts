@@ -63,11 +63,21 @@ if (argv.includes("--rank")) {
     // agreed by an all-reduce (its result is the same on every rank), so
     // every rank runs the same number
     const warm: number[] = [];
-    for (const t0 = now(); warm.length < 10 || now() - t0 < 500; ) {
-      x.set(src);
-      const t1 = now();
-      await comm.allreduce(x);
-      warm.push(now() - t1);
+    const more = new Float32Array(1);
+    for (const t0 = now(); ; ) {
+      for (let i = 0; i < 10; i++) {
+        x.set(src);
+        const t1 = now();
+        await comm.allreduce(x);
+        warm.push(now() - t1);
+      }
+      // whether to go on is agreed too: each rank's own clock stopped it at
+      // a different round when rounds take milliseconds (1 MiB), and a rank
+      // that went on to the one-value round below while the others still
+      // warmed up stalled the job (its exponents fit no round of theirs)
+      more[0] = now() - t0 < 500 ? 1 : 0;
+      await comm.allreduce(more);
+      if (more[0] < 0.5) break;
     }
     const med = warm.slice(2).sort((a, b) => a - b)[Math.floor((warm.length - 2) / 2)];
     const agree = new Float32Array([med]);
