@@ -78,6 +78,12 @@ export interface LabOptions {
   subnet?: string;
   /** Interface name in every node namespace. */
   ifname?: string;
+  /** MTU of every link of the lab: the nodes' interfaces, and the bridge's
+   * ports and br0. Set on one end only, a veth or bridge port at 1500 drops
+   * every larger frame sent alone (is_skb_forwardable: counted as the
+   * sender's TX dropped) while letting GSO batches through, so only the
+   * lone datagrams vanish. Default: the kernel's (1500). */
+  mtu?: number;
 }
 
 const labs = new Set<Lab>();
@@ -238,6 +244,8 @@ export function createLab(tag: string, nodeNames: string[], o: LabOptions = {}):
   const subnet = o.subnet ?? "10.213.0";
   const ifname = o.ifname ?? "eth0";
   if (link === "pair" && nodeNames.length !== 2) throw new Error("link 'pair' joins exactly 2 nodes");
+  if (o.mtu !== undefined && !(Number.isInteger(o.mtu) && o.mtu >= 68 && o.mtu <= 65535))
+    throw new Error(`lab MTU ${o.mtu}: give an integer in 68..65535`);
   if (!/^10\.213\.\d{1,3}$/.test(subnet)) throw new Error(`test subnets are 10.213.x, not ${subnet}`);
   const id = `aft-${tag}-${process.pid}`;
   const lab = new Lab(id);
@@ -270,11 +278,14 @@ export function createLab(tag: string, nodeNames: string[], o: LabOptions = {}):
         const port = `p${i}`;
         must(["ip", "-n", lab.node(n).name, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", br]);
         must(["ip", "-n", br, "link", "set", port, "master", "br0"]);
+        if (o.mtu !== undefined) must(["ip", "-n", br, "link", "set", port, "mtu", String(o.mtu)]);
         must(["ip", "-n", br, "link", "set", port, "up"]);
       });
+      if (o.mtu !== undefined) must(["ip", "-n", br, "link", "set", "br0", "mtu", String(o.mtu)]);
     }
     if (link !== "none") {
       for (const x of lab.nodes.values()) {
+        if (o.mtu !== undefined) must(["ip", "-n", x.name, "link", "set", ifname, "mtu", String(o.mtu)]);
         must(["ip", "-n", x.name, "addr", "add", `${x.addr}/24`, "dev", ifname]);
         must(["ip", "-n", x.name, "link", "set", ifname, "up"]);
       }
