@@ -7,7 +7,7 @@ import {
 } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
 import { ipv4ToBe32 } from "../transport.ts";
-import type { Control } from "./control.ts";
+import { HDR, type Control } from "./control.ts";
 import type { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING } from "./options.ts";
 import { READY_SOCK } from "./ports.ts";
@@ -22,13 +22,46 @@ export function fingerprint(h: Host): string {
 
 /** HELLO flags: answer me; send me single frames (my program runs in generic
  * XDP mode: a GSO burst that a virtual link carries unsegmented reaches it
- * as one frame it cannot parse, and is dropped). */
+ * as one frame it cannot parse, and is dropped); this HELLO is padded with
+ * zeros to the job's largest datagram (FULL); answer me with a FULL one
+ * (NEED_FULL: yours have not reached me). */
 export const HELLO_REPLY = 0x1;
 export const HELLO_PLAIN = 0x2;
+export const HELLO_FULL = 0x4;
+export const HELLO_NEED_FULL = 0x8;
 
-function sendHello(h: Host, to: number, wantReply: boolean): void {
-  const flags = (wantReply ? HELLO_REPLY : 0) | (h.plainFrames ? HELLO_PLAIN : 0);
-  h.sendControl(to, CTRL_HELLO, h.helloBase, flags, 0, new TextEncoder().encode(fingerprint(h)));
+/** How long after every peer's HELLO we wait for the full-size ones. */
+const FULL_GRACE_MS = 1500;
+/** The receive socket's slot: a datagram is never padded past it. */
+const RECV_SLOT = 9216;
+
+/** A FULL HELLO's datagram: the size of the job's data packets, so a path
+ * that drops them (a link or switch port with a smaller MTU; the kernel
+ * lets GSO batches through where it drops a lone datagram) is found at
+ * open, not as a round that never completes. */
+function fullBytes(h: Host): number {
+  return Math.min(h.seg, RECV_SLOT);
+}
+
+function sendHello(h: Host, to: number, wantReply: boolean, o: { full?: boolean; needFull?: boolean } = {}): void {
+  const flags = (wantReply ? HELLO_REPLY : 0) | (h.plainFrames ? HELLO_PLAIN : 0) | (o.full ? HELLO_FULL : 0) | (o.needFull ? HELLO_NEED_FULL : 0);
+  const fp = new TextEncoder().encode(fingerprint(h));
+  let payload = fp;
+  if (o.full) {
+    payload = new Uint8Array(Math.max(fp.length, fullBytes(h) - HDR - h.guard.tagBytes));
+    payload.set(fp);
+  }
+  h.sendControl(to, CTRL_HELLO, h.helloBase, flags, 0, payload);
+}
+
+/** A HELLO's fingerprint (a FULL one's padding left out). */
+function helloPrint(c: Control): string {
+  let p = c.payload;
+  if (c.flags & HELLO_FULL) {
+    const end = p.indexOf(0);
+    if (end >= 0) p = p.subarray(0, end);
+  }
+  return new TextDecoder().decode(p);
 }
 
 /** A member's HELLO: note whether it wants single frames. */
@@ -37,19 +70,30 @@ function greeted(h: Host, c: Control): void {
 }
 
 /** A HELLO after our handshake: a host of another job greeting us is told
- * (it fails its open) and we carry on; a member asking for a reply gets one. */
+ * (it fails its open) and we carry on; a member asking for a reply gets one
+ * (a full-size one when its full-size check lacks ours). */
 export function answerHello(h: Host, c: Control): void {
-  if (!c.member || new TextDecoder().decode(c.payload) !== fingerprint(h)) return void mismatch(h, c);
+  if (!c.member || helloPrint(c) !== fingerprint(h)) return void mismatch(h, c);
   greeted(h, c);
-  if (c.flags & HELLO_REPLY) sendHello(h, c.rank, false);
+  // a full-size answer at most once per greeting interval a member: a
+  // forged NEED_FULL (no job key) cannot make us send large frames faster
+  let needFull = (c.flags & HELLO_NEED_FULL) !== 0;
+  if (needFull) {
+    const at = (fullAnswered.get(h) ?? fullAnswered.set(h, new Float64Array(h.size).fill(-Infinity)).get(h)!);
+    const now = h.clock.now();
+    if (now - at[c.rank] < TUNING.GREET_MS) needFull = false;
+    else at[c.rank] = now;
+  }
+  if (c.flags & HELLO_REPLY || needFull) sendHello(h, c.rank, false, { full: needFull });
 }
+const fullAnswered = new WeakMap<Host, Float64Array>();
 
 /** A HELLO whose job does not match ours: answer with ours (so the sender
  * learns it too) and describe the difference. */
-export function mismatch(h: Host, c: { rank: number; from: string; payload: Uint8Array }): AinftpError {
+export function mismatch(h: Host, c: { rank: number; from: string; flags: number; payload: Uint8Array }): AinftpError {
   const me = fingerprint(h);
   h.sendControlTo(c.from, CTRL_HELLO, h.helloBase, 0, 0, new TextEncoder().encode(me));
-  const theirs = new TextDecoder().decode(c.payload);
+  const theirs = helloPrint(c as Control);
   const who = h.peers.includes(c.from)
     ? `rank ${h.peers.indexOf(c.from)} (${c.from})`
     : `a host at ${c.from}, which is not in our --peers,`;
@@ -69,9 +113,19 @@ export async function handshake(h: Host): Promise<void> {
   // so members that start a little later learn it too instead of timing out.
   let failure: AinftpError | null = null;
   let failAt = Infinity;
-  while (bases.size < h.size || failure) {
+  // peers whose full-size HELLO reached us; once every peer answered, how
+  // long we still wait for the missing ones
+  const full = new Set<number>([h.rank]);
+  let fullBy = Infinity;
+  while (bases.size < h.size || full.size < h.size || failure) {
     const now = h.clock.now();
     if (failure && now > failAt) throw failure;
+    if (bases.size === h.size && fullBy === Infinity) fullBy = now + FULL_GRACE_MS;
+    if (now > fullBy) {
+      const lacking = h.others.filter((r) => !full.has(r));
+      throw new RoundError("open communicator", `${describeRanks(lacking, h.peers)} answered, but none of ${lacking.length > 1 ? "their" : "its"} full-size packets (${fullBytes(h)}-byte datagrams, the size of this job's data packets) reached us: a link between us carries small packets and drops large ones`, lacking,
+        `check the MTU of every hop between the members (ip link on each host and bridge, the switch ports): it must be at least ${fullBytes(h) + 28}; or attach with a smaller --chunk-elems`);
+    }
     if (now > deadline) {
       if (failure) throw failure;
       const missing = h.others.filter((r) => !bases.has(r));
@@ -79,7 +133,12 @@ export async function handshake(h: Host): Promise<void> {
         "start ainftp on every member with the same --peers and --job; check the addresses and that the interface is attached");
     }
     if (now >= nextSend) {
-      for (const r of h.others) if (failure || !bases.has(r)) sendHello(h, r, true);
+      // a full-size HELLO asking for a reply, and, to a peer whose full-size
+      // HELLO has not reached us, a small one asking for a full-size answer
+      for (const r of h.others) {
+        if (failure || !bases.has(r)) sendHello(h, r, true, { full: true });
+        if (!full.has(r)) sendHello(h, r, false, { needFull: true });
+      }
       nextSend = now + TUNING.GREET_MS;
     }
     const ready = h.net.wait(READY_SOCK, Math.max(1, Math.min(100, Math.ceil(nextSend - now))));
@@ -92,14 +151,15 @@ export async function handshake(h: Host): Promise<void> {
         handleControl(h, c, null); // a faster peer's first exponents
         continue;
       }
-      if (!c.member || new TextDecoder().decode(c.payload) !== me) {
+      if (!c.member || helloPrint(c) !== me) {
         const err = mismatch(h, c);
         if (!failure) (failure = err), (failAt = h.clock.now() + 1000);
         continue;
       }
       if (!bases.has(c.rank)) bases.set(c.rank, c.round);
+      if (c.flags & HELLO_FULL) full.add(c.rank);
       greeted(h, c);
-      if (c.flags & HELLO_REPLY) sendHello(h, c.rank, false);
+      if (c.flags & (HELLO_REPLY | HELLO_NEED_FULL)) sendHello(h, c.rank, false, { full: (c.flags & HELLO_NEED_FULL) !== 0 });
     }
     await h.clock.yield();
   }
