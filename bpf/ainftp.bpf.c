@@ -375,7 +375,7 @@ static __always_inline void sum_into(__u64 *dst, const struct scratch *in, __u32
 /* int4: the payload's `words` words, loaded at the scratch's upper half
  * (byte AINFTP_MAX_ELEMS), spread into biased bytes from the start of the
  * scratch: word i's low nibbles (values 16i..16i+7) become word 2i, its high
- * nibbles word 2i + 1. Reads word 215 + i before writing 2i, 2i + 1 <= 215 + i. */
+ * nibbles word 2i + 1. Reads word MAX/8 + i before writing 2i, 2i + 1 <= MAX/8 + i. */
 static __always_inline void expand4(struct scratch *in, __u32 words)
 {
 	__u64 *w = (__u64 *)in->v;
@@ -749,7 +749,10 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		cnt->c[AINFTP_CNT_BAD_MAC]++;
 		return XDP_DROP;
 	}
-	if (cfg->flags & AINFTP_CFG_RESULTS_TO_XSK) {
+	/* (a frame in several buffers cannot go to a socket bound without
+	 * XDP_USE_SG: it is stored in the results map instead) */
+	if ((cfg->flags & AINFTP_CFG_RESULTS_TO_XSK) &&
+	    bpf_xdp_get_buff_len(ctx) == (__u32)(ctx->data_end - ctx->data)) {
 		/* The collective reads results from an AF_XDP socket on this queue:
 		 * the frame lands in its UMEM (the arena). No socket on this queue:
 		 * fall back to the results map below. */
@@ -886,7 +889,12 @@ __noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, 
 		return XDP_DROP;              \
 	} while (0)
 
-SEC("xdp")
+/* Frags-aware (BPF_F_XDP_HAS_FRAGS): a frame may span several buffers, so
+ * veth takes MTUs up to 64 KB in native mode and NICs 9000-byte jumbo frames.
+ * The headers are parsed in the first buffer (data..data_end); lengths are
+ * checked against the whole frame (bpf_xdp_get_buff_len), and the payload,
+ * wherever it lies, is read with bpf_xdp_load_bytes as before. */
+SEC("xdp.frags")
 int ainftp_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -895,6 +903,8 @@ int ainftp_xdp(struct xdp_md *ctx)
 	struct ainftp_counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	if (!cnt)
 		return XDP_PASS;
+	/* bytes of the frame in every buffer; a single-buffer frame's data_end - data */
+	__u32 frame_len = bpf_xdp_get_buff_len(ctx);
 
 	struct cursor c = { .pos = data, .end = data_end };
 	__u16 proto;
@@ -905,7 +915,7 @@ int ainftp_xdp(struct xdp_md *ctx)
 	}
 
 	struct udphdr *udp;
-	void *l3_end; /* end of the IP packet by its own length field */
+	__u32 l3_end; /* offset of the end of the IP packet by its own length field */
 	__u32 saddr = 0; /* IPv4 source, for the member address check */
 	if (proto == AINFTP_ETH_P_IP) {
 		struct iphdr *ip = c.pos;
@@ -935,8 +945,8 @@ int ainftp_xdp(struct xdp_md *ctx)
 			DROP(AINFTP_CNT_MAL_FRAGMENT);
 		saddr = ip->saddr;
 		__u32 tot = bpf_ntohs(ip->tot_len);
-		l3_end = (void *)ip + tot;
-		if (tot < ihl + sizeof(*udp) || l3_end > data_end)
+		l3_end = (__u32)((void *)ip - data) + tot;
+		if (tot < ihl + sizeof(*udp) || l3_end > frame_len)
 			DROP(AINFTP_CNT_MAL_TRUNC_IP);
 	} else if (proto == AINFTP_ETH_P_IPV6) {
 		struct ipv6hdr *ip6 = c.pos;
@@ -954,16 +964,18 @@ int ainftp_xdp(struct xdp_md *ctx)
 		if (udp->dest != bpf_htons(listen_port))
 			goto pass;
 		cnt->c[AINFTP_CNT_RX]++;
-		l3_end = (void *)(udp) + bpf_ntohs(ip6->payload_len);
-		if (l3_end > data_end)
+		l3_end = (__u32)((void *)udp - data) + bpf_ntohs(ip6->payload_len);
+		if (l3_end > frame_len)
 			DROP(AINFTP_CNT_MAL_TRUNC_IP);
 	} else {
 		goto pass;
 	}
 
 	__u32 ulen = bpf_ntohs(udp->len);
-	if (ulen < sizeof(*udp) || (void *)udp + ulen > l3_end)
+	if (ulen < sizeof(*udp) || (__u32)((void *)udp - data) + ulen > l3_end)
 		DROP(AINFTP_CNT_MAL_TRUNC_UDP);
+	/* the ainftp header must lie in the first buffer (every driver puts at
+	 * least the first 256 bytes there); only its payload may be in frags */
 	struct ainftp_wire_hdr *h = (void *)(udp + 1);
 	if ((void *)(h + 1) > data_end || ulen < sizeof(*udp) + sizeof(*h))
 		DROP(AINFTP_CNT_MAL_TRUNC_HDR);
