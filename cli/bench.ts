@@ -13,7 +13,7 @@ import {
   AINFTP_SYSTEMS, BASELINES, formatRatio, formatValue, isAinftp, type AinftpSystem, type BaselineName, type MetricRow, type SystemName, type SystemRun,
 } from "../src/bench/rows.ts";
 import {
-  DEFAULT_LINK_RATES, DEFAULT_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
+  DEFAULT_LINK_RATES, DEFAULT_MTU, MAX_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
 } from "../src/bench/run.ts";
 import { formatRate, parseRates } from "../src/bench/shape.ts";
 import { validateBenchJson } from "../src/bench/schema.ts";
@@ -369,7 +369,7 @@ export function benchCommand(io: IO): Command {
     .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES} unshaped, 16MiB shaped; a size given runs in every regime)`, listOf(sizeOf, "sizes"))
     .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
     .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
-    .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}, the largest veth takes with native XDP)`, intOption(576, 9000), DEFAULT_MTU)
+    .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}, the largest veth takes with native XDP)`, intOption(576, MAX_MTU), DEFAULT_MTU)
     .addOption(new Option("--mode <mode>", "XDP mode of the swarm").choices(["native", "generic"]).default("native"))
     .addOption(new Option("--rx <path>", "where ainftp's results arrive").choices(["map", "xsk"]).default("map"))
     .option("--json <file>", "write every number, the configuration and the machine as JSON (- for stdout)")

@@ -3,8 +3,8 @@
 // signal handlers, attach-if-needed, the communicator and its swarm, and the
 // way out (a polite close that serves the peers' last resends, or an abort),
 // detaching only what we attached.
-import { FRAME_OVERHEAD_V4, MAC_BYTES, MAX_ELEMS, payloadBytes, type BitWidth } from "../abi.ts";
-import { attachForNode, detach, type AttachMode } from "../attach.ts";
+import { FRAME_OVERHEAD_V4, MAC_BYTES, payloadBytes, type BitWidth } from "../abi.ts";
+import { attachForNode, chunkElemsForMtu, detach, interfaceMtu, type AttachMode } from "../attach.ts";
 import { Communicator, type CommunicatorOptions } from "../collective.ts";
 import { AinftpError } from "../errors.ts";
 import type { AuthMode } from "../jobkey.ts";
@@ -18,12 +18,7 @@ export const MAX_MAP_CHUNKS = 8192;
 /** IPv4 + UDP + ainftp header in front of a chunk (the MTU excludes Ethernet's 14). */
 const L3_OVERHEAD = FRAME_OVERHEAD_V4 - 14;
 
-/** Largest chunk that fits the interface's MTU (IPv4, no options), with
- * `tagBytes` of MAC after the values (--auth). */
-export function chunkElemsForMtu(mtu: number, tagBytes = 0): number {
-  const e = Math.floor((mtu - L3_OVERHEAD - tagBytes) / 2);
-  return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
-}
+export { chunkElemsForMtu, interfaceMtu };
 
 /** Bytes of MAC after a data packet's values under these options. */
 export function dataTagBytes(o: { key?: Uint8Array | null; auth?: AuthMode }): number {
@@ -41,14 +36,6 @@ export function checkPacketFits(comm: Communicator, mtu: number, iface: string, 
   });
 }
 
-export function interfaceMtu(iface: string): number {
-  const r = Bun.spawnSync(["ip", "-j", "link", "show", "dev", iface]);
-  try {
-    return JSON.parse(r.stdout.toString())[0].mtu ?? 1500;
-  } catch {
-    return 1500;
-  }
-}
 
 /** What names a node's job: shared by `swarm` (NodeOptions) and `--serve` (ServeOptions). */
 export interface JobOptions {
