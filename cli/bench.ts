@@ -380,6 +380,7 @@ export function benchCommand(io: IO): Command {
     .option("--tlb-size <size>", "buffer of the TLB pointer chase (default 512MiB)", sizeOf)
     .option("--link-rate <rate[,rate…]>", `each host's link rate, both ways (tbf), one regime each; none = unshaped; units bit, kbit, mbit, gbit, tbit (default ${DEFAULT_LINK_RATES.map((x) => (x === null ? "none" : `${x / 1e9}gbit`)).join(",")})`, rateList)
     .option("--back-to-back", "also run every system with no barrier between rounds (as a trainer calls all-reduce), shown beside the barrier figure")
+    .option("--window <n>", "ainftp's chunks in flight per owner (swarm --window; default: what the receive ring holds)", intOption(1, 4096))
     .option("--bits <b[,b…]>", "ainftp's bits per value, one system each (16 = ainftp, 8 = ainftp 8-bit, 4 = ainftp 4-bit); the TCP peers stay float32 (default 16)", bitsList)
     .option("--sweep", `sizes 64KiB…64MiB ×4 and link rates ${SWEEP_RATES} (unless --size/--link-rate given), ${SWEEP_ROUNDS} rounds (unless --rounds given); charts on log axes`)
     .option("--subnet <a.b.c>", `hosts' addresses, <subnet>.1… (10.213.x; default ${DEFAULT_SUBNET})`, DEFAULT_SUBNET)
@@ -417,7 +418,7 @@ export function benchCommand(io: IO): Command {
         r = slurm ? await runSlurmBench({ ...slurm, onProgress: progress.onProgress }) : await runBench({
           peers: o.peers, sizes, rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
           micro: o.micro, straggler: o.straggler, tlbBytes: o.tlbSize, onProgress: progress.onProgress,
-          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes, bits: o.bits,
+          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes, bits: o.bits, window: o.window,
         });
       } finally {
         progress.stop();

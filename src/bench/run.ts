@@ -61,6 +61,8 @@ export interface BenchOptions {
   rx: "map" | "xsk";
   /** First three octets of the hosts' addresses (10.213.x). */
   subnet: string;
+  /** ainftp's chunks in flight per owner (swarm --window); default the swarm's. */
+  window?: number;
   /** Also measure the machine rows (TLB, sentry); default true. */
   micro?: boolean;
   /** Buffer of the TLB chase; default 512 MiB. */
@@ -315,7 +317,7 @@ interface Outcome {
 }
 
 interface RunContext {
-  o: Required<Pick<BenchOptions, "rounds" | "mtu" | "mode" | "rx">> & { self: string[] };
+  o: Required<Pick<BenchOptions, "rounds" | "mtu" | "mode" | "rx">> & Pick<BenchOptions, "window"> & { self: string[] };
   bl: BenchLab;
   bytes: number;
   log: (line: string) => void;
@@ -360,6 +362,7 @@ async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome>
     "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
     "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json", ...(x.backToBack ? ["--back-to-back"] : []),
     ...(bits !== 16 ? ["--bits", String(bits)] : []),
+    ...(o.window !== undefined ? ["--window", String(o.window)] : []),
   ], "all");
   // a killed swarm leaves its program pinned: take it off before the next system runs on these links
   for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });

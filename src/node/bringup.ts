@@ -3,7 +3,7 @@
 // signal handlers, attach-if-needed, the communicator and its swarm, and the
 // way out (a polite close that serves the peers' last resends, or an abort),
 // detaching only what we attached.
-import { FRAME_OVERHEAD_V4, MAC_BYTES, payloadBytes, type BitWidth } from "../abi.ts";
+import { BANKS, FRAME_OVERHEAD_V4, MAC_BYTES, SIZEOF, payloadBytes, type BitWidth } from "../abi.ts";
 import { attachForNode, chunkElemsForMtu, detach, interfaceMtu, type AttachMode } from "../attach.ts";
 import { Communicator, type CommunicatorOptions } from "../collective.ts";
 import { AinftpError } from "../errors.ts";
@@ -11,9 +11,20 @@ import type { AuthMode } from "../jobkey.ts";
 import { chunkCount } from "../quantize.ts";
 import { Swarm } from "../swarm.ts";
 
-/** Maps for at most this many chunks (about 170 MB of kernel memory at 1720
- * elements per packet); a larger gradient takes several rounds. */
+/** Maps for at most this many chunks; a larger gradient takes several rounds. */
 export const MAX_MAP_CHUNKS = 8192;
+/** Kernel memory of one chunk's map entries (slots, sums, results, sentry
+ * energies; both banks). Entries are sized for MAX_ELEMS whatever the chunk:
+ * about 54 KB. */
+export const MAP_BYTES_PER_CHUNK = BANKS * (SIZEOF.ainftp_slot + SIZEOF.ainftp_acc + SIZEOF.ainftp_result + SIZEOF.ainftp_obs);
+/** ... and at most this much of it: 320 MiB holds a 16 MiB round at a
+ * 1500-byte MTU (5826 chunks); at 9000 (940 chunks) it takes 51 MB. */
+export const MAX_MAP_BYTES = 320 << 20;
+
+/** The chunks a node's maps are sized for: the round's, within both caps. */
+export function mapChunks(roundElems: number, chunkElems: number): number {
+  return Math.max(1, Math.min(MAX_MAP_CHUNKS, Math.floor(MAX_MAP_BYTES / MAP_BYTES_PER_CHUNK), chunkCount(roundElems, chunkElems)));
+}
 
 /** IPv4 + UDP + ainftp header in front of a chunk (the MTU excludes Ethernet's 14). */
 const L3_OVERHEAD = FRAME_OVERHEAD_V4 - 14;
@@ -91,7 +102,7 @@ export class Node {
         hint: `raise it on every member${o.mtuAdvice ? ` (${o.mtuAdvice(needed)})` : ""} or use --chunk-elems ${fits}`,
       });
     }
-    this.chunks = Math.min(MAX_MAP_CHUNKS, chunkCount(o.roundElems, this.chunkElems));
+    this.chunks = mapChunks(o.roundElems, this.chunkElems);
     this.onSignal = () => {
       this.comm?.abort();
       this.detachOurs();
