@@ -392,7 +392,7 @@ class Model {
       const keep = slot.contributors !== 0;
       const dst = this.acc[idx];
       const raw = this.raw[idx];
-      const n = (h.count + 3) & ~3; // four elements per step, zero-padded
+      const n = (h.count + 15) & ~15; // four source words (16 elements) per step, zero-padded
       for (let i = 0; i < n; i++) {
         const v = i < h.count ? values[i] : 0;
         dst[i] = keep ? (dst[i] + v) | 0 : v;
@@ -458,7 +458,7 @@ class Model {
       const first = slot.contributors === 0;
       // the scratch as the program loads it: int8 bytes zero-padded to a word;
       // int4 nibbles spread into biased bytes (x ^ 8, low nibbles then high)
-      const words = (h.count + 7) >> 3;
+      const words = (((h.count + 7) >> 3) + 3) & ~3; // four source words per step, zero-padded
       const src = new Uint8Array(8 * words);
       if (bits === 8) src.set(bytes.subarray(0, Math.min(bytes.length, src.length)));
       else for (let w = 0; w < (bytes.length >> 3) && 2 * w < words; w++)
@@ -517,9 +517,13 @@ class Model {
     const res = this.results[idx];
     const tag = (h.round + 1) >>> 0;
     const old = res.tag;
-    if ((old === tag && !(fromOwner && this.results[idx].rank !== h.rank)) || old === RESULT_BUSY) return this.drop("result_dup");
+    // the owner's result replaces one of this round stored before the plan
+    // was known that the plan refuses: another rank's, or one under the
+    // owner's rank claiming more contributors than the active set
+    const foreign = res.rank !== h.rank, tooMany = fromOwner && res.contributors > plan.owners.length;
+    if ((old === tag && !(fromOwner && (foreign || tooMany))) || old === RESULT_BUSY) return this.drop("result_dup");
     if (old !== 0 && ((old - tag) | 0) > 0) return this.drop("stale_round");
-    if (old === tag) this.cnt.not_owner++; // a non-owner's result replaced by the owner's
+    if (old === tag) this.cnt[foreign ? "not_owner" : "mal_contributors"]++; // replaced by the owner's
     new Uint8Array(res.v.buffer, res.v.byteOffset, res.v.byteLength).set(bytes); // the payload's bytes, at any width
     res.count = h.count;
     res.contributors = h.contributors;

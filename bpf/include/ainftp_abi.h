@@ -412,7 +412,7 @@ _Static_assert(sizeof(struct ainftp_key) == 16, "key");
 _Static_assert(sizeof(struct ainftp_event) == 16, "event is 16 bytes");
 _Static_assert(sizeof(struct ainftp_counters) == 8 * AINFTP_CNT__MAX, "counters");
 _Static_assert(AINFTP_MAX_WORKERS <= 64, "ranks are bits of a __u64");
-_Static_assert(AINFTP_MAX_ELEMS % 4 == 0, "sums are added four elements at a time");
+_Static_assert(AINFTP_MAX_ELEMS % 16 == 0, "sums are added four source words (16 int16 elements) at a time");
 _Static_assert(AINFTP_MAX_ELEMS % 8 == 0, "int4 payloads of 2 * AINFTP_MAX_ELEMS values are whole 16-value groups");
 _Static_assert(AINFTP_MAX_WORKERS * 255 < 65536, "an int8 or int4 biased 16-bit lane cannot overflow");
 _Static_assert((unsigned long long)AINFTP_MAX_WORKERS * 65535 < (1ULL << 32), "a biased lane cannot overflow");
