@@ -23,6 +23,7 @@ import { abortSlurmBench, clusterText, runSlurmBench } from "../src/bench/slurm.
 import { slurmBenchOptions, slurmNodeCommands } from "./bench-slurm.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { ExitCode, intOption, type IO } from "./io.ts";
+import { chunkElemsForMtu } from "../src/attach.ts";
 
 export const DEFAULT_SIZES = "1MiB,16MiB";
 export const DEFAULT_REPORT = "bench-report";
@@ -369,7 +370,7 @@ export function benchCommand(io: IO): Command {
     .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES} unshaped, 16MiB shaped; a size given runs in every regime)`, listOf(sizeOf, "sizes"))
     .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
     .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
-    .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}, the largest veth takes with native XDP)`, intOption(576, MAX_MTU), DEFAULT_MTU)
+    .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}: jumbo frames, one ${chunkElemsForMtu(DEFAULT_MTU)}-value packet per chunk; veth takes up to ${MAX_MTU} with the frags-aware program)`, intOption(576, MAX_MTU), DEFAULT_MTU)
     .addOption(new Option("--mode <mode>", "XDP mode of the swarm").choices(["native", "generic"]).default("native"))
     .addOption(new Option("--rx <path>", "where ainftp's results arrive").choices(["map", "xsk"]).default("map"))
     .option("--json <file>", "write every number, the configuration and the machine as JSON (- for stdout)")
