@@ -16,6 +16,7 @@ import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../lab/netns.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkElemsForMtu, type NodeReport } from "../node.ts";
 import { formatSize } from "../units.ts";
+import { ELEMS_ONE_PAGE } from "../abi.ts";
 import { machineInfo, type MachineInfo } from "./machine.ts";
 import { readNsIfaceStats, readSoftirqs, type IfaceStats } from "./proc.ts";
 import {
@@ -583,6 +584,8 @@ export function validateOptions(o: BenchOptions): void {
   if (o.shapedSizes && (!o.shapedSizes.length || o.shapedSizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4))) throw bad("shaped sizes must be positive multiples of 4 bytes (float32)");
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw bad(`rounds ${o.rounds} is not a positive integer`);
   if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > MAX_MTU) throw bad(`MTU ${o.mtu} is not in 576..${MAX_MTU}`, "veth takes up to 65535 with the frags-aware program");
+  if (o.rx === "xsk" && chunkElemsForMtu(o.mtu) > ELEMS_ONE_PAGE)
+    throw bad(`--rx xsk takes frames of one page (an AF_XDP frame is one UMEM page); MTU ${o.mtu} makes them larger`, "add --mtu 3504 (or run with --rx map)");
   if (!/^10\.213\.\d{1,3}$/.test(o.subnet)) throw bad(`subnet ${o.subnet}: the bench's hosts live in 10.213.x`, "e.g. --subnet 10.213.91 (the default)");
   for (const b of o.baselines) if (!BASELINES.includes(b)) throw bad(`unknown baseline ${b}`, `choose from ${BASELINES.join(", ")}`);
 }

@@ -98,6 +98,18 @@ describe.skipIf(!root)(`chunks of ${MAX_ELEMS} values (frames over a page: xdp.f
     }, 120_000);
   }
 
+  test("--rx xsk is refused with packets over a page (an AF_XDP frame is one UMEM page; the program keeps such frames in the map), naming --rx map", () => {
+    const world = new SimWorld(1, CLEAN, programs.slice(0, HOSTS), PORT);
+    let err: unknown;
+    try {
+      world.communicator(0, { rx: "xsk" });
+    } catch (e) {
+      err = e;
+    }
+    expect(String(err)).toContain("--rx xsk takes frames of one page");
+    expect((err as { hint?: string }).hint).toContain("--rx map");
+  });
+
   test(`16, 8 and 4 bits under ${SCHEDULES} fault schedules each (loss, duplication, reordering): bit-identical, complete, within the bound`, async () => {
     for (const bits of [16, 8, 4] as const) {
       let worst = 0;
