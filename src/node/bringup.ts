@@ -15,15 +15,15 @@ import { Swarm } from "../swarm.ts";
 export const MAX_MAP_CHUNKS = 8192;
 /** Kernel memory of one chunk's map entries (slots, sums, results, sentry
  * energies; both banks). Entries are sized for MAX_ELEMS whatever the chunk:
- * about 54 KB. */
+ * about 54 KB (21 KB when MAX_ELEMS was 1720), so MAX_MAP_CHUNKS take up to
+ * 442 MB (was 170 MB); a 16 MiB round takes 51 MB at MTU 9000 (940 chunks),
+ * 132 MB at 3504 and 314 MB at 1500. Entries sized at load from the job's
+ * chunk would make it follow the round's bytes (docs/bench.md "MTU"). */
 export const MAP_BYTES_PER_CHUNK = BANKS * (SIZEOF.ainftp_slot + SIZEOF.ainftp_acc + SIZEOF.ainftp_result + SIZEOF.ainftp_obs);
-/** ... and at most this much of it: 320 MiB holds a 16 MiB round at a
- * 1500-byte MTU (5826 chunks); at 9000 (940 chunks) it takes 51 MB. */
-export const MAX_MAP_BYTES = 320 << 20;
 
-/** The chunks a node's maps are sized for: the round's, within both caps. */
+/** The chunks a node's maps are sized for: the round's, at most MAX_MAP_CHUNKS. */
 export function mapChunks(roundElems: number, chunkElems: number): number {
-  return Math.max(1, Math.min(MAX_MAP_CHUNKS, Math.floor(MAX_MAP_BYTES / MAP_BYTES_PER_CHUNK), chunkCount(roundElems, chunkElems)));
+  return Math.min(MAX_MAP_CHUNKS, chunkCount(roundElems, chunkElems));
 }
 
 /** IPv4 + UDP + ainftp header in front of a chunk (the MTU excludes Ethernet's 14). */
