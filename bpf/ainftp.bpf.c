@@ -150,9 +150,9 @@ struct {
 } contribs SEC(".maps");
 
 /* Per-CPU copy of a contribution's payload, taken before the slot lock
- * (helpers cannot run under it) and zero-padded to a multiple of 4. */
+ * (helpers cannot run under it) and zero-padded to four words (pad_words). */
 struct scratch {
-	__s16 v[AINFTP_MAX_ELEMS + 4];
+	__s16 v[AINFTP_MAX_ELEMS + 16];
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -340,42 +340,80 @@ struct lanes {
 };
 
 /* Store (first contributor: an older round's sums are overwritten, no
- * clearing pass) or add the scratch copy into the slot's sums, one source
- * word per iteration, up to count rounded up to a word (the scratch is
- * zero-padded). Called with the slot lock held: no helpers, no calls. */
+ * clearing pass) or add the scratch copy into the slot's sums, four source
+ * words per iteration, up to count rounded up to four words (pad_words
+ * zeroed the scratch past the payload). Called with the slot lock held: no
+ * helpers; the open-coded iterator's kfuncs are allowed under it, and the
+ * verifier checks its body until its state converges, not once per word, so
+ * the load time does not grow with AINFTP_MAX_ELEMS (a bounded loop over
+ * 4094 words took more than the verifier's 1M instructions). */
 static __always_inline void sum_into(__u64 *dst, const struct scratch *in, __u32 count, int first,
 				     const struct lanes *l)
 {
 	const __u64 *src = (const __u64 *)in->v;
 	__u64 bias = l->bias, mask = l->mask;
 	__u32 shift = l->shift & 31, per = l->per_word & 3;
-	/* Bound the loops by a value derived from count, not count itself: the
-	 * verifier then refines only a dead register at each exit and prunes
-	 * the 430 exits to one. */
-	__u32 groups = (count + (1u << per) - 1) >> per;
+	__u32 quads = (((count + (1u << per) - 1) >> per) + 3) >> 2;
+	struct bpf_iter_num it;
+	int *qp;
+	bpf_iter_num_new(&it, 0, quads);
 	if (first) {
-		for (__u32 g = 0; g < AINFTP_MAX_ELEMS / 4; g++) {
-			if (g >= groups)
+		while ((qp = bpf_iter_num_next(&it))) {
+			__u32 q = *qp;
+			opaque(q);
+			if (q >= AINFTP_MAX_ELEMS / 16)
 				break;
-			__u64 x = src[g] ^ bias;
-			dst[2 * g] = x & mask;
-			dst[2 * g + 1] = (x >> shift) & mask;
+			const __u64 *s = src + 4 * q;
+			__u64 *d = dst + 8 * q; /* (a pointer: the verifier keeps its bound, not 2g + 1's) */
+			__u64 x0 = s[0] ^ bias, x1 = s[1] ^ bias, x2 = s[2] ^ bias, x3 = s[3] ^ bias;
+			d[0] = x0 & mask;
+			d[1] = (x0 >> shift) & mask;
+			d[2] = x1 & mask;
+			d[3] = (x1 >> shift) & mask;
+			d[4] = x2 & mask;
+			d[5] = (x2 >> shift) & mask;
+			d[6] = x3 & mask;
+			d[7] = (x3 >> shift) & mask;
 		}
-		return;
+	} else {
+		while ((qp = bpf_iter_num_next(&it))) {
+			__u32 q = *qp;
+			opaque(q);
+			if (q >= AINFTP_MAX_ELEMS / 16)
+				break;
+			const __u64 *s = src + 4 * q;
+			__u64 *d = dst + 8 * q;
+			__u64 x0 = s[0] ^ bias, x1 = s[1] ^ bias, x2 = s[2] ^ bias, x3 = s[3] ^ bias;
+			d[0] += x0 & mask;
+			d[1] += (x0 >> shift) & mask;
+			d[2] += x1 & mask;
+			d[3] += (x1 >> shift) & mask;
+			d[4] += x2 & mask;
+			d[5] += (x2 >> shift) & mask;
+			d[6] += x3 & mask;
+			d[7] += (x3 >> shift) & mask;
+		}
 	}
-	for (__u32 g = 0; g < AINFTP_MAX_ELEMS / 4; g++) {
-		if (g >= groups)
-			break;
-		__u64 x = src[g] ^ bias;
-		dst[2 * g] += x & mask;
-		dst[2 * g + 1] += (x >> shift) & mask;
+	bpf_iter_num_destroy(&it);
+}
+
+/* Zeroes the three scratch words after the `words` sum_into reads, so its
+ * last four-word step adds zeros (stored biased, read back as 0). */
+static __always_inline void pad_words(struct scratch *in, __u32 words)
+{
+	__u64 *w = (__u64 *)in->v;
+	opaque(words);
+	if (words <= AINFTP_MAX_ELEMS / 4) {
+		w[words] = 0;
+		w[words + 1] = 0;
+		w[words + 2] = 0;
 	}
 }
 
 /* int4: the payload's `words` words, loaded at the scratch's upper half
  * (byte AINFTP_MAX_ELEMS), spread into biased bytes from the start of the
  * scratch: word i's low nibbles (values 16i..16i+7) become word 2i, its high
- * nibbles word 2i + 1. Reads word 215 + i before writing 2i, 2i + 1 <= 215 + i. */
+ * nibbles word 2i + 1. Reads word MAX/8 + i before writing 2i, 2i + 1 <= MAX/8 + i. */
 static __always_inline void expand4(struct scratch *in, __u32 words)
 {
 	__u64 *w = (__u64 *)in->v;
@@ -610,6 +648,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 			return XDP_DROP;
 		}
 		expand4(in, len >> 3);
+		pad_words(in, len >> 2); /* two expanded words per payload word */
 		l.bias = 0;
 		l.mask = LANES8;
 		l.shift = 8;
@@ -633,6 +672,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 			cnt->c[AINFTP_CNT_BAD_MAC]++;
 			return XDP_DROP;
 		}
+		pad_words(in, (len + 7) >> 3);
 		if (ver == AINFTP_VERSION_INT8) {
 			l.bias = BIAS8;
 			l.mask = LANES8;
@@ -749,7 +789,10 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		cnt->c[AINFTP_CNT_BAD_MAC]++;
 		return XDP_DROP;
 	}
-	if (cfg->flags & AINFTP_CFG_RESULTS_TO_XSK) {
+	/* (a frame in several buffers cannot go to a socket bound without
+	 * XDP_USE_SG: it is stored in the results map instead) */
+	if ((cfg->flags & AINFTP_CFG_RESULTS_TO_XSK) &&
+	    bpf_xdp_get_buff_len(ctx) == (__u32)(ctx->data_end - ctx->data)) {
 		/* The collective reads results from an AF_XDP socket on this queue:
 		 * the frame lands in its UMEM (the arena). No socket on this queue:
 		 * fall back to the results map below. */
@@ -886,7 +929,12 @@ __noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, 
 		return XDP_DROP;              \
 	} while (0)
 
-SEC("xdp")
+/* Frags-aware (BPF_F_XDP_HAS_FRAGS): a frame may span several buffers, so
+ * veth takes MTUs up to 64 KB in native mode and NICs 9000-byte jumbo frames.
+ * The headers are parsed in the first buffer (data..data_end); lengths are
+ * checked against the whole frame (bpf_xdp_get_buff_len), and the payload,
+ * wherever it lies, is read with bpf_xdp_load_bytes as before. */
+SEC("xdp.frags")
 int ainftp_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -895,6 +943,8 @@ int ainftp_xdp(struct xdp_md *ctx)
 	struct ainftp_counters *cnt = bpf_map_lookup_elem(&counters, &zero);
 	if (!cnt)
 		return XDP_PASS;
+	/* bytes of the frame in every buffer; a single-buffer frame's data_end - data */
+	__u32 frame_len = bpf_xdp_get_buff_len(ctx);
 
 	struct cursor c = { .pos = data, .end = data_end };
 	__u16 proto;
@@ -905,7 +955,7 @@ int ainftp_xdp(struct xdp_md *ctx)
 	}
 
 	struct udphdr *udp;
-	void *l3_end; /* end of the IP packet by its own length field */
+	__u32 l3_end; /* offset of the end of the IP packet by its own length field */
 	__u32 saddr = 0; /* IPv4 source, for the member address check */
 	if (proto == AINFTP_ETH_P_IP) {
 		struct iphdr *ip = c.pos;
@@ -935,8 +985,8 @@ int ainftp_xdp(struct xdp_md *ctx)
 			DROP(AINFTP_CNT_MAL_FRAGMENT);
 		saddr = ip->saddr;
 		__u32 tot = bpf_ntohs(ip->tot_len);
-		l3_end = (void *)ip + tot;
-		if (tot < ihl + sizeof(*udp) || l3_end > data_end)
+		l3_end = (__u32)((void *)ip - data) + tot;
+		if (tot < ihl + sizeof(*udp) || l3_end > frame_len)
 			DROP(AINFTP_CNT_MAL_TRUNC_IP);
 	} else if (proto == AINFTP_ETH_P_IPV6) {
 		struct ipv6hdr *ip6 = c.pos;
@@ -954,16 +1004,18 @@ int ainftp_xdp(struct xdp_md *ctx)
 		if (udp->dest != bpf_htons(listen_port))
 			goto pass;
 		cnt->c[AINFTP_CNT_RX]++;
-		l3_end = (void *)(udp) + bpf_ntohs(ip6->payload_len);
-		if (l3_end > data_end)
+		l3_end = (__u32)((void *)udp - data) + bpf_ntohs(ip6->payload_len);
+		if (l3_end > frame_len)
 			DROP(AINFTP_CNT_MAL_TRUNC_IP);
 	} else {
 		goto pass;
 	}
 
 	__u32 ulen = bpf_ntohs(udp->len);
-	if (ulen < sizeof(*udp) || (void *)udp + ulen > l3_end)
+	if (ulen < sizeof(*udp) || (__u32)((void *)udp - data) + ulen > l3_end)
 		DROP(AINFTP_CNT_MAL_TRUNC_UDP);
+	/* the ainftp header must lie in the first buffer (every driver puts at
+	 * least the first 256 bytes there); only its payload may be in frags */
 	struct ainftp_wire_hdr *h = (void *)(udp + 1);
 	if ((void *)(h + 1) > data_end || ulen < sizeof(*udp) + sizeof(*h))
 		DROP(AINFTP_CNT_MAL_TRUNC_HDR);

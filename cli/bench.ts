@@ -13,7 +13,7 @@ import {
   AINFTP_SYSTEMS, BASELINES, formatRatio, formatValue, isAinftp, type AinftpSystem, type BaselineName, type MetricRow, type SystemName, type SystemRun,
 } from "../src/bench/rows.ts";
 import {
-  DEFAULT_LINK_RATES, DEFAULT_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
+  DEFAULT_LINK_RATES, DEFAULT_MTU, MAX_MTU, DEFAULT_ROUNDS, DEFAULT_SUBNET, abortBench, runBench, type BenchResult, type ProgressEvent, type RunResult,
 } from "../src/bench/run.ts";
 import { formatRate, parseRates } from "../src/bench/shape.ts";
 import { validateBenchJson } from "../src/bench/schema.ts";
@@ -23,6 +23,7 @@ import { abortSlurmBench, clusterText, runSlurmBench } from "../src/bench/slurm.
 import { slurmBenchOptions, slurmNodeCommands } from "./bench-slurm.ts";
 import { formatSize, parseSize } from "../src/units.ts";
 import { ExitCode, intOption, type IO } from "./io.ts";
+import { chunkElemsForMtu } from "../src/attach.ts";
 
 export const DEFAULT_SIZES = "1MiB,16MiB";
 export const DEFAULT_REPORT = "bench-report";
@@ -369,7 +370,7 @@ export function benchCommand(io: IO): Command {
     .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES} unshaped, 16MiB shaped; a size given runs in every regime)`, listOf(sizeOf, "sizes"))
     .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
     .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
-    .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}, the largest veth takes with native XDP)`, intOption(576, 9000), DEFAULT_MTU)
+    .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}: jumbo frames, one ${chunkElemsForMtu(DEFAULT_MTU)}-value packet per chunk; veth takes up to ${MAX_MTU} with the frags-aware program)`, intOption(576, MAX_MTU), DEFAULT_MTU)
     .addOption(new Option("--mode <mode>", "XDP mode of the swarm").choices(["native", "generic"]).default("native"))
     .addOption(new Option("--rx <path>", "where ainftp's results arrive").choices(["map", "xsk"]).default("map"))
     .option("--json <file>", "write every number, the configuration and the machine as JSON (- for stdout)")
@@ -380,6 +381,7 @@ export function benchCommand(io: IO): Command {
     .option("--tlb-size <size>", "buffer of the TLB pointer chase (default 512MiB)", sizeOf)
     .option("--link-rate <rate[,rate…]>", `each host's link rate, both ways (tbf), one regime each; none = unshaped; units bit, kbit, mbit, gbit, tbit (default ${DEFAULT_LINK_RATES.map((x) => (x === null ? "none" : `${x / 1e9}gbit`)).join(",")})`, rateList)
     .option("--back-to-back", "also run every system with no barrier between rounds (as a trainer calls all-reduce), shown beside the barrier figure")
+    .option("--window <n>", "ainftp's chunks in flight per owner (swarm --window; default: what the receive ring holds)", intOption(1, 4096))
     .option("--bits <b[,b…]>", "ainftp's bits per value, one system each (16 = ainftp, 8 = ainftp 8-bit, 4 = ainftp 4-bit); the TCP peers stay float32 (default 16)", bitsList)
     .option("--sweep", `sizes 64KiB…64MiB ×4 and link rates ${SWEEP_RATES} (unless --size/--link-rate given), ${SWEEP_ROUNDS} rounds (unless --rounds given); charts on log axes`)
     .option("--subnet <a.b.c>", `hosts' addresses, <subnet>.1… (10.213.x; default ${DEFAULT_SUBNET})`, DEFAULT_SUBNET)
@@ -417,7 +419,7 @@ export function benchCommand(io: IO): Command {
         r = slurm ? await runSlurmBench({ ...slurm, onProgress: progress.onProgress }) : await runBench({
           peers: o.peers, sizes, rounds, baselines: o.baseline, mtu: o.mtu, mode: o.mode, rx: o.rx, subnet: o.subnet,
           micro: o.micro, straggler: o.straggler, tlbBytes: o.tlbSize, onProgress: progress.onProgress,
-          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes, bits: o.bits,
+          linkRates, backToBack: Boolean(o.backToBack), sweep: Boolean(o.sweep), shapedSizes, bits: o.bits, window: o.window,
         });
       } finally {
         progress.stop();

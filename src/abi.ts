@@ -3,8 +3,13 @@
 // compiler laid out, so a change on one side alone fails the suite.
 
 export const MAX_WORKERS = 64;
-export const MAX_ELEMS = 1720;
+/** int16 elements per packet at most: a 9000-byte MTU's (the program is
+ * frags-aware, so a frame may exceed a page; this bounds the map entries). */
+export const MAX_ELEMS = 4464;
 export const ELEMS_MTU1500 = 720;
+/** The most veth's native XDP took before the program was frags-aware
+ * (a 3504-byte MTU, one page per frame). */
+export const ELEMS_ONE_PAGE = 1720;
 /** Elements per packet at most when contributions and results carry a MAC (8 bytes more per frame). */
 export const MAX_ELEMS_AUTH = MAX_ELEMS - 4;
 export const MAX_CHUNKS = 65536;

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { closeFd, cstr, geteuid, ifNameToIndex } from "../native/libc.ts";
 import { libbpf } from "../native/libbpf.ts";
 import { shim } from "../native/shim.ts";
-import { DEFAULT_BATCH, DEFAULT_PORT, ELEMS_MTU1500, MAX_ELEMS, MAX_WORKERS, allMembers, type Counters, type JobConfig } from "./abi.ts";
+import { DEFAULT_BATCH, DEFAULT_PORT, ELEMS_MTU1500, FRAME_OVERHEAD_V4, MAX_ELEMS, MAX_WORKERS, allMembers, type Counters, type JobConfig } from "./abi.ts";
 import { AinftpError, check, errnoName, privilegeHint } from "./errors.ts";
 import { MAP_NAMES, ReflexObject, readConfig, readCounters, writeConfig } from "./reflex.ts";
 
@@ -165,6 +165,26 @@ export function xdpQuery(ifindex: number): { mode: (typeof XDP_ATTACHED)[number]
   return { mode: XDP_ATTACHED[out[0]] ?? "none", progId: out[1], drvProgId: out[2], skbProgId: out[3] };
 }
 
+/** Largest chunk that fits an MTU (IPv4, no options; the MTU excludes
+ * Ethernet's 14 bytes), with `tagBytes` of MAC after the values (--auth).
+ * One packet per chunk: the program is frags-aware, so the frame may be
+ * larger than a page (veth: up to 64 KB); MAX_ELEMS (a 9000-byte MTU's)
+ * bounds it. */
+export function chunkElemsForMtu(mtu: number, tagBytes = 0): number {
+  const e = Math.floor((mtu - (FRAME_OVERHEAD_V4 - 14) - tagBytes) / 2);
+  return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
+}
+
+/** The interface's MTU (1500 when `ip` cannot tell). */
+export function interfaceMtu(iface: string): number {
+  const r = Bun.spawnSync(["ip", "-j", "link", "show", "dev", iface]);
+  try {
+    return JSON.parse(r.stdout.toString())[0].mtu ?? 1500;
+  } catch {
+    return 1500;
+  }
+}
+
 function validateJob(op: string, o: AttachOptions): void {
   const int = (name: string, v: number | undefined, lo: number, hi: number, fix: string) => {
     if (v === undefined) return;
@@ -176,17 +196,18 @@ function validateJob(op: string, o: AttachOptions): void {
   int("--batch", o.batch, 1, 1 << 20, "wake userspace once per N completions, e.g. --batch 32");
   int("--job", o.jobId, 0, 0xffffffff, "job ids are 32-bit unsigned");
   int("--chunks", o.chunks, 1, 65536, "chunks per round, e.g. --chunks 1024");
-  int("--chunk-elems", o.chunkElems, 1, MAX_ELEMS, `elements per packet: ${ELEMS_MTU1500} fit a 1500-byte MTU`);
+  int("--chunk-elems", o.chunkElems, 1, MAX_ELEMS, `elements per packet: ${ELEMS_MTU1500} fit a 1500-byte MTU, ${MAX_ELEMS} a 9000-byte one (the default: what the interface's MTU holds)`);
 }
 
-function jobConfig(o: AttachOptions, chunks: number, prev?: JobConfig): JobConfig {
+/** `fits`: the chunk the interface's MTU holds, the default of a new attachment. */
+function jobConfig(o: AttachOptions, chunks: number, prev?: JobConfig, fits = ELEMS_MTU1500): JobConfig {
   const workers = o.workers ?? prev?.members ?? 2;
   return {
     jobId: o.jobId ?? prev?.jobId ?? 0,
     roundBase: prev?.roundBase ?? 0,
     memberMask: o.workers !== undefined || !prev ? allMembers(workers) : prev.memberMask,
     members: workers,
-    chunkElems: o.chunkElems ?? prev?.chunkElems ?? ELEMS_MTU1500,
+    chunkElems: o.chunkElems ?? prev?.chunkElems ?? fits,
     chunks,
     batch: o.batch ?? prev?.batch ?? DEFAULT_BATCH,
     ownedChunks: prev?.ownedChunks ?? chunks,
@@ -256,13 +277,15 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
   const obj = await ReflexObject.load({ port, chunks });
   let linkFd = -1;
   try {
-    const cfg = jobConfig(o, chunks);
+    const mtu = interfaceMtu(iface), fits = chunkElemsForMtu(mtu);
+    const cfg = jobConfig(o, chunks, undefined, fits);
+    if (o.chunkElems === undefined) notes.push(`${fits} int16 values per packet: the most ${iface}'s MTU ${mtu} holds (one packet per chunk)`);
     obj.setConfig(cfg);
     const mode = o.mode ?? "auto";
     let used: "native" | "generic" = mode === "generic" ? "generic" : "native";
     linkFd = shim.ainftp_xdp_link(obj.progFd, ifindex, used === "native" ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE);
     if (linkFd < 0 && mode === "auto" && linkFd !== -1 && linkFd !== -13 && linkFd !== -16) {
-      const why = -linkFd === 34 ? "the MTU is too large for native XDP (veth: at most 3504)" : errnoName(-linkFd);
+      const why = -linkFd === 34 ? "the MTU is too large for the driver's native XDP, even with multi-buffer frames" : errnoName(-linkFd);
       notes.push(`native XDP is not available on ${iface} (${why}); using generic mode, which is slower (the kernel builds a socket buffer for every frame before the program sees it; ainftp's peers send this host single frames, never GSO bursts; 'ainftp bench --mode generic' measures the cost)`);
       used = "generic";
       linkFd = shim.ainftp_xdp_link(obj.progFd, ifindex, XDP_FLAGS_SKB_MODE);
@@ -271,11 +294,11 @@ export async function attach(iface: string, o: AttachOptions = {}): Promise<Atta
       e === 16 || e === 17
         ? `${iface} already has an XDP program: 'bpftool net show dev ${iface}'`
         : e === 34
-          ? `the MTU of ${iface} is too large for native XDP without multi-buffer support (veth: at most 3504): lower it or use --mode generic`
+          ? `the MTU of ${iface} is too large for its driver's native XDP, even with multi-buffer frames (veth takes up to 64 KB, many NICs 9000 or less): lower it or use --mode generic`
           : e === 95 || e === 22
           ? mode === "native"
             ? "the driver has no native XDP: try --mode generic"
-            : "the interface refused the program; check its MTU (frames must fit one page) with 'ip link show'"
+            : "the interface refused the program; check its MTU with 'ip link show' (a driver without XDP multi-buffer support takes only frames that fit one page, about 3.5 KB)"
           : undefined,
     );
     mkdirSync(dir, { recursive: true, mode: 0o700 });

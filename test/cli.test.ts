@@ -66,7 +66,7 @@ describe("parsing and usage (in-process)", () => {
     [["attach", "x0", "--batch", "x"], "--batch", "'x'"],
     [["attach", "x0", "--batch", "-1"], "--batch", "'-1'"],
     [["attach", "x0", "--chunks", "65537"], "--chunks", "1..65536"],
-    [["attach", "x0", "--chunk-elems", "1721"], "--chunk-elems", "1..1720"],
+    [["attach", "x0", "--chunk-elems", "4465"], "--chunk-elems", "1..4464"],
     [["attach", "x0", "--job", "4294967296"], "--job", "0..4294967295"],
     [["attach", "x0", "--workers", "2.5"], "--workers", "2.5"],
     [["status", "--watch", "1", "--count", "0"], "--count", "'0'"],

@@ -29,7 +29,9 @@ const PORT = 47000;
 const JOB = 0xa1f0;
 const MAP_CHUNKS = 8;
 const MEMBERS = 5;
-/** Linear data BPF_PROG_TEST_RUN gives an XDP program: 4096 - 256 headroom - 320 skb_shared_info. */
+/** Linear data BPF_PROG_TEST_RUN gives an XDP program: 4096 - 256 headroom - 320 skb_shared_info.
+ * A longer frame's rest goes into frags (the program is xdp.frags): the
+ * headers must lie in this part, lengths are checked against the whole frame. */
 const LINEAR_MAX = 3520;
 const RESULT_BUSY = 0xffffffff;
 
@@ -175,6 +177,7 @@ class Model {
 
   run(f: Uint8Array): number {
     const end = Math.min(f.length, LINEAR_MAX); // data_end: the linear part
+    const frameLen = f.length; // bpf_xdp_get_buff_len: every buffer
     const dv = new DataView(f.buffer, f.byteOffset, f.byteLength);
     // parse_eth
     if (14 > end) {
@@ -220,7 +223,7 @@ class Model {
       saddr = dv.getUint32(ip + 12, true); // as the kernel loads it on little-endian
       const tot = dv.getUint16(ip + 2);
       l3End = ip + tot;
-      if (tot < ihl + 8 || l3End > end) return this.drop("mal_trunc_ip");
+      if (tot < ihl + 8 || l3End > frameLen) return this.drop("mal_trunc_ip");
     } else if (proto === 0x86dd) {
       const ip = pos;
       if (ip + 40 > end) {
@@ -236,7 +239,7 @@ class Model {
       if (dv.getUint16(udp + 2) !== this.port) return this.pass();
       this.cnt.rx++;
       l3End = udp + dv.getUint16(ip + 4);
-      if (l3End > end) return this.drop("mal_trunc_ip");
+      if (l3End > frameLen) return this.drop("mal_trunc_ip");
     } else {
       return this.pass();
     }
@@ -389,7 +392,7 @@ class Model {
       const keep = slot.contributors !== 0;
       const dst = this.acc[idx];
       const raw = this.raw[idx];
-      const n = (h.count + 3) & ~3; // four elements per step, zero-padded
+      const n = (h.count + 15) & ~15; // four source words (16 elements) per step, zero-padded
       for (let i = 0; i < n; i++) {
         const v = i < h.count ? values[i] : 0;
         dst[i] = keep ? (dst[i] + v) | 0 : v;
@@ -455,7 +458,7 @@ class Model {
       const first = slot.contributors === 0;
       // the scratch as the program loads it: int8 bytes zero-padded to a word;
       // int4 nibbles spread into biased bytes (x ^ 8, low nibbles then high)
-      const words = (h.count + 7) >> 3;
+      const words = (((h.count + 7) >> 3) + 3) & ~3; // four source words per step, zero-padded
       const src = new Uint8Array(8 * words);
       if (bits === 8) src.set(bytes.subarray(0, Math.min(bytes.length, src.length)));
       else for (let w = 0; w < (bytes.length >> 3) && 2 * w < words; w++)
@@ -514,9 +517,13 @@ class Model {
     const res = this.results[idx];
     const tag = (h.round + 1) >>> 0;
     const old = res.tag;
-    if ((old === tag && !(fromOwner && this.results[idx].rank !== h.rank)) || old === RESULT_BUSY) return this.drop("result_dup");
+    // the owner's result replaces one of this round stored before the plan
+    // was known that the plan refuses: another rank's, or one under the
+    // owner's rank claiming more contributors than the active set
+    const foreign = res.rank !== h.rank, tooMany = fromOwner && res.contributors > plan.owners.length;
+    if ((old === tag && !(fromOwner && (foreign || tooMany))) || old === RESULT_BUSY) return this.drop("result_dup");
     if (old !== 0 && ((old - tag) | 0) > 0) return this.drop("stale_round");
-    if (old === tag) this.cnt.not_owner++; // a non-owner's result replaced by the owner's
+    if (old === tag) this.cnt[foreign ? "not_owner" : "mal_contributors"]++; // replaced by the owner's
     new Uint8Array(res.v.buffer, res.v.byteOffset, res.v.byteLength).set(bytes); // the payload's bytes, at any width
     res.count = h.count;
     res.contributors = h.contributors;
@@ -782,19 +789,20 @@ class Generator {
     return f;
   }
 
-  /** Larger than the linear area: the program sees only the first 3520 bytes. */
+  /** Larger than the linear area: the frame spans several buffers and the
+   * program reads the payload across them (xdp.frags). */
   oversize(): Uint8Array {
     const vals = this.values(MAX_ELEMS);
     const round = this.round();
     const chunk = this.rng.int(MAP_CHUNKS);
     const dg = datagram({ type: PKT_CONTRIB, jobId: JOB, round, chunk, rank: this.rank(), ...this.canon(round, chunk), count: MAX_ELEMS }, vals);
     const x = this.rng.next();
-    if (x < 0.4) return frame(dg, { vlans: 2 }); // 3522 bytes
-    if (x < 0.8) return frame(dg, { ipv6: true }); // 3534 bytes
+    if (x < 0.4) return frame(dg, { vlans: 2 }); // 9010 bytes
+    if (x < 0.8) return frame(dg, { ipv6: true }); // 9022 bytes
     const f = frame(dg);
     const out = new Uint8Array(f.length + 7 + this.rng.int(500));
     out.set(f);
-    return out; // a valid 3514-byte packet in a longer frame
+    return out; // a valid 9002-byte packet in a longer frame
   }
 }
 
@@ -857,7 +865,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
     const gen = new Generator(rng, () => cfg, () => model.slots, model.key);
     const counters0 = k.counters();
     ring.poll(0);
-    const stats = { configChanges: 0, completedSeen: 0, checkpoints: 0, wrapped: false };
+    const stats = { configChanges: 0, completedSeen: 0, checkpoints: 0, wrapped: false, multiBuffer: 0 };
     const history: string[] = []; // recent config changes, for failure reports
 
     const kernelDelta = (): Counters => {
@@ -1023,6 +1031,8 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
         : gen.oversize();
       const before = { ...model.cnt };
       const want = model.run(f);
+      // frames in several buffers (xdp.frags) that were summed or stored
+      if (f.length > LINEAR_MAX && (model.cnt.summed > before.summed || model.cnt.results > before.results)) stats.multiBuffer++;
       const got = k.testRun(f).action;
       if (got !== want) {
         const changed = COUNTERS.filter((n) => model.cnt[n] !== before[n]).join(", ");
@@ -1050,8 +1060,9 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
       `fuzz: ${PACKETS} packets in ${(ms / 1000).toFixed(1)} s, ${stats.checkpoints} checkpoints, ${stats.configChanges} config changes, ` +
       `final round_base ${cfg.roundBase}${stats.wrapped ? " (wrapped)" : ""}; ` +
       `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, not_owner ${c.not_owner}, mal_contributors ${c.mal_contributors}, bad_mac ${c.bad_mac}, ` +
-      `future ${c.future_round}, mal_scale ${c.mal_scale}, passed ${c.passed}, rx ${c.rx}`,
+      `future ${c.future_round}, mal_scale ${c.mal_scale}, passed ${c.passed}, rx ${c.rx}; ${stats.multiBuffer} frames of several buffers summed or stored`,
     );
+    if (PACKETS >= 10_000) expect(stats.multiBuffer, "frames longer than the linear part were summed (xdp.frags)").toBeGreaterThan(0);
     // The run must have exercised what it claims to.
     expect(stats.completedSeen).toBe(c.completed);
     expect(k.sentryWorkers(64).map((w) => [w.accepted, w.rejected]), "sentry counts per rank").toEqual(model.workers);

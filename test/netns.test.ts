@@ -200,7 +200,9 @@ async function scenario(mode: "native" | "generic", seed: number): Promise<void>
   expect(a.stderr).toBe("");
   expect(a.code).toBe(0);
   const att = JSON.parse(a.stdout);
-  expect(att).toMatchObject({ iface: IF, mode, alreadyAttached: false, port: PORT, pinDir, notes: [] });
+  // the one note: the chunk the MTU (1500) holds, since no --chunk-elems was given
+  expect(att).toMatchObject({ iface: IF, mode, alreadyAttached: false, port: PORT, pinDir, notes: [`720 int16 values per packet: the most ${IF}'s MTU 1500 holds (one packet per chunk)`] });
+  expect(att.config.chunkElems).toBe(720);
   expect(att.config).toMatchObject({ jobId: JOB, members: WORKERS, chunks: CHUNKS, batch: BATCH_A, ownedChunks: CHUNKS, chunkElems: ELEMS, roundBase: 0 });
   expect(BigInt(att.config.memberMask)).toBe(7n);
   const xdp = lab.linkInfo("host", IF).xdp;

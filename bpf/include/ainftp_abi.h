@@ -22,16 +22,20 @@
 #define AINFTP_MAX_WORKERS 64
 #endif
 
-/* int16 elements per packet. 1720 * 2 B + 74 B of Eth/IPv4/UDP/ainftp headers
- * = 3514 B: the largest frame veth's XDP path takes without xdp.frags
- * (4096 - 256 headroom - 320 skb_shared_info = 3520). A 1500-byte MTU holds
- * AINFTP_ELEMS_MTU1500 elements over IPv4. */
+/* int16 elements per packet, at most. The program is frags-aware
+ * (xdp.frags: a frame may span several buffers), so the frame is no longer
+ * bound to one page (veth took 3520 bytes without it); this bounds the map
+ * entries instead (acc, results: 6 bytes per element per slot). 4464 * 2 B +
+ * 60 B of IPv4/UDP/ainftp headers = 8988 B: a 9000-byte MTU, jumbo frames'
+ * usual size, with room for the MAC. The chunk itself follows the interface's
+ * MTU (src/node/bringup.ts chunkElemsForMtu): AINFTP_ELEMS_MTU1500 elements
+ * fit a 1500-byte MTU over IPv4, 1720 the 3504 of veth without frags. */
 #ifndef AINFTP_MAX_ELEMS
-#define AINFTP_MAX_ELEMS 1720
+#define AINFTP_MAX_ELEMS 4464
 #endif
 #define AINFTP_ELEMS_MTU1500 720
 /* With the data plane's MAC (8 bytes after the payload) a frame still fits
- * the same 3520 bytes: 4 elements fewer. */
+ * the same MTU: 4 elements fewer. */
 #define AINFTP_MAX_ELEMS_AUTH (AINFTP_MAX_ELEMS - 4)
 
 /* Chunk indices are < AINFTP_MAX_CHUNKS; the maps are sized at attach time
@@ -408,7 +412,7 @@ _Static_assert(sizeof(struct ainftp_key) == 16, "key");
 _Static_assert(sizeof(struct ainftp_event) == 16, "event is 16 bytes");
 _Static_assert(sizeof(struct ainftp_counters) == 8 * AINFTP_CNT__MAX, "counters");
 _Static_assert(AINFTP_MAX_WORKERS <= 64, "ranks are bits of a __u64");
-_Static_assert(AINFTP_MAX_ELEMS % 4 == 0, "sums are added four elements at a time");
+_Static_assert(AINFTP_MAX_ELEMS % 16 == 0, "sums are added four source words (16 int16 elements) at a time");
 _Static_assert(AINFTP_MAX_ELEMS % 8 == 0, "int4 payloads of 2 * AINFTP_MAX_ELEMS values are whole 16-value groups");
 _Static_assert(AINFTP_MAX_WORKERS * 255 < 65536, "an int8 or int4 biased 16-bit lane cannot overflow");
 _Static_assert((unsigned long long)AINFTP_MAX_WORKERS * 65535 < (1ULL << 32), "a biased lane cannot overflow");

@@ -16,6 +16,7 @@ import { BIN, BPFFS, canUseNetns, createLab, type Lab } from "../lab/netns.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkElemsForMtu, type NodeReport } from "../node.ts";
 import { formatSize } from "../units.ts";
+import { ELEMS_ONE_PAGE } from "../abi.ts";
 import { machineInfo, type MachineInfo } from "./machine.ts";
 import { readNsIfaceStats, readSoftirqs, type IfaceStats } from "./proc.ts";
 import {
@@ -32,9 +33,13 @@ import { measureTlb, type TlbResult } from "./tlb.ts";
 
 export const SCHEMA_ID = "ainftp-bench/2";
 export const DEFAULT_SUBNET = "10.213.91";
-/** Largest MTU veth takes with native XDP and no fragments (a frame must fit one page). */
-export const DEFAULT_MTU = 3504;
+/** The lab's MTU: jumbo frames, the largest whose packet MAX_ELEMS fills
+ * (4464 int16 values; the frags-aware program takes it in native mode).
+ * Measured against 3504 (one page) and larger in docs/bench.md "MTU". */
+export const DEFAULT_MTU = 9000;
 export const DEFAULT_ROUNDS = 20;
+/** veth's largest MTU with native XDP and a frags-aware program (one IPv4 packet). */
+export const MAX_MTU = 65535;
 /** The default run's regimes: the CPU-bound lab, and each host's link at 1 Gbit/s (docs/bench.md, "Shaped links"). */
 export const DEFAULT_LINK_RATES: (number | null)[] = [null, 1e9];
 /** The window of the shaping check: each link's peak rate over any 100 ms. */
@@ -59,6 +64,8 @@ export interface BenchOptions {
   rx: "map" | "xsk";
   /** First three octets of the hosts' addresses (10.213.x). */
   subnet: string;
+  /** ainftp's chunks in flight per owner (swarm --window); default the swarm's. */
+  window?: number;
   /** Also measure the machine rows (TLB, sentry); default true. */
   micro?: boolean;
   /** Buffer of the TLB chase; default 512 MiB. */
@@ -272,7 +279,7 @@ function mustRun(cmd: string[]): void {
   const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
   if (r.exitCode !== 0)
     throw new AinftpError("bench lab", `${cmd.join(" ")} exited ${r.exitCode}: ${r.stderr.toString().trim()}`, {
-      hint: "an MTU the veth driver refuses? veth takes up to 3504 with native XDP (pass --mtu 1500 to check)",
+      hint: "an MTU the veth driver refuses? veth takes up to 65535 with the frags-aware program (pass --mtu 1500 to check)",
     });
 }
 
@@ -313,7 +320,7 @@ interface Outcome {
 }
 
 interface RunContext {
-  o: Required<Pick<BenchOptions, "rounds" | "mtu" | "mode" | "rx">> & { self: string[] };
+  o: Required<Pick<BenchOptions, "rounds" | "mtu" | "mode" | "rx">> & Pick<BenchOptions, "window"> & { self: string[] };
   bl: BenchLab;
   bytes: number;
   log: (line: string) => void;
@@ -358,6 +365,7 @@ async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome>
     "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
     "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json", ...(x.backToBack ? ["--back-to-back"] : []),
     ...(bits !== 16 ? ["--bits", String(bits)] : []),
+    ...(o.window !== undefined ? ["--window", String(o.window)] : []),
   ], "all");
   // a killed swarm leaves its program pinned: take it off before the next system runs on these links
   for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
@@ -575,7 +583,9 @@ export function validateOptions(o: BenchOptions): void {
   if (!o.sizes.length || o.sizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4)) throw bad("sizes must be positive multiples of 4 bytes (float32)");
   if (o.shapedSizes && (!o.shapedSizes.length || o.shapedSizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4))) throw bad("shaped sizes must be positive multiples of 4 bytes (float32)");
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw bad(`rounds ${o.rounds} is not a positive integer`);
-  if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > 9000) throw bad(`MTU ${o.mtu} is not in 576..9000`);
+  if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > MAX_MTU) throw bad(`MTU ${o.mtu} is not in 576..${MAX_MTU}`, "veth takes up to 65535 with the frags-aware program");
+  if (o.rx === "xsk" && chunkElemsForMtu(o.mtu) > ELEMS_ONE_PAGE)
+    throw bad(`--rx xsk takes frames of one page (an AF_XDP frame is one UMEM page); MTU ${o.mtu} makes them larger`, "add --mtu 3504 (or run with --rx map)");
   if (!/^10\.213\.\d{1,3}$/.test(o.subnet)) throw bad(`subnet ${o.subnet}: the bench's hosts live in 10.213.x`, "e.g. --subnet 10.213.91 (the default)");
   for (const b of o.baselines) if (!BASELINES.includes(b)) throw bad(`unknown baseline ${b}`, `choose from ${BASELINES.join(", ")}`);
 }

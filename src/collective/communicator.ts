@@ -2,7 +2,7 @@
 // handshake), allreduce (rounds of at most `capacity` chunks, round.ts),
 // the swarm's hooks, and leaving (close, abort). The protocol lives in the
 // rooms next to this file; docs/architecture.md maps them.
-import { MAX_ELEMS_AUTH } from "../abi.ts";
+import { ELEMS_ONE_PAGE, MAX_ELEMS_AUTH } from "../abi.ts";
 import type { ControlDrop } from "../control-guard.ts";
 import { join } from "node:path";
 import { CTRL_BYE, CTRL_MEMBER, MAX_WORKERS, SIZEOF, type Counters } from "../abi.ts";
@@ -91,6 +91,11 @@ export class Communicator implements Disposable {
       const bad = o.rx === "xsk" ? "--rx xsk" : o.sentry ? "the sentry" : o.aggregate && o.aggregate !== "sum" ? `--aggregate ${o.aggregate}` : null;
       if (bad) throw new AinftpError(op, `--bits ${h.bits} does not work with ${bad} yet`, { hint: `run with --bits 16, or without ${bad}` });
     }
+    // an AF_XDP frame is one UMEM page: a frame in several buffers (xdp.frags) stays in the results map
+    if (o.rx === "xsk" && h.seg - SIZEOF.ainftp_wire_hdr > 2 * ELEMS_ONE_PAGE)
+      throw new AinftpError(op, `--rx xsk takes frames of one page (${ELEMS_ONE_PAGE} values, MTU 3504); the program is attached with ${h.cfg.chunkElems}`, {
+        hint: `run with --rx map (the default), or attach with --chunk-elems ${ELEMS_ONE_PAGE}`,
+      });
     if (o.aggregate && o.aggregate !== "sum") {
       if (o.rx === "xsk") throw new AinftpError(op, `--aggregate ${o.aggregate} needs --rx map`, { hint: "drop --rx xsk" });
       h.robust = new RobustPolicy(o.aggregate, o.robust, new EventRing(ports.maps.mapFd("contribs"), SIZEOF.ainftp_contrib_rec, 256));

@@ -36,6 +36,9 @@ export interface CommunicatorOptions {
   window?: number;
   /** Frames a receiving host's queue holds (veth: 256); sizes the window. */
   rxQueue?: number;
+  /** Bytes of packets in flight per owner, at most: caps `window` once the
+   * packet size is known (default DEFAULTS.windowBytes). */
+  windowBytes?: number;
   /** While window-blocked, look for results at least this often (ms). */
   pumpMs?: number;
   /** Stochastic rounding with this seed (0: round to nearest). */
@@ -113,6 +116,13 @@ export const DEFAULTS = {
   sentry: false as KeeperOptions | boolean,
   maxWaitMs: 1e9,
   rxQueue: 256,
+  /** The window in bytes: 48 chunks of one-page frames (3514 B), what
+   * measured best at 4 hosts before frames grew. veth's ring holds 256
+   * frames whatever their size, but bytes in flight are what a receiver has
+   * to absorb: at MTU 9000 (9002-byte frames) this is 18 chunks, and 16-24
+   * chunks cost 185-216 CPU-ms per 16 MiB round against 250-386 at 48
+   * (docs/bench.md "MTU"). */
+  windowBytes: 48 * 3514,
   /** int16 until 8 bits is shown at training parity here (issue 14): 16 is
    * what every figure before that issue was measured with. */
   bits: 16 as BitWidth,
@@ -201,6 +211,12 @@ export type ResolvedOptions = Required<Omit<CommunicatorOptions, "onRoundStart" 
  * frames (veth: 256), leaving room for results; 48 measured best at 4 hosts. */
 export function defaultWindow(members: number, rxQueue: number = DEFAULTS.rxQueue): number {
   return Math.max(8, Math.min(48, Math.floor(rxQueue / Math.max(1, members - 1)) - 16));
+}
+
+/** Chunks in flight per owner for packets of `packetBytes`: the window, and
+ * no more than windowBytes of packets (at least 8 chunks). */
+export function windowChunks(window: number, windowBytes: number, packetBytes: number): number {
+  return Math.max(1, Math.min(window, Math.max(8, Math.floor(windowBytes / Math.max(1, packetBytes)))));
 }
 
 /** The options with the defaults filled in; an option given as undefined keeps its default. */

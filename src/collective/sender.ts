@@ -5,7 +5,7 @@ import { PKT_CONTRIB } from "../abi.ts";
 import { headerTemplate, mix32, packChunksAt } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import type { Host } from "./host.ts";
-import { TUNING } from "./options.ts";
+import { TUNING, windowChunks } from "./options.ts";
 import { finish } from "./owner.ts";
 import { ownedChunks, owners } from "./plan.ts";
 import type { RoundState } from "./round-state.ts";
@@ -72,11 +72,13 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
 
 /** Reduce-scatter, self-clocked: quantize and send the chunks we do not
  * own, owners interleaved, keeping at most `window` chunks per owner whose
- * result has not come back. A receiver's queue (veth: 256 frames) is never
- * flooded, and every result that arrives lets one more chunk go. */
+ * result has not come back, and no more than `windowBytes` of packets (a
+ * window in bytes: frames grow with the MTU). A receiver's queue (veth: 256
+ * frames) is never flooded, and every result that arrives lets one more
+ * chunk go. */
 export function pump(h: Host, st: RoundState, x: Float32Array): void {
   if (st.passive) return;
-  const W = h.o.window;
+  const W = windowChunks(h.o.window, h.o.windowBytes, h.seg);
   const seg = h.seg;
   for (let more = true; more; ) {
     more = false;

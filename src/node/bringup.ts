@@ -3,27 +3,33 @@
 // signal handlers, attach-if-needed, the communicator and its swarm, and the
 // way out (a polite close that serves the peers' last resends, or an abort),
 // detaching only what we attached.
-import { FRAME_OVERHEAD_V4, MAC_BYTES, MAX_ELEMS, payloadBytes, type BitWidth } from "../abi.ts";
-import { attachForNode, detach, type AttachMode } from "../attach.ts";
+import { BANKS, FRAME_OVERHEAD_V4, MAC_BYTES, SIZEOF, payloadBytes, type BitWidth } from "../abi.ts";
+import { attachForNode, chunkElemsForMtu, detach, interfaceMtu, type AttachMode } from "../attach.ts";
 import { Communicator, type CommunicatorOptions } from "../collective.ts";
 import { AinftpError } from "../errors.ts";
 import type { AuthMode } from "../jobkey.ts";
 import { chunkCount } from "../quantize.ts";
 import { Swarm } from "../swarm.ts";
 
-/** Maps for at most this many chunks (about 170 MB of kernel memory at 1720
- * elements per packet); a larger gradient takes several rounds. */
+/** Maps for at most this many chunks; a larger gradient takes several rounds. */
 export const MAX_MAP_CHUNKS = 8192;
+/** Kernel memory of one chunk's map entries (slots, sums, results, sentry
+ * energies; both banks). Entries are sized for MAX_ELEMS whatever the chunk:
+ * about 54 KB (21 KB when MAX_ELEMS was 1720), so MAX_MAP_CHUNKS take up to
+ * 442 MB (was 170 MB); a 16 MiB round takes 51 MB at MTU 9000 (940 chunks),
+ * 132 MB at 3504 and 314 MB at 1500. Entries sized at load from the job's
+ * chunk would make it follow the round's bytes (docs/bench.md "MTU"). */
+export const MAP_BYTES_PER_CHUNK = BANKS * (SIZEOF.ainftp_slot + SIZEOF.ainftp_acc + SIZEOF.ainftp_result + SIZEOF.ainftp_obs);
+
+/** The chunks a node's maps are sized for: the round's, at most MAX_MAP_CHUNKS. */
+export function mapChunks(roundElems: number, chunkElems: number): number {
+  return Math.min(MAX_MAP_CHUNKS, chunkCount(roundElems, chunkElems));
+}
 
 /** IPv4 + UDP + ainftp header in front of a chunk (the MTU excludes Ethernet's 14). */
 const L3_OVERHEAD = FRAME_OVERHEAD_V4 - 14;
 
-/** Largest chunk that fits the interface's MTU (IPv4, no options), with
- * `tagBytes` of MAC after the values (--auth). */
-export function chunkElemsForMtu(mtu: number, tagBytes = 0): number {
-  const e = Math.floor((mtu - L3_OVERHEAD - tagBytes) / 2);
-  return Math.max(4, Math.min(MAX_ELEMS, e - (e % 4)));
-}
+export { chunkElemsForMtu, interfaceMtu };
 
 /** Bytes of MAC after a data packet's values under these options. */
 export function dataTagBytes(o: { key?: Uint8Array | null; auth?: AuthMode }): number {
@@ -41,14 +47,6 @@ export function checkPacketFits(comm: Communicator, mtu: number, iface: string, 
   });
 }
 
-export function interfaceMtu(iface: string): number {
-  const r = Bun.spawnSync(["ip", "-j", "link", "show", "dev", iface]);
-  try {
-    return JSON.parse(r.stdout.toString())[0].mtu ?? 1500;
-  } catch {
-    return 1500;
-  }
-}
 
 /** What names a node's job: shared by `swarm` (NodeOptions) and `--serve` (ServeOptions). */
 export interface JobOptions {
@@ -104,7 +102,7 @@ export class Node {
         hint: `raise it on every member${o.mtuAdvice ? ` (${o.mtuAdvice(needed)})` : ""} or use --chunk-elems ${fits}`,
       });
     }
-    this.chunks = Math.min(MAX_MAP_CHUNKS, chunkCount(o.roundElems, this.chunkElems));
+    this.chunks = mapChunks(o.roundElems, this.chunkElems);
     this.onSignal = () => {
       this.comm?.abort();
       this.detachOurs();

@@ -1,0 +1,28 @@
+// The send window in bytes (issue 15): chunks in flight per owner are capped
+// by DEFAULTS.windowBytes once the packet size is known, so a 9000-byte MTU's
+// packets do not put 2.6 times the bytes in flight of one-page frames.
+import { describe, expect, test } from "bun:test";
+import { DEFAULTS, defaultWindow, resolveOptions, windowChunks } from "../src/collective/options.ts";
+import { HDR } from "../src/collective/control.ts";
+
+describe("the window in bytes", () => {
+  const win = defaultWindow(4);
+  test("one-page frames (1720 int16 values) keep the 48 chunks measured best at 4 hosts", () => {
+    expect(windowChunks(win, DEFAULTS.windowBytes, HDR + 2 * 1720)).toBe(48);
+  });
+  test("a 9000-byte MTU's packets (4464 values): 18 chunks, about the same bytes in flight", () => {
+    const packet = HDR + 2 * 4464;
+    expect(windowChunks(win, DEFAULTS.windowBytes, packet)).toBe(18);
+    expect(18 * packet).toBeLessThanOrEqual(DEFAULTS.windowBytes);
+  });
+  test("small packets stay within the frame window (the receive ring), large ones keep at least 8 chunks", () => {
+    expect(windowChunks(win, DEFAULTS.windowBytes, HDR + 2 * 720)).toBe(48); // 1500-byte MTU: the ring bounds it
+    expect(windowChunks(win, DEFAULTS.windowBytes, 65_000)).toBe(8);
+    expect(windowChunks(5, DEFAULTS.windowBytes, 65_000)).toBe(5); // a smaller window given stays
+  });
+  test("resolveOptions carries windowBytes; one given replaces the default", () => {
+    const o = resolveOptions({ iface: "x", peers: ["10.0.0.1", "10.0.0.2"], rank: 0 } as never);
+    expect(o.windowBytes).toBe(DEFAULTS.windowBytes);
+    expect(resolveOptions({ iface: "x", peers: ["10.0.0.1", "10.0.0.2"], rank: 0, windowBytes: 1 << 20 } as never).windowBytes).toBe(1 << 20);
+  });
+});
