@@ -115,6 +115,10 @@ export function adoptEarly(h: Host, st: RoundState): void {
 /** The leader's view of the round now: whose exponents are here, and
  * whether a majority just arrived and the plan can be decided (plan.ts). */
 export function leaderTurn(h: Host, st: RoundState, now: number): { have: bigint; count: number; majorityNow: boolean; decide: boolean } {
+  // a member the swarm declared dead is left out even when its exponents
+  // came (it sent them, or answered our request, before it died): as an
+  // owner it would leave the round without results
+  for (let k = 0; k < h.size; k++) if (st.haveExps[k] && k !== h.rank && !Host.has(h.liveMask, k)) st.haveExps[k] = false;
   const { have, count } = haveMask(st.haveExps);
   const step = leaderStep({
     have, count, size: h.size, othersMask: h.othersMask, fitMask: h.fitMask, liveMask: h.liveMask, downRanked: downRankedMask(h.lateness),

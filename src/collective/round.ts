@@ -2,15 +2,16 @@
 // round's state, our exponents out), the loop (plan, send, finish, recover,
 // wait), and the end (gather the results, the bookkeeping).
 import { coll } from "../../native/collective.ts";
+import { CTRL_EXPS_REQ } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFrom } from "../quantize.ts";
 import { HDR } from "./control.ts";
-import { closeForDead, deadWeWaitFor, expsAwaited, fail } from "./diagnose.ts";
+import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
-import type { Host } from "./host.ts";
+import { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.ts";
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
-import { graceMs, liveFrom } from "./plan.ts";
+import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
 import { countXskDrops, drainControl, drainEvents, drainXsk } from "./receiver.ts";
 import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
@@ -102,6 +103,60 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   return st;
 }
 
+/** The round's leader died before its plan reached us: the round goes on
+ * under its successor, the first live member after it (what every
+ * survivor that starts this round after the verdict takes as its leader:
+ * liveFrom skips the dead one), instead of being given up. Survivors that
+ * learn of the death at different moments of the round (one that failed
+ * the round before and starts this one after the verdict, one already in
+ * it) so stay in the same round under the same leader (sim seed 5061). We
+ * ask the successor with CTRL_EXPS_REQ: it stores our exponents, and sends
+ * its plan back if it has decided one. A member that holds the dead
+ * leader's whole plan keeps it (the round may still complete; if not, the
+ * dead leader and owner fail it); a contribution quantized under another
+ * plan's scale is refused by the owner's program (its slot's exponent).
+ * Returns whether the leader changed. */
+function reelect(h: Host, st: RoundState): boolean {
+  if (st.sent || st.haveShared || st.leader === h.rank) return false;
+  const dead = h.othersMask & ~h.liveMask;
+  if (!Host.has(dead, st.leader) || isolated(h, dead)) return false;
+  const next = liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
+  if (next === st.leader) return false;
+  st.leader = next;
+  // pieces of the dead leader's plan are worth nothing now
+  st.sharedPieces.clear();
+  st.active = 0n;
+  st.majorityAt = Infinity;
+  if (next !== h.rank) sendExps(h, next, st.r, myExps(h, st), CTRL_EXPS_REQ);
+  return true;
+}
+
+/** The plan is here, not yet applied: our slots of this round that hold a
+ * contribution from a member outside its active set are emptied (their
+ * live contributors send again: the probe's answer names them). Such a
+ * contribution comes from a leader that decided a plan, contributed under
+ * it, and died before its plan reached us: its successor's plan leaves it
+ * out, and a result counting it would be refused by every member's program
+ * (more contributors than the plan's active set) and stall the round.
+ * Returns how many slots it emptied. */
+function clearForeign(h: Host, st: RoundState, bankBase: number): number {
+  const outside = h.othersMask & ~st.active;
+  if (!outside || !Host.has(st.active, h.rank)) return 0;
+  let idx = 0, K = 0;
+  for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
+  drainEvents(h, st, bankBase); // (completions so far go to st.pending)
+  const bad: number[] = [];
+  for (const c of ownedChunks(idx, K, st.nchunks)) {
+    const s = h.maps.slot(bankBase + c);
+    if (s.tag === st.r + 1 && (s.seen & outside) !== 0n) bad.push(c);
+  }
+  if (!bad.length) return 0;
+  h.maps.clearSlots(bad.map((c) => bankBase + c));
+  for (const c of bad) st.ownedDone[c] = 0;
+  st.pending = st.pending.filter((c) => !bad.includes(c));
+  return bad.length;
+}
+
 /** Members that left before finishing round r: the round fails. */
 function checkLeavers(h: Host, r: number): void {
   // a member that finished this round and said so still lingers (close)
@@ -184,6 +239,8 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
       trace?.push(`plan@${T()}`);
+      const cleared = clearForeign(h, st, bankBase);
+      if (cleared) trace?.push(`cleared:${cleared}`);
       applyPlan(h, st);
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
@@ -198,13 +255,22 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       break;
     }
     const now = h.clock.now();
-    if (now >= deadline) await fail(h, st, bankBase);
+    if (now >= deadline) {
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (deadline) open slots ${[...st.owned].filter((c) => !st.ownedDone[c]).map((c) => { const s = h.maps.slot(bankBase + c); return `c${c}:tag${s.tag}:seen${s.seen}:exp${(s as any).exp}/${st.shared[c]}`; }).join(" ")} missing ${(() => { const m = missingResults(h, st, bankBase); const out: string[] = []; for (let i = 0; i < m; i++) { const c = h.chunkList[i]; const e = h.maps.result(bankBase + c) as any; out.push(`c${c}(o${ownerOf(st, c)}):tag${e.tag}:rank${e.rank}:k${e.contributors}:exp${e.exp}`); } return out.join(" "); })()} own ${[...st.owned].map((c) => { const e = h.maps.result(bankBase + c) as any; const sl = h.maps.slot(bankBase + c) as any; return `c${c}:tag${e.tag}:k${e.contributors}:summed${st.summed[c]}:slot${sl.tag}/${sl.seen}/${sl.contributors}`; }).join(" ")} counters ${JSON.stringify(Object.fromEntries(Object.entries(h.maps.counters() as any).filter(([, v]) => v)))}`);
+      await fail(h, st, bankBase);
+    }
     // a member the swarm declared dead: our slots that lack only its
     // contributions close now; a round that needs its plan or its results
     // is given up now, not at the deadline (the next plans leave it out)
     if (now >= nextDeathCheck) {
       nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
+      if (reelect(h, st)) {
+        trace?.push(`reelect@${T()}:${st.leader}`);
+        interval = Math.min(retransmitMs, TUNING.CTRL_RETRANSMIT_MS);
+        nextRetx = h.clock.now() + interval;
+      }
       const dead = deadWeWaitFor(h, st, bankBase);
+      if (dead.length && trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (dead ${dead.join(",")})`);
       if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`, dead);
       if (st.sent) closeForDead(h, st, bankBase);
     }
