@@ -167,5 +167,8 @@ export function answerExpsRequest(h: Host, st: RoundState | null, from: number, 
     return;
   }
   if (st.leader === h.rank && st.haveShared) sendPlan(h, from, st);
-  else if (st.haveExps[h.rank]) sendExps(h, from, st.r, myExps(h, st));
+  // (a member that follows another leader's plan does not answer: a
+  // successor whose plan we do not follow, because our results are out
+  // under its dead predecessor's, must leave us out; round.ts succeed)
+  else if (st.haveExps[h.rank] && !(st.haveShared && from !== st.leader)) sendExps(h, from, st.r, myExps(h, st));
 }

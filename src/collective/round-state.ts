@@ -38,6 +38,9 @@ export interface RoundState extends Plan {
   /** The rank that collects the members' exponents, decides the plan and
    * sends back the maximum with it. */
   leader: number;
+  /** The round's leader died and the round went on under its successor
+   * (round.ts succeed): slots may hold what the old plan left. */
+  replanned: boolean;
   /** Leader: sent the plan; others: received it (pieces in sharedPieces). */
   haveShared: boolean;
   sharedPieces: Set<number>;
@@ -142,7 +145,7 @@ export function newRoundState(a: NewRound): RoundState {
   return {
     r, t0, expsDoneAt: t0, n: x.length, nchunks, counts,
     exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false), expsAt: new Float64Array(N),
-    leader: a.leader, haveShared: false, sharedPieces: new Set(),
+    leader: a.leader, replanned: false, haveShared: false, sharedPieces: new Set(),
     pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
     active: 0n, next: 0, scores: new Uint8Array(N), ownerIdx: new Int32Array(N).fill(-1), K: 0, owners: [], passive: false,
     grace, patient, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * a.maxRetransmitMs),

@@ -103,52 +103,76 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   return st;
 }
 
-/** The round's leader died before its plan reached us: the round goes on
- * under its successor, the first live member after it (what every
- * survivor that starts this round after the verdict takes as its leader:
- * liveFrom skips the dead one), instead of being given up. Survivors that
- * learn of the death at different moments of the round (one that failed
- * the round before and starts this one after the verdict, one already in
- * it) so stay in the same round under the same leader (sim seed 5061). We
- * ask the successor with CTRL_EXPS_REQ: it stores our exponents, and sends
- * its plan back if it has decided one. A member that holds the dead
- * leader's whole plan keeps it (the round may still complete; if not, the
- * dead leader and owner fail it); a contribution quantized under another
- * plan's scale is refused by the owner's program (its slot's exponent).
- * Returns whether the leader changed. */
-function reelect(h: Host, st: RoundState): boolean {
-  if (st.sent || st.haveShared || st.leader === h.rank) return false;
+/** The round's leader died (the swarm says so) before the round could
+ * end: the round goes on under its successor, the first live member after
+ * it, with a fresh plan that leaves the dead leader out, instead of being
+ * given up. Every survivor that has sent no result of this round does the
+ * same as it learns of the death, with or without the dead leader's plan,
+ * and a survivor that starts the round after the verdict takes the same
+ * successor (liveFrom skips the dead), so they stay in one round under one
+ * leader (sim seeds 5061, 5118, 5180). A survivor that already sent
+ * results under the dead leader's plan keeps it (its round fails on the
+ * dead owner's chunks) and does not answer the successor, whose plan so
+ * leaves it out. What the old plan left in the program: its owner check
+ * stays until the new plan replaces it (a result of the new plan that
+ * comes before is refused, and asked for again by the probe), our slots
+ * wait for every member again, and slots holding a contribution the new
+ * plan refuses are emptied (clearForeign). We ask
+ * the successor with CTRL_EXPS_REQ: it stores our exponents, and sends its
+ * plan back if it has decided one. Returns whether the leader changed. */
+function succeed(h: Host, st: RoundState, bankBase: number): boolean {
+  if (st.leader === h.rank) return false;
   const dead = h.othersMask & ~h.liveMask;
   if (!Host.has(dead, st.leader) || isolated(h, dead)) return false;
+  if (st.haveShared) {
+    drainEvents(h, st, bankBase);
+    if (st.ownedDoneCount > 0 || st.pending.length > 0) return false; // results of ours are out (or due) under its plan
+  }
   const next = liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
   if (next === st.leader) return false;
-  st.leader = next;
-  // pieces of the dead leader's plan are worth nothing now
-  st.sharedPieces.clear();
-  st.active = 0n;
-  st.majorityAt = Infinity;
+  if (st.sent) {
+    const bankMask: [bigint, bigint] = [...(h.cfg.bankMask ?? [0n, 0n])];
+    bankMask[st.r & 1] = 0n;
+    h.setConfig({ ...h.cfg, bankMask });
+  }
+  const keep = { exps: st.exps, haveExps: st.haveExps, expsAt: st.expsAt, pieces: st.pieces, expsDoneAt: st.expsDoneAt, resid: st.resid };
+  const fresh = newRoundState({
+    r: st.r, size: h.size, chunkElems: h.chunkElems, x: st.x, out: st.out, nchunks: st.nchunks, t0: st.t0, leader: next,
+    grace: st.grace, patient: st.patient, maxRetransmitMs: h.o.maxRetransmitMs, xdone: st.xdone.fill(0), recs: st.recs, headerBytes: HDR,
+  });
+  Object.assign(st, fresh, keep, { replanned: true });
   if (next !== h.rank) sendExps(h, next, st.r, myExps(h, st), CTRL_EXPS_REQ);
   return true;
 }
 
-/** The plan is here, not yet applied: our slots of this round that hold a
- * contribution from a member outside its active set are emptied (their
- * live contributors send again: the probe's answer names them). Such a
- * contribution comes from a leader that decided a plan, contributed under
- * it, and died before its plan reached us: its successor's plan leaves it
- * out, and a result counting it would be refused by every member's program
- * (more contributors than the plan's active set) and stall the round.
- * Returns how many slots it emptied. */
-function clearForeign(h: Host, st: RoundState, bankBase: number): number {
+/** Our slots of this round that hold a contribution its plan refuses are
+ * emptied (their live contributors send again: a probe's answer names
+ * them): one from a member outside the plan's active set, or quantized
+ * under another plan's scale (the program then refuses every
+ * contribution of this plan to the slot). Both come from a plan that died
+ * with its leader: a contribution the dead leader sent under it (a result
+ * counting it would be refused by every member's program, more
+ * contributors than the plan's active set), or a survivor's, sent before
+ * it moved to the successor's plan (succeed). Before the plan is applied
+ * (the slots we own under it), and while a round with a dead member runs
+ * (our open slots: a retransmission under the old plan may claim a slot
+ * the old contributions had not). Returns how many slots it emptied. */
+function clearForeign(h: Host, st: RoundState, bankBase: number, applied: boolean): number {
   const outside = h.othersMask & ~st.active;
-  if (!outside || !Host.has(st.active, h.rank)) return 0;
-  let idx = 0, K = 0;
-  for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
-  drainEvents(h, st, bankBase); // (completions so far go to st.pending)
+  if (!st.replanned && !(outside & ~h.liveMask)) return 0;
+  if (!Host.has(st.active, h.rank)) return 0;
+  let chunks: Iterable<number> = st.owned;
+  if (!applied) {
+    let idx = 0, K = 0;
+    for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
+    drainEvents(h, st, bankBase); // (completions so far go to st.pending)
+    chunks = ownedChunks(idx, K, st.nchunks);
+  }
   const bad: number[] = [];
-  for (const c of ownedChunks(idx, K, st.nchunks)) {
+  for (const c of chunks) {
+    if (applied && st.ownedDone[c]) continue;
     const s = h.maps.slot(bankBase + c);
-    if (s.tag === st.r + 1 && (s.seen & outside) !== 0n) bad.push(c);
+    if (s.tag === st.r + 1 && s.contributors > 0 && ((s.seen & outside) !== 0n || s.exp !== st.shared[c])) bad.push(c);
   }
   if (!bad.length) return 0;
   h.maps.clearSlots(bad.map((c) => bankBase + c));
@@ -239,7 +263,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
       trace?.push(`plan@${T()}`);
-      const cleared = clearForeign(h, st, bankBase);
+      const cleared = clearForeign(h, st, bankBase, false);
       if (cleared) trace?.push(`cleared:${cleared}`);
       applyPlan(h, st);
       startContributions(h, st, x, bankBase);
@@ -264,15 +288,19 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // is given up now, not at the deadline (the next plans leave it out)
     if (now >= nextDeathCheck) {
       nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
-      if (reelect(h, st)) {
-        trace?.push(`reelect@${T()}:${st.leader}`);
+      if (succeed(h, st, bankBase)) {
+        trace?.push(`succeed@${T()}:${st.leader}`);
         interval = Math.min(retransmitMs, TUNING.CTRL_RETRANSMIT_MS);
         nextRetx = h.clock.now() + interval;
       }
       const dead = deadWeWaitFor(h, st, bankBase);
       if (dead.length && trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (dead ${dead.join(",")})`);
       if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`, dead);
-      if (st.sent) closeForDead(h, st, bankBase);
+      if (st.sent) {
+        const cleared = clearForeign(h, st, bankBase, true);
+        if (cleared) trace?.push(`cleared@${T()}:${cleared}`);
+        closeForDead(h, st, bankBase);
+      }
     }
     if (now >= nextRetx) {
       st.lookInMap = true;
