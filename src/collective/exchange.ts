@@ -80,14 +80,14 @@ export function storeEarlyPlan(h: Host, rank: number, round: number, first: numb
 
 /** Stores one piece of the leader's plan (active mask, next leader, and
  * a share of the maximum exponents); every piece must name the same plan. */
-export function storeShared(h: Host, st: RoundState, first: number, payload: Uint8Array): void {
+export function storeShared(h: Host, st: RoundState, first: number, payload: Uint8Array, leader = st.leader): void {
   const head = planHeadBytes(h.size);
   if (st.haveShared || payload.length < head) return;
   const { active, next } = decodePlanHead(payload);
   const ex = payload.subarray(head);
   if (first % CTRL_PAYLOAD !== 0 || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
   const all = (1n << BigInt(h.size)) - 1n;
-  if (next >= h.size || (active & ~all) !== 0n || !Host.has(active, st.leader)) return;
+  if (next >= h.size || (active & ~all) !== 0n || !Host.has(active, leader)) return;
   if (st.sharedPieces.size && (active !== st.active || next !== st.next)) return;
   st.active = active;
   st.next = next;
@@ -95,6 +95,21 @@ export function storeShared(h: Host, st: RoundState, first: number, payload: Uin
   st.shared.set(new Int8Array(ex.buffer, ex.byteOffset, ex.length), first);
   st.sharedPieces.add(first);
   if (st.sharedPieces.size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) st.haveShared = true;
+}
+
+/** A plan piece from a member that is not our leader: taken only by the
+ * successor of a leader that died before its plan reached the successor
+ * (round.ts succeed), from a member that holds the dead leader's plan
+ * (answerExpsRequest relays it). The successor then announces that plan
+ * instead of deciding another: the survivors that hold it, and those
+ * whose results are out under it, and those that had none, all end the
+ * round under one plan, and take the same next leader from it. A relayed
+ * plan must name the dead leader among its active members, as the plan a
+ * leader decides always names itself. */
+export function storeRelayedPlan(h: Host, st: RoundState | null, first: number, payload: Uint8Array): void {
+  if (!st || st.deadLeader < 0 || st.leader !== h.rank || st.haveShared || st.sent) return;
+  storeShared(h, st, first, payload, st.deadLeader);
+  if (st.haveShared) st.relayed = true;
 }
 
 /** At a round's start: the leader's plan pieces and the members' exponents
@@ -159,7 +174,9 @@ export function announcePlan(h: Host, st: RoundState, count: number): void {
 }
 
 /** Answers a CTRL_EXPS_REQ: the leader with its plan (or a cached one for a
- * round we left), a member asked by a leader still collecting with its exponents. */
+ * round we left), a member asked by a leader still collecting with its
+ * exponents, a member asked by another (a dead leader's successor) with
+ * the plan it follows (the cache holds every plan we followed). */
 export function answerExpsRequest(h: Host, st: RoundState | null, from: number, round: number): void {
   if (!st || round !== st.r) {
     const plan = h.planCache.get(round);
@@ -167,8 +184,8 @@ export function answerExpsRequest(h: Host, st: RoundState | null, from: number, 
     return;
   }
   if (st.leader === h.rank && st.haveShared) sendPlan(h, from, st);
-  // (a member that follows another leader's plan does not answer: a
-  // successor whose plan we do not follow, because our results are out
-  // under its dead predecessor's, must leave us out; round.ts succeed)
-  else if (st.haveExps[h.rank] && !(st.haveShared && from !== st.leader)) sendExps(h, from, st.r, myExps(h, st));
+  // a successor of our dead leader asks: it gets the plan we hold
+  // (storeRelayedPlan), not our exponents for a plan of its own
+  else if (st.haveShared && from !== st.leader) sendPlan(h, from, st);
+  else if (st.haveExps[h.rank]) sendExps(h, from, st.r, myExps(h, st));
 }

@@ -103,44 +103,33 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   return st;
 }
 
-/** The round's leader died (the swarm says so) before the round could
- * end: the round goes on under its successor, the first live member after
- * it, with a fresh plan that leaves the dead leader out, instead of being
- * given up. Every survivor that has sent no result of this round does the
- * same as it learns of the death, with or without the dead leader's plan,
- * and a survivor that starts the round after the verdict takes the same
- * successor (liveFrom skips the dead), so they stay in one round under one
- * leader (sim seeds 5061, 5118, 5180). A survivor that already sent
- * results under the dead leader's plan keeps it (its round fails on the
- * dead owner's chunks) and does not answer the successor, whose plan so
- * leaves it out. What the old plan left in the program: its owner check
- * stays until the new plan replaces it (a result of the new plan that
- * comes before is refused, and asked for again by the probe), our slots
- * wait for every member again, and slots holding a contribution the new
- * plan refuses are emptied (clearForeign). We ask
- * the successor with CTRL_EXPS_REQ: it stores our exponents, and sends its
- * plan back if it has decided one. Returns whether the leader changed. */
-function succeed(h: Host, st: RoundState, bankBase: number): boolean {
-  if (st.leader === h.rank) return false;
+/** The round's leader died (the swarm says so) before its plan reached
+ * us: the round goes on under its successor, the first live member after
+ * it, instead of being given up. A survivor that starts the round after
+ * the verdict takes the same successor (liveFrom skips the dead), so
+ * survivors that learn of the death at different moments of the round
+ * stay in one round under one leader (sim seed 5061). The successor asks
+ * the others (its control timer, CTRL_EXPS_REQ): a member that holds the
+ * dead leader's plan answers with it, and the successor announces that
+ * plan (storeRelayedPlan: then every survivor ends the round under the
+ * one plan some already act on, and takes its next leader); when none
+ * does, the successor decides a plan of its own without the dead leader.
+ * We ask the successor too: it stores our exponents, and sends its plan
+ * back if it has one. A member that holds the dead leader's plan keeps it.
+ * Returns whether the leader changed. */
+function succeed(h: Host, st: RoundState): boolean {
+  if (st.leader === h.rank || st.haveShared || st.sent) return false;
   const dead = h.othersMask & ~h.liveMask;
   if (!Host.has(dead, st.leader) || isolated(h, dead)) return false;
-  if (st.haveShared) {
-    drainEvents(h, st, bankBase);
-    if (st.ownedDoneCount > 0 || st.pending.length > 0) return false; // results of ours are out (or due) under its plan
-  }
   const next = liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
   if (next === st.leader) return false;
-  if (st.sent) {
-    const bankMask: [bigint, bigint] = [...(h.cfg.bankMask ?? [0n, 0n])];
-    bankMask[st.r & 1] = 0n;
-    h.setConfig({ ...h.cfg, bankMask });
-  }
-  const keep = { exps: st.exps, haveExps: st.haveExps, expsAt: st.expsAt, pieces: st.pieces, expsDoneAt: st.expsDoneAt, resid: st.resid };
-  const fresh = newRoundState({
-    r: st.r, size: h.size, chunkElems: h.chunkElems, x: st.x, out: st.out, nchunks: st.nchunks, t0: st.t0, leader: next,
-    grace: st.grace, patient: st.patient, maxRetransmitMs: h.o.maxRetransmitMs, xdone: st.xdone.fill(0), recs: st.recs, headerBytes: HDR,
-  });
-  Object.assign(st, fresh, keep, { replanned: true });
+  if (st.deadLeader < 0) st.deadLeader = st.leader;
+  st.leader = next;
+  st.replanned = true;
+  // pieces of the dead leader's plan from it are worth nothing now
+  st.sharedPieces.clear();
+  st.active = 0n;
+  st.majorityAt = Infinity;
   if (next !== h.rank) sendExps(h, next, st.r, myExps(h, st), CTRL_EXPS_REQ);
   return true;
 }
@@ -265,7 +254,11 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       trace?.push(`plan@${T()}`);
       const cleared = clearForeign(h, st, bankBase, false);
       if (cleared) trace?.push(`cleared:${cleared}`);
+      if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
       applyPlan(h, st);
+      // every plan we follow is kept a few rounds: a dead leader's
+      // successor may ask us for it (exchange.ts answerExpsRequest)
+      if (!h.planCache.has(st.r)) h.keep(h.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
       // the data timer starts now: peers that were still busy before the
@@ -288,7 +281,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // is given up now, not at the deadline (the next plans leave it out)
     if (now >= nextDeathCheck) {
       nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
-      if (succeed(h, st, bankBase)) {
+      if (succeed(h, st)) {
         trace?.push(`succeed@${T()}:${st.leader}`);
         interval = Math.min(retransmitMs, TUNING.CTRL_RETRANSMIT_MS);
         nextRetx = h.clock.now() + interval;
