@@ -47,6 +47,7 @@ export async function runRound(
     rhtFrom(x, xq, h.chunkElems, seed); // no copy of x first
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient);
+  if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} live ${h.liveMask.toString(2).slice(-h.size)}`);
   if (resid) {
     // what we never pack (a round we sit out) is all error; packing overwrites the rest
     if (h.bits !== 16) resid.set(xq), (st.resid = resid);
@@ -287,6 +288,11 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
         nextRetx = h.clock.now() + interval;
       }
       const dead = deadWeWaitFor(h, st, bankBase);
+      // the dead leader's plan, relayed by its successor (succeed): as with
+      // a plan from a leader that died, the members it left without the
+      // plan gave the round up; nothing moving for LEADERLESS_MS, so do we
+      if (!dead.length && st.sent && st.deadLeader >= 0 && Host.has(st.active, st.deadLeader) && !Host.has(h.liveMask, st.deadLeader) &&
+        now - st.lastProgress > TUNING.LEADERLESS_MS) dead.push(st.deadLeader);
       if (dead.length && trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (dead ${dead.join(",")})`);
       if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`, dead);
       if (st.sent) {
