@@ -60,6 +60,7 @@ export function storeExps(h: Host, st: RoundState | null, rank: number, round: n
     st.exps.set(ex, rank * st.nchunks + first);
     st.pieces[rank].add(first);
     if (st.pieces[rank].size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) (st.haveExps[rank] = true), (st.expsAt[rank] = h.clock.now());
+    h.behind.delete(rank); // in our round: caught up
     return;
   }
   if (round < h.nextRound) return; // an old round: nothing needs it any more
@@ -139,7 +140,33 @@ export function leaderTurn(h: Host, st: RoundState, now: number): { have: bigint
     have, count, size: h.size, othersMask: h.othersMask, fitMask: h.fitMask, liveMask: h.liveMask, downRanked: downRankedMask(h.lateness),
     patient: st.patient, quorum: h.o.quorum, majorityAt: st.majorityAt, grace: st.grace, now,
   });
+  if (step.decide && laggardAwaited(h, st, now)) step.decide = false;
   return { have, count, ...step };
+}
+
+/** Evidence that a member is behind counts this long (ms). */
+const BEHIND_FRESH_MS = 2000;
+/** A leader waits for a member behind at most this long from the round's start (ms). */
+const BEHIND_WAIT_MS = 1000;
+
+/** Whether the leader holds its plan for a live member that is behind
+ * (recovery.ts noteAsked) and whose exponents of this round are not here:
+ * it catches up (passive, its rounds take round-trips) instead of falling
+ * past the members' caches of results, which it could then never get (the
+ * long gradients under loss with --quorum 3; a survivor that waited out a
+ * dead owner's result while the others went on, sim seed 6545). Bounded:
+ * BEHIND_WAIT_MS from the round's start, and never past half the round
+ * timeout. */
+function laggardAwaited(h: Host, st: RoundState, now: number): boolean {
+  if (h.behind.size === 0 || now - st.t0 >= Math.min(BEHIND_WAIT_MS, h.o.roundTimeoutMs / 2)) return false;
+  for (const [p, b] of h.behind) {
+    if (now - b.at > BEHIND_FRESH_MS) {
+      h.behind.delete(p);
+      continue;
+    }
+    if (!st.haveExps[p] && Host.has(h.liveMask, p) && !h.left.has(p)) return true;
+  }
+  return false;
 }
 
 /** Asks the live members whose exponents are missing, at once: a lost

@@ -12,7 +12,7 @@ import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { finish } from "./owner.ts";
-import { resend, statusFromOwner } from "./recovery.ts";
+import { noteAsked, resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 /** A control packet of this job's members (or a peer's HELLO of another
@@ -72,6 +72,7 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       // (indices past the job's chunks are counted, never used)
       {
         const chunks = [...h.guard.chunkList(c.payload, h.cfg.chunks)];
+        noteAsked(h, c.rank, c.round);
         // a result we sent a moment ago is on its way (we were descheduled
         // while the asker's probe timer ran): not sent twice; one truly
         // lost is asked for again
