@@ -46,10 +46,11 @@ describe.skipIf(!ok)("gradients of several rounds, under 5% loss", () => {
     });
     return Promise.all(runs.map(async ({ p, json }) => {
       const kill = setTimeout(() => p.kill(9), 120_000);
-      const [stderr] = await Promise.all([new Response(p.stderr).text(), new Response(p.stdout).text()]);
+      const [stderr, stdout] = await Promise.all([new Response(p.stderr).text(), new Response(p.stdout).text()]);
       const code = await p.exited;
       clearTimeout(kill);
-      return { code, stderr, report: existsSync(json) ? (JSON.parse(readFileSync(json, "utf8")) as NodeReport) : null };
+      // a node that failed says why on stdout (its error as JSON)
+      return { code, stderr: code !== 0 && !existsSync(json) ? `${stderr} ${stdout.slice(0, 1200)}` : stderr, report: existsSync(json) ? (JSON.parse(readFileSync(json, "utf8")) as NodeReport) : null };
     }));
   }
 
