@@ -47,7 +47,8 @@ export async function runRound(
     rhtFrom(x, xq, h.chunkElems, seed); // no copy of x first
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient);
-  if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} live ${h.liveMask.toString(2).slice(-h.size)}`);
+  noteDeaths(h, r);
+  if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
     // what we never pack (a round we sit out) is all error; packing overwrites the rest
     if (h.bits !== 16) resid.set(xq), (st.resid = resid);
@@ -135,32 +136,40 @@ function succeed(h: Host, st: RoundState): boolean {
   return true;
 }
 
-/** Our slots of this round that hold a contribution its plan refuses are
- * emptied (their live contributors send again: a probe's answer names
- * them): one from a member outside the plan's active set, or quantized
- * under another plan's scale (the program then refuses every
- * contribution of this plan to the slot). Both come from a plan that died
- * with its leader: a contribution the dead leader sent under it (a result
- * counting it would be refused by every member's program, more
- * contributors than the plan's active set), or a survivor's, sent before
- * it moved to the successor's plan (succeed). Before the plan is applied
- * (the slots we own under it), and while a round with a dead member runs
- * (our open slots: a retransmission under the old plan may claim a slot
- * the old contributions had not). Returns how many slots it emptied. */
-function clearForeign(h: Host, st: RoundState, bankBase: number, applied: boolean): number {
+/** Per host: the members the swarm held dead when last looked, and the
+ * round in which one more was first seen dead. */
+const deaths = new WeakMap<Host, { mask: bigint; round: number }>();
+
+function noteDeaths(h: Host, r: number): void {
+  const dead = h.othersMask & ~h.liveMask;
+  const d = deaths.get(h);
+  if (!d) return void (dead && deaths.set(h, { mask: dead, round: r }));
+  if (dead & ~d.mask) d.round = r;
+  d.mask = dead;
+}
+
+/** The plan is here, not yet applied: our slots (under it) that hold a
+ * contribution it refuses are emptied; their live contributors send again
+ * (a probe's answer names them). One from a member outside its active
+ * set, or quantized under another plan's scale (the program would then
+ * refuse every contribution of this plan to the slot). Both come from a
+ * plan that died with its leader, when its successor decides another
+ * (succeed): the dead leader contributed under its own plan, which never
+ * reached us, and a result counting that would be refused by every
+ * member's program (more contributors than the active set), stalling the
+ * round (sim seeds 5007, 5118). Only in such a round, or one a few rounds
+ * after a death: a slot lookup per chunk we own. Returns how many slots it
+ * emptied. */
+function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   const outside = h.othersMask & ~st.active;
-  if (!st.replanned && !(outside & ~h.liveMask)) return 0;
-  if (!Host.has(st.active, h.rank)) return 0;
-  let chunks: Iterable<number> = st.owned;
-  if (!applied) {
-    let idx = 0, K = 0;
-    for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
-    drainEvents(h, st, bankBase); // (completions so far go to st.pending)
-    chunks = ownedChunks(idx, K, st.nchunks);
-  }
+  const d = deaths.get(h);
+  const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
+  if ((!st.replanned && !recent) || !Host.has(st.active, h.rank)) return 0;
+  let idx = 0, K = 0;
+  for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
+  drainEvents(h, st, bankBase); // (completions so far go to st.pending)
   const bad: number[] = [];
-  for (const c of chunks) {
-    if (applied && st.ownedDone[c]) continue;
+  for (const c of ownedChunks(idx, K, st.nchunks)) {
     const s = h.maps.slot(bankBase + c);
     if (s.tag === st.r + 1 && s.contributors > 0 && ((s.seen & outside) !== 0n || s.exp !== st.shared[c])) bad.push(c);
   }
@@ -169,6 +178,24 @@ function clearForeign(h: Host, st: RoundState, bankBase: number, applied: boolea
   for (const c of bad) st.ownedDone[c] = 0;
   st.pending = st.pending.filter((c) => !bad.includes(c));
   return bad.length;
+}
+
+/** AINFTP_TRACE_RECOVERY: what a round that missed its deadline waits on
+ * (our open slots, the results we lack, the program's counters). */
+function stuck(h: Host, st: RoundState, bankBase: number): string {
+  const open = [...st.owned].filter((c) => !st.ownedDone[c]).map((c) => {
+    const s = h.maps.slot(bankBase + c);
+    return `c${c}:tag${s.tag}:seen${s.seen}:exp${s.exp}/${st.shared[c]}`;
+  });
+  const lack: string[] = [];
+  const m = missingResults(h, st, bankBase);
+  for (let i = 0; i < Math.min(m, h.capacity); i++) {
+    const c = h.chunkList[i];
+    const e = h.maps.result(bankBase + c);
+    lack.push(`c${c}(o${ownerOf(st, c)}):tag${e.tag}:k${e.contributors}:exp${e.exp}`);
+  }
+  const counters = Object.entries(h.maps.counters()).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`);
+  return `open slots ${open.join(" ") || "-"}; results lacking ${lack.join(" ") || "-"}; counters ${counters.join(" ")}`;
 }
 
 /** Members that left before finishing round r: the round fails. */
@@ -253,7 +280,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
       trace?.push(`plan@${T()}`);
-      const cleared = clearForeign(h, st, bankBase, false);
+      const cleared = clearForeign(h, st, bankBase);
       if (cleared) trace?.push(`cleared:${cleared}`);
       if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
       applyPlan(h, st);
@@ -274,7 +301,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     const now = h.clock.now();
     if (now >= deadline) {
-      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (deadline) open slots ${[...st.owned].filter((c) => !st.ownedDone[c]).map((c) => { const s = h.maps.slot(bankBase + c); return `c${c}:tag${s.tag}:seen${s.seen}:exp${(s as any).exp}/${st.shared[c]}`; }).join(" ")} missing ${(() => { const m = missingResults(h, st, bankBase); const out: string[] = []; for (let i = 0; i < m; i++) { const c = h.chunkList[i]; const e = h.maps.result(bankBase + c) as any; out.push(`c${c}(o${ownerOf(st, c)}):tag${e.tag}:rank${e.rank}:k${e.contributors}:exp${e.exp}`); } return out.join(" "); })()} own ${[...st.owned].map((c) => { const e = h.maps.result(bankBase + c) as any; const sl = h.maps.slot(bankBase + c) as any; return `c${c}:tag${e.tag}:k${e.contributors}:summed${st.summed[c]}:slot${sl.tag}/${sl.seen}/${sl.contributors}`; }).join(" ")} counters ${JSON.stringify(Object.fromEntries(Object.entries(h.maps.counters() as any).filter(([, v]) => v)))}`);
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (deadline) ${stuck(h, st, bankBase)}`);
       await fail(h, st, bankBase);
     }
     // a member the swarm declared dead: our slots that lack only its
@@ -282,6 +309,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // is given up now, not at the deadline (the next plans leave it out)
     if (now >= nextDeathCheck) {
       nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
+      noteDeaths(h, r);
       if (succeed(h, st)) {
         trace?.push(`succeed@${T()}:${st.leader}`);
         interval = Math.min(retransmitMs, TUNING.CTRL_RETRANSMIT_MS);
@@ -295,11 +323,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
         now - st.lastProgress > TUNING.LEADERLESS_MS) dead.push(st.deadLeader);
       if (dead.length && trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (dead ${dead.join(",")})`);
       if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`, dead);
-      if (st.sent) {
-        const cleared = clearForeign(h, st, bankBase, true);
-        if (cleared) trace?.push(`cleared@${T()}:${cleared}`);
-        closeForDead(h, st, bankBase);
-      }
+      if (st.sent) closeForDead(h, st, bankBase);
     }
     if (now >= nextRetx) {
       st.lookInMap = true;
