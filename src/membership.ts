@@ -7,6 +7,8 @@ import { AinftpError } from "./errors.ts";
 // ---- records and messages --------------------------------------------------
 
 export type MemberState = "alive" | "suspect" | "dead" | "left";
+/** Unanswered pings per member whose acks are still timed. */
+const OUTSTANDING_PINGS = 8;
 /** Wire codes, and SWIM's precedence at equal incarnation (a later state wins). */
 const STATES: readonly MemberState[] = ["alive", "suspect", "dead", "left"];
 
@@ -334,6 +336,10 @@ interface Member {
   retiredBoots: Set<number>;
   rtt: RttEstimator;
   lastPing: { seq: number; sentAt: number; answered: boolean } | null;
+  /** Pings still unanswered, by seq (the last few): an ack is timed against
+   * its own ping, also when newer pings went out meanwhile (a slow member's
+   * acks come after the next probes, relays and refutations). */
+  outstanding: Map<number, number>;
   lag: number;
   slow: boolean;
   badRun: number;
@@ -636,6 +642,8 @@ export class Membership {
 
   private ping(m: Member, seq: number, now: number): void {
     m.lastPing = { seq, sentAt: now, answered: false };
+    m.outstanding.set(seq, now);
+    if (m.outstanding.size > OUTSTANDING_PINGS) m.outstanding.delete(m.outstanding.keys().next().value!);
     this.send(m.addr, "ping", seq, m);
   }
 
@@ -787,14 +795,15 @@ export class Membership {
   // ---- speed ---------------------------------------------------------------
 
   private measure(m: Member, seq: number, now: number): void {
-    const ping = m.lastPing;
-    if (!ping || ping.seq !== seq || ping.answered) return;
-    ping.answered = true;
-    if (ping.sentAt < this.lastStallAt) return; // we stalled meanwhile: the delay is ours, not theirs
-    const rtt = now - ping.sentAt;
+    const sentAt = m.outstanding.get(seq);
+    if (sentAt === undefined) return;
+    m.outstanding.delete(seq);
+    if (m.lastPing?.seq === seq) m.lastPing.answered = true;
+    if (sentAt < this.lastStallAt) return; // we stalled meanwhile: the delay is ours, not theirs
+    const rtt = now - sentAt;
     m.lag = Math.max(0, rtt - m.rtt.expected());
     m.rtt.add(rtt);
-    this.observe(m, m.lag > this.opts.slowLagMs || this.farAboveMedian(m, rtt), now);
+    this.observe(m, m.lag > this.opts.slowLagMs || this.farAboveMedian(m, rtt), now, m.lag > this.opts.slowLagMs);
   }
 
   private farAboveMedian(m: Member, rtt: number): boolean {
@@ -802,11 +811,15 @@ export class Membership {
     return others.length > 0 && rtt > Math.max(this.opts.slowRttFloorMs, this.opts.slowRttFactor * median(others));
   }
 
-  /** Hysteresis: slowAfter bad observations in a row to go slow, fastAfter good ones to come back. */
-  private observe(m: Member, bad: boolean, now: number): void {
+  /** Hysteresis: slowAfter bad observations in a row to go slow (one answer slowLagMs late: at once), fastAfter good ones to come back. */
+  private observe(m: Member, bad: boolean, now: number, severe = false): void {
     m.badRun = bad ? m.badRun + 1 : 0;
     m.goodRun = bad ? 0 : m.goodRun + 1;
-    if (!m.slow && m.badRun >= this.opts.slowAfter) {
+    // an answer slowLagMs past its expected time is slow at once: with
+    // RTT-aware probes a member behind a slow link is no longer (falsely)
+    // declared dead within a second or two, and it must not be waited for
+    // meanwhile either (three such answers take it seconds)
+    if (!m.slow && (m.badRun >= this.opts.slowAfter || severe)) {
       m.slow = true;
       this.emit("slow", m, now);
     } else if (m.slow && m.goodRun >= this.opts.fastAfter) {
@@ -870,7 +883,7 @@ export class Membership {
     return {
       name: r.name, addr: r.addr, boot: r.boot, state: r.state, incarnation: r.incarnation,
       suspicion: null, retiredBoots: new Set(), rtt: new RttEstimator(this.opts.rttWindow),
-      lastPing: null, lag: 0, slow: false, badRun: 0, goodRun: 0,
+      lastPing: null, outstanding: new Map(), lag: 0, slow: false, badRun: 0, goodRun: 0,
     };
   }
 
