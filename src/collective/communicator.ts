@@ -193,12 +193,13 @@ export class Communicator implements Disposable {
     }
     const per = h.capacity * h.chunkElems;
     const reports: RoundReport[] = [];
-    // A round given up (RoundError) does not end the call: its remaining
-    // rounds still run, so that this member's rounds keep carrying the same
-    // pieces as every other member's (starting the next call's first piece
-    // in a round whose other members send this call's second piece, its
-    // exponents would never match; sim seed 5731). The first error is
-    // thrown once they have run.
+    // A round given up for members the swarm declared dead does not end
+    // the call: its remaining rounds still run (without them), so that this
+    // member's rounds keep carrying the same pieces as every other
+    // member's (starting the next call's first piece in a round whose other
+    // members send this call's second piece, its exponents would never
+    // match; sim seed 5731). The first error is thrown once they have run.
+    // Any other failure ends the call at once.
     let failed: RoundError | null = null;
     for (let off = 0; off < x.length; off += per) {
       const end = Math.min(x.length, off + per);
@@ -208,7 +209,7 @@ export class Communicator implements Disposable {
         rep = await runRound(h, x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? h.o.retransmitMs, opts.patient ?? false,
           resid ? resid.subarray(off, end) : null);
       } catch (e) {
-        if (!(e instanceof RoundError)) throw e;
+        if (!(e instanceof RoundError) || !e.missingRanks.length || e.missingRanks.some((k) => Host.has(h.liveMask, k))) throw failed ?? e;
         failed ??= e;
         continue;
       } finally {
