@@ -164,7 +164,8 @@ function laggardAwaited(h: Host, st: RoundState, now: number): boolean {
       h.behind.delete(p);
       continue;
     }
-    if (!st.haveExps[p] && Host.has(h.liveMask, p) && !h.left.has(p)) return true;
+    // (not one the swarm holds slow: its requests come late, from a round it has long left)
+    if (!st.haveExps[p] && Host.has(h.fitMask, p) && Host.has(h.liveMask, p) && !h.left.has(p)) return true;
   }
   return false;
 }
