@@ -803,7 +803,7 @@ export class Membership {
     const rtt = now - sentAt;
     m.lag = Math.max(0, rtt - m.rtt.expected());
     m.rtt.add(rtt);
-    this.observe(m, m.lag > this.opts.slowLagMs || this.farAboveMedian(m, rtt), now, m.lag > this.opts.slowLagMs);
+    this.observe(m, m.lag > this.opts.slowLagMs || this.farAboveMedian(m, rtt), now);
   }
 
   private farAboveMedian(m: Member, rtt: number): boolean {
@@ -811,15 +811,11 @@ export class Membership {
     return others.length > 0 && rtt > Math.max(this.opts.slowRttFloorMs, this.opts.slowRttFactor * median(others));
   }
 
-  /** Hysteresis: slowAfter bad observations in a row to go slow (one answer slowLagMs late: at once), fastAfter good ones to come back. */
-  private observe(m: Member, bad: boolean, now: number, severe = false): void {
+  /** Hysteresis: slowAfter bad observations in a row to go slow, fastAfter good ones to come back. */
+  private observe(m: Member, bad: boolean, now: number): void {
     m.badRun = bad ? m.badRun + 1 : 0;
     m.goodRun = bad ? 0 : m.goodRun + 1;
-    // an answer slowLagMs past its expected time is slow at once: with
-    // RTT-aware probes a member behind a slow link is no longer (falsely)
-    // declared dead within a second or two, and it must not be waited for
-    // meanwhile either (three such answers take it seconds)
-    if (!m.slow && (m.badRun >= this.opts.slowAfter || severe)) {
+    if (!m.slow && m.badRun >= this.opts.slowAfter) {
       m.slow = true;
       this.emit("slow", m, now);
     } else if (m.slow && m.goodRun >= this.opts.fastAfter) {

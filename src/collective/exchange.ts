@@ -63,7 +63,7 @@ export function storeExps(h: Host, st: RoundState | null, rank: number, round: n
     h.behind.delete(rank); // in our round: caught up
     return;
   }
-  if (round < h.nextRound) return; // an old round: nothing needs it any more
+  if (round < h.nextRound) return noteAsked(h, rank, round); // an old round: nothing needs it any more (but its sender is behind)
   // bounded memory: a few rounds ahead, pieces within the job's chunks
   if (!h.guard.keepsRound(round, h.nextRound)) return;
   if (first >= h.capacity) return h.guard.count("bad_chunk");
@@ -144,13 +144,29 @@ export function leaderTurn(h: Host, st: RoundState, now: number): { have: bigint
   return { have, count, ...step };
 }
 
+/** A member is behind when it speaks of a round this many rounds before ours. */
+export const LAG_ROUNDS = 2;
+
+/** A member asked us for results of `round` (CTRL_RESULT_REQ), or sent us
+ * its exponents of it: at least LAG_ROUNDS before the round we are in, it
+ * is behind (a passive member left out round after round, or one that
+ * waited out a dead owner); the leaders then wait for it (leaderTurn)
+ * before it falls past our caches of CACHE_ROUNDS rounds, whose results it
+ * could then never get. A member that is not behind speaks only of its
+ * current round; a straggler behind a slow link speaks late of rounds it
+ * has left, but the swarm holds it slow, and no leader waits for it. */
+export function noteAsked(h: Host, rank: number, round: number): void {
+  if (rank === h.rank || rank >= h.size) return;
+  if (h.nextRound - 1 - round >= LAG_ROUNDS) h.behind.set(rank, { round, at: h.clock.now() });
+}
+
 /** Evidence that a member is behind counts this long (ms). */
 const BEHIND_FRESH_MS = 2000;
 /** A leader waits for a member behind at most this long from the round's start (ms). */
 const BEHIND_WAIT_MS = 1000;
 
 /** Whether the leader holds its plan for a live member that is behind
- * (recovery.ts noteAsked) and whose exponents of this round are not here:
+ * (noteAsked) and whose exponents of this round are not here:
  * it catches up (passive, its rounds take round-trips) instead of falling
  * past the members' caches of results, which it could then never get (the
  * long gradients under loss with --quorum 3; a survivor that waited out a

@@ -7,12 +7,12 @@ import {
 } from "../abi.ts";
 import { decodeStatus, encodeStatus, type Control } from "./control.ts";
 import { lackingIn, waitingFor } from "./diagnose.ts";
-import { answerExpsRequest, storeEarlyPlan, storeExps, storeRelayedPlan, storeShared } from "./exchange.ts";
+import { answerExpsRequest, noteAsked, storeEarlyPlan, storeExps, storeRelayedPlan, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { finish } from "./owner.ts";
-import { noteAsked, resend, statusFromOwner } from "./recovery.ts";
+import { resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 /** A control packet of this job's members (or a peer's HELLO of another

@@ -182,21 +182,6 @@ export function sendAgain(h: Host, st: RoundState, o: number, list: number[]): v
   h.stats.retransmits += list.length;
 }
 
-/** A member is behind when it asks for results this many rounds before ours. */
-export const LAG_ROUNDS = 2;
-
-/** A member asked us for results of `round` (CTRL_RESULT_REQ): at least
- * LAG_ROUNDS before the round we are in, it is behind (a passive member
- * left out round after round, or one that waited out a dead owner); the
- * leaders then wait for it (exchange.ts leaderTurn) before it falls past
- * our caches of CACHE_ROUNDS rounds. A member that is not behind only asks
- * for its current round, and none of this applies to it (a straggler whose
- * link is slow gets every result in time, and asks for none). */
-export function noteAsked(h: Host, rank: number, round: number): void {
-  if (rank === h.rank || rank >= h.size) return;
-  if (h.nextRound - 1 - round >= LAG_ROUNDS) h.behind.set(rank, { round, at: h.clock.now() });
-}
-
 /** A peer lost our result for (round, chunk): send the stored one again. */
 export function resend(h: Host, round: number, chunk: number, rank: number, probe = false): void {
   if (rank >= h.size || rank === h.rank) return;
