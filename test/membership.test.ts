@@ -455,15 +455,17 @@ describe("Membership on a simulated network", () => {
       const { net, health, delayedAt } = delayedD(seed, { jitter: seed % 2 ? 200 : 0, loss: seed % 4 < 2 ? 0.02 : 0 });
       expect({ seed, dead: net.eventsOf("dead").map((e) => `${e.observer}->${e.name}@${e.at}`) }).toEqual({ seed, dead: [] });
       // the others measured D's answers as slow (no leader waits for it),
-      // within 2 s: every late ack is timed against its own ping
+      // within 5 s: every late ack is timed against its own ping
+      const slowAfter: number[] = [];
       for (const o of ["A", "B", "C"]) {
         const slowAt = net.eventsOf("slow", "D", o)[0]?.at ?? Infinity;
-        expect({ seed, o, slow: net.view(o, "D")?.slow, within2s: slowAt - delayedAt < 2000 }).toEqual({ seed, o, slow: true, within2s: true });
+        slowAfter.push(slowAt - delayedAt);
+        expect({ seed, o, slow: net.view(o, "D")?.slow, within5s: slowAt - delayedAt < 5000 }).toEqual({ seed, o, slow: true, within5s: true });
       }
       // D's probes all came back late: its local health rose, and once it
       // did, D suspected no one of its own probes' failures
       expect(health).toBeGreaterThanOrEqual(4);
-      seen.push(`seed ${seed}: D's health up to ${health}, suspicions of D ${net.eventsOf("suspect", "D").length}, by D ${net.eventsOf("suspect", undefined, "D").length}`);
+      seen.push(`seed ${seed}: slow on its peers after ${slowAfter.join("/")} ms, D's health up to ${health}, suspicions of D ${net.eventsOf("suspect", "D").length}, by D ${net.eventsOf("suspect", undefined, "D").length}`);
     }
     console.log(`[membership] delayed D: ${seen.join("; ")}`);
   });
