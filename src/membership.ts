@@ -7,8 +7,6 @@ import { AinftpError } from "./errors.ts";
 // ---- records and messages --------------------------------------------------
 
 export type MemberState = "alive" | "suspect" | "dead" | "left";
-/** Unanswered pings per member whose acks are still timed. */
-const OUTSTANDING_PINGS = 8;
 /** Wire codes, and SWIM's precedence at equal incarnation (a later state wins). */
 const STATES: readonly MemberState[] = ["alive", "suspect", "dead", "left"];
 
@@ -336,10 +334,6 @@ interface Member {
   retiredBoots: Set<number>;
   rtt: RttEstimator;
   lastPing: { seq: number; sentAt: number; answered: boolean } | null;
-  /** Pings still unanswered, by seq (the last few): an ack is timed against
-   * its own ping, also when newer pings went out meanwhile (a slow member's
-   * acks come after the next probes, relays and refutations). */
-  outstanding: Map<number, number>;
   lag: number;
   slow: boolean;
   badRun: number;
@@ -642,8 +636,6 @@ export class Membership {
 
   private ping(m: Member, seq: number, now: number): void {
     m.lastPing = { seq, sentAt: now, answered: false };
-    m.outstanding.set(seq, now);
-    if (m.outstanding.size > OUTSTANDING_PINGS) m.outstanding.delete(m.outstanding.keys().next().value!);
     this.send(m.addr, "ping", seq, m);
   }
 
@@ -795,12 +787,11 @@ export class Membership {
   // ---- speed ---------------------------------------------------------------
 
   private measure(m: Member, seq: number, now: number): void {
-    const sentAt = m.outstanding.get(seq);
-    if (sentAt === undefined) return;
-    m.outstanding.delete(seq);
-    if (m.lastPing?.seq === seq) m.lastPing.answered = true;
-    if (sentAt < this.lastStallAt) return; // we stalled meanwhile: the delay is ours, not theirs
-    const rtt = now - sentAt;
+    const ping = m.lastPing;
+    if (!ping || ping.seq !== seq || ping.answered) return;
+    ping.answered = true;
+    if (ping.sentAt < this.lastStallAt) return; // we stalled meanwhile: the delay is ours, not theirs
+    const rtt = now - ping.sentAt;
     m.lag = Math.max(0, rtt - m.rtt.expected());
     m.rtt.add(rtt);
     this.observe(m, m.lag > this.opts.slowLagMs || this.farAboveMedian(m, rtt), now);
@@ -879,7 +870,7 @@ export class Membership {
     return {
       name: r.name, addr: r.addr, boot: r.boot, state: r.state, incarnation: r.incarnation,
       suspicion: null, retiredBoots: new Set(), rtt: new RttEstimator(this.opts.rttWindow),
-      lastPing: null, outstanding: new Map(), lag: 0, slow: false, badRun: 0, goodRun: 0,
+      lastPing: null, lag: 0, slow: false, badRun: 0, goodRun: 0,
     };
   }
 
