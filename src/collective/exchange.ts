@@ -63,7 +63,10 @@ export function storeExps(h: Host, st: RoundState | null, rank: number, round: n
     h.behind.delete(rank); // in our round: caught up
     return;
   }
-  if (round < h.nextRound) return noteAsked(h, rank, round); // an old round: nothing needs it any more (but its sender is behind)
+  // an old round: nothing needs it any more (and its sender is not known to
+  // be behind: a straggler behind a slow link sends every round's
+  // exponents late, and must not be waited for)
+  if (round < h.nextRound) return;
   // bounded memory: a few rounds ahead, pieces within the job's chunks
   if (!h.guard.keepsRound(round, h.nextRound)) return;
   if (first >= h.capacity) return h.guard.count("bad_chunk");
@@ -147,14 +150,14 @@ export function leaderTurn(h: Host, st: RoundState, now: number): { have: bigint
 /** A member is behind when it speaks of a round this many rounds before ours. */
 export const LAG_ROUNDS = 2;
 
-/** A member asked us for results of `round` (CTRL_RESULT_REQ), or sent us
- * its exponents of it: at least LAG_ROUNDS before the round we are in, it
- * is behind (a passive member left out round after round, or one that
- * waited out a dead owner); the leaders then wait for it (leaderTurn)
- * before it falls past our caches of CACHE_ROUNDS rounds, whose results it
- * could then never get. A member that is not behind speaks only of its
- * current round; a straggler behind a slow link speaks late of rounds it
- * has left, but the swarm holds it slow, and no leader waits for it. */
+/** A member asked us for results of `round` (CTRL_RESULT_REQ): at least
+ * LAG_ROUNDS before the round we are in, it is behind (a passive member
+ * left out round after round, or one that waited out a dead owner); the
+ * leaders then wait for it (leaderTurn) before it falls past our caches of
+ * CACHE_ROUNDS rounds, whose results it could then never get. A member
+ * that is not behind asks only for its current round's results; a
+ * straggler behind a slow link gets every result in time and asks for
+ * none (its exponents come late, which is why they are no evidence). */
 export function noteAsked(h: Host, rank: number, round: number): void {
   if (rank === h.rank || rank >= h.size) return;
   if (h.nextRound - 1 - round >= LAG_ROUNDS) h.behind.set(rank, { round, at: h.clock.now() });
