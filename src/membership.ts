@@ -216,6 +216,8 @@ export interface MembershipOptions {
   suspicionMaxMult: number;
   gossipMult: number;
   maxHealth: number;
+  accuseMaxHealth: number;
+  rttSlack: number;
   tickMs: number;
   lateTickMs: number;
   reconnectMs: number;
@@ -244,6 +246,13 @@ export const MEMBERSHIP_DEFAULTS: MembershipOptions = {
   gossipMult: 3,
   // Lifeguard's cap: a node that doubts itself waits at most 9 times longer.
   maxHealth: 8,
+  // From this local health on a node accuses no one of its own probes' failures (it is the likely culprit):
+  // two probes that no helper even nacked. Gossip from healthy members still reaches it.
+  accuseMaxHealth: 4,
+  // An answer from a member may take this many times its measured RTO (srtt + 4·rttvar) before a probe
+  // gives up on it, a suspicion lasts at least twice that, and a suspect's own late answer restarts its
+  // suspicion: a member behind a slow link (a 600 ms delay) is slow, not dead. 0 turns this off.
+  rttSlack: 1.5,
   // The driver calls tick() this often; 20 ms keeps the 100 ms deadlines within a fifth of themselves.
   tickMs: 20,
   // A tick this late means our own event loop stalled long enough to miss a timely ack.
@@ -347,6 +356,9 @@ interface Relay {
   requesterName: string;
   requesterSeq: number;
   nackAt: number;
+  nacked: boolean;
+  /** A late ack still becomes an indirect-ack until then (a slow target). */
+  expireAt: number;
 }
 
 const isLive = (m: Member) => m.state === "alive" || m.state === "suspect";
@@ -514,11 +526,24 @@ export class Membership {
     if (!target) return;
     const seq = this.nextSeq();
     this.ping(target, seq, now);
+    // a member whose answers take long (measured) gets that long, twice
+    // over for the indirect probes; the next probe waits for this one
+    const wait = this.answerMs(target);
+    this.nextProbeAt = Math.max(this.nextProbeAt, now + 2 * wait);
     this.probe = {
       target: target.name, seq, askedHelpers: false, expectedNacks: 0, nacks: 0,
-      directDeadline: now + this.opts.probeTimeoutMs * this.scale(),
+      directDeadline: now + wait,
       endAt: this.nextProbeAt,
     };
+  }
+
+  /** How long a probe waits for m's answer (ms): the probe timeout (scaled
+   * by our local health), or, for a member measured slow, rttSlack times
+   * its RTO (srtt + 4·rttvar): a member behind a slow link answers late,
+   * it is not dead. */
+  private answerMs(m: Member): number {
+    const base = this.opts.probeTimeoutMs * this.scale();
+    return m.rtt.srtt === null ? base : Math.max(base, this.opts.rttSlack * m.rtt.expected());
   }
 
   /** SWIM's randomized round robin: every live member once per pass, in a fresh order each pass. */
@@ -556,6 +581,11 @@ export class Membership {
     this.probe = null;
     // Lifeguard: helpers that did not even nack suggest our own messages are not getting through.
     this.raiseHealth(p.expectedNacks ? p.expectedNacks - p.nacks : 1);
+    // Lifeguard: a node whose own probes keep failing with no helper even
+    // nacking is the likely culprit (its link is slow or cut): it widens
+    // its timeouts (scale) and accuses no one; the healthy members' word
+    // (gossip) still reaches it
+    if (this.healthScore >= this.opts.accuseMaxHealth) return;
     const m = this.members.get(p.target);
     if (!m || !isLive(m)) return;
     if (m.state === "alive") this.transition(m, "suspect", m.incarnation, now, this.name);
@@ -569,6 +599,9 @@ export class Membership {
       this.relays.delete(msg.seq);
       this.send(relay.requesterAddr, "indirect-ack", relay.requesterSeq, this.members.get(relay.requesterName));
     }
+    // a suspect that answers us itself is not dead: its suspicion starts
+    // over (its refutation, with a higher incarnation, may be on a slow way)
+    if (this.opts.rttSlack > 0 && sender && sender.boot === msg.sender.boot && sender.state === "suspect" && sender.suspicion) sender.suspicion.startedAt = now;
     if (this.probe?.seq === msg.seq && this.probe.target === msg.sender.name) this.probeSucceeded();
   }
 
@@ -577,14 +610,20 @@ export class Membership {
     if (!target || target.state === "left") return; // we cannot help with a member we do not know
     const seq = this.nextSeq();
     // Nack within half our probe timeout so the answer is back inside the requester's indirect window.
-    this.relays.set(seq, { requesterAddr: from, requesterName: msg.sender.name, requesterSeq: msg.seq, nackAt: now + this.opts.probeTimeoutMs / 2 });
+    this.relays.set(seq, {
+      requesterAddr: from, requesterName: msg.sender.name, requesterSeq: msg.seq, nackAt: now + this.opts.probeTimeoutMs / 2, nacked: false,
+      expireAt: now + 2 * this.answerMs(target),
+    });
     this.ping(target, seq, now);
   }
 
   private sendDueNacks(now: number): void {
     for (const [seq, r] of this.relays) {
-      if (now < r.nackAt) continue;
-      this.relays.delete(seq);
+      if (now >= r.expireAt) this.relays.delete(seq);
+      if (r.nacked || now < r.nackAt) continue;
+      // the nack says we are alive and tried; a late ack still becomes an
+      // indirect-ack until the relay expires
+      r.nacked = true;
       this.send(r.requesterAddr, "nack", r.requesterSeq, this.members.get(r.requesterName));
     }
   }
@@ -615,7 +654,7 @@ export class Membership {
       this.probe.directDeadline += late;
       this.probe.endAt += late;
     }
-    for (const r of this.relays.values()) r.nackAt += late;
+    for (const r of this.relays.values()) (r.nackAt += late), (r.expireAt += late);
     for (const m of this.members.values()) if (m.suspicion) m.suspicion.startedAt += late;
   }
 
@@ -690,7 +729,7 @@ export class Membership {
   private adoptBoot(m: Member, r: MemberRecord, now: number): void {
     m.retiredBoots.add(m.boot);
     Object.assign(m, this.newMember(r), { retiredBoots: m.retiredBoots });
-    if (r.state === "suspect") m.suspicion = this.newSuspicion(r.by ?? "", now);
+    if (r.state === "suspect") m.suspicion = this.newSuspicion(r.by ?? "", now, m);
     this.enqueue(this.recordOf(m));
     this.emit(r.state === "alive" ? "join" : r.state, m, now);
   }
@@ -706,7 +745,7 @@ export class Membership {
     const was = m.state;
     m.state = state;
     m.incarnation = incarnation;
-    m.suspicion = state === "suspect" ? this.newSuspicion(accuser, now) : null;
+    m.suspicion = state === "suspect" ? this.newSuspicion(accuser, now, m) : null;
     this.enqueue(this.recordOf(m, accuser));
     if (state !== was) this.emit(state, m, now);
   }
@@ -717,9 +756,11 @@ export class Membership {
     return 1 + [...this.members.values()].filter(isLive).length;
   }
 
-  private newSuspicion(accuser: string, now: number): Suspicion {
+  private newSuspicion(accuser: string, now: number, m: Member): Suspicion {
     const n = this.liveCount();
-    const minMs = this.opts.suspicionMult * Math.max(1, Math.log10(n)) * this.opts.protocolPeriodMs * this.scale();
+    // at least twice the suspect's own answer time: a member behind a slow
+    // link needs about that long to hear of it and refute
+    const minMs = Math.max(this.opts.suspicionMult * Math.max(1, Math.log10(n)) * this.opts.protocolPeriodMs * this.scale(), 2 * this.answerMs(m));
     return {
       startedAt: now,
       accusers: new Set([accuser]),

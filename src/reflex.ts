@@ -15,6 +15,9 @@ import { AinftpError, check, privilegeHint } from "./errors.ts";
 import { datagram, frame } from "./packet.ts";
 import { ipv4ToBe32 } from "./transport.ts";
 
+/** bpf_map_update_elem: take the value's spin lock while writing (linux/bpf.h). */
+const BPF_F_LOCK = 4n;
+
 const XDP_DROP = 1;
 
 /** Map names in the object, and the names they are pinned under. */
@@ -186,6 +189,19 @@ export abstract class ReflexMaps implements Disposable {
     const b = new Uint8Array(SIZEOF.ainftp_slot);
     check(libbpf.bpf_map_lookup_elem(this.mapFd("slots"), new Uint32Array([index]), b), "slot", `lookup ${index} failed`);
     return decodeSlot(b);
+  }
+
+  /** Empties slots (bank * chunks + chunk), under each slot's lock
+   * (BPF_F_LOCK): the next contribution claims it afresh. For a slot that
+   * holds a contribution the round's plan refuses (a member that died
+   * after contributing under a plan the others never got). */
+  clearSlots(indices: ArrayLike<number>): void {
+    const zero = new Uint8Array(SIZEOF.ainftp_slot);
+    const key = new Uint32Array(1);
+    for (let i = 0; i < indices.length; i++) {
+      key[0] = indices[i];
+      check(libbpf.bpf_map_update_elem(this.mapFd("slots"), key, zero, BPF_F_LOCK), "slot", `clearing slot ${indices[i]} failed`);
+    }
   }
 
   /** Sets the IPv4 address (network-order u32) each rank's packets must come from. */

@@ -16,7 +16,7 @@ import { UdpEndpoint } from "../transport.ts";
 import { XskSocket } from "../xsk.ts";
 import { handshake } from "./handshake.ts";
 import { Host } from "./host.ts";
-import { resolveOptions, TUNING, type CollectiveStats, type CommunicatorOptions, type RoundReport } from "./options.ts";
+import { resolveOptions, RoundError, TUNING, type CollectiveStats, type CommunicatorOptions, type RoundReport } from "./options.ts";
 import { realClock, READY_RING, READY_SOCK, SocketDatagrams, type Clock, type Datagrams, type ReflexPort } from "./ports.ts";
 import { ErrorFeedback } from "./feedback.ts";
 import { drainControl, drainEvents } from "./receiver.ts";
@@ -198,6 +198,14 @@ export class Communicator implements Disposable {
     }
     const per = h.capacity * h.chunkElems;
     const reports: RoundReport[] = [];
+    // A round given up for members the swarm declared dead does not end
+    // the call: its remaining rounds still run (without them), so that this
+    // member's rounds keep carrying the same pieces as every other
+    // member's (starting the next call's first piece in a round whose other
+    // members send this call's second piece, its exponents would never
+    // match; sim seed 5731). The first error is thrown once they have run.
+    // Any other failure ends the call at once.
+    let failed: RoundError | null = null;
     for (let off = 0; off < x.length; off += per) {
       const end = Math.min(x.length, off + per);
       h.inRound = true;
@@ -205,6 +213,10 @@ export class Communicator implements Disposable {
       try {
         rep = await runRound(h, x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? h.o.retransmitMs, opts.patient ?? false,
           resid ? resid.subarray(off, end) : null);
+      } catch (e) {
+        if (!(e instanceof RoundError) || !e.missingRanks.length || e.missingRanks.some((k) => Host.has(h.liveMask, k))) throw failed ?? e;
+        failed ??= e;
+        continue;
       } finally {
         h.inRound = false;
       }
@@ -212,6 +224,7 @@ export class Communicator implements Disposable {
       reports.push(rep);
       if (opts.op === "mean") this.divide(rep, out, off, end);
     }
+    if (failed) throw failed;
     return reports;
   }
 

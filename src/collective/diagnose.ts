@@ -90,7 +90,12 @@ async function askStatus(h: Host, st: RoundState): Promise<void> {
  * blocked by a dead one is not blamed for it. */
 export async function fail(h: Host, st: RoundState, bankBase: number, cause?: string, dead?: number[]): Promise<never> {
   const on = waitsOn(h, st, bankBase);
-  await askStatus(h, st);
+  // given up for members the swarm declared dead: at once. Asking the
+  // others first (STATUS_WAIT_MS) put this member that much behind the
+  // survivors that gave the round up without waiting, and past their
+  // caches of plans and results (sim seed 5180)
+  if (dead) h.statusAnswers.clear();
+  else await askStatus(h, st);
   const alive = new Set(h.statusAnswers.keys());
   const lacks = (p: number, q: number) => Host.has(h.statusAnswers.get(p) ?? 0n, q);
   // the dead: silent members; failing that, whom the members we wait for wait on
@@ -102,7 +107,8 @@ export async function fail(h: Host, st: RoundState, bankBase: number, cause?: st
   const parts: string[] = [];
   for (const [p, what] of on) {
     const swarm = h.describeMember?.(p);
-    if (!alive.has(p)) parts.push(`${describeRanks([p], h.peers)} does not answer (we lack ${what})${swarm ? `; ${swarm}` : ""}`);
+    if (dead && !dead.includes(p)) parts.push(`${describeRanks([p], h.peers)} not asked (we lack ${what})`);
+    else if (!alive.has(p)) parts.push(`${describeRanks([p], h.peers)} does not answer (we lack ${what})${swarm ? `; ${swarm}` : ""}`);
     else {
       const its = h.others.filter((q) => q !== p && lacks(p, q));
       parts.push(`${describeRanks([p], h.peers)} is alive but ${its.length ? `waits for ${describeRanks(its, h.peers)}` : "waits for no one"} (we lack ${what})`);
@@ -124,7 +130,7 @@ export async function fail(h: Host, st: RoundState, bankBase: number, cause?: st
  * failed (a member whose sends are delayed sees everyone stop answering)
  * than most of the job at once. Such a member acts on no death early; its
  * round waits out the round timeout, as before the swarm could tell. */
-function isolated(h: Host, dead: bigint): boolean {
+export function isolated(h: Host, dead: bigint): boolean {
   let n = 0;
   for (const p of h.others) if (Host.has(dead, p)) n++;
   return 2 * n > h.others.length;

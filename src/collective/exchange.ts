@@ -60,9 +60,13 @@ export function storeExps(h: Host, st: RoundState | null, rank: number, round: n
     st.exps.set(ex, rank * st.nchunks + first);
     st.pieces[rank].add(first);
     if (st.pieces[rank].size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) (st.haveExps[rank] = true), (st.expsAt[rank] = h.clock.now());
+    h.behind.delete(rank); // in our round: caught up
     return;
   }
-  if (round < h.nextRound) return; // an old round: nothing needs it any more
+  // an old round: nothing needs it any more (and its sender is not known to
+  // be behind: a straggler behind a slow link sends every round's
+  // exponents late, and must not be waited for)
+  if (round < h.nextRound) return;
   // bounded memory: a few rounds ahead, pieces within the job's chunks
   if (!h.guard.keepsRound(round, h.nextRound)) return;
   if (first >= h.capacity) return h.guard.count("bad_chunk");
@@ -80,14 +84,14 @@ export function storeEarlyPlan(h: Host, rank: number, round: number, first: numb
 
 /** Stores one piece of the leader's plan (active mask, next leader, and
  * a share of the maximum exponents); every piece must name the same plan. */
-export function storeShared(h: Host, st: RoundState, first: number, payload: Uint8Array): void {
+export function storeShared(h: Host, st: RoundState, first: number, payload: Uint8Array, leader = st.leader): void {
   const head = planHeadBytes(h.size);
   if (st.haveShared || payload.length < head) return;
   const { active, next } = decodePlanHead(payload);
   const ex = payload.subarray(head);
   if (first % CTRL_PAYLOAD !== 0 || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
   const all = (1n << BigInt(h.size)) - 1n;
-  if (next >= h.size || (active & ~all) !== 0n || !Host.has(active, st.leader)) return;
+  if (next >= h.size || (active & ~all) !== 0n || !Host.has(active, leader)) return;
   if (st.sharedPieces.size && (active !== st.active || next !== st.next)) return;
   st.active = active;
   st.next = next;
@@ -95,6 +99,21 @@ export function storeShared(h: Host, st: RoundState, first: number, payload: Uin
   st.shared.set(new Int8Array(ex.buffer, ex.byteOffset, ex.length), first);
   st.sharedPieces.add(first);
   if (st.sharedPieces.size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) st.haveShared = true;
+}
+
+/** A plan piece from a member that is not our leader: taken only by the
+ * successor of a leader that died before its plan reached the successor
+ * (round.ts succeed), from a member that holds the dead leader's plan
+ * (answerExpsRequest relays it). The successor then announces that plan
+ * instead of deciding another: the survivors that hold it, and those
+ * whose results are out under it, and those that had none, all end the
+ * round under one plan, and take the same next leader from it. A relayed
+ * plan must name the dead leader among its active members, as the plan a
+ * leader decides always names itself. */
+export function storeRelayedPlan(h: Host, st: RoundState | null, first: number, payload: Uint8Array): void {
+  if (!st || st.deadLeader < 0 || st.leader !== h.rank || st.haveShared || st.sent) return;
+  storeShared(h, st, first, payload, st.deadLeader);
+  if (st.haveShared) st.relayed = true;
 }
 
 /** At a round's start: the leader's plan pieces and the members' exponents
@@ -115,12 +134,59 @@ export function adoptEarly(h: Host, st: RoundState): void {
 /** The leader's view of the round now: whose exponents are here, and
  * whether a majority just arrived and the plan can be decided (plan.ts). */
 export function leaderTurn(h: Host, st: RoundState, now: number): { have: bigint; count: number; majorityNow: boolean; decide: boolean } {
+  // a member the swarm declared dead is left out even when its exponents
+  // came (it sent them, or answered our request, before it died): as an
+  // owner it would leave the round without results
+  for (let k = 0; k < h.size; k++) if (st.haveExps[k] && k !== h.rank && !Host.has(h.liveMask, k)) st.haveExps[k] = false;
   const { have, count } = haveMask(st.haveExps);
   const step = leaderStep({
     have, count, size: h.size, othersMask: h.othersMask, fitMask: h.fitMask, liveMask: h.liveMask, downRanked: downRankedMask(h.lateness),
     patient: st.patient, quorum: h.o.quorum, majorityAt: st.majorityAt, grace: st.grace, now,
   });
+  if (step.decide && laggardAwaited(h, st, now)) step.decide = false;
   return { have, count, ...step };
+}
+
+/** A member is behind when it speaks of a round this many rounds before ours. */
+export const LAG_ROUNDS = 2;
+
+/** A member asked us for results of `round` (CTRL_RESULT_REQ): at least
+ * LAG_ROUNDS before the round we are in, it is behind (a passive member
+ * left out round after round, or one that waited out a dead owner); the
+ * leaders then wait for it (leaderTurn) before it falls past our caches of
+ * CACHE_ROUNDS rounds, whose results it could then never get. A member
+ * that is not behind asks only for its current round's results; a
+ * straggler behind a slow link gets every result in time and asks for
+ * none (its exponents come late, which is why they are no evidence). */
+export function noteAsked(h: Host, rank: number, round: number): void {
+  if (rank === h.rank || rank >= h.size) return;
+  if (h.nextRound - 1 - round >= LAG_ROUNDS) h.behind.set(rank, { round, at: h.clock.now() });
+}
+
+/** Evidence that a member is behind counts this long (ms). */
+const BEHIND_FRESH_MS = 2000;
+/** A leader waits for a member behind at most this long from the round's start (ms). */
+const BEHIND_WAIT_MS = 1000;
+
+/** Whether the leader holds its plan for a live member that is behind
+ * (noteAsked) and whose exponents of this round are not here:
+ * it catches up (passive, its rounds take round-trips) instead of falling
+ * past the members' caches of results, which it could then never get (the
+ * long gradients under loss with --quorum 3; a survivor that waited out a
+ * dead owner's result while the others went on, sim seed 6545). Bounded:
+ * BEHIND_WAIT_MS from the round's start, and never past half the round
+ * timeout. */
+function laggardAwaited(h: Host, st: RoundState, now: number): boolean {
+  if (h.behind.size === 0 || now - st.t0 >= Math.min(BEHIND_WAIT_MS, h.o.roundTimeoutMs / 2)) return false;
+  for (const [p, b] of h.behind) {
+    if (now - b.at > BEHIND_FRESH_MS) {
+      h.behind.delete(p);
+      continue;
+    }
+    // (not one the swarm holds slow: its requests come late, from a round it has long left)
+    if (!st.haveExps[p] && Host.has(h.fitMask, p) && Host.has(h.liveMask, p) && !h.left.has(p)) return true;
+  }
+  return false;
 }
 
 /** Asks the live members whose exponents are missing, at once: a lost
@@ -155,7 +221,9 @@ export function announcePlan(h: Host, st: RoundState, count: number): void {
 }
 
 /** Answers a CTRL_EXPS_REQ: the leader with its plan (or a cached one for a
- * round we left), a member asked by a leader still collecting with its exponents. */
+ * round we left), a member asked by a leader still collecting with its
+ * exponents, a member asked by another (a dead leader's successor) with
+ * the plan it follows (the cache holds every plan we followed). */
 export function answerExpsRequest(h: Host, st: RoundState | null, from: number, round: number): void {
   if (!st || round !== st.r) {
     const plan = h.planCache.get(round);
@@ -163,5 +231,8 @@ export function answerExpsRequest(h: Host, st: RoundState | null, from: number, 
     return;
   }
   if (st.leader === h.rank && st.haveShared) sendPlan(h, from, st);
+  // a successor of our dead leader asks: it gets the plan we hold
+  // (storeRelayedPlan), not our exponents for a plan of its own
+  else if (st.haveShared && from !== st.leader) sendPlan(h, from, st);
   else if (st.haveExps[h.rank]) sendExps(h, from, st.r, myExps(h, st));
 }

@@ -86,6 +86,10 @@ export class Host {
   /** Exponents, and plans (EXPS_MAX pieces), that arrived for rounds we have not started. */
   readonly earlyExps: EarlyPieces<Int8Array> = new Map();
   readonly earlyPlans: EarlyPieces<Uint8Array> = new Map();
+  /** Per member: the round it last asked us for results of, while we were
+   * at least LAG_ROUNDS past it, and when: a member behind (exchange.ts
+   * leaderTurn waits for it). */
+  readonly behind = new Map<number, { round: number; at: number }>();
   /** Partial rounds' plans we led, for passive members that fall behind
    * and ask after we moved on (the last CACHE_ROUNDS). */
   readonly planCache = new Map<number, Plan>();

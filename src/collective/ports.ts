@@ -76,6 +76,8 @@ export interface ReflexPort {
   setJobKey(key: Uint8Array | null): void;
   closeSlots(round: number, chunks: ArrayLike<number>, o: CloseOptions): number;
   slot(index: number): SlotState;
+  /** Empties slots (under their locks): the next contribution claims each afresh. */
+  clearSlots(indices: ArrayLike<number>): void;
   result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array };
   /** Contributor counts of consecutive result entries, read in place. */
   contributorsInto(first: number, out: Uint16Array): Uint16Array;

@@ -7,7 +7,7 @@ import {
 } from "../abi.ts";
 import { decodeStatus, encodeStatus, type Control } from "./control.ts";
 import { lackingIn, waitingFor } from "./diagnose.ts";
-import { answerExpsRequest, storeEarlyPlan, storeExps, storeShared } from "./exchange.ts";
+import { answerExpsRequest, noteAsked, storeEarlyPlan, storeExps, storeRelayedPlan, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
@@ -64,6 +64,7 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
     case CTRL_EXPS_MAX:
       if (st && c.round === st.r) {
         if (c.rank === st.leader) storeShared(h, st, c.chunk, c.payload);
+        else storeRelayedPlan(h, st, c.chunk, c.payload);
       } else storeEarlyPlan(h, c.rank, c.round, c.chunk, c.payload);
       return;
     case CTRL_RESULT_REQ:
@@ -71,6 +72,7 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       // (indices past the job's chunks are counted, never used)
       {
         const chunks = [...h.guard.chunkList(c.payload, h.cfg.chunks)];
+        noteAsked(h, c.rank, c.round);
         // a result we sent a moment ago is on its way (we were descheduled
         // while the asker's probe timer ran): not sent twice; one truly
         // lost is asked for again

@@ -38,6 +38,14 @@ export interface RoundState extends Plan {
   /** The rank that collects the members' exponents, decides the plan and
    * sends back the maximum with it. */
   leader: number;
+  /** The round's leader died before its plan reached us and the round went
+   * on under its successor (round.ts succeed): the dead leader, else -1.
+   * Slots may hold what its plan left. */
+  deadLeader: number;
+  replanned: boolean;
+  /** Successor: the dead leader's plan, relayed by a member that holds it
+   * (exchange.ts storeRelayedPlan), is this round's plan; to be announced. */
+  relayed: boolean;
   /** Leader: sent the plan; others: received it (pieces in sharedPieces). */
   haveShared: boolean;
   sharedPieces: Set<number>;
@@ -142,7 +150,7 @@ export function newRoundState(a: NewRound): RoundState {
   return {
     r, t0, expsDoneAt: t0, n: x.length, nchunks, counts,
     exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false), expsAt: new Float64Array(N),
-    leader: a.leader, haveShared: false, sharedPieces: new Set(),
+    leader: a.leader, deadLeader: -1, replanned: false, relayed: false, haveShared: false, sharedPieces: new Set(),
     pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
     active: 0n, next: 0, scores: new Uint8Array(N), ownerIdx: new Int32Array(N).fill(-1), K: 0, owners: [], passive: false,
     grace, patient, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * a.maxRetransmitMs),

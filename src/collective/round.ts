@@ -2,15 +2,16 @@
 // round's state, our exponents out), the loop (plan, send, finish, recover,
 // wait), and the end (gather the results, the bookkeeping).
 import { coll } from "../../native/collective.ts";
+import { CTRL_EXPS_REQ } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFrom } from "../quantize.ts";
 import { HDR } from "./control.ts";
-import { closeForDead, deadWeWaitFor, expsAwaited, fail } from "./diagnose.ts";
+import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
-import type { Host } from "./host.ts";
+import { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.ts";
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
-import { graceMs, liveFrom } from "./plan.ts";
+import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
 import { countXskDrops, drainControl, drainEvents, drainXsk } from "./receiver.ts";
 import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
@@ -46,6 +47,8 @@ export async function runRound(
     rhtFrom(x, xq, h.chunkElems, seed); // no copy of x first
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient);
+  noteDeaths(h, r);
+  if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
     // what we never pack (a round we sit out) is all error; packing overwrites the rest
     if (h.bits !== 16) resid.set(xq), (st.resid = resid);
@@ -100,6 +103,99 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   if (st.leader !== h.rank) sendExps(h, st.leader, r, mine);
   adoptEarly(h, st);
   return st;
+}
+
+/** The round's leader died (the swarm says so) before its plan reached
+ * us: the round goes on under its successor, the first live member after
+ * it, instead of being given up. A survivor that starts the round after
+ * the verdict takes the same successor (liveFrom skips the dead), so
+ * survivors that learn of the death at different moments of the round
+ * stay in one round under one leader (sim seed 5061). The successor asks
+ * the others (its control timer, CTRL_EXPS_REQ): a member that holds the
+ * dead leader's plan answers with it, and the successor announces that
+ * plan (storeRelayedPlan: then every survivor ends the round under the
+ * one plan some already act on, and takes its next leader); when none
+ * does, the successor decides a plan of its own without the dead leader.
+ * We ask the successor too: it stores our exponents, and sends its plan
+ * back if it has one. A member that holds the dead leader's plan keeps it.
+ * Returns whether the leader changed. */
+function succeed(h: Host, st: RoundState): boolean {
+  if (st.leader === h.rank || st.haveShared || st.sent) return false;
+  const dead = h.othersMask & ~h.liveMask;
+  if (!Host.has(dead, st.leader) || isolated(h, dead)) return false;
+  const next = liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
+  if (next === st.leader) return false;
+  if (st.deadLeader < 0) st.deadLeader = st.leader;
+  st.leader = next;
+  st.replanned = true;
+  // pieces of the dead leader's plan from it are worth nothing now
+  st.sharedPieces.clear();
+  st.active = 0n;
+  st.majorityAt = Infinity;
+  if (next !== h.rank) sendExps(h, next, st.r, myExps(h, st), CTRL_EXPS_REQ);
+  return true;
+}
+
+/** Per host: the members the swarm held dead when last looked, and the
+ * round in which one more was first seen dead. */
+const deaths = new WeakMap<Host, { mask: bigint; round: number }>();
+
+function noteDeaths(h: Host, r: number): void {
+  const dead = h.othersMask & ~h.liveMask;
+  const d = deaths.get(h);
+  if (!d) return void (dead && deaths.set(h, { mask: dead, round: r }));
+  if (dead & ~d.mask) d.round = r;
+  d.mask = dead;
+}
+
+/** The plan is here, not yet applied: our slots (under it) that hold a
+ * contribution it refuses are emptied; their live contributors send again
+ * (a probe's answer names them). One from a member outside its active
+ * set, or quantized under another plan's scale (the program would then
+ * refuse every contribution of this plan to the slot). Both come from a
+ * plan that died with its leader, when its successor decides another
+ * (succeed): the dead leader contributed under its own plan, which never
+ * reached us, and a result counting that would be refused by every
+ * member's program (more contributors than the active set), stalling the
+ * round (sim seeds 5007, 5118). Only in such a round, or one a few rounds
+ * after a death: a slot lookup per chunk we own. Returns how many slots it
+ * emptied. */
+function clearForeign(h: Host, st: RoundState, bankBase: number): number {
+  const outside = h.othersMask & ~st.active;
+  const d = deaths.get(h);
+  const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
+  if ((!st.replanned && !recent) || !Host.has(st.active, h.rank)) return 0;
+  let idx = 0, K = 0;
+  for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
+  drainEvents(h, st, bankBase); // (completions so far go to st.pending)
+  const bad: number[] = [];
+  for (const c of ownedChunks(idx, K, st.nchunks)) {
+    const s = h.maps.slot(bankBase + c);
+    if (s.tag === st.r + 1 && s.contributors > 0 && ((s.seen & outside) !== 0n || s.exp !== st.shared[c])) bad.push(c);
+  }
+  if (!bad.length) return 0;
+  h.maps.clearSlots(bad.map((c) => bankBase + c));
+  for (const c of bad) st.ownedDone[c] = 0;
+  st.pending = st.pending.filter((c) => !bad.includes(c));
+  return bad.length;
+}
+
+/** AINFTP_TRACE_RECOVERY: what a round that missed its deadline waits on
+ * (our open slots, the results we lack, the program's counters). */
+function stuck(h: Host, st: RoundState, bankBase: number): string {
+  const open = [...st.owned].filter((c) => !st.ownedDone[c]).map((c) => {
+    const s = h.maps.slot(bankBase + c);
+    return `c${c}:tag${s.tag}:seen${s.seen}:exp${s.exp}/${st.shared[c]}`;
+  });
+  const lack: string[] = [];
+  const m = missingResults(h, st, bankBase);
+  for (let i = 0; i < Math.min(m, h.capacity); i++) {
+    const c = h.chunkList[i];
+    const e = h.maps.result(bankBase + c);
+    lack.push(`c${c}(o${ownerOf(st, c)}):tag${e.tag}:k${e.contributors}:exp${e.exp}`);
+  }
+  const counters = Object.entries(h.maps.counters()).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`);
+  return `open slots ${open.join(" ") || "-"}; results lacking ${lack.join(" ") || "-"}; counters ${counters.join(" ")}`;
 }
 
 /** Members that left before finishing round r: the round fails. */
@@ -200,10 +296,16 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
       trace?.push(`plan@${T()}`);
+      const cleared = clearForeign(h, st, bankBase);
+      if (cleared) trace?.push(`cleared:${cleared}`);
+      if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
       applyPlan(h, st);
       // forgeries stored before we knew the plan, our own chunks' included:
       // out now, counted, so the owners' results are stored when they come
       if (!h.xsk) dropForeign(h, st, bankBase, NO_RANK);
+      // every plan we follow is kept a few rounds: a dead leader's
+      // successor may ask us for it (exchange.ts answerExpsRequest)
+      if (!h.planCache.has(st.r)) h.keep(h.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
       // the data timer starts now: peers that were still busy before the
@@ -217,13 +319,28 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       break;
     }
     const now = h.clock.now();
-    if (now >= deadline) await fail(h, st, bankBase);
+    if (now >= deadline) {
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (deadline) ${stuck(h, st, bankBase)}`);
+      await fail(h, st, bankBase);
+    }
     // a member the swarm declared dead: our slots that lack only its
     // contributions close now; a round that needs its plan or its results
     // is given up now, not at the deadline (the next plans leave it out)
     if (now >= nextDeathCheck) {
       nextDeathCheck = now + TUNING.DEATH_CHECK_MS;
+      noteDeaths(h, r);
+      if (succeed(h, st)) {
+        trace?.push(`succeed@${T()}:${st.leader}`);
+        interval = Math.min(retransmitMs, TUNING.CTRL_RETRANSMIT_MS);
+        nextRetx = h.clock.now() + interval;
+      }
       const dead = deadWeWaitFor(h, st, bankBase);
+      // the dead leader's plan, relayed by its successor (succeed): as with
+      // a plan from a leader that died, the members it left without the
+      // plan gave the round up; nothing moving for LEADERLESS_MS, so do we
+      if (!dead.length && st.sent && st.deadLeader >= 0 && Host.has(st.active, st.deadLeader) && !Host.has(h.liveMask, st.deadLeader) &&
+        now - st.lastProgress > TUNING.LEADERLESS_MS) dead.push(st.deadLeader);
+      if (dead.length && trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (dead ${dead.join(",")})`);
       if (dead.length) await fail(h, st, bankBase, `${describeRanks(dead, h.peers)} declared dead by the swarm while this round waited on ${dead.length > 1 ? "them" : "it"}`, dead);
       if (st.sent) closeForDead(h, st, bankBase);
     }
