@@ -109,6 +109,7 @@ export async function handshake(h: Host): Promise<void> {
   const bases = new Map<number, number>([[h.rank, h.helloBase]]);
   const deadline = h.clock.now() + h.o.openTimeoutMs;
   let nextSend = 0;
+  let tick = 0;
   // After spotting a different job we still greet everyone for a moment,
   // so members that start a little later learn it too instead of timing out.
   let failure: AinftpError | null = null;
@@ -133,11 +134,16 @@ export async function handshake(h: Host): Promise<void> {
         "start ainftp on every member with the same --peers and --job; check the addresses and that the interface is attached");
     }
     if (now >= nextSend) {
-      // a full-size HELLO asking for a reply, and, to a peer whose full-size
-      // HELLO has not reached us, a small one asking for a full-size answer
+      // a HELLO asking for a reply, in turn full-size and small asking for a
+      // full-size answer (a path that drops large frames still carries the
+      // small ones, so the handshake completes and the check below names
+      // it); to a peer that answered but whose full-size HELLO has not
+      // reached us, a small one asking for a full-size answer. A clean
+      // start sends as many HELLOs as before, some of them larger.
+      tick++;
       for (const r of h.others) {
-        if (failure || !bases.has(r)) sendHello(h, r, true, { full: true });
-        if (!full.has(r)) sendHello(h, r, false, { needFull: true });
+        if (failure || !bases.has(r)) sendHello(h, r, true, tick % 2 ? { full: true } : { needFull: true });
+        else if (!full.has(r)) sendHello(h, r, false, { needFull: true });
       }
       nextSend = now + TUNING.GREET_MS;
     }
