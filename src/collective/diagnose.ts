@@ -122,6 +122,11 @@ export async function fail(h: Host, st: RoundState, bankBase: number, cause?: st
   // survivors that completed this round take it too; a dead choice is
   // skipped by everyone alike), else the first live member after this leader
   h.leaderNext = st.sent ? st.next : liveFrom((st.leader + 1) % h.size, h.rank, h.size, h.liveMask);
+  if (st.sizeMismatch.size && !dead) {
+    const odd = [...st.sizeMismatch].sort((a, b) => a - b);
+    throw new RoundError(`round ${st.r}`, `${describeRanks(odd, h.peers)} reduce${odd.length > 1 ? "" : "s"} an array of another length in this round: ${odd.length > 1 ? "their" : "its"} exponents name another number of chunks than our ${st.nchunks} (${st.x.length} values, ${h.chunkElems} per chunk)`, odd,
+      "every member must call allreduce with arrays of the same length, in the same order (a rank that skipped or added a call is out of step)");
+  }
   throw new RoundError(`round ${st.r}`, `${cause ?? `not complete after ${h.o.roundTimeoutMs} ms`}: missing ${describeRanks(ranks, h.peers)}; ${parts.join("; ")}`, ranks,
     "check that those members are running and attached; a member that died must be restarted with the whole job");
 }

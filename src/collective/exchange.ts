@@ -55,8 +55,9 @@ export function storeExps(h: Host, st: RoundState | null, rank: number, round: n
   const ex = new Int8Array(payload.buffer, payload.byteOffset, payload.length);
   if (first % CTRL_PAYLOAD !== 0) return;
   if (st && round === st.r) {
-    if (first + ex.length > st.nchunks || st.haveExps[rank]) return;
-    if (ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
+    if (st.haveExps[rank]) return;
+    // a piece that fits no piece of ours: its sender reduces another length
+    if (first + ex.length > st.nchunks || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return void st.sizeMismatch.add(rank);
     st.exps.set(ex, rank * st.nchunks + first);
     st.pieces[rank].add(first);
     if (st.pieces[rank].size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) (st.haveExps[rank] = true), (st.expsAt[rank] = h.clock.now());
@@ -89,7 +90,8 @@ export function storeShared(h: Host, st: RoundState, first: number, payload: Uin
   if (st.haveShared || payload.length < head) return;
   const { active, next } = decodePlanHead(payload);
   const ex = payload.subarray(head);
-  if (first % CTRL_PAYLOAD !== 0 || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return;
+  if (first % CTRL_PAYLOAD !== 0) return;
+  if (first + ex.length > st.nchunks || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return void st.sizeMismatch.add(leader);
   const all = (1n << BigInt(h.size)) - 1n;
   if (next >= h.size || (active & ~all) !== 0n || !Host.has(active, leader)) return;
   if (st.sharedPieces.size && (active !== st.active || next !== st.next)) return;

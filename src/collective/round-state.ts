@@ -34,6 +34,9 @@ export interface RoundState extends Plan {
   expsAt: Float64Array;
   /** Per rank: offsets of the exponent pieces received. */
   pieces: Set<number>[];
+  /** Members whose exponents or plan name another chunk count than this
+   * round's: they reduce an array of another length (diagnose.ts says so). */
+  sizeMismatch: Set<number>;
   haveExps: boolean[];
   /** The rank that collects the members' exponents, decides the plan and
    * sends back the maximum with it. */
@@ -151,7 +154,7 @@ export function newRoundState(a: NewRound): RoundState {
     r, t0, expsDoneAt: t0, n: x.length, nchunks, counts,
     exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false), expsAt: new Float64Array(N),
     leader: a.leader, deadLeader: -1, replanned: false, relayed: false, haveShared: false, sharedPieces: new Set(),
-    pieces: Array.from({ length: N }, () => new Set<number>()), shared: new Int8Array(nchunks),
+    pieces: Array.from({ length: N }, () => new Set<number>()), sizeMismatch: new Set<number>(), shared: new Int8Array(nchunks),
     active: 0n, next: 0, scores: new Uint8Array(N), ownerIdx: new Int32Array(N).fill(-1), K: 0, owners: [], passive: false,
     grace, patient, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * a.maxRetransmitMs),
     closedAtDeadline: false,

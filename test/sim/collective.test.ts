@@ -337,3 +337,39 @@ describe.skipIf(!root)("collective in the simulator (real XDP program, virtual c
     }
   }, 120_000);
 });
+
+describe.skipIf(!root)("a member out of step (simulator)", () => {
+  // A trainer that calls allreduce with another length than the others (a
+  // skipped or extra call): its exponents name another chunk count. The
+  // round cannot complete; every member must say why, naming that member
+  // and the lengths, not blame a live member for "waiting for no one".
+  test("rank 2 reduces 3 chunks where the others reduce 5: every rank's round fails naming rank 2 and the lengths", async () => {
+    const world = new SimWorld(7001, CLEAN, programs.slice(0, 3), PORT);
+    const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 2_000, openTimeoutMs: 5_000 }));
+    const errors: (string | null)[] = [];
+    try {
+      await world.run(comms.map((c) => async (rank: number) => {
+        await c.connect();
+        const x = simGradient(7001, 0, rank, (rank === 2 ? 3 : 5) * ELEMS);
+        try {
+          await c.allreduce(x);
+          errors[rank] = null;
+        } catch (e) {
+          errors[rank] = e instanceof RoundError ? `${e.message} | ${e.missingRanks.join(",")}` : String(e);
+        }
+        c.close(0);
+      }), 60_000);
+    } finally {
+      for (const c of comms) c.close(0);
+    }
+    for (const rank of [0, 1]) {
+      expect(errors[rank]).toContain("rank 2 (");
+      expect(errors[rank]).toContain("reduces an array of another length");
+      expect(errors[rank]).toContain(`our 5 (${5 * ELEMS} values`);
+      expect(errors[rank]).toEndWith("| 2");
+    }
+    // rank 2 sees the others' longer exponents (or the leader's plan) as the odd ones
+    expect(errors[2]).toContain("an array of another length");
+    expect(errors[2]).toContain("our 3 (");
+  }, 60_000);
+});
