@@ -346,7 +346,9 @@ struct lanes {
  * helpers; the open-coded iterator's kfuncs are allowed under it, and the
  * verifier checks its body until its state converges, not once per word, so
  * the load time does not grow with AINFTP_MAX_ELEMS (a bounded loop over
- * 4094 words took more than the verifier's 1M instructions). */
+ * 4094 words took more than the verifier's 1M instructions). Two loops that
+ * differ only in `=` and `+=`, on purpose: the store-or-add choice is made
+ * once per packet, not once per word in the hot loop. */
 static __always_inline void sum_into(__u64 *dst, const struct scratch *in, __u32 count, int first,
 				     const struct lanes *l)
 {
