@@ -4,7 +4,7 @@
 // shared machine (20-40% between minutes here) lands on both alike. Prints,
 // per cell (size x link rate x system), every run's median round and its
 // ratio to the TCP ring measured in that same run, CPU ms per round, and the
-// median of B over A.
+// median of B over A; with --back-to-back, the back-to-back medians as cells of their own.
 //
 //   bun bench/ab.ts --a /work/wt-base/dist/ainftp --b dist/ainftp [--pairs 2]
 //       [--json FILE] -- <bench arguments>
@@ -55,6 +55,13 @@ function record(tag: "A" | "B", pair: number, file: string, load: number): void 
       const cell = cells.get(key) ?? { runs: [] };
       cell.runs.push({ tag, pair, ms: s.round_ms.median, ring: ringRun?.round_ms?.median ?? null, cpu: s.metrics?.cpu_ms_per_round ?? null, verified: s.verified === true, load });
       cells.set(key, cell);
+      // --back-to-back: the same system with no barrier between rounds, a cell of its own
+      const b2b = s.back_to_back;
+      if (b2b?.round_ms?.median != null) {
+        const c2 = cells.get(`${key} · back to back`) ?? { runs: [] };
+        c2.runs.push({ tag, pair, ms: b2b.round_ms.median, ring: ringRun?.back_to_back?.round_ms?.median ?? null, cpu: null, verified: b2b.verified === true, load });
+        cells.set(`${key} · back to back`, c2);
+      }
     }
   }
 }
@@ -90,7 +97,7 @@ try {
     const b = median(c.runs.filter((r) => r.tag === "B").map((r) => r.ms));
     const ca = median(c.runs.filter((r) => r.tag === "A" && r.cpu !== null).map((r) => r.cpu!));
     const cb = median(c.runs.filter((r) => r.tag === "B" && r.cpu !== null).map((r) => r.cpu!));
-    table.push([key, ...cols, (b / a).toFixed(2), `${ca.toFixed(0)} → ${cb.toFixed(0)}`]);
+    table.push([key, ...cols, (b / a).toFixed(2), Number.isNaN(ca) || Number.isNaN(cb) ? "-" : `${ca.toFixed(0)} → ${cb.toFixed(0)}`]);
     out[key] = { runs: c.runs, median_a: a, median_b: b, ratio: b / a, cpu_a: ca, cpu_b: cb };
   }
   console.log(`A = ${bins.A}\nB = ${bins.B}\nbench ${benchArgs.join(" ")}\nmedian round in ms (÷ the TCP ring of the same run); order A1 B1 A2 B2 …`);

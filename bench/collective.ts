@@ -66,7 +66,7 @@ async function runAinftp(bytes: number, rx: "map" | "xsk"): Promise<Row> {
     const reports = outs.map((o) => JSON.parse(o.out) as NodeReport);
     const slowest = reports[0].round_times_ms.map((_, r) => Math.max(...reports.map((x) => x.round_times_ms[r])));
     const s = [...slowest].sort((a, b) => a - b);
-    const identical = reports.every((x) => JSON.stringify(x.result_sha256) === JSON.stringify(reports[0].result_sha256));
+    const identical = reports.every((x) => JSON.stringify(x.result_hash) === JSON.stringify(reports[0].result_hash));
     const err = Math.max(...reports.map((x) => x.rel_l2_error_max ?? Infinity));
     const wake = Math.max(...reports.map((x) => x.wakeups_per_packet));
     return {
@@ -75,7 +75,7 @@ async function runAinftp(bytes: number, rx: "map" | "xsk"): Promise<Row> {
       note: `${reports[0].chunk_elems} values/packet, rel L2 ≤ ${err.toExponential(1)}, bit-identical ${identical}, ` +
         `wake-ups ${(wake * 100).toFixed(2)}% of packets, retransmits ${reports.reduce((a, x) => a + x.retransmits, 0)}, ` +
         `result bytes copied by the kernel ${formatSize(reports[0].result_copy_bytes_per_round)}/round`,
-      detail: reports.map(({ result_sha256, round_times_ms, ...r }) => r),
+      detail: reports.map(({ result_hash, round_times_ms, ...r }) => r),
     };
   } finally {
     lab.destroy();

@@ -80,7 +80,7 @@ export function renderNodeReport(r: NodeReport): string {
     ["packets received by XDP", r.packets_received],
     ["kernel copies to deliver results, per round", formatSize(r.result_copy_bytes_per_round)],
     ["wake-ups + socket packets per XDP packet", `${r.wakeups} + ${r.socket_packets} → ${(r.wakeups_per_packet * 100).toFixed(2)}% (1/${r.wakeups_per_packet ? Math.round(1 / r.wakeups_per_packet) : "∞"})`],
-    ["last result sha256", r.result_sha256.at(-1)?.slice(0, 16) ?? "-"],
+    ["last result hash (xxh3)", r.result_hash.at(-1) ?? "-"],
   );
   const st = r.straggler;
   t.push(["partial rounds / sat out / late contributions", `${st.partial_rounds} / ${st.passive_rounds} / ${st.late_contributions}`]);

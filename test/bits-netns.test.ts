@@ -63,7 +63,7 @@ describe.skipIf(!kernel)("swarm --bits 8 and 4 on namespaces (dist/ainftp)", () 
         expect({ bits: j.bits, bound: j.error_bound, verified: j.verified, chunk: j.chunk_elems }).toEqual({ bits, bound: ERROR_BOUND[bits], verified: true, chunk: 2 * 720 });
         expect(j.rel_l2_error_max!).toBeGreaterThan(1e-3); // coarser than int16, as it must be
         expect(j.rel_l2_error_max!).toBeLessThanOrEqual(ERROR_BOUND[bits]);
-        expect(j.result_sha256).toEqual(reps[0].result_sha256);
+        expect(j.result_hash).toEqual(reps[0].result_hash);
       }
       console.log(`[bits-netns] --bits ${bits}: relative L2 error ${reps.map((j) => j.rel_l2_error_max!.toExponential(2)).join(" ")}, median round ${reps.map((j) => j.round_ms.median.toFixed(1)).join(" ")} ms`);
     }, 90_000);

@@ -172,11 +172,11 @@ function expectVerified(runs: Run[], o: { rounds: number; bytes: number; chunkEl
     expect(j.rel_l2_error_max!).toBeLessThanOrEqual(1e-3);
     expect(j.saturations).toBe(0);
     expect(j.attached_by_us).toBe(true);
-    expect(j.result_sha256).toHaveLength(o.rounds);
+    expect(j.result_hash).toHaveLength(o.rounds);
   });
-  const h0 = reps[0].result_sha256;
+  const h0 = reps[0].result_hash;
   expect(h0.every((h) => h !== null)).toBe(true);
-  for (const j of reps) expect(j.result_sha256.map((h, k) => h ?? h0[k])).toEqual(h0);
+  for (const j of reps) expect(j.result_hash.map((h, k) => h ?? h0[k])).toEqual(h0);
   // every round's gradients differ, so do the sums
   expect(new Set(h0).size).toBe(o.rounds);
   return reps;
@@ -292,7 +292,7 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     expect(codes, errs.join("\n")).toEqual([0, 0, 0]);
     const reps = procs.map(({ jsonFile }) => JSON.parse(readFileSync(jsonFile, "utf8")) as NodeReport);
     reps.forEach((j, rank) => expect({ rank: j.rank, peers: j.peers, verified: j.verified }).toEqual({ rank, peers: 3, verified: true }));
-    for (const j of reps) expect(j.result_sha256).toEqual(reps[0].result_sha256);
+    for (const j of reps) expect(j.result_hash).toEqual(reps[0].result_hash);
     // the log line says where the members came from and which interface routes to them
     errs.forEach((e, rank) => expect(e).toContain(`ainftp: SLURM job 4242.0, 3 tasks on 3 nodes: rank ${rank} of 3 on ${IF}, job `));
   }, 60_000);
@@ -427,7 +427,7 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     for (const j of reps) expect(j.sentry!.exps_left_out).toBeGreaterThan(0);
     for (const j of reps.slice(0, 3)) expect(j.sentry!.quarantined).toEqual([3]);
     expect(reps[3].saturations).toBeGreaterThan(0);
-    for (const j of reps) expect(j.result_sha256).toEqual(reps[0].result_sha256);
+    for (const j of reps) expect(j.result_hash).toEqual(reps[0].result_hash);
     notes.push(`sentry, rank 3 × 10000: exponents left out ${reps.map((j) => j.sentry!.exps_left_out).join("/")}`);
   }, 60_000);
 
@@ -589,7 +589,7 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
         const lost = r.report?.lost_rounds ?? -1;
         expect({ node: r.node, timedOut: r.timedOut, code: r.code, verified: r.report?.verified }).toEqual({ node: r.node, timedOut: false, code: lost ? 4 : 0, verified: lost === 0 });
         expect(r.stderr).toBe(lost ? `ainftp: ${lost} of ${rounds} rounds lost (members died during them; see failed_rounds): not verified\n` : "");
-        expect(r.report!.result_sha256.filter((h) => h === null).length).toBe(lost);
+        expect(r.report!.result_hash.filter((h) => h === null).length).toBe(lost);
         return r.report!;
       });
       for (const j of reps) {
@@ -605,8 +605,8 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
         expect(j.straggler.active.at(-1)).toEqual([0, 1]);
       }
       // where both finished a round, the same result
-      reps[0].result_sha256.forEach((h, i) => {
-        if (h !== null && reps[1].result_sha256[i] !== null) expect(h).toBe(reps[1].result_sha256[i]);
+      reps[0].result_hash.forEach((h, i) => {
+        if (h !== null && reps[1].result_hash[i] !== null) expect(h).toBe(reps[1].result_hash[i]);
       });
       const after = Math.max(...runs.slice(0, 2).map((r, i) => r.ms - (killedAt - started[i].t0)));
       notes.push(`killed member: survivors went on, ${reps.map((j) => j.straggler.active.filter((a) => a.length === 2).length).join("/")} of ${rounds} timed rounds without it, ` +
@@ -1041,7 +1041,7 @@ describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivale
       imp.clear();
       const reps = expectVerified(runs, { rounds, bytes: BYTES });
       // bit-identical to the loss-free run (the reference run sets it)
-      if (reference.length) expect(reps[0].result_sha256).toEqual(reference.slice(0, rounds));
+      if (reference.length) expect(reps[0].result_hash).toEqual(reference.slice(0, rounds));
       for (const n of NODES) expectNothingAttached(lab, n);
       const sum = (k: keyof NodeReport) => reps.reduce((a, j) => a + (j[k] as number), 0);
       const tot = st.reduce((a, s) => ({ seen: a.seen + s.seen, dropped: a.dropped + s.dropped, duplicated: a.duplicated + s.duplicated, delayed: a.delayed + s.delayed }));
@@ -1058,7 +1058,7 @@ describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivale
     const { reps, st } = await impaired("impaired: none (pass-through)", {});
     expect(st.dropped + st.duplicated + st.delayed).toBe(0);
     expect(reps.map((j) => [j.retransmits, j.resends, j.timeouts, j.duplicates])).toEqual(reps.map(() => [0, 0, 0, 0]));
-    reference = reps[0].result_sha256;
+    reference = reps[0].result_hash;
   }, 60_000);
 
   test("1% loss: verified, bit-identical, retransmits > 0", async () => {

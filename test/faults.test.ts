@@ -62,8 +62,8 @@ function expectVerified(runs: Run[], rounds: number): NodeReport[] {
   for (const r of runs) if (r.code !== 0 || !r.report) throw new Error(`a node failed:\n${show(runs)}`);
   const reps = runs.map((r) => r.report!);
   for (const j of reps) {
-    expect({ verified: j.verified, lost: j.lost_rounds, hashes: j.result_sha256.filter(Boolean).length }).toEqual({ verified: true, lost: 0, hashes: rounds });
-    expect(j.result_sha256).toEqual(reps[0].result_sha256);
+    expect({ verified: j.verified, lost: j.lost_rounds, hashes: j.result_hash.filter(Boolean).length }).toEqual({ verified: true, lost: 0, hashes: rounds });
+    expect(j.result_hash).toEqual(reps[0].result_hash);
   }
   return reps;
 }
@@ -239,7 +239,7 @@ describe.skipIf(!kernel)("a member killed with SIGKILL costs the survivors secon
       }
       console.log(`[faults] SIGKILL trial ${trial}: ${costs.join("; ")}`);
       // where two survivors both finished a round, the same result
-      const [a, b, c] = runs.slice(0, 3).map((r) => r.report!.result_sha256);
+      const [a, b, c] = runs.slice(0, 3).map((r) => r.report!.result_hash);
       a.forEach((h, i) => {
         for (const o of [b, c]) if (h !== null && o[i] !== null) expect(o[i]).toBe(h);
       });
@@ -276,8 +276,8 @@ describe.skipIf(!kernel || !impairToolsPresent())("3% loss plus 2% duplication a
         const s0 = kind === "impaired" ? imp!.stats() : null;
         const runs = await job(lab!, nodes, ["--synthetic", String(MiB), "--rounds", String(rounds), "--verify"], { timeoutMs: 120_000 });
         const reps = expectVerified(runs, rounds);
-        ref ??= reps[0].result_sha256;
-        expect(reps[0].result_sha256).toEqual(ref);
+        ref ??= reps[0].result_hash;
+        expect(reps[0].result_hash).toEqual(ref);
         const m = median(reps.flatMap((j) => j.round_times_ms));
         med[kind].push(m);
         const extra = s0 ? (() => {

@@ -141,10 +141,10 @@ function expectSurvived(runs: Run[], rounds: number): NodeReport[] {
   const reps = runs.map((r) => r.report!);
   for (const j of reps) {
     expect(j.verified, why).toBe(true);
-    expect(j.result_sha256).toHaveLength(rounds);
-    expect(j.result_sha256).toEqual(reps[0].result_sha256);
+    expect(j.result_hash).toHaveLength(rounds);
+    expect(j.result_hash).toEqual(reps[0].result_hash);
   }
-  expect(reps[0].result_sha256.every((h) => typeof h === "string")).toBe(true);
+  expect(reps[0].result_hash.every((h) => typeof h === "string")).toBe(true);
   return reps;
 }
 

@@ -81,8 +81,8 @@ describe.skipIf(!ok)("gradients of several rounds, under 5% loss", () => {
           // one entry per protocol round in each timed all-reduce
           expect(j.straggler.active.length).toBe(ROUNDS * Math.ceil(bytes / ROUND_BYTES));
         }
-        const h = runs[0].report!.result_sha256;
-        for (const r of runs) expect(r.report!.result_sha256).toEqual(h);
+        const h = runs[0].report!.result_hash;
+        for (const r of runs) expect(r.report!.result_hash).toEqual(h);
         expect(runs.reduce((a, r) => a + r.report!.retransmits, 0)).toBeGreaterThan(0);
       }, 150_000);
     }

@@ -268,9 +268,9 @@ describe.skipIf(!kernel)("an all-reduce gives the same bits whichever build each
       { env: { AINFTP_QUANT_ISA: builds[i] } }));
       const outs = await Promise.all(procs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })));
       for (const o of outs) if (o.code !== 0) throw new Error(`swarm failed: ${o.err.trim().split("\n").at(-1)}`);
-      const reports = outs.map((o) => JSON.parse(o.out) as { verified: boolean; result_sha256: string[] });
+      const reports = outs.map((o) => JSON.parse(o.out) as { verified: boolean; result_hash: string[] });
       for (const r of reports) expect(r.verified).toBe(true);
-      const hashes = reports.map((r) => JSON.stringify(r.result_sha256));
+      const hashes = reports.map((r) => JSON.stringify(r.result_hash));
       expect(new Set(hashes).size).toBe(1); // every host holds the same result
       return hashes[0];
     } finally {

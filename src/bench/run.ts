@@ -375,7 +375,7 @@ async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome>
   };
   if (typeof got === "string") return { ...base, status: "failed", reason: got };
   const reports = got;
-  const identical = reports.every((r) => JSON.stringify(r.result_sha256) === JSON.stringify(reports[0].result_sha256));
+  const identical = reports.every((r) => JSON.stringify(r.result_hash) === JSON.stringify(reports[0].result_hash));
   const verified = identical && reports.every((r) => r.verified);
   return {
     ...base,
@@ -383,7 +383,7 @@ async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome>
     reason: verified ? null : identical ? `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > ${reports[0].error_bound ?? 1e-3}` : "results differ between ranks",
     round_times_ms: slowestPerRound(reports.filter((_, i) => i !== x.exclude).map((r) => r.round_times_ms)),
     counters: () => ainftpCounters(reports),
-    detail: reports.map(({ result_sha256, round_times_ms, ...r }) => r),
+    detail: reports.map(({ result_hash, round_times_ms, ...r }) => r),
   };
 }
 

@@ -326,14 +326,14 @@ function outcomeOf(system: SystemName, x: Ctx, reports: RankReport[], version: s
   try {
     if (system === "ainftp") {
       const rs = reports.map((r) => JSON.parse(r.stdout) as NodeReport);
-      const identical = rs.every((r) => JSON.stringify(r.result_sha256) === JSON.stringify(rs[0].result_sha256));
+      const identical = rs.every((r) => JSON.stringify(r.result_hash) === JSON.stringify(rs[0].result_hash));
       const verified = identical && rs.every((r) => r.verified);
       return {
         ...base, label: "ainftp", version: `${pkg.version}, XDP ${x.o.mode}, results via ${x.o.rx === "map" ? "mmapped map" : "AF_XDP"}`, warmup: 1, verified,
         reason: verified ? null : identical ? `relative L2 error ${Math.max(...rs.map((r) => r.rel_l2_error_max ?? Infinity))} > 1e-3` : "results differ between ranks",
         round_times_ms: slowestPerRound(rs.map((r) => r.round_times_ms)),
         counters: ainftpCounters(rs as unknown as AinftpRankReport[]),
-        detail: rs.map(({ result_sha256, round_times_ms, ...r }) => r),
+        detail: rs.map(({ result_hash, round_times_ms, ...r }) => r),
       };
     }
     if (system === "tcp") {

@@ -67,9 +67,9 @@ try {
           const r = await run(size, bin);
           const s1 = kind === "impaired" ? imp.stats() : null;
           const times = r.flatMap((j) => j.round_times_ms);
-          if (kind === "clean") ref ??= r[0].result_sha256;
-          const agree = r.every((j) => JSON.stringify(j.result_sha256) === JSON.stringify(r[0].result_sha256));
-          const asClean = JSON.stringify(r[0].result_sha256) === JSON.stringify(ref);
+          if (kind === "clean") ref ??= r[0].result_hash;
+          const agree = r.every((j) => JSON.stringify(j.result_hash) === JSON.stringify(r[0].result_hash));
+          const asClean = JSON.stringify(r[0].result_hash) === JSON.stringify(ref);
           const m = median(times);
           (med[`${b}-${kind}`] ??= []).push(m);
           console.log(`${size} bin${b} ${kind.padEnd(8)} median ${m.toFixed(2)} ms  p90 ${pct(times, 0.9).toFixed(2)}  p99 ${pct(times, 0.99).toFixed(2)}  ` +
