@@ -369,7 +369,15 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
         job(lab, nodes, ["--synthetic", String(MiB), "--rounds", "4", "--verify", "--deadline", "0", "--quorum", "3"], { timeoutMs: 120_000 })), { rounds: 4, bytes: MiB, delayed: 3 });
       for (const j of reps) {
         if (!j.lost_rounds) expect(j.straggler.active).toEqual([[0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2]]);
-        expect(Math.max(...j.round_times_ms)).toBeLessThan(400);
+        // A leader waits up to 1 s for a member that asks for rounds two or
+        // more behind (issue 17: a member left out must not fall past the
+        // caches), until the swarm holds the delayed member slow (about
+        // 1-2 s): one early round may take that wait (670 ms seen once in a
+        // full run); every other goes as soon as three are in.
+        const slow = j.round_times_ms.filter((t) => t >= 400);
+        if (slow.length) console.warn(`[collective] quorum 3: rank ${j.rank} had a round of ${slow.map((t) => t.toFixed(0)).join(", ")} ms (a leader waited for the member behind before the swarm held it slow)`);
+        expect(slow.length).toBeLessThanOrEqual(1);
+        expect(Math.max(...j.round_times_ms)).toBeLessThan(1200);
       }
       expect(reps[3].straggler.passive_rounds).toBe(4 - reps[3].lost_rounds);
       notes.push(`quorum: rank 3 delayed 600 ms, --quorum 3 --deadline 0: rounds ${reps[0].round_times_ms.map((t) => t.toFixed(1)).join(", ")} ms`);

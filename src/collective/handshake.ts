@@ -30,8 +30,11 @@ export const HELLO_PLAIN = 0x2;
 export const HELLO_FULL = 0x4;
 export const HELLO_NEED_FULL = 0x8;
 
-/** How long after every peer's HELLO we wait for the full-size ones. */
+/** How long after every peer's HELLO we wait for the full-size ones, at
+ * least; and how many small HELLOs a peer must have sent us meanwhile (it
+ * is alive and greeting) before its missing large ones fail the open. */
 const FULL_GRACE_MS = 1500;
+const SMALL_EVIDENCE = 3;
 /** The receive socket's slot: a datagram is never padded past it. */
 const RECV_SLOT = 9216;
 
@@ -71,20 +74,22 @@ function greeted(h: Host, c: Control): void {
 
 /** A HELLO after our handshake: a host of another job greeting us is told
  * (it fails its open) and we carry on; a member asking for a reply gets one
- * (a full-size one when its full-size check lacks ours). */
+ * (full-size: its check may still lack ours). */
 export function answerHello(h: Host, c: Control): void {
   if (!c.member || helloPrint(c) !== fingerprint(h)) return void mismatch(h, c);
   greeted(h, c);
-  // a full-size answer at most once per greeting interval a member: a
-  // forged NEED_FULL (no job key) cannot make us send large frames faster
-  let needFull = (c.flags & HELLO_NEED_FULL) !== 0;
-  if (needFull) {
-    const at = (fullAnswered.get(h) ?? fullAnswered.set(h, new Float64Array(h.size).fill(-Infinity)).get(h)!);
-    const now = h.clock.now();
-    if (now - at[c.rank] < TUNING.GREET_MS) needFull = false;
-    else at[c.rank] = now;
-  }
-  if (c.flags & HELLO_REPLY || needFull) sendHello(h, c.rank, false, { full: needFull });
+  if (c.flags & (HELLO_REPLY | HELLO_NEED_FULL)) sendHello(h, c.rank, false, { full: fullAnswer(h, c.rank) });
+}
+
+/** Whether our answer to rank's HELLO may be full-size: at most once per
+ * greeting interval a member, so a forged request (no job key) cannot make
+ * us send large frames faster; a small answer otherwise. */
+function fullAnswer(h: Host, rank: number): boolean {
+  const at = fullAnswered.get(h) ?? fullAnswered.set(h, new Float64Array(h.size).fill(-Infinity)).get(h)!;
+  const now = h.clock.now();
+  if (now - at[rank] < TUNING.GREET_MS) return false;
+  at[rank] = now;
+  return true;
 }
 const fullAnswered = new WeakMap<Host, Float64Array>();
 
@@ -114,21 +119,28 @@ export async function handshake(h: Host): Promise<void> {
   // so members that start a little later learn it too instead of timing out.
   let failure: AinftpError | null = null;
   let failAt = Infinity;
-  // peers whose full-size HELLO reached us; once every peer answered, how
-  // long we still wait for the missing ones
+  // peers whose full-size HELLO reached us, and the small HELLOs each sent
+  // us since every peer answered: a peer that keeps greeting us in small
+  // frames while none of its large ones arrive is behind a path that drops
+  // them (one busy after its own handshake sends nothing, and is waited for)
   const full = new Set<number>([h.rank]);
+  const smallSince = new Uint32Array(h.size);
   let fullBy = Infinity;
+  const mtuError = (lacking: number[], why: string) =>
+    new RoundError("open communicator", `${describeRanks(lacking, h.peers)} ${why}, but none of ${lacking.length > 1 ? "their" : "its"} full-size packets (${fullBytes(h)}-byte datagrams, the size of this job's data packets) reached us: a link between us carries small packets and drops large ones`, lacking,
+      `check the MTU of every hop between the members (ip link on each host and bridge, the switch ports): it must be at least ${fullBytes(h) + 28}; or attach with a smaller --chunk-elems`);
   while (bases.size < h.size || full.size < h.size || failure) {
     const now = h.clock.now();
     if (failure && now > failAt) throw failure;
     if (bases.size === h.size && fullBy === Infinity) fullBy = now + FULL_GRACE_MS;
     if (now > fullBy) {
-      const lacking = h.others.filter((r) => !full.has(r));
-      throw new RoundError("open communicator", `${describeRanks(lacking, h.peers)} answered, but none of ${lacking.length > 1 ? "their" : "its"} full-size packets (${fullBytes(h)}-byte datagrams, the size of this job's data packets) reached us: a link between us carries small packets and drops large ones`, lacking,
-        `check the MTU of every hop between the members (ip link on each host and bridge, the switch ports): it must be at least ${fullBytes(h) + 28}; or attach with a smaller --chunk-elems`);
+      const lacking = h.others.filter((r) => !full.has(r) && smallSince[r] >= SMALL_EVIDENCE);
+      if (lacking.length) throw mtuError(lacking, "answered and keeps greeting us");
     }
     if (now > deadline) {
       if (failure) throw failure;
+      const lacking = h.others.filter((r) => !full.has(r));
+      if (bases.size === h.size && lacking.length) throw mtuError(lacking, `answered within ${h.o.openTimeoutMs} ms`);
       const missing = h.others.filter((r) => !bases.has(r));
       throw new RoundError("open communicator", `no answer from ${describeRanks(missing, h.peers)} within ${h.o.openTimeoutMs} ms`, missing,
         "start ainftp on every member with the same --peers and --job; check the addresses and that the interface is attached");
@@ -164,8 +176,11 @@ export async function handshake(h: Host): Promise<void> {
       }
       if (!bases.has(c.rank)) bases.set(c.rank, c.round);
       if (c.flags & HELLO_FULL) full.add(c.rank);
+      else if (bases.size === h.size) smallSince[c.rank]++;
       greeted(h, c);
-      if (c.flags & (HELLO_REPLY | HELLO_NEED_FULL)) sendHello(h, c.rank, false, { full: (c.flags & HELLO_NEED_FULL) !== 0 });
+      // answers are full-size (a clean start sends as many HELLOs as
+      // before, some larger): the asker's check may still lack ours
+      if (c.flags & (HELLO_REPLY | HELLO_NEED_FULL)) sendHello(h, c.rank, false, { full: fullAnswer(h, c.rank) });
     }
     await h.clock.yield();
   }
