@@ -85,13 +85,11 @@ export function answerHello(h: Host, c: Control): void {
  * greeting interval a member, so a forged request (no job key) cannot make
  * us send large frames faster; a small answer otherwise. */
 function fullAnswer(h: Host, rank: number): boolean {
-  const at = fullAnswered.get(h) ?? fullAnswered.set(h, new Float64Array(h.size).fill(-Infinity)).get(h)!;
   const now = h.clock.now();
-  if (now - at[rank] < TUNING.GREET_MS) return false;
-  at[rank] = now;
+  if (now - h.fullAnsweredAt[rank] < TUNING.GREET_MS) return false;
+  h.fullAnsweredAt[rank] = now;
   return true;
 }
-const fullAnswered = new WeakMap<Host, Float64Array>();
 
 /** A HELLO whose job does not match ours: answer with ours (so the sender
  * learns it too) and describe the difference. */

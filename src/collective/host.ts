@@ -90,6 +90,12 @@ export class Host {
    * at least LAG_ROUNDS past it, and when: a member behind (exchange.ts
    * leaderTurn waits for it). */
   readonly behind = new Map<number, { round: number; at: number }>();
+  /** The members the swarm held dead when last looked, and the round in
+   * which one more was first seen dead (round.ts noteDeaths). */
+  deaths: { mask: bigint; round: number } | null = null;
+  /** Per member: when we last answered its HELLO with a full-size one
+   * (handshake.ts fullAnswer: at most one per greeting interval). */
+  fullAnsweredAt: Float64Array;
   /** Partial rounds' plans we led, for passive members that fall behind
    * and ask after we moved on (the last CACHE_ROUNDS). */
   readonly planCache = new Map<number, Plan>();
@@ -129,6 +135,7 @@ export class Host {
     this.rank = o.rank;
     this.peers = o.peers;
     this.size = o.peers.length;
+    this.fullAnsweredAt = new Float64Array(this.size).fill(-Infinity);
     this.port = port;
     this.cfg = maps.config();
     this.helloBase = this.cfg.roundBase;

@@ -143,7 +143,7 @@ export function drainXsk(h: Host, st: RoundState): void {
   // path); until then the frames wait in the socket's ring
   if (!st.sent || st.K === 0) return;
   const newly = h.chunkList;
-  const n = h.xsk!.results(h.job, st.r, st.nchunks, h.chunkElems, st.out, st.xdone, newly, (st.ownersU8 ??= Uint8Array.from(st.owners)));
+  const n = h.xsk!.results(h.job, st.r, st.nchunks, h.chunkElems, st.out, st.xdone, newly, st.ownersU8!);
   if (n === 0) return;
   if (st.r > h.cfg.roundBase) h.advanceWindow(st.r); // a result of round r: everyone finished r-1
   st.resultsSeen += n;

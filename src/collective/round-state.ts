@@ -57,7 +57,7 @@ export interface RoundState extends Plan {
   /** Active members (the owners): chunk c is owned by owners[c % K]. */
   K: number;
   owners: number[];
-  /** The owners as bytes, for native/xsk.c's owner check (rx "xsk"); made once a round. */
+  /** The owners as bytes, for the native owner checks (xsk.c, results_drop_foreign); made with the plan. */
   ownersU8?: Uint8Array;
   passive: boolean;
   /** How long late members get (see TUNING.DEADLINE_FACTOR); Infinity: forever. */

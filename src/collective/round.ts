@@ -136,14 +136,11 @@ function succeed(h: Host, st: RoundState): boolean {
   return true;
 }
 
-/** Per host: the members the swarm held dead when last looked, and the
- * round in which one more was first seen dead. */
-const deaths = new WeakMap<Host, { mask: bigint; round: number }>();
-
+/** Keeps Host.deaths: the members held dead, and when one more was. */
 function noteDeaths(h: Host, r: number): void {
   const dead = h.othersMask & ~h.liveMask;
-  const d = deaths.get(h);
-  if (!d) return void (dead && deaths.set(h, { mask: dead, round: r }));
+  const d = h.deaths;
+  if (!d) return void (dead && (h.deaths = { mask: dead, round: r }));
   if (dead & ~d.mask) d.round = r;
   d.mask = dead;
 }
@@ -162,7 +159,7 @@ function noteDeaths(h: Host, r: number): void {
  * emptied. */
 function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   const outside = h.othersMask & ~st.active;
-  const d = deaths.get(h);
+  const d = h.deaths;
   const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
   if ((!st.replanned && !recent) || !Host.has(st.active, h.rank)) return 0;
   let idx = 0, K = 0;
@@ -252,7 +249,7 @@ function complete(h: Host, st: RoundState, bankBase: number): boolean {
  * NO_RANK also empties forgeries stored in them (our finish would overwrite
  * them uncounted). */
 function dropForeign(h: Host, st: RoundState, bankBase: number, self: number): void {
-  let foreign = st.K ? coll.ainftp_results_drop_foreign(h.resBase, bankBase, st.nchunks, st.r + 1, Uint8Array.from(st.owners), st.K, self) : 0;
+  let foreign = st.K ? coll.ainftp_results_drop_foreign(h.resBase, bankBase, st.nchunks, st.r + 1, st.ownersU8!, st.K, self) : 0;
   // past the round's chunks (a one-value barrier round has one) no rank
   // owns anything: whatever was stored there for this round is forged
   if (self === NO_RANK && st.nchunks < h.cfg.chunks)

@@ -17,6 +17,7 @@ export function applyPlan(h: Host, st: RoundState): void {
   const N = h.size;
   const lay = owners(st.active, N, st.ownerIdx);
   st.owners = lay.owners;
+  st.ownersU8 = Uint8Array.from(st.owners);
   st.K = lay.K;
   st.passive = st.ownerIdx[h.rank] < 0;
   // results of this round only from their chunk's owner (the program checks)
