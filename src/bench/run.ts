@@ -306,7 +306,10 @@ export function slowestPerRound(perRank: number[][]): number[] {
 
 // ---- one system's run ---------------------------------------------------------------------------
 
-interface Outcome {
+/** What one system's run gave, before the row is made: here and on a
+ * SLURM allocation (slurm.ts), whose counters come from the ranks' reports
+ * (C = SystemCounters) where the local run's get the sampled window. */
+export interface SystemOutcome<C> {
   label: string;
   version: string | null;
   status: SystemRun["status"];
@@ -314,10 +317,11 @@ interface Outcome {
   verified: boolean | null;
   warmup: number;
   round_times_ms: number[];
-  /** The system's own counters; gets the sampled window (Gloo and MPI count nothing themselves). */
-  counters: (window: WindowSummary | null, wire: WireCounts | null) => SystemCounters;
+  counters: C;
   detail: unknown;
 }
+/** The system's own counters get the sampled window (Gloo and MPI count nothing themselves). */
+type Outcome = SystemOutcome<(window: WindowSummary | null, wire: WireCounts | null) => SystemCounters>;
 
 interface RunContext {
   o: Required<Pick<BenchOptions, "rounds" | "mtu" | "mode" | "rx">> & Pick<BenchOptions, "window"> & { self: string[] };

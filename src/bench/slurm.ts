@@ -28,7 +28,7 @@ import {
 } from "./rows.ts";
 import {
   SCHEMA_ID, SHAPING_WINDOW_MS, STRAGGLER_DELAY_MS, scalingRows, selfCommand, slowestPerRound, wireCounts,
-  type BenchResult, type ProgressEvent, type RunResult, type StragglerResult,
+  type BenchResult, type ProgressEvent, type RunResult, type StragglerResult, type SystemOutcome,
 } from "./run.ts";
 import { collectReports, type CleanReport, type ProbeReport, type RankReport } from "./slurm-node.ts";
 import { quantiles, type TcpRingReport } from "./tcp-ring.ts";
@@ -240,17 +240,7 @@ async function probe(alloc: { jobId: string; nodelist: string; nodes: string[] }
 
 // ---- one system on k nodes -------------------------------------------------------------------------
 
-interface Outcome {
-  label: string;
-  version: string | null;
-  status: SystemRun["status"];
-  reason: string | null;
-  verified: boolean | null;
-  warmup: number;
-  round_times_ms: number[];
-  counters: SystemCounters;
-  detail: unknown;
-}
+type Outcome = SystemOutcome<SystemCounters>;
 
 interface Ctx {
   o: SlurmBenchOptions & { self: string[] };
