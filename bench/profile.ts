@@ -224,7 +224,7 @@ try {
   for (const s of samples) {
     const c = category(s);
     byCat.set(c, (byCat.get(c) ?? 0) + s.n);
-    const name = s.dso.includes("libainftp") ? names2.get(s.sym) ?? s.sym : s.sym;
+    const name = s.dso.includes("libainftp") ? names2.get(s.sym) ?? s.sym : c === "other processes" ? `${s.comm}: ${s.sym}` : s.sym;
     const m = bySym.get(c) ?? new Map<string, number>();
     m.set(name, (m.get(name) ?? 0) + s.n);
     bySym.set(c, m);
@@ -238,7 +238,7 @@ try {
   console.log(`${title}\nperf -a, cpu-clock at ${freq} Hz for ${(perfMs / 1000).toFixed(1)} s: ${total} samples, ${inWin} rounds in the window (median round ${median.toFixed(2)} ms on rank 0)`);
   console.log(t.toString());
   const tops: Record<string, [string, number][]> = {};
-  for (const c of ["native shim", "kernel", "Bun and JS", "XDP program"]) {
+  for (const c of ["native shim", "kernel", "Bun and JS", "libc", "XDP program", "other processes"]) {
     const m = bySym.get(c);
     if (!m) continue;
     tops[c] = [...m].sort((a, b) => b[1] - a[1]).slice(0, 12);

@@ -21,13 +21,17 @@ const ELEMS = Number(process.env.AINFTP_SIM_FRAGS_ELEMS ?? MAX_ELEMS); // (anoth
 const PORT = 47125;
 const SCHEDULES = Number(process.env.AINFTP_SIM_FRAGS_SCHEDULES ?? 6);
 const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
-/** The error bound per width. At 4 bits one shared scale covers a chunk's
- * 8928 values here: measured relative L2 errors 0.51-0.62 per round, 0.78 in
- * one short round (seed 15405, 9851 values), against 0.46 with the 128-value
- * chunks of test/sim/bits.test.ts, and the same 0.56-0.59 with chunks of
- * 1720 or 800 (AINFTP_SIM_FRAGS_ELEMS): the chunk's size, not its frames.
- * ERROR_BOUND[4] (0.6) has no margin at these sizes; 0.8 keeps the check
- * meaningful (a wrong sum is far above it). A finding for issue 14. */
+/** The error bound per width. ERROR_BOUND is stated for members whose
+ * magnitudes are alike; simGradient's members are up to 32 times apart, and
+ * at 4 bits one shared scale (the largest member's) covers a chunk's 8928
+ * values here: measured relative L2 errors 0.51-0.62 per round, 0.78 in one
+ * short round (seed 15405, 9851 values), against 0.46 with the 128-value
+ * chunks of test/sim/bits.test.ts. With members alike the same chunks give
+ * 0.45-0.53, within ERROR_BOUND[4] (0.6; the last test of this file holds
+ * it). The rest is the Gaussian maximum growing with the values per scale:
+ * after the transform a chunk's largest value is about 2.9 sigma over 128
+ * values and 4 sigma over 8928. 0.8 keeps the check meaningful for members
+ * apart (a wrong sum is far above it). */
 const BOUND = { 16: ERROR_BOUND[16], 8: ERROR_BOUND[8], 4: 0.8 } as const;
 
 function faultsOf(seed: number): Faults {
@@ -38,7 +42,7 @@ function faultsOf(seed: number): Faults {
 /** HOSTS members at `bits` run `rounds` all-reduces of seeded lengths (up to
  * 1.3 protocol rounds, so some span two); returns the worst relative L2
  * error after checking bit-identical results and complete chunks. */
-async function run(bits: 16 | 8 | 4, seed: number, faults: Faults, rounds: number): Promise<{ worst: number; world: SimWorld }> {
+async function run(bits: 16 | 8 | 4, seed: number, faults: Faults, rounds: number, alike = false): Promise<{ worst: number; world: SimWorld }> {
   const world = new SimWorld(seed, faults, programs.slice(0, HOSTS), PORT);
   const comms = world.hosts.map((_, rank) => world.communicator(rank, { bits, errorFeedback: false, roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
   const rnd = mulberry32(seed);
@@ -51,7 +55,7 @@ async function run(bits: 16 | 8 | 4, seed: number, faults: Faults, rounds: numbe
         await c.connect();
         outs[rank] = [];
         for (let k = 0; k < rounds; k++) {
-          const x = simGradient(seed, k, rank, lengths[k]);
+          const x = simGradient(seed, k, rank, lengths[k], alike);
           const reps = await c.allreduce(x);
           for (const rep of reps) expect(rep.active.length).toBe(HOSTS);
           outs[rank].push(x);
@@ -68,7 +72,7 @@ async function run(bits: 16 | 8 | 4, seed: number, faults: Faults, rounds: numbe
     const ref = outs[0][k];
     for (let rank = 1; rank < HOSTS; rank++)
       expect({ seed, bits, round: k, rank, same: Buffer.from(outs[rank][k].buffer).equals(Buffer.from(ref.buffer)) }).toEqual({ seed, bits, round: k, rank, same: true });
-    const xs = Array.from({ length: HOSTS }, (_, rank) => simGradient(seed, k, rank, lengths[k]));
+    const xs = Array.from({ length: HOSTS }, (_, rank) => simGradient(seed, k, rank, lengths[k], alike));
     let num = 0, den = 0;
     for (let i = 0; i < ref.length; i++) {
       let exact = 0;
@@ -79,7 +83,8 @@ async function run(bits: 16 | 8 | 4, seed: number, faults: Faults, rounds: numbe
     worst = Math.max(worst, Math.sqrt(num / den));
     if (process.env.AINFTP_SIM_DEBUG) console.log(`[sim frags] seed ${seed} ${bits} bits round ${k}: ${lengths[k]} values, relative L2 error ${Math.sqrt(num / den).toExponential(2)}`);
   }
-  expect({ seed, bits, relL2: worst, within: worst <= BOUND[bits] }).toMatchObject({ within: true });
+  const bound = alike ? ERROR_BOUND[bits] : BOUND[bits];
+  expect({ seed, bits, alike, relL2: worst, within: worst <= bound }).toMatchObject({ within: true });
   return { worst, world };
 }
 
@@ -125,4 +130,14 @@ describe.skipIf(!root)(`chunks of ${MAX_ELEMS} values (frames over a page: xdp.f
       console.log(`[sim frags] ${bits} bits, ${SCHEDULES} fault schedules: worst relative L2 error ${worst.toExponential(2)}`);
     }
   }, 600_000);
+  test(`4 bits, members alike, chunks of ${MAX_ELEMS} values: within ERROR_BOUND[4] (README's bound, stated for members alike), with and without faults`, async () => {
+    let worst = 0;
+    for (let s = 0; s < 4; s++) {
+      const seed = 15700 + s;
+      worst = Math.max(worst, (await run(4, seed, s % 2 ? faultsOf(seed) : CLEAN, 3, true)).worst);
+    }
+    console.log(`[sim frags] 4 bits, members alike: worst relative L2 error ${worst.toExponential(2)} (bound ${ERROR_BOUND[4]})`);
+    // the members' rounding is real: far from exact, and below the bound
+    expect(worst).toBeGreaterThan(0.1);
+  }, 300_000);
 });

@@ -322,10 +322,13 @@ export class SimWorld {
   }
 }
 
-/** A gradient for (seed, round, rank): values in ±2^k for a k per rank. */
-export function simGradient(seed: number, round: number, rank: number, n: number): Float32Array {
+/** A gradient for (seed, round, rank): values in ±2^k for a k per rank
+ * (members up to 32 times apart), or in ±1 on every rank with `alike`
+ * (the condition README's error bounds are stated for). */
+export function simGradient(seed: number, round: number, rank: number, n: number, alike = false): Float32Array {
   const rnd = mulberry32((seed * 7919 + round * 131 + rank * 17) >>> 0);
-  const scale = 2 ** Math.floor(rnd() * 6 - 3);
+  const k = Math.floor(rnd() * 6 - 3);
+  const scale = alike ? 1 : 2 ** k;
   const x = new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = (rnd() * 2 - 1) * scale;
   return x;
