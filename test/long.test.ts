@@ -73,6 +73,11 @@ describe.skipIf(!ok)("gradients of several rounds, under 5% loss", () => {
       // behind, "we lack results for 1 chunks", then every rank lost that
       // round): too often for CI, which a red run blocks. It runs with
       // AINFTP_LONG_QUORUM10=1 until the member-behind lag is fixed (issue 17).
+      // Session 7 (owners keep 16 rounds of results, not 4): 7 of 8, then 8
+      // of 10 runs passed on a host loaded by other work; each failure left
+      // one member 9-14 rounds behind, lacking one result of a round its
+      // owner had long finished, while the others ended the job: the lag
+      // itself grows (the member left out is the slowest, round after round).
       const lagCase = times === 10 && label === "--quorum 3" && !process.env.AINFTP_LONG_QUORUM10;
       if (lagCase) console.warn("[long] SKIPPED: 10x with --quorum 3 (a member left out of the quorum can fall past the owners' caches; issue 17, known flake); run with AINFTP_LONG_QUORUM10=1");
       test.skipIf(lagCase)(`${times}× one round's capacity (${bytes} bytes, ${Math.ceil(bytes / 4 / ELEMS)} chunks in ${Math.ceil(bytes / ROUND_BYTES)} rounds), ${label}: every round verified, results agree, none lost`, async () => {

@@ -168,8 +168,14 @@ export const TUNING = {
   /** A member whose exponents come within this of the majority's is prompt:
    * it may lead the next round. */
   PROMPT_MS: 50,
-  /** Rounds of plans and results kept for passive members that fall behind. */
-  CACHE_ROUNDS: 4,
+  /** Rounds of plans and results kept for passive members that fall behind.
+   * A member left out of the quorum round after round, under loss, was
+   * seen 10 rounds behind (its own stalls, each a probe timer, while the
+   * others went on) when it asked for a result its owner held no longer
+   * (4 rounds kept): the job then parted ways (test/long.test.ts, 10x with
+   * --quorum 3, 1 run in 8). 16 rounds cost one copy of what we send per
+   * round: 2 MB a round at 16 MiB over 4 hosts, 32 MB in all. */
+  CACHE_ROUNDS: 16,
   /** The round's grace for late members: once a majority has sent its
    * exponents, the leader waits this long for the rest. It is 4 times the
    * median of the last DEADLINE_WINDOW rounds (a member 4 times slower than
