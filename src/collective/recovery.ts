@@ -90,23 +90,33 @@ export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, p
   }
   const m = missingResults(h, st, bankBase);
   const now = h.clock.now();
-  const byOwner = new Map<number, number[]>();
+  // per owner: the results we lack of chunks we sent (asked for by name),
+  // and of those the contributions sent at least rto ago (sent again)
+  const ask = new Map<number, number[]>();
+  const again = new Map<number, number[]>();
   for (let i = 0; i < Math.min(m, h.capacity); i++) {
     const c = h.chunkList[i];
     const o = ownerOf(st, c);
     if (o === h.rank || (!st.passive && Math.floor(c / st.K) >= st.pos[o])) continue;
-    if (!st.passive && now - st.sentAt[c] < rto) continue; // in flight, not lost
-    let l = byOwner.get(o);
-    if (!l) byOwner.set(o, (l = []));
+    let l = ask.get(o);
+    if (!l) ask.set(o, (l = []));
     l.push(c);
+    if (st.passive || now - st.sentAt[c] < rto) continue; // in flight, not lost
+    let a = again.get(o);
+    if (!a) again.set(o, (a = []));
+    a.push(c);
   }
-  if (probe && !st.passive) for (const [o, list] of byOwner) byOwner.set(o, list.slice(-PROBE_CHUNKS));
-  for (const [o, list] of byOwner) {
-    // our contributions again (the owner may lack them), and the results
-    // asked for by name: an owner that moved two rounds on answers from
-    // its cache, which its program's window no longer reaches. A passive
-    // member sent nothing: it only asks.
-    if (!st.passive) sendAgain(h, st, o, list);
+  if (probe && !st.passive) for (const [o, list] of again) again.set(o, list.slice(-PROBE_CHUNKS));
+  // our contributions again (the owner may lack them). A passive member
+  // sent nothing: it only asks.
+  for (const [o, list] of again) sendAgain(h, st, o, list);
+  // and the results asked for by name, also those whose contribution went
+  // again a moment ago (RACK): an owner that moved two rounds on drops a
+  // contribution of this round as stale, and answers only a request, from
+  // its cache. Were these skipped while RACK kept resending the
+  // contribution, nothing would ever ask (10x --quorum 3 under loss: a
+  // member stuck 10 s in a round whose owner had gone on).
+  for (const [o, list] of (probe && !st.passive ? again : ask)) {
     for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
     if (st.passive) h.stats.retransmits += list.length;
   }
