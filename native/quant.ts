@@ -29,6 +29,7 @@ const quant = openShimTable({
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_rht_from: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_rht_from_exps: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
 } as const);
 
@@ -185,6 +186,15 @@ export function cRhtFrom(src: Float32Array, out: Float32Array, chunkElems: numbe
   need(chunkElems > 0, "chunkElems must be > 0");
   need(out.length >= src.length, "out shorter than src");
   if (src.length) quant.ainftp_rht_from(src, out, src.length, chunkElems, seed >>> 0);
+}
+
+/** cRhtFrom, then cBitsChunkExps of out, in one pass over the values (out
+ * may be src itself: in place). Returns the NaN/±Inf count of out. */
+export function cRhtFromExps(src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits): number {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(out.length >= src.length, "out shorter than src");
+  need(exps.length >= Math.ceil(src.length / chunkElems), "exps shorter than the chunk count");
+  return src.length ? quant.ainftp_rht_from_exps(src, out, src.length, chunkElems, seed >>> 0, exps, bits) : 0;
 }
 
 /** The build the RHT uses (AINFTP_ISA_*: 0 generic, 1 avx2). */
