@@ -142,8 +142,10 @@ HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t 
 
 /* q[j] = floor(v) + (u_j < v - floor(v)), v = x[j] * scale clamped to +-Q
  * (clipped values and NaN, stored as 0, counted): quant.c's stochastic_body
- * at a narrower clamp. */
-HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, uint32_t key)
+ * at a narrower clamp. resid, if not NULL, gets x[j] - q[j] * p in the same
+ * pass (p = 1 / scale). */
+HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, uint32_t key,
+			       float *resid, float p)
 {
 	uint32_t bad = 0, h = key;
 	for (uint32_t j = 0; j < n; j++, h += GOLDEN) {
@@ -157,13 +159,17 @@ HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale,
 		int32_t down = t - MAGIC_RNE > v;
 		float frac = v - ((t - MAGIC_RNE) - (float)down);
 		float u = (float)(int32_t)(mix32(h) >> 8) * 0x1p-24f;
-		q[j] = (int8_t)(bits_of(t) - MAGIC_BITS - down + (u < frac));
+		int32_t qj = bits_of(t) - MAGIC_BITS - down + (u < frac); /* within +-Q: as an int8 */
+		q[j] = (int8_t)qj;
+		if (resid)
+			resid[j] = x[j] - (float)qj * p;
 	}
 	return bad;
 }
 
 /* Round to nearest, ties to even (seed 0: tests and reference only). */
-HOT uint32_t nearest_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q)
+HOT uint32_t nearest_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, float *resid,
+			    float p)
 {
 	uint32_t bad = 0;
 	for (uint32_t j = 0; j < n; j++) {
@@ -172,7 +178,10 @@ HOT uint32_t nearest_narrow(const float *restrict x, uint32_t n, float scale, in
 		bad += a > bq;
 		a = a > BITS_INF ? 0 : a;
 		a = a > bq ? bq : a;
-		q[j] = (int8_t)(bits_of(float_of(a | (b & (int32_t)0x80000000)) + MAGIC_RNE) - MAGIC_BITS);
+		int32_t qj = bits_of(float_of(a | (b & (int32_t)0x80000000)) + MAGIC_RNE) - MAGIC_BITS;
+		q[j] = (int8_t)qj;
+		if (resid)
+			resid[j] = x[j] - (float)qj * p;
 	}
 	return bad;
 }
@@ -217,15 +226,17 @@ HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const u
 		uint32_t c = chunks[i], start = c * chunk_elems;
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
 		uint8_t *dst = out + (size_t)i * stride;
-		float scale = pow2f(-exps[c]);
-		uint32_t sat = seed ? stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c))
-				    : nearest_narrow(x + start, count, scale, bq, q);
+		float scale = pow2f(-exps[c]), p = pow2f(exps[c]);
+		float *r = resid ? resid + start : NULL;
+		uint32_t sat;
+		/* each a loop of its own: the residual's test is not made per value */
+		if (seed && r)
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), r, p);
+		else if (seed)
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), NULL, p);
+		else
+			sat = nearest_narrow(x + start, count, scale, bq, q, r, p);
 		memset(q + count, 0, ((count + 15) & ~15u) - count);
-		if (resid) {
-			float p = pow2f(exps[c]);
-			for (uint32_t j = 0; j < count; j++)
-				resid[start + j] = x[start + j] - (float)q[j] * p;
-		}
 		pack_values(q, count, bits, dst + sizeof(*h));
 		h->chunk = c;
 		h->count = (__u16)count;
