@@ -416,6 +416,7 @@ struct bits_kernels {
 	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
 	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
 	uint32_t (*rht_exps)(const float *, float *, uint32_t, uint32_t, uint32_t, int8_t *, int32_t);
+	void (*rht_chunk)(float *, uint32_t, uint32_t, uint32_t);
 };
 
 #define BITS_BUILD(isa, attr, vec)                                                                               \
@@ -448,16 +449,23 @@ struct bits_kernels {
 					    int8_t *exps, int32_t p)                                            \
 	{                                                                                                        \
 		return rht_exps_body(src, x, n, ce, seed, exps, p, vec);                                          \
+	}                                                                                                        \
+	attr static void rht_chunk_##isa(float *x, uint32_t count, uint32_t key, uint32_t inverse)              \
+	{                                                                                                        \
+		if (vec)                                                                                         \
+			rht_chunk_vec(x, x, count, key, inverse, NULL);                                          \
+		else                                                                                             \
+			rht_chunk_scalar(x, x, count, key, inverse);                                             \
 	}
 
 BITS_BUILD(generic, , 0)
 static const struct bits_kernels generic = { exps_generic, pack_generic, finish_generic, dequant_generic, rht_generic,
-						 rht_exps_generic };
+						 rht_exps_generic, rht_chunk_generic };
 
 #ifdef BITS_X86
 #define TARGET_AVX2 __attribute__((target("avx2")))
 BITS_BUILD(avx2, TARGET_AVX2, 1)
-static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2, rht_exps_avx2 };
+static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2, rht_exps_avx2, rht_chunk_avx2 };
 
 #define AVX2_INLINE static inline __attribute__((always_inline, target("avx2")))
 /* The register blocks below only stay in registers when unrolled whole. */
@@ -626,7 +634,7 @@ AVX2_INLINE void rht_block8(const float *src, float *x, uint32_t b, uint32_t k, 
 	}
 }
 
-AVX2_INLINE uint32_t rht_chunk_avx2(const float *src, float *x, uint32_t count, uint32_t key, int fwd, int32_t *m)
+AVX2_INLINE uint32_t rht_blocks_avx2(const float *src, float *x, uint32_t count, uint32_t key, int fwd, int32_t *m)
 {
 	struct vexps e = { _mm256_setzero_si256(), _mm256_setzero_si256() };
 	int32_t ms = 0;
@@ -663,10 +671,10 @@ TARGET_AVX2 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t c
 					   int32_t *m)
 {
 	if (inverse)
-		return rht_chunk_avx2(x, x, count, key, 0, NULL);
+		return rht_blocks_avx2(x, x, count, key, 0, NULL);
 	if (m)
-		return rht_chunk_avx2(src, x, count, key, 1, m);
-	return rht_chunk_avx2(src, x, count, key, 1, NULL);
+		return rht_blocks_avx2(src, x, count, key, 1, m);
+	return rht_blocks_avx2(src, x, count, key, 1, NULL);
 }
 #else
 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m)
@@ -775,6 +783,18 @@ int32_t ainftp_rht(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, ui
 	if (chunk_elems == 0)
 		return -EINVAL;
 	kern()->rht(x, x, n, chunk_elems, seed, inverse);
+	return 0;
+}
+
+/* The RHT of one chunk's count values in place (inverse: its inverse),
+ * `chunk` being its index in the array: the same values as ainftp_rht gives
+ * that chunk of the whole array (the gather takes each chunk back while it
+ * is in cache). Returns 0, or -EINVAL for count 0. */
+int32_t ainftp_rht_chunk(float *x, uint32_t count, uint32_t chunk, uint32_t seed, uint32_t inverse)
+{
+	if (count == 0)
+		return -EINVAL;
+	kern()->rht_chunk(x, count, stream_key(seed, chunk), inverse);
 	return 0;
 }
 

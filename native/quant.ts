@@ -33,6 +33,7 @@ const quant = openShimTable({
   ainftp_quant_isa: { args: [], returns: T.i32 },
   ...BITS_SYMBOLS,
   ...RHT_FROM_EXPS,
+  ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
@@ -200,6 +201,13 @@ export function cRhtFromExps(src: Float32Array, out: Float32Array, chunkElems: n
   need(out.length >= src.length, "out shorter than src");
   need(exps.length >= Math.ceil(src.length / chunkElems), "exps shorter than the chunk count");
   return src.length ? quant.ainftp_rht_from_exps(src, out, src.length, chunkElems, seed >>> 0, exps, bits) : 0;
+}
+
+/** The RHT of one chunk in place, `chunk` its index in the whole array (the
+ * gather's per-chunk inverse, native/collective.c). */
+export function cRhtChunk(x: Float32Array, chunk: number, seed: number, inverse: boolean): void {
+  need(x.length > 0, "an empty chunk");
+  quant.ainftp_rht_chunk(x, x.length, chunk, seed >>> 0, inverse ? 1 : 0);
 }
 
 /** The build the RHT uses (AINFTP_ISA_*: 0 generic, 1 avx2). */

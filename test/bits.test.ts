@@ -14,7 +14,7 @@ import {
   chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, packChunksAt, QMAX_BITS, rht, rhtFrom,
   rhtFromExps,
 } from "../src/quantize.ts";
-import { quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
+import { cRhtChunk, quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
 import { mulberry32 } from "../src/random.ts";
 import { ReflexObject } from "../src/reflex.ts";
 
@@ -172,6 +172,40 @@ describe("the owner's requantization", () => {
   }
 });
 
+/** Today's bits for a fixed input: the transform, exponents, packets (8 and 4 bits, with residual), owner's step, dequantized results and inverse, over chunks with every block edge. */
+function pinnedBits(): string {
+  const h = new Bun.CryptoHasher("sha256");
+  const add = (a: ArrayBufferView) => h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  for (const [n, ce] of [[8928 * 3 + 1001, 8928], [3440 * 2 + 7, 3440], [1025, 1023]] as const) {
+    const rnd = mulberry32(n ^ ce), x = new Float32Array(n); // exact arithmetic only: the same input everywhere
+    for (let i = 0; i < n; i++) x[i] = (rnd() - 0.5) * (i % 97 ? 8 : 8e4); // with spikes
+    const y = new Float32Array(n);
+    rhtFrom(x, y, ce, 0x9e3779b9);
+    add(y);
+    for (const bits of [8, 4] as const) {
+      const nch = Math.ceil(n / ce), exps = new Int8Array(nch);
+      chunkExpsAt(y, ce, exps, bits);
+      add(exps);
+      const stride = HDR + payloadBytes(bits, ce), out = new Uint8Array(stride * nch), resid = new Float32Array(n);
+      const chunks = Uint32Array.from({ length: nch }, (_, i) => i);
+      packChunksAt(y, { chunkElems: ce, chunks, exps, header: headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 }), out, stride, seed: 1234, bits, resid });
+      add(out), add(resid);
+      const back = new Float32Array(n);
+      for (let c = 0; c < nch; c++) {
+        const count = Math.min(ce, n - c * ce), raw = new Uint16Array((count + 7) & ~7).fill(bits === 8 ? 2 * ACC_BIAS8 + 3 : 2 * ACC_BIAS4 + 1);
+        const fin = new Uint8Array(payloadBytes(bits, count));
+        const k = finishChunkBits(raw, count, 2, out.subarray(c * stride + HDR), bits, 77 + c, fin);
+        add(fin);
+        dequantizeBits(fin, count, exps[c] + k, bits, back.subarray(c * ce, c * ce + count));
+      }
+      rht(back, ce, 0x9e3779b9, true);
+      rht(resid, ce, 0x9e3779b9, true);
+      add(back), add(resid);
+    }
+  }
+  return h.digest("hex");
+}
+
 describe("the randomized Hadamard transform", () => {
   test("inverse undoes it (to rounding), the norm is kept per block, a seed replays, another seed differs", () => {
     for (const n of [1, 7, 8, 100, 1024, 3440, 5000]) {
@@ -268,6 +302,32 @@ describe("the randomized Hadamard transform", () => {
     }
     if (isas.length < 2) console.log(`[bits] only the ${isas[0]} build runs here: nothing to compare`);
     for (const o of outs) expect(o.equals(outs[0])).toBe(true);
+  });
+
+  test("one chunk at a time (the gather's inverse) gives the same bits as the whole array", () => {
+    for (const [n, ce] of EDGES) {
+      const x = gaussian(n * 7 + ce, n);
+      const whole = Float32Array.from(x), parts = Float32Array.from(x);
+      rht(whole, ce, 31, true);
+      for (let c = 0; c * ce < n; c++) cRhtChunk(parts.subarray(c * ce, Math.min(n, (c + 1) * ce)), c, 31, true);
+      expect([n, ce, bitsOf(parts).equals(bitsOf(whole))]).toEqual([n, ce, true]);
+      rht(whole, ce, 31);
+      for (let c = 0; c * ce < n; c++) cRhtChunk(parts.subarray(c * ce, Math.min(n, (c + 1) * ce)), c, 31, false);
+      expect([n, ce, bitsOf(parts).equals(bitsOf(whole))]).toEqual([n, ce, true]);
+    }
+  });
+
+  test("today's bits, pinned: every build gives the hash the builds before the register-blocked transform gave (transform, exponents, packets, residual, owner's step, inverse)", () => {
+    // 825a4387...: measured with the tree at 7727c85 (stage-by-stage AVX2 transform, scalar residual loop), on its generic, avx2 and avx512 builds
+    const PINNED = "825a4387025dad15fc80789fcf653e8177c7b6dc51ccaebb09bf5aa449af165a";
+    try {
+      for (const isa of quantIsasSupported()) {
+        setQuantIsa(isa);
+        expect([isa, pinnedBits()]).toEqual([isa, PINNED]);
+      }
+    } finally {
+      setQuantIsa("best");
+    }
   });
 
   test("it spreads a spike: one large value among zeros leaves no value above 1/32 of it in a 1024-block", () => {

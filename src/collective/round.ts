@@ -57,11 +57,10 @@ export async function runRound(
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
   await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
-  const rep = endRound(h, st);
-  if (h.rht) {
-    rht(out, h.chunkElems, seed, true);
-    if (resid) rht(resid, h.chunkElems, seed, true);
-  }
+  // the gather takes each chunk of out back through the inverse while it is in cache (rx "map", which 8 and 4 bits need)
+  const rep = endRound(h, st, h.rht && !h.xsk ? seed : 0);
+  if (h.rht && h.xsk) rht(out, h.chunkElems, seed, true);
+  if (h.rht && resid) rht(resid, h.chunkElems, seed, true);
   return rep;
 }
 
@@ -403,10 +402,11 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
   h.phase("work", tp);
 }
 
-/** The round's results into `out`, the window moved, and the bookkeeping:
- * per member counts, partial and passive rounds, the next leader and
- * lateness, the round time for the deadline. */
-function endRound(h: Host, st: RoundState): RoundReport {
+/** The round's results into `out` (rhtSeed, if not 0: each chunk through
+ * the inverse transform as it is gathered), the window moved, and the
+ * bookkeeping: per member counts, partial and passive rounds, the next
+ * leader and lateness, the round time for the deadline. */
+function endRound(h: Host, st: RoundState, rhtSeed: number): RoundReport {
   const r = st.r;
   const bankBase = (r & 1) * h.cfg.chunks;
   const tp = h.clock.now();
@@ -415,7 +415,7 @@ function endRound(h: Host, st: RoundState): RoundReport {
     ? coll.ainftp_gather_list(h.resBase, bankBase, st.owned, st.owned.length, h.chunkElems, r + 1, st.out, st.out.length)
     : h.bits === 16
       ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length)
-      : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits);
+      : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits, rhtSeed);
   h.phase("gather", tp);
   if (bad) throw new AinftpError(`round ${r}`, `${bad} result entries changed while being read`);
   h.stats.rounds++;
