@@ -210,7 +210,7 @@ export function cRhtChunk(x: Float32Array, chunk: number, seed: number, inverse:
   quant.ainftp_rht_chunk(x, x.length, chunk, seed >>> 0, inverse ? 1 : 0);
 }
 
-/** The build the RHT uses (AINFTP_ISA_*: 0 generic, 1 avx2). */
+/** The build the 8/4-bit kernels use (the quantizer's; the avx512 build's transform is the AVX2 code). */
 export function rhtIsa(): QuantIsa {
   return QUANT_ISAS[quant.ainftp_rht_isa()];
 }
