@@ -124,6 +124,18 @@ static inline int8_t exp_of_max_p(int32_t m, int32_t p)
  * operation, so all give the same bits (test/bits.test.ts). */
 #define HOT static inline __attribute__((always_inline))
 
+/* The largest finite |value| (as bits) and the non-finite count of n values. */
+HOT void exps_scan(const float *x, uint32_t n, int32_t *m, uint32_t *bad)
+{
+	for (uint32_t j = 0; j < n; j++) {
+		int32_t a = bits_of(x[j]) & 0x7fffffff;
+		int32_t nf = a >= BITS_INF;
+		*bad += (uint32_t)nf;
+		a = nf ? 0 : a;
+		*m = a > *m ? a : *m;
+	}
+}
+
 /* exps[c] for every chunk (see ainftp_bits_chunk_exps). */
 HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, int32_t p)
 {
@@ -132,13 +144,7 @@ HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t 
 		uint32_t start = c * chunk_elems, end = n - start < chunk_elems ? n : start + chunk_elems;
 		int32_t m = 0;
 		uint32_t bad = 0;
-		for (uint32_t j = start; j < end; j++) {
-			int32_t a = bits_of(x[j]) & 0x7fffffff;
-			int32_t nf = a >= BITS_INF;
-			bad += (uint32_t)nf;
-			a = nf ? 0 : a;
-			m = a > m ? a : m;
-		}
+		exps_scan(x + start, end - start, &m, &bad);
 		nonfinite += bad;
 		exps[c] = exp_of_max_p(m, p);
 	}
@@ -336,18 +342,6 @@ HOT void fwht_passes(float *restrict x, uint32_t n, uint32_t from)
 			}
 }
 
-/* The largest finite |value| (as bits) and the non-finite count of n values. */
-HOT void exps_scan(const float *x, uint32_t n, int32_t *m, uint32_t *bad)
-{
-	for (uint32_t j = 0; j < n; j++) {
-		int32_t a = bits_of(x[j]) & 0x7fffffff;
-		int32_t nf = a >= BITS_INF;
-		*bad += (uint32_t)nf;
-		a = nf ? 0 : a;
-		*m = a > *m ? a : *m;
-	}
-}
-
 /* One block of b = 2^L values at offset off of a chunk whose stream key is key. */
 HOT void rht_block_params(uint32_t count, uint32_t off, uint32_t key, uint32_t inverse, uint32_t *b, uint32_t *k, float *p)
 {
@@ -359,8 +353,7 @@ HOT void rht_block_params(uint32_t count, uint32_t off, uint32_t key, uint32_t i
 }
 
 /* The RHT of one chunk of count values (forward from src into x; inverse in
- * place, src == x), block by block; with m and bad (forward only) also its
- * exponent scan (exps_scan) of the transformed values. */
+ * place, src == x), block by block, stage by stage. */
 HOT void rht_chunk_scalar(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse)
 {
 	for (uint32_t off = 0, b, k; off < count; off += b) {
@@ -688,7 +681,7 @@ TARGET_AVX2 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t c
 		return rht_blocks_avx2(src, x, count, key, 1, m);
 	return rht_blocks_avx2(src, x, count, key, 1, NULL);
 }
-#else
+#else /* never called: without x86 there is only the generic build (vec 0) */
 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m)
 {
 	(void)m;
