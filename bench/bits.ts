@@ -3,8 +3,9 @@
 //  1. accuracy: the relative L2 error of a 4-rank sum at 8 and 4 bits, with
 //     and without the randomized Hadamard transform, for four kinds of
 //     gradients (the pipeline of the collective, the XDP lanes emulated);
-//  2. userspace cost per round of 4M values: exponents, packing, dequantizing,
-//     the transform;
+//  2. userspace cost per value at 4M values: the transform (forward, fused
+//     with the exponents, inverse), exponents, packing (with and without the
+//     residual), dequantizing; with --baseline, against another build;
 //  3. the XDP program's time per contribution packet at each width
 //     (BPF_PROG_TEST_RUN, summed every run; root only).
 import { ACC_BIAS4, ACC_BIAS8, CFG_INT4, CFG_INT8, MAX_ELEMS, PKT_CONTRIB, VERSION, VERSION_INT4, VERSION_INT8, allMembers, payloadBytes, writeHeader } from "../src/abi.ts";
@@ -12,9 +13,11 @@ import { frame } from "../src/packet.ts";
 import { chunkExpsAt, dequantizeBits, finishChunkBits, headerTemplate, packChunksAt, rht } from "../src/quantize.ts";
 import { mulberry32 } from "../src/random.ts";
 import { ReflexObject } from "../src/reflex.ts";
-import { rhtIsa } from "../native/quant.ts";
+import { existsSync } from "node:fs";
+import { openBitsCalls, rhtIsa } from "../native/quant.ts";
 
 const N = 4, E = 3440, C = 32, n = E * C;
+const u8 = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 function gradient(kind: string, seed: number): Float32Array {
   const r = mulberry32(seed), x = new Float32Array(n);
@@ -75,40 +78,75 @@ function roundError(kind: string, bits: 8 | 4, transform: boolean, trial: number
   return Math.sqrt(num / den);
 }
 
-console.log(`1. relative L2 error of a ${N}-rank sum, ${C} chunks of ${E} values, mean of 3 trials (without → with the transform)`);
-for (const kind of ["Gaussian", "Student-t(3)", "log-normal scales", "sparse spikes"]) {
-  const cells = ([8, 4] as const).map((bits) => {
-    const m = (t: boolean) => ([0, 1, 2].map((k) => roundError(kind, bits, t, k)).reduce((a, b) => a + b, 0) / 3).toFixed(3);
-    return `${bits} bits ${m(false)} → ${m(true)}`;
-  });
-  console.log(`  ${kind.padEnd(18)} ${cells.join("   ")}`);
+// Options: --baseline PATH/libainftp.so times another build of the shim (an
+// older tree's) against this one in the same process, kernel by kernel,
+// interleaved, and checks that both give the same bits; --kernels runs
+// section 2 only.
+const argv = process.argv.slice(2);
+const baselineAt = argv.indexOf("--baseline");
+const baselinePath = baselineAt >= 0 ? argv[baselineAt + 1] : undefined;
+if (baselineAt >= 0 && (!baselinePath || !existsSync(baselinePath))) {
+  throw new Error(`--baseline needs the path of a built libainftp.so (got ${baselinePath ?? "nothing"}): build one from an older tree with 'make native/build/libainftp.so' there`);
 }
+const kernelsOnly = argv.includes("--kernels");
 
-console.log(`2. userspace per 4M values (16 MiB of float32), median of 7, kernels: ${rhtIsa()}`);
-{
-  const m = 4 << 20, x = new Float32Array(m);
-  for (let i = 0; i < m; i++) x[i] = Math.sin(i) * 3;
-  const time = (f: () => void) => {
-    f();
-    const t: number[] = [];
-    for (let i = 0; i < 7; i++) {
-      const a = performance.now();
-      f();
-      t.push(performance.now() - a);
-    }
-    return t.sort((a, b) => a - b)[3].toFixed(2);
-  };
-  for (const bits of [8, 4] as const) {
-    const ce = 2 * MAX_ELEMS, nch = Math.ceil(m / ce), exps = new Int8Array(nch), chunks = Uint32Array.from({ length: nch }, (_, i) => i);
-    const stride = 32 + payloadBytes(bits, ce), out = new Uint8Array(stride * nch), o = new Float32Array(ce);
-    const hdr = headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 });
-    console.log(`  ${bits} bits: exponents ${time(() => chunkExpsAt(x, ce, exps, bits))} ms, packing ${time(() => packChunksAt(x, { chunkElems: ce, chunks, exps, header: hdr, out, stride, seed: 5, bits }))} ms, ` +
-      `dequantizing ${time(() => { for (let c = 0; c < nch; c++) dequantizeBits(out.subarray(c * stride + 32), ce, exps[c], bits, o); })} ms`);
+if (!kernelsOnly) {
+  console.log(`1. relative L2 error of a ${N}-rank sum, ${C} chunks of ${E} values, mean of 3 trials (without → with the transform)`);
+  for (const kind of ["Gaussian", "Student-t(3)", "log-normal scales", "sparse spikes"]) {
+    const cells = ([8, 4] as const).map((bits) => {
+      const m = (t: boolean) => ([0, 1, 2].map((k) => roundError(kind, bits, t, k)).reduce((a, b) => a + b, 0) / 3).toFixed(3);
+      return `${bits} bits ${m(false)} → ${m(true)}`;
+    });
+    console.log(`  ${kind.padEnd(18)} ${cells.join("   ")}`);
   }
-  const y = Float32Array.from(x);
-  console.log(`  transform ${time(() => rht(y, 2 * MAX_ELEMS, 7))} ms, inverse ${time(() => rht(y, 2 * MAX_ELEMS, 7, true))} ms`);
 }
 
+console.log(`2. userspace per value at 4M values (16 MiB of float32), chunks of ${2 * MAX_ELEMS}, median (and min) of 15, kernels: ${rhtIsa()}` +
+  (baselinePath ? `; this tree vs ${baselinePath}, interleaved` : ""));
+{
+  const m = 4 << 20, ce = 2 * MAX_ELEMS, nch = Math.ceil(m / ce), x = new Float32Array(m);
+  for (let i = 0; i < m; i++) x[i] = Math.sin(i) * 3;
+  const chunks = Uint32Array.from({ length: nch }, (_, i) => i);
+  const hdr = headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 });
+  const builds = [{ name: "this tree", k: openBitsCalls() }, ...(baselinePath ? [{ name: "baseline", k: openBitsCalls(baselinePath) }] : [])].map((b) => ({
+    ...b, y: new Float32Array(m), resid: new Float32Array(m), exps: new Int8Array(nch), deq: new Float32Array(ce),
+    out: { 8: new Uint8Array((32 + payloadBytes(8, ce)) * nch), 4: new Uint8Array((32 + payloadBytes(4, ce)) * nch) },
+  }));
+  type B = (typeof builds)[number];
+  const stride = (bits: 8 | 4) => 32 + payloadBytes(bits, ce);
+  const ops: [string, (b: B) => void, (b: B) => Uint8Array[]][] = [
+    ["rht forward (rhtFrom)", (b) => b.k.rhtFrom(x, b.y, ce, 7), (b) => [u8(b.y)]],
+    ["exponents, 8 bits", (b) => b.k.exps(b.y, ce, b.exps, 8), (b) => [u8(b.exps)]],
+    ["rht forward + exponents (a build without the fused call: the two)", (b) => (b.k.rhtFromExps ? b.k.rhtFromExps(x, b.y, ce, 7, b.exps, 8) : (b.k.rhtFrom(x, b.y, ce, 7), b.k.exps(b.y, ce, b.exps, 8))), (b) => [u8(b.y), u8(b.exps)]],
+    ...([8, 4] as const).flatMap((bits) => [false, true].map((ef): [string, (b: B) => void, (b: B) => Uint8Array[]] => [
+      `pack ${bits} bits${ef ? " + residual" : ""}`,
+      (b) => b.k.pack(b.y, ce, chunks, b.exps, hdr, b.out[bits], stride(bits), 5, bits, ef ? b.resid : null),
+      (b) => [b.out[bits], ...(ef ? [u8(b.resid)] : [])],
+    ])),
+    ...([8, 4] as const).map((bits): [string, (b: B) => void, (b: B) => Uint8Array[]] => [`dequantize ${bits} bits`, (b) => {
+      for (let c = 0; c < nch; c++) b.k.dequantize(b.out[bits].subarray(c * stride(bits) + 32), Math.min(ce, m - c * ce), b.exps[c], bits, b.deq);
+    }, (b) => [u8(b.deq)]]),
+    ["rht inverse", (b) => b.k.rhtInverse(b.y, ce, 7), (b) => [u8(b.y)]],
+  ];
+  const rows: string[][] = [["", ...builds.map((b) => `${b.name} ns/value (min)`), ...(builds.length > 1 ? ["ratio of medians", "same bits"] : [])]];
+  for (const [name, run, result] of ops) {
+    const t = builds.map(() => [] as number[]);
+    for (let i = 0; i < 16; i++)
+      builds.forEach((b, j) => {
+        const a = performance.now();
+        run(b);
+        if (i > 0) t[j].push(((performance.now() - a) * 1e6) / m); // the first is a warm-up
+      });
+    const sorted = t.map((v) => v.sort((a, b) => a - b)), med = sorted.map((v) => v[7]);
+    // the min says what the kernel costs on a machine others load; the median what a round sees
+    const same = builds.length > 1 && result(builds[0]).every((r, i) => Buffer.from(r).equals(Buffer.from(result(builds[1])[i])));
+    rows.push([name, ...sorted.map((v) => `${v[7].toFixed(3)} (${v[0].toFixed(3)})`), ...(builds.length > 1 ? [(med[0] / med[1]).toFixed(2), same ? "yes" : "NO"] : [])]);
+  }
+  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  for (const r of rows) console.log("  " + r.map((v, c) => (c ? v.padStart(w[c]) : v.padEnd(w[c]))).join("  "));
+}
+
+if (kernelsOnly) process.exit(0);
 if (process.getuid?.() !== 0) console.log("3. XDP: skipped (BPF_PROG_TEST_RUN needs root)");
 else {
   console.log("3. XDP per contribution packet (BPF_PROG_TEST_RUN, summed every run: bench_no_dedupe), median of 7 × 100k");

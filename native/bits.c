@@ -18,9 +18,13 @@
  *    of at most 2^AINFTP_RHT_LOG_MAX within each chunk (random signs, then
  *    the unnormalized Walsh-Hadamard butterflies, then 2^-floor(L/2); the
  *    inverse in the other order with 2^-ceil(L/2), so H D H D = I exactly in
- *    the scaling and to one rounding per butterfly in the values). A generic
- *    build and an AVX2 one (its first three passes as in-register shuffles),
- *    chosen with the quantizer's build (AINFTP_QUANT_ISA, ainftp_quant_isa).
+ *    the scaling and to one rounding per butterfly in the values), plus
+ *    ainftp_rht_from_exps (the forward transform and the exponents in one
+ *    pass) and ainftp_rht_chunk (one chunk, for the gather). A generic
+ *    build, and a register-blocked AVX2 one (also the avx512 build's).
+ *
+ * Builds: generic, AVX2 and AVX-512, chosen with the quantizer's build
+ * (AINFTP_QUANT_ISA, ainftp_quant_isa); all give the same bits.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -111,13 +115,26 @@ static inline int8_t exp_of_max_p(int32_t m, int32_t p)
 	return (int8_t)e;
 }
 
-/* ---- the kernels: written once, built for the baseline ISA and for AVX2 ---- */
+/* ---- the kernels: written once, built for the baseline ISA, AVX2 and AVX-512 ---- */
 
-/* Each body below is inlined into a generic and an AVX2 build (the latter
- * vectorizes the 32-bit multiplies of the hash, which SSE2 cannot); the same
- * steps in the same order, each exact or one IEEE operation, so both give
- * the same bits (test/bits.test.ts). */
+/* Each body below is inlined into a generic, an AVX2 and an AVX-512 build
+ * (AVX2 vectorizes the 32-bit multiplies of the hash, which SSE2 cannot;
+ * AVX-512's 32 registers and mask compares halve the packing's time, its
+ * spills gone); the same steps in the same order, each exact or one IEEE
+ * operation, so all give the same bits (test/bits.test.ts). */
 #define HOT static inline __attribute__((always_inline))
+
+/* The largest finite |value| (as bits) and the non-finite count of n values. */
+HOT void exps_scan(const float *x, uint32_t n, int32_t *m, uint32_t *bad)
+{
+	for (uint32_t j = 0; j < n; j++) {
+		int32_t a = bits_of(x[j]) & 0x7fffffff;
+		int32_t nf = a >= BITS_INF;
+		*bad += (uint32_t)nf;
+		a = nf ? 0 : a;
+		*m = a > *m ? a : *m;
+	}
+}
 
 /* exps[c] for every chunk (see ainftp_bits_chunk_exps). */
 HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t *exps, int32_t p)
@@ -127,13 +144,7 @@ HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t 
 		uint32_t start = c * chunk_elems, end = n - start < chunk_elems ? n : start + chunk_elems;
 		int32_t m = 0;
 		uint32_t bad = 0;
-		for (uint32_t j = start; j < end; j++) {
-			int32_t a = bits_of(x[j]) & 0x7fffffff;
-			int32_t nf = a >= BITS_INF;
-			bad += (uint32_t)nf;
-			a = nf ? 0 : a;
-			m = a > m ? a : m;
-		}
+		exps_scan(x + start, end - start, &m, &bad);
 		nonfinite += bad;
 		exps[c] = exp_of_max_p(m, p);
 	}
@@ -142,8 +153,10 @@ HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t 
 
 /* q[j] = floor(v) + (u_j < v - floor(v)), v = x[j] * scale clamped to +-Q
  * (clipped values and NaN, stored as 0, counted): quant.c's stochastic_body
- * at a narrower clamp. */
-HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, uint32_t key)
+ * at a narrower clamp. resid, if not NULL, gets x[j] - q[j] * p in the same
+ * pass (p = 1 / scale). */
+HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, uint32_t key,
+			       float *resid, float p)
 {
 	uint32_t bad = 0, h = key;
 	for (uint32_t j = 0; j < n; j++, h += GOLDEN) {
@@ -157,13 +170,17 @@ HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale,
 		int32_t down = t - MAGIC_RNE > v;
 		float frac = v - ((t - MAGIC_RNE) - (float)down);
 		float u = (float)(int32_t)(mix32(h) >> 8) * 0x1p-24f;
-		q[j] = (int8_t)(bits_of(t) - MAGIC_BITS - down + (u < frac));
+		int32_t qj = bits_of(t) - MAGIC_BITS - down + (u < frac); /* within +-Q: as an int8 */
+		q[j] = (int8_t)qj;
+		if (resid)
+			resid[j] = x[j] - (float)qj * p;
 	}
 	return bad;
 }
 
 /* Round to nearest, ties to even (seed 0: tests and reference only). */
-HOT uint32_t nearest_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q)
+HOT uint32_t nearest_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, float *resid,
+			    float p)
 {
 	uint32_t bad = 0;
 	for (uint32_t j = 0; j < n; j++) {
@@ -172,7 +189,10 @@ HOT uint32_t nearest_narrow(const float *restrict x, uint32_t n, float scale, in
 		bad += a > bq;
 		a = a > BITS_INF ? 0 : a;
 		a = a > bq ? bq : a;
-		q[j] = (int8_t)(bits_of(float_of(a | (b & (int32_t)0x80000000)) + MAGIC_RNE) - MAGIC_BITS);
+		int32_t qj = bits_of(float_of(a | (b & (int32_t)0x80000000)) + MAGIC_RNE) - MAGIC_BITS;
+		q[j] = (int8_t)qj;
+		if (resid)
+			resid[j] = x[j] - (float)qj * p;
 	}
 	return bad;
 }
@@ -217,15 +237,17 @@ HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const u
 		uint32_t c = chunks[i], start = c * chunk_elems;
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
 		uint8_t *dst = out + (size_t)i * stride;
-		float scale = pow2f(-exps[c]);
-		uint32_t sat = seed ? stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c))
-				    : nearest_narrow(x + start, count, scale, bq, q);
+		float scale = pow2f(-exps[c]), p = pow2f(exps[c]);
+		float *r = resid ? resid + start : NULL;
+		uint32_t sat;
+		/* each a loop of its own: the residual's test is not made per value */
+		if (seed && r)
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), r, p);
+		else if (seed)
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), NULL, p);
+		else
+			sat = nearest_narrow(x + start, count, scale, bq, q, r, p);
 		memset(q + count, 0, ((count + 15) & ~15u) - count);
-		if (resid) {
-			float p = pow2f(exps[c]);
-			for (uint32_t j = 0; j < count; j++)
-				resid[start + j] = x[start + j] - (float)q[j] * p;
-		}
 		pack_values(q, count, bits, dst + sizeof(*h));
 		h->chunk = c;
 		h->count = (__u16)count;
@@ -320,32 +342,68 @@ HOT void fwht_passes(float *restrict x, uint32_t n, uint32_t from)
 			}
 }
 
-static void fwht_vec(float *x, uint32_t n);
+/* One block of b = 2^L values at offset off of a chunk whose stream key is key. */
+HOT void rht_block_params(uint32_t count, uint32_t off, uint32_t key, uint32_t inverse, uint32_t *b, uint32_t *k, float *p)
+{
+	uint32_t L = 31 - (uint32_t)__builtin_clz(count - off);
+	L = L > AINFTP_RHT_LOG_MAX ? AINFTP_RHT_LOG_MAX : L;
+	*b = 1u << L;
+	*k = key + off * GOLDEN; /* words [off, off + b / 32): no two blocks share one */
+	*p = pow2f(-(int32_t)(inverse ? (L + 1) / 2 : L / 2));
+}
+
+/* The RHT of one chunk of count values (forward from src into x; inverse in
+ * place, src == x), block by block, stage by stage. */
+HOT void rht_chunk_scalar(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse)
+{
+	for (uint32_t off = 0, b, k; off < count; off += b) {
+		float p;
+		rht_block_params(count, off, key, inverse, &b, &k, &p);
+		/* forward D then H (scaled); inverse H then D (scaled) */
+		if (!inverse) /* the first pass reads src (x itself, or the caller's gradient) */
+			rht_signs_scale(src + off, x + off, b, k, p);
+		fwht_passes(x + off, b, 1);
+		if (inverse)
+			rht_signs_scale(x + off, x + off, b, k, p);
+	}
+}
+
+/* The AVX2 build's chunk (below; the scalar one elsewhere): returns the
+ * non-finite count and writes the largest finite |value| bits to *m when m
+ * is not NULL (forward only). */
+static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m);
 
 HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uint32_t inverse, int vec)
 {
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
-		uint32_t key = stream_key(seed, c);
-		for (uint32_t off = 0; off < count;) {
-			uint32_t L = 31 - (uint32_t)__builtin_clz(count - off);
-			L = L > AINFTP_RHT_LOG_MAX ? AINFTP_RHT_LOG_MAX : L;
-			uint32_t b = 1u << L;
-			float *blk = x + start + off;
-			/* forward D then H (scaled); inverse H then D (scaled) */
-			uint32_t k = key + off * GOLDEN; /* words [off, off + b / 32): no two blocks share one */
-			float p = pow2f(-(int32_t)(inverse ? (L + 1) / 2 : L / 2));
-			if (!inverse) /* the first pass reads src (x itself, or the caller's gradient) */
-				rht_signs_scale(src + start + off, blk, b, k, p);
-			if (vec)
-				fwht_vec(blk, b);
-			else
-				fwht_passes(blk, b, 1);
-			if (inverse)
-				rht_signs_scale(blk, blk, b, k, p);
-			off += b;
-		}
+		if (vec)
+			rht_chunk_vec(src + start, x + start, count, stream_key(seed, c), inverse, NULL);
+		else
+			rht_chunk_scalar(src + start, x + start, count, stream_key(seed, c), inverse);
 	}
+}
+
+/* The forward RHT of src into x and exps[c] of the transformed values (as
+ * exps_body would give, without reading x again); the non-finite count. */
+HOT uint32_t rht_exps_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, int8_t *exps,
+			   int32_t p, int vec)
+{
+	uint32_t nonfinite = 0;
+	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
+		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		int32_t m = 0;
+		if (vec) {
+			nonfinite += rht_chunk_vec(src + start, x + start, count, stream_key(seed, c), 0, &m);
+		} else {
+			uint32_t bad = 0;
+			rht_chunk_scalar(src + start, x + start, count, stream_key(seed, c), 0);
+			exps_scan(x + start, count, &m, &bad);
+			nonfinite += bad;
+		}
+		exps[c] = exp_of_max_p(m, p);
+	}
+	return nonfinite;
 }
 
 struct bits_kernels {
@@ -355,6 +413,8 @@ struct bits_kernels {
 	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
 	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
 	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
+	uint32_t (*rht_exps)(const float *, float *, uint32_t, uint32_t, uint32_t, int8_t *, int32_t);
+	void (*rht_chunk)(float *, uint32_t, uint32_t, uint32_t);
 };
 
 #define BITS_BUILD(isa, attr, vec)                                                                               \
@@ -382,56 +442,260 @@ struct bits_kernels {
 				   uint32_t inverse)                                                            \
 	{                                                                                                        \
 		rht_body(src, x, n, ce, seed, inverse, vec);                                                      \
+	}                                                                                                        \
+	attr static uint32_t rht_exps_##isa(const float *src, float *x, uint32_t n, uint32_t ce, uint32_t seed, \
+					    int8_t *exps, int32_t p)                                            \
+	{                                                                                                        \
+		return rht_exps_body(src, x, n, ce, seed, exps, p, vec);                                          \
+	}                                                                                                        \
+	attr static void rht_chunk_##isa(float *x, uint32_t count, uint32_t key, uint32_t inverse)              \
+	{                                                                                                        \
+		if (vec)                                                                                         \
+			rht_chunk_vec(x, x, count, key, inverse, NULL);                                          \
+		else                                                                                             \
+			rht_chunk_scalar(x, x, count, key, inverse);                                             \
 	}
 
 BITS_BUILD(generic, , 0)
-static const struct bits_kernels generic = { exps_generic, pack_generic, finish_generic, dequant_generic, rht_generic };
+static const struct bits_kernels generic = { exps_generic, pack_generic, finish_generic, dequant_generic, rht_generic,
+						 rht_exps_generic, rht_chunk_generic };
 
 #ifdef BITS_X86
 #define TARGET_AVX2 __attribute__((target("avx2")))
 BITS_BUILD(avx2, TARGET_AVX2, 1)
-static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2 };
+static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2, rht_exps_avx2, rht_chunk_avx2 };
+#ifdef __clang__
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#else /* gcc would use 256-bit vectors for these by default */
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
+#endif
+BITS_BUILD(avx512, TARGET_AVX512, 1)
+static const struct bits_kernels avx512 = { exps_avx512, pack_avx512, finish_avx512, dequant_avx512, rht_avx512, rht_exps_avx512, rht_chunk_avx512 };
 
-/* The butterflies with 8-float vectors: passes 1, 2, 4 inside each vector
- * (a + (b with the upper element of each pair's sign flipped), i.e. a + b
- * and a - b, as the scalar passes compute them), then whole vectors. */
-TARGET_AVX2 static void fwht_vec(float *x, uint32_t n)
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2")))
+/* The register blocks below only stay in registers when unrolled whole. */
+#if defined(__clang__)
+#define UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
+/* The sign masks of values 8t .. 8t + 7 of a sign word broadcast in w
+ * (bit i: value i), t = 0 .. 3. */
+AVX2_INLINE __m256 sign8(__m256i w, uint32_t t)
 {
-	if (n < 8) {
-		fwht_passes(x, n, 1);
-		return;
-	}
+	const __m256i shift = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+	__m256i v = _mm256_sllv_epi32(w, _mm256_sub_epi32(shift, _mm256_set1_epi32((int32_t)(8 * t))));
+	return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(INT32_MIN)));
+}
+
+/* rht_signs_scale of 8 values: the sign flip, then the exact scale. */
+AVX2_INLINE __m256 signs_scale8(__m256 v, __m256i w, uint32_t t, __m256 p)
+{
+	return _mm256_mul_ps(_mm256_xor_ps(v, sign8(w, t)), p);
+}
+
+/* Passes 1, 2, 4 inside one vector: the upper element of each pair negated,
+ * plus the vector with each pair swapped: -b + a and a + b, which are a - b
+ * and a + b exactly as the scalar passes compute them (IEEE addition
+ * commutes, and x - y is x + -y; only a NaN's payload may differ, and a
+ * non-finite gradient is refused). One shuffle per pass. */
+AVX2_INLINE __m256 fwht8(__m256 v)
+{
 	const __m256 m1 = _mm256_castsi256_ps(_mm256_setr_epi32(0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN));
 	const __m256 m2 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN));
 	const __m256 m4 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN));
-	for (uint32_t i = 0; i < n; i += 8) {
-		__m256 v = _mm256_loadu_ps(x + i);
-		v = _mm256_add_ps(_mm256_moveldup_ps(v), _mm256_xor_ps(_mm256_movehdup_ps(v), m1));
-		v = _mm256_add_ps(_mm256_permute_ps(v, 0x44), _mm256_xor_ps(_mm256_permute_ps(v, 0xee), m2));
-		v = _mm256_add_ps(_mm256_permute2f128_ps(v, v, 0x00), _mm256_xor_ps(_mm256_permute2f128_ps(v, v, 0x11), m4));
-		_mm256_storeu_ps(x + i, v);
-	}
-	for (uint32_t h = 8; h < n; h <<= 1)
-		for (uint32_t i = 0; i < n; i += 2 * h)
-			for (uint32_t j = i; j < i + h; j += 8) {
-				__m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
-				_mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
-				_mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+	v = _mm256_add_ps(_mm256_xor_ps(v, m1), _mm256_permute_ps(v, 0xb1));
+	v = _mm256_add_ps(_mm256_xor_ps(v, m2), _mm256_permute_ps(v, 0x4e));
+	return _mm256_add_ps(_mm256_xor_ps(v, m4), _mm256_permute2f128_ps(v, v, 0x01));
+}
+
+/* Whole-vector passes over R vectors: distance d = 1, 2, ... R/2, as h = 8d. */
+AVX2_INLINE void fwht_regs(__m256 *v, uint32_t R)
+{
+	UNROLL
+	for (uint32_t d = 1; d < R; d <<= 1)
+		UNROLL
+		for (uint32_t r = 0; r < R; r++)
+			if (!(r & d)) {
+				__m256 a = v[r], b = v[r + d];
+				v[r] = _mm256_add_ps(a, b);
+				v[r + d] = _mm256_sub_ps(a, b);
 			}
 }
-#else
-static void fwht_vec(float *x, uint32_t n)
+
+/* exps_scan of 8 values, per lane: max in m, non-finite count in bad. */
+struct vexps {
+	__m256i m, bad;
+};
+
+AVX2_INLINE void vexps_add(struct vexps *e, __m256 v)
 {
-	fwht_passes(x, n, 1);
+	__m256i a = _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff));
+	__m256i nf = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(BITS_INF - 1));
+	e->bad = _mm256_sub_epi32(e->bad, nf);
+	e->m = _mm256_max_epi32(e->m, _mm256_andnot_si256(nf, a));
+}
+
+/* The block is register-blocked: every pass of one stage reads only that
+ * stage's inputs, so doing the passes group by group instead of stage by
+ * stage gives every value the same additions in the same order (the same
+ * bits as the stage-by-stage sweep). Low passes: groups of RHT_LO vectors
+ * (8 * RHT_LO values), passes h = 1 .. 4 * RHT_LO in registers; high passes:
+ * columns of 8 values at stride 8 * RHT_LO, h = 8 * RHT_LO .. b / 2. */
+#ifndef RHT_LO
+#define RHT_LO 16
+#endif
+
+/* One low group of 8R values: load (forward: signs and scale first), passes
+ * 1 .. 4R, store (last: inverse signs and scale, then the exponent scan).
+ * w: the group's sign words. */
+AVX2_INLINE void rht_lo(const float *src, float *x, uint32_t R, const uint32_t *w, __m256 p, int fwd, int last,
+			struct vexps *e)
+{
+	__m256 v[RHT_LO];
+	__m256i wb[RHT_LO / 4 + 1];
+	UNROLL
+	for (uint32_t r = 0; r < R; r += 4)
+		wb[r / 4] = _mm256_set1_epi32((int32_t)w[r / 4]);
+	UNROLL
+	for (uint32_t r = 0; r < R; r++) {
+		v[r] = _mm256_loadu_ps(src + 8 * r);
+		if (fwd)
+			v[r] = signs_scale8(v[r], wb[r / 4], r & 3, p);
+		v[r] = fwht8(v[r]);
+	}
+	fwht_regs(v, R);
+	UNROLL
+	for (uint32_t r = 0; r < R; r++) {
+		if (last && !fwd)
+			v[r] = signs_scale8(v[r], wb[r / 4], r & 3, p);
+		if (last && e)
+			vexps_add(e, v[r]);
+		_mm256_storeu_ps(x + 8 * r, v[r]);
+	}
+}
+
+/* The high passes of a block of R * 8 * RHT_LO values, in place. */
+AVX2_INLINE void rht_hi(float *x, uint32_t R, const uint32_t *w, __m256 p, int fwd, struct vexps *e)
+{
+	const uint32_t S = 8 * RHT_LO;
+	for (uint32_t col = 0; col < S; col += 8) {
+		__m256 v[16];
+		UNROLL
+		for (uint32_t r = 0; r < R; r++)
+			v[r] = _mm256_loadu_ps(x + col + S * r);
+		fwht_regs(v, R);
+		UNROLL
+	for (uint32_t r = 0; r < R; r++) {
+			uint32_t i = col + S * r; /* value i's sign: bit i % 32 of word i / 32 */
+			if (!fwd)
+				v[r] = signs_scale8(v[r], _mm256_set1_epi32((int32_t)w[i >> 5]), (i & 31) / 8, p);
+			if (e)
+				vexps_add(e, v[r]);
+			_mm256_storeu_ps(x + col + S * r, v[r]);
+		}
+	}
+}
+
+/* One block of b >= 8 values (a power of two, at most 2^AINFTP_RHT_LOG_MAX). */
+AVX2_INLINE void rht_block8(const float *src, float *x, uint32_t b, uint32_t k, float pf, int fwd, struct vexps *e)
+{
+	uint32_t w[(1u << AINFTP_RHT_LOG_MAX) / 32];
+	for (uint32_t i = 0; i < (b + 31) / 32; i++)
+		w[i] = mix32(k + i * GOLDEN);
+	const __m256 p = _mm256_set1_ps(pf);
+	const uint32_t S = 8 * RHT_LO;
+	_Static_assert((RHT_LO == 8 || RHT_LO == 16) && AINFTP_RHT_LOG_MAX == 10, "the cases below");
+	switch (b) { /* a block within one low group */
+	case 8:
+		rht_lo(src, x, 1, w, p, fwd, 1, e);
+		return;
+	case 16:
+		rht_lo(src, x, 2, w, p, fwd, 1, e);
+		return;
+	case 32:
+		rht_lo(src, x, 4, w, p, fwd, 1, e);
+		return;
+	case 64:
+		rht_lo(src, x, 8, w, p, fwd, 1, e);
+		return;
+	}
+	for (uint32_t g = 0; g < b; g += S)
+		rht_lo(src + g, x + g, RHT_LO, w + g / 32, p, fwd, b == S, e);
+	switch (b / S) {
+	case 2:
+		rht_hi(x, 2, w, p, fwd, e);
+		break;
+	case 4:
+		rht_hi(x, 4, w, p, fwd, e);
+		break;
+	case 8:
+		rht_hi(x, 8, w, p, fwd, e);
+		break;
+	case 16:
+		rht_hi(x, 16, w, p, fwd, e);
+		break;
+	}
+}
+
+AVX2_INLINE uint32_t rht_blocks_avx2(const float *src, float *x, uint32_t count, uint32_t key, int fwd, int32_t *m)
+{
+	struct vexps e = { _mm256_setzero_si256(), _mm256_setzero_si256() };
+	int32_t ms = 0;
+	uint32_t bad = 0;
+	for (uint32_t off = 0, b, k; off < count; off += b) {
+		float p;
+		rht_block_params(count, off, key, !fwd, &b, &k, &p);
+		if (b >= 8) {
+			rht_block8(src + off, x + off, b, k, p, fwd, m ? &e : NULL);
+			continue;
+		}
+		if (fwd)
+			rht_signs_scale(src + off, x + off, b, k, p);
+		fwht_passes(x + off, b, 1);
+		if (!fwd)
+			rht_signs_scale(x + off, x + off, b, k, p);
+		if (m)
+			exps_scan(x + off, b, &ms, &bad);
+	}
+	if (!m)
+		return 0;
+	int32_t lm[8], lb[8];
+	_mm256_storeu_si256((__m256i *)lm, e.m);
+	_mm256_storeu_si256((__m256i *)lb, e.bad);
+	for (int t = 0; t < 8; t++) {
+		ms = lm[t] > ms ? lm[t] : ms;
+		bad += (uint32_t)lb[t];
+	}
+	*m = ms;
+	return bad;
+}
+
+TARGET_AVX2 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse,
+					   int32_t *m)
+{
+	if (inverse)
+		return rht_blocks_avx2(x, x, count, key, 0, NULL);
+	if (m)
+		return rht_blocks_avx2(src, x, count, key, 1, m);
+	return rht_blocks_avx2(src, x, count, key, 1, NULL);
+}
+#else /* never called: without x86 there is only the generic build (vec 0) */
+static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m)
+{
+	(void)m;
+	rht_chunk_scalar(src, x, count, key, inverse);
+	return 0;
 }
 #endif
 
-/* The build the kernels here use: AVX2 when the quantizer's build is AVX2 or
- * wider (AINFTP_QUANT_ISA=generic forces the scalar one). */
+/* The build the kernels here use: the quantizer's (AINFTP_QUANT_ISA=generic
+ * forces the scalar one). */
 int32_t ainftp_rht_isa(void)
 {
 #ifdef BITS_X86
-	return ainftp_quant_isa() >= AINFTP_ISA_AVX2 ? AINFTP_ISA_AVX2 : AINFTP_ISA_GENERIC;
+	return ainftp_quant_isa();
 #else
 	return AINFTP_ISA_GENERIC;
 #endif
@@ -440,7 +704,10 @@ int32_t ainftp_rht_isa(void)
 static inline const struct bits_kernels *kern(void)
 {
 #ifdef BITS_X86
-	if (ainftp_rht_isa() == AINFTP_ISA_AVX2)
+	int32_t isa = ainftp_rht_isa();
+	if (isa == AINFTP_ISA_AVX512)
+		return &avx512;
+	if (isa == AINFTP_ISA_AVX2)
 		return &avx2;
 #endif
 	return &generic;
@@ -527,6 +794,18 @@ int32_t ainftp_rht(float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, ui
 	return 0;
 }
 
+/* The RHT of one chunk's count values in place (inverse: its inverse),
+ * `chunk` being its index in the array: the same values as ainftp_rht gives
+ * that chunk of the whole array (the gather takes each chunk back while it
+ * is in cache). Returns 0, or -EINVAL for count 0. */
+int32_t ainftp_rht_chunk(float *x, uint32_t count, uint32_t chunk, uint32_t seed, uint32_t inverse)
+{
+	if (count == 0)
+		return -EINVAL;
+	kern()->rht_chunk(x, count, stream_key(seed, chunk), inverse);
+	return 0;
+}
+
 /* The forward transform of src into x (n values each, not overlapping): the
  * same values as copying src to x and transforming it in place, without
  * the copy. Returns 0, or -EINVAL. */
@@ -536,4 +815,18 @@ int32_t ainftp_rht_from(const float *src, float *x, uint32_t n, uint32_t chunk_e
 		return -EINVAL;
 	kern()->rht(src, x, n, chunk_elems, seed, 0);
 	return 0;
+}
+
+/* ainftp_rht_from and then ainftp_bits_chunk_exps of x, in one pass: each
+ * chunk's exponent at `bits` (8 or 4) is taken from the transformed values
+ * while they are in registers, so x is not read again. The same values and
+ * exponents as the two calls. Returns the non-finite values of x after the
+ * transform (as ainftp_bits_chunk_exps), or AINFTP_QUANT_EINVAL. src == x
+ * transforms in place. */
+uint32_t ainftp_rht_from_exps(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, int8_t *exps,
+			      uint32_t bits)
+{
+	if (chunk_elems == 0 || (bits != 8 && bits != 4))
+		return AINFTP_QUANT_EINVAL;
+	return kern()->rht_exps(src, x, n, chunk_elems, seed, exps, bits == 8 ? 7 : 3);
 }

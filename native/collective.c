@@ -230,9 +230,12 @@ uint32_t ainftp_gather_list_bits(const uint8_t *res_base, uint32_t bank_base, co
 	return bad;
 }
 
-/* ainftp_gather_results at a job's width (16, 8 or 4). */
+/* ainftp_gather_results at a job's width (16, 8 or 4); rht_seed, if not 0:
+ * each chunk then through the inverse RHT of that seed (ainftp_rht_chunk)
+ * while it is in cache, instead of a second pass over out. */
 uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
-				    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits)
+				    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits,
+				    uint32_t rht_seed)
 {
 	uint32_t bad = 0;
 	for (uint32_t c = 0; c < nchunks; c++) {
@@ -243,6 +246,8 @@ uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base,
 		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
 		    dequant_result(res, want, bits, out + start) < 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
 			bad++;
+		else if (rht_seed && want)
+			ainftp_rht_chunk(out + start, want, c, rht_seed, 1);
 	}
 	return bad;
 }

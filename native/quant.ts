@@ -3,8 +3,20 @@
 // byteOffset included), with no copy and no per-element JS. These wrappers
 // only size-check what C would otherwise read or write out of bounds;
 // src/quantize.ts is the API with error messages.
-import { FFIType as T } from "bun:ffi";
+import { dlopen, FFIType as T } from "bun:ffi";
 import { openShimTable } from "./shim.ts";
+
+const BITS_SYMBOLS = {
+  ainftp_bits_chunk_exps: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
+  ainftp_bits_pack: {
+    args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr],
+    returns: T.u32,
+  },
+  ainftp_bits_dequantize: { args: [T.ptr, T.u32, T.i32, T.u32, T.ptr], returns: T.i32 },
+  ainftp_rht: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_rht_from: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
+} as const;
+const RHT_FROM_EXPS = { ainftp_rht_from_exps: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 } } as const;
 
 const quant = openShimTable({
   ainftp_chunk_exps: { args: [T.ptr, T.u32, T.u32, T.ptr], returns: T.u32 },
@@ -19,16 +31,11 @@ const quant = openShimTable({
   ainftp_quant_isa_mask: { args: [], returns: T.u32 },
   ainftp_quant_set_isa: { args: [T.i32], returns: T.i32 },
   ainftp_quant_isa: { args: [], returns: T.i32 },
-  ainftp_bits_chunk_exps: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
-  ainftp_bits_pack: {
-    args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr],
-    returns: T.u32,
-  },
+  ...BITS_SYMBOLS,
+  ...RHT_FROM_EXPS,
+  ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
-  ainftp_bits_dequantize: { args: [T.ptr, T.u32, T.i32, T.u32, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
-  ainftp_rht: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
-  ainftp_rht_from: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
 } as const);
 
@@ -187,7 +194,61 @@ export function cRhtFrom(src: Float32Array, out: Float32Array, chunkElems: numbe
   if (src.length) quant.ainftp_rht_from(src, out, src.length, chunkElems, seed >>> 0);
 }
 
-/** The build the RHT uses (AINFTP_ISA_*: 0 generic, 1 avx2). */
+/** cRhtFrom, then cBitsChunkExps of out, in one pass over the values (out
+ * may be src itself: in place). Returns the NaN/±Inf count of out. */
+export function cRhtFromExps(src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits): number {
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(out.length >= src.length, "out shorter than src");
+  need(exps.length >= Math.ceil(src.length / chunkElems), "exps shorter than the chunk count");
+  return src.length ? quant.ainftp_rht_from_exps(src, out, src.length, chunkElems, seed >>> 0, exps, bits) : 0;
+}
+
+/** The RHT of one chunk in place, `chunk` its index in the whole array (the
+ * gather's per-chunk inverse, native/collective.c). */
+export function cRhtChunk(x: Float32Array, chunk: number, seed: number, inverse: boolean): void {
+  need(x.length > 0, "an empty chunk");
+  quant.ainftp_rht_chunk(x, x.length, chunk, seed >>> 0, inverse ? 1 : 0);
+}
+
+/** The build the 8/4-bit kernels use (the quantizer's; the avx512 build's transform is the AVX2 code). */
 export function rhtIsa(): QuantIsa {
   return QUANT_ISAS[quant.ainftp_rht_isa()];
+}
+
+/** The 8/4-bit kernels, as bench/bits.ts times them (no argument checks:
+ * the bench's arrays are sized right). */
+export type BitsCalls = {
+  exps(x: Float32Array, chunkElems: number, exps: Int8Array, bits: NarrowBits): number;
+  pack(x: Float32Array, chunkElems: number, chunks: Uint32Array, exps: Int8Array, header: Uint8Array, out: Uint8Array, stride: number, seed: number, bits: NarrowBits, resid: Float32Array | null): number;
+  dequantize(p: Uint8Array, count: number, exp: number, bits: NarrowBits, out: Float32Array): number;
+  rhtFrom(src: Float32Array, out: Float32Array, chunkElems: number, seed: number): void;
+  rhtInverse(x: Float32Array, chunkElems: number, seed: number): void;
+  /** null in a build from before ainftp_rht_from_exps. */
+  rhtFromExps: ((src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits) => number) | null;
+};
+
+function bitsCalls(l: typeof quant | ReturnType<typeof dlopen<typeof BITS_SYMBOLS>>["symbols"], fused: typeof quant.ainftp_rht_from_exps | null): BitsCalls {
+  return {
+    exps: (x, ce, e, bits) => l.ainftp_bits_chunk_exps(x, x.length, ce, e, bits),
+    pack: (x, ce, chunks, e, hdr, out, stride, seed, bits, resid) =>
+      l.ainftp_bits_pack(x, x.length, ce, chunks, chunks.length, e, hdr, out, stride, seed >>> 0, bits, resid),
+    dequantize: (p, count, exp, bits, out) => l.ainftp_bits_dequantize(p, count, exp, bits, out),
+    rhtFrom: (src, out, ce, seed) => void l.ainftp_rht_from(src, out, src.length, ce, seed >>> 0),
+    rhtInverse: (x, ce, seed) => void l.ainftp_rht(x, x.length, ce, seed >>> 0, 1),
+    rhtFromExps: fused && ((src, out, ce, seed, e, bits) => fused(src, out, src.length, ce, seed >>> 0, e, bits)),
+  };
+}
+
+/** This build's 8/4-bit kernels, or another build's (a libainftp.so from
+ * an older tree: bench/bits.ts --baseline compares the two in one process). */
+export function openBitsCalls(path?: string): BitsCalls {
+  if (!path) return bitsCalls(quant, quant.ainftp_rht_from_exps);
+  const l = dlopen(path, BITS_SYMBOLS).symbols;
+  let fused: typeof quant.ainftp_rht_from_exps | null = null;
+  try {
+    fused = dlopen(path, RHT_FROM_EXPS).symbols.ainftp_rht_from_exps;
+  } catch {
+    // a build from before the fused entry point: the bench times rhtFrom + exps for it
+  }
+  return bitsCalls(l, fused);
 }

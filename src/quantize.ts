@@ -28,7 +28,7 @@
 import { MAX_ELEMS, SIZEOF, payloadBytes, writeHeader, accPosition, type WireHeader } from "./abi.ts";
 import { AinftpError } from "./errors.ts";
 import {
-  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht, cRhtFrom,
+  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht, cRhtFrom, cRhtFromExps,
   type NarrowBits,
 } from "../native/quant.ts";
 
@@ -164,6 +164,19 @@ export function rht(x: Float32Array, chunkElems: number, seed: number, inverse =
  * out.set(src) then rht(out, ...). */
 export function rhtFrom(src: Float32Array, out: Float32Array, chunkElems: number, seed: number): void {
   cRhtFrom(src, out, chunkElems, seed);
+}
+
+/** rhtFrom, then chunkExpsAt(out, ...) at 8 or 4 bits, in one pass: each
+ * chunk's exponent is taken while its transformed values are in registers,
+ * so out is not read again. The same values and exponents as the two calls;
+ * returns the NaN/±Inf count of out (NonFiniteGradientError is the
+ * caller's, as after chunkExpsAt). */
+export function rhtFromExps(src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: 16 | NarrowBits): number {
+  if (exps.length < chunkCount(src.length, chunkElems)) throw new RangeError("exps shorter than the chunk count");
+  if (bits !== 8 && bits !== 4) throw new RangeError(`rhtFromExps: bits must be 8 or 4, not ${bits} (16-bit rounds use chunkExpsAt without the transform)`);
+  const bad = cRhtFromExps(src, out, chunkElems, seed, exps, bits);
+  if (bad === QUANT_EINVAL) throw new RangeError(`rhtFromExps: chunkElems must be > 0 (got ${chunkElems})`);
+  return bad;
 }
 
 /** Elementwise maximum of every rank's exponents: the shared scale. */

@@ -12,8 +12,9 @@ import {
 import { frame } from "../src/packet.ts";
 import {
   chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, packChunksAt, QMAX_BITS, rht, rhtFrom,
+  rhtFromExps,
 } from "../src/quantize.ts";
-import { quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
+import { cRhtChunk, quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
 import { mulberry32 } from "../src/random.ts";
 import { ReflexObject } from "../src/reflex.ts";
 
@@ -171,6 +172,40 @@ describe("the owner's requantization", () => {
   }
 });
 
+/** Today's bits for a fixed input: the transform, exponents, packets (8 and 4 bits, with residual), owner's step, dequantized results and inverse, over chunks with every block edge. */
+function pinnedBits(): string {
+  const h = new Bun.CryptoHasher("sha256");
+  const add = (a: ArrayBufferView) => h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  for (const [n, ce] of [[8928 * 3 + 1001, 8928], [3440 * 2 + 7, 3440], [1025, 1023]] as const) {
+    const rnd = mulberry32(n ^ ce), x = new Float32Array(n); // exact arithmetic only: the same input everywhere
+    for (let i = 0; i < n; i++) x[i] = (rnd() - 0.5) * (i % 97 ? 8 : 8e4); // with spikes
+    const y = new Float32Array(n);
+    rhtFrom(x, y, ce, 0x9e3779b9);
+    add(y);
+    for (const bits of [8, 4] as const) {
+      const nch = Math.ceil(n / ce), exps = new Int8Array(nch);
+      chunkExpsAt(y, ce, exps, bits);
+      add(exps);
+      const stride = HDR + payloadBytes(bits, ce), out = new Uint8Array(stride * nch), resid = new Float32Array(n);
+      const chunks = Uint32Array.from({ length: nch }, (_, i) => i);
+      packChunksAt(y, { chunkElems: ce, chunks, exps, header: headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 }), out, stride, seed: 1234, bits, resid });
+      add(out), add(resid);
+      const back = new Float32Array(n);
+      for (let c = 0; c < nch; c++) {
+        const count = Math.min(ce, n - c * ce), raw = new Uint16Array((count + 7) & ~7).fill(bits === 8 ? 2 * ACC_BIAS8 + 3 : 2 * ACC_BIAS4 + 1);
+        const fin = new Uint8Array(payloadBytes(bits, count));
+        const k = finishChunkBits(raw, count, 2, out.subarray(c * stride + HDR), bits, 77 + c, fin);
+        add(fin);
+        dequantizeBits(fin, count, exps[c] + k, bits, back.subarray(c * ce, c * ce + count));
+      }
+      rht(back, ce, 0x9e3779b9, true);
+      rht(resid, ce, 0x9e3779b9, true);
+      add(back), add(resid);
+    }
+  }
+  return h.digest("hex");
+}
+
 describe("the randomized Hadamard transform", () => {
   test("inverse undoes it (to rounding), the norm is kept per block, a seed replays, another seed differs", () => {
     for (const n of [1, 7, 8, 100, 1024, 3440, 5000]) {
@@ -198,6 +233,101 @@ describe("the randomized Hadamard transform", () => {
     rhtFrom(x, b, 3440, 8);
     expect(Buffer.from(b.buffer).equals(Buffer.from(a.buffer))).toBe(true);
     expect(Buffer.from(x.buffer).equals(Buffer.from(gaussian(21, 3440 * 2 + 999).buffer))).toBe(true); // src untouched
+  });
+
+  // The lengths and chunk sizes the register-blocked build has edges at:
+  // every block size 1 .. 1024, chunks not a multiple of the block, a last
+  // partial chunk, and a chunk shorter than a block.
+  const EDGES: [n: number, chunk: number][] = [
+    [1, 1], [1, 3440], [7, 3], [8, 8], [9, 3440], [100, 7], [127, 1024], [128, 128], [129, 1023], [1023, 1023], [1024, 1024],
+    [1025, 1025], [1025, 1024], [2047, 3440], [3440 * 2 + 999, 3440], [5000, 1025], [8928 * 2 + 5, 8928], [4096 + 2048 + 1, 4097],
+  ];
+  const bitsOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+  test("rhtFromExps gives the same transformed values, exponents and non-finite count as rhtFrom then chunkExpsAt", () => {
+    const isas = quantIsasSupported();
+    try {
+      for (const isa of isas) {
+        setQuantIsa(isa);
+        for (const [n, ce] of EDGES)
+          for (const bits of [8, 4] as const)
+            for (const poison of [false, true]) {
+              const x = gaussian(n + ce, n, 1 + (n % 5) * 1000);
+              if (poison) x[Math.floor(n / 2)] = n % 2 ? NaN : -Infinity; // spreads over its block: every value there non-finite
+              const a = new Float32Array(n), ea = new Int8Array(Math.ceil(n / ce)).fill(99);
+              rhtFrom(x, a, ce, 11);
+              const badA = chunkExpsAt(a, ce, ea, bits);
+              const b = new Float32Array(n), eb = new Int8Array(ea.length).fill(-99);
+              const badB = rhtFromExps(x, b, ce, 11, eb, bits);
+              const what = `${isa} n ${n} chunk ${ce} ${bits} bits${poison ? " poisoned" : ""}`;
+              expect([what, badB]).toEqual([what, badA]);
+              if (poison) expect(badA).toBeGreaterThan(0);
+              else expect(badA).toBe(0);
+              expect([what, [...eb]]).toEqual([what, [...ea]]);
+              for (let i = 0; i < n; i++) if (Number.isNaN(a[i])) (a[i] = 0), (b[i] = Number.isNaN(b[i]) ? 0 : b[i]); // a NaN's payload is not a value
+              expect([what, bitsOf(b).equals(bitsOf(a))]).toEqual([what, true]);
+              const c = Float32Array.from(x), ec = new Int8Array(ea.length);
+              expect(rhtFromExps(c, c, ce, 11, ec, bits)).toBe(badA); // in place
+              expect([...ec]).toEqual([...ea]);
+            }
+      }
+    } finally {
+      setQuantIsa("best");
+    }
+    expect(() => rhtFromExps(new Float32Array(4), new Float32Array(4), 4, 1, new Int8Array(1), 16)).toThrow(/bits must be 8 or 4/);
+    expect(() => rhtFromExps(new Float32Array(5), new Float32Array(5), 4, 1, new Int8Array(1), 8)).toThrow(/exps shorter/);
+  });
+
+  test("every build gives the same bits at every block size and chunk edge: forward, in place, inverse", () => {
+    const isas = quantIsasSupported();
+    const outs: Buffer[] = [];
+    try {
+      for (const isa of isas) {
+        setQuantIsa(isa);
+        const parts: Buffer[] = [];
+        for (const [n, ce] of EDGES) {
+          const x = gaussian(3 * n + ce, n, 2 ** ((n % 40) - 20));
+          const y = new Float32Array(n);
+          rhtFrom(x, y, ce, 21);
+          const z = Float32Array.from(x);
+          rht(z, ce, 21);
+          expect(bitsOf(z).equals(bitsOf(y))).toBe(true);
+          rht(y, ce, 21, true);
+          parts.push(Buffer.from(z.buffer), Buffer.from(y.buffer));
+        }
+        outs.push(Buffer.concat(parts));
+      }
+    } finally {
+      setQuantIsa("best");
+    }
+    if (isas.length < 2) console.log(`[bits] only the ${isas[0]} build runs here: nothing to compare`);
+    for (const o of outs) expect(o.equals(outs[0])).toBe(true);
+  });
+
+  test("one chunk at a time (the gather's inverse) gives the same bits as the whole array", () => {
+    for (const [n, ce] of EDGES) {
+      const x = gaussian(n * 7 + ce, n);
+      const whole = Float32Array.from(x), parts = Float32Array.from(x);
+      rht(whole, ce, 31, true);
+      for (let c = 0; c * ce < n; c++) cRhtChunk(parts.subarray(c * ce, Math.min(n, (c + 1) * ce)), c, 31, true);
+      expect([n, ce, bitsOf(parts).equals(bitsOf(whole))]).toEqual([n, ce, true]);
+      rht(whole, ce, 31);
+      for (let c = 0; c * ce < n; c++) cRhtChunk(parts.subarray(c * ce, Math.min(n, (c + 1) * ce)), c, 31, false);
+      expect([n, ce, bitsOf(parts).equals(bitsOf(whole))]).toEqual([n, ce, true]);
+    }
+  });
+
+  test("today's bits, pinned: every build gives the hash the builds before the register-blocked transform gave (transform, exponents, packets, residual, owner's step, inverse)", () => {
+    // 825a4387...: measured with the tree at 7727c85 (stage-by-stage AVX2 transform, scalar residual loop), on its generic, avx2 and avx512 builds
+    const PINNED = "825a4387025dad15fc80789fcf653e8177c7b6dc51ccaebb09bf5aa449af165a";
+    try {
+      for (const isa of quantIsasSupported()) {
+        setQuantIsa(isa);
+        expect([isa, pinnedBits()]).toEqual([isa, PINNED]);
+      }
+    } finally {
+      setQuantIsa("best");
+    }
   });
 
   test("it spreads a spike: one large value among zeros leaves no value above 1/32 of it in a 1024-block", () => {

@@ -4,7 +4,7 @@
 import { coll } from "../../native/collective.ts";
 import { CTRL_EXPS_REQ } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
-import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFrom } from "../quantize.ts";
+import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFromExps } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
@@ -40,13 +40,15 @@ export async function runRound(
   // 8 and 4 bits: the round sums the randomized Hadamard transform of x (the
   // same signs on every member), and the results come back through its inverse
   const seed = rhtSeed(h.job, r);
-  let xq = x;
+  let xq = x, pre: Exps | null = null;
   if (h.rht) {
-    const b = h.scratch("rht", 4 * x.length);
+    const b = h.scratch("rht", 4 * x.length), e = h.scratch("rht-exps", nchunks);
     xq = new Float32Array(b.buffer, b.byteOffset, x.length);
-    rhtFrom(x, xq, h.chunkElems, seed); // no copy of x first
+    const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
+    // no copy of x first, and our exponents from the same pass (xq is not read again for them)
+    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits) };
   }
-  const st = beginRound(h, r, xq, out, nchunks, t0, patient);
+  const st = beginRound(h, r, xq, out, nchunks, t0, patient, pre);
   noteDeaths(h, r);
   if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
@@ -55,11 +57,10 @@ export async function runRound(
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
   await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
-  const rep = endRound(h, st);
-  if (h.rht) {
-    rht(out, h.chunkElems, seed, true);
-    if (resid) rht(resid, h.chunkElems, seed, true);
-  }
+  // the gather takes each chunk of out back through the inverse while it is in cache (rx "map", which 8 and 4 bits need)
+  const rep = endRound(h, st, h.rht && !h.xsk ? seed : 0);
+  if (h.rht && h.xsk) rht(out, h.chunkElems, seed, true);
+  if (h.rht && resid) rht(resid, h.chunkElems, seed, true);
   return rep;
 }
 
@@ -68,9 +69,12 @@ export function rhtSeed(job: number, r: number): number {
   return mix32((job ^ mix32((r + 0x7a11) >>> 0)) >>> 0) || 1;
 }
 
+/** Our exponents of x and its NaN/±Inf count, when the transform made them. */
+type Exps = { exps: Int8Array; bad: number };
+
 /** The program's window and config for round r, the round's state, and our
- * exponents (to the leader, unless we lead). */
-function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchunks: number, t0: number, patient: boolean): RoundState {
+ * exponents (to the leader, unless we lead; `pre`: already made). */
+function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchunks: number, t0: number, patient: boolean, pre: Exps | null): RoundState {
   // We finished round r-1, so we need nothing older: a member that sat
   // the last round out saw none of its events, which move the window.
   if (h.cfg.roundBase < r - 1) h.advanceWindow(r - 1);
@@ -87,7 +91,7 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   // exponents: ours to the leader, then theirs (some may be here already)
   const mine = myExps(h, st);
   const tp = h.clock.now();
-  const bad = chunkExpsAt(x, h.chunkElems, mine, h.bits);
+  const bad = pre ? (mine.set(pre.exps), pre.bad) : chunkExpsAt(x, h.chunkElems, mine, h.bits);
   st.expsDoneAt = h.phase("exps", tp);
   if (bad > 0) {
     const i = x.findIndex((v) => !Number.isFinite(v));
@@ -398,10 +402,11 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
   h.phase("work", tp);
 }
 
-/** The round's results into `out`, the window moved, and the bookkeeping:
- * per member counts, partial and passive rounds, the next leader and
- * lateness, the round time for the deadline. */
-function endRound(h: Host, st: RoundState): RoundReport {
+/** The round's results into `out` (rhtSeed, if not 0: each chunk through
+ * the inverse transform as it is gathered), the window moved, and the
+ * bookkeeping: per member counts, partial and passive rounds, the next
+ * leader and lateness, the round time for the deadline. */
+function endRound(h: Host, st: RoundState, rhtSeed: number): RoundReport {
   const r = st.r;
   const bankBase = (r & 1) * h.cfg.chunks;
   const tp = h.clock.now();
@@ -410,7 +415,7 @@ function endRound(h: Host, st: RoundState): RoundReport {
     ? coll.ainftp_gather_list(h.resBase, bankBase, st.owned, st.owned.length, h.chunkElems, r + 1, st.out, st.out.length)
     : h.bits === 16
       ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length)
-      : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits);
+      : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits, rhtSeed);
   h.phase("gather", tp);
   if (bad) throw new AinftpError(`round ${r}`, `${bad} result entries changed while being read`);
   h.stats.rounds++;
