@@ -773,22 +773,23 @@ static __always_inline int result_admit(const struct ainftp_config *cfg, const s
 	return 0;
 }
 
-/* The rank the previous round's plan names as the owner of the chunk, when
- * the bank of the round before holds that plan; else -1. Owners change only
+/* Whether the previous round's plan would take a result of this chunk from
+ * `rank` claiming `contributors` (its owner, within its active set), when
+ * the bank of the round before holds that plan; else 0. Owners change only
  * when the active set does, so before a round's plan is known it tells the
  * owner's result from a forgery in the rounds where the set stays. */
-static __always_inline int previous_owner(const struct ainftp_wire_hdr *h)
+static __always_inline int previous_plan_takes(const struct ainftp_wire_hdr *h, __u32 rank, __u32 contributors)
 {
 	__u32 bank = (h->round + 1) & 1;
 	struct ainftp_plan *prev = bpf_map_lookup_elem(&round_plan, &bank);
 	if (!prev || prev->tag != h->round) /* tag: (round - 1) + 1 */
-		return -1;
+		return 0;
 	__u32 k = prev->owners;
 	if (k == 0 || k > AINFTP_MAX_WORKERS)
-		return -1;
+		return 0;
 	__u32 at = h->chunk % k;
 	opaque(at);
-	return prev->owner[at & (AINFTP_MAX_WORKERS - 1)];
+	return rank == prev->owner[at & (AINFTP_MAX_WORKERS - 1)] && contributors <= k;
 }
 
 /* A RESULT for an entry that holds one of its round: the counter that says
@@ -797,9 +798,9 @@ static __always_inline int previous_owner(const struct ainftp_wire_hdr *h)
  * the owner's replaces what the plan refuses: another rank's, or one under
  * the owner's rank claiming more contributors than the active set (the
  * owner never sends one); the owner's own copy is RESULT_DUP. Before it, a
- * copy from the same rank is RESULT_EARLY_DUP, and another rank's is
- * RESULT_CONTESTED, unless the previous round's plan names it the owner
- * and not the one stored: then it replaces that (RESULT_DISPLACED). */
+ * result the previous round's plan takes replaces one it refuses
+ * (RESULT_DISPLACED); else a copy from the same rank is RESULT_EARLY_DUP,
+ * and another rank's RESULT_CONTESTED. */
 static __always_inline int result_held(const struct ainftp_wire_hdr *h, const struct ainftp_result *res,
 				       __u32 from_owner, int foreign, int *replaced)
 {
@@ -812,13 +813,11 @@ static __always_inline int result_held(const struct ainftp_wire_hdr *h, const st
 			return AINFTP_CNT_RESULT_DUP;
 		return 0;
 	}
-	if (!foreign)
-		return AINFTP_CNT_RESULT_EARLY_DUP;
-	int prev = previous_owner(h);
-	if (prev < 0 || prev != h->rank)
-		return AINFTP_CNT_RESULT_CONTESTED;
-	*replaced = AINFTP_CNT_RESULT_DISPLACED;
-	return 0;
+	if (previous_plan_takes(h, h->rank, h->contributors) && !previous_plan_takes(h, res->rank, res->contributors)) {
+		*replaced = AINFTP_CNT_RESULT_DISPLACED;
+		return 0;
+	}
+	return foreign ? AINFTP_CNT_RESULT_CONTESTED : AINFTP_CNT_RESULT_EARLY_DUP;
 }
 
 static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters *cnt,

@@ -530,11 +530,12 @@ class Model {
       if (fromOwner) {
         if (!foreign && !tooMany) return this.drop("result_dup");
         replaced = foreign ? "not_owner" : "mal_contributors";
-      } else if (!foreign) return this.drop("result_early_dup");
-      else {
+      } else {
+        // the previous round's plan takes a result from its owner within its active set
         const prev = this.plans[(h.round + 1) & 1];
-        const named = prev.tag === h.round && prev.owners.length > 0 ? prev.owners[h.chunk % prev.owners.length] : -1;
-        if (named !== h.rank) return this.drop("result_contested");
+        const takes = (rank: number, k: number) =>
+          prev.tag === h.round && prev.owners.length > 0 && rank === prev.owners[h.chunk % prev.owners.length] && k <= prev.owners.length;
+        if (!takes(h.rank, h.contributors) || takes(res.rank, res.contributors)) return this.drop(foreign ? "result_contested" : "result_early_dup");
         replaced = "result_displaced";
       }
     }

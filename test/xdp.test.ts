@@ -1257,6 +1257,27 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
+      description: "... and under the owner's own rank: its result within the previous plan's active set displaces one claiming more (result_displaced); one claiming more after it is result_early_dup",
+      before: (r) => {
+        r.setPlan(BASE - 2, [0]);
+        r.setPlan(BASE - 1, OWNERS);
+      },
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 4 }, [-777]), action: XDP_DROP, counters: stored },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { ...stored, result_displaced: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 4 }, [-777]), action: XDP_DROP, counters: { rx: 1, result_early_dup: 1 } },
+      ],
+      counters: { rx: 3, results: 2, events: 2, wakeups: 2, result_displaced: 1, result_early_dup: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 2, contributors: 3, rank: ownerOf(chunk) }, values: [5] }],
+      events: [
+        { type: EV_RESULT, contributors: 4, round: BASE, chunk, index: chunk },
+        { type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk },
+      ],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
       description: "... and with the plan known, the owner's result overwrites it (writes 2, rank = owner); the owner's own duplicate is result_dup",
       before: (r) => {
         r.setPlan(BASE - 2, [0]);
