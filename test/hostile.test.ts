@@ -353,8 +353,10 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
   // (the plan's active set tells it apart). test/sim/hostile.test.ts replays
   // both by seed.
   test("a member sending RESULTs for chunks it does not own (well formed, its own rank): nothing corrupted, each one counted once", async () => {
-    // 1 MiB rounds (tens of ms here): the forged results reach the window before the owners' do
-    const job = startJob(["--synthetic", "1MiB", "--rounds", "100", "--verify"]);
+    // 1 MiB rounds (tens of ms here): the forged results reach the window
+    // before the owners' do; 160 of them outlast the attack on a loaded
+    // machine (100 did not, once in five runs)
+    const job = startJob(["--synthetic", "1MiB", "--rounds", "160", "--verify"]);
     try {
       await running();
       const before = programDrops(FORGED_RESULT);
@@ -369,7 +371,7 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
           })));
       }, { batches: 40, gapMs: 15 });
       const endBase = liveBase();
-      const reps = expectSurvived(await job.done, 100);
+      const reps = expectSurvived(await job.done, 160);
       // the job outlasts the attack (else forgeries for rounds that never run stay uncounted)
       expect(liveBase()).toBeGreaterThan(endBase + 2);
       const after = programDrops(FORGED_RESULT);
