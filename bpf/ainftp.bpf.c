@@ -792,8 +792,9 @@ static __always_inline int previous_plan_takes(const struct ainftp_wire_hdr *h, 
 	return rank == prev->owner[at & (AINFTP_MAX_WORKERS - 1)] && contributors <= k;
 }
 
-/* A RESULT for an entry that holds one of its round: the counter that says
- * why it is refused, or 0 when it replaces the entry (*replaced: the
+/* A RESULT for an entry that holds one of its round (a call: off the path
+ * of a first store): the counter that says why it is refused, or 0 when it
+ * replaces the entry (*replaced: the
  * counter the entry's result is dropped under). With the plan known, only
  * the owner's replaces what the plan refuses: another rank's, or one under
  * the owner's rank claiming more contributors than the active set (the
@@ -801,8 +802,8 @@ static __always_inline int previous_plan_takes(const struct ainftp_wire_hdr *h, 
  * result the previous round's plan takes replaces one it refuses
  * (RESULT_DISPLACED); else a copy from the same rank is RESULT_EARLY_DUP,
  * and another rank's RESULT_CONTESTED. */
-static __always_inline int result_held(const struct ainftp_wire_hdr *h, const struct ainftp_result *res,
-				       __u32 from_owner, int foreign, int *replaced)
+static __noinline int result_held(const struct ainftp_wire_hdr *h, const struct ainftp_result *res,
+				  __u32 from_owner, int foreign, int *replaced)
 {
 	if (from_owner) {
 		if (foreign)
@@ -978,6 +979,17 @@ __noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, 
 	return XDP_DROP;
 }
 
+/* A packet outside the round window: dropped under `reason`, and a RESULT
+ * also under RESULT_WINDOW (off the summing path: a call, not inlined). */
+static __noinline int window_drop(struct ainftp_counters *cnt, __u32 type, __u32 reason)
+{
+	if (type == AINFTP_PKT_RESULT)
+		cnt->c[AINFTP_CNT_RESULT_WINDOW]++;
+	if (reason < AINFTP_CNT__MAX)
+		cnt->c[reason]++;
+	return XDP_DROP;
+}
+
 #define DROP(reason)                          \
 	do {                                  \
 		cnt->c[reason]++;             \
@@ -1130,11 +1142,8 @@ int ainftp_xdp(struct xdp_md *ctx)
 	if (h->round >= AINFTP_MAX_ROUND)
 		DROP(AINFTP_CNT_MAL_ROUND);
 	__s32 ahead = (__s32)(h->round - cfg->round_base);
-	if (ahead < 0 || ahead > 1) {
-		if (h->type == AINFTP_PKT_RESULT)
-			cnt->c[AINFTP_CNT_RESULT_WINDOW]++;
-		DROP(ahead < 0 ? AINFTP_CNT_STALE_ROUND : AINFTP_CNT_FUTURE_ROUND);
-	}
+	if (ahead < 0 || ahead > 1)
+		return window_drop(cnt, h->type, ahead < 0 ? AINFTP_CNT_STALE_ROUND : AINFTP_CNT_FUTURE_ROUND);
 
 	__u32 idx = (h->round & 1) * cfg->chunks + h->chunk;
 	if (h->type == AINFTP_PKT_CONTRIB)
