@@ -773,6 +773,54 @@ static __always_inline int result_admit(const struct ainftp_config *cfg, const s
 	return 0;
 }
 
+/* Whether the previous round's plan would take a result of this chunk from
+ * `rank` claiming `contributors` (its owner, within its active set), when
+ * the bank of the round before holds that plan; else 0. Owners change only
+ * when the active set does, so before a round's plan is known it tells the
+ * owner's result from a forgery in the rounds where the set stays. */
+static __always_inline int previous_plan_takes(const struct ainftp_wire_hdr *h, __u32 rank, __u32 contributors)
+{
+	__u32 bank = (h->round + 1) & 1;
+	struct ainftp_plan *prev = bpf_map_lookup_elem(&round_plan, &bank);
+	if (!prev || prev->tag != h->round) /* tag: (round - 1) + 1 */
+		return 0;
+	__u32 k = prev->owners;
+	if (k == 0 || k > AINFTP_MAX_WORKERS)
+		return 0;
+	__u32 at = h->chunk % k;
+	opaque(at);
+	return rank == prev->owner[at & (AINFTP_MAX_WORKERS - 1)] && contributors <= k;
+}
+
+/* A RESULT for an entry that holds one of its round (a call: off the path
+ * of a first store): the counter that says why it is refused, or 0 when it
+ * replaces the entry (*replaced: the
+ * counter the entry's result is dropped under). With the plan known, only
+ * the owner's replaces what the plan refuses: another rank's, or one under
+ * the owner's rank claiming more contributors than the active set (the
+ * owner never sends one); the owner's own copy is RESULT_DUP. Before it, a
+ * result the previous round's plan takes replaces one it refuses
+ * (RESULT_DISPLACED); else a copy from the same rank is RESULT_EARLY_DUP,
+ * and another rank's RESULT_CONTESTED. */
+static __noinline int result_held(const struct ainftp_wire_hdr *h, const struct ainftp_result *res,
+				  __u32 from_owner, int foreign, int *replaced)
+{
+	if (from_owner) {
+		if (foreign)
+			*replaced = AINFTP_CNT_NOT_OWNER;
+		else if (res->contributors > from_owner)
+			*replaced = AINFTP_CNT_MAL_CONTRIBUTORS;
+		else
+			return AINFTP_CNT_RESULT_DUP;
+		return 0;
+	}
+	if (previous_plan_takes(h, h->rank, h->contributors) && !previous_plan_takes(h, res->rank, res->contributors)) {
+		*replaced = AINFTP_CNT_RESULT_DISPLACED;
+		return 0;
+	}
+	return foreign ? AINFTP_CNT_RESULT_CONTESTED : AINFTP_CNT_RESULT_EARLY_DUP;
+}
+
 static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters *cnt,
 				     const struct ainftp_config *cfg,
 				     const struct ainftp_wire_hdr *h, __u32 payload_off, __u32 idx)
@@ -809,26 +857,32 @@ static __always_inline int on_result(struct xdp_md *ctx, struct ainftp_counters 
 		return XDP_DROP;
 	}
 	__u32 old = res->tag;
-	/* the owner's result replaces one of this round stored before the plan
-	 * was known that the plan refuses: another rank's, or one under the
-	 * owner's rank claiming more contributors than the active set (forged:
-	 * the owner never sends one) */
-	int foreign = res->rank != h->rank, too_many = res->contributors > from_owner;
-	if ((old == round + 1 && !(from_owner && (foreign || too_many))) || old == RESULT_BUSY) {
+	int foreign = res->rank != h->rank, replaced = 0;
+	if (old == RESULT_BUSY) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;
 		return XDP_DROP;
 	}
+	if (old == round + 1) {
+		int why = result_held(h, res, from_owner, foreign, &replaced);
+		if (why) {
+			cnt->c[why]++;
+			return XDP_DROP;
+		}
+	}
 	if (old && (__s32)(old - (round + 1)) > 0) {
 		cnt->c[AINFTP_CNT_STALE_ROUND]++;
+		cnt->c[AINFTP_CNT_RESULT_WINDOW]++;
 		return XDP_DROP;
 	}
-	if (old == round + 1) /* the entry held a result the plan refuses: counted as it goes */
-		cnt->c[foreign ? AINFTP_CNT_NOT_OWNER : AINFTP_CNT_MAL_CONTRIBUTORS]++;
 	/* Claim the entry so a concurrent duplicate on another CPU backs off. */
 	if (__sync_val_compare_and_swap(&res->tag, old, RESULT_BUSY) != old) {
 		cnt->c[AINFTP_CNT_RESULT_DUP]++;
 		return XDP_DROP;
 	}
+	/* the entry held a result the plan refuses (or, before it, the previous
+	 * plan): counted once, now that it is ours to replace */
+	if (replaced)
+		cnt->c[replaced]++;
 	__u32 len = pbytes;
 	opaque(len);
 	if (len < 1 || len > sizeof(res->v) || bpf_xdp_load_bytes(ctx, payload_off, res->v, len) < 0) {
@@ -922,6 +976,17 @@ __noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, 
 	}
 	struct close_args a = { .cnt = cnt, .cfg = cfg, .list = list, .round = round, .force = force };
 	bpf_loop(count, close_one, &a, 0);
+	return XDP_DROP;
+}
+
+/* A packet outside the round window: dropped under `reason`, and a RESULT
+ * also under RESULT_WINDOW (off the summing path: a call, not inlined). */
+static __noinline int window_drop(struct ainftp_counters *cnt, __u32 type, __u32 reason)
+{
+	if (type == AINFTP_PKT_RESULT)
+		cnt->c[AINFTP_CNT_RESULT_WINDOW]++;
+	if (reason < AINFTP_CNT__MAX)
+		cnt->c[reason]++;
 	return XDP_DROP;
 }
 
@@ -1077,10 +1142,8 @@ int ainftp_xdp(struct xdp_md *ctx)
 	if (h->round >= AINFTP_MAX_ROUND)
 		DROP(AINFTP_CNT_MAL_ROUND);
 	__s32 ahead = (__s32)(h->round - cfg->round_base);
-	if (ahead < 0)
-		DROP(AINFTP_CNT_STALE_ROUND);
-	if (ahead > 1)
-		DROP(AINFTP_CNT_FUTURE_ROUND);
+	if (ahead < 0 || ahead > 1)
+		return window_drop(cnt, h->type, ahead < 0 ? AINFTP_CNT_STALE_ROUND : AINFTP_CNT_FUTURE_ROUND);
 
 	__u32 idx = (h->round & 1) * cfg->chunks + h->chunk;
 	if (h->type == AINFTP_PKT_CONTRIB)

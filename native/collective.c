@@ -148,6 +148,13 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint3
 	return (int32_t)n;
 }
 
+/* Whether a results entry holds what the chunk's owner sends: its rank, and a
+ * contributor count of 1..k. */
+static inline int owned_by(const struct ainftp_result *res, uint32_t owner, uint32_t k)
+{
+	return res->rank == owner && res->contributors >= 1 && res->contributors <= k;
+}
+
 /*
  * Results the program stored before it knew the round's plan may come from a
  * rank that does not own their chunk (a Byzantine member), or claim more
@@ -156,12 +163,21 @@ int32_t ainftp_result_packets(const uint8_t *res_base, uint32_t bank_base, uint3
  * turns out to own the chunk cannot have sent it, nor could any honest one):
  * for each chunk of [0, nchunks) not owned by `self`, such an entry of round
  * tag-1 is emptied (tag 0; the XDP program then stores the owner's result,
- * which userspace asks for again). Returns how many.
+ * which userspace asks for again). Returns how many; *too_many (when not
+ * NULL) gets how many of them held a result under the owner's rank whose
+ * contributor count the plan refuses (the rest are another rank's), so
+ * userspace counts each under its reason, once: an entry emptied here is
+ * empty, and one the program replaced with the owner's is kept. The first
+ * `cap` chunks emptied are listed in emptied[] (when not NULL): the owner's
+ * own result may have been refused while the forgery stood.
  */
 uint32_t ainftp_results_drop_foreign(uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t tag,
-				     const uint8_t *owners, uint32_t k, uint32_t self)
+				     const uint8_t *owners, uint32_t k, uint32_t self, uint32_t *too_many,
+				     uint32_t *emptied, uint32_t cap)
 {
-	uint32_t dropped = 0;
+	uint32_t dropped = 0, many = 0;
+	if (too_many)
+		*too_many = 0;
 	if (k == 0 || k > AINFTP_MAX_WORKERS)
 		return 0;
 	for (uint32_t c = 0; c < nchunks; c++) {
@@ -170,13 +186,27 @@ uint32_t ainftp_results_drop_foreign(uint8_t *res_base, uint32_t bank_base, uint
 			continue;
 		struct ainftp_result *res = (struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
 		uint32_t want = tag;
-		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag ||
-		    (res->rank == owner && res->contributors >= 1 && res->contributors <= k))
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || owned_by(res, owner, k))
 			continue;
-		/* the XDP program may be replacing it with the owner's: then leave it */
-		if (__atomic_compare_exchange_n(&res->tag, &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-			dropped++;
+		/* Claimed as the program claims an entry (RESULT_BUSY), then looked
+		 * at again: the program may have replaced it with the owner's since
+		 * (the same tag again), which stays, uncounted. Failing the claim,
+		 * the program is writing it: leave it. */
+		if (!__atomic_compare_exchange_n(&res->tag, &want, RESULT_BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			continue;
+		if (owned_by(res, owner, k)) {
+			__atomic_store_n(&res->tag, tag, __ATOMIC_RELEASE);
+			continue;
+		}
+		if (res->rank == owner)
+			many++;
+		if (emptied && dropped < cap)
+			emptied[dropped] = c;
+		dropped++;
+		__atomic_store_n(&res->tag, 0, __ATOMIC_RELEASE);
 	}
+	if (too_many)
+		*too_many = many;
 	return dropped;
 }
 

@@ -156,7 +156,7 @@ export const COUNTERS = [
   "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
   "sentry_rejected", "contribs_ring", "late", "not_owner", "mal_contributors", "bad_mac",
-  "bad_width",
+  "bad_width", "result_early_dup", "result_contested", "result_displaced", "result_window",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -175,7 +175,7 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   not_member: "rank not in the member set",
   completed: "slots that reached every expected member, or that the owner closed",
   results: "result packets stored for userspace",
-  result_dup: "result for a round already stored",
+  result_dup: "the chunk owner's result for a round already stored (a copy), or one racing a write",
   wakeups: "ring-buffer events that woke userspace",
   events: "ring-buffer events submitted",
   ringbuf_full: "events lost: ring buffer full",
@@ -206,6 +206,10 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   mal_contributors: "malformed: result whose contributor count is 0 or above the members (or the round's active set)",
   bad_mac: "contribution or result whose MAC under the job key does not match (--auth)",
   bad_width: "contribution or result of another bit width than the job's (--bits)",
+  result_early_dup: "result before its round's plan, for an entry holding the same rank's result of the round (a copy)",
+  result_contested: "result before its round's plan, for an entry holding another rank's result of the round (one of the two is forged)",
+  result_displaced: "result stored before its round's plan, replaced by the rank the previous round's plan names as the chunk's owner (presumed forged)",
+  result_window: "results among stale_round and future_round (a breakdown, counted there too)",
 };
 
 /** Counters that count a packet dropped for what it said (a reason), as
@@ -215,7 +219,7 @@ export const DROP_REASONS = [
   "stale_round", "future_round", "foreign_job", "not_member", "result_dup", "mal_trunc_eth", "mal_trunc_ip", "mal_trunc_udp",
   "mal_trunc_hdr", "mal_fragment", "mal_magic", "mal_version", "mal_type", "mal_rank", "mal_chunk", "mal_count", "mal_scale",
   "mal_reserved", "mal_round", "bad_source", "sentry_rejected", "not_owner", "mal_contributors", "bad_mac",
-  "bad_width",
+  "bad_width", "result_early_dup", "result_contested", "result_displaced",
 ] as const satisfies readonly CounterName[];
 
 /** The non-zero drop reasons of a counter set, in DROP_REASONS order. */

@@ -27,6 +27,7 @@ export const CONTROL_DROP_REASONS = [
   "bad_chunk", // a chunk index (RESULT_REQ entry, EXPS piece) outside the round
   "future_round", // state for a round more than ROUNDS_AHEAD ahead
   "not_owner", // a result stored by a rank that does not own its chunk (found before use)
+  "mal_contributors", // a result stored under its owner's rank with a contributor count the plan's active set cannot have (found before use)
 ] as const;
 export type ControlDrop = (typeof CONTROL_DROP_REASONS)[number];
 

@@ -294,6 +294,7 @@ class Model {
     } else this.macOk = true;
     if (hdr.round >= MAX_ROUND) return this.drop("mal_round");
     const ahead = (hdr.round - cfg.roundBase) | 0;
+    if ((ahead < 0 || ahead > 1) && type === PKT_RESULT) this.cnt.result_window++;
     if (ahead < 0) return this.drop("stale_round");
     if (ahead > 1) return this.drop("future_round");
     const idx = ((hdr.round & 1) * cfg.chunks + hdr.chunk) >>> 0;
@@ -517,13 +518,32 @@ class Model {
     const res = this.results[idx];
     const tag = (h.round + 1) >>> 0;
     const old = res.tag;
-    // the owner's result replaces one of this round stored before the plan
-    // was known that the plan refuses: another rank's, or one under the
-    // owner's rank claiming more contributors than the active set
+    // an entry holding this round's result: with the plan known, the
+    // owner's replaces what the plan refuses (another rank's, or one under
+    // the owner's rank claiming more contributors than the active set);
+    // before it, a copy from the same rank is an early dup, and another
+    // rank's is contested unless the previous round's plan names it the owner
     const foreign = res.rank !== h.rank, tooMany = fromOwner && res.contributors > plan.owners.length;
-    if ((old === tag && !(fromOwner && (foreign || tooMany))) || old === RESULT_BUSY) return this.drop("result_dup");
-    if (old !== 0 && ((old - tag) | 0) > 0) return this.drop("stale_round");
-    if (old === tag) this.cnt[foreign ? "not_owner" : "mal_contributors"]++; // replaced by the owner's
+    if (old === RESULT_BUSY) return this.drop("result_dup");
+    let replaced: "not_owner" | "mal_contributors" | "result_displaced" | null = null;
+    if (old === tag) {
+      if (fromOwner) {
+        if (!foreign && !tooMany) return this.drop("result_dup");
+        replaced = foreign ? "not_owner" : "mal_contributors";
+      } else {
+        // the previous round's plan takes a result from its owner within its active set
+        const prev = this.plans[(h.round + 1) & 1];
+        const takes = (rank: number, k: number) =>
+          prev.tag === h.round && prev.owners.length > 0 && rank === prev.owners[h.chunk % prev.owners.length] && k <= prev.owners.length;
+        if (!takes(h.rank, h.contributors) || takes(res.rank, res.contributors)) return this.drop(foreign ? "result_contested" : "result_early_dup");
+        replaced = "result_displaced";
+      }
+    }
+    if (old !== 0 && ((old - tag) | 0) > 0) {
+      this.cnt.result_window++;
+      return this.drop("stale_round");
+    }
+    if (replaced) this.cnt[replaced]++; // the stored one, replaced
     new Uint8Array(res.v.buffer, res.v.byteOffset, res.v.byteLength).set(bytes); // the payload's bytes, at any width
     res.count = h.count;
     res.contributors = h.contributors;

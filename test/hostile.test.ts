@@ -163,7 +163,7 @@ function swarmView(node: string): SwarmState & { drops: Record<string, number> |
 /** The sum of every drop reason's counter on the members' programs, read
  * from their pinned maps (`ainftp status` takes seconds on this loaded
  * machine while a job runs; a build with other counters: through status). */
-function programDrops(): Record<string, number> {
+function programDrops(names: readonly string[] = DROP_REASONS): Record<string, number> {
   const out: Record<string, number> = {};
   for (const n of MEMBERS) {
     let c: Record<string, number>;
@@ -173,7 +173,7 @@ function programDrops(): Record<string, number> {
     } finally {
       if (fd >= 0) closeFd(fd);
     }
-    for (const k of process.env.AINFTP_HOSTILE_ALL ? Object.keys(c) : DROP_REASONS) out[k] = (out[k] ?? 0) + ((c as Record<string, number>)[k] ?? 0);
+    for (const k of process.env.AINFTP_HOSTILE_ALL ? Object.keys(c) : names) out[k] = (out[k] ?? 0) + ((c as Record<string, number>)[k] ?? 0);
   }
   return out;
 }
@@ -267,6 +267,11 @@ async function cleanupJob(job?: Job): Promise<void> {
   for (const n of MEMBERS) if (existsSync(lab.pinDir(n, IF))) lab.ainftp(n, ["detach", IF]);
 }
 
+/** The programs' counters under which a forged RESULT ends (the member-liar case). */
+const FORGED_RESULT = ["not_owner", "mal_contributors", "result_early_dup", "result_contested", "result_displaced", "result_window"] as const;
+/** How far the member-liar case's tally may be off, as a share of the forgeries sent (see the case). */
+const TALLY_SLACK = 0.01;
+
 // ---- the cases -------------------------------------------------------------------------------
 
 describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job (issue 16)", () => {
@@ -347,12 +352,14 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
   // partial round the liar may own a chunk it forged claiming every member
   // (the plan's active set tells it apart). test/sim/hostile.test.ts replays
   // both by seed.
-  test("a member sending RESULTs for chunks it does not own (well formed, its own rank): nothing corrupted, each one counted", async () => {
-    // 1 MiB rounds (tens of ms here): the forged results reach the window before the owners' do
-    const job = startJob(["--synthetic", "1MiB", "--rounds", "100", "--verify"]);
+  test("a member sending RESULTs for chunks it does not own (well formed, its own rank): nothing corrupted, each one counted once", async () => {
+    // 1 MiB rounds (tens of ms here): the forged results reach the window
+    // before the owners' do; 160 of them outlast the attack on a loaded
+    // machine (100 did not, once in five runs)
+    const job = startJob(["--synthetic", "1MiB", "--rounds", "160", "--verify"]);
     try {
       await running();
-      const before = programDrops();
+      const before = programDrops(FORGED_RESULT);
       const linkBefore = linkDrops();
       const liar = 1;
       const sent = await attack(() => {
@@ -364,23 +371,32 @@ describe.skipIf(!kernel || !python)("a hostile network against a live 4-node job
           })));
       }, { batches: 40, gapMs: 15 });
       const endBase = liveBase();
-      const reps = expectSurvived(await job.done, 100);
+      const reps = expectSurvived(await job.done, 160);
       // the job outlasts the attack (else forgeries for rounds that never run stay uncounted)
       expect(liveBase()).toBeGreaterThan(endBase + 2);
-      const after = programDrops();
-      const xdp = Object.keys(after).reduce((a, k) => a + after[k] - (before[k] ?? 0), 0);
-      const user = controlDrops(reps).not_owner ?? 0;
+      const after = programDrops(FORGED_RESULT);
+      const xdp = Object.fromEntries(FORGED_RESULT.map((k) => [k, after[k] - (before[k] ?? 0)]));
+      const drops = controlDrops(reps);
+      const user = { not_owner: drops.not_owner ?? 0, mal_contributors: drops.mal_contributors ?? 0 };
+      const counted = Object.values(xdp).reduce((a, v) => a + v, 0) + user.not_owner + user.mal_contributors;
       const link = linkDrops() - linkBefore;
-      expect(after.not_owner - before.not_owner + user).toBeGreaterThan(0);
-      // dropped by the program, or stored before the plan was known and then
-      // emptied and counted by its node when the plan came (every chunk of
-      // the bank: a barrier round has one chunk, so the rest are forged),
-      // or when the round completed. The program's counters also count the
-      // owners' own duplicates (resends), so this is a floor, not a tally:
-      // 80-86% before the plan-time sweep (2026-12-05: forgeries stored in
-      // barrier rounds' unused chunks went uncounted), 93-105% after.
-      console.log(`[hostile] forged ${sent}, counted ${xdp + user} (${((100 * (xdp + user)) / sent).toFixed(1)}%), links dropped ${link}`);
-      expect(xdp + user + link).toBeGreaterThanOrEqual(sent * 0.9);
+      console.log(`[hostile] forged ${sent}, counted ${counted} (${((100 * counted) / sent).toFixed(2)}%), links dropped ${link}; programs ${JSON.stringify(xdp)}, nodes ${JSON.stringify(user)}`);
+      expect(xdp.not_owner + user.not_owner).toBeGreaterThan(0);
+      // Every forgery is counted once, under the reason that dropped it:
+      // refused by owner (not_owner; mal_contributors in a partial round
+      // where the liar owns the chunk), stored before the plan and then
+      // replaced by the owner's (not_owner) or by the owner the previous
+      // plan names (result_displaced) or emptied by its node's sweep when
+      // the plan came (the nodes' not_owner), refused before the plan as a
+      // copy of one stored (result_early_dup) or against the owner's stored
+      // (result_contested), or out of the round window (result_window).
+      // The owners' own copies are result_dup, which is not summed here.
+      // What else these counters may hold (an honest result out of window
+      // after its round, an honest copy before the plan, the owner's result
+      // contested when the active set changed), and frames the links
+      // dropped (all traffic's), bound the tolerance.
+      expect(counted).toBeLessThanOrEqual(sent + TALLY_SLACK * sent);
+      expect(counted + link).toBeGreaterThanOrEqual(sent - TALLY_SLACK * sent);
     } finally {
       await cleanupJob(job);
     }

@@ -1009,13 +1009,13 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
-      description: "a duplicate result for the same round is result_dup; the stored entry is unchanged",
+      description: "no plan known: a second result for the same round is result_early_dup from the same rank, result_contested from another; the stored entry is unchanged",
       packets: [
         { frame: resultPkt({ round: BASE, chunk, rank: 0, contributors: 4 }, [1, 2, 3]), action: XDP_DROP },
-        { frame: resultPkt({ round: BASE, chunk, rank: 0, contributors: 2, exp: 1 }, [9, 9, 9]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 } },
-        { frame: resultPkt({ round: BASE, chunk, rank: 1, contributors: 4 }, [1, 2, 3, 4, 5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: 0, contributors: 2, exp: 1 }, [9, 9, 9]), action: XDP_DROP, counters: { rx: 1, result_early_dup: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: 1, contributors: 4 }, [1, 2, 3, 4, 5]), action: XDP_DROP, counters: { rx: 1, result_contested: 1 } },
       ],
-      counters: { rx: 3, results: 1, events: 1, wakeups: 1, result_dup: 2 },
+      counters: { rx: 3, results: 1, events: 1, wakeups: 1, result_early_dup: 1, result_contested: 1 },
       results: [{ index: chunk, entry: { tag: BASE + 1, count: 3, contributors: 4, exp: 0, writes: 1 }, values: [1, 2, 3] }],
       events: [{ type: EV_RESULT, contributors: 4, round: BASE, chunk, index: chunk }],
     });
@@ -1043,9 +1043,9 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
       setup: { roundBase: BASE + 2 },
       packets: [
         { frame: resultPkt({ round: BASE + 2, chunk, rank: 0, contributors: 4 }, [5]), action: XDP_DROP },
-        { frame: resultPkt({ round: BASE, chunk, rank: 0, contributors: 4 }, [6]), action: XDP_DROP, config: { roundBase: BASE }, counters: { rx: 1, stale_round: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: 0, contributors: 4 }, [6]), action: XDP_DROP, config: { roundBase: BASE }, counters: { rx: 1, stale_round: 1, result_window: 1 } },
       ],
-      counters: { rx: 2, results: 1, events: 1, wakeups: 1, stale_round: 1 },
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, stale_round: 1, result_window: 1 },
       results: [{ index: chunk, entry: { tag: BASE + 3, count: 1, writes: 1, contributors: 4, exp: 0 }, values: [5] }],
       events: [{ type: EV_RESULT, contributors: 4, round: BASE + 2, chunk, index: chunk }],
     });
@@ -1058,7 +1058,7 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
         { frame: resultPkt({ round: BASE - 1, chunk, rank: 0 }, [1]), action: XDP_DROP },
         { frame: resultPkt({ round: BASE + 2, chunk, rank: 0 }, [1]), action: XDP_DROP },
       ],
-      counters: { rx: 2, stale_round: 1, future_round: 1 },
+      counters: { rx: 2, stale_round: 1, future_round: 1, result_window: 2 },
       results: [
         { index: chunk, entry: { tag: 0, writes: 0, count: 0, contributors: 0, exp: 0 } },
         { index: CHUNKS + chunk, entry: { tag: 0, writes: 0, count: 0, contributors: 0, exp: 0 } },
@@ -1109,9 +1109,9 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
       packets: [
         { frame: resultPkt({ round: 0xfffffffd, chunk, rank: 0, contributors: 4 }, [1]), action: XDP_DROP, counters: stored },
         { frame: resultPkt({ round: 1, chunk, rank: 0, contributors: 3 }, [2, 3]), action: XDP_DROP, config: { roundBase: 0 }, counters: stored },
-        { frame: resultPkt({ round: 0xfffffffd, chunk, rank: 0, contributors: 4 }, [4]), action: XDP_DROP, config: { roundBase: 0xfffffffd }, counters: { rx: 1, stale_round: 1 } },
+        { frame: resultPkt({ round: 0xfffffffd, chunk, rank: 0, contributors: 4 }, [4]), action: XDP_DROP, config: { roundBase: 0xfffffffd }, counters: { rx: 1, stale_round: 1, result_window: 1 } },
       ],
-      counters: { rx: 3, results: 2, events: 2, wakeups: 2, stale_round: 1 },
+      counters: { rx: 3, results: 2, events: 2, wakeups: 2, stale_round: 1, result_window: 1 },
       results: [{ index, entry: { tag: 2, count: 2, writes: 2, contributors: 3, exp: 0 }, values: [2, 3] }],
       events: [
         { type: EV_RESULT, contributors: 4, round: 0xfffffffd, chunk, index },
@@ -1217,15 +1217,62 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
-      description: "a non-owner's result stored before the plan was known is replaced by the owner's once it is (not result_dup)",
+      description: "a non-owner's result stored before the plan was known (and no plan of the round before) holds the entry: the owner's is result_contested until the plan is known",
       before: (r) => r.setPlan(BASE - 2, [0]),
       packets: [
         { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [66]), action: XDP_DROP, counters: stored },
-        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_dup: 1 }, config: {} },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_contested: 1 }, config: {} },
       ],
-      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_dup: 1 },
+      counters: { rx: 2, results: 1, events: 1, wakeups: 1, result_contested: 1 },
       results: [{ index: chunk, entry: { tag: BASE + 1, writes: 1, rank: other(chunk) }, values: [66] }],
       events: [{ type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    // A straggler behind learns a round's plan late; the owners rarely
+    // change from one round to the next, so until the plan is known the
+    // previous round's tells the owner's result from a forgery stored
+    // first (sim seeds 9100-9112 stalled on it).
+    const chunk = fresh();
+    cases.push({
+      description: "no plan yet, the previous round's plan known: the owner it names displaces another rank's result stored first (result_displaced); another rank's after it is result_contested, its own copy result_early_dup",
+      before: (r) => {
+        r.setPlan(BASE - 2, [0]);
+        r.setPlan(BASE - 1, OWNERS);
+      },
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [66]), action: XDP_DROP, counters: stored },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { ...stored, result_displaced: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: other(chunk), contributors: 3 }, [67]), action: XDP_DROP, counters: { rx: 1, result_contested: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { rx: 1, result_early_dup: 1 } },
+      ],
+      counters: { rx: 4, results: 2, events: 2, wakeups: 2, result_displaced: 1, result_contested: 1, result_early_dup: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 2, rank: ownerOf(chunk) }, values: [5] }],
+      events: [
+        { type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk },
+        { type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk },
+      ],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "... and under the owner's own rank: its result within the previous plan's active set displaces one claiming more (result_displaced); one claiming more after it is result_early_dup",
+      before: (r) => {
+        r.setPlan(BASE - 2, [0]);
+        r.setPlan(BASE - 1, OWNERS);
+      },
+      packets: [
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 4 }, [-777]), action: XDP_DROP, counters: stored },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 3 }, [5]), action: XDP_DROP, counters: { ...stored, result_displaced: 1 } },
+        { frame: resultPkt({ round: BASE, chunk, rank: ownerOf(chunk), contributors: 4 }, [-777]), action: XDP_DROP, counters: { rx: 1, result_early_dup: 1 } },
+      ],
+      counters: { rx: 3, results: 2, events: 2, wakeups: 2, result_displaced: 1, result_early_dup: 1 },
+      results: [{ index: chunk, entry: { tag: BASE + 1, writes: 2, contributors: 3, rank: ownerOf(chunk) }, values: [5] }],
+      events: [
+        { type: EV_RESULT, contributors: 4, round: BASE, chunk, index: chunk },
+        { type: EV_RESULT, contributors: 3, round: BASE, chunk, index: chunk },
+      ],
     });
   }
   {

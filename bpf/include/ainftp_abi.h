@@ -388,6 +388,12 @@ enum ainftp_counter {
 	AINFTP_CNT_MAL_CONTRIBUTORS, /* RESULT whose contributor count is 0, above the members, or above the round's active set (or one stored before the plan, under the owner's rank, that the owner's replaced) */
 	AINFTP_CNT_BAD_MAC,         /* CONTRIB/RESULT whose MAC under the job key does not match (AUTH_HDR / AUTH_FULL) */
 	AINFTP_CNT_BAD_WIDTH,       /* CONTRIB/RESULT of another lane width than the job's (version vs config flags) */
+	/* A RESULT for an entry already holding one of its round, before the
+	 * round's plan is known (the owner's own copy once it is: RESULT_DUP): */
+	AINFTP_CNT_RESULT_EARLY_DUP, /* refused: the entry holds the same rank's (a copy; the plan sweeps the entry if that rank is not the owner) */
+	AINFTP_CNT_RESULT_CONTESTED, /* refused: the entry holds another rank's (one of the two is forged; the one stored is kept unless the previous round's plan names this sender the owner) */
+	AINFTP_CNT_RESULT_DISPLACED, /* stored over another rank's, as the previous round's plan names this sender the chunk's owner (the one replaced presumed forged; the plan sweeps the entry if the guess was wrong) */
+	AINFTP_CNT_RESULT_WINDOW,   /* RESULTs among STALE_ROUND and FUTURE_ROUND (a breakdown: counted there too) */
 	AINFTP_CNT__MAX,
 };
 

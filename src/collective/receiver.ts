@@ -5,13 +5,15 @@ import {
   CTRL_BYE, CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ, CTRL_HELLO, CTRL_MEMBER, CTRL_RESULT_REQ, CTRL_STATUS, CTRL_STATUS_REQ,
   EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
 } from "../abi.ts";
-import { decodeStatus, encodeStatus, type Control } from "./control.ts";
+import { coll } from "../../native/collective.ts";
+import { decodePlanHead, decodeStatus, encodeChunkList, encodeStatus, planHeadBytes, REQ_CHUNKS, type Control } from "./control.ts";
 import { lackingIn, waitingFor } from "./diagnose.ts";
 import { answerExpsRequest, noteAsked, storeEarlyPlan, storeExps, storeRelayedPlan, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { finish } from "./owner.ts";
+import { liveFrom } from "./plan.ts";
 import { resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
@@ -65,7 +67,10 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       if (st && c.round === st.r) {
         if (c.rank === st.leader) storeShared(h, st, c.chunk, c.payload);
         else storeRelayedPlan(h, st, c.chunk, c.payload);
-      } else storeEarlyPlan(h, c.rank, c.round, c.chunk, c.payload);
+      } else {
+        storeEarlyPlan(h, c.rank, c.round, c.chunk, c.payload);
+        if (st && c.round === st.r + 1) planAhead(h, st);
+      }
       return;
     case CTRL_RESULT_REQ:
       // a passive member lacks results of ours: send the stored ones again
@@ -112,7 +117,10 @@ export function drainEvents(h: Host, st: RoundState | null, bankBase: number): v
         continue;
       }
       if (!st) continue;
-      if (round > h.cfg.roundBase && round === st.r) h.advanceWindow(round);
+      if (round > h.cfg.roundBase && round === st.r) {
+        h.advanceWindow(round);
+        planAhead(h, st); // (the window reaches the next round now)
+      }
       if (type === EV_SLOT_COMPLETE) {
         if (round === st.r && chunk < st.nchunks && !st.ownedDone[chunk]) {
           st.ownedDone[chunk] = 1;
@@ -187,4 +195,94 @@ export function countXskDrops(h: Host): void {
   const d = now - (xskNotOwner.get(h) ?? 0);
   xskNotOwner.set(h, now);
   if (d > 0) h.guard.count("not_owner", d);
+}
+
+/** Empties, and counts once under its reason, every results-map entry of
+ * this round that holds what the plan refuses: a result from a rank that
+ * does not own the chunk (not_owner), or one under the owner's rank with a
+ * contributor count the active set cannot have (mal_contributors), both
+ * stored before the plan was known. `self` = our rank leaves our own
+ * chunks' entries alone (they hold our finished results); NO_RANK also
+ * empties forgeries stored in them (our finish would overwrite them
+ * uncounted). An entry the program already replaced with the owner's was
+ * counted there, and is kept; an owner's result is never emptied. */
+export function dropForeign(h: Host, st: RoundState, bankBase: number, self: number): void {
+  const emptied = st.K ? sweepForeign(h, bankBase, st.nchunks, st.r, st.ownersU8!, st.K, self, st.passive) : 0;
+  // past the round's chunks (a one-value barrier round has one) no rank
+  // owns anything: whatever was stored there for this round is forged
+  if (self === NO_RANK && st.nchunks < h.cfg.chunks) sweepForeign(h, bankBase + st.nchunks, h.cfg.chunks - st.nchunks, st.r, NOBODY, 1, NO_RANK, false);
+  if (emptied) recountResults(h, st, bankBase);
+}
+
+/** The results we hold, from the map: a forgery's event marked its chunk
+ * done (xdone, resultsSeen) before the plan could tell, and the owner's
+ * result, stored after we emptied the forgery, raised an event for a chunk
+ * already marked: the round then waited for its timer to look in the map. */
+function recountResults(h: Host, st: RoundState, bankBase: number): void {
+  const m = Math.min(coll.ainftp_results_missing(h.resBase, bankBase, st.nchunks, st.r + 1, h.chunkList, h.capacity), h.capacity);
+  st.xdone.fill(1, 0, st.nchunks);
+  for (let i = 0; i < m; i++) st.xdone[h.chunkList[i]] = 0;
+  let seen = 0;
+  for (let c = 0; c < st.nchunks; c++) if (ownerOf(st, c) !== h.rank) seen += st.xdone[c];
+  st.resultsSeen = seen;
+}
+export const NO_RANK = 0xffff;
+const NOBODY = Uint8Array.of(0xff);
+const tooMany = new Uint32Array(1);
+/** Chunks a sweep emptied, to ask their owners for (at most this many a sweep). */
+const EMPTIED_MAX = 4096;
+const emptied = new Uint32Array(EMPTIED_MAX);
+
+/** ainftp_results_drop_foreign over [bankBase, bankBase + n) of round r,
+ * counted. With `ask` (a round we sit out: its results need nothing of
+ * ours, so they may have come before we knew its plan), the owner's result
+ * for an entry a forgery held may have been refused while the forgery
+ * stood: it is asked for now, while the owner, which may be rounds ahead
+ * of a straggler, still holds it. Returns how many entries it emptied. */
+function sweepForeign(h: Host, bankBase: number, n: number, r: number, owners: Uint8Array, k: number, self: number, ask: boolean): number {
+  const dropped = coll.ainftp_results_drop_foreign(h.resBase, bankBase, n, r + 1, owners, k, self, tooMany, emptied, EMPTIED_MAX);
+  if (dropped > tooMany[0]) h.guard.count("not_owner", dropped - tooMany[0]);
+  if (tooMany[0]) h.guard.count("mal_contributors", tooMany[0]);
+  if (ask) {
+    const byOwner = new Map<number, number[]>();
+    for (let i = 0; i < Math.min(dropped, EMPTIED_MAX); i++) {
+      const o = owners[emptied[i] % k];
+      if (o === h.rank) continue;
+      let l = byOwner.get(o);
+      if (!l) byOwner.set(o, (l = []));
+      l.push(emptied[i]);
+    }
+    for (const [o, list] of byOwner)
+      for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, r, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
+  }
+  return dropped;
+}
+
+/** The next round's plan into the program as soon as we can know it: we
+ * hold this round's plan (so we know who leads the next), the window
+ * reaches the next round, and a piece of that leader's plan is here (each
+ * names the active set). The program then refuses forgeries for that round
+ * by owner, and what it stored before is emptied and counted now. Without
+ * it a member learnt a round's plan only when it started the round: a
+ * straggler rounds behind held a forgery stored first, which kept the
+ * owner's result out (refused as a duplicate), and by the time it emptied
+ * the forgery the owner, rounds ahead, no longer held its result (sim
+ * seeds 9100-9112). A leader that dies before its plan is followed leaves
+ * this plan in place until the round's own (round.ts applyPlan) replaces it. */
+export function planAhead(h: Host, st: RoundState): void {
+  if (st.planAhead || !st.sent || h.cfg.roundBase !== st.r) return;
+  const r = st.r + 1;
+  const leader = liveFrom(st.next, h.rank, h.size, h.liveMask);
+  if (leader === h.rank) return void (st.planAhead = true); // ours to decide: results come after it
+  const pieces = h.earlyPlans.get(r)?.get(leader);
+  const piece: Uint8Array | undefined = pieces?.values().next().value;
+  if (!piece || piece.length < planHeadBytes(h.size)) return;
+  st.planAhead = true;
+  const { active } = decodePlanHead(piece);
+  // (as storeShared checks a plan: its members are ours, its leader among them)
+  if (active >> BigInt(h.size) || !((active >> BigInt(leader)) & 1n)) return;
+  const owners: number[] = [];
+  for (let k = 0; k < h.size; k++) if ((active >> BigInt(k)) & 1n) owners.push(k);
+  h.maps.setPlan(r, owners);
+  if (!h.xsk) sweepForeign(h, (r & 1) * h.cfg.chunks, h.cfg.chunks, r, Uint8Array.from(owners), owners.length, NO_RANK, !((active >> BigInt(h.rank)) & 1n));
 }

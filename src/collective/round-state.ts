@@ -100,6 +100,8 @@ export interface RoundState extends Plan {
   ownerChunks: Uint32Array[];
   ownBuf: Uint8Array; // own chunks' packets (own quantized values)
   // ---- receiver and recovery (receiver.ts, recovery.ts) ----
+  /** The next round's plan is in the program already (receiver.ts planAhead), or ours to decide. */
+  planAhead: boolean;
   /** Check the results map for completion even without the events. */
   lookInMap: boolean;
   resultsSeen: number;
@@ -156,7 +158,7 @@ export function newRoundState(a: NewRound): RoundState {
     leader: a.leader, deadLeader: -1, replanned: false, relayed: false, haveShared: false, sharedPieces: new Set(),
     pieces: Array.from({ length: N }, () => new Set<number>()), sizeMismatch: new Set<number>(), shared: new Int8Array(nchunks),
     active: 0n, next: 0, scores: new Uint8Array(N), ownerIdx: new Int32Array(N).fill(-1), K: 0, owners: [], passive: false,
-    grace, patient, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * a.maxRetransmitMs),
+    grace, patient, planAhead: false, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * a.maxRetransmitMs),
     closedAtDeadline: false,
     owned: empty, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0,
     sent: false, x, recs: a.recs, finishArgs: null,

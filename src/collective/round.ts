@@ -13,7 +13,7 @@ import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.t
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
 import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
-import { countXskDrops, drainControl, drainEvents, drainXsk } from "./receiver.ts";
+import { countXskDrops, drainControl, drainEvents, drainXsk, dropForeign, NO_RANK, planAhead } from "./receiver.ts";
 import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
 import { newRoundState, ownerOf, type RoundState } from "./round-state.ts";
 import { PTO_FLOOR_MS } from "./rtt.ts";
@@ -246,23 +246,6 @@ function complete(h: Host, st: RoundState, bankBase: number): boolean {
   return false;
 }
 
-/** Empties (and counts as not_owner) the results-map entries of this round
- * that hold a result from a rank that does not own the chunk in the plan:
- * forgeries the program stored before the plan was known. `self` = our rank
- * leaves our own chunks' entries alone (they hold our finished results);
- * NO_RANK also empties forgeries stored in them (our finish would overwrite
- * them uncounted). */
-function dropForeign(h: Host, st: RoundState, bankBase: number, self: number): void {
-  let foreign = st.K ? coll.ainftp_results_drop_foreign(h.resBase, bankBase, st.nchunks, st.r + 1, st.ownersU8!, st.K, self) : 0;
-  // past the round's chunks (a one-value barrier round has one) no rank
-  // owns anything: whatever was stored there for this round is forged
-  if (self === NO_RANK && st.nchunks < h.cfg.chunks)
-    foreign += coll.ainftp_results_drop_foreign(h.resBase, bankBase + st.nchunks, h.cfg.chunks - st.nchunks, st.r + 1, NOBODY, 1, NO_RANK);
-  if (foreign) h.guard.count("not_owner", foreign);
-}
-const NO_RANK = 0xffff;
-const NOBODY = Uint8Array.of(0xff);
-
 /** The round loop: until every result is here. */
 async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs: number, tp: number): Promise<void> {
   const r = st.r;
@@ -309,6 +292,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (!h.planCache.has(st.r)) h.keep(h.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
+      planAhead(h, st); // (the next round's, if its leader's is here)
       // the data timer starts now: peers that were still busy before the
       // plan are in the round now
       interval = firstRto();
