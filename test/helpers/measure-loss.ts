@@ -4,7 +4,10 @@
 // Prints per run the median round over all ranks, retransmits, and whether
 // every rank verified and agreed bit for bit with the clean run.
 //   bun test/helpers/measure-loss.ts [--sizes 1MiB,16MiB] [--rounds 30] [--reps 2] [--loss 3] [--dup 2] [--hosts 4]
-import { existsSync, readFileSync } from "node:fs";
+//     [--trace DIR]: runs with AINFTP_TRACE_RECOVERY=1 and keeps each rank's
+//     stderr as DIR/<size>-bin<b>-<kind>-<rep>-r<rank>.log (for
+//     test/helpers/loss-breakdown.ts)
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { NodeReport } from "../../src/node.ts";
 import { parseSize } from "../../src/units.ts";
@@ -24,6 +27,8 @@ const extra = arg("extra", "").split(" ").filter(Boolean);
 // --bins A,B: alternate binaries (a baseline and a change), each clean and impaired, interleaved
 const bins = arg("bins", BIN).split(",");
 const kinds = arg("kinds", "clean,impaired").split(",") as ("clean" | "impaired")[];
+const traceDir = arg("trace", "");
+if (traceDir) mkdirSync(traceDir, { recursive: true });
 
 ensureBuilt();
 const nodes = Array.from({ length: hosts }, (_, i) => `h${i}`);
@@ -32,18 +37,20 @@ const imp = new PortImpairer(lab, nodes);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1] ?? NaN;
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))] ?? NaN;
 
-async function run(size: string, bin: string): Promise<NodeReport[]> {
+async function run(size: string, bin: string, tag: string): Promise<NodeReport[]> {
   const peers = nodes.map((n) => lab.node(n).addr).join(",");
   const procs = nodes.map((n, k) => {
     const json = join(lab.tmp, `m-${n}.json`);
-    const p = lab.spawn(n, [bin, "swarm", "--iface", "eth0", "--peers", peers, "--rank", String(k), "--synthetic", size, "--rounds", String(rounds), "--verify", "--json", json, ...extra]);
+    const p = lab.spawn(n, [bin, "swarm", "--iface", "eth0", "--peers", peers, "--rank", String(k), "--synthetic", size, "--rounds", String(rounds), "--verify", "--json", json, ...extra],
+      traceDir ? { env: { AINFTP_TRACE_RECOVERY: "1" } } : {});
     return { p, json };
   });
-  const codes = await Promise.all(procs.map(async ({ p }) => {
+  const codes = await Promise.all(procs.map(async ({ p }, k) => {
     const t = setTimeout(() => p.kill(9), 300_000);
     const [err] = await Promise.all([new Response(p.stderr).text(), new Response(p.stdout).text()]);
     const c = await p.exited;
     clearTimeout(t);
+    if (traceDir) writeFileSync(join(traceDir, `${tag}-r${k}.log`), err);
     if (c !== 0 || process.env.AINFTP_DEBUG_RTT) console.error(`exit ${c}: ${err.trim()}`);
     return c;
   }));
@@ -64,7 +71,7 @@ try {
           if (kind === "clean") imp.clear();
           else imp.apply(loss * 10_000, dup * 10_000);
           const s0 = kind === "impaired" ? imp.stats() : null;
-          const r = await run(size, bin);
+          const r = await run(size, bin, `${size}-bin${b}-${kind}-${i}`);
           const s1 = kind === "impaired" ? imp.stats() : null;
           const times = r.flatMap((j) => j.round_times_ms);
           if (kind === "clean") ref ??= r[0].result_hash;
