@@ -31,7 +31,8 @@ const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 /** RACK looks at chunks at least this many positions behind the furthest result. */
 const RACK_BEHIND = 1;
 /** A CTRL_RESULT_REQ's `chunk` field: the chunks asked for lie behind
- * results that arrived (RACK). */
+ * results that arrived (RACK), so a result sent a moment ago was lost, not
+ * on its way: the owner sends it again however fresh it is. */
 export const PROBE_BEHIND = 1;
 /** ... and the tail probe's: the last chunks sent to an owner, overdue.
  * Both come from a member in its current round: no sign that it is behind
@@ -265,11 +266,13 @@ export function nackGaps(h: Host, st: RoundState, bankBase: number): number {
   for (let k = st.ownLow; k < upto; k++) {
     const c = own[k];
     if (st.ownedDone[c]) continue;
-    // a gap is a loss once it outlived the reordering window (a sender that
-    // moved to the other core mid-round reorders its packets; on a loaded
-    // host named at once, a clean run sent contributions again)
+    // named at once: waiting out a reordering window here costs the owner
+    // another wake-up, which on a loaded host is the longest step of the
+    // recovery; a packet merely reordered is on its way by the time the
+    // name arrives, and its sender (nacked) sends again only what it sent
+    // longer ago than its reordering window
     if (st.gapAt[c] === 0) st.gapAt[c] = now;
-    const due = st.nackCount[c] ? st.nackedAt[c] + again * (1 << Math.min(st.nackCount[c] - 1, 5)) : st.gapAt[c] + h.rtt.reoWnd();
+    const due = st.nackCount[c] ? st.nackedAt[c] + again * (1 << Math.min(st.nackCount[c] - 1, 5)) : now;
     if (due > now) {
       next = Math.min(next, due);
       continue;
@@ -308,11 +311,11 @@ function sendNacks(h: Host, st: RoundState, byRank: Map<number, number[]>): numb
 
 /** A member asks for results of ours (CTRL_RESULT_REQ: a probe, its RACK,
  * or a passive member): send again those we have (one we sent less than
- * RESULT_FRESH_MS ago is on its way). For open slots behind one that completed (each member's
+ * RESULT_FRESH_MS ago is on its way, unless the asker saw later results:
+ * PROBE_BEHIND). For open slots behind one that completed (each member's
  * later contribution is here), name to each member whose contribution they
  * lack the chunks it lost: it sends them again. For open slots at the
- * front, in answer to the timer's poll (flag 0), say whom they wait for, to
- * the asker only (CTRL_STATUS: a member
+ * front, say whom they wait for, to the asker only (CTRL_STATUS: a member
  * named there sends again what RACK's timing says is lost). A contribution
  * missing there may only be late: on a loaded host a sender's packets wait
  * in the kernel's backlog for tens of ms, and naming them made the sender
@@ -320,10 +323,7 @@ function sendNacks(h: Host, st: RoundState, byRank: Map<number, number[]>): numb
 export function answerProbe(h: Host, st: RoundState | null, asker: number, round: number, flag: number, chunks: number[]): void {
   if (flag !== PROBE_BEHIND && flag !== PROBE_TAIL) noteAsked(h, asker, round);
   const current = !!st && round === st.r;
-  // (the asker's RACK saw later results, but on a loaded host ours may sit
-  // in its backlog: a result sent less than RESULT_FRESH_MS ago is not sent
-  // twice, the asker asks again after againMs)
-  const fresh = current ? h.clock.now() - TUNING.RESULT_FRESH_MS : Infinity;
+  const fresh = current && flag !== PROBE_BEHIND ? h.clock.now() - TUNING.RESULT_FRESH_MS : Infinity;
   for (const chunk of chunks) if (!(current && st!.resultSentAt[chunk] > fresh)) resend(h, round, chunk, asker, true);
   if (!st || !current || !st.sent || st.ownerIdx[h.rank] < 0) return;
   const bankBase = (st.r & 1) * h.cfg.chunks;
@@ -340,9 +340,7 @@ export function answerProbe(h: Host, st: RoundState | null, asker: number, round
     }
   }
   st.named += sendNacks(h, st, byRank);
-  // (only to the timer's poll, as before: answering the tail probe too made
-  // members behind a loaded host's backlog send their window again)
-  const lack = front.length && flag === 0 ? lackingIn(h, st, bankBase, front) : 0n;
+  const lack = front.length ? lackingIn(h, st, bankBase, front) : 0n;
   if (lack) h.sendControl(asker, CTRL_STATUS, st.r, 0, 0, encodeStatus(lack));
 }
 

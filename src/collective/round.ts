@@ -391,9 +391,9 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (st.sent) {
       const named = st.named, asked = st.asked;
       // RACK's timers: the owner's (a gap in our slots) and the member's (a gap in the results)
-      // (the tail probe once this round, or one of the last few, has shown a
-      // loss; a poll into a slow round is no loss)
-      rackAt = Math.min(nackGaps(h, st, bankBase), retransmitGaps(h, st, h.rtt.recentLoss || st.named + st.nacks + st.asked > 0));
+      // (the tail probe once this round has shown a loss; a poll into a
+      // slow round is no loss)
+      rackAt = Math.min(nackGaps(h, st, bankBase), retransmitGaps(h, st, st.named + st.nacks + st.asked > 0));
       // (an owner that named a lost contribution waits on its resending; a
       // result missing behind later ones is a loss; a tail ask alone may be
       // a slow owner's, not a loss)
@@ -431,7 +431,7 @@ function endRound(h: Host, st: RoundState): RoundReport {
   // done with round r: every active member finished r-1 (it contributed);
   // a round completed from the map alone moved no window yet
   if (h.cfg.roundBase < r) h.advanceWindow(r);
-  h.rtt.endRound(st.named + st.nacks + st.asked > 0);
+  h.rtt.endRound();
   countXskDrops(h);
   // per member: a round it was active in (and, on our slots, not held in
   // quarantine), or one it sat out (passive, late, quarantined)

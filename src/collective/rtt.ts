@@ -38,8 +38,6 @@ export const REO_MULT_MAX = 16;
 export const REO_DECAY_ROUNDS = 16;
 /** Samples of the minimum RTT are kept over this many rounds (a windowed min, as BBR and RACK keep it). */
 export const MIN_RTT_ROUNDS = 64;
-/** A round that showed a loss keeps the tail probe armed for this many rounds after it. */
-export const LOSS_MEMORY_ROUNDS = 8;
 
 export class RttEstimator {
   /** Smoothed round-trip (ms); null before the first sample. */
@@ -54,12 +52,6 @@ export class RttEstimator {
   private cleanRounds = 0;
   private mins: number[] = [];
   private roundMin = Infinity;
-  private sinceLoss = Infinity;
-
-  /** Whether one of the last LOSS_MEMORY_ROUNDS rounds showed a loss (endRound's `lossy`). */
-  get recentLoss(): boolean {
-    return this.sinceLoss < LOSS_MEMORY_ROUNDS;
-  }
 
   /** One round-trip (ms), of a chunk sent once (Karn: never of a retransmitted one).
    * A sample above SAMPLE_CLAMP·srtt counts as that much: a result waits for
@@ -135,11 +127,8 @@ export class RttEstimator {
     }
   }
 
-  /** A round ended (`lossy`: it showed a loss): roll the minimum's window;
-   * after REO_DECAY_ROUNDS rounds without a spurious retransmission, narrow
-   * the window again. */
-  endRound(lossy = false): void {
-    this.sinceLoss = lossy ? 0 : this.sinceLoss + 1;
+  /** A round ended: roll the minimum's window; after REO_DECAY_ROUNDS rounds without a spurious retransmission, narrow the window again. */
+  endRound(): void {
     if (Number.isFinite(this.roundMin)) {
       this.mins.push(this.roundMin);
       if (this.mins.length > MIN_RTT_ROUNDS) this.mins.shift();
