@@ -58,13 +58,9 @@ const PROBE_CHUNKS = RACK_BEHIND + 1;
  * result resent to each for one lost packet). The last chunks sent to an
  * owner have no later result behind them: once everything to that owner is
  * sent, the oldest of them are asked for after twice RACK's wait (the tail
- * probe), in a round that has shown a loss (`lossy`: we named one, were
- * named, or asked for a result behind later ones): on a clean network
- * the data timer's probe covers the tail, and a timer per owner's tail cost
- * a clean round wake-ups (8 hosts: past 1 in 32 packets). A chunk asked for
- * is asked again after againMs, doubling. Returns when the next chunk comes
- * due (RACK's reorder timer). */
-export function retransmitGaps(h: Host, st: RoundState, lossy: boolean): number {
+ * probe). A chunk asked for is asked again after againMs, doubling.
+ * Returns when the next chunk comes due (RACK's reorder timer). */
+export function retransmitGaps(h: Host, st: RoundState): number {
   const now = h.clock.now();
   let next = Infinity;
   for (let o = 0; o < h.size; o++) {
@@ -75,7 +71,7 @@ export function retransmitGaps(h: Host, st: RoundState, lossy: boolean): number 
     // chunks in list order, so its slots complete in that order; one
     // position of slack, and the reordering window in time)
     const upto = Math.min(st.pos[o], st.furthest[o] - RACK_BEHIND);
-    const tailTo = lossy && st.pos[o] === list.length ? st.pos[o] : upto;
+    const tailTo = st.pos[o] === list.length ? st.pos[o] : upto;
     let behind: number[] | null = null, tail: number[] | null = null;
     for (let k = st.lowest[o]; k < tailTo; k++) {
       const c = list[k];
@@ -96,7 +92,7 @@ export function retransmitGaps(h: Host, st: RoundState, lossy: boolean): number 
       h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, flag, encodeChunkList(l));
       for (const c of l) (st.askedAt[c] = now), st.asks[c] < 255 && st.asks[c]++;
       st.probedAt[o] = now;
-      if (flag === PROBE_BEHIND) st.asked++;
+      st.asked++;
       next = Math.min(next, ...l.map((c) => dueAt(h, st, o, c, flag === PROBE_TAIL)));
     }
   }

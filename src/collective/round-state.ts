@@ -128,7 +128,7 @@ export interface RoundState extends Plan {
   nackCount: Uint8Array;
   /** Per chunk we own: when its open slot was first seen behind a completed one (0: not yet). */
   gapAt: Float64Array;
-  /** Members we named lost contributions to, and asks we sent for results behind later ones (the round's recovery, for the loop). */
+  /** Members we named lost contributions to, and asks we sent (the round's recovery, for the loop). */
   named: number;
   asked: number;
   /** Our list's furthest completed position, and its first open one. */

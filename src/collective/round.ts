@@ -391,13 +391,10 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (st.sent) {
       const named = st.named, asked = st.asked;
       // RACK's timers: the owner's (a gap in our slots) and the member's (a gap in the results)
-      // (the tail probe once this round has shown a loss; a poll into a
-      // slow round is no loss)
-      rackAt = Math.min(nackGaps(h, st, bankBase), retransmitGaps(h, st, st.named + st.nacks + st.asked > 0));
-      // (an owner that named a lost contribution waits on its resending; a
-      // result missing behind later ones is a loss; a tail ask alone may be
-      // a slow owner's, not a loss)
-      if (st.named || st.nacks || st.asked) lossy = true;
+      rackAt = Math.min(nackGaps(h, st, bankBase), retransmitGaps(h, st));
+      // (an owner that named a lost contribution waits on its resending; an
+      // ask alone may be a slow owner's, not a loss)
+      if (st.named || st.nacks) lossy = true;
       if (trace && st.named !== named) trace.push(`nack@${T()}:${st.named - named}`);
       if (trace && st.asked !== asked) trace.push(`rack@${T()}:${st.asked - asked}`);
     }
