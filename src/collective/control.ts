@@ -82,9 +82,7 @@ export function decodePlanHead(payload: Uint8Array): PlanHead {
 
 // ---- status, result requests --------------------------------------------------
 
-/** CTRL_STATUS: the ranks the sender waits for (u64 mask); an owner naming
- * lost contributions to one member adds the chunks (u32 each, recovery.ts nackGaps). */
-export const STATUS_MASK_BYTES = 8;
+/** CTRL_STATUS: the ranks the sender waits for (u64 mask). */
 export function encodeStatus(mask: bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, mask, true);
@@ -92,7 +90,7 @@ export function encodeStatus(mask: bigint): Uint8Array {
 }
 
 export function decodeStatus(payload: Uint8Array): bigint | null {
-  if (payload.length < STATUS_MASK_BYTES) return null;
+  if (payload.length !== 8) return null;
   return new DataView(payload.buffer, payload.byteOffset, 8).getBigUint64(0, true);
 }
 

@@ -145,14 +145,6 @@ export const TUNING = {
    * duplicate results per rank without this, the asker's 4 ms probe timer
    * running while the owner was descheduled). */
   RESULT_FRESH_MS: 2,
-  /** An owner names a lost contribution (recovery.ts nackGaps) again, and a
-   * member asks for a missing result again, no sooner than this (ms). */
-  NACK_AGAIN_MIN_MS: 2,
-  /** In a round with losses, while our slots are open, look at the
-   * program's events this often (ms): a slot completed by a contribution
-   * sent again raises an event without a wake-up (the program wakes once
-   * per batch), and its result is what every member waits for. */
-  LOSSY_POLL_MS: 1,
   /** A round whose leader died after we had its plan is given up after
    * this long without progress: the members without the plan gave it up. */
   LEADERLESS_MS: 200,

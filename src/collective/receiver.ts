@@ -6,12 +6,13 @@ import {
   EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
 } from "../abi.ts";
 import { decodeStatus, encodeStatus, type Control } from "./control.ts";
-import { waitingFor } from "./diagnose.ts";
-import { answerExpsRequest, storeEarlyPlan, storeExps, storeRelayedPlan, storeShared } from "./exchange.ts";
+import { lackingIn, waitingFor } from "./diagnose.ts";
+import { answerExpsRequest, noteAsked, storeEarlyPlan, storeExps, storeRelayedPlan, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
+import { TUNING } from "./options.ts";
 import { finish } from "./owner.ts";
-import { answerProbe, resend, statusFromOwner } from "./recovery.ts";
+import { resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 /** A control packet of this job's members (or a peer's HELLO of another
@@ -48,7 +49,7 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       const mask = decodeStatus(c.payload);
       if (mask === null) return;
       h.statusAnswers.set(c.rank, mask);
-      if (st && c.round === st.r) statusFromOwner(h, st, c.rank, mask, c.payload);
+      if (st && c.round === st.r) statusFromOwner(h, st, c.rank, mask);
       return;
     }
     case CTRL_BYE:
@@ -67,8 +68,23 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
       } else storeEarlyPlan(h, c.rank, c.round, c.chunk, c.payload);
       return;
     case CTRL_RESULT_REQ:
-      // a member lacks results of ours: send them again, and name lost contributions (recovery.ts)
-      answerProbe(h, st, c.rank, c.round, c.chunk, h.guard.chunkList(c.payload, h.cfg.chunks));
+      // a passive member lacks results of ours: send the stored ones again
+      // (indices past the job's chunks are counted, never used)
+      {
+        const chunks = [...h.guard.chunkList(c.payload, h.cfg.chunks)];
+        noteAsked(h, c.rank, c.round);
+        // a result we sent a moment ago is on its way (we were descheduled
+        // while the asker's probe timer ran): not sent twice; one truly
+        // lost is asked for again
+        const fresh = st && c.round === st.r ? h.clock.now() - TUNING.RESULT_FRESH_MS : Infinity;
+        for (const chunk of chunks) if (!(st && st.resultSentAt[chunk] > fresh)) resend(h, c.round, chunk, c.rank, true);
+        // a probe for slots of ours still open: say whose contributions they
+        // lack (a member named there lost one and sends it again)
+        if (st && c.round === st.r && st.sent) {
+          const lack = lackingIn(h, st, (st.r & 1) * h.cfg.chunks, chunks);
+          if (lack) h.sendControl(c.rank, CTRL_STATUS, st.r, 0, 0, encodeStatus(lack));
+        }
+      }
       return;
     case CTRL_MEMBER:
       h.onMember?.(c.rank, c.payload);

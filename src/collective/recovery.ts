@@ -1,120 +1,69 @@
-// Loss recovery. The owner of a slot knows whose contribution it lacks; a
-// member knows only that a result is missing. So: an owner whose open slot
-// lies behind one that completed (every member sends its chunks in list
-// order, so each member's later contribution is here) names to each member
-// that lost a contribution exactly those chunks (nackGaps: CTRL_STATUS with
-// a chunk list), and that member, only, sends them again (statusFromOwner).
-// A member missing a result behind later ones of the same owner, or its last
-// chunks' results once overdue, asks the owner for them by name
-// (retransmitGaps, RACK-timed: CTRL_RESULT_REQ): the owner sends again the
-// results it has and names the members its open slots lack (answerProbe).
-// Asks and names are repeated after recovery's round trip (againMs),
-// doubling. When nothing moves, the tail-loss probe polls each owner
-// (probe), and once nothing moved for the RTO everything older is sent again
-// (retransmit). A retransmission to a completed slot makes the owner's
+// Loss recovery. A member missing results sends its contributions again
+// (flagged F_RETRANSMIT): fast, when a chunk sent before one whose result
+// arrived is older than that owner's latest round-trip plus a reordering
+// window (RACK, retransmitGaps, which also returns when the next such
+// chunk comes due); when nothing moves, the probe asks each owner for the
+// results we lack (probe: CTRL_RESULT_REQ; an owner resends what it has and
+// answers with CTRL_STATUS whose contributions its open slots lack, and a
+// member named there sends again: statusFromOwner); once nothing moved for
+// the RTO, everything older than it (retransmit). All timed by measured
+// round-trips (rtt.ts). A retransmit to a completed slot makes the owner's
 // program raise a resend event and the owner sends the stored result again
 // (resend), from its results map or, for a member that fell further behind,
 // from the cache of the last CACHE_ROUNDS rounds. A passive member asks
 // with CTRL_RESULT_REQ.
 import { coll } from "../../native/collective.ts";
-import { CTRL_EXPS_REQ, CTRL_RESULT_REQ, CTRL_STATUS, F_RETRANSMIT, PKT_CONTRIB } from "../abi.ts";
+import { CTRL_EXPS_REQ, CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB } from "../abi.ts";
 import { headerTemplate } from "../quantize.ts";
-import { encodeChunkList, encodeStatus, HDR, markRetransmit, packetCount, REQ_CHUNKS, STATUS_MASK_BYTES } from "./control.ts";
-import { expsAwaited, lackingIn } from "./diagnose.ts";
-import { myExps, noteAsked, sendExps } from "./exchange.ts";
-import { Host } from "./host.ts";
+import { encodeChunkList, HDR, markRetransmit, packetCount, REQ_CHUNKS } from "./control.ts";
+import { expsAwaited } from "./diagnose.ts";
+import { myExps, sendExps } from "./exchange.ts";
+import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 const { CACHE_ROUNDS } = TUNING;
-const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 /** RACK looks at chunks at least this many positions behind the furthest result. */
 const RACK_BEHIND = 1;
-/** A CTRL_RESULT_REQ's `chunk` field: the chunks asked for lie behind
- * results that arrived (RACK), so a result sent a moment ago was lost, not
- * on its way: the owner sends it again however fresh it is. */
-export const PROBE_BEHIND = 1;
-/** ... and the tail probe's: the last chunks sent to an owner, overdue.
- * Both come from a member in its current round: no sign that it is behind
- * (exchange.ts noteAsked), however late they arrive (a slow link). */
-export const PROBE_TAIL = 2;
-/** The tail probe asks for at most this many of an owner's last chunks. */
-const TAIL_PROBE_CHUNKS = 4;
 /** A full retransmission's tail-loss probe (barriers' passive path) sends
  * the last this many missing chunks per owner. */
 const PROBE_CHUNKS = RACK_BEHIND + 1;
 
-/** RACK (RFC 8985) on the results, asking instead of sending: an owner
- * completes slots in the order we (and every member) sent them, so a chunk
- * sent before one whose result arrived, and older than the round-trip plus
- * the reordering window, lacks its result: either the result was lost on
- * its way to us, or a contribution to its slot was (ours or another
- * member's). Only the owner knows which, so we ask it, by name, in one
- * control packet (CTRL_RESULT_REQ flagged PROBE_BEHIND): it sends the
- * result again if it has it, and names to each member whose contribution
- * the slot lacks exactly those chunks (answerProbe, nackGaps), and only
- * that member sends them again (statusFromOwner). Sending our contribution
- * again on a guess made every member send it (three data packets and a
- * result resent to each for one lost packet). The last chunks sent to an
- * owner have no later result behind them: once everything to that owner is
- * sent, the oldest of them are asked for after twice RACK's wait (the tail
- * probe). A chunk asked for is asked again after againMs, doubling.
- * Returns when the next chunk comes due (RACK's reorder timer). */
+/** Fast retransmit (RACK, RFC 8985): an owner completes slots in the order
+ * we (and every member) sent them, so a chunk sent before one whose result
+ * arrived, and older than the round-trip plus the reordering window, is
+ * lost. Send those chunks again now instead of waiting for the timer
+ * (which only fires when nothing at all moves). A result merely reordered
+ * comes within the window; a retransmission that proves spurious widens it. */
 export function retransmitGaps(h: Host, st: RoundState): number {
   const now = h.clock.now();
   let next = Infinity;
   for (let o = 0; o < h.size; o++) {
-    if (o === h.rank || st.ownerIdx[o] < 0) continue;
+    if (o === h.rank) continue;
     const list = st.ownerChunks[o];
     while (st.lowest[o] < st.pos[o] && st.xdone[list[st.lowest[o]]]) st.lowest[o]++;
     // (results come in the order sent: every member sends an owner's
     // chunks in list order, so its slots complete in that order; one
     // position of slack, and the reordering window in time)
     const upto = Math.min(st.pos[o], st.furthest[o] - RACK_BEHIND);
-    const tailTo = st.pos[o] === list.length ? st.pos[o] : upto;
-    let behind: number[] | null = null, tail: number[] | null = null;
-    for (let k = st.lowest[o]; k < tailTo; k++) {
+    let late: number[] | null = null;
+    for (let k = st.lowest[o]; k < upto; k++) {
       const c = list[k];
       if (st.xdone[c]) continue;
-      const isTail = k >= upto;
-      if (isTail && tail && tail.length >= TAIL_PROBE_CHUNKS) break;
-      const at = dueAt(h, st, o, c, isTail);
+      const at = h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[o]);
       if (at > now) {
-        if (at < next) next = at; // not yet: RACK's reorder timer wakes the loop then
+        // not yet: RACK's reorder timer wakes the loop then
+        if (at < next) next = at;
         continue;
       }
-      if (isTail) (tail ??= []).push(c);
-      else (behind ??= []).push(c);
-      if (behind && behind.length >= REQ_CHUNKS) break;
+      (late ??= []).push(c);
     }
-    for (const [l, flag] of [[behind, PROBE_BEHIND], [tail, PROBE_TAIL]] as const) {
-      if (!l) continue;
-      h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, flag, encodeChunkList(l));
-      for (const c of l) (st.askedAt[c] = now), st.asks[c] < 255 && st.asks[c]++;
-      st.probedAt[o] = now;
-      st.asked++;
-      next = Math.min(next, ...l.map((c) => dueAt(h, st, o, c, flag === PROBE_TAIL)));
+    if (late) {
+      sendAgain(h, st, o, late);
+      for (const c of late) next = Math.min(next, h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[o]));
     }
   }
   return next;
-}
-
-/** When a chunk whose result we lack is asked for (again). The first
- * time, RACK's wait past its sending (twice that in the tail). Once asked
- * for, or sent again on its owner's word, the owner is at work on it: the
- * wait is recovery's, a control packet's round trip (againMs), doubling
- * with each ask. (RACK's rtt is a data round-trip: an owner answers only
- * once every member's contribution is in, tens of ms on a loaded host.) */
-function dueAt(h: Host, st: RoundState, o: number, c: number, tail: boolean): number {
-  if (st.asks[c] === 0 && st.tries[c] === 0) return h.rtt.lostAt(st.sentAt[c], tail ? 1 : 0, st.rackRtt[o]);
-  return Math.max(st.sentAt[c], st.askedAt[c]) + againMs(h) * (1 << Math.min(st.asks[c], 5));
-}
-
-/** Recovery's round trip (ms): a name, an ask or a contribution sent again
- * and its answer. NACK_AGAIN_MIN_MS (a loaded host's wake-up), or 4 times
- * the smallest data round-trip when that is longer. */
-export function againMs(h: Host): number {
-  return Math.max(TUNING.NACK_AGAIN_MIN_MS, 4 * h.rtt.minRtt);
 }
 
 /** Chunks whose result has not arrived (listed in h.chunkList); returns how many. */
@@ -193,9 +142,8 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
  * probe, or to a deadline's question): if it waits for us, our
  * contributions to it whose results we lack, and that are older than RACK
  * allows, were lost: send them again. */
-export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bigint, payload?: Uint8Array): void {
+export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bigint): void {
   if (!st.sent || st.passive || owner === h.rank || st.ownerIdx[owner] < 0 || ((mask >> BigInt(h.rank)) & 1n) === 0n) return;
-  if (payload && payload.length > STATUS_MASK_BYTES) return nacked(h, st, owner, h.guard.chunkList(payload.subarray(STATUS_MASK_BYTES), st.nchunks));
   const list = st.ownerChunks[owner];
   // lost by the time of the probe the owner answers (else by now): a chunk
   // sent just before the probe may still be on its way (a loaded host's
@@ -218,126 +166,6 @@ export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bi
   // a loss the timer had to find (the probe's answer), not RACK: a timeout,
   // as the full retransmission is; a probe that finds nothing lost is not
   h.stats.timeouts++;
-}
-
-/** An owner named the chunks of ours its slots lack (nackGaps, or its
- * answer to a probe): it has our later contributions, or someone asked for
- * these results, so these were lost. Send them again, unless we did a
- * moment ago (within the reordering window: that one is on its way). */
-function nacked(h: Host, st: RoundState, owner: number, chunks: number[]): void {
-  const now = h.clock.now();
-  const guard = h.rtt.reoWnd();
-  const late: number[] = [];
-  for (const c of chunks) {
-    if (ownerOf(st, c) !== owner || st.xdone[c] || Math.floor(c / st.K) >= st.pos[owner] || now - st.sentAt[c] < guard) continue;
-    late.push(c);
-  }
-  if (!late.length) return;
-  // in list order, so the short chunk (the owner's last) stays last
-  late.sort((a, b) => a - b);
-  if (TRACE) console.error(`[trace] r${st.r} rank ${h.rank} nack from o${owner} at ${(now - st.t0).toFixed(1)}: ${late.length} again`);
-  sendAgain(h, st, owner, late);
-  st.nacks++;
-}
-
-/** Owner-side RACK: an open slot of ours at least RACK_BEHIND positions
- * behind one that completed lacks contributions that were lost (every
- * member sends our chunks in list order, so each member's later
- * contribution is here). Name to each member that lost some the chunks it
- * lost (CTRL_STATUS with a chunk list): it sends exactly those again. A
- * chunk is named again after againMs, doubling (the name or the resending
- * was lost). One map lookup per slot named; returns when the next gap
- * comes due (the loop wakes then). */
-export function nackGaps(h: Host, st: RoundState, bankBase: number): number {
-  if (!st.sent || st.passive || st.ownedDoneCount >= st.owned.length) return Infinity;
-  const own = st.owned;
-  for (let k = own.length - 1; k > st.ownHigh; k--) if (st.ownedDone[own[k]]) { st.ownHigh = k; break; }
-  while (st.ownLow < own.length && st.ownedDone[own[st.ownLow]]) st.ownLow++;
-  const upto = st.ownHigh - RACK_BEHIND;
-  if (st.ownLow >= upto) return Infinity;
-  const now = h.clock.now();
-  const again = againMs(h);
-  let next = Infinity;
-  const byRank = new Map<number, number[]>();
-  for (let k = st.ownLow; k < upto; k++) {
-    const c = own[k];
-    if (st.ownedDone[c]) continue;
-    // named at once: waiting out a reordering window here costs the owner
-    // another wake-up, which on a loaded host is the longest step of the
-    // recovery; a packet merely reordered is on its way by the time the
-    // name arrives, and its sender (nacked) sends again only what it sent
-    // longer ago than its reordering window
-    if (st.gapAt[c] === 0) st.gapAt[c] = now;
-    const due = st.nackCount[c] ? st.nackedAt[c] + again * (1 << Math.min(st.nackCount[c] - 1, 5)) : now;
-    if (due > now) {
-      next = Math.min(next, due);
-      continue;
-    }
-    lackers(h, st, bankBase, c, byRank);
-    st.nackedAt[c] = now;
-    if (st.nackCount[c] < 255) st.nackCount[c]++;
-    next = Math.min(next, now + again * (1 << Math.min(st.nackCount[c] - 1, 5)));
-  }
-  st.named += sendNacks(h, st, byRank);
-  return next;
-}
-
-/** Adds chunk c (ours, open) to the list of each active member its slot lacks. */
-function lackers(h: Host, st: RoundState, bankBase: number, c: number, byRank: Map<number, number[]>): void {
-  const slot = h.maps.slot(bankBase + c);
-  const lack = st.active & h.othersMask & ~(slot.tag === st.r + 1 ? slot.seen : 0n);
-  if (!lack) return;
-  for (const p of h.others) {
-    if (!Host.has(lack, p)) continue;
-    let l = byRank.get(p);
-    if (!l) byRank.set(p, (l = []));
-    if (l.length < REQ_CHUNKS) l.push(c);
-  }
-}
-
-function sendNacks(h: Host, st: RoundState, byRank: Map<number, number[]>): number {
-  for (const [p, l] of byRank) {
-    const payload = new Uint8Array(STATUS_MASK_BYTES + 4 * l.length);
-    payload.set(encodeStatus(1n << BigInt(p)));
-    payload.set(encodeChunkList(l), STATUS_MASK_BYTES);
-    h.sendControl(p, CTRL_STATUS, st.r, 0, 0, payload);
-  }
-  return byRank.size;
-}
-
-/** A member asks for results of ours (CTRL_RESULT_REQ: a probe, its RACK,
- * or a passive member): send again those we have (one we sent less than
- * RESULT_FRESH_MS ago is on its way, unless the asker saw later results:
- * PROBE_BEHIND). For open slots behind one that completed (each member's
- * later contribution is here), name to each member whose contribution they
- * lack the chunks it lost: it sends them again. For open slots at the
- * front, say whom they wait for, to the asker only (CTRL_STATUS: a member
- * named there sends again what RACK's timing says is lost). A contribution
- * missing there may only be late: on a loaded host a sender's packets wait
- * in the kernel's backlog for tens of ms, and naming them made the sender
- * send its whole window again, into the same backlog. */
-export function answerProbe(h: Host, st: RoundState | null, asker: number, round: number, flag: number, chunks: number[]): void {
-  if (flag !== PROBE_BEHIND && flag !== PROBE_TAIL) noteAsked(h, asker, round);
-  const current = !!st && round === st.r;
-  const fresh = current && flag !== PROBE_BEHIND ? h.clock.now() - TUNING.RESULT_FRESH_MS : Infinity;
-  for (const chunk of chunks) if (!(current && st!.resultSentAt[chunk] > fresh)) resend(h, round, chunk, asker, true);
-  if (!st || !current || !st.sent || st.ownerIdx[h.rank] < 0) return;
-  const bankBase = (st.r & 1) * h.cfg.chunks;
-  const now = h.clock.now();
-  const byRank = new Map<number, number[]>();
-  const front: number[] = [];
-  for (const c of chunks) {
-    if (c >= st.nchunks || st.ownedDone[c] || ownerOf(st, c) !== h.rank) continue;
-    if (Math.floor(c / st.K) >= st.ownHigh - RACK_BEHIND) front.push(c);
-    // (a name sent within the reordering window is still on its way)
-    else if (now - st.nackedAt[c] >= h.rtt.reoWnd()) {
-      lackers(h, st, bankBase, c, byRank);
-      st.nackedAt[c] = now;
-    }
-  }
-  st.named += sendNacks(h, st, byRank);
-  const lack = front.length ? lackingIn(h, st, bankBase, front) : 0n;
-  if (lack) h.sendControl(asker, CTRL_STATUS, st.r, 0, 0, encodeStatus(lack));
 }
 
 /** Sends the listed chunks (all owned by o, in order) to o again, flagged as

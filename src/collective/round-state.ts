@@ -120,22 +120,6 @@ export interface RoundState extends Plan {
   rackSent: Float64Array;
   /** Per owner: when we last probed it (its CTRL_STATUS answers that probe). */
   probedAt: Float64Array;
-  /** Per chunk: when we last asked its owner for its result, and how often (recovery.ts retransmitGaps). */
-  askedAt: Float64Array;
-  asks: Uint8Array;
-  /** Per chunk we own: when we last named the members its slot lacks (recovery.ts nackGaps). */
-  nackedAt: Float64Array;
-  nackCount: Uint8Array;
-  /** Per chunk we own: when its open slot was first seen behind a completed one (0: not yet). */
-  gapAt: Float64Array;
-  /** Members we named lost contributions to, and asks we sent (the round's recovery, for the loop). */
-  named: number;
-  asked: number;
-  /** Our list's furthest completed position, and its first open one. */
-  ownHigh: number;
-  ownLow: number;
-  /** Chunks an owner named as lost and that we sent again. */
-  nacks: number;
   out: Float32Array;
 }
 
@@ -181,6 +165,5 @@ export function newRoundState(a: NewRound): RoundState {
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),
     lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
-    askedAt: new Float64Array(nchunks), asks: new Uint8Array(nchunks), nackedAt: new Float64Array(nchunks).fill(-Infinity), nackCount: new Uint8Array(nchunks), gapAt: new Float64Array(nchunks), named: 0, asked: 0, ownHigh: -1, ownLow: 0, nacks: 0,
   };
 }

@@ -14,7 +14,7 @@ import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } fro
 import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
 import { countXskDrops, drainControl, drainEvents, drainXsk } from "./receiver.ts";
-import { missingResults, nackGaps, probe, retransmit, retransmitGaps } from "./recovery.ts";
+import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
 import { newRoundState, ownerOf, type RoundState } from "./round-state.ts";
 import { PTO_FLOOR_MS } from "./rtt.ts";
 
@@ -377,7 +377,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // a lossy round: our slots may have been completed by a retransmission
     // whose event the program batches without a wake-up; look every probe
     // floor while ours are open, so their results go out
-    const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + TUNING.LOSSY_POLL_MS : Infinity;
+    const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
     const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own) - now)));
     tp = h.phase("work", tp);
     let ready = h.net.wait(watch, wait);
@@ -389,14 +389,10 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     drainEvents(h, st, bankBase);
     if (h.xsk) drainXsk(h, st);
     if (st.sent) {
-      const named = st.named, asked = st.asked;
-      // RACK's timers: the owner's (a gap in our slots) and the member's (a gap in the results)
-      rackAt = Math.min(nackGaps(h, st, bankBase), retransmitGaps(h, st));
-      // (an owner that named a lost contribution waits on its resending; an
-      // ask alone may be a slow owner's, not a loss)
-      if (st.named || st.nacks) lossy = true;
-      if (trace && st.named !== named) trace.push(`nack@${T()}:${st.named - named}`);
-      if (trace && st.asked !== asked) trace.push(`rack@${T()}:${st.asked - asked}`);
+      const before = h.stats.retransmits;
+      rackAt = retransmitGaps(h, st);
+      if (h.stats.retransmits !== before) lossy = true;
+      if (trace && h.stats.retransmits !== before) trace.push(`rack@${T()}:${h.stats.retransmits - before}`);
     }
     if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
       st.lastProgress = h.clock.now();

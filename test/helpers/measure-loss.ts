@@ -42,7 +42,7 @@ async function run(size: string, bin: string, tag: string): Promise<NodeReport[]
   const procs = nodes.map((n, k) => {
     const json = join(lab.tmp, `m-${n}.json`);
     const p = lab.spawn(n, [bin, "swarm", "--iface", "eth0", "--peers", peers, "--rank", String(k), "--synthetic", size, "--rounds", String(rounds), "--verify", "--json", json, ...extra],
-      traceDir ? { env: { AINFTP_TRACE_RECOVERY: process.env.AINFTP_TRACE_RECOVERY || "1" } } : {});
+      traceDir ? { env: { AINFTP_TRACE_RECOVERY: "1" } } : {});
     return { p, json };
   });
   const codes = await Promise.all(procs.map(async ({ p }, k) => {
