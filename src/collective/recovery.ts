@@ -165,7 +165,13 @@ export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bi
     const c = list[k];
     if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[owner]) <= asOf) (late ??= []).push(c);
   }
+  if (process.env.AINFTP_TRACE_RECOVERY && !late) {
+    let open = 0;
+    for (let k = st.lowest[owner]; k < st.pos[owner]; k++) if (!st.xdone[list[k]]) open++;
+    console.error(`[trace] r${st.r} rank ${h.rank} status from o${owner} at ${(h.clock.now() - st.t0).toFixed(1)}: 0 again (${open} lack results)`);
+  }
   if (!late) return;
+  if (process.env.AINFTP_TRACE_RECOVERY) console.error(`[trace] r${st.r} rank ${h.rank} status from o${owner} at ${(h.clock.now() - st.t0).toFixed(1)}: ${late.length} again`);
   sendAgain(h, st, owner, late);
   // a loss the timer had to find (the probe's answer), not RACK: a timeout,
   // as the full retransmission is; a probe that finds nothing lost is not

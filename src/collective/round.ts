@@ -269,6 +269,9 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
   let nextDeathCheck = 0;
   const trace: string[] | null = TRACE ? [] : null;
   const T = () => (h.clock.now() - st.t0).toFixed(1);
+  // (trace: when our slots were all finished, when the last result came, what we served)
+  let ownAt = "", lastAt = "", seenBefore = 0;
+  const served0 = h.stats.resends, answered0 = h.stats.probeAnswers;
   for (;;) {
     // let signal handlers and timers run now and then (Ctrl-C mid-round),
     // across rounds too: short rounds never return to the event loop
@@ -299,8 +302,12 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       nextRetx = h.clock.now() + interval;
     }
     if (ownerDeadlinePassed(st, h.clock.now())) closeAtDeadline(h, st);
+    if (trace && st.sent) {
+      if (!ownAt && st.ownedDoneCount === st.owned.length) ownAt = T();
+      if (st.resultsSeen !== seenBefore) (seenBefore = st.resultsSeen), (lastAt = T());
+    }
     if (complete(h, st, bankBase)) {
-      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} n${st.nchunks} ${trace.join(" ")} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
       break;
     }
     const now = h.clock.now();

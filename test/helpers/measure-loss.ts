@@ -4,7 +4,14 @@
 // Prints per run the median round over all ranks, retransmits, and whether
 // every rank verified and agreed bit for bit with the clean run.
 //   bun test/helpers/measure-loss.ts [--sizes 1MiB,16MiB] [--rounds 30] [--reps 2] [--loss 3] [--dup 2] [--hosts 4]
-import { existsSync, readFileSync } from "node:fs";
+//     [--trace DIR]: runs with AINFTP_TRACE_RECOVERY=1, keeps each rank's
+//     stderr as DIR/<size>-bin<b>-<kind>-<rep>-r<rank>.log and prints, per
+//     run, where the data rounds' time went (breakdown(): when RACK first
+//     fired, how long the round ran on after its last RACK, whether an
+//     owner's slot (a lost contribution) or a result lost to one member
+//     ended the round, and whether RACK, the probe or the full timer found
+//     the last loss)
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { NodeReport } from "../../src/node.ts";
 import { parseSize } from "../../src/units.ts";
@@ -24,29 +31,66 @@ const extra = arg("extra", "").split(" ").filter(Boolean);
 // --bins A,B: alternate binaries (a baseline and a change), each clean and impaired, interleaved
 const bins = arg("bins", BIN).split(",");
 const kinds = arg("kinds", "clean,impaired").split(",") as ("clean" | "impaired")[];
+const traceDir = arg("trace", "");
+if (traceDir) mkdirSync(traceDir, { recursive: true });
 
 ensureBuilt();
 const nodes = Array.from({ length: hosts }, (_, i) => `h${i}`);
 const lab = createLab("mloss", nodes, { link: "bridge", subnet: "10.213.77" });
 const imp = new PortImpairer(lab, nodes);
+/** One rank's trace line of one data round (round.ts, AINFTP_TRACE_RECOVERY). */
+interface TracedRound { plan: number; own: number; done: number; racks: number[]; polls: number; timers: number }
+
+/** Where the data rounds' time went, from the ranks' trace lines (see the header). */
+function breakdown(logs: string[]): string {
+  const rounds = new Map<number, TracedRound[]>();
+  const re = /^\[trace\] r(\d+) rank \d+ leader \d+ n(\d+) (.*) own@([\d.]*) last@([\d.]*) served \S+ done@([\d.]+)/;
+  for (const log of logs)
+    for (const line of log.split("\n")) {
+      const m = re.exec(line);
+      if (!m || Number(m[2]) < 2) continue; // (barrier rounds carry one value)
+      const body = m[3];
+      const t = (k: string) => [...body.matchAll(new RegExp(`${k}@([\\d.]+)`, "g"))].map((x) => Number(x[1]));
+      const r = { plan: t("plan")[0] ?? 0, own: Number(m[4] || 0), done: Number(m[6]), racks: t("rack"), polls: t("poll").length, timers: t("timer").length };
+      rounds.set(Number(m[1]), [...(rounds.get(Number(m[1])) ?? []), r]);
+    }
+  const ends: number[] = [], firsts: number[] = [], tails: number[] = [];
+  const by = new Map<string, number>();
+  for (const rs of rounds.values()) {
+    const end = Math.max(...rs.map((r) => r.done)), racks = rs.flatMap((r) => r.racks);
+    ends.push(end);
+    if (racks.length) firsts.push(Math.min(...racks) - Math.max(...rs.map((r) => r.plan)));
+    tails.push(end - Math.max(0, ...racks));
+    const side = Math.max(...rs.map((r) => r.own)) >= end - 1 ? "owner" : "results";
+    const how = rs.some((r) => r.timers) ? "timer" : rs.some((r) => r.polls) ? "probe" : "rack";
+    by.set(`${side}/${how}`, (by.get(`${side}/${how}`) ?? 0) + 1);
+  }
+  const med = (xs: number[]) => (xs.length ? median(xs).toFixed(1) : "-");
+  return `  breakdown of ${rounds.size} data rounds (slowest rank's view): median end ${med(ends)} ms, first RACK ${med(firsts)} ms after the plan, ` +
+    `${med(tails)} ms from the last RACK to the end; the round ended by (side/mechanism) ${[...by].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")}`;
+}
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1] ?? NaN;
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))] ?? NaN;
 
-async function run(size: string, bin: string): Promise<NodeReport[]> {
+async function run(size: string, bin: string, tag: string): Promise<NodeReport[]> {
   const peers = nodes.map((n) => lab.node(n).addr).join(",");
   const procs = nodes.map((n, k) => {
     const json = join(lab.tmp, `m-${n}.json`);
-    const p = lab.spawn(n, [bin, "swarm", "--iface", "eth0", "--peers", peers, "--rank", String(k), "--synthetic", size, "--rounds", String(rounds), "--verify", "--json", json, ...extra]);
+    const p = lab.spawn(n, [bin, "swarm", "--iface", "eth0", "--peers", peers, "--rank", String(k), "--synthetic", size, "--rounds", String(rounds), "--verify", "--json", json, ...extra],
+      traceDir ? { env: { AINFTP_TRACE_RECOVERY: "1" } } : {});
     return { p, json };
   });
-  const codes = await Promise.all(procs.map(async ({ p }) => {
+  const codes = await Promise.all(procs.map(async ({ p }, k) => {
     const t = setTimeout(() => p.kill(9), 300_000);
     const [err] = await Promise.all([new Response(p.stderr).text(), new Response(p.stdout).text()]);
     const c = await p.exited;
     clearTimeout(t);
+    if (traceDir) writeFileSync(join(traceDir, `${tag}-r${k}.log`), err);
     if (c !== 0 || process.env.AINFTP_DEBUG_RTT) console.error(`exit ${c}: ${err.trim()}`);
     return c;
   }));
+  if (traceDir) console.log(breakdown(nodes.map((_, k) => readFileSync(join(traceDir, `${tag}-r${k}.log`), "utf8"))));
   return procs.map(({ json }, k) => {
     if (!existsSync(json)) throw new Error(`rank ${k}: no report (exit ${codes[k]})`);
     return JSON.parse(readFileSync(json, "utf8")) as NodeReport;
@@ -64,7 +108,7 @@ try {
           if (kind === "clean") imp.clear();
           else imp.apply(loss * 10_000, dup * 10_000);
           const s0 = kind === "impaired" ? imp.stats() : null;
-          const r = await run(size, bin);
+          const r = await run(size, bin, `${size}-bin${b}-${kind}-${i}`);
           const s1 = kind === "impaired" ? imp.stats() : null;
           const times = r.flatMap((j) => j.round_times_ms);
           if (kind === "clean") ref ??= r[0].result_hash;
