@@ -99,7 +99,7 @@ export class Host {
   /** Partial rounds' plans we led, for passive members that fall behind
    * and ask after we moved on (the last CACHE_ROUNDS). */
   readonly planCache = new Map<number, Plan>();
-  /** Per round (the last CACHE_ROUNDS): our result packets, one buffer
+  /** Per round (the last recovery.ts cacheDepth): our result packets, one buffer
    * reused round after round, and where each chunk's packet sits in it. */
   readonly resultRing: CachedResults[] = [];
 

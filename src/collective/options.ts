@@ -168,14 +168,21 @@ export const TUNING = {
   /** A member whose exponents come within this of the majority's is prompt:
    * it may lead the next round. */
   PROMPT_MS: 50,
-  /** Rounds of plans and results kept for passive members that fall behind.
-   * A member left out of the quorum round after round, under loss, was
-   * seen 10 rounds behind (its own stalls, each a probe timer, while the
-   * others went on) when it asked for a result its owner held no longer
-   * (4 rounds kept): the job then parted ways (test/long.test.ts, 10x with
-   * --quorum 3, 1 run in 8). 16 rounds cost one copy of what we send per
-   * round: 2 MB a round at 16 MiB over 4 hosts, 32 MB in all. */
+  /** Rounds of plans kept, and at most of results, for passive members
+   * that fall behind. A member left out of the quorum round after round,
+   * under loss, was seen 10 rounds behind while the others went on; a
+   * straggler behind a 40 ms link asked for results 5 rounds late (the
+   * simulator's straggler-plus-liar seeds 9100-9112 stalled with 4). */
   CACHE_ROUNDS: 16,
+  /** Bytes of results kept: as many rounds as fit, CACHE_ROUNDS_MIN to
+   * CACHE_ROUNDS. A round's results are a copy of what we send, in a buffer
+   * of its own: 16 rounds of a 16 MiB job (2 MB a round and rank) cost its
+   * first 16 rounds 25-40 ms each here, all page faults on fresh buffers
+   * (2-6 ms per fresh 2 MB in Bun on this VM, 0.1 ms reused): 70-120 ms
+   * rounds against 45-55. Small rounds, where members run many rounds
+   * ahead, keep 16. */
+  CACHE_BYTES: 4 << 20,
+  CACHE_ROUNDS_MIN: 4,
   /** The round's grace for late members: once a majority has sent its
    * exponents, the leader waits this long for the rest. It is 4 times the
    * median of the last DEADLINE_WINDOW rounds (a member 4 times slower than

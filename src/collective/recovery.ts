@@ -10,7 +10,7 @@
 // round-trips (rtt.ts). A retransmit to a completed slot makes the owner's
 // program raise a resend event and the owner sends the stored result again
 // (resend), from its results map or, for a member that fell further behind,
-// from the cache of the last CACHE_ROUNDS rounds. A passive member asks
+// from the cache of the last rounds (cacheDepth). A passive member asks
 // with CTRL_RESULT_REQ.
 import { coll } from "../../native/collective.ts";
 import { CTRL_EXPS_REQ, CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB } from "../abi.ts";
@@ -22,7 +22,12 @@ import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
-const { CACHE_ROUNDS } = TUNING;
+const { CACHE_ROUNDS, CACHE_ROUNDS_MIN, CACHE_BYTES } = TUNING;
+
+/** Rounds of results kept when a round's are `bytes`. */
+export function cacheDepth(bytes: number): number {
+  return Math.max(CACHE_ROUNDS_MIN, Math.min(CACHE_ROUNDS, Math.floor(CACHE_BYTES / Math.max(1, bytes))));
+}
 /** RACK looks at chunks at least this many positions behind the furthest result. */
 const RACK_BEHIND = 1;
 /** A full retransmission's tail-loss probe (barriers' passive path) sends
@@ -207,9 +212,10 @@ export function resend(h: Host, round: number, chunk: number, rank: number, prob
   if (chunk >= h.cfg.chunks) return h.guard.count("bad_chunk");
   if (coll.ainftp_result_packets(h.resBase, (round & 1) * h.cfg.chunks, h.cfg.chunks, one, 1, tmpl, pkt, h.seg) !== 1) {
     // the bank holds a newer round now: a passive member fell behind
-    const e = h.resultRing[round % CACHE_ROUNDS];
-    const at = e && e.round === round && chunk < e.at.length ? e.at[chunk] : -1;
-    if (at < 0) return;
+    // (the ring's depth follows the rounds' sizes: look in every entry)
+    const e = h.resultRing.find((c) => c?.round === round);
+    const at = e && chunk < e.at.length ? e.at[chunk] : -1;
+    if (!e || at < 0) return;
     pkt.set(e.buf.subarray(at, at + h.seg));
     markRetransmit(pkt);
   }
@@ -219,12 +225,13 @@ export function resend(h: Host, round: number, chunk: number, rank: number, prob
   else h.stats.resends++;
 }
 
-/** Keeps the result packets we send for CACHE_ROUNDS rounds: a member
- * that fell behind (it sat rounds out, or lost a result while we moved
- * two rounds on) asks for them after our results map's bank moved on.
- * One copy of what we send (16 MiB over 4 hosts: 2 MB a round). */
+/** Keeps the result packets we send for the last rounds (as many as
+ * CACHE_BYTES hold, CACHE_ROUNDS_MIN to CACHE_ROUNDS): a member that fell
+ * behind (it sat rounds out, or lost a result while we moved two rounds on)
+ * asks for them after our results map's bank moved on. One copy of what we
+ * send (16 MiB over 4 hosts: 2 MB a round). */
 export function cacheResults(h: Host, st: RoundState, chunks: Uint32Array, n: number): void {
-  const slot = st.r % CACHE_ROUNDS;
+  const slot = st.r % cacheDepth(st.owned.length * h.seg);
   let e = h.resultRing[slot];
   if (!e || e.round !== st.r) {
     const bytes = st.owned.length * h.seg;
