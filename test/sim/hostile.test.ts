@@ -25,8 +25,8 @@
 // stall). Now the next round's plan goes into the program as soon as its
 // leader's piece is here (receiver.ts planAhead), a forgery's entry is
 // emptied then, before any plan the previous round's tells the owner's
-// result from a forgery (result_displaced), and the owners keep 16 rounds
-// of results (TUNING.CACHE_ROUNDS, was 4) for a member that asks late.
+// result from a forgery (result_displaced), and the owners keep up to 16
+// rounds of results (recovery.ts cacheDepth, was 4) for a member that asks late.
 import { describe, expect, test } from "bun:test";
 import { PKT_CONTRIB, PKT_CONTROL, PKT_RESULT } from "../../src/abi.ts";
 import { datagram } from "../../src/packet.ts";
@@ -49,7 +49,7 @@ const ONLY = process.env.AINFTP_SIM_SEED === undefined ? null : Number(process.e
 const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
 /** How far the tally of forged RESULTs may exceed those sent, as a share (see the first case). */
 const TALLY_SLACK = 0.01;
-/** Straggler schedules that must run without a stall: 9100-9105 and 9110-9112 stalled before planAhead and the 16 rounds of results the owners keep. */
+/** Straggler schedules that must run without a stall: 9100-9105 and 9110-9112 stalled before planAhead and the up to 16 rounds of results the owners keep. */
 const STRAGGLER_SEEDS = [9100, 9101, 9102, 9103, 9104, 9105, 9106, 9107, 9108, 9109, 9110, 9111, 9112];
 
 
@@ -212,7 +212,7 @@ describe.skipIf(!root)("a Byzantine member in the simulator (issue 16)", () => {
   // (result_contested, dropped). The straggler empties the forgery at the
   // plan and asks the owner at once; its link is 40 ms slow and the owners
   // run 3 ms rounds, and with 4 rounds of results kept they held it no
-  // longer. They keep 16 (TUNING.CACHE_ROUNDS): it is in STRAGGLER_SEEDS
+  // longer. Small rounds keep 16 (recovery.ts cacheDepth): it is in STRAGGLER_SEEDS
   // now, and the sweep below passed 301 of 301 seeds (9000-9300).
 
   // AINFTP_SIM_HOSTILE_SWEEP=9000-9300: the straggler schedule over a seed
