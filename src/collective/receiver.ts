@@ -6,7 +6,7 @@ import {
   EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE,
 } from "../abi.ts";
 import { coll } from "../../native/collective.ts";
-import { decodePlanHead, decodeStatus, encodeChunkList, encodeStatus, planHeadBytes, REQ_CHUNKS, type Control } from "./control.ts";
+import { decodePlanHead, decodeStatus, encodeStatus, planHeadBytes, type Control } from "./control.ts";
 import { lackingIn, waitingFor } from "./diagnose.ts";
 import { answerExpsRequest, noteAsked, storeEarlyPlan, storeExps, storeRelayedPlan, storeShared } from "./exchange.ts";
 import { answerHello } from "./handshake.ts";
@@ -14,7 +14,7 @@ import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { finish } from "./owner.ts";
 import { liveFrom } from "./plan.ts";
-import { resend, statusFromOwner } from "./recovery.ts";
+import { askResults, resend, statusFromOwner } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 /** A control packet of this job's members (or a peer's HELLO of another
@@ -252,8 +252,7 @@ function sweepForeign(h: Host, bankBase: number, n: number, r: number, owners: U
       if (!l) byOwner.set(o, (l = []));
       l.push(emptied[i]);
     }
-    for (const [o, list] of byOwner)
-      for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, r, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
+    for (const [o, list] of byOwner) askResults(h, o, r, list);
   }
   return dropped;
 }

@@ -28,11 +28,10 @@ const { CACHE_ROUNDS, CACHE_ROUNDS_MIN, CACHE_BYTES } = TUNING;
 export function cacheDepth(bytes: number): number {
   return Math.max(CACHE_ROUNDS_MIN, Math.min(CACHE_ROUNDS, Math.floor(CACHE_BYTES / Math.max(1, bytes))));
 }
+/** AINFTP_TRACE_RECOVERY (round.ts): a line for each owner's status we act on. */
+const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 /** RACK looks at chunks at least this many positions behind the furthest result. */
 const RACK_BEHIND = 1;
-/** A full retransmission's tail-loss probe (barriers' passive path) sends
- * the last this many missing chunks per owner. */
-const PROBE_CHUNKS = RACK_BEHIND + 1;
 
 /** Fast retransmit (RACK, RFC 8985): an owner completes slots in the order
  * we (and every member) sent them, so a chunk sent before one whose result
@@ -83,11 +82,9 @@ export function missingResults(h: Host, st: RoundState, bankBase: number): numbe
 
 /** No progress for `rto` ms: ask again for missing exponents, or send again
  * the contributions whose results have not come back and that were sent at
- * least `rto` ago. A `probe` (the first timeout since progress; RACK-TLP)
- * sends only the last chunk each owner lacks: its result shows, by RACK,
- * which earlier ones are lost, and a probe into a round merely slow costs
- * one packet per owner instead of the whole window again. */
-export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, probe = false): void {
+ * least `rto` ago, and ask their owners for every result we lack by name.
+ * (The probe, the first timeout since progress, is probe() below.) */
+export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0): void {
   if (!st.sent) {
     const mine = myExps(h, st);
     for (const p of expsAwaited(h, st)) sendExps(h, p, st.r, mine, CTRL_EXPS_REQ);
@@ -111,7 +108,6 @@ export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, p
     if (!a) again.set(o, (a = []));
     a.push(c);
   }
-  if (probe && !st.passive) for (const [o, list] of again) again.set(o, list.slice(-PROBE_CHUNKS));
   // our contributions again (the owner may lack them). A passive member
   // sent nothing: it only asks.
   for (const [o, list] of again) sendAgain(h, st, o, list);
@@ -121,10 +117,17 @@ export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0, p
   // its cache. Were these skipped while RACK kept resending the
   // contribution, nothing would ever ask (10x --quorum 3 under loss: a
   // member stuck 10 s in a round whose owner had gone on).
-  for (const [o, list] of (probe && !st.passive ? again : ask)) {
-    for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
+  for (const [o, list] of ask) {
+    askResults(h, o, st.r, list);
     if (st.passive) h.stats.retransmits += list.length;
   }
+}
+
+/** Asks owner o for the results of `round` it holds for `list`, by name
+ * (CTRL_RESULT_REQ, REQ_CHUNKS a packet): from its map, or from its cache
+ * once its program's window has moved on. */
+export function askResults(h: Host, o: number, round: number, list: readonly number[]): void {
+  for (let i = 0; i < list.length; i += REQ_CHUNKS) h.sendControl(o, CTRL_RESULT_REQ, round, 0, 0, encodeChunkList(list.slice(i, i + REQ_CHUNKS)));
 }
 
 /** The tail-loss probe, a poll: asks each owner, by name, for the results
@@ -147,7 +150,7 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
   }
   const now = h.clock.now();
   for (const [o, list] of byOwner) {
-    h.sendControl(o, CTRL_RESULT_REQ, st.r, 0, 0, encodeChunkList(list));
+    askResults(h, o, st.r, list); // (one packet: at most REQ_CHUNKS)
     st.probedAt[o] = now;
   }
   return byOwner.size;
@@ -170,13 +173,13 @@ export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bi
     const c = list[k];
     if (!st.xdone[c] && h.rtt.lostAt(st.sentAt[c], st.tries[c], st.rackRtt[owner]) <= asOf) (late ??= []).push(c);
   }
-  if (process.env.AINFTP_TRACE_RECOVERY && !late) {
+  if (TRACE && !late) {
     let open = 0;
     for (let k = st.lowest[owner]; k < st.pos[owner]; k++) if (!st.xdone[list[k]]) open++;
     console.error(`[trace] r${st.r} rank ${h.rank} status from o${owner} at ${(h.clock.now() - st.t0).toFixed(1)}: 0 again (${open} lack results)`);
   }
   if (!late) return;
-  if (process.env.AINFTP_TRACE_RECOVERY) console.error(`[trace] r${st.r} rank ${h.rank} status from o${owner} at ${(h.clock.now() - st.t0).toFixed(1)}: ${late.length} again`);
+  if (TRACE) console.error(`[trace] r${st.r} rank ${h.rank} status from o${owner} at ${(h.clock.now() - st.t0).toFixed(1)}: ${late.length} again`);
   sendAgain(h, st, owner, late);
   // a loss the timer had to find (the probe's answer), not RACK: a timeout,
   // as the full retransmission is; a probe that finds nothing lost is not

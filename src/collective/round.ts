@@ -352,7 +352,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
         trace.push(`${poll ? "poll" : "timer"}@${T()}(${interval.toFixed(0)}ms ${st.sent ? [...by].map(([o, n]) => `o${o}:${n}`).join(",") : "noplan:" + expsAwaited(h, st).join(",")} own:${st.owned.length - st.ownedDoneCount})`);
       }
       if (poll && st.sent) (probe(h, st, bankBase), (lossy = true));
-      else retransmit(h, st, bankBase, st.sent ? interval : 0, false);
+      else retransmit(h, st, bankBase, st.sent ? interval : 0);
       interval = Math.min(interval * 2, h.o.maxRetransmitMs);
       nextRetx = now + interval;
     }
