@@ -57,9 +57,9 @@ export async function runRound(
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
   await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
-  // the gather takes each chunk of out back through the inverse while it is in cache (rx "map", which 8 and 4 bits need)
-  const rep = endRound(h, st, h.rht && !h.xsk ? seed : 0);
-  if (h.rht && h.xsk) rht(out, h.chunkElems, seed, true);
+  // the gather takes each chunk of out back through the inverse while it is
+  // in cache (8 and 4 bits need rx "map": Communicator.withPorts refuses xsk)
+  const rep = endRound(h, st, h.rht ? seed : 0);
   if (h.rht && resid) rht(resid, h.chunkElems, seed, true);
   return rep;
 }
