@@ -116,13 +116,14 @@ export const DEFAULTS = {
   sentry: false as KeeperOptions | boolean,
   maxWaitMs: 1e9,
   rxQueue: 256,
-  /** The window in bytes: 48 chunks of one-page frames (3514 B), what
-   * measured best at 4 hosts before frames grew. veth's ring holds 256
-   * frames whatever their size, but bytes in flight are what a receiver has
-   * to absorb: at MTU 9000 (9002-byte frames) this is 18 chunks, and 16-24
-   * chunks cost 185-216 CPU-ms per 16 MiB round against 250-386 at 48
-   * (docs/bench.md "MTU"). */
-  windowBytes: 48 * 3514,
+  /** The window in bytes: 48 chunks of a 9000-byte MTU's frames (9002 B).
+   * veth's ring holds 256 frames whatever their size, so up to MTU 9000 the
+   * chunk window (48 at 4 hosts) decides; this caps larger frames. On a
+   * quiet machine, 16 MiB unshaped at MTU 9000, 48 chunks took 35-41 ms a
+   * round against 52-63 for 18 (48 x 3514 bytes, measured best under load
+   * before), and at 1 Gbit/s 116-124 against 113-117 (docs/bench.md "The
+   * window in bytes"). */
+  windowBytes: 48 * 9002,
   /** int16 until 8 bits is shown at training parity here (issue 14): 16 is
    * what every figure before that issue was measured with. */
   bits: 16 as BitWidth,
