@@ -282,6 +282,88 @@ uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base,
 	return bad;
 }
 
+/*
+ * The gather, early (8 and 4 bits): while a round still waits on others, the
+ * listed chunks whose results-map entry already holds round tag-1 from the
+ * chunk's owner (owners[c % k]) are dequantized into out and, rht_seed if not
+ * 0, taken through the inverse RHT; done[c] = 1 for each. An entry that does
+ * not (yet), or changed while being read, is left for ainftp_gather_rest_bits.
+ * Returns how many chunks were gathered.
+ */
+uint32_t ainftp_gather_early_bits(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks, uint32_t n,
+				  uint32_t nchunks, uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out,
+				  uint32_t bits, uint32_t rht_seed, const uint8_t *owners, uint32_t k, uint8_t *done)
+{
+	uint32_t got = 0;
+	if (k == 0)
+		return 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t c = chunks[i];
+		if (c >= nchunks || done[c])
+			continue;
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint64_t start = (uint64_t)c * chunk_elems;
+		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
+		if (want == 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->rank != owners[c % k] ||
+		    res->count != want || dequant_result(res, want, bits, out + start) < 0 ||
+		    __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
+			continue;
+		if (rht_seed)
+			ainftp_rht_chunk(out + start, want, c, rht_seed, 1);
+		done[c] = 1;
+		got++;
+	}
+	return got;
+}
+
+/* ainftp_gather_results_bits for the chunks the early gather left (done[c]
+ * 0): the end of a round. Returns the number of those entries that did not
+ * hold round tag-1. */
+uint32_t ainftp_gather_rest_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t chunk_elems,
+				 uint32_t tag, float *out, uint32_t n_out, uint32_t bits, uint32_t rht_seed,
+				 const uint8_t *done)
+{
+	uint32_t bad = 0;
+	for (uint32_t c = 0; c < nchunks; c++) {
+		if (done[c])
+			continue;
+		const struct ainftp_result *res =
+			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
+		uint64_t start = (uint64_t)c * chunk_elems;
+		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
+		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
+		    dequant_result(res, want, bits, out + start) < 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
+			bad++;
+		else if (rht_seed && want)
+			ainftp_rht_chunk(out + start, want, c, rht_seed, 1);
+	}
+	return bad;
+}
+
+/* The inverse RHT (inverse 1) or the RHT of the listed chunks of x (n values,
+ * chunk c at c*chunk_elems) whose done[c] is 0; sets done[c] = 1. A residual
+ * goes back to the gradient's domain chunk by chunk, as soon as its chunk is
+ * packed. Returns how many chunks it transformed. */
+uint32_t ainftp_rht_list(float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nlist,
+			 uint32_t seed, uint32_t inverse, uint8_t *done)
+{
+	uint32_t t = 0;
+	if (chunk_elems == 0)
+		return 0;
+	for (uint32_t i = 0; i < nlist; i++) {
+		uint32_t c = chunks[i];
+		uint64_t start = (uint64_t)c * chunk_elems;
+		if (start >= n || done[c])
+			continue;
+		uint32_t count = (uint32_t)(n - start < chunk_elems ? n - start : chunk_elems);
+		ainftp_rht_chunk(x + start, count, c, seed, inverse);
+		done[c] = 1;
+		t++;
+	}
+	return t;
+}
+
 uint32_t ainftp_gather_list(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks, uint32_t n,
 			    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out)
 {

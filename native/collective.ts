@@ -12,6 +12,12 @@ export const coll = openShimTable({
   ainftp_results_missing: { args: [T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_gather_results: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_gather_results_bits: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32, T.u32], returns: T.u32 },
+  ainftp_gather_early_bits: {
+    args: [T.ptr, T.u32, T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32, T.ptr],
+    returns: T.u32,
+  },
+  ainftp_gather_rest_bits: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr], returns: T.u32 },
+  ainftp_rht_list: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr], returns: T.u32 },
   ainftp_gather_list_bits: { args: [T.ptr, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32], returns: T.u32 },
   ainftp_wait3: { args: [T.i32, T.i32, T.i32, T.i32], returns: T.i32 },
   ainftp_gather_list: { args: [T.ptr, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },

@@ -271,6 +271,9 @@ export interface CollectiveStats {
   /** Owned slots closed at the deadline with the contributions present. */
   deadlineCloses: number;
   packetsSent: number;
+  /** 8 and 4 bits: result chunks gathered (dequantized, inverse transform)
+   * while the round still waited, not after its last result (early.ts). */
+  gatheredEarly: number;
   /** Where round time went: computing exponents, waiting for the peers'
    * exponents, packing/sending/finishing (work), waiting for packets, and
    * dequantizing the results. */
@@ -280,7 +283,7 @@ export interface CollectiveStats {
 export function zeroStats(): CollectiveStats {
   return {
     rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
-    partialRounds: 0, passiveRounds: 0, deadlineCloses: 0,
+    partialRounds: 0, gatheredEarly: 0, passiveRounds: 0, deadlineCloses: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 }

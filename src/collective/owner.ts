@@ -5,6 +5,7 @@
 import { finishBatch } from "../../native/collective.ts";
 import { AinftpError } from "../errors.ts";
 import { HDR } from "./control.ts";
+import { noteResult } from "./early.ts";
 import type { Host } from "./host.ts";
 import { cacheResults } from "./recovery.ts";
 import type { RoundState } from "./round-state.ts";
@@ -18,6 +19,7 @@ export function finish(h: Host, st: RoundState, bankBase: number, chunks: Uint32
   const n = finishBatch(st.finishArgs!, chunks, chunks.length);
   if (n < 0) throw new AinftpError(`round ${st.r}`, "finishing a slot failed (bad count)");
   st.ownedDoneCount += n;
+  if (st.early) for (let i = 0; i < n; i++) noteResult(st, chunks[i]);
   cacheResults(h, st, chunks, n);
   sendResults(h, st, chunks, n);
 }

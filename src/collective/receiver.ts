@@ -12,6 +12,7 @@ import { answerExpsRequest, noteAsked, storeEarlyPlan, storeExps, storeRelayedPl
 import { answerHello } from "./handshake.ts";
 import type { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
+import { noteResult } from "./early.ts";
 import { finish } from "./owner.ts";
 import { liveFrom } from "./plan.ts";
 import { askResults, resend, statusFromOwner } from "./recovery.ts";
@@ -131,6 +132,7 @@ export function drainEvents(h: Host, st: RoundState | null, bankBase: number): v
         if (round === st.r && chunk < st.nchunks && !st.xdone[chunk]) {
           st.resultsSeen++;
           gotResult(st, chunk, h);
+          noteResult(st, chunk);
         }
       }
     }

@@ -1,6 +1,7 @@
 // One round's state, in one place: what the exchange of exponents and the
 // plan, the send window, the owner's progress and the receiver keep.
 import type { FinishBatchArgs } from "../../native/collective.ts";
+import type { Early } from "./early.ts";
 
 /** A contribution to one of our chunks, as the contribs ring gave it (robust modes). */
 export interface Contribution {
@@ -123,6 +124,8 @@ export interface RoundState extends Plan {
   /** Per owner: when we last probed it (its CTRL_STATUS answers that probe). */
   probedAt: Float64Array;
   out: Float32Array;
+  /** 8 and 4 bits: the gather and the residual's inverse, done in the round's waits (early.ts). */
+  early: Early | null;
 }
 
 /** The active member that owns chunk c in the round's plan. */
@@ -167,5 +170,6 @@ export function newRoundState(a: NewRound): RoundState {
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),
     lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
+    early: null,
   };
 }

@@ -6,6 +6,7 @@ import { CTRL_EXPS_REQ } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
 import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFromExps } from "../quantize.ts";
 import { HDR } from "./control.ts";
+import { earlyFor, gatherRest, workEarly } from "./early.ts";
 import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
 import { Host } from "./host.ts";
@@ -56,11 +57,12 @@ export async function runRound(
     if (h.bits !== 16) resid.set(xq), (st.resid = resid);
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
+  st.early = earlyFor(h, st, seed, st.resid);
   await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
   // the gather takes each chunk of out back through the inverse while it is
   // in cache (8 and 4 bits need rx "map": Communicator.withPorts refuses xsk)
   const rep = endRound(h, st, h.rht ? seed : 0);
-  if (h.rht && resid) rht(resid, h.chunkElems, seed, true);
+  if (h.rht && resid && !st.early) rht(resid, h.chunkElems, seed, true);
   return rep;
 }
 
@@ -368,6 +370,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
     const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own) - now)));
     tp = h.phase("work", tp);
+    if (st.early) (workEarly(h, st, bankBase), (tp = h.phase("gather", tp)));
     let ready = h.net.wait(watch, wait);
     if (typeof ready !== "number") ready = await ready;
     tp = h.phase(st.sent ? "wait" : "control", tp);
@@ -402,7 +405,9 @@ function endRound(h: Host, st: RoundState, rhtSeed: number): RoundReport {
   const bankBase = (r & 1) * h.cfg.chunks;
   const tp = h.clock.now();
   // rx "xsk": the peers' results are in `out` already; ours are in our map
-  const bad = h.xsk
+  const bad = st.early
+    ? gatherRest(h, st, bankBase)
+    : h.xsk
     ? coll.ainftp_gather_list(h.resBase, bankBase, st.owned, st.owned.length, h.chunkElems, r + 1, st.out, st.out.length)
     : h.bits === 16
       ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length)

@@ -6,6 +6,7 @@
 // named at open, and the residual that error feedback is built on.
 import { describe, expect, test } from "bun:test";
 import type { RoundReport } from "../../src/collective.ts";
+import { EARLY } from "../../src/collective/early.ts";
 import { ERROR_BOUND } from "../../src/quantize.ts";
 import { mulberry32 } from "../../src/random.ts";
 import { CLEAN, SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
@@ -32,6 +33,8 @@ interface Run {
   lengths: number[];
   reps: RoundReport[][][];
   world: SimWorld;
+  /** Result chunks the members gathered in the rounds' waits (early.ts). */
+  gatheredEarly: number;
 }
 
 /** HOSTS members at `bits` run `rounds` all-reduces of seeded lengths (some
@@ -42,7 +45,7 @@ async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o:
   const rnd = mulberry32(seed);
   const perRound = CHUNKS * ELEMS * 2;
   const lengths = o.sameGradient ? new Array(rounds).fill(perRound + 77) : Array.from({ length: rounds }, () => 1 + Math.floor(rnd() * perRound * 1.3));
-  const r: Run = { outs: [], resids: [], xs: [], lengths, reps: [], world };
+  const r: Run = { outs: [], resids: [], xs: [], lengths, reps: [], world, gatheredEarly: 0 };
   try {
     await world.run(
       comms.map((c) => async (rank: number) => {
@@ -66,6 +69,7 @@ async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o:
       }),
       3_600_000,
     );
+    r.gatheredEarly = comms.reduce((a, c) => a + c.stats.gatheredEarly, 0);
   } finally {
     for (const c of comms) c.close(0);
   }
@@ -150,6 +154,33 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
       }
     }, 120_000);
   }
+
+  test("the gather and the residual's inverse done in the rounds' waits (early.ts) give the same bits as done at the end, clean and under faults", async () => {
+    const batch = EARLY.batch;
+    try {
+      for (const bits of [8, 4] as const)
+        for (const seed of [515 + bits, 14000 + bits * 1000 + 3]) {
+          const faults = seed < 14000 ? CLEAN : faultsOf(seed);
+          EARLY.enabled = false;
+          const end = await run(bits, seed, faults, 4, { residual: true });
+          EARLY.enabled = true;
+          EARLY.batch = 1; // (16 chunks a round here: gather at every wait)
+          const early = await run(bits, seed, faults, 4, { residual: true });
+          expect(end.gatheredEarly).toBe(0);
+          expect(early.gatheredEarly).toBeGreaterThan(0);
+          for (let rank = 0; rank < HOSTS; rank++)
+            for (let k = 0; k < 4; k++) {
+              const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer).equals(Buffer.from(b.buffer));
+              expect({ bits, seed, rank, k, out: same(early.outs[rank][k], end.outs[rank][k]), resid: same(early.resids[rank][k], end.resids[rank][k]) })
+                .toEqual({ bits, seed, rank, k, out: true, resid: true });
+            }
+          console.log(`[sim bits] ${bits} bits, seed ${seed}: ${early.gatheredEarly} result chunks gathered in the waits, same bits as at the end`);
+        }
+    } finally {
+      EARLY.enabled = true;
+      EARLY.batch = batch;
+    }
+  }, 300_000);
 
   test("error feedback (on by default at 8 and 4 bits): the same gradient 16 steps running, the results' running sum stays within twice one step's error of the exact one (the owner's rounding is not fed back); without it, over twice that", async () => {
     for (const bits of [8, 4] as const) {
