@@ -168,7 +168,9 @@ export class Communicator implements Disposable {
   // ---- the all-reduce ----------------------------------------------------------------
 
   /** Sums x over every member, in place (or into out). `mean` divides by the
-   * member count. Resolves when the result is complete on this host. */
+   * member count. Resolves when the result is complete on this host. At 8
+   * and 4 bits results land in `out` while the round still waits on others
+   * (early.ts): a call that throws leaves `out` (x, in place) partly summed. */
   async allreduce(
     x: Float32Array,
     opts: {

@@ -4,7 +4,8 @@
 // chunk already packed goes back to the gradient's domain. At the end only
 // what is left remains: the round ends sooner by the work that was done in
 // its waits (the gather and the residual's inverse were 3-6 ms of a 16 MiB
-// round at 8 bits, all after the last result).
+// round at 8 bits, all after the last result). A round that fails leaves
+// `out` partly written (in place: x is then partly summed).
 import { coll } from "../../native/collective.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
