@@ -30,6 +30,21 @@ function lackingContributions(h: Host, st: RoundState, bankBase: number): Map<nu
   return perRank;
 }
 
+/** The members whose contribution is the only one an open slot of ours
+ * still lacks (every other active member's came). */
+export function lackingAlone(h: Host, st: RoundState, bankBase: number): bigint {
+  let mask = 0n;
+  const want = st.active & h.othersMask;
+  for (let i = 0; i < st.owned.length; i++) {
+    const c = st.owned[i];
+    if (st.ownedDone[c]) continue;
+    const slot = h.maps.slot(bankBase + c);
+    const lack = want & ~(slot.tag === st.r + 1 ? slot.seen : 0n);
+    if (lack && (lack & (lack - 1n)) === 0n) mask |= lack;
+  }
+  return mask;
+}
+
 /** The active members whose contributions the listed slots of ours (open
  * ones; the rest are skipped) lack: the answer to a probe names only the
  * members that lost a contribution to the chunks asked about. */

@@ -157,6 +157,9 @@ export const TUNING = {
   EXPS_ABOVE_MEDIAN: 12,
   /** Chunks packed and sent per owner before moving to the next owner
    * (one GSO call: 44 segments measured best on loopback, docs/DESIGN.md). */
+  /** An owner's probe tells the members its open slots lack only once at
+   * most this many are open (recovery.ts probe): the round's tail. */
+  TELL_TAIL: 8,
   SEND_PIECE: 44,
   /** Lateness: a member that misses a plan (its exponents not there when the
    * leader decides) gains a point, one that makes it loses one. At

@@ -13,12 +13,12 @@
 // from the cache of the last rounds (cacheDepth). A passive member asks
 // with CTRL_RESULT_REQ.
 import { coll } from "../../native/collective.ts";
-import { CTRL_EXPS_REQ, CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB } from "../abi.ts";
+import { CTRL_EXPS_REQ, CTRL_RESULT_REQ, CTRL_STATUS, F_RETRANSMIT, PKT_CONTRIB } from "../abi.ts";
 import { headerTemplate } from "../quantize.ts";
-import { encodeChunkList, HDR, markRetransmit, packetCount, REQ_CHUNKS } from "./control.ts";
-import { expsAwaited } from "./diagnose.ts";
+import { encodeChunkList, encodeStatus, HDR, markRetransmit, packetCount, REQ_CHUNKS } from "./control.ts";
+import { expsAwaited, lackingAlone } from "./diagnose.ts";
 import { myExps, sendExps } from "./exchange.ts";
-import type { Host } from "./host.ts";
+import { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
@@ -153,7 +153,24 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
     askResults(h, o, st.r, list); // (one packet: at most REQ_CHUNKS)
     st.probedAt[o] = now;
   }
+  // the round's tail: the few slots of ours still open that lack one
+  // member's contribution alone (the others' came: lost, not late). Tell
+  // that member, who sends again what RACK already counts as lost
+  // (statusFromOwner), instead of waiting for its own probe of us. Not
+  // earlier: mid-round (16 MiB) a slot lacking one member is mostly one
+  // whose last contribution is on its way, and members sent whole windows
+  // again (retransmissions +12%, timeouts 3-5x)
+  const open = st.owned.length - st.ownedDoneCount;
+  if (!st.passive && open > 0 && open <= TUNING.TELL_TAIL) tellLacking(h, st, lackingAlone(h, st, bankBase));
   return byOwner.size;
+}
+
+/** Our open slots wait for the members in `mask`: a CTRL_STATUS naming them
+ * to each of them (a member not named ignores it). */
+export function tellLacking(h: Host, st: RoundState, mask: bigint): void {
+  if (!mask) return;
+  const status = encodeStatus(mask);
+  for (const p of h.others) if (Host.has(mask, p)) h.sendControl(p, CTRL_STATUS, st.r, 0, 0, status);
 }
 
 /** An owner of this round says whom its slots wait for (its answer to a

@@ -202,9 +202,17 @@ export class SimWorld {
     this.push({ at: this.now + this.faults.latencyMs, seq: this.seq++, to, from, data });
   }
 
+  /** Drops the datagrams it returns true for (counted as lost), before the
+   * network's faults: a test's chosen loss. */
+  drop: ((from: number, to: number, data: Uint8Array) => boolean) | null = null;
+
   /** Sends one datagram through the faulty network. */
   transmit(from: number, to: number, data: Uint8Array, extraMs: number): void {
     this.tap?.(from, to, data);
+    if (this.drop?.(from, to, data)) {
+      this.counts.lost++;
+      return;
+    }
     const f = this.faults;
     if (this.rng() < f.loss) {
       this.counts.lost++;

@@ -1,0 +1,70 @@
+// Issue 17, the round's tail in the simulator: a member's last contribution
+// to an owner is lost, and so are that member's own probes of the owner.
+// Its owner (its probe timer: recovery.ts tellLacking) and the members that
+// lack the owner's result (their probes, answered to the member named:
+// receiver.ts) tell it whose contribution the slot lacks, and it sends it
+// again at once, instead of at the full retransmission's RTO (at least 50
+// ms, rtt.ts RTO_FLOOR_MS).
+import { describe, expect, test } from "bun:test";
+import { CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB, PKT_CONTROL } from "../../src/abi.ts";
+import { RTO_FLOOR_MS } from "../../src/collective/rtt.ts";
+import { CLEAN, SimWorld, simGradient, simPrograms } from "./world.ts";
+
+const root = process.getuid?.() === 0;
+if (!root) console.log("[sim tell] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
+
+const HOSTS = 4;
+const CHUNKS = 16;
+const ELEMS = 64;
+const PORT = 47126;
+const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
+const LOSER = 1, OWNER = 0;
+// owner 0's chunks are c % 4 == 0 (all four active): its last is 12
+const LAST = CHUNKS - HOSTS;
+
+const field = (d: Uint8Array, off: number, size: 1 | 2 | 4) => {
+  const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
+  return size === 1 ? v.getUint8(off) : size === 2 ? v.getUint16(off, true) : v.getUint32(off, true);
+};
+
+describe.skipIf(!root)("the round's tail: an owner's open slot names the member that lost its contribution", () => {
+  for (const askers of ["every member probes", "only the owner's own timer"] as const)
+    test(`a member's last contribution to an owner lost, and its probes of the owner too (${askers}): sent again well before the RTO`, async () => {
+      const world = new SimWorld(1717, CLEAN, programs, PORT);
+      let target = -1, dropped = 0, asks = 0;
+      world.drop = (from, to, d) => {
+        if (d.length < 32 || to !== OWNER) return false;
+        const type = field(d, 5, 1), round = field(d, 12, 4);
+        if (type === PKT_CONTRIB && from === LOSER && field(d, 16, 4) === LAST && !(field(d, 6, 2) & F_RETRANSMIT) && target < 0 && round >= 3) {
+          target = round;
+          dropped++;
+          return true;
+        }
+        // the loser's probes of the owner (and, for the second case, every member's)
+        if (type === PKT_CONTROL && round === target && field(d, 26, 2) === CTRL_RESULT_REQ && (from === LOSER || askers !== "every member probes")) {
+          asks++;
+          return true;
+        }
+        return false;
+      };
+      const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
+      const times = new Map<number, number>();
+      try {
+        await world.run(comms.map((c) => async (rank: number) => {
+          await c.connect();
+          for (let k = 0; k < 6; k++) {
+            const x = simGradient(17, k, rank, CHUNKS * ELEMS);
+            for (const rep of await c.allreduce(x)) if (rank === LOSER) times.set(rep.round, rep.ms);
+          }
+          await c.leave(30_000);
+        }), 600_000);
+      } finally {
+        for (const c of comms) c.close(0);
+      }
+      expect(dropped).toBe(1);
+      const ms = times.get(target)!;
+      const others = [...times].filter(([r]) => r !== target).map(([, t]) => t);
+      console.log(`[sim tell] ${askers}: round ${target} (its last contribution to the owner lost, ${asks} probes of the owner dropped) took ${ms.toFixed(2)} virtual ms; the others ${Math.max(...others).toFixed(2)} at most`);
+      expect(ms).toBeLessThan(RTO_FLOOR_MS / 2);
+    }, 120_000);
+});
