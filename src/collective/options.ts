@@ -160,6 +160,11 @@ export const TUNING = {
   /** An owner's probe tells the members its open slots lack only once at
    * most this many are open (recovery.ts probe): the round's tail. */
   TELL_TAIL: 8,
+  /** At the tail, under loss, an owner looks at its open slots this often
+   * (ms) and names the member a slot lacks alone (recovery.ts tellDue). */
+  TELL_MS: 1,
+  /** "Under loss": RACK or a probe fired in this round or the last LOSSY_ROUNDS. */
+  LOSSY_ROUNDS: 8,
   SEND_PIECE: 44,
   /** Lateness: a member that misses a plan (its exponents not there when the
    * leader decides) gains a point, one that makes it loses one. At

@@ -165,6 +165,25 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
   return byOwner.size;
 }
 
+/** When the owner's tail check is next due (Infinity: not now). Under loss
+ * (RACK or a probe fired in this round or the last few), once at most
+ * TELL_TAIL slots of ours are open: every TELL_MS, a slot that lacks one
+ * member's contribution alone names that member (tellTail). Members send
+ * in list order, so by then its contribution was lost, not late; the member
+ * sends again only what its RACK counts as lost (statusFromOwner). */
+export function tellDue(h: Host, st: RoundState, lossy: boolean): number {
+  if (!st.sent || st.passive || !(lossy || st.r - h.lossRound <= TUNING.LOSSY_ROUNDS)) return Infinity;
+  const open = st.owned.length - st.ownedDoneCount;
+  return open > 0 && open <= TUNING.TELL_TAIL ? st.toldAt + TUNING.TELL_MS : Infinity;
+}
+
+/** The owner's tail check (tellDue): name the members whose contribution
+ * alone our open slots lack. */
+export function tellTail(h: Host, st: RoundState, bankBase: number): void {
+  st.toldAt = h.clock.now();
+  tellLacking(h, st, lackingAlone(h, st, bankBase));
+}
+
 /** Our open slots wait for the members in `mask`: a CTRL_STATUS naming them
  * to each of them (a member not named ignores it). */
 export function tellLacking(h: Host, st: RoundState, mask: bigint): void {

@@ -124,6 +124,8 @@ export interface RoundState extends Plan {
   /** Per owner: when we last probed it (its CTRL_STATUS answers that probe). */
   probedAt: Float64Array;
   out: Float32Array;
+  /** When our open slots last named the members they lack (recovery.ts tellTail). */
+  toldAt: number;
   /** 8 and 4 bits: the gather and the residual's inverse, done in the round's waits (early.ts). */
   early: Early | null;
 }
@@ -170,6 +172,6 @@ export function newRoundState(a: NewRound): RoundState {
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),
     lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
-    early: null,
+    early: null, toldAt: -Infinity,
   };
 }

@@ -15,7 +15,7 @@ import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } fro
 import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
 import { countXskDrops, drainControl, drainEvents, drainXsk, dropForeign, NO_RANK, planAhead } from "./receiver.ts";
-import { missingResults, probe, retransmit, retransmitGaps } from "./recovery.ts";
+import { missingResults, probe, retransmit, retransmitGaps, tellDue, tellTail } from "./recovery.ts";
 import { newRoundState, ownerOf, type RoundState } from "./round-state.ts";
 import { PTO_FLOOR_MS } from "./rtt.ts";
 
@@ -309,6 +309,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (st.resultsSeen !== seenBefore) (seenBefore = st.resultsSeen), (lastAt = T());
     }
     if (complete(h, st, bankBase)) {
+      if (lossy) h.lossRound = r;
       if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} n${st.nchunks} ${trace.join(" ")} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
       break;
     }
@@ -368,7 +369,8 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // whose event the program batches without a wake-up; look every probe
     // floor while ours are open, so their results go out
     const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
-    const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own) - now)));
+    const tell = tellDue(h, st, lossy);
+    const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own, tell) - now)));
     tp = h.phase("work", tp);
     if (st.early) (workEarly(h, st, bankBase), (tp = h.phase("gather", tp)));
     let ready = h.net.wait(watch, wait);
@@ -392,6 +394,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       nextRetx = h.clock.now() + interval;
     }
     if (st.sent) pump(h, st, x);
+    if (tellDue(h, st, lossy) <= h.clock.now()) tellTail(h, st, bankBase);
   }
   h.phase("work", tp);
 }
