@@ -122,8 +122,9 @@ export class Host {
   closed = false;
   inRound = false;
   lastYield: number;
-  /** The last round in which RACK or a probe fired here (round.ts: the
-   * owner's tail check runs in the rounds just after one too). */
+  /** The last round in which RACK sent a contribution again here
+   * (recovery.ts lossSeen: owners name the members their slots lack only
+   * under loss). */
   lossRound = -Infinity;
   private buffers = new Map<string, Uint8Array>();
   private ctrlBuf = new Uint8Array(HDR + 65536);

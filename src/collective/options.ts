@@ -163,7 +163,7 @@ export const TUNING = {
   /** At the tail, under loss, an owner looks at its open slots this often
    * (ms) and names the member a slot lacks alone (recovery.ts tellDue). */
   TELL_MS: 1,
-  /** "Under loss": RACK or a probe fired in this round or the last LOSSY_ROUNDS. */
+  /** "Under loss": RACK fired in this round or the last LOSSY_ROUNDS (recovery.ts lossSeen). */
   LOSSY_ROUNDS: 8,
   SEND_PIECE: 44,
   /** Lateness: a member that misses a plan (its exponents not there when the

@@ -15,7 +15,7 @@ import { TUNING } from "./options.ts";
 import { noteResult } from "./early.ts";
 import { finish } from "./owner.ts";
 import { liveFrom } from "./plan.ts";
-import { askResults, resend, statusFromOwner, tellLacking } from "./recovery.ts";
+import { askResults, lossSeen, resend, statusFromOwner, tellLacking } from "./recovery.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
 
 /** A control packet of this job's members (or a peer's HELLO of another
@@ -90,7 +90,7 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
           const lack = lackingIn(h, st, (st.r & 1) * h.cfg.chunks, chunks);
           if (lack) h.sendControl(c.rank, CTRL_STATUS, st.r, 0, 0, encodeStatus(lack));
           // and to the members named (not the asker): they lost a contribution
-          if (lack & ~(1n << BigInt(c.rank))) tellLacking(h, st, lack & ~(1n << BigInt(c.rank)));
+          if (lack & ~(1n << BigInt(c.rank)) && lossSeen(h, st)) tellLacking(h, st, lack & ~(1n << BigInt(c.rank)));
         }
       }
       return;

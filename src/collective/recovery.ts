@@ -161,8 +161,18 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
   // whose last contribution is on its way, and members sent whole windows
   // again (retransmissions +12%, timeouts 3-5x)
   const open = st.owned.length - st.ownedDoneCount;
-  if (!st.passive && open > 0 && open <= TUNING.TELL_TAIL) tellLacking(h, st, lackingAlone(h, st, bankBase));
+  if (!st.passive && open > 0 && open <= TUNING.TELL_TAIL && lossSeen(h, st)) tellLacking(h, st, lackingAlone(h, st, bankBase));
   return byOwner.size;
+}
+
+/** Loss seen here: RACK sent a contribution again in this round or in the
+ * last LOSSY_ROUNDS. Only then do owners name, unasked, the members their
+ * slots lack (probe, tellTail, the answer to another member's probe): on a
+ * clean network a slot that lacks one member is a slow member, and naming
+ * it makes it send again on RACK's clock (a clean 8-host job on 2 cores
+ * sent 40 results twice). */
+export function lossSeen(h: Host, st: RoundState): boolean {
+  return st.rackFired || st.r - h.lossRound <= TUNING.LOSSY_ROUNDS;
 }
 
 /** When the owner's tail check is next due (Infinity: not now). Under loss
@@ -171,8 +181,8 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
  * member's contribution alone names that member (tellTail). Members send
  * in list order, so by then its contribution was lost, not late; the member
  * sends again only what its RACK counts as lost (statusFromOwner). */
-export function tellDue(h: Host, st: RoundState, lossy: boolean): number {
-  if (!st.sent || st.passive || !(lossy || st.r - h.lossRound <= TUNING.LOSSY_ROUNDS)) return Infinity;
+export function tellDue(h: Host, st: RoundState): number {
+  if (!st.sent || st.passive || !lossSeen(h, st)) return Infinity;
   const open = st.owned.length - st.ownedDoneCount;
   return open > 0 && open <= TUNING.TELL_TAIL ? st.toldAt + TUNING.TELL_MS : Infinity;
 }

@@ -309,7 +309,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (st.resultsSeen !== seenBefore) (seenBefore = st.resultsSeen), (lastAt = T());
     }
     if (complete(h, st, bankBase)) {
-      if (lossy) h.lossRound = r;
+      if (st.rackFired) h.lossRound = r;
       if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} n${st.nchunks} ${trace.join(" ")} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
       break;
     }
@@ -369,7 +369,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // whose event the program batches without a wake-up; look every probe
     // floor while ours are open, so their results go out
     const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
-    const tell = tellDue(h, st, lossy);
+    const tell = tellDue(h, st);
     const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own, tell) - now)));
     tp = h.phase("work", tp);
     if (st.early) (workEarly(h, st, bankBase), (tp = h.phase("gather", tp)));
@@ -384,7 +384,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     if (st.sent) {
       const before = h.stats.retransmits;
       rackAt = retransmitGaps(h, st);
-      if (h.stats.retransmits !== before) lossy = true;
+      if (h.stats.retransmits !== before) lossy = st.rackFired = true;
       if (trace && h.stats.retransmits !== before) trace.push(`rack@${T()}:${h.stats.retransmits - before}`);
     }
     if (st.resultsSeen + st.ownedDoneCount + st.pending.length !== progress) {
@@ -394,7 +394,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       nextRetx = h.clock.now() + interval;
     }
     if (st.sent) pump(h, st, x);
-    if (tellDue(h, st, lossy) <= h.clock.now()) tellTail(h, st, bankBase);
+    if (tellDue(h, st) <= h.clock.now()) tellTail(h, st, bankBase);
   }
   h.phase("work", tp);
 }

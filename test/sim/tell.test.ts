@@ -1,10 +1,13 @@
 // Issue 17, the round's tail in the simulator: a member's last contribution
 // to an owner is lost, and so are that member's own probes of the owner.
-// Its owner (its probe timer: recovery.ts tellLacking) and the members that
-// lack the owner's result (their probes, answered to the member named:
-// receiver.ts) tell it whose contribution the slot lacks, and it sends it
-// again at once, instead of at the full retransmission's RTO (at least 50
-// ms, rtt.ts RTO_FLOOR_MS).
+// Its owner (its probe timer and its tail check: recovery.ts tellLacking)
+// and the members that lack the owner's result (their probes, answered to
+// the member named: receiver.ts) tell it whose contribution the slot lacks,
+// and it sends it again at once, instead of at the full retransmission's
+// RTO (at least 50 ms, rtt.ts RTO_FLOOR_MS). Owners do so only once they
+// have seen loss themselves (recovery.ts lossSeen: their RACK fired): one of
+// the owner's own first contributions is lost in that round too. On a clean
+// network nobody is named unasked (test/collective.test.ts: no resends).
 import { describe, expect, test } from "bun:test";
 import { CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB, PKT_CONTROL } from "../../src/abi.ts";
 import { RTO_FLOOR_MS } from "../../src/collective/rtt.ts";
@@ -31,10 +34,16 @@ describe.skipIf(!root)("the round's tail: an owner's open slot names the member 
   for (const askers of ["every member probes", "only the owner's own timer"] as const)
     test(`a member's last contribution to an owner lost, and its probes of the owner too (${askers}): sent again well before the RTO`, async () => {
       const world = new SimWorld(1717, CLEAN, programs, PORT);
-      let target = -1, dropped = 0, asks = 0;
+      let target = -1, dropped = 0, asks = 0, ownLost = -1;
       world.drop = (from, to, d) => {
-        if (d.length < 32 || to !== OWNER) return false;
+        if (d.length < 32) return false;
         const type = field(d, 5, 1), round = field(d, 12, 4);
+        // the owner's own first contribution to rank 2, in the target round: its RACK fires (loss seen)
+        if (type === PKT_CONTRIB && from === OWNER && to === 2 && round >= 3 && ownLost < 0 && !(field(d, 6, 2) & F_RETRANSMIT)) {
+          ownLost = round;
+          return true;
+        }
+        if (to !== OWNER) return false;
         if (type === PKT_CONTRIB && from === LOSER && field(d, 16, 4) === LAST && !(field(d, 6, 2) & F_RETRANSMIT) && target < 0 && round >= 3) {
           target = round;
           dropped++;
@@ -62,6 +71,7 @@ describe.skipIf(!root)("the round's tail: an owner's open slot names the member 
         for (const c of comms) c.close(0);
       }
       expect(dropped).toBe(1);
+      expect(ownLost).toBe(target);
       const ms = times.get(target)!;
       const others = [...times].filter(([r]) => r !== target).map(([, t]) => t);
       console.log(`[sim tell] ${askers}: round ${target} (its last contribution to the owner lost, ${asks} probes of the owner dropped) took ${ms.toFixed(2)} virtual ms; the others ${Math.max(...others).toFixed(2)} at most`);
