@@ -5,8 +5,10 @@
 // chunk comes due); when nothing moves, the probe asks each owner for the
 // results we lack (probe: CTRL_RESULT_REQ; an owner resends what it has and
 // answers with CTRL_STATUS whose contributions its open slots lack, and a
-// member named there sends again: statusFromOwner); once nothing moved for
-// the RTO, everything older than it (retransmit). All timed by measured
+// member named there sends again: statusFromOwner); under loss, at the
+// round's tail, owners name the member a slot lacks alone, unasked (tellTail,
+// and the probe); once nothing moved for the RTO, everything older than it
+// (retransmit). All timed by measured
 // round-trips (rtt.ts). A retransmit to a completed slot makes the owner's
 // program raise a resend event and the owner sends the stored result again
 // (resend), from its results map or, for a member that fell further behind,
@@ -176,7 +178,7 @@ export function lossSeen(h: Host, st: RoundState): boolean {
 }
 
 /** When the owner's tail check is next due (Infinity: not now). Under loss
- * (RACK or a probe fired in this round or the last few), once at most
+ * (lossSeen: RACK fired here in this round or the last few), once at most
  * TELL_TAIL slots of ours are open: every TELL_MS, a slot that lacks one
  * member's contribution alone names that member (tellTail). Members send
  * in list order, so by then its contribution was lost, not late; the member
