@@ -262,13 +262,18 @@ uint32_t ainftp_gather_list_bits(const uint8_t *res_base, uint32_t bank_base, co
 
 /* ainftp_gather_results at a job's width (16, 8 or 4); rht_seed, if not 0:
  * each chunk then through the inverse RHT of that seed (ainftp_rht_chunk)
- * while it is in cache, instead of a second pass over out. */
-uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
-				    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits,
-				    uint32_t rht_seed)
+ * while it is in cache, instead of a second pass over out. done, if not
+ * NULL: the chunks with done[c] set are skipped (the early gather took
+ * them; the end of a round). Returns the number of entries gathered that
+ * did not hold round tag-1. */
+uint32_t ainftp_gather_rest_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t chunk_elems,
+				 uint32_t tag, float *out, uint32_t n_out, uint32_t bits, uint32_t rht_seed,
+				 const uint8_t *done)
 {
 	uint32_t bad = 0;
 	for (uint32_t c = 0; c < nchunks; c++) {
+		if (done && done[c])
+			continue;
 		const struct ainftp_result *res =
 			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
 		uint64_t start = (uint64_t)c * chunk_elems;
@@ -280,6 +285,14 @@ uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base,
 			ainftp_rht_chunk(out + start, want, c, rht_seed, 1);
 	}
 	return bad;
+}
+
+/* Every chunk of the round: ainftp_gather_rest_bits with none done. */
+uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
+				    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits,
+				    uint32_t rht_seed)
+{
+	return ainftp_gather_rest_bits(res_base, bank_base, nchunks, chunk_elems, tag, out, n_out, bits, rht_seed, NULL);
 }
 
 /*
@@ -315,30 +328,6 @@ uint32_t ainftp_gather_early_bits(const uint8_t *res_base, uint32_t bank_base, c
 		got++;
 	}
 	return got;
-}
-
-/* ainftp_gather_results_bits for the chunks the early gather left (done[c]
- * 0): the end of a round. Returns the number of those entries that did not
- * hold round tag-1. */
-uint32_t ainftp_gather_rest_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t chunk_elems,
-				 uint32_t tag, float *out, uint32_t n_out, uint32_t bits, uint32_t rht_seed,
-				 const uint8_t *done)
-{
-	uint32_t bad = 0;
-	for (uint32_t c = 0; c < nchunks; c++) {
-		if (done[c])
-			continue;
-		const struct ainftp_result *res =
-			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
-		uint64_t start = (uint64_t)c * chunk_elems;
-		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
-		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
-		    dequant_result(res, want, bits, out + start) < 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
-			bad++;
-		else if (rht_seed && want)
-			ainftp_rht_chunk(out + start, want, c, rht_seed, 1);
-	}
-	return bad;
 }
 
 /* The inverse RHT (inverse 1) or the RHT of the listed chunks of x (n values,

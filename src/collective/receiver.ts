@@ -90,7 +90,8 @@ export function handleControl(h: Host, c: Control, st: RoundState | null): void 
           const lack = lackingIn(h, st, (st.r & 1) * h.cfg.chunks, chunks);
           if (lack) h.sendControl(c.rank, CTRL_STATUS, st.r, 0, 0, encodeStatus(lack));
           // and to the members named (not the asker): they lost a contribution
-          if (lack & ~(1n << BigInt(c.rank)) && lossSeen(h, st)) tellLacking(h, st, lack & ~(1n << BigInt(c.rank)));
+          const others = lack & ~(1n << BigInt(c.rank));
+          if (others && lossSeen(h, st)) tellLacking(h, st, others);
         }
       }
       return;
