@@ -10,6 +10,8 @@
 //
 //   bun bench/profile.ts [--size 16MiB] [--peers 4] [--seconds 4] [--link-rate none|1gbit]
 //       [--mtu 3504] [--bits 16] [--freq 1999] [--json FILE] [--keep DIR]
+//       [--barrier]: a one-value all-reduce before each round (the ranks enter
+//       together, as in the bench's timed rounds; its CPU is counted)
 //
 // Two builds compared: run it in each tree, back to back (DESIGN.md: the
 // machine drifts 20-40% between minutes). CPU ms per round is the figure to
@@ -85,8 +87,11 @@ if (argv.includes("--rank")) {
     const rounds = Math.max(5, Math.ceil((seconds * 1500 + 1000) / Math.max(0.2, agree[0] / peers.length)));
     say(`steady ${rounds}`);
     const starts: number[] = [], ends: number[] = [];
+    const barrier = new Float32Array(1);
     for (let r = 0; r < rounds; r++) {
       x.set(src);
+      // --barrier: the ranks enter each round together, as the bench's timed rounds do
+      if (argv.includes("--barrier")) await comm.allreduce(barrier, { retransmitMs: 1000, patient: true });
       starts.push(now());
       await comm.allreduce(x);
       ends.push(now());
@@ -153,7 +158,7 @@ try {
   // each rank's stderr to a file (rank-N.err in the kept directory)
   const q = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
   for (let r = 0; r < peers; r++) {
-    const cmd = [process.execPath, import.meta.path, "--rank", String(r), "--peers", addrs, "--size", String(size), "--bits", String(bits), "--seconds", String(seconds)];
+    const cmd = [process.execPath, import.meta.path, "--rank", String(r), "--peers", addrs, "--size", String(size), "--bits", String(bits), "--seconds", String(seconds), ...(argv.includes("--barrier") ? ["--barrier"] : [])];
     procs.push(lab.spawn(names[r], ["sh", "-c", `exec ${cmd.map(q).join(" ")} 2>${q(join(dir, `rank-${r}.err`))}`]));
   }
   const readers = procs.map((p) => lineReader(p));
@@ -231,7 +236,7 @@ try {
   }
   const msPerSample = 1000 / freq;
   const busy = [...byCat].filter(([c]) => c !== "idle" && c !== "other processes").reduce((a, [, n]) => a + n, 0);
-  const title = `${peers} hosts · ${size >= 1 << 20 ? `${size / (1 << 20)} MiB` : `${size / 1024} KiB`} · ${rate === null ? "unshaped" : rateText} · MTU ${mtu} · ${bits} bits · back to back`;
+  const title = `${peers} hosts · ${size >= 1 << 20 ? `${size / (1 << 20)} MiB` : `${size / 1024} KiB`} · ${rate === null ? "unshaped" : rateText} · MTU ${mtu} · ${bits} bits · ${argv.includes("--barrier") ? "a barrier before each round" : "back to back"}`;
   const t = new Table({ style: process.stdout.isTTY ? {} : { head: [], border: [] }, head: ["where", "share of samples", "CPU ms per round"] });
   for (const [c, n] of [...byCat].sort((a, b) => b[1] - a[1])) t.push([c, `${((100 * n) / total).toFixed(1)}%`, c === "idle" ? "-" : ((n * msPerSample) / inWin).toFixed(2)]);
   t.push(["all but idle and other processes", `${((100 * busy) / total).toFixed(1)}%`, ((busy * msPerSample) / inWin).toFixed(2)]);

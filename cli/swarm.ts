@@ -123,6 +123,7 @@ export function swarmCommand(io: IO): Command {
     .option("--job <id>", "job id every member uses (default 0)", intOption(0, 0xffffffff))
     .option("--synthetic <size>", "gradient size per round: 1MiB, 16MiB, 1GiB or bytes", sizeOption)
     .option("--rounds <r>", "timed rounds (default 10)", intOption(1, 1_000_000), 10)
+    .option("--warmup <r>", "untimed rounds first, left out of the figures (default 1; the JIT is still compiling in the first rounds)", intOption(0, 1000))
     .option("--verify", "check every round against the exact f64 sum of all ranks' gradients")
     .option("--seed <n>", "seed of the synthetic gradients (default 1)", intOption(0, 0xffffffff))
     .option("--back-to-back", "no barrier round before and after each timed round (as a trainer calls all-reduce)")
@@ -195,7 +196,7 @@ export function swarmCommand(io: IO): Command {
         ? (r: number, of: number, ms: number) => io.err(`\r  round ${r}/${of}  ${ms.toFixed(1)} ms   ${r === of ? "\n" : ""}`)
         : undefined;
       const report = await runNode({
-        iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, syntheticBytes: o.synthetic, rounds: o.rounds,
+        iface: o.iface, peers: o.peers, rank: o.rank, port: o.port, job: o.job, syntheticBytes: o.synthetic, rounds: o.rounds, warmup: o.warmup,
         verify: Boolean(o.verify), seed: o.seed, mode: o.mode as AttachMode, chunkElems: o.chunkElems, window: o.window, rx: o.rx,
         roundTimeoutMs: o.roundTimeout, retransmitMs: o.retransmit, openTimeoutMs: o.openTimeout, stochasticSeed: o.stochastic,
         keepAttached: Boolean(o.keepAttached), bits: o.bits,

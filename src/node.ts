@@ -14,6 +14,7 @@ import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust
 import { bringUp, type JobOptions } from "./node/bringup.ts";
 import { quantiles, type Quantiles } from "./stats.ts";
 import type { Swarm, SwarmChange, SwarmState } from "./swarm.ts";
+import { markTimed } from "./bench/timed.ts";
 
 export { checkPacketFits, chunkElemsForMtu, dataTagBytes, interfaceMtu } from "./node/bringup.ts";
 export { quantiles, type Quantiles };
@@ -246,6 +247,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         verifyRobust(x, reps.map((p) => p.contributors!), reference,
           { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active: reps.map((p) => p.active) });
     }
+    markTimed(o.rank);
     const t: Tally = {
       counters: Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters,
       times: [], hashes: [], maxErr: 0, stats: zeroStats(), excluded: 0, unverified: 0, active: [],

@@ -17,6 +17,7 @@ import {
 } from "../src/bench/rows.ts";
 import { SCHEMA_ID, liveLabNames, runBench, scalingRows, slowestPerRound, wireCounts, type BenchResult } from "../src/bench/run.ts";
 import { parseNetDev, parseProcIo, parseSchedstat, parseStatSoftirqCtxt, summarize, type WindowSample } from "../src/bench/sampler.ts";
+import { TIMED_ENV, markTimed } from "../src/bench/timed.ts";
 import { BENCH_SCHEMA, validate, validateBenchJson } from "../src/bench/schema.ts";
 import { fullEnergies, sampledEnergies } from "../src/bench/sentry-cost.ts";
 import { energyOf } from "../src/sentry/energy.ts";
@@ -49,7 +50,7 @@ function cannedRun(system: SystemRun["system"], over: Partial<SystemRun> = {}): 
     wire: { tx_bytes_per_host_per_round: 24 * MiB, rx_bytes_per_host_per_round: 24 * MiB, tx_packets_per_host_per_round: 400, rx_packets_per_host_per_round: 400, rx_frames_per_host_per_round: 7000 },
     window: {
       intervals: 100, activeIntervals: 50, sampledMs: 2000, activeMs: 1000, cpuMs: 1500, softirqMs: 500, netRx: 20000, netTx: 10, ioBytes: 0,
-      wireBytes: 48 * MiB * 10, rxBytes: 3514 * 10000, rxPackets: 0, ctxSwitches: 300, cpuMsAll: 1800, maxIntervalMs: 12,
+      wireBytes: 48 * MiB * 10, rxBytes: 3514 * 10000, rxPackets: 0, ctxSwitches: 300, cpuMsAll: 1800, maxIntervalMs: 12, timedOnly: false,
     },
     softirqs: { net_rx: 25000, net_tx: 10 },
     counters: { wakeups_per_round: 7, wakeups_source: "x", packets_per_round: null, copy_bytes_per_round: 48 * MiB, copy_source: "y" },
@@ -103,6 +104,45 @@ describe("sampler windows", () => {
     expect(w.cpuMs).toBeCloseTo(12, 6);
     expect(w.cpuMsAll).toBeCloseTo(13, 6);
     expect(w.softirqMs).toBeCloseTo(30, 6); // 3 ticks of USER_HZ 100
+    expect(w.timedOnly).toBe(false);
+  });
+
+  test("once every rank marked the end of its warm-up, only the intervals after it count", () => {
+    const s = [
+      sample(0, [0, 0], 0),
+      sample(10, [5e6, 1e6], 100_000, { netRx: 10, soft: 1, ctxt: 5, io: 1000, rx: 60_000 }), // warm-up: 6 ms CPU
+      sample(20, [7e6, 2e6], 200_000, { netRx: 20, soft: 2, ctxt: 6, io: 2000, rx: 120_000 }), // warm-up: 3 ms, marks seen at its end
+      sample(30, [9e6, 4e6], 300_000, { netRx: 31, soft: 3, ctxt: 10, io: 5000, rx: 160_000 }), // timed: 4 ms CPU
+    ];
+    s.forEach((x, i) => (x.timed = i >= 2));
+    const w = summarize(s, 32 * 1024);
+    expect(w).toMatchObject({ timedOnly: true, intervals: 3, activeIntervals: 1, activeMs: 10, netRx: 11, wireBytes: 100_000 });
+    expect(w.cpuMs).toBeCloseTo(4, 6);
+    expect(w.cpuMsAll).toBeCloseTo(13, 6); // (all of it, as before)
+    // marks seen only at the very end (no active interval after them): the whole run counts
+    s.forEach((x, i) => (x.timed = i === 3));
+    expect(summarize(s, 32 * 1024)).toMatchObject({ timedOnly: false, activeIntervals: 3 });
+    // no mark ever seen: the whole run counts, as without marks
+    s.forEach((x) => (x.timed = false));
+    expect(summarize(s, 32 * 1024)).toMatchObject({ timedOnly: false, activeIntervals: 3 });
+  });
+
+  test("a rank's mark: a file named for its rank in $AINFTP_BENCH_TIMED, nothing when unset", () => {
+    const dir = mkdtempSync(join(tmpdir(), "aft-timed-"));
+    try {
+      delete process.env[TIMED_ENV];
+      markTimed(3);
+      expect(readdirSync(dir)).toEqual([]);
+      process.env[TIMED_ENV] = dir;
+      markTimed(3);
+      markTimed(0);
+      expect(readdirSync(dir).sort()).toEqual(["0", "3"]);
+      process.env[TIMED_ENV] = join(dir, "gone");
+      expect(() => markTimed(1)).not.toThrow();
+    } finally {
+      delete process.env[TIMED_ENV];
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("the /proc files it reads", () => {
@@ -132,6 +172,13 @@ describe("row methods", () => {
     expect(m.cpu_share_of_core_per_host).toBe(0.5); // 2000 ms in 1000 ms over 4 hosts
     expect(m.copy_bytes_per_host_per_round).toBe(48 * MiB);
     expect(m.copies_per_byte_received).toBe(2);
+  });
+
+  test("CPU per round over the timed rounds alone when the window covers them alone (the ranks' warm-up marks)", () => {
+    const base = cannedRun("ainftp");
+    const r = cannedRun("ainftp", { window: { ...base.window!, timedOnly: true } });
+    expect(r.metrics.cpu_ms_per_round).toBeCloseTo(2000 / 7, 6); // (1500 + 500) over the 7 timed rounds, not 3 + 7
+    expect(r.metrics.cpu_share_of_core_per_host).toBe(0.5); // a share of the window: unchanged
   });
 
   test("n/a with the reason: not installed, failed, not verified, not counted", () => {
@@ -474,7 +521,7 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
     const json = join(dir, "out.json");
     const report = join(dir, "report");
     const t0 = performance.now();
-    const p = Bun.spawn([BIN, "bench", "--peers", "2", "--size", "1MiB", "--rounds", "3", "--subnet", "10.213.90", "--tlb-size", "64MiB", "--link-rate", "none,1gbit", "--back-to-back", "--json", json, "--report", report], {
+    const p = Bun.spawn([BIN, "bench", "--peers", "2", "--size", "1MiB", "--rounds", "3", "--warmup", "2", "--subnet", "10.213.90", "--tlb-size", "64MiB", "--link-rate", "none,1gbit", "--back-to-back", "--json", json, "--report", report], {
       stdout: "pipe", stderr: "pipe",
     });
     const [code, out, err] = [await p.exited, await new Response(p.stdout).text(), await new Response(p.stderr).text()];
@@ -490,6 +537,7 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
       expect(s.status).toBe("ok");
       expect(s.verified).toBe(true);
       expect(s.round_times_ms.length).toBe(3);
+      expect(s.warmup).toBe(2); // --warmup: every system alike
       expect(s.metrics.round_ms_median).toBeGreaterThan(0);
       expect(s.metrics.cpu_ms_per_round).toBeGreaterThan(0);
       expect(s.metrics.net_rx_softirqs_per_s).toBeGreaterThan(0);
@@ -500,6 +548,9 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
       if (s.status === "na") console.log(`[bench-run] ${s.system} not installed: ${s.reason}`);
       else expect(s.verified).toBe(true);
     }
+    // every rank of every system that ran marked the end of its warm-up (src/bench/timed.ts), so its
+    // CPU window could start at the timed rounds
+    for (const s of systems.filter((x) => x.status === "ok")) expect(s.window?.timedMarks, s.system).toBe(2);
     expect(r.tlb && "ns_per_access_4k" in r.tlb ? r.tlb.ns_per_access_4k : 0).toBeGreaterThan(0);
     expect(r.sentry && "inline_ns_per_packet" in r.sentry).toBe(true);
     // the job key's MAC, measured in the same runs: a full MAC reads the payload, so it costs more than the header's

@@ -8,7 +8,7 @@
 // (src/bench/sampler.ts) that keeps the intervals in which data moved. A
 // system's figures count only when every rank verified its result. Then the
 // machine rows: TLB (arena pages), the sentry's per-packet cost, straggler.
-import { rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import { runBaselines, waitAll, type BaselineHost, type BaselineResult, type Exit } from "./baselines.ts";
@@ -29,6 +29,7 @@ import { measureSentryCost, type SentryCostResult } from "./sentry-cost.ts";
 import { LinkShaper, allowedRate, formatRate, peakRate, removeAllShaping, type LinkSample, type TbfParams } from "./shape.ts";
 import { delayHostLink, type LinkDelay } from "./straggler.ts";
 import { quantiles, type TcpRingReport } from "./tcp-ring.ts";
+import { TIMED_ENV } from "./timed.ts";
 import { measureTlb, type TlbResult } from "./tlb.ts";
 
 export const SCHEMA_ID = "ainftp-bench/2";
@@ -38,6 +39,9 @@ export const DEFAULT_SUBNET = "10.213.91";
  * Measured against 3504 (one page) and larger in docs/bench.md "MTU". */
 export const DEFAULT_MTU = 9000;
 export const DEFAULT_ROUNDS = 20;
+/** Untimed rounds before the timed ones, the same for every system: ainftp's JavaScript is still being
+ * compiled in its first rounds (its CPU per round fell by a third between 1 and 10 warm-up rounds, 16 MiB). */
+export const DEFAULT_WARMUP = 10;
 /** veth's largest MTU with native XDP and a frags-aware program (one IPv4 packet). */
 export const MAX_MTU = 65535;
 /** The default run's regimes: the CPU-bound lab, and each host's link at 1 Gbit/s (docs/bench.md, "Shaped links"). */
@@ -55,6 +59,8 @@ export interface BenchOptions {
   /** Gradient sizes in bytes (multiples of 4). */
   sizes: number[];
   rounds: number;
+  /** Untimed rounds before the timed ones, every system alike (default DEFAULT_WARMUP). */
+  warmup?: number;
   /** Peers to compare with; ainftp always runs. */
   baselines: BaselineName[];
   mtu: number;
@@ -324,7 +330,7 @@ export interface SystemOutcome<C> {
 type Outcome = SystemOutcome<(window: WindowSummary | null, wire: WireCounts | null) => SystemCounters>;
 
 interface RunContext {
-  o: Required<Pick<BenchOptions, "rounds" | "mtu" | "mode" | "rx">> & Pick<BenchOptions, "window"> & { self: string[] };
+  o: Required<Pick<BenchOptions, "rounds" | "warmup" | "mtu" | "mode" | "rx">> & Pick<BenchOptions, "window"> & { self: string[] };
   bl: BenchLab;
   bytes: number;
   log: (line: string) => void;
@@ -334,8 +340,6 @@ interface RunContext {
   backToBack?: boolean;
   /** A rank whose round times do not count (the straggler row's delayed host). */
   exclude?: number;
-  /** Warm-up rounds of the TCP ring (default its own). */
-  tcpWarmup?: number;
 }
 
 function timeoutFor(bytes: number, rounds: number, peers: number, rateBps: number | null = null): number {
@@ -352,7 +356,7 @@ const noCounters: SystemCounters = { wakeups_per_round: null, wakeups_source: nu
 async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) => string[], json: "all" | "last-line"): Promise<R[] | string> {
   const { bl, bytes, o } = x;
   const addrs = bl.hosts.map((h) => h.addr).join(",");
-  const timeout = timeoutFor(bytes, o.rounds, bl.hosts.length, x.shaper?.params.rate_bps ?? null);
+  const timeout = timeoutFor(bytes, o.rounds + o.warmup, bl.hosts.length, x.shaper?.params.rate_bps ?? null);
   const exits = await waitAll(bl.hosts.map((h, i) => bl.lab.spawn(h.node, [...o.self, ...args(i, addrs)])), timeout, gaveUp);
   const fail = firstFailure(exits, timeout);
   if (fail) return fail;
@@ -367,7 +371,7 @@ async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome>
   const { bl, bytes, o } = x;
   const got = await runRanks<NodeReport>(x, (i, addrs) => [
     "swarm", "--iface", IF, "--peers", addrs, "--rank", String(i), "--synthetic", String(bytes),
-    "--rounds", String(o.rounds), "--verify", "--mode", o.mode, "--rx", o.rx, "--json", ...(x.backToBack ? ["--back-to-back"] : []),
+    "--rounds", String(o.rounds), "--warmup", String(o.warmup), "--verify", "--mode", o.mode, "--rx", o.rx, "--json", ...(x.backToBack ? ["--back-to-back"] : []),
     ...(bits !== 16 ? ["--bits", String(bits)] : []),
     ...(o.window !== undefined ? ["--window", String(o.window)] : []),
   ], "all");
@@ -375,7 +379,7 @@ async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome>
   for (const ino of bl.inodes) rmSync(join(BPFFS, "ainftp", `netns-${ino}`), { recursive: true, force: true });
   const base: Outcome = {
     label: bits === 16 ? "ainftp" : `ainftp ${bits}-bit`, version: `${pkg.version}, XDP ${o.mode}, results via ${o.rx === "map" ? "mmapped map" : "AF_XDP"}, ${bits} bits per value`, status: "ok",
-    reason: null, verified: null, warmup: 1, round_times_ms: [], counters: () => noCounters, detail: null,
+    reason: null, verified: null, warmup: o.warmup, round_times_ms: [], counters: () => noCounters, detail: null,
   };
   if (typeof got === "string") return { ...base, status: "failed", reason: got };
   const reports = got;
@@ -395,11 +399,11 @@ async function runTcp(x: RunContext): Promise<Outcome> {
   const { bytes, o } = x;
   const got = await runRanks<TcpRingReport>(x, (i, addrs) => [
     "bench", "node", "tcp", "--", "--peers", addrs, "--rank", String(i), "--size", String(bytes), "--rounds", String(o.rounds), "--json",
-    ...(x.tcpWarmup !== undefined ? ["--warmup", String(x.tcpWarmup)] : []), ...(x.backToBack ? ["--back-to-back"] : []),
+    "--warmup", String(o.warmup), ...(x.backToBack ? ["--back-to-back"] : []),
   ], "last-line");
   const base: Outcome = {
     label: "tcp ring", version: "built in: ring all-reduce, C, TCP_NODELAY, pipelined 64 KiB", status: "ok", reason: null, verified: null,
-    warmup: 3, round_times_ms: [], counters: () => noCounters, detail: null,
+    warmup: o.warmup, round_times_ms: [], counters: () => noCounters, detail: null,
   };
   if (typeof got === "string") return { ...base, status: "failed", reason: got };
   const reports = got;
@@ -421,11 +425,11 @@ async function runPeer(x: RunContext, system: "gloo" | "mpi"): Promise<Outcome> 
   const once = async () =>
     (
       await runBaselines({
-        peers, sizes: [bytes], rounds: o.rounds, systems: [system], lab: { lab: bl.lab, hosts: bl.hosts, bridge: bl.bridge }, backToBack: x.backToBack,
+        peers, sizes: [bytes], rounds: o.rounds, warmup: o.warmup, systems: [system], lab: { lab: bl.lab, hosts: bl.hosts, bridge: bl.bridge }, backToBack: x.backToBack,
         // Gloo: four torch imports took over 45 s at load 22; mpirun starts in seconds, and its
         // occasional silent hang is cut short and tried again (below)
-        timeoutMs: (system === "gloo" ? 90_000 : 45_000) + Math.ceil((o.rounds + 3) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)) +
-          (x.shaper ? Math.ceil((o.rounds + 3) * ((2 * bytes * 8) / x.shaper.params.rate_bps) * 1000 * 3) : 0),
+        timeoutMs: (system === "gloo" ? 90_000 : 45_000) + Math.ceil((o.rounds + o.warmup) * Math.max(1, bytes / 2 ** 20) * 40 * Math.max(1, peers / 2)) +
+          (x.shaper ? Math.ceil((o.rounds + o.warmup) * ((2 * bytes * 8) / x.shaper.params.rate_bps) * 1000 * 3) : 0),
         log: (l) => x.log(l),
       })
     )[0];
@@ -447,7 +451,7 @@ async function runPeer(x: RunContext, system: "gloo" | "mpi"): Promise<Outcome> 
     verified: r.verified,
     warmup: r.warmup,
     round_times_ms: r.round_ms,
-    counters: (w) => untrackedCounters(w ? w.ioBytes / peers / rounds : null, bytes, peers),
+    counters: (w) => untrackedCounters(w ? w.ioBytes / peers / (w.timedOnly ? o.rounds : rounds) : null, bytes, peers),
     detail: { launch: r.launch ?? null, ranks: r.ranks.map(({ round_ms, ...k }) => k), loadavg: r.loadavg ?? null },
   };
 }
@@ -479,15 +483,22 @@ async function measured(x: RunContext, system: SystemName, run: () => Promise<Ou
   const net0 = readHosts();
   const soft0 = readSoftirqs();
   const q0 = x.shaper?.stats() ?? null;
-  const sampler = new Sampler({ inodes: bl.inodes, ifname: IF, intervalMs: 5 }).start();
+  // each rank marks the end of its warm-up here (TIMED_ENV): the window then sums the timed rounds alone
+  const timedDir = mkdtempSync(join(bl.lab.tmp, `timed-${system}-`));
+  process.env[TIMED_ENV] = timedDir;
+  const sampler = new Sampler({ inodes: bl.inodes, ifname: IF, intervalMs: 5, timedDir, timedCount: bl.hosts.length }).start();
   const t0 = performance.now();
   let out: Outcome;
   let samples: WindowSample[] = [];
+  let timedMarks = 0;
   try {
     out = await run();
   } finally {
     samples = sampler.stop();
+    delete process.env[TIMED_ENV];
     killLabProcs(bl.lab);
+    timedMarks = readdirSync(timedDir).length;
+    rmSync(timedDir, { recursive: true, force: true });
   }
   const wallMs = performance.now() - t0;
   const soft1 = readSoftirqs();
@@ -496,7 +507,7 @@ async function measured(x: RunContext, system: SystemName, run: () => Promise<Ou
   const ran = out.status === "ok";
   const rounds = { warmup: out.warmup, rounds: o.rounds };
   const wire = ran ? wireCounts(net0, net1, bl.hosts.length, dataRounds(rounds), o.mtu) : null;
-  const window = ran ? summarize(samples, ACTIVE_BYTES) : null;
+  const window = ran ? { ...summarize(samples, ACTIVE_BYTES), timedMarks } : null;
   const sum = (a: number[] | null) => (a ?? []).reduce((s, v) => s + v, 0);
   const r: SystemRun = {
     system, label: out.label, version: out.version, status: out.status, reason: out.reason, verified: out.verified,
@@ -587,6 +598,7 @@ export function validateOptions(o: BenchOptions): void {
   if (!o.sizes.length || o.sizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4)) throw bad("sizes must be positive multiples of 4 bytes (float32)");
   if (o.shapedSizes && (!o.shapedSizes.length || o.shapedSizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4))) throw bad("shaped sizes must be positive multiples of 4 bytes (float32)");
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw bad(`rounds ${o.rounds} is not a positive integer`);
+  if (o.warmup !== undefined && (!Number.isInteger(o.warmup) || o.warmup < 0 || o.warmup > 1000)) throw bad(`warm-up ${o.warmup} is not an integer in 0..1000`, "e.g. --warmup 10 (the default)");
   if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > MAX_MTU) throw bad(`MTU ${o.mtu} is not in 576..${MAX_MTU}`, "veth takes up to 65535 with the frags-aware program");
   if (o.rx === "xsk" && chunkElemsForMtu(o.mtu) > ELEMS_ONE_PAGE)
     throw bad(`--rx xsk takes frames of one page (an AF_XDP frame is one UMEM page); MTU ${o.mtu} makes them larger`, "add --mtu 3504 (or run with --rx map)");
@@ -600,7 +612,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   if (!canUseNetns())
     throw new AinftpError("bench", "needs root with network namespaces (ip netns, nsenter) and XDP", { errno: 1, hint: "run it as root: sudo ainftp bench" });
   const o = {
-    ...opts, micro: opts.micro ?? true, self: opts.self ?? selfCommand(), linkRates: opts.linkRates ?? [null], backToBack: opts.backToBack ?? false,
+    ...opts, warmup: opts.warmup ?? DEFAULT_WARMUP, micro: opts.micro ?? true, self: opts.self ?? selfCommand(), linkRates: opts.linkRates ?? [null], backToBack: opts.backToBack ?? false,
     shapedSizes: opts.shapedSizes ?? opts.sizes,
   };
   const emit = o.onProgress ?? (() => {});
@@ -720,8 +732,9 @@ async function measureStraggler(x: RunContext, undelayed: number | null): Promis
   let line: LinkDelay | null = null;
   try {
     line = await delayHostLink(bl.lab, bl.bridge, slow, STRAGGLER_DELAY_MS, x.o.self);
-    const a = await runAinftp({ ...x, o: { ...x.o, rounds: STRAGGLER_ROUNDS.ainftp }, exclude: slow });
-    const t = await runTcp({ ...x, o: { ...x.o, rounds: STRAGGLER_ROUNDS.tcp }, tcpWarmup: 1 });
+    // one warm-up round each: a ring round takes seconds through the delay
+    const a = await runAinftp({ ...x, o: { ...x.o, rounds: STRAGGLER_ROUNDS.ainftp, warmup: 1 }, exclude: slow });
+    const t = await runTcp({ ...x, o: { ...x.o, rounds: STRAGGLER_ROUNDS.tcp, warmup: 1 } });
     if (!(line.stats()?.delayed ?? 0)) return { ...base, reason: "the delay line passed no frame" };
     for (const [name, r] of [["ainftp", a], ["tcp ring", t]] as const)
       if (r.status !== "ok") return { ...base, reason: `${name} failed with the delay: ${r.reason}` };

@@ -8,8 +8,11 @@
 // *active* when the lab's interfaces moved at least `activeBytes`: summing
 // only those leaves out start-up (a torch import, the XDP verifier), the
 // verification between rounds and idle waits, which no system should be
-// charged for as networking. summarize() is pure, so the accounting is
-// tested on canned samples.
+// charged for as networking. When the ranks mark the end of their warm-up
+// (a file each in `timedDir`, named in AINFTP_BENCH_TIMED), only the
+// intervals that start after every rank's mark count: the timed rounds,
+// without the warm-up (a JIT still compiling, connections being set up).
+// summarize() is pure, so the accounting is tested on canned samples.
 import { closeSync, openSync, readdirSync, readlinkSync, readSync } from "node:fs";
 import { USER_HZ, parseSoftirqs } from "./proc.ts";
 
@@ -43,6 +46,8 @@ export interface WindowSample {
   softirqTicks: number;
   /** Context switches of all CPUs since boot (/proc/stat ctxt). */
   ctxt: number;
+  /** Every rank had marked the end of its warm-up when this sample was taken (absent: no marks asked for). */
+  timed?: boolean;
 }
 
 export interface WindowSummary {
@@ -67,17 +72,26 @@ export interface WindowSummary {
   cpuMsAll: number;
   /** Longest gap between two samples: the sampler's own resolution under load. */
   maxIntervalMs: number;
+  /** The sums cover the timed rounds alone (the ranks marked the end of their warm-up); false: the whole run. */
+  timedOnly: boolean;
+  /** Ranks that marked the end of their warm-up, counted at the end of the run (the bench sets it). */
+  timedMarks?: number;
 }
 
 /**
  * Sums the active intervals of a sample series. A process counts in an
  * interval only if it is in both samples (a new one's earlier time is
  * start-up; an exited one's last slice is lost); likewise a namespace.
+ * When some sample saw every rank's warm-up mark, an interval counts only
+ * if it starts at or after the first such sample (timedOnly); when none of
+ * those moved enough (timed rounds shorter than the sampling), the whole
+ * run counts, as without marks.
  */
-export function summarize(samples: WindowSample[], activeBytes: number): WindowSummary {
+export function summarize(samples: WindowSample[], activeBytes: number, marks = true): WindowSummary {
   const s: WindowSummary = {
     intervals: 0, activeIntervals: 0, sampledMs: 0, activeMs: 0, cpuMs: 0, softirqMs: 0, netRx: 0, netTx: 0,
     ioBytes: 0, wireBytes: 0, rxBytes: 0, rxPackets: 0, ctxSwitches: 0, cpuMsAll: 0, maxIntervalMs: 0,
+    timedOnly: marks && samples.some((x) => x.timed === true),
   };
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1];
@@ -108,7 +122,7 @@ export function summarize(samples: WindowSample[], activeBytes: number): WindowS
     s.sampledMs += dt;
     s.cpuMsAll += cpuNs / 1e6;
     s.maxIntervalMs = Math.max(s.maxIntervalMs, dt);
-    if (wire < activeBytes) continue;
+    if (wire < activeBytes || (s.timedOnly && !a.timed)) continue;
     s.activeIntervals++;
     s.activeMs += dt;
     s.cpuMs += cpuNs / 1e6;
@@ -121,7 +135,7 @@ export function summarize(samples: WindowSample[], activeBytes: number): WindowS
     s.rxPackets += rxp;
     s.ctxSwitches += b.ctxt - a.ctxt;
   }
-  return s;
+  return s.timedOnly && s.activeIntervals === 0 ? summarize(samples, activeBytes, false) : s;
 }
 
 // ---- parsing the files ----------------------------------------------------------------
@@ -175,6 +189,9 @@ export interface SamplerOptions {
   intervalMs?: number;
   /** How often to look for new processes in the namespaces; default 100 ms. */
   scanMs?: number;
+  /** Where the ranks mark the end of their warm-up (a file each), and how many marks mean all. */
+  timedDir?: string;
+  timedCount?: number;
 }
 
 /** Processes in the given network namespaces (by /proc/PID/ns/net), this one excluded. */
@@ -256,6 +273,7 @@ export class Sampler {
   private files = new ProcFiles();
   private readonly inodes: Set<string>;
   private readonly scanMs: number;
+  private timed = false;
 
   constructor(private o: SamplerOptions) {
     this.inodes = new Set([...o.inodes].map((i) => `net:[${i}]`));
@@ -309,9 +327,18 @@ export class Sampler {
     }
     const soft = parseSoftirqs(this.files.read("/proc/softirqs") ?? "");
     const sum = (x: number[] | null) => (x ? x.reduce((a, b) => a + b, 0) : 0);
+    const { timedDir, timedCount } = this.o;
+    if (timedDir && !this.timed) {
+      try {
+        this.timed = readdirSync(timedDir).length >= (timedCount ?? 1);
+      } catch {
+        // not made yet
+      }
+    }
     this.samples.push({
       tMs, procs, ns, netRx: sum(soft.netRx), netTx: sum(soft.netTx),
       ...parseStatSoftirqCtxt(this.files.read("/proc/stat") ?? ""),
+      ...(timedDir ? { timed: this.timed } : {}),
     });
   }
 }

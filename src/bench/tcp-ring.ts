@@ -13,6 +13,7 @@ import {
 import { AinftpError } from "../errors.ts";
 import { be32ToIpv4, ipv4ToBe32 } from "../transport.ts";
 import { parseSize } from "../units.ts";
+import { markTimed } from "./timed.ts";
 
 /** Port every rank listens on unless its peer entry says addr:port. */
 export const TCP_RING_PORT = 47200;
@@ -297,6 +298,7 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
     ring.barrier();
     ring.allreduce(x);
   }
+  markTimed(o.rank);
   const times: number[] = [];
   let maxErr = 0;
   const totals = { sendCalls: 0, recvCalls: 0, polls: 0, yields: 0, bytesSent: 0, bytesReceived: 0 } satisfies TcpRingCounters;

@@ -284,7 +284,8 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
-      trace?.push(`plan@${T()}`);
+      trace?.push(`exps@${(st.expsDoneAt - st.t0).toFixed(1)}`, `plan@${T()}`);
+      if (trace && st.leader === h.rank) trace.push(`in@${[...st.expsAt].map((t) => (t ? t - st.t0 : NaN).toFixed(1)).join("/")}`);
       const cleared = clearForeign(h, st, bankBase);
       if (cleared) trace?.push(`cleared:${cleared}`);
       if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
