@@ -15,7 +15,7 @@ import {
   ainftpCounters, ainftpSendBytes, bestRatio, computeMetrics, machineRows, metricRows, tcpCounters, untrackedCounters,
   type SystemRun,
 } from "../src/bench/rows.ts";
-import { SCHEMA_ID, liveLabNames, runBench, scalingRows, slowestPerRound, wireCounts, type BenchResult } from "../src/bench/run.ts";
+import { SCHEMA_ID, defaultWarmup, liveLabNames, runBench, scalingRows, slowestPerRound, wireCounts, type BenchResult } from "../src/bench/run.ts";
 import { parseNetDev, parseProcIo, parseSchedstat, parseStatSoftirqCtxt, summarize, type WindowSample } from "../src/bench/sampler.ts";
 import { TIMED_ENV, markTimed } from "../src/bench/timed.ts";
 import { BENCH_SCHEMA, validate, validateBenchJson } from "../src/bench/schema.ts";
@@ -125,6 +125,13 @@ describe("sampler windows", () => {
     // no mark ever seen: the whole run counts, as without marks
     s.forEach((x) => (x.timed = false));
     expect(summarize(s, 32 * 1024)).toMatchObject({ timedOnly: false, activeIntervals: 3 });
+  });
+
+  test("the default warm-up: at least 10 rounds and 64 MiB, at most 100 rounds, every system alike", () => {
+    expect(defaultWarmup(16 * MiB)).toBe(10);
+    expect(defaultWarmup(1 * MiB)).toBe(64);
+    expect(defaultWarmup(64 * 1024)).toBe(100);
+    expect(defaultWarmup(1024 * MiB)).toBe(10);
   });
 
   test("a rank's mark: a file named for its rank in $AINFTP_BENCH_TIMED, nothing when unset", () => {

@@ -40,8 +40,12 @@ export const DEFAULT_SUBNET = "10.213.91";
 export const DEFAULT_MTU = 9000;
 export const DEFAULT_ROUNDS = 20;
 /** Untimed rounds before the timed ones, the same for every system: ainftp's JavaScript is still being
- * compiled in its first rounds (its CPU per round fell by a third between 1 and 10 warm-up rounds, 16 MiB). */
-export const DEFAULT_WARMUP = 10;
+ * compiled in its first rounds (its CPU per round fell by a third between 1 and 10 warm-up rounds at
+ * 16 MiB; at 1 MiB its median round still fell between 10 and 30). The JIT warms with work done, not
+ * rounds: at least 10 rounds and 64 MiB, at most 100 rounds. */
+export function defaultWarmup(bytes: number): number {
+  return Math.min(100, Math.max(10, Math.ceil((64 * 2 ** 20) / bytes)));
+}
 /** veth's largest MTU with native XDP and a frags-aware program (one IPv4 packet). */
 export const MAX_MTU = 65535;
 /** The default run's regimes: the CPU-bound lab, and each host's link at 1 Gbit/s (docs/bench.md, "Shaped links"). */
@@ -59,7 +63,7 @@ export interface BenchOptions {
   /** Gradient sizes in bytes (multiples of 4). */
   sizes: number[];
   rounds: number;
-  /** Untimed rounds before the timed ones, every system alike (default DEFAULT_WARMUP). */
+  /** Untimed rounds before the timed ones, every system alike (default defaultWarmup(size)). */
   warmup?: number;
   /** Peers to compare with; ainftp always runs. */
   baselines: BaselineName[];
@@ -598,7 +602,7 @@ export function validateOptions(o: BenchOptions): void {
   if (!o.sizes.length || o.sizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4)) throw bad("sizes must be positive multiples of 4 bytes (float32)");
   if (o.shapedSizes && (!o.shapedSizes.length || o.shapedSizes.some((b) => !Number.isInteger(b) || b < 4 || b % 4))) throw bad("shaped sizes must be positive multiples of 4 bytes (float32)");
   if (!Number.isInteger(o.rounds) || o.rounds < 1) throw bad(`rounds ${o.rounds} is not a positive integer`);
-  if (o.warmup !== undefined && (!Number.isInteger(o.warmup) || o.warmup < 0 || o.warmup > 1000)) throw bad(`warm-up ${o.warmup} is not an integer in 0..1000`, "e.g. --warmup 10 (the default)");
+  if (o.warmup !== undefined && (!Number.isInteger(o.warmup) || o.warmup < 0 || o.warmup > 1000)) throw bad(`warm-up ${o.warmup} is not an integer in 0..1000`, "e.g. --warmup 10");
   if (!Number.isInteger(o.mtu) || o.mtu < 576 || o.mtu > MAX_MTU) throw bad(`MTU ${o.mtu} is not in 576..${MAX_MTU}`, "veth takes up to 65535 with the frags-aware program");
   if (o.rx === "xsk" && chunkElemsForMtu(o.mtu) > ELEMS_ONE_PAGE)
     throw bad(`--rx xsk takes frames of one page (an AF_XDP frame is one UMEM page); MTU ${o.mtu} makes them larger`, "add --mtu 3504 (or run with --rx map)");
@@ -612,7 +616,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   if (!canUseNetns())
     throw new AinftpError("bench", "needs root with network namespaces (ip netns, nsenter) and XDP", { errno: 1, hint: "run it as root: sudo ainftp bench" });
   const o = {
-    ...opts, warmup: opts.warmup ?? DEFAULT_WARMUP, micro: opts.micro ?? true, self: opts.self ?? selfCommand(), linkRates: opts.linkRates ?? [null], backToBack: opts.backToBack ?? false,
+    ...opts, micro: opts.micro ?? true, self: opts.self ?? selfCommand(), linkRates: opts.linkRates ?? [null], backToBack: opts.backToBack ?? false,
     shapedSizes: opts.shapedSizes ?? opts.sizes,
   };
   const emit = o.onProgress ?? (() => {});
@@ -649,7 +653,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         if (shaper) log(`links: tbf ${formatRate(rate)} on every host's eth0 and bridge port (burst ${formatSize(shaper.params.burst_bytes)}, queue ${formatSize(shaper.params.limit_bytes)})`);
         try {
           for (const bytes of rate === null ? o.sizes : o.shapedSizes) {
-            const x: RunContext = { o, bl, bytes, log, shaper };
+            const x: RunContext = { o: { ...o, warmup: o.warmup ?? defaultWarmup(bytes) }, bl, bytes, log, shaper };
             const sys: SystemRun[] = [];
             for (const s of systems) {
               const one = async (b2b: boolean) => {
@@ -677,7 +681,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         const label = `straggler · ${peers} hosts · ${formatSize(stragglerBytes)} · host ${peers - 1}'s link delayed ${STRAGGLER_DELAY_MS} ms · ainftp and tcp ring`;
         emit({ kind: "step", index: ++step, total, label });
         const undelayed = runs.find((r) => r.peers === peers && r.bytes === stragglerBytes && (r.link_rate_bps ?? null) === null)?.systems.find((s) => s.system === "ainftp")?.round_ms?.median ?? null;
-        straggler = await measureStraggler({ o, bl, bytes: stragglerBytes, log }, undelayed);
+        straggler = await measureStraggler({ o: { ...o, warmup: 1 }, bl, bytes: stragglerBytes, log }, undelayed);
         emit({ kind: "done", index: step, total, label: "straggler", summary: straggler.status === "n/a" ? `n/a: ${straggler.reason}`
           : `ainftp ${straggler.round_ms_median?.toFixed(1)} ms (undelayed ${straggler.undelayed_round_ms_median?.toFixed(1) ?? "n/a"}), tcp ring ${straggler.tcp_round_ms_median?.toFixed(0) ?? "n/a"} ms` });
       }
