@@ -105,6 +105,9 @@ describe("sampler windows", () => {
     expect(w.cpuMsAll).toBeCloseTo(13, 6);
     expect(w.softirqMs).toBeCloseTo(30, 6); // 3 ticks of USER_HZ 100
     expect(w.timedOnly).toBe(false);
+    expect(w.ksoftirqdMs).toBeUndefined(); // not sampled
+    s.forEach((x, i) => (x.ksoftirqdNs = [0, 2e6, 2.5e6, 5e6][i]));
+    expect(summarize(s, 32 * 1024).ksoftirqdMs).toBeCloseTo(4.5, 6); // 2 + 2.5 ms in the two active intervals
   });
 
   test("once every rank marked the end of its warm-up, only the intervals after it count", () => {
@@ -179,6 +182,13 @@ describe("row methods", () => {
     expect(m.cpu_share_of_core_per_host).toBe(0.5); // 2000 ms in 1000 ms over 4 hosts
     expect(m.copy_bytes_per_host_per_round).toBe(48 * MiB);
     expect(m.copies_per_byte_received).toBe(2);
+  });
+
+  test("CPU per round: the ranks' CPU + ksoftirqd's when sampled (softirq in a rank's context is in its CPU already)", () => {
+    const base = cannedRun("tcp");
+    const r = cannedRun("tcp", { window: { ...base.window!, ksoftirqdMs: 100 } });
+    expect(r.metrics.cpu_ms_per_round).toBe(160); // (1500 + 100) / 10, not + the 500 ms of softirq ticks
+    expect(base.metrics.cpu_ms_per_round).toBe(200); // not sampled: the softirq ticks, as before
   });
 
   test("CPU per round over the timed rounds alone when the window covers them alone (the ranks' warm-up marks)", () => {

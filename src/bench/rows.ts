@@ -213,7 +213,9 @@ export function computeMetrics(r: SystemRun, ctx: MetricContext): { metrics: Met
   else na.hw_irqs_per_s = "not counted";
 
   if (w && activeS > 0) {
-    const cpu = w.cpuMs + w.softirqMs;
+    // the ranks' CPU (softirq work in their context included) + ksoftirqd's, when sampled; else the
+    // softirq ticks of all CPUs, which count that in-context work a second time (an upper bound)
+    const cpu = w.cpuMs + (w.ksoftirqdMs ?? w.softirqMs);
     m.cpu_ms_per_round = cpu / (w.timedOnly ? r.rounds : rounds);
     m.cpu_share_of_core_per_host = cpu / w.activeMs / ctx.peers;
   } else {

@@ -13,7 +13,7 @@
 // intervals that start after every rank's mark count: the timed rounds,
 // without the warm-up (a JIT still compiling, connections being set up).
 // summarize() is pure, so the accounting is tested on canned samples.
-import { closeSync, openSync, readdirSync, readlinkSync, readSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from "node:fs";
 import { USER_HZ, parseSoftirqs } from "./proc.ts";
 
 export interface ProcSample {
@@ -48,6 +48,8 @@ export interface WindowSample {
   ctxt: number;
   /** Every rank had marked the end of its warm-up when this sample was taken (absent: no marks asked for). */
   timed?: boolean;
+  /** ns on the CPU of the ksoftirqd threads, all CPUs (absent: not read). */
+  ksoftirqdNs?: number;
 }
 
 export interface WindowSummary {
@@ -60,6 +62,9 @@ export interface WindowSummary {
   /** Totals over the active intervals. */
   cpuMs: number;
   softirqMs: number;
+  /** CPU of the ksoftirqd threads: softirq work deferred out of any rank's context (the rest runs in the
+   * rank that raised it and is in cpuMs: this kernel has no IRQ_TIME_ACCOUNTING). Absent: not sampled. */
+  ksoftirqdMs?: number;
   netRx: number;
   netTx: number;
   ioBytes: number;
@@ -93,6 +98,7 @@ export function summarize(samples: WindowSample[], activeBytes: number, marks = 
     ioBytes: 0, wireBytes: 0, rxBytes: 0, rxPackets: 0, ctxSwitches: 0, cpuMsAll: 0, maxIntervalMs: 0,
     timedOnly: marks && samples.some((x) => x.timed === true),
   };
+  if (samples.length && samples.every((x) => x.ksoftirqdNs !== undefined)) s.ksoftirqdMs = 0;
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1];
     const b = samples[i];
@@ -127,6 +133,7 @@ export function summarize(samples: WindowSample[], activeBytes: number, marks = 
     s.activeMs += dt;
     s.cpuMs += cpuNs / 1e6;
     s.softirqMs += ((b.softirqTicks - a.softirqTicks) * 1000) / USER_HZ;
+    if (s.ksoftirqdMs !== undefined) s.ksoftirqdMs += Math.max(0, b.ksoftirqdNs! - a.ksoftirqdNs!) / 1e6;
     s.netRx += b.netRx - a.netRx;
     s.netTx += b.netTx - a.netTx;
     s.ioBytes += io;
@@ -215,6 +222,26 @@ export function pidsInNamespaces(inodes: Set<string>): Map<number, string> {
   return out;
 }
 
+/** /proc/PID/schedstat of each ksoftirqd/N kernel thread. */
+export function ksoftirqdThreads(): string[] {
+  const out: string[] = [];
+  let dirs: string[] = [];
+  try {
+    dirs = readdirSync("/proc");
+  } catch {
+    return out;
+  }
+  for (const d of dirs) {
+    if (d.charCodeAt(0) > 57) continue;
+    try {
+      if (readFileSync(`/proc/${d}/comm`, "latin1").startsWith("ksoftirqd/")) out.push(`/proc/${d}/schedstat`);
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
 function threadsOf(pid: number): number[] {
   try {
     return readdirSync(`/proc/${pid}/task`).map(Number);
@@ -274,6 +301,8 @@ export class Sampler {
   private readonly inodes: Set<string>;
   private readonly scanMs: number;
   private timed = false;
+  /** The ksoftirqd threads' schedstat files (found once: one per CPU, they never exit). */
+  private readonly ksoftirqd = ksoftirqdThreads();
 
   constructor(private o: SamplerOptions) {
     this.inodes = new Set([...o.inodes].map((i) => `net:[${i}]`));
@@ -300,7 +329,7 @@ export class Sampler {
       // threads are listed with the processes (a thread started since counts from the next scan)
       this.pids = pidsInNamespaces(this.inodes);
       this.tids = new Map([...this.pids.keys()].map((pid) => [pid, threadsOf(pid)]));
-      this.files.keepOnly(["/proc/softirqs", "/proc/stat", ...[...this.pids.keys()].map((p) => `/proc/${p}/`)]);
+      this.files.keepOnly(["/proc/softirqs", "/proc/stat", ...this.ksoftirqd, ...[...this.pids.keys()].map((p) => `/proc/${p}/`)]);
       this.lastScan = tMs;
     }
     const procs: Record<number, ProcSample> = {};
@@ -335,8 +364,14 @@ export class Sampler {
         // not made yet
       }
     }
+    let kns = 0;
+    for (const path of this.ksoftirqd) {
+      const t = this.files.read(path);
+      if (t !== null) kns += parseSchedstat(t);
+    }
     this.samples.push({
       tMs, procs, ns, netRx: sum(soft.netRx), netTx: sum(soft.netTx),
+      ...(this.ksoftirqd.length ? { ksoftirqdNs: kns } : {}),
       ...parseStatSoftirqCtxt(this.files.read("/proc/stat") ?? ""),
       ...(timedDir ? { timed: this.timed } : {}),
     });

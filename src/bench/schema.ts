@@ -49,8 +49,8 @@ const quantiles = obj({ median: num, p10: num, p90: num, p99: num });
 
 const window = obj({
   intervals: int, activeIntervals: int, sampledMs: num, activeMs: num, cpuMs: num, softirqMs: num, netRx: num, netTx: num,
-  ioBytes: num, wireBytes: num, rxBytes: num, rxPackets: num, ctxSwitches: num, cpuMsAll: num, maxIntervalMs: num, timedOnly: bool, timedMarks: int,
-}, { optional: ["timedMarks"] });
+  ioBytes: num, wireBytes: num, rxBytes: num, rxPackets: num, ctxSwitches: num, cpuMsAll: num, maxIntervalMs: num, timedOnly: bool, timedMarks: int, ksoftirqdMs: num,
+}, { optional: ["timedMarks", "ksoftirqdMs"] });
 
 const wire = obj({
   tx_bytes_per_host_per_round: num, rx_bytes_per_host_per_round: num, tx_packets_per_host_per_round: num,
