@@ -165,6 +165,10 @@ export const TUNING = {
   TELL_MS: 1,
   /** "Under loss": RACK fired in this round or the last LOSSY_ROUNDS (recovery.ts lossSeen). */
   LOSSY_ROUNDS: 8,
+  /** A member's tail ask (recovery.ts askDue): under loss, with every contribution sent and at most
+   * TELL_TAIL results missing, it asks their owners by name this long after the last progress (no
+   * sooner than an owner resends a result: RESULT_FRESH_MS). */
+  ASK_MS: 2,
   SEND_PIECE: 44,
   /** Lateness: a member that misses a plan (its exponents not there when the
    * leader decides) gains a point, one that makes it loses one. At

@@ -23,6 +23,7 @@ import { myExps, sendExps } from "./exchange.ts";
 import { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
+import { unsent } from "./sender.ts";
 
 const { CACHE_ROUNDS, CACHE_ROUNDS_MIN, CACHE_BYTES } = TUNING;
 
@@ -189,6 +190,39 @@ export function tellDue(h: Host, st: RoundState): number {
   return open > 0 && open <= TUNING.TELL_TAIL ? st.toldAt + TUNING.TELL_MS : Infinity;
 }
 
+/** When the member's tail ask is next due (Infinity: not now). Under loss
+ * (lossSeen), once every contribution of ours is sent and at most TELL_TAIL
+ * results are missing: ASK_MS after the last progress (or the last ask),
+ * their owners are asked by name, as the probe asks, without waiting for
+ * the probe timer (2·srtt, which a loaded host's round-trips stretch to
+ * tens of ms). A result whose slot completed is sent again; an owner still
+ * waiting says for whom (statusFromOwner). Members send in list order and
+ * owners answer in slot order, so by then a missing last result was lost. */
+export function askDue(h: Host, st: RoundState): number {
+  if (!st.sent || st.passive || !lossSeen(h, st) || unsent(h, st)) return Infinity;
+  const lacking = st.nchunks - st.owned.length - st.resultsSeen;
+  return lacking > 0 && lacking <= TUNING.TELL_TAIL ? Math.max(st.lastProgress, st.askedAt) + TUNING.ASK_MS : Infinity;
+}
+
+/** The member's tail ask (askDue): each owner, by name, for the results we lack. */
+export function askTail(h: Host, st: RoundState, bankBase: number): void {
+  st.askedAt = h.clock.now();
+  const m = Math.min(missingResults(h, st, bankBase), h.capacity);
+  const byOwner = new Map<number, number[]>();
+  for (let i = 0; i < m; i++) {
+    const c = h.chunkList[i];
+    const o = ownerOf(st, c);
+    if (o === h.rank) continue;
+    let l = byOwner.get(o);
+    if (!l) byOwner.set(o, (l = []));
+    if (l.length < REQ_CHUNKS) l.push(c);
+  }
+  for (const [o, list] of byOwner) {
+    askResults(h, o, st.r, list);
+    st.probedAt[o] = st.askedAt;
+  }
+}
+
 /** The owner's tail check (tellDue): name the members whose contribution
  * alone our open slots lack. */
 export function tellTail(h: Host, st: RoundState, bankBase: number): void {
@@ -214,8 +248,11 @@ export function statusFromOwner(h: Host, st: RoundState, owner: number, mask: bi
   // lost by the time of the probe the owner answers (else by now): a chunk
   // sent just before the probe may still be on its way (a loaded host's
   // softirq runs late), the owner's answer says nothing of it
+  // (one probe's time, once: a later status, the owner's own tail check
+  // unasked, speaks of the owner's state then, not at that old probe)
   const now = h.clock.now();
   const asOf = st.probedAt[owner] > 0 ? Math.min(now, st.probedAt[owner]) : now;
+  st.probedAt[owner] = 0;
   let late: number[] | null = null;
   for (let k = st.lowest[owner]; k < st.pos[owner]; k++) {
     const c = list[k];

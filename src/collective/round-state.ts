@@ -126,6 +126,8 @@ export interface RoundState extends Plan {
   out: Float32Array;
   /** When our open slots last named the members they lack (recovery.ts tellTail). */
   toldAt: number;
+  /** When we last asked owners for the round's last results (recovery.ts askTail). */
+  askedAt: number;
   /** RACK sent a contribution of ours again in this round (a loss seen, not a slow peer). */
   rackFired: boolean;
   /** 8 and 4 bits: the gather and the residual's inverse, done in the round's waits (early.ts). */
@@ -174,6 +176,6 @@ export function newRoundState(a: NewRound): RoundState {
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),
     lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
-    early: null, toldAt: -Infinity, rackFired: false,
+    early: null, toldAt: -Infinity, askedAt: -Infinity, rackFired: false,
   };
 }

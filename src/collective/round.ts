@@ -8,14 +8,14 @@ import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFromExp
 import { HDR } from "./control.ts";
 import { earlyFor, gatherRest, workEarly } from "./early.ts";
 import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
-import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps } from "./exchange.ts";
+import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps, sendPlan } from "./exchange.ts";
 import { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.ts";
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
 import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
 import { countXskDrops, drainControl, drainEvents, drainXsk, dropForeign, NO_RANK, planAhead } from "./receiver.ts";
-import { missingResults, probe, retransmit, retransmitGaps, tellDue, tellTail } from "./recovery.ts";
+import { askDue, askTail, lossSeen, missingResults, probe, retransmit, retransmitGaps, tellDue, tellTail } from "./recovery.ts";
 import { newRoundState, ownerOf, type RoundState } from "./round-state.ts";
 import { PTO_FLOOR_MS } from "./rtt.ts";
 
@@ -106,7 +106,13 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   // receives one control packet per round instead of one per peer, which
   // keeps socket packets and wake-ups far below the data packets at small
   // sizes (N = 4 at 1 MiB: 1.5 instead of 3).
-  if (st.leader !== h.rank) sendExps(h, st.leader, r, mine);
+  if (st.leader !== h.rank) {
+    sendExps(h, st.leader, r, mine);
+    // under loss, twice: a lost exponent packet held the whole round until
+    // the control timer asked again (4 ms and a wake-up; 1 MiB at 6% loss
+    // per packet lost one of its 6 control packets in 3 rounds of 10)
+    if (lossSeen(h, st)) sendExps(h, st.leader, r, mine);
+  }
   adoptEarly(h, st);
   return st;
 }
@@ -228,6 +234,7 @@ function planReady(h: Host, st: RoundState): boolean {
   if (!turn.decide) return false;
   decidePlan(h, st, turn.have, turn.count, now);
   announcePlan(h, st, turn.count);
+  if (lossSeen(h, st)) for (const p of h.others) sendPlan(h, p, st); // (under loss, twice: as the exponents)
   return true;
 }
 
@@ -370,7 +377,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // whose event the program batches without a wake-up; look every probe
     // floor while ours are open, so their results go out
     const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
-    const tell = tellDue(h, st);
+    const tell = Math.min(tellDue(h, st), askDue(h, st));
     const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own, tell) - now)));
     tp = h.phase("work", tp);
     if (st.early) (workEarly(h, st, bankBase), (tp = h.phase("gather", tp)));
@@ -396,6 +403,10 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     if (st.sent) pump(h, st, x);
     if (tellDue(h, st) <= h.clock.now()) tellTail(h, st, bankBase);
+    if (askDue(h, st) <= h.clock.now()) {
+      if (trace) trace.push(`ask@${T()}`);
+      askTail(h, st, bankBase);
+    }
   }
   h.phase("work", tp);
 }

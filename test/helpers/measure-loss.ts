@@ -3,7 +3,7 @@
 // (clean, impaired, clean, impaired …) so both see the same machine load.
 // Prints per run the median round over all ranks, retransmits, and whether
 // every rank verified and agreed bit for bit with the clean run.
-//   bun test/helpers/measure-loss.ts [--sizes 1MiB,16MiB] [--rounds 30] [--reps 2] [--loss 3] [--dup 2] [--hosts 4]
+//   bun test/helpers/measure-loss.ts [--sizes 1MiB,16MiB] [--rounds 30] [--reps 2] [--loss 3] [--dup 2] [--hosts 4] [--mtu 9000]
 //     [--trace DIR]: runs with AINFTP_TRACE_RECOVERY=1, keeps each rank's
 //     stderr as DIR/<size>-bin<b>-<kind>-<rep>-r<rank>.log and prints, per
 //     run, where the data rounds' time went (breakdown(): when RACK first
@@ -27,6 +27,8 @@ const rounds = Number(arg("rounds", "30"));
 const reps = Number(arg("reps", "2"));
 const loss = Number(arg("loss", "3")), dup = Number(arg("dup", "2"));
 const hosts = Number(arg("hosts", "4"));
+// --mtu M: the links' MTU (default the lab's 1500; the bench runs 9000)
+const mtu = arg("mtu", "") ? Number(arg("mtu", "")) : undefined;
 const extra = arg("extra", "").split(" ").filter(Boolean);
 // --bins A,B: alternate binaries (a baseline and a change), each clean and impaired, interleaved
 const bins = arg("bins", BIN).split(",");
@@ -36,7 +38,7 @@ if (traceDir) mkdirSync(traceDir, { recursive: true });
 
 ensureBuilt();
 const nodes = Array.from({ length: hosts }, (_, i) => `h${i}`);
-const lab = createLab("mloss", nodes, { link: "bridge", subnet: "10.213.77" });
+const lab = createLab("mloss", nodes, { link: "bridge", subnet: "10.213.77", mtu });
 const imp = new PortImpairer(lab, nodes);
 /** One rank's trace line of one data round (round.ts, AINFTP_TRACE_RECOVERY). */
 interface TracedRound { plan: number; own: number; done: number; racks: number[]; polls: number; timers: number }
