@@ -26,7 +26,7 @@ const LOSER = 1, OWNER = 0;
 const LAST = CHUNKS - HOSTS;
 const ASK_MS = TUNING.ASK_MS;
 // TUNING is read-only to the code; the second case turns the ask off here
-const tuning = TUNING as { -readonly [K in keyof typeof TUNING]: number };
+const tuning = TUNING as unknown as { ASK_MS: number };
 
 const field = (d: Uint8Array, off: number, size: 1 | 2 | 4) => {
   const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
