@@ -130,11 +130,11 @@ describe("sampler windows", () => {
     expect(summarize(s, 32 * 1024)).toMatchObject({ timedOnly: false, activeIntervals: 3 });
   });
 
-  test("the default warm-up: at least 10 rounds and 64 MiB, at most 100 rounds, every system alike", () => {
-    expect(defaultWarmup(16 * MiB)).toBe(10);
-    expect(defaultWarmup(1 * MiB)).toBe(64);
-    expect(defaultWarmup(64 * 1024)).toBe(100);
-    expect(defaultWarmup(1024 * MiB)).toBe(10);
+  test("the default warm-up: at least 20 rounds and 256 MiB, at most 100 rounds, every system alike", () => {
+    expect(defaultWarmup(16 * MiB)).toBe(20);
+    expect(defaultWarmup(4 * MiB)).toBe(64);
+    expect(defaultWarmup(1 * MiB)).toBe(100);
+    expect(defaultWarmup(1024 * MiB)).toBe(20);
   });
 
   test("a rank's mark: a file named for its rank in $AINFTP_BENCH_TIMED, nothing when unset", () => {

@@ -41,10 +41,11 @@ export const DEFAULT_MTU = 9000;
 export const DEFAULT_ROUNDS = 20;
 /** Untimed rounds before the timed ones, the same for every system: ainftp's JavaScript is still being
  * compiled in its first rounds (its CPU per round fell by a third between 1 and 10 warm-up rounds at
- * 16 MiB; at 1 MiB its median round still fell between 10 and 30). The JIT warms with work done, not
- * rounds: at least 10 rounds and 64 MiB, at most 100 rounds. */
+ * 16 MiB; at 16 MiB and 4 bits its median was 44.5 ms over the 10 rounds after 10 warm-up rounds and
+ * 37-39 over every 10 after those; at 1 MiB it still fell between 10 and 30). At least 20 rounds and
+ * 256 MiB, at most 100 rounds. */
 export function defaultWarmup(bytes: number): number {
-  return Math.min(100, Math.max(10, Math.ceil((64 * 2 ** 20) / bytes)));
+  return Math.min(100, Math.max(20, Math.ceil((256 * 2 ** 20) / bytes)));
 }
 /** veth's largest MTU with native XDP and a frags-aware program (one IPv4 packet). */
 export const MAX_MTU = 65535;
