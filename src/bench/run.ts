@@ -502,7 +502,11 @@ async function measured(x: RunContext, system: SystemName, run: () => Promise<Ou
     samples = sampler.stop();
     delete process.env[TIMED_ENV];
     killLabProcs(bl.lab);
-    timedMarks = readdirSync(timedDir).length;
+    try {
+      timedMarks = readdirSync(timedDir).length;
+    } catch {
+      // the lab's directory is gone (Ctrl-C): no marks to count
+    }
     rmSync(timedDir, { recursive: true, force: true });
   }
   const wallMs = performance.now() - t0;
