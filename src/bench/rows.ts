@@ -166,7 +166,7 @@ export function dataRounds(r: Pick<SystemRun, "warmup" | "rounds">): number {
  * - NET_RX softirqs: per second of the active window, and per data round over the whole run;
  * - wake-ups per 1000 packets: the system's own count ÷ the packets it received (its own count, or wire frames);
  * - context switches per 1000 packets: /proc/stat ctxt over the active window ÷ the frames received in it;
- * - CPU: the processes' CPU plus softirq time in the active window, per round (the timed rounds when the window
+ * - CPU: the processes' CPU plus the ksoftirqd threads' (else every CPU's softirq ticks) in the active window, per round (the timed rounds when the window
  *   covers them alone: the ranks marked the end of their warm-up; else per data round), and as a share of one core per host;
  * - copies: the system's own syscall payload count, else /proc/PID/io when it is plausible, per host per round, and ÷ the bytes received.
  */

@@ -141,6 +141,24 @@ export function askResults(h: Host, o: number, round: number, list: readonly num
  * guess, so a probe into a round that is merely slow (a peer descheduled
  * on a busy host) costs one small packet per owner. Returns the polls sent. */
 export function probe(h: Host, st: RoundState, bankBase: number): number {
+  const asked = askOwners(h, st, bankBase);
+  // the round's tail: the few slots of ours still open that lack one
+  // member's contribution alone (the others' came: lost, not late). Tell
+  // that member, who sends again what RACK already counts as lost
+  // (statusFromOwner), instead of waiting for its own probe of us. Not
+  // earlier: mid-round (16 MiB) a slot lacking one member is mostly one
+  // whose last contribution is on its way, and members sent whole windows
+  // again (retransmissions +12%, timeouts 3-5x)
+  const open = st.owned.length - st.ownedDoneCount;
+  if (!st.passive && open > 0 && open <= TUNING.TELL_TAIL && lossSeen(h, st)) tellLacking(h, st, lackingAlone(h, st, bankBase));
+  return asked;
+}
+
+/** Asks each owner, by name, for the results we lack of the chunks we sent
+ * it (a passive member: of every chunk), one packet per owner (at most
+ * REQ_CHUNKS), and notes when (statusFromOwner judges the answer as of
+ * then). Returns the owners asked. */
+function askOwners(h: Host, st: RoundState, bankBase: number): number {
   const m = Math.min(missingResults(h, st, bankBase), h.capacity);
   const byOwner = new Map<number, number[]>();
   for (let i = 0; i < m; i++) {
@@ -153,18 +171,9 @@ export function probe(h: Host, st: RoundState, bankBase: number): number {
   }
   const now = h.clock.now();
   for (const [o, list] of byOwner) {
-    askResults(h, o, st.r, list); // (one packet: at most REQ_CHUNKS)
+    askResults(h, o, st.r, list);
     st.probedAt[o] = now;
   }
-  // the round's tail: the few slots of ours still open that lack one
-  // member's contribution alone (the others' came: lost, not late). Tell
-  // that member, who sends again what RACK already counts as lost
-  // (statusFromOwner), instead of waiting for its own probe of us. Not
-  // earlier: mid-round (16 MiB) a slot lacking one member is mostly one
-  // whose last contribution is on its way, and members sent whole windows
-  // again (retransmissions +12%, timeouts 3-5x)
-  const open = st.owned.length - st.ownedDoneCount;
-  if (!st.passive && open > 0 && open <= TUNING.TELL_TAIL && lossSeen(h, st)) tellLacking(h, st, lackingAlone(h, st, bankBase));
   return byOwner.size;
 }
 
@@ -207,20 +216,7 @@ export function askDue(h: Host, st: RoundState): number {
 /** The member's tail ask (askDue): each owner, by name, for the results we lack. */
 export function askTail(h: Host, st: RoundState, bankBase: number): void {
   st.askedAt = h.clock.now();
-  const m = Math.min(missingResults(h, st, bankBase), h.capacity);
-  const byOwner = new Map<number, number[]>();
-  for (let i = 0; i < m; i++) {
-    const c = h.chunkList[i];
-    const o = ownerOf(st, c);
-    if (o === h.rank) continue;
-    let l = byOwner.get(o);
-    if (!l) byOwner.set(o, (l = []));
-    if (l.length < REQ_CHUNKS) l.push(c);
-  }
-  for (const [o, list] of byOwner) {
-    askResults(h, o, st.r, list);
-    st.probedAt[o] = st.askedAt;
-  }
+  askOwners(h, st, bankBase);
 }
 
 /** The owner's tail check (tellDue): name the members whose contribution

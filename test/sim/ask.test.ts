@@ -8,7 +8,7 @@
 // name ASK_MS after the last progress (recovery.ts askDue/askTail). The
 // second case turns the ask off and shows that the test can fail.
 import { afterEach, describe, expect, test } from "bun:test";
-import { CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT } from "../../src/abi.ts";
+import { CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, readHeader } from "../../src/abi.ts";
 import { TUNING } from "../../src/collective/options.ts";
 import { PTO_FLOOR_MS } from "../../src/collective/rtt.ts";
 import { CLEAN, SimWorld, simGradient, simPrograms } from "./world.ts";
@@ -28,11 +28,6 @@ const ASK_MS = TUNING.ASK_MS;
 // TUNING is read-only to the code; the second case turns the ask off here
 const tuning = TUNING as unknown as { ASK_MS: number };
 
-const field = (d: Uint8Array, off: number, size: 1 | 2 | 4) => {
-  const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
-  return size === 1 ? v.getUint8(off) : size === 2 ? v.getUint16(off, true) : v.getUint32(off, true);
-};
-
 describe.skipIf(!root)("the round's tail: a member asks for its last results under loss", () => {
   afterEach(() => {
     tuning.ASK_MS = ASK_MS;
@@ -44,19 +39,20 @@ describe.skipIf(!root)("the round's tail: a member asks for its last results und
       let target = -1, ownLost = -1, droppedAt = -1, askedAt = -1;
       world.drop = (from, to, d) => {
         if (d.length < 32) return false;
-        const type = field(d, 5, 1), round = field(d, 12, 4);
+        // (a control packet carries its kind in `contributors`)
+        const { type, round, flags, chunk, contributors: kind } = readHeader(new DataView(d.buffer, d.byteOffset, d.byteLength), 0);
         // the member's own first contribution to rank 2, in the target round: its RACK fires (loss seen)
-        if (type === PKT_CONTRIB && from === LOSER && to === 2 && round >= 3 && ownLost < 0 && !(field(d, 6, 2) & F_RETRANSMIT)) {
+        if (type === PKT_CONTRIB && from === LOSER && to === 2 && round >= 3 && ownLost < 0 && !(flags & F_RETRANSMIT)) {
           ownLost = round;
           return true;
         }
         // the owner's result of its last chunk to the member, the first time
-        if (type === PKT_RESULT && from === OWNER && to === LOSER && round === ownLost && target < 0 && field(d, 16, 4) === LAST) {
+        if (type === PKT_RESULT && from === OWNER && to === LOSER && round === ownLost && target < 0 && chunk === LAST) {
           target = round;
           droppedAt = world.now;
           return true;
         }
-        if (type === PKT_CONTROL && from === LOSER && to === OWNER && round === target && askedAt < 0 && field(d, 26, 2) === CTRL_RESULT_REQ)
+        if (type === PKT_CONTROL && from === LOSER && to === OWNER && round === target && askedAt < 0 && kind === CTRL_RESULT_REQ)
           askedAt = world.now;
         return false;
       };

@@ -9,7 +9,7 @@
 // the owner's own first contributions is lost in that round too. On a clean
 // network nobody is named unasked (test/collective.test.ts: no resends).
 import { describe, expect, test } from "bun:test";
-import { CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB, PKT_CONTROL } from "../../src/abi.ts";
+import { CTRL_RESULT_REQ, F_RETRANSMIT, PKT_CONTRIB, PKT_CONTROL, readHeader } from "../../src/abi.ts";
 import { RTO_FLOOR_MS } from "../../src/collective/rtt.ts";
 import { CLEAN, SimWorld, simGradient, simPrograms } from "./world.ts";
 
@@ -25,11 +25,6 @@ const LOSER = 1, OWNER = 0;
 // owner 0's chunks are c % 4 == 0 (all four active): its last is 12
 const LAST = CHUNKS - HOSTS;
 
-const field = (d: Uint8Array, off: number, size: 1 | 2 | 4) => {
-  const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
-  return size === 1 ? v.getUint8(off) : size === 2 ? v.getUint16(off, true) : v.getUint32(off, true);
-};
-
 describe.skipIf(!root)("the round's tail: an owner's open slot names the member that lost its contribution", () => {
   for (const askers of ["every member probes", "only the owner's own timer"] as const)
     test(`a member's last contribution to an owner lost, and its probes of the owner too (${askers}): sent again well before the RTO`, async () => {
@@ -37,20 +32,21 @@ describe.skipIf(!root)("the round's tail: an owner's open slot names the member 
       let target = -1, dropped = 0, asks = 0, ownLost = -1;
       world.drop = (from, to, d) => {
         if (d.length < 32) return false;
-        const type = field(d, 5, 1), round = field(d, 12, 4);
+        // (a control packet carries its kind in `contributors`)
+        const { type, round, flags, chunk, contributors: kind } = readHeader(new DataView(d.buffer, d.byteOffset, d.byteLength), 0);
         // the owner's own first contribution to rank 2, in the target round: its RACK fires (loss seen)
-        if (type === PKT_CONTRIB && from === OWNER && to === 2 && round >= 3 && ownLost < 0 && !(field(d, 6, 2) & F_RETRANSMIT)) {
+        if (type === PKT_CONTRIB && from === OWNER && to === 2 && round >= 3 && ownLost < 0 && !(flags & F_RETRANSMIT)) {
           ownLost = round;
           return true;
         }
         if (to !== OWNER) return false;
-        if (type === PKT_CONTRIB && from === LOSER && field(d, 16, 4) === LAST && !(field(d, 6, 2) & F_RETRANSMIT) && target < 0 && round >= 3) {
+        if (type === PKT_CONTRIB && from === LOSER && chunk === LAST && !(flags & F_RETRANSMIT) && target < 0 && round >= 3) {
           target = round;
           dropped++;
           return true;
         }
         // the loser's probes of the owner (and, for the second case, every member's)
-        if (type === PKT_CONTROL && round === target && field(d, 26, 2) === CTRL_RESULT_REQ && (from === LOSER || askers !== "every member probes")) {
+        if (type === PKT_CONTROL && round === target && kind === CTRL_RESULT_REQ && (from === LOSER || askers !== "every member probes")) {
           asks++;
           return true;
         }
