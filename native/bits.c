@@ -387,10 +387,10 @@ HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, 
 /* The forward RHT of src into x and exps[c] of the transformed values (as
  * exps_body would give, without reading x again); the non-finite count. */
 HOT uint32_t rht_exps_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, int8_t *exps,
-			   uint32_t c0, int32_t p, int vec)
+			   int32_t p, int vec)
 {
 	uint32_t nonfinite = 0;
-	for (uint32_t start = 0, c = c0; start < n; start += chunk_elems, c++) {
+	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
 		int32_t m = 0;
 		if (vec) {
@@ -401,7 +401,7 @@ HOT uint32_t rht_exps_body(const float *src, float *x, uint32_t n, uint32_t chun
 			exps_scan(x + start, count, &m, &bad);
 			nonfinite += bad;
 		}
-		exps[c - c0] = exp_of_max_p(m, p);
+		exps[c] = exp_of_max_p(m, p);
 	}
 	return nonfinite;
 }
@@ -413,7 +413,7 @@ struct bits_kernels {
 	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
 	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
 	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
-	uint32_t (*rht_exps)(const float *, float *, uint32_t, uint32_t, uint32_t, int8_t *, uint32_t, int32_t);
+	uint32_t (*rht_exps)(const float *, float *, uint32_t, uint32_t, uint32_t, int8_t *, int32_t);
 	void (*rht_chunk)(float *, uint32_t, uint32_t, uint32_t);
 };
 
@@ -444,9 +444,9 @@ struct bits_kernels {
 		rht_body(src, x, n, ce, seed, inverse, vec);                                                      \
 	}                                                                                                        \
 	attr static uint32_t rht_exps_##isa(const float *src, float *x, uint32_t n, uint32_t ce, uint32_t seed, \
-					    int8_t *exps, uint32_t c0, int32_t p)                               \
+					    int8_t *exps, int32_t p)                                            \
 	{                                                                                                        \
-		return rht_exps_body(src, x, n, ce, seed, exps, c0, p, vec);                                      \
+		return rht_exps_body(src, x, n, ce, seed, exps, p, vec);                                          \
 	}                                                                                                        \
 	attr static void rht_chunk_##isa(float *x, uint32_t count, uint32_t key, uint32_t inverse)              \
 	{                                                                                                        \
@@ -828,18 +828,5 @@ uint32_t ainftp_rht_from_exps(const float *src, float *x, uint32_t n, uint32_t c
 {
 	if (chunk_elems == 0 || (bits != 8 && bits != 4))
 		return AINFTP_QUANT_EINVAL;
-	return kern()->rht_exps(src, x, n, chunk_elems, seed, exps, 0, bits == 8 ? 7 : 3);
-}
-
-/* ainftp_rht_from_exps of a span of whole chunks that starts at chunk c0 of
- * the array: src, x and exps point at the span, and each chunk's transform
- * is keyed by its index in the whole array (the same values and exponents
- * as the whole array's call gives for the span). A round computes its
- * exponents stage by stage this way (src/collective/stages.ts). */
-uint32_t ainftp_rht_from_exps_at(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, int8_t *exps,
-				 uint32_t bits, uint32_t c0)
-{
-	if (chunk_elems == 0 || (bits != 8 && bits != 4))
-		return AINFTP_QUANT_EINVAL;
-	return kern()->rht_exps(src, x, n, chunk_elems, seed, exps, c0, bits == 8 ? 7 : 3);
+	return kern()->rht_exps(src, x, n, chunk_elems, seed, exps, bits == 8 ? 7 : 3);
 }

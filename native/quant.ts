@@ -33,7 +33,6 @@ const quant = openShimTable({
   ainftp_quant_isa: { args: [], returns: T.i32 },
   ...BITS_SYMBOLS,
   ...RHT_FROM_EXPS,
-  ainftp_rht_from_exps_at: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32], returns: T.u32 },
   ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
@@ -202,17 +201,6 @@ export function cRhtFromExps(src: Float32Array, out: Float32Array, chunkElems: n
   need(out.length >= src.length, "out shorter than src");
   need(exps.length >= Math.ceil(src.length / chunkElems), "exps shorter than the chunk count");
   return src.length ? quant.ainftp_rht_from_exps(src, out, src.length, chunkElems, seed >>> 0, exps, bits) : 0;
-}
-
-/** cRhtFromExps of a span of whole chunks starting at chunk c0 of the
- * whole array (src, out and exps are the span's): each chunk keyed by its
- * index in the whole array, so the span's values and exponents are the
- * whole array's. */
-export function cRhtFromExpsAt(src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits, c0: number): number {
-  need(chunkElems > 0, "chunkElems must be > 0");
-  need(out.length >= src.length, "out shorter than src");
-  need(exps.length >= Math.ceil(src.length / chunkElems), "exps shorter than the chunk count");
-  return src.length ? quant.ainftp_rht_from_exps_at(src, out, src.length, chunkElems, seed >>> 0, exps, bits, c0 >>> 0) : 0;
 }
 
 /** The RHT of one chunk in place, `chunk` its index in the whole array (the

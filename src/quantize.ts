@@ -28,7 +28,7 @@
 import { MAX_ELEMS, SIZEOF, payloadBytes, writeHeader, accPosition, type WireHeader } from "./abi.ts";
 import { AinftpError } from "./errors.ts";
 import {
-  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht, cRhtFrom, cRhtFromExps, cRhtFromExpsAt,
+  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht, cRhtFrom, cRhtFromExps,
   type NarrowBits,
 } from "../native/quant.ts";
 
@@ -176,18 +176,6 @@ export function rhtFromExps(src: Float32Array, out: Float32Array, chunkElems: nu
   if (bits !== 8 && bits !== 4) throw new RangeError(`rhtFromExps: bits must be 8 or 4, not ${bits} (16-bit rounds use chunkExpsAt without the transform)`);
   const bad = cRhtFromExps(src, out, chunkElems, seed, exps, bits);
   if (bad === QUANT_EINVAL) throw new RangeError(`rhtFromExps: chunkElems must be > 0 (got ${chunkElems})`);
-  return bad;
-}
-
-/** rhtFromExps of chunks [c0, c1) of src (whole chunks, chunk c0 at
- * element c0·chunkElems) into the same span of out, their exponents into
- * exps[c0..c1): the values and exponents the whole array's call gives
- * there. Returns the span's NaN/±Inf count. */
-export function rhtFromExpsSpan(src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits, c0: number, c1: number): number {
-  const a = c0 * chunkElems, b = Math.min(src.length, c1 * chunkElems);
-  if (c0 < 0 || c1 < c0 || a > src.length || exps.length < c1) throw new RangeError(`rhtFromExpsSpan: chunks [${c0}, ${c1}) of ${chunkCount(src.length, chunkElems)}`);
-  const bad = cRhtFromExpsAt(src.subarray(a, b), out.subarray(a, b), chunkElems, seed, exps.subarray(c0, c1), bits, c0);
-  if (bad === QUANT_EINVAL) throw new RangeError(`rhtFromExpsSpan: chunkElems must be > 0 (got ${chunkElems})`);
   return bad;
 }
 

@@ -26,8 +26,7 @@ export interface Early {
   residDone: Uint8Array | null;
   /** Per owner: list positions whose residual went back (up to st.pos). */
   residAt: number[];
-  /** Own chunks (a prefix of st.owned) whose residual went back. */
-  ownResidAt: number;
+  ownResidDone: boolean;
 }
 
 let iota = new Uint32Array(0);
@@ -43,7 +42,7 @@ export function earlyFor(h: Host, st: RoundState, seed: number, resid: Float32Ar
   if (!EARLY.enabled || !h.rht || h.xsk || h.robust) return null;
   return {
     seed, queue: new Uint32Array(st.nchunks), queued: 0, gathered: new Uint8Array(st.nchunks),
-    residDone: resid ? new Uint8Array(st.nchunks) : null, residAt: new Array(h.size).fill(0), ownResidAt: 0,
+    residDone: resid ? new Uint8Array(st.nchunks) : null, residAt: new Array(h.size).fill(0), ownResidDone: false,
   };
 }
 
@@ -67,11 +66,9 @@ export function workEarly(h: Host, st: RoundState, bankBase: number): void {
   }
   const resid = st.resid;
   if (!resid || !e.residDone || st.passive) return;
-  if (e.ownResidAt < st.ownPacked) {
-    // (our chunks packed so far: the plan may be known a stage at a time)
-    const list = st.owned.subarray(e.ownResidAt, st.ownPacked);
-    coll.ainftp_rht_list(resid, resid.length, h.chunkElems, list, list.length, e.seed, 1, e.residDone);
-    e.ownResidAt = st.ownPacked;
+  if (!e.ownResidDone && st.owned.length) {
+    coll.ainftp_rht_list(resid, resid.length, h.chunkElems, st.owned, st.owned.length, e.seed, 1, e.residDone);
+    e.ownResidDone = true;
   }
   for (let o = 0; o < h.size; o++) {
     if (o === h.rank || e.residAt[o] >= st.pos[o]) continue;

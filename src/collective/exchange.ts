@@ -7,9 +7,8 @@ import { CTRL_EXPS, CTRL_EXPS_MAX, CTRL_EXPS_REQ } from "../abi.ts";
 import { decodePlanHead, encodePlanHead, planHeadBytes } from "./control.ts";
 import { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
-import { downRankedMask, haveMask, leaderPools, leaderStep, nextLeader, nextScores, promptMask } from "./plan.ts";
+import { activeRows, downRankedMask, haveMask, leaderPools, leaderStep, nextLeader, nextScores, promptMask } from "./plan.ts";
 import type { Plan, RoundState } from "./round-state.ts";
-import { pieceLen, stageIn, stagesIn, stagesOf, stageSpan } from "./stages.ts";
 
 const { CTRL_PAYLOAD, LATE_MAX, EXPS_ABOVE_MEDIAN } = TUNING;
 
@@ -18,27 +17,24 @@ export function myExps(h: Host, st: RoundState): Int8Array {
   return st.exps.subarray(h.rank * st.nchunks, (h.rank + 1) * st.nchunks);
 }
 
-/** Sends our exponents of stages [from, to) (default: every stage computed) to a member, a piece per packet. */
-export function sendMyExps(h: Host, st: RoundState, to: number, kind = CTRL_EXPS, from = 0, upTo = st.expsStage): void {
-  const s = st.stages, mine = myExps(h, st);
-  const bytes = new Uint8Array(mine.buffer, mine.byteOffset, mine.length);
-  for (let i = s.pieceFrom[from]; i < s.pieceFrom[upTo]; i++)
-    h.sendControl(to, kind, st.r, 0, s.firsts[i], bytes.subarray(s.firsts[i], s.firsts[i] + s.lens[i]));
+/** Sends exponents to a member, CTRL_PAYLOAD per packet (one empty packet for none). */
+export function sendExps(h: Host, to: number, r: number, exps: Int8Array, kind = CTRL_EXPS): void {
+  const bytes = new Uint8Array(exps.buffer, exps.byteOffset, exps.length);
+  for (let off = 0; off < bytes.length || off === 0; off += CTRL_PAYLOAD) {
+    h.sendControl(to, kind, r, 0, off, bytes.subarray(off, off + CTRL_PAYLOAD));
+    if (bytes.length === 0) break;
+  }
 }
 
-/** The leader's plan, the pieces of chunks [from, upTo) (default: all):
- * every piece carries the active mask and the next leader before its share
- * of the maximum exponents. */
-export function sendPlan(h: Host, to: number, plan: Plan, from = 0, upTo = plan.shared.length): void {
+/** The leader's plan: every piece carries the active mask and the next
+ * leader before its share of the maximum exponents. */
+export function sendPlan(h: Host, to: number, plan: Plan): void {
   const head = planHeadBytes(h.size);
   const piece = new Uint8Array(head + CTRL_PAYLOAD);
   encodePlanHead(piece, plan.active, plan.next, plan.scores);
   const bytes = new Uint8Array(plan.shared.buffer, plan.shared.byteOffset, plan.shared.length);
-  const s = stagesOf(plan.shared.length);
-  for (let i = 0; i < s.firsts.length; i++) {
-    const off = s.firsts[i];
-    if (off < from || off >= upTo) continue;
-    const part = bytes.subarray(off, off + s.lens[i]);
+  for (let off = 0; off < bytes.length; off += CTRL_PAYLOAD) {
+    const part = bytes.subarray(off, off + CTRL_PAYLOAD);
     piece.set(part, head);
     h.sendControl(to, CTRL_EXPS_MAX, plan.r, 0, off, piece.subarray(0, head + part.length));
   }
@@ -57,15 +53,14 @@ function keepEarly<T>(m: Map<number, Map<number, Map<number, T>>>, round: number
  * rank's exponents; a rank's set is complete when every piece is here. */
 export function storeExps(h: Host, st: RoundState | null, rank: number, round: number, first: number, payload: Uint8Array): void {
   const ex = new Int8Array(payload.buffer, payload.byteOffset, payload.length);
+  if (first % CTRL_PAYLOAD !== 0) return;
   if (st && round === st.r) {
-    if (rank === h.rank || st.pieces[rank].has(first)) return;
+    if (st.haveExps[rank]) return;
     // a piece that fits no piece of ours: its sender reduces another length
-    if (ex.length !== pieceLen(st.stages, first)) return void st.sizeMismatch.add(rank);
+    if (first + ex.length > st.nchunks || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return void st.sizeMismatch.add(rank);
     st.exps.set(ex, rank * st.nchunks + first);
     st.pieces[rank].add(first);
-    // (a member's exponents count once its first stage is here: the leader
-    // decides who is active from those; the later stages follow)
-    if (!st.haveExps[rank] && stageIn(st.stages, st.pieces[rank], 0)) (st.haveExps[rank] = true), (st.expsAt[rank] = h.clock.now());
+    if (st.pieces[rank].size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) (st.haveExps[rank] = true), (st.expsAt[rank] = h.clock.now());
     h.behind.delete(rank); // in our round: caught up
     return;
   }
@@ -84,7 +79,7 @@ export function storeExps(h: Host, st: RoundState | null, rank: number, round: n
 export function storeEarlyPlan(h: Host, rank: number, round: number, first: number, payload: Uint8Array): void {
   if (round < h.nextRound) return;
   if (round - h.nextRound >= 4) return h.guard.count("future_round");
-  if (first >= h.capacity) return h.guard.count("bad_chunk");
+  if (first >= h.capacity || first % CTRL_PAYLOAD !== 0) return h.guard.count("bad_chunk");
   keepEarly(h.earlyPlans, round, rank, first, Uint8Array.from(payload));
 }
 
@@ -95,8 +90,8 @@ export function storeShared(h: Host, st: RoundState, first: number, payload: Uin
   if (st.haveShared || payload.length < head) return;
   const { active, next } = decodePlanHead(payload);
   const ex = payload.subarray(head);
-  if (st.sharedPieces.has(first)) return;
-  if (ex.length !== pieceLen(st.stages, first)) return void st.sizeMismatch.add(leader);
+  if (first % CTRL_PAYLOAD !== 0) return;
+  if (first + ex.length > st.nchunks || ex.length !== Math.min(CTRL_PAYLOAD, st.nchunks - first)) return void st.sizeMismatch.add(leader);
   const all = (1n << BigInt(h.size)) - 1n;
   if (next >= h.size || (active & ~all) !== 0n || !Host.has(active, leader)) return;
   if (st.sharedPieces.size && (active !== st.active || next !== st.next)) return;
@@ -105,9 +100,7 @@ export function storeShared(h: Host, st: RoundState, first: number, payload: Uin
   for (let k = 0; k < h.size; k++) st.scores[k] = Math.min(LATE_MAX, payload[planHeadBytes(0) + k]);
   st.shared.set(new Int8Array(ex.buffer, ex.byteOffset, ex.length), first);
   st.sharedPieces.add(first);
-  st.planStage = stagesIn(st.stages, st.sharedPieces, st.planStage);
-  st.planUpTo = st.planStage ? st.stages.ends[st.planStage - 1] : 0;
-  if (st.planStage === st.stages.ends.length) st.haveShared = true;
+  if (st.sharedPieces.size === Math.ceil(st.nchunks / CTRL_PAYLOAD)) st.haveShared = true;
 }
 
 /** A plan piece from a member that is not our leader: taken only by the
@@ -202,50 +195,9 @@ function laggardAwaited(h: Host, st: RoundState, now: number): boolean {
  * exponents packet is then back within a round trip, not the member's
  * retransmission timer. */
 export function requestExps(h: Host, st: RoundState): void {
+  const mine = myExps(h, st);
   for (let k = 0; k < h.size; k++)
-    if (k !== h.rank && !st.haveExps[k] && Host.has(h.liveMask, k)) sendMyExps(h, st, k, CTRL_EXPS_REQ);
-}
-
-/** The maximum (with the sentry: the robust maximum) over the rows of
- * `members` of chunks [a, b), into st.shared. */
-function spanMax(h: Host, st: RoundState, members: bigint, a: number, b: number): void {
-  const n = b - a;
-  let count = 0;
-  for (let k = 0; k < h.size; k++) if (Host.has(members, k)) count++;
-  const rows = new Int8Array(count * n);
-  for (let k = 0, at = 0; k < h.size; k++) if (Host.has(members, k)) rows.set(st.exps.subarray(k * st.nchunks + a, k * st.nchunks + b), (at++) * n);
-  const out = st.shared.subarray(a, b);
-  // with the sentry, an exponent far above the chunk's median (4096 times
-  // its magnitude) is a poisoner's: left out of the shared scale
-  if (h.sentry) h.stats.expsLeftOut += coll.ainftp_robust_max_exps(rows, count, n, out, EXPS_ABOVE_MEDIAN);
-  else coll.ainftp_max_exps(rows, count, n, out);
-}
-
-/** The leader, once the plan's first stage is out: every later stage whose
- * exponents are here from every active member it waits for is decided and
- * sent (a member the swarm declared dead is not waited for: its
- * contributions will not come, and nobody holds that stage's plan yet).
- * Returns whether a stage was decided. */
-export function leaderStages(h: Host, st: RoundState): boolean {
-  if (st.leader !== h.rank || st.planStage === 0 || st.haveShared) return false;
-  const s = st.stages;
-  const before = st.planStage;
-  while (st.planStage < s.ends.length && st.planStage < st.expsStage) {
-    const k = st.planStage;
-    let members = 1n << BigInt(h.rank);
-    for (const p of h.others) {
-      if (!Host.has(st.active, p) || !Host.has(h.liveMask, p)) continue;
-      if (!stageIn(s, st.pieces[p], k)) return st.planStage !== before;
-      members |= 1n << BigInt(p);
-    }
-    const [a, b] = stageSpan(s, k);
-    spanMax(h, st, members, a, b);
-    st.planStage++;
-    st.planUpTo = b;
-    for (const p of h.others) sendPlan(h, p, st, a, b);
-    if (st.planStage === s.ends.length) st.haveShared = true;
-  }
-  return st.planStage !== before;
+    if (k !== h.rank && !st.haveExps[k] && Host.has(h.liveMask, k)) sendExps(h, k, st.r, mine, CTRL_EXPS_REQ);
 }
 
 /** The leader's decision (no I/O): the members whose exponents are here are active;
@@ -253,19 +205,20 @@ export function leaderStages(h: Host, st: RoundState): boolean {
 export function decidePlan(h: Host, st: RoundState, have: bigint, count: number, now: number): void {
   st.active = have;
   nextScores(h.lateness, st.haveExps, st.patient, st.scores);
-  // the first stage: the later ones as their exponents come (leaderStages)
-  spanMax(h, st, have, 0, st.stages.ends[0]);
+  const rows = activeRows(st.exps, st.haveExps, count, st.nchunks);
+  // with the sentry, an exponent far above the chunk's median (4096 times
+  // its magnitude) is a poisoner's: left out of the shared scale
+  if (h.sentry) h.stats.expsLeftOut += coll.ainftp_robust_max_exps(rows, count, st.nchunks, st.shared, EXPS_ABOVE_MEDIAN);
+  else coll.ainftp_max_exps(rows, count, st.nchunks, st.shared);
   const prompt = promptMask(st.haveExps, st.expsAt, now, st.majorityAt);
   st.next = nextLeader(h.rank, h.size, leaderPools(prompt, downRankedMask(h.lateness), h.fitMask, have));
-  st.planStage = 1;
-  st.planUpTo = st.stages.ends[0];
-  st.haveShared = st.stages.ends.length === 1;
+  st.haveShared = true;
 }
 
 /** Sends the decided plan to every member; a partial round's plan is kept
  * for passive members that ask after we moved on. */
 export function announcePlan(h: Host, st: RoundState, count: number): void {
-  for (const p of h.others) sendPlan(h, p, st, 0, st.planUpTo);
+  for (const p of h.others) sendPlan(h, p, st);
   if (count < h.size) h.keep(h.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
 }
 
@@ -279,9 +232,9 @@ export function answerExpsRequest(h: Host, st: RoundState | null, from: number, 
     if (plan) sendPlan(h, from, plan);
     return;
   }
-  if (st.leader === h.rank && st.planStage > 0) sendPlan(h, from, st, 0, st.planUpTo);
+  if (st.leader === h.rank && st.haveShared) sendPlan(h, from, st);
   // a successor of our dead leader asks: it gets the plan we hold
   // (storeRelayedPlan), not our exponents for a plan of its own
   else if (st.haveShared && from !== st.leader) sendPlan(h, from, st);
-  else if (st.haveExps[h.rank]) sendMyExps(h, st, from);
+  else if (st.haveExps[h.rank]) sendExps(h, from, st.r, myExps(h, st));
 }

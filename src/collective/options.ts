@@ -133,13 +133,6 @@ export const DEFAULTS = {
 export const TUNING = {
   /** Payload bytes of one control packet (exponents per packet). */
   CTRL_PAYLOAD: 1400,
-  /** A round of at least this many chunks exchanges its exponents and its
-   * plan in stages (stages.ts): the first STAGE_FIRST_DIV-th of its chunks,
-   * then stages of twice the size before. Data of a stage goes out as soon
-   * as its plan is here, while the members compute the next stages'
-   * exponents (at 8 and 4 bits, the transform). 0 turns stages off. */
-  STAGE_MIN_CHUNKS: 64,
-  STAGE_FIRST_DIV: 16,
   /** (Fast retransmit is RACK's, timed by measured round-trips: rtt.ts.)
    * How often a round looks whether the swarm declared dead a member it
    * waits on (the swarm ticks every 20 ms). */

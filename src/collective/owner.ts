@@ -64,13 +64,9 @@ export function expectedMask(h: Host, r: number): bigint {
   return h.sentry ? h.sentry.expectedMask(h, r) : h.othersMask;
 }
 
-/** Slots of ours that completed before we had the plan (or its stage): finish them now. */
+/** Slots of ours that completed before we had the plan: finish them now. */
 export function finishPending(h: Host, st: RoundState, bankBase: number): void {
-  if (!st.pending.length) return;
-  // (ours under the plan; one of a stage whose plan is not here yet waits:
-  // our own chunk of it is not quantized)
-  const mine = st.pending.filter((c) => st.ownerIdx[h.rank] === c % st.K);
-  const ready = mine.filter((c) => c < st.packedUpTo);
-  st.pending = mine.filter((c) => c >= st.packedUpTo);
-  if (ready.length) finish(h, st, bankBase, Uint32Array.from(ready));
+  const pending = st.pending.filter((c) => st.ownerIdx[h.rank] === c % st.K);
+  if (pending.length) finish(h, st, bankBase, Uint32Array.from(pending));
+  st.pending = [];
 }

@@ -108,6 +108,15 @@ export function leaderPools(prompt: bigint, downRanked: bigint, fitMask: bigint,
   return [prompt & ~downRanked & fitMask, prompt, have, fitMask];
 }
 
+/** The active members' exponent rows, one after another (all rows when all are active). */
+export function activeRows(exps: Int8Array, haveExps: readonly boolean[], count: number, nchunks: number): Int8Array {
+  if (count === haveExps.length) return exps;
+  const rows = new Int8Array(count * nchunks);
+  let at = 0;
+  for (let k = 0; k < haveExps.length; k++) if (haveExps[k]) rows.set(exps.subarray(k * nchunks, (k + 1) * nchunks), (at++) * nchunks);
+  return rows;
+}
+
 /** The owners' layout of a plan: per rank its index among the active
  * members or -1, the owners in rank order, and K. */
 export function owners(active: bigint, size: number, ownerIdx: Int32Array): { owners: number[]; K: number } {

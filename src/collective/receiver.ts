@@ -142,16 +142,8 @@ export function drainEvents(h: Host, st: RoundState | null, bankBase: number): v
     if (nd && st) {
       // a slot can complete before we have every exponent (the others had
       // ours first): our own chunk is not quantized yet, so finish later
-      if (st.sent && st.packedUpTo >= st.nchunks) finish(h, st, bankBase, done.subarray(0, nd));
-      else if (!st.sent) for (let i = 0; i < nd; i++) st.pending.push(done[i]);
-      else {
-        // a stage of the plan not here yet: the members that had it sent
-        // theirs, our own chunk of it is not quantized yet
-        let n = 0;
-        for (let i = 0; i < nd; i++) if (done[i] < st.packedUpTo) done[n++] = done[i];
-        else st.pending.push(done[i]);
-        if (n) finish(h, st, bankBase, done.subarray(0, n));
-      }
+      if (st.sent) finish(h, st, bankBase, done.subarray(0, nd));
+      else for (let i = 0; i < nd; i++) st.pending.push(done[i]);
     }
     if (resends) for (let i = 0; i < resends.length; i += 3) resend(h, resends[i], resends[i + 1], resends[i + 2]);
   }

@@ -19,7 +19,7 @@ import { CTRL_EXPS_REQ, CTRL_RESULT_REQ, CTRL_STATUS, F_RETRANSMIT, PKT_CONTRIB 
 import { headerTemplate } from "../quantize.ts";
 import { encodeChunkList, encodeStatus, HDR, markRetransmit, packetCount, REQ_CHUNKS } from "./control.ts";
 import { expsAwaited, lackingAlone } from "./diagnose.ts";
-import { sendMyExps } from "./exchange.ts";
+import { myExps, sendExps } from "./exchange.ts";
 import { Host } from "./host.ts";
 import { TUNING } from "./options.ts";
 import { ownerOf, type RoundState } from "./round-state.ts";
@@ -89,7 +89,8 @@ export function missingResults(h: Host, st: RoundState, bankBase: number): numbe
  * (The probe, the first timeout since progress, is probe() below.) */
 export function retransmit(h: Host, st: RoundState, bankBase: number, rto = 0): void {
   if (!st.sent) {
-    for (const p of expsAwaited(h, st)) sendMyExps(h, st, p, CTRL_EXPS_REQ);
+    const mine = myExps(h, st);
+    for (const p of expsAwaited(h, st)) sendExps(h, p, st.r, mine, CTRL_EXPS_REQ);
     return;
   }
   const m = missingResults(h, st, bankBase);

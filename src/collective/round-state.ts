@@ -2,7 +2,6 @@
 // plan, the send window, the owner's progress and the receiver keep.
 import type { FinishBatchArgs } from "../../native/collective.ts";
 import type { Early } from "./early.ts";
-import { stagesOf, type Stages } from "./stages.ts";
 
 /** A contribution to one of our chunks, as the contribs ring gave it (robust modes). */
 export interface Contribution {
@@ -31,17 +30,6 @@ export interface RoundState extends Plan {
   /** When our own exponents were computed (the phases' clock starts there). */
   expsDoneAt: number;
   // ---- exponents and plan (exchange.ts) ----
-  /** The round's stages (stages.ts): exponents and plan go a stage at a time. */
-  stages: Stages;
-  /** The caller's array (x is its transform at 8 and 4 bits) and the transform's seed (0: none). */
-  src: Float32Array;
-  rhtSeed: number;
-  /** Stages of our own exponents computed (and sent). */
-  expsStage: number;
-  /** Stages of the plan known (decided, as the leader), from the first;
-   * planUpTo: the chunks they cover ([0, planUpTo) may be sent). */
-  planStage: number;
-  planUpTo: number;
   exps: Int8Array; // all ranks' exps, rank-major
   /** Per rank: when its exponents were all here (the leader's view). */
   expsAt: Float64Array;
@@ -62,7 +50,7 @@ export interface RoundState extends Plan {
   /** Successor: the dead leader's plan, relayed by a member that holds it
    * (exchange.ts storeRelayedPlan), is this round's plan; to be announced. */
   relayed: boolean;
-  /** Leader: decided every stage of the plan; others: received every piece of it (in sharedPieces). */
+  /** Leader: sent the plan; others: received it (pieces in sharedPieces). */
   haveShared: boolean;
   sharedPieces: Set<number>;
   /** Per rank: its index among the active members (the owners), or -1. */
@@ -112,9 +100,6 @@ export interface RoundState extends Plan {
   ownerOffset: number[]; // byte offset of each owner's region
   ownerChunks: Uint32Array[];
   ownBuf: Uint8Array; // own chunks' packets (own quantized values)
-  /** Own chunks packed (a prefix of owned), and the chunk below which all are (the planned stages'). */
-  ownPacked: number;
-  packedUpTo: number;
   // ---- receiver and recovery (receiver.ts, recovery.ts) ----
   /** The next round's plan is in the program already (receiver.ts planAhead), or ours to decide. */
   planAhead: boolean;
@@ -147,8 +132,6 @@ export interface RoundState extends Plan {
   rackFired: boolean;
   /** 8 and 4 bits: the gather and the residual's inverse, done in the round's waits (early.ts). */
   early: Early | null;
-  /** AINFTP_TRACE_RECOVERY: the round's trace line, else null. */
-  log?: string[] | null;
 }
 
 /** The active member that owns chunk c in the round's plan. */
@@ -161,8 +144,6 @@ export interface NewRound {
   size: number;
   chunkElems: number;
   x: Float32Array;
-  src?: Float32Array;
-  rhtSeed?: number;
   out: Float32Array;
   nchunks: number;
   t0: number;
@@ -182,7 +163,6 @@ export function newRoundState(a: NewRound): RoundState {
   const empty = new Uint32Array(0);
   return {
     r, t0, expsDoneAt: t0, n: x.length, nchunks, counts,
-    stages: stagesOf(nchunks), src: a.src ?? x, rhtSeed: a.rhtSeed ?? 0, expsStage: 0, planStage: 0, planUpTo: 0, ownPacked: 0, packedUpTo: 0,
     exps: new Int8Array(N * nchunks), haveExps: new Array(N).fill(false), expsAt: new Float64Array(N),
     leader: a.leader, deadLeader: -1, replanned: false, relayed: false, haveShared: false, sharedPieces: new Set(),
     pieces: Array.from({ length: N }, () => new Set<number>()), sizeMismatch: new Set<number>(), shared: new Int8Array(nchunks),

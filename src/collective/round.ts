@@ -4,11 +4,11 @@
 import { coll } from "../../native/collective.ts";
 import { CTRL_EXPS_REQ } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
-import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFromExpsSpan } from "../quantize.ts";
+import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFromExps } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import { earlyFor, gatherRest, workEarly } from "./early.ts";
 import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
-import { adoptEarly, announcePlan, decidePlan, leaderStages, leaderTurn, myExps, requestExps, sendMyExps, sendPlan } from "./exchange.ts";
+import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps, sendPlan } from "./exchange.ts";
 import { Host } from "./host.ts";
 import { describeRanks, RoundError, TUNING, type RoundReport } from "./options.ts";
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
@@ -21,8 +21,7 @@ import { PTO_FLOOR_MS } from "./rtt.ts";
 
 /** AINFTP_TRACE_RECOVERY=1: one line per round on stderr (plan, fast and timed retransmissions, completion). */
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
-import { advancePlan, applyPlan, pump, startContributions, unsent } from "./sender.ts";
-import { stageIn, stageSpan } from "./stages.ts";
+import { applyPlan, pump, startContributions, unsent } from "./sender.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
  * result is in `out`. */
@@ -40,26 +39,26 @@ export async function runRound(
     return { round: r, ms: h.clock.now() - t0, chunks: nchunks, active: [0], leader: 0 };
   }
   // 8 and 4 bits: the round sums the randomized Hadamard transform of x (the
-  // same signs on every member), and the results come back through its
-  // inverse; the transform is made a stage at a time (computeStage)
+  // same signs on every member), and the results come back through its inverse
   const seed = rhtSeed(h.job, r);
-  let xq = x;
+  let xq = x, pre: Exps | null = null;
   if (h.rht) {
-    const b = h.scratch("rht", 4 * x.length);
+    const b = h.scratch("rht", 4 * x.length), e = h.scratch("rht-exps", nchunks);
     xq = new Float32Array(b.buffer, b.byteOffset, x.length);
+    const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
+    // no copy of x first, and our exponents from the same pass (xq is not read again for them)
+    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits) };
   }
-  // (int16: the residual is not kept, error feedback is off at 16 bits;
-  // 8 and 4: what we never pack, a round we sit out, is all error, and
-  // packing overwrites the rest: each stage's transform is copied in)
-  if (resid && h.bits === 16) resid.fill(0);
-  const st = beginRound(h, r, x, xq, out, nchunks, t0, patient, h.rht ? seed : 0, resid && h.bits !== 16 ? resid : null);
+  const st = beginRound(h, r, xq, out, nchunks, t0, patient, pre);
   noteDeaths(h, r);
   if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
+  if (resid) {
+    // what we never pack (a round we sit out) is all error; packing overwrites the rest
+    if (h.bits !== 16) resid.set(xq), (st.resid = resid);
+    else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
+  }
   st.early = earlyFor(h, st, seed, st.resid);
   await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
-  // (a member that sat the round out may end it before its last stages:
-  // they are made now, for the residual)
-  while (st.expsStage < st.stages.ends.length) computeStage(h, st);
   // the gather takes each chunk of out back through the inverse while it is
   // in cache (8 and 4 bits need rx "map": Communicator.withPorts refuses xsk)
   const rep = endRound(h, st, h.rht ? seed : 0);
@@ -72,39 +71,12 @@ export function rhtSeed(job: number, r: number): number {
   return mix32((job ^ mix32((r + 0x7a11) >>> 0)) >>> 0) || 1;
 }
 
-/** Our exponents of the round's next stage (at 8 and 4 bits, from the
- * transform of x made in the same pass, and copied to the residual), and
- * the stage's NaN/±Inf count checked. Returns the stage. */
-function computeStage(h: Host, st: RoundState): number {
-  const k = st.expsStage;
-  const [a, b] = stageSpan(st.stages, k);
-  const E = h.chunkElems, lo = a * E, hi = Math.min(st.n, b * E);
-  const mine = myExps(h, st);
-  const bad = st.rhtSeed
-    ? rhtFromExpsSpan(st.src, st.x, E, st.rhtSeed, mine, h.bits as 8 | 4, a, b)
-    : chunkExpsAt(st.x.subarray(lo, hi), E, mine.subarray(a, b), h.bits);
-  if (bad > 0) {
-    const span = st.x.subarray(lo, hi);
-    const i = lo + span.findIndex((v) => !Number.isFinite(v));
-    throw new NonFiniteGradientError(bad, i, Math.floor(i / E), st.x[i]);
-  }
-  if (st.resid) st.resid.set(st.x.subarray(lo, hi), lo);
-  st.expsStage = k + 1;
-  return k;
-}
-
-/** The next stage of our exponents, made and sent to the leader (twice
- * under loss); as the leader, the stages it completes are decided. */
-function nextStage(h: Host, st: RoundState): void {
-  const k = computeStage(h, st);
-  if (st.leader === h.rank) return void leaderStages(h, st);
-  sendMyExps(h, st, st.leader, undefined, k, k + 1);
-  if (lossSeen(h, st)) sendMyExps(h, st, st.leader, undefined, k, k + 1);
-}
+/** Our exponents of x and its NaN/±Inf count, when the transform made them. */
+type Exps = { exps: Int8Array; bad: number };
 
 /** The program's window and config for round r, the round's state, and our
- * exponents of the first stage (to the leader, unless we lead). */
-function beginRound(h: Host, r: number, src: Float32Array, x: Float32Array, out: Float32Array, nchunks: number, t0: number, patient: boolean, rhtSeed: number, resid: Float32Array | null): RoundState {
+ * exponents (to the leader, unless we lead; `pre`: already made). */
+function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchunks: number, t0: number, patient: boolean, pre: Exps | null): RoundState {
   // We finished round r-1, so we need nothing older: a member that sat
   // the last round out saw none of its events, which move the window.
   if (h.cfg.roundBase < r - 1) h.advanceWindow(r - 1);
@@ -116,13 +88,17 @@ function beginRound(h: Host, r: number, src: Float32Array, x: Float32Array, out:
   const st = newRoundState({
     r, size: h.size, chunkElems: h.chunkElems, x, out, nchunks, t0, leader: liveFrom(h.leaderNext, h.rank, h.size, h.liveMask),
     grace: patient ? Infinity : graceMs(h.roundTimes, h.o.deadlineMs), patient, maxRetransmitMs: h.o.maxRetransmitMs,
-    xdone: h.scratch("xdone", nchunks).fill(0), recs: h.robust?.recsFor(r) ?? new Map(), headerBytes: HDR, src, rhtSeed,
+    xdone: h.scratch("xdone", nchunks).fill(0), recs: h.robust?.recsFor(r) ?? new Map(), headerBytes: HDR,
   });
-  st.resid = resid;
   // exponents: ours to the leader, then theirs (some may be here already)
+  const mine = myExps(h, st);
   const tp = h.clock.now();
-  computeStage(h, st);
+  const bad = pre ? (mine.set(pre.exps), pre.bad) : chunkExpsAt(x, h.chunkElems, mine, h.bits);
   st.expsDoneAt = h.phase("exps", tp);
+  if (bad > 0) {
+    const i = x.findIndex((v) => !Number.isFinite(v));
+    throw new NonFiniteGradientError(bad, i, Math.floor(i / h.chunkElems), x[i]);
+  }
   st.haveExps[h.rank] = true;
   st.expsAt[h.rank] = h.clock.now();
   // One leader per round (rotating among the active members) gathers the
@@ -131,37 +107,14 @@ function beginRound(h: Host, r: number, src: Float32Array, x: Float32Array, out:
   // keeps socket packets and wake-ups far below the data packets at small
   // sizes (N = 4 at 1 MiB: 1.5 instead of 3).
   if (st.leader !== h.rank) {
-    sendMyExps(h, st, st.leader);
+    sendExps(h, st.leader, r, mine);
     // under loss, twice: a lost exponent packet held the whole round until
     // the control timer asked again (4 ms and a wake-up; 1 MiB at 6% loss
     // per packet lost one of its 6 control packets in 3 rounds of 10)
-    if (lossSeen(h, st)) sendMyExps(h, st, st.leader);
+    if (lossSeen(h, st)) sendExps(h, st.leader, r, mine);
   }
   adoptEarly(h, st);
   return st;
-}
-
-/** More of the plan (a stage) is known: as the leader, the stages whose
- * exponents are all here are decided and sent; the newly planned chunks of
- * ours are packed and their completed slots finished (sender.ts
- * advancePlan), and the pump may send them. */
-function moreOfPlan(h: Host, st: RoundState, x: Float32Array, bankBase: number): void {
-  leaderStages(h, st);
-  if (st.planUpTo <= st.packedUpTo) return;
-  // (trace: when each stage's plan was here, and how far the pump had gone)
-  if (st.log) st.log.push(`s${st.planStage}@${(h.clock.now() - st.t0).toFixed(1)}:${st.pos.join(",")}`);
-  clearForeign(h, st, bankBase, st.packedUpTo, st.planUpTo);
-  advancePlan(h, st, x, bankBase);
-}
-
-/** A stage of the plan is late (the timer): the leader asks the active
- * members whose exponents of it are missing, a member asks the leader (its
- * answer is the plan so far, and our exponents go with the request). */
-function askStages(h: Host, st: RoundState): void {
-  if (st.leader !== h.rank) return sendMyExps(h, st, st.leader, CTRL_EXPS_REQ);
-  const k = st.planStage;
-  for (const p of h.others)
-    if (Host.has(st.active, p) && Host.has(h.liveMask, p) && !stageIn(st.stages, st.pieces[p], k)) sendMyExps(h, st, p, CTRL_EXPS_REQ);
 }
 
 /** The round's leader died (the swarm says so) before its plan reached
@@ -191,7 +144,7 @@ function succeed(h: Host, st: RoundState): boolean {
   st.sharedPieces.clear();
   st.active = 0n;
   st.majorityAt = Infinity;
-  if (next !== h.rank) sendMyExps(h, st, next, CTRL_EXPS_REQ);
+  if (next !== h.rank) sendExps(h, next, st.r, myExps(h, st), CTRL_EXPS_REQ);
   return true;
 }
 
@@ -216,7 +169,7 @@ function noteDeaths(h: Host, r: number): void {
  * round (sim seeds 5007, 5118). Only in such a round, or one a few rounds
  * after a death: a slot lookup per chunk we own. Returns how many slots it
  * emptied. */
-function clearForeign(h: Host, st: RoundState, bankBase: number, from = 0, to = st.nchunks): number {
+function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   const outside = h.othersMask & ~st.active;
   const d = h.deaths;
   const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
@@ -226,7 +179,6 @@ function clearForeign(h: Host, st: RoundState, bankBase: number, from = 0, to = 
   drainEvents(h, st, bankBase); // (completions so far go to st.pending)
   const bad: number[] = [];
   for (const c of ownedChunks(idx, K, st.nchunks)) {
-    if (c < from || c >= to) continue; // (a stage of the plan: the shared scale of the rest is not known yet)
     const s = h.maps.slot(bankBase + c);
     if (s.tag === st.r + 1 && s.contributors > 0 && ((s.seen & outside) !== 0n || s.exp !== st.shared[c])) bad.push(c);
   }
@@ -271,7 +223,7 @@ function checkLeavers(h: Host, r: number): void {
  * deadline). The leader decides (exchange.ts, plan.ts), then sends: the
  * requests for missing exponents when a majority is in, and the plan. */
 function planReady(h: Host, st: RoundState): boolean {
-  if (st.planStage > 0) return true;
+  if (st.haveShared) return true;
   if (st.leader !== h.rank) return false;
   const now = h.clock.now();
   const turn = leaderTurn(h, st, now);
@@ -282,8 +234,7 @@ function planReady(h: Host, st: RoundState): boolean {
   if (!turn.decide) return false;
   decidePlan(h, st, turn.have, turn.count, now);
   announcePlan(h, st, turn.count);
-  if (lossSeen(h, st)) for (const p of h.others) sendPlan(h, p, st, 0, st.planUpTo); // (under loss, twice: as the exponents)
-  leaderStages(h, st); // (later stages already here)
+  if (lossSeen(h, st)) for (const p of h.others) sendPlan(h, p, st); // (under loss, twice: as the exponents)
   return true;
 }
 
@@ -326,7 +277,6 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
   let lossy = false; // RACK or a probe fired this round
   let nextDeathCheck = 0;
   const trace: string[] | null = TRACE ? [] : null;
-  st.log = trace;
   const T = () => (h.clock.now() - st.t0).toFixed(1);
   // (trace: when our slots were all finished, when the last result came, what we served)
   let ownAt = "", lastAt = "", seenBefore = 0;
@@ -335,17 +285,15 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // let signal handlers and timers run now and then (Ctrl-C mid-round),
     // across rounds too: short rounds never return to the event loop
     if (h.clock.now() - h.lastYield > TUNING.YIELD_MS) {
-      const y0 = h.clock.now();
       await h.clock.yield();
       h.lastYield = h.clock.now();
-      if (trace && h.lastYield - y0 > 0.3) trace.push(`yield@${T()}:${(h.lastYield - y0).toFixed(1)}`);
       if (h.closed) throw new AinftpError(`round ${r}`, "communicator closed during the round");
     }
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
       trace?.push(`exps@${(st.expsDoneAt - st.t0).toFixed(1)}`, `plan@${T()}`);
       if (trace && st.leader === h.rank) trace.push(`in@${[...st.expsAt].map((t) => (t ? t - st.t0 : NaN).toFixed(1)).join("/")}`);
-      const cleared = clearForeign(h, st, bankBase, 0, st.planUpTo);
+      const cleared = clearForeign(h, st, bankBase);
       if (cleared) trace?.push(`cleared:${cleared}`);
       if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
       applyPlan(h, st);
@@ -414,9 +362,6 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
         for (let i = 0; i < Math.min(m, h.capacity); i++) { const o = ownerOf(st, h.chunkList[i]); by.set(o, (by.get(o) ?? 0) + 1); }
         trace.push(`${poll ? "poll" : "timer"}@${T()}(${interval.toFixed(0)}ms ${st.sent ? [...by].map(([o, n]) => `o${o}:${n}`).join(",") : "noplan:" + expsAwaited(h, st).join(",")} own:${st.owned.length - st.ownedDoneCount})`);
       }
-      // a stage of the plan missing: the leader asks the members whose
-      // exponents it lacks, a member asks the leader (it answers with the plan)
-      if (st.sent && !st.haveShared) askStages(h, st);
       if (poll && st.sent) (probe(h, st, bankBase), (lossy = true));
       else retransmit(h, st, bankBase, st.sent ? interval : 0);
       interval = Math.min(interval * 2, h.o.maxRetransmitMs);
@@ -433,26 +378,14 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     // floor while ours are open, so their results go out
     const own = lossy && st.sent && st.ownedDoneCount < st.owned.length ? now + PTO_FLOOR_MS : Infinity;
     const tell = Math.min(tellDue(h, st), askDue(h, st));
-    let wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own, tell) - now)));
+    const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own, tell) - now)));
     tp = h.phase("work", tp);
-    if (st.sent && st.expsStage < st.stages.ends.length) {
-      // the next stage of our exponents, one per pass (what is planned
-      // went out above); no wait while stages remain. Only once the first
-      // stage is planned: before, a member busy with its later stages kept
-      // a late member off the CPU (2 cores, 4 ranks), and the first stage's
-      // plan, which every member waits for, came 4-8 ms late instead of 1
-      nextStage(h, st);
-      tp = h.phase("exps", tp);
-      moreOfPlan(h, st, x, bankBase);
-      if (st.expsStage < st.stages.ends.length) wait = 0;
-    }
     if (st.early) (workEarly(h, st, bankBase), (tp = h.phase("gather", tp)));
     let ready = h.net.wait(watch, wait);
     if (typeof ready !== "number") ready = await ready;
     tp = h.phase(st.sent ? "wait" : "control", tp);
     h.stats.wakeups++;
     if (ready & READY_SOCK) drainControl(h, st);
-    if (st.sent) moreOfPlan(h, st, x, bankBase);
     const progress = st.resultsSeen + st.ownedDoneCount + st.pending.length;
     drainEvents(h, st, bankBase);
     if (h.xsk) drainXsk(h, st);

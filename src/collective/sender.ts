@@ -6,10 +6,9 @@ import { headerTemplate, mix32, packChunksAt } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import type { Host } from "./host.ts";
 import { TUNING, windowChunks } from "./options.ts";
-import { finish, finishPending } from "./owner.ts";
+import { finish } from "./owner.ts";
 import { ownedChunks, owners } from "./plan.ts";
 import type { RoundState } from "./round-state.ts";
-import { countBelow } from "./stages.ts";
 
 /** The plan is known: chunk c is owned by the active member of index
  * c % K. Lays out what we send and own, and tells the program whom our
@@ -58,39 +57,17 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
     acc: h.accBase, results: h.resBase, bankBase, summed: st.summed, own: st.ownBuf.subarray(HDR), ownDiv: st.K, ownStride: h.seg / 2,
     counts: st.counts, exps: st.shared, header: st.header, pkts: h.resPkts, pktStride: h.seg,
   };
-  // the planned stages' chunks to their owners first, then our own (the
-  // owners' contributions take a round trip to come back to us)
-  if (st.K > 1) pump(h, st, x);
-  packOwn(h, st, x, bankBase);
-}
-
-/** Our own chunks below the plan's known stages, quantized for the
- * finishing step (the only active member finishes them alone: no
- * contribution will come). */
-function packOwn(h: Host, st: RoundState, x: Float32Array, bankBase: number): void {
-  const from = st.ownPacked, to = countBelow(st.owned, st.planUpTo);
-  st.packedUpTo = st.planUpTo;
-  if (to <= from) return;
-  const seg = h.seg;
-  h.stats.saturations += packChunksAt(x, {
-    chunkElems: h.chunkElems, chunks: st.owned.subarray(from, to), exps: st.shared, header: st.header, out: st.ownBuf.subarray(from * seg, to * seg),
-    stride: seg, seed: st.seed, bits: h.bits, resid: st.resid,
-  });
-  st.ownPacked = to;
-  if (st.K === 1) {
-    const mine = st.owned.slice(from, to);
-    for (const c of mine) st.ownedDone[c] = 1;
-    finish(h, st, bankBase, mine);
+  if (st.owned.length)
+    h.stats.saturations += packChunksAt(x, {
+      chunkElems: h.chunkElems, chunks: st.owned, exps: st.shared, header: st.header, out: st.ownBuf, stride: h.seg, seed: st.seed,
+      bits: h.bits, resid: st.resid,
+    });
+  if (st.K === 1 && st.owned.length) {
+    // the only active member: no contribution will come, finish alone
+    for (const c of st.owned) st.ownedDone[c] = 1;
+    finish(h, st, bankBase, Uint32Array.from(st.owned));
+    return;
   }
-}
-
-/** A later stage of the plan is here: our chunks of it are packed (our
- * slots of it that completed meanwhile are finished now) and the pump
- * sends the rest. */
-export function advancePlan(h: Host, st: RoundState, x: Float32Array, bankBase: number): void {
-  if (st.passive) return void (st.packedUpTo = st.planUpTo);
-  packOwn(h, st, x, bankBase);
-  finishPending(h, st, bankBase);
   pump(h, st, x);
 }
 
@@ -111,10 +88,8 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       const list = st.ownerChunks[o];
       const from = st.pos[o];
       const room = W - (from - st.acked[o]);
-      // (only the chunks the plan's known stages cover: owner o's are i, i+K, …)
-      const lim = st.planUpTo >= st.nchunks ? list.length : Math.min(list.length, Math.max(0, Math.ceil((st.planUpTo - st.ownerIdx[o]) / st.K)));
-      if (from >= lim || room <= 0) continue;
-      const to = Math.min(lim, from + Math.min(TUNING.SEND_PIECE, room));
+      if (from >= list.length || room <= 0) continue;
+      const to = Math.min(list.length, from + Math.min(TUNING.SEND_PIECE, room));
       const region = st.sendBuf.subarray(st.ownerOffset[o] + from * seg, st.ownerOffset[o] + to * seg);
       h.stats.saturations += packChunksAt(x, {
         chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.shared, header: st.header, out: region, stride: seg, seed: st.seed,
@@ -126,7 +101,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       const now = h.clock.now();
       for (let k = from; k < to; k++) st.sentAt[list[k]] = now;
       st.pos[o] = to;
-      if (to < lim && W - (to - st.acked[o]) > 0) more = true;
+      if (to < list.length && W - (to - st.acked[o]) > 0) more = true;
     }
   }
 }

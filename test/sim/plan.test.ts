@@ -7,9 +7,8 @@ import {
   forEachChunk, markRetransmit, packetCount, planHeadBytes,
 } from "../../src/collective/control.ts";
 import { DEFAULTS, defaultWindow, resolveOptions, TUNING } from "../../src/collective/options.ts";
-import { countBelow, pieceLen, stageEnds, stagesIn, stagesOf, stageSpan } from "../../src/collective/stages.ts";
 import {
-  downRankedMask, graceMs, haveMask, leaderStep, liveFrom, nextLeader, nextScores, ownedChunks, owners, promptMask,
+  activeRows, downRankedMask, graceMs, haveMask, leaderStep, liveFrom, nextLeader, nextScores, ownedChunks, owners, promptMask,
 } from "../../src/collective/plan.ts";
 
 describe("planning (pure)", () => {
@@ -67,35 +66,11 @@ describe("planning (pure)", () => {
     expect(promptMask([true, true, true, false], at, 100, 10)).toBe(0b0011n);
   });
 
-  test("a round's stages: a small first one, each next twice the one before, pieces within a stage", () => {
-    expect(stageEnds(63, 64, 16)).toEqual([63]);
-    expect(stageEnds(64, 64, 16)).toEqual([4, 12, 28, 64]);
-    expect(stageEnds(477, 64, 16)).toEqual([30, 90, 210, 477]);
-    expect([TUNING.STAGE_MIN_CHUNKS, TUNING.STAGE_FIRST_DIV]).toEqual([64, 16]); // (what the bench measured)
-    expect(stageEnds(5000, 0)).toEqual([5000]); // 0: stages off
-    for (const n of [0, 1, 63, 64, 100, 477, 954, 3001]) {
-      const s = stagesOf(n, 50);
-      const covered = new Uint8Array(n);
-      for (let k = 0; k < s.ends.length; k++) {
-        const [a, b] = stageSpan(s, k);
-        for (let i = s.pieceFrom[k]; i < s.pieceFrom[k + 1]; i++) {
-          expect(s.firsts[i] >= a && s.firsts[i] + s.lens[i] <= b && s.lens[i] <= 50).toBe(true);
-          for (let c = s.firsts[i]; c < s.firsts[i] + s.lens[i]; c++) covered[c]++;
-        }
-      }
-      expect(covered.every((v) => v === 1)).toBe(true);
-      expect(s.ends[s.ends.length - 1]).toBe(n);
-    }
-    expect(pieceLen(stagesOf(0), 0)).toBe(0); // (a round of no chunks: one empty piece)
-    const s = stagesOf(477, 50); // (TUNING's stages: [30, 90, 210, 477])
-    expect([pieceLen(s, 30), pieceLen(s, 80), pieceLen(s, 31)]).toEqual([50, 10, -1]);
-    expect(stagesIn(s, new Set([0]))).toBe(1);
-    expect(stagesIn(s, new Set([0, 30, 80, 210]))).toBe(2);
-    expect([0, 1, 2, 7, 8, 100].map((v) => countBelow(Uint32Array.of(1, 4, 7, 10), v))).toEqual([0, 0, 1, 2, 3, 4]);
-  });
-
-  test("the active members and the owners' layout", () => {
+  test("the active rows and the owners' layout", () => {
     expect(haveMask([true, false, true])).toEqual({ have: 0b101n, count: 2 });
+    const exps = Int8Array.from([1, 2, 3, 4, 5, 6]); // 3 ranks x 2 chunks
+    expect([...activeRows(exps, [true, false, true], 2, 2)]).toEqual([1, 2, 5, 6]);
+    expect(activeRows(exps, [true, true, true], 3, 2)).toBe(exps);
     const idx = new Int32Array(4);
     expect(owners(0b1101n, 4, idx)).toEqual({ owners: [0, 2, 3], K: 3 });
     expect([...idx]).toEqual([0, -1, 1, 2]);
