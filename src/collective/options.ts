@@ -163,6 +163,9 @@ export const TUNING = {
   /** At the tail, under loss, an owner looks at its open slots this often
    * (ms) and names the member a slot lacks alone (recovery.ts tellDue). */
   TELL_MS: 1,
+  /** Under loss, rounds of at most this many bytes of frames send their data twice (recovery.ts redundant). */
+  REDUNDANT_BYTES: 4 << 20,
+  REDUNDANT_ROUNDS: 256,
   /** "Under loss": RACK fired in this round or the last LOSSY_ROUNDS (recovery.ts lossSeen). */
   LOSSY_ROUNDS: 8,
   /** A member's tail ask (recovery.ts askDue): under loss, with every contribution sent and at most

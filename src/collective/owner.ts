@@ -7,7 +7,7 @@ import { AinftpError } from "../errors.ts";
 import { HDR } from "./control.ts";
 import { noteResult } from "./early.ts";
 import type { Host } from "./host.ts";
-import { cacheResults } from "./recovery.ts";
+import { cacheResults, redundant } from "./recovery.ts";
 import type { RoundState } from "./round-state.ts";
 
 /** Owner's step for completed slots: requantize with our own chunk, store,
@@ -36,7 +36,8 @@ function shortChunkLast(h: Host, st: RoundState, chunks: Uint32Array): void {
 export function sendResults(h: Host, st: RoundState, chunks: Uint32Array, n: number): void {
   const lastSize = h.wireBytes(st.counts[chunks[chunks.length - 1]]);
   h.sealData(h.resPkts, n);
-  for (const p of h.others) h.stats.packetsSent += h.net.sendGso(h.peers[p], h.port, h.resPkts, h.seg, n, lastSize);
+  const copies = redundant(h, st) ? 2 : 1;
+  for (const p of h.others) for (let k = 0; k < copies; k++) h.stats.packetsSent += h.net.sendGso(h.peers[p], h.port, h.resPkts, h.seg, n, lastSize);
   const now = h.clock.now();
   for (let i = 0; i < n; i++) st.resultSentAt[chunks[i]] = now;
 }

@@ -318,7 +318,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     if (complete(h, st, bankBase)) {
       if (st.rackFired) h.lossRound = r;
-      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} n${st.nchunks} ${trace.join(" ")} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} next ${st.next} active ${st.active.toString(2)} n${st.nchunks} ${trace.join(" ")} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
       break;
     }
     const now = h.clock.now();

@@ -8,6 +8,7 @@ import type { Host } from "./host.ts";
 import { TUNING, windowChunks } from "./options.ts";
 import { finish } from "./owner.ts";
 import { ownedChunks, owners } from "./plan.ts";
+import { redundant } from "./recovery.ts";
 import type { RoundState } from "./round-state.ts";
 
 /** The plan is known: chunk c is owned by the active member of index
@@ -79,7 +80,9 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
  * chunk go. */
 export function pump(h: Host, st: RoundState, x: Float32Array): void {
   if (st.passive) return;
-  const W = windowChunks(h.o.window, h.o.windowBytes, h.seg);
+  const copies = redundant(h, st) ? 2 : 1;
+  // (two copies: half the chunks in flight, the same frames)
+  const W = Math.max(1, Math.floor(windowChunks(h.o.window, h.o.windowBytes, h.seg) / copies));
   const seg = h.seg;
   for (let more = true; more; ) {
     more = false;
@@ -97,7 +100,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       });
       const last = list[to - 1];
       h.sealData(region, to - from);
-      h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, region, seg, to - from, h.wireBytes(st.counts[last]));
+      for (let k = 0; k < copies; k++) h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, region, seg, to - from, h.wireBytes(st.counts[last]));
       const now = h.clock.now();
       for (let k = from; k < to; k++) st.sentAt[list[k]] = now;
       st.pos[o] = to;

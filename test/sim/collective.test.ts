@@ -301,7 +301,13 @@ describe.skipIf(!root)("collective in the simulator (real XDP program, virtual c
     }, 60_000);
 
   test("the leader dies as its round starts: its round goes on under the first live member after it and completes within 2× the detection time; every later round completes without it", async () => {
-    for (const seed of ONLY === null ? [31, 32, 33, 34] : [ONLY]) {
+    // (not 33 or 35: there the victim finishes the round before its death
+    // while a result of its own to a survivor is lost; it dies before that
+    // survivor asks again, and that survivor's round fails, as it must.
+    // They passed before the small rounds sent their data twice under loss
+    // (recovery.ts redundant) only because another moment of the same run
+    // lost that packet; the deaths under loss are the 200 seeds above)
+    for (const seed of ONLY === null ? [31, 32, 34, 36, 37, 38] : [ONLY]) {
       const n = 4, killRound = 3;
       // the same seed without the death names the round's leader (a seed replays the same run)
       const dry = await schedule(seed, n, faultsOf(seed), { rounds: killRound + 1 });
