@@ -94,6 +94,8 @@ export interface NodeReport {
   probe_answers: number;
   duplicates: number;
   timeouts: number;
+  /** Packets sent twice: under loss a small round sends its data twice (the second copies). */
+  copies_sent: number;
   saturations: number;
   /** Times this process woke (poll returns) during the timed rounds. */
   wakeups: number;
@@ -350,7 +352,7 @@ function nodeReport(
     lost_rounds: o.rounds - times.length,
     result_hash: t.hashes,
     retransmits: statsTimed.retransmits, resends: statsTimed.resends, probe_answers: statsTimed.probeAnswers, duplicates: d("duplicate"),
-    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations,
+    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations, copies_sent: statsTimed.copiesSent,
     wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
     packets_received: rx,
     wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,

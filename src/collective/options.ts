@@ -163,7 +163,10 @@ export const TUNING = {
   /** At the tail, under loss, an owner looks at its open slots this often
    * (ms) and names the member a slot lacks alone (recovery.ts tellDue). */
   TELL_MS: 1,
-  /** Under loss, rounds of at most this many bytes of frames send their data twice (recovery.ts redundant). */
+  /** Under loss, rounds of at most this many bytes of frames send their
+   * data twice (recovery.ts redundant), until REDUNDANT_ROUNDS rounds after
+   * the last one whose RACK fired (longer than LOSSY_ROUNDS: the copies
+   * hide most losses from RACK). */
   REDUNDANT_BYTES: 4 << 20,
   REDUNDANT_ROUNDS: 256,
   /** "Under loss": RACK fired in this round or the last LOSSY_ROUNDS (recovery.ts lossSeen). */
@@ -286,6 +289,8 @@ export interface CollectiveStats {
   /** Owned slots closed at the deadline with the contributions present. */
   deadlineCloses: number;
   packetsSent: number;
+  /** Of packetsSent, the second copies a small round sends under loss (recovery.ts redundant). */
+  copiesSent: number;
   /** 8 and 4 bits: result chunks gathered (dequantized, inverse transform)
    * while the round still waited, not after its last result (early.ts). */
   gatheredEarly: number;
@@ -297,7 +302,7 @@ export interface CollectiveStats {
 
 export function zeroStats(): CollectiveStats {
   return {
-    rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, expsLeftOut: 0,
+    rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, copiesSent: 0, expsLeftOut: 0,
     partialRounds: 0, gatheredEarly: 0, passiveRounds: 0, deadlineCloses: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };

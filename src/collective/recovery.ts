@@ -187,15 +187,15 @@ export function lossSeen(h: Host, st: RoundState): boolean {
   return st.rackFired || st.r - h.lossRound <= TUNING.LOSSY_ROUNDS;
 }
 
-/** Under loss (lossSeen), a small round's data goes out twice: each
+/** Under loss (RACK fired here in this round or the last
+ * REDUNDANT_ROUNDS), a small round's data goes out twice: each
  * contribution and each result is sent again right behind itself (the
  * program drops the copy that comes second, counted as a duplicate; a
  * contribution's copy carries no F_RETRANSMIT, so it never asks for a
  * result again). At 1 MiB a round is a few round trips long, and every loss
  * cost it the round trips of its recovery (RACK, the probe, the tail ask):
  * 2.3x the clean round at 3% loss and 2% duplication per bridge port. Both
- * copies are lost with the square of the loss rate; the copies go on for
- * REDUNDANT_ROUNDS after the last loss RACK saw. Large rounds keep one
+ * copies are lost with the square of the loss rate. Large rounds keep one
  * copy: they are CPU-bound, and their recovery hides behind the rest of
  * the round (16 MiB under the same loss: 1.9x). */
 export function redundant(h: Host, st: RoundState): boolean {
