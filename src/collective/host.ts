@@ -179,6 +179,20 @@ export class Host {
     this.stats.packetsSent++;
   }
 
+  /** Sends n data packets (seg bytes apart in buf, the last lastSize) to
+   * member `to`, `copies` times back to back (recovery.ts redundant), and
+   * counts them; returns the packets of one copy. */
+  sendData(to: number, buf: Uint8Array, n: number, lastSize: number, copies = 1): number {
+    let one = 0;
+    for (let k = 0; k < copies; k++) {
+      const sent = this.net.sendGso(this.peers[to], this.port, buf, this.seg, n, lastSize);
+      this.stats.packetsSent += sent;
+      if (k) this.stats.copiesSent += sent;
+      else one = sent;
+    }
+    return one;
+  }
+
   /** Seals n data packets every seg bytes of buf (the data plane's MAC), after their last change. */
   sealData(buf: Uint8Array, n: number): void {
     if (this.dataAuth && n > 0) sealPackets(this.dataAuth.key, buf, n, this.seg, this.dataAuth.full);

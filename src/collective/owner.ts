@@ -37,12 +37,7 @@ export function sendResults(h: Host, st: RoundState, chunks: Uint32Array, n: num
   const lastSize = h.wireBytes(st.counts[chunks[chunks.length - 1]]);
   h.sealData(h.resPkts, n);
   const copies = redundant(h, st) ? 2 : 1;
-  for (const p of h.others)
-    for (let k = 0; k < copies; k++) {
-      const sent = h.net.sendGso(h.peers[p], h.port, h.resPkts, h.seg, n, lastSize);
-      h.stats.packetsSent += sent;
-      if (k) h.stats.copiesSent += sent;
-    }
+  for (const p of h.others) h.sendData(p, h.resPkts, n, lastSize, copies);
   const now = h.clock.now();
   for (let i = 0; i < n; i++) st.resultSentAt[chunks[i]] = now;
 }

@@ -183,8 +183,8 @@ function askOwners(h: Host, st: RoundState, bankBase: number): number {
  * clean network a slot that lacks one member is a slow member, and naming
  * it makes it send again on RACK's clock (a clean 8-host job on 2 cores
  * sent 40 results twice). */
-export function lossSeen(h: Host, st: RoundState): boolean {
-  return st.rackFired || st.r - h.lossRound <= TUNING.LOSSY_ROUNDS;
+export function lossSeen(h: Host, st: RoundState, rounds: number = TUNING.LOSSY_ROUNDS): boolean {
+  return st.rackFired || st.r - h.lossRound <= rounds;
 }
 
 /** Under loss (RACK fired here in this round or the last
@@ -202,7 +202,7 @@ export function redundant(h: Host, st: RoundState): boolean {
   // (a longer memory than lossSeen's: two copies hide most losses from
   // RACK, and with LOSSY_ROUNDS the copies stopped 8 rounds after the
   // last loss RACK saw, and the next loss cost a round its recovery again)
-  return st.nchunks * h.seg <= TUNING.REDUNDANT_BYTES && (st.rackFired || st.r - h.lossRound <= TUNING.REDUNDANT_ROUNDS);
+  return st.nchunks * h.seg <= TUNING.REDUNDANT_BYTES && lossSeen(h, st, TUNING.REDUNDANT_ROUNDS);
 }
 
 /** When the owner's tail check is next due (Infinity: not now). Under loss
@@ -301,7 +301,7 @@ export function sendAgain(h: Host, st: RoundState, o: number, list: number[]): v
   h.sealData(stage, list.length);
   // the short chunk, if any, is the owner's last: keep it last
   const lastSize = h.wireBytes(st.counts[list[list.length - 1]]);
-  h.stats.packetsSent += h.net.sendGso(h.peers[o], h.port, stage, seg, list.length, lastSize);
+  h.sendData(o, stage, list.length, lastSize);
   h.stats.retransmits += list.length;
 }
 
@@ -322,7 +322,7 @@ export function resend(h: Host, round: number, chunk: number, rank: number, prob
     markRetransmit(pkt);
   }
   h.sealData(pkt, 1);
-  h.stats.packetsSent += h.net.sendGso(h.peers[rank], h.port, pkt, h.wireBytes(packetCount(pkt)), 1);
+  h.sendData(rank, pkt, 1, h.wireBytes(packetCount(pkt)));
   if (probe) h.stats.probeAnswers++;
   else h.stats.resends++;
 }

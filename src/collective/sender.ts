@@ -100,11 +100,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       });
       const last = list[to - 1];
       h.sealData(region, to - from);
-      for (let k = 0; k < copies; k++) {
-        const sent = h.net.sendGso(h.peers[o], h.port, region, seg, to - from, h.wireBytes(st.counts[last]));
-        h.stats.packetsSent += sent;
-        if (k) h.stats.copiesSent += sent;
-      }
+      h.sendData(o, region, to - from, h.wireBytes(st.counts[last]), copies);
       const now = h.clock.now();
       for (let k = from; k < to; k++) st.sentAt[list[k]] = now;
       st.pos[o] = to;
