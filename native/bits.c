@@ -385,23 +385,38 @@ HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, 
 }
 
 /* The forward RHT of src into x and exps[c] of the transformed values (as
- * exps_body would give, without reading x again); the non-finite count. */
-HOT uint32_t rht_exps_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, int8_t *exps,
-			   int32_t p, int vec)
+ * exps_body would give, without reading x again); the non-finite count.
+ * With error feedback (ainftp_rht_ef_exps): add, if not NULL, is added to
+ * src first (x = RHT(src + add), the sum in float as a separate pass would
+ * make it), and also, if not NULL, gets a copy of each transformed chunk
+ * while it is in cache (add and also may be one buffer: a chunk of add is
+ * read before that chunk of also is written). */
+HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *also, uint32_t n, uint32_t chunk_elems,
+			   uint32_t seed, int8_t *exps, int32_t p, int vec)
 {
 	uint32_t nonfinite = 0;
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		const float *in = src + start;
+		if (add) {
+			float *d = x + start;
+			const float *a = add + start;
+			for (uint32_t i = 0; i < count; i++)
+				d[i] = in[i] + a[i];
+			in = d;
+		}
 		int32_t m = 0;
 		if (vec) {
-			nonfinite += rht_chunk_vec(src + start, x + start, count, stream_key(seed, c), 0, &m);
+			nonfinite += rht_chunk_vec(in, x + start, count, stream_key(seed, c), 0, &m);
 		} else {
 			uint32_t bad = 0;
-			rht_chunk_scalar(src + start, x + start, count, stream_key(seed, c), 0);
+			rht_chunk_scalar(in, x + start, count, stream_key(seed, c), 0);
 			exps_scan(x + start, count, &m, &bad);
 			nonfinite += bad;
 		}
 		exps[c] = exp_of_max_p(m, p);
+		if (also)
+			memcpy(also + start, x + start, (size_t)count * sizeof(float));
 	}
 	return nonfinite;
 }
@@ -413,7 +428,7 @@ struct bits_kernels {
 	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
 	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
 	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
-	uint32_t (*rht_exps)(const float *, float *, uint32_t, uint32_t, uint32_t, int8_t *, int32_t);
+	uint32_t (*rht_exps)(const float *, const float *, float *, float *, uint32_t, uint32_t, uint32_t, int8_t *, int32_t);
 	void (*rht_chunk)(float *, uint32_t, uint32_t, uint32_t);
 };
 
@@ -443,10 +458,10 @@ struct bits_kernels {
 	{                                                                                                        \
 		rht_body(src, x, n, ce, seed, inverse, vec);                                                      \
 	}                                                                                                        \
-	attr static uint32_t rht_exps_##isa(const float *src, float *x, uint32_t n, uint32_t ce, uint32_t seed, \
-					    int8_t *exps, int32_t p)                                            \
+	attr static uint32_t rht_exps_##isa(const float *src, const float *add, float *x, float *also, uint32_t n,  \
+					    uint32_t ce, uint32_t seed, int8_t *exps, int32_t p)                \
 	{                                                                                                        \
-		return rht_exps_body(src, x, n, ce, seed, exps, p, vec);                                          \
+		return rht_exps_body(src, add, x, also, n, ce, seed, exps, p, vec);                               \
 	}                                                                                                        \
 	attr static void rht_chunk_##isa(float *x, uint32_t count, uint32_t key, uint32_t inverse)              \
 	{                                                                                                        \
@@ -828,5 +843,17 @@ uint32_t ainftp_rht_from_exps(const float *src, float *x, uint32_t n, uint32_t c
 {
 	if (chunk_elems == 0 || (bits != 8 && bits != 4))
 		return AINFTP_QUANT_EINVAL;
-	return kern()->rht_exps(src, x, n, chunk_elems, seed, exps, bits == 8 ? 7 : 3);
+	return kern()->rht_exps(src, NULL, x, NULL, n, chunk_elems, seed, exps, bits == 8 ? 7 : 3);
+}
+
+/* ainftp_rht_from_exps of src + add (error feedback: the gradient plus the
+ * last call's residual, without a pass of its own), and a copy of x into
+ * also (NULL: none; may be add itself: the residual starts as x, and
+ * packing overwrites what it quantizes). */
+uint32_t ainftp_rht_ef_exps(const float *src, const float *add, float *x, float *also, uint32_t n, uint32_t chunk_elems,
+			    uint32_t seed, int8_t *exps, uint32_t bits)
+{
+	if (chunk_elems == 0 || (bits != 8 && bits != 4))
+		return AINFTP_QUANT_EINVAL;
+	return kern()->rht_exps(src, add, x, also, n, chunk_elems, seed, exps, bits == 8 ? 7 : 3);
 }

@@ -33,6 +33,8 @@ int32_t ainftp_rht_from(const float *src, float *x, uint32_t n, uint32_t chunk_e
 int32_t ainftp_rht_chunk(float *x, uint32_t count, uint32_t chunk, uint32_t seed, uint32_t inverse);
 uint32_t ainftp_rht_from_exps(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, int8_t *exps,
 			      uint32_t bits);
+uint32_t ainftp_rht_ef_exps(const float *src, const float *add, float *x, float *also, uint32_t n, uint32_t chunk_elems,
+			    uint32_t seed, int8_t *exps, uint32_t bits);
 int32_t ainftp_rht_isa(void);
 
 #endif /* AINFTP_BITS_H */

@@ -33,6 +33,7 @@ const quant = openShimTable({
   ainftp_quant_isa: { args: [], returns: T.i32 },
   ...BITS_SYMBOLS,
   ...RHT_FROM_EXPS,
+  ainftp_rht_ef_exps: { args: [T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
@@ -195,12 +196,21 @@ export function cRhtFrom(src: Float32Array, out: Float32Array, chunkElems: numbe
 }
 
 /** cRhtFrom, then cBitsChunkExps of out, in one pass over the values (out
- * may be src itself: in place). Returns the NaN/±Inf count of out. */
-export function cRhtFromExps(src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits): number {
+ * may be src itself: in place). Returns the NaN/±Inf count of out. Error
+ * feedback's part of the pass: `add` (if given) is added to src first, and
+ * `also` (if given; may be `add`) gets a copy of out. */
+export function cRhtFromExps(
+  src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits,
+  add: Float32Array | null = null, also: Float32Array | null = null,
+): number {
   need(chunkElems > 0, "chunkElems must be > 0");
   need(out.length >= src.length, "out shorter than src");
   need(exps.length >= Math.ceil(src.length / chunkElems), "exps shorter than the chunk count");
-  return src.length ? quant.ainftp_rht_from_exps(src, out, src.length, chunkElems, seed >>> 0, exps, bits) : 0;
+  need(!add || add.length >= src.length, "add shorter than src");
+  need(!also || also.length >= src.length, "also shorter than src");
+  if (!src.length) return 0;
+  if (!add && !also) return quant.ainftp_rht_from_exps(src, out, src.length, chunkElems, seed >>> 0, exps, bits);
+  return quant.ainftp_rht_ef_exps(src, add, out, also, src.length, chunkElems, seed >>> 0, exps, bits);
 }
 
 /** The RHT of one chunk in place, `chunk` its index in the whole array (the

@@ -170,11 +170,19 @@ export function rhtFrom(src: Float32Array, out: Float32Array, chunkElems: number
  * chunk's exponent is taken while its transformed values are in registers,
  * so out is not read again. The same values and exponents as the two calls;
  * returns the NaN/±Inf count of out (NonFiniteGradientError is the
- * caller's, as after chunkExpsAt). */
-export function rhtFromExps(src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: 16 | NarrowBits): number {
+ * caller's, as after chunkExpsAt). Error feedback in the same pass: `add`,
+ * if given, is added to src first (the transform of src + add, the sum as
+ * a Float32Array would hold it), and `also`, if given (it may be `add`),
+ * gets a copy of out. */
+export function rhtFromExps(
+  src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: 16 | NarrowBits,
+  add: Float32Array | null = null, also: Float32Array | null = null,
+): number {
   if (exps.length < chunkCount(src.length, chunkElems)) throw new RangeError("exps shorter than the chunk count");
   if (bits !== 8 && bits !== 4) throw new RangeError(`rhtFromExps: bits must be 8 or 4, not ${bits} (16-bit rounds use chunkExpsAt without the transform)`);
-  const bad = cRhtFromExps(src, out, chunkElems, seed, exps, bits);
+  if (add && add.length < src.length) throw new RangeError(`add has ${add.length} values, src ${src.length}`);
+  if (also && also.length < src.length) throw new RangeError(`also has ${also.length} values, src ${src.length}`);
+  const bad = cRhtFromExps(src, out, chunkElems, seed, exps, bits, add, also);
   if (bad === QUANT_EINVAL) throw new RangeError(`rhtFromExps: chunkElems must be > 0 (got ${chunkElems})`);
   return bad;
 }

@@ -278,6 +278,42 @@ describe("the randomized Hadamard transform", () => {
     expect(() => rhtFromExps(new Float32Array(5), new Float32Array(5), 4, 1, new Int8Array(1), 8)).toThrow(/exps shorter/);
   });
 
+  test("rhtFromExps with error feedback (add, also) gives the bits of the separate passes: Float32Array x + add, the transform, a copy into also; add and also may be one buffer", () => {
+    const isas = quantIsasSupported();
+    try {
+      for (const isa of isas) {
+        setQuantIsa(isa);
+        for (const [n, ce] of EDGES)
+          for (const bits of [8, 4] as const) {
+            const x = gaussian(n + 2 * ce, n, 1 + (n % 3) * 100), r = gaussian(n + 7 * ce, n, 0.01);
+            // the passes this replaces (ErrorFeedback.input, then the transform, then resid.set)
+            const sum = new Float32Array(n);
+            for (let i = 0; i < n; i++) sum[i] = x[i] + r[i];
+            const a = new Float32Array(n), ea = new Int8Array(Math.ceil(n / ce));
+            const badA = rhtFromExps(sum, a, ce, 5, ea, bits);
+            const what = `${isa} n ${n} chunk ${ce} ${bits} bits`;
+            // add and also apart
+            const b = new Float32Array(n), eb = new Int8Array(ea.length), also = new Float32Array(n).fill(7);
+            expect([what, rhtFromExps(x, b, ce, 5, eb, bits, r, also)]).toEqual([what, badA]);
+            expect([what, [...eb]]).toEqual([what, [...ea]]);
+            expect([what, bitsOf(b).equals(bitsOf(a)), bitsOf(also).equals(bitsOf(a))]).toEqual([what, true, true]);
+            // add and also one buffer (the residual: read as the last call's, left as this call's start)
+            const resid = Float32Array.from(r), c = new Float32Array(n), ec = new Int8Array(ea.length);
+            expect(rhtFromExps(x, c, ce, 5, ec, bits, resid, resid)).toBe(badA);
+            expect([what, bitsOf(c).equals(bitsOf(a)), bitsOf(resid).equals(bitsOf(a)), [...ec]]).toEqual([what, true, true, [...ea]]);
+            // in place, with add
+            const d = Float32Array.from(x), ed = new Int8Array(ea.length);
+            expect(rhtFromExps(d, d, ce, 5, ed, bits, r)).toBe(badA);
+            expect([what, bitsOf(d).equals(bitsOf(a))]).toEqual([what, true]);
+          }
+      }
+    } finally {
+      setQuantIsa("best");
+    }
+    expect(() => rhtFromExps(new Float32Array(8), new Float32Array(8), 4, 1, new Int8Array(2), 8, new Float32Array(7))).toThrow(/add has 7/);
+    expect(() => rhtFromExps(new Float32Array(8), new Float32Array(8), 4, 1, new Int8Array(2), 8, null, new Float32Array(3))).toThrow(/also has 3/);
+  });
+
   test("every build gives the same bits at every block size and chunk edge: forward, in place, inverse", () => {
     const isas = quantIsasSupported();
     const outs: Buffer[] = [];

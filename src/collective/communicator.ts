@@ -192,11 +192,14 @@ export class Communicator implements Disposable {
     if (out.length !== x.length) throw new AinftpError("allreduce", `out has ${out.length} elements, x has ${x.length}`);
     if (opts.residual && opts.residual.length !== x.length)
       throw new AinftpError("allreduce", `residual has ${opts.residual.length} elements, x has ${x.length}`, { hint: "one residual per gradient buffer, as long as it" });
-    let resid = opts.residual ?? null;
+    let resid = opts.residual ?? null, add: Float32Array | null = null;
     if (!resid && this.feedback) {
       const key = opts.key ?? x;
-      x = this.feedback.input(key, x); // x + the last call's error: what we quantize
       resid = this.feedback.residual(key, x.length);
+      // x + the last call's error is what we quantize: with the transform,
+      // the round adds it in the transform's pass (native, no pass of its own)
+      if (h.rht && h.size > 1) add = resid;
+      else x = this.feedback.input(key, x);
     }
     const per = h.capacity * h.chunkElems;
     const reports: RoundReport[] = [];
@@ -214,7 +217,7 @@ export class Communicator implements Disposable {
       let rep: RoundReport;
       try {
         rep = await runRound(h, x.subarray(off, end), out.subarray(off, end), opts.retransmitMs ?? h.o.retransmitMs, opts.patient ?? false,
-          resid ? resid.subarray(off, end) : null);
+          resid ? resid.subarray(off, end) : null, add ? add.subarray(off, end) : null);
       } catch (e) {
         if (!(e instanceof RoundError) || !e.missingRanks.length || e.missingRanks.some((k) => Host.has(h.liveMask, k))) throw failed ?? e;
         failed ??= e;

@@ -24,16 +24,21 @@ const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 import { applyPlan, pump, startContributions, unsent } from "./sender.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
- * result is in `out`. */
+ * result is in `out`. `add` (error feedback, with the transform only: the
+ * last call's residual, usually `resid` itself) is added to x in the
+ * transform's pass: the round sums x + add. */
 export async function runRound(
   h: Host, x: Float32Array, out: Float32Array, retransmitMs: number, patient: boolean, resid: Float32Array | null = null,
+  add: Float32Array | null = null,
 ): Promise<RoundReport> {
+  if (add && !h.rht) throw new RangeError("runRound: add needs the transform (8 and 4 bits)");
   const t0 = h.clock.now();
   const r = h.nextRound++;
   h.o.onRoundStart?.(r);
   const nchunks = chunkCount(x.length, h.chunkElems);
   if (h.size === 1) {
-    out.set(x);
+    if (add) for (let i = 0; i < x.length; i++) out[i] = x[i] + add[i];
+    else out.set(x);
     resid?.fill(0);
     h.stats.rounds++;
     return { round: r, ms: h.clock.now() - t0, chunks: nchunks, active: [0], leader: 0 };
@@ -46,15 +51,18 @@ export async function runRound(
     const b = h.scratch("rht", 4 * x.length), e = h.scratch("rht-exps", nchunks);
     xq = new Float32Array(b.buffer, b.byteOffset, x.length);
     const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
-    // no copy of x first, and our exponents from the same pass (xq is not read again for them)
-    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits) };
+    // no copy of x first, and our exponents from the same pass (xq is not
+    // read again for them); with error feedback the same pass adds the last
+    // residual and starts this one as xq (what we never pack, a round we
+    // sit out, is all error; packing overwrites the rest)
+    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, resid), residSet: !!resid };
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient, pre);
   noteDeaths(h, r);
-  if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
+  if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} epoch ${(performance.timeOrigin + t0).toFixed(2)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
     // what we never pack (a round we sit out) is all error; packing overwrites the rest
-    if (h.bits !== 16) resid.set(xq), (st.resid = resid);
+    if (h.bits !== 16) (pre?.residSet || resid.set(xq)), (st.resid = resid);
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
   st.early = earlyFor(h, st, seed, st.resid);
@@ -72,7 +80,7 @@ export function rhtSeed(job: number, r: number): number {
 }
 
 /** Our exponents of x and its NaN/±Inf count, when the transform made them. */
-type Exps = { exps: Int8Array; bad: number };
+type Exps = { exps: Int8Array; bad: number; residSet: boolean };
 
 /** The program's window and config for round r, the round's state, and our
  * exponents (to the leader, unless we lead; `pre`: already made). */

@@ -39,7 +39,7 @@ interface Run {
 
 /** HOSTS members at `bits` run `rounds` all-reduces of seeded lengths (some
  * longer than one protocol round) over a world with `faults`. */
-async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o: { residual?: boolean; feedback?: boolean; sameGradient?: boolean } = {}): Promise<Run> {
+async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o: { residual?: boolean; feedback?: boolean; sameGradient?: boolean; callerFeedback?: boolean } = {}): Promise<Run> {
   const world = new SimWorld(seed, faults, programs.slice(0, HOSTS), PORT);
   const comms = world.hosts.map((_, rank) => world.communicator(rank, { bits, errorFeedback: o.feedback ?? false, roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
   const rnd = mulberry32(seed);
@@ -56,11 +56,17 @@ async function run(bits: 8 | 4, seed: number, faults: Faults, rounds: number, o:
         r.reps[rank] = [];
         // one gradient buffer, as a trainer has (error feedback keys its residual by it)
         const buf = new Float32Array(o.sameGradient ? lengths[0] : 0);
+        // callerFeedback: error feedback as the communicator's own was made
+        // before the transform's pass took it in: x + the residual summed
+        // into a Float32Array first (ErrorFeedback.input), the residual
+        // handed to the round to overwrite
+        const mine = new Float32Array(o.callerFeedback ? lengths[0] : 0);
         for (let k = 0; k < rounds; k++) {
-          const x = o.sameGradient ? buf : simGradient(seed, k, rank, lengths[k]);
+          let x = o.sameGradient ? buf : simGradient(seed, k, rank, lengths[k]);
           if (o.sameGradient) x.set(simGradient(seed, 0, rank, lengths[0]));
           r.xs[rank].push(Float32Array.from(x));
-          const residual = o.residual ? new Float32Array(x.length) : undefined;
+          const residual = o.callerFeedback ? mine : o.residual ? new Float32Array(x.length) : undefined;
+          if (o.callerFeedback) x = x.map((v, i) => v + mine[i]);
           r.reps[rank].push(await c.allreduce(x, { residual }));
           r.outs[rank].push(Float32Array.from(x));
           if (residual) r.resids[rank].push(residual);
@@ -208,6 +214,21 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
       expect(on.last).toBeLessThan(off.last / 2);
       expect(on.last).toBeLessThan(2 * on.one);
     }
+  }, 300_000);
+
+  test("error feedback's add and residual copy done in the transform's pass give the bits of the separate passes, clean and under faults", async () => {
+    for (const bits of [8, 4] as const)
+      for (const [seed, faults] of [[41, CLEAN], [42, faultsOf(42)], [43, faultsOf(43)]] as const) {
+        const fused = await run(bits, seed, faults, 6, { feedback: true, sameGradient: true });
+        const apart = await run(bits, seed, faults, 6, { callerFeedback: true, sameGradient: true });
+        for (let rank = 0; rank < HOSTS; rank++)
+          for (let k = 0; k < 6; k++) {
+            const a = fused.outs[rank][k], b = apart.outs[rank][k];
+            expect([bits, seed, rank, k, Buffer.from(a.buffer).equals(Buffer.from(b.buffer))]).toEqual([bits, seed, rank, k, true]);
+          }
+        // and feedback does something: the steps' results differ from the first
+        expect(Buffer.from(fused.outs[0][1].buffer).equals(Buffer.from(fused.outs[0][0].buffer))).toBe(false);
+      }
   }, 300_000);
 
   test("a member at another width is named on every side at open", async () => {
