@@ -363,6 +363,10 @@ async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) =>
   const addrs = bl.hosts.map((h) => h.addr).join(",");
   const timeout = timeoutFor(bytes, o.rounds + o.warmup, bl.hosts.length, x.shaper?.params.rate_bps ?? null);
   const exits = await waitAll(bl.hosts.map((h, i) => bl.lab.spawn(h.node, [...o.self, ...args(i, addrs)])), timeout, gaveUp);
+  // AINFTP_BENCH_STDERR_DIR=DIR: each rank's stderr kept as DIR/<command>-<rank>.err (with
+  // AINFTP_TRACE_RECOVERY=1, a line per round: its start in epoch ms, plan, end)
+  const keepErr = process.env.AINFTP_BENCH_STDERR_DIR;
+  if (keepErr) exits.forEach((e, i) => Bun.write(join(keepErr, `${args(i, addrs)[0]}-${i}.err`), e.stderr));
   const fail = firstFailure(exits, timeout);
   if (fail) return fail;
   try {

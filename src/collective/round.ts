@@ -241,6 +241,7 @@ function planReady(h: Host, st: RoundState): boolean {
   }
   if (!turn.decide) return false;
   decidePlan(h, st, turn.have, turn.count, now);
+  st.decidedAt = h.clock.now();
   announcePlan(h, st, turn.count);
   if (lossSeen(h, st)) for (const p of h.others) sendPlan(h, p, st); // (under loss, twice: as the exponents)
   return true;
@@ -300,7 +301,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     checkLeavers(h, r);
     if (!st.sent && planReady(h, st)) {
       trace?.push(`exps@${(st.expsDoneAt - st.t0).toFixed(1)}`, `plan@${T()}`);
-      if (trace && st.leader === h.rank) trace.push(`in@${[...st.expsAt].map((t) => (t ? t - st.t0 : NaN).toFixed(1)).join("/")}`);
+      if (trace && st.leader === h.rank) trace.push(`decided@${(st.decidedAt - st.t0).toFixed(1)}`, `in@${[...st.expsAt].map((t) => (t ? t - st.t0 : NaN).toFixed(1)).join("/")}`);
       const cleared = clearForeign(h, st, bankBase);
       if (cleared) trace?.push(`cleared:${cleared}`);
       if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
