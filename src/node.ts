@@ -96,6 +96,8 @@ export interface NodeReport {
   timeouts: number;
   /** Packets sent twice: under loss a small round sends its data twice (the second copies). */
   copies_sent: number;
+  /** Rounds whose window this rank's measured egress rate capped (a link slower than the hosts: pace.ts). */
+  paced_rounds: number;
   saturations: number;
   /** Times this process woke (poll returns) during the timed rounds. */
   wakeups: number;
@@ -352,7 +354,7 @@ function nodeReport(
     lost_rounds: o.rounds - times.length,
     result_hash: t.hashes,
     retransmits: statsTimed.retransmits, resends: statsTimed.resends, probe_answers: statsTimed.probeAnswers, duplicates: d("duplicate"),
-    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations, copies_sent: statsTimed.copiesSent,
+    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations, copies_sent: statsTimed.copiesSent, paced_rounds: statsTimed.pacedRounds,
     wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
     packets_received: rx,
     wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,

@@ -15,6 +15,7 @@ import type { Plan } from "./round-state.ts";
 import type { RobustPolicy } from "./robust-policy.ts";
 import type { SentryPolicy } from "./sentry-policy.ts";
 import { RttEstimator } from "./rtt.ts";
+import { EgressPace } from "./pace.ts";
 
 /** A round's results we own, kept for members that fall behind (recovery.ts). */
 export interface CachedResults {
@@ -73,6 +74,10 @@ export class Host {
   nextRound = 0;
   /** Round-trips of our contributions: the retransmission timer and RACK (rtt.ts). */
   readonly rtt = new RttEstimator();
+  /** Our egress rate, and the window's cap from it (pace.ts). */
+  readonly pace = new EgressPace();
+  /** Data bytes we sent (contributions and results, copies included). */
+  dataBytes = 0;
   /** The next round's leader: named by the last plan (all agree on it). */
   leaderNext = 0;
   /** Lateness per member, as the last plan left it (see TUNING.LATE_SLOW). */
@@ -187,6 +192,7 @@ export class Host {
     for (let k = 0; k < copies; k++) {
       const sent = this.net.sendGso(this.peers[to], this.port, buf, this.seg, n, lastSize);
       this.stats.packetsSent += sent;
+      this.dataBytes += sent === n ? (n - 1) * this.seg + lastSize : sent * this.seg;
       if (k) this.stats.copiesSent += sent;
       else one = sent;
     }

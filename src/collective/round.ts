@@ -327,7 +327,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     if (complete(h, st, bankBase)) {
       if (st.rackFired) h.lossRound = r;
-      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} next ${st.next} active ${st.active.toString(2)} n${st.nchunks} ${trace.join(" ")} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} next ${st.next} active ${st.active.toString(2)} n${st.nchunks} ${trace.join(" ")} cap ${st.windowCap} rate ${h.pace.rate().toFixed(0)} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
       break;
     }
     const now = h.clock.now();
@@ -443,6 +443,7 @@ function endRound(h: Host, st: RoundState, rhtSeed: number): RoundReport {
   // a round completed from the map alone moved no window yet
   if (h.cfg.roundBase < r) h.advanceWindow(r);
   h.rtt.endRound();
+  if (st.sent && !st.passive) h.pace.note(h.dataBytes - st.bytesAtPlan, h.clock.now() - st.planAt);
   countXskDrops(h);
   // per member: a round it was active in (and, on our slots, not held in
   // quarantine), or one it sat out (passive, late, quarantined)

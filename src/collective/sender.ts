@@ -51,6 +51,10 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
   st.lookInMap = true;
   st.lastProgress = h.clock.now();
   if (st.passive) return; // we send nothing this round: results come to us
+  st.planAt = st.lastProgress;
+  st.bytesAtPlan = h.dataBytes;
+  st.windowCap = h.pace.capFor((st.nchunks - st.owned.length) * h.seg, st.K - 1, h.seg);
+  if (st.windowCap < windowChunks(h.o.window, h.o.windowBytes, h.seg)) h.stats.pacedRounds++;
   st.header = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round: st.r, rank: h.rank, version: h.version });
   st.seed = h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, st.r, h.rank)
     : h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
@@ -82,7 +86,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
   if (st.passive) return;
   const copies = redundant(h, st) ? 2 : 1;
   // (two copies: half the chunks in flight, the same frames)
-  const W = Math.max(1, Math.floor(windowChunks(h.o.window, h.o.windowBytes, h.seg) / copies));
+  const W = Math.max(1, Math.floor(Math.min(windowChunks(h.o.window, h.o.windowBytes, h.seg), st.windowCap) / copies));
   const seg = h.seg;
   for (let more = true; more; ) {
     more = false;
