@@ -62,7 +62,10 @@ export async function runRound(
   if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} epoch ${(performance.timeOrigin + t0).toFixed(2)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
     // what we never pack (a round we sit out) is all error; packing overwrites the rest
-    if (h.bits !== 16) (pre?.residSet || resid.set(xq)), (st.resid = resid);
+    if (h.bits !== 16) {
+      if (!pre?.residSet) resid.set(xq); // (the transform's pass did it when it made x's transform)
+      st.resid = resid;
+    }
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
   st.early = earlyFor(h, st, seed, st.resid);
@@ -327,7 +330,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     if (complete(h, st, bankBase)) {
       if (st.rackFired) h.lossRound = r;
-      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} next ${st.next} active ${st.active.toString(2)} n${st.nchunks} ${trace.join(" ")} cap ${st.windowCap} rate ${h.pace.rate().toFixed(0)} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} next ${st.next} active ${st.active.toString(2)} n${st.nchunks} ${trace.join(" ")} window ${st.window} rate ${h.pace.rate().toFixed(0)} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
       break;
     }
     const now = h.clock.now();

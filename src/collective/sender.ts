@@ -53,8 +53,9 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
   if (st.passive) return; // we send nothing this round: results come to us
   st.planAt = st.lastProgress;
   st.bytesAtPlan = h.dataBytes;
-  st.windowCap = h.pace.capFor((st.nchunks - st.owned.length) * h.seg, st.K - 1, h.seg);
-  if (st.windowCap < windowChunks(h.o.window, h.o.windowBytes, h.seg)) h.stats.pacedRounds++;
+  const full = windowChunks(h.o.window, h.o.windowBytes, h.seg);
+  st.window = Math.min(full, h.pace.capFor((st.nchunks - st.owned.length) * h.seg, st.K - 1, h.seg));
+  if (st.window < full) h.stats.pacedRounds++;
   st.header = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round: st.r, rank: h.rank, version: h.version });
   st.seed = h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, st.r, h.rank)
     : h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
@@ -79,14 +80,15 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
 /** Reduce-scatter, self-clocked: quantize and send the chunks we do not
  * own, owners interleaved, keeping at most `window` chunks per owner whose
  * result has not come back, and no more than `windowBytes` of packets (a
- * window in bytes: frames grow with the MTU). A receiver's queue (veth: 256
+ * window in bytes: frames grow with the MTU), nor more than our egress
+ * drains in PACE.QUEUE_MS (st.window, pace.ts). A receiver's queue (veth: 256
  * frames) is never flooded, and every result that arrives lets one more
  * chunk go. */
 export function pump(h: Host, st: RoundState, x: Float32Array): void {
   if (st.passive) return;
   const copies = redundant(h, st) ? 2 : 1;
   // (two copies: half the chunks in flight, the same frames)
-  const W = Math.max(1, Math.floor(Math.min(windowChunks(h.o.window, h.o.windowBytes, h.seg), st.windowCap) / copies));
+  const W = Math.max(1, Math.floor(st.window / copies));
   const seg = h.seg;
   for (let more = true; more; ) {
     more = false;
