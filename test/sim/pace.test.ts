@@ -14,9 +14,9 @@ afterEach(() => Object.assign(PACE, saved));
 
 describe("the egress rate's cap (arithmetic)", () => {
   const MB = 1 << 20;
-  test("no cap before a rate is known, for small rounds, or on a probe round; then rate x QUEUE_MS over the owners' packets, never below FLOOR", () => {
+  test("no cap before a rate is known or for small rounds; then rate x QUEUE_MS over the owners' packets (PROBE_GAIN times that on a probe round), never below FLOOR", () => {
     const p = new EgressPace();
-    expect(p.capFor(16 * MB, 3, 9002)).toBe(Infinity); // the first large round: no rate yet (and a probe)
+    expect(p.capFor(16 * MB, 3, 9002)).toBe(Infinity); // the first large round: no rate yet
     p.note(6.3e6, 52); // 8 bits at 1 Gbit/s: 121 kB per ms
     p.note(1 * MB, 1); // a small round measures nothing
     expect(p.rate()).toBeCloseTo(6.3e6 / 52, 3);
@@ -26,7 +26,9 @@ describe("the egress rate's cap (arithmetic)", () => {
     expect(cap).toBeLessThan(48); // below the unshaped window: the cap binds at 1 Gbit/s
     expect(p.capFor(1 * MB, 3, 9002)).toBe(Infinity); // 1 MiB: never capped, and not counted
     for (let k = 2; k < PACE.PROBE_EVERY; k++) expect(p.capFor(16 * MB, 3, 9002)).toBe(cap);
-    expect(p.capFor(16 * MB, 3, 9002)).toBe(Infinity); // every PROBE_EVERY-th large round runs uncapped
+    // every PROBE_EVERY-th large round probes with PROBE_GAIN times the cap
+    expect(p.capFor(16 * MB, 3, 9002)).toBe(Math.floor((PACE.PROBE_GAIN * (6.3e6 / 52) * PACE.QUEUE_MS) / (3 * 9002)));
+    expect(p.capFor(16 * MB, 3, 9002)).toBe(cap);
     // a fast link (unshaped 16 MiB: 12.6 MB in 25 ms) is never capped below the window of 48
     const fast = new EgressPace();
     fast.note(12.6e6, 25);
