@@ -81,7 +81,12 @@ describe.skipIf(!ok)("gradients of several rounds, under 5% loss", () => {
         }
         const h = runs[0].report!.result_hash;
         for (const r of runs) expect(r.report!.result_hash).toEqual(h);
-        expect(runs.reduce((a, r) => a + r.report!.retransmits, 0)).toBeGreaterThan(0);
+        // the loss was met: retransmissions, or (recovery.ts redundant: small
+        // rounds send twice once RACK has seen a loss) second copies, which
+        // can hide every loss of the timed rounds (a full make test of
+        // 2026-12-06 met 0 retransmissions here: both copies of a packet are
+        // lost only at 0.25%)
+        expect(runs.reduce((a, r) => a + r.report!.retransmits + r.report!.copies_sent, 0)).toBeGreaterThan(0);
       }, 150_000);
     }
 });
