@@ -7,7 +7,7 @@
 // acts on the wire); with the cap off, no round is paced.
 import { afterEach, describe, expect, test } from "bun:test";
 import { EgressPace, PACE } from "../../src/collective/pace.ts";
-import { CLEAN, SimWorld, simGradient, simPrograms } from "./world.ts";
+import { CLEAN, runGradients, SimWorld, simPrograms } from "./world.ts";
 
 const saved = { ...PACE };
 afterEach(() => Object.assign(PACE, saved));
@@ -61,26 +61,8 @@ const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
 async function run(capped: boolean, seed: number) {
   // every round measures the rate, the cap is one chunk per owner, and no round probes
   Object.assign(PACE, saved, capped ? { RATE_MIN_BYTES: 0, QUEUE_MS: 1e-12, FLOOR: 1, PROBE_EVERY: 1e9 } : { enabled: false });
-  const world = new SimWorld(seed, { ...CLEAN, latencyMs: 0.05 }, programs, PORT);
-  const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
-  const hashes: string[][] = world.hosts.map(() => []);
-  const times: number[] = [];
-  try {
-    await world.run(comms.map((c) => async (rank: number) => {
-      await c.connect();
-      for (let k = 0; k < ROUNDS; k++) {
-        const x = simGradient(seed, k, rank, CHUNKS * ELEMS);
-        const t0 = world.now;
-        await c.allreduce(x);
-        times.push(world.now - t0);
-        hashes[rank].push(Bun.hash(x.buffer).toString(16));
-      }
-      await c.leave(30_000);
-    }), 600_000);
-  } finally {
-    for (const c of comms) c.close(0);
-  }
-  return { hashes, times, paced: comms.reduce((a, c) => a + c.stats.pacedRounds, 0) };
+  const { hashes, times, stats } = await runGradients(new SimWorld(seed, { ...CLEAN, latencyMs: 0.05 }, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS);
+  return { hashes, times, paced: stats.reduce((a, st) => a + st.pacedRounds, 0) };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];

@@ -9,7 +9,7 @@
 // program as a duplicate, never summed twice).
 import { afterEach, describe, expect, test } from "bun:test";
 import { TUNING } from "../../src/collective/options.ts";
-import { SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
+import { runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
 
 const root = process.getuid?.() === 0;
 if (!root) console.log("[sim redundant] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
@@ -35,29 +35,11 @@ interface Run {
 
 async function run(copies: boolean, seed: number): Promise<Run> {
   tuning.REDUNDANT_BYTES = copies ? BYTES : 0;
-  const world = new SimWorld(seed, LOSSY, programs, PORT);
-  const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
-  const hashes: string[][] = world.hosts.map(() => []);
-  const times: number[] = [];
-  try {
-    await world.run(comms.map((c) => async (rank: number) => {
-      await c.connect();
-      for (let k = 0; k < ROUNDS; k++) {
-        const x = simGradient(seed, k, rank, CHUNKS * ELEMS);
-        const t0 = world.now;
-        await c.allreduce(x);
-        times.push(world.now - t0);
-        hashes[rank].push(Bun.hash(x.buffer).toString(16));
-      }
-      await c.leave(30_000);
-    }), 600_000);
-  } finally {
-    for (const c of comms) c.close(0);
-  }
+  const { hashes, times, stats } = await runGradients(new SimWorld(seed, LOSSY, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS);
   return {
     hashes, times,
-    retransmits: comms.reduce((a, c) => a + c.stats.retransmits, 0),
-    packets: comms.reduce((a, c) => a + c.stats.packetsSent, 0),
+    retransmits: stats.reduce((a, st) => a + st.retransmits, 0),
+    packets: stats.reduce((a, st) => a + st.packetsSent, 0),
   };
 }
 

@@ -13,7 +13,7 @@
 // or its timer due), or moves the clock to the next delivery or timer.
 // Nothing depends on wall time, so a seed replays the same run.
 import { afterAll, beforeAll } from "bun:test";
-import { Communicator, type CommunicatorOptions } from "../../src/collective.ts";
+import { Communicator, type CollectiveStats, type CommunicatorOptions } from "../../src/collective.ts";
 import { READY_RING, READY_SOCK, type Clock, type Datagrams, type Received, type ReflexPort } from "../../src/collective/ports.ts";
 import { ipv4ToBe32 } from "../../src/transport.ts";
 import { frame } from "../../src/packet.ts";
@@ -340,6 +340,31 @@ export function simGradient(seed: number, round: number, rank: number, n: number
   const x = new Float32Array(n);
   for (let i = 0; i < n; i++) x[i] = (rnd() * 2 - 1) * scale;
   return x;
+}
+
+/** Every host of `world` connects and runs `rounds` all-reduces of
+ * simGradient(seed, k, rank, n), then leaves: per rank the hash of each
+ * result, every rank's virtual ms per round, and each rank's stats. */
+export async function runGradients(world: SimWorld, seed: number, rounds: number, n: number): Promise<{ hashes: string[][]; times: number[]; stats: CollectiveStats[] }> {
+  const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
+  const hashes: string[][] = world.hosts.map(() => []);
+  const times: number[] = [];
+  try {
+    await world.run(comms.map((c) => async (rank: number) => {
+      await c.connect();
+      for (let k = 0; k < rounds; k++) {
+        const x = simGradient(seed, k, rank, n);
+        const t0 = world.now;
+        await c.allreduce(x);
+        times.push(world.now - t0);
+        hashes[rank].push(Bun.hash(x.buffer).toString(16));
+      }
+      await c.leave(30_000);
+    }), 600_000);
+  } finally {
+    for (const c of comms) c.close(0);
+  }
+  return { hashes, times, stats: comms.map((c) => c.stats) };
 }
 
 /** Loads `hosts` programs before the file's tests (as root) and closes them after; the array fills in beforeAll. */
