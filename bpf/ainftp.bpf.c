@@ -524,8 +524,9 @@ static __always_inline int slot_newer(const struct ainftp_slot *slot, __u32 roun
  * contribution of a round claims the slot; a retransmission to a completed
  * slot asks the owner to resend its result (SwitchML's stored-result reply). */
 static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ainftp_wire_hdr *h, __u32 round,
-				      __u32 count, __u64 bit, int *resend)
+				      __u32 count, __u64 bit, int *resend, int *replaced)
 {
+	__u32 spec = (h->flags & AINFTP_F_SPEC) != 0;
 	if (slot->tag != round + 1) {
 		if (slot_newer(slot, round))
 			return AINFTP_CNT_STALE_ROUND; /* the bank already holds a newer round */
@@ -536,6 +537,21 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 		slot->count = count;
 		slot->exp = h->exp;
 		slot->state = AINFTP_SLOT_FILLING;
+		slot->spec = spec;
+		return AINFTP_CNT_SUMMED;
+	}
+	if (slot->spec && !spec && (slot->count != count || slot->exp != h->exp)) {
+		/* the plan's scale is not the one predicted: what the slot holds
+		 * was quantized under the wrong one; this contribution starts it
+		 * again (every member sends again at the plan's scale) */
+		*replaced = slot->state == AINFTP_SLOT_COMPLETE ? 2 : 1; /* 2: a completion to take back */
+		slot->seen = 0;
+		slot->rejected = 0;
+		slot->contributors = 0;
+		slot->count = count;
+		slot->exp = h->exp;
+		slot->state = AINFTP_SLOT_FILLING;
+		slot->spec = 0;
 		return AINFTP_CNT_SUMMED;
 	}
 	if ((slot->seen & bit) && !bench_no_dedupe) {
@@ -549,8 +565,27 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 		return AINFTP_CNT_LATE;
 	}
 	if (slot->count != count || slot->exp != h->exp)
-		return AINFTP_CNT_MAL_SCALE; /* cannot sum integers of different scales */
+		/* cannot sum integers of different scales */
+		return spec ? AINFTP_CNT_SPEC_REFUSED : AINFTP_CNT_MAL_SCALE;
+	if (!spec)
+		slot->spec = 0;
 	return AINFTP_CNT_SUMMED;
+}
+
+/* After the slot lock: a speculative slot emptied (slot_admit's *replaced);
+ * a completion it had counted towards the bank's wake-up is taken back, so
+ * the wake-up that ends the round comes with the slot's real completion. */
+static __always_inline void spec_replaced(struct ainftp_counters *cnt, int replaced, __u32 round)
+{
+	if (!replaced)
+		return;
+	cnt->c[AINFTP_CNT_SPEC_REPLACED]++;
+	if (replaced != 2)
+		return;
+	__u32 bank = round & 1;
+	struct ainftp_bank_state *bs = bpf_map_lookup_elem(&bank_state, &bank);
+	if (bs)
+		__sync_fetch_and_add(&bs->slots_done, -1);
 }
 
 /* The ranks a slot of `round` waits for: its bank's active set, within the
@@ -696,10 +731,10 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		/* seen but not summed: the slot completes without it. A path of its
 		 * own, so that the sum loop's path has no branch on the verdict (one
 		 * made the verifier walk the loop five times: 1.2 s to load). */
-		int resend = 0, complete = 0;
+		int resend = 0, complete = 0, replaced = 0;
 		__u16 contributors = 0;
 		bpf_spin_lock(&slot->lock);
-		int outcome = slot_admit(slot, h, round, count, bit, &resend);
+		int outcome = slot_admit(slot, h, round, count, bit, &resend, &replaced);
 		if (outcome == AINFTP_CNT_SUMMED) {
 			outcome = AINFTP_CNT_SENTRY_REJECTED;
 			slot->seen |= bit;
@@ -708,6 +743,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 			complete = slot_close_if_full(slot, cfg, round);
 		}
 		bpf_spin_unlock(&slot->lock);
+		spec_replaced(cnt, replaced, round);
 		return contrib_done(cnt, cfg, h, idx, outcome, resend, complete, contributors);
 	}
 
@@ -733,10 +769,10 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		}
 	}
 
-	int resend = 0, complete = 0;
+	int resend = 0, complete = 0, replaced = 0;
 	__u16 contributors = 0;
 	bpf_spin_lock(&slot->lock);
-	int outcome = slot_admit(slot, h, round, count, bit, &resend);
+	int outcome = slot_admit(slot, h, round, count, bit, &resend, &replaced);
 	if (outcome == AINFTP_CNT_SUMMED) {
 		slot->seen |= bit;
 		if (!to_ring)
@@ -745,6 +781,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		complete = slot_close_if_full(slot, cfg, round);
 	}
 	bpf_spin_unlock(&slot->lock);
+	spec_replaced(cnt, replaced, round);
 	return contrib_done(cnt, cfg, h, idx, outcome, resend, complete, contributors);
 }
 

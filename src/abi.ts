@@ -51,6 +51,8 @@ export const F_SATURATED = 0x0002;
 export const F_LAST = 0x0004;
 /** CLOSE: close the listed slots whatever they hold. */
 export const F_FORCE = 0x0008;
+/** CONTRIB quantized under a predicted scale, sent before the plan (ainftp_abi.h AINFTP_F_SPEC). */
+export const F_SPEC = 0x0010;
 
 export const EV_SLOT_COMPLETE = 1;
 export const EV_RESULT = 2;
@@ -113,7 +115,7 @@ export const LAYOUT = {
   },
   ainftp_slot: {
     lock: [0, 4], tag: [4, 4], seen: [8, 8], count: [16, 2], contributors: [18, 2],
-    exp: [20, 2], state: [22, 2], completions: [24, 4], reserved: [28, 4], rejected: [32, 8],
+    exp: [20, 2], state: [22, 2], completions: [24, 4], spec: [28, 4], rejected: [32, 8],
   },
   ainftp_gate: { lo: [0, 4], hi: [4, 4] },
   ainftp_obs: { tag: [0, 4], reserved: [4, 4], energy: [8, 2 * MAX_WORKERS] },
@@ -157,6 +159,7 @@ export const COUNTERS = [
   "mal_reserved", "mal_round", "resend_req", "bad_source", "results_xsk",
   "sentry_rejected", "contribs_ring", "late", "not_owner", "mal_contributors", "bad_mac",
   "bad_width", "result_early_dup", "result_contested", "result_displaced", "result_window",
+  "spec_refused", "spec_replaced",
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 export type Counters = Record<CounterName, number>;
@@ -210,6 +213,8 @@ export const COUNTER_HELP: Record<CounterName, string> = {
   result_contested: "result before its round's plan, for an entry holding another rank's result of the round (one of the two is forged)",
   result_displaced: "result stored before its round's plan, replaced by the rank the previous round's plan names as the chunk's owner (presumed forged)",
   result_window: "results among stale_round and future_round (a breakdown, counted there too)",
+  spec_refused: "speculative contributions (sent before the plan, under a predicted scale) at another scale than their slot's: not summed",
+  spec_replaced: "speculative slots emptied by a contribution at the plan's scale (the predicted scale was wrong)",
 };
 
 /** Counters that count a packet dropped for what it said (a reason), as
@@ -397,6 +402,8 @@ export interface SlotState {
   exp: number;
   state: number;
   completions: number;
+  /** 1: every contribution held is speculative (F_SPEC). */
+  spec: number;
   /** Ranks in `seen` whose contribution the sentry dropped. */
   rejected: bigint;
 }
@@ -413,6 +420,7 @@ export function decodeSlot(b: Uint8Array): SlotState {
     exp: v.getInt16(S.exp[0], true),
     state: v.getUint16(S.state[0], true),
     completions: v.getUint32(S.completions[0], true),
+    spec: v.getUint32(S.spec[0], true),
     rejected: v.getBigUint64(S.rejected[0], true),
   };
 }

@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   ACC_BIAS, ACC_BIAS4, ACC_BIAS8, BANKS, CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, CFG_INT4, CFG_INT8, MAC_BYTES, VERSION_INT4, VERSION_INT8,
-  decodeSumsNarrow, payloadBytes, writeHeader, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED,
+  decodeSumsNarrow, payloadBytes, writeHeader, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, F_SPEC,
   MAGIC, MAX_ELEMS, MAX_ROUND, MAX_WORKERS, PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
@@ -133,6 +133,21 @@ class Model {
   plans = Array.from({ length: BANKS }, () => ({ tag: 0, owners: [] as number[] }));
 
   /** Closes the slot once every rank it waits for is in (slot_close_if_full). */
+  /** slot_admit's speculative rule (AINFTP_F_SPEC): a contribution without
+   * the flag at another scale than a slot holding only speculative ones
+   * empties it (a completion it had counted is taken back) and is summed as
+   * its first. */
+  private specReplaces(slot: ModelSlot, h: { flags: number; round: number; count: number; exp: number }): boolean {
+    if (!slot.spec || h.flags & F_SPEC || (slot.count === h.count && slot.exp === h.exp)) return false;
+    if (slot.state === SLOT_COMPLETE) {
+      const bank = this.banks[h.round & 1];
+      bank.slotsDone = (bank.slotsDone - 1) >>> 0;
+    }
+    Object.assign(slot, { seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING, spec: 0 });
+    this.cnt.spec_replaced++;
+    return true;
+  }
+
   private closeIfFull(slot: ModelSlot, round: number): boolean {
     const want = wantOf(this.cfg, round);
     if ((slot.seen & want) !== want) return false;
@@ -153,7 +168,7 @@ class Model {
 
   constructor(public cfg: JobConfig, readonly mapChunks: number, readonly port: number) {
     for (let i = 0; i < BANKS * mapChunks; i++) {
-      this.slots.push({ tag: 0, seen: 0n, count: 0, contributors: 0, exp: 0, state: SLOT_EMPTY, completions: 0, rejected: 0n });
+      this.slots.push({ tag: 0, seen: 0n, count: 0, contributors: 0, exp: 0, state: SLOT_EMPTY, completions: 0, spec: 0, rejected: 0n });
       if (i < mapChunks) this.gate.push("open");
       this.acc.push(new Int32Array(MAX_ELEMS));
       this.raw.push(new Uint32Array(MAX_ELEMS));
@@ -366,8 +381,10 @@ class Model {
         slot.count = h.count;
         slot.exp = h.exp;
         slot.state = SLOT_FILLING;
+        slot.spec = h.flags & F_SPEC ? 1 : 0;
       }
-    } else if (slot.seen & bit) {
+    } else if (this.specReplaces(slot, h)) this.ringCounted.delete(idx);
+    else if (slot.seen & bit) {
       outcome = "duplicate";
       resend = slot.state === SLOT_COMPLETE && (h.flags & F_RETRANSMIT) !== 0;
     }
@@ -375,7 +392,8 @@ class Model {
       outcome = "late";
       resend = (h.flags & F_RETRANSMIT) !== 0;
     }
-    else if (slot.count !== h.count || slot.exp !== h.exp) outcome = "mal_scale";
+    else if (slot.count !== h.count || slot.exp !== h.exp) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
+    else if (!(h.flags & F_SPEC)) slot.spec = 0;
     const reject = outcome === "summed" && ((cfg.flags ?? 0) & CFG_SENTRY) !== 0 && this.gateRejects(h.chunk);
     if (reject) {
       outcome = "sentry_rejected";
@@ -444,16 +462,18 @@ class Model {
     if (slot.tag !== tag) {
       if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
       else {
-        Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING });
+        Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING, spec: h.flags & F_SPEC ? 1 : 0 });
         this.ringCounted.delete(idx);
       }
-    } else if (slot.seen & bit) {
+    } else if (this.specReplaces(slot, h)) this.ringCounted.delete(idx);
+    else if (slot.seen & bit) {
       outcome = "duplicate";
       resend = slot.state === SLOT_COMPLETE && (h.flags & F_RETRANSMIT) !== 0;
     } else if (slot.state === SLOT_COMPLETE) {
       outcome = "late";
       resend = (h.flags & F_RETRANSMIT) !== 0;
-    } else if (slot.count !== h.count || slot.exp !== h.exp) outcome = "mal_scale";
+    } else if (slot.count !== h.count || slot.exp !== h.exp) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
+    else if (!(h.flags & F_SPEC)) slot.spec = 0;
     if (outcome === "summed" && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][0]++;
     if (outcome === "summed") {
       const first = slot.contributors === 0;
@@ -669,7 +689,7 @@ class Generator {
       if (this.rng.chance(0.06)) count = this.rng.chance(0.5) ? 1 + this.rng.int(40) : 1 + this.rng.int(MAX_ELEMS);
       if (this.rng.chance(0.04)) exp = this.rng.int(65536) - 32768;
     }
-    const flags = this.rng.pick([0, 0, 0, F_SATURATED, F_RETRANSMIT, F_LAST, F_SATURATED | F_LAST, this.rng.int(65536)]);
+    const flags = this.rng.pick([0, 0, 0, F_SATURATED, F_RETRANSMIT, F_LAST, F_SATURATED | F_LAST, F_SPEC, F_SPEC, F_SPEC | F_RETRANSMIT, this.rng.int(65536)]);
     // issue 14: mostly the job's width (int8 / int4 values, up to twice the count), sometimes another
     const want = widthVersion(this.cfg());
     const ver = this.rng.chance(0.9) ? want : this.rng.pick([VERSION, VERSION_INT8, VERSION_INT4]);
@@ -1080,7 +1100,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
       `fuzz: ${PACKETS} packets in ${(ms / 1000).toFixed(1)} s, ${stats.checkpoints} checkpoints, ${stats.configChanges} config changes, ` +
       `final round_base ${cfg.roundBase}${stats.wrapped ? " (wrapped)" : ""}; ` +
       `summed ${c.summed}, completed ${c.completed}, results ${c.results}, duplicate ${c.duplicate}, stale ${c.stale_round}, late ${c.late}, not_owner ${c.not_owner}, mal_contributors ${c.mal_contributors}, bad_mac ${c.bad_mac}, ` +
-      `future ${c.future_round}, mal_scale ${c.mal_scale}, passed ${c.passed}, rx ${c.rx}; ${stats.multiBuffer} frames of several buffers summed or stored`,
+      `future ${c.future_round}, mal_scale ${c.mal_scale}, spec_refused ${c.spec_refused}, spec_replaced ${c.spec_replaced}, passed ${c.passed}, rx ${c.rx}; ${stats.multiBuffer} frames of several buffers summed or stored`,
     );
     if (PACKETS >= 10_000) expect(stats.multiBuffer, "frames longer than the linear part were summed (xdp.frags)").toBeGreaterThan(0);
     // The run must have exercised what it claims to.

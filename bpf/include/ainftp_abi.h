@@ -130,6 +130,14 @@ enum ainftp_ctrl_kind {
 #define AINFTP_F_SATURATED 0x0002  /* sender clipped values at this scale (counted) */
 #define AINFTP_F_LAST 0x0004       /* last chunk of the round from this sender */
 #define AINFTP_F_FORCE 0x0008      /* CLOSE: close the listed slots whatever they hold */
+/* CONTRIB sent before its sender had the round's plan, quantized under a
+ * predicted scale (the last plan's for an array of this length). A slot
+ * that holds only such contributions is speculative: a contribution
+ * without the flag at another scale (the plan's) empties it and takes its
+ * place; one with the flag at another scale than the slot's is refused
+ * (AINFTP_CNT_SPEC_REFUSED), never summed. The owner finishes a slot only
+ * at the plan's scale (src/collective/speculate.ts). */
+#define AINFTP_F_SPEC 0x0010
 
 /* Follows the UDP header. A value is q * 2^exp; all workers use the same
  * exp for the same (round, chunk), so their int16 q can be summed. */
@@ -222,7 +230,7 @@ struct ainftp_slot {
 	__s16 exp;          /* scale exponent, fixed by the first contribution */
 	__u16 state;        /* enum ainftp_slot_state */
 	__u32 completions;  /* times this slot completed (diagnostics) */
-	__u32 reserved;
+	__u32 spec;         /* 1: every contribution held is speculative (AINFTP_F_SPEC) */
 	__u64 rejected;     /* ranks in `seen` whose contribution the sentry dropped (not summed) */
 };
 
@@ -394,6 +402,8 @@ enum ainftp_counter {
 	AINFTP_CNT_RESULT_CONTESTED, /* refused: the entry holds another rank's (one of the two is forged; the one stored is kept unless the previous round's plan names this sender the owner) */
 	AINFTP_CNT_RESULT_DISPLACED, /* stored over another rank's, as the previous round's plan names this sender the chunk's owner (the one replaced presumed forged; the plan sweeps the entry if the guess was wrong) */
 	AINFTP_CNT_RESULT_WINDOW,   /* RESULTs among STALE_ROUND and FUTURE_ROUND (a breakdown: counted there too) */
+	AINFTP_CNT_SPEC_REFUSED,    /* speculative contributions (AINFTP_F_SPEC) at another scale than their slot's: refused, not summed */
+	AINFTP_CNT_SPEC_REPLACED,   /* speculative slots emptied by a contribution at the plan's scale (the prediction was wrong) */
 	AINFTP_CNT__MAX,
 };
 
