@@ -523,10 +523,13 @@ static __always_inline int slot_newer(const struct ainftp_slot *slot, __u32 roun
  * of `round` (AINFTP_CNT_SUMMED), or the counter that says why not. The first
  * contribution of a round claims the slot; a retransmission to a completed
  * slot asks the owner to resend its result (SwitchML's stored-result reply). */
-static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ainftp_wire_hdr *h, __u32 round,
-				      __u32 count, __u64 bit, int *resend, int *replaced)
+static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ainftp_config *cfg,
+				      const struct ainftp_wire_hdr *h, __u32 round, __u32 count, __u64 bit, int *resend,
+				      int *replaced)
 {
 	__u32 spec = (h->flags & AINFTP_F_SPEC) != 0;
+	if (spec && (h->contributors == 0 || h->contributors != cfg->spec_tag[round & 1]))
+		return AINFTP_CNT_SPEC_REFUSED; /* not under this owner's prediction */
 	if (slot->tag != round + 1) {
 		if (slot_newer(slot, round))
 			return AINFTP_CNT_STALE_ROUND; /* the bank already holds a newer round */
@@ -734,7 +737,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 		int resend = 0, complete = 0, replaced = 0;
 		__u16 contributors = 0;
 		bpf_spin_lock(&slot->lock);
-		int outcome = slot_admit(slot, h, round, count, bit, &resend, &replaced);
+		int outcome = slot_admit(slot, cfg, h, round, count, bit, &resend, &replaced);
 		if (outcome == AINFTP_CNT_SUMMED) {
 			outcome = AINFTP_CNT_SENTRY_REJECTED;
 			slot->seen |= bit;
@@ -772,7 +775,7 @@ static __always_inline int on_contrib(struct ainftp_counters *cnt, const struct 
 	int resend = 0, complete = 0, replaced = 0;
 	__u16 contributors = 0;
 	bpf_spin_lock(&slot->lock);
-	int outcome = slot_admit(slot, h, round, count, bit, &resend, &replaced);
+	int outcome = slot_admit(slot, cfg, h, round, count, bit, &resend, &replaced);
 	if (outcome == AINFTP_CNT_SUMMED) {
 		slot->seen |= bit;
 		if (!to_ring)

@@ -424,7 +424,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_config, chunk_elems); FIELD(&o, ainftp_config, chunks);
 	FIELD(&o, ainftp_config, batch); FIELD(&o, ainftp_config, owned_chunks);
 	FIELD(&o, ainftp_config, flags); FIELD(&o, ainftp_config, results_per_round);
-	FIELD(&o, ainftp_config, bank_mask);
+	FIELD(&o, ainftp_config, bank_mask); FIELD(&o, ainftp_config, spec_tag); FIELD(&o, ainftp_config, reserved);
 	FIELD(&o, ainftp_slot, lock); FIELD(&o, ainftp_slot, tag); FIELD(&o, ainftp_slot, seen);
 	FIELD(&o, ainftp_slot, count); FIELD(&o, ainftp_slot, contributors);
 	FIELD(&o, ainftp_slot, exp); FIELD(&o, ainftp_slot, state);

@@ -137,6 +137,13 @@ class Model {
    * the flag at another scale than a slot holding only speculative ones
    * empties it (a completion it had counted is taken back) and is summed as
    * its first. */
+  /** slot_admit's first check of a speculative contribution: its tag must be the bank's. */
+  private specRefused(h: { flags: number; round: number; contributors: number }): boolean {
+    if (!(h.flags & F_SPEC)) return false;
+    const tag = (this.cfg.specTag ?? [0, 0])[h.round & 1];
+    return h.contributors === 0 || h.contributors !== tag;
+  }
+
   private specReplaces(slot: ModelSlot, h: { flags: number; round: number; count: number; exp: number }): boolean {
     if (!slot.spec || h.flags & F_SPEC || (slot.count === h.count && slot.exp === h.exp)) return false;
     if (slot.state === SLOT_COMPLETE) {
@@ -350,7 +357,7 @@ class Model {
   }
 
   private contrib(
-    h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number },
+    h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number; contributors: number },
     idx: number,
     values: Int16Array,
   ): number {
@@ -370,7 +377,8 @@ class Model {
     let outcome: keyof Counters = "summed";
     let complete = false;
     let resend = false;
-    if (slot.tag !== tag) {
+    if (this.specRefused(h)) outcome = "spec_refused";
+    else if (slot.tag !== tag) {
       if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
       else {
         slot.tag = tag;
@@ -444,7 +452,7 @@ class Model {
    * sum as the program adds it: whole 64-bit words of 16-bit lanes (exact,
    * carries included, over whatever the entry held). */
   private contribNarrow(
-    h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number },
+    h: { flags: number; round: number; chunk: number; rank: number; count: number; exp: number; contributors: number },
     idx: number,
     bits: 8 | 4,
     bytes: Uint8Array,
@@ -459,7 +467,8 @@ class Model {
     let outcome: keyof Counters = "summed";
     let complete = false;
     let resend = false;
-    if (slot.tag !== tag) {
+    if (this.specRefused(h)) outcome = "spec_refused";
+    else if (slot.tag !== tag) {
       if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
       else {
         Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING, spec: h.flags & F_SPEC ? 1 : 0 });
@@ -694,7 +703,9 @@ class Generator {
     const want = widthVersion(this.cfg());
     const ver = this.rng.chance(0.9) ? want : this.rng.pick([VERSION, VERSION_INT8, VERSION_INT4]);
     if (ver !== VERSION && !gap && this.rng.chance(0.3)) count = Math.min(2 * MAX_ELEMS, 2 * count);
-    const contributors = type === PKT_RESULT ? this.rng.int(MEMBERS + 2) : 0;
+    // a speculative contribution carries its prediction's tag: mostly the bank's, sometimes another
+    const specTag = () => this.rng.chance(0.8) ? (this.cfg().specTag ?? [0, 0])[round & 1] : this.rng.pick([0, 1, 2, this.rng.int(65536)]);
+    const contributors = type === PKT_RESULT ? this.rng.int(MEMBERS + 2) : flags & F_SPEC ? specTag() : 0;
     const payload = ver === VERSION
       ? datagram({ type, jobId: JOB, round, chunk, rank, exp, flags, contributors }, this.values(count))
       : narrowDatagram({ type, version: ver, jobId: JOB, round, chunk, rank, exp, flags, contributors, count }, this.rng);
@@ -1008,7 +1019,9 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
           const y = rng.next();
           return y < 0.4 ? 0n : y < 0.85 ? allMembers(MEMBERS) & ~(1n << BigInt(rng.int(MEMBERS))) : BigInt(rng.int(1 << (MEMBERS + 2)));
         };
-        cfg = { ...cfg, bankMask: [mask(), mask()] };
+        // and the predictions the banks take speculative contributions under (0: none)
+        const tag = () => rng.pick([0, 1, 2, 1 + rng.int(65535)]);
+        cfg = { ...cfg, bankMask: [mask(), mask()], specTag: [tag(), tag()] };
         note = `bankMask [0b${cfg.bankMask![0].toString(2)}, 0b${cfg.bankMask![1].toString(2)}]`;
         // and a round's plan: the owners of the window's rounds (or an older one)
         if (rng.chance(0.7)) {

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, COUNTERS, MAX_ELEMS_AUTH, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, MAGIC, MAX_ELEMS,
+  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, COUNTERS, MAX_ELEMS_AUTH, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, F_SPEC, MAGIC, MAX_ELEMS,
   PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState, type WireHeader,
 } from "../src/abi.ts";
@@ -374,6 +374,82 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
         sums: [7, -7],
       }],
       events: [{ type: EV_SLOT_COMPLETE, contributors: 3, round, chunk, index }],
+    });
+  }
+  // speculative contributions (F_SPEC, tag in contributors): sent before the
+  // plan under the last plan's scale; the plan's scale wins (speculate.ts)
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "speculative contributions under the bank's tag sum and complete like any (the prediction held)",
+      setup: { ...three, specTag: [7, 7] },
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1, 2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [3, 4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
+        // the plan confirms scale 4: a contribution at it joins and the slot is firm
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4 }, [5, 6]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, completed: 1, events: 1, wakeups: 1 } },
+      ],
+      counters: { rx: 3, summed: 3, elems_summed: 6, completed: 1, events: 1, wakeups: 1 },
+      slots: [{ index: chunk, state: { tag: BASE + 1, seen: 0b111n, contributors: 3, exp: 4, state: SLOT_COMPLETE, spec: 0 }, sums: [9, 12] }],
+      events: [{ type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "the plan's scale is not the predicted one: its first contribution empties the speculative slot and starts it again",
+      setup: { ...three, specTag: [7, 7] },
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [100, 100]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [100, 100]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 5 }, [1, 1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, spec_replaced: 1 } },
+        // a speculative one still on its way at the old scale: refused, never summed
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC, contributors: 7 }, [100, 100]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 5 }, [2, 2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 5 }, [4, 4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, completed: 1, events: 1, wakeups: 1 } },
+      ],
+      counters: { rx: 6, summed: 5, elems_summed: 10, spec_replaced: 1, spec_refused: 1, completed: 1, events: 1, wakeups: 1 },
+      slots: [{ index: chunk, state: { seen: 0b111n, contributors: 3, exp: 5, state: SLOT_COMPLETE, spec: 0 }, sums: [7, 7] }],
+      events: [{ type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "a speculative slot that completed at the wrong scale is emptied by the plan's scale and completes again (its first completion taken back)",
+      setup: { ...three, specTag: [7, 7] },
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, completed: 1, events: 1, wakeups: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 3 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, spec_replaced: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 3 }, [2]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 3 }, [4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, completed: 1, events: 1, wakeups: 1 } },
+      ],
+      counters: { rx: 6, summed: 6, elems_summed: 6, spec_replaced: 1, completed: 2, events: 2, wakeups: 2 },
+      slots: [{ index: chunk, state: { seen: 0b111n, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 2, spec: 0 }, sums: [7] }],
+      events: [
+        { type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk },
+        { type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk },
+      ],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
+      description: "speculative contributions under another tag, or while the bank takes none, are refused; a firm slot refuses one at another scale",
+      setup: { ...three, specTag: [7, 0] },
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 8 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 0 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE + 1, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 5 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        // a firm slot is never emptied: another scale without the flag is malformed
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4 }, [1]), action: XDP_DROP, counters: { rx: 1, mal_scale: 1 } },
+      ],
+      counters: { rx: 6, summed: 1, elems_summed: 1, spec_refused: 4, mal_scale: 1 },
+      slots: [{ index: chunk, state: { seen: 0b001n, contributors: 1, exp: 5, state: SLOT_FILLING, spec: 0 }, sums: [1] }],
     });
   }
   {

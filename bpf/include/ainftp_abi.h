@@ -176,6 +176,14 @@ struct ainftp_config {
 	 * member: its late contributions are counted AINFTP_CNT_LATE, and a
 	 * retransmission asks for the stored result). */
 	__u64 bank_mask[AINFTP_BANKS];
+	/* The prediction the owner takes speculative contributions (AINFTP_F_SPEC)
+	 * of the round in bank b under: such a contribution carries its
+	 * prediction's tag in `contributors`, and one with another tag (or any,
+	 * while the bank's tag is 0) is refused as AINFTP_CNT_SPEC_REFUSED. So
+	 * every speculative contribution a slot holds was quantized under the
+	 * owner's own predicted scale. */
+	__u16 spec_tag[AINFTP_BANKS];
+	__u32 reserved;
 };
 
 /* config flags */
@@ -414,7 +422,7 @@ struct ainftp_counters {
 /* ---- layout checks ------------------------------------------------------- */
 
 _Static_assert(sizeof(struct ainftp_wire_hdr) == 32, "wire header is 32 bytes");
-_Static_assert(sizeof(struct ainftp_config) == 56, "config is 56 bytes");
+_Static_assert(sizeof(struct ainftp_config) == 64, "config is 64 bytes");
 _Static_assert(sizeof(struct ainftp_slot) == 40, "slot is 40 bytes");
 _Static_assert(sizeof(struct ainftp_gate) == 8, "gate");
 _Static_assert(sizeof(struct ainftp_obs) == 8 + 2 * AINFTP_MAX_WORKERS, "obs");
