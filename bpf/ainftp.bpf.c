@@ -528,8 +528,11 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 				      int *replaced)
 {
 	__u32 spec = (h->flags & AINFTP_F_SPEC) != 0;
-	if (spec && (h->contributors == 0 || h->contributors != cfg->spec_tag[round & 1]))
-		return AINFTP_CNT_SPEC_REFUSED; /* not under this owner's prediction */
+	/* not under this owner's prediction, or from a rank the round's plan
+	 * (bank_mask, once the owner has it) left out: it sent before it knew */
+	__u64 bank = cfg->bank_mask[round & 1];
+	if (spec && (h->contributors == 0 || h->contributors != cfg->spec_tag[round & 1] || (bank && !(bank & bit))))
+		return AINFTP_CNT_SPEC_REFUSED;
 	if (slot->tag != round + 1) {
 		if (slot_newer(slot, round))
 			return AINFTP_CNT_STALE_ROUND; /* the bank already holds a newer round */

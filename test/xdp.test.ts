@@ -455,6 +455,21 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
+      description: "once the plan left a rank out (bank_mask), its speculative contributions are refused; the active ranks' still sum",
+      setup: { ...three, specTag: [7, 7], bankMask: [0b011n, 0b011n] },
+      packets: [
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC, contributors: 7 }, [2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, completed: 1, events: 1, wakeups: 1 } },
+      ],
+      counters: { rx: 3, summed: 2, elems_summed: 2, spec_refused: 1, completed: 1, events: 1, wakeups: 1 },
+      slots: [{ index: chunk, state: { seen: 0b011n, contributors: 2, exp: 4, state: SLOT_COMPLETE, spec: 1 }, sums: [3] }],
+      events: [{ type: EV_SLOT_COMPLETE, contributors: 2, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh();
+    cases.push({
       description: "member_mask 0b1011 of 4: rank 2 is not_member; completes with ranks 0, 1, 3 (contributors 3)",
       setup: { members: 4, memberMask: 0b1011n },
       packets: [

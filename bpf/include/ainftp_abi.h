@@ -179,7 +179,8 @@ struct ainftp_config {
 	/* The prediction the owner takes speculative contributions (AINFTP_F_SPEC)
 	 * of the round in bank b under: such a contribution carries its
 	 * prediction's tag in `contributors`, and one with another tag (or any,
-	 * while the bank's tag is 0) is refused as AINFTP_CNT_SPEC_REFUSED. So
+	 * while the bank's tag is 0), or from a rank outside a nonzero
+	 * bank_mask, is refused as AINFTP_CNT_SPEC_REFUSED. So
 	 * every speculative contribution a slot holds was quantized under the
 	 * owner's own predicted scale. */
 	__u16 spec_tag[AINFTP_BANKS];

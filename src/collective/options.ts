@@ -90,6 +90,12 @@ export interface CommunicatorOptions {
    * allreduce, else the array itself). Default: on at 8 and 4 bits, off
    * (nothing to feed back but int16 rounding) at 16. */
   errorFeedback?: boolean;
+  /** Speculation: a round over an array of a length the last full round
+   * had starts its contributions before the plan, quantized under that
+   * round's shared scale; the plan confirms them, or the chunks whose scale
+   * changed go again (src/collective/speculate.ts). The sums are the same
+   * either way. Default on; off with the sentry or robust aggregation. */
+  speculate?: boolean;
 }
 
 /** The bit widths a job may run at, as an error message lists them. */
@@ -127,6 +133,7 @@ export const DEFAULTS = {
   /** int16 until 8 bits is shown at training parity here (issue 14): 16 is
    * what every figure before that issue was measured with. */
   bits: 16 as BitWidth,
+  speculate: true,
 } as const;
 
 /** The protocol's tunables (not options: every member must agree on them). */
