@@ -528,10 +528,10 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 				      int *replaced)
 {
 	__u32 spec = (h->flags & AINFTP_F_SPEC) != 0;
-	/* not under this owner's prediction, or from a rank the round's plan
-	 * (bank_mask, once the owner has it) left out: it sent before it knew */
+	/* from a rank the round's plan (bank_mask, once the owner has it) left
+	 * out: it sent before it knew */
 	__u64 bank = cfg->bank_mask[round & 1];
-	if (spec && (h->contributors == 0 || h->contributors != cfg->spec_tag[round & 1] || (bank && !(bank & bit))))
+	if (spec && bank && !(bank & bit))
 		return AINFTP_CNT_SPEC_REFUSED;
 	if (slot->tag != round + 1) {
 		if (slot_newer(slot, round))
@@ -570,6 +570,8 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 		*resend = (h->flags & AINFTP_F_RETRANSMIT) != 0;
 		return AINFTP_CNT_LATE;
 	}
+	if (slot->contributors == 0 && slot->count == 0)
+		slot->count = count; /* claimed empty at the plan's scale (AINFTP_F_CONFIRM) */
 	if (slot->count != count || slot->exp != h->exp)
 		/* cannot sum integers of different scales */
 		return spec ? AINFTP_CNT_SPEC_REFUSED : AINFTP_CNT_MAL_SCALE;
@@ -613,6 +615,8 @@ static __always_inline int slot_close(struct ainftp_slot *slot)
 /* Under the slot lock: closes the slot once every rank it waits for is in. */
 static __always_inline int slot_close_if_full(struct ainftp_slot *slot, const struct ainftp_config *cfg, __u32 round)
 {
+	if (slot->spec)
+		return 0; /* speculative: only the owner's confirmation closes it */
 	__u64 want = slot_want(cfg, round);
 	if ((slot->seen & want) != want)
 		return 0;
@@ -953,6 +957,8 @@ struct close_args {
 	const struct scratch *list; /* the chunk indices, as __u16 */
 	__u32 round;
 	__u32 force;
+	__u32 confirm;
+	__s32 exp;
 };
 
 /* One listed chunk of a CLOSE frame (see ainftp_abi.h). A bpf_loop callback,
@@ -970,10 +976,33 @@ static long close_one(__u64 i, void *arg)
 	struct ainftp_slot *slot = bpf_map_lookup_elem(&slots, &idx);
 	if (!slot)
 		return 0;
-	int closed = 0;
+	int closed = 0, replaced = 0;
 	__u16 contributors = 0;
 	bpf_spin_lock(&slot->lock);
-	if (slot->tag == round + 1) {
+	if (a->confirm) {
+		/* AINFTP_F_CONFIRM: the plan's scale is a->exp */
+		if (slot_newer(slot, round) || (slot->tag == round + 1 && !slot->spec)) {
+			/* an ordinary slot of the round closes as it fills */
+		} else if (slot->tag == round + 1 && slot->state == AINFTP_SLOT_FILLING && slot->exp == a->exp &&
+			   !(slot->seen & ~slot_want(cfg, round))) {
+			slot->spec = 0;
+			closed = slot_close_if_full(slot, cfg, round);
+			contributors = slot->contributors;
+		} else {
+			/* another scale, or an outsider in it (or not on the round
+			 * yet): claimed empty at the plan's scale */
+			if (slot->tag == round + 1)
+				replaced = slot->state == AINFTP_SLOT_COMPLETE ? 2 : 1;
+			slot->tag = round + 1;
+			slot->seen = 0;
+			slot->rejected = 0;
+			slot->contributors = 0;
+			slot->count = 0;
+			slot->exp = a->exp;
+			slot->spec = 0;
+			slot->state = AINFTP_SLOT_FILLING;
+		}
+	} else if (slot->tag == round + 1) {
 		/* re-checked without F_FORCE: the owner may have shrunk bank_mask
 		 * after the last contribution, leaving a slot that holds everyone
 		 * it now waits for but that no packet will close */
@@ -990,9 +1019,11 @@ static long close_one(__u64 i, void *arg)
 		slot->contributors = 0;
 		slot->count = 0;
 		slot->exp = 0;
+		slot->spec = 0;
 		closed = slot_close(slot);
 	}
 	bpf_spin_unlock(&slot->lock);
+	spec_replaced(a->cnt, replaced, round);
 	if (closed) {
 		a->cnt->c[AINFTP_CNT_COMPLETED]++;
 		emit_event(a->cnt, cfg, AINFTP_EV_SLOT_COMPLETE, round, chunk, idx, contributors);
@@ -1003,7 +1034,7 @@ static long close_one(__u64 i, void *arg)
 /* A CLOSE frame: its chunk list copied before any lock, then each chunk.
  * A global function, verified once on its own: inlined, the loop's body was
  * verified again for every state the parser reaches it in. */
-__noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, __u32 count, __u32 force)
+__noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, __u32 count, __u32 flags)
 {
 	__u32 zero = 0;
 	struct ainftp_counters *cnt = bpf_map_lookup_elem(&counters, &zero);
@@ -1017,7 +1048,8 @@ __noinline int ainftp_close(struct xdp_md *ctx, __u32 payload_off, __u32 round, 
 		cnt->c[AINFTP_CNT_MAL_COUNT]++;
 		return XDP_DROP;
 	}
-	struct close_args a = { .cnt = cnt, .cfg = cfg, .list = list, .round = round, .force = force };
+	struct close_args a = { .cnt = cnt, .cfg = cfg, .list = list, .round = round, .force = (flags & AINFTP_F_FORCE) != 0,
+				.confirm = (flags & AINFTP_F_CONFIRM) != 0, .exp = (__s16)(flags >> 16) };
 	bpf_loop(count, close_one, &a, 0);
 	return XDP_DROP;
 }
@@ -1185,14 +1217,19 @@ int ainftp_xdp(struct xdp_md *ctx)
 	if (h->round >= AINFTP_MAX_ROUND)
 		DROP(AINFTP_CNT_MAL_ROUND);
 	__s32 ahead = (__s32)(h->round - cfg->round_base);
-	if (ahead < 0 || ahead > 1)
+	/* A speculative contribution may come a round earlier: its sender
+	 * finished round base + 1, so every member (we too) finished round
+	 * base, whose bank it takes (it cannot complete there before our plan
+	 * confirms it). Anything else is in [base, base + 1]. */
+	int spec_ahead = ahead == 2 && h->type == AINFTP_PKT_CONTRIB && (h->flags & AINFTP_F_SPEC);
+	if (ahead < 0 || (ahead > 1 && !spec_ahead))
 		return window_drop(cnt, h->type, ahead < 0 ? AINFTP_CNT_STALE_ROUND : AINFTP_CNT_FUTURE_ROUND);
 
 	__u32 idx = (h->round & 1) * cfg->chunks + h->chunk;
 	if (h->type == AINFTP_PKT_CONTRIB)
 		return on_contrib(cnt, cfg, h, ctx, (__u32)((void *)(h + 1) - data), idx, ver);
 	if (h->type == AINFTP_PKT_CLOSE)
-		return ainftp_close(ctx, (__u32)((void *)(h + 1) - data), h->round, count, (h->flags & AINFTP_F_FORCE) != 0);
+		return ainftp_close(ctx, (__u32)((void *)(h + 1) - data), h->round, count, h->flags | (__u32)(__u16)h->exp << 16);
 	return on_result(ctx, cnt, cfg, h, (__u32)((void *)(h + 1) - data), idx);
 
 pass:

@@ -424,7 +424,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	FIELD(&o, ainftp_config, chunk_elems); FIELD(&o, ainftp_config, chunks);
 	FIELD(&o, ainftp_config, batch); FIELD(&o, ainftp_config, owned_chunks);
 	FIELD(&o, ainftp_config, flags); FIELD(&o, ainftp_config, results_per_round);
-	FIELD(&o, ainftp_config, bank_mask); FIELD(&o, ainftp_config, spec_tag); FIELD(&o, ainftp_config, reserved);
+	FIELD(&o, ainftp_config, bank_mask);
 	FIELD(&o, ainftp_slot, lock); FIELD(&o, ainftp_slot, tag); FIELD(&o, ainftp_slot, seen);
 	FIELD(&o, ainftp_slot, count); FIELD(&o, ainftp_slot, contributors);
 	FIELD(&o, ainftp_slot, exp); FIELD(&o, ainftp_slot, state);
@@ -452,7 +452,7 @@ int ainftp_abi_describe(char *buf, int cap)
 	CONST(&o, BANKS); CONST(&o, DEFAULT_PORT); CONST(&o, DEFAULT_BATCH); CONST(&o, MAGIC);
 	CONST(&o, VERSION); CONST(&o, PKT_CONTRIB); CONST(&o, PKT_RESULT); CONST(&o, PKT_CONTROL);
 	CONST(&o, PKT_CLOSE);
-	CONST(&o, F_RETRANSMIT); CONST(&o, F_SATURATED); CONST(&o, F_LAST); CONST(&o, F_FORCE); CONST(&o, F_SPEC);
+	CONST(&o, F_RETRANSMIT); CONST(&o, F_SATURATED); CONST(&o, F_LAST); CONST(&o, F_FORCE); CONST(&o, F_SPEC); CONST(&o, F_CONFIRM);
 	CONST(&o, EV_SLOT_COMPLETE); CONST(&o, EV_RESULT); CONST(&o, EV_RESEND);
 	CONST(&o, CTRL_HELLO); CONST(&o, CTRL_EXPS); CONST(&o, CTRL_EXPS_REQ); CONST(&o, CTRL_BYE);
 	CONST(&o, CTRL_STATUS_REQ); CONST(&o, CTRL_STATUS); CONST(&o, CTRL_EXPS_MAX); CONST(&o, CTRL_MEMBER); CONST(&o, CTRL_RESULT_REQ);

@@ -53,6 +53,8 @@ export const F_LAST = 0x0004;
 export const F_FORCE = 0x0008;
 /** CONTRIB quantized under a predicted scale, sent before the plan (ainftp_abi.h AINFTP_F_SPEC). */
 export const F_SPEC = 0x0010;
+/** CLOSE: confirm the listed slots at the plan's scale (the header's exp) instead of closing them. */
+export const F_CONFIRM = 0x0020;
 
 export const EV_SLOT_COMPLETE = 1;
 export const EV_RESULT = 2;
@@ -111,7 +113,7 @@ export const LAYOUT = {
   ainftp_config: {
     job_id: [0, 4], round_base: [4, 4], member_mask: [8, 8], members: [16, 2],
     chunk_elems: [18, 2], chunks: [20, 4], batch: [24, 4], owned_chunks: [28, 4],
-    flags: [32, 4], results_per_round: [36, 4], bank_mask: [40, 16], spec_tag: [56, 4], reserved: [60, 4],
+    flags: [32, 4], results_per_round: [36, 4], bank_mask: [40, 16],
   },
   ainftp_slot: {
     lock: [0, 4], tag: [4, 4], seen: [8, 8], count: [16, 2], contributors: [18, 2],
@@ -134,7 +136,7 @@ export const LAYOUT = {
 
 export const SIZEOF = {
   ainftp_wire_hdr: 32,
-  ainftp_config: 64,
+  ainftp_config: 56,
   ainftp_slot: 40,
   ainftp_gate: 8,
   ainftp_obs: 8 + 2 * MAX_WORKERS,
@@ -348,10 +350,6 @@ export interface JobConfig {
    * only when a bank has a mask, so a config without one reads back as
    * written. */
   bankMask?: [bigint, bigint];
-  /** Per bank: the prediction whose speculative contributions (F_SPEC,
-   * its tag in `contributors`) the owner takes; 0: none. Default [0, 0];
-   * decodeConfig sets it only when a bank has one. */
-  specTag?: [number, number];
 }
 
 const C = LAYOUT.ainftp_config;
@@ -372,16 +370,12 @@ export function encodeConfig(c: JobConfig): Uint8Array {
   const [b0, b1] = c.bankMask ?? [0n, 0n];
   v.setBigUint64(C.bank_mask[0], BigInt.asUintN(64, b0), true);
   v.setBigUint64(C.bank_mask[0] + 8, BigInt.asUintN(64, b1), true);
-  const [t0, t1] = c.specTag ?? [0, 0];
-  v.setUint16(C.spec_tag[0], t0, true);
-  v.setUint16(C.spec_tag[0] + 2, t1, true);
   return b;
 }
 
 export function decodeConfig(b: Uint8Array): JobConfig {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const bankMask: [bigint, bigint] = [v.getBigUint64(C.bank_mask[0], true), v.getBigUint64(C.bank_mask[0] + 8, true)];
-  const specTag: [number, number] = [v.getUint16(C.spec_tag[0], true), v.getUint16(C.spec_tag[0] + 2, true)];
   return {
     jobId: v.getUint32(C.job_id[0], true),
     roundBase: v.getUint32(C.round_base[0], true),
@@ -394,7 +388,6 @@ export function decodeConfig(b: Uint8Array): JobConfig {
     flags: v.getUint32(C.flags[0], true),
     resultsPerRound: v.getUint32(C.results_per_round[0], true),
     ...(bankMask[0] || bankMask[1] ? { bankMask } : {}),
-    ...(specTag[0] || specTag[1] ? { specTag } : {}),
   };
 }
 

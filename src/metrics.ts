@@ -94,6 +94,8 @@ export class NodeMetrics {
     out.push(family("ainftp_packets_sent_total", "counter", "Contribution and result packets sent.", [[{}, s.packetsSent]]));
     out.push(family("ainftp_packets_copied_total", "counter", "Of the packets sent, second copies (small rounds under loss).", [[{}, s.copiesSent]]));
     out.push(family("ainftp_rounds_paced_total", "counter", "Rounds whose window the measured egress rate capped (a link slower than the hosts).", [[{}, s.pacedRounds]]));
+    out.push(family("ainftp_rounds_speculated_total", "counter", "Rounds whose contributions started before the plan, under the last plan's scale.", [[{}, s.specRounds]]));
+    out.push(family("ainftp_packets_speculated_again_total", "counter", "Speculative contributions sent again: the plan's scale or active set was not the predicted one.", [[{}, s.specResent]]));
     out.push(family("ainftp_partial_rounds_total", "counter", "Rounds whose plan left members out (late, down-ranked, past the quorum).", [[{}, s.partialRounds]]));
     out.push(family("ainftp_deadline_closes_total", "counter", "Owned slots closed at the deadline with the contributions present.", [[{}, s.deadlineCloses]]));
     out.push(family("ainftp_xdp_packets_total", "counter", "ainftp packets the XDP program received.", [[{}, c.rx]]));

@@ -98,6 +98,9 @@ export interface NodeReport {
   copies_sent: number;
   /** Rounds whose window this rank's measured egress rate capped (a link slower than the hosts: pace.ts). */
   paced_rounds: number;
+  /** Rounds whose contributions started before the plan (speculate.ts), and of their contributions those sent again (the plan's scale was not the predicted one). */
+  spec_rounds: number;
+  spec_resent: number;
   saturations: number;
   /** Times this process woke (poll returns) during the timed rounds. */
   wakeups: number;
@@ -354,7 +357,7 @@ function nodeReport(
     lost_rounds: o.rounds - times.length,
     result_hash: t.hashes,
     retransmits: statsTimed.retransmits, resends: statsTimed.resends, probe_answers: statsTimed.probeAnswers, duplicates: d("duplicate"),
-    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations, copies_sent: statsTimed.copiesSent, paced_rounds: statsTimed.pacedRounds,
+    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations, copies_sent: statsTimed.copiesSent, paced_rounds: statsTimed.pacedRounds, spec_rounds: statsTimed.specRounds, spec_resent: statsTimed.specResent,
     wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
     packets_received: rx,
     wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,

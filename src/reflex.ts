@@ -8,7 +8,7 @@ import { libbpf } from "../native/libbpf.ts";
 import { closeFd, cstr, ifNameToIndex } from "../native/libc.ts";
 import { libbpfLog, shim } from "../native/shim.ts";
 import {
-  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig, encodePlan,
+  BANKS, COUNTERS, DEFAULT_PORT, decodeSums, F_CONFIRM, F_FORCE, MAX_CHUNKS, MAX_ELEMS, MAX_WORKERS, PKT_CLOSE, SIZEOF, decodeConfig, encodePlan,
   decodeEvents, decodeSlot, encodeConfig, type Counters, type JobConfig, type ReflexEvent, type SlotState,
 } from "./abi.ts";
 import { AinftpError, check, privilegeHint } from "./errors.ts";
@@ -84,6 +84,11 @@ export interface CloseOptions {
   jobId: number;
   /** This host's IPv4 address, the frames' source (needed with CFG_CHECK_SOURCE). */
   srcAddr?: string;
+  /** F_CONFIRM: confirm the slots at this scale (the plan's) instead of
+   * closing them: a speculative slot holding it (and nobody outside the
+   * ranks it waits for) becomes ordinary and closes if full; any other is
+   * claimed empty at it (speculate.ts). */
+  confirmExp?: number;
 }
 
 export function writeConfig(fd: number, cfg: JobConfig): void {
@@ -173,7 +178,10 @@ export abstract class ReflexMaps implements Disposable {
         list[i] = c;
       }
       const f = frame(
-        datagram({ type: PKT_CLOSE, flags: o.force ? F_FORCE : 0, jobId: o.jobId, round, chunk: 0, rank: o.rank }, list),
+        datagram({
+          type: PKT_CLOSE, flags: (o.force ? F_FORCE : 0) | (o.confirmExp !== undefined ? F_CONFIRM : 0), jobId: o.jobId, round, chunk: 0, rank: o.rank,
+          exp: o.confirmExp ?? 0,
+        }, list),
         { dstPort: port },
       );
       if (src) f.set(src, 14 + 12); // the IPv4 source address

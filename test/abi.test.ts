@@ -163,26 +163,18 @@ describe("encoders round-trip", () => {
     expect(decodeConfig(encodeConfig({ ...base, bankMask: [-1n, 2n] })).bankMask).toEqual([(1n << 64n) - 1n, 2n]);
   });
 
-  test("specTag defaults to [0, 0] and reads back only when a bank has one", () => {
-    const base: JobConfig = { jobId: 1, roundBase: 0, memberMask: 3n, members: 2, chunkElems: 4, chunks: 1, batch: 1, ownedChunks: 1 };
-    const none = encodeConfig(base);
-    expect(Array.from(none.subarray(56, 64))).toEqual(new Array(8).fill(0));
-    expect("specTag" in decodeConfig(none)).toBe(false);
-    expect(decodeConfig(encodeConfig({ ...base, specTag: [0, 7] })).specTag).toEqual([0, 7]);
-  });
-
   test("encodeConfig writes little-endian fields at the C offsets (golden bytes)", () => {
     const b = encodeConfig({
       jobId: 0x11223344, roundBase: 0x55667788, memberMask: 0x0102030405060708n, members: 0x090a,
       chunkElems: 0x0b0c, chunks: 0x0d0e0f10, batch: 0x11121314, ownedChunks: 0x15161718, flags: 0x191a1b1c,
-      resultsPerRound: 0x1d1e1f20, bankMask: [0x2122232425262728n, 0x292a2b2c2d2e2f30n], specTag: [0x3132, 0x3334],
+      resultsPerRound: 0x1d1e1f20, bankMask: [0x2122232425262728n, 0x292a2b2c2d2e2f30n],
     });
     // struct ainftp_config { u32 job_id; u32 round_base; u64 member_mask; u16 members;
     //   u16 chunk_elems; u32 chunks; u32 batch; u32 owned_chunks; u32 flags; u32 results_per_round;
-    //   u64 bank_mask[2]; u16 spec_tag[2]; u32 reserved; }
+    //   u64 bank_mask[2]; }
     expect(Buffer.from(b).toString("hex")).toBe(
       "44332211" + "88776655" + "0807060504030201" + "0a09" + "0c0b" + "100f0e0d" + "14131211" + "18171615" + "1c1b1a19" + "201f1e1d" +
-      "2827262524232221" + "302f2e2d2c2b2a29" + "3231" + "3433" + "00000000",
+      "2827262524232221" + "302f2e2d2c2b2a29",
     );
     // decodeConfig honours a subarray's byteOffset
     const big = new Uint8Array(8 + b.length);

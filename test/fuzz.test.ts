@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   ACC_BIAS, ACC_BIAS4, ACC_BIAS8, BANKS, CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, CFG_INT4, CFG_INT8, MAC_BYTES, VERSION_INT4, VERSION_INT8,
-  decodeSumsNarrow, payloadBytes, writeHeader, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, F_SPEC,
+  decodeSumsNarrow, payloadBytes, writeHeader, CFG_CONTRIBS_TO_RING, CFG_SENTRY, COUNTERS, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_CONFIRM, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, F_SPEC,
   MAGIC, MAX_ELEMS, MAX_ROUND, MAX_WORKERS, PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SIZEOF, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION,
   accPosition, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState,
@@ -137,26 +137,37 @@ class Model {
    * the flag at another scale than a slot holding only speculative ones
    * empties it (a completion it had counted is taken back) and is summed as
    * its first. */
-  /** slot_admit's first check of a speculative contribution: its tag must be the bank's. */
-  private specRefused(h: { flags: number; round: number; contributors: number; rank: number }): boolean {
+  /** slot_admit's first check of a speculative contribution: not from a rank outside a nonzero bank mask. */
+  private specRefused(h: { flags: number; round: number; rank: number }): boolean {
     if (!(h.flags & F_SPEC)) return false;
-    const tag = (this.cfg.specTag ?? [0, 0])[h.round & 1];
     const bank = BigInt.asUintN(64, this.cfg.bankMask?.[h.round & 1] ?? 0n);
-    return h.contributors === 0 || h.contributors !== tag || (bank !== 0n && (bank & (1n << BigInt(h.rank & 63))) === 0n);
+    return bank !== 0n && (bank & (1n << BigInt(h.rank & 63))) === 0n;
+  }
+
+  /** A slot of the round emptied (spec_replaced): a completion it had counted towards the bank's wake-up is taken back. */
+  private specReplaced(slot: ModelSlot, round: number): void {
+    if (slot.state === SLOT_COMPLETE) {
+      const bank = this.banks[round & 1];
+      bank.slotsDone = (bank.slotsDone - 1) >>> 0;
+    }
+    this.cnt.spec_replaced++;
   }
 
   private specReplaces(slot: ModelSlot, h: { flags: number; round: number; count: number; exp: number }): boolean {
     if (!slot.spec || h.flags & F_SPEC || (slot.count === h.count && slot.exp === h.exp)) return false;
-    if (slot.state === SLOT_COMPLETE) {
-      const bank = this.banks[h.round & 1];
-      bank.slotsDone = (bank.slotsDone - 1) >>> 0;
-    }
+    this.specReplaced(slot, h.round);
     Object.assign(slot, { seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING, spec: 0 });
-    this.cnt.spec_replaced++;
+    return true;
+  }
+
+  /** A slot claimed empty at the plan's scale (F_CONFIRM) takes its first contribution's count. Always true. */
+  private adopt(slot: ModelSlot, h: { count: number }): boolean {
+    if (slot.contributors === 0 && slot.count === 0) slot.count = h.count;
     return true;
   }
 
   private closeIfFull(slot: ModelSlot, round: number): boolean {
+    if (slot.spec) return false; // speculative: only the owner's confirmation closes it
     const want = wantOf(this.cfg, round);
     if ((slot.seen & want) !== want) return false;
     return this.close(slot);
@@ -319,7 +330,8 @@ class Model {
     const ahead = (hdr.round - cfg.roundBase) | 0;
     if ((ahead < 0 || ahead > 1) && type === PKT_RESULT) this.cnt.result_window++;
     if (ahead < 0) return this.drop("stale_round");
-    if (ahead > 1) return this.drop("future_round");
+    // (a speculative contribution may come a round earlier: ainftp_xdp)
+    if (ahead > 1 && !(ahead === 2 && type === PKT_CONTRIB && hdr.flags & F_SPEC)) return this.drop("future_round");
     const idx = ((hdr.round & 1) * cfg.chunks + hdr.chunk) >>> 0;
     const payload = h + 32;
     const bytes = f.slice(payload, payload + pb);
@@ -331,7 +343,7 @@ class Model {
   }
 
   /** A CLOSE frame (ainftp_close / close_one): each listed chunk in order. */
-  private closeFrame(h: { flags: number; round: number }, list: Int16Array): number {
+  private closeFrame(h: { flags: number; round: number; exp: number }, list: Int16Array): number {
     const cfg = this.cfg;
     const tag = (h.round + 1) >>> 0;
     const force = (h.flags & F_FORCE) !== 0;
@@ -342,10 +354,25 @@ class Model {
       if (idx >= this.slots.length) continue;
       const slot = this.slots[idx];
       let closed = false;
-      if (slot.tag === tag) {
+      const newer = slot.tag !== 0 && ((slot.tag - tag) | 0) > 0;
+      if (h.flags & F_CONFIRM) {
+        // the plan's scale is h.exp: a speculative slot at it (nobody outside
+        // the ranks it waits for) becomes ordinary; any other is claimed empty at it
+        const want = BigInt.asUintN(64, wantOf(cfg, h.round));
+        if (newer || (slot.tag === tag && !slot.spec)) {
+          // an ordinary slot of the round closes as it fills
+        } else if (slot.tag === tag && slot.state === SLOT_FILLING && slot.exp === h.exp && (slot.seen & ~want) === 0n) {
+          slot.spec = 0;
+          closed = this.closeIfFull(slot, h.round);
+        } else {
+          if (slot.tag === tag) this.specReplaced(slot, h.round);
+          Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: 0, exp: h.exp, spec: 0, state: SLOT_FILLING });
+          this.ringCounted.delete(idx);
+        }
+      } else if (slot.tag === tag) {
         if (slot.state === SLOT_FILLING) closed = force ? this.close(slot) : this.closeIfFull(slot, h.round);
-      } else if (force && !(slot.tag !== 0 && ((slot.tag - tag) | 0) > 0)) {
-        Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: 0, exp: 0 });
+      } else if (force && !newer) {
+        Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: 0, exp: 0, spec: 0 });
         this.ringCounted.delete(idx);
         closed = this.close(slot);
       }
@@ -401,7 +428,7 @@ class Model {
       outcome = "late";
       resend = (h.flags & F_RETRANSMIT) !== 0;
     }
-    else if (slot.count !== h.count || slot.exp !== h.exp) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
+    else if (this.adopt(slot, h) && (slot.count !== h.count || slot.exp !== h.exp)) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
     else if (!(h.flags & F_SPEC)) slot.spec = 0;
     const reject = outcome === "summed" && ((cfg.flags ?? 0) & CFG_SENTRY) !== 0 && this.gateRejects(h.chunk);
     if (reject) {
@@ -482,7 +509,7 @@ class Model {
     } else if (slot.state === SLOT_COMPLETE) {
       outcome = "late";
       resend = (h.flags & F_RETRANSMIT) !== 0;
-    } else if (slot.count !== h.count || slot.exp !== h.exp) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
+    } else if (this.adopt(slot, h) && (slot.count !== h.count || slot.exp !== h.exp)) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
     else if (!(h.flags & F_SPEC)) slot.spec = 0;
     if (outcome === "summed" && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][0]++;
     if (outcome === "summed") {
@@ -704,9 +731,7 @@ class Generator {
     const want = widthVersion(this.cfg());
     const ver = this.rng.chance(0.9) ? want : this.rng.pick([VERSION, VERSION_INT8, VERSION_INT4]);
     if (ver !== VERSION && !gap && this.rng.chance(0.3)) count = Math.min(2 * MAX_ELEMS, 2 * count);
-    // a speculative contribution carries its prediction's tag: mostly the bank's, sometimes another
-    const specTag = () => this.rng.chance(0.8) ? (this.cfg().specTag ?? [0, 0])[round & 1] : this.rng.pick([0, 1, 2, this.rng.int(65536)]);
-    const contributors = type === PKT_RESULT ? this.rng.int(MEMBERS + 2) : flags & F_SPEC ? specTag() : 0;
+    const contributors = type === PKT_RESULT ? this.rng.int(MEMBERS + 2) : 0;
     const payload = ver === VERSION
       ? datagram({ type, jobId: JOB, round, chunk, rank, exp, flags, contributors }, this.values(count))
       : narrowDatagram({ type, version: ver, jobId: JOB, round, chunk, rank, exp, flags, contributors, count }, this.rng);
@@ -738,8 +763,11 @@ class Generator {
   close(): Uint8Array {
     const rng = this.rng;
     const list = Array.from({ length: 1 + rng.int(6) }, () => (rng.chance(0.9) ? rng.int(MAP_CHUNKS) : rng.pick([MAP_CHUNKS, 0xffff, rng.int(65536)])));
-    const flags = rng.pick([0, 0, F_FORCE, F_FORCE | F_RETRANSMIT, rng.int(65536)]);
-    return frame(datagram({ type: PKT_CLOSE, jobId: JOB, round: this.round(), chunk: 0, rank: this.rank(), flags }, list));
+    const flags = rng.pick([0, 0, F_FORCE, F_FORCE | F_RETRANSMIT, F_CONFIRM, F_CONFIRM, F_CONFIRM | F_FORCE, rng.int(65536)]);
+    const round = this.round();
+    // a confirmation mostly at a scale the slots hold (the plan's), else any
+    const exp = rng.chance(0.7) ? this.canon(round, list[0] & 0xffff).exp : rng.int(65536) - 32768;
+    return frame(datagram({ type: PKT_CLOSE, jobId: JOB, round, chunk: 0, rank: this.rank(), flags, exp }, list));
   }
 
   duplicate(): Uint8Array {
@@ -1020,9 +1048,7 @@ describe(`fuzz: ${PACKETS} random and mutated packets vs a TS model (seed ${SEED
           const y = rng.next();
           return y < 0.4 ? 0n : y < 0.85 ? allMembers(MEMBERS) & ~(1n << BigInt(rng.int(MEMBERS))) : BigInt(rng.int(1 << (MEMBERS + 2)));
         };
-        // and the predictions the banks take speculative contributions under (0: none)
-        const tag = () => rng.pick([0, 1, 2, 1 + rng.int(65535)]);
-        cfg = { ...cfg, bankMask: [mask(), mask()], specTag: [tag(), tag()] };
+        cfg = { ...cfg, bankMask: [mask(), mask()] };
         note = `bankMask [0b${cfg.bankMask![0].toString(2)}, 0b${cfg.bankMask![1].toString(2)}]`;
         // and a round's plan: the owners of the window's rounds (or an older one)
         if (rng.chance(0.7)) {

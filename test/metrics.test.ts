@@ -36,7 +36,7 @@ function parse(text: string): { samples: Map<string, number>; types: Map<string,
 
 function fakeStats(): CollectiveStats {
   return {
-    rounds: 12, retransmits: 5, resends: 2, probeAnswers: 4, timeouts: 3, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 900, copiesSent: 60, pacedRounds: 7, expsLeftOut: 0, gatheredEarly: 0,
+    rounds: 12, retransmits: 5, resends: 2, probeAnswers: 4, timeouts: 3, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 900, copiesSent: 60, pacedRounds: 7, specRounds: 9, specResent: 3, expsLeftOut: 0, gatheredEarly: 0,
     partialRounds: 1, passiveRounds: 0, deadlineCloses: 0, phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 }
@@ -70,6 +70,8 @@ describe("exposition format", () => {
     expect(s.get("ainftp_retransmits_total")).toBe(5);
     expect(s.get("ainftp_packets_copied_total")).toBe(60);
     expect(s.get("ainftp_rounds_paced_total")).toBe(7);
+    expect(s.get("ainftp_rounds_speculated_total")).toBe(9);
+    expect(s.get("ainftp_packets_speculated_again_total")).toBe(3);
     expect(s.get("ainftp_probe_answers_total")).toBe(4);
     expect(s.get("ainftp_retransmit_timeouts_total")).toBe(3);
     for (const r of DROP_REASONS) expect(s.get(`ainftp_xdp_drops_total{reason="${r}"}`)).toBe(counters[r]);

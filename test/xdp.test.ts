@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, COUNTERS, MAX_ELEMS_AUTH, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, F_SPEC, MAGIC, MAX_ELEMS,
+  CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, COUNTERS, MAX_ELEMS_AUTH, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, F_SPEC, F_CONFIRM, MAGIC, MAX_ELEMS,
   PKT_CLOSE, PKT_CONTRIB, PKT_CONTROL, PKT_RESULT, SLOT_COMPLETE, SLOT_EMPTY, SLOT_FILLING, VERSION, allMembers,
   type Counters, type JobConfig, type ReflexEvent, type SlotState, type WireHeader,
 } from "../src/abi.ts";
@@ -376,17 +376,18 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
       events: [{ type: EV_SLOT_COMPLETE, contributors: 3, round, chunk, index }],
     });
   }
-  // speculative contributions (F_SPEC, tag in contributors): sent before the
-  // plan under the last plan's scale; the plan's scale wins (speculate.ts)
+  // speculative contributions (F_SPEC): sent before the plan under the last
+  // plan's scale; the plan's scale wins, and only the owner's confirmation
+  // (CLOSE + F_CONFIRM at the plan's scale) closes a speculative slot (speculate.ts)
+  const confirm = (round: number, exp: number, chunks: number[]) => closePkt({ round, flags: F_CONFIRM, exp }, chunks);
   {
     const chunk = fresh();
     cases.push({
-      description: "speculative contributions under the bank's tag sum and complete like any (the prediction held)",
-      setup: { ...three, specTag: [7, 7] },
+      description: "speculative contributions sum; a contribution at the same scale without the flag makes the slot ordinary and it completes",
+      setup: three,
       packets: [
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1, 2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
-        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [3, 4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
-        // the plan confirms scale 4: a contribution at it joins and the slot is firm
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC }, [1, 2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC }, [3, 4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
         { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4 }, [5, 6]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, completed: 1, events: 1, wakeups: 1 } },
       ],
       counters: { rx: 3, summed: 3, elems_summed: 6, completed: 1, events: 1, wakeups: 1 },
@@ -397,14 +398,13 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
-      description: "the plan's scale is not the predicted one: its first contribution empties the speculative slot and starts it again",
-      setup: { ...three, specTag: [7, 7] },
+      description: "the plan's scale is not the predicted one: its first contribution empties the speculative slot; a late speculative one is refused",
+      setup: three,
       packets: [
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [100, 100]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
-        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [100, 100]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC }, [100, 100]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC }, [100, 100]), action: XDP_DROP },
         { frame: pkt({ round: BASE, chunk, rank: 2, exp: 5 }, [1, 1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, spec_replaced: 1 } },
-        // a speculative one still on its way at the old scale: refused, never summed
-        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC, contributors: 7 }, [100, 100]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC }, [100, 100]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
         { frame: pkt({ round: BASE, chunk, rank: 1, exp: 5 }, [2, 2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
         { frame: pkt({ round: BASE, chunk, rank: 0, exp: 5 }, [4, 4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, completed: 1, events: 1, wakeups: 1 } },
       ],
@@ -416,20 +416,41 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
-      description: "a speculative slot that completed at the wrong scale is emptied by the plan's scale and completes again (its first completion taken back)",
-      setup: { ...three, specTag: [7, 7] },
+      description: "a speculative slot never completes by itself: full, it waits for the owner's confirmation at its scale",
+      setup: three,
       packets: [
-        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP },
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP },
-        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, completed: 1, events: 1, wakeups: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 3 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, spec_replaced: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 3 }, [2]), action: XDP_DROP },
-        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 3 }, [4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, completed: 1, events: 1, wakeups: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC }, [2]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC }, [4]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: confirm(BASE, 4, [chunk]), action: XDP_DROP, counters: { rx: 1, completed: 1, events: 1, wakeups: 1 } },
       ],
-      counters: { rx: 6, summed: 6, elems_summed: 6, spec_replaced: 1, completed: 2, events: 2, wakeups: 2 },
-      slots: [{ index: chunk, state: { seen: 0b111n, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 2, spec: 0 }, sums: [7] }],
+      counters: { rx: 4, summed: 3, elems_summed: 3, completed: 1, events: 1, wakeups: 1 },
+      slots: [{ index: chunk, state: { seen: 0b111n, contributors: 3, exp: 4, state: SLOT_COMPLETE, completions: 1, spec: 0 }, sums: [7] }],
+      events: [{ type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk }],
+    });
+  }
+  {
+    const chunk = fresh(), untouched = fresh();
+    cases.push({
+      description: "a confirmation at another scale empties a speculative slot, and claims an untouched one empty at the plan's scale: speculative ones at another scale are refused there",
+      setup: three,
+      packets: [
+        ...[0, 1, 2].map((rank) => ({ frame: pkt({ round: BASE, chunk, rank, exp: 4, flags: F_SPEC }, [100]), action: XDP_DROP as Action })),
+        { frame: confirm(BASE, 3, [chunk, untouched]), action: XDP_DROP, counters: { rx: 1, spec_replaced: 1 } },
+        { frame: pkt({ round: BASE, chunk: untouched, rank: 1, exp: 4, flags: F_SPEC }, [100, 100]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        // at the plan's scale a speculative one sums (the slot takes its count), and the slot is ordinary: it closes when full
+        { frame: pkt({ round: BASE, chunk: untouched, rank: 1, exp: 3, flags: F_SPEC }, [1, 2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2 } },
+        { frame: pkt({ round: BASE, chunk: untouched, rank: 0, exp: 3 }, [1, 2]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk: untouched, rank: 2, exp: 3 }, [1, 2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 2, completed: 1, events: 1, wakeups: 1 } },
+        ...[0, 1, 2].map((rank) => ({ frame: pkt({ round: BASE, chunk, rank, exp: 3 }, [rank + 1]), action: XDP_DROP as Action })),
+      ],
+      counters: { rx: 11, summed: 9, elems_summed: 12, spec_replaced: 1, spec_refused: 1, completed: 2, events: 2, wakeups: 2 },
+      slots: [
+        { index: chunk, state: { seen: 0b111n, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 1, spec: 0 }, sums: [6] },
+        { index: untouched, state: { tag: BASE + 1, seen: 0b111n, count: 2, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 1, spec: 0 }, sums: [3, 6] },
+      ],
       events: [
-        { type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk },
+        { type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk: untouched, index: untouched },
         { type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk },
       ],
     });
@@ -437,33 +458,35 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh();
     cases.push({
-      description: "speculative contributions under another tag, or while the bank takes none, are refused; a firm slot refuses one at another scale",
-      setup: { ...three, specTag: [7, 0] },
+      description: "a speculative contribution is taken one round further ahead (base + 2: its sender finished base + 1), an ordinary one is not",
+      setup: three,
       packets: [
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 8 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 0 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
-        { frame: pkt({ round: BASE + 1, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 5 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
-        // a firm slot is never emptied: another scale without the flag is malformed
-        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4 }, [1]), action: XDP_DROP, counters: { rx: 1, mal_scale: 1 } },
+        { frame: pkt({ round: BASE + 2, chunk, rank: 1, exp: 4 }, [1]), action: XDP_DROP, counters: { rx: 1, future_round: 1 } },
+        { frame: pkt({ round: BASE + 2, chunk, rank: 1, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: pkt({ round: BASE + 3, chunk, rank: 2, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP, counters: { rx: 1, future_round: 1 } },
       ],
-      counters: { rx: 6, summed: 1, elems_summed: 1, spec_refused: 4, mal_scale: 1 },
-      slots: [{ index: chunk, state: { seen: 0b001n, contributors: 1, exp: 5, state: SLOT_FILLING, spec: 0 }, sums: [1] }],
+      counters: { rx: 3, summed: 1, elems_summed: 1, future_round: 2 },
+      slots: [{ index: chunk, state: { tag: BASE + 3, seen: 0b010n, contributors: 1, exp: 4, state: SLOT_FILLING, spec: 1 }, sums: [1] }],
     });
   }
   {
-    const chunk = fresh();
+    const chunk = fresh(), other = fresh();
     cases.push({
-      description: "once the plan left a rank out (bank_mask), its speculative contributions are refused; the active ranks' still sum",
-      setup: { ...three, specTag: [7, 7], bankMask: [0b011n, 0b011n] },
+      description: "the plan left a rank out (bank_mask): its speculative contributions are refused, and a speculative slot it is in is emptied by the confirmation",
+      setup: three,
       packets: [
-        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC, contributors: 7 }, [100]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC, contributors: 7 }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC, contributors: 7 }, [2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, completed: 1, events: 1, wakeups: 1 } },
+        { frame: pkt({ round: BASE, chunk: other, rank: 2, exp: 4, flags: F_SPEC }, [100]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk: other, rank: 0, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC }, [100]), action: XDP_DROP, config: { bankMask: [0b011n, 0b011n] }, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC }, [2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: confirm(BASE, 4, [chunk, other]), action: XDP_DROP, counters: { rx: 1, spec_replaced: 1, completed: 1, events: 1, wakeups: 1 } },
       ],
-      counters: { rx: 3, summed: 2, elems_summed: 2, spec_refused: 1, completed: 1, events: 1, wakeups: 1 },
-      slots: [{ index: chunk, state: { seen: 0b011n, contributors: 2, exp: 4, state: SLOT_COMPLETE, spec: 1 }, sums: [3] }],
+      counters: { rx: 6, summed: 4, elems_summed: 4, spec_refused: 1, spec_replaced: 1, completed: 1, events: 1, wakeups: 1 },
+      slots: [
+        { index: chunk, state: { seen: 0b011n, contributors: 2, exp: 4, state: SLOT_COMPLETE, spec: 0 }, sums: [3] },
+        { index: other, state: { tag: BASE + 1, seen: 0n, count: 0, contributors: 0, exp: 4, state: SLOT_FILLING, spec: 0 } },
+      ],
       events: [{ type: EV_SLOT_COMPLETE, contributors: 2, round: BASE, chunk, index: chunk }],
     });
   }

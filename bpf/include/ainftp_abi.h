@@ -131,13 +131,25 @@ enum ainftp_ctrl_kind {
 #define AINFTP_F_LAST 0x0004       /* last chunk of the round from this sender */
 #define AINFTP_F_FORCE 0x0008      /* CLOSE: close the listed slots whatever they hold */
 /* CONTRIB sent before its sender had the round's plan, quantized under a
- * predicted scale (the last plan's for an array of this length). A slot
- * that holds only such contributions is speculative: a contribution
- * without the flag at another scale (the plan's) empties it and takes its
- * place; one with the flag at another scale than the slot's is refused
- * (AINFTP_CNT_SPEC_REFUSED), never summed. The owner finishes a slot only
- * at the plan's scale (src/collective/speculate.ts). */
+ * predicted scale (the last plan's for an array of this length,
+ * src/collective/speculate.ts). A slot that holds only such contributions
+ * is speculative: it never completes by itself. The owner, once it has the
+ * plan, confirms its slots (CLOSE with AINFTP_F_CONFIRM, below) at the
+ * plan's scale. A contribution without the flag at another scale than a
+ * speculative slot's empties it and takes its place; one with the flag at
+ * another scale than the slot's, or from a rank outside a nonzero
+ * bank_mask (the plan left it out), is refused (AINFTP_CNT_SPEC_REFUSED),
+ * never summed. Such a contribution is taken up to round_base + 2 (its
+ * sender finished round base + 1, so every member finished round base,
+ * whose bank it takes). */
 #define AINFTP_F_SPEC 0x0010
+/* CLOSE: confirm the listed slots at the plan's scale `exp` instead of
+ * closing them: a slot of the round still speculative becomes an ordinary
+ * one if it holds that scale and nobody outside the ranks it waits for
+ * (and closes if full), else it is emptied (AINFTP_CNT_SPEC_REPLACED); a
+ * slot not yet on the round is claimed empty at that scale, so that a
+ * speculative contribution at another scale arriving later is refused. */
+#define AINFTP_F_CONFIRM 0x0020
 
 /* Follows the UDP header. A value is q * 2^exp; all workers use the same
  * exp for the same (round, chunk), so their int16 q can be summed. */
@@ -161,7 +173,7 @@ struct ainftp_wire_hdr {
 /* config map, one entry; userspace may update it while attached. */
 struct ainftp_config {
 	__u32 job_id;       /* packets of other jobs are dropped as foreign */
-	__u32 round_base;   /* oldest open round; the window is [base, base+1] */
+	__u32 round_base;   /* oldest open round; the window is [base, base+1] (+2: AINFTP_F_SPEC) */
 	__u64 member_mask;  /* bit r set: rank r is expected in every slot */
 	__u16 members;      /* ranks must be < members */
 	__u16 chunk_elems;  /* elements per full chunk */
@@ -176,15 +188,6 @@ struct ainftp_config {
 	 * member: its late contributions are counted AINFTP_CNT_LATE, and a
 	 * retransmission asks for the stored result). */
 	__u64 bank_mask[AINFTP_BANKS];
-	/* The prediction the owner takes speculative contributions (AINFTP_F_SPEC)
-	 * of the round in bank b under: such a contribution carries its
-	 * prediction's tag in `contributors`, and one with another tag (or any,
-	 * while the bank's tag is 0), or from a rank outside a nonzero
-	 * bank_mask, is refused as AINFTP_CNT_SPEC_REFUSED. So
-	 * every speculative contribution a slot holds was quantized under the
-	 * owner's own predicted scale. */
-	__u16 spec_tag[AINFTP_BANKS];
-	__u32 reserved;
 };
 
 /* config flags */
@@ -423,7 +426,7 @@ struct ainftp_counters {
 /* ---- layout checks ------------------------------------------------------- */
 
 _Static_assert(sizeof(struct ainftp_wire_hdr) == 32, "wire header is 32 bytes");
-_Static_assert(sizeof(struct ainftp_config) == 64, "config is 64 bytes");
+_Static_assert(sizeof(struct ainftp_config) == 56, "config is 56 bytes");
 _Static_assert(sizeof(struct ainftp_slot) == 40, "slot is 40 bytes");
 _Static_assert(sizeof(struct ainftp_gate) == 8, "gate");
 _Static_assert(sizeof(struct ainftp_obs) == 8 + 2 * AINFTP_MAX_WORKERS, "obs");

@@ -7,7 +7,7 @@ import { F_RETRANSMIT, LAYOUT, MAGIC, PKT_CONTROL, SIZEOF, VERSION, readHeader, 
 import { TUNING } from "./options.ts";
 
 export const HDR = SIZEOF.ainftp_wire_hdr;
-const H = LAYOUT.ainftp_wire_hdr;
+export const H = LAYOUT.ainftp_wire_hdr;
 const REC = LAYOUT.ainftp_contrib_rec;
 
 /** Chunk numbers one RESULT_REQ carries. */

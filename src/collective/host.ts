@@ -16,6 +16,7 @@ import type { RobustPolicy } from "./robust-policy.ts";
 import type { SentryPolicy } from "./sentry-policy.ts";
 import { RttEstimator } from "./rtt.ts";
 import { EgressPace } from "./pace.ts";
+import type { Prediction } from "./speculate.ts";
 
 /** A round's results we own, kept for members that fall behind (recovery.ts). */
 export interface CachedResults {
@@ -101,6 +102,9 @@ export class Host {
   /** Per member: when we last answered its HELLO with a full-size one
    * (handshake.ts fullAnswer: at most one per greeting interval). */
   fullAnsweredAt: Float64Array;
+  /** Per array length (chunks): the last round's plan, which predicts the
+   * next round's scale (speculate.ts). */
+  readonly predictions = new Map<number, Prediction>();
   /** Partial rounds' plans we led, for passive members that fall behind
    * and ask after we moved on (the last CACHE_ROUNDS). */
   readonly planCache = new Map<number, Plan>();

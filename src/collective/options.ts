@@ -300,6 +300,10 @@ export interface CollectiveStats {
   copiesSent: number;
   /** Rounds whose window our measured egress rate capped below the window (pace.ts: a slow link). */
   pacedRounds: number;
+  /** Rounds whose contributions started before the plan, under the last plan's scale (speculate.ts). */
+  specRounds: number;
+  /** Of those, contributions sent again: the plan's scale (or active set) was not the predicted one. */
+  specResent: number;
   /** 8 and 4 bits: result chunks gathered (dequantized, inverse transform)
    * while the round still waited, not after its last result (early.ts). */
   gatheredEarly: number;
@@ -311,7 +315,7 @@ export interface CollectiveStats {
 
 export function zeroStats(): CollectiveStats {
   return {
-    rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, copiesSent: 0, pacedRounds: 0, expsLeftOut: 0,
+    rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, copiesSent: 0, pacedRounds: 0, specRounds: 0, specResent: 0, expsLeftOut: 0,
     partialRounds: 0, gatheredEarly: 0, passiveRounds: 0, deadlineCloses: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };

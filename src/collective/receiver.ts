@@ -126,7 +126,9 @@ export function drainEvents(h: Host, st: RoundState | null, bankBase: number): v
         planAhead(h, st); // (the window reaches the next round now)
       }
       if (type === EV_SLOT_COMPLETE) {
-        if (round === st.r && chunk < st.nchunks && !st.ownedDone[chunk]) {
+        // (a chunk another member owns: a slot speculation filled under
+        // another layout than the plan's, never ours to finish)
+        if (round === st.r && chunk < st.nchunks && !st.ownedDone[chunk] && (st.K === 0 || st.ownerIdx[h.rank] === chunk % st.K)) {
           st.ownedDone[chunk] = 1;
           st.summed[chunk] = raw[4 * i] >>> 16;
           done[nd++] = chunk;
@@ -176,9 +178,12 @@ export function gotResult(st: RoundState, chunk: number, h: Host): void {
     // chunk's result waited on a loss (ours, or another member's lost
     // contribution to the same slot), which says nothing of the path and
     // would stretch every timer under loss
-    if (st.tries[chunk] === 0) {
-      if (k > st.furthest[o]) h.rtt.sample(since);
-    } else h.rtt.resultAfterRetransmit(since);
+    // (not of one sent before its round's plan: it waited for the owner's plan too)
+    if (st.sent && st.sentAt[chunk] >= st.confirmedAt) {
+      if (st.tries[chunk] === 0) {
+        if (k > st.furthest[o]) h.rtt.sample(since);
+      } else h.rtt.resultAfterRetransmit(since);
+    }
     // RACK's rtt: of the latest-sent chunk with its result (a retransmitted
     // one only when the result cannot be the first sending's)
     if (st.sentAt[chunk] >= st.rackSent[o] && (st.tries[chunk] === 0 || since >= h.rtt.minRtt)) {

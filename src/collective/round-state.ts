@@ -2,6 +2,7 @@
 // plan, the send window, the owner's progress and the receiver keep.
 import type { FinishBatchArgs } from "../../native/collective.ts";
 import type { Early } from "./early.ts";
+import type { Spec } from "./speculate.ts";
 
 /** A contribution to one of our chunks, as the contribs ring gave it (robust modes). */
 export interface Contribution {
@@ -139,6 +140,17 @@ export interface RoundState extends Plan {
   rackFired: boolean;
   /** 8 and 4 bits: the gather and the residual's inverse, done in the round's waits (early.ts). */
   early: Early | null;
+  // ---- speculation (speculate.ts) ----
+  /** Members may have sent speculative contributions this round (the last round of its length was full). */
+  predicted: boolean;
+  /** What we sent before the plan, under the prediction; null: nothing. */
+  spec: Spec | null;
+  /** The scale our contributions are packed at now: the prediction's (ours
+   * under it) before the plan, the plan's after. */
+  packExps: Int8Array;
+  /** When a speculated round's plan came: a round-trip is sampled only of
+   * a chunk sent after it (one sent before waited for the owner's plan). */
+  confirmedAt: number;
 }
 
 /** The active member that owns chunk c in the round's plan. */
@@ -184,5 +196,6 @@ export function newRoundState(a: NewRound): RoundState {
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),
     lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
     early: null, toldAt: -Infinity, askedAt: -Infinity, rackFired: false,
+    predicted: false, spec: null, packExps: new Int8Array(0), confirmedAt: 0,
   };
 }

@@ -22,6 +22,7 @@ import { PTO_FLOOR_MS } from "./rtt.ts";
 /** AINFTP_TRACE_RECOVERY=1: one line per round on stderr (plan, fast and timed retransmissions, completion). */
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 import { applyPlan, pump, startContributions, unsent } from "./sender.ts";
+import { confirm, confirmSlots, predicted, rememberPlan, speculate } from "./speculate.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
  * result is in `out`. `add` (error feedback, with the transform only: the
@@ -69,6 +70,8 @@ export async function runRound(
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
   st.early = earlyFor(h, st, seed, st.resid);
+  // contributions under the last plan's scale while ours travel (speculate.ts)
+  speculate(h, st, xq, myExps(h, st));
   await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
   // the gather takes each chunk of out back through the inverse while it is
   // in cache (8 and 4 bits need rx "map": Communicator.withPorts refuses xsk)
@@ -101,6 +104,7 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
     grace: patient ? Infinity : graceMs(h.roundTimes, h.o.deadlineMs), patient, maxRetransmitMs: h.o.maxRetransmitMs,
     xdone: h.scratch("xdone", nchunks).fill(0), recs: h.robust?.recsFor(r) ?? new Map(), headerBytes: HDR,
   });
+  st.predicted = predicted(h, nchunks);
   // exponents: ours to the leader, then theirs (some may be here already)
   const mine = myExps(h, st);
   const tp = h.clock.now();
@@ -184,7 +188,9 @@ function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   const outside = h.othersMask & ~st.active;
   const d = h.deaths;
   const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
-  if ((!st.replanned && !recent) || !Host.has(st.active, h.rank)) return 0;
+  // (members that speculated sent before they knew the plan left them out)
+  const speculated = st.predicted && outside !== 0n;
+  if ((!st.replanned && !recent && !speculated) || !Host.has(st.active, h.rank)) return 0;
   let idx = 0, K = 0;
   for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
   drainEvents(h, st, bankBase); // (completions so far go to st.pending)
@@ -216,6 +222,17 @@ function stuck(h: Host, st: RoundState, bankBase: number): string {
   }
   const counters = Object.entries(h.maps.counters()).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`);
   return `open slots ${open.join(" ") || "-"}; results lacking ${lack.join(" ") || "-"}; counters ${counters.join(" ")}`;
+}
+
+/** AINFTP_TRACE_RECOVERY: the program's counters that tell a contribution
+ * refused or late, as they moved since the last round's line. */
+const lastCounters = new WeakMap<Host, Record<string, number>>();
+function traceCounters(h: Host): string {
+  const now = h.maps.counters() as unknown as Record<string, number>;
+  const was = lastCounters.get(h) ?? {};
+  lastCounters.set(h, now);
+  const keys = ["future_round", "stale_round", "spec_refused", "spec_replaced", "mal_scale", "late", "duplicate", "not_owner"];
+  return keys.filter((k) => now[k] - (was[k] ?? 0)).map((k) => `${k}=${now[k] - (was[k] ?? 0)}`).join(",") || "-";
 }
 
 /** Members that left before finishing round r: the round fails. */
@@ -309,6 +326,14 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (cleared) trace?.push(`cleared:${cleared}`);
       if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
       applyPlan(h, st);
+      confirmSlots(h, st);
+      if (st.spec) {
+        trace?.push(`spec:${st.spec.active === st.active ? "kept" : "relaid"}`);
+        const resent = h.stats.specResent;
+        confirm(h, st, x);
+        if (trace && h.stats.specResent !== resent) trace.push(`again:${h.stats.specResent - resent}`);
+      }
+      rememberPlan(h, st);
       // forgeries stored before we knew the plan, our own chunks' included:
       // out now, counted, so the owners' results are stored when they come
       if (!h.xsk) dropForeign(h, st, bankBase, NO_RANK);
@@ -317,6 +342,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (!h.planCache.has(st.r)) h.keep(h.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
+      drainEvents(h, st, bankBase); // (and those our confirmation closed: it raised no wake-up)
       planAhead(h, st); // (the next round's, if its leader's is here)
       // the data timer starts now: peers that were still busy before the
       // plan are in the round now
@@ -330,6 +356,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     if (complete(h, st, bankBase)) {
       if (st.rackFired) h.lossRound = r;
+      if (trace) trace.push(`xdp:${traceCounters(h)}`);
       if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} next ${st.next} active ${st.active.toString(2)} n${st.nchunks} ${trace.join(" ")} window ${st.window} rate ${h.pace.rate().toFixed(0)} own@${ownAt} last@${lastAt} served ${h.stats.resends - served0}/${h.stats.probeAnswers - answered0} done@${T()} srtt ${h.rtt.srtt?.toFixed(1)} var ${h.rtt.rttvar.toFixed(1)} latest ${h.rtt.latest.toFixed(1)} min ${h.rtt.minRtt.toFixed(2)} reo ${h.rtt.reoWnd().toFixed(2)}`);
       break;
     }

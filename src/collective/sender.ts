@@ -1,7 +1,7 @@
 // The reduce-scatter's sending side: lay out the round once the plan is
 // known, quantize our own chunks, and pump contributions to their owners
 // through a self-clocked window.
-import { PKT_CONTRIB } from "../abi.ts";
+import { F_SPEC, PKT_CONTRIB } from "../abi.ts";
 import { headerTemplate, mix32, packChunksAt } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import type { Host } from "./host.ts";
@@ -11,18 +11,15 @@ import { ownedChunks, owners } from "./plan.ts";
 import { redundant } from "./recovery.ts";
 import type { RoundState } from "./round-state.ts";
 
-/** The plan is known: chunk c is owned by the active member of index
- * c % K. Lays out what we send and own, and tells the program whom our
- * slots of this round wait for. */
-export function applyPlan(h: Host, st: RoundState): void {
+/** Lays the round out for the active set `active` (chunk c is owned by the
+ * active member of index c % K): what we send and own. */
+export function layOut(h: Host, st: RoundState, active: bigint): void {
   const N = h.size;
-  const lay = owners(st.active, N, st.ownerIdx);
+  const lay = owners(active, N, st.ownerIdx);
   st.owners = lay.owners;
   st.ownersU8 = Uint8Array.from(st.owners);
   st.K = lay.K;
   st.passive = st.ownerIdx[h.rank] < 0;
-  // results of this round only from their chunk's owner (the program checks)
-  if (st.K > 0) h.maps.setPlan(st.r, st.owners);
   let off = 0;
   for (let o = 0; o < N; o++) {
     const list = ownedChunks(st.ownerIdx[o], st.K, st.nchunks);
@@ -33,6 +30,14 @@ export function applyPlan(h: Host, st: RoundState): void {
   st.sendBuf = h.scratch("send", off);
   st.owned = st.ownerChunks[h.rank];
   st.ownBuf = h.scratch("own", st.owned.length * h.seg);
+}
+
+/** The plan is known: lays the round out under it, and tells the program
+ * whom our slots of this round wait for. */
+export function applyPlan(h: Host, st: RoundState): void {
+  layOut(h, st, st.active);
+  // results of this round only from their chunk's owner (the program checks)
+  if (st.K > 0) h.maps.setPlan(st.r, st.owners);
   const others = st.active & h.othersMask;
   const bankMask: [bigint, bigint] = [...(h.cfg.bankMask ?? [0n, 0n])];
   bankMask[st.r & 1] = others === h.othersMask ? 0n : others;
@@ -44,30 +49,52 @@ export function applyPlan(h: Host, st: RoundState): void {
     h.maps.closeSlots(st.r, st.owned, { force: false, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank] });
 }
 
+/** The header of our contributions: speculative ones (speculate.ts) carry F_SPEC. */
+export function contribHeader(h: Host, st: RoundState, spec = false): Uint8Array {
+  return headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round: st.r, rank: h.rank, version: h.version, flags: spec ? F_SPEC : 0 });
+}
+
+/** Our first contribution of the round goes now (at the plan, or before it:
+ * speculate.ts): the window, the rounding seed, the header, and the egress
+ * clock of the pace. */
+export function beginSending(h: Host, st: RoundState, header: Uint8Array): void {
+  st.planAt = h.clock.now();
+  st.bytesAtPlan = h.dataBytes;
+  const full = windowChunks(h.o.window, h.o.windowBytes, h.seg);
+  st.window = Math.min(full, h.pace.capFor((st.nchunks - st.owned.length) * h.seg, st.K - 1, h.seg));
+  if (st.window < full) h.stats.pacedRounds++;
+  st.header = header;
+  st.seed = h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, st.r, h.rank)
+    : h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
+}
+
+/** Quantizes chunks of ours (positions `at` of st.owned, all when null) into
+ * their packets of st.ownBuf, under `exps`. */
+export function packOwn(h: Host, st: RoundState, x: Float32Array, exps: Int8Array, at: number[] | null = null): void {
+  const pack = (chunks: Uint32Array, out: Uint8Array) =>
+    (h.stats.saturations += packChunksAt(x, {
+      chunkElems: h.chunkElems, chunks, exps, header: st.header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid,
+    }));
+  if (!at) return void (st.owned.length && pack(st.owned, st.ownBuf));
+  for (const k of at) pack(st.owned.subarray(k, k + 1), st.ownBuf.subarray(k * h.seg, (k + 1) * h.seg));
+}
+
 /** Shared scale known: quantize our own chunks for the finishing step and
- * start the reduce-scatter. */
+ * start the reduce-scatter (or, after speculating, go on with it). */
 export function startContributions(h: Host, st: RoundState, x: Float32Array, bankBase: number): void {
   st.sent = true;
   st.lookInMap = true;
   st.lastProgress = h.clock.now();
   if (st.passive) return; // we send nothing this round: results come to us
-  st.planAt = st.lastProgress;
-  st.bytesAtPlan = h.dataBytes;
-  const full = windowChunks(h.o.window, h.o.windowBytes, h.seg);
-  st.window = Math.min(full, h.pace.capFor((st.nchunks - st.owned.length) * h.seg, st.K - 1, h.seg));
-  if (st.window < full) h.stats.pacedRounds++;
-  st.header = headerTemplate({ type: PKT_CONTRIB, jobId: h.job, round: st.r, rank: h.rank, version: h.version });
-  st.seed = h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, st.r, h.rank)
-    : h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
+  if (!st.spec) {
+    beginSending(h, st, contribHeader(h, st));
+    packOwn(h, st, x, st.shared);
+  }
+  st.packExps = st.shared;
   st.finishArgs = {
     acc: h.accBase, results: h.resBase, bankBase, summed: st.summed, own: st.ownBuf.subarray(HDR), ownDiv: st.K, ownStride: h.seg / 2,
     counts: st.counts, exps: st.shared, header: st.header, pkts: h.resPkts, pktStride: h.seg,
   };
-  if (st.owned.length)
-    h.stats.saturations += packChunksAt(x, {
-      chunkElems: h.chunkElems, chunks: st.owned, exps: st.shared, header: st.header, out: st.ownBuf, stride: h.seg, seed: st.seed,
-      bits: h.bits, resid: st.resid,
-    });
   if (st.K === 1 && st.owned.length) {
     // the only active member: no contribution will come, finish alone
     for (const c of st.owned) st.ownedDone[c] = 1;
@@ -85,7 +112,7 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
  * frames) is never flooded, and every result that arrives lets one more
  * chunk go. */
 export function pump(h: Host, st: RoundState, x: Float32Array): void {
-  if (st.passive) return;
+  if (st.passive || st.K === 0) return;
   const copies = redundant(h, st) ? 2 : 1;
   // (two copies: half the chunks in flight, the same frames)
   const W = Math.max(1, Math.floor(st.window / copies));
@@ -101,7 +128,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       const to = Math.min(list.length, from + Math.min(TUNING.SEND_PIECE, room));
       const region = st.sendBuf.subarray(st.ownerOffset[o] + from * seg, st.ownerOffset[o] + to * seg);
       h.stats.saturations += packChunksAt(x, {
-        chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.shared, header: st.header, out: region, stride: seg, seed: st.seed,
+        chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.packExps, header: st.header, out: region, stride: seg, seed: st.seed,
         bits: h.bits, resid: st.resid,
       });
       const last = list[to - 1];

@@ -343,17 +343,20 @@ export function simGradient(seed: number, round: number, rank: number, n: number
 }
 
 /** Every host of `world` connects and runs `rounds` all-reduces of
- * simGradient(seed, k, rank, n), then leaves: per rank the hash of each
- * result, every rank's virtual ms per round, and each rank's stats. */
-export async function runGradients(world: SimWorld, seed: number, rounds: number, n: number): Promise<{ hashes: string[][]; times: number[]; stats: CollectiveStats[] }> {
-  const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
+ * simGradient(seed, k, rank, n, alike) under options `o`, then leaves:
+ * per rank the hash of each result, every rank's virtual ms per round, and
+ * each rank's stats. */
+export async function runGradients(
+  world: SimWorld, seed: number, rounds: number, n: number, o: Partial<CommunicatorOptions> = {}, alike = false,
+): Promise<{ hashes: string[][]; times: number[]; stats: CollectiveStats[] }> {
+  const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000, ...o }));
   const hashes: string[][] = world.hosts.map(() => []);
   const times: number[] = [];
   try {
     await world.run(comms.map((c) => async (rank: number) => {
       await c.connect();
       for (let k = 0; k < rounds; k++) {
-        const x = simGradient(seed, k, rank, n);
+        const x = simGradient(seed, k, rank, n, alike);
         const t0 = world.now;
         await c.allreduce(x);
         times.push(world.now - t0);

@@ -1,0 +1,69 @@
+// Speculation (src/collective/speculate.ts): a round over an array of the
+// last full round's length sends its contributions before the plan, under
+// that round's scale. In the simulator, against the same runs with it off:
+// the same sums bit for bit, clean, with the scale changing from round to
+// round (the predicted scale wrong: chunks sent again), and under loss,
+// duplication and reordering; and where the prediction holds, no chunk
+// goes twice and the round is shorter in virtual time (the plan's round
+// trip is no longer before the data).
+import { describe, expect, test } from "bun:test";
+import { CLEAN, runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
+
+const root = process.getuid?.() === 0;
+if (!root) console.log("[sim speculate] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
+const HOSTS = 4;
+const CHUNKS = 16;
+const ELEMS = 64;
+const PORT = 47143;
+const ROUNDS = 12;
+const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+
+async function pair(seed: number, faults: Faults, alike: boolean, bits: 16 | 8 = 16) {
+  const off = await runGradients(new SimWorld(seed, faults, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS, { speculate: false, bits }, alike);
+  const on = await runGradients(new SimWorld(seed, faults, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS, { bits }, alike);
+  const count = (r: typeof on, k: "specRounds" | "specResent") => sum(r.stats.map((s) => s[k]));
+  for (let k = 0; k < HOSTS; k++) {
+    expect(on.hashes[k]).toEqual(off.hashes[0]);
+    expect(off.hashes[k]).toEqual(off.hashes[0]);
+  }
+  expect(count(off, "specRounds")).toBe(0);
+  return { off, on, rounds: count(on, "specRounds"), resent: count(on, "specResent") };
+}
+
+describe.skipIf(!root)("speculation (simulated network, real program)", () => {
+  test(`4 hosts, ${ROUNDS} rounds of ${CHUNKS} chunks, the same scale every round: the same sums as without, every round after the first speculates, few chunks go twice, shorter rounds`, async () => {
+    const { off, on, rounds, resent } = await pair(3131, CLEAN, true);
+    console.log(`[sim speculate] prediction holds: median ${median(on.times).toFixed(3)} virtual ms against ${median(off.times).toFixed(3)} without; ${rounds} rounds speculated, ${resent} chunks again`);
+    expect(rounds).toBe(HOSTS * (ROUNDS - 1));
+    // (a chunk's maximum near a power of two moves its exponent now and then)
+    expect(resent).toBeLessThan(0.05 * rounds * CHUNKS);
+    expect(median(on.times)).toBeLessThan(median(off.times));
+  }, 300_000);
+
+  test("the scale changes from round to round (the prediction often wrong): the same sums, chunks sent again", async () => {
+    const { rounds, resent } = await pair(3232, CLEAN, false);
+    console.log(`[sim speculate] scale changing: ${rounds} rounds speculated, ${resent} chunks sent again`);
+    expect(rounds).toBeGreaterThan(0);
+    expect(resent).toBeGreaterThan(0);
+  }, 300_000);
+
+  test("8 bits (the transform's exponents): the same sums as without", async () => {
+    const { rounds } = await pair(3333, CLEAN, false, 8);
+    expect(rounds).toBeGreaterThan(0);
+  }, 300_000);
+
+  test("5% loss, 2% duplication, 5% reordering, scales changing: the same sums as without, over 6 seeds", async () => {
+    const faults: Faults = { loss: 0.05, dup: 0.02, reorder: 0.05, reorderMs: 0.3, latencyMs: 0.05, jitterMs: 0.02 };
+    let rounds = 0, resent = 0;
+    for (let seed = 3400; seed < 3406; seed++) {
+      const r = await pair(seed, faults, seed % 2 === 0);
+      rounds += r.rounds;
+      resent += r.resent;
+    }
+    console.log(`[sim speculate] under faults: ${rounds} rounds speculated, ${resent} chunks again`);
+    expect(rounds).toBeGreaterThan(0);
+  }, 600_000);
+});
