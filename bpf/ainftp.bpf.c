@@ -519,6 +519,14 @@ static __always_inline int slot_newer(const struct ainftp_slot *slot, __u32 roun
 	return slot->tag && (__s32)(slot->tag - (round + 1)) > 0;
 }
 
+/* The ranks a slot of `round` waits for: its bank's active set, within the
+ * members (bank_mask 0: every member). */
+static __always_inline __u64 slot_want(const struct ainftp_config *cfg, __u32 round)
+{
+	__u64 bank = cfg->bank_mask[round & 1];
+	return cfg->member_mask & (bank ? bank : ~0ULL);
+}
+
 /* Under the slot lock: whether this rank's contribution may enter the slot
  * of `round` (AINFTP_CNT_SUMMED), or the counter that says why not. The first
  * contribution of a round claims the slot; a retransmission to a completed
@@ -528,11 +536,6 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 				      int *replaced)
 {
 	__u32 spec = (h->flags & AINFTP_F_SPEC) != 0;
-	/* from a rank the round's plan (bank_mask, once the owner has it) left
-	 * out: it sent before it knew */
-	__u64 bank = cfg->bank_mask[round & 1];
-	if (spec && bank && !(bank & bit))
-		return AINFTP_CNT_SPEC_REFUSED;
 	if (slot->tag != round + 1) {
 		if (slot_newer(slot, round))
 			return AINFTP_CNT_STALE_ROUND; /* the bank already holds a newer round */
@@ -546,7 +549,11 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 		slot->spec = spec;
 		return AINFTP_CNT_SUMMED;
 	}
-	if (slot->spec && !spec && (slot->count != count || slot->exp != h->exp)) {
+	/* from a rank the owner's plan left out (the slot is confirmed: its
+	 * bank_mask is the plan's): it sent before it knew */
+	if (spec && (slot->spec & AINFTP_SLOT_CONFIRMED) && !(slot_want(cfg, round) & bit))
+		return AINFTP_CNT_SPEC_REFUSED;
+	if ((slot->spec & AINFTP_SLOT_SPEC) && !spec && (slot->count != count || slot->exp != h->exp)) {
 		/* the plan's scale is not the one predicted: what the slot holds
 		 * was quantized under the wrong one; this contribution starts it
 		 * again (every member sends again at the plan's scale) */
@@ -576,7 +583,7 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 		/* cannot sum integers of different scales */
 		return spec ? AINFTP_CNT_SPEC_REFUSED : AINFTP_CNT_MAL_SCALE;
 	if (!spec)
-		slot->spec = 0;
+		slot->spec &= ~AINFTP_SLOT_SPEC;
 	return AINFTP_CNT_SUMMED;
 }
 
@@ -596,13 +603,6 @@ static __always_inline void spec_replaced(struct ainftp_counters *cnt, int repla
 		__sync_fetch_and_add(&bs->slots_done, -1);
 }
 
-/* The ranks a slot of `round` waits for: its bank's active set, within the
- * members (bank_mask 0: every member). */
-static __always_inline __u64 slot_want(const struct ainftp_config *cfg, __u32 round)
-{
-	__u64 bank = cfg->bank_mask[round & 1];
-	return cfg->member_mask & (bank ? bank : ~0ULL);
-}
 
 /* Under the slot lock. */
 static __always_inline int slot_close(struct ainftp_slot *slot)
@@ -615,7 +615,7 @@ static __always_inline int slot_close(struct ainftp_slot *slot)
 /* Under the slot lock: closes the slot once every rank it waits for is in. */
 static __always_inline int slot_close_if_full(struct ainftp_slot *slot, const struct ainftp_config *cfg, __u32 round)
 {
-	if (slot->spec)
+	if (slot->spec & AINFTP_SLOT_SPEC)
 		return 0; /* speculative: only the owner's confirmation closes it */
 	__u64 want = slot_want(cfg, round);
 	if ((slot->seen & want) != want)
@@ -981,11 +981,12 @@ static long close_one(__u64 i, void *arg)
 	bpf_spin_lock(&slot->lock);
 	if (a->confirm) {
 		/* AINFTP_F_CONFIRM: the plan's scale is a->exp */
-		if (slot_newer(slot, round) || (slot->tag == round + 1 && !slot->spec)) {
-			/* an ordinary slot of the round closes as it fills */
-		} else if (slot->tag == round + 1 && slot->state == AINFTP_SLOT_FILLING && slot->exp == a->exp &&
-			   !(slot->seen & ~slot_want(cfg, round))) {
-			slot->spec = 0;
+		int ours = slot->tag == round + 1;
+		if (slot_newer(slot, round) || (ours && slot->state == AINFTP_SLOT_COMPLETE && !(slot->spec & AINFTP_SLOT_SPEC))) {
+			/* a newer round's, or complete (the owner checks who is in it) */
+		} else if (ours && slot->state == AINFTP_SLOT_FILLING && slot->exp == a->exp && !(slot->seen & ~slot_want(cfg, round))) {
+			/* at the plan's scale with nobody outside the active set */
+			slot->spec = AINFTP_SLOT_CONFIRMED;
 			closed = slot_close_if_full(slot, cfg, round);
 			contributors = slot->contributors;
 		} else {
@@ -999,7 +1000,7 @@ static long close_one(__u64 i, void *arg)
 			slot->contributors = 0;
 			slot->count = 0;
 			slot->exp = a->exp;
-			slot->spec = 0;
+			slot->spec = AINFTP_SLOT_CONFIRMED;
 			slot->state = AINFTP_SLOT_FILLING;
 		}
 	} else if (slot->tag == round + 1) {

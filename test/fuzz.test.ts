@@ -77,6 +77,8 @@ class Rng {
 
 /** The model's slot: the same fields as the kernel's (src/abi.ts). */
 type ModelSlot = SlotState;
+/** ainftp_abi.h AINFTP_SLOT_SPEC, AINFTP_SLOT_CONFIRMED (slot.spec). */
+const SLOT_SPEC = 1, SLOT_CONFIRMED = 2;
 
 interface ModelResult {
   tag: number;
@@ -137,11 +139,10 @@ class Model {
    * the flag at another scale than a slot holding only speculative ones
    * empties it (a completion it had counted is taken back) and is summed as
    * its first. */
-  /** slot_admit's first check of a speculative contribution: not from a rank outside a nonzero bank mask. */
-  private specRefused(h: { flags: number; round: number; rank: number }): boolean {
-    if (!(h.flags & F_SPEC)) return false;
-    const bank = BigInt.asUintN(64, this.cfg.bankMask?.[h.round & 1] ?? 0n);
-    return bank !== 0n && (bank & (1n << BigInt(h.rank & 63))) === 0n;
+  /** slot_admit: a speculative contribution to a slot the owner confirmed, from a rank outside the ranks it waits for. */
+  private specRefused(slot: ModelSlot, h: { flags: number; round: number; rank: number }): boolean {
+    if (!(h.flags & F_SPEC) || !(slot.spec & SLOT_CONFIRMED)) return false;
+    return (BigInt.asUintN(64, wantOf(this.cfg, h.round)) & (1n << BigInt(h.rank & 63))) === 0n;
   }
 
   /** A slot of the round emptied (spec_replaced): a completion it had counted towards the bank's wake-up is taken back. */
@@ -154,7 +155,7 @@ class Model {
   }
 
   private specReplaces(slot: ModelSlot, h: { flags: number; round: number; count: number; exp: number }): boolean {
-    if (!slot.spec || h.flags & F_SPEC || (slot.count === h.count && slot.exp === h.exp)) return false;
+    if (!(slot.spec & SLOT_SPEC) || h.flags & F_SPEC || (slot.count === h.count && slot.exp === h.exp)) return false;
     this.specReplaced(slot, h.round);
     Object.assign(slot, { seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING, spec: 0 });
     return true;
@@ -167,7 +168,7 @@ class Model {
   }
 
   private closeIfFull(slot: ModelSlot, round: number): boolean {
-    if (slot.spec) return false; // speculative: only the owner's confirmation closes it
+    if (slot.spec & SLOT_SPEC) return false; // speculative: only the owner's confirmation closes it
     const want = wantOf(this.cfg, round);
     if ((slot.seen & want) !== want) return false;
     return this.close(slot);
@@ -359,14 +360,15 @@ class Model {
         // the plan's scale is h.exp: a speculative slot at it (nobody outside
         // the ranks it waits for) becomes ordinary; any other is claimed empty at it
         const want = BigInt.asUintN(64, wantOf(cfg, h.round));
-        if (newer || (slot.tag === tag && !slot.spec)) {
-          // an ordinary slot of the round closes as it fills
-        } else if (slot.tag === tag && slot.state === SLOT_FILLING && slot.exp === h.exp && (slot.seen & ~want) === 0n) {
-          slot.spec = 0;
+        const ours = slot.tag === tag;
+        if (newer || (ours && slot.state === SLOT_COMPLETE && !(slot.spec & SLOT_SPEC))) {
+          // a newer round's, or complete (the owner checks who is in it)
+        } else if (ours && slot.state === SLOT_FILLING && slot.exp === h.exp && (slot.seen & ~want) === 0n) {
+          slot.spec = SLOT_CONFIRMED;
           closed = this.closeIfFull(slot, h.round);
         } else {
-          if (slot.tag === tag) this.specReplaced(slot, h.round);
-          Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: 0, exp: h.exp, spec: 0, state: SLOT_FILLING });
+          if (ours) this.specReplaced(slot, h.round);
+          Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: 0, exp: h.exp, spec: SLOT_CONFIRMED, state: SLOT_FILLING });
           this.ringCounted.delete(idx);
         }
       } else if (slot.tag === tag) {
@@ -405,8 +407,7 @@ class Model {
     let outcome: keyof Counters = "summed";
     let complete = false;
     let resend = false;
-    if (this.specRefused(h)) outcome = "spec_refused";
-    else if (slot.tag !== tag) {
+    if (slot.tag !== tag) {
       if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
       else {
         slot.tag = tag;
@@ -419,7 +420,8 @@ class Model {
         slot.state = SLOT_FILLING;
         slot.spec = h.flags & F_SPEC ? 1 : 0;
       }
-    } else if (this.specReplaces(slot, h)) this.ringCounted.delete(idx);
+    } else if (this.specRefused(slot, h)) outcome = "spec_refused";
+    else if (this.specReplaces(slot, h)) this.ringCounted.delete(idx);
     else if (slot.seen & bit) {
       outcome = "duplicate";
       resend = slot.state === SLOT_COMPLETE && (h.flags & F_RETRANSMIT) !== 0;
@@ -429,7 +431,7 @@ class Model {
       resend = (h.flags & F_RETRANSMIT) !== 0;
     }
     else if (this.adopt(slot, h) && (slot.count !== h.count || slot.exp !== h.exp)) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
-    else if (!(h.flags & F_SPEC)) slot.spec = 0;
+    else if (!(h.flags & F_SPEC)) slot.spec &= ~SLOT_SPEC;
     const reject = outcome === "summed" && ((cfg.flags ?? 0) & CFG_SENTRY) !== 0 && this.gateRejects(h.chunk);
     if (reject) {
       outcome = "sentry_rejected";
@@ -495,14 +497,14 @@ class Model {
     let outcome: keyof Counters = "summed";
     let complete = false;
     let resend = false;
-    if (this.specRefused(h)) outcome = "spec_refused";
-    else if (slot.tag !== tag) {
+    if (slot.tag !== tag) {
       if (slot.tag !== 0 && ((slot.tag - tag) | 0) > 0) outcome = "stale_round";
       else {
         Object.assign(slot, { tag, seen: 0n, rejected: 0n, contributors: 0, count: h.count, exp: h.exp, state: SLOT_FILLING, spec: h.flags & F_SPEC ? 1 : 0 });
         this.ringCounted.delete(idx);
       }
-    } else if (this.specReplaces(slot, h)) this.ringCounted.delete(idx);
+    } else if (this.specRefused(slot, h)) outcome = "spec_refused";
+    else if (this.specReplaces(slot, h)) this.ringCounted.delete(idx);
     else if (slot.seen & bit) {
       outcome = "duplicate";
       resend = slot.state === SLOT_COMPLETE && (h.flags & F_RETRANSMIT) !== 0;
@@ -510,7 +512,7 @@ class Model {
       outcome = "late";
       resend = (h.flags & F_RETRANSMIT) !== 0;
     } else if (this.adopt(slot, h) && (slot.count !== h.count || slot.exp !== h.exp)) outcome = h.flags & F_SPEC ? "spec_refused" : "mal_scale";
-    else if (!(h.flags & F_SPEC)) slot.spec = 0;
+    else if (!(h.flags & F_SPEC)) slot.spec &= ~SLOT_SPEC;
     if (outcome === "summed" && (cfg.flags ?? 0) & CFG_SENTRY) this.workers[h.rank & 63][0]++;
     if (outcome === "summed") {
       const first = slot.contributors === 0;

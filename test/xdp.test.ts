@@ -380,6 +380,7 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   // plan's scale; the plan's scale wins, and only the owner's confirmation
   // (CLOSE + F_CONFIRM at the plan's scale) closes a speculative slot (speculate.ts)
   const confirm = (round: number, exp: number, chunks: number[]) => closePkt({ round, flags: F_CONFIRM, exp }, chunks);
+  const SLOT_CONFIRMED = 2; // ainftp_abi.h AINFTP_SLOT_CONFIRMED
   {
     const chunk = fresh();
     cases.push({
@@ -425,7 +426,7 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
         { frame: confirm(BASE, 4, [chunk]), action: XDP_DROP, counters: { rx: 1, completed: 1, events: 1, wakeups: 1 } },
       ],
       counters: { rx: 4, summed: 3, elems_summed: 3, completed: 1, events: 1, wakeups: 1 },
-      slots: [{ index: chunk, state: { seen: 0b111n, contributors: 3, exp: 4, state: SLOT_COMPLETE, completions: 1, spec: 0 }, sums: [7] }],
+      slots: [{ index: chunk, state: { seen: 0b111n, contributors: 3, exp: 4, state: SLOT_COMPLETE, completions: 1, spec: SLOT_CONFIRMED }, sums: [7] }],
       events: [{ type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk, index: chunk }],
     });
   }
@@ -446,8 +447,8 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
       ],
       counters: { rx: 11, summed: 9, elems_summed: 12, spec_replaced: 1, spec_refused: 1, completed: 2, events: 2, wakeups: 2 },
       slots: [
-        { index: chunk, state: { seen: 0b111n, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 1, spec: 0 }, sums: [6] },
-        { index: untouched, state: { tag: BASE + 1, seen: 0b111n, count: 2, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 1, spec: 0 }, sums: [3, 6] },
+        { index: chunk, state: { seen: 0b111n, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 1, spec: SLOT_CONFIRMED }, sums: [6] },
+        { index: untouched, state: { tag: BASE + 1, seen: 0b111n, count: 2, contributors: 3, exp: 3, state: SLOT_COMPLETE, completions: 1, spec: SLOT_CONFIRMED }, sums: [3, 6] },
       ],
       events: [
         { type: EV_SLOT_COMPLETE, contributors: 3, round: BASE, chunk: untouched, index: untouched },
@@ -472,24 +473,26 @@ const EMPTY_SLOT: Partial<SlotState> = { tag: 0, seen: 0n, contributors: 0, stat
   {
     const chunk = fresh(), other = fresh();
     cases.push({
-      description: "the plan left a rank out (bank_mask): its speculative contributions are refused, and a speculative slot it is in is emptied by the confirmation",
+      description: "the plan left a rank out (bank_mask): a speculative slot it is in is emptied by the confirmation, and once confirmed a slot refuses its speculative contributions",
       setup: three,
       packets: [
         { frame: pkt({ round: BASE, chunk: other, rank: 2, exp: 4, flags: F_SPEC }, [100]), action: XDP_DROP },
         { frame: pkt({ round: BASE, chunk: other, rank: 0, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP },
-        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC }, [100]), action: XDP_DROP, config: { bankMask: [0b011n, 0b011n] }, counters: { rx: 1, spec_refused: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
-        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC }, [2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1 } },
-        { frame: confirm(BASE, 4, [chunk, other]), action: XDP_DROP, counters: { rx: 1, spec_replaced: 1, completed: 1, events: 1, wakeups: 1 } },
+        // before the confirmation a speculative slot takes anyone (the owner's bank_mask may be another round's)
+        { frame: pkt({ round: BASE, chunk, rank: 1, exp: 4, flags: F_SPEC }, [1]), action: XDP_DROP, config: { bankMask: [0b011n, 0b011n] }, counters: { rx: 1, summed: 1, elems_summed: 1 } },
+        { frame: confirm(BASE, 4, [chunk, other]), action: XDP_DROP, counters: { rx: 1, spec_replaced: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 2, exp: 4, flags: F_SPEC }, [100]), action: XDP_DROP, counters: { rx: 1, spec_refused: 1 } },
+        { frame: pkt({ round: BASE, chunk, rank: 0, exp: 4, flags: F_SPEC }, [2]), action: XDP_DROP, counters: { rx: 1, summed: 1, elems_summed: 1, completed: 1, events: 1, wakeups: 1 } },
       ],
       counters: { rx: 6, summed: 4, elems_summed: 4, spec_refused: 1, spec_replaced: 1, completed: 1, events: 1, wakeups: 1 },
       slots: [
-        { index: chunk, state: { seen: 0b011n, contributors: 2, exp: 4, state: SLOT_COMPLETE, spec: 0 }, sums: [3] },
-        { index: other, state: { tag: BASE + 1, seen: 0n, count: 0, contributors: 0, exp: 4, state: SLOT_FILLING, spec: 0 } },
+        { index: chunk, state: { seen: 0b011n, contributors: 2, exp: 4, state: SLOT_COMPLETE, spec: SLOT_CONFIRMED }, sums: [3] },
+        { index: other, state: { tag: BASE + 1, seen: 0n, count: 0, contributors: 0, exp: 4, state: SLOT_FILLING, spec: SLOT_CONFIRMED } },
       ],
       events: [{ type: EV_SLOT_COMPLETE, contributors: 2, round: BASE, chunk, index: chunk }],
     });
   }
+
   {
     const chunk = fresh();
     cases.push({

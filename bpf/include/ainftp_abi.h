@@ -137,18 +137,19 @@ enum ainftp_ctrl_kind {
  * plan, confirms its slots (CLOSE with AINFTP_F_CONFIRM, below) at the
  * plan's scale. A contribution without the flag at another scale than a
  * speculative slot's empties it and takes its place; one with the flag at
- * another scale than the slot's, or from a rank outside a nonzero
- * bank_mask (the plan left it out), is refused (AINFTP_CNT_SPEC_REFUSED),
- * never summed. Such a contribution is taken up to round_base + 2 (its
+ * another scale than the slot's, or from a rank outside the ranks a
+ * confirmed slot waits for (the plan left it out), is refused
+ * (AINFTP_CNT_SPEC_REFUSED), never summed. Such a contribution is taken up to round_base + 2 (its
  * sender finished round base + 1, so every member finished round base,
  * whose bank it takes). */
 #define AINFTP_F_SPEC 0x0010
 /* CLOSE: confirm the listed slots at the plan's scale `exp` instead of
- * closing them: a slot of the round still speculative becomes an ordinary
- * one if it holds that scale and nobody outside the ranks it waits for
- * (and closes if full), else it is emptied (AINFTP_CNT_SPEC_REPLACED); a
- * slot not yet on the round is claimed empty at that scale, so that a
- * speculative contribution at another scale arriving later is refused. */
+ * closing them: a filling slot of the round that holds that scale and
+ * nobody outside the ranks it waits for becomes an ordinary confirmed one
+ * (and closes if full); any other filling one, or a complete speculative
+ * one, is emptied (AINFTP_CNT_SPEC_REPLACED); a slot not yet on the round
+ * is claimed empty at that scale, so that a speculative contribution at
+ * another scale arriving later is refused. */
 #define AINFTP_F_CONFIRM 0x0020
 
 /* Follows the UDP header. A value is q * 2^exp; all workers use the same
@@ -223,6 +224,13 @@ static inline __u32 ainftp_payload_bytes(__u32 version, __u32 count)
  * frames (loopback only) carry none. */
 #define AINFTP_MAC_BYTES 8
 
+/* slot spec flags: every contribution held is speculative (AINFTP_F_SPEC);
+ * the owner confirmed the slot at its plan's scale (AINFTP_F_CONFIRM): a
+ * speculative contribution from a rank outside the ranks it waits for is
+ * refused from then on. */
+#define AINFTP_SLOT_SPEC 1
+#define AINFTP_SLOT_CONFIRMED 2
+
 enum ainftp_slot_state {
 	AINFTP_SLOT_EMPTY = 0,
 	AINFTP_SLOT_FILLING = 1,
@@ -242,7 +250,7 @@ struct ainftp_slot {
 	__s16 exp;          /* scale exponent, fixed by the first contribution */
 	__u16 state;        /* enum ainftp_slot_state */
 	__u32 completions;  /* times this slot completed (diagnostics) */
-	__u32 spec;         /* 1: every contribution held is speculative (AINFTP_F_SPEC) */
+	__u32 spec;         /* AINFTP_SLOT_SPEC | AINFTP_SLOT_CONFIRMED */
 	__u64 rejected;     /* ranks in `seen` whose contribution the sentry dropped (not summed) */
 };
 

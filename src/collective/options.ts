@@ -133,7 +133,8 @@ export const DEFAULTS = {
   /** int16 until 8 bits is shown at training parity here (issue 14): 16 is
    * what every figure before that issue was measured with. */
   bits: 16 as BitWidth,
-  speculate: true,
+  /** AINFTP_SPECULATE=0 turns it off (an A/B of the same build). */
+  speculate: process.env.AINFTP_SPECULATE !== "0",
 } as const;
 
 /** The protocol's tunables (not options: every member must agree on them). */

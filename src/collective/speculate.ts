@@ -77,7 +77,8 @@ export function rememberPlan(h: Host, st: RoundState): void {
  * every member and sends what the window allows under the prediction.
  * Returns whether we speculate. */
 export function speculate(h: Host, st: RoundState, x: Float32Array, mine: Int8Array): boolean {
-  if (!speculationOn(h) || st.haveShared || st.sent) return false;
+  // (not a barrier: it only waits for everyone, and has nothing to gain)
+  if (!speculationOn(h) || st.patient || st.haveShared || st.sent) return false;
   const p = h.predictions.get(st.nchunks);
   const all = allMask(h.size);
   // (a member held dead or slow is likely left out by the plan)
@@ -123,11 +124,8 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
         const o = st.owners[c % st.K];
         st.acked[o]++;
       }
+    // (startContributions then begins as in a round without speculation)
     st.spec = null;
-    if (!st.passive) {
-      beginSending(h, st, firm);
-      packOwn(h, st, x, st.shared);
-    }
     return;
   }
   st.header = firm;
