@@ -49,6 +49,16 @@ export class EgressPace {
     return this.rates.length ? Math.max(...this.rates) : 0;
   }
 
+  /** Whether a round about to send `roundBytes` to `owners` owners in
+   * packets of `seg` bytes is link-bound: its window of `full` chunks per
+   * owner would be capped by the measured rate (without counting it as a
+   * large round: capFor does). */
+  linkBound(roundBytes: number, owners: number, seg: number, full: number): boolean {
+    if (!PACE.enabled || roundBytes < PACE.RATE_MIN_BYTES || owners < 1) return false;
+    const rate = this.rate();
+    return rate > 0 && Math.max(PACE.FLOOR, Math.floor((rate * PACE.QUEUE_MS) / (owners * seg))) < full;
+  }
+
   /** The cap on chunks in flight per owner for a round about to send
    * `roundBytes` of data to `owners` owners in packets of `seg` bytes
    * (Infinity: none; counts the large rounds for the probes). */
