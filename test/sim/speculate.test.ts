@@ -6,7 +6,8 @@
 // duplication and reordering; and where the prediction holds, no chunk
 // goes twice and the round is shorter in virtual time (the plan's round
 // trip is no longer before the data).
-import { describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
+import { TUNING } from "../../src/collective/options.ts";
 import { CLEAN, runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
 
 const root = process.getuid?.() === 0;
@@ -17,6 +18,9 @@ const ELEMS = 64;
 const PORT = 47143;
 const ROUNDS = 12;
 const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
+
+const SMALL = TUNING.SPEC_SMALL_BYTES;
+afterEach(() => void ((TUNING as { SPEC_SMALL_BYTES: number }).SPEC_SMALL_BYTES = SMALL));
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
@@ -53,6 +57,12 @@ describe.skipIf(!root)("speculation (simulated network, real program)", () => {
   test("8 bits (the transform's exponents): the same sums as without", async () => {
     const { rounds } = await pair(3333, CLEAN, false, 8);
     expect(rounds).toBeGreaterThan(0);
+  }, 300_000);
+
+  test("a round larger than SPEC_SMALL_BYTES on a link not measured slow does not speculate (a CPU-bound host gains nothing): the same sums", async () => {
+    (TUNING as { SPEC_SMALL_BYTES: number }).SPEC_SMALL_BYTES = 0;
+    const { rounds } = await pair(3535, CLEAN, true);
+    expect(rounds).toBe(0);
   }, 300_000);
 
   test("5% loss, 2% duplication, 5% reordering, scales changing: the same sums as without, over 6 seeds", async () => {
