@@ -56,7 +56,8 @@ describe.skipIf(!root)("the round's tail: a member asks for its last results und
           askedAt = world.now;
         return false;
       };
-      const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000 }));
+      // (without speculation: the schedule below loses a given result of a round that starts with its plan)
+      const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000, speculate: false }));
       const hashes: string[][] = world.hosts.map(() => []);
       try {
         await world.run(comms.map((c) => async (rank: number) => {
