@@ -177,10 +177,6 @@ export const TUNING = {
    * hide most losses from RACK). */
   REDUNDANT_BYTES: 4 << 20,
   REDUNDANT_ROUNDS: 256,
-  /** Rounds of at most this many bytes of frames speculate on any link
-   * (speculate.ts); larger ones only on a link slower than the hosts (the
-   * pace's cap binds). 1 MiB at 16 bits is 0.8 MB of frames. */
-  SPEC_SMALL_BYTES: 2 << 20,
   /** "Under loss": RACK fired in this round or the last LOSSY_ROUNDS (recovery.ts lossSeen). */
   LOSSY_ROUNDS: 8,
   /** A member's tail ask (recovery.ts askDue): under loss, with every contribution sent and at most

@@ -49,12 +49,12 @@ export class EgressPace {
     return this.rates.length ? Math.max(...this.rates) : 0;
   }
 
-  /** Whether a round about to send `roundBytes` to `owners` owners in
-   * packets of `seg` bytes is link-bound: its window of `full` chunks per
-   * owner would be capped by the measured rate (without counting it as a
-   * large round: capFor does). */
-  linkBound(roundBytes: number, owners: number, seg: number, full: number): boolean {
-    if (!PACE.enabled || roundBytes < PACE.RATE_MIN_BYTES || owners < 1) return false;
+  /** Whether our link is slower than the hosts: a rate is known (from
+   * large rounds) and the window of `full` chunks per owner to `owners`
+   * owners in packets of `seg` bytes would be capped by it. Counts no
+   * round (capFor does). */
+  linkBound(owners: number, seg: number, full: number): boolean {
+    if (!PACE.enabled || owners < 1) return false;
     const rate = this.rate();
     return rate > 0 && Math.max(PACE.FLOOR, Math.floor((rate * PACE.QUEUE_MS) / (owners * seg))) < full;
   }

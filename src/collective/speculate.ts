@@ -22,6 +22,8 @@
 //     plan's scale, so a late speculative contribution at another is
 //     refused. Every completion an owner finishes is at the plan's scale.
 //
+// Only on a link slower than the hosts (the pace's measured egress rate
+// would cap the window): there the link idles while the plan travels.
 // Off with the sentry and robust aggregation (they judge contributions
 // before the plan's scale is known) and with rx "xsk".
 import { F_SPEC } from "../abi.ts";
@@ -31,7 +33,7 @@ import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
 import { beginSending, contribHeader, layOut, packOwn, pump } from "./sender.ts";
 import { redundant } from "./recovery.ts";
-import { TUNING, windowChunks } from "./options.ts";
+import { windowChunks } from "./options.ts";
 
 /** A round's plan, as the prediction of the next round of its length. */
 export interface Prediction {
@@ -50,6 +52,12 @@ export interface Spec {
 
 /** Predictions kept, one per array length (a trainer's buckets). */
 const KEEP = 8;
+
+export const SPEC = {
+  /** Speculate on any link, not only one the pace measured slower than the
+   * hosts (the simulator's tests: their rounds measure no rate). */
+  anyLink: false,
+};
 
 function allMask(size: number): bigint {
   return (1n << BigInt(size)) - 1n;
@@ -84,13 +92,11 @@ export function speculate(h: Host, st: RoundState, x: Float32Array, mine: Int8Ar
   const all = allMask(h.size);
   // (a member held dead or slow is likely left out by the plan)
   if (!p?.full || (h.liveMask & all) !== all || (h.fitMask & all) !== all) return false;
-  // Where it pays: a small round (latency: the plan's round trip is much of
-  // it), or a link slower than the hosts (it idles while the plan travels).
-  // On a CPU-bound host the work only moves before the plan and delays it
-  // (16 MiB unshaped: the plan came 3 ms later, the round no sooner).
-  const frames = (st.nchunks - Math.ceil(st.nchunks / h.size)) * h.seg;
-  const small = frames <= TUNING.SPEC_SMALL_BYTES;
-  if (!small && !h.pace.linkBound(frames, h.size - 1, h.seg, windowChunks(h.o.window, h.o.windowBytes, h.seg))) return false;
+  // Where it pays: a link slower than the hosts, which idles while the plan
+  // travels. On a CPU-bound host the work only moves before the plan and
+  // delays it (16 MiB unshaped: the plan came 3 ms later, the round no
+  // sooner; 1 MiB: owners answered more probes with results on their way).
+  if (!SPEC.anyLink && !h.pace.linkBound(h.size - 1, h.seg, windowChunks(h.o.window, h.o.windowBytes, h.seg))) return false;
   const S = new Int8Array(st.nchunks);
   for (let c = 0; c < st.nchunks; c++) S[c] = Math.max(p.shared[c], mine[c]);
   st.spec = { S, active: all };

@@ -14,21 +14,19 @@ afterEach(() => Object.assign(PACE, saved));
 
 describe("the egress rate's cap (arithmetic)", () => {
   const MB = 1 << 20;
-  test("linkBound (speculation's test): only a large round whose window the measured rate caps; it counts no large round", () => {
+  test("linkBound (speculation's test): a rate is known and would cap the window; it counts no large round", () => {
     const p = new EgressPace();
-    expect(p.linkBound(16 * MB, 3, 9002, 48)).toBe(false); // no rate yet
+    expect(p.linkBound(3, 9002, 48)).toBe(false); // no rate yet
     p.note(6.3e6, 52); // 8 bits at 1 Gbit/s
-    expect(p.linkBound(16 * MB, 3, 9002, 48)).toBe(true);
-    expect(p.linkBound(1 * MB, 3, 9002, 48)).toBe(false); // small: never measured, never capped
+    expect(p.linkBound(3, 9002, 48)).toBe(true);
     // the first capFor is still the first large round (a probe): linkBound counted none
     expect(p.capFor(16 * MB, 3, 9002)).toBe(Math.floor((PACE.PROBE_GAIN * (6.3e6 / 52) * PACE.QUEUE_MS) / (3 * 9002)));
     const fast = new EgressPace();
     fast.note(12.6e6, 25); // 16 MiB unshaped: the CPU, not the link
-    expect(fast.linkBound(16 * MB, 3, 9002, 48)).toBe(false);
+    expect(fast.linkBound(3, 9002, 48)).toBe(false);
     PACE.enabled = false;
-    expect(p.linkBound(16 * MB, 3, 9002, 48)).toBe(false);
+    expect(p.linkBound(3, 9002, 48)).toBe(false);
   });
-
   test("no cap before a rate is known or for small rounds; then rate x QUEUE_MS over the owners' packets (PROBE_GAIN times that on a probe round), never below FLOOR", () => {
     const p = new EgressPace();
     expect(p.capFor(16 * MB, 3, 9002)).toBe(Infinity); // the first large round: no rate yet
