@@ -94,7 +94,8 @@ export interface CommunicatorOptions {
    * had starts its contributions before the plan, quantized under that
    * round's shared scale; the plan confirms them, or the chunks whose scale
    * changed go again (src/collective/speculate.ts). The sums are the same
-   * either way. Default on; off with the sentry or robust aggregation. */
+   * either way. Default off (AINFTP_SPECULATE=1: on); never with the
+   * sentry, robust aggregation or rx "xsk". */
   speculate?: boolean;
 }
 
@@ -133,8 +134,10 @@ export const DEFAULTS = {
   /** int16 until 8 bits is shown at training parity here (issue 14): 16 is
    * what every figure before that issue was measured with. */
   bits: 16 as BitWidth,
-  /** AINFTP_SPECULATE=0 turns it off (an A/B of the same build). */
-  speculate: process.env.AINFTP_SPECULATE !== "0",
+  /** Off until it is shown to pay here (README, Measured, session 12);
+   * AINFTP_SPECULATE=1 turns it on (an A/B of the same build). Owners
+   * confirm their slots either way, so members may differ. */
+  speculate: process.env.AINFTP_SPECULATE === "1",
 } as const;
 
 /** The protocol's tunables (not options: every member must agree on them). */
@@ -177,6 +180,10 @@ export const TUNING = {
    * hide most losses from RACK). */
   REDUNDANT_BYTES: 4 << 20,
   REDUNDANT_ROUNDS: 256,
+  /** ... and whose frames take at most this long at our measured egress
+   * rate (pace.ts; no rate known: any): on a slow link a second copy costs
+   * its bytes' time (ms). 1 MiB unshaped here: about 1.6 ms. */
+  REDUNDANT_MS: 4,
   /** "Under loss": RACK fired in this round or the last LOSSY_ROUNDS (recovery.ts lossSeen). */
   LOSSY_ROUNDS: 8,
   /** A member's tail ask (recovery.ts askDue): under loss, with every contribution sent and at most

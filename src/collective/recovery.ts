@@ -202,7 +202,13 @@ export function redundant(h: Host, st: RoundState): boolean {
   // (a longer memory than lossSeen's: two copies hide most losses from
   // RACK, and with LOSSY_ROUNDS the copies stopped 8 rounds after the
   // last loss RACK saw, and the next loss cost a round its recovery again)
-  return st.nchunks * h.seg <= TUNING.REDUNDANT_BYTES && lossSeen(h, st, TUNING.REDUNDANT_ROUNDS);
+  // Not where the link is the bottleneck: the frames' time at our measured
+  // egress rate is then what a second copy costs (4 bits, 16 MiB at 1
+  // Gbit/s, 2.1 MB of frames: one spurious RACK doubled every round's bytes
+  // for REDUNDANT_ROUNDS rounds, 66 ms a round against 41)
+  const bytes = st.nchunks * h.seg;
+  const rate = h.pace.rate();
+  return bytes <= TUNING.REDUNDANT_BYTES && !(rate > 0 && bytes / rate > TUNING.REDUNDANT_MS) && lossSeen(h, st, TUNING.REDUNDANT_ROUNDS);
 }
 
 /** When the owner's tail check is next due (Infinity: not now). Under loss

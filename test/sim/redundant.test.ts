@@ -8,6 +8,10 @@
 // sums are bit for bit the same either way (a copy is dropped by the
 // program as a duplicate, never summed twice).
 import { afterEach, describe, expect, test } from "bun:test";
+import { EgressPace } from "../../src/collective/pace.ts";
+import { redundant } from "../../src/collective/recovery.ts";
+import type { Host } from "../../src/collective/host.ts";
+import type { RoundState } from "../../src/collective/round-state.ts";
 import { TUNING } from "../../src/collective/options.ts";
 import { runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
 
@@ -64,4 +68,21 @@ describe.skipIf(!root)("small rounds send their data twice under loss (simulated
       expect(one.hashes[k]).toEqual(one.hashes[0]);
     }
   }, 120_000);
+});
+
+describe("the copies' rule (recovery.ts redundant)", () => {
+  test("under loss a small round sends twice, unless its frames take longer than REDUNDANT_MS at our measured egress rate (a slow link)", () => {
+    const at = (rate: number) => {
+      const pace = new EgressPace();
+      if (rate) pace.note(rate * 100, 100); // bytes per ms
+      return { seg: 4504, pace, lossRound: 10 } as unknown as Host;
+    };
+    const round = (nchunks: number, r = 11) => ({ nchunks, r, rackFired: false }) as unknown as RoundState;
+    // 4 bits, 16 MiB: 470 chunks, 2.1 MB of frames
+    expect(redundant(at(0), round(470))).toBe(true); // no rate known: as before
+    expect(redundant(at(1e6), round(470))).toBe(true); // 2.1 ms of frames
+    expect(redundant(at(121e3), round(470))).toBe(false); // 1 Gbit/s: 17 ms, a copy costs more than a recovery
+    expect(redundant(at(121e3), round(59))).toBe(true); // 59 chunks: 2.2 ms at 1 Gbit/s
+    expect(redundant(at(0), round(470, 10 + 257))).toBe(false); // no loss for REDUNDANT_ROUNDS rounds
+  });
 });

@@ -28,7 +28,7 @@ const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
 async function pair(seed: number, faults: Faults, alike: boolean, bits: 16 | 8 = 16) {
   const off = await runGradients(new SimWorld(seed, faults, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS, { speculate: false, bits }, alike);
-  const on = await runGradients(new SimWorld(seed, faults, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS, { bits }, alike);
+  const on = await runGradients(new SimWorld(seed, faults, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS, { speculate: true, bits }, alike);
   const count = (r: typeof on, k: "specRounds" | "specResent") => sum(r.stats.map((s) => s[k]));
   for (let k = 0; k < HOSTS; k++) {
     expect(on.hashes[k]).toEqual(off.hashes[0]);
