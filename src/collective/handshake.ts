@@ -17,7 +17,9 @@ import { handleControl, parseControl } from "./receiver.ts";
 export function fingerprint(h: Host): string {
   // bits only when not 16: a 16-bit member's fingerprint is what it was before issue 14
   return JSON.stringify({ v: VERSION, job: h.job, peers: h.peers, chunkElems: h.cfg.chunkElems, port: h.port, auth: h.dataAuth ? (h.dataAuth.full ? "full" : "header") : "off",
-    ...(h.bits !== 16 ? { bits: h.bits } : {}) });
+    ...(h.bits !== 16 ? { bits: h.bits } : {}),
+    // speculation only where every member confirms its slots (speculate.ts)
+    ...(h.o.speculate ? { speculate: true } : {}) });
 }
 
 /** HELLO flags: answer me; send me single frames (my program runs in generic

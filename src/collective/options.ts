@@ -94,8 +94,10 @@ export interface CommunicatorOptions {
    * had starts its contributions before the plan, quantized under that
    * round's shared scale; the plan confirms them, or the chunks whose scale
    * changed go again (src/collective/speculate.ts). The sums are the same
-   * either way. Default off (AINFTP_SPECULATE=1: on); never with the
-   * sentry, robust aggregation or rx "xsk". */
+   * either way. Every member must have the same (it is part of the job's
+   * fingerprint: open() names one that differs). Default off
+   * (AINFTP_SPECULATE=1: on); never with the sentry, robust aggregation or
+   * rx "xsk". */
   speculate?: boolean;
 }
 
@@ -135,8 +137,7 @@ export const DEFAULTS = {
    * what every figure before that issue was measured with. */
   bits: 16 as BitWidth,
   /** Off until it is shown to pay here (README, Measured, session 12);
-   * AINFTP_SPECULATE=1 turns it on (an A/B of the same build). Owners
-   * confirm their slots either way, so members may differ. */
+   * AINFTP_SPECULATE=1 turns it on (an A/B of the same build). */
   speculate: process.env.AINFTP_SPECULATE === "1",
 } as const;
 

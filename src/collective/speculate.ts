@@ -178,10 +178,11 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
 
 /** Owner, once the plan is applied: our slots of the round confirmed at
  * the plan's scale (one CLOSE + F_CONFIRM frame per scale): speculative ones
- * at it close if full, the others are emptied or claimed at it. Whether or
- * not we speculated: the others may have. */
+ * at it close if full, the others are emptied or claimed at it. In every
+ * round of a job that speculates (the option is in the job's fingerprint:
+ * every member has it), whether or not we speculated in this one. */
 export function confirmSlots(h: Host, st: RoundState): void {
-  if (h.robust || st.owned.length === 0) return;
+  if (!h.o.speculate || h.robust || st.owned.length === 0) return;
   const byExp = new Map<number, number[]>();
   for (const c of st.owned) {
     const e = st.shared[c];

@@ -66,6 +66,27 @@ describe.skipIf(!root)("speculation (simulated network, real program)", () => {
     expect(rounds).toBe(0);
   }, 300_000);
 
+  test("a member without speculation is named at open (every member must confirm its slots)", async () => {
+    const world = new SimWorld(98, CLEAN, programs.slice(0, 2), PORT);
+    const comms = [world.communicator(0, { speculate: true, openTimeoutMs: 3_000 }), world.communicator(1, { speculate: false, openTimeoutMs: 3_000 })];
+    const errs: string[] = [];
+    try {
+      await world.run(comms.map((c) => async () => {
+        try {
+          await c.connect();
+          errs.push("connected");
+        } catch (e) {
+          errs.push(String((e as Error).message));
+        }
+      }), 60_000);
+    } finally {
+      for (const c of comms) c.close(0);
+    }
+    expect(errs.length).toBe(2);
+    for (const m of errs) expect(m).toContain("runs a different job");
+    expect(errs.some((m) => m.includes('"speculate":true'))).toBe(true);
+  }, 60_000);
+
   test("5% loss, 2% duplication, 5% reordering, scales changing: the same sums as without, over 6 seeds", async () => {
     const faults: Faults = { loss: 0.05, dup: 0.02, reorder: 0.05, reorderMs: 0.3, latencyMs: 0.05, jitterMs: 0.02 };
     let rounds = 0, resent = 0;
