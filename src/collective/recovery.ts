@@ -207,8 +207,9 @@ export function redundant(h: Host, st: RoundState): boolean {
   // Gbit/s, 2.1 MB of frames: one spurious RACK doubled every round's bytes
   // for REDUNDANT_ROUNDS rounds, 66 ms a round against 41)
   const bytes = st.nchunks * h.seg;
+  if (bytes > TUNING.REDUNDANT_BYTES || !lossSeen(h, st, TUNING.REDUNDANT_ROUNDS)) return false;
   const rate = h.pace.rate();
-  return bytes <= TUNING.REDUNDANT_BYTES && !(rate > 0 && bytes / rate > TUNING.REDUNDANT_MS) && lossSeen(h, st, TUNING.REDUNDANT_ROUNDS);
+  return !(rate > 0 && bytes / rate > TUNING.REDUNDANT_MS);
 }
 
 /** When the owner's tail check is next due (Infinity: not now). Under loss
