@@ -189,7 +189,7 @@ function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   const d = h.deaths;
   const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
   // (members that speculated sent before they knew the plan left them out)
-  const speculated = st.predicted && outside !== 0n;
+  const speculated = !!h.o.speculate && st.predicted && outside !== 0n;
   if ((!st.replanned && !recent && !speculated) || !Host.has(st.active, h.rank)) return 0;
   let idx = 0, K = 0;
   for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
