@@ -527,6 +527,20 @@ static __always_inline __u64 slot_want(const struct ainftp_config *cfg, __u32 ro
 	return cfg->member_mask & (bank ? bank : ~0ULL);
 }
 
+/* Under the slot lock: the slot holds round `round` afresh, empty, at
+ * `count` values (0: the first contribution's) and scale `exp`. */
+static __always_inline void slot_start(struct ainftp_slot *slot, __u32 round, __u16 count, __s16 exp, __u32 spec)
+{
+	slot->tag = round + 1;
+	slot->seen = 0;
+	slot->rejected = 0;
+	slot->contributors = 0;
+	slot->count = count;
+	slot->exp = exp;
+	slot->spec = spec;
+	slot->state = AINFTP_SLOT_FILLING;
+}
+
 /* Under the slot lock: whether this rank's contribution may enter the slot
  * of `round` (AINFTP_CNT_SUMMED), or the counter that says why not. The first
  * contribution of a round claims the slot; a retransmission to a completed
@@ -539,14 +553,7 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 	if (slot->tag != round + 1) {
 		if (slot_newer(slot, round))
 			return AINFTP_CNT_STALE_ROUND; /* the bank already holds a newer round */
-		slot->tag = round + 1;
-		slot->seen = 0;
-		slot->rejected = 0;
-		slot->contributors = 0;
-		slot->count = count;
-		slot->exp = h->exp;
-		slot->state = AINFTP_SLOT_FILLING;
-		slot->spec = spec;
+		slot_start(slot, round, count, h->exp, spec);
 		return AINFTP_CNT_SUMMED;
 	}
 	/* from a rank the owner's plan left out (the slot is confirmed: its
@@ -558,13 +565,7 @@ static __always_inline int slot_admit(struct ainftp_slot *slot, const struct ain
 		 * was quantized under the wrong one; this contribution starts it
 		 * again (every member sends again at the plan's scale) */
 		*replaced = slot->state == AINFTP_SLOT_COMPLETE ? 2 : 1; /* 2: a completion to take back */
-		slot->seen = 0;
-		slot->rejected = 0;
-		slot->contributors = 0;
-		slot->count = count;
-		slot->exp = h->exp;
-		slot->state = AINFTP_SLOT_FILLING;
-		slot->spec = 0;
+		slot_start(slot, round, count, h->exp, 0);
 		return AINFTP_CNT_SUMMED;
 	}
 	if ((slot->seen & bit) && !bench_no_dedupe) {
@@ -992,16 +993,9 @@ static long close_one(__u64 i, void *arg)
 		} else {
 			/* another scale, or an outsider in it (or not on the round
 			 * yet): claimed empty at the plan's scale */
-			if (slot->tag == round + 1)
+			if (ours)
 				replaced = slot->state == AINFTP_SLOT_COMPLETE ? 2 : 1;
-			slot->tag = round + 1;
-			slot->seen = 0;
-			slot->rejected = 0;
-			slot->contributors = 0;
-			slot->count = 0;
-			slot->exp = a->exp;
-			slot->spec = AINFTP_SLOT_CONFIRMED;
-			slot->state = AINFTP_SLOT_FILLING;
+			slot_start(slot, round, 0, a->exp, AINFTP_SLOT_CONFIRMED);
 		}
 	} else if (slot->tag == round + 1) {
 		/* re-checked without F_FORCE: the owner may have shrunk bank_mask
@@ -1014,13 +1008,7 @@ static long close_one(__u64 i, void *arg)
 		/* nothing of this round arrived: claimed closed and empty, so a
 		 * late contribution cannot open it (the owner finishes the chunk
 		 * with its own values) */
-		slot->tag = round + 1;
-		slot->seen = 0;
-		slot->rejected = 0;
-		slot->contributors = 0;
-		slot->count = 0;
-		slot->exp = 0;
-		slot->spec = 0;
+		slot_start(slot, round, 0, 0, 0);
 		closed = slot_close(slot);
 	}
 	bpf_spin_unlock(&slot->lock);

@@ -141,7 +141,7 @@ export interface RoundState extends Plan {
   /** 8 and 4 bits: the gather and the residual's inverse, done in the round's waits (early.ts). */
   early: Early | null;
   // ---- speculation (speculate.ts) ----
-  /** Members may have sent speculative contributions this round (the last round of its length was full). */
+  /** Members may have sent speculative contributions this round: the job speculates and the last round of its length was full. */
   predicted: boolean;
   /** What we sent before the plan, under the prediction; null: nothing. */
   spec: Spec | null;

@@ -104,7 +104,7 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
     grace: patient ? Infinity : graceMs(h.roundTimes, h.o.deadlineMs), patient, maxRetransmitMs: h.o.maxRetransmitMs,
     xdone: h.scratch("xdone", nchunks).fill(0), recs: h.robust?.recsFor(r) ?? new Map(), headerBytes: HDR,
   });
-  st.predicted = predicted(h, nchunks);
+  st.predicted = !!h.o.speculate && predicted(h, nchunks);
   // exponents: ours to the leader, then theirs (some may be here already)
   const mine = myExps(h, st);
   const tp = h.clock.now();
@@ -189,7 +189,7 @@ function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   const d = h.deaths;
   const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
   // (members that speculated sent before they knew the plan left them out)
-  const speculated = !!h.o.speculate && st.predicted && outside !== 0n;
+  const speculated = st.predicted && outside !== 0n;
   if ((!st.replanned && !recent && !speculated) || !Host.has(st.active, h.rank)) return 0;
   let idx = 0, K = 0;
   for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
@@ -333,7 +333,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
         confirm(h, st, x);
         if (trace && h.stats.specResent !== resent) trace.push(`again:${h.stats.specResent - resent}`);
       }
-      rememberPlan(h, st);
+      if (h.o.speculate) rememberPlan(h, st);
       // forgeries stored before we knew the plan, our own chunks' included:
       // out now, counted, so the owners' results are stored when they come
       if (!h.xsk) dropForeign(h, st, bankBase, NO_RANK);
@@ -342,7 +342,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (!h.planCache.has(st.r)) h.keep(h.planCache, st.r, { r: st.r, active: st.active, next: st.next, scores: st.scores, shared: st.shared });
       startContributions(h, st, x, bankBase);
       finishPending(h, st, bankBase); // (slots of ours that completed before we had the plan)
-      drainEvents(h, st, bankBase); // (and those our confirmation closed: it raised no wake-up)
+      if (h.o.speculate) drainEvents(h, st, bankBase); // (and those our confirmation closed: it raised no wake-up)
       planAhead(h, st); // (the next round's, if its leader's is here)
       // the data timer starts now: peers that were still busy before the
       // plan are in the round now

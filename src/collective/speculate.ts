@@ -74,7 +74,8 @@ export function predicted(h: Host, nchunks: number): boolean {
   return !!h.predictions.get(nchunks)?.full;
 }
 
-/** The round's plan is applied: it is the prediction of the next round of its length. */
+/** The round's plan is applied: it is the prediction of the next round of
+ * its length (in a job that speculates). */
 export function rememberPlan(h: Host, st: RoundState): void {
   const m = h.predictions;
   m.delete(st.nchunks);

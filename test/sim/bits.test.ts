@@ -9,7 +9,7 @@ import type { RoundReport } from "../../src/collective.ts";
 import { EARLY } from "../../src/collective/early.ts";
 import { ERROR_BOUND } from "../../src/quantize.ts";
 import { mulberry32 } from "../../src/random.ts";
-import { CLEAN, SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
+import { CLEAN, openPair, SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
 
 const root = process.getuid?.() === 0;
 if (!root) console.log("[sim bits] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
@@ -232,21 +232,7 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
   }, 300_000);
 
   test("a member at another width is named on every side at open", async () => {
-    const world = new SimWorld(99, CLEAN, programs.slice(0, 2), PORT);
-    const comms = [world.communicator(0, { bits: 8, openTimeoutMs: 3_000 }), world.communicator(1, { bits: 16, openTimeoutMs: 3_000 })];
-    const errs: string[] = [];
-    try {
-      await world.run(comms.map((c) => async () => {
-        try {
-          await c.connect();
-          errs.push("connected");
-        } catch (e) {
-          errs.push(String((e as Error).message));
-        }
-      }), 60_000);
-    } finally {
-      for (const c of comms) c.close(0);
-    }
+    const errs = await openPair(new SimWorld(99, CLEAN, programs.slice(0, 2), PORT), { bits: 8 }, { bits: 16 });
     expect(errs.length).toBe(2);
     for (const m of errs) expect(m).toMatch(/different job \(--bits (8 here, 16|16 here, 8) there\)/);
     expect(errs.some((m) => m.includes("rank 1"))).toBe(true);

@@ -8,7 +8,7 @@
 // trip is no longer before the data).
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { SPEC } from "../../src/collective/speculate.ts";
-import { CLEAN, runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
+import { CLEAN, openPair, runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
 
 const root = process.getuid?.() === 0;
 if (!root) console.log("[sim speculate] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
@@ -67,21 +67,7 @@ describe.skipIf(!root)("speculation (simulated network, real program)", () => {
   }, 300_000);
 
   test("a member without speculation is named at open (every member must confirm its slots)", async () => {
-    const world = new SimWorld(98, CLEAN, programs.slice(0, 2), PORT);
-    const comms = [world.communicator(0, { speculate: true, openTimeoutMs: 3_000 }), world.communicator(1, { speculate: false, openTimeoutMs: 3_000 })];
-    const errs: string[] = [];
-    try {
-      await world.run(comms.map((c) => async () => {
-        try {
-          await c.connect();
-          errs.push("connected");
-        } catch (e) {
-          errs.push(String((e as Error).message));
-        }
-      }), 60_000);
-    } finally {
-      for (const c of comms) c.close(0);
-    }
+    const errs = await openPair(new SimWorld(98, CLEAN, programs.slice(0, 2), PORT), { speculate: true }, { speculate: false });
     expect(errs.length).toBe(2);
     for (const m of errs) expect(m).toContain("runs a different job");
     expect(errs.some((m) => m.includes('"speculate":true'))).toBe(true);

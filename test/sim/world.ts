@@ -370,6 +370,26 @@ export async function runGradients(
   return { hashes, times, stats: comms.map((c) => c.stats) };
 }
 
+/** Two hosts of `world` open with options `a` and `b`: what each one's
+ * connect() ended with ("connected", or its error's message). */
+export async function openPair(world: SimWorld, a: Partial<CommunicatorOptions>, b: Partial<CommunicatorOptions>): Promise<string[]> {
+  const comms = [world.communicator(0, { openTimeoutMs: 3_000, ...a }), world.communicator(1, { openTimeoutMs: 3_000, ...b })];
+  const outcomes: string[] = [];
+  try {
+    await world.run(comms.map((c) => async () => {
+      try {
+        await c.connect();
+        outcomes.push("connected");
+      } catch (e) {
+        outcomes.push(String((e as Error).message));
+      }
+    }), 60_000);
+  } finally {
+    for (const c of comms) c.close(0);
+  }
+  return outcomes;
+}
+
 /** Loads `hosts` programs before the file's tests (as root) and closes them after; the array fills in beforeAll. */
 export function simPrograms(root: boolean, hosts: number, chunks: number, elems: number, port: number): SimProgram[] {
   const programs: SimProgram[] = [];
