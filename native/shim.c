@@ -7,6 +7,8 @@
  * Everything else is called directly from native/libbpf.ts and native/libc.ts.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -137,10 +139,21 @@ int ainftp_obj_set_max_entries(struct bpf_object *obj, const char *map_name, uin
 	return bpf_map__set_max_entries(map, n);
 }
 
+/*
+ * The verifier gives up with EAGAIN when a signal is pending, and libbpf
+ * tries a program only five times: under a sampling profiler (Bun's
+ * --cpu-prof, py-spy, perf's signals) every try was interrupted and open
+ * failed with "the verifier rejected the XDP program". Signals wait while
+ * the object loads (a few ms) and arrive after.
+ */
 int ainftp_obj_load(struct bpf_object *obj)
 {
+	sigset_t all, old;
 	ainftp_log_reset();
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
 	int err = bpf_object__load(obj);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return err < 0 ? err : 0;
 }
 

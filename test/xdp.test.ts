@@ -8,7 +8,8 @@
 // Needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN). Only block 11 attaches the
 // program, to a veth in a network namespace of its own.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   CFG_AUTH_FULL, CFG_AUTH_HDR, CFG_CHECK_SOURCE, COUNTERS, MAX_ELEMS_AUTH, EV_RESEND, EV_RESULT, EV_SLOT_COMPLETE, F_FORCE, F_LAST, F_RETRANSMIT, F_SATURATED, F_SPEC, F_CONFIRM, MAGIC, MAX_ELEMS,
@@ -1579,6 +1580,24 @@ describe("event ring (loader)", () => {
       expect(got.map((e) => e.round * CHUNKS + e.chunk)).toEqual(Array.from({ length: N }, (_, i) => i));
     } finally {
       r.close();
+    }
+  });
+});
+
+describe("loading under signals (loader)", () => {
+  test("a process under a 50 µs sampling profiler loads the program: the verifier's EAGAIN on a pending signal no longer fails open", () => {
+    // Bun's --cpu-prof interrupts the thread every interval; the verifier gives
+    // up with EAGAIN when a signal is pending, and libbpf retries only five times
+    const dir = mkdtempSync(join(tmpdir(), "ainftp-sig-"));
+    try {
+      const script = join(dir, "load.ts");
+      writeFileSync(script, `import { ReflexObject } from ${JSON.stringify(join(ROOT, "src/reflex.ts"))};\n` +
+        "for (let i = 0; i < 3; i++) (await ReflexObject.load({ chunks: 64 })).close();\nconsole.log('loaded');\n");
+      const p = Bun.spawnSync([process.execPath, "--cpu-prof", `--cpu-prof-dir=${dir}`, "--cpu-prof-interval=50", script], { stdout: "pipe", stderr: "pipe" });
+      expect(p.stdout.toString() + p.stderr.toString()).toContain("loaded");
+      expect(p.exitCode).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
