@@ -215,13 +215,22 @@ export function peakRate(samples: LinkSample[], windowMs: number): PeakRate {
   let j = 0;
   const start = (s: LinkSample) => s.t0Ms ?? s.tMs;
   const end = (s: LinkSample) => s.t1Ms ?? s.tMs;
+  let whole = false;
   for (let i = 0; i < samples.length; i++) {
     if (j <= i) j = i + 1;
     while (j < samples.length && end(samples[j]) - start(samples[i]) < windowMs) j++;
     if (j >= samples.length) break;
+    whole = true;
     const dt = (end(samples[j]) - start(samples[i])) / 1000;
     tx = Math.max(tx, ((samples[j].txBytes - samples[i].txBytes) * 8) / dt);
     rx = Math.max(rx, ((samples[j].rxBytes - samples[i].rxBytes) * 8) / dt);
+  }
+  // a run shorter than one window (a fast system's few rounds): what moved
+  // in it, over the window that holds it, a lower bound of that window's rate
+  if (!whole && samples.length >= 2) {
+    const a = samples[0], b = samples[samples.length - 1];
+    tx = ((b.txBytes - a.txBytes) * 8) / (windowMs / 1000);
+    rx = ((b.rxBytes - a.rxBytes) * 8) / (windowMs / 1000);
   }
   return { tx_bps: tx, rx_bps: rx };
 }
