@@ -369,7 +369,7 @@ export function benchCommand(io: IO): Command {
     .option("--iface <name>", "with --slurm: the interface between the nodes (default: the one that routes to them)")
     .option("--size <size[,size…]>", `gradient sizes per round (default ${DEFAULT_SIZES} unshaped, 16MiB shaped; a size given runs in every regime)`, listOf(sizeOf, "sizes"))
     .option("--rounds <r>", `timed rounds per system (default ${DEFAULT_ROUNDS})`, intOption(1, 100_000), DEFAULT_ROUNDS)
-    .option("--warmup <r>", "untimed rounds before them, the same for every system (default: 20..100, enough rounds to move 256 MiB; ainftp's JIT compiles in its first rounds)", intOption(0, 1000))
+    .option("--warmup <r>", "untimed rounds before them, the same for every system (default: 20..1000, enough rounds to move 256 MiB, and 1 GiB for unshaped rounds of 4 MiB or less: ainftp's JIT compiles over its first ~1000 calls)", intOption(0, 1000))
     .option("--baseline <list>", "TCP peers to compare with: tcp,gloo,mpi or none (default all)", baselineList, [...BASELINES])
     .option("--mtu <m>", `link MTU (default ${DEFAULT_MTU}: jumbo frames, one ${chunkElemsForMtu(DEFAULT_MTU)}-value packet per chunk; veth takes up to ${MAX_MTU} with the frags-aware program)`, intOption(576, MAX_MTU), DEFAULT_MTU)
     .addOption(new Option("--mode <mode>", "XDP mode of the swarm").choices(["native", "generic"]).default("native"))

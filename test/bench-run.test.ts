@@ -130,11 +130,16 @@ describe("sampler windows", () => {
     expect(summarize(s, 32 * 1024)).toMatchObject({ timedOnly: false, activeIntervals: 3 });
   });
 
-  test("the default warm-up: at least 20 rounds and 256 MiB, at most 100 rounds, every system alike", () => {
+  test("the default warm-up: at least 20 rounds and 256 MiB (1 GiB for small rounds on an unshaped link), at most 1000 rounds, every system alike", () => {
     expect(defaultWarmup(16 * MiB)).toBe(20);
-    expect(defaultWarmup(4 * MiB)).toBe(64);
-    expect(defaultWarmup(1 * MiB)).toBe(100);
+    expect(defaultWarmup(4 * MiB)).toBe(256);
+    expect(defaultWarmup(8 * MiB)).toBe(32);
+    expect(defaultWarmup(1 * MiB)).toBe(1000);
+    expect(defaultWarmup(64 * 1024)).toBe(1000);
     expect(defaultWarmup(1024 * MiB)).toBe(20);
+    // shaped: the wire sets the round, the old rule
+    expect(defaultWarmup(1 * MiB, 1e9)).toBe(256);
+    expect(defaultWarmup(16 * MiB, 1e9)).toBe(20);
   });
 
   test("a rank's mark: a file named for its rank in $AINFTP_BENCH_TIMED, nothing when unset", () => {

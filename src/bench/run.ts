@@ -40,13 +40,22 @@ export const DEFAULT_SUBNET = "10.213.91";
 export const DEFAULT_MTU = 9000;
 export const DEFAULT_ROUNDS = 20;
 /** Untimed rounds before the timed ones, the same for every system: ainftp's JavaScript is still being
- * compiled in its first rounds (its CPU per round fell by a third between 1 and 10 warm-up rounds at
- * 16 MiB; at 16 MiB and 4 bits its median was 44.5 ms over the 10 rounds after 10 warm-up rounds and
- * 37-39 over every 10 after those; at 1 MiB it still fell between 10 and 30). At least 20 rounds and
- * 256 MiB, at most 100 rounds. */
-export function defaultWarmup(bytes: number): number {
-  return Math.min(100, Math.max(20, Math.ceil((256 * 2 ** 20) / bytes)));
+ * compiled in its first rounds. At 16 MiB its CPU per round fell by a third between 1 and 10 warm-up
+ * rounds, and at 16 MiB and 4 bits its median was 44.5 ms over the 10 rounds after 10 warm-up rounds
+ * and 37-39 over every 10 after those. Small rounds take far more: at 1 MiB (a barrier round on each
+ * side of a timed one, so three calls a round) the median of each 100 timed rounds after 20 warm-up
+ * ones fell 4.26, 3.32, 3.23, 3.06, 2.95, 2.78 ms and then held; with JavaScriptCore's DFG tier off
+ * it held at 4.3 from the start (2026-12-06). A trainer calls all-reduce thousands of times, so the
+ * bench times the steady state: at least 20 rounds and 256 MiB, and on an unshaped link at least
+ * 1 GiB for rounds of 4 MiB or less (1000 rounds at 1 MiB, back to back: 3 s for ainftp; on a shaped
+ * link the wire, not the CPU, sets the round, and 1 GiB at 100 Mbit/s would take minutes); at most
+ * 1000 rounds. */
+export function defaultWarmup(bytes: number, rateBps: number | null = null): number {
+  const volume = bytes <= SMALL_ROUND_BYTES && rateBps === null ? 2 ** 30 : 256 * 2 ** 20;
+  return Math.min(1000, Math.max(20, Math.ceil(volume / bytes)));
 }
+/** Rounds this small or smaller warm up over 1 GiB (defaultWarmup). */
+const SMALL_ROUND_BYTES = 4 * 2 ** 20;
 /** veth's largest MTU with native XDP and a frags-aware program (one IPv4 packet). */
 export const MAX_MTU = 65535;
 /** The default run's regimes: the CPU-bound lab, and each host's link at 1 Gbit/s (docs/bench.md, "Shaped links"). */
@@ -662,7 +671,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
         if (shaper) log(`links: tbf ${formatRate(rate)} on every host's eth0 and bridge port (burst ${formatSize(shaper.params.burst_bytes)}, queue ${formatSize(shaper.params.limit_bytes)})`);
         try {
           for (const bytes of rate === null ? o.sizes : o.shapedSizes) {
-            const x: RunContext = { o: { ...o, warmup: o.warmup ?? defaultWarmup(bytes) }, bl, bytes, log, shaper };
+            const x: RunContext = { o: { ...o, warmup: o.warmup ?? defaultWarmup(bytes, rate) }, bl, bytes, log, shaper };
             const sys: SystemRun[] = [];
             for (const s of systems) {
               const one = async (b2b: boolean) => {
