@@ -12,6 +12,7 @@
 //       [--mtu 3504] [--bits 16] [--freq 1999] [--json FILE] [--keep DIR]
 //       [--barrier]: a one-value all-reduce before each round (the ranks enter
 //       together, as in the bench's timed rounds; its CPU is counted)
+//   AINFTP_PROFILE_JS=DIR: each rank under Bun's sampling profiler too (--cpu-prof-md into DIR)
 //
 // Two builds compared: run it in each tree, back to back (DESIGN.md: the
 // machine drifts 20-40% between minutes). CPU ms per round is the figure to
@@ -158,7 +159,9 @@ try {
   // each rank's stderr to a file (rank-N.err in the kept directory)
   const q = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
   for (let r = 0; r < peers; r++) {
-    const cmd = [process.execPath, import.meta.path, "--rank", String(r), "--peers", addrs, "--size", String(size), "--bits", String(bits), "--seconds", String(seconds), ...(argv.includes("--barrier") ? ["--barrier"] : [])];
+    // AINFTP_PROFILE_JS=DIR: each rank also under Bun's sampling profiler, a markdown report in DIR
+    const js = process.env.AINFTP_PROFILE_JS ? ["--cpu-prof-md", `--cpu-prof-dir=${process.env.AINFTP_PROFILE_JS}`, "--cpu-prof-interval=200"] : [];
+    const cmd = [process.execPath, ...js, import.meta.path, "--rank", String(r), "--peers", addrs, "--size", String(size), "--bits", String(bits), "--seconds", String(seconds), ...(argv.includes("--barrier") ? ["--barrier"] : [])];
     procs.push(lab.spawn(names[r], ["sh", "-c", `exec ${cmd.map(q).join(" ")} 2>${q(join(dir, `rank-${r}.err`))}`]));
   }
   const readers = procs.map((p) => lineReader(p));
@@ -192,6 +195,9 @@ try {
   if (ends[ends.length - 1] < pe) console.error(`bench/profile.ts: the ranks finished ${(pe - ends[ends.length - 1]).toFixed(0)} ms before perf did: the tail of the window is idle`);
   const times = starts.map((s0, i) => ends[i] - s0);
   const median = [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)];
+  // the bench's figure: per round, the slowest rank's time
+  const slowest = starts.map((_, i) => Math.max(...reps.map((p) => p.ends[i] - p.starts[i])));
+  const slowMedian = [...slowest].sort((a, b) => a - b)[Math.floor(slowest.length / 2)];
 
   // ---- what perf saw --------------------------------------------------
   const rep = Bun.spawnSync(["perf", "report", "-i", data, "--no-children", "--sort", "comm,dso,sym", "-F", "sample,comm,dso,sym", "--stdio", "-t", "\t"], { stdout: "pipe", stderr: "pipe" });
@@ -240,7 +246,7 @@ try {
   const t = new Table({ style: process.stdout.isTTY ? {} : { head: [], border: [] }, head: ["where", "share of samples", "CPU ms per round"] });
   for (const [c, n] of [...byCat].sort((a, b) => b[1] - a[1])) t.push([c, `${((100 * n) / total).toFixed(1)}%`, c === "idle" ? "-" : ((n * msPerSample) / inWin).toFixed(2)]);
   t.push(["all but idle and other processes", `${((100 * busy) / total).toFixed(1)}%`, ((busy * msPerSample) / inWin).toFixed(2)]);
-  console.log(`${title}\nperf -a, cpu-clock at ${freq} Hz for ${(perfMs / 1000).toFixed(1)} s: ${total} samples, ${inWin} rounds in the window (median round ${median.toFixed(2)} ms on rank 0)`);
+  console.log(`${title}\nperf -a, cpu-clock at ${freq} Hz for ${(perfMs / 1000).toFixed(1)} s: ${total} samples, ${inWin} rounds in the window (median round ${median.toFixed(2)} ms on rank 0, ${slowMedian.toFixed(2)} ms the slowest rank's, as the bench counts)`);
   console.log(t.toString());
   const tops: Record<string, [string, number][]> = {};
   for (const c of ["native shim", "kernel", "Bun and JS", "libc", "XDP program", "other processes"]) {
