@@ -372,13 +372,23 @@ HOT void rht_chunk_scalar(const float *src, float *x, uint32_t count, uint32_t k
  * non-finite count and writes the largest finite |value| bits to *m when m
  * is not NULL (forward only). */
 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m);
+/* The AVX-512 build's (16 values a vector; the same bits). */
+static uint32_t rht_chunk_vec512(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m);
+
+/* vec: 0 scalar, 1 AVX2, 2 AVX-512. */
+HOT uint32_t rht_chunk_any(int vec, const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m)
+{
+	if (vec == 2)
+		return rht_chunk_vec512(src, x, count, key, inverse, m);
+	return rht_chunk_vec(src, x, count, key, inverse, m);
+}
 
 HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, uint32_t inverse, int vec)
 {
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
 		if (vec)
-			rht_chunk_vec(src + start, x + start, count, stream_key(seed, c), inverse, NULL);
+			rht_chunk_any(vec, src + start, x + start, count, stream_key(seed, c), inverse, NULL);
 		else
 			rht_chunk_scalar(src + start, x + start, count, stream_key(seed, c), inverse);
 	}
@@ -407,7 +417,7 @@ HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *
 		}
 		int32_t m = 0;
 		if (vec) {
-			nonfinite += rht_chunk_vec(in, x + start, count, stream_key(seed, c), 0, &m);
+			nonfinite += rht_chunk_any(vec, in, x + start, count, stream_key(seed, c), 0, &m);
 		} else {
 			uint32_t bad = 0;
 			rht_chunk_scalar(in, x + start, count, stream_key(seed, c), 0);
@@ -466,7 +476,7 @@ struct bits_kernels {
 	attr static void rht_chunk_##isa(float *x, uint32_t count, uint32_t key, uint32_t inverse)              \
 	{                                                                                                        \
 		if (vec)                                                                                         \
-			rht_chunk_vec(x, x, count, key, inverse, NULL);                                          \
+			rht_chunk_any(vec, x, x, count, key, inverse, NULL);                                     \
 		else                                                                                             \
 			rht_chunk_scalar(x, x, count, key, inverse);                                             \
 	}
@@ -484,7 +494,7 @@ static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, deq
 #else /* gcc would use 256-bit vectors for these by default */
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
 #endif
-BITS_BUILD(avx512, TARGET_AVX512, 1)
+BITS_BUILD(avx512, TARGET_AVX512, 2)
 static const struct bits_kernels avx512 = { exps_avx512, pack_avx512, finish_avx512, dequant_avx512, rht_avx512, rht_exps_avx512, rht_chunk_avx512 };
 
 #define AVX2_INLINE static inline __attribute__((always_inline, target("avx2")))
@@ -696,12 +706,195 @@ TARGET_AVX2 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t c
 		return rht_blocks_avx2(src, x, count, key, 1, m);
 	return rht_blocks_avx2(src, x, count, key, 1, NULL);
 }
+
+/* ---- the same transform, 16 values a vector (AVX-512) -------------------------------
+ * Every butterfly is the one the scalar sweep computes (a + b and a - b of
+ * the same operands; in-vector as -b + a, see fwht8), so the bits are the
+ * same as the scalar and AVX2 builds'. Blocks below 16 values (a chunk's
+ * odd tail) take the scalar sweep. Measured in bench/bits.ts ("rht forward", "rht inverse"). */
+#define AVX512_INLINE static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define RHT_LO16 16
+
+/* rht_signs_scale of 16 values: value i's sign is bit 16t + i of word w. */
+AVX512_INLINE __m512 signs_scale16(__m512 v, uint32_t w, uint32_t t, __m512 p)
+{
+	__mmask16 k = (__mmask16)(w >> (16 * t));
+	return _mm512_mul_ps(_mm512_mask_xor_ps(v, k, v, _mm512_set1_ps(-0.0f)), p);
+}
+
+/* Passes 1, 2, 4, 8 inside one vector (fwht8's, one more). */
+AVX512_INLINE __m512 fwht16(__m512 v)
+{
+	const __m512 m1 = _mm512_castsi512_ps(_mm512_set4_epi32(INT32_MIN, 0, INT32_MIN, 0));
+	const __m512 m2 = _mm512_castsi512_ps(_mm512_set4_epi32(INT32_MIN, INT32_MIN, 0, 0));
+	const __m512 m4 = _mm512_castsi512_ps(_mm512_setr_epi32(0, 0, 0, 0, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, 0, 0, 0, 0,
+								 INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN));
+	const __m512 m8 = _mm512_castsi512_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN,
+								 INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN));
+	v = _mm512_add_ps(_mm512_xor_ps(v, m1), _mm512_permute_ps(v, 0xb1));
+	v = _mm512_add_ps(_mm512_xor_ps(v, m2), _mm512_permute_ps(v, 0x4e));
+	v = _mm512_add_ps(_mm512_xor_ps(v, m4), _mm512_shuffle_f32x4(v, v, 0xb1));
+	return _mm512_add_ps(_mm512_xor_ps(v, m8), _mm512_shuffle_f32x4(v, v, 0x4e));
+}
+
+AVX512_INLINE void fwht_regs16(__m512 *v, uint32_t R)
+{
+	UNROLL
+	for (uint32_t d = 1; d < R; d <<= 1)
+		UNROLL
+		for (uint32_t r = 0; r < R; r++)
+			if (!(r & d)) {
+				__m512 a = v[r], b = v[r + d];
+				v[r] = _mm512_add_ps(a, b);
+				v[r + d] = _mm512_sub_ps(a, b);
+			}
+}
+
+struct vexps16 {
+	__m512i m, bad;
+};
+
+AVX512_INLINE void vexps16_add(struct vexps16 *e, __m512 v)
+{
+	__m512i a = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff));
+	__mmask16 nf = _mm512_cmpgt_epi32_mask(a, _mm512_set1_epi32(BITS_INF - 1));
+	e->bad = _mm512_mask_add_epi32(e->bad, nf, e->bad, _mm512_set1_epi32(1));
+	e->m = _mm512_mask_max_epi32(e->m, (__mmask16)~nf, e->m, a);
+}
+
+/* One low group of 16R values: rht_lo's, 16 at a time. */
+AVX512_INLINE void rht_lo16(const float *src, float *x, uint32_t R, const uint32_t *w, __m512 p, int fwd, int last,
+			    struct vexps16 *e)
+{
+	__m512 v[RHT_LO16];
+	UNROLL
+	for (uint32_t r = 0; r < R; r++) {
+		v[r] = _mm512_loadu_ps(src + 16 * r);
+		if (fwd)
+			v[r] = signs_scale16(v[r], w[r / 2], r & 1, p);
+		v[r] = fwht16(v[r]);
+	}
+	fwht_regs16(v, R);
+	UNROLL
+	for (uint32_t r = 0; r < R; r++) {
+		if (last && !fwd)
+			v[r] = signs_scale16(v[r], w[r / 2], r & 1, p);
+		if (last && e)
+			vexps16_add(e, v[r]);
+		_mm512_storeu_ps(x + 16 * r, v[r]);
+	}
+}
+
+/* The high passes of a block of R * 16 * RHT_LO16 values, in place. */
+AVX512_INLINE void rht_hi16(float *x, uint32_t R, const uint32_t *w, __m512 p, int fwd, struct vexps16 *e)
+{
+	const uint32_t S = 16 * RHT_LO16;
+	for (uint32_t col = 0; col < S; col += 16) {
+		__m512 v[16];
+		UNROLL
+		for (uint32_t r = 0; r < R; r++)
+			v[r] = _mm512_loadu_ps(x + col + S * r);
+		fwht_regs16(v, R);
+		UNROLL
+		for (uint32_t r = 0; r < R; r++) {
+			uint32_t i = col + S * r;
+			if (!fwd)
+				v[r] = signs_scale16(v[r], w[i >> 5], (i & 31) / 16, p);
+			if (e)
+				vexps16_add(e, v[r]);
+			_mm512_storeu_ps(x + col + S * r, v[r]);
+		}
+	}
+}
+
+/* One block of 16 <= b <= 2^AINFTP_RHT_LOG_MAX values. */
+AVX512_INLINE void rht_block16(const float *src, float *x, uint32_t b, uint32_t k, float pf, int fwd, struct vexps16 *e)
+{
+	uint32_t w[(1u << AINFTP_RHT_LOG_MAX) / 32];
+	for (uint32_t i = 0; i < (b + 31) / 32; i++)
+		w[i] = mix32(k + i * GOLDEN);
+	const __m512 p = _mm512_set1_ps(pf);
+	const uint32_t S = 16 * RHT_LO16;
+	_Static_assert(RHT_LO16 == 16 && AINFTP_RHT_LOG_MAX == 10, "the cases below");
+	switch (b) { /* a block within one low group */
+	case 16:
+		rht_lo16(src, x, 1, w, p, fwd, 1, e);
+		return;
+	case 32:
+		rht_lo16(src, x, 2, w, p, fwd, 1, e);
+		return;
+	case 64:
+		rht_lo16(src, x, 4, w, p, fwd, 1, e);
+		return;
+	case 128:
+		rht_lo16(src, x, 8, w, p, fwd, 1, e);
+		return;
+	}
+	for (uint32_t g = 0; g < b; g += S)
+		rht_lo16(src + g, x + g, RHT_LO16, w + g / 32, p, fwd, b == S, e);
+	switch (b / S) {
+	case 2:
+		rht_hi16(x, 2, w, p, fwd, e);
+		break;
+	case 4:
+		rht_hi16(x, 4, w, p, fwd, e);
+		break;
+	}
+}
+
+AVX512_INLINE uint32_t rht_blocks_avx512(const float *src, float *x, uint32_t count, uint32_t key, int fwd, int32_t *m)
+{
+	struct vexps16 e = { _mm512_setzero_si512(), _mm512_setzero_si512() };
+	int32_t ms = 0;
+	uint32_t bad = 0;
+	for (uint32_t off = 0, b, k; off < count; off += b) {
+		float p;
+		rht_block_params(count, off, key, !fwd, &b, &k, &p);
+		if (b >= 16) {
+			rht_block16(src + off, x + off, b, k, p, fwd, m ? &e : NULL);
+			continue;
+		}
+		/* blocks of fewer than 16 (a chunk's odd tail): the scalar sweep */
+		if (fwd)
+			rht_signs_scale(src + off, x + off, b, k, p);
+		fwht_passes(x + off, b, 1);
+		if (!fwd)
+			rht_signs_scale(x + off, x + off, b, k, p);
+		if (m)
+			exps_scan(x + off, b, &ms, &bad);
+	}
+	if (!m)
+		return 0;
+	int32_t lm[16], lb[16];
+	_mm512_storeu_si512(lm, e.m);
+	_mm512_storeu_si512(lb, e.bad);
+	for (int t = 0; t < 16; t++) {
+		ms = lm[t] > ms ? lm[t] : ms;
+		bad += (uint32_t)lb[t];
+	}
+	*m = ms;
+	return bad;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static uint32_t
+rht_chunk_vec512(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m)
+{
+	if (inverse)
+		return rht_blocks_avx512(x, x, count, key, 0, NULL);
+	if (m)
+		return rht_blocks_avx512(src, x, count, key, 1, m);
+	return rht_blocks_avx512(src, x, count, key, 1, NULL);
+}
 #else /* never called: without x86 there is only the generic build (vec 0) */
 static uint32_t rht_chunk_vec(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m)
 {
 	(void)m;
 	rht_chunk_scalar(src, x, count, key, inverse);
 	return 0;
+}
+static uint32_t rht_chunk_vec512(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse, int32_t *m)
+{
+	return rht_chunk_vec(src, x, count, key, inverse, m);
 }
 #endif
 
