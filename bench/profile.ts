@@ -12,6 +12,7 @@
 //       [--mtu 3504] [--bits 16] [--freq 1999] [--json FILE] [--keep DIR]
 //       [--barrier]: a one-value all-reduce before each round (the ranks enter
 //       together, as in the bench's timed rounds; its CPU is counted)
+//       [--error-feedback]: at 8 and 4 bits, the residual kept and added back, as the bench runs them
 //   AINFTP_PROFILE_JS=DIR: each rank under Bun's sampling profiler too (--cpu-prof-md into DIR)
 //
 // Two builds compared: run it in each tree, back to back (DESIGN.md: the
@@ -56,7 +57,8 @@ if (argv.includes("--rank")) {
   const fill = () => { for (let i = 0; i < n; i++) src[i] = Math.sin(i * 0.001 + rank) * (1 + (i % 7)); };
   if (!process.env.AINFTP_PROFILE_SKEW) fill();
   try {
-    comm = await node.open({ bits, errorFeedback: false, maxWaitMs: 20 });
+    // --error-feedback: as the bench and a trainer run 8 and 4 bits (the residual kept per buffer)
+    comm = await node.open({ bits, errorFeedback: argv.includes("--error-feedback"), maxWaitMs: 20 });
     if (process.env.AINFTP_PROFILE_SKEW) fill();
     const x = new Float32Array(n);
     const say = (s: string) => process.stdout.write(s + "\n");
@@ -161,7 +163,8 @@ try {
   for (let r = 0; r < peers; r++) {
     // AINFTP_PROFILE_JS=DIR: each rank also under Bun's sampling profiler, a markdown report in DIR
     const js = process.env.AINFTP_PROFILE_JS ? ["--cpu-prof-md", `--cpu-prof-dir=${process.env.AINFTP_PROFILE_JS}`, "--cpu-prof-interval=200"] : [];
-    const cmd = [process.execPath, ...js, import.meta.path, "--rank", String(r), "--peers", addrs, "--size", String(size), "--bits", String(bits), "--seconds", String(seconds), ...(argv.includes("--barrier") ? ["--barrier"] : [])];
+    const cmd = [process.execPath, ...js, import.meta.path, "--rank", String(r), "--peers", addrs, "--size", String(size), "--bits", String(bits), "--seconds", String(seconds),
+      ...(argv.includes("--barrier") ? ["--barrier"] : []), ...(argv.includes("--error-feedback") ? ["--error-feedback"] : [])];
     procs.push(lab.spawn(names[r], ["sh", "-c", `exec ${cmd.map(q).join(" ")} 2>${q(join(dir, `rank-${r}.err`))}`]));
   }
   const readers = procs.map((p) => lineReader(p));

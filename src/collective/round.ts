@@ -21,7 +21,7 @@ import { PTO_FLOOR_MS } from "./rtt.ts";
 
 /** AINFTP_TRACE_RECOVERY=1: one line per round on stderr (plan, fast and timed retransmissions, completion). */
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
-import { applyPlan, pump, startContributions, unsent } from "./sender.ts";
+import { applyPlan, pump, startContributions, unpackedResidual, unsent } from "./sender.ts";
 import { confirm, confirmSlots, predicted, rememberPlan, speculate } from "./speculate.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
@@ -54,17 +54,20 @@ export async function runRound(
     const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
     // no copy of x first, and our exponents from the same pass (xq is not
     // read again for them); with error feedback the same pass adds the last
-    // residual and starts this one as xq (what we never pack, a round we
-    // sit out, is all error; packing overwrites the rest)
-    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, resid), residSet: !!resid };
+    // residual. Packing writes this round's residual chunk by chunk; what we
+    // never pack (a round we sit out) is all error, and gets xq at the end
+    // (unpackedResidual): no copy of all of xq first (16 MiB written per
+    // 16 MiB round, which packing overwrote)
+    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, null), residSet: false };
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient, pre);
   noteDeaths(h, r);
   if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} epoch ${(performance.timeOrigin + t0).toFixed(2)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
-    // what we never pack (a round we sit out) is all error; packing overwrites the rest
+    // what we never pack (a round we sit out) is all error; packing overwrites
+    // the rest (with the transform: unpackedResidual, at the end)
     if (h.bits !== 16) {
-      if (!pre?.residSet) resid.set(xq); // (the transform's pass did it when it made x's transform)
+      if (!h.rht) resid.set(xq);
       st.resid = resid;
     }
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
@@ -72,7 +75,11 @@ export async function runRound(
   st.early = earlyFor(h, st, seed, st.resid);
   // contributions under the last plan's scale while ours travel (speculate.ts)
   speculate(h, st, xq, myExps(h, st));
-  await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
+  try {
+    await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
+  } finally {
+    if (h.rht && st.resid) unpackedResidual(h, st, xq);
+  }
   // the gather takes each chunk of out back through the inverse while it is
   // in cache (8 and 4 bits need rx "map": Communicator.withPorts refuses xsk)
   const rep = endRound(h, st, h.rht ? seed : 0);

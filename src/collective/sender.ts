@@ -154,3 +154,19 @@ export function unsent(h: Host, st: RoundState): boolean {
   for (let o = 0; o < h.size; o++) if (o !== h.rank && st.pos[o] < st.ownerChunks[o].length) return true;
   return false;
 }
+
+/** Error feedback with the transform: packing wrote the residual of every
+ * chunk it quantized; a chunk we never packed (a round we sat out, chunks
+ * still unsent when the round ended or failed) keeps all of x's transform
+ * as its error. Before the residual goes back through the inverse. */
+export function unpackedResidual(h: Host, st: RoundState, xq: Float32Array): void {
+  const resid = st.resid!;
+  const ce = h.chunkElems;
+  const copy = (c: number) => resid.set(xq.subarray(c * ce, Math.min(xq.length, (c + 1) * ce)), c * ce);
+  if (!st.sent || st.passive || st.K === 0) return void resid.set(xq);
+  for (let o = 0; o < h.size; o++) {
+    if (o === h.rank) continue;
+    const list = st.ownerChunks[o];
+    for (let k = st.pos[o]; k < list.length; k++) copy(list[k]);
+  }
+}
