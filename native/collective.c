@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
+#include <sched.h>
+#include <time.h>
 #include <stdint.h>
 #include <string.h>
 #include <linux/types.h>
@@ -406,6 +408,42 @@ int32_t ainftp_wait3(int fd_a, int fd_b, int fd_c, int timeout_ms)
 	if (r < 0)
 		return errno == EINTR ? 0 : -errno;
 	return ((p[0].revents & POLLIN) ? 1 : 0) | ((p[1].revents & POLLIN) ? 2 : 0) | ((p[2].revents & POLLIN) ? 4 : 0);
+}
+
+/*
+ * ainftp_wait3, but first looks without sleeping for up to spin_us,
+ * yielding the CPU between looks (sched_yield: another runnable process
+ * goes first). A round's waits are short and many (plan, results): sleeping
+ * in poll put a wake-up, and on a busy host a scheduling delay, on each.
+ * Open MPI's progress loop does the same (mpi_yield_when_idle). 1 MiB
+ * rounds, 4 hosts on 2 cores, profile: 2.78 / 2.75 → 2.17 / 2.09 ms.
+ */
+int32_t ainftp_wait3_spin(int fd_a, int fd_b, int fd_c, int timeout_ms, int spin_us)
+{
+	long spun = 0;
+	if (spin_us > 0 && timeout_ms > 0) {
+		struct pollfd p[3] = { { .fd = fd_a, .events = POLLIN }, { .fd = fd_b, .events = POLLIN },
+				       { .fd = fd_c, .events = POLLIN } };
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		for (;;) {
+			int r = poll(p, 3, 0);
+			if (r < 0)
+				return errno == EINTR ? 0 : -errno;
+			if (r > 0)
+				return ((p[0].revents & POLLIN) ? 1 : 0) | ((p[1].revents & POLLIN) ? 2 : 0) |
+				       ((p[2].revents & POLLIN) ? 4 : 0);
+			sched_yield();
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			spun = (t1.tv_sec - t0.tv_sec) * 1000000L + (t1.tv_nsec - t0.tv_nsec) / 1000;
+			if (spun >= (long)timeout_ms * 1000)
+				return 0;
+			if (spun >= spin_us)
+				break;
+		}
+	}
+	/* the rest of the timeout asleep */
+	return ainftp_wait3(fd_a, fd_b, fd_c, timeout_ms - (int)(spun / 1000));
 }
 
 /* Sets the flags field of n packets laid out every `stride` bytes. */

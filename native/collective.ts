@@ -20,6 +20,7 @@ export const coll = openShimTable({
   ainftp_rht_list: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr], returns: T.u32 },
   ainftp_gather_list_bits: { args: [T.ptr, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32], returns: T.u32 },
   ainftp_wait3: { args: [T.i32, T.i32, T.i32, T.i32], returns: T.i32 },
+  ainftp_wait3_spin: { args: [T.i32, T.i32, T.i32, T.i32, T.i32], returns: T.i32 },
   ainftp_gather_list: { args: [T.ptr, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_set_flags: { args: [T.ptr, T.u32, T.u32, T.u16], returns: T.void },
   ainftp_max_exps: { args: [T.ptr, T.u32, T.u32, T.ptr], returns: T.void },

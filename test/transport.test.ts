@@ -480,3 +480,36 @@ describe.skipIf(!kernel)("UDP GSO across a veth pair between two network namespa
     expect(tx.error.hint).toContain("ip route get 10.213.99.1");
   });
 });
+
+describe("a round's wait: a spin, then asleep (ainftp_wait3_spin)", () => {
+  test("what is queued is seen at once; with nothing, it spins for spin_us (CPU spent), then sleeps out the rest of the timeout; 0 sleeps at once", () => {
+    const { coll } = require("../native/collective.ts") as typeof import("../native/collective.ts");
+    const LO = "127.0.0.1";
+    using rx = UdpEndpoint.open(LO, 0);
+    using tx = UdpEndpoint.open(LO, 0);
+    // queued: the first look sees it (bit 1: fd_b)
+    tx.sendGso(LO, rx.port, new Uint8Array(64), 64, 1);
+    let t = performance.now();
+    expect(coll.ainftp_wait3_spin(-1, rx.fd, -1, 1000, 50_000)).toBe(2);
+    expect(performance.now() - t).toBeLessThan(50);
+    rx.recvBatch(0);
+    // nothing: a 20 ms spin inside a 60 ms timeout
+    const cpu = (f: () => void) => {
+      const c0 = process.cpuUsage(), w0 = performance.now();
+      f();
+      const c = process.cpuUsage(c0);
+      return { cpuMs: (c.user + c.system) / 1000, wallMs: performance.now() - w0 };
+    };
+    const spun = cpu(() => expect(coll.ainftp_wait3_spin(-1, rx.fd, -1, 60, 20_000)).toBe(0));
+    expect(spun.wallMs).toBeGreaterThanOrEqual(58);
+    expect(spun.wallMs).toBeLessThan(60 + 40); // the rest of the timeout, not all of it again
+    expect(spun.cpuMs).toBeGreaterThan(5); // it looked, awake, for a while
+    const slept = cpu(() => expect(coll.ainftp_wait3_spin(-1, rx.fd, -1, 60, 0)).toBe(0));
+    expect(slept.wallMs).toBeGreaterThanOrEqual(58);
+    expect(slept.cpuMs).toBeLessThan(spun.cpuMs / 2);
+    // a spin longer than the timeout ends at the timeout
+    t = performance.now();
+    expect(coll.ainftp_wait3_spin(-1, rx.fd, -1, 10, 100_000)).toBe(0);
+    expect(performance.now() - t).toBeLessThan(40);
+  });
+});

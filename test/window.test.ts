@@ -30,3 +30,13 @@ describe("the window in bytes", () => {
     expect(resolveOptions({ iface: "x", peers: ["10.0.0.1", "10.0.0.2"], rank: 0, windowBytes: 1 << 20 } as never).windowBytes).toBe(1 << 20);
   });
 });
+
+describe("a round's spin (spinUs)", () => {
+  const base = { iface: "x", peers: ["10.0.0.1", "10.0.0.2"], rank: 0 };
+  test("the default and an explicit value resolve; a value that is not µs in 0..100000 is refused, naming it", () => {
+    expect(resolveOptions(base).spinUs).toBe(DEFAULTS.spinUs);
+    expect(resolveOptions({ ...base, spinUs: 0 }).spinUs).toBe(0);
+    for (const bad of [-1, 1.5, Number.NaN, 200_000])
+      expect(() => resolveOptions({ ...base, spinUs: bad })).toThrow(`spinUs ${bad} is not a number of µs in 0..100000`);
+  });
+});

@@ -100,6 +100,11 @@ export interface CommunicatorOptions {
    * slower than the hosts, and never with the sentry, robust aggregation or
    * rx "xsk". */
   speculate?: boolean;
+  /** A round's waits first look for what they wait on without sleeping, for
+   * up to this many µs, yielding the CPU between looks (0: sleep at once).
+   * Default DEFAULTS.spinUs. Only inside a round: an idle communicator
+   * sleeps. */
+  spinUs?: number;
 }
 
 /** The bit widths a job may run at, as an error message lists them. */
@@ -142,6 +147,11 @@ export const DEFAULTS = {
    * session 13); it acts only on a link the pace measured slow.
    * AINFTP_SPECULATE=0 turns it off (an A/B of the same build). */
   speculate: process.env.AINFTP_SPECULATE !== "0",
+  /** 150 µs (session 13): 1 MiB unshaped, 4 hosts on 2 cores, same build
+   * alternating: bench 3.65 / 3.48 → 2.75 / 3.00 ms, CPU per round 15.5 /
+   * 13.5 → 13.3 / 14.7 ms; 16 MiB at 8 bits, unshaped and at 1 Gbit/s:
+   * no change. AINFTP_SPIN_US sets it (an A/B of the same build). */
+  spinUs: process.env.AINFTP_SPIN_US !== undefined ? Number(process.env.AINFTP_SPIN_US) : 150,
 } as const;
 
 /** The protocol's tunables (not options: every member must agree on them). */
@@ -274,6 +284,9 @@ export function windowChunks(window: number, windowBytes: number, packetBytes: n
 export function resolveOptions(opts: CommunicatorOptions): ResolvedOptions {
   const { rxQueue: _rx, ...defaults } = DEFAULTS;
   if (opts.bits !== undefined) checkBits(opts.bits);
+  const spin = opts.spinUs ?? DEFAULTS.spinUs;
+  if (!Number.isInteger(spin) || spin < 0 || spin > 100_000)
+    throw new AinftpError("open communicator", `spinUs ${String(spin)} is not a number of µs in 0..100000${opts.spinUs === undefined ? " (from AINFTP_SPIN_US)" : ""}`, { hint: "e.g. 150, or 0 to sleep at once" });
   return {
     window: defaultWindow(opts.peers.length, opts.rxQueue),
     ...defaults,

@@ -45,8 +45,10 @@ export interface Datagrams {
   /** The datagrams queued now (timeout 0: never blocks). */
   recvBatch(timeoutMs: number): Received;
   /** Waits up to ms for any of `watch` (READY_* bits) to be ready: the ready
-   * bits, synchronously, or (simulated) a promise of them. */
-  wait(watch: number, ms: number): number | Promise<number>;
+   * bits, synchronously, or (simulated) a promise of them. spinUs: first
+   * look without sleeping for that long, yielding the CPU between looks (a
+   * round's waits; the simulator's virtual time ignores it). */
+  wait(watch: number, ms: number, spinUs?: number): number | Promise<number>;
   close(): void;
 }
 
@@ -125,9 +127,9 @@ export class SocketDatagrams implements Datagrams {
     return this.sock.recvBatch(timeoutMs);
   }
 
-  wait(watch: number, ms: number): number {
-    if (watch === READY_SOCK) return coll.ainftp_wait3(this.sock.fd, -1, -1, ms) << 1;
-    return coll.ainftp_wait3(watch & READY_RING ? this.ringFd : -1, this.sock.fd, watch & READY_XSK ? this.xskFd : -1, ms);
+  wait(watch: number, ms: number, spinUs = 0): number {
+    if (watch === READY_SOCK) return coll.ainftp_wait3_spin(this.sock.fd, -1, -1, ms, spinUs) << 1;
+    return coll.ainftp_wait3_spin(watch & READY_RING ? this.ringFd : -1, this.sock.fd, watch & READY_XSK ? this.xskFd : -1, ms, spinUs);
   }
 
   close(): void {
