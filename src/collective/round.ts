@@ -427,7 +427,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     const wait = Math.max(0, Math.min(h.o.maxWaitMs, Math.ceil(Math.min(nextRetx, rackAt, deadline, soon, due, own, tell) - now)));
     tp = h.phase("work", tp);
     if (st.early) (workEarly(h, st, bankBase), (tp = h.phase("gather", tp)));
-    let ready = h.net.wait(watch, wait, h.o.spinUs);
+    let ready = h.net.wait(watch, wait, st.paced ? 0 : h.o.spinUs);
     if (typeof ready !== "number") ready = await ready;
     tp = h.phase(st.sent ? "wait" : "control", tp);
     h.stats.wakeups++;
