@@ -373,7 +373,7 @@ describe("the randomized Hadamard transform", () => {
     for (const v of x) expect(Math.abs(v)).toBe(32); // 1024 * 2^-5 with a random sign
   });
 
-  test("every build this CPU runs gives the same bits (generic, avx2): transform, packing, residual, owner's step, dequantizing", () => {
+  test("every build this CPU runs gives the same bits (generic, avx2, avx512): transform, packing, residual, owner's step, dequantizing", () => {
     const isas = quantIsasSupported();
     const ref = gaussian(3, 3440 * 3 + 77);
     const outs: Buffer[] = [];
