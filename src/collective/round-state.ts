@@ -98,9 +98,6 @@ export interface RoundState extends Plan {
   /** Chunks in flight per owner at most this round: the window, capped by
    * our measured egress rate (pace.ts). */
   window: number;
-  /** The pace capped the window: our egress is slower than the hosts (the
-   * round's waits sleep at once: spinning only burns CPU while the wire drains). */
-  paced: boolean;
   /** At 8 and 4 bits with error feedback: where packing writes this rank's
    * quantization error (in the transformed domain at 4 bits), else null. */
   resid: Float32Array | null;
@@ -193,7 +190,7 @@ export function newRoundState(a: NewRound): RoundState {
     closedAtDeadline: false,
     owned: empty, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0,
     sent: false, x, recs: a.recs, finishArgs: null,
-    header: new Uint8Array(a.headerBytes), seed: 0, decidedAt: 0, planAt: 0, bytesAtPlan: 0, window: 1, paced: false, resid: null, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
+    header: new Uint8Array(a.headerBytes), seed: 0, decidedAt: 0, planAt: 0, bytesAtPlan: 0, window: 1, resid: null, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
     sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),

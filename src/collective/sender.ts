@@ -62,8 +62,7 @@ export function beginSending(h: Host, st: RoundState, header: Uint8Array): void 
   st.bytesAtPlan = h.dataBytes;
   const full = windowChunks(h.o.window, h.o.windowBytes, h.seg);
   st.window = Math.min(full, h.pace.capFor((st.nchunks - st.owned.length) * h.seg, st.K - 1, h.seg));
-  st.paced = st.window < full;
-  if (st.paced) h.stats.pacedRounds++;
+  if (st.window < full) h.stats.pacedRounds++;
   st.header = header;
   st.seed = h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, st.r, h.rank)
     : h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
