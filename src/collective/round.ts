@@ -58,7 +58,7 @@ export async function runRound(
     // never pack (a round we sit out) is all error, and gets xq at the end
     // (unpackedResidual): no copy of all of xq first (16 MiB written per
     // 16 MiB round, which packing overwrote)
-    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, null), residSet: false };
+    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, null) };
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient, pre);
   noteDeaths(h, r);
@@ -93,7 +93,7 @@ export function rhtSeed(job: number, r: number): number {
 }
 
 /** Our exponents of x and its NaN/±Inf count, when the transform made them. */
-type Exps = { exps: Int8Array; bad: number; residSet: boolean };
+type Exps = { exps: Int8Array; bad: number };
 
 /** The program's window and config for round r, the round's state, and our
  * exponents (to the leader, unless we lead; `pre`: already made). */
