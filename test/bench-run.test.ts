@@ -15,7 +15,7 @@ import {
   ainftpCounters, ainftpSendBytes, bestRatio, computeMetrics, machineRows, metricRows, tcpCounters, untrackedCounters,
   type SystemRun,
 } from "../src/bench/rows.ts";
-import { SCHEMA_ID, defaultWarmup, liveLabNames, runBench, scalingRows, slowestPerRound, wireCounts, type BenchResult } from "../src/bench/run.ts";
+import { SCHEMA_ID, defaultWarmup, liveLabNames, rankError, runBench, scalingRows, slowestPerRound, wireCounts, type BenchResult } from "../src/bench/run.ts";
 import { parseNetDev, parseProcIo, parseSchedstat, parseStatSoftirqCtxt, summarize, type WindowSample } from "../src/bench/sampler.ts";
 import { TIMED_ENV, markTimed } from "../src/bench/timed.ts";
 import { BENCH_SCHEMA, validate, validateBenchJson } from "../src/bench/schema.ts";
@@ -128,6 +128,14 @@ describe("sampler windows", () => {
     // no mark ever seen: the whole run counts, as without marks
     s.forEach((x) => (x.timed = false));
     expect(summarize(s, 32 * 1024)).toMatchObject({ timedOnly: false, activeIntervals: 3 });
+  });
+
+  test("a rank that failed with --json is named by its error's message and hint, not the last lines of the pretty-printed object", () => {
+    const out = JSON.stringify({ error: "open communicator: spinUs NaN is not a number of µs in 0..100000 (from AINFTP_SPIN_US)", op: "open communicator", errno: null, hint: "e.g. 150, or 0 to sleep at once" }, null, 2) + "\n";
+    expect(rankError(out, "")).toBe("open communicator: spinUs NaN is not a number of µs in 0..100000 (from AINFTP_SPIN_US) (hint: e.g. 150, or 0 to sleep at once)");
+    // anything else: the last lines, stderr first
+    expect(rankError("a\nb\nc\nd\n", "")).toBe("b | c | d");
+    expect(rankError("{}", "boom\n")).toBe("boom");
   });
 
   test("the default warm-up: at least 20 rounds and 256 MiB (1 GiB for small rounds on an unshaped link), at most 1000 rounds, every system alike", () => {

@@ -310,11 +310,24 @@ function lastLines(s: string, n = 3): string {
   return s.trim().split("\n").slice(-n).join(" | ");
 }
 
+/** A rank's error as it printed it: with --json, the error object ainftp
+ * prints (its message and hint, which the last lines of the pretty-printed
+ * object cut off); otherwise the last lines of its output. */
+export function rankError(stdout: string, stderr: string): string {
+  try {
+    const j = JSON.parse(stdout.trim()) as { error?: unknown; hint?: unknown };
+    if (typeof j.error === "string") return j.error + (typeof j.hint === "string" ? ` (hint: ${j.hint})` : "");
+  } catch {
+    // not one JSON object
+  }
+  return lastLines(stderr || stdout);
+}
+
 function firstFailure(exits: Exit[], timeoutMs: number): string | null {
   const i = exits.findIndex((e) => e.code === null || gaveUp(e.code));
   if (i < 0) return null;
   const e = exits[i];
-  return `rank ${i} ${e.timedOut ? `timed out after ${Math.round(timeoutMs / 1000)} s` : `exited ${e.code}`}: ${lastLines(e.stderr || e.stdout)}`;
+  return `rank ${i} ${e.timedOut ? `timed out after ${Math.round(timeoutMs / 1000)} s` : `exited ${e.code}`}: ${rankError(e.stdout, e.stderr)}`;
 }
 
 /** Per timed round, the slowest rank's time. */
