@@ -352,19 +352,27 @@ HOT void rht_block_params(uint32_t count, uint32_t off, uint32_t key, uint32_t i
 	*p = pow2f(-(int32_t)(inverse ? (L + 1) / 2 : L / 2));
 }
 
+/* One block of b values, stage by stage: forward D then H (scaled), the
+ * first pass reading src (x itself, or the caller's gradient); inverse H
+ * then D (scaled), in place. The scalar build's every block, and the
+ * vector builds' blocks too small for a vector. */
+HOT void rht_block_scalar(const float *src, float *x, uint32_t b, uint32_t k, float p, int inverse)
+{
+	if (!inverse)
+		rht_signs_scale(src, x, b, k, p);
+	fwht_passes(x, b, 1);
+	if (inverse)
+		rht_signs_scale(x, x, b, k, p);
+}
+
 /* The RHT of one chunk of count values (forward from src into x; inverse in
- * place, src == x), block by block, stage by stage. */
+ * place, src == x), block by block. */
 HOT void rht_chunk_scalar(const float *src, float *x, uint32_t count, uint32_t key, uint32_t inverse)
 {
 	for (uint32_t off = 0, b, k; off < count; off += b) {
 		float p;
 		rht_block_params(count, off, key, inverse, &b, &k, &p);
-		/* forward D then H (scaled); inverse H then D (scaled) */
-		if (!inverse) /* the first pass reads src (x itself, or the caller's gradient) */
-			rht_signs_scale(src + off, x + off, b, k, p);
-		fwht_passes(x + off, b, 1);
-		if (inverse)
-			rht_signs_scale(x + off, x + off, b, k, p);
+		rht_block_scalar(src + off, x + off, b, k, p, inverse);
 	}
 }
 
@@ -676,11 +684,7 @@ AVX2_INLINE uint32_t rht_blocks_avx2(const float *src, float *x, uint32_t count,
 			rht_block8(src + off, x + off, b, k, p, fwd, m ? &e : NULL);
 			continue;
 		}
-		if (fwd)
-			rht_signs_scale(src + off, x + off, b, k, p);
-		fwht_passes(x + off, b, 1);
-		if (!fwd)
-			rht_signs_scale(x + off, x + off, b, k, p);
+		rht_block_scalar(src + off, x + off, b, k, p, !fwd);
 		if (m)
 			exps_scan(x + off, b, &ms, &bad);
 	}
@@ -855,11 +859,7 @@ AVX512_INLINE uint32_t rht_blocks_avx512(const float *src, float *x, uint32_t co
 			continue;
 		}
 		/* blocks of fewer than 16 (a chunk's odd tail): the scalar sweep */
-		if (fwd)
-			rht_signs_scale(src + off, x + off, b, k, p);
-		fwht_passes(x + off, b, 1);
-		if (!fwd)
-			rht_signs_scale(x + off, x + off, b, k, p);
+		rht_block_scalar(src + off, x + off, b, k, p, !fwd);
 		if (m)
 			exps_scan(x + off, b, &ms, &bad);
 	}
