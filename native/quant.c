@@ -570,6 +570,56 @@ uint32_t ainftp_pack_chunks(const float *x, uint32_t n, uint32_t chunk_elems, co
 	return saturated;
 }
 
+/* ainftp_chunk_exps and ainftp_pack_chunks in one pass over x: for each
+ * chunk c, exps[c] as ainftp_chunk_exps gives it; then, while the chunk is
+ * in cache, its packet as ainftp_pack_chunks writes it at out + offsets[c]
+ * (none when offsets[c] is AINFTP_NO_OFFSET) at the scale
+ * scale[c] = max(pred[c], exps[c]) (exps[c] alone when pred is NULL), which
+ * is written too. The packet's bits are ainftp_pack_chunks' at that scale.
+ * Returns the non-finite count (as ainftp_chunk_exps) and adds the values
+ * clipped to *saturated; AINFTP_QUANT_EINVAL for chunk_elems 0 or above
+ * 0xffff, an offset that does not leave room for the chunk's packet in
+ * out_len bytes, or out not 2-byte aligned (nothing written). */
+uint32_t ainftp_exps_pack(const float *x, uint32_t n, uint32_t chunk_elems, const int8_t *pred, int8_t *exps,
+			  int8_t *scale, const uint32_t *offsets, const void *hdr_template, uint8_t *out,
+			  uint32_t out_len, uint32_t seed, uint32_t *saturated)
+{
+	if (chunk_elems == 0 || chunk_elems > 0xffff || ((uintptr_t)out & 1))
+		return AINFTP_QUANT_EINVAL;
+	uint32_t total = n / chunk_elems + (n % chunk_elems != 0);
+	for (uint32_t c = 0; c < total; c++) {
+		uint32_t start = c * chunk_elems;
+		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		if (offsets[c] != AINFTP_NO_OFFSET &&
+		    ((offsets[c] & 1) || (uint64_t)offsets[c] + sizeof(struct ainftp_wire_hdr) + 2ull * count > (uint64_t)out_len))
+			return AINFTP_QUANT_EINVAL;
+	}
+	struct ainftp_wire_hdr h;
+	memcpy(&h, hdr_template, sizeof(h));
+	uint32_t bad = 0, sat = 0;
+	for (uint32_t c = 0; c < total; c++) {
+		uint32_t start = c * chunk_elems;
+		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		bad += kern()->chunk_exps(x + start, count, count, exps + c);
+		int8_t e = exps[c];
+		if (pred && pred[c] > e && pred[c] <= AINFTP_EXP_MAX)
+			e = pred[c];
+		scale[c] = e;
+		if (offsets[c] == AINFTP_NO_OFFSET)
+			continue;
+		uint8_t *dst = out + offsets[c];
+		uint32_t s = quant_span(x + start, count, e, (int16_t *)(dst + sizeof(h)), seed, c);
+		h.chunk = c;
+		h.count = (__u16)count;
+		h.exp = e;
+		h.flags = (__u16)((h.flags & ~AINFTP_F_SATURATED) | (s ? AINFTP_F_SATURATED : 0));
+		memcpy(dst, &h, sizeof(h));
+		sat += s;
+	}
+	*saturated += sat;
+	return bad;
+}
+
 /* q = round(x / 2^exp) into a plain array, as ainftp_pack_chunks does for
  * one chunk: the stochastic stream is that of chunk 0. Returns the values
  * clipped (or NaN), or AINFTP_QUANT_EINVAL for an exp out of range. */

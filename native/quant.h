@@ -46,6 +46,11 @@ uint32_t ainftp_chunk_exps(const float *x, uint32_t n, uint32_t chunk_elems, int
 uint32_t ainftp_pack_chunks(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks,
 			    uint32_t nchunks, const int8_t *exps, const void *hdr_template, uint8_t *out,
 			    uint32_t stride, uint32_t seed);
+/* ainftp_exps_pack's offset for a chunk it only takes the exponent of. */
+#define AINFTP_NO_OFFSET 0xffffffffu
+uint32_t ainftp_exps_pack(const float *x, uint32_t n, uint32_t chunk_elems, const int8_t *pred, int8_t *exps,
+			  int8_t *scale, const uint32_t *offsets, const void *hdr_template, uint8_t *out,
+			  uint32_t out_len, uint32_t seed, uint32_t *saturated);
 uint32_t ainftp_quantize(const float *x, uint32_t n, int32_t exp, int16_t *q, uint32_t seed);
 int32_t ainftp_finish_chunk(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
 			    int16_t *out);

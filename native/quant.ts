@@ -25,6 +25,10 @@ const quant = openShimTable({
     returns: T.u32,
   },
   ainftp_quantize: { args: [T.ptr, T.u32, T.i32, T.ptr, T.u32], returns: T.u32 },
+  ainftp_exps_pack: {
+    args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.ptr],
+    returns: T.u32,
+  },
   ainftp_finish_chunk: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_finish_chunk_to: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr], returns: T.i32 },
   ainftp_dequantize: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
@@ -102,6 +106,27 @@ export function cPackChunks(
   need(out.length >= nchunks * stride, "out shorter than nchunks * stride");
   return quant.ainftp_pack_chunks(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0);
 }
+
+/** cChunkExps and cPackChunks in one pass: exps[c] of each chunk, then its
+ * packet at out + offsets[c] (none for NO_OFFSET) at scale[c] =
+ * max(pred[c], exps[c]) (exps[c] without pred), written too. Returns the
+ * NaN/±Inf count or QUANT_EINVAL; adds the values clipped to saturated[0]. */
+export function cExpsPack(
+  x: Float32Array, chunkElems: number, pred: Int8Array | null, exps: Int8Array, scale: Int8Array, offsets: Uint32Array,
+  header: Uint8Array, out: Uint8Array, seed: number, saturated: Uint32Array,
+): number {
+  const chunks = Math.ceil(x.length / chunkElems);
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(exps.length >= chunks && scale.length >= chunks && offsets.length >= chunks, "exps, scale or offsets shorter than the chunk count");
+  need(!pred || pred.length >= chunks, "pred shorter than the chunk count");
+  need(header.length >= 32, "header template must be 32 bytes");
+  need(saturated.length >= 1, "saturated holds one count");
+  if (!x.length) return 0;
+  return quant.ainftp_exps_pack(x, x.length, chunkElems, pred, exps, scale, offsets, header, out, out.length, seed >>> 0, saturated);
+}
+
+/** ainftp_exps_pack's offset for a chunk that gets no packet. */
+export const NO_OFFSET = 0xffffffff;
 
 /** q = round(x / 2^exp); returns the saturated count or QUANT_EINVAL. */
 export function cQuantize(x: Float32Array, exp: number, q: Int16Array, seed: number): number {

@@ -101,6 +101,8 @@ export interface NodeReport {
   /** Rounds whose contributions started before the plan (speculate.ts), and of their contributions those sent again (the plan's scale was not the predicted one). */
   spec_rounds: number;
   spec_resent: number;
+  /** 16-bit rounds whose packets came from the exponents' pass (collective/prepack.ts). */
+  prepacked_rounds: number;
   saturations: number;
   /** Times this process woke (poll returns) during the timed rounds. */
   wakeups: number;
@@ -357,7 +359,7 @@ function nodeReport(
     lost_rounds: o.rounds - times.length,
     result_hash: t.hashes,
     retransmits: statsTimed.retransmits, resends: statsTimed.resends, probe_answers: statsTimed.probeAnswers, duplicates: d("duplicate"),
-    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations, copies_sent: statsTimed.copiesSent, paced_rounds: statsTimed.pacedRounds, spec_rounds: statsTimed.specRounds, spec_resent: statsTimed.specResent,
+    timeouts: statsTimed.timeouts, saturations: statsTimed.saturations, copies_sent: statsTimed.copiesSent, paced_rounds: statsTimed.pacedRounds, spec_rounds: statsTimed.specRounds, spec_resent: statsTimed.specResent, prepacked_rounds: statsTimed.prepackedRounds,
     wakeups: statsTimed.wakeups, xdp_wakeups: d("wakeups"), socket_packets: statsTimed.controlReceived,
     packets_received: rx,
     wakeups_per_packet: rx ? (statsTimed.wakeups + statsTimed.controlReceived) / rx : 0,

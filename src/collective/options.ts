@@ -329,6 +329,8 @@ export interface CollectiveStats {
   specRounds: number;
   /** Of those, contributions sent again: the plan's scale (or active set) was not the predicted one. */
   specResent: number;
+  /** 16-bit rounds whose packets came from the exponents' pass (prepack.ts). */
+  prepackedRounds: number;
   /** 8 and 4 bits: result chunks gathered (dequantized, inverse transform)
    * while the round still waited, not after its last result (early.ts). */
   gatheredEarly: number;
@@ -340,7 +342,7 @@ export interface CollectiveStats {
 
 export function zeroStats(): CollectiveStats {
   return {
-    rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, copiesSent: 0, pacedRounds: 0, specRounds: 0, specResent: 0, expsLeftOut: 0,
+    rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, copiesSent: 0, pacedRounds: 0, specRounds: 0, specResent: 0, prepackedRounds: 0, expsLeftOut: 0,
     partialRounds: 0, gatheredEarly: 0, passiveRounds: 0, deadlineCloses: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };

@@ -3,6 +3,7 @@
 import type { FinishBatchArgs } from "../../native/collective.ts";
 import type { Early } from "./early.ts";
 import type { Spec } from "./speculate.ts";
+import type { Prepack } from "./prepack.ts";
 
 /** A contribution to one of our chunks, as the contribs ring gave it (robust modes). */
 export interface Contribution {
@@ -87,6 +88,9 @@ export interface RoundState extends Plan {
   recs: ContributionsByChunk;
   /** ainftp_finish_batch's arguments for this round (set with the plan). */
   finishArgs: FinishBatchArgs | null;
+  /** 16 bits: our packets, made with our exponents (prepack.ts), until the plan; and whether the round sends them (pump packs nothing). */
+  prepack: Prepack | null;
+  prepacked: boolean;
   // ---- sender and window (sender.ts) ----
   sent: boolean;
   header: Uint8Array;
@@ -189,7 +193,7 @@ export function newRoundState(a: NewRound): RoundState {
     grace, patient, planAhead: false, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * a.maxRetransmitMs),
     closedAtDeadline: false,
     owned: empty, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0,
-    sent: false, x, recs: a.recs, finishArgs: null,
+    sent: false, x, recs: a.recs, finishArgs: null, prepack: null, prepacked: false,
     header: new Uint8Array(a.headerBytes), seed: 0, decidedAt: 0, planAt: 0, bytesAtPlan: 0, window: 1, resid: null, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
     sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,

@@ -23,6 +23,7 @@ import { PTO_FLOOR_MS } from "./rtt.ts";
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 import { applyPlan, pump, startContributions, unpackedResidual, unsent } from "./sender.ts";
 import { confirm, confirmSlots, predicted, rememberPlan, speculate } from "./speculate.ts";
+import { prepack, prepacks } from "./prepack.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
  * result is in `out`. `add` (error feedback, with the transform only: the
@@ -115,7 +116,7 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   // exponents: ours to the leader, then theirs (some may be here already)
   const mine = myExps(h, st);
   const tp = h.clock.now();
-  const bad = pre ? (mine.set(pre.exps), pre.bad) : chunkExpsAt(x, h.chunkElems, mine, h.bits);
+  const bad = pre ? (mine.set(pre.exps), pre.bad) : prepacks(h, st) ? prepack(h, st, x, mine) : chunkExpsAt(x, h.chunkElems, mine, h.bits);
   st.expsDoneAt = h.phase("exps", tp);
   if (bad > 0) {
     const i = x.findIndex((v) => !Number.isFinite(v));

@@ -9,6 +9,7 @@ import { TUNING, windowChunks } from "./options.ts";
 import { finish } from "./owner.ts";
 import { ownedChunks, owners } from "./plan.ts";
 import { redundant } from "./recovery.ts";
+import { usePrepack } from "./prepack.ts";
 import type { RoundState } from "./round-state.ts";
 
 /** Lays the round out for the active set `active` (chunk c is owned by the
@@ -64,8 +65,13 @@ export function beginSending(h: Host, st: RoundState, header: Uint8Array): void 
   st.window = Math.min(full, h.pace.capFor((st.nchunks - st.owned.length) * h.seg, st.K - 1, h.seg));
   if (st.window < full) h.stats.pacedRounds++;
   st.header = header;
-  st.seed = h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, st.r, h.rank)
-    : h.o.stochasticSeed ? (h.o.stochasticSeed ^ st.r) >>> 0 || 1 : 0;
+  st.seed = stochasticSeed(h, st.r);
+}
+
+/** The rounding seed of our contributions in round r (0: to nearest). */
+export function stochasticSeed(h: Host, r: number): number {
+  return h.bits !== 16 ? narrowSeed(h.o.stochasticSeed || TUNING.NARROW_SEED, r, h.rank)
+    : h.o.stochasticSeed ? (h.o.stochasticSeed ^ r) >>> 0 || 1 : 0;
 }
 
 /** Quantizes chunks of ours (positions `at` of st.owned, all when null) into
@@ -88,7 +94,7 @@ export function startContributions(h: Host, st: RoundState, x: Float32Array, ban
   if (st.passive) return; // we send nothing this round: results come to us
   if (!st.spec) {
     beginSending(h, st, contribHeader(h, st));
-    packOwn(h, st, x, st.shared);
+    if (!usePrepack(h, st, x)) packOwn(h, st, x, st.shared);
   }
   st.packExps = st.shared;
   st.finishArgs = {
@@ -127,10 +133,11 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       if (from >= list.length || room <= 0) continue;
       const to = Math.min(list.length, from + Math.min(TUNING.SEND_PIECE, room));
       const region = st.sendBuf.subarray(st.ownerOffset[o] + from * seg, st.ownerOffset[o] + to * seg);
-      h.stats.saturations += packChunksAt(x, {
-        chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.packExps, header: st.header, out: region, stride: seg, seed: st.seed,
-        bits: h.bits, resid: st.resid,
-      });
+      if (!st.prepacked)
+        h.stats.saturations += packChunksAt(x, {
+          chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.packExps, header: st.header, out: region, stride: seg, seed: st.seed,
+          bits: h.bits, resid: st.resid,
+        });
       const last = list[to - 1];
       h.sealData(region, to - from);
       h.sendData(o, region, to - from, h.wireBytes(st.counts[last]), copies);

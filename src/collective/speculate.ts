@@ -83,21 +83,30 @@ export function rememberPlan(h: Host, st: RoundState): void {
   if (m.size > KEEP) m.delete(m.keys().next().value!);
 }
 
-/** Before the plan (our exponents `mine` are out): lays the round out for
- * every member and sends what the window allows under the prediction.
- * Returns whether we speculate. */
-export function speculate(h: Host, st: RoundState, x: Float32Array, mine: Int8Array): boolean {
+/** The prediction this round would speculate under, or null where it
+ * cannot (it then does not, whatever comes before its plan). */
+export function maySpeculate(h: Host, st: RoundState): Prediction | null {
   // (not a barrier: it only waits for everyone, and has nothing to gain)
-  if (!speculationOn(h) || st.patient || st.haveShared || st.sent) return false;
+  if (!speculationOn(h) || st.patient) return null;
   const p = h.predictions.get(st.nchunks);
   const all = allMask(h.size);
   // (a member held dead or slow is likely left out by the plan)
-  if (!p?.full || (h.liveMask & all) !== all || (h.fitMask & all) !== all) return false;
+  if (!p?.full || (h.liveMask & all) !== all || (h.fitMask & all) !== all) return null;
   // Where it pays: a link slower than the hosts, which idles while the plan
   // travels. On a CPU-bound host the work only moves before the plan and
   // delays it (16 MiB unshaped: the plan came 3 ms later, the round no
   // sooner; 1 MiB: owners answered more probes with results on their way).
-  if (!SPEC.anyLink && !h.pace.linkBound(h.size - 1, h.seg, windowChunks(h.o.window, h.o.windowBytes, h.seg))) return false;
+  if (!SPEC.anyLink && !h.pace.linkBound(h.size - 1, h.seg, windowChunks(h.o.window, h.o.windowBytes, h.seg))) return null;
+  return p;
+}
+
+/** Before the plan (our exponents `mine` are out): lays the round out for
+ * every member and sends what the window allows under the prediction.
+ * Returns whether we speculate. */
+export function speculate(h: Host, st: RoundState, x: Float32Array, mine: Int8Array): boolean {
+  const p = st.haveShared || st.sent ? null : maySpeculate(h, st);
+  if (!p) return false;
+  const all = allMask(h.size);
   const S = new Int8Array(st.nchunks);
   for (let c = 0; c < st.nchunks; c++) S[c] = Math.max(p.shared[c], mine[c]);
   st.spec = { S, active: all };

@@ -1,0 +1,103 @@
+// Prepacking: a 16-bit round that does not speculate reads x once instead
+// of twice. Our exponents (for the leader) and every packet of ours come
+// from one pass (native ainftp_exps_pack: a chunk's maximum, then its
+// packet while the chunk is in cache), laid out as the plan lays a round
+// out when every member is in it, each chunk at scale max(prediction, our
+// exponent): the plan's, wherever the prediction holds and we hold a
+// chunk's largest exponent or the prediction's. At the plan, the packets
+// whose scale the plan changed are packed again from x, and the rest go
+// as they are; the bits are those of packing at the plan. Another active
+// set (another layout) packs everything again, as without prepacking.
+//
+// Before, the exponents' pass and packing each read all of x: 16 MiB
+// twice a rank a round (README "Session 14").
+import { cExpsPack, QUANT_EINVAL } from "../../native/quant.ts";
+import { packChunksAt } from "../quantize.ts";
+import type { Host } from "./host.ts";
+import type { RoundState } from "./round-state.ts";
+import { contribHeader, packOwn, stochasticSeed } from "./sender.ts";
+import { maySpeculate } from "./speculate.ts";
+
+/** A round's packets, made with its exponents. */
+export interface Prepack {
+  /** The contributions, by owner (as st.sendBuf), then our own chunks (as st.ownBuf). */
+  buf: Uint8Array;
+  sendLen: number;
+  /** The scale each chunk was packed at. */
+  scale: Int8Array;
+}
+
+export const PREPACK = {
+  /** false: the exponents' pass and packing apart, as before (a test compares). */
+  enabled: true,
+  /** Rounds of fewer values pack at the plan, as before: their x stays in
+   * the caches between the two passes, and packing before the exponents
+   * go out only delays the plan, which a small round waits on (1 MiB,
+   * three pairs: 3.2 / 3.1 / 3.5 → 3.5 / 3.5 / 3.4 ms). 4 MiB of float32. */
+  minValues: 1 << 20,
+};
+
+/** Whether this round prepacks: 16 bits, a large round, members to send
+ * to, and no speculation (which packs under the prediction, flagged). */
+export function prepacks(h: Host, st: RoundState): boolean {
+  return PREPACK.enabled && h.bits === 16 && h.size > 1 && !st.patient && st.x.length >= PREPACK.minValues && !maySpeculate(h, st);
+}
+
+const saturated = new Uint32Array(1);
+
+/** Our exponents of x into `mine` and the round's packets into
+ * st.prepack; returns the NaN/±Inf count (as chunkExpsAt). */
+export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Array): number {
+  const N = h.size, n = st.nchunks, seg = h.seg;
+  // the layout of an active set of every member (sender.ts layOut): chunk
+  // c is owner c % N's, at position c / N of its list
+  const len = (o: number) => (o < n ? Math.ceil((n - o) / N) : 0);
+  const ownerOffset = new Array<number>(N).fill(0);
+  let sendLen = 0;
+  for (let o = 0; o < N; o++) if (o !== h.rank) (ownerOffset[o] = sendLen), (sendLen += len(o) * seg);
+  const offsets = new Uint32Array(h.scratch("prepack-offsets", 4 * n).buffer, 0, n);
+  for (let c = 0; c < n; c++) {
+    const o = c % N, k = Math.floor(c / N);
+    offsets[c] = o === h.rank ? sendLen + k * seg : ownerOffset[o] + k * seg;
+  }
+  const buf = h.scratch("prepack", sendLen + len(h.rank) * seg);
+  const scale = new Int8Array(n);
+  const pred = h.predictions.get(n)?.shared ?? null;
+  saturated[0] = 0;
+  const bad = cExpsPack(x, h.chunkElems, pred, mine, scale, offsets, contribHeader(h, st), buf, stochasticSeed(h, st.r), saturated);
+  if (bad === QUANT_EINVAL) throw new RangeError(`prepack: ${n} chunks of ${h.chunkElems} values do not fit their layout (${buf.length} bytes)`);
+  h.stats.saturations += saturated[0];
+  st.prepack = { buf, sendLen, scale };
+  return bad;
+}
+
+/** At the plan (after beginSending): the round's packets are the prepacked
+ * ones when its layout is theirs; those whose scale the plan changed are
+ * packed again. Returns false where they do not apply (pack as usual). */
+export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
+  const pp = st.prepack;
+  st.prepack = null;
+  if (!pp || st.passive || st.K !== h.size) return false;
+  const seg = h.seg;
+  st.sendBuf = pp.buf.subarray(0, pp.sendLen);
+  st.ownBuf = pp.buf.subarray(pp.sendLen, pp.sendLen + st.owned.length * seg);
+  for (let o = 0; o < h.size; o++) {
+    if (o === h.rank) continue;
+    const list = st.ownerChunks[o];
+    for (let k = 0; k < list.length; k++) {
+      const c = list[k];
+      if (pp.scale[c] === st.shared[c]) continue;
+      const at = st.ownerOffset[o] + k * seg;
+      h.stats.saturations += packChunksAt(x, {
+        chunkElems: h.chunkElems, chunks: list.subarray(k, k + 1), exps: st.shared, header: st.header, out: st.sendBuf.subarray(at, at + seg),
+        stride: seg, seed: st.seed, bits: 16,
+      });
+    }
+  }
+  const changed: number[] = [];
+  for (let k = 0; k < st.owned.length; k++) if (pp.scale[st.owned[k]] !== st.shared[st.owned[k]]) changed.push(k);
+  if (changed.length) packOwn(h, st, x, st.shared, changed);
+  st.prepacked = true;
+  h.stats.prepackedRounds++;
+  return true;
+}
