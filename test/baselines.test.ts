@@ -94,3 +94,24 @@ describe.skipIf(!kernel)("baseline peers across 2 namespaces (64 KiB, 3 rounds)"
     });
   }
 });
+
+const mpirun = Bun.which("mpirun") !== null && Bun.which("mpicc") !== null;
+if (kernel && !mpirun) console.warn("test/baselines.test.ts: the MPI start-up watchdog is NOT checked here: Open MPI is not installed (make bench-deps)");
+
+describe.skipIf(!kernel || !mpirun)("Open MPI that hangs at start-up (2 namespaces)", () => {
+  test("is stopped once its ranks have not done their first all-reduce in mpiStartupMs, not at the run's limit, and says so", async () => {
+    // mpi_allreduce.c waits this long before it marks its first all-reduce done
+    process.env.AINFTP_BENCH_MPI_STALL_MS = "60000";
+    const t0 = performance.now();
+    try {
+      const [r] = await runBaselines({ peers: 2, sizes: [64 * 1024], rounds: 3, warmup: 1, systems: ["mpi"], mpiStartupMs: 2000, timeoutMs: 120_000, log: () => {} });
+      const s = (performance.now() - t0) / 1000;
+      expect(r.status).toBe("failed");
+      expect(r.reason).toMatch(/^mpirun timed out at start-up: 0 of 2 ranks had done their first all-reduce after 2 s/);
+      // (the mpicc build, when not cached, and the lab take seconds; the run's limit was 120 s)
+      expect(s).toBeLessThan(60);
+    } finally {
+      delete process.env.AINFTP_BENCH_MPI_STALL_MS;
+    }
+  }, 180_000);
+});

@@ -62,6 +62,13 @@ export interface BaselineOptions {
    */
   mpiBusyPoll?: boolean;
   /**
+   * Every MPI rank must have done its first all-reduce within this long
+   * (default MPI_STARTUP_MS), else mpirun is stopped as hung at start-up: it
+   * did that now and then here, silently, and then waited out the whole
+   * run's limit (126 s at 1 MiB).
+   */
+  mpiStartupMs?: number;
+  /**
    * Run on these hosts (namespaces on a bridge) instead of building a lab:
    * `ainftp bench` measures every system on one topology. The caller owns
    * the lab (and the signals): it is neither torn down nor hooked here.
@@ -435,7 +442,13 @@ async function runGloo(lab: Lab, hosts: Host[], base: BaselineResult, python: st
   return summarize({ ...base, launch }, ranks, fail);
 }
 
-async function runMpi(lab: Lab, hosts: Host[], base: BaselineResult, bin: string, busyPoll: boolean, timeoutMs: number, backToBack: boolean): Promise<BaselineResult> {
+/** MPI ranks that have not all done their first all-reduce by now hung at start-up. */
+export const MPI_STARTUP_MS = 30_000;
+let mpiRuns = 0;
+
+async function runMpi(
+  lab: Lab, hosts: Host[], base: BaselineResult, bin: string, busyPoll: boolean, timeoutMs: number, backToBack: boolean, startupMs: number,
+): Promise<BaselineResult> {
   // plm_rsh_agent: called as `agent HOST CMD...` like ssh; runs CMD in HOST's namespace.
   const agent = join(lab.tmp, "nsagent.sh");
   const cases = hosts.map((h) => `  ${h.addr}) ns=${join(NS_DIR, h.ns)} ;;`).join("\n");
@@ -468,14 +481,33 @@ exec nsenter --net="$ns" /bin/sh -c "$*"
     bin, String(base.bytes), String(base.rounds), String(base.warmup), ...(backToBack ? ["back-to-back"] : []),
   ];
   const launch = `nsenter --net=/run/netns/<ns 0> ${cmd.join(" ").replace(agent, "<nsagent.sh>").replace(bin, "mpi_allreduce")}`;
+  // each rank marks its first all-reduce done (mpi_allreduce.c mark_started)
+  const started = join(lab.tmp, `mpi-started-${++mpiRuns}`);
+  mkdirSync(started, { recursive: true });
   const p = lab.spawn(hosts[0].node, cmd, {
-    env: { OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1", OMPI_MCA_btl_base_warn_component_unused: "0" },
+    env: {
+      OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1", OMPI_MCA_btl_base_warn_component_unused: "0",
+      AINFTP_BENCH_STARTED: started,
+    },
   });
-  const [e] = await waitAll([p], timeoutMs);
+  let hung: number | null = null; // ranks started when mpirun was stopped as hung
+  const t0 = performance.now();
+  const watch = setInterval(() => {
+    const n = readdirSync(started).length;
+    if (n >= hosts.length) return clearInterval(watch);
+    if (performance.now() - t0 < startupMs) return;
+    clearInterval(watch);
+    hung = n;
+    p.kill("SIGKILL");
+  }, 250);
+  const [e] = await waitAll([p], timeoutMs).finally(() => clearInterval(watch));
   // Whatever mpirun left behind (an orted it could not reach) goes now, not at the end.
   killNamespaceProcs(lab);
   const ranks = parseRankLines(e.stdout, "mpi");
-  const fail = e.code === 0 ? null : `mpirun ${e.timedOut ? `timed out after ${timeoutMs} ms` : `exited ${e.code}`}: ${tail(e.stderr + e.stdout)}`;
+  const said = tail(e.stderr + e.stdout) || "(no output)";
+  const fail = e.code === 0 ? null
+    : hung !== null ? `mpirun timed out at start-up: ${hung} of ${hosts.length} ranks had done their first all-reduce after ${Math.round(startupMs / 1000)} s: ${said}`
+    : `mpirun ${e.timedOut ? `timed out after ${timeoutMs} ms` : `exited ${e.code}`}: ${said}`;
   return summarize({ ...base, launch }, ranks, fail);
 }
 
@@ -552,7 +584,7 @@ export async function runBaselines(opts: BaselineOptions): Promise<BaselineResul
         let r =
           s === "gloo"
             ? await runGloo(lab, hosts, base, probes.get(s)!.python!, timeoutMs, opts.backToBack ?? false)
-            : await runMpi(lab, hosts, base, mpiBin!, opts.mpiBusyPoll ?? false, timeoutMs, opts.backToBack ?? false);
+            : await runMpi(lab, hosts, base, mpiBin!, opts.mpiBusyPoll ?? false, timeoutMs, opts.backToBack ?? false, opts.mpiStartupMs ?? MPI_STARTUP_MS);
         r.wall_ms = Math.round(performance.now() - t0);
         r.loadavg = load;
         r.wire_bytes_per_round = Math.round((bridgeRxBytes(bridge) - rx0) / (opts.rounds + warmup));

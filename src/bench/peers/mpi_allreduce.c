@@ -32,6 +32,21 @@ static void mark_timed(int rank) {
   if (f) fclose(f);
 }
 
+// The first all-reduce is done: a file named for this rank in
+// $AINFTP_BENCH_STARTED, so the bench can tell a start-up that hangs (no
+// rank gets there) from a slow run. AINFTP_BENCH_MPI_STALL_MS (tests): wait
+// that long first, as a hung start-up would.
+static void mark_started(int rank) {
+  const char *stall = getenv("AINFTP_BENCH_MPI_STALL_MS");
+  if (stall) usleep((useconds_t)(atol(stall) * 1000));
+  const char *d = getenv("AINFTP_BENCH_STARTED");
+  if (!d) return;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%d", d, rank);
+  FILE *f = fopen(path, "w");
+  if (f) fclose(f);
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -85,6 +100,7 @@ int main(int argc, char **argv) {
     double t0 = MPI_Wtime();
     MPI_Allreduce(MPI_IN_PLACE, work, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     double t1 = MPI_Wtime();
+    if (k == 0) mark_started(rank);
     // and a barrier after, as ainftp's swarm has: no rank verifies while
     // another still moves data (the bench's CPU window would charge it)
     if (!back_to_back) MPI_Barrier(MPI_COMM_WORLD);
