@@ -308,6 +308,8 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
       return all[all.length >> 1];
     };
     const base = expectVerified(await timed("straggler: no delay", () => job(lab, nodes, args)), { rounds, bytes });
+    // 4 MiB at 16 bits, every member in: each timed round's packets came from the exponents' pass (prepack.ts)
+    for (const j of base) expect({ rank: j.rank, prepacked: j.prepacked_rounds }).toEqual({ rank: j.rank, prepacked: rounds });
     const line = await delayHostLink(lab, `${lab.id}-br`, 3, 600, [BIN]);
     let runs: Run[];
     try {
