@@ -21,10 +21,9 @@ static float input_value(long i, int r) {
   return (float)k / 64.0f;
 }
 
-// The warm-up is over: a file named for this rank in $AINFTP_BENCH_TIMED, so
-// the bench's CPU window covers the timed rounds alone (src/bench/timed.ts).
-static void mark_timed(int rank) {
-  const char *d = getenv("AINFTP_BENCH_TIMED");
+// A file named for this rank in the directory $env names (none: unset).
+static void mark(const char *env, int rank) {
+  const char *d = getenv(env);
   if (!d) return;
   char path[4096];
   snprintf(path, sizeof path, "%s/%d", d, rank);
@@ -32,19 +31,18 @@ static void mark_timed(int rank) {
   if (f) fclose(f);
 }
 
-// The first all-reduce is done: a file named for this rank in
-// $AINFTP_BENCH_STARTED, so the bench can tell a start-up that hangs (no
-// rank gets there) from a slow run. AINFTP_BENCH_MPI_STALL_MS (tests): wait
-// that long first, as a hung start-up would.
+// The warm-up is over ($AINFTP_BENCH_TIMED): the bench's CPU window covers
+// the timed rounds alone (src/bench/timed.ts).
+static void mark_timed(int rank) { mark("AINFTP_BENCH_TIMED", rank); }
+
+// The first all-reduce is done ($AINFTP_BENCH_STARTED): the bench tells a
+// start-up that hangs (no rank gets there) from a slow run.
+// AINFTP_BENCH_MPI_STALL_MS (tests): wait that long first, as a hung
+// start-up would.
 static void mark_started(int rank) {
   const char *stall = getenv("AINFTP_BENCH_MPI_STALL_MS");
   if (stall) usleep((useconds_t)(atol(stall) * 1000));
-  const char *d = getenv("AINFTP_BENCH_STARTED");
-  if (!d) return;
-  char path[4096];
-  snprintf(path, sizeof path, "%s/%d", d, rank);
-  FILE *f = fopen(path, "w");
-  if (f) fclose(f);
+  mark("AINFTP_BENCH_STARTED", rank);
 }
 
 static int cmp_double(const void *a, const void *b) {
