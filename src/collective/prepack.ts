@@ -15,7 +15,7 @@ import { cExpsPack, QUANT_EINVAL } from "../../native/quant.ts";
 import { packChunksAt } from "../quantize.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
-import { contribHeader, packOwn, stochasticSeed } from "./sender.ts";
+import { contribHeader, layoutOf, packOwn, stochasticSeed } from "./sender.ts";
 import { maySpeculate } from "./speculate.ts";
 
 /** A round's packets, made with its exponents. */
@@ -48,19 +48,17 @@ const saturated = new Uint32Array(1);
 /** Our exponents of x into `mine` and the round's packets into
  * st.prepack; returns the NaN/±Inf count (as chunkExpsAt). */
 export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Array): number {
-  const N = h.size, n = st.nchunks, seg = h.seg;
-  // the layout of an active set of every member (sender.ts layOut): chunk
-  // c is owner c % N's, at position c / N of its list
-  const len = (o: number) => (o < n ? Math.ceil((n - o) / N) : 0);
-  const ownerOffset = new Array<number>(N).fill(0);
-  let sendLen = 0;
-  for (let o = 0; o < N; o++) if (o !== h.rank) (ownerOffset[o] = sendLen), (sendLen += len(o) * seg);
+  const n = st.nchunks, seg = h.seg;
+  // the layout the plan gives a round of every member (sender.ts layoutOf):
+  // where each chunk's packet goes, our own after the contributions
+  const lay = layoutOf(h, (1n << BigInt(h.size)) - 1n, n, new Int32Array(h.size));
+  const sendLen = lay.sendBytes;
   const offsets = new Uint32Array(h.scratch("prepack-offsets", 4 * n).buffer, 0, n);
-  for (let c = 0; c < n; c++) {
-    const o = c % N, k = Math.floor(c / N);
-    offsets[c] = o === h.rank ? sendLen + k * seg : ownerOffset[o] + k * seg;
+  for (let o = 0; o < h.size; o++) {
+    const list = lay.ownerChunks[o], at = o === h.rank ? sendLen : lay.ownerOffset[o];
+    for (let k = 0; k < list.length; k++) offsets[list[k]] = at + k * seg;
   }
-  const buf = h.scratch("prepack", sendLen + len(h.rank) * seg);
+  const buf = h.scratch("prepack", sendLen + lay.ownerChunks[h.rank].length * seg);
   const scale = new Int8Array(n);
   const pred = h.predictions.get(n)?.shared ?? null;
   saturated[0] = 0;

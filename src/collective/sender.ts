@@ -12,23 +12,42 @@ import { redundant } from "./recovery.ts";
 import { usePrepack } from "./prepack.ts";
 import type { RoundState } from "./round-state.ts";
 
-/** Lays the round out for the active set `active` (chunk c is owned by the
- * active member of index c % K): what we send and own. */
-export function layOut(h: Host, st: RoundState, active: bigint): void {
+/** A round's layout for the active set `active`: chunk c is owned by the
+ * active member of index c % K (ownerIdx: each member's index, -1 outside);
+ * the packets of our contributions sit in one buffer by owner, each
+ * owner's from ownerOffset[o], sendBytes in all (none when we are passive). */
+export interface Layout {
+  owners: number[];
+  K: number;
+  passive: boolean;
+  ownerChunks: Uint32Array[];
+  ownerOffset: number[];
+  sendBytes: number;
+}
+
+export function layoutOf(h: Host, active: bigint, nchunks: number, ownerIdx: Int32Array): Layout {
   const N = h.size;
-  const lay = owners(active, N, st.ownerIdx);
+  const { owners: list, K } = owners(active, N, ownerIdx);
+  const passive = ownerIdx[h.rank] < 0;
+  const ownerChunks: Uint32Array[] = [], ownerOffset: number[] = [];
+  let off = 0;
+  for (let o = 0; o < N; o++) {
+    ownerChunks[o] = ownedChunks(ownerIdx[o], K, nchunks);
+    ownerOffset[o] = off;
+    if (o !== h.rank && !passive) off += ownerChunks[o].length * h.seg;
+  }
+  return { owners: list, K, passive, ownerChunks, ownerOffset, sendBytes: off };
+}
+
+/** Lays the round out for the active set `active` (layoutOf): what we send and own. */
+export function layOut(h: Host, st: RoundState, active: bigint): void {
+  const lay = layoutOf(h, active, st.nchunks, st.ownerIdx);
   st.owners = lay.owners;
   st.ownersU8 = Uint8Array.from(st.owners);
   st.K = lay.K;
-  st.passive = st.ownerIdx[h.rank] < 0;
-  let off = 0;
-  for (let o = 0; o < N; o++) {
-    const list = ownedChunks(st.ownerIdx[o], st.K, st.nchunks);
-    st.ownerChunks[o] = list;
-    st.ownerOffset[o] = off;
-    if (o !== h.rank && !st.passive) off += list.length * h.seg;
-  }
-  st.sendBuf = h.scratch("send", off);
+  st.passive = lay.passive;
+  for (let o = 0; o < h.size; o++) (st.ownerChunks[o] = lay.ownerChunks[o]), (st.ownerOffset[o] = lay.ownerOffset[o]);
+  st.sendBuf = h.scratch("send", lay.sendBytes);
   st.owned = st.ownerChunks[h.rank];
   st.ownBuf = h.scratch("own", st.owned.length * h.seg);
 }
