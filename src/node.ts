@@ -14,7 +14,7 @@ import { RobustAggregator, robustKey, type AggregateMode } from "./sentry/robust
 import { bringUp, type JobOptions } from "./node/bringup.ts";
 import { quantiles, type Quantiles } from "./stats.ts";
 import type { Swarm, SwarmChange, SwarmState } from "./swarm.ts";
-import { markTimed } from "./bench/timed.ts";
+import { cpuMs, markTimed } from "./bench/timed.ts";
 
 export { checkPacketFits, chunkElemsForMtu, dataTagBytes, interfaceMtu } from "./node/bringup.ts";
 export { quantiles, type Quantiles };
@@ -77,6 +77,8 @@ export interface NodeReport {
   round_ms: Quantiles;
   /** Every timed round's time, in order (to pair with other ranks' rounds); lost rounds have none. */
   round_times_ms: number[];
+  /** Per timed round: this process's CPU time inside its all-reduce (ms, every thread, user and kernel). */
+  round_cpu_ms: number[];
   rel_l2_error_max: number | null;
   verified: boolean;
   /** Bits per value on the wire, and the relative L2 error --verify allows at that width (ERROR_BOUND). */
@@ -259,7 +261,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     markTimed(o.rank);
     const t: Tally = {
       counters: Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters,
-      times: [], hashes: [], maxErr: 0, stats: zeroStats(), excluded: 0, unverified: 0, active: [],
+      times: [], cpu: [], hashes: [], maxErr: 0, stats: zeroStats(), excluded: 0, unverified: 0, active: [],
       rejected0: comm.sentry ? comm.sentryCounts().map((w) => w.rejected) : [], failed: failedRounds,
     };
     const { times, hashes } = t;
@@ -272,6 +274,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       const s0 = combineStats(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t0 = performance.now();
+      const cpu0 = process.cpuUsage();
       const reps = await survive(r, () => comm!.allreduce(x));
       if (!reps) {
         // a member died during it: the round is lost here; keep the count of
@@ -282,6 +285,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         continue;
       }
       times.push(performance.now() - t0);
+      t.cpu.push(cpuMs(process.cpuUsage(cpu0)));
       metrics?.roundDone(times[times.length - 1]);
       // per chunk, the contributions its result holds (rx "xsk" keeps no
       // count: the plan's active members then)
@@ -326,6 +330,8 @@ interface Tally {
   /** The program's counters over the timed rounds only. */
   counters: Counters;
   times: number[];
+  /** Per timed round: our process's CPU inside it (ms). */
+  cpu: number[];
   hashes: (string | null)[];
   maxErr: number;
   stats: CollectiveStats;
@@ -352,6 +358,7 @@ function nodeReport(
     rank: o.rank, peers: N, elements: n, bytes: n * 4, rounds: o.rounds, chunk_elems: chunkElems,
     round_ms: quantiles(times),
     round_times_ms: times.map((ms) => +ms.toFixed(3)),
+    round_cpu_ms: t.cpu.map((ms) => +ms.toFixed(3)),
     rel_l2_error_max: o.verify ? t.maxErr : null,
     verified: o.verify && times.length > 0 && t.maxErr <= ERROR_BOUND[comm.bits as BitWidth] && times.length === o.rounds,
     bits: comm.bits as BitWidth,

@@ -15,7 +15,7 @@ import {
   ainftpCounters, ainftpSendBytes, bestRatio, computeMetrics, machineRows, metricRows, tcpCounters, untrackedCounters,
   type SystemRun,
 } from "../src/bench/rows.ts";
-import { SCHEMA_ID, defaultWarmup, liveLabNames, rankError, runBench, scalingRows, slowestPerRound, wireCounts, type BenchResult } from "../src/bench/run.ts";
+import { SCHEMA_ID, defaultWarmup, liveLabNames, rankError, cpuPerRound, runBench, scalingRows, slowestPerRound, wireCounts, type BenchResult } from "../src/bench/run.ts";
 import { parseNetDev, parseProcIo, parseSchedstat, parseStatSoftirqCtxt, summarize, type WindowSample } from "../src/bench/sampler.ts";
 import { TIMED_ENV, markTimed } from "../src/bench/timed.ts";
 import { BENCH_SCHEMA, validate, validateBenchJson } from "../src/bench/schema.ts";
@@ -46,7 +46,7 @@ function sample(tMs: number, cpu: [number, number], bytes: number, o: { netRx?: 
 function cannedRun(system: SystemRun["system"], over: Partial<SystemRun> = {}): SystemRun {
   const r: SystemRun = {
     system, label: system, version: null, status: "ok", reason: null, verified: true, peers: 4, bytes: 16 * MiB, warmup: 3, rounds: 7,
-    round_ms: { median: 80, p10: 70, p90: 90, p99: 120 }, round_times_ms: [80, 70, 90, 120], wall_ms: 5000,
+    round_ms: { median: 80, p10: 70, p90: 90, p99: 120 }, round_times_ms: [80, 70, 90, 120], round_cpu_ms: null, wall_ms: 5000,
     wire: { tx_bytes_per_host_per_round: 24 * MiB, rx_bytes_per_host_per_round: 24 * MiB, tx_packets_per_host_per_round: 400, rx_packets_per_host_per_round: 400, rx_frames_per_host_per_round: 7000 },
     window: {
       intervals: 100, activeIntervals: 50, sampledMs: 2000, activeMs: 1000, cpuMs: 1500, softirqMs: 500, netRx: 20000, netTx: 10, ioBytes: 0,
@@ -209,6 +209,28 @@ describe("row methods", () => {
     const r = cannedRun("ainftp", { window: { ...base.window!, timedOnly: true } });
     expect(r.metrics.cpu_ms_per_round).toBeCloseTo(2000 / 7, 6); // (1500 + 500) over the 7 timed rounds, not 3 + 7
     expect(r.metrics.cpu_share_of_core_per_host).toBe(0.5); // a share of the window: unchanged
+  });
+
+  test("CPU per round from the ranks' own in-round CPU when they report it, not from the traffic-gated window", () => {
+    // The window's active intervals (those that moved bytes) saw 1500 ms of CPU, but the ranks say
+    // their rounds cost 120, 100, 140 and 160 ms: a phase that moves no bytes (ainftp's exponents)
+    // is CPU all the same. Mean 130, plus ksoftirqd's 100 ms over the 10 rounds of the window.
+    const base = cannedRun("ainftp");
+    const r = cannedRun("ainftp", { round_cpu_ms: [120, 100, 140, 160], window: { ...base.window!, ksoftirqdMs: 100 } });
+    expect(r.metrics.cpu_ms_per_round).toBe(140);
+    expect(r.metrics.cpu_share_of_core_per_host).toBeCloseTo(140 / 90 / 4, 9); // over the mean round (90 ms), per host
+    // ksoftirqd not read: nothing added (the softirq ticks of all CPUs would count in-context work twice)
+    expect(cannedRun("ainftp", { round_cpu_ms: [120, 100, 140, 160] }).metrics.cpu_ms_per_round).toBe(130);
+    // no window at all (a SLURM cluster): still counted
+    expect(cannedRun("tcp", { round_cpu_ms: [120, 100, 140, 160], window: null }).metrics.cpu_ms_per_round).toBe(130);
+    expect(base.metrics.cpu_ms_per_round).toBe(200); // not reported: the window, as before
+  });
+
+  test("cpuPerRound sums the ranks' in-round CPU round by round, and is null when a rank did not report it", () => {
+    expect(cpuPerRound([[1, 2, 3], [10, 20, 30]], 3)).toEqual([11, 22, 33]);
+    expect(cpuPerRound([[1, 2, 3], undefined], 3)).toBeNull();
+    expect(cpuPerRound([[1, 2, 3], [10, 20]], 3)).toBeNull(); // a rank with a round missing
+    expect(cpuPerRound([], 3)).toBeNull();
   });
 
   test("n/a with the reason: not installed, failed, not verified, not counted", () => {
@@ -571,6 +593,18 @@ describe.skipIf(!kernel)("ainftp bench on namespaces (root)", () => {
       expect(s.metrics.round_ms_median).toBeGreaterThan(0);
       expect(s.metrics.cpu_ms_per_round).toBeGreaterThan(0);
       expect(s.metrics.net_rx_softirqs_per_s).toBeGreaterThan(0);
+    }
+    // every system's ranks reported their CPU inside each timed round (two ranks' sum per round):
+    // positive, and at most what two hosts' processes can burn in the round's span plus slack for
+    // helper threads (Gloo's); the CPU row comes from it
+    for (const s of systems.filter((x) => x.status === "ok")) {
+      expect(s.round_cpu_ms?.length, s.system).toBe(3);
+      for (const [k, c] of s.round_cpu_ms!.entries()) {
+        expect(c, s.system).toBeGreaterThan(0);
+        expect(c, s.system).toBeLessThan(8 * s.round_times_ms[k] + 50);
+      }
+      const mean = s.round_cpu_ms!.reduce((a, b) => a + b, 0) / 3;
+      expect(s.metrics.cpu_ms_per_round!, s.system).toBeGreaterThanOrEqual(mean - 1e-6);
     }
     // int16 on the wire: about half of what the f32 ring sends
     expect(ours.metrics.wire_bytes_per_host_per_round! / ring.metrics.wire_bytes_per_host_per_round!).toBeLessThan(0.7);

@@ -91,6 +91,8 @@ export interface RankResult {
   bytes: number;
   rounds: number;
   round_ms: number[];
+  /** Per timed round: the rank's process CPU inside its all-reduce (ms; every thread). */
+  round_cpu_ms?: number[];
   median_ms: number;
   p10: number;
   p90: number;

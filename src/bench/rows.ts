@@ -67,6 +67,9 @@ export interface SystemRun {
   rounds: number;
   round_ms: RoundQuantiles | null;
   round_times_ms: number[];
+  /** Per timed round, the CPU its ranks spent inside it: each rank's process CPU (every thread, user and
+   * kernel) around its own all-reduce, summed over ranks (null: a rank did not report it). */
+  round_cpu_ms: number[] | null;
   wall_ms: number | null;
   wire: WireCounts | null;
   /** The sampled run (see src/bench/sampler.ts); null when not sampled. */
@@ -212,9 +215,21 @@ export function computeMetrics(r: SystemRun, ctx: MetricContext): { metrics: Met
   else if (ctx.hwIrqsPerS != null) m.hw_irqs_per_s = ctx.hwIrqsPerS;
   else na.hw_irqs_per_s = "not counted";
 
-  if (w && activeS > 0) {
-    // the ranks' CPU (softirq work in their context included) + ksoftirqd's, when sampled; else the
-    // softirq ticks of all CPUs, which count that in-context work a second time (an upper bound)
+  const inRound = r.round_cpu_ms?.length ? r.round_cpu_ms : null;
+  if (inRound && r.round_ms) {
+    // What the ranks burned inside their timed all-reduces (each rank's process CPU around its own
+    // call, every thread, user and kernel: in-context softirq work included), summed over ranks,
+    // plus ksoftirqd's in the sampled window where it was read (softirq work no rank was charged).
+    // Not gated on traffic: a phase that moves no bytes (ainftp's exponents before the plan) costs
+    // CPU all the same, and a rank verifying while others still move bytes is not charged.
+    const ksoftirqd = w?.ksoftirqdMs !== undefined && activeS > 0 ? w.ksoftirqdMs / (w.timedOnly ? r.rounds : rounds) : 0;
+    m.cpu_ms_per_round = inRound.reduce((s, v) => s + v, 0) / inRound.length + ksoftirqd;
+    const meanRound = r.round_times_ms.reduce((s, v) => s + v, 0) / Math.max(1, r.round_times_ms.length);
+    m.cpu_share_of_core_per_host = m.cpu_ms_per_round / meanRound / ctx.peers;
+  } else if (w && activeS > 0) {
+    // the ranks did not report their in-round CPU: the sampled window's active intervals (those that
+    // moved bytes): the ranks' CPU (softirq work in their context included) + ksoftirqd's, when
+    // sampled; else the softirq ticks of all CPUs, which count that in-context work a second time
     const cpu = w.cpuMs + (w.ksoftirqdMs ?? w.softirqMs);
     m.cpu_ms_per_round = cpu / (w.timedOnly ? r.rounds : rounds);
     m.cpu_share_of_core_per_host = cpu / w.activeMs / ctx.peers;

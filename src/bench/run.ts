@@ -337,6 +337,14 @@ export function slowestPerRound(perRank: number[][]): number[] {
   return Array.from({ length: n }, (_, k) => Math.max(...perRank.map((r) => r[k])));
 }
 
+/** Per timed round, the CPU of all ranks inside it: each rank's `round_cpu_ms`
+ * (its process CPU around its own all-reduce), summed. Null when a rank did
+ * not report it, or reported another number of rounds. */
+export function cpuPerRound(perRank: (number[] | undefined)[], rounds: number): number[] | null {
+  if (!perRank.length || perRank.some((r) => !r || r.length !== rounds)) return null;
+  return Array.from({ length: rounds }, (_, k) => perRank.reduce((s, r) => s + r![k], 0));
+}
+
 // ---- one system's run ---------------------------------------------------------------------------
 
 /** What one system's run gave, before the row is made: here and on a
@@ -350,6 +358,8 @@ export interface SystemOutcome<C> {
   verified: boolean | null;
   warmup: number;
   round_times_ms: number[];
+  /** cpuPerRound of the ranks' reports (absent or null: not reported). */
+  round_cpu_ms?: number[] | null;
   counters: C;
   detail: unknown;
 }
@@ -421,8 +431,9 @@ async function runAinftp(x: RunContext, bits: 16 | 8 | 4 = 16): Promise<Outcome>
     verified,
     reason: verified ? null : identical ? `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > ${reports[0].error_bound ?? 1e-3}` : "results differ between ranks",
     round_times_ms: slowestPerRound(reports.filter((_, i) => i !== x.exclude).map((r) => r.round_times_ms)),
+    round_cpu_ms: cpuPerRound(reports.map((r) => r.round_cpu_ms), o.rounds),
     counters: () => ainftpCounters(reports),
-    detail: reports.map(({ result_hash, round_times_ms, ...r }) => r),
+    detail: reports.map(({ result_hash, round_times_ms, round_cpu_ms, ...r }) => r),
   };
 }
 
@@ -445,8 +456,9 @@ async function runTcp(x: RunContext): Promise<Outcome> {
     verified,
     reason: verified ? null : `relative L2 error ${Math.max(...reports.map((r) => r.rel_l2_error_max ?? Infinity))} > ${reports[0].tolerance}`,
     round_times_ms: slowestPerRound(reports.map((r) => r.round_times_ms)),
+    round_cpu_ms: cpuPerRound(reports.map((r) => r.round_cpu_ms), o.rounds),
     counters: () => tcpCounters(reports as TcpRankReport[]),
-    detail: reports.map(({ round_times_ms, ...r }) => r),
+    detail: reports.map(({ round_times_ms, round_cpu_ms, ...r }) => r),
   };
 }
 
@@ -482,8 +494,9 @@ async function runPeer(x: RunContext, system: "gloo" | "mpi"): Promise<Outcome> 
     verified: r.verified,
     warmup: r.warmup,
     round_times_ms: r.round_ms,
+    round_cpu_ms: cpuPerRound(r.ranks.map((k) => k.round_cpu_ms), o.rounds),
     counters: (w) => untrackedCounters(w ? w.ioBytes / peers / (w.timedOnly ? o.rounds : rounds) : null, bytes, peers),
-    detail: { launch: r.launch ?? null, ranks: r.ranks.map(({ round_ms, ...k }) => k), loadavg: r.loadavg ?? null },
+    detail: { launch: r.launch ?? null, ranks: r.ranks.map(({ round_ms, round_cpu_ms, ...k }) => k), loadavg: r.loadavg ?? null },
   };
 }
 
@@ -549,6 +562,7 @@ async function measured(x: RunContext, system: SystemName, run: () => Promise<Ou
     peers: bl.hosts.length, bytes, warmup: out.warmup, rounds: o.rounds,
     round_ms: out.round_times_ms.length ? (quantiles(out.round_times_ms) as RoundQuantiles) : null,
     round_times_ms: out.round_times_ms.map((t) => +t.toFixed(3)),
+    round_cpu_ms: out.round_cpu_ms?.map((t) => +t.toFixed(3)) ?? null,
     wall_ms: Math.round(wallMs),
     wire, window,
     softirqs: ran ? { net_rx: sum(soft1.netRx) - sum(soft0.netRx), net_tx: sum(soft1.netTx) - sum(soft0.netTx) } : null,

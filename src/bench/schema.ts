@@ -82,7 +82,7 @@ const backToBack = obj({
 
 const systemRun = obj({
   system: systemName, label: str, version: strOrNull, status, reason: strOrNull, verified: boolOrNull,
-  peers: int, bytes: int, warmup: int, rounds: int, round_ms: nullable(quantiles), round_times_ms: nums, wall_ms: numOrNull,
+  peers: int, bytes: int, warmup: int, rounds: int, round_ms: nullable(quantiles), round_times_ms: nums, round_cpu_ms: nullable(nums), wall_ms: numOrNull,
   wire: nullable(wire), window: nullable(window), softirqs: nullable(obj({ net_rx: num, net_tx: num })), counters, metrics, na: metricNotes,
   detail: {},
   // ainftp-bench/2: the regime's link rate, nccl-tests' bandwidth figures, the shaping check, the back-to-back run

@@ -27,7 +27,7 @@ import {
   type AinftpRankReport, type BaselineName, type RoundQuantiles, type SystemCounters, type SystemName, type SystemRun, type TcpRankReport,
 } from "./rows.ts";
 import {
-  SCHEMA_ID, SHAPING_WINDOW_MS, STRAGGLER_DELAY_MS, scalingRows, selfCommand, slowestPerRound, wireCounts,
+  SCHEMA_ID, SHAPING_WINDOW_MS, STRAGGLER_DELAY_MS, cpuPerRound, scalingRows, selfCommand, slowestPerRound, wireCounts,
   type BenchResult, type ProgressEvent, type RunResult, type StragglerResult, type SystemOutcome,
 } from "./run.ts";
 import { collectReports, type CleanReport, type ProbeReport, type RankReport } from "./slurm-node.ts";
@@ -322,8 +322,9 @@ function outcomeOf(system: SystemName, x: Ctx, reports: RankReport[], version: s
         ...base, label: "ainftp", version: `${pkg.version}, XDP ${x.o.mode}, results via ${x.o.rx === "map" ? "mmapped map" : "AF_XDP"}`, warmup: 1, verified,
         reason: verified ? null : identical ? `relative L2 error ${Math.max(...rs.map((r) => r.rel_l2_error_max ?? Infinity))} > 1e-3` : "results differ between ranks",
         round_times_ms: slowestPerRound(rs.map((r) => r.round_times_ms)),
+        round_cpu_ms: cpuPerRound(rs.map((r) => r.round_cpu_ms), x.o.rounds),
         counters: ainftpCounters(rs as unknown as AinftpRankReport[]),
-        detail: rs.map(({ result_hash, round_times_ms, ...r }) => r),
+        detail: rs.map(({ result_hash, round_times_ms, round_cpu_ms, ...r }) => r),
       };
     }
     if (system === "tcp") {
@@ -333,8 +334,9 @@ function outcomeOf(system: SystemName, x: Ctx, reports: RankReport[], version: s
         ...base, label: "tcp ring", version: "built in: ring all-reduce, C, TCP_NODELAY, pipelined 64 KiB", warmup: rs[0].warmup, verified,
         reason: verified ? null : `relative L2 error ${Math.max(...rs.map((r) => r.rel_l2_error_max ?? Infinity))} > ${rs[0].tolerance}`,
         round_times_ms: slowestPerRound(rs.map((r) => r.round_times_ms)),
+        round_cpu_ms: cpuPerRound(rs.map((r) => r.round_cpu_ms), x.o.rounds),
         counters: tcpCounters(rs as unknown as TcpRankReport[]),
-        detail: rs.map(({ round_times_ms, ...r }) => r),
+        detail: rs.map(({ round_times_ms, round_cpu_ms, ...r }) => r),
       };
     }
   } catch {
@@ -349,8 +351,9 @@ function outcomeOf(system: SystemName, x: Ctx, reports: RankReport[], version: s
   return {
     ...base, label: peer === "gloo" ? `Gloo${version ? ` (torch ${version.split(",")[0]})` : ""}` : `Open MPI${version ? ` ${version}` : ""}`,
     status: r.status, reason: r.reason ?? null, verified: r.verified, round_times_ms: r.round_ms,
+    round_cpu_ms: cpuPerRound(r.ranks.map((k) => k.round_cpu_ms), x.o.rounds),
     counters: { ...untrackedCounters(null, x.bytes, x.nodes.length), copy_source: "not instrumented: Gloo and Open MPI count no copies, and on a cluster their /proc/PID/io is not sampled" },
-    detail: { launch: x.launch[peer] ?? null, ranks: r.ranks.map(({ round_ms, ...k }) => k) },
+    detail: { launch: x.launch[peer] ?? null, ranks: r.ranks.map(({ round_ms, round_cpu_ms, ...k }) => k) },
   };
 }
 
@@ -397,6 +400,7 @@ function measuredRun(x: Ctx, system: SystemName, out: Outcome, reports: RankRepo
     peers: k, bytes: x.bytes, warmup: out.warmup, rounds: x.o.rounds,
     round_ms: out.round_times_ms.length ? (quantiles(out.round_times_ms) as RoundQuantiles) : null,
     round_times_ms: out.round_times_ms.map((t) => +t.toFixed(3)),
+    round_cpu_ms: out.round_cpu_ms?.map((t) => +t.toFixed(3)) ?? null,
     wall_ms: Math.round(wallMs),
     wire: ran ? wireCounts(ZERO, total, k, dataRounds({ warmup: out.warmup, rounds: x.o.rounds }), x.c.mtu) : null,
     window: null,

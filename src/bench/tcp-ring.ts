@@ -13,7 +13,7 @@ import {
 import { AinftpError } from "../errors.ts";
 import { be32ToIpv4, ipv4ToBe32 } from "../transport.ts";
 import { parseSize } from "../units.ts";
-import { markTimed } from "./timed.ts";
+import { cpuMs, markTimed } from "./timed.ts";
 
 /** Port every rank listens on unless its peer entry says addr:port. */
 export const TCP_RING_PORT = 47200;
@@ -81,6 +81,8 @@ export interface TcpRingReport {
   /** This rank's all-reduce time per timed round (after a barrier). */
   round_ms: Quantiles;
   round_times_ms: number[];
+  /** Per timed round: this process's CPU inside its all-reduce (ms). */
+  round_cpu_ms: number[];
   /** Every timed round within tolerance of the reference sum (false when not verified). */
   verified: boolean;
   rel_l2_error_max: number | null;
@@ -300,6 +302,7 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
   }
   markTimed(o.rank);
   const times: number[] = [];
+  const cpu: number[] = [];
   let maxErr = 0;
   const totals = { sendCalls: 0, recvCalls: 0, polls: 0, yields: 0, bytesSent: 0, bytesReceived: 0 } satisfies TcpRingCounters;
   for (let r = 0; r < o.rounds; r++) {
@@ -307,8 +310,10 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
     if (!o.backToBack) ring.barrier();
     const c0 = tcpRingCounters();
     const t = performance.now();
+    const cpu0 = process.cpuUsage();
     ring.allreduce(x);
     times.push(performance.now() - t);
+    cpu.push(cpuMs(process.cpuUsage(cpu0)));
     const c1 = tcpRingCounters();
     for (const k of Object.keys(totals) as (keyof TcpRingCounters)[]) totals[k] += c1[k] - c0[k];
     // and a barrier after, as ainftp's swarm has: no rank verifies while another still moves data
@@ -323,6 +328,7 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
     wait: o.spin ? "spin" : "poll",
     round_ms: quantiles(times),
     round_times_ms: times.map((t) => +t.toFixed(3)),
+    round_cpu_ms: cpu.map((t) => +t.toFixed(3)),
     verified: verify && maxErr <= tolerance,
     rel_l2_error_max: verify ? maxErr : null,
     tolerance,

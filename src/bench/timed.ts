@@ -19,3 +19,13 @@ export function markTimed(rank: number): void {
     // the bench is gone: nothing to mark
   }
 }
+
+/** A `process.cpuUsage(before)` difference in ms: every thread of the
+ * process, user and kernel (in-context softirq work included: this kernel
+ * does not account IRQ time apart). Each rank of every system reports this
+ * per timed round (`round_cpu_ms`), taken around its all-reduce alone, and
+ * the bench's CPU row sums them: the CPU a round costs, whether or not it
+ * moves bytes while it burns it. */
+export function cpuMs(u: { user: number; system: number }): number {
+  return (u.user + u.system) / 1000;
+}

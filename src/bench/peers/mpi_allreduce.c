@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static float input_value(long i, int r) {
@@ -43,6 +44,15 @@ static void mark_started(int rank) {
   const char *stall = getenv("AINFTP_BENCH_MPI_STALL_MS");
   if (stall) usleep((useconds_t)(atol(stall) * 1000));
   mark("AINFTP_BENCH_STARTED", rank);
+}
+
+/* This process's CPU time in ms, every thread, user and kernel (Open MPI's
+ * progress threads too): each timed round reports its difference, as every
+ * system's ranks do (round_cpu_ms). */
+static double cpu_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -81,7 +91,8 @@ int main(int argc, char **argv) {
   float *expected = calloc(n, sizeof(float));
   double *round_ms = malloc(rounds * sizeof(double));
   double *sorted = malloc(rounds * sizeof(double));
-  if (!mine || !work || !expected || !round_ms || !sorted) {
+  double *round_cpu = malloc(rounds * sizeof(double));
+  if (!mine || !work || !expected || !round_ms || !sorted || !round_cpu) {
     fprintf(stderr, "rank %d: out of memory\n", rank);
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
@@ -95,9 +106,9 @@ int main(int argc, char **argv) {
     if (k == warmup) mark_timed(rank);
     memcpy(work, mine, n * sizeof(float));
     if (k < warmup || !back_to_back) MPI_Barrier(MPI_COMM_WORLD);
-    double t0 = MPI_Wtime();
+    double t0 = MPI_Wtime(), c0 = cpu_ms();
     MPI_Allreduce(MPI_IN_PLACE, work, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    double t1 = MPI_Wtime();
+    double t1 = MPI_Wtime(), c1 = cpu_ms();
     if (k == 0) mark_started(rank);
     // and a barrier after, as ainftp's swarm has: no rank verifies while
     // another still moves data (the bench's CPU window would charge it)
@@ -108,7 +119,7 @@ int main(int argc, char **argv) {
       // Same test as torch.allclose(rtol=1e-5, atol=1e-5).
       if (!(err <= 1e-5 + 1e-5 * fabs((double)expected[i]))) verified = 0;
     }
-    if (k >= warmup) round_ms[k - warmup] = (t1 - t0) * 1000.0;
+    if (k >= warmup) round_ms[k - warmup] = (t1 - t0) * 1000.0, round_cpu[k - warmup] = c1 - c0;
   }
   MPI_Barrier(MPI_COMM_WORLD);
 
@@ -118,7 +129,7 @@ int main(int argc, char **argv) {
 #ifdef OMPI_MAJOR_VERSION
   major = OMPI_MAJOR_VERSION, minor = OMPI_MINOR_VERSION, release = OMPI_RELEASE_VERSION;
 #endif
-  size_t cap = 512 + (size_t)rounds * 24;
+  size_t cap = 512 + (size_t)rounds * 48;
   char *out = malloc(cap);
   if (!out) MPI_Abort(MPI_COMM_WORLD, 1);
   size_t len = 0;
@@ -126,6 +137,8 @@ int main(int argc, char **argv) {
                   "{\"system\":\"mpi\",\"rank\":%d,\"world\":%d,\"bytes\":%ld,\"rounds\":%d,\"round_ms\":[",
                   rank, world, nbytes, rounds);
   for (int i = 0; i < rounds; i++) len += snprintf(out + len, cap - len, "%s%.4f", i ? "," : "", round_ms[i]);
+  len += snprintf(out + len, cap - len, "],\"round_cpu_ms\":[");
+  for (int i = 0; i < rounds; i++) len += snprintf(out + len, cap - len, "%s%.4f", i ? "," : "", round_cpu[i]);
   len += snprintf(out + len, cap - len,
                   "],\"median_ms\":%.4f,\"p10\":%.4f,\"p90\":%.4f,\"p99\":%.4f,\"verified\":%s,"
                   "\"max_abs_err\":%g,\"mpi_version\":\"%d.%d.%d\"}\n",
@@ -134,7 +147,7 @@ int main(int argc, char **argv) {
   // One write per rank so mpirun's forwarded stdout does not interleave lines.
   if (write(STDOUT_FILENO, out, len) != (ssize_t)len) perror("write");
   free(out);
-  free(mine), free(work), free(expected), free(round_ms), free(sorted);
+  free(mine), free(work), free(expected), free(round_ms), free(sorted), free(round_cpu);
   MPI_Finalize();
   return 0;
 }
