@@ -74,6 +74,14 @@ export async function runRound(
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
   st.early = earlyFor(h, st, seed, st.resid);
+  // The leader reads the members' exponents before it speculates: when its
+  // own came last they are all here, and the plan goes out now, not after
+  // our window is packed and sent (the leader read them 2-5 ms after its own
+  // in a shaped 8-bit round, busy or waiting for a core; 1-2 ms a round)
+  if (st.leader === h.rank && !st.haveShared && !st.sent) {
+    drainControl(h, st);
+    planReady(h, st);
+  }
   // contributions under the last plan's scale while ours travel (speculate.ts)
   speculate(h, st, xq, myExps(h, st));
   try {
