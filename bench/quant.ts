@@ -21,7 +21,8 @@
 //                   chunk: as an owner finishes, results map and RESULT
 //                   packets written
 //   dequantize      ainftp_dequantize (exp -5)
-//   gather          4M: ainftp_gather_results (dequantize from the results map)
+//   gather          4M: ainftp_gather_results (dequantize from the results map);
+//                   and with streaming stores (out hot here: a round's is cold)
 import Table from "cli-table3";
 import { dlopen, FFIType as T } from "bun:ffi";
 import { existsSync } from "node:fs";
@@ -56,7 +57,7 @@ const symbols = {
     args: [T.ptr, T.ptr, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr, T.ptr, T.u32],
     returns: T.i32,
   },
-  ainftp_gather_results: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
+  ainftp_gather_results: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32], returns: T.u32 },
 } as const;
 const isaSymbols = {
   ainftp_quant_isa_mask: { args: [], returns: T.u32 },
@@ -140,7 +141,11 @@ for (const [size, n, times] of [["4M", BIG, 1], ["1 chunk", CE, 400]] as const) 
   );
   if (n === BIG) {
     cases.push({ kernel: "gather", size, elements: n, times, run: (f, t) => {
-      for (let i = 0; i < t; i++) if (f.ainftp_gather_results(res, 0, nc, CE, 2, back, n) !== 0) throw new Error("gather: entries not ready");
+      for (let i = 0; i < t; i++) if (f.ainftp_gather_results(res, 0, nc, CE, 2, back, n, 0) !== 0) throw new Error("gather: entries not ready");
+    } });
+    // (out stays hot in this loop, where plain stores win; a round's out is cold)
+    cases.push({ kernel: "gather, streaming", size, elements: n, times, run: (f, t) => {
+      for (let i = 0; i < t; i++) if (f.ainftp_gather_results(res, 0, nc, CE, 2, back, n, 1) !== 0) throw new Error("gather: entries not ready");
     } });
   }
 }

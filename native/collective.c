@@ -376,22 +376,27 @@ uint32_t ainftp_gather_list(const uint8_t *res_base, uint32_t bank_base, const u
  * Dequantizes the results of chunks [0, nchunks) of a round into out (chunk c
  * at out + c*chunk_elems, n_out floats in all). Each entry's tag is checked
  * before and after the copy. Returns the number of entries that did not hold
- * round tag-1 (nothing is written for those).
+ * round tag-1 (nothing is written for those). stream: out is written with
+ * streaming stores (ainftp_dequantize_stream), for a round whose array is
+ * larger than the caches, and fenced before the return.
  */
 uint32_t ainftp_gather_results(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
-			       uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out)
+			       uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t stream)
 {
 	uint32_t bad = 0;
+	int32_t (*deq)(const int16_t *, uint32_t, int32_t, float *) = stream ? ainftp_dequantize_stream : ainftp_dequantize;
 	for (uint32_t c = 0; c < nchunks; c++) {
 		const struct ainftp_result *res =
 			(const struct ainftp_result *)(res_base + (size_t)(bank_base + c) * RESULT_STRIDE);
 		uint64_t start = (uint64_t)c * chunk_elems;
 		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
 		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
-		    ainftp_dequantize(res->v, want, res->exp, out + start) < 0 ||
+		    deq(res->v, want, res->exp, out + start) < 0 ||
 		    __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
 			bad++;
 	}
+	if (stream)
+		ainftp_stream_fence();
 	return bad;
 }
 

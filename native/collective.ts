@@ -10,7 +10,7 @@ export const coll = openShimTable({
   ainftp_result_packets: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32], returns: T.i32 },
   ainftp_results_drop_foreign: { args: [T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.u32], returns: T.u32 },
   ainftp_results_missing: { args: [T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
-  ainftp_gather_results: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
+  ainftp_gather_results: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32], returns: T.u32 },
   ainftp_gather_results_bits: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32, T.u32], returns: T.u32 },
   ainftp_gather_early_bits: {
     args: [T.ptr, T.u32, T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32, T.ptr],

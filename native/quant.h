@@ -57,5 +57,7 @@ int32_t ainftp_finish_chunk(const uint32_t *raw, uint32_t count, uint32_t contri
 int32_t ainftp_finish_chunk_to(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
 			       int16_t *out, int16_t *also);
 int32_t ainftp_dequantize(const int16_t *q, uint32_t n, int32_t exp, float *out);
+int32_t ainftp_dequantize_stream(const int16_t *q, uint32_t n, int32_t exp, float *out);
+void ainftp_stream_fence(void);
 
 #endif /* AINFTP_QUANT_H */

@@ -32,6 +32,8 @@ const quant = openShimTable({
   ainftp_finish_chunk: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_finish_chunk_to: { args: [T.ptr, T.u32, T.u32, T.ptr, T.ptr, T.ptr], returns: T.i32 },
   ainftp_dequantize: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
+  ainftp_dequantize_stream: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
+  ainftp_stream_fence: { args: [], returns: T.void },
   ainftp_quant_isa_mask: { args: [], returns: T.u32 },
   ainftp_quant_set_isa: { args: [T.i32], returns: T.i32 },
   ainftp_quant_isa: { args: [], returns: T.i32 },
@@ -153,6 +155,14 @@ export function cFinishChunk(
 export function cDequantize(q: Int16Array, exp: number, out: Float32Array): number {
   need(out.length >= q.length, "out shorter than q");
   return quant.ainftp_dequantize(q, q.length, exp, out);
+}
+
+/** cDequantize with streaming stores (the same values), fenced before it returns. */
+export function cDequantizeStream(q: Int16Array, exp: number, out: Float32Array): number {
+  need(out.length >= q.length, "out shorter than q");
+  const rc = quant.ainftp_dequantize_stream(q, q.length, exp, out);
+  quant.ainftp_stream_fence();
+  return rc;
 }
 
 // ---- 8 and 4 bits (native/bits.c, issue 14) --------------------------------------

@@ -13,7 +13,7 @@ import {
   DEQ_EXP_MAX, DEQ_EXP_MIN, EXP_MAX, EXP_MIN, chunkCount, chunkExpsInto, dequantize, finishChunk, headerTemplate,
   packChunks, quantize,
 } from "../src/quantize.ts";
-import { cFinishChunk, quantIsa, quantIsasSupported, setQuantIsa, type QuantIsa } from "../native/quant.ts";
+import { cDequantizeStream, cFinishChunk, quantIsa, quantIsasSupported, setQuantIsa, type QuantIsa } from "../native/quant.ts";
 import { BIN, canUseNetns, createLab, ensureBuilt } from "./helpers/netns.ts";
 
 const SEED = Number(process.env.QUANT_SIMD_SEED ?? 0x51d);
@@ -224,6 +224,11 @@ describe("every SIMD build gives the generic build's bytes", () => {
       sameOnEveryBuild(`dequantize n=${n} exp=${e}`, () => {
         const out = view((l) => new Float32Array(l), n, outOff, fromBits(0x7fa5a5a5));
         dequantize(q, e, out.part);
+        // the streaming stores of a round's gather: the same bytes, and nothing
+        // written outside the values (an unaligned head and tail store plainly)
+        const streamed = view((l) => new Float32Array(l), n, outOff, fromBits(0x7fa5a5a5));
+        expect(cDequantizeStream(q, e, streamed.part)).toBe(0);
+        expect(bytes(streamed.all)).toEqual(bytes(out.all));
         return { rc: 0, bytes: [bytes(out.all)] };
       });
     }

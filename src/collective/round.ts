@@ -484,7 +484,7 @@ function endRound(h: Host, st: RoundState, rhtSeed: number): RoundReport {
     : h.xsk
     ? coll.ainftp_gather_list(h.resBase, bankBase, st.owned, st.owned.length, h.chunkElems, r + 1, st.out, st.out.length)
     : h.bits === 16
-      ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length)
+      ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, st.out.length >= TUNING.STREAM_GATHER_VALUES ? 1 : 0)
       : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits, rhtSeed);
   h.phase("gather", tp);
   if (bad) throw new AinftpError(`round ${r}`, `${bad} result entries changed while being read`);
