@@ -244,6 +244,30 @@ static inline int32_t dequant_result(const struct ainftp_result *res, uint32_t c
 			  : ainftp_bits_dequantize((const uint8_t *)res->v, count, res->exp, bits, out);
 }
 
+/* The 8- and 4-bit gather's scratch: one chunk, dequantized and taken
+ * through the inverse transform in cache before it goes out with streaming
+ * stores. */
+static __thread float gather_scratch[2 * AINFTP_MAX_ELEMS] __attribute__((aligned(64)));
+
+/* One 8- or 4-bit result of chunk c (its entry res, want values) into dst:
+ * dequantized and, rht_seed if not 0, through the inverse transform. With
+ * stream, both happen in gather_scratch and the chunk then goes to dst with
+ * streaming stores, so dst's lines are never read (the caller fences), and
+ * dst is left as it was when the entry changes while being read. Returns 0,
+ * or -1 when the entry does not hold tag after the read. */
+static int32_t gather_bits_chunk(const struct ainftp_result *res, uint32_t want, uint32_t bits, uint32_t tag, uint32_t c,
+				 uint32_t rht_seed, float *dst, uint32_t stream)
+{
+	float *w = stream && want <= 2 * AINFTP_MAX_ELEMS ? gather_scratch : dst;
+	if (dequant_result(res, want, bits, w) < 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
+		return -1;
+	if (rht_seed && want)
+		ainftp_rht_chunk(w, want, c, rht_seed, 1);
+	if (w != dst)
+		ainftp_copy_stream(dst, w, want);
+	return 0;
+}
+
 /* ainftp_gather_list at a job's width (16, 8 or 4). */
 uint32_t ainftp_gather_list_bits(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks, uint32_t n,
 				 uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits)
@@ -266,11 +290,12 @@ uint32_t ainftp_gather_list_bits(const uint8_t *res_base, uint32_t bank_base, co
  * each chunk then through the inverse RHT of that seed (ainftp_rht_chunk)
  * while it is in cache, instead of a second pass over out. done, if not
  * NULL: the chunks with done[c] set are skipped (the early gather took
- * them; the end of a round). Returns the number of entries gathered that
- * did not hold round tag-1. */
+ * them; the end of a round). stream: out written with streaming stores
+ * (gather_bits_chunk), fenced before the return. Returns the number of
+ * entries gathered that did not hold round tag-1. */
 uint32_t ainftp_gather_rest_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks, uint32_t chunk_elems,
 				 uint32_t tag, float *out, uint32_t n_out, uint32_t bits, uint32_t rht_seed,
-				 const uint8_t *done)
+				 const uint8_t *done, uint32_t stream)
 {
 	uint32_t bad = 0;
 	for (uint32_t c = 0; c < nchunks; c++) {
@@ -281,20 +306,21 @@ uint32_t ainftp_gather_rest_bits(const uint8_t *res_base, uint32_t bank_base, ui
 		uint64_t start = (uint64_t)c * chunk_elems;
 		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
 		if (__atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->count != want ||
-		    dequant_result(res, want, bits, out + start) < 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
+		    gather_bits_chunk(res, want, bits, tag, c, rht_seed, out + start, stream) < 0)
 			bad++;
-		else if (rht_seed && want)
-			ainftp_rht_chunk(out + start, want, c, rht_seed, 1);
 	}
+	if (stream)
+		ainftp_stream_fence();
 	return bad;
 }
 
 /* Every chunk of the round: ainftp_gather_rest_bits with none done. */
 uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base, uint32_t nchunks,
 				    uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out, uint32_t bits,
-				    uint32_t rht_seed)
+				    uint32_t rht_seed, uint32_t stream)
 {
-	return ainftp_gather_rest_bits(res_base, bank_base, nchunks, chunk_elems, tag, out, n_out, bits, rht_seed, NULL);
+	return ainftp_gather_rest_bits(res_base, bank_base, nchunks, chunk_elems, tag, out, n_out, bits, rht_seed, NULL,
+				       stream);
 }
 
 /*
@@ -303,11 +329,12 @@ uint32_t ainftp_gather_results_bits(const uint8_t *res_base, uint32_t bank_base,
  * chunk's owner (owners[c % k]) are dequantized into out and, rht_seed if not
  * 0, taken through the inverse RHT; done[c] = 1 for each. An entry that does
  * not (yet), or changed while being read, is left for ainftp_gather_rest_bits.
- * Returns how many chunks were gathered.
+ * stream: as ainftp_gather_rest_bits. Returns how many chunks were gathered.
  */
 uint32_t ainftp_gather_early_bits(const uint8_t *res_base, uint32_t bank_base, const uint32_t *chunks, uint32_t n,
 				  uint32_t nchunks, uint32_t chunk_elems, uint32_t tag, float *out, uint32_t n_out,
-				  uint32_t bits, uint32_t rht_seed, const uint8_t *owners, uint32_t k, uint8_t *done)
+				  uint32_t bits, uint32_t rht_seed, const uint8_t *owners, uint32_t k, uint8_t *done,
+				  uint32_t stream)
 {
 	uint32_t got = 0;
 	if (k == 0)
@@ -321,14 +348,13 @@ uint32_t ainftp_gather_early_bits(const uint8_t *res_base, uint32_t bank_base, c
 		uint64_t start = (uint64_t)c * chunk_elems;
 		uint32_t want = start >= n_out ? 0 : (uint32_t)(n_out - start < chunk_elems ? n_out - start : chunk_elems);
 		if (want == 0 || __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag || res->rank != owners[c % k] ||
-		    res->count != want || dequant_result(res, want, bits, out + start) < 0 ||
-		    __atomic_load_n(&res->tag, __ATOMIC_ACQUIRE) != tag)
+		    res->count != want || gather_bits_chunk(res, want, bits, tag, c, rht_seed, out + start, stream) < 0)
 			continue;
-		if (rht_seed)
-			ainftp_rht_chunk(out + start, want, c, rht_seed, 1);
 		done[c] = 1;
 		got++;
 	}
+	if (stream)
+		ainftp_stream_fence();
 	return got;
 }
 

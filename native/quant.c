@@ -475,7 +475,42 @@ TARGET_AVX2 static void dequant_stream_avx2(const int16_t *q, uint32_t n, float 
 	}
 	dequant_body(q + j, n - j, p1, p2, out + j);
 }
+
+/* dst[0..n) = src[0..n) with streaming stores where dst lines up with the
+ * vector (plain stores for the head and tail). */
+TARGET_AVX512 static void copy_stream_avx512(float *dst, const float *src, uint32_t n)
+{
+	uint32_t j = stream_head(dst, n, 64);
+	memcpy(dst, src, (size_t)j * sizeof(float));
+	for (; j + 16 <= n; j += 16)
+		_mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+	memcpy(dst + j, src + j, (size_t)(n - j) * sizeof(float));
+}
+
+TARGET_AVX2 static void copy_stream_avx2(float *dst, const float *src, uint32_t n)
+{
+	uint32_t j = stream_head(dst, n, 32);
+	memcpy(dst, src, (size_t)j * sizeof(float));
+	for (; j + 8 <= n; j += 8)
+		_mm256_stream_ps(dst + j, _mm256_loadu_ps(src + j));
+	memcpy(dst + j, src + j, (size_t)(n - j) * sizeof(float));
+}
 #endif
+
+/* A chunk computed in a scratch buffer (the 8- and 4-bit gather's inverse
+ * transform, in cache) out to a cold array: streaming stores on the x86
+ * builds, memcpy on the generic one. Fence with ainftp_stream_fence. */
+void ainftp_copy_stream(float *dst, const float *src, uint32_t n)
+{
+#ifdef QUANT_X86
+	int32_t isa = ainftp_quant_isa();
+	if (isa == AINFTP_ISA_AVX512)
+		return copy_stream_avx512(dst, src, n);
+	if (isa == AINFTP_ISA_AVX2)
+		return copy_stream_avx2(dst, src, n);
+#endif
+	memcpy(dst, src, (size_t)n * sizeof(float));
+}
 
 static const struct quant_kernels builds[] = {
 	[AINFTP_ISA_GENERIC] = { "generic", chunk_exps_generic, nearest_generic, stochastic_generic,

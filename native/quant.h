@@ -59,5 +59,6 @@ int32_t ainftp_finish_chunk_to(const uint32_t *raw, uint32_t count, uint32_t con
 int32_t ainftp_dequantize(const int16_t *q, uint32_t n, int32_t exp, float *out);
 int32_t ainftp_dequantize_stream(const int16_t *q, uint32_t n, int32_t exp, float *out);
 void ainftp_stream_fence(void);
+void ainftp_copy_stream(float *dst, const float *src, uint32_t n);
 
 #endif /* AINFTP_QUANT_H */

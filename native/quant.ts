@@ -34,6 +34,7 @@ const quant = openShimTable({
   ainftp_dequantize: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
   ainftp_dequantize_stream: { args: [T.ptr, T.u32, T.i32, T.ptr], returns: T.i32 },
   ainftp_stream_fence: { args: [], returns: T.void },
+  ainftp_copy_stream: { args: [T.ptr, T.ptr, T.u32], returns: T.void },
   ainftp_quant_isa_mask: { args: [], returns: T.u32 },
   ainftp_quant_set_isa: { args: [T.i32], returns: T.i32 },
   ainftp_quant_isa: { args: [], returns: T.i32 },
@@ -155,6 +156,13 @@ export function cFinishChunk(
 export function cDequantize(q: Int16Array, exp: number, out: Float32Array): number {
   need(out.length >= q.length, "out shorter than q");
   return quant.ainftp_dequantize(q, q.length, exp, out);
+}
+
+/** dst[0..src.length) = src with streaming stores (the 8- and 4-bit gather's last step), fenced. */
+export function cCopyStream(dst: Float32Array, src: Float32Array): void {
+  need(dst.length >= src.length, "dst shorter than src");
+  quant.ainftp_copy_stream(dst, src, src.length);
+  quant.ainftp_stream_fence();
 }
 
 /** cDequantize with streaming stores (the same values), fenced before it returns. */

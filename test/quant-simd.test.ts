@@ -13,7 +13,7 @@ import {
   DEQ_EXP_MAX, DEQ_EXP_MIN, EXP_MAX, EXP_MIN, chunkCount, chunkExpsInto, dequantize, finishChunk, headerTemplate,
   packChunks, quantize,
 } from "../src/quantize.ts";
-import { cDequantizeStream, cFinishChunk, quantIsa, quantIsasSupported, setQuantIsa, type QuantIsa } from "../native/quant.ts";
+import { cCopyStream, cDequantizeStream, cFinishChunk, quantIsa, quantIsasSupported, setQuantIsa, type QuantIsa } from "../native/quant.ts";
 import { BIN, canUseNetns, createLab, ensureBuilt } from "./helpers/netns.ts";
 
 const SEED = Number(process.env.QUANT_SIMD_SEED ?? 0x51d);
@@ -211,6 +211,20 @@ describe("every SIMD build gives the generic build's bytes", () => {
         return { rc, bytes: [bytes(out.all), bytes(out2.all), bytes(also.all)] };
       });
     }
+  });
+
+  test("the streaming copy (the 8- and 4-bit gather's scratch chunk out to a cold array): every length mod 16, every offset mod 16, nothing written beyond", () => {
+    const rng = mulberry32(SEED ^ 0xc0b7);
+    for (const n of LENGTHS)
+      for (let off = 0; off < 17; off++) {
+        const src = Float32Array.from({ length: n }, () => rng() * 2 - 1);
+        sameOnEveryBuild(`copy stream n=${n} off=${off}`, () => {
+          const dst = view((l) => new Float32Array(l), n, off, fromBits(0x7fa5a5a5));
+          cCopyStream(dst.part, src);
+          expect(bytes(dst.part)).toEqual(bytes(src));
+          return { rc: 0, bytes: [bytes(dst.all)] };
+        });
+      }
   });
 
   test("dequantize: every exponent, every length mod 16, offsets, -32768 and overflow to Inf", () => {

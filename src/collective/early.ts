@@ -8,6 +8,7 @@
 // `out` partly written (in place: x is then partly summed).
 import { coll } from "../../native/collective.ts";
 import type { Host } from "./host.ts";
+import { streamsGather } from "./options.ts";
 import type { RoundState } from "./round-state.ts";
 
 /** `enabled`: the early work at all (a test compares with it off); `batch`:
@@ -61,7 +62,7 @@ export function workEarly(h: Host, st: RoundState, bankBase: number): void {
   if (!e || !st.sent || st.K === 0) return;
   if (e.queued >= EARLY.batch) {
     h.stats.gatheredEarly += coll.ainftp_gather_early_bits(h.resBase, bankBase, e.queue, e.queued, st.nchunks, h.chunkElems, st.r + 1, st.out, st.out.length,
-      h.bits, e.seed, st.ownersU8!, st.K, e.gathered);
+      h.bits, e.seed, st.ownersU8!, st.K, e.gathered, streamsGather(st.out.length));
     e.queued = 0;
   }
   const resid = st.resid;
@@ -83,7 +84,7 @@ export function workEarly(h: Host, st: RoundState, bankBase: number): void {
  * back through the inverse. */
 export function gatherRest(h: Host, st: RoundState, bankBase: number): number {
   const e = st.early!;
-  const bad = coll.ainftp_gather_rest_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, st.r + 1, st.out, st.out.length, h.bits, e.seed, e.gathered);
+  const bad = coll.ainftp_gather_rest_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, st.r + 1, st.out, st.out.length, h.bits, e.seed, e.gathered, streamsGather(st.out.length));
   const resid = st.resid;
   if (resid && e.residDone)
     coll.ainftp_rht_list(resid, resid.length, h.chunkElems, allChunks(st.nchunks), st.nchunks, e.seed, 1, e.residDone);

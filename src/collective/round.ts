@@ -10,7 +10,7 @@ import { earlyFor, gatherRest, workEarly } from "./early.ts";
 import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps, sendPlan } from "./exchange.ts";
 import { Host } from "./host.ts";
-import { describeRanks, RoundError, TUNING, windowChunks, type RoundReport } from "./options.ts";
+import { describeRanks, RoundError, streamsGather, TUNING, windowChunks, type RoundReport } from "./options.ts";
 import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
 import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
@@ -484,8 +484,8 @@ function endRound(h: Host, st: RoundState, rhtSeed: number): RoundReport {
     : h.xsk
     ? coll.ainftp_gather_list(h.resBase, bankBase, st.owned, st.owned.length, h.chunkElems, r + 1, st.out, st.out.length)
     : h.bits === 16
-      ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, st.out.length >= TUNING.STREAM_GATHER_VALUES ? 1 : 0)
-      : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits, rhtSeed);
+      ? coll.ainftp_gather_results(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, streamsGather(st.out.length))
+      : coll.ainftp_gather_results_bits(h.resBase, bankBase, st.nchunks, h.chunkElems, r + 1, st.out, st.out.length, h.bits, rhtSeed, streamsGather(st.out.length));
   h.phase("gather", tp);
   if (bad) throw new AinftpError(`round ${r}`, `${bad} result entries changed while being read`);
   h.stats.rounds++;
