@@ -267,8 +267,10 @@ struct quant_kernels {
 	int32_t (*finish)(const uint32_t *raw, uint32_t count, uint32_t contributors, const int16_t *own,
 			  int16_t *out, int16_t *also);
 	void (*dequant)(const int16_t *q, uint32_t n, float p1, float p2, float *out);
-	/* dequant with streaming stores (the generic build: dequant itself) */
+	/* dequant with streaming stores, and a streaming copy (the generic
+	 * build: the plain ones) */
 	void (*dequant_stream)(const int16_t *q, uint32_t n, float p1, float p2, float *out);
+	void (*copy_stream)(float *dst, const float *src, uint32_t n);
 };
 
 /* One build of every kernel: the bodies above, compiled with `attr`. */
@@ -428,7 +430,23 @@ TARGET_AVX2 static int32_t finish_avx2(const uint32_t *raw, uint32_t count, uint
 }
 #endif
 
+/* The generic build's streaming copy: a plain one. */
+static void copy_plain(float *dst, const float *src, uint32_t n)
+{
+	memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
 #ifdef QUANT_X86
+/* How many values of out to store plainly before out + head lines up with
+ * `align` bytes (all n when out is not even float-aligned). */
+static inline uint32_t stream_head(const float *out, uint32_t n, uintptr_t align)
+{
+	if ((uintptr_t)out & 3)
+		return n; /* not even float-aligned: no vector store lines up */
+	uint32_t head = (uint32_t)(((align - ((uintptr_t)out & (align - 1))) & (align - 1)) / sizeof(float));
+	return head > n ? n : head;
+}
+
 /* dequant_body with streaming (non-temporal) stores: each line of out is
  * written without being read first. A round's gather writes a whole array
  * that has long left the caches (16 MiB a rank at 16 MiB; the four ranks'
@@ -438,14 +456,6 @@ TARGET_AVX2 static int32_t finish_avx2(const uint32_t *raw, uint32_t count, uint
  * The same multiplies as dequant_body, so the same bits; the caller fences
  * (ainftp_stream_fence) before anyone reads out. Head and tail (out not
  * aligned to the vector, a count not a multiple of it) store plainly. */
-static inline uint32_t stream_head(const float *out, uint32_t n, uintptr_t align)
-{
-	if ((uintptr_t)out & 3)
-		return n; /* not even float-aligned: no vector store lines up */
-	uint32_t head = (uint32_t)(((align - ((uintptr_t)out & (align - 1))) & (align - 1)) / sizeof(float));
-	return head > n ? n : head;
-}
-
 TARGET_AVX512 static void dequant_stream_avx512(const int16_t *q, uint32_t n, float p1, float p2, float *out)
 {
 	uint32_t j = stream_head(out, n, 64);
@@ -497,29 +507,14 @@ TARGET_AVX2 static void copy_stream_avx2(float *dst, const float *src, uint32_t 
 }
 #endif
 
-/* A chunk computed in a scratch buffer (the 8- and 4-bit gather's inverse
- * transform, in cache) out to a cold array: streaming stores on the x86
- * builds, memcpy on the generic one. Fence with ainftp_stream_fence. */
-void ainftp_copy_stream(float *dst, const float *src, uint32_t n)
-{
-#ifdef QUANT_X86
-	int32_t isa = ainftp_quant_isa();
-	if (isa == AINFTP_ISA_AVX512)
-		return copy_stream_avx512(dst, src, n);
-	if (isa == AINFTP_ISA_AVX2)
-		return copy_stream_avx2(dst, src, n);
-#endif
-	memcpy(dst, src, (size_t)n * sizeof(float));
-}
-
 static const struct quant_kernels builds[] = {
 	[AINFTP_ISA_GENERIC] = { "generic", chunk_exps_generic, nearest_generic, stochastic_generic,
-				 finish_generic, dequant_generic, dequant_generic },
+				 finish_generic, dequant_generic, dequant_generic, copy_plain },
 #ifdef QUANT_X86
 	[AINFTP_ISA_AVX2] = { "avx2", chunk_exps_avx2, nearest_avx2, stochastic_avx2, finish_avx2,
-			      dequant_avx2, dequant_stream_avx2 },
+			      dequant_avx2, dequant_stream_avx2, copy_stream_avx2 },
 	[AINFTP_ISA_AVX512] = { "avx512", chunk_exps_avx512, nearest_avx512, stochastic_avx512,
-				finish_avx512, dequant_avx512, dequant_stream_avx512 },
+				finish_avx512, dequant_avx512, dequant_stream_avx512, copy_stream_avx512 },
 #endif
 };
 
@@ -773,6 +768,14 @@ int32_t ainftp_dequantize(const int16_t *q, uint32_t n, int32_t exp, float *out)
 int32_t ainftp_dequantize_stream(const int16_t *q, uint32_t n, int32_t exp, float *out)
 {
 	return dequantize_with(kern()->dequant_stream, q, n, exp, out);
+}
+
+/* A chunk computed in a scratch buffer (the 8- and 4-bit gather's inverse
+ * transform, in cache) out to a cold array with streaming stores (the
+ * generic build: memcpy). Fence with ainftp_stream_fence. */
+void ainftp_copy_stream(float *dst, const float *src, uint32_t n)
+{
+	kern()->copy_stream(dst, src, n);
 }
 
 /* Orders the streaming stores before every later store and load. */

@@ -194,13 +194,6 @@ export const TUNING = {
    * hide most losses from RACK). */
   REDUNDANT_BYTES: 4 << 20,
   REDUNDANT_ROUNDS: 256,
-  /** A round's gather writes `out` with streaming stores from this many
-   * values up (native/quant.c dequant_stream; at 8 and 4 bits each chunk is
-   * dequantized and transformed back in a scratch chunk first): its array
-   * has long left the caches by then, and a plain store reads each line
-   * first (1.27 against 2.26 ms for 4M values cold; hot, plain stores win:
-   * 0.89 against 1.02). 4 MiB of floats, as PREPACK.minValues. */
-  STREAM_GATHER_VALUES: 1 << 20,
   /** ... and whose frames take at most this long at our measured egress
    * rate (pace.ts; no rate known: any): on a slow link a second copy costs
    * its bytes' time (ms). 1 MiB unshaped here: about 1.6 ms. */
@@ -394,8 +387,16 @@ export function describeRanks(ranks: number[], peers: readonly string[]): string
   return ranks.map((r) => `rank ${r} (${peers[r]})`).join(", ");
 }
 
-/** 1 where a round's gather of n values writes out with streaming stores
- * (TUNING.STREAM_GATHER_VALUES), else 0: the native gathers' flag. */
+/** `minValues`: a round's gather writes `out` with streaming stores from
+ * this many values up (native/quant.c dequant_stream; at 8 and 4 bits each
+ * chunk is dequantized and transformed back in a scratch chunk first): its
+ * array has long left the caches by then, and a plain store reads each line
+ * first (1.27 against 2.26 ms for 4M values cold; hot, plain stores win:
+ * 0.89 against 1.02). 4 MiB of floats, as PREPACK.minValues. (A test forces
+ * it on small rounds.) */
+export const STREAM_GATHER = { minValues: 1 << 20 };
+
+/** 1 where a round's gather of n values writes out with streaming stores, else 0: the native gathers' flag. */
 export function streamsGather(n: number): number {
-  return n >= TUNING.STREAM_GATHER_VALUES ? 1 : 0;
+  return n >= STREAM_GATHER.minValues ? 1 : 0;
 }

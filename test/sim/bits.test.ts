@@ -7,7 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import type { RoundReport } from "../../src/collective.ts";
 import { EARLY } from "../../src/collective/early.ts";
-import { TUNING } from "../../src/collective/options.ts";
+import { STREAM_GATHER } from "../../src/collective/options.ts";
 import { ERROR_BOUND } from "../../src/quantize.ts";
 import { mulberry32 } from "../../src/random.ts";
 import { CLEAN, openPair, runGradients, SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
@@ -194,16 +194,16 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
   }, 300_000);
 
   test("the gather's streaming stores (rounds of 4 MiB or more; forced here) give the same bits as plain ones, at 16, 8 and 4 bits, clean and under faults", async () => {
-    const streamFrom = TUNING.STREAM_GATHER_VALUES, batch = EARLY.batch;
+    const streamFrom = STREAM_GATHER.minValues, batch = EARLY.batch;
     const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer).equals(Buffer.from(b.buffer));
     EARLY.batch = 1; // (16 chunks a round here: gather at every wait)
     try {
       for (const bits of [8, 4] as const)
         for (const seed of [616 + bits, 15000 + bits * 1000 + 7]) {
           const faults = seed < 15000 ? CLEAN : faultsOf(seed);
-          TUNING.STREAM_GATHER_VALUES = Infinity;
+          STREAM_GATHER.minValues = Infinity;
           const plain = await run(bits, seed, faults, 4, { residual: true });
-          TUNING.STREAM_GATHER_VALUES = 0;
+          STREAM_GATHER.minValues = 0;
           const streamed = await run(bits, seed, faults, 4, { residual: true });
           expect(streamed.gatheredEarly).toBeGreaterThan(0); // (the early gather streams too)
           for (let rank = 0; rank < HOSTS; rank++)
@@ -214,15 +214,15 @@ describe.skipIf(!root)("8 and 4 bits over the real XDP program (simulated networ
       for (const seed of [717, 16007]) {
         const faults = seed < 16000 ? CLEAN : faultsOf(seed);
         const n = CHUNKS * ELEMS * 2 + 33;
-        TUNING.STREAM_GATHER_VALUES = Infinity;
+        STREAM_GATHER.minValues = Infinity;
         const plain = await runGradients(new SimWorld(seed, faults, programs.slice(0, HOSTS), PORT), seed, 4, n, { bits: 16 });
-        TUNING.STREAM_GATHER_VALUES = 0;
+        STREAM_GATHER.minValues = 0;
         const streamed = await runGradients(new SimWorld(seed, faults, programs.slice(0, HOSTS), PORT), seed, 4, n, { bits: 16 });
         expect(streamed.hashes).toEqual(plain.hashes);
         for (let rank = 1; rank < HOSTS; rank++) expect(streamed.hashes[rank]).toEqual(streamed.hashes[0]);
       }
     } finally {
-      TUNING.STREAM_GATHER_VALUES = streamFrom;
+      STREAM_GATHER.minValues = streamFrom;
       EARLY.batch = batch;
     }
   }, 300_000);
