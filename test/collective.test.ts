@@ -1071,11 +1071,16 @@ describe.skipIf(!impairTools)("all-reduce on an impaired network (netem equivale
     reference = reps[0].result_hash;
   }, 60_000);
 
-  test("1% loss: verified, bit-identical, retransmits > 0", async () => {
+  test("1% loss: verified, bit-identical, the losses recovered (retransmits, or the second copies of small rounds)", async () => {
     expect(reference).toHaveLength(ROUNDS);
     const { st, sum } = await impaired("impaired: 1% loss", { lossPpm: 10_000 });
     expect(st.dropped).toBeGreaterThan(0);
-    expect(sum("retransmits")).toBeGreaterThan(0);
+    // Once RACK has seen a loss, a round this small sends everything twice
+    // (recovery.ts redundant), and a lost frame's copy arrives instead: one
+    // run of 313 drops needed no retransmission at all (session 15). Either
+    // way the loss path ran: retransmissions, or copies (none without loss,
+    // the reference test checks)
+    expect(sum("retransmits") + sum("duplicates")).toBeGreaterThan(0);
     // (no timeout needed: RACK and the probe recover 1% loss in round
     // trips; the full retransmission timer may never fire, issue 17)
   }, 90_000);
