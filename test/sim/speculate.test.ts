@@ -8,7 +8,7 @@
 // trip is no longer before the data).
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { SPEC } from "../../src/collective/speculate.ts";
-import { CLEAN, openPair, runGradients, simGradient, SimWorld, simPrograms, type Faults } from "./world.ts";
+import { CLEAN, openPair, runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
 
 const root = process.getuid?.() === 0;
 if (!root) console.log("[sim speculate] skipped: loading the XDP program for BPF_PROG_TEST_RUN needs root");
@@ -89,25 +89,9 @@ describe.skipIf(!root)("speculation (simulated network, real program)", () => {
     // rank k starts each round k * 3 virtual ms late: when rank 3 leads, the
     // others' exponents wait in its socket, and it decides at once instead
     // of packing and sending its window first (round.ts, before speculate)
-    const world = new SimWorld(3535, CLEAN, programs, PORT);
-    const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000, speculate: true }));
-    const hashes: string[][] = world.hosts.map(() => []);
-    try {
-      await world.run(comms.map((c) => async (rank: number) => {
-        await c.connect();
-        for (let k = 0; k < ROUNDS; k++) {
-          const x = simGradient(3535, k, rank, CHUNKS * ELEMS, true);
-          if (rank) await world.hosts[rank].wait(0, 3 * rank);
-          await c.allreduce(x);
-          hashes[rank].push(Bun.hash(x.buffer).toString(16));
-        }
-        await c.leave(30_000);
-      }), 600_000);
-    } finally {
-      for (const c of comms) c.close(0);
-    }
-    for (let k = 1; k < HOSTS; k++) expect(hashes[k]).toEqual(hashes[0]);
-    const spec = comms.map((c) => c.stats.specRounds);
+    const r = await runGradients(new SimWorld(3535, CLEAN, programs, PORT), 3535, ROUNDS, CHUNKS * ELEMS, { speculate: true }, true, (rank) => 3 * rank);
+    for (let k = 1; k < HOSTS; k++) expect(r.hashes[k]).toEqual(r.hashes[0]);
+    const spec = r.stats.map((st) => st.specRounds);
     console.log(`[sim speculate] late leader: rounds speculated per rank ${spec.join(", ")}`);
     // rank 0 starts first and never holds every exponent: it speculates in
     // every round after the first; the last rank does not in the rounds it leads

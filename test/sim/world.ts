@@ -345,9 +345,11 @@ export function simGradient(seed: number, round: number, rank: number, n: number
 /** Every host of `world` connects and runs `rounds` all-reduces of
  * simGradient(seed, k, rank, n, alike) under options `o`, then leaves:
  * per rank the hash of each result, every rank's virtual ms per round, and
- * each rank's stats. */
+ * each rank's stats. `lateMs(rank, k)`: virtual ms a rank waits before its
+ * round k (staggered starts). */
 export async function runGradients(
   world: SimWorld, seed: number, rounds: number, n: number, o: Partial<CommunicatorOptions> = {}, alike = false,
+  lateMs: ((rank: number, k: number) => number) | null = null,
 ): Promise<{ hashes: string[][]; times: number[]; stats: CollectiveStats[] }> {
   const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 20_000, openTimeoutMs: 5_000, ...o }));
   const hashes: string[][] = world.hosts.map(() => []);
@@ -357,6 +359,8 @@ export async function runGradients(
       await c.connect();
       for (let k = 0; k < rounds; k++) {
         const x = simGradient(seed, k, rank, n, alike);
+        const late = lateMs?.(rank, k) ?? 0;
+        if (late > 0) await world.hosts[rank].wait(0, late);
         const t0 = world.now;
         await c.allreduce(x);
         times.push(world.now - t0);
