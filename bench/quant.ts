@@ -22,7 +22,8 @@
 //                   packets written
 //   dequantize      ainftp_dequantize (exp -5)
 //   gather          4M: ainftp_gather_results (dequantize from the results map);
-//                   and with streaming stores (out hot here: a round's is cold)
+//                   and with streaming stores (see the case's comment: which
+//                   build finds out cold depends on the order here)
 import Table from "cli-table3";
 import { dlopen, FFIType as T } from "bun:ffi";
 import { existsSync } from "node:fs";
@@ -143,7 +144,9 @@ for (const [size, n, times] of [["4M", BIG, 1], ["1 chunk", CE, 400]] as const) 
     cases.push({ kernel: "gather", size, elements: n, times, run: (f, t) => {
       for (let i = 0; i < t; i++) if (f.ainftp_gather_results(res, 0, nc, CE, 2, back, n, 0) !== 0) throw new Error("gather: entries not ready");
     } });
-    // (out stays hot in this loop, where plain stores win; a round's out is cold)
+    // (a plain gather leaves out in cache, where plain stores win; a streaming
+    // one leaves it in memory, so the build timed after it here finds it cold,
+    // as a round's gather does: the generic build's row, plain stores, shows that cost)
     cases.push({ kernel: "gather, streaming", size, elements: n, times, run: (f, t) => {
       for (let i = 0; i < t; i++) if (f.ainftp_gather_results(res, 0, nc, CE, 2, back, n, 1) !== 0) throw new Error("gather: entries not ready");
     } });
