@@ -407,7 +407,7 @@ const ROW_DEFS: { id: keyof Metrics; group: string; metric: string; unit: string
   { id: "wakeups_per_1000_packets", group: "Kernel interrupts", metric: "userspace wake-ups per 1000 packets received", unit: "", brief_claim: BRIEF_CLAIMS.wakeups },
   { id: "ctx_switches_per_1000_packets", group: "Kernel interrupts", metric: "context switches per 1000 packets (machine-wide)", unit: "", brief_claim: null },
   { id: "hw_irqs_per_s", group: "Kernel interrupts", metric: "hardware IRQs per second", unit: "/s", brief_claim: null },
-  { id: "cpu_ms_per_round", group: "CPU usage (networking)", metric: "CPU ms per round (processes + softirq)", unit: "ms", brief_claim: BRIEF_CLAIMS.cpu },
+  { id: "cpu_ms_per_round", group: "CPU usage (networking)", metric: "CPU ms per round (ranks inside their rounds + ksoftirqd)", unit: "ms", brief_claim: BRIEF_CLAIMS.cpu },
   { id: "cpu_share_of_core_per_host", group: "CPU usage (networking)", metric: "share of one core per host while moving data", unit: "%", brief_claim: null },
   { id: "copy_bytes_per_host_per_round", group: "Memory copies", metric: "bytes copied kernel⇄user per host per round", unit: "MiB", brief_claim: BRIEF_CLAIMS.copies },
   { id: "copies_per_byte_received", group: "Memory copies", metric: "copies per byte received (bytes copied ÷ bytes received)", unit: "", brief_claim: null },
