@@ -123,6 +123,13 @@ console.log(`2. userspace per value at 4M values (16 MiB of float32), chunks of 
       (b) => b.k.pack(b.y, ce, chunks, b.exps, hdr, b.out[bits], stride(bits), 5, bits, ef ? b.resid : null),
       (b) => [b.out[bits], ...(ef ? [u8(b.resid)] : [])],
     ])),
+    // error feedback with the transform: the residual back in the gradient's domain
+    ...([8, 4] as const).map((bits): [string, (b: B) => void, (b: B) => Uint8Array[]] => [
+      `pack ${bits} bits + residual through the inverse (a build without the fused call: pack, then the inverse)`,
+      (b) => (b.k.packEf ? b.k.packEf(b.y, ce, chunks, b.exps, hdr, b.out[bits], stride(bits), 5, bits, b.resid, 9)
+        : (b.k.pack(b.y, ce, chunks, b.exps, hdr, b.out[bits], stride(bits), 5, bits, b.resid), b.k.rhtInverse(b.resid, ce, 9))),
+      (b) => [b.out[bits], u8(b.resid)],
+    ]),
     ...([8, 4] as const).map((bits): [string, (b: B) => void, (b: B) => Uint8Array[]] => [`dequantize ${bits} bits`, (b) => {
       for (let c = 0; c < nch; c++) b.k.dequantize(b.out[bits].subarray(c * stride(bits) + 32), Math.min(ce, m - c * ce), b.exps[c], bits, b.deq);
     }, (b) => [u8(b.deq)]]),

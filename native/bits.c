@@ -226,38 +226,6 @@ HOT void unpack_values(const uint8_t *restrict p, uint32_t count, uint32_t bits,
 		}
 }
 
-HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
-		       const int8_t *exps, struct ainftp_wire_hdr *h, uint8_t *out, uint32_t stride, uint32_t seed,
-		       uint32_t bits, float *resid)
-{
-	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
-	const int32_t bq = bits_of((float)qmax_of(bits));
-	uint32_t saturated = 0;
-	for (uint32_t i = 0; i < nchunks; i++) {
-		uint32_t c = chunks[i], start = c * chunk_elems;
-		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
-		uint8_t *dst = out + (size_t)i * stride;
-		float scale = pow2f(-exps[c]), p = pow2f(exps[c]);
-		float *r = resid ? resid + start : NULL;
-		uint32_t sat;
-		/* each a loop of its own: the residual's test is not made per value */
-		if (seed && r)
-			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), r, p);
-		else if (seed)
-			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), NULL, p);
-		else
-			sat = nearest_narrow(x + start, count, scale, bq, q, r, p);
-		memset(q + count, 0, ((count + 15) & ~15u) - count);
-		pack_values(q, count, bits, dst + sizeof(*h));
-		h->chunk = c;
-		h->count = (__u16)count;
-		h->exp = exps[c];
-		h->flags = (__u16)((h->flags & ~AINFTP_F_SATURATED) | (sat ? AINFTP_F_SATURATED : 0));
-		memcpy(dst, h, sizeof(*h));
-		saturated += sat;
-	}
-	return saturated;
-}
 
 HOT int32_t finish_body(const uint16_t *raw, uint32_t count, uint32_t contributors, const uint8_t *own, uint32_t bits,
 			uint32_t key, uint8_t *out, uint8_t *also)
@@ -402,6 +370,54 @@ HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, 
 	}
 }
 
+/* The residual of one chunk on its way back through the inverse RHT (pack_body, rseed). */
+static __thread float resid_scratch[NARROW_MAX] __attribute__((aligned(64)));
+
+/* The chunks' packets; resid (if not NULL) gets each packed value's error:
+ * in the transformed domain when rseed is 0, else taken back through the
+ * inverse RHT of seed rseed while the chunk is in cache (the residual of the
+ * gradient itself, as ainftp_rht_chunk on resid would make it, without a
+ * pass over resid of its own). */
+HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
+		       const int8_t *exps, struct ainftp_wire_hdr *h, uint8_t *out, uint32_t stride, uint32_t seed,
+		       uint32_t bits, float *resid, uint32_t rseed, int vec)
+{
+	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
+	const int32_t bq = bits_of((float)qmax_of(bits));
+	uint32_t saturated = 0;
+	for (uint32_t i = 0; i < nchunks; i++) {
+		uint32_t c = chunks[i], start = c * chunk_elems;
+		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		uint8_t *dst = out + (size_t)i * stride;
+		float scale = pow2f(-exps[c]), p = pow2f(exps[c]);
+		float *r = resid ? (rseed ? resid_scratch : resid + start) : NULL;
+		uint32_t sat;
+		/* each a loop of its own: the residual's test is not made per value */
+		if (seed && r)
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), r, p);
+		else if (seed)
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), NULL, p);
+		else
+			sat = nearest_narrow(x + start, count, scale, bq, q, r, p);
+		if (r && rseed) {
+			if (vec)
+				rht_chunk_any(vec, r, r, count, stream_key(rseed, c), 1, NULL);
+			else
+				rht_chunk_scalar(r, r, count, stream_key(rseed, c), 1);
+			ainftp_copy_stream(resid + start, r, count);
+		}
+		memset(q + count, 0, ((count + 15) & ~15u) - count);
+		pack_values(q, count, bits, dst + sizeof(*h));
+		h->chunk = c;
+		h->count = (__u16)count;
+		h->exp = exps[c];
+		h->flags = (__u16)((h->flags & ~AINFTP_F_SATURATED) | (sat ? AINFTP_F_SATURATED : 0));
+		memcpy(dst, h, sizeof(*h));
+		saturated += sat;
+	}
+	return saturated;
+}
+
 /* The forward RHT of src into x and exps[c] of the transformed values (as
  * exps_body would give, without reading x again); the non-finite count.
  * With error feedback (ainftp_rht_ef_exps): add, if not NULL, is added to
@@ -442,7 +458,7 @@ HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *
 struct bits_kernels {
 	uint32_t (*exps)(const float *, uint32_t, uint32_t, int8_t *, int32_t);
 	uint32_t (*pack)(const float *, uint32_t, uint32_t, const uint32_t *, uint32_t, const int8_t *,
-			 struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t, uint32_t, float *);
+			 struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t, uint32_t, float *, uint32_t);
 	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
 	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
 	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
@@ -457,9 +473,10 @@ struct bits_kernels {
 	}                                                                                                        \
 	attr static uint32_t pack_##isa(const float *x, uint32_t n, uint32_t ce, const uint32_t *chunks,        \
 					uint32_t nchunks, const int8_t *exps, struct ainftp_wire_hdr *h,        \
-					uint8_t *out, uint32_t stride, uint32_t seed, uint32_t bits, float *r)  \
+					uint8_t *out, uint32_t stride, uint32_t seed, uint32_t bits, float *r,  \
+					uint32_t rseed)                                                          \
 	{                                                                                                        \
-		return pack_body(x, n, ce, chunks, nchunks, exps, h, out, stride, seed, bits, r);                 \
+		return pack_body(x, n, ce, chunks, nchunks, exps, h, out, stride, seed, bits, r, rseed, vec);     \
 	}                                                                                                        \
 	attr static int32_t finish_##isa(const uint16_t *raw, uint32_t count, uint32_t k, const uint8_t *own,   \
 					 uint32_t bits, uint32_t key, uint8_t *out, uint8_t *also)              \
@@ -943,6 +960,19 @@ uint32_t ainftp_bits_pack(const float *x, uint32_t n, uint32_t chunk_elems, cons
 			  const int8_t *exps, const void *hdr_template, uint8_t *out, uint32_t stride, uint32_t seed,
 			  uint32_t bits, float *resid)
 {
+	return ainftp_bits_pack_ef(x, n, chunk_elems, chunks, nchunks, exps, hdr_template, out, stride, seed, bits, resid, 0);
+}
+
+/* As ainftp_bits_pack, with each chunk's residual taken back through the
+ * inverse RHT of seed rht_seed (0: not) before it is stored: the same
+ * values as ainftp_bits_pack and then ainftp_rht_chunk(resid + start, count,
+ * c, rht_seed, 1) for every chunk packed, with resid read and written once
+ * (error feedback at 8 and 4 bits: the residual lives in the gradient's
+ * domain, and each round transforms under its own seed). */
+uint32_t ainftp_bits_pack_ef(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
+			     const int8_t *exps, const void *hdr_template, uint8_t *out, uint32_t stride, uint32_t seed,
+			     uint32_t bits, float *resid, uint32_t rht_seed)
+{
 	if (chunk_elems == 0 || chunk_elems > NARROW_MAX || (bits != 8 && bits != 4))
 		return AINFTP_QUANT_EINVAL;
 	uint32_t total = n / chunk_elems + (n % chunk_elems != 0);
@@ -955,7 +985,10 @@ uint32_t ainftp_bits_pack(const float *x, uint32_t n, uint32_t chunk_elems, cons
 	struct ainftp_wire_hdr h;
 	memcpy(&h, hdr_template, sizeof(h));
 	h.version = bits == 8 ? AINFTP_VERSION_INT8 : AINFTP_VERSION_INT4;
-	return kern()->pack(x, n, chunk_elems, chunks, nchunks, exps, &h, out, stride, seed, bits, resid);
+	uint32_t sat = kern()->pack(x, n, chunk_elems, chunks, nchunks, exps, &h, out, stride, seed, bits, resid, rht_seed);
+	if (resid && rht_seed)
+		ainftp_stream_fence();
+	return sat;
 }
 
 /* ---- the owner's step -------------------------------------------------------------- */

@@ -42,6 +42,10 @@ const quant = openShimTable({
   ...RHT_FROM_EXPS,
   ainftp_rht_ef_exps: { args: [T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_bits_pack_ef: {
+    args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32],
+    returns: T.u32,
+  },
   ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
@@ -190,7 +194,7 @@ export function cBitsChunkExps(x: Float32Array, chunkElems: number, exps: Int8Ar
  * packed. Returns the saturated count or QUANT_EINVAL. */
 export function cBitsPack(
   x: Float32Array, chunkElems: number, chunks: Uint32Array, nchunks: number, exps: Int8Array,
-  header: Uint8Array, out: Uint8Array, stride: number, seed: number, bits: NarrowBits, resid: Float32Array | null,
+  header: Uint8Array, out: Uint8Array, stride: number, seed: number, bits: NarrowBits, resid: Float32Array | null, residSeed = 0,
 ): number {
   need(chunkElems > 0, "chunkElems must be > 0");
   need(nchunks <= chunks.length, "nchunks exceeds the chunk list");
@@ -198,6 +202,8 @@ export function cBitsPack(
   need(header.length >= 32, "header template must be 32 bytes");
   need(out.length >= nchunks * stride, "out shorter than nchunks * stride");
   need(resid === null || resid.length >= x.length, "resid shorter than x");
+  if (resid && residSeed)
+    return quant.ainftp_bits_pack_ef(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, resid, residSeed >>> 0);
   return quant.ainftp_bits_pack(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, resid);
 }
 
@@ -278,9 +284,12 @@ export type BitsCalls = {
   rhtInverse(x: Float32Array, chunkElems: number, seed: number): void;
   /** null in a build from before ainftp_rht_from_exps. */
   rhtFromExps: ((src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits) => number) | null;
+  /** pack with the residual back through the inverse (ainftp_bits_pack_ef); null in a build from before it. */
+  packEf: ((x: Float32Array, chunkElems: number, chunks: Uint32Array, exps: Int8Array, header: Uint8Array, out: Uint8Array, stride: number, seed: number, bits: NarrowBits, resid: Float32Array, rhtSeed: number) => number) | null;
 };
 
-function bitsCalls(l: typeof quant | ReturnType<typeof dlopen<typeof BITS_SYMBOLS>>["symbols"], fused: typeof quant.ainftp_rht_from_exps | null): BitsCalls {
+function bitsCalls(l: typeof quant | ReturnType<typeof dlopen<typeof BITS_SYMBOLS>>["symbols"], fused: typeof quant.ainftp_rht_from_exps | null,
+  ef: typeof quant.ainftp_bits_pack_ef | null): BitsCalls {
   return {
     exps: (x, ce, e, bits) => l.ainftp_bits_chunk_exps(x, x.length, ce, e, bits),
     pack: (x, ce, chunks, e, hdr, out, stride, seed, bits, resid) =>
@@ -289,13 +298,15 @@ function bitsCalls(l: typeof quant | ReturnType<typeof dlopen<typeof BITS_SYMBOL
     rhtFrom: (src, out, ce, seed) => void l.ainftp_rht_from(src, out, src.length, ce, seed >>> 0),
     rhtInverse: (x, ce, seed) => void l.ainftp_rht(x, x.length, ce, seed >>> 0, 1),
     rhtFromExps: fused && ((src, out, ce, seed, e, bits) => fused(src, out, src.length, ce, seed >>> 0, e, bits)),
+    packEf: ef && ((x, ce, chunks, e, hdr, out, stride, seed, bits, resid, rseed) =>
+      ef(x, x.length, ce, chunks, chunks.length, e, hdr, out, stride, seed >>> 0, bits, resid, rseed >>> 0)),
   };
 }
 
 /** This build's 8/4-bit kernels, or another build's (a libainftp.so from
  * an older tree: bench/bits.ts --baseline compares the two in one process). */
 export function openBitsCalls(path?: string): BitsCalls {
-  if (!path) return bitsCalls(quant, quant.ainftp_rht_from_exps);
+  if (!path) return bitsCalls(quant, quant.ainftp_rht_from_exps, quant.ainftp_bits_pack_ef);
   const l = dlopen(path, BITS_SYMBOLS).symbols;
   let fused: typeof quant.ainftp_rht_from_exps | null = null;
   try {
@@ -303,5 +314,11 @@ export function openBitsCalls(path?: string): BitsCalls {
   } catch {
     // a build from before the fused entry point: the bench times rhtFrom + exps for it
   }
-  return bitsCalls(l, fused);
+  let ef: typeof quant.ainftp_bits_pack_ef | null = null;
+  try {
+    ef = dlopen(path, { ainftp_bits_pack_ef: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 } }).symbols.ainftp_bits_pack_ef;
+  } catch {
+    // a build from before it: the bench times pack + the inverse for it
+  }
+  return bitsCalls(l, fused, ef);
 }

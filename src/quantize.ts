@@ -125,13 +125,16 @@ export function chunkExpsAt(x: Float32Array, chunkElems: number, exps: Int8Array
 
 /** packChunks at a width. At 8 and 4 bits the payload is packed int8 / int4
  * (ainftp_abi.h), rounding is stochastic unless seed is 0, and `resid` (if
- * given) receives x - q * 2^e of every value packed: this rank's own error. */
-export function packChunksAt(x: Float32Array, o: PackOptions & { bits: 16 | NarrowBits; resid?: Float32Array | null }): number {
+ * given) receives x - q * 2^e of every value packed: this rank's own error;
+ * with `residSeed` (x being the RHT of seed residSeed) that error taken back
+ * through the inverse RHT chunk by chunk, as rht(resid, chunkElems,
+ * residSeed, true) would over the chunks packed. */
+export function packChunksAt(x: Float32Array, o: PackOptions & { bits: 16 | NarrowBits; resid?: Float32Array | null; residSeed?: number }): number {
   if (o.bits === 16) return packChunks(x, o);
   const nchunks = o.nchunks ?? o.chunks.length;
   if (nchunks === 0) return 0;
   const stride = o.stride ?? HDR + payloadBytes(o.bits, o.chunkElems);
-  const rc = cBitsPack(x, o.chunkElems, o.chunks, nchunks, o.exps, o.header, o.out, stride, o.seed ?? 0, o.bits, o.resid ?? null);
+  const rc = cBitsPack(x, o.chunkElems, o.chunks, nchunks, o.exps, o.header, o.out, stride, o.seed ?? 0, o.bits, o.resid ?? null, o.residSeed ?? 0);
   if (rc === QUANT_EINVAL) throw new RangeError(`packChunksAt: ${o.bits}-bit chunks of ${o.chunkElems} values (at most ${2 * MAX_ELEMS}) in a stride of ${stride}, exponents in [${EXP_MIN}, ${EXP_MAX}]`);
   return rc;
 }

@@ -314,6 +314,37 @@ describe("the randomized Hadamard transform", () => {
     expect(() => rhtFromExps(new Float32Array(8), new Float32Array(8), 4, 1, new Int8Array(2), 8, null, new Float32Array(3))).toThrow(/also has 3/);
   });
 
+  test("packing with residSeed gives the residual of packing then the inverse chunk by chunk, bit for bit, in every build; chunks not packed are untouched", () => {
+    const isas = quantIsasSupported();
+    try {
+      for (const isa of isas) {
+        setQuantIsa(isa);
+        for (const [n, ce] of EDGES)
+          for (const bits of [8, 4] as const) {
+            const total = Math.ceil(n / ce);
+            const x = gaussian(n + 3 * ce, n, 1 + (n % 5) * 10), exps = new Int8Array(total);
+            chunkExpsAt(x, ce, exps, bits);
+            // every other chunk, last first (the order a window packs them in does not matter)
+            const chunks = Uint32Array.from({ length: Math.ceil(total / 2) }, (_, i) => 2 * i).reverse();
+            const stride = HDR + payloadBytes(bits, Math.min(n, ce));
+            const header = headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 3, rank: 1 });
+            const what = `${isa} n ${n} chunk ${ce} ${bits} bits`;
+            // the two passes this replaces: pack (residual in the transform's domain), then the inverse per chunk
+            const outA = new Uint8Array(chunks.length * stride), a = new Float32Array(n).fill(5);
+            const satA = packChunksAt(x, { chunkElems: ce, chunks, exps, header, out: outA, stride, seed: 11, bits, resid: a });
+            for (const c of chunks) cRhtChunk(a.subarray(c * ce, Math.min(n, (c + 1) * ce)), c, 23, true);
+            const outB = new Uint8Array(chunks.length * stride), b = new Float32Array(n).fill(5);
+            const satB = packChunksAt(x, { chunkElems: ce, chunks, exps, header, out: outB, stride, seed: 11, bits, resid: b, residSeed: 23 });
+            expect([what, satB, Buffer.from(outB).equals(Buffer.from(outA)), bitsOf(b).equals(bitsOf(a))]).toEqual([what, satA, true, true]);
+            // the unpacked chunks kept what was there
+            for (let c = 1; c < total; c += 2) expect([what, c, b.subarray(c * ce, Math.min(n, (c + 1) * ce)).every((v) => v === 5)]).toEqual([what, c, true]);
+          }
+      }
+    } finally {
+      setQuantIsa("best");
+    }
+  });
+
   test("every build gives the same bits at every block size and chunk edge: forward, in place, inverse", () => {
     const isas = quantIsasSupported();
     const outs: Buffer[] = [];

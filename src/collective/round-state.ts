@@ -103,8 +103,11 @@ export interface RoundState extends Plan {
    * our measured egress rate (pace.ts). */
   window: number;
   /** At 8 and 4 bits with error feedback: where packing writes this rank's
-   * quantization error (in the transformed domain at 4 bits), else null. */
+   * quantization error, else null. */
   resid: Float32Array | null;
+  /** The RHT's seed when packing takes that error back through the inverse
+   * (the transform's rounds), else 0. */
+  residSeed: number;
   /** Per owner: chunks sent, and results received (the window). */
   pos: number[];
   acked: number[];
@@ -194,7 +197,7 @@ export function newRoundState(a: NewRound): RoundState {
     closedAtDeadline: false,
     owned: empty, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0,
     sent: false, x, recs: a.recs, finishArgs: null, prepack: null, prepacked: false,
-    header: new Uint8Array(a.headerBytes), seed: 0, decidedAt: 0, planAt: 0, bytesAtPlan: 0, window: 1, resid: null, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
+    header: new Uint8Array(a.headerBytes), seed: 0, decidedAt: 0, planAt: 0, bytesAtPlan: 0, window: 1, resid: null, residSeed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
     sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),

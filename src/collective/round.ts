@@ -4,7 +4,7 @@
 import { coll } from "../../native/collective.ts";
 import { CTRL_EXPS_REQ } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
-import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rht, rhtFromExps } from "../quantize.ts";
+import { chunkCount, chunkExpsAt, mix32, NonFiniteGradientError, rhtFromExps } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import { earlyFor, gatherRest, workEarly } from "./early.ts";
 import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diagnose.ts";
@@ -55,8 +55,9 @@ export async function runRound(
     const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
     // no copy of x first, and our exponents from the same pass (xq is not
     // read again for them); with error feedback the same pass adds the last
-    // residual. Packing writes this round's residual chunk by chunk; what we
-    // never pack (a round we sit out) is all error, and gets xq at the end
+    // residual. Packing writes this round's residual chunk by chunk, back
+    // through the inverse while the chunk is in cache; what we never pack (a
+    // round we sit out) is all error, and gets xq at the end
     // (unpackedResidual): no copy of all of xq first (16 MiB written per
     // 16 MiB round, which packing overwrote)
     pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, null) };
@@ -70,10 +71,11 @@ export async function runRound(
     if (h.bits !== 16) {
       if (!h.rht) resid.set(xq);
       st.resid = resid;
+      st.residSeed = h.rht ? seed : 0;
     }
     else resid.fill(0); // int16: the residual is not kept (error feedback is off at 16 bits)
   }
-  st.early = earlyFor(h, st, seed, st.resid);
+  st.early = earlyFor(h, st, seed);
   // The leader reads the members' exponents before it speculates: when its
   // own came last they are all here, and the plan goes out now, not after
   // our window is packed and sent (the leader read them 2-5 ms after its own
@@ -87,13 +89,11 @@ export async function runRound(
   try {
     await roundLoop(h, st, xq, retransmitMs, st.expsDoneAt);
   } finally {
-    if (h.rht && st.resid) unpackedResidual(h, st, xq);
+    if (h.rht && st.resid) unpackedResidual(h, st, xq, seed);
   }
   // the gather takes each chunk of out back through the inverse while it is
   // in cache (8 and 4 bits need rx "map": Communicator.withPorts refuses xsk)
-  const rep = endRound(h, st, h.rht ? seed : 0);
-  if (h.rht && resid && !st.early) rht(resid, h.chunkElems, seed, true);
-  return rep;
+  return endRound(h, st, h.rht ? seed : 0);
 }
 
 /** The RHT's seed of round r: the same on every member of the job. */

@@ -2,7 +2,8 @@
 // known, quantize our own chunks, and pump contributions to their owners
 // through a self-clocked window.
 import { F_SPEC, PKT_CONTRIB } from "../abi.ts";
-import { headerTemplate, mix32, packChunksAt } from "../quantize.ts";
+import { coll } from "../../native/collective.ts";
+import { headerTemplate, mix32, packChunksAt, rht } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import type { Host } from "./host.ts";
 import { TUNING, windowChunks } from "./options.ts";
@@ -98,7 +99,7 @@ export function stochasticSeed(h: Host, r: number): number {
 export function packOwn(h: Host, st: RoundState, x: Float32Array, exps: Int8Array, at: number[] | null = null): void {
   const pack = (chunks: Uint32Array, out: Uint8Array) =>
     (h.stats.saturations += packChunksAt(x, {
-      chunkElems: h.chunkElems, chunks, exps, header: st.header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid,
+      chunkElems: h.chunkElems, chunks, exps, header: st.header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
     }));
   if (!at) return void (st.owned.length && pack(st.owned, st.ownBuf));
   for (const k of at) pack(st.owned.subarray(k, k + 1), st.ownBuf.subarray(k * h.seg, (k + 1) * h.seg));
@@ -155,7 +156,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       if (!st.prepacked)
         h.stats.saturations += packChunksAt(x, {
           chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.packExps, header: st.header, out: region, stride: seg, seed: st.seed,
-          bits: h.bits, resid: st.resid,
+          bits: h.bits, resid: st.resid, residSeed: st.residSeed,
         });
       const last = list[to - 1];
       h.sealData(region, to - from);
@@ -182,17 +183,21 @@ export function unsent(h: Host, st: RoundState): boolean {
 }
 
 /** Error feedback with the transform: packing wrote the residual of every
- * chunk it quantized; a chunk we never packed (a round we sat out, chunks
- * still unsent when the round ended or failed) keeps all of x's transform
- * as its error. Before the residual goes back through the inverse. */
-export function unpackedResidual(h: Host, st: RoundState, xq: Float32Array): void {
+ * chunk it quantized, back through the inverse (residSeed); a chunk we
+ * never packed (a round we sat out, chunks still unsent when the round
+ * ended or failed) keeps all of x's transform as its error, and goes back
+ * through the inverse here. */
+export function unpackedResidual(h: Host, st: RoundState, xq: Float32Array, seed: number): void {
   const resid = st.resid!;
   const ce = h.chunkElems;
-  const copy = (c: number) => resid.set(xq.subarray(c * ce, Math.min(xq.length, (c + 1) * ce)), c * ce);
-  if (!st.sent || st.passive || st.K === 0) return void resid.set(xq);
+  if (!st.sent || st.passive || st.K === 0) return void (resid.set(xq), rht(resid, ce, seed, true));
+  const list: number[] = [];
   for (let o = 0; o < h.size; o++) {
     if (o === h.rank) continue;
-    const list = st.ownerChunks[o];
-    for (let k = st.pos[o]; k < list.length; k++) copy(list[k]);
+    const chunks = st.ownerChunks[o];
+    for (let k = st.pos[o]; k < chunks.length; k++) list.push(chunks[k]);
   }
+  if (!list.length) return;
+  for (const c of list) resid.set(xq.subarray(c * ce, Math.min(xq.length, (c + 1) * ce)), c * ce);
+  coll.ainftp_rht_list(resid, resid.length, ce, Uint32Array.from(list), list.length, seed, 1, h.scratch("resid-done", st.nchunks).fill(0));
 }
