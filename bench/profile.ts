@@ -12,7 +12,8 @@
 //       [--mtu 3504] [--bits 16] [--freq 1999] [--json FILE] [--keep DIR]
 //       [--barrier]: a one-value all-reduce before each round (the ranks enter
 //       together, as in the bench's timed rounds; its CPU is counted)
-//       [--error-feedback]: at 8 and 4 bits, the residual kept and added back, as the bench runs them
+//       [--error-feedback]: at 8 and 4 bits, the residual kept and added back, as a trainer runs them
+//       (the bench does not: it verifies each round's exact sum)
 //   AINFTP_PROFILE_JS=DIR: each rank under Bun's sampling profiler too (--cpu-prof-md into DIR)
 //
 // Two builds compared: run it in each tree, back to back (DESIGN.md: the
@@ -57,7 +58,7 @@ if (argv.includes("--rank")) {
   const fill = () => { for (let i = 0; i < n; i++) src[i] = Math.sin(i * 0.001 + rank) * (1 + (i % 7)); };
   if (!process.env.AINFTP_PROFILE_SKEW) fill();
   try {
-    // --error-feedback: as the bench and a trainer run 8 and 4 bits (the residual kept per buffer)
+    // --error-feedback: as a trainer runs 8 and 4 bits (the residual kept per buffer); the bench runs without
     comm = await node.open({ bits, errorFeedback: argv.includes("--error-feedback"), maxWaitMs: 20 });
     if (process.env.AINFTP_PROFILE_SKEW) fill();
     const x = new Float32Array(n);
