@@ -9,7 +9,8 @@
  *  - ainftp_bits_chunk_exps: per chunk the smallest e with max|x| <= Q * 2^e
  *    (Q = 127 or 7);
  *  - ainftp_bits_pack: q = floor(x / 2^e) + (u < frac), E[q * 2^e] = x,
- *    packed as ainftp_abi.h says, with this rank's error x - q * 2^e;
+ *    packed as ainftp_abi.h says, with this rank's error x - q * 2^e
+ *    (ainftp_bits_pack_ef: that error back through the inverse RHT);
  *  - ainftp_bits_finish: the owner's sums s (the program's 16-bit lanes and
  *    its own values), then the smallest k with max|s| <= Q * 2^k and
  *    q = floor(s / 2^k) + (h < s mod 2^k), h uniform on [0, 2^k): exactly
@@ -966,9 +967,11 @@ uint32_t ainftp_bits_pack(const float *x, uint32_t n, uint32_t chunk_elems, cons
 /* As ainftp_bits_pack, with each chunk's residual taken back through the
  * inverse RHT of seed rht_seed (0: not) before it is stored: the same
  * values as ainftp_bits_pack and then ainftp_rht_chunk(resid + start, count,
- * c, rht_seed, 1) for every chunk packed, with resid read and written once
+ * c, rht_seed, 1) for every chunk packed, with resid written once
  * (error feedback at 8 and 4 bits: the residual lives in the gradient's
- * domain, and each round transforms under its own seed). */
+ * domain, and each round transforms under its own seed). The residual is
+ * written with streaming stores, fenced before the return: it is read
+ * again only in the next round. */
 uint32_t ainftp_bits_pack_ef(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
 			     const int8_t *exps, const void *hdr_template, uint8_t *out, uint32_t stride, uint32_t seed,
 			     uint32_t bits, float *resid, uint32_t rht_seed)

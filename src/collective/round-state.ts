@@ -145,7 +145,7 @@ export interface RoundState extends Plan {
   askedAt: number;
   /** RACK sent a contribution of ours again in this round (a loss seen, not a slow peer). */
   rackFired: boolean;
-  /** 8 and 4 bits: the gather and the residual's inverse, done in the round's waits (early.ts). */
+  /** 8 and 4 bits: the gather, done in the round's waits (early.ts). */
   early: Early | null;
   // ---- speculation (speculate.ts) ----
   /** Members may have sent speculative contributions this round: the job speculates and the last round of its length was full. */
