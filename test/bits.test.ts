@@ -243,6 +243,17 @@ describe("the randomized Hadamard transform", () => {
     [1025, 1025], [1025, 1024], [2047, 3440], [3440 * 2 + 999, 3440], [5000, 1025], [8928 * 2 + 5, 8928], [4096 + 2048 + 1, 4097],
   ];
   const bitsOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+  /** body for every build this CPU runs, every edge and both narrow widths; the best build again after. */
+  const everyBuildEdgeWidth = (body: (what: string, n: number, ce: number, bits: 8 | 4) => void) => {
+    try {
+      for (const isa of quantIsasSupported()) {
+        setQuantIsa(isa);
+        for (const [n, ce] of EDGES) for (const bits of [8, 4] as const) body(`${isa} n ${n} chunk ${ce} ${bits} bits`, n, ce, bits);
+      }
+    } finally {
+      setQuantIsa("best");
+    }
+  };
 
   test("rhtFromExps gives the same transformed values, exponents and non-finite count as rhtFrom then chunkExpsAt", () => {
     const isas = quantIsasSupported();
@@ -279,70 +290,50 @@ describe("the randomized Hadamard transform", () => {
   });
 
   test("rhtFromExps with error feedback (add, also) gives the bits of the separate passes: Float32Array x + add, the transform, a copy into also; add and also may be one buffer", () => {
-    const isas = quantIsasSupported();
-    try {
-      for (const isa of isas) {
-        setQuantIsa(isa);
-        for (const [n, ce] of EDGES)
-          for (const bits of [8, 4] as const) {
-            const x = gaussian(n + 2 * ce, n, 1 + (n % 3) * 100), r = gaussian(n + 7 * ce, n, 0.01);
-            // the passes this replaces (ErrorFeedback.input, then the transform, then resid.set)
-            const sum = new Float32Array(n);
-            for (let i = 0; i < n; i++) sum[i] = x[i] + r[i];
-            const a = new Float32Array(n), ea = new Int8Array(Math.ceil(n / ce));
-            const badA = rhtFromExps(sum, a, ce, 5, ea, bits);
-            const what = `${isa} n ${n} chunk ${ce} ${bits} bits`;
-            // add and also apart
-            const b = new Float32Array(n), eb = new Int8Array(ea.length), also = new Float32Array(n).fill(7);
-            expect([what, rhtFromExps(x, b, ce, 5, eb, bits, r, also)]).toEqual([what, badA]);
-            expect([what, [...eb]]).toEqual([what, [...ea]]);
-            expect([what, bitsOf(b).equals(bitsOf(a)), bitsOf(also).equals(bitsOf(a))]).toEqual([what, true, true]);
-            // add and also one buffer (the residual: read as the last call's, left as this call's start)
-            const resid = Float32Array.from(r), c = new Float32Array(n), ec = new Int8Array(ea.length);
-            expect(rhtFromExps(x, c, ce, 5, ec, bits, resid, resid)).toBe(badA);
-            expect([what, bitsOf(c).equals(bitsOf(a)), bitsOf(resid).equals(bitsOf(a)), [...ec]]).toEqual([what, true, true, [...ea]]);
-            // in place, with add
-            const d = Float32Array.from(x), ed = new Int8Array(ea.length);
-            expect(rhtFromExps(d, d, ce, 5, ed, bits, r)).toBe(badA);
-            expect([what, bitsOf(d).equals(bitsOf(a))]).toEqual([what, true]);
-          }
-      }
-    } finally {
-      setQuantIsa("best");
-    }
+    everyBuildEdgeWidth((what, n, ce, bits) => {
+      const x = gaussian(n + 2 * ce, n, 1 + (n % 3) * 100), r = gaussian(n + 7 * ce, n, 0.01);
+      // the passes this replaces (ErrorFeedback.input, then the transform, then resid.set)
+      const sum = new Float32Array(n);
+      for (let i = 0; i < n; i++) sum[i] = x[i] + r[i];
+      const a = new Float32Array(n), ea = new Int8Array(Math.ceil(n / ce));
+      const badA = rhtFromExps(sum, a, ce, 5, ea, bits);
+      // add and also apart
+      const b = new Float32Array(n), eb = new Int8Array(ea.length), also = new Float32Array(n).fill(7);
+      expect([what, rhtFromExps(x, b, ce, 5, eb, bits, r, also)]).toEqual([what, badA]);
+      expect([what, [...eb]]).toEqual([what, [...ea]]);
+      expect([what, bitsOf(b).equals(bitsOf(a)), bitsOf(also).equals(bitsOf(a))]).toEqual([what, true, true]);
+      // add and also one buffer (the residual: read as the last call's, left as this call's start)
+      const resid = Float32Array.from(r), c = new Float32Array(n), ec = new Int8Array(ea.length);
+      expect(rhtFromExps(x, c, ce, 5, ec, bits, resid, resid)).toBe(badA);
+      expect([what, bitsOf(c).equals(bitsOf(a)), bitsOf(resid).equals(bitsOf(a)), [...ec]]).toEqual([what, true, true, [...ea]]);
+      // in place, with add
+      const d = Float32Array.from(x), ed = new Int8Array(ea.length);
+      expect(rhtFromExps(d, d, ce, 5, ed, bits, r)).toBe(badA);
+      expect([what, bitsOf(d).equals(bitsOf(a))]).toEqual([what, true]);
+    });
     expect(() => rhtFromExps(new Float32Array(8), new Float32Array(8), 4, 1, new Int8Array(2), 8, new Float32Array(7))).toThrow(/add has 7/);
     expect(() => rhtFromExps(new Float32Array(8), new Float32Array(8), 4, 1, new Int8Array(2), 8, null, new Float32Array(3))).toThrow(/also has 3/);
   });
 
   test("packing with residSeed gives the residual of packing then the inverse chunk by chunk, bit for bit, in every build; chunks not packed are untouched", () => {
-    const isas = quantIsasSupported();
-    try {
-      for (const isa of isas) {
-        setQuantIsa(isa);
-        for (const [n, ce] of EDGES)
-          for (const bits of [8, 4] as const) {
-            const total = Math.ceil(n / ce);
-            const x = gaussian(n + 3 * ce, n, 1 + (n % 5) * 10), exps = new Int8Array(total);
-            chunkExpsAt(x, ce, exps, bits);
-            // every other chunk, last first (the order a window packs them in does not matter)
-            const chunks = Uint32Array.from({ length: Math.ceil(total / 2) }, (_, i) => 2 * i).reverse();
-            const stride = HDR + payloadBytes(bits, Math.min(n, ce));
-            const header = headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 3, rank: 1 });
-            const what = `${isa} n ${n} chunk ${ce} ${bits} bits`;
-            // the two passes this replaces: pack (residual in the transform's domain), then the inverse per chunk
-            const outA = new Uint8Array(chunks.length * stride), a = new Float32Array(n).fill(5);
-            const satA = packChunksAt(x, { chunkElems: ce, chunks, exps, header, out: outA, stride, seed: 11, bits, resid: a });
-            for (const c of chunks) cRhtChunk(a.subarray(c * ce, Math.min(n, (c + 1) * ce)), c, 23, true);
-            const outB = new Uint8Array(chunks.length * stride), b = new Float32Array(n).fill(5);
-            const satB = packChunksAt(x, { chunkElems: ce, chunks, exps, header, out: outB, stride, seed: 11, bits, resid: b, residSeed: 23 });
-            expect([what, satB, Buffer.from(outB).equals(Buffer.from(outA)), bitsOf(b).equals(bitsOf(a))]).toEqual([what, satA, true, true]);
-            // the unpacked chunks kept what was there
-            for (let c = 1; c < total; c += 2) expect([what, c, b.subarray(c * ce, Math.min(n, (c + 1) * ce)).every((v) => v === 5)]).toEqual([what, c, true]);
-          }
-      }
-    } finally {
-      setQuantIsa("best");
-    }
+    everyBuildEdgeWidth((what, n, ce, bits) => {
+      const total = Math.ceil(n / ce);
+      const x = gaussian(n + 3 * ce, n, 1 + (n % 5) * 10), exps = new Int8Array(total);
+      chunkExpsAt(x, ce, exps, bits);
+      // every other chunk, last first (the order a window packs them in does not matter)
+      const chunks = Uint32Array.from({ length: Math.ceil(total / 2) }, (_, i) => 2 * i).reverse();
+      const stride = HDR + payloadBytes(bits, Math.min(n, ce));
+      const header = headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 3, rank: 1 });
+      // the two passes this replaces: pack (residual in the transform's domain), then the inverse per chunk
+      const outA = new Uint8Array(chunks.length * stride), a = new Float32Array(n).fill(5);
+      const satA = packChunksAt(x, { chunkElems: ce, chunks, exps, header, out: outA, stride, seed: 11, bits, resid: a });
+      for (const c of chunks) cRhtChunk(a.subarray(c * ce, Math.min(n, (c + 1) * ce)), c, 23, true);
+      const outB = new Uint8Array(chunks.length * stride), b = new Float32Array(n).fill(5);
+      const satB = packChunksAt(x, { chunkElems: ce, chunks, exps, header, out: outB, stride, seed: 11, bits, resid: b, residSeed: 23 });
+      expect([what, satB, Buffer.from(outB).equals(Buffer.from(outA)), bitsOf(b).equals(bitsOf(a))]).toEqual([what, satA, true, true]);
+      // the unpacked chunks kept what was there
+      for (let c = 1; c < total; c += 2) expect([what, c, b.subarray(c * ce, Math.min(n, (c + 1) * ce)).every((v) => v === 5)]).toEqual([what, c, true]);
+    });
   });
 
   test("every build gives the same bits at every block size and chunk edge: forward, in place, inverse", () => {
