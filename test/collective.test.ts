@@ -597,8 +597,8 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
       const reps = runs.slice(0, 2).map((r) => {
         // a lost round (issue 17): exit 4, verified false, lost_rounds says how many
         const lost = r.report?.lost_rounds ?? -1;
-        // (any other exit shows the node's last words: a survivor exited 1 once, in session 16's full run; it passed on retry)
-        const said = r.code === 0 || r.code === 4 ? "" : r.stderr.trim().split("\n").slice(-4).join(" | ");
+        // (any other exit shows the node's last words, stderr and stdout: --json prints the error there)
+        const said = r.code === 0 || r.code === 4 ? "" : `${r.stderr.trim().split("\n").slice(-4).join(" | ")} || stdout: ${r.stdout.trim().split("\n").slice(-12).join(" | ")}`;
         expect({ node: r.node, timedOut: r.timedOut, code: r.code, verified: r.report?.verified, said }).toEqual({ node: r.node, timedOut: false, code: lost ? 4 : 0, verified: lost === 0, said: "" });
         expect(r.stderr).toBe(lost ? `ainftp: ${lost} of ${rounds} rounds lost (members died during them; see failed_rounds): not verified\n` : "");
         expect(r.report!.result_hash.filter((h) => h === null).length).toBe(lost);

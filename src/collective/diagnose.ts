@@ -160,7 +160,8 @@ export function isolated(h: Host, dead: bigint): boolean {
  * leader whose plan we lack (or who died with its plan half sent: the
  * members without it gave the round up), owners of results we lack (once
  * our own results are out, so that the survivors holding the dead owner's
- * results complete the round with ours). Our slots that lack only a dead
+ * results complete the round with ours, and every live owner's results are
+ * in, so that none waits on a contribution of ours). Our slots that lack only a dead
  * member's contribution are closed without it instead (closeForDead). */
 export function deadWeWaitFor(h: Host, st: RoundState, bankBase: number): number[] {
   const dead = h.othersMask & ~h.liveMask;
@@ -172,10 +173,17 @@ export function deadWeWaitFor(h: Host, st: RoundState, bankBase: number): number
     m |= 1n << BigInt(st.leader);
   } else if (st.ownedDoneCount === st.owned.length) {
     const k = missingResults(h, st, bankBase);
+    let live = false;
     for (let i = 0; i < Math.min(k, h.capacity); i++) {
       const o = ownerOf(st, h.chunkList[i]);
       if (Host.has(dead, o)) m |= 1n << BigInt(o);
+      else live = true;
     }
+    // a live owner's result we lack may wait on a contribution of ours that
+    // was lost: we stay and answer its probes until it comes. Giving the
+    // round up then left that owner waiting on us to its deadline, where it
+    // failed the job (a survivor exited 1: test/collective.test.ts, SIGKILL)
+    if (live) m = 0n;
   }
   return h.others.filter((p) => Host.has(m, p));
 }
