@@ -144,7 +144,7 @@ function seeds(base: number): number[] {
 /** A member (seeded) dies at a seeded moment of a seeded round; the swarm's
  * verdict comes 300 ms later. Returns the rounds a survivor completed after
  * the verdict, each checked to be complete and to leave the dead out. */
-async function deathSchedule(seed: number, lossy: boolean, window?: number): Promise<number> {
+async function deathSchedule(seed: number, lossy: boolean): Promise<number> {
   const rnd = mulberry32(seed ^ 0xdead);
   const n = 3 + (seed % 3);
   const victim = Math.floor(rnd() * n);
@@ -155,7 +155,7 @@ async function deathSchedule(seed: number, lossy: boolean, window?: number): Pro
   const startedAt: number[][] = Array.from({ length: n }, () => []);
   let verdictAt = Infinity;
   const { per } = await schedule(seed, n, faults, {
-    rounds: killRound + 2 * n + 2, roundTimeoutMs: 3_000, window,
+    rounds: killRound + 2 * n + 2, roundTimeoutMs: 3_000,
     beforeRound: (w, rank, r) => {
       startedAt[rank][r] = w.now;
       if (rank !== victim || r !== killRound) return;
