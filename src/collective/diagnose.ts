@@ -179,10 +179,12 @@ export function deadWeWaitFor(h: Host, st: RoundState, bankBase: number): number
       if (Host.has(dead, o)) m |= 1n << BigInt(o);
       else live = true;
     }
-    // a live owner's result we lack may wait on a contribution of ours that
-    // was lost: we stay and answer its probes until it comes. Giving the
-    // round up then left that owner waiting on us to its deadline, where it
-    // failed the job (a survivor exited 1: test/collective.test.ts, SIGKILL)
+    // a live owner's result we lack may wait on a contribution of ours not
+    // sent yet (our window to it full while its slots waited on the dead
+    // member, until its own verdict) or lost: we stay, send and answer its
+    // probes until it comes. Giving the round up then left that owner
+    // waiting on us to its deadline, where it failed the job (a survivor
+    // exited 1: test/collective.test.ts, SIGKILL; test/sim/collective.test.ts)
     if (live) m = 0n;
   }
   return h.others.filter((p) => Host.has(m, p));
