@@ -2,8 +2,9 @@
 // others (a shaped link, the last results), the results already here go
 // back through the inverse transform into `out`. At the end only what is
 // left remains: the round ends sooner by the work that was done in its
-// waits (the gather was 3-6 ms of a 16 MiB round at 8 bits, all after the
-// last result). The residual of error feedback needs no such step: packing
+// waits (before early.ts, the gather and the residual's inverse were 3-6 ms
+// of a 16 MiB round at 8 bits, all after the last result). The residual of
+// error feedback needs no such step now: packing
 // takes each chunk's residual back through the inverse while it is in
 // cache (packChunksAt residSeed). A round that fails leaves `out` partly
 // written (in place: x is then partly summed).
