@@ -202,9 +202,8 @@ export function cBitsPack(
   need(header.length >= 32, "header template must be 32 bytes");
   need(out.length >= nchunks * stride, "out shorter than nchunks * stride");
   need(resid === null || resid.length >= x.length, "resid shorter than x");
-  if (resid && residSeed)
-    return quant.ainftp_bits_pack_ef(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, resid, residSeed >>> 0);
-  return quant.ainftp_bits_pack(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, resid);
+  // (residSeed 0: as ainftp_bits_pack, which older builds have too: bench/bits.ts --baseline)
+  return quant.ainftp_bits_pack_ef(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, resid, residSeed >>> 0);
 }
 
 /** The owner's step at 8 or 4 bits over a 16-bit-lane acc entry; returns k or -EINVAL. */
