@@ -14,6 +14,9 @@
 //       together, as in the bench's timed rounds; its CPU is counted)
 //       [--error-feedback]: at 8 and 4 bits, the residual kept and added back, as a trainer runs them
 //       (the bench does not: it verifies each round's exact sum)
+//       [--egress]: host 0's egress through a round too (tcpdump on its eth0
+//       while perf samples; bench/egress.ts): Mbit/s in 4 ms bins from the
+//       round's start, the median over the rounds, contributions and results apart
 //   AINFTP_PROFILE_JS=DIR: each rank under Bun's sampling profiler too (--cpu-prof-md into DIR)
 //
 // Two builds compared: run it in each tree, back to back (DESIGN.md: the
@@ -28,6 +31,7 @@ import { LinkShaper, parseRate } from "../src/bench/shape.ts";
 import { createLab, lineReader, type Lab } from "../src/lab/netns.ts";
 import { bringUp } from "../src/node/bringup.ts";
 import { parseSize } from "../src/units.ts";
+import { BIN_MS, egressBins, readPcap } from "./egress.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const SHIM = join(ROOT, "native/build/libainftp.so");
@@ -128,6 +132,8 @@ if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) usage("--mtu takes an int
 if (process.getuid?.() !== 0) usage("needs root (network namespaces, XDP, perf -a)");
 if (Bun.spawnSync(["which", "perf"]).exitCode !== 0) usage("perf is not installed (apt-get install linux-perf)");
 if (!existsSync(SHIM)) usage(`${SHIM} is missing: make build`);
+const egress = argv.includes("--egress");
+if (egress && Bun.spawnSync(["which", "tcpdump"]).exitCode !== 0) usage("--egress needs tcpdump (apt-get install tcpdump)");
 
 const keep = argv.includes("--keep") ? opt("--keep", "") : "";
 const dir = keep || mkdtempSync(join(tmpdir(), "ainftp-profile-"));
@@ -137,8 +143,10 @@ let lab: Lab | undefined;
 let shaper: LinkShaper | undefined;
 const procs: Bun.Subprocess<"pipe", "pipe", "pipe">[] = [];
 let perf: Bun.Subprocess | undefined;
+let dump: Bun.Subprocess | undefined;
 const cleanup = () => {
   perf?.kill("SIGINT");
+  dump?.kill("SIGKILL");
   for (const p of procs) p.kill("SIGKILL");
   shaper?.remove();
   lab?.destroy();
@@ -180,12 +188,23 @@ try {
     throw new Error(`ranks did not reach their steady state: ${JSON.stringify(first)}\n${errs.join("\n")}`);
   }
   const data = join(dir, "perf.data");
+  // --egress: host 0's outbound frames (headers only) while perf samples
+  const pcap = join(dir, "egress.pcap");
+  if (egress) {
+    dump = lab.spawn(names[0], ["tcpdump", "-i", "eth0", "-Q", "out", "-s", "64", "-U", "-w", pcap]);
+    await Bun.sleep(500); // (listening before the window opens)
+  }
   const ps = performance.timeOrigin + performance.now();
   perf = Bun.spawn(["perf", "record", "-a", "-e", "cpu-clock", "-F", String(freq), "-o", data, "--", "sleep", String(seconds)], { stdout: "ignore", stderr: "pipe" });
   await perf.exited;
   const pe = performance.timeOrigin + performance.now();
   const perfMs = pe - ps;
   perf = undefined;
+  if (dump) {
+    dump.kill("SIGINT");
+    await dump.exited;
+    dump = undefined;
+  }
   const reports = await Promise.all(readers.map((rd) => rd.next(120_000)));
   const reps = reports.map((l) => JSON.parse(l) as { rank: number; rounds: number; starts: number[]; ends: number[] });
   await Promise.all(procs.map((p) => p.exited));
@@ -260,8 +279,17 @@ try {
     console.log(`\n${c}, top symbols (CPU ms per round):`);
     for (const [s, n] of tops[c]) console.log(`  ${((n * msPerSample) / inWin).toFixed(3).padStart(8)}  ${s}`);
   }
+  let eg: ReturnType<typeof egressBins> | null = null;
+  if (egress) {
+    if (!existsSync(pcap)) throw new Error(`--egress: tcpdump wrote no ${pcap}`);
+    eg = egressBins(readPcap(new Uint8Array(readFileSync(pcap))), starts, ends, ps, pe);
+    const et = new Table({ style: process.stdout.isTTY ? {} : { head: [], border: [] }, head: ["ms from the round's start", "all", "contributions", "results"] });
+    for (const b of eg.bins) et.push([`${b.at}-${b.at + BIN_MS}`, ...[b.all, b.contrib, b.result].map((v) => v.toFixed(0))]);
+    console.log(`\nhost 0's egress, Mbit/s (median of ${eg.rounds} rounds in the window, by rank 0's round starts)${rate === null ? "" : `; its link is shaped to ${rateText}`}`);
+    console.log(et.toString());
+  }
   const jf = opt("--json", "");
-  if (jf) writeFileSync(jf, JSON.stringify({ title, freq, seconds: perfMs / 1000, samples: total, rounds_in_window: inWin, median_round_ms: median, cpu_ms_per_round: Object.fromEntries([...byCat].map(([c, n]) => [c, (n * msPerSample) / inWin])), top: tops }, null, 2));
+  if (jf) writeFileSync(jf, JSON.stringify({ title, freq, seconds: perfMs / 1000, samples: total, rounds_in_window: inWin, median_round_ms: median, cpu_ms_per_round: Object.fromEntries([...byCat].map(([c, n]) => [c, (n * msPerSample) / inWin])), top: tops, ...(eg ? { egress_mbit_per_s: eg } : {}) }, null, 2));
 } catch (e) {
   console.error(`bench/profile.ts: ${e instanceof Error ? e.message : e}`);
   process.exitCode = 1;
