@@ -390,15 +390,22 @@ const noCounters: SystemCounters = { wakeups_per_round: null, wakeups_source: nu
 /** Starts one process per host (`args(rank, peer list)`), waits for all,
  * and reads each rank's JSON report from its stdout (all of it, or its last
  * line); a string says why there are no reports. */
+/** Rank programs run so far (AINFTP_BENCH_STDERR_DIR's file names). */
+let keptRuns = 0;
+
 async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) => string[], json: "all" | "last-line"): Promise<R[] | string> {
   const { bl, bytes, o } = x;
   const addrs = bl.hosts.map((h) => h.addr).join(",");
   const timeout = timeoutFor(bytes, o.rounds + o.warmup, bl.hosts.length, x.shaper?.params.rate_bps ?? null);
   const exits = await waitAll(bl.hosts.map((h, i) => bl.lab.spawn(h.node, [...o.self, ...args(i, addrs)])), timeout, gaveUp);
-  // AINFTP_BENCH_STDERR_DIR=DIR: each rank's stderr kept as DIR/<command>-<rank>.err (with
+  // AINFTP_BENCH_STDERR_DIR=DIR: each rank's stderr kept as DIR/<run>-<command>-<rank>.err,
+  // <run> counting the systems and cells of this bench from 01 (with
   // AINFTP_TRACE_RECOVERY=1, a line per round: its start in epoch ms, plan, end)
   const keepErr = process.env.AINFTP_BENCH_STDERR_DIR;
-  if (keepErr) exits.forEach((e, i) => Bun.write(join(keepErr, `${args(i, addrs)[0]}-${i}.err`), e.stderr));
+  if (keepErr) {
+    const run = String(++keptRuns).padStart(2, "0");
+    exits.forEach((e, i) => Bun.write(join(keepErr, `${run}-${args(i, addrs)[0]}-${i}.err`), e.stderr));
+  }
   const fail = firstFailure(exits, timeout);
   if (fail) return fail;
   try {
