@@ -30,7 +30,7 @@ export function reportError(io: IO, e: unknown, json: boolean): number {
     else {
       io.err(`ainftp: ${e.message}\n`);
       if (e.hint) io.err(`  hint: ${e.hint}\n`);
-      if (e.detail) io.err(`  --- log tail ---\n${e.detail.replace(/^/gm, "  ")}\n`);
+      if (e.detail) io.err(`  --- ${e.detailTitle} ---\n${e.detail.replace(/^/gm, "  ")}\n`);
     }
     return 1;
   }

@@ -18,10 +18,11 @@ export class AinftpError extends Error {
   readonly errno: number;
   /** One line telling the user what to do next. */
   readonly hint: string;
-  /** Extra detail (a verifier log tail), printed after the message. */
+  /** Extra detail (a verifier log tail), printed after the message under `detailTitle`. */
   readonly detail: string;
+  readonly detailTitle: string;
 
-  constructor(op: string, message: string, opts: { errno?: number; hint?: string; detail?: string } = {}) {
+  constructor(op: string, message: string, opts: { errno?: number; hint?: string; detail?: string; detailTitle?: string } = {}) {
     const errno = Math.abs(opts.errno ?? 0);
     super(`${op}: ${message}${errno ? ` (${errnoName(errno)})` : ""}`);
     this.name = "AinftpError";
@@ -29,6 +30,7 @@ export class AinftpError extends Error {
     this.errno = errno;
     this.hint = opts.hint ?? "";
     this.detail = opts.detail ?? "";
+    this.detailTitle = opts.detailTitle ?? "log tail";
   }
 
   toJSON() {

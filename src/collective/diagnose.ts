@@ -103,7 +103,7 @@ async function askStatus(h: Host, st: RoundState): Promise<void> {
 /** The round missed its deadline: say who is missing. Every member is
  * asked whom it waits for (and so shown alive), so that a live member
  * blocked by a dead one is not blamed for it. */
-export async function fail(h: Host, st: RoundState, bankBase: number, cause?: string, dead?: number[]): Promise<never> {
+export async function fail(h: Host, st: RoundState, bankBase: number, cause?: string, dead?: number[], detail = ""): Promise<never> {
   const on = waitsOn(h, st, bankBase);
   // given up for members the swarm declared dead: at once. Asking the
   // others first (STATUS_WAIT_MS) put this member that much behind the
@@ -143,7 +143,7 @@ export async function fail(h: Host, st: RoundState, bankBase: number, cause?: st
       "every member must call allreduce with arrays of the same length, in the same order (a rank that skipped or added a call is out of step)");
   }
   throw new RoundError(`round ${st.r}`, `${cause ?? `not complete after ${h.o.roundTimeoutMs} ms`}: missing ${describeRanks(ranks, h.peers)}; ${parts.join("; ")}`, ranks,
-    "check that those members are running and attached; a member that died must be restarted with the whole job");
+    "check that those members are running and attached; a member that died must be restarted with the whole job", detail);
 }
 
 /** We hold more than half of the others dead: more likely our own link

@@ -376,8 +376,11 @@ export interface RoundReport {
 
 /** A round failed: members did not answer in time, or one left. */
 export class RoundError extends AinftpError {
-  constructor(op: string, message: string, readonly missingRanks: number[], hint: string) {
-    super(op, message, { hint });
+  /** `detail`: the round's state when it failed at its deadline (our open
+   * slots, the results we lacked and their entries, the program's counters),
+   * printed after the message: what tells a protocol bug from a dead peer. */
+  constructor(op: string, message: string, readonly missingRanks: number[], hint: string, detail = "") {
+    super(op, message, { hint, detail, detailTitle: "the round's state" });
     this.name = "RoundError";
   }
 }

@@ -80,7 +80,7 @@ export interface ReflexPort {
   slot(index: number): SlotState;
   /** Empties slots (under their locks): the next contribution claims each afresh. */
   clearSlots(indices: ArrayLike<number>): void;
-  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; v: Int16Array };
+  result(index: number): { tag: number; count: number; contributors: number; exp: number; flags: number; writes: number; rank: number; v: Int16Array };
   /** Contributor counts of consecutive result entries, read in place. */
   contributorsInto(first: number, out: Uint16Array): Uint16Array;
   resultEntry(index: number): { v: Int16Array; publish: (tag: number, count: number, contributors: number, exp: number) => void };

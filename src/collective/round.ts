@@ -222,9 +222,12 @@ function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   return bad.length;
 }
 
-/** AINFTP_TRACE_RECOVERY: what a round that missed its deadline waits on
- * (our open slots, the results we lack, the program's counters). */
+/** What a round that missed its deadline waits on (our open slots, the
+ * results we lack with their entries, the program's counters; at most
+ * STUCK_MAX of each list): RoundError's detail, and AINFTP_TRACE_RECOVERY's line. */
+const STUCK_MAX = 12;
 function stuck(h: Host, st: RoundState, bankBase: number): string {
+  const list = (xs: string[]) => (xs.length > STUCK_MAX ? `${xs.slice(0, STUCK_MAX).join(" ")} (and ${xs.length - STUCK_MAX} more)` : xs.join(" ")) || "-";
   const open = [...st.owned].filter((c) => !st.ownedDone[c]).map((c) => {
     const s = h.maps.slot(bankBase + c);
     return `c${c}:tag${s.tag}:seen${s.seen}:exp${s.exp}/${st.shared[c]}`;
@@ -234,10 +237,10 @@ function stuck(h: Host, st: RoundState, bankBase: number): string {
   for (let i = 0; i < Math.min(m, h.capacity); i++) {
     const c = h.chunkList[i];
     const e = h.maps.result(bankBase + c);
-    lack.push(`c${c}(o${ownerOf(st, c)}):tag${e.tag}:k${e.contributors}:exp${e.exp}`);
+    lack.push(`c${c}(o${ownerOf(st, c)}):tag${e.tag}:r${e.rank}:k${e.contributors}:exp${e.exp}`);
   }
   const counters = Object.entries(h.maps.counters()).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`);
-  return `open slots ${open.join(" ") || "-"}; results lacking ${lack.join(" ") || "-"}; counters ${counters.join(" ")}`;
+  return `open slots ${list(open)}; results lacking ${list(lack)}; counters ${counters.join(" ")}`;
 }
 
 /** AINFTP_TRACE_RECOVERY: the program's counters that tell a contribution
@@ -382,8 +385,9 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
     }
     const now = h.clock.now();
     if (now >= deadline) {
-      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (deadline) ${stuck(h, st, bankBase)}`);
-      await fail(h, st, bankBase);
+      const state = stuck(h, st, bankBase);
+      if (trace) console.error(`[trace] r${r} rank ${h.rank} leader ${st.leader} ${trace.join(" ")} FAILED@${T()} (deadline) ${state}`);
+      await fail(h, st, bankBase, undefined, undefined, `rank ${h.rank}, leader ${st.leader}, ${st.sent ? "plan applied" : "no plan"}${st.spec ? ", speculated" : ""}; ${state}`);
     }
     // a member the swarm declared dead: our slots that lack only its
     // contributions close now; a round that needs its plan or its results

@@ -6,6 +6,8 @@
 // AINFTP_SIM_SCHEDULES=1250 runs 10k fault rounds.
 import { describe, expect, test } from "bun:test";
 import { RoundError, type RoundReport } from "../../src/collective.ts";
+import { PKT_RESULT } from "../../src/abi.ts";
+import { reportError } from "../../cli/io.ts";
 import { mulberry32 } from "../../src/random.ts";
 import { CLEAN, SimWorld, simGradient, simPrograms, type Faults } from "./world.ts";
 
@@ -435,5 +437,40 @@ describe.skipIf(!root)("a member out of step (simulator)", () => {
     // rank 2 sees the others' longer exponents (or the leader's plan) as the odd ones
     expect(errors[2]).toContain("an array of another length");
     expect(errors[2]).toContain("our 3 (");
+  }, 60_000);
+
+  test("a round that misses its deadline carries its state: the results it lacked with their entries, the program's counters (printed under the error)", async () => {
+    // every result rank 1 sends rank 0 is lost (resends too): rank 0's round
+    // cannot complete, while ranks 1 and 2 have everything and move on
+    const world = new SimWorld(7002, CLEAN, programs.slice(0, 3), PORT);
+    world.drop = (from, to, d) => from === 1 && to === 0 && d[5] === PKT_RESULT;
+    const comms = world.hosts.map((_, rank) => world.communicator(rank, { roundTimeoutMs: 1_000, openTimeoutMs: 5_000 }));
+    let err: unknown = null;
+    try {
+      await world.run(comms.map((c) => async (rank: number) => {
+        await c.connect();
+        try {
+          await c.allreduce(simGradient(7002, 0, rank, 6 * ELEMS));
+        } catch (e) {
+          if (rank === 0) err = e;
+        }
+        c.close(0);
+      }), 60_000);
+    } finally {
+      for (const c of comms) c.close(0);
+    }
+    expect(err).toBeInstanceOf(RoundError);
+    const e = err as RoundError;
+    expect(e.message).toContain("rank 1 (");
+    expect(e.detail).toContain("rank 0, leader ");
+    expect(e.detail).toContain("plan applied");
+    // the chunks rank 1 owns, lacking, their entries empty (tag 0)
+    expect(e.detail).toMatch(/results lacking c\d+\(o1\):tag0:/);
+    expect(e.detail).not.toMatch(/\(o2\)/);
+    expect(e.detail).toMatch(/counters .*results=\d+/);
+    let printed = "";
+    reportError({ out: () => {}, err: (t) => void (printed += t), tty: false }, e, false);
+    expect(printed).toContain("--- the round's state ---");
+    expect(printed).toContain("results lacking c");
   }, 60_000);
 });
