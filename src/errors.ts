@@ -39,6 +39,7 @@ export class AinftpError extends Error {
       op: this.op,
       errno: this.errno ? errnoName(this.errno) : null,
       hint: this.hint || null,
+      ...(this.detail ? { detail: this.detail } : {}),
     };
   }
 }

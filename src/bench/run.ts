@@ -398,13 +398,17 @@ async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) =>
   const addrs = bl.hosts.map((h) => h.addr).join(",");
   const timeout = timeoutFor(bytes, o.rounds + o.warmup, bl.hosts.length, x.shaper?.params.rate_bps ?? null);
   const exits = await waitAll(bl.hosts.map((h, i) => bl.lab.spawn(h.node, [...o.self, ...args(i, addrs)])), timeout, gaveUp);
-  // AINFTP_BENCH_STDERR_DIR=DIR: each rank's stderr kept as DIR/<run>-<command>-<rank>.err,
+  // AINFTP_BENCH_STDERR_DIR=DIR: each rank's stderr kept as DIR/<run>-<command>-<rank>.err
+  // (and its stdout, with --json a failed round's error and state, as .out),
   // <run> counting the systems and cells of this bench from 01 (with
   // AINFTP_TRACE_RECOVERY=1, a line per round: its start in epoch ms, plan, end)
   const keepErr = process.env.AINFTP_BENCH_STDERR_DIR;
   if (keepErr) {
     const run = String(++keptRuns).padStart(2, "0");
-    exits.forEach((e, i) => Bun.write(join(keepErr, `${run}-${args(i, addrs)[0]}-${i}.err`), e.stderr));
+    exits.forEach((e, i) => {
+      Bun.write(join(keepErr, `${run}-${args(i, addrs)[0]}-${i}.err`), e.stderr);
+      Bun.write(join(keepErr, `${run}-${args(i, addrs)[0]}-${i}.out`), e.stdout);
+    });
   }
   const fail = firstFailure(exits, timeout);
   if (fail) return fail;
