@@ -387,12 +387,12 @@ function timeoutFor(bytes: number, rounds: number, peers: number, rateBps: numbe
 
 const noCounters: SystemCounters = { wakeups_per_round: null, wakeups_source: null, packets_per_round: null, copy_bytes_per_round: null, copy_source: null };
 
-/** Starts one process per host (`args(rank, peer list)`), waits for all,
- * and reads each rank's JSON report from its stdout (all of it, or its last
- * line); a string says why there are no reports. */
 /** Rank programs run so far (AINFTP_BENCH_STDERR_DIR's file names). */
 let keptRuns = 0;
 
+/** Starts one process per host (`args(rank, peer list)`), waits for all,
+ * and reads each rank's JSON report from its stdout (all of it, or its last
+ * line); a string says why there are no reports. */
 async function runRanks<R>(x: RunContext, args: (rank: number, addrs: string) => string[], json: "all" | "last-line"): Promise<R[] | string> {
   const { bl, bytes, o } = x;
   const addrs = bl.hosts.map((h) => h.addr).join(",");
