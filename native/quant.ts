@@ -17,6 +17,9 @@ const BITS_SYMBOLS = {
   ainftp_rht_from: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
 } as const;
 const RHT_FROM_EXPS = { ainftp_rht_from_exps: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 } } as const;
+const PACK_EF = {
+  ainftp_bits_pack_ef: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
+} as const;
 
 const quant = openShimTable({
   ainftp_chunk_exps: { args: [T.ptr, T.u32, T.u32, T.ptr], returns: T.u32 },
@@ -42,10 +45,7 @@ const quant = openShimTable({
   ...RHT_FROM_EXPS,
   ainftp_rht_ef_exps: { args: [T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
-  ainftp_bits_pack_ef: {
-    args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32],
-    returns: T.u32,
-  },
+  ...PACK_EF,
   ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
@@ -315,7 +315,7 @@ export function openBitsCalls(path?: string): BitsCalls {
   }
   let ef: typeof quant.ainftp_bits_pack_ef | null = null;
   try {
-    ef = dlopen(path, { ainftp_bits_pack_ef: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 } }).symbols.ainftp_bits_pack_ef;
+    ef = dlopen(path, PACK_EF).symbols.ainftp_bits_pack_ef;
   } catch {
     // a build from before it: the bench times pack + the inverse for it
   }
