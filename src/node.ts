@@ -160,6 +160,8 @@ export interface StragglerReport {
   passive_rounds: number;
   /** Our slots closed at the deadline with the contributions present. */
   deadline_closes: number;
+  /** Completed slots of ours held back: they held a contribution from a member the plan left out. */
+  outsiders_refused: number;
   /** Contributions our program dropped because their slot had closed without them. */
   late_contributions: number;
   /** Per timed round: the members whose contributions it holds. */
@@ -386,7 +388,7 @@ function nodeReport(
     swarm: { members: swarm.view(), changes: swarm.changes },
     failed_rounds: t.failed,
     straggler: {
-      partial_rounds: statsTimed.partialRounds, passive_rounds: statsTimed.passiveRounds, deadline_closes: statsTimed.deadlineCloses,
+      partial_rounds: statsTimed.partialRounds, passive_rounds: statsTimed.passiveRounds, deadline_closes: statsTimed.deadlineCloses, outsiders_refused: statsTimed.outsidersRefused,
       late_contributions: d("late"), active: t.active,
     },
     sentry: comm.sentry

@@ -37,7 +37,7 @@ function parse(text: string): { samples: Map<string, number>; types: Map<string,
 function fakeStats(): CollectiveStats {
   return {
     rounds: 12, retransmits: 5, resends: 2, probeAnswers: 4, timeouts: 3, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 900, copiesSent: 60, pacedRounds: 7, specRounds: 9, specResent: 3, prepackedRounds: 0, expsLeftOut: 0, gatheredEarly: 0,
-    partialRounds: 1, passiveRounds: 0, deadlineCloses: 0, phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
+    partialRounds: 1, passiveRounds: 0, deadlineCloses: 0, outsidersRefused: 0, phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 }
 

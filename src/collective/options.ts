@@ -320,6 +320,9 @@ export interface CollectiveStats {
   passiveRounds: number;
   /** Owned slots closed at the deadline with the contributions present. */
   deadlineCloses: number;
+  /** Completed slots of ours not finished: they held a contribution from a
+   * member the plan left out (owner.ts refuseOutsiders). */
+  outsidersRefused: number;
   packetsSent: number;
   /** Of packetsSent, the second copies a small round sends under loss (recovery.ts redundant). */
   copiesSent: number;
@@ -343,7 +346,7 @@ export interface CollectiveStats {
 export function zeroStats(): CollectiveStats {
   return {
     rounds: 0, retransmits: 0, resends: 0, probeAnswers: 0, timeouts: 0, saturations: 0, wakeups: 0, controlReceived: 0, packetsSent: 0, copiesSent: 0, pacedRounds: 0, specRounds: 0, specResent: 0, prepackedRounds: 0, expsLeftOut: 0,
-    partialRounds: 0, gatheredEarly: 0, passiveRounds: 0, deadlineCloses: 0,
+    partialRounds: 0, gatheredEarly: 0, passiveRounds: 0, deadlineCloses: 0, outsidersRefused: 0,
     phaseMs: { exps: 0, control: 0, work: 0, wait: 0, gather: 0 },
   };
 }

@@ -6,13 +6,16 @@ import { finishBatch } from "../../native/collective.ts";
 import { AinftpError } from "../errors.ts";
 import { HDR } from "./control.ts";
 import { noteResult } from "./early.ts";
-import type { Host } from "./host.ts";
+import { Host } from "./host.ts";
 import { cacheResults, redundant } from "./recovery.ts";
 import type { RoundState } from "./round-state.ts";
+import { TUNING } from "./options.ts";
 
 /** Owner's step for completed slots: requantize with our own chunk, store,
  * and send the results to every peer. */
 export function finish(h: Host, st: RoundState, bankBase: number, chunks: Uint32Array): void {
+  chunks = refuseOutsiders(h, st, bankBase, chunks);
+  if (chunks.length === 0) return;
   shortChunkLast(h, st, chunks);
   if (h.sentry) h.sentry.judge(h, st, bankBase, chunks);
   if (h.robust) return h.robust.finish(h, st, bankBase, chunks);
@@ -22,6 +25,71 @@ export function finish(h: Host, st: RoundState, bankBase: number, chunks: Uint32
   if (st.early) for (let i = 0; i < n; i++) noteResult(st, chunks[i]);
   cacheResults(h, st, chunks, n);
   sendResults(h, st, chunks, n);
+}
+
+/** The members the round's plan left out whose contributions may be in
+ * our slots of it (possibly none: 0n), or null when no slot needs a look:
+ * a round whose members speculated on every member, one whose leader died
+ * before its plan reached us, or one a few rounds after a death (a member
+ * that died contributed under a plan the others never got). */
+export function outsidersOf(h: Host, st: RoundState): bigint | null {
+  if (!Host.has(st.active, h.rank)) return null;
+  const outside = h.othersMask & ~st.active;
+  const d = h.deaths;
+  const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
+  const speculated = st.predicted && outside !== 0n;
+  return st.replanned || recent || speculated ? outside : null;
+}
+
+/**
+ * Completed slots that hold a contribution from a member the plan left out
+ * are not finished. Their result would count more contributors than the
+ * active set, and every member's program would refuse it, so the round
+ * stalled until its deadline (`ainftp bench --bits 8 --link-rate 1gbit`,
+ * about 1 run in 50).
+ *
+ * How one gets there: a speculated round whose plan leaves a late member
+ * out. That member's contributions (sent before it knew) reach a slot of
+ * ours after clearForeign emptied it at the plan, and the slot completes
+ * with them: before applyPlan's bank mask, when it waits for every member,
+ * or before our confirmation, which leaves a completed slot alone.
+ *
+ * Such a slot is emptied and claimed again at the plan's scale (at the
+ * deadline: closed empty). Its active contributors send again, named by
+ * our answer to the first probe for its result. Returns the chunks to
+ * finish (`chunks` itself when none is refused).
+ */
+function refuseOutsiders(h: Host, st: RoundState, bankBase: number, chunks: Uint32Array): Uint32Array {
+  const outside = h.robust ? null : outsidersOf(h, st);
+  if (!outside) return chunks;
+  const keep: number[] = [], bad: number[] = [];
+  for (const c of chunks) {
+    const s = h.maps.slot(bankBase + c);
+    (s.tag === st.r + 1 && (s.seen & outside) !== 0n ? bad : keep).push(c);
+  }
+  if (bad.length === 0) return chunks;
+  h.maps.clearSlots(bad.map((c) => bankBase + c));
+  for (const c of bad) st.ownedDone[c] = 0;
+  h.stats.outsidersRefused += bad.length;
+  if (st.closedAtDeadline) h.maps.closeSlots(st.r, bad, { force: true, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank] });
+  else if (h.o.speculate) claimAtPlan(h, st, bad);
+  return Uint32Array.from(keep);
+}
+
+/** Our slots `chunks` of the round claimed at the plan's scale (CLOSE +
+ * F_CONFIRM, one frame per scale; speculate.ts confirmSlots): speculative
+ * ones at it close if full, the others are emptied or claimed at it, and a
+ * late speculative contribution from outside the active set is refused. */
+export function claimAtPlan(h: Host, st: RoundState, chunks: ArrayLike<number>): void {
+  const byExp = new Map<number, number[]>();
+  for (let i = 0; i < chunks.length; i++) {
+    const c = chunks[i], e = st.shared[c];
+    let l = byExp.get(e);
+    if (!l) byExp.set(e, (l = []));
+    l.push(c);
+  }
+  for (const [e, list] of byExp)
+    h.maps.closeSlots(st.r, list, { force: false, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank], confirmExp: e });
 }
 
 /** GSO wants every segment but the last one full: the short chunk goes last. */

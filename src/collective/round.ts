@@ -11,7 +11,7 @@ import { closeForDead, deadWeWaitFor, expsAwaited, fail, isolated } from "./diag
 import { adoptEarly, announcePlan, decidePlan, leaderTurn, myExps, requestExps, sendExps, sendPlan } from "./exchange.ts";
 import { Host } from "./host.ts";
 import { describeRanks, RoundError, streamsGather, TUNING, windowChunks, type RoundReport } from "./options.ts";
-import { closeAtDeadline, expectedMask, finishPending, ownerDeadlinePassed } from "./owner.ts";
+import { closeAtDeadline, expectedMask, finishPending, outsidersOf, ownerDeadlinePassed } from "./owner.ts";
 import { graceMs, liveFrom, ownedChunks } from "./plan.ts";
 import { READY_RING, READY_SOCK, READY_XSK } from "./ports.ts";
 import { countXskDrops, drainControl, drainEvents, drainXsk, dropForeign, NO_RANK, planAhead } from "./receiver.ts";
@@ -201,12 +201,9 @@ function noteDeaths(h: Host, r: number): void {
  * after a death: a slot lookup per chunk we own. Returns how many slots it
  * emptied. */
 function clearForeign(h: Host, st: RoundState, bankBase: number): number {
-  const outside = h.othersMask & ~st.active;
-  const d = h.deaths;
-  const recent = !!d && (outside & d.mask) !== 0n && st.r - d.round <= TUNING.CACHE_ROUNDS;
   // (members that speculated sent before they knew the plan left them out)
-  const speculated = st.predicted && outside !== 0n;
-  if ((!st.replanned && !recent && !speculated) || !Host.has(st.active, h.rank)) return 0;
+  const outside = outsidersOf(h, st);
+  if (outside === null) return 0;
   let idx = 0, K = 0;
   for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
   drainEvents(h, st, bankBase); // (completions so far go to st.pending)
@@ -303,6 +300,11 @@ function complete(h: Host, st: RoundState, bankBase: number): boolean {
   return false;
 }
 
+/** The simulator's seam: `afterClear` runs between clearing our slots at
+ * the plan (clearForeign) and applying the plan, where on a real host
+ * packets keep arriving (test/sim/speculate.test.ts delivers some there). */
+export const PLAN_SEAM: { afterClear: ((h: Host, st: RoundState) => void) | null } = { afterClear: null };
+
 /** The round loop: until every result is here. */
 async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs: number, tp: number): Promise<void> {
   const r = st.r;
@@ -347,6 +349,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (trace && st.leader === h.rank) trace.push(`decided@${(st.decidedAt - st.t0).toFixed(1)}`, `in@${[...st.expsAt].map((t) => (t ? t - st.t0 : NaN).toFixed(1)).join("/")}`);
       const cleared = clearForeign(h, st, bankBase);
       if (cleared) trace?.push(`cleared:${cleared}`);
+      PLAN_SEAM.afterClear?.(h, st);
       if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
       applyPlan(h, st);
       confirmSlots(h, st);

@@ -32,6 +32,7 @@ import { H } from "./control.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
 import { beginSending, contribHeader, layOut, packOwn, pump } from "./sender.ts";
+import { claimAtPlan } from "./owner.ts";
 import { redundant } from "./recovery.ts";
 import { windowChunks } from "./options.ts";
 
@@ -193,13 +194,5 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
  * every member has it), whether or not we speculated in this one. */
 export function confirmSlots(h: Host, st: RoundState): void {
   if (!h.o.speculate || h.robust || st.owned.length === 0) return;
-  const byExp = new Map<number, number[]>();
-  for (const c of st.owned) {
-    const e = st.shared[c];
-    let l = byExp.get(e);
-    if (!l) byExp.set(e, (l = []));
-    l.push(c);
-  }
-  for (const [e, list] of byExp)
-    h.maps.closeSlots(st.r, list, { force: false, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank], confirmExp: e });
+  claimAtPlan(h, st, st.owned);
 }

@@ -202,6 +202,13 @@ export class SimWorld {
     this.push({ at: this.now + this.faults.latencyMs, seq: this.seq++, to, from, data });
   }
 
+  /** Delivers one datagram to host `to` now, as sent by `from`, without
+   * the network's latency or faults: a packet that reaches a host while its
+   * communicator is between two steps (round.ts PLAN_SEAM). */
+  deliverNow(from: number, to: number, data: Uint8Array): void {
+    this.deliver({ at: this.now, seq: this.seq++, to, from, data });
+  }
+
   /** Drops the datagrams it returns true for (counted as lost), before the
    * network's faults: a test's chosen loss. */
   drop: ((from: number, to: number, data: Uint8Array) => boolean) | null = null;
