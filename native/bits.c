@@ -373,9 +373,6 @@ HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, 
 
 /* The residual of one chunk on its way back through the inverse RHT (pack_body, rseed). */
 static __thread float resid_scratch[NARROW_MAX] __attribute__((aligned(64)));
-/* One chunk's forward transform, in cache: pack_body's (tseed) and
- * rht_exps_body's without an output array. */
-static __thread float rht_scratch[NARROW_MAX] __attribute__((aligned(64)));
 
 /* The chunks' packets; resid (if not NULL) gets each packed value's error:
  * in the transformed domain when rseed is 0, else taken back through the
@@ -384,7 +381,7 @@ static __thread float rht_scratch[NARROW_MAX] __attribute__((aligned(64)));
  * pass over resid of its own). */
 HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
 		       const int8_t *exps, struct ainftp_wire_hdr *h, uint8_t *out, uint32_t stride, uint32_t seed,
-		       uint32_t bits, float *resid, uint32_t rseed, uint32_t tseed, int vec)
+		       uint32_t bits, float *resid, uint32_t rseed, int vec)
 {
 	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
 	const int32_t bq = bits_of((float)qmax_of(bits));
@@ -395,23 +392,14 @@ HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const u
 		uint8_t *dst = out + (size_t)i * stride;
 		float scale = pow2f(-exps[c]), p = pow2f(exps[c]);
 		float *r = resid ? (rseed ? resid_scratch : resid + start) : NULL;
-		const float *xs = x + start;
-		if (tseed) {
-			/* x is the gradient: the chunk's forward transform, in cache */
-			if (vec)
-				rht_chunk_any(vec, xs, rht_scratch, count, stream_key(tseed, c), 0, NULL);
-			else
-				rht_chunk_scalar(xs, rht_scratch, count, stream_key(tseed, c), 0);
-			xs = rht_scratch;
-		}
 		uint32_t sat;
 		/* each a loop of its own: the residual's test is not made per value */
 		if (seed && r)
-			sat = stochastic_narrow(xs, count, scale, bq, q, stream_key(seed, c), r, p);
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), r, p);
 		else if (seed)
-			sat = stochastic_narrow(xs, count, scale, bq, q, stream_key(seed, c), NULL, p);
+			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), NULL, p);
 		else
-			sat = nearest_narrow(xs, count, scale, bq, q, r, p);
+			sat = nearest_narrow(x + start, count, scale, bq, q, r, p);
 		if (r && rseed) {
 			if (vec)
 				rht_chunk_any(vec, r, r, count, stream_key(rseed, c), 1, NULL);
@@ -445,11 +433,8 @@ HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
 		const float *in = src + start;
-		/* x NULL: only the exponents (the transform is made again when
-		 * each chunk is packed, ainftp_bits_pack_rht) */
-		float *xc = x ? x + start : rht_scratch;
 		if (add) {
-			float *d = xc;
+			float *d = x + start;
 			const float *a = add + start;
 			for (uint32_t i = 0; i < count; i++)
 				d[i] = in[i] + a[i];
@@ -457,16 +442,16 @@ HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *
 		}
 		int32_t m = 0;
 		if (vec) {
-			nonfinite += rht_chunk_any(vec, in, xc, count, stream_key(seed, c), 0, &m);
+			nonfinite += rht_chunk_any(vec, in, x + start, count, stream_key(seed, c), 0, &m);
 		} else {
 			uint32_t bad = 0;
-			rht_chunk_scalar(in, xc, count, stream_key(seed, c), 0);
-			exps_scan(xc, count, &m, &bad);
+			rht_chunk_scalar(in, x + start, count, stream_key(seed, c), 0);
+			exps_scan(x + start, count, &m, &bad);
 			nonfinite += bad;
 		}
 		exps[c] = exp_of_max_p(m, p);
 		if (also)
-			memcpy(also + start, xc, (size_t)count * sizeof(float));
+			memcpy(also + start, x + start, (size_t)count * sizeof(float));
 	}
 	return nonfinite;
 }
@@ -474,7 +459,7 @@ HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *
 struct bits_kernels {
 	uint32_t (*exps)(const float *, uint32_t, uint32_t, int8_t *, int32_t);
 	uint32_t (*pack)(const float *, uint32_t, uint32_t, const uint32_t *, uint32_t, const int8_t *,
-			 struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t, uint32_t, float *, uint32_t, uint32_t);
+			 struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t, uint32_t, float *, uint32_t);
 	int32_t (*finish)(const uint16_t *, uint32_t, uint32_t, const uint8_t *, uint32_t, uint32_t, uint8_t *, uint8_t *);
 	void (*dequant)(const uint8_t *, uint32_t, uint32_t, float, float, float *);
 	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
@@ -490,9 +475,9 @@ struct bits_kernels {
 	attr static uint32_t pack_##isa(const float *x, uint32_t n, uint32_t ce, const uint32_t *chunks,        \
 					uint32_t nchunks, const int8_t *exps, struct ainftp_wire_hdr *h,        \
 					uint8_t *out, uint32_t stride, uint32_t seed, uint32_t bits, float *r,  \
-					uint32_t rseed, uint32_t tseed)                                          \
+					uint32_t rseed)                                                          \
 	{                                                                                                        \
-		return pack_body(x, n, ce, chunks, nchunks, exps, h, out, stride, seed, bits, r, rseed, tseed, vec); \
+		return pack_body(x, n, ce, chunks, nchunks, exps, h, out, stride, seed, bits, r, rseed, vec);     \
 	}                                                                                                        \
 	attr static int32_t finish_##isa(const uint16_t *raw, uint32_t count, uint32_t k, const uint8_t *own,   \
 					 uint32_t bits, uint32_t key, uint8_t *out, uint8_t *also)              \
@@ -1003,34 +988,10 @@ uint32_t ainftp_bits_pack_ef(const float *x, uint32_t n, uint32_t chunk_elems, c
 	struct ainftp_wire_hdr h;
 	memcpy(&h, hdr_template, sizeof(h));
 	h.version = bits == 8 ? AINFTP_VERSION_INT8 : AINFTP_VERSION_INT4;
-	uint32_t sat = kern()->pack(x, n, chunk_elems, chunks, nchunks, exps, &h, out, stride, seed, bits, resid, rht_seed, 0);
+	uint32_t sat = kern()->pack(x, n, chunk_elems, chunks, nchunks, exps, &h, out, stride, seed, bits, resid, rht_seed);
 	if (resid && rht_seed)
 		ainftp_stream_fence();
 	return sat;
-}
-
-/* As ainftp_bits_pack (no residual), of the forward RHT of x under seed
- * rht_seed, made chunk by chunk in cache: the same packets as
- * ainftp_rht_from into a whole array and then ainftp_bits_pack of it, with
- * no transformed array written or read (the round's exponents come from
- * ainftp_rht_from_exps without one). rht_seed 0 refuses. */
-uint32_t ainftp_bits_pack_rht(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
-			      const int8_t *exps, const void *hdr_template, uint8_t *out, uint32_t stride, uint32_t seed,
-			      uint32_t bits, uint32_t rht_seed)
-{
-	if (rht_seed == 0 || chunk_elems == 0 || chunk_elems > NARROW_MAX || (bits != 8 && bits != 4))
-		return AINFTP_QUANT_EINVAL;
-	uint32_t total = n / chunk_elems + (n % chunk_elems != 0);
-	uint32_t widest = n < chunk_elems ? n : chunk_elems;
-	if ((uint64_t)stride < sizeof(struct ainftp_wire_hdr) + ainftp_bits_payload(bits, widest))
-		return AINFTP_QUANT_EINVAL;
-	for (uint32_t i = 0; i < nchunks; i++)
-		if (chunks[i] >= total || exps[chunks[i]] < AINFTP_EXP_MIN || exps[chunks[i]] > AINFTP_EXP_MAX)
-			return AINFTP_QUANT_EINVAL;
-	struct ainftp_wire_hdr h;
-	memcpy(&h, hdr_template, sizeof(h));
-	h.version = bits == 8 ? AINFTP_VERSION_INT8 : AINFTP_VERSION_INT4;
-	return kern()->pack(x, n, chunk_elems, chunks, nchunks, exps, &h, out, stride, seed, bits, NULL, 0, rht_seed);
 }
 
 /* ---- the owner's step -------------------------------------------------------------- */
@@ -1109,7 +1070,7 @@ int32_t ainftp_rht_from(const float *src, float *x, uint32_t n, uint32_t chunk_e
 uint32_t ainftp_rht_from_exps(const float *src, float *x, uint32_t n, uint32_t chunk_elems, uint32_t seed, int8_t *exps,
 			      uint32_t bits)
 {
-	if (chunk_elems == 0 || (bits != 8 && bits != 4) || (!x && chunk_elems > NARROW_MAX))
+	if (chunk_elems == 0 || (bits != 8 && bits != 4))
 		return AINFTP_QUANT_EINVAL;
 	return kern()->rht_exps(src, NULL, x, NULL, n, chunk_elems, seed, exps, bits == 8 ? 7 : 3);
 }

@@ -27,9 +27,6 @@ uint32_t ainftp_bits_pack(const float *x, uint32_t n, uint32_t chunk_elems, cons
 uint32_t ainftp_bits_pack_ef(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
 			     const int8_t *exps, const void *hdr_template, uint8_t *out, uint32_t stride, uint32_t seed,
 			     uint32_t bits, float *resid, uint32_t rht_seed);
-uint32_t ainftp_bits_pack_rht(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
-			      const int8_t *exps, const void *hdr_template, uint8_t *out, uint32_t stride, uint32_t seed,
-			      uint32_t bits, uint32_t rht_seed);
 int32_t ainftp_bits_finish(const uint16_t *raw, uint32_t count, uint32_t contributors, const uint8_t *own,
 			   uint32_t bits, uint32_t key, uint8_t *out, uint8_t *also);
 int32_t ainftp_bits_dequantize(const uint8_t *p, uint32_t count, int32_t exp, uint32_t bits, float *out);

@@ -46,7 +46,6 @@ const quant = openShimTable({
   ainftp_rht_ef_exps: { args: [T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ...PACK_EF,
-  ainftp_bits_pack_rht: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.u32 },
   ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
@@ -207,21 +206,6 @@ export function cBitsPack(
   return quant.ainftp_bits_pack_ef(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, resid, residSeed >>> 0);
 }
 
-/** cBitsPack (no residual) of the forward RHT of x under rhtSeed, made
- * chunk by chunk in cache: no transformed array (cRhtFromExps with out
- * null gives the exponents). Returns the saturated count or QUANT_EINVAL. */
-export function cBitsPackRht(
-  x: Float32Array, chunkElems: number, chunks: Uint32Array, nchunks: number, exps: Int8Array,
-  header: Uint8Array, out: Uint8Array, stride: number, seed: number, bits: NarrowBits, rhtSeed: number,
-): number {
-  need(chunkElems > 0, "chunkElems must be > 0");
-  need(nchunks <= chunks.length, "nchunks exceeds the chunk list");
-  need(exps.length >= Math.ceil(x.length / chunkElems), "exps shorter than the chunk count");
-  need(header.length >= 32, "header template must be 32 bytes");
-  need(out.length >= nchunks * stride, "out shorter than nchunks * stride");
-  return quant.ainftp_bits_pack_rht(x, x.length, chunkElems, chunks, nchunks, exps, header, out, stride, seed >>> 0, bits, rhtSeed >>> 0);
-}
-
 /** The owner's step at 8 or 4 bits over a 16-bit-lane acc entry; returns k or -EINVAL. */
 export function cBitsFinish(
   raw: Uint16Array | null, count: number, contributors: number, own: Uint8Array | null, bits: NarrowBits, key: number,
@@ -264,12 +248,11 @@ export function cRhtFrom(src: Float32Array, out: Float32Array, chunkElems: numbe
  * feedback's part of the pass: `add` (if given) is added to src first, and
  * `also` (if given; may be `add`) gets a copy of out. */
 export function cRhtFromExps(
-  src: Float32Array, out: Float32Array | null, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits,
+  src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: NarrowBits,
   add: Float32Array | null = null, also: Float32Array | null = null,
 ): number {
   need(chunkElems > 0, "chunkElems must be > 0");
-  need(out === null || out.length >= src.length, "out shorter than src");
-  need(out !== null || (!add && !also), "the exponents alone (out null) take neither add nor also");
+  need(out.length >= src.length, "out shorter than src");
   need(exps.length >= Math.ceil(src.length / chunkElems), "exps shorter than the chunk count");
   need(!add || add.length >= src.length, "add shorter than src");
   need(!also || also.length >= src.length, "also shorter than src");

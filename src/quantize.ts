@@ -28,7 +28,7 @@
 import { MAX_ELEMS, SIZEOF, payloadBytes, writeHeader, accPosition, type WireHeader } from "./abi.ts";
 import { AinftpError } from "./errors.ts";
 import {
-  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cBitsPackRht, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht, cRhtFrom, cRhtFromExps,
+  QUANT_EINVAL, cBitsChunkExps, cBitsDequantize, cBitsFinish, cBitsPack, cChunkExps, cDequantize, cFinishChunk, cPackChunks, cQuantize, cRht, cRhtFrom, cRhtFromExps,
   type NarrowBits,
 } from "../native/quant.ts";
 
@@ -129,17 +129,12 @@ export function chunkExpsAt(x: Float32Array, chunkElems: number, exps: Int8Array
  * with `residSeed` (x being the RHT of seed residSeed) that error taken back
  * through the inverse RHT chunk by chunk, as rht(resid, chunkElems,
  * residSeed, true) would over the chunks packed. */
-export function packChunksAt(
-  x: Float32Array, o: PackOptions & { bits: 16 | NarrowBits; resid?: Float32Array | null; residSeed?: number; rhtSeed?: number },
-): number {
+export function packChunksAt(x: Float32Array, o: PackOptions & { bits: 16 | NarrowBits; resid?: Float32Array | null; residSeed?: number }): number {
   if (o.bits === 16) return packChunks(x, o);
   const nchunks = o.nchunks ?? o.chunks.length;
   if (nchunks === 0) return 0;
   const stride = o.stride ?? HDR + payloadBytes(o.bits, o.chunkElems);
-  if (o.rhtSeed && o.resid) throw new RangeError("packChunksAt: rhtSeed (x untransformed) keeps no residual");
-  const rc = o.rhtSeed
-    ? cBitsPackRht(x, o.chunkElems, o.chunks, nchunks, o.exps, o.header, o.out, stride, o.seed ?? 0, o.bits, o.rhtSeed)
-    : cBitsPack(x, o.chunkElems, o.chunks, nchunks, o.exps, o.header, o.out, stride, o.seed ?? 0, o.bits, o.resid ?? null, o.residSeed ?? 0);
+  const rc = cBitsPack(x, o.chunkElems, o.chunks, nchunks, o.exps, o.header, o.out, stride, o.seed ?? 0, o.bits, o.resid ?? null, o.residSeed ?? 0);
   if (rc === QUANT_EINVAL) throw new RangeError(`packChunksAt: ${o.bits}-bit chunks of ${o.chunkElems} values (at most ${2 * MAX_ELEMS}) in a stride of ${stride}, exponents in [${EXP_MIN}, ${EXP_MAX}]`);
   return rc;
 }
@@ -181,10 +176,9 @@ export function rhtFrom(src: Float32Array, out: Float32Array, chunkElems: number
  * caller's, as after chunkExpsAt). Error feedback in the same pass: `add`,
  * if given, is added to src first (the transform of src + add, the sum as
  * a Float32Array would hold it), and `also`, if given (it may be `add`),
- * gets a copy of out. With out null, the exponents alone: no transformed
- * array is written (packChunksAt rhtSeed transforms each chunk again). */
+ * gets a copy of out. */
 export function rhtFromExps(
-  src: Float32Array, out: Float32Array | null, chunkElems: number, seed: number, exps: Int8Array, bits: 16 | NarrowBits,
+  src: Float32Array, out: Float32Array, chunkElems: number, seed: number, exps: Int8Array, bits: 16 | NarrowBits,
   add: Float32Array | null = null, also: Float32Array | null = null,
 ): number {
   if (exps.length < chunkCount(src.length, chunkElems)) throw new RangeError("exps shorter than the chunk count");

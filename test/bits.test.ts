@@ -336,43 +336,6 @@ describe("the randomized Hadamard transform", () => {
     });
   });
 
-  test("packing with rhtSeed (x untransformed) gives the packets of the transform into an array then packing, in every build; the exponents need no array (out null)", () => {
-    everyBuildEdgeWidth((what, n, ce, bits) => {
-      const total = Math.ceil(n / ce);
-      const x = gaussian(n + 5 * ce, n, 1 + (n % 7) * 10);
-      // the two passes this replaces: the transform into xq (its exponents), then packing xq
-      const xq = new Float32Array(n), exps = new Int8Array(total).fill(99);
-      const bad = rhtFromExps(x, xq, ce, 29, exps, bits);
-      const alone = new Int8Array(total).fill(-99);
-      expect([what, rhtFromExps(x, null, ce, 29, alone, bits), [...alone]]).toEqual([what, bad, [...exps]]);
-      const chunks = Uint32Array.from({ length: total }, (_, i) => (i * 5) % total); // any order
-      if (total % 5 === 0) chunks.set(Uint32Array.from({ length: total }, (_, i) => total - 1 - i));
-      const stride = HDR + payloadBytes(bits, Math.min(n, ce));
-      const header = headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 3, rank: 1 });
-      // one exponent below the chunk's: some values saturate, counted alike
-      const low = Int8Array.from(exps, (e, c) => (c % 3 === 1 ? e - 1 : e));
-      for (const e of [exps, low]) {
-        const outA = new Uint8Array(total * stride), outB = new Uint8Array(total * stride);
-        const satA = packChunksAt(xq, { chunkElems: ce, chunks, exps: e, header, out: outA, stride, seed: 13, bits });
-        const satB = packChunksAt(x, { chunkElems: ce, chunks, exps: e, header, out: outB, stride, seed: 13, bits, rhtSeed: 29 });
-        expect([what, satB, Buffer.from(outB).equals(Buffer.from(outA))]).toEqual([what, satA, true]);
-        if (e === low && total > 1) expect([what, satA > 0]).toEqual([what, true]);
-      }
-      // another seed is another transform: other packets (a block of a few
-      // values may draw the same signs)
-      if (n < 64) return;
-      const outC = new Uint8Array(total * stride);
-      packChunksAt(x, { chunkElems: ce, chunks, exps, header, out: outC, stride, seed: 13, bits, rhtSeed: 30 });
-      const outA = new Uint8Array(total * stride);
-      packChunksAt(xq, { chunkElems: ce, chunks, exps, header, out: outA, stride, seed: 13, bits });
-      expect(Buffer.from(outC).equals(Buffer.from(outA))).toBe(false);
-    });
-    const x = new Float32Array(8), exps = new Int8Array(2), out = new Uint8Array(2 * (HDR + 4));
-    const o = { chunkElems: 4, chunks: new Uint32Array([0, 1]), exps, header: headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 }), out, stride: HDR + 4, bits: 8 as const };
-    expect(() => packChunksAt(x, { ...o, rhtSeed: 3, resid: new Float32Array(8) })).toThrow(/keeps no residual/);
-    expect(() => rhtFromExps(x, null, 4, 1, exps, 8, new Float32Array(8))).toThrow(/neither add nor also/);
-  });
-
   test("every build gives the same bits at every block size and chunk edge: forward, in place, inverse", () => {
     const isas = quantIsasSupported();
     const outs: Buffer[] = [];

@@ -150,9 +150,6 @@ export interface RoundState extends Plan {
   // ---- speculation (speculate.ts) ----
   /** Members may have sent speculative contributions this round: the job speculates and the last round of its length was full. */
   predicted: boolean;
-  /** The transform's seed when `x` is the gradient itself and packing makes
-   * each chunk's transform (round.ts PACK_RHT); 0 when x is transformed. */
-  packRht: number;
   /** What we sent before the plan, under the prediction; null: nothing. */
   spec: Spec | null;
   /** The scale our contributions are packed at now: the prediction's (ours
@@ -206,6 +203,6 @@ export function newRoundState(a: NewRound): RoundState {
     sentAt: new Float64Array(nchunks), tries: new Uint8Array(nchunks), resultSentAt: new Float64Array(nchunks),
     lowest: new Array(N).fill(0), furthest: new Array(N).fill(-1), rackRtt: new Float64Array(N), rackSent: new Float64Array(N), probedAt: new Float64Array(N),
     early: null, toldAt: -Infinity, askedAt: -Infinity, rackFired: false,
-    predicted: false, packRht: 0, spec: null, packExps: new Int8Array(0), confirmedAt: 0,
+    predicted: false, spec: null, packExps: new Int8Array(0), confirmedAt: 0,
   };
 }

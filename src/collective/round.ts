@@ -49,15 +49,7 @@ export async function runRound(
   // same signs on every member), and the results come back through its inverse
   const seed = rhtSeed(h.job, r);
   let xq = x, pre: Exps | null = null;
-  // without error feedback (whose residual packing overwrites, so a chunk
-  // packed twice could not be made again), the exponents' pass writes no
-  // transformed array: packing transforms each chunk again, in cache
-  const packRht = h.rht && PACK_RHT.enabled && !resid && !add && !h.sentry && !h.robust && !h.xsk;
-  if (packRht) {
-    const e = h.scratch("rht-exps", nchunks);
-    const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
-    pre = { exps, bad: rhtFromExps(x, null, h.chunkElems, seed, exps, h.bits) };
-  } else if (h.rht) {
+  if (h.rht) {
     const b = h.scratch("rht", 4 * x.length), e = h.scratch("rht-exps", nchunks);
     xq = new Float32Array(b.buffer, b.byteOffset, x.length);
     const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
@@ -71,7 +63,6 @@ export async function runRound(
     pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, null) };
   }
   const st = beginRound(h, r, xq, out, nchunks, t0, patient, pre);
-  if (packRht) st.packRht = seed;
   noteDeaths(h, r);
   if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} epoch ${(performance.timeOrigin + t0).toFixed(2)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
@@ -104,11 +95,6 @@ export async function runRound(
   // in cache (8 and 4 bits need rx "map": Communicator.withPorts refuses xsk)
   return endRound(h, st, h.rht ? seed : 0);
 }
-
-/** `enabled`: at 8 and 4 bits without error feedback, no transformed copy
- * of x (packing transforms each chunk again); false: the transformed array,
- * as before (AINFTP_PACK_RHT=0; a test compares the two). */
-export const PACK_RHT = { enabled: process.env.AINFTP_PACK_RHT !== "0" };
 
 /** The RHT's seed of round r: the same on every member of the job. */
 export function rhtSeed(job: number, r: number): number {

@@ -99,7 +99,7 @@ export function stochasticSeed(h: Host, r: number): number {
 export function packOwn(h: Host, st: RoundState, x: Float32Array, exps: Int8Array, at: number[] | null = null): void {
   const pack = (chunks: Uint32Array, out: Uint8Array) =>
     (h.stats.saturations += packChunksAt(x, {
-      chunkElems: h.chunkElems, chunks, exps, header: st.header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed, rhtSeed: st.packRht,
+      chunkElems: h.chunkElems, chunks, exps, header: st.header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
     }));
   if (!at) return void (st.owned.length && pack(st.owned, st.ownBuf));
   for (const k of at) pack(st.owned.subarray(k, k + 1), st.ownBuf.subarray(k * h.seg, (k + 1) * h.seg));
@@ -156,7 +156,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       if (!st.prepacked)
         h.stats.saturations += packChunksAt(x, {
           chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.packExps, header: st.header, out: region, stride: seg, seed: st.seed,
-          bits: h.bits, resid: st.resid, residSeed: st.residSeed, rhtSeed: st.packRht,
+          bits: h.bits, resid: st.resid, residSeed: st.residSeed,
         });
       const last = list[to - 1];
       h.sealData(region, to - from);

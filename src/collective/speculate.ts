@@ -171,7 +171,7 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
         st.sentAt[c] = now;
         h.stats.saturations += packChunksAt(x, {
           chunkElems: h.chunkElems, chunks: list.subarray(k, k + 1), exps: st.shared, header: firm, out: region.subarray(k * seg, (k + 1) * seg),
-          stride: seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed, rhtSeed: st.packRht,
+          stride: seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
         });
         again.push(k);
       } else {

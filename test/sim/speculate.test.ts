@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { CTRL_EXPS, CTRL_EXPS_REQ, F_SPEC, LAYOUT, PKT_CONTRIB, PKT_CONTROL, readHeader } from "../../src/abi.ts";
 import type { Host } from "../../src/collective/host.ts";
 import type { RoundState } from "../../src/collective/round-state.ts";
-import { PACK_RHT, PLAN_SEAM } from "../../src/collective/round.ts";
+import { PLAN_SEAM } from "../../src/collective/round.ts";
 import { SPEC } from "../../src/collective/speculate.ts";
 import { CLEAN, openPair, runGradients, SimWorld, simPrograms, type Faults } from "./world.ts";
 
@@ -175,29 +175,4 @@ describe.skipIf(!root)("speculation (simulated network, real program)", () => {
     expect(late.stats[late.J].outsidersRefused).toBeGreaterThan(0);
     expect(plain.stats.reduce((a, s) => a + s.partialRounds, 0)).toBeGreaterThan(0);
   }, 300_000);
-  test("8 and 4 bits without a transformed array (packing transforms each chunk, round.ts PACK_RHT): the same sums as with one, clean and under faults, the scale changing", async () => {
-    const faults: Faults = { loss: 0.05, dup: 0.02, reorder: 0.05, reorderMs: 0.3, latencyMs: 0.05, jitterMs: 0.02 };
-    const hosts = (w: SimWorld) => [0, 1, 2, 3].map((k) => (w.comm(k) as unknown as { h: Host }).h);
-    try {
-      for (const bits of [8, 4] as const)
-        for (const [i, f] of [CLEAN, faults].entries()) {
-          const seed = 3800 + 10 * bits + i;
-          PACK_RHT.enabled = false;
-          const wa = new SimWorld(seed, f, programs, PORT);
-          const a = await runGradients(wa, seed, ROUNDS, CHUNKS * ELEMS, { speculate: true, bits, errorFeedback: false }, false);
-          PACK_RHT.enabled = true;
-          const wb = new SimWorld(seed, f, programs, PORT);
-          const b = await runGradients(wb, seed, ROUNDS, CHUNKS * ELEMS, { speculate: true, bits, errorFeedback: false }, false);
-          for (let k = 0; k < HOSTS; k++) expect([bits, i, k, b.hashes[k]]).toEqual([bits, i, k, a.hashes[0]]);
-          // speculated, and packed chunks again at the plan's scale (from x, transformed again)
-          expect(sum(b.stats.map((s) => s.specRounds))).toBeGreaterThan(0);
-          expect(sum(b.stats.map((s) => s.specResent))).toBeGreaterThan(0);
-          // the transformed copy: made with it off, never with it on
-          expect(hosts(wa).every((h) => h.scratch("rht", 0).buffer.byteLength >= 4 * CHUNKS * ELEMS)).toBe(true);
-          expect(hosts(wb).every((h) => h.scratch("rht", 0).buffer.byteLength === 0)).toBe(true);
-        }
-    } finally {
-      PACK_RHT.enabled = true;
-    }
-  }, 600_000);
 });
