@@ -3,6 +3,7 @@
 // policies when they are on (sentry: judge first; robust: combine in
 // userspace), and close open slots at the round's deadline.
 import { finishBatch } from "../../native/collective.ts";
+import { SLOT_COMPLETE } from "../abi.ts";
 import { AinftpError } from "../errors.ts";
 import { HDR } from "./control.ts";
 import { noteResult } from "./early.ts";
@@ -50,29 +51,41 @@ export function outsidersOf(h: Host, st: RoundState): bigint | null {
  *
  * How one gets there: a speculated round whose plan leaves a late member
  * out. That member's contributions (sent before it knew) reach a slot of
- * ours after clearForeign emptied it at the plan, and the slot completes
- * with them: before applyPlan's bank mask, when it waits for every member,
- * or before our confirmation, which leaves a completed slot alone.
+ * ours while we take the plan in, and the slot completes with them: after
+ * clearForeign emptied the slots holding one (before applyPlan's bank mask
+ * the slot waits for every member; our confirmation leaves a completed
+ * slot alone), or after clearForeign read the events and before it looked
+ * at the slot, which it then empties while the completion's event is
+ * still to be read.
  *
- * Such a slot is emptied and claimed again at the plan's scale (at the
- * deadline: closed empty). Its active contributors send again, named by
- * our answer to the first probe for its result. Returns the chunks to
- * finish (`chunks` itself when none is refused).
+ * So in such a round every completion is checked against its slot now:
+ * - one whose slot is no longer complete in this round was emptied after
+ *   its event: not finished (the slot completes again, with an event);
+ * - one whose slot holds an outsider is emptied and claimed again at the
+ *   plan's scale (at the deadline: closed empty);
+ * - the rest are finished with the slot's contributor count.
+ * The active contributors of an emptied slot send again, named by our
+ * answer to the first probe for its result. Returns the chunks to finish
+ * (`chunks` itself when every one is).
  */
 function refuseOutsiders(h: Host, st: RoundState, bankBase: number, chunks: Uint32Array): Uint32Array {
   const outside = h.robust ? null : outsidersOf(h, st);
-  if (!outside) return chunks;
+  if (outside === null) return chunks;
   const keep: number[] = [], bad: number[] = [];
   for (const c of chunks) {
     const s = h.maps.slot(bankBase + c);
-    (s.tag === st.r + 1 && (s.seen & outside) !== 0n ? bad : keep).push(c);
+    if (s.tag !== st.r + 1 || s.state !== SLOT_COMPLETE) st.ownedDone[c] = 0;
+    else if ((s.seen & outside) !== 0n) bad.push(c);
+    else (st.summed[c] = s.contributors), keep.push(c);
   }
-  if (bad.length === 0) return chunks;
-  h.maps.clearSlots(bad.map((c) => bankBase + c));
-  for (const c of bad) st.ownedDone[c] = 0;
-  h.stats.outsidersRefused += bad.length;
-  if (st.closedAtDeadline) h.maps.closeSlots(st.r, bad, { force: true, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank] });
-  else if (h.o.speculate) claimAtPlan(h, st, bad);
+  if (keep.length === chunks.length) return chunks;
+  h.stats.outsidersRefused += chunks.length - keep.length;
+  if (bad.length) {
+    h.maps.clearSlots(bad.map((c) => bankBase + c));
+    for (const c of bad) st.ownedDone[c] = 0;
+    if (st.closedAtDeadline) h.maps.closeSlots(st.r, bad, { force: true, rank: h.rank, jobId: h.job, srcAddr: h.peers[h.rank] });
+    else if (h.o.speculate) claimAtPlan(h, st, bad);
+  }
   return Uint32Array.from(keep);
 }
 

@@ -207,6 +207,7 @@ function clearForeign(h: Host, st: RoundState, bankBase: number): number {
   let idx = 0, K = 0;
   for (let k = 0; k < h.size; k++) if (Host.has(st.active, k)) (k < h.rank && idx++), K++;
   drainEvents(h, st, bankBase); // (completions so far go to st.pending)
+  PLAN_SEAM.at?.("drained", h, st);
   const bad: number[] = [];
   for (const c of ownedChunks(idx, K, st.nchunks)) {
     const s = h.maps.slot(bankBase + c);
@@ -237,7 +238,9 @@ function stuck(h: Host, st: RoundState, bankBase: number): string {
     lack.push(`c${c}(o${ownerOf(st, c)}):tag${e.tag}:r${e.rank}:k${e.contributors}:exp${e.exp}`);
   }
   const counters = Object.entries(h.maps.counters()).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`);
-  return `open slots ${list(open)}; results lacking ${list(lack)}; counters ${counters.join(" ")}`;
+  const outside = outsidersOf(h, st);
+  const plan = `active ${st.active.toString(2)}${st.predicted ? ", predicted" : ""}${outside ? `, outsiders ${outside.toString(2)}` : ""}; outsiders refused ${h.stats.outsidersRefused}`;
+  return `${plan}; open slots ${list(open)}; results lacking ${list(lack)}; counters ${counters.join(" ")}`;
 }
 
 /** AINFTP_TRACE_RECOVERY: the program's counters that tell a contribution
@@ -300,10 +303,12 @@ function complete(h: Host, st: RoundState, bankBase: number): boolean {
   return false;
 }
 
-/** The simulator's seam: `afterClear` runs between clearing our slots at
- * the plan (clearForeign) and applying the plan, where on a real host
- * packets keep arriving (test/sim/speculate.test.ts delivers some there). */
-export const PLAN_SEAM: { afterClear: ((h: Host, st: RoundState) => void) | null } = { afterClear: null };
+/** The simulator's seam: `at` runs at two points of taking the plan in,
+ * where on a real host packets keep arriving (test/sim/speculate.test.ts
+ * delivers some there): "drained", in clearForeign between reading the
+ * program's events and looking at our slots, and "cleared", between
+ * clearForeign and applying the plan. */
+export const PLAN_SEAM: { at: ((where: "drained" | "cleared", h: Host, st: RoundState) => void) | null } = { at: null };
 
 /** The round loop: until every result is here. */
 async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs: number, tp: number): Promise<void> {
@@ -349,7 +354,7 @@ async function roundLoop(h: Host, st: RoundState, x: Float32Array, retransmitMs:
       if (trace && st.leader === h.rank) trace.push(`decided@${(st.decidedAt - st.t0).toFixed(1)}`, `in@${[...st.expsAt].map((t) => (t ? t - st.t0 : NaN).toFixed(1)).join("/")}`);
       const cleared = clearForeign(h, st, bankBase);
       if (cleared) trace?.push(`cleared:${cleared}`);
-      PLAN_SEAM.afterClear?.(h, st);
+      PLAN_SEAM.at?.("cleared", h, st);
       if (st.relayed) announcePlan(h, st, h.size); // (the dead leader's plan, which we lead to its end)
       applyPlan(h, st);
       confirmSlots(h, st);

@@ -25,7 +25,7 @@ const programs = simPrograms(root, HOSTS, CHUNKS, ELEMS, PORT);
 
 // (the simulator's rounds measure no egress rate: speculate on any link, as on a slow one)
 beforeEach(() => void (SPEC.anyLink = true));
-afterEach(() => void ((SPEC.anyLink = false), (PLAN_SEAM.afterClear = null)));
+afterEach(() => void ((SPEC.anyLink = false), (PLAN_SEAM.at = null)));
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
@@ -102,7 +102,8 @@ describe.skipIf(!root)("speculation (simulated network, real program)", () => {
     expect(spec[0]).toBe(ROUNDS - 1);
     expect(spec[HOSTS - 1]).toBeLessThanOrEqual(ROUNDS - 1 - Math.floor((ROUNDS - 1) / HOSTS));
   }, 300_000);
-  test("a member the plan leaves out after everyone speculated: its contribution reaching an owner's slot after the plan is not summed, and the round completes with the same sums", async () => {
+  for (const where of ["cleared", "drained"] as const)
+  test(`a member the plan leaves out after everyone speculated: its contribution reaching an owner's slot after the plan is not summed, and the round completes with the same sums (packets ${where === "cleared" ? "after the owner emptied its slots at the plan" : "after it read its events, before it looked at its slots"})`, async () => {
     // In round 2 the leader never gets the exponents of one member, X, and
     // leaves it out after its grace; every member speculated on all four.
     // An owner J (owning chunk c under both layouts) clears X's
@@ -132,8 +133,8 @@ describe.skipIf(!root)("speculation (simulated network, real program)", () => {
         return false;
       };
       if (inject)
-        PLAN_SEAM.afterClear = (h: Host, st: RoundState) => {
-          if (h.rank !== J || st.r !== target || fired) return;
+        PLAN_SEAM.at = (at, h: Host, st: RoundState) => {
+          if (at !== where || h.rank !== J || st.r !== target || fired) return;
           let idx = 0;
           for (let k = 0; k < h.size; k++) if (k < h.rank && (st.active >> BigInt(k)) & 1n) idx++;
           const K = [...st.active.toString(2)].filter((b) => b === "1").length;
