@@ -160,7 +160,7 @@ export interface StragglerReport {
   passive_rounds: number;
   /** Our slots closed at the deadline with the contributions present. */
   deadline_closes: number;
-  /** Completed slots of ours held back: they held a contribution from a member the plan left out. */
+  /** Completions of ours held back in rounds whose plan left members out (owner.ts refuseOutsiders). */
   outsiders_refused: number;
   /** Contributions our program dropped because their slot had closed without them. */
   late_contributions: number;

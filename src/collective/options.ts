@@ -320,8 +320,9 @@ export interface CollectiveStats {
   passiveRounds: number;
   /** Owned slots closed at the deadline with the contributions present. */
   deadlineCloses: number;
-  /** Completed slots of ours not finished: they held a contribution from a
-   * member the plan left out (owner.ts refuseOutsiders). */
+  /** Completions of ours not finished in a round whose plan left members
+   * out: the slot held one's contribution, or was emptied after its event
+   * (owner.ts refuseOutsiders). */
   outsidersRefused: number;
   packetsSent: number;
   /** Of packetsSent, the second copies a small round sends under loss (recovery.ts redundant). */

@@ -69,7 +69,9 @@ export function outsidersOf(h: Host, st: RoundState): bigint | null {
  * (`chunks` itself when every one is).
  */
 function refuseOutsiders(h: Host, st: RoundState, bankBase: number, chunks: Uint32Array): Uint32Array {
-  const outside = h.robust ? null : outsidersOf(h, st);
+  // (the only active member, a plan of one under --quorum 1, finishes its
+  // chunks with no contribution: no slot to look at)
+  const outside = h.robust || st.K === 1 ? null : outsidersOf(h, st);
   if (outside === null) return chunks;
   const keep: number[] = [], bad: number[] = [];
   for (const c of chunks) {
