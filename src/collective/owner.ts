@@ -8,7 +8,7 @@ import { AinftpError } from "../errors.ts";
 import { HDR } from "./control.ts";
 import { noteResult } from "./early.ts";
 import { Host } from "./host.ts";
-import { cacheResults, redundant } from "./recovery.ts";
+import { cached, cacheRoom, redundant } from "./recovery.ts";
 import type { RoundState } from "./round-state.ts";
 import { TUNING } from "./options.ts";
 
@@ -20,12 +20,17 @@ export function finish(h: Host, st: RoundState, bankBase: number, chunks: Uint32
   shortChunkLast(h, st, chunks);
   if (h.sentry) h.sentry.judge(h, st, bankBase, chunks);
   if (h.robust) return h.robust.finish(h, st, bankBase, chunks);
-  const n = finishBatch(st.finishArgs!, chunks, chunks.length);
+  // the packets go straight into the cache of results sent, when it has
+  // room, and are sent from there
+  const room = cacheRoom(h, st, chunks.length);
+  const a = st.finishArgs!;
+  a.pkts = room ?? h.resPkts;
+  const n = finishBatch(a, chunks, chunks.length);
   if (n < 0) throw new AinftpError(`round ${st.r}`, "finishing a slot failed (bad count)");
   st.ownedDoneCount += n;
   if (st.early) for (let i = 0; i < n; i++) noteResult(st, chunks[i]);
-  cacheResults(h, st, chunks, n);
-  sendResults(h, st, chunks, n);
+  if (room) cached(h, st, chunks, n);
+  sendResults(h, st, chunks, n, a.pkts);
 }
 
 /** The members the round's plan left out whose contributions may be in
@@ -115,12 +120,13 @@ function shortChunkLast(h: Host, st: RoundState, chunks: Uint32Array): void {
   if (at >= 0 && at !== chunks.length - 1) (chunks[at] = chunks[chunks.length - 1]), (chunks[chunks.length - 1] = short);
 }
 
-/** Sends the batch's n result packets (in Host.resPkts) to every peer. */
-export function sendResults(h: Host, st: RoundState, chunks: Uint32Array, n: number): void {
+/** Sends the batch's n result packets (in `pkts`, Host.resPkts unless
+ * given) to every peer. */
+export function sendResults(h: Host, st: RoundState, chunks: Uint32Array, n: number, pkts: Uint8Array = h.resPkts): void {
   const lastSize = h.wireBytes(st.counts[chunks[chunks.length - 1]]);
-  h.sealData(h.resPkts, n);
+  h.sealData(pkts, n);
   const copies = redundant(h, st) ? 2 : 1;
-  for (const p of h.others) h.sendData(p, h.resPkts, n, lastSize, copies);
+  for (const p of h.others) h.sendData(p, pkts, n, lastSize, copies);
   const now = h.clock.now();
   for (let i = 0; i < n; i++) st.resultSentAt[chunks[i]] = now;
 }

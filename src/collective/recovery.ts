@@ -340,6 +340,18 @@ export function resend(h: Host, round: number, chunk: number, rank: number, prob
  * asks for them after our results map's bank moved on. One copy of what we
  * send (16 MiB over 4 hosts: 2 MB a round). */
 export function cacheResults(h: Host, st: RoundState, chunks: Uint32Array, n: number): void {
+  const room = cacheRoom(h, st, n);
+  if (!room) return;
+  // the batch's packets lie one after another: one copy
+  room.set(h.resPkts.subarray(0, n * h.seg));
+  cached(h, st, chunks, n);
+}
+
+/** Where the next n result packets of round st.r go in the cache, or null
+ * when they do not fit (not cached). The owner's step writes them there
+ * and sends them from there (owner.ts finish): no copy of what we send
+ * (2 MB a rank a 16 MiB round at 16 bits). Then `cached` records them. */
+export function cacheRoom(h: Host, st: RoundState, n: number): Uint8Array | null {
   const slot = st.r % cacheDepth(st.owned.length * h.seg);
   let e = h.resultRing[slot];
   if (!e || e.round !== st.r) {
@@ -347,9 +359,13 @@ export function cacheResults(h: Host, st: RoundState, chunks: Uint32Array, n: nu
     const buf = e && e.buf.length >= bytes ? e.buf : new Uint8Array(bytes);
     e = h.resultRing[slot] = { round: st.r, buf, at: (e?.at ?? new Int32Array(h.capacity)).fill(-1), used: 0 };
   }
-  if (e.used + n * h.seg > e.buf.length) return;
-  // the batch's packets lie one after another: one copy
-  e.buf.set(h.resPkts.subarray(0, n * h.seg), e.used);
+  if (e.used + n * h.seg > e.buf.length) return null;
+  return e.buf.subarray(e.used, e.used + n * h.seg);
+}
+
+/** The n packets cacheRoom gave room for are there: chunks[i] at the i-th. */
+export function cached(h: Host, st: RoundState, chunks: Uint32Array, n: number): void {
+  const e = h.resultRing[st.r % cacheDepth(st.owned.length * h.seg)];
   for (let i = 0; i < n; i++) e.at[chunks[i]] = e.used + i * h.seg;
   e.used += n * h.seg;
 }
