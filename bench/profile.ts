@@ -17,6 +17,11 @@
 //       [--egress]: host 0's egress through a round too (tcpdump on its eth0
 //       while perf samples; bench/egress.ts): Mbit/s in 4 ms bins from the
 //       round's start, the median over the rounds, contributions and results apart
+//       [--timeline]: where both cores went through a round: in 2 ms bins from
+//       rank 0's round start, the share of the machine's CPU that was idle,
+//       each rank's (its threads, user and kernel), and the rest (softirq
+//       threads, JIT workers, other processes), the mean over the rounds in
+//       the window (perf on CLOCK_REALTIME, the ranks' clock)
 //   AINFTP_PROFILE_JS=DIR: each rank under Bun's sampling profiler too (--cpu-prof-md into DIR)
 //
 // Two builds compared: run it in each tree, back to back (DESIGN.md: the
@@ -196,7 +201,8 @@ try {
     await Bun.sleep(500); // (listening before the window opens)
   }
   const ps = performance.timeOrigin + performance.now();
-  perf = Bun.spawn(["perf", "record", "-a", "-e", "cpu-clock", "-F", String(freq), "-o", data, "--", "sleep", String(seconds)], { stdout: "ignore", stderr: "pipe" });
+  const timeline = argv.includes("--timeline");
+  perf = Bun.spawn(["perf", "record", "-a", "-e", "cpu-clock", "-F", String(freq), ...(timeline ? ["-k", "CLOCK_REALTIME"] : []), "-o", data, "--", "sleep", String(seconds)], { stdout: "ignore", stderr: "pipe" });
   await perf.exited;
   const pe = performance.timeOrigin + performance.now();
   const perfMs = pe - ps;
@@ -289,8 +295,43 @@ try {
     console.log(`\nhost 0's egress, Mbit/s (median of ${eg.rounds} rounds in the window, by rank 0's round starts)${rate === null ? "" : `; its link is shaped to ${rateText}`}`);
     console.log(et.toString());
   }
+  let tl: { at: number; idle: number; ranks: number[]; rest: number }[] | null = null;
+  if (argv.includes("--timeline")) {
+    // each sample by pid (a rank's threads share it) at its time from the
+    // start of the rank-0 round it fell in (rounds wholly in the window)
+    const scr = Bun.spawnSync(["perf", "script", "-i", data, "-F", "pid,time,ip,sym"], { stdout: "pipe", stderr: "pipe" });
+    const pids = procs.map((p) => p.pid);
+    const BIN = 2, nb = Math.ceil(median / BIN) + 2;
+    const cells = Array.from({ length: nb }, () => ({ idle: 0, ranks: new Array<number>(peers).fill(0), rest: 0 }));
+    const inside = starts.map((s0, i) => s0 >= ps && ends[i] <= pe);
+    let ri = 0;
+    for (const line of scr.stdout.toString().split("\n")) {
+      const m = /^\s*(\d+)\s+([\d.]+):\s*[0-9a-f]+\s+(\S*)/.exec(line);
+      if (!m) continue;
+      const t = Number(m[2]) * 1000;
+      while (ri + 1 < starts.length && starts[ri + 1] <= t) ri++;
+      if (!inside[ri] || t < starts[ri]) continue;
+      const b = Math.floor((t - starts[ri]) / BIN);
+      if (b >= nb) continue;
+      const pid = Number(m[1]), r = pids.indexOf(pid);
+      if (pid === 0 && /^(pv_native_safe_halt|default_idle|cpuidle|do_idle|acpi_idle|native_safe_halt|pvm_safe_halt)/.test(m[3])) cells[b].idle++;
+      else if (r >= 0) cells[b].ranks[r]++;
+      else cells[b].rest++;
+    }
+    const nIn = inside.filter(Boolean).length;
+    // samples a bin holds with every CPU counted: perf's own rate (in this
+    // VM below -F's per CPU), over BIN ms, in nIn rounds
+    const cpus = navigator.hardwareConcurrency;
+    const full = (total / perfMs) * BIN * nIn;
+    tl = cells.map((c, i) => ({ at: i * BIN, idle: c.idle / full, ranks: c.ranks.map((v) => v / full), rest: c.rest / full }));
+    const tt = new Table({ style: process.stdout.isTTY ? {} : { head: [], border: [] }, head: ["ms from rank 0's start", "idle", ...pids.map((_, r) => `rank ${r}`), "rest"] });
+    const pc = (v: number) => `${(100 * v).toFixed(0)}%`;
+    for (const c of tl) tt.push([`${c.at}-${c.at + BIN}`, pc(c.idle), ...c.ranks.map(pc), pc(c.rest)]);
+    console.log(`\nwhere the ${cpus} CPUs went through a round: share of all CPU time per ${BIN} ms bin, mean of ${nIn} rounds (median round ${median.toFixed(1)} ms; bins past a round's end hold the next barrier)`);
+    console.log(tt.toString());
+  }
   const jf = opt("--json", "");
-  if (jf) writeFileSync(jf, JSON.stringify({ title, freq, seconds: perfMs / 1000, samples: total, rounds_in_window: inWin, median_round_ms: median, cpu_ms_per_round: Object.fromEntries([...byCat].map(([c, n]) => [c, (n * msPerSample) / inWin])), top: tops, ...(eg ? { egress_mbit_per_s: eg } : {}) }, null, 2));
+  if (jf) writeFileSync(jf, JSON.stringify({ title, freq, seconds: perfMs / 1000, samples: total, rounds_in_window: inWin, median_round_ms: median, cpu_ms_per_round: Object.fromEntries([...byCat].map(([c, n]) => [c, (n * msPerSample) / inWin])), top: tops, ...(eg ? { egress_mbit_per_s: eg } : {}), ...(tl ? { timeline: tl } : {}) }, null, 2));
 } catch (e) {
   console.error(`bench/profile.ts: ${e instanceof Error ? e.message : e}`);
   process.exitCode = 1;
