@@ -5,7 +5,8 @@
 //     gradients (the pipeline of the collective, the XDP lanes emulated);
 //  2. userspace cost per value at 4M values: the transform (forward, fused
 //     with the exponents, inverse), exponents, packing (with and without the
-//     residual), dequantizing; with --baseline, against another build;
+//     residual), dequantizing, the owner's step; with --baseline, against
+//     another build;
 //  3. the XDP program's time per contribution packet at each width
 //     (BPF_PROG_TEST_RUN, summed every run; root only).
 import { ACC_BIAS4, ACC_BIAS8, CFG_INT4, CFG_INT8, MAX_ELEMS, PKT_CONTRIB, VERSION, VERSION_INT4, VERSION_INT8, allMembers, payloadBytes, writeHeader } from "../src/abi.ts";
@@ -108,9 +109,17 @@ console.log(`2. userspace per value at 4M values (16 MiB of float32), chunks of 
   for (let i = 0; i < m; i++) x[i] = Math.sin(i) * 3;
   const chunks = Uint32Array.from({ length: nch }, (_, i) => i);
   const hdr = headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 });
+  // the owner's step: 3 contributions in the lanes (sums of values within ±Q) and its own packed values, the same for every build
+  const fin = ([8, 4] as const).map((bits) => {
+    const r = mulberry32(bits), Q = bits === 8 ? 127 : 7, bias = bits === 8 ? ACC_BIAS8 : ACC_BIAS4;
+    const raw = Uint16Array.from({ length: nch * ce }, () => 3 * bias + Math.floor(r() * (6 * Q + 1)) - 3 * Q);
+    const own = Uint8Array.from({ length: nch * payloadBytes(bits, ce) }, () => Math.floor(r() * 256));
+    return { bits, raw, own };
+  });
   const builds = [{ name: "this tree", k: openBitsCalls() }, ...(baselinePath ? [{ name: "baseline", k: openBitsCalls(baselinePath) }] : [])].map((b) => ({
     ...b, y: new Float32Array(m), resid: new Float32Array(m), exps: new Int8Array(nch), deq: new Float32Array(ce),
     out: { 8: new Uint8Array((32 + payloadBytes(8, ce)) * nch), 4: new Uint8Array((32 + payloadBytes(4, ce)) * nch) },
+    fin: { 8: new Uint8Array(payloadBytes(8, ce) * nch), 4: new Uint8Array(payloadBytes(4, ce) * nch) },
   }));
   type B = (typeof builds)[number];
   const stride = (bits: 8 | 4) => 32 + payloadBytes(bits, ce);
@@ -133,6 +142,14 @@ console.log(`2. userspace per value at 4M values (16 MiB of float32), chunks of 
     ...([8, 4] as const).map((bits): [string, (b: B) => void, (b: B) => Uint8Array[]] => [`dequantize ${bits} bits`, (b) => {
       for (let c = 0; c < nch; c++) b.k.dequantize(b.out[bits].subarray(c * stride(bits) + 32), Math.min(ce, m - c * ce), b.exps[c], bits, b.deq);
     }, (b) => [u8(b.deq)]]),
+    // the owner's requantization (ainftp_bits_finish), chunk by chunk
+    ...fin.map(({ bits, raw, own }): [string, (b: B) => void, (b: B) => Uint8Array[]] => [`owner's step ${bits} bits (3 contributions + its own)`, (b) => {
+      const pb = payloadBytes(bits, ce);
+      for (let c = 0; c < nch; c++) {
+        const count = Math.min(ce, m - c * ce);
+        b.k.finish(raw.subarray(c * ce), count, 3, own.subarray(c * pb), bits, 999 + c, b.fin[bits].subarray(c * pb));
+      }
+    }, (b) => [b.fin[bits]]]),
     ["rht inverse", (b) => b.k.rhtInverse(b.y, ce, 7), (b) => [u8(b.y)]],
   ];
   const rows: string[][] = [["", ...builds.map((b) => `${b.name} ns/value (min)`), ...(builds.length > 1 ? ["ratio of medians", "same bits"] : [])]];

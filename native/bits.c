@@ -8,8 +8,9 @@
  *
  *  - ainftp_bits_chunk_exps: per chunk the smallest e with max|x| <= Q * 2^e
  *    (Q = 127 or 7);
- *  - ainftp_bits_pack: q = floor(x / 2^e) + (u < frac), E[q * 2^e] = x,
- *    packed as ainftp_abi.h says, with this rank's error x - q * 2^e
+ *  - ainftp_bits_pack: |q| = floor(|x| / 2^e + u), u uniform on 16 bits,
+ *    E[q * 2^e] = x to under 2^-16 of a step (stochastic_one), packed as
+ *    ainftp_abi.h says, with this rank's error x - q * 2^e
  *    (ainftp_bits_pack_ef: that error back through the inverse RHT);
  *  - ainftp_bits_finish: the owner's sums s (the program's 16-bit lanes and
  *    its own values), then the smallest k with max|s| <= Q * 2^k and
@@ -152,26 +153,71 @@ HOT uint32_t exps_body(const float *x, uint32_t n, uint32_t chunk_elems, int8_t 
 	return nonfinite;
 }
 
-/* q[j] = floor(v) + (u_j < v - floor(v)), v = x[j] * scale clamped to +-Q
- * (clipped values and NaN, stored as 0, counted): quant.c's stochastic_body
- * at a narrower clamp. resid, if not NULL, gets x[j] - q[j] * p in the same
- * pass (p = 1 / scale). */
+/* One value of stochastic_narrow: y = x * scale clamped to +-Q (clipped
+ * values and NaN, stored as 0, counted in *bad), then its magnitude a
+ * rounded up with probability frac(a) from 16 random bits h16:
+ * m = floor((floor(a * 2^16) + h16) / 2^16), q = +-m. a * 2^16 is exact
+ * (a power of two, a <= 127), its truncation to an integer F < 2^23 is
+ * exact in every build, and the rest is integer arithmetic, so no floor or
+ * fraction is taken in float. E[m] = F / 2^16: a itself, less a bias toward
+ * zero under 2^-16 of a step (the fraction's bits beyond the 16th; it was
+ * 2^-24 with 24 bits a value, and stays far below the rounding's own noise,
+ * whose standard deviation is up to half a step). m <= ceil(a) <= Q, as
+ * F + h16 < (a + 1) * 2^16 (and < 2^31). */
+HOT int32_t stochastic_one(float y, int32_t bq, uint32_t h16, uint32_t *bad)
+{
+	int32_t b = bits_of(y);
+	int32_t a = b & 0x7fffffff;
+	*bad += a > bq;
+	a = a > BITS_INF ? 0 : a;
+	a = a > bq ? bq : a;
+	int32_t m = ((int32_t)(float_of(a) * 65536.0f) + (int32_t)h16) >> 16;
+	return b < 0 ? -m : m;
+}
+
+/* q[j] = x[j] * scale stochastically rounded (stochastic_one), within +-Q:
+ * quant.c's stochastic_body at a narrower clamp. resid, if not NULL, gets
+ * x[j] - q[j] * p in the same pass (p = 1 / scale).
+ *
+ * One hash gives two values 16 bits each (the hash was about a quarter of
+ * this loop's time at one per value), in blocks of 32 values that
+ * vectorize: lane i (0..15) of block b is mix32(key + (16b + i) * GOLDEN),
+ * value 32b + i takes its low half and 32b + 16 + i its high half. The
+ * tail (count not a multiple of 32) draws each value by the same rule, one
+ * at a time, so every build gives the same bits. In the block: the values
+ * go through t (int32) so gcc vectorizes the 16 lanes with whole vectors
+ * (an int8 store in a 16-iteration loop makes it pick 16-byte vectors), and
+ * the clipped count per lane, summed once at the end (not a horizontal sum
+ * every block). */
 HOT uint32_t stochastic_narrow(const float *restrict x, uint32_t n, float scale, int32_t bq, int8_t *restrict q, uint32_t key,
 			       float *resid, float p)
 {
-	uint32_t bad = 0, h = key;
-	for (uint32_t j = 0; j < n; j++, h += GOLDEN) {
-		int32_t b = bits_of(x[j] * scale);
-		int32_t a = b & 0x7fffffff;
-		bad += a > bq;
-		a = a > BITS_INF ? 0 : a;
-		a = a > bq ? bq : a;
-		float v = float_of(a | (b & (int32_t)0x80000000));
-		float t = v + MAGIC_RNE;
-		int32_t down = t - MAGIC_RNE > v;
-		float frac = v - ((t - MAGIC_RNE) - (float)down);
-		float u = (float)(int32_t)(mix32(h) >> 8) * 0x1p-24f;
-		int32_t qj = bits_of(t) - MAGIC_BITS - down + (u < frac); /* within +-Q: as an int8 */
+	uint32_t bad = 0, j = 0, lanes[16] = { 0 };
+	for (; j + 32 <= n; j += 32) {
+		const uint32_t h0 = key + (j / 2) * GOLDEN;
+		const float *xb = x + j; /* pointers, not x[j + i]: a 32-bit index could wrap, which stops the vectorizer */
+		int8_t *qb = q + j;
+		float *rb = resid ? resid + j : NULL;
+		int32_t t[32];
+		for (uint32_t i = 0; i < 16; i++) {
+			uint32_t h = mix32(h0 + i * GOLDEN);
+			int32_t lo = stochastic_one(xb[i] * scale, bq, h & 0xffff, &lanes[i]);
+			int32_t hi = stochastic_one(xb[16 + i] * scale, bq, h >> 16, &lanes[i]);
+			t[i] = lo;
+			t[16 + i] = hi;
+			if (rb) {
+				rb[i] = xb[i] - (float)lo * p;
+				rb[16 + i] = xb[16 + i] - (float)hi * p;
+			}
+		}
+		for (uint32_t i = 0; i < 32; i++)
+			qb[i] = (int8_t)t[i];
+	}
+	for (uint32_t i = 0; i < 16; i++)
+		bad += lanes[i];
+	for (; j < n; j++) {
+		uint32_t h = mix32(key + ((j >> 5) * 16 + (j & 15)) * GOLDEN);
+		int32_t qj = stochastic_one(x[j] * scale, bq, j & 16 ? h >> 16 : h & 0xffff, &bad);
 		q[j] = (int8_t)qj;
 		if (resid)
 			resid[j] = x[j] - (float)qj * p;
@@ -227,6 +273,14 @@ HOT void unpack_values(const uint8_t *restrict p, uint32_t count, uint32_t bits,
 		}
 }
 
+/* floor(s / 2^k) + (u < s mod 2^k), u uniform on [0, 2^k): exactly s / 2^k
+ * on average. */
+HOT int32_t owner_round(int32_t s, int32_t k, uint32_t u)
+{
+	int32_t r = s >> k; /* floor: arithmetic shift */
+	int32_t rem = s - (r << k);
+	return r + ((int32_t)u < rem);
+}
 
 HOT int32_t finish_body(const uint16_t *raw, uint32_t count, uint32_t contributors, const uint8_t *own, uint32_t bits,
 			uint32_t key, uint8_t *out, uint8_t *also)
@@ -255,12 +309,45 @@ HOT int32_t finish_body(const uint16_t *raw, uint32_t count, uint32_t contributo
 	int32_t k = 0;
 	while (m > (qmax << k))
 		k++;
+	/* u: k bits of a hash. The largest k: the lanes hold at most
+	 * AINFTP_MAX_WORKERS = 64 contributions of a byte each (value + 128 at 8
+	 * bits, value + 8 at 4: values in [-128, 127] or [-8, 7], one step past
+	 * -Q at most), and the owner adds one more value, so |s| <= 65 * 128 =
+	 * 8320 <= 127 * 2^7 at 8 bits and 65 * 8 = 520 <= 7 * 2^7 at 4: k <= 7
+	 * (k <= 6 for 64 members within +-Q, 64 Q = Q * 2^6). So one hash gives
+	 * four values a byte each, exactly unbiased still (a byte's low k bits
+	 * are uniform on [0, 2^k) for k <= 8), in blocks of 64 values that
+	 * vectorize: lane i (0..15) of block b is mix32(key + (16b + i) * GOLDEN),
+	 * value 64b + 16t + i takes its byte t (t = 0..3); the tail by the same
+	 * rule one value at a time, so every build gives the same bits. Lanes
+	 * that are not such sums (an acc entry written some other way) can need
+	 * up to k = 14 (4 bits, one contributor, a lane of 65535): then each
+	 * value draws a hash of its own, mix32(key + j * GOLDEN), as before. */
 	const uint32_t mask = (1u << k) - 1;
-	uint32_t h = key;
-	for (uint32_t j = 0; j < count; j++, h += GOLDEN) {
-		int32_t r = s[j] >> k; /* floor: arithmetic shift */
-		int32_t rem = s[j] - (r << k);
-		q[j] = (int8_t)(r + ((int32_t)(mix32(h) & mask) < rem));
+	uint32_t j = 0;
+	if (k <= 8) {
+		for (; j + 64 <= count; j += 64) {
+			const uint32_t h0 = key + (j / 4) * GOLDEN;
+			const int32_t *sb = s + j;
+			int8_t *qb = q + j;
+			int32_t t[64];
+			for (uint32_t i = 0; i < 16; i++) {
+				uint32_t h = mix32(h0 + i * GOLDEN);
+				t[i] = owner_round(sb[i], k, h & mask);
+				t[16 + i] = owner_round(sb[16 + i], k, (h >> 8) & mask);
+				t[32 + i] = owner_round(sb[32 + i], k, (h >> 16) & mask);
+				t[48 + i] = owner_round(sb[48 + i], k, (h >> 24) & mask);
+			}
+			for (uint32_t i = 0; i < 64; i++)
+				qb[i] = (int8_t)t[i];
+		}
+		for (; j < count; j++) {
+			uint32_t h = mix32(key + ((j >> 6) * 16 + (j & 15)) * GOLDEN);
+			q[j] = (int8_t)owner_round(s[j], k, (h >> (8 * ((j >> 4) & 3))) & mask);
+		}
+	} else {
+		for (uint32_t h = key; j < count; j++, h += GOLDEN)
+			q[j] = (int8_t)owner_round(s[j], k, mix32(h) & mask);
 	}
 	memset(q + count, 0, ((count + 15) & ~15u) - count);
 	pack_values(q, count, bits, out);
@@ -1000,9 +1087,10 @@ uint32_t ainftp_bits_pack_ef(const float *x, uint32_t n, uint32_t chunk_elems, c
  * lanes, ainftp_abi.h) holding `contributors` contributions (NULL when
  * none); own, if not NULL, the owner's packed values at the same exp. With
  * s the true sums: the smallest k >= 0 with max|s| <= Q * 2^k, and the
- * values floor(s / 2^k) + (h_j < s mod 2^k), h_j the low k bits of the
- * hash of (key, j), packed into out (and `also`, if not NULL). Returns k
- * (the result's exp is the slot's exp + k), or -EINVAL. */
+ * values floor(s / 2^k) + (h_j < s mod 2^k), h_j k bits of the stream of
+ * key (finish_body: a byte of a hash shared by four values), packed into
+ * out (and `also`, if not NULL). Returns k (the result's exp is the slot's
+ * exp + k), or -EINVAL. */
 int32_t ainftp_bits_finish(const uint16_t *raw, uint32_t count, uint32_t contributors, const uint8_t *own,
 			   uint32_t bits, uint32_t key, uint8_t *out, uint8_t *also)
 {

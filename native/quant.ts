@@ -15,6 +15,7 @@ const BITS_SYMBOLS = {
   ainftp_bits_dequantize: { args: [T.ptr, T.u32, T.i32, T.u32, T.ptr], returns: T.i32 },
   ainftp_rht: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ainftp_rht_from: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
 } as const;
 const RHT_FROM_EXPS = { ainftp_rht_from_exps: { args: [T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 } } as const;
 const PACK_EF = {
@@ -46,7 +47,6 @@ const quant = openShimTable({
   ainftp_rht_ef_exps: { args: [T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
   ...PACK_EF,
-  ainftp_bits_finish: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32, T.u32, T.ptr, T.ptr], returns: T.i32 },
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
 } as const);
@@ -279,6 +279,8 @@ export type BitsCalls = {
   exps(x: Float32Array, chunkElems: number, exps: Int8Array, bits: NarrowBits): number;
   pack(x: Float32Array, chunkElems: number, chunks: Uint32Array, exps: Int8Array, header: Uint8Array, out: Uint8Array, stride: number, seed: number, bits: NarrowBits, resid: Float32Array | null): number;
   dequantize(p: Uint8Array, count: number, exp: number, bits: NarrowBits, out: Float32Array): number;
+  /** The owner's step (ainftp_bits_finish) of one chunk. */
+  finish(raw: Uint16Array, count: number, contributors: number, own: Uint8Array | null, bits: NarrowBits, key: number, out: Uint8Array): number;
   rhtFrom(src: Float32Array, out: Float32Array, chunkElems: number, seed: number): void;
   rhtInverse(x: Float32Array, chunkElems: number, seed: number): void;
   /** null in a build from before ainftp_rht_from_exps. */
@@ -294,6 +296,7 @@ function bitsCalls(l: typeof quant | ReturnType<typeof dlopen<typeof BITS_SYMBOL
     pack: (x, ce, chunks, e, hdr, out, stride, seed, bits, resid) =>
       l.ainftp_bits_pack(x, x.length, ce, chunks, chunks.length, e, hdr, out, stride, seed >>> 0, bits, resid),
     dequantize: (p, count, exp, bits, out) => l.ainftp_bits_dequantize(p, count, exp, bits, out),
+    finish: (raw, count, contributors, own, bits, key, out) => l.ainftp_bits_finish(raw, count, contributors, own, bits, key >>> 0, out, null),
     rhtFrom: (src, out, ce, seed) => void l.ainftp_rht_from(src, out, src.length, ce, seed >>> 0),
     rhtInverse: (x, ce, seed) => void l.ainftp_rht(x, x.length, ce, seed >>> 0, 1),
     rhtFromExps: fused && ((src, out, ce, seed, e, bits) => fused(src, out, src.length, ce, seed >>> 0, e, bits)),

@@ -11,7 +11,7 @@ import {
 } from "../src/abi.ts";
 import { frame } from "../src/packet.ts";
 import {
-  chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, packChunksAt, QMAX_BITS, rht, rhtFrom,
+  chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, mix32, packChunksAt, QMAX_BITS, rht, rhtFrom,
   rhtFromExps,
 } from "../src/quantize.ts";
 import { cRhtChunk, quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
@@ -170,6 +170,88 @@ describe("the owner's requantization", () => {
       expect(Buffer.from(a).equals(Buffer.from(b))).toBe(true);
     });
   }
+});
+
+// The 8/4-bit streams as native/bits.c documents them, in plain TypeScript:
+// each build (and a block's vector lanes and a chunk's scalar tail) must
+// draw exactly these bits.
+const GOLDEN = 0x9e3779b9;
+const streamKey = (seed: number, stream: number) => mix32((seed ^ mix32((stream + GOLDEN) >>> 0)) >>> 0);
+/** stochastic_one: |q| = floor((floor(|v| * 2^16) + h16) / 2^16), v = x * 2^-e; hash lane
+ * (j >> 5) * 16 + (j & 15), value j taking its low half when bit 4 of j is clear, its high half else. */
+function refPackValues(x: Float32Array, exp: number, key: number): number[] {
+  return Array.from(x, (xj, j) => {
+    const v = Math.fround(xj * 2 ** -exp), h = mix32((key + Math.imul((j >>> 5) * 16 + (j & 15), GOLDEN)) >>> 0);
+    const m = Math.floor((Math.trunc(Math.abs(v) * 65536) + (j & 16 ? h >>> 16 : h & 0xffff)) / 65536);
+    return v < 0 ? -m || 0 : m; // (no -0: the values are integers)
+  });
+}
+/** The owner's rounding of sums s at shift k: k <= 8: byte (j >> 4) & 3 of hash lane (j >> 6) * 16 + (j & 15); else a hash per value. */
+function refFinishValues(s: ArrayLike<number>, k: number, key: number): number[] {
+  return Array.from(s, (sj, j) => {
+    const u = k <= 8
+      ? (mix32((key + Math.imul((j >>> 6) * 16 + (j & 15), GOLDEN)) >>> 0) >>> (8 * ((j >>> 4) & 3))) & ((1 << k) - 1)
+      : mix32((key + Math.imul(j, GOLDEN)) >>> 0) & ((1 << k) - 1);
+    const r = sj >> k;
+    return r + (u < sj - r * 2 ** k ? 1 : 0);
+  });
+}
+
+describe("the streams' spec, against a TypeScript reference, in every build", () => {
+  const COUNTS = [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000, 3440, 8928];
+  const everyBuild = (body: (isa: string) => void) => {
+    try {
+      for (const isa of quantIsasSupported()) {
+        setQuantIsa(isa);
+        body(isa);
+      }
+    } finally {
+      setQuantIsa("best");
+    }
+  };
+
+  test("packing: 16 bits of a hash shared by two values, block lanes and tail alike, the chunk's stream by (seed, chunk)", () => {
+    everyBuild((isa) => {
+      for (const n of COUNTS)
+        for (const bits of [8, 4] as const) {
+          const x = gaussian(n * 3 + bits, 2 * n, 3), exps = new Int8Array(2);
+          chunkExpsAt(x, n, exps, bits);
+          const stride = HDR + payloadBytes(bits, n), out = new Uint8Array(2 * stride), resid = new Float32Array(2 * n);
+          const seed = 0xc0ffee + n;
+          expect(packChunksAt(x, { chunkElems: n, chunks: new Uint32Array([1, 0]), exps, header: headerTemplate({ type: PKT_CONTRIB, jobId: 1, round: 0, rank: 0 }), out, stride, seed, bits, resid })).toBe(0);
+          for (const [i, c] of [[0, 1], [1, 0]]) {
+            const got = new Float32Array(n);
+            dequantizeBits(out.subarray(i * stride + HDR), n, 0, bits, got);
+            const want = refPackValues(x.subarray(c * n, (c + 1) * n), exps[c], streamKey(seed, c));
+            expect([isa, n, bits, c, Array.from(got)]).toEqual([isa, n, bits, c, want]);
+          }
+        }
+    });
+  });
+
+  test("the owner's step: a byte of a hash shared by four values while k <= 8 (block lanes and tail alike), a hash per value beyond", () => {
+    everyBuild((isa) => {
+      for (const n of COUNTS)
+        for (const bits of [8, 4] as const) {
+          const Q = QMAX_BITS[bits], bias = bits === 8 ? ACC_BIAS8 : ACC_BIAS4, rnd = mulberry32(n + bits);
+          const own = Uint8Array.from({ length: payloadBytes(bits, n) }, () => Math.floor(rnd() * 256));
+          const ownQ = new Float32Array(n);
+          dequantizeBits(own, n, 0, bits, ownQ);
+          // contributions' sums within ±64 Q (k <= 7), and lanes no sum of contributions gives (k up to 14)
+          for (const [contributors, lane] of [[64, () => 64 * bias + Math.floor(rnd() * (127 * Q + 1)) - 63 * Q], [3, () => 3 * bias + Math.floor(rnd() * (6 * Q + 1)) - 3 * Q], [1, () => Math.floor(rnd() * 65536)]] as const) {
+            const raw = Uint16Array.from({ length: (n + 7) & ~7 }, lane), key = Math.floor(rnd() * 2 ** 32);
+            const s = decodeSumsNarrow(raw, n, contributors, bits).map((v, j) => v + ownQ[j]);
+            const m = Math.max(...Array.from(s, Math.abs));
+            let k = 0;
+            while (m > Q * 2 ** k) k++;
+            const out = new Uint8Array(payloadBytes(bits, n)), got = new Float32Array(n);
+            expect([isa, n, bits, contributors, finishChunkBits(raw, n, contributors, own, bits, key, out)]).toEqual([isa, n, bits, contributors, k]);
+            dequantizeBits(out, n, 0, bits, got);
+            expect([isa, n, bits, contributors, Array.from(got)]).toEqual([isa, n, bits, contributors, refFinishValues(s, k, key)]);
+          }
+        }
+    });
+  });
 });
 
 /** Today's bits for a fixed input: the transform, exponents, packets (8 and 4 bits, with residual), owner's step, dequantized results and inverse, over chunks with every block edge. */
@@ -375,9 +457,12 @@ describe("the randomized Hadamard transform", () => {
     }
   });
 
-  test("today's bits, pinned: every build gives the hash the builds before the register-blocked transform gave (transform, exponents, packets, residual, owner's step, inverse)", () => {
-    // 825a4387...: measured with the tree at 7727c85 (stage-by-stage AVX2 transform, scalar residual loop), on its generic, avx2 and avx512 builds
-    const PINNED = "825a4387025dad15fc80789fcf653e8177c7b6dc51ccaebb09bf5aa449af165a";
+  test("today's bits, pinned: every build gives the hash of the streams' spec (transform, exponents, packets, residual, owner's step, inverse)", () => {
+    // 825a4387...: measured with the tree at 7727c85 (stage-by-stage AVX2 transform, scalar residual loop), on its generic, avx2
+    // and avx512 builds, and held by every build since, until the packets' and the owner's streams changed (a hash for two
+    // values, 16 bits each, and for four, a byte each): f8c0b2e8..., the same on the generic, avx2 and avx512 builds, the
+    // streams themselves held by the TypeScript reference above
+    const PINNED = "f8c0b2e895f56b3efc34eb2d4ef35011f2e5a7dcf059baedefbc2d825d80be47";
     try {
       for (const isa of quantIsasSupported()) {
         setQuantIsa(isa);
