@@ -3,7 +3,10 @@
 // and bins each timed round's frames in BIN_MS bins from the round's start,
 // by what they carry (contributions, results, the rest). The figure that
 // showed, in a shaped 8-bit round, that the link idles from the end of the
-// first window until the plan comes (README "Session 17").
+// first window until the plan comes (README "Session 17"). And the CPU
+// through a round, from `perf script` (bench/profile.ts --timeline):
+// cpuTimeline, the figure that showed the 8-bit shaped round's first 8 ms
+// busy on both cores with nothing sent (README "Session 19").
 import { PKT_CONTRIB, PKT_RESULT } from "../src/abi.ts";
 
 /** One captured frame: when (epoch ms), its length on the wire, and the ainftp frame type (-1: not ours). */
@@ -67,4 +70,46 @@ export function egressBins(frames: Frame[], starts: number[], ends: number[], fr
     return { at: k * BIN_MS, all: col(0), contrib: col(1), result: col(2) };
   });
   return { rounds: rounds.length, bins };
+}
+
+/** One `perf script -F pid,time,ip,sym` sample: its process (0 the idle
+ * task), its time (epoch ms, perf on CLOCK_REALTIME) and symbol; null for
+ * a line that is not a sample. */
+export function parseSample(line: string): { pid: number; t: number; sym: string } | null {
+  const m = /^\s*(\d+)\s+([\d.]+):\s*[0-9a-f]+\s+(\S*)/.exec(line);
+  return m ? { pid: Number(m[1]), t: Number(m[2]) * 1000, sym: m[3] } : null;
+}
+
+/** The idle task's halt, as bench/profile.ts counts idle. */
+export const IDLE_SYM = /^(pv_native_safe_halt|default_idle|cpuidle|do_idle|acpi_idle|native_safe_halt|pvm_safe_halt)/;
+
+/** The CPU through a round: in `bin` ms bins from each round's start (the
+ * rounds wholly inside [from, to]), the share of all the machine's samples
+ * that were the idle task, each rank's process (pids[r]: its threads, user
+ * and kernel) and the rest; `rate` is the machine's samples per ms (every
+ * CPU; perf's own rate, in this VM below its -F). Bins run to the longest
+ * round; a round's later bins may hold the next round's barrier. */
+export function cpuTimeline(
+  samples: { pid: number; t: number; sym: string }[], starts: number[], ends: number[], from: number, to: number,
+  pids: number[], rate: number, bin = 2,
+): { rounds: number; bins: { at: number; idle: number; ranks: number[]; rest: number }[] } {
+  const inside = starts.map((s0, i) => s0 >= from && ends[i] <= to);
+  const nIn = inside.filter(Boolean).length;
+  if (!nIn) return { rounds: 0, bins: [] };
+  const nb = Math.ceil(Math.max(...starts.map((s0, i) => (inside[i] ? ends[i] - s0 : 0))) / bin);
+  const cells = Array.from({ length: nb }, () => ({ idle: 0, ranks: new Array<number>(pids.length).fill(0), rest: 0 }));
+  const sorted = [...samples].sort((a, b) => a.t - b.t);
+  let ri = 0;
+  for (const s of sorted) {
+    while (ri + 1 < starts.length && starts[ri + 1] <= s.t) ri++;
+    if (!inside[ri] || s.t < starts[ri]) continue;
+    const b = Math.floor((s.t - starts[ri]) / bin);
+    if (b >= nb) continue;
+    const r = pids.indexOf(s.pid);
+    if (s.pid === 0 && IDLE_SYM.test(s.sym)) cells[b].idle++;
+    else if (r >= 0) cells[b].ranks[r]++;
+    else cells[b].rest++;
+  }
+  const full = rate * bin * nIn;
+  return { rounds: nIn, bins: cells.map((c, i) => ({ at: i * bin, idle: c.idle / full, ranks: c.ranks.map((v) => v / full), rest: c.rest / full })) };
 }

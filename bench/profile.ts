@@ -36,7 +36,7 @@ import { LinkShaper, parseRate } from "../src/bench/shape.ts";
 import { createLab, lineReader, type Lab } from "../src/lab/netns.ts";
 import { bringUp } from "../src/node/bringup.ts";
 import { parseSize } from "../src/units.ts";
-import { BIN_MS, egressBins, readPcap } from "./egress.ts";
+import { BIN_MS, cpuTimeline, egressBins, IDLE_SYM, parseSample, readPcap } from "./egress.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const SHIM = join(ROOT, "native/build/libainftp.so");
@@ -251,7 +251,7 @@ try {
   const softirqHost = (s: Sample) => s.comm.startsWith("ksoftirqd") || s.comm === "swapper";
   const category = (s: Sample): string => {
     const kernel = s.dso.includes("kernel") || s.dso.startsWith("bpf_prog_");
-    if (s.comm === "swapper" && /^(pv_native_safe_halt|default_idle|cpuidle|do_idle|acpi_idle|native_safe_halt|pvm_safe_halt)/.test(s.sym)) return "idle";
+    if (s.comm === "swapper" && IDLE_SYM.test(s.sym)) return "idle";
     if (!rank(s) && !(kernel && softirqHost(s))) return "other processes";
     if (s.dso.startsWith("bpf_prog_") || s.sym.startsWith("bpf_prog_")) return "XDP program";
     if (kernel) return s.sym === "pvm_irq_enable" ? "kernel (irq-off sections, pvm_irq_enable)" : "kernel";
@@ -295,43 +295,23 @@ try {
     console.log(`\nhost 0's egress, Mbit/s (median of ${eg.rounds} rounds in the window, by rank 0's round starts)${rate === null ? "" : `; its link is shaped to ${rateText}`}`);
     console.log(et.toString());
   }
-  let tl: { at: number; idle: number; ranks: number[]; rest: number }[] | null = null;
+  let tl: ReturnType<typeof cpuTimeline> | null = null;
   if (argv.includes("--timeline")) {
     // each sample by pid (a rank's threads share it) at its time from the
     // start of the rank-0 round it fell in (rounds wholly in the window)
     const scr = Bun.spawnSync(["perf", "script", "-i", data, "-F", "pid,time,ip,sym"], { stdout: "pipe", stderr: "pipe" });
+    const smp = scr.stdout.toString().split("\n").map(parseSample).filter((x) => x !== null);
     const pids = procs.map((p) => p.pid);
-    const BIN = 2, nb = Math.ceil(median / BIN) + 2;
-    const cells = Array.from({ length: nb }, () => ({ idle: 0, ranks: new Array<number>(peers).fill(0), rest: 0 }));
-    const inside = starts.map((s0, i) => s0 >= ps && ends[i] <= pe);
-    let ri = 0;
-    for (const line of scr.stdout.toString().split("\n")) {
-      const m = /^\s*(\d+)\s+([\d.]+):\s*[0-9a-f]+\s+(\S*)/.exec(line);
-      if (!m) continue;
-      const t = Number(m[2]) * 1000;
-      while (ri + 1 < starts.length && starts[ri + 1] <= t) ri++;
-      if (!inside[ri] || t < starts[ri]) continue;
-      const b = Math.floor((t - starts[ri]) / BIN);
-      if (b >= nb) continue;
-      const pid = Number(m[1]), r = pids.indexOf(pid);
-      if (pid === 0 && /^(pv_native_safe_halt|default_idle|cpuidle|do_idle|acpi_idle|native_safe_halt|pvm_safe_halt)/.test(m[3])) cells[b].idle++;
-      else if (r >= 0) cells[b].ranks[r]++;
-      else cells[b].rest++;
-    }
-    const nIn = inside.filter(Boolean).length;
-    // samples a bin holds with every CPU counted: perf's own rate (in this
-    // VM below -F's per CPU), over BIN ms, in nIn rounds
-    const cpus = navigator.hardwareConcurrency;
-    const full = (total / perfMs) * BIN * nIn;
-    tl = cells.map((c, i) => ({ at: i * BIN, idle: c.idle / full, ranks: c.ranks.map((v) => v / full), rest: c.rest / full }));
+    // samples per ms with every CPU counted: perf's own rate (in this VM below -F's per CPU)
+    tl = cpuTimeline(smp, starts, ends, ps, pe, pids, total / perfMs);
     const tt = new Table({ style: process.stdout.isTTY ? {} : { head: [], border: [] }, head: ["ms from rank 0's start", "idle", ...pids.map((_, r) => `rank ${r}`), "rest"] });
     const pc = (v: number) => `${(100 * v).toFixed(0)}%`;
-    for (const c of tl) tt.push([`${c.at}-${c.at + BIN}`, pc(c.idle), ...c.ranks.map(pc), pc(c.rest)]);
-    console.log(`\nwhere the ${cpus} CPUs went through a round: share of all CPU time per ${BIN} ms bin, mean of ${nIn} rounds (median round ${median.toFixed(1)} ms; bins past a round's end hold the next barrier)`);
+    for (const c of tl.bins) tt.push([`${c.at}-${c.at + 2}`, pc(c.idle), ...c.ranks.map(pc), pc(c.rest)]);
+    console.log(`\nwhere the ${navigator.hardwareConcurrency} CPUs went through a round: share of all CPU time per 2 ms bin, mean of ${tl.rounds} rounds (median round ${median.toFixed(1)} ms; a round's later bins may hold the next barrier)`);
     console.log(tt.toString());
   }
   const jf = opt("--json", "");
-  if (jf) writeFileSync(jf, JSON.stringify({ title, freq, seconds: perfMs / 1000, samples: total, rounds_in_window: inWin, median_round_ms: median, cpu_ms_per_round: Object.fromEntries([...byCat].map(([c, n]) => [c, (n * msPerSample) / inWin])), top: tops, ...(eg ? { egress_mbit_per_s: eg } : {}), ...(tl ? { timeline: tl } : {}) }, null, 2));
+  if (jf) writeFileSync(jf, JSON.stringify({ title, freq, seconds: perfMs / 1000, samples: total, rounds_in_window: inWin, median_round_ms: median, cpu_ms_per_round: Object.fromEntries([...byCat].map(([c, n]) => [c, (n * msPerSample) / inWin])), top: tops, ...(eg ? { egress_mbit_per_s: eg } : {}), ...(tl ? { timeline: tl.bins } : {}) }, null, 2));
 } catch (e) {
   console.error(`bench/profile.ts: ${e instanceof Error ? e.message : e}`);
   process.exitCode = 1;

@@ -1,7 +1,8 @@
 // bench/egress.ts: the pcap reader and the per-round bins behind
-// `bench/profile.ts --egress`, on a capture written here.
+// `bench/profile.ts --egress`, on a capture written here; the CPU timeline
+// behind `--timeline`, on `perf script` lines written here.
 import { describe, expect, test } from "bun:test";
-import { BIN_MS, egressBins, readPcap } from "../bench/egress.ts";
+import { BIN_MS, cpuTimeline, egressBins, parseSample, readPcap } from "../bench/egress.ts";
 import { PKT_CONTRIB, PKT_RESULT } from "../src/abi.ts";
 
 /** A classic pcap (little-endian, µs) of frames [epoch ms, wire length, ainftp type or -1 for a short frame]. */
@@ -48,5 +49,34 @@ describe("bench/egress.ts", () => {
       { at: 2 * BIN_MS, all: 0, contrib: 0, result: 0 },
     ]);
     expect(egressBins([], [T], [T + 1], T + 10, T + 20)).toEqual({ rounds: 0, bins: [] });
+  });
+
+  test("reads perf script samples: pid, time (ms) and symbol; other lines are not samples", () => {
+    expect(parseSample("    0 46659.260182:  ffffffff8224379b pv_native_safe_halt")).toEqual({ pid: 0, t: 46659260.182, sym: "pv_native_safe_halt" });
+    expect(parseSample(" 1234 46659.5:  7f00aa bun_thing+0x10")).toEqual({ pid: 1234, t: 46659500, sym: "bun_thing+0x10" });
+    expect(parseSample("")).toBeNull();
+    expect(parseSample("# perf script header")).toBeNull();
+  });
+
+  test("the CPU timeline: each round's samples from its start by who ran (idle, each rank, the rest), as shares of the machine", () => {
+    // rate: 2 samples per ms (the machine's, every CPU); 2 ms bins hold 4 a round
+    const pids = [101, 202];
+    const s = (pid: number, t: number, sym = "x") => ({ pid, t, sym });
+    const samples = [];
+    for (const r0 of [T, T + 10]) {
+      // bin 0: rank 0 twice, rank 1 once, idle once; bin 1: the idle task in a
+      // kernel function that is not its halt (the rest), rank 1, idle twice
+      samples.push(s(101, r0 + 0.1), s(101, r0 + 0.6), s(202, r0 + 1.1), s(0, r0 + 1.6, "pv_native_safe_halt"));
+      samples.push(s(0, r0 + 2.1, "handle_softirqs"), s(202, r0 + 2.6), s(0, r0 + 3.1, "default_idle_call"), s(0, r0 + 3.6, "pv_native_safe_halt"));
+    }
+    // a round outside [from, to]: not counted; a sample before the first round: dropped
+    samples.push(s(101, T + 20.5), s(101, T - 1));
+    const { rounds, bins } = cpuTimeline(samples, [T, T + 10, T + 20], [T + 4, T + 14, T + 24], T, T + 15, pids, 2);
+    expect(rounds).toBe(2);
+    expect(bins).toEqual([
+      { at: 0, idle: 1 / 4, ranks: [2 / 4, 1 / 4], rest: 0 },
+      { at: 2, idle: 2 / 4, ranks: [0, 1 / 4], rest: 1 / 4 },
+    ]);
+    expect(cpuTimeline(samples, [T], [T + 4], T + 100, T + 200, pids, 2)).toEqual({ rounds: 0, bins: [] });
   });
 });
