@@ -506,6 +506,51 @@ HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const u
 	return saturated;
 }
 
+/* rht_exps_body and pack_body in one pass: each chunk transformed (with
+ * error feedback: src + add) into x, its exponent into exps, its scale
+ * max(pred, exponent) into scale (the exponent where pred is NULL), and,
+ * unless offsets[c] is AINFTP_NO_OFFSET, its packet at out + offsets[c]
+ * under that scale, while the chunk is in cache: x is not read again for
+ * packing. The same bits as the two calls (ainftp_bits_rht_exps_pack). */
+HOT uint32_t rht_exps_pack_body(const float *src, const float *add, float *x, uint32_t n, uint32_t chunk_elems,
+				uint32_t rht_seed, int32_t p, const int8_t *pred, int8_t *exps, int8_t *scale,
+				const uint32_t *offsets, struct ainftp_wire_hdr *h, uint8_t *out, uint32_t seed,
+				uint32_t bits, float *resid, uint32_t resid_seed, uint32_t *saturated, int vec)
+{
+	uint32_t nonfinite = 0, sat = 0;
+	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
+		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		const float *in = src + start;
+		if (add) {
+			float *d = x + start;
+			const float *a = add + start;
+			for (uint32_t i = 0; i < count; i++)
+				d[i] = in[i] + a[i];
+			in = d;
+		}
+		int32_t m = 0;
+		if (vec) {
+			nonfinite += rht_chunk_any(vec, in, x + start, count, stream_key(rht_seed, c), 0, &m);
+		} else {
+			uint32_t bad = 0;
+			rht_chunk_scalar(in, x + start, count, stream_key(rht_seed, c), 0);
+			exps_scan(x + start, count, &m, &bad);
+			nonfinite += bad;
+		}
+		int8_t e = exp_of_max_p(m, p);
+		exps[c] = e;
+		if (pred && pred[c] > e && pred[c] <= AINFTP_EXP_MAX)
+			e = pred[c];
+		scale[c] = e;
+		if (offsets[c] == AINFTP_NO_OFFSET)
+			continue;
+		const uint32_t one = c;
+		sat += pack_body(x, n, chunk_elems, &one, 1, scale, h, out + offsets[c], 0, seed, bits, resid, resid_seed, vec);
+	}
+	*saturated += sat;
+	return nonfinite;
+}
+
 /* The forward RHT of src into x and exps[c] of the transformed values (as
  * exps_body would give, without reading x again); the non-finite count.
  * With error feedback (ainftp_rht_ef_exps): add, if not NULL, is added to
@@ -552,6 +597,9 @@ struct bits_kernels {
 	void (*rht)(const float *, float *, uint32_t, uint32_t, uint32_t, uint32_t);
 	uint32_t (*rht_exps)(const float *, const float *, float *, float *, uint32_t, uint32_t, uint32_t, int8_t *, int32_t);
 	void (*rht_chunk)(float *, uint32_t, uint32_t, uint32_t);
+	uint32_t (*rht_exps_pack)(const float *, const float *, float *, uint32_t, uint32_t, uint32_t, int32_t, const int8_t *,
+				  int8_t *, int8_t *, const uint32_t *, struct ainftp_wire_hdr *, uint8_t *, uint32_t, uint32_t,
+				  float *, uint32_t, uint32_t *);
 };
 
 #define BITS_BUILD(isa, attr, vec)                                                                               \
@@ -592,23 +640,35 @@ struct bits_kernels {
 			rht_chunk_any(vec, x, x, count, key, inverse, NULL);                                     \
 		else                                                                                             \
 			rht_chunk_scalar(x, x, count, key, inverse);                                             \
+	}                                                                                                        \
+	attr static uint32_t rht_exps_pack_##isa(const float *src, const float *add, float *x, uint32_t n,     \
+						 uint32_t ce, uint32_t rseed, int32_t p, const int8_t *pred,    \
+						 int8_t *exps, int8_t *scale, const uint32_t *offsets,          \
+						 struct ainftp_wire_hdr *h, uint8_t *out, uint32_t seed,        \
+						 uint32_t bits, float *resid, uint32_t resid_seed,              \
+						 uint32_t *saturated)                                           \
+	{                                                                                                        \
+		return rht_exps_pack_body(src, add, x, n, ce, rseed, p, pred, exps, scale, offsets, h, out,     \
+					  seed, bits, resid, resid_seed, saturated, vec);                       \
 	}
 
 BITS_BUILD(generic, , 0)
 static const struct bits_kernels generic = { exps_generic, pack_generic, finish_generic, dequant_generic, rht_generic,
-						 rht_exps_generic, rht_chunk_generic };
+						 rht_exps_generic, rht_chunk_generic, rht_exps_pack_generic };
 
 #ifdef BITS_X86
 #define TARGET_AVX2 __attribute__((target("avx2")))
 BITS_BUILD(avx2, TARGET_AVX2, 1)
-static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2, rht_exps_avx2, rht_chunk_avx2 };
+static const struct bits_kernels avx2 = { exps_avx2, pack_avx2, finish_avx2, dequant_avx2, rht_avx2, rht_exps_avx2, rht_chunk_avx2,
+					   rht_exps_pack_avx2 };
 #ifdef __clang__
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #else /* gcc would use 256-bit vectors for these by default */
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
 #endif
 BITS_BUILD(avx512, TARGET_AVX512, 2)
-static const struct bits_kernels avx512 = { exps_avx512, pack_avx512, finish_avx512, dequant_avx512, rht_avx512, rht_exps_avx512, rht_chunk_avx512 };
+static const struct bits_kernels avx512 = { exps_avx512, pack_avx512, finish_avx512, dequant_avx512, rht_avx512, rht_exps_avx512,
+					     rht_chunk_avx512, rht_exps_pack_avx512 };
 
 #define AVX2_INLINE static inline __attribute__((always_inline, target("avx2")))
 /* The register blocks below only stay in registers when unrolled whole. */
@@ -1173,4 +1233,39 @@ uint32_t ainftp_rht_ef_exps(const float *src, const float *add, float *x, float 
 	if (chunk_elems == 0 || (bits != 8 && bits != 4))
 		return AINFTP_QUANT_EINVAL;
 	return kern()->rht_exps(src, add, x, also, n, chunk_elems, seed, exps, bits == 8 ? 7 : 3);
+}
+
+/* Prepacking at 8 and 4 bits (src/collective/prepack.ts): ainftp_rht_ef_exps
+ * of src (+ add, if not NULL) into x, and every chunk with an offset packed
+ * in the same pass, while it is in cache, as ainftp_bits_pack_ef would pack
+ * it from x under scale[c] = max(pred[c], exps[c]) (exps[c] where pred is
+ * NULL or pred[c] is out of range): header from hdr_template, at out +
+ * offsets[c] (AINFTP_NO_OFFSET: none); resid, if not NULL, gets the error
+ * of every value packed, back through the inverse of resid_seed (0: not).
+ * The same x, exponents and packets as those calls. Returns the non-finite
+ * values of x (as ainftp_rht_ef_exps), adds the values clipped to
+ * *saturated; AINFTP_QUANT_EINVAL for a bad width or chunk size, or a
+ * packet that would not fit out. */
+uint32_t ainftp_bits_rht_exps_pack(const float *src, const float *add, float *x, uint32_t n, uint32_t chunk_elems,
+				   uint32_t rht_seed, uint32_t bits, const int8_t *pred, int8_t *exps, int8_t *scale,
+				   const uint32_t *offsets, const void *hdr_template, uint8_t *out, uint32_t out_len,
+				   uint32_t seed, float *resid, uint32_t resid_seed, uint32_t *saturated)
+{
+	if (chunk_elems == 0 || chunk_elems > NARROW_MAX || (bits != 8 && bits != 4))
+		return AINFTP_QUANT_EINVAL;
+	uint32_t total = n / chunk_elems + (n % chunk_elems != 0);
+	for (uint32_t c = 0; c < total; c++) {
+		uint32_t count = n - c * chunk_elems < chunk_elems ? n - c * chunk_elems : chunk_elems;
+		if (offsets[c] != AINFTP_NO_OFFSET &&
+		    (uint64_t)offsets[c] + sizeof(struct ainftp_wire_hdr) + ainftp_bits_payload(bits, count) > (uint64_t)out_len)
+			return AINFTP_QUANT_EINVAL;
+	}
+	struct ainftp_wire_hdr h;
+	memcpy(&h, hdr_template, sizeof(h));
+	h.version = bits == 8 ? AINFTP_VERSION_INT8 : AINFTP_VERSION_INT4;
+	uint32_t bad = kern()->rht_exps_pack(src, add, x, n, chunk_elems, rht_seed, bits == 8 ? 7 : 3, pred, exps, scale,
+					     offsets, &h, out, seed, bits, resid, resid_seed, saturated);
+	if (resid && resid_seed)
+		ainftp_stream_fence();
+	return bad;
 }

@@ -38,6 +38,10 @@ uint32_t ainftp_rht_from_exps(const float *src, float *x, uint32_t n, uint32_t c
 			      uint32_t bits);
 uint32_t ainftp_rht_ef_exps(const float *src, const float *add, float *x, float *also, uint32_t n, uint32_t chunk_elems,
 			    uint32_t seed, int8_t *exps, uint32_t bits);
+uint32_t ainftp_bits_rht_exps_pack(const float *src, const float *add, float *x, uint32_t n, uint32_t chunk_elems,
+				   uint32_t rht_seed, uint32_t bits, const int8_t *pred, int8_t *exps, int8_t *scale,
+				   const uint32_t *offsets, const void *hdr_template, uint8_t *out, uint32_t out_len,
+				   uint32_t seed, float *resid, uint32_t resid_seed, uint32_t *saturated);
 int32_t ainftp_rht_isa(void);
 
 #endif /* AINFTP_BITS_H */

@@ -46,6 +46,10 @@ const quant = openShimTable({
   ...RHT_FROM_EXPS,
   ainftp_rht_ef_exps: { args: [T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_rht_chunk: { args: [T.ptr, T.u32, T.u32, T.u32, T.u32], returns: T.i32 },
+  ainftp_bits_rht_exps_pack: {
+    args: [T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.u32, T.u32, T.ptr, T.ptr, T.ptr, T.ptr, T.ptr, T.ptr, T.u32, T.u32, T.ptr, T.u32, T.ptr],
+    returns: T.u32,
+  },
   ...PACK_EF,
   ainftp_bits_payload: { args: [T.u32, T.u32], returns: T.u32 },
   ainftp_rht_isa: { args: [], returns: T.i32 },
@@ -259,6 +263,29 @@ export function cRhtFromExps(
   if (!src.length) return 0;
   if (!add && !also) return quant.ainftp_rht_from_exps(src, out, src.length, chunkElems, seed >>> 0, exps, bits);
   return quant.ainftp_rht_ef_exps(src, add, out, also, src.length, chunkElems, seed >>> 0, exps, bits);
+}
+
+/** Prepacking at 8 and 4 bits: cRhtFromExps of src (+ add) into out, and
+ * in the same pass, while each chunk is in cache, its packet at out +
+ * offsets[c] (none for NO_OFFSET) at scale[c] = max(pred[c], exps[c])
+ * (exps[c] without pred), as cBitsPack with the residual (resid, through
+ * the inverse of residSeed) would make it from out. Returns the NaN/±Inf
+ * count or QUANT_EINVAL; adds the values clipped to saturated[0]. */
+export function cBitsRhtExpsPack(
+  src: Float32Array, add: Float32Array | null, out: Float32Array, chunkElems: number, rhtSeed: number, bits: NarrowBits,
+  pred: Int8Array | null, exps: Int8Array, scale: Int8Array, offsets: Uint32Array, header: Uint8Array, pkts: Uint8Array,
+  seed: number, resid: Float32Array | null, residSeed: number, saturated: Uint32Array,
+): number {
+  const chunks = Math.ceil(src.length / chunkElems);
+  need(chunkElems > 0, "chunkElems must be > 0");
+  need(out.length >= src.length && (!add || add.length >= src.length) && (!resid || resid.length >= src.length), "out, add or resid shorter than src");
+  need(exps.length >= chunks && scale.length >= chunks && offsets.length >= chunks, "exps, scale or offsets shorter than the chunk count");
+  need(!pred || pred.length >= chunks, "pred shorter than the chunk count");
+  need(header.length >= 32, "header template must be 32 bytes");
+  need(saturated.length >= 1, "saturated holds one count");
+  if (!src.length) return 0;
+  return quant.ainftp_bits_rht_exps_pack(src, add, out, src.length, chunkElems, rhtSeed >>> 0, bits, pred, exps, scale, offsets, header, pkts,
+    pkts.length, seed >>> 0, resid, residSeed >>> 0, saturated);
 }
 
 /** The RHT of one chunk in place, `chunk` its index in the whole array (the

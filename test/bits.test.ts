@@ -14,7 +14,7 @@ import {
   chunkExpsAt, dequantizeBits, ERROR_BOUND, finishChunkBits, headerTemplate, mix32, packChunksAt, QMAX_BITS, rht, rhtFrom,
   rhtFromExps,
 } from "../src/quantize.ts";
-import { cRhtChunk, quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
+import { cBitsRhtExpsPack, cRhtChunk, NO_OFFSET, quantIsasSupported, rhtIsa, setQuantIsa } from "../native/quant.ts";
 import { mulberry32 } from "../src/random.ts";
 import { ReflexObject } from "../src/reflex.ts";
 
@@ -416,6 +416,39 @@ describe("the randomized Hadamard transform", () => {
       // the unpacked chunks kept what was there
       for (let c = 1; c < total; c += 2) expect([what, c, b.subarray(c * ce, Math.min(n, (c + 1) * ce)).every((v) => v === 5)]).toEqual([what, c, true]);
     });
+  });
+
+  test("prepacking (cBitsRhtExpsPack) gives the transform, exponents, packets and residual of the separate calls, in every build; chunks without an offset get none", () => {
+    everyBuildEdgeWidth((what, n, ce, bits) => {
+      const total = Math.ceil(n / ce);
+      const x = gaussian(n + 5 * ce, n, 1 + (n % 7) * 30), add = gaussian(n + 9 * ce, n, 0.02);
+      // a prediction above some exponents (the largest scale there is), below others, equal to some
+      const pred = Int8Array.from({ length: total }, (_, c) => (c % 3 === 0 ? 127 : c % 3 === 1 ? -100 : 0));
+      const stride = HDR + payloadBytes(bits, Math.min(n, ce));
+      const header = headerTemplate({ type: PKT_CONTRIB, jobId: 2, round: 5, rank: 1 });
+      // chunk c's packet at slot (total - 1 - c) (a layout's order is not the chunks'), chunk 1 none
+      const offsets = Uint32Array.from({ length: total }, (_, c) => (c === 1 && total > 1 ? NO_OFFSET : (total - 1 - c) * stride));
+      for (const withEf of [false, true]) {
+        // the separate calls: the transform with the exponents, then each chunk packed at max(pred, exponent)
+        const a = new Float32Array(n), ea = new Int8Array(total);
+        const badA = rhtFromExps(x, a, ce, 31, ea, bits, withEf ? add : null);
+        const sa = Int8Array.from(ea, (e, c) => (pred[c] > e && pred[c] <= 127 ? pred[c] : e));
+        const outA = new Uint8Array(total * stride), ra = new Float32Array(n).fill(3);
+        let satA = 0;
+        for (let c = 0; c < total; c++) {
+          if (offsets[c] === NO_OFFSET) continue;
+          satA += packChunksAt(a, { chunkElems: ce, chunks: Uint32Array.of(c), exps: sa, header, out: outA.subarray(offsets[c], offsets[c] + stride), stride, seed: 41, bits, resid: withEf ? ra : null, residSeed: withEf ? 31 : 0 });
+        }
+        // one pass
+        const b = new Float32Array(n), eb = new Int8Array(total), sb = new Int8Array(total), outB = new Uint8Array(total * stride), rb = new Float32Array(n).fill(3);
+        const sat = new Uint32Array(1);
+        const badB = cBitsRhtExpsPack(x, withEf ? add : null, b, ce, 31, bits, pred, eb, sb, offsets, header, outB, 41, withEf ? rb : null, withEf ? 31 : 0, sat);
+        expect([what, withEf, badB, sat[0], [...eb], [...sb]]).toEqual([what, withEf, badA, satA, [...ea], [...sa]]);
+        expect([what, withEf, bitsOf(b).equals(bitsOf(a)), Buffer.from(outB).equals(Buffer.from(outA)), bitsOf(rb).equals(bitsOf(ra))]).toEqual([what, withEf, true, true, true]);
+      }
+    });
+    const o = new Uint32Array([0]);
+    expect(cBitsRhtExpsPack(new Float32Array(8), null, new Float32Array(8), 8, 1, 8, null, new Int8Array(1), new Int8Array(1), o, new Uint8Array(32), new Uint8Array(39), 1, null, 0, new Uint32Array(1))).toBe(0xffffffff);
   });
 
   test("every build gives the same bits at every block size and chunk edge: forward, in place, inverse", () => {

@@ -333,7 +333,7 @@ export interface CollectiveStats {
   specRounds: number;
   /** Of those, contributions sent again: the plan's scale (or active set) was not the predicted one. */
   specResent: number;
-  /** 16-bit rounds whose packets came from the exponents' pass (prepack.ts). */
+  /** Rounds whose packets came from the exponents' pass (prepack.ts; at 8 and 4 bits the transform's). */
   prepackedRounds: number;
   /** 8 and 4 bits: result chunks gathered (dequantized, inverse transform)
    * while the round still waited, not after its last result (early.ts). */

@@ -11,8 +11,19 @@
 //
 // Before, the exponents' pass and packing each read all of x: 16 MiB
 // twice a rank a round (README "Session 14").
-import { cExpsPack, QUANT_EINVAL } from "../../native/quant.ts";
+//
+// At 8 and 4 bits the pass is the transform's (native
+// ainftp_bits_rht_exps_pack): each chunk transformed into the round's
+// array, its exponent taken, and its packet made while it is in cache, so
+// packing no longer reads the transformed array back from memory (16 MiB
+// a rank a round). There it also serves a round that speculates: its
+// packets are those speculate.ts sends before the plan (F_SPEC, each chunk
+// at max(prediction, our exponent): the scale speculation packs at), and
+// confirm() mends the ones the plan changed (README "Session 19").
+import { cBitsRhtExpsPack, cExpsPack, QUANT_EINVAL } from "../../native/quant.ts";
+import { F_SPEC } from "../abi.ts";
 import { packChunksAt } from "../quantize.ts";
+import { H } from "./control.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
 import { contribHeader, layoutOf, packOwn, stochasticSeed } from "./sender.ts";
@@ -25,11 +36,25 @@ export interface Prepack {
   sendLen: number;
   /** The scale each chunk was packed at. */
   scale: Int8Array;
+  /** The packets carry F_SPEC (8 and 4 bits, a round that speculates). */
+  spec: boolean;
+}
+
+/** At 8 and 4 bits the round's input: the gradient (plus error feedback's
+ * residual `add`), the transform's seed, and where packing puts our error. */
+export interface RhtIn {
+  src: Float32Array;
+  add: Float32Array | null;
+  seed: number;
+  resid: Float32Array | null;
 }
 
 export const PREPACK = {
   /** false: the exponents' pass and packing apart, as before (a test compares). */
   enabled: true,
+  /** false: at 8 and 4 bits the transform's pass and packing apart, as
+   * before session 19 (AINFTP_PREPACK_NARROW=0; a test compares). */
+  narrow: process.env.AINFTP_PREPACK_NARROW !== "0",
   /** Rounds of fewer values pack at the plan, as before: their x stays in
    * the caches between the two passes, and packing before the exponents
    * go out only delays the plan, which a small round waits on (1 MiB,
@@ -37,17 +62,22 @@ export const PREPACK = {
   minValues: 1 << 20,
 };
 
-/** Whether this round prepacks: 16 bits, a large round, members to send
- * to, and no speculation (which packs under the prediction, flagged). */
+/** Whether this round prepacks: a large round, members to send to; at 16
+ * bits no speculation (which packs under the prediction, flagged), at 8
+ * and 4 bits with the transform, speculating or not (speculate.ts sends
+ * the packets). */
 export function prepacks(h: Host, st: RoundState): boolean {
-  return PREPACK.enabled && h.bits === 16 && h.size > 1 && !st.patient && st.x.length >= PREPACK.minValues && !maySpeculate(h, st);
+  if (!PREPACK.enabled || h.size <= 1 || st.patient || st.x.length < PREPACK.minValues) return false;
+  return h.bits === 16 ? !maySpeculate(h, st) : PREPACK.narrow && h.rht;
 }
 
 const saturated = new Uint32Array(1);
 
 /** Our exponents of x into `mine` and the round's packets into
- * st.prepack; returns the NaN/±Inf count (as chunkExpsAt). */
-export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Array): number {
+ * st.prepack; returns the NaN/±Inf count (as chunkExpsAt). At 8 and 4
+ * bits (rin) x is the round's array, which the same pass fills with the
+ * transform of rin.src (+ rin.add). */
+export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Array, rin: RhtIn | null = null): number {
   const n = st.nchunks, seg = h.seg;
   // the layout the plan gives a round of every member (sender.ts layoutOf):
   // where each chunk's packet goes, our own after the contributions
@@ -62,10 +92,19 @@ export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Arra
   const scale = new Int8Array(n);
   const pred = h.predictions.get(n)?.shared ?? null;
   saturated[0] = 0;
-  const bad = cExpsPack(x, h.chunkElems, pred, mine, scale, offsets, contribHeader(h, st), buf, stochasticSeed(h, st.r), saturated);
+  // (a round that speculates sends these before the plan: flagged as speculate.ts's)
+  const spec = h.bits !== 16 && !!maySpeculate(h, st);
+  const header = contribHeader(h, st, spec);
+  let bad: number;
+  if (h.bits === 16) bad = cExpsPack(x, h.chunkElems, pred, mine, scale, offsets, header, buf, stochasticSeed(h, st.r), saturated);
+  else {
+    if (!rin) throw new Error("prepack: 8 and 4 bits need the round's input (RhtIn)");
+    bad = cBitsRhtExpsPack(rin.src, rin.add, x, h.chunkElems, rin.seed, h.bits, pred, mine, scale, offsets, header, buf, stochasticSeed(h, st.r),
+      rin.resid, rin.resid ? rin.seed : 0, saturated);
+  }
   if (bad === QUANT_EINVAL) throw new RangeError(`prepack: ${n} chunks of ${h.chunkElems} values do not fit their layout (${buf.length} bytes)`);
   h.stats.saturations += saturated[0];
-  st.prepack = { buf, sendLen, scale };
+  st.prepack = { buf, sendLen, scale, spec };
   return bad;
 }
 
@@ -79,6 +118,8 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
   const seg = h.seg;
   st.sendBuf = pp.buf.subarray(0, pp.sendLen);
   st.ownBuf = pp.buf.subarray(pp.sendLen, pp.sendLen + st.owned.length * seg);
+  // made for speculation, which did not happen (the plan came first): firm packets
+  if (pp.spec) clearSpec(pp.buf.subarray(0, pp.sendLen + st.owned.length * seg), seg);
   for (let o = 0; o < h.size; o++) {
     if (o === h.rank) continue;
     const list = st.ownerChunks[o];
@@ -88,7 +129,7 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
       const at = st.ownerOffset[o] + k * seg;
       h.stats.saturations += packChunksAt(x, {
         chunkElems: h.chunkElems, chunks: list.subarray(k, k + 1), exps: st.shared, header: st.header, out: st.sendBuf.subarray(at, at + seg),
-        stride: seg, seed: st.seed, bits: 16,
+        stride: seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
       });
     }
   }
@@ -98,4 +139,10 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
   st.prepacked = true;
   h.stats.prepackedRounds++;
   return true;
+}
+
+/** Clears F_SPEC in every packet of buf (one per seg bytes). */
+export function clearSpec(buf: Uint8Array, seg: number): void {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let at = 0; at + seg <= buf.length; at += seg) dv.setUint16(at + H.flags[0], dv.getUint16(at + H.flags[0], true) & ~F_SPEC, true);
 }

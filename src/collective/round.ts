@@ -23,7 +23,7 @@ import { PTO_FLOOR_MS } from "./rtt.ts";
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 import { applyPlan, pump, startContributions, unpackedResidual, unsent } from "./sender.ts";
 import { confirm, confirmSlots, predicted, rememberPlan, speculate } from "./speculate.ts";
-import { prepack, prepacks } from "./prepack.ts";
+import { prepack, prepacks, type RhtIn } from "./prepack.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
  * result is in `out`. `add` (error feedback, with the transform only: the
@@ -48,21 +48,21 @@ export async function runRound(
   // 8 and 4 bits: the round sums the randomized Hadamard transform of x (the
   // same signs on every member), and the results come back through its inverse
   const seed = rhtSeed(h.job, r);
-  let xq = x, pre: Exps | null = null;
+  let xq = x, rin: RhtIn | null = null;
   if (h.rht) {
-    const b = h.scratch("rht", 4 * x.length), e = h.scratch("rht-exps", nchunks);
+    const b = h.scratch("rht", 4 * x.length);
     xq = new Float32Array(b.buffer, b.byteOffset, x.length);
-    const exps = new Int8Array(e.buffer, e.byteOffset, nchunks);
-    // no copy of x first, and our exponents from the same pass (xq is not
-    // read again for them); with error feedback the same pass adds the last
-    // residual. Packing writes this round's residual chunk by chunk, back
-    // through the inverse while the chunk is in cache; what we never pack (a
-    // round we sit out) is all error, and gets xq at the end
+    // the transform of x into xq in beginRound, our exponents from the same
+    // pass (xq is not read again for them), and in a large round every
+    // packet of ours too (prepack.ts); with error feedback the same pass
+    // adds the last residual. Packing writes this round's residual chunk by
+    // chunk, back through the inverse while the chunk is in cache; what we
+    // never pack (a round we sit out) is all error, and gets xq at the end
     // (unpackedResidual): no copy of all of xq first (16 MiB written per
     // 16 MiB round, which packing overwrote)
-    pre = { exps, bad: rhtFromExps(x, xq, h.chunkElems, seed, exps, h.bits, add, null) };
+    rin = { src: x, add, seed, resid: resid && h.bits !== 16 ? resid : null };
   }
-  const st = beginRound(h, r, xq, out, nchunks, t0, patient, pre);
+  const st = beginRound(h, r, xq, out, nchunks, t0, patient, rin);
   noteDeaths(h, r);
   if (TRACE) console.error(`[trace] start r${r} rank ${h.rank} leader ${st.leader} at ${t0.toFixed(1)} epoch ${(performance.timeOrigin + t0).toFixed(2)} live ${(h.liveMask & ((1n << BigInt(h.size)) - 1n)).toString(2)}`);
   if (resid) {
@@ -102,11 +102,10 @@ export function rhtSeed(job: number, r: number): number {
 }
 
 /** Our exponents of x and its NaN/±Inf count, when the transform made them. */
-type Exps = { exps: Int8Array; bad: number };
 
 /** The program's window and config for round r, the round's state, and our
  * exponents (to the leader, unless we lead; `pre`: already made). */
-function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchunks: number, t0: number, patient: boolean, pre: Exps | null): RoundState {
+function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchunks: number, t0: number, patient: boolean, rin: RhtIn | null): RoundState {
   // We finished round r-1, so we need nothing older: a member that sat
   // the last round out saw none of its events, which move the window.
   if (h.cfg.roundBase < r - 1) h.advanceWindow(r - 1);
@@ -124,7 +123,10 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
   // exponents: ours to the leader, then theirs (some may be here already)
   const mine = myExps(h, st);
   const tp = h.clock.now();
-  const bad = pre ? (mine.set(pre.exps), pre.bad) : prepacks(h, st) ? prepack(h, st, x, mine) : chunkExpsAt(x, h.chunkElems, mine, h.bits);
+  // (8 and 4 bits: x is the round's array, which this pass fills with the transform of rin.src)
+  const bad = prepacks(h, st) ? prepack(h, st, x, mine, rin)
+    : rin ? rhtFromExps(rin.src, x, h.chunkElems, rin.seed, mine, h.bits, rin.add, null)
+    : chunkExpsAt(x, h.chunkElems, mine, h.bits);
   st.expsDoneAt = h.phase("exps", tp);
   if (bad > 0) {
     const i = x.findIndex((v) => !Number.isFinite(v));

@@ -49,6 +49,9 @@ export interface Spec {
   /** Our scale per chunk under the prediction: max(prediction, our exponent). */
   S: Int8Array;
   active: bigint;
+  /** 8 and 4 bits: our packets, all made in the transform's pass
+   * (prepack.ts), contributions then our own chunks; null: packed as sent. */
+  pp: { buf: Uint8Array; sendLen: number } | null;
 }
 
 /** Predictions kept, one per array length (a trainer's buckets). */
@@ -110,15 +113,31 @@ export function speculate(h: Host, st: RoundState, x: Float32Array, mine: Int8Ar
   const all = allMask(h.size);
   const S = new Int8Array(st.nchunks);
   for (let c = 0; c < st.nchunks; c++) S[c] = Math.max(p.shared[c], mine[c]);
-  st.spec = { S, active: all };
+  st.spec = { S, active: all, pp: null };
   layOut(h, st, all);
   h.setConfig({ ...h.cfg, ownedChunks: st.owned.length, resultsPerRound: st.nchunks - st.owned.length });
   beginSending(h, st, contribHeader(h, st, true));
   st.packExps = S;
-  packOwn(h, st, x, S);
+  const pp = st.prepack;
+  if (pp?.spec) {
+    // every packet already made under S, flagged, in the layout of every
+    // member (prepack.ts): sent as it is
+    st.prepack = null;
+    st.spec.pp = { buf: pp.buf, sendLen: pp.sendLen };
+    usePackets(h, st);
+    st.prepacked = true;
+    h.stats.prepackedRounds++;
+  } else packOwn(h, st, x, S);
   h.stats.specRounds++;
   pump(h, st, x);
   return true;
+}
+
+/** The round's buffers are the prepacked ones (speculating at 8 and 4 bits). */
+function usePackets(h: Host, st: RoundState): void {
+  const pp = st.spec!.pp!;
+  st.sendBuf = pp.buf.subarray(0, pp.sendLen);
+  st.ownBuf = pp.buf.subarray(pp.sendLen, pp.sendLen + st.owned.length * h.seg);
 }
 
 /** The plan is here and applied (sender.ts applyPlan): what we sent under
@@ -151,8 +170,11 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
       }
     // (startContributions then begins as in a round without speculation)
     st.spec = null;
+    st.prepacked = false;
     return;
   }
+  // (applyPlan laid the same layout out in its own buffers)
+  if (spec.pp) usePackets(h, st);
   st.header = firm;
   const changed: number[] = [];
   for (let k = 0; k < st.owned.length; k++) if (spec.S[st.owned[k]] !== st.shared[st.owned[k]]) changed.push(k);
@@ -160,20 +182,22 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
   const seg = h.seg;
   const copies = redundant(h, st) ? 2 : 1;
   for (let o = 0; o < h.size; o++) {
-    if (o === h.rank || st.pos[o] === 0) continue;
+    if (o === h.rank || (st.pos[o] === 0 && !st.prepacked)) continue;
     const list = st.ownerChunks[o];
-    const region = st.sendBuf.subarray(st.ownerOffset[o], st.ownerOffset[o] + st.pos[o] * seg);
+    // (prepacked: the packets not sent yet are mended too; pump sends them as they are)
+    const upTo = st.prepacked ? list.length : st.pos[o];
+    const region = st.sendBuf.subarray(st.ownerOffset[o], st.ownerOffset[o] + upTo * seg);
     const dv = new DataView(region.buffer, region.byteOffset, region.byteLength);
     const again: number[] = [];
-    for (let k = 0; k < st.pos[o]; k++) {
+    for (let k = 0; k < upTo; k++) {
       const c = list[k];
       if (spec.S[c] !== st.shared[c]) {
-        st.sentAt[c] = now;
+        if (k < st.pos[o]) st.sentAt[c] = now;
         h.stats.saturations += packChunksAt(x, {
           chunkElems: h.chunkElems, chunks: list.subarray(k, k + 1), exps: st.shared, header: firm, out: region.subarray(k * seg, (k + 1) * seg),
           stride: seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
         });
-        again.push(k);
+        if (k < st.pos[o]) again.push(k);
       } else {
         // the same packet without F_SPEC: a retransmission of it must not
         // depend on the owner's prediction
