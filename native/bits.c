@@ -506,6 +506,28 @@ HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const u
 	return saturated;
 }
 
+/* Chunk c (count values from start) of src (+ add) transformed into x
+ * under the seed's key for c, its largest finite magnitude (as bits) into
+ * *m; returns its non-finite values (rht_exps_body, rht_exps_pack_body). */
+HOT uint32_t rht_exps_chunk(const float *src, const float *add, float *x, uint32_t start, uint32_t count, uint32_t c,
+			    uint32_t seed, int32_t *m, int vec)
+{
+	const float *in = src + start;
+	if (add) {
+		float *d = x + start;
+		const float *a = add + start;
+		for (uint32_t i = 0; i < count; i++)
+			d[i] = in[i] + a[i];
+		in = d;
+	}
+	if (vec)
+		return rht_chunk_any(vec, in, x + start, count, stream_key(seed, c), 0, m);
+	uint32_t bad = 0;
+	rht_chunk_scalar(in, x + start, count, stream_key(seed, c), 0);
+	exps_scan(x + start, count, m, &bad);
+	return bad;
+}
+
 /* rht_exps_body and pack_body in one pass: each chunk transformed (with
  * error feedback: src + add) into x, its exponent into exps, its scale
  * max(pred, exponent) into scale (the exponent where pred is NULL), and,
@@ -520,23 +542,8 @@ HOT uint32_t rht_exps_pack_body(const float *src, const float *add, float *x, ui
 	uint32_t nonfinite = 0, sat = 0;
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
-		const float *in = src + start;
-		if (add) {
-			float *d = x + start;
-			const float *a = add + start;
-			for (uint32_t i = 0; i < count; i++)
-				d[i] = in[i] + a[i];
-			in = d;
-		}
 		int32_t m = 0;
-		if (vec) {
-			nonfinite += rht_chunk_any(vec, in, x + start, count, stream_key(rht_seed, c), 0, &m);
-		} else {
-			uint32_t bad = 0;
-			rht_chunk_scalar(in, x + start, count, stream_key(rht_seed, c), 0);
-			exps_scan(x + start, count, &m, &bad);
-			nonfinite += bad;
-		}
+		nonfinite += rht_exps_chunk(src, add, x, start, count, c, rht_seed, &m, vec);
 		int8_t e = exp_of_max_p(m, p);
 		exps[c] = e;
 		if (pred && pred[c] > e && pred[c] <= AINFTP_EXP_MAX)
@@ -564,23 +571,8 @@ HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *
 	uint32_t nonfinite = 0;
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
-		const float *in = src + start;
-		if (add) {
-			float *d = x + start;
-			const float *a = add + start;
-			for (uint32_t i = 0; i < count; i++)
-				d[i] = in[i] + a[i];
-			in = d;
-		}
 		int32_t m = 0;
-		if (vec) {
-			nonfinite += rht_chunk_any(vec, in, x + start, count, stream_key(seed, c), 0, &m);
-		} else {
-			uint32_t bad = 0;
-			rht_chunk_scalar(in, x + start, count, stream_key(seed, c), 0);
-			exps_scan(x + start, count, &m, &bad);
-			nonfinite += bad;
-		}
+		nonfinite += rht_exps_chunk(src, add, x, start, count, c, seed, &m, vec);
 		exps[c] = exp_of_max_p(m, p);
 		if (also)
 			memcpy(also + start, x + start, (size_t)count * sizeof(float));
