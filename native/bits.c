@@ -461,79 +461,92 @@ HOT void rht_body(const float *src, float *x, uint32_t n, uint32_t chunk_elems, 
 /* The residual of one chunk on its way back through the inverse RHT (pack_body, rseed). */
 static __thread float resid_scratch[NARROW_MAX] __attribute__((aligned(64)));
 
-/* The chunks' packets; resid (if not NULL) gets each packed value's error:
- * in the transformed domain when rseed is 0, else taken back through the
- * inverse RHT of seed rseed while the chunk is in cache (the residual of the
- * gradient itself, as ainftp_rht_chunk on resid would make it, without a
- * pass over resid of its own). */
+/* Chunk c's packet (count values at xc) at dst under exponent e; resid_c
+ * (if not NULL: chunk c's place in the residual) gets each packed value's
+ * error: in the transformed domain when rseed is 0, else taken back
+ * through the inverse RHT of seed rseed while the chunk is in cache (the
+ * residual of the gradient itself, as ainftp_rht_chunk on resid would make
+ * it, without a pass over resid of its own). Returns the values clipped. */
+HOT uint32_t pack_chunk(const float *xc, uint32_t count, uint32_t c, int8_t e, struct ainftp_wire_hdr *h, uint8_t *dst,
+			uint32_t seed, uint32_t bits, float *resid_c, uint32_t rseed, int vec)
+{
+	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
+	const int32_t bq = bits_of((float)qmax_of(bits));
+	float scale = pow2f(-e), p = pow2f(e);
+	float *r = resid_c ? (rseed ? resid_scratch : resid_c) : NULL;
+	uint32_t sat;
+	/* each a loop of its own: the residual's test is not made per value */
+	if (seed && r)
+		sat = stochastic_narrow(xc, count, scale, bq, q, stream_key(seed, c), r, p);
+	else if (seed)
+		sat = stochastic_narrow(xc, count, scale, bq, q, stream_key(seed, c), NULL, p);
+	else
+		sat = nearest_narrow(xc, count, scale, bq, q, r, p);
+	if (r && rseed) {
+		if (vec)
+			rht_chunk_any(vec, r, r, count, stream_key(rseed, c), 1, NULL);
+		else
+			rht_chunk_scalar(r, r, count, stream_key(rseed, c), 1);
+		ainftp_copy_stream(resid_c, r, count);
+	}
+	memset(q + count, 0, ((count + 15) & ~15u) - count);
+	pack_values(q, count, bits, dst + sizeof(*h));
+	h->chunk = c;
+	h->count = (__u16)count;
+	h->exp = e;
+	h->flags = (__u16)((h->flags & ~AINFTP_F_SATURATED) | (sat ? AINFTP_F_SATURATED : 0));
+	memcpy(dst, h, sizeof(*h));
+	return sat;
+}
+
+/* The listed chunks' packets (pack_chunk), the i-th at out + i * stride. */
 HOT uint32_t pack_body(const float *x, uint32_t n, uint32_t chunk_elems, const uint32_t *chunks, uint32_t nchunks,
 		       const int8_t *exps, struct ainftp_wire_hdr *h, uint8_t *out, uint32_t stride, uint32_t seed,
 		       uint32_t bits, float *resid, uint32_t rseed, int vec)
 {
-	int8_t q[NARROW_MAX] __attribute__((aligned(32)));
-	const int32_t bq = bits_of((float)qmax_of(bits));
 	uint32_t saturated = 0;
 	for (uint32_t i = 0; i < nchunks; i++) {
 		uint32_t c = chunks[i], start = c * chunk_elems;
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
-		uint8_t *dst = out + (size_t)i * stride;
-		float scale = pow2f(-exps[c]), p = pow2f(exps[c]);
-		float *r = resid ? (rseed ? resid_scratch : resid + start) : NULL;
-		uint32_t sat;
-		/* each a loop of its own: the residual's test is not made per value */
-		if (seed && r)
-			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), r, p);
-		else if (seed)
-			sat = stochastic_narrow(x + start, count, scale, bq, q, stream_key(seed, c), NULL, p);
-		else
-			sat = nearest_narrow(x + start, count, scale, bq, q, r, p);
-		if (r && rseed) {
-			if (vec)
-				rht_chunk_any(vec, r, r, count, stream_key(rseed, c), 1, NULL);
-			else
-				rht_chunk_scalar(r, r, count, stream_key(rseed, c), 1);
-			ainftp_copy_stream(resid + start, r, count);
-		}
-		memset(q + count, 0, ((count + 15) & ~15u) - count);
-		pack_values(q, count, bits, dst + sizeof(*h));
-		h->chunk = c;
-		h->count = (__u16)count;
-		h->exp = exps[c];
-		h->flags = (__u16)((h->flags & ~AINFTP_F_SATURATED) | (sat ? AINFTP_F_SATURATED : 0));
-		memcpy(dst, h, sizeof(*h));
-		saturated += sat;
+		saturated += pack_chunk(x + start, count, c, exps[c], h, out + (size_t)i * stride, seed, bits,
+					resid ? resid + start : NULL, rseed, vec);
 	}
 	return saturated;
 }
 
-/* Chunk c (count values from start) of src (+ add) transformed into x
- * under the seed's key for c, its largest finite magnitude (as bits) into
- * *m; returns its non-finite values (rht_exps_body, rht_exps_pack_body). */
-HOT uint32_t rht_exps_chunk(const float *src, const float *add, float *x, uint32_t start, uint32_t count, uint32_t c,
-			    uint32_t seed, int32_t *m, int vec)
+/* One chunk (count values, c its index) of src (+ add) transformed into
+ * out under the seed's key for c, its largest finite magnitude (as bits)
+ * into *m; returns its non-finite values (rht_exps_body,
+ * rht_exps_pack_body). out may be src. */
+HOT uint32_t rht_exps_chunk(const float *src, const float *add, float *out, uint32_t count, uint32_t c, uint32_t seed,
+			    int32_t *m, int vec)
 {
-	const float *in = src + start;
+	const float *in = src;
 	if (add) {
-		float *d = x + start;
-		const float *a = add + start;
 		for (uint32_t i = 0; i < count; i++)
-			d[i] = in[i] + a[i];
-		in = d;
+			out[i] = src[i] + add[i];
+		in = out;
 	}
 	if (vec)
-		return rht_chunk_any(vec, in, x + start, count, stream_key(seed, c), 0, m);
+		return rht_chunk_any(vec, in, out, count, stream_key(seed, c), 0, m);
 	uint32_t bad = 0;
-	rht_chunk_scalar(in, x + start, count, stream_key(seed, c), 0);
-	exps_scan(x + start, count, m, &bad);
+	rht_chunk_scalar(in, out, count, stream_key(seed, c), 0);
+	exps_scan(out, count, m, &bad);
 	return bad;
 }
 
+/* The prepacking pass's chunk when the round keeps no transformed array
+ * (rht_exps_pack_body with x NULL). */
+static __thread float prepack_scratch[NARROW_MAX] __attribute__((aligned(64)));
+
 /* rht_exps_body and pack_body in one pass: each chunk transformed (with
- * error feedback: src + add) into x, its exponent into exps, its scale
- * max(pred, exponent) into scale (the exponent where pred is NULL), and,
- * unless offsets[c] is AINFTP_NO_OFFSET, its packet at out + offsets[c]
- * under that scale, while the chunk is in cache: x is not read again for
- * packing. The same bits as the two calls (ainftp_bits_rht_exps_pack). */
+ * error feedback: src + add) into x, or, where x is NULL (a round that
+ * keeps no transformed array), into a scratch; its exponent into exps,
+ * its scale max(pred, exponent) into scale (the exponent where pred is
+ * NULL), and, unless offsets[c] is AINFTP_NO_OFFSET, its packet at out +
+ * offsets[c] under that scale, while the chunk is in cache: x is not read
+ * again for packing. The same bits as the two calls
+ * (ainftp_bits_rht_exps_pack). */
 HOT uint32_t rht_exps_pack_body(const float *src, const float *add, float *x, uint32_t n, uint32_t chunk_elems,
 				uint32_t rht_seed, int32_t p, const int8_t *pred, int8_t *exps, int8_t *scale,
 				const uint32_t *offsets, struct ainftp_wire_hdr *h, uint8_t *out, uint32_t seed,
@@ -542,17 +555,17 @@ HOT uint32_t rht_exps_pack_body(const float *src, const float *add, float *x, ui
 	uint32_t nonfinite = 0, sat = 0;
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
+		float *w = x ? x + start : prepack_scratch;
 		int32_t m = 0;
-		nonfinite += rht_exps_chunk(src, add, x, start, count, c, rht_seed, &m, vec);
+		nonfinite += rht_exps_chunk(src + start, add ? add + start : NULL, w, count, c, rht_seed, &m, vec);
 		int8_t e = exp_of_max_p(m, p);
 		exps[c] = e;
 		if (pred && pred[c] > e && pred[c] <= AINFTP_EXP_MAX)
 			e = pred[c];
 		scale[c] = e;
-		if (offsets[c] == AINFTP_NO_OFFSET)
-			continue;
-		const uint32_t one = c;
-		sat += pack_body(x, n, chunk_elems, &one, 1, scale, h, out + offsets[c], 0, seed, bits, resid, resid_seed, vec);
+		if (offsets[c] != AINFTP_NO_OFFSET)
+			sat += pack_chunk(w, count, c, e, h, out + offsets[c], seed, bits, resid ? resid + start : NULL,
+					  resid_seed, vec);
 	}
 	*saturated += sat;
 	return nonfinite;
@@ -572,7 +585,7 @@ HOT uint32_t rht_exps_body(const float *src, const float *add, float *x, float *
 	for (uint32_t start = 0, c = 0; start < n; start += chunk_elems, c++) {
 		uint32_t count = n - start < chunk_elems ? n - start : chunk_elems;
 		int32_t m = 0;
-		nonfinite += rht_exps_chunk(src, add, x, start, count, c, seed, &m, vec);
+		nonfinite += rht_exps_chunk(src + start, add ? add + start : NULL, x + start, count, c, seed, &m, vec);
 		exps[c] = exp_of_max_p(m, p);
 		if (also)
 			memcpy(also + start, x + start, (size_t)count * sizeof(float));
@@ -1228,7 +1241,8 @@ uint32_t ainftp_rht_ef_exps(const float *src, const float *add, float *x, float 
 }
 
 /* Prepacking at 8 and 4 bits (src/collective/prepack.ts): ainftp_rht_ef_exps
- * of src (+ add, if not NULL) into x, and every chunk with an offset packed
+ * of src (+ add, if not NULL) into x (NULL: the transform is not kept,
+ * each chunk only packed from a scratch), and every chunk with an offset packed
  * in the same pass, while it is in cache, as ainftp_bits_pack_ef would pack
  * it from x under scale[c] = max(pred[c], exps[c]) (exps[c] where pred is
  * NULL or pred[c] is out of range): header from hdr_template, at out +

@@ -265,20 +265,21 @@ export function cRhtFromExps(
   return quant.ainftp_rht_ef_exps(src, add, out, also, src.length, chunkElems, seed >>> 0, exps, bits);
 }
 
-/** Prepacking at 8 and 4 bits: cRhtFromExps of src (+ add) into out, and
+/** Prepacking at 8 and 4 bits: cRhtFromExps of src (+ add) into out (null:
+ * not kept, each chunk packed from a scratch), and
  * in the same pass, while each chunk is in cache, its packet at out +
  * offsets[c] (none for NO_OFFSET) at scale[c] = max(pred[c], exps[c])
  * (exps[c] without pred), as cBitsPack with the residual (resid, through
  * the inverse of residSeed) would make it from out. Returns the NaN/±Inf
  * count or QUANT_EINVAL; adds the values clipped to saturated[0]. */
 export function cBitsRhtExpsPack(
-  src: Float32Array, add: Float32Array | null, out: Float32Array, chunkElems: number, rhtSeed: number, bits: NarrowBits,
+  src: Float32Array, add: Float32Array | null, out: Float32Array | null, chunkElems: number, rhtSeed: number, bits: NarrowBits,
   pred: Int8Array | null, exps: Int8Array, scale: Int8Array, offsets: Uint32Array, header: Uint8Array, pkts: Uint8Array,
   seed: number, resid: Float32Array | null, residSeed: number, saturated: Uint32Array,
 ): number {
   const chunks = Math.ceil(src.length / chunkElems);
   need(chunkElems > 0, "chunkElems must be > 0");
-  need(out.length >= src.length && (!add || add.length >= src.length) && (!resid || resid.length >= src.length), "out, add or resid shorter than src");
+  need((!out || out.length >= src.length) && (!add || add.length >= src.length) && (!resid || resid.length >= src.length), "out, add or resid shorter than src");
   need(exps.length >= chunks && scale.length >= chunks && offsets.length >= chunks, "exps, scale or offsets shorter than the chunk count");
   need(!pred || pred.length >= chunks, "pred shorter than the chunk count");
   need(header.length >= 32, "header template must be 32 bytes");

@@ -418,7 +418,7 @@ describe("the randomized Hadamard transform", () => {
     });
   });
 
-  test("prepacking (cBitsRhtExpsPack) gives the transform, exponents, packets and residual of the separate calls, in every build; chunks without an offset get none", () => {
+  test("prepacking (cBitsRhtExpsPack) gives the transform, exponents, packets and residual of the separate calls, in every build, the transform kept or not; chunks without an offset get none", () => {
     everyBuildEdgeWidth((what, n, ce, bits) => {
       const total = Math.ceil(n / ce);
       const x = gaussian(n + 5 * ce, n, 1 + (n % 7) * 30), add = gaussian(n + 9 * ce, n, 0.02);
@@ -445,6 +445,10 @@ describe("the randomized Hadamard transform", () => {
         const badB = cBitsRhtExpsPack(x, withEf ? add : null, b, ce, 31, bits, pred, eb, sb, offsets, header, outB, 41, withEf ? rb : null, withEf ? 31 : 0, sat);
         expect([what, withEf, badB, sat[0], [...eb], [...sb]]).toEqual([what, withEf, badA, satA, [...ea], [...sa]]);
         expect([what, withEf, bitsOf(b).equals(bitsOf(a)), Buffer.from(outB).equals(Buffer.from(outA)), bitsOf(rb).equals(bitsOf(ra))]).toEqual([what, withEf, true, true, true]);
+        // the transform not kept (out null): the same exponents, scales and packets
+        const ec = new Int8Array(total), sc = new Int8Array(total), outC = new Uint8Array(total * stride), satC = new Uint32Array(1);
+        const badC = cBitsRhtExpsPack(x, withEf ? add : null, null, ce, 31, bits, pred, ec, sc, offsets, header, outC, 41, withEf ? rb.fill(3) : null, withEf ? 31 : 0, satC);
+        expect([what, withEf, badC, satC[0], [...ec], [...sc], Buffer.from(outC).equals(Buffer.from(outA)), !withEf || bitsOf(rb).equals(bitsOf(ra))]).toEqual([what, withEf, badA, satA, [...ea], [...sa], true, true]);
       }
     });
     const o = new Uint32Array([0]);

@@ -188,13 +188,16 @@ describe.skipIf(!root)("prepacked rounds at 8 and 4 bits (simulated network, rea
    * rank's sums bit for bit alike (error feedback on: the residual the
    * prepacked packets leave feeds the next round). Returns the prepacked
    * rounds and the speculated ones of the run that prepacks. */
-  async function narrowPair(bits: 8 | 4, seed: number, faults: Faults, alike: boolean, speculate: boolean, lateMs: ((rank: number, k: number) => number) | null = null) {
+  async function narrowPair(
+    bits: 8 | 4, seed: number, faults: Faults, alike: boolean, speculate: boolean, lateMs: ((rank: number, k: number) => number) | null = null,
+    errorFeedback = true,
+  ) {
     const run = async (on: boolean) => {
       Object.assign(PREPACK, { enabled: true, narrow: on, minValues: 0 });
       SPEC.anyLink = speculate;
       try {
         // (window 2: most packets are still unsent when the plan comes, and are mended unsent)
-        return await runGradients(new SimWorld(seed, faults, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS * 2 - 5, { bits, window: 2 }, alike, lateMs);
+        return await runGradients(new SimWorld(seed, faults, programs, PORT), seed, ROUNDS, CHUNKS * ELEMS * 2 - 5, { bits, window: 2, errorFeedback }, alike, lateMs);
       } finally {
         Object.assign(PREPACK, saved);
         SPEC.anyLink = false;
@@ -211,6 +214,15 @@ describe.skipIf(!root)("prepacked rounds at 8 and 4 bits (simulated network, rea
   }
 
   for (const bits of [8, 4] as const) {
+    test(`${bits} bits without error feedback (the transform not kept, chunks made again where packed again): the same sums, at the plan and speculating, scales changing, under faults, the leader late`, async () => {
+      const faults: Faults = { loss: 0.05, dup: 0.02, reorder: 0.05, reorderMs: 0.3, latencyMs: 0.05, jitterMs: 0.02 };
+      expect((await narrowPair(bits, 5800 + bits, CLEAN, false, false, null, false)).prepacked).toBe(HOSTS * ROUNDS);
+      expect((await narrowPair(bits, 5810 + bits, faults, false, false, null, false)).prepacked).toBeGreaterThan(0);
+      expect((await narrowPair(bits, 5820 + bits, CLEAN, false, true, null, false)).spec).toBeGreaterThan(0);
+      expect((await narrowPair(bits, 5830 + bits, faults, false, true, null, false)).spec).toBeGreaterThan(0);
+      expect((await narrowPair(bits, 5840 + bits, CLEAN, false, true, (rank, k) => (rank === (k + 2) % HOSTS ? 3 : 0), false)).prepacked).toBe(HOSTS * ROUNDS);
+    }, 600_000);
+
     test(`${bits} bits at the plan: the same sums as without, every round prepacked; scales changing and under faults too`, async () => {
       expect(await narrowPair(bits, 5100 + bits, CLEAN, true, false)).toEqual({ prepacked: HOSTS * ROUNDS, spec: 0 });
       expect((await narrowPair(bits, 5200 + bits, CLEAN, false, false)).prepacked).toBe(HOSTS * ROUNDS);

@@ -20,7 +20,7 @@
 // packets are those speculate.ts sends before the plan (F_SPEC, each chunk
 // at max(prediction, our exponent): the scale speculation packs at), and
 // confirm() mends the ones the plan changed (README "Session 19").
-import { cBitsRhtExpsPack, cExpsPack, QUANT_EINVAL } from "../../native/quant.ts";
+import { cBitsRhtExpsPack, cExpsPack, cRhtChunk, QUANT_EINVAL } from "../../native/quant.ts";
 import { F_SPEC } from "../abi.ts";
 import { packChunksAt } from "../quantize.ts";
 import { H } from "./control.ts";
@@ -99,8 +99,14 @@ export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Arra
   if (h.bits === 16) bad = cExpsPack(x, h.chunkElems, pred, mine, scale, offsets, header, buf, stochasticSeed(h, st.r), saturated);
   else {
     if (!rin) throw new Error("prepack: 8 and 4 bits need the round's input (RhtIn)");
-    bad = cBitsRhtExpsPack(rin.src, rin.add, x, h.chunkElems, rin.seed, h.bits, pred, mine, scale, offsets, header, buf, stochasticSeed(h, st.r),
-      rin.resid, rin.resid ? rin.seed : 0, saturated);
+    // without error feedback nothing reads the transformed array again
+    // unless the plan changes a chunk's scale or the layout: it is not
+    // written (16 MiB a rank a 16 MiB round), and those chunks are made
+    // again from the gradient when they are (materialize)
+    const keep = !!(rin.add || rin.resid);
+    bad = cBitsRhtExpsPack(rin.src, rin.add, keep ? x : null, h.chunkElems, rin.seed, h.bits, pred, mine, scale, offsets, header, buf,
+      stochasticSeed(h, st.r), rin.resid, rin.resid ? rin.seed : 0, saturated);
+    if (!keep) st.xLazy = { src: rin.src, seed: rin.seed, done: new Uint8Array(n) };
   }
   if (bad === QUANT_EINVAL) throw new RangeError(`prepack: ${n} chunks of ${h.chunkElems} values do not fit their layout (${buf.length} bytes)`);
   h.stats.saturations += saturated[0];
@@ -114,7 +120,10 @@ export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Arra
 export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
   const pp = st.prepack;
   st.prepack = null;
-  if (!pp || st.passive || st.K !== h.size) return false;
+  if (!pp || st.passive || st.K !== h.size) {
+    if (pp) materialize(h, st, null); // (everything packs again under another layout)
+    return false;
+  }
   const seg = h.seg;
   st.sendBuf = pp.buf.subarray(0, pp.sendLen);
   st.ownBuf = pp.buf.subarray(pp.sendLen, pp.sendLen + st.owned.length * seg);
@@ -127,6 +136,7 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
       const c = list[k];
       if (pp.scale[c] === st.shared[c]) continue;
       const at = st.ownerOffset[o] + k * seg;
+      materialize(h, st, [c]);
       h.stats.saturations += packChunksAt(x, {
         chunkElems: h.chunkElems, chunks: list.subarray(k, k + 1), exps: st.shared, header: st.header, out: st.sendBuf.subarray(at, at + seg),
         stride: seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
@@ -135,7 +145,10 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
   }
   const changed: number[] = [];
   for (let k = 0; k < st.owned.length; k++) if (pp.scale[st.owned[k]] !== st.shared[st.owned[k]]) changed.push(k);
-  if (changed.length) packOwn(h, st, x, st.shared, changed);
+  if (changed.length) {
+    materialize(h, st, changed.map((k) => st.owned[k]));
+    packOwn(h, st, x, st.shared, changed);
+  }
   st.prepacked = true;
   h.stats.prepackedRounds++;
   return true;
@@ -145,4 +158,23 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
 export function clearSpec(buf: Uint8Array, seg: number): void {
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   for (let at = 0; at + seg <= buf.length; at += seg) dv.setUint16(at + H.flags[0], dv.getUint16(at + H.flags[0], true) & ~F_SPEC, true);
+}
+
+/** The round's transformed array where the prepacking pass did not keep it
+ * (st.xLazy): the listed chunks (null: every one) made from the gradient,
+ * as the pass made them (the same bits: each chunk's transform is keyed by
+ * its index), before anything packs them again. */
+export function materialize(h: Host, st: RoundState, chunks: ArrayLike<number> | null): void {
+  const lz = st.xLazy;
+  if (!lz) return;
+  const ce = h.chunkElems, x = st.x;
+  const one = (c: number) => {
+    if (lz.done[c]) return;
+    lz.done[c] = 1;
+    const a = c * ce, b = Math.min(x.length, a + ce);
+    x.set(lz.src.subarray(a, b), a);
+    cRhtChunk(x.subarray(a, b), c, lz.seed, false);
+  };
+  if (chunks) for (let i = 0; i < chunks.length; i++) one(chunks[i]);
+  else for (let c = 0; c < st.nchunks; c++) one(c);
 }

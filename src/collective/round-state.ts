@@ -91,6 +91,10 @@ export interface RoundState extends Plan {
   /** 16 bits: our packets, made with our exponents (prepack.ts), until the plan; and whether the round sends them (pump packs nothing). */
   prepack: Prepack | null;
   prepacked: boolean;
+  /** 8 and 4 bits without error feedback: the prepacking pass kept no
+   * transformed array; x's chunks are made from src on demand
+   * (prepack.ts materialize) where one is packed again. */
+  xLazy: { src: Float32Array; seed: number; done: Uint8Array } | null;
   // ---- sender and window (sender.ts) ----
   sent: boolean;
   header: Uint8Array;
@@ -196,7 +200,7 @@ export function newRoundState(a: NewRound): RoundState {
     grace, patient, planAhead: false, lookInMap: false, majorityAt: Infinity, lastProgress: t0, ownerGrace: Math.max(grace, 2 * a.maxRetransmitMs),
     closedAtDeadline: false,
     owned: empty, ownedDone: new Uint8Array(nchunks), ownedDoneCount: 0, pending: [], summed: new Uint16Array(nchunks), resultsSeen: 0,
-    sent: false, x, recs: a.recs, finishArgs: null, prepack: null, prepacked: false,
+    sent: false, x, recs: a.recs, finishArgs: null, prepack: null, prepacked: false, xLazy: null,
     header: new Uint8Array(a.headerBytes), seed: 0, decidedAt: 0, planAt: 0, bytesAtPlan: 0, window: 1, resid: null, residSeed: 0, pos: new Array(N).fill(0), acked: new Array(N).fill(0),
     sendBuf: empty as unknown as Uint8Array, ownerOffset: new Array(N).fill(0), ownerChunks: Array.from({ length: N }, () => empty),
     ownBuf: new Uint8Array(0), xdone: a.xdone, out,

@@ -23,7 +23,7 @@ import { PTO_FLOOR_MS } from "./rtt.ts";
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
 import { applyPlan, pump, startContributions, unpackedResidual, unsent } from "./sender.ts";
 import { confirm, confirmSlots, predicted, rememberPlan, speculate } from "./speculate.ts";
-import { prepack, prepacks, type RhtIn } from "./prepack.ts";
+import { materialize, prepack, prepacks, type RhtIn } from "./prepack.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
  * result is in `out`. `add` (error feedback, with the transform only: the
@@ -129,6 +129,7 @@ function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchu
     : chunkExpsAt(x, h.chunkElems, mine, h.bits);
   st.expsDoneAt = h.phase("exps", tp);
   if (bad > 0) {
+    materialize(h, st, null); // (the transform not kept: made again to name the value)
     const i = x.findIndex((v) => !Number.isFinite(v));
     throw new NonFiniteGradientError(bad, i, Math.floor(i / h.chunkElems), x[i]);
   }
