@@ -88,7 +88,7 @@ export interface RoundState extends Plan {
   recs: ContributionsByChunk;
   /** ainftp_finish_batch's arguments for this round (set with the plan). */
   finishArgs: FinishBatchArgs | null;
-  /** 16 bits: our packets, made with our exponents (prepack.ts), until the plan; and whether the round sends them (pump packs nothing). */
+  /** Our packets, made with our exponents (prepack.ts; at 8 and 4 bits in the transform's pass), until the plan or speculation takes them; and whether the round sends them (pump packs nothing). */
   prepack: Prepack | null;
   prepacked: boolean;
   /** 8 and 4 bits without error feedback: the prepacking pass kept no

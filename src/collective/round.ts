@@ -101,10 +101,9 @@ export function rhtSeed(job: number, r: number): number {
   return mix32((job ^ mix32((r + 0x7a11) >>> 0)) >>> 0) || 1;
 }
 
-/** Our exponents of x and its NaN/±Inf count, when the transform made them. */
-
 /** The program's window and config for round r, the round's state, and our
- * exponents (to the leader, unless we lead; `pre`: already made). */
+ * exponents (to the leader, unless we lead); at 8 and 4 bits (`rin`) the
+ * transform of the gradient into x in the same pass (prepack.ts). */
 function beginRound(h: Host, r: number, x: Float32Array, out: Float32Array, nchunks: number, t0: number, patient: boolean, rin: RhtIn | null): RoundState {
   // We finished round r-1, so we need nothing older: a member that sat
   // the last round out saw none of its events, which move the window.
