@@ -20,13 +20,13 @@
 // packets are those speculate.ts sends before the plan (F_SPEC, each chunk
 // at max(prediction, our exponent): the scale speculation packs at), and
 // confirm() mends the ones the plan changed (README "Session 19").
-import { cBitsRhtExpsPack, cExpsPack, cRhtChunk, QUANT_EINVAL } from "../../native/quant.ts";
+import { cBitsRhtExpsPack, cExpsPack, QUANT_EINVAL } from "../../native/quant.ts";
 import { F_SPEC } from "../abi.ts";
 import { packChunksAt } from "../quantize.ts";
 import { H } from "./control.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
-import { contribHeader, layoutOf, packOwn, stochasticSeed } from "./sender.ts";
+import { contribHeader, layoutOf, materialize, packOwn, stochasticSeed } from "./sender.ts";
 import { maySpeculate } from "./speculate.ts";
 
 /** A round's packets, made with its exponents. */
@@ -102,7 +102,7 @@ export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Arra
     // without error feedback nothing reads the transformed array again
     // unless the plan changes a chunk's scale or the layout: it is not
     // written (16 MiB a rank a 16 MiB round), and those chunks are made
-    // again from the gradient when they are (materialize)
+    // again from the gradient when they are (sender.ts materialize)
     const keep = !!(rin.add || rin.resid);
     bad = cBitsRhtExpsPack(rin.src, rin.add, keep ? x : null, h.chunkElems, rin.seed, h.bits, pred, mine, scale, offsets, header, buf,
       stochasticSeed(h, st.r), rin.resid, rin.resid ? rin.seed : 0, saturated);
@@ -120,10 +120,7 @@ export function prepack(h: Host, st: RoundState, x: Float32Array, mine: Int8Arra
 export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
   const pp = st.prepack;
   st.prepack = null;
-  if (!pp || st.passive || st.K !== h.size) {
-    if (pp) materialize(h, st, null); // (everything packs again under another layout)
-    return false;
-  }
+  if (!pp || st.passive || st.K !== h.size) return false;
   const seg = h.seg;
   st.sendBuf = pp.buf.subarray(0, pp.sendLen);
   st.ownBuf = pp.buf.subarray(pp.sendLen, pp.sendLen + st.owned.length * seg);
@@ -145,10 +142,7 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
   }
   const changed: number[] = [];
   for (let k = 0; k < st.owned.length; k++) if (pp.scale[st.owned[k]] !== st.shared[st.owned[k]]) changed.push(k);
-  if (changed.length) {
-    materialize(h, st, changed.map((k) => st.owned[k]));
-    packOwn(h, st, x, st.shared, changed);
-  }
+  if (changed.length) packOwn(h, st, x, st.shared, changed);
   st.prepacked = true;
   h.stats.prepackedRounds++;
   return true;
@@ -158,23 +152,4 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
 export function clearSpec(buf: Uint8Array, seg: number): void {
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   for (let at = 0; at + seg <= buf.length; at += seg) dv.setUint16(at + H.flags[0], dv.getUint16(at + H.flags[0], true) & ~F_SPEC, true);
-}
-
-/** The round's transformed array where the prepacking pass did not keep it
- * (st.xLazy): the listed chunks (null: every one) made from the gradient,
- * as the pass made them (the same bits: each chunk's transform is keyed by
- * its index), before anything packs them again. */
-export function materialize(h: Host, st: RoundState, chunks: ArrayLike<number> | null): void {
-  const lz = st.xLazy;
-  if (!lz) return;
-  const ce = h.chunkElems, x = st.x;
-  const one = (c: number) => {
-    if (lz.done[c]) return;
-    lz.done[c] = 1;
-    const a = c * ce, b = Math.min(x.length, a + ce);
-    x.set(lz.src.subarray(a, b), a);
-    cRhtChunk(x.subarray(a, b), c, lz.seed, false);
-  };
-  if (chunks) for (let i = 0; i < chunks.length; i++) one(chunks[i]);
-  else for (let c = 0; c < st.nchunks; c++) one(c);
 }

@@ -93,7 +93,7 @@ export interface RoundState extends Plan {
   prepacked: boolean;
   /** 8 and 4 bits without error feedback: the prepacking pass kept no
    * transformed array; x's chunks are made from src on demand
-   * (prepack.ts materialize) where one is packed again. */
+   * (sender.ts materialize) where one is packed again. */
   xLazy: { src: Float32Array; seed: number; done: Uint8Array } | null;
   // ---- sender and window (sender.ts) ----
   sent: boolean;

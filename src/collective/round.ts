@@ -21,9 +21,9 @@ import { PTO_FLOOR_MS } from "./rtt.ts";
 
 /** AINFTP_TRACE_RECOVERY=1: one line per round on stderr (plan, fast and timed retransmissions, completion). */
 const TRACE = !!process.env.AINFTP_TRACE_RECOVERY;
-import { applyPlan, pump, startContributions, unpackedResidual, unsent } from "./sender.ts";
+import { applyPlan, materialize, pump, startContributions, unpackedResidual, unsent } from "./sender.ts";
 import { confirm, confirmSlots, predicted, rememberPlan, speculate } from "./speculate.ts";
-import { materialize, prepack, prepacks, type RhtIn } from "./prepack.ts";
+import { prepack, prepacks, type RhtIn } from "./prepack.ts";
 
 /** One round over x (at most capacity chunks): the report, once every
  * result is in `out`. `add` (error feedback, with the transform only: the

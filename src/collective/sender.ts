@@ -3,6 +3,7 @@
 // through a self-clocked window.
 import { F_SPEC, PKT_CONTRIB } from "../abi.ts";
 import { coll } from "../../native/collective.ts";
+import { cRhtChunk } from "../../native/quant.ts";
 import { headerTemplate, mix32, packChunksAt, rht } from "../quantize.ts";
 import { HDR } from "./control.ts";
 import type { Host } from "./host.ts";
@@ -98,7 +99,7 @@ export function stochasticSeed(h: Host, r: number): number {
  * their packets of st.ownBuf, under `exps`. */
 export function packOwn(h: Host, st: RoundState, x: Float32Array, exps: Int8Array, at: number[] | null = null): void {
   const pack = (chunks: Uint32Array, out: Uint8Array) =>
-    (h.stats.saturations += packChunksAt(x, {
+    (materialize(h, st, chunks), h.stats.saturations += packChunksAt(x, {
       chunkElems: h.chunkElems, chunks, exps, header: st.header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
     }));
   if (!at) return void (st.owned.length && pack(st.owned, st.ownBuf));
@@ -153,11 +154,13 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       if (from >= list.length || room <= 0) continue;
       const to = Math.min(list.length, from + Math.min(TUNING.SEND_PIECE, room));
       const region = st.sendBuf.subarray(st.ownerOffset[o] + from * seg, st.ownerOffset[o] + to * seg);
-      if (!st.prepacked)
+      if (!st.prepacked) {
+        materialize(h, st, list.subarray(from, to));
         h.stats.saturations += packChunksAt(x, {
           chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.packExps, header: st.header, out: region, stride: seg, seed: st.seed,
           bits: h.bits, resid: st.resid, residSeed: st.residSeed,
         });
+      }
       const last = list[to - 1];
       h.sealData(region, to - from);
       h.sendData(o, region, to - from, h.wireBytes(st.counts[last]), copies);
@@ -200,4 +203,25 @@ export function unpackedResidual(h: Host, st: RoundState, xq: Float32Array, seed
   if (!list.length) return;
   for (const c of list) resid.set(xq.subarray(c * ce, Math.min(xq.length, (c + 1) * ce)), c * ce);
   coll.ainftp_rht_list(resid, resid.length, ce, Uint32Array.from(list), list.length, seed, 1, h.scratch("resid-done", st.nchunks).fill(0));
+}
+
+/** Before packing from the round's transformed array x where the
+ * prepacking pass kept none (8 and 4 bits without error feedback,
+ * st.xLazy): the listed chunks (null: every one) made from the gradient as
+ * the pass made them (the same bits: each chunk's transform is keyed by
+ * its index). Every reader of x calls it: packOwn, pump, and the repacks
+ * of prepack.ts and speculate.ts. */
+export function materialize(h: Host, st: RoundState, chunks: ArrayLike<number> | null): void {
+  const lz = st.xLazy;
+  if (!lz) return;
+  const ce = h.chunkElems, x = st.x;
+  const one = (c: number) => {
+    if (lz.done[c]) return;
+    lz.done[c] = 1;
+    const a = c * ce, b = Math.min(x.length, a + ce);
+    x.set(lz.src.subarray(a, b), a);
+    cRhtChunk(x.subarray(a, b), c, lz.seed, false);
+  };
+  if (chunks) for (let i = 0; i < chunks.length; i++) one(chunks[i]);
+  else for (let c = 0; c < st.nchunks; c++) one(c);
 }

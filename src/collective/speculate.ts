@@ -31,9 +31,8 @@ import { packChunksAt } from "../quantize.ts";
 import { H } from "./control.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
-import { beginSending, contribHeader, layOut, packOwn, pump } from "./sender.ts";
+import { beginSending, contribHeader, layOut, materialize, packOwn, pump } from "./sender.ts";
 import { claimAtPlan } from "./owner.ts";
-import { materialize } from "./prepack.ts";
 import { redundant } from "./recovery.ts";
 import { windowChunks } from "./options.ts";
 
@@ -172,7 +171,6 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
     // (startContributions then begins as in a round without speculation)
     st.spec = null;
     st.prepacked = false;
-    materialize(h, st, null);
     return;
   }
   // (applyPlan laid the same layout out in its own buffers)
@@ -180,10 +178,7 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
   st.header = firm;
   const changed: number[] = [];
   for (let k = 0; k < st.owned.length; k++) if (spec.S[st.owned[k]] !== st.shared[st.owned[k]]) changed.push(k);
-  if (changed.length) {
-    materialize(h, st, changed.map((k) => st.owned[k]));
-    packOwn(h, st, x, st.shared, changed);
-  }
+  if (changed.length) packOwn(h, st, x, st.shared, changed);
   const seg = h.seg;
   const copies = redundant(h, st) ? 2 : 1;
   for (let o = 0; o < h.size; o++) {
