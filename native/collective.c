@@ -579,47 +579,118 @@ int32_t ainftp_robust_chunk(uint32_t mode, uint32_t trim, const float *own, uint
 
 /* ---- synthetic gradients, for `ainftp swarm --synthetic` and tests ------ */
 
-static inline uint64_t splitmix(uint64_t *s)
+/* splitmix64's output function: a bijection of 64 bits that mixes well. */
+static inline __attribute__((always_inline)) uint64_t mix64(uint64_t z)
 {
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 	return z ^ (z >> 31);
 }
 
-/* Deterministic pseudo-Gaussian values from (seed, rank, round): the sum of
- * four uniforms, centred and scaled to unit variance (cheap, smooth, bounded
- * at +-3.46 sigma), times `scale`. Every rank can regenerate every other
+/* The stream of (seed, rank, round): value i is a function of (key, i) alone
+ * (counter-based, as splitmix64 at position i), so every rank makes any
+ * value of any rank's gradient directly, and the loops have no chain from
+ * one value to the next (the verification's sum over the ranks is one pass). */
+static inline uint64_t synth_key(uint32_t seed, uint32_t rank, uint32_t round)
+{
+	return mix64(((uint64_t)seed << 40) ^ ((uint64_t)rank << 20) ^ round ^ 0x5eedull);
+}
+
+#define SYNTH_K (1.7320508f / 32768.0f) /* sqrt(3) / 2^15: sigma 2 */
+
+/* Value i of the stream key: the sum of four 16-bit uniforms of one hash,
+ * centred, times SYNTH_K: sigma 2, bounded at +-6.93 (3.46 sigma). */
+static inline __attribute__((always_inline)) float synth_value(uint64_t key, uint32_t i)
+{
+	uint64_t z = mix64(key + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull);
+	int32_t a = (int32_t)(z & 0xffff) + (int32_t)((z >> 16) & 0xffff) + (int32_t)((z >> 32) & 0xffff) +
+		    (int32_t)(z >> 48) - 2 * 65535;
+	return (float)a * SYNTH_K;
+}
+
+/* The loops below in a vector build where the CPU has AVX-512 (64-bit
+ * multiplies in vectors: 8 values at a time) and a plain one elsewhere; the
+ * same values either way (integer hashing, one rounding per product). */
+#if defined(__x86_64__)
+#define SYNTH_VEC __attribute__((target("avx512f,avx512dq,avx512vl")))
+#define SYNTH_X86 1
+#else
+#define SYNTH_VEC
+#endif
+
+#define SYNTH_BUILD(name, attr)                                                                                  \
+	attr static void synth_##name(uint64_t key, float scale, float *out, uint32_t n)                      \
+	{                                                                                                        \
+		for (uint32_t i = 0; i < n; i++)                                                                 \
+			out[i] = synth_value(key, i) * scale;                                                    \
+	}                                                                                                        \
+	/* num and den of the relative L2 error over values [0, n) (blocks of SYNTH_BLOCK) */                  \
+	attr static void synth_err_##name(const uint64_t *key, uint32_t ranks, float scale, const float *result, \
+					  uint32_t n, double *num, double *den)                                  \
+	{                                                                                                        \
+		double sum[SYNTH_BLOCK], a = 0, b = 0;                                                           \
+		for (uint32_t base = 0; base < n; base += SYNTH_BLOCK) {                                         \
+			uint32_t m = n - base < SYNTH_BLOCK ? n - base : SYNTH_BLOCK;                            \
+			for (uint32_t j = 0; j < m; j++)                                                         \
+				sum[j] = 0;                                                                      \
+			for (uint32_t r = 0; r < ranks; r++)                                                     \
+				for (uint32_t j = 0; j < m; j++)                                                 \
+					sum[j] += (double)(synth_value(key[r], base + j) * scale);               \
+			for (uint32_t j = 0; j < m; j++) {                                                       \
+				double d = (double)result[base + j] - sum[j];                                    \
+				a += d * d;                                                                      \
+				b += sum[j] * sum[j];                                                            \
+			}                                                                                        \
+		}                                                                                                \
+		*num = a, *den = b;                                                                              \
+	}
+
+#define SYNTH_BLOCK 512
+SYNTH_BUILD(plain, )
+#ifdef SYNTH_X86
+SYNTH_BUILD(vec, SYNTH_VEC)
+/* The quantizer's build decides (AINFTP_QUANT_ISA, setQuantIsa): AVX-512 there
+ * means the CPU has it. */
+static int synth_vec_ok(void)
+{
+	return ainftp_quant_isa() == AINFTP_ISA_AVX512;
+}
+#endif
+
+/* Deterministic pseudo-Gaussian values from (seed, rank, round), times
+ * `scale` (cheap, smooth, bounded). Every rank can regenerate every other
  * rank's gradient for verification. */
 void ainftp_synth(uint32_t seed, uint32_t rank, uint32_t round, float scale, float *out, uint32_t n)
 {
-	uint64_t s = ((uint64_t)seed << 40) ^ ((uint64_t)rank << 20) ^ round ^ 0x5eedull;
-	const float k = 1.7320508f / 32768.0f; /* sqrt(12/4) / 2^15 */
-	for (uint32_t i = 0; i < n; i++) {
-		uint64_t z = splitmix(&s);
-		int32_t a = (int32_t)(z & 0xffff) + (int32_t)((z >> 16) & 0xffff) + (int32_t)((z >> 32) & 0xffff) +
-			    (int32_t)(z >> 48) - 2 * 65535;
-		out[i] = (float)a * k * scale;
-	}
+	uint64_t key = synth_key(seed, rank, round);
+#ifdef SYNTH_X86
+	if (synth_vec_ok())
+		return synth_vec(key, scale, out, n);
+#endif
+	synth_plain(key, scale, out, n);
 }
 
+#define SYNTH_RANKS_MAX 64
+
 /* Relative L2 error of `result` against the exact (f64) sum over ranks
- * 0..ranks-1 of ainftp_synth(seed, rank, round, scale); tmp holds n floats. */
-double ainftp_synth_rel_l2(uint32_t seed, uint32_t ranks, uint32_t round, float scale, const float *result,
-			   uint32_t n, float *tmp, double *sum)
+ * 0..ranks-1 (at most 64) of ainftp_synth(seed, rank, round, scale), block
+ * by block in cache: each value's reference is made where it is compared,
+ * no rank's whole gradient first (a verifying rank runs between
+ * back-to-back rounds, where the others wait on it). Negative when ranks is
+ * out of range. */
+double ainftp_synth_rel_l2(uint32_t seed, uint32_t ranks, uint32_t round, float scale, const float *result, uint32_t n)
 {
-	for (uint32_t i = 0; i < n; i++)
-		sum[i] = 0;
-	for (uint32_t r = 0; r < ranks; r++) {
-		ainftp_synth(seed, r, round, scale, tmp, n);
-		for (uint32_t i = 0; i < n; i++)
-			sum[i] += tmp[i];
-	}
-	double num = 0, den = 0;
-	for (uint32_t i = 0; i < n; i++) {
-		double d = (double)result[i] - sum[i];
-		num += d * d;
-		den += sum[i] * sum[i];
-	}
+	if (ranks == 0 || ranks > SYNTH_RANKS_MAX)
+		return -1;
+	uint64_t key[SYNTH_RANKS_MAX];
+	for (uint32_t r = 0; r < ranks; r++)
+		key[r] = synth_key(seed, r, round);
+	double num, den;
+#ifdef SYNTH_X86
+	if (synth_vec_ok())
+		synth_err_vec(key, ranks, scale, result, n, &num, &den);
+	else
+#endif
+		synth_err_plain(key, ranks, scale, result, n, &num, &den);
 	return den > 0 ? __builtin_sqrt(num / den) : __builtin_sqrt(num);
 }

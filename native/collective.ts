@@ -27,7 +27,7 @@ export const coll = openShimTable({
   ainftp_robust_max_exps: { args: [T.ptr, T.u32, T.u32, T.ptr, T.u32], returns: T.u32 },
   ainftp_robust_chunk: { args: [T.u32, T.u32, T.ptr, T.u32, T.ptr, T.ptr, T.u32, T.ptr], returns: T.i32 },
   ainftp_synth: { args: [T.u32, T.u32, T.u32, T.f32, T.ptr, T.u32], returns: T.void },
-  ainftp_synth_rel_l2: { args: [T.u32, T.u32, T.u32, T.f32, T.ptr, T.u32, T.ptr, T.ptr], returns: T.f64 },
+  ainftp_synth_rel_l2: { args: [T.u32, T.u32, T.u32, T.f32, T.ptr, T.u32], returns: T.f64 },
 });
 
 /** The arguments of ainftp_finish_batch that stay the same for a round (an

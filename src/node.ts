@@ -245,8 +245,6 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     };
     const seed = o.seed ?? 1;
     const x = new Float32Array(n);
-    const tmp = o.verify ? new Float32Array(n) : null;
-    const sum = o.verify ? new Float64Array(n) : null;
     const barrier = new Float32Array(1);
     const warmup = o.warmup ?? 1;
     const scaleOf = (rank: number) => (o.poison && o.poison.rank === rank ? o.poison.factor : 1);
@@ -308,7 +306,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         t.excluded += v.excluded;
         t.unverified += v.unverified;
       } else if (o.verify && whole && !o.poison) {
-        const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n, tmp!, sum!);
+        const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n);
         t.maxErr = Math.max(t.maxErr, err);
       } else if (o.verify) {
         const v = verifyKept(x, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
