@@ -676,12 +676,12 @@ void ainftp_synth(uint32_t seed, uint32_t rank, uint32_t round, float scale, flo
  * 0..ranks-1 (at most 64) of ainftp_synth(seed, rank, round, scale), block
  * by block in cache: each value's reference is made where it is compared,
  * no rank's whole gradient first (a verifying rank runs between
- * back-to-back rounds, where the others wait on it). Negative when ranks is
- * out of range. */
+ * back-to-back rounds, where the others wait on it). NaN when ranks is out
+ * of range (no error bound holds it: the round does not verify). */
 double ainftp_synth_rel_l2(uint32_t seed, uint32_t ranks, uint32_t round, float scale, const float *result, uint32_t n)
 {
 	if (ranks == 0 || ranks > SYNTH_RANKS_MAX)
-		return -1;
+		return __builtin_nan("");
 	uint64_t key[SYNTH_RANKS_MAX];
 	for (uint32_t r = 0; r < ranks; r++)
 		key[r] = synth_key(seed, r, round);
