@@ -15,6 +15,7 @@ import { bringUp, type JobOptions } from "./node/bringup.ts";
 import { quantiles, type Quantiles } from "./stats.ts";
 import type { Swarm, SwarmChange, SwarmState } from "./swarm.ts";
 import { cpuMs, markTimed } from "./bench/timed.ts";
+import { PremadeRounds } from "./bench/premade.ts";
 
 export { checkPacketFits, chunkElemsForMtu, dataTagBytes, interfaceMtu } from "./node/bringup.ts";
 export { quantiles, type Quantiles };
@@ -251,6 +252,11 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     // robust modes: the same combiner, fed the exact gradients; it sees the
     // warm-up rounds too (cclip keeps worker momentum per chunk)
     const reference = comm.robust ? new RobustAggregator(comm.robust.mode) : null;
+    // the timed rounds' gradients, made now (before the warm-up rounds line
+    // the ranks up); their plain checks and hashes wait until after the
+    // timed rounds (bench/premade.ts: nothing of the lab's between calls)
+    const premade = await PremadeRounds.make(seed, o.rank, n, o.rounds, scaleOf(o.rank));
+    const deferred: { r: number; hash: number; g: Float32Array; check: boolean }[] = [];
     for (let w = 0; w < warmup; w++) {
       coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, scaleOf(o.rank), x, n);
       const reps = await survive(-1, () => comm!.allreduce(x));
@@ -266,7 +272,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     };
     const { times, hashes } = t;
     for (let r = 0; r < o.rounds; r++) {
-      coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
+      const g = premade.round(r) ?? x;
+      if (g === x) coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
       // a barrier round, so a rank still verifying the last round does not
       // count against this one; patient, since waiting for a slow verifier
       // is no loss worth a retransmission
@@ -275,7 +282,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       const c0 = comm.counters();
       const t0 = performance.now();
       const cpu0 = process.cpuUsage();
-      const reps = await survive(r, () => comm!.allreduce(x));
+      // (error feedback keyed by the one buffer x, as a trainer's gradient buffer)
+      const reps = await survive(r, () => comm!.allreduce(g, { key: x }));
       if (!reps) {
         // a member died during it: the round is lost here; keep the count of
         // rounds in step with the other survivors (they lost it too, or not)
@@ -300,22 +308,35 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       t.stats = addStats(t.stats, diffStats(comm.stats, s0));
       // and one after, so our verification does not slow a rank still timing
       if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      // a premade round's plain check and its hash wait until after the
+      // timed rounds; any other check runs here (it needs this round's reports)
+      const plain = o.verify && whole && !comm.robust && !o.poison;
       if (o.verify && comm.robust) {
-        const v = verifyRobust(x, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
+        const v = verifyRobust(g, kept, reference!, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
         t.maxErr = Math.max(t.maxErr, v.err);
         t.excluded += v.excluded;
         t.unverified += v.unverified;
-      } else if (o.verify && whole && !o.poison) {
-        const err = coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n);
-        t.maxErr = Math.max(t.maxErr, err);
-      } else if (o.verify) {
-        const v = verifyKept(x, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
+      } else if (plain && g === x) {
+        t.maxErr = Math.max(t.maxErr, coll.ainftp_synth_rel_l2(seed, N, r, 1, x, n));
+      } else if (o.verify && !plain) {
+        const v = verifyKept(g, kept, { seed, round: r, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active });
         t.maxErr = Math.max(t.maxErr, v.err);
         t.excluded += v.excluded;
         t.unverified += v.unverified;
       }
-      hashes.push(resultHash(x));
+      if (g === x) hashes.push(resultHash(x));
+      else {
+        deferred.push({ r, hash: hashes.length, g, check: plain });
+        hashes.push(null);
+      }
       progress?.(r + 1, o.rounds, times[times.length - 1]);
+    }
+    // the premade rounds' plain checks and hashes, now that no rank times
+    for (const d of deferred) {
+      if (d.check) t.maxErr = Math.max(t.maxErr, coll.ainftp_synth_rel_l2(seed, N, d.r, 1, d.g, n));
+      hashes[d.hash] = resultHash(d.g);
+      premade.release(d.r);
+      await Bun.sleep(0); // (20 ms each at 16 MiB: the swarm's heartbeats go on)
     }
     return nodeReport(o, t, { n, chunkElems, attachedByUs: node.attachedByUs, comm, swarm, arena });
   } finally {

@@ -61,6 +61,22 @@ describe("tcp-ring without privileges", () => {
     for (const o of outs) expect(o.code, o.err).toBe(0);
     for (const o of outs) expect(JSON.parse(o.out)).toMatchObject({ elements: 1025, verified: true, bytes_written_per_round: 4100 });
   }, 40_000);
+
+  test("back to back, the checks after the timed rounds (premade gradients) still catch a wrong sum: a rank on another seed fails every rank", async () => {
+    must(["make", "--no-print-directory", "-s", "native/build/libainftp.so"], { timeoutMs: 120_000 });
+    for (const [seed1, want] of [[1, true], [2, false]] as const) {
+      const base = 47390 + (process.pid % 10) * 2;
+      const peers = `127.0.0.1:${base},127.0.0.1:${base + 1}`;
+      const procs = [0, 1].map((r) =>
+        Bun.spawn([process.execPath, "bench/tcp-node.ts", "--peers", peers, "--rank", String(r), "--size", "64KiB", "--rounds", "3", "--warmup", "1",
+          "--back-to-back", "--json", ...(r === 1 ? ["--seed", String(seed1)] : [])], { cwd: ROOT, stdout: "pipe", stderr: "pipe" }),
+      );
+      const timer = setTimeout(() => procs.forEach((p) => p.kill(9)), 30_000);
+      const outs = await Promise.all(procs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })));
+      clearTimeout(timer);
+      for (const o of outs) expect(JSON.parse(o.out), o.err).toMatchObject({ rounds: 3, verified: want });
+    }
+  }, 60_000);
 });
 
 describe.skipIf(!kernel)("plain-TCP ring all-reduce across namespaces (bench/tcp-node.ts)", () => {
