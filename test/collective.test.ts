@@ -532,9 +532,9 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     const n = nodes.length;
     const chunks = Math.ceil(bytes / 4 / chunkElems);
     const k = protoRounds(chunks);
-    // one warm-up allreduce, then per timed round: barrier (1 chunk), x, barrier
-    const protocolRounds = k + rounds * (k + 2);
-    const chunksDone = (rounds + 1) * chunks + 2 * rounds;
+    // one warm-up round and the timed ones, each: barrier (1 chunk), x, barrier
+    const protocolRounds = (rounds + 1) * (k + 2);
+    const chunksDone = (rounds + 1) * (chunks + 2);
     const st = nodes.map((x) => status(lab, x));
     let completed = 0, summed = 0;
     st.forEach((s, i) => {
@@ -754,7 +754,7 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
       for (const x of st.slice(1)) expect({ foreign_job: x.counters.foreign_job, mal_rank: x.counters.mal_rank }).toEqual({ foreign_job: 0, mal_rank: 0 });
       // nothing of theirs was summed: every summed contribution is the job's own
       const chunks = Math.ceil(MiB / 4 / ELEMS);
-      const chunksDone = (rounds + 1) * chunks + 2 * rounds;
+      const chunksDone = (rounds + 1) * (chunks + 2); // (a warm-up round and the timed ones, each between barriers)
       expect(st.reduce((a, x) => a + x.counters.summed, 0)).toBe(2 * chunksDone);
       expect(st.reduce((a, x) => a + x.counters.completed, 0)).toBe(chunksDone);
       for (const x of nodes) {
