@@ -194,10 +194,14 @@ function expectClean(reps: NodeReport[], o: { wakeups?: boolean } = {}): void {
       rank: j.rank, retransmits: 0, resends: 0, timeouts: 0, duplicates: 0, partial: 0,
     });
     // a probe (a member's round stalled ≥ 4 ms: a descheduled peer on these
-    // 2 shared cores) may be answered with a result that was on its way;
-    // counted apart from loss recovery, and rare: 20 of ~5000 results once
-    // with 8 hosts in the full suite
-    expect(j.probe_answers).toBeLessThanOrEqual(Math.ceil(0.01 * j.packets_received));
+    // 2 shared cores) may be answered with results that were on their way;
+    // counted apart from loss recovery, and rare. A probe is answered with
+    // every result the prober lacks from that owner at once (20 at 8 hosts
+    // and 1 MiB), so the count moves in such steps: 20 of ~5000 results once
+    // with 8 hosts in the full suite; 40 of 3,860 (two probes) in sessions 20
+    // and 21, also under the full suite; alone, 0-20 a rank in each of three
+    // runs. 2% allows two probes and fails a rank that probes every round.
+    expect(j.probe_answers).toBeLessThanOrEqual(Math.ceil(0.02 * j.packets_received));
     expect(j.packets_received).toBeGreaterThan(0);
     expect(j.wakeups_per_packet).toBeGreaterThan(0);
     expect(j.wakeups_per_packet).toBeCloseTo((j.wakeups + j.socket_packets) / j.packets_received, 12);
