@@ -29,7 +29,7 @@
 // each frame draws independently.
 import { IMPAIR_BPF } from "./helpers/impair.ts";
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PKT_CONTRIB } from "../src/abi.ts";
 import type { NodeReport } from "../src/node.ts";
@@ -37,6 +37,7 @@ import type { SentryNodeStatus } from "../cli/sentry-node.ts";
 import type { SwarmState } from "../src/swarm.ts";
 import { datagram } from "../src/packet.ts";
 import { delayHostLink } from "../src/bench/straggler.ts";
+import { TIMED_ENV } from "../src/bench/timed.ts";
 import { BIN, canUseNetns, createLab, ensureBuilt, must, sh, until, type Lab } from "./helpers/netns.ts";
 
 const IF = "eth0";
@@ -108,10 +109,10 @@ const live = new Set<Proc>();
  * stderr as text; with --json an error is a JSON object on stdout). `extra`
  * comes last (commander keeps the last value of a repeated option, so it may
  * override --peers or --rank). */
-function startNode(lab: Lab, node: string, rank: number, peers: string[], args: string[], o: { extra?: string[]; json?: boolean } = {}): Started {
+function startNode(lab: Lab, node: string, rank: number, peers: string[], args: string[], o: { extra?: string[]; json?: boolean; env?: Record<string, string> } = {}): Started {
   const jsonFile = join(lab.tmp, `report-${jsonSeq++}.json`);
   const json = o.json === false ? [] : ["--json", jsonFile];
-  const proc = lab.spawn(node, [BIN, "swarm", "--iface", IF, "--peers", peers.join(","), "--rank", String(rank), ...json, ...args, ...(o.extra ?? [])]);
+  const proc = lab.spawn(node, [BIN, "swarm", "--iface", IF, "--peers", peers.join(","), "--rank", String(rank), ...json, ...args, ...(o.extra ?? [])], { env: o.env });
   live.add(proc);
   proc.exited.then(() => live.delete(proc));
   return { node, proc, t0: performance.now(), jsonFile };
@@ -347,9 +348,19 @@ describe.skipIf(!kernel)("all-reduce on a clean bridge (dist/ainftp swarm per na
     let runs: Run[];
     try {
       const peers = nodes.map(addr);
-      const started = nodes.map((x, i) => startNode(lab, x, i, peers, ["--synthetic", String(MiB), "--rounds", String(rounds), "--verify"]));
-      // a few delayed rounds (a barrier waits for the host: about 1.2 s an iteration), then the link heals
-      await Bun.sleep(8000);
+      // each rank marks the end of its warm-up in this directory (src/bench/timed.ts)
+      const marks = join(lab.tmp, "straggler-back-timed");
+      mkdirSync(marks, { recursive: true });
+      const started = nodes.map((x, i) => startNode(lab, x, i, peers, ["--synthetic", String(MiB), "--rounds", String(rounds), "--verify"], { env: { [TIMED_ENV]: marks } }));
+      // a few delayed timed rounds (each barrier waits for the host: about
+      // 3 s an iteration, measured alone), then the link heals. Counted from
+      // rank 0's first timed round, not from the start: a fixed 8 s from the
+      // start healed it after one timed round once the warm-up round had its
+      // barriers too (session 21); 3 s after the mark did as well
+      const markBy = performance.now() + 60_000;
+      while (!existsSync(join(marks, "0")) && performance.now() < markBy) await Bun.sleep(50);
+      expect(existsSync(join(marks, "0"))).toBe(true);
+      await Bun.sleep(6000);
       line.remove();
       runs = await timed("straggler back to speed", () => Promise.all(started.map((s) => finish(s, 120_000))));
     } finally {
