@@ -252,10 +252,13 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     // robust modes: the same combiner, fed the exact gradients; it sees the
     // warm-up rounds too (cclip keeps worker momentum per chunk)
     const reference = comm.robust ? new RobustAggregator(comm.robust.mode) : null;
-    // the timed rounds' gradients, made now (before the warm-up rounds line
-    // the ranks up); their plain checks and hashes wait until after the
-    // timed rounds (bench/premade.ts: nothing of the lab's between calls)
-    const premade = await PremadeRounds.make(seed, o.rank, n, o.rounds, scaleOf(o.rank));
+    // back to back, the timed rounds' gradients are made now (before the
+    // warm-up rounds line the ranks up), and their plain checks and hashes
+    // wait until after the timed rounds (bench/premade.ts: nothing of the
+    // lab's between calls). Barrier-separated, a round's gradient is made
+    // just before it, fresh as a trainer's, and checked after it: the
+    // barriers keep that work out of every rank's timed call.
+    const premade = await PremadeRounds.make(seed, o.rank, n, o.backToBack ? o.rounds : 0, scaleOf(o.rank));
     const deferred: { r: number; hash: number; g: Float32Array; check: boolean }[] = [];
     // (the warm-up rounds' sums, kept as the timed rounds' are, and dropped)
     const warmSums = { counters: Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters, stats: zeroStats() };

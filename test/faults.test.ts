@@ -180,15 +180,25 @@ describe.skipIf(!kernel)("exit codes and the JSON of a run that fails", () => {
   });
   afterAll(() => lab?.destroy());
 
-  test("--verify that fails exits 3 (through the binary's entry point) and the JSON says verified: false", async () => {
+  test("--verify that fails exits 3 (through the binary's entry point) and the JSON says verified: false; back to back too (checked after the timed rounds)", async () => {
     // rank 1 draws its gradients from another seed: every rank's reference sum is then wrong
-    const runs = await job(lab!, ["n0", "n1"], ["--synthetic", "256KiB", "--rounds", "2", "--verify"], { extra: (k) => (k === 1 ? ["--seed", "2"] : []) });
-    for (const r of runs) {
-      expect({ code: r.code, verified: r.report?.verified, lost: r.report?.lost_rounds }).toEqual({ code: 3, verified: false, lost: 0 });
-      expect(r.report!.rel_l2_error_max!).toBeGreaterThan(1e-3);
-      expect(r.stderr).toContain("verification failed");
+    for (const mode of [[], ["--back-to-back"]]) {
+      const runs = await job(lab!, ["n0", "n1"], ["--synthetic", "256KiB", "--rounds", "2", "--verify", ...mode], { extra: (k) => (k === 1 ? ["--seed", "2"] : []) });
+      for (const r of runs) {
+        expect({ mode, code: r.code, verified: r.report?.verified, lost: r.report?.lost_rounds }).toEqual({ mode, code: 3, verified: false, lost: 0 });
+        expect(r.report!.rel_l2_error_max!).toBeGreaterThan(1e-3);
+        expect(r.stderr).toContain("verification failed");
+      }
     }
-  }, 40_000);
+    // and a good back-to-back run: verified, every round's hash made (after the timed rounds) and the same on both ranks
+    const good = await job(lab!, ["n0", "n1"], ["--synthetic", "256KiB", "--rounds", "3", "--verify", "--back-to-back"]);
+    for (const r of good) {
+      expect({ code: r.code, verified: r.report?.verified }).toEqual({ code: 0, verified: true });
+      expect(r.report!.result_hash).toHaveLength(3);
+      for (const h of r.report!.result_hash) expect(h).toMatch(/^[0-9a-f]{16}$/);
+    }
+    expect(good[1].report!.result_hash).toEqual(good[0].report!.result_hash);
+  }, 60_000);
 
   test("a run that completes every round exits 0 without --verify, and says lost_rounds: 0", async () => {
     const runs = await job(lab!, ["n0", "n1"], ["--synthetic", "64KiB", "--rounds", "2"]);

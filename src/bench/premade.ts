@@ -1,7 +1,10 @@
-// A rank's synthetic gradients for its timed rounds, made before them, each
-// round's in its own buffer: the round sums it in place, and the check of
-// its result against the exact sum (ainftp_synth_rel_l2) and its hash wait
-// until the timed rounds are over.
+// A rank's synthetic gradients for its back-to-back timed rounds, made
+// before them, each round's in its own buffer: the round sums it in place,
+// and the check of its result against the exact sum (ainftp_synth_rel_l2)
+// and its hash wait until the timed rounds are over. (Barrier-separated
+// rounds need none of it: the barriers keep a rank's work between rounds
+// out of every rank's timed call, and a gradient written just before its
+// round is as fresh in the caches as a trainer's.)
 //
 // Why: back to back (no barrier between calls, as a trainer calls
 // all-reduce), whatever a rank does between two calls runs on the cores the

@@ -294,9 +294,10 @@ export function runTcpRing(o: TcpRingOptions): TcpRingReport {
   const connectMs = performance.now() - t0;
   const N = ring.ranks;
   const x = new Float32Array(n);
-  // the timed rounds' gradients, made before the warm-up rounds line the
-  // ranks up; their checks wait until after the timed rounds (premade.ts)
-  const premade = PremadeRounds.makeSync(seed, o.rank, n, o.rounds, 1);
+  // back to back, the timed rounds' gradients are made before the warm-up
+  // rounds line the ranks up, and their checks wait until after the timed
+  // rounds (premade.ts); barrier-separated, as before (fresh, checked between)
+  const premade = PremadeRounds.makeSync(seed, o.rank, n, o.backToBack ? o.rounds : 0, 1);
   for (let w = 0; w < warmup; w++) {
     coll.ainftp_synth(seed, o.rank, 0xffff0000 + w, 1, x, n);
     ring.barrier();
