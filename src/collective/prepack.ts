@@ -22,11 +22,10 @@
 // confirm() mends the ones the plan changed (README "Session 19").
 import { cBitsRhtExpsPack, cExpsPack, QUANT_EINVAL } from "../../native/quant.ts";
 import { F_SPEC } from "../abi.ts";
-import { packChunksAt } from "../quantize.ts";
 import { H } from "./control.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
-import { contribHeader, layoutOf, materialize, packOwn, stochasticSeed } from "./sender.ts";
+import { contribHeader, layoutOf, packFromX, packOwn, stochasticSeed } from "./sender.ts";
 import { maySpeculate } from "./speculate.ts";
 
 /** A round's packets, made with its exponents. */
@@ -133,11 +132,7 @@ export function usePrepack(h: Host, st: RoundState, x: Float32Array): boolean {
       const c = list[k];
       if (pp.scale[c] === st.shared[c]) continue;
       const at = st.ownerOffset[o] + k * seg;
-      materialize(h, st, [c]);
-      h.stats.saturations += packChunksAt(x, {
-        chunkElems: h.chunkElems, chunks: list.subarray(k, k + 1), exps: st.shared, header: st.header, out: st.sendBuf.subarray(at, at + seg),
-        stride: seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
-      });
+      packFromX(h, st, x, list.subarray(k, k + 1), st.shared, st.sendBuf.subarray(at, at + seg));
     }
   }
   const changed: number[] = [];

@@ -95,15 +95,22 @@ export function stochasticSeed(h: Host, r: number): number {
     : h.o.stochasticSeed ? (h.o.stochasticSeed ^ r) >>> 0 || 1 : 0;
 }
 
+/** The listed chunks of the round's transformed array x packed under
+ * `exps` into out (one packet every h.seg bytes), with the round's seed and
+ * residual; every packing from x goes through here, so a chunk the
+ * prepacking pass did not keep is made first (materialize). */
+export function packFromX(h: Host, st: RoundState, x: Float32Array, chunks: Uint32Array, exps: Int8Array, out: Uint8Array, header = st.header): void {
+  materialize(h, st, chunks);
+  h.stats.saturations += packChunksAt(x, {
+    chunkElems: h.chunkElems, chunks, exps, header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
+  });
+}
+
 /** Quantizes chunks of ours (positions `at` of st.owned, all when null) into
  * their packets of st.ownBuf, under `exps`. */
 export function packOwn(h: Host, st: RoundState, x: Float32Array, exps: Int8Array, at: number[] | null = null): void {
-  const pack = (chunks: Uint32Array, out: Uint8Array) =>
-    (materialize(h, st, chunks), h.stats.saturations += packChunksAt(x, {
-      chunkElems: h.chunkElems, chunks, exps, header: st.header, out, stride: h.seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
-    }));
-  if (!at) return void (st.owned.length && pack(st.owned, st.ownBuf));
-  for (const k of at) pack(st.owned.subarray(k, k + 1), st.ownBuf.subarray(k * h.seg, (k + 1) * h.seg));
+  if (!at) return void (st.owned.length && packFromX(h, st, x, st.owned, exps, st.ownBuf));
+  for (const k of at) packFromX(h, st, x, st.owned.subarray(k, k + 1), exps, st.ownBuf.subarray(k * h.seg, (k + 1) * h.seg));
 }
 
 /** Shared scale known: quantize our own chunks for the finishing step and
@@ -154,13 +161,7 @@ export function pump(h: Host, st: RoundState, x: Float32Array): void {
       if (from >= list.length || room <= 0) continue;
       const to = Math.min(list.length, from + Math.min(TUNING.SEND_PIECE, room));
       const region = st.sendBuf.subarray(st.ownerOffset[o] + from * seg, st.ownerOffset[o] + to * seg);
-      if (!st.prepacked) {
-        materialize(h, st, list.subarray(from, to));
-        h.stats.saturations += packChunksAt(x, {
-          chunkElems: h.chunkElems, chunks: list.subarray(from, to), exps: st.packExps, header: st.header, out: region, stride: seg, seed: st.seed,
-          bits: h.bits, resid: st.resid, residSeed: st.residSeed,
-        });
-      }
+      if (!st.prepacked) packFromX(h, st, x, list.subarray(from, to), st.packExps, region);
       const last = list[to - 1];
       h.sealData(region, to - from);
       h.sendData(o, region, to - from, h.wireBytes(st.counts[last]), copies);
@@ -209,8 +210,7 @@ export function unpackedResidual(h: Host, st: RoundState, xq: Float32Array, seed
  * prepacking pass kept none (8 and 4 bits without error feedback,
  * st.xLazy): the listed chunks (null: every one) made from the gradient as
  * the pass made them (the same bits: each chunk's transform is keyed by
- * its index). Every reader of x calls it: packOwn, pump, and the repacks
- * of prepack.ts and speculate.ts. */
+ * its index). Every packing from x calls it (packFromX). */
 export function materialize(h: Host, st: RoundState, chunks: ArrayLike<number> | null): void {
   const lz = st.xLazy;
   if (!lz) return;

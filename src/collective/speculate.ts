@@ -27,11 +27,10 @@
 // Off with the sentry and robust aggregation (they judge contributions
 // before the plan's scale is known) and with rx "xsk".
 import { F_SPEC } from "../abi.ts";
-import { packChunksAt } from "../quantize.ts";
 import { H } from "./control.ts";
 import type { Host } from "./host.ts";
 import type { RoundState } from "./round-state.ts";
-import { beginSending, contribHeader, layOut, materialize, packOwn, pump } from "./sender.ts";
+import { beginSending, contribHeader, layOut, packFromX, packOwn, pump } from "./sender.ts";
 import { claimAtPlan } from "./owner.ts";
 import { redundant } from "./recovery.ts";
 import { windowChunks } from "./options.ts";
@@ -193,11 +192,7 @@ export function confirm(h: Host, st: RoundState, x: Float32Array): void {
       const c = list[k];
       if (spec.S[c] !== st.shared[c]) {
         if (k < st.pos[o]) st.sentAt[c] = now;
-        materialize(h, st, [c]);
-        h.stats.saturations += packChunksAt(x, {
-          chunkElems: h.chunkElems, chunks: list.subarray(k, k + 1), exps: st.shared, header: firm, out: region.subarray(k * seg, (k + 1) * seg),
-          stride: seg, seed: st.seed, bits: h.bits, resid: st.resid, residSeed: st.residSeed,
-        });
+        packFromX(h, st, x, list.subarray(k, k + 1), st.shared, region.subarray(k * seg, (k + 1) * seg), firm);
         if (k < st.pos[o]) again.push(k);
       } else {
         // the same packet without F_SPEC: a retransmission of it must not
