@@ -259,7 +259,17 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     // just before it, fresh as a trainer's, and checked after it: the
     // barriers keep that work out of every rank's timed call.
     const premade = await PremadeRounds.make(seed, o.rank, n, o.backToBack ? o.rounds : 0, scaleOf(o.rank));
-    const deferred: { r: number; hash: number; g: Float32Array; check: boolean }[] = [];
+    const deferred: { r: number; g: Float32Array; check: boolean }[] = [];
+    // a barrier round; patient, since waiting for a rank still verifying is
+    // no loss worth a retransmission
+    const barrierRound = (iteration: number) =>
+      survive(iteration, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+    // a round's program counters and stats (since c0, s0) added into `into`
+    const tallyRound = (into: { counters: Counters; stats: CollectiveStats }, c0: Counters, s0: CollectiveStats) => {
+      const c1 = comm!.counters();
+      for (const k of Object.keys(into.counters) as (keyof Counters)[]) into.counters[k] += c1[k] - c0[k];
+      into.stats = addStats(into.stats, diffStats(comm!.stats, s0));
+    };
     // (the warm-up rounds' sums, kept as the timed rounds' are, and dropped)
     const warmSums = { counters: Object.fromEntries(Object.keys(comm.counters()).map((k) => [k, 0])) as Counters, stats: zeroStats() };
     for (let w = 0; w < warmup; w++) {
@@ -269,14 +279,12 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       // rounds without the barrier rounds between them left JavaScriptCore
       // compiling into the timed ones (53 functions a rank over 300 timed
       // rounds at 1 MiB, 0.3 ms of a JIT thread a round)
-      if (!o.backToBack) await survive(-1, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await barrierRound(-1);
       const s0 = combineStats(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const reps = await survive(-1, () => comm!.allreduce(x, { key: x }));
-      const c1 = comm.counters();
-      for (const k of Object.keys(warmSums.counters) as (keyof Counters)[]) warmSums.counters[k] += c1[k] - c0[k];
-      warmSums.stats = addStats(warmSums.stats, diffStats(comm.stats, s0));
-      if (!o.backToBack) await survive(-1, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      tallyRound(warmSums, c0, s0);
+      if (!o.backToBack) await barrierRound(-1);
       if (reps && o.verify && reference)
         verifyRobust(x, reps.map((p) => p.contributors!), reference,
           { seed, round: 0xffff0000 + w, N, chunkElems, perRound: comm.capacity * chunkElems, scaleOf, active: reps.map((p) => p.active) });
@@ -292,9 +300,8 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       const g = premade.round(r) ?? x;
       if (g === x) coll.ainftp_synth(seed, o.rank, r, scaleOf(o.rank), x, n);
       // a barrier round, so a rank still verifying the last round does not
-      // count against this one; patient, since waiting for a slow verifier
-      // is no loss worth a retransmission
-      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      // count against this one
+      if (!o.backToBack) await barrierRound(r);
       const s0 = combineStats(comm.stats, zeroStats(), 1);
       const c0 = comm.counters();
       const t0 = performance.now();
@@ -304,7 +311,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       if (!reps) {
         // a member died during it: the round is lost here; keep the count of
         // rounds in step with the other survivors (they lost it too, or not)
-        await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+        await barrierRound(r);
         hashes.push(null);
         metrics?.roundLost();
         continue;
@@ -320,11 +327,9 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
       const whole = active.every((a) => a.length === N) && (!kept || kept.every((k) => k.every((v) => v === N)));
       // the program's counters over the timed rounds only (barrier rounds,
       // where a rank still verifying makes others retransmit, are left out)
-      const c1 = comm.counters();
-      for (const k of Object.keys(t.counters) as (keyof Counters)[]) t.counters[k] += c1[k] - c0[k];
-      t.stats = addStats(t.stats, diffStats(comm.stats, s0));
+      tallyRound(t, c0, s0);
       // and one after, so our verification does not slow a rank still timing
-      if (!o.backToBack) await survive(r, () => comm!.allreduce(barrier, { retransmitMs: BARRIER_PATIENCE_MS, patient: true }));
+      if (!o.backToBack) await barrierRound(r);
       // a premade round's plain check and its hash wait until after the
       // timed rounds; any other check runs here (it needs this round's reports)
       const plain = o.verify && whole && !comm.robust && !o.poison;
@@ -341,9 +346,10 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
         t.excluded += v.excluded;
         t.unverified += v.unverified;
       }
+      // (one hash an iteration, lost ones null: hashes[r] is round r's)
       if (g === x) hashes.push(resultHash(x));
       else {
-        deferred.push({ r, hash: hashes.length, g, check: plain });
+        deferred.push({ r, g, check: plain });
         hashes.push(null);
       }
       progress?.(r + 1, o.rounds, times[times.length - 1]);
@@ -351,7 +357,7 @@ export async function runNode(o: NodeOptions, progress?: Progress): Promise<Node
     // the premade rounds' plain checks and hashes, now that no rank times
     for (const d of deferred) {
       if (d.check) t.maxErr = Math.max(t.maxErr, coll.ainftp_synth_rel_l2(seed, N, d.r, 1, d.g, n));
-      hashes[d.hash] = resultHash(d.g);
+      hashes[d.r] = resultHash(d.g);
       premade.release(d.r);
       await Bun.sleep(0); // (20 ms each at 16 MiB: the swarm's heartbeats go on)
     }
