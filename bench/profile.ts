@@ -22,6 +22,10 @@
 //       each rank's (its threads, user and kernel), and the rest (softirq
 //       threads, JIT workers, other processes), the mean over the rounds in
 //       the window (perf on CLOCK_REALTIME, the ranks' clock)
+//       [--callgraph]: perf records call chains too (-g), and each of the
+//       kernel's top 4 symbols is followed by the paths that reach it (the
+//       last frames of each chain, CPU ms per round): which copy a memcpy
+//       is, what writes an MSR
 //   AINFTP_PROFILE_JS=DIR: each rank under Bun's sampling profiler too (--cpu-prof-md into DIR)
 //
 // Two builds compared: run it in each tree, back to back (DESIGN.md: the
@@ -37,6 +41,7 @@ import { createLab, lineReader, type Lab } from "../src/lab/netns.ts";
 import { bringUp } from "../src/node/bringup.ts";
 import { parseSize } from "../src/units.ts";
 import { BIN_MS, cpuTimeline, egressBins, IDLE_SYM, parseSample, readPcap } from "./egress.ts";
+import { foldCallers } from "./callers.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const SHIM = join(ROOT, "native/build/libainftp.so");
@@ -202,7 +207,8 @@ try {
   }
   const ps = performance.timeOrigin + performance.now();
   const timeline = argv.includes("--timeline");
-  perf = Bun.spawn(["perf", "record", "-a", "-e", "cpu-clock", "-F", String(freq), ...(timeline ? ["-k", "CLOCK_REALTIME"] : []), "-o", data, "--", "sleep", String(seconds)], { stdout: "ignore", stderr: "pipe" });
+  const callgraph = argv.includes("--callgraph");
+  perf = Bun.spawn(["perf", "record", "-a", ...(callgraph ? ["-g"] : []), "-e", "cpu-clock", "-F", String(freq), ...(timeline ? ["-k", "CLOCK_REALTIME"] : []), "-o", data, "--", "sleep", String(seconds)], { stdout: "ignore", stderr: "pipe" });
   await perf.exited;
   const pe = performance.timeOrigin + performance.now();
   const perfMs = pe - ps;
@@ -230,7 +236,7 @@ try {
   const slowMedian = [...slowest].sort((a, b) => a - b)[Math.floor(slowest.length / 2)];
 
   // ---- what perf saw --------------------------------------------------
-  const rep = Bun.spawnSync(["perf", "report", "-i", data, "--no-children", "--sort", "comm,dso,sym", "-F", "sample,comm,dso,sym", "--stdio", "-t", "\t"], { stdout: "pipe", stderr: "pipe" });
+  const rep = Bun.spawnSync(["perf", "report", "-g", "none", "-i", data, "--no-children", "--sort", "comm,dso,sym", "-F", "sample,comm,dso,sym", "--stdio", "-t", "\t"], { stdout: "pipe", stderr: "pipe" });
   const samples: Sample[] = [];
   for (const line of rep.stdout.toString().split("\n")) {
     if (!line.trim() || line.startsWith("#")) continue;
@@ -286,6 +292,11 @@ try {
     console.log(`\n${c}, top symbols (CPU ms per round):`);
     for (const [s, n] of tops[c]) console.log(`  ${((n * msPerSample) / inWin).toFixed(3).padStart(8)}  ${s}`);
   }
+  if (callgraph) for (const [sym] of (tops.kernel ?? []).slice(0, 4)) {
+    console.log(`\nwhat reaches ${sym} (the chains' last frames, CPU ms per round):`);
+    const folded = Bun.spawnSync(["perf", "report", "-i", data, "--no-children", "--sort", "sym", "-S", sym, "-g", "folded,0.1,caller,function,percent", "--stdio"], { stdout: "pipe", stderr: "pipe" });
+    for (const [path, n] of foldCallers(folded.stdout.toString(), total)) console.log(`  ${((n * msPerSample) / inWin).toFixed(3).padStart(8)}  ${path}`);
+  }
   let eg: ReturnType<typeof egressBins> | null = null;
   if (egress) {
     if (!existsSync(pcap)) throw new Error(`--egress: tcpdump wrote no ${pcap}`);
@@ -318,3 +329,4 @@ try {
 } finally {
   cleanup();
 }
+
