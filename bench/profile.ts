@@ -310,7 +310,7 @@ try {
   if (argv.includes("--timeline")) {
     // each sample by pid (a rank's threads share it) at its time from the
     // start of the rank-0 round it fell in (rounds wholly in the window)
-    const scr = Bun.spawnSync(["perf", "script", "-i", data, "-F", "pid,time,ip,sym"], { stdout: "pipe", stderr: "pipe" });
+    const scr = Bun.spawnSync(["perf", "script", "-i", data, ...(callgraph ? ["--hide-call-graph"] : []), "-F", "pid,time,ip,sym"], { stdout: "pipe", stderr: "pipe" });
     const smp = scr.stdout.toString().split("\n").map(parseSample).filter((x) => x !== null);
     const pids = procs.map((p) => p.pid);
     // samples per ms with every CPU counted: perf's own rate (in this VM below -F's per CPU)
@@ -329,4 +329,3 @@ try {
 } finally {
   cleanup();
 }
-
